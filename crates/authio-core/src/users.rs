@@ -1,0 +1,92 @@
+//! End users of a project. They live at the tenant's home (shared or dedicated database),
+//! reached only through scoped transactions.
+use authio_db::{Router, Row, Scope, Type};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::domain::Email;
+use crate::{Clock, CoreError};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    pub email: String,
+    pub email_verified: bool,
+    pub disabled: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const COLS: &str = "id, project_id, email, email_verified, disabled, created_at, updated_at";
+
+impl User {
+    fn from_row(r: &Row) -> Self {
+        User {
+            id: r.get(0),
+            project_id: r.get(1),
+            email: r.get(2),
+            email_verified: r.get(3),
+            disabled: r.get(4),
+            created_at: r.get(5),
+            updated_at: r.get(6),
+        }
+    }
+}
+
+fn project_of(scope: &Scope) -> Result<Uuid, CoreError> {
+    scope.project_id.ok_or(CoreError::NotFound("project"))
+}
+
+pub async fn create(router: &Router, clock: &dyn Clock, scope: &Scope, email: &Email) -> Result<User, CoreError> {
+    let project = project_of(scope)?;
+    let now = clock.now();
+    let id = Uuid::now_v7();
+    let tx = router.begin(scope).await?;
+    let row = tx
+        .query_opt(
+            &format!(
+                "INSERT INTO users (tenant_id, project_id, id, email, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $5)
+                 ON CONFLICT (tenant_id, project_id, email) DO NOTHING RETURNING {COLS}"
+            ),
+            &[
+                (&scope.tenant_id, Type::UUID),
+                (&project, Type::UUID),
+                (&id, Type::UUID),
+                (&email.as_str(), Type::TEXT),
+                (&now, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Err(CoreError::EmailTaken);
+    };
+    tx.commit().await?;
+    Ok(User::from_row(&row))
+}
+
+/// A page of users in id order (UUIDv7, so creation order), after `after` when given.
+pub async fn list(router: &Router, scope: &Scope, limit: i64, after: Option<Uuid>) -> Result<Vec<User>, CoreError> {
+    let project = project_of(scope)?;
+    let limit = limit.clamp(1, 200);
+    let after = after.unwrap_or(Uuid::nil());
+    // Tenant and project are repeated in the predicate (RLS adds them too) so the index on
+    // (tenant_id, project_id, id) serves the page directly.
+    let rows = router
+        .read(
+            scope,
+            &format!(
+                "SELECT {COLS} FROM users WHERE tenant_id = $1 AND project_id = $2 AND id > $3 ORDER BY id LIMIT $4"
+            ),
+            &[(&scope.tenant_id, Type::UUID), (&project, Type::UUID), (&after, Type::UUID), (&limit, Type::INT8)],
+        )
+        .await?;
+    Ok(rows.iter().map(User::from_row).collect())
+}
+
+pub async fn get(router: &Router, scope: &Scope, id: Uuid) -> Result<User, CoreError> {
+    let rows = router.read(scope, &format!("SELECT {COLS} FROM users WHERE id = $1"), &[(&id, Type::UUID)]).await?;
+    rows.first().map(User::from_row).ok_or(CoreError::NotFound("user"))
+}

@@ -1,0 +1,61 @@
+//! The data layer's errors.
+use thiserror::Error;
+use uuid::Uuid;
+
+/// Why the router could not give a pool for a scope.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum RouterError {
+    /// The platform tenant always lives on the shared database; a row that says otherwise is
+    /// refused rather than followed.
+    #[error("the platform tenant has no dedicated pool (its row says db_strategy = dedicated)")]
+    PlatformTenantNoDedicatedPool,
+    #[error("unknown tenant {0}")]
+    UnknownTenant(Uuid),
+    #[error("tenant {0} is dedicated but has no ready dedicated database recorded")]
+    NoDedicatedDatabase(Uuid),
+    #[error("the dedicated database of tenant {tenant} is unavailable: {reason}")]
+    DedicatedUnavailable { tenant: Uuid, reason: String },
+    #[error("tenant {0} is being moved; retry shortly")]
+    MoveInProgress(Uuid),
+    #[error("the shared database is unavailable: {0}")]
+    SharedUnavailable(String),
+    #[error("configuration error: {0}")]
+    Config(String),
+}
+
+#[derive(Debug, Error)]
+pub enum DbError {
+    #[error(transparent)]
+    Router(#[from] RouterError),
+    #[error("database error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("connection pool error: {0}")]
+    Pool(String),
+    #[error("migration error: {0}")]
+    Migration(String),
+}
+
+impl DbError {
+    /// The SQLSTATE of a database error, when there is one (unique violations and the like are
+    /// mapped to domain errors by the stores).
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            DbError::Postgres(e) => e.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+
+    /// The constraint a database error names, if any.
+    pub fn constraint(&self) -> Option<&str> {
+        match self {
+            DbError::Postgres(e) => e.as_db_error().and_then(|d| d.constraint()),
+            _ => None,
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        DbError::Pool(e.to_string())
+    }
+}

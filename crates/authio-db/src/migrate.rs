@@ -1,0 +1,130 @@
+//! The one migration set, applied alike to the shared database and to every dedicated one.
+//!
+//! Run with an administrative connection (a superuser, or a role with CREATEROLE that is a
+//! member of `authio_owner`). Roles are cluster-wide and created idempotently; each migration
+//! runs as `authio_owner` (`SET LOCAL ROLE`) so that role owns every object.
+use tokio_postgres::types::Type;
+use uuid::Uuid;
+
+use crate::pool::connect;
+use crate::DbError;
+
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "foundation",
+    sql: include_str!("../../../migrations/0001_foundation.sql"),
+}];
+
+const BOOTSTRAP_ROLES: &str = r#"
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authio_owner') THEN
+        CREATE ROLE authio_owner NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authio_app') THEN
+        CREATE ROLE authio_app LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authio_audit_retention') THEN
+        CREATE ROLE authio_audit_retention LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
+    END IF;
+END
+$$;
+"#;
+
+/// Serialises concurrent migrators of one database.
+const MIGRATION_LOCK: i64 = 0x6175_7468_696f_0001;
+
+/// Apply every pending migration; returns the versions applied now.
+pub async fn migrate(admin_url: &str) -> Result<Vec<i32>, DbError> {
+    let mut client = connect(admin_url, "authio-migrate").await?;
+    // Roles are cluster-wide: a concurrent bootstrap on another database may race us to
+    // CREATE ROLE, so a unique violation here means "already there".
+    if let Err(e) = client.batch_execute(BOOTSTRAP_ROLES).await {
+        let dup = e.code().map(|c| c.code() == "23505" || c.code() == "42710").unwrap_or(false);
+        if !dup {
+            return Err(e.into());
+        }
+    }
+    client
+        .batch_execute(
+            "DO $$ BEGIN
+                IF (SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'public') <> 'authio_owner' THEN
+                    ALTER SCHEMA public OWNER TO authio_owner;
+                END IF;
+            END $$;",
+        )
+        .await?;
+    let tx = client.transaction().await?;
+    tx.query_typed("SELECT pg_advisory_xact_lock($1)", &[(&MIGRATION_LOCK, Type::INT8)]).await?;
+    tx.batch_execute(
+        "SET LOCAL ROLE authio_owner;
+         CREATE TABLE IF NOT EXISTS authio_schema_migrations (
+             version integer PRIMARY KEY,
+             name text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );",
+    )
+    .await?;
+    let applied: Vec<i32> = tx
+        .query_typed("SELECT version FROM authio_schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut now_applied = Vec::new();
+    for m in MIGRATIONS {
+        if applied.contains(&m.version) {
+            continue;
+        }
+        tx.batch_execute(m.sql)
+            .await
+            .map_err(|e| DbError::Migration(format!("migration {} ({}) failed: {}", m.version, m.name, describe(&e))))?;
+        tx.query_typed(
+            "INSERT INTO authio_schema_migrations (version, name) VALUES ($1, $2)",
+            &[(&m.version, Type::INT4), (&m.name, Type::TEXT)],
+        )
+        .await?;
+        now_applied.push(m.version);
+    }
+    tx.commit().await?;
+    Ok(now_applied)
+}
+
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+/// Record that this database is a dedicated database for `tenant` (the home fence then
+/// admits only that tenant, and only once marked at home).
+pub async fn mark_dedicated(admin_url: &str, tenant: Uuid) -> Result<(), DbError> {
+    let mut client = connect(admin_url, "authio-migrate").await?;
+    let tx = crate::OwnerTx::begin(&mut client).await?;
+    tx.query(
+        "UPDATE database_identity SET kind = 'dedicated', tenant_id = $1",
+        &[(&tenant, Type::UUID)],
+    )
+    .await?;
+    tx.commit().await
+}
+
+/// Set the home fence for a tenant on the database behind `admin_url`.
+pub async fn set_home(admin_url: &str, tenant: Uuid, at_home: bool) -> Result<(), DbError> {
+    let mut client = connect(admin_url, "authio-fence").await?;
+    let tx = crate::OwnerTx::begin(&mut client).await?;
+    tx.query(
+        "INSERT INTO tenant_homes (tenant_id, at_home) VALUES ($1, $2)
+         ON CONFLICT (tenant_id) DO UPDATE SET at_home = EXCLUDED.at_home, changed_at = now()",
+        &[(&tenant, Type::UUID), (&at_home, Type::BOOL)],
+    )
+    .await?;
+    tx.commit().await
+}

@@ -1,0 +1,404 @@
+//! The router: which pool serves a scope.
+//!
+//! | tenant                                   | pool                                   |
+//! |------------------------------------------|----------------------------------------|
+//! | customer, shared                         | the shared pool                        |
+//! | customer, dedicated                      | its own pool (lazy, bounded, LRU/idle) |
+//! | platform, any strategy                   | shared; `dedicated` is refused          |
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use futures_util::StreamExt;
+use tokio_postgres::{AsyncMessage, Row};
+use uuid::Uuid;
+
+use crate::pool::{make_pool, PoolOptions};
+use crate::route_cache::{parse_notification, CachedRoute, DbStrategy, RouteCache};
+use crate::tx::{read_once, Param, ScopedTx};
+use crate::{preresolve, DbError, MasterKey, RouterError, Scope, TenantKind};
+
+#[derive(Clone, Debug)]
+pub struct RouterSettings {
+    /// Connections per dedicated database, per node.
+    pub dedicated_pool_max_size: usize,
+    /// Open dedicated pools per node; past it the least recently used is closed.
+    pub max_dedicated_pools: usize,
+    /// A dedicated pool unused this long is closed.
+    pub dedicated_idle_close: Duration,
+    /// How often cached epochs are re-read (the fallback when a NOTIFY is missed).
+    pub route_reread_interval: Duration,
+    /// Listen for `authio_routes` notifications (direct connection, not through pgbouncer).
+    pub listen: bool,
+    /// A direct URL to the shared database for LISTEN; defaults to the shared URL.
+    pub shared_direct_url: Option<String>,
+    /// How long a request waits for a connection.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for RouterSettings {
+    fn default() -> Self {
+        RouterSettings {
+            dedicated_pool_max_size: 8,
+            max_dedicated_pools: 256,
+            dedicated_idle_close: Duration::from_secs(300),
+            route_reread_interval: Duration::from_secs(5),
+            listen: true,
+            shared_direct_url: None,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+struct DedicatedPool {
+    pool: Pool,
+    last_used: Instant,
+}
+
+struct Inner {
+    shared: Pool,
+    shared_url: String,
+    master_key: Option<MasterKey>,
+    cache: RouteCache,
+    dedicated: Mutex<HashMap<Uuid, DedicatedPool>>,
+    settings: RouterSettings,
+    dedicated_pools_opened: AtomicU64,
+    platform_refusals: AtomicU64,
+    listener_connected: std::sync::atomic::AtomicBool,
+    background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// Cheap to clone; background tasks stop when the last clone is dropped or on `shutdown`.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+impl Router {
+    /// Build a router over the shared pool. Call [`Router::start`] to run the listener and the
+    /// periodic re-read.
+    pub fn new(
+        shared_url: &str,
+        shared_pool_size: usize,
+        master_key: Option<MasterKey>,
+        settings: RouterSettings,
+    ) -> Result<Self, DbError> {
+        let shared = make_pool(
+            shared_url,
+            &PoolOptions {
+                max_size: shared_pool_size,
+                wait_timeout: settings.acquire_timeout,
+                application_name: "authio".into(),
+                ..PoolOptions::default()
+            },
+        )?;
+        Ok(Router {
+            inner: Arc::new(Inner {
+                shared,
+                shared_url: shared_url.to_owned(),
+                master_key,
+                cache: RouteCache::default(),
+                dedicated: Mutex::new(HashMap::new()),
+                settings,
+                dedicated_pools_opened: AtomicU64::new(0),
+                platform_refusals: AtomicU64::new(0),
+                listener_connected: std::sync::atomic::AtomicBool::new(false),
+                background: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Start the background tasks: the NOTIFY listener, the epoch re-read, the idle sweeper.
+    pub fn start(&self) {
+        let mut tasks = Vec::new();
+        let weak = Arc::downgrade(&self.inner);
+        if self.inner.settings.listen {
+            let url = self.inner.settings.shared_direct_url.clone().unwrap_or_else(|| self.inner.shared_url.clone());
+            tasks.push(tokio::spawn(listen_loop(weak.clone(), url)));
+        }
+        tasks.push(tokio::spawn(reread_loop(weak.clone(), self.inner.settings.route_reread_interval)));
+        tasks.push(tokio::spawn(sweep_loop(weak)));
+        if let Ok(mut bg) = self.inner.background.lock() {
+            bg.extend(tasks);
+        }
+    }
+
+    /// Stop background tasks and close every pool.
+    pub fn shutdown(&self) {
+        if let Ok(mut bg) = self.inner.background.lock() {
+            for t in bg.drain(..) {
+                t.abort();
+            }
+        }
+        if let Ok(mut map) = self.inner.dedicated.lock() {
+            for (_, p) in map.drain() {
+                p.pool.close();
+            }
+        }
+        self.inner.shared.close();
+    }
+
+    pub(crate) fn shared(&self) -> &Pool {
+        &self.inner.shared
+    }
+
+    pub fn cache(&self) -> &RouteCache {
+        &self.inner.cache
+    }
+
+    /// Dedicated pools open on this node now.
+    pub fn open_dedicated_pools(&self) -> usize {
+        self.inner.dedicated.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Dedicated pools ever opened by this node.
+    pub fn dedicated_pools_opened(&self) -> u64 {
+        self.inner.dedicated_pools_opened.load(Ordering::Relaxed)
+    }
+
+    /// Times a platform-tenant request met a row saying `dedicated` and was kept on shared.
+    pub fn platform_refusals(&self) -> u64 {
+        self.inner.platform_refusals.load(Ordering::Relaxed)
+    }
+
+    pub fn listener_connected(&self) -> bool {
+        self.inner.listener_connected.load(Ordering::Relaxed)
+    }
+
+    /// The tenant's route, from the cache or read from the shared database.
+    pub async fn route(&self, tenant: Uuid) -> Result<CachedRoute, DbError> {
+        if let Some(r) = self.inner.cache.get(&tenant) {
+            return Ok(r);
+        }
+        let generation = self.inner.cache.generation();
+        let route = preresolve::tenant_route(self, tenant).await?.ok_or(RouterError::UnknownTenant(tenant))?;
+        self.inner.cache.insert_if_current(tenant, route, generation);
+        Ok(route)
+    }
+
+    /// The pool for a scope. Fail-closed for the platform tenant: a row saying `dedicated`
+    /// is refused with [`RouterError::PlatformTenantNoDedicatedPool`].
+    pub async fn pool_for(&self, scope: &Scope) -> Result<Pool, DbError> {
+        let route = self.route(scope.tenant_id).await?;
+        if scope.tenant_kind == TenantKind::Platform || route.kind == TenantKind::Platform {
+            return match route.strategy {
+                DbStrategy::Shared => Ok(self.inner.shared.clone()),
+                DbStrategy::Dedicated => {
+                    self.inner.platform_refusals.fetch_add(1, Ordering::Relaxed);
+                    Err(RouterError::PlatformTenantNoDedicatedPool.into())
+                }
+            };
+        }
+        match route.strategy {
+            DbStrategy::Shared => {
+                self.close_dedicated(&scope.tenant_id);
+                Ok(self.inner.shared.clone())
+            }
+            DbStrategy::Dedicated => self.dedicated_pool(scope.tenant_id).await,
+        }
+    }
+
+    /// Like [`Router::pool_for`], but for the platform tenant it returns the shared pool
+    /// together with the refusal, so platform requests keep working while the bad row is
+    /// reported. Customer tenants get their pool or the error.
+    pub async fn pool_for_or_err(&self, scope: &Scope) -> Result<(Pool, Option<RouterError>), DbError> {
+        match self.pool_for(scope).await {
+            Ok(pool) => Ok((pool, None)),
+            Err(DbError::Router(RouterError::PlatformTenantNoDedicatedPool)) => {
+                tracing::error!(tenant = %scope.tenant_id, "platform tenant row says dedicated; serving from shared");
+                Ok((self.inner.shared.clone(), Some(RouterError::PlatformTenantNoDedicatedPool)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Open a scoped transaction on the scope's home.
+    pub async fn begin(&self, scope: &Scope) -> Result<ScopedTx, DbError> {
+        let (pool, _) = self.pool_for_or_err(scope).await?;
+        let client = self.checkout(&pool, scope).await?;
+        ScopedTx::open(client, *scope).await
+    }
+
+    /// One scoped read in a single round trip (BEGIN, bind, query, COMMIT pipelined).
+    pub async fn read(&self, scope: &Scope, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, DbError> {
+        let (pool, _) = self.pool_for_or_err(scope).await?;
+        read_once(&pool, scope, sql, params).await.map_err(|e| self.classify(scope, e))
+    }
+
+    async fn checkout(&self, pool: &Pool, scope: &Scope) -> Result<deadpool_postgres::Object, DbError> {
+        pool.get().await.map_err(|e| self.classify(scope, e.into()))
+    }
+
+    /// Turn a pool failure into the router error that names whose database is down.
+    fn classify(&self, scope: &Scope, e: DbError) -> DbError {
+        let DbError::Pool(reason) = &e else { return e };
+        let dedicated = self.inner.dedicated.lock().map(|m| m.contains_key(&scope.tenant_id)).unwrap_or(false);
+        if dedicated {
+            RouterError::DedicatedUnavailable { tenant: scope.tenant_id, reason: reason.clone() }.into()
+        } else {
+            RouterError::SharedUnavailable(reason.clone()).into()
+        }
+    }
+
+    async fn dedicated_pool(&self, tenant: Uuid) -> Result<Pool, DbError> {
+        if let Ok(mut map) = self.inner.dedicated.lock() {
+            if let Some(p) = map.get_mut(&tenant) {
+                p.last_used = Instant::now();
+                return Ok(p.pool.clone());
+            }
+        }
+        let enc = preresolve::dedicated_app_dsn(self, tenant).await?.ok_or(RouterError::NoDedicatedDatabase(tenant))?;
+        let key = self
+            .inner
+            .master_key
+            .as_ref()
+            .ok_or_else(|| RouterError::Config("a master key is required to reach dedicated databases".into()))?;
+        let dsn = key.decrypt(&enc).map_err(|e| RouterError::Config(format!("dedicated DSN of {tenant}: {e}")))?;
+        let pool = make_pool(
+            &dsn,
+            &PoolOptions {
+                max_size: self.inner.settings.dedicated_pool_max_size,
+                wait_timeout: self.inner.settings.acquire_timeout,
+                application_name: "authio".into(),
+                ..PoolOptions::default()
+            },
+        )?;
+        let mut evicted = Vec::new();
+        let chosen = {
+            let mut map = self.inner.dedicated.lock().map_err(|_| DbError::Pool("router lock poisoned".into()))?;
+            let chosen = map
+                .entry(tenant)
+                .or_insert_with(|| {
+                    self.inner.dedicated_pools_opened.fetch_add(1, Ordering::Relaxed);
+                    DedicatedPool { pool: pool.clone(), last_used: Instant::now() }
+                })
+                .pool
+                .clone();
+            while map.len() > self.inner.settings.max_dedicated_pools {
+                let oldest = map.iter().filter(|(t, _)| **t != tenant).min_by_key(|(_, p)| p.last_used).map(|(t, _)| *t);
+                match oldest.and_then(|t| map.remove(&t)) {
+                    Some(p) => evicted.push(p.pool),
+                    None => break,
+                }
+            }
+            chosen
+        };
+        for p in evicted {
+            p.close();
+        }
+        Ok(chosen)
+    }
+
+    fn close_dedicated(&self, tenant: &Uuid) {
+        let removed = self.inner.dedicated.lock().ok().and_then(|mut m| m.remove(tenant));
+        if let Some(p) = removed {
+            p.pool.close();
+        }
+    }
+}
+
+async fn listen_loop(inner: std::sync::Weak<Inner>, url: String) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(strong) = inner.upgrade() else { return };
+        let router = Router { inner: strong };
+        match listen_once(&router, &url).await {
+            Ok(()) => backoff = Duration::from_millis(100),
+            Err(e) => tracing::warn!(error = %e, "route listener disconnected"),
+        }
+        router.inner.listener_connected.store(false, Ordering::Relaxed);
+        drop(router);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One LISTEN session. NOTIFYs sent while disconnected are lost, so everything cached is
+/// dropped once listening again.
+async fn listen_once(router: &Router, url: &str) -> Result<(), DbError> {
+    let mut cfg = crate::pool::parse_url(url)?;
+    cfg.application_name("authio-route-listener");
+    cfg.connect_timeout(Duration::from_secs(3));
+    let (client, mut conn) = cfg.connect(tokio_postgres::NoTls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(msg) = stream.next().await {
+            match msg {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if tx.send(n.payload().to_owned()).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    client.batch_execute("LISTEN authio_routes").await?;
+    router.inner.cache.clear();
+    router.inner.listener_connected.store(true, Ordering::Relaxed);
+    while let Some(payload) = rx.recv().await {
+        if let Some((tenant, epoch)) = parse_notification(&payload) {
+            tracing::debug!(%tenant, epoch, "route change notified");
+            router.inner.cache.invalidate(&tenant, Some(epoch));
+        }
+    }
+    driver.abort();
+    Err(DbError::Pool("listener connection ended".into()))
+}
+
+async fn reread_loop(inner: std::sync::Weak<Inner>, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let Some(strong) = inner.upgrade() else { return };
+        let router = Router { inner: strong };
+        let cached = router.inner.cache.snapshot();
+        if cached.is_empty() {
+            continue;
+        }
+        let ids: Vec<Uuid> = cached.iter().map(|(t, _)| *t).collect();
+        match preresolve::route_epochs(&router, &ids).await {
+            Ok(current) => {
+                let current: HashMap<Uuid, i64> = current.into_iter().collect();
+                for (tenant, epoch) in cached {
+                    match current.get(&tenant) {
+                        Some(e) if *e == epoch => {}
+                        Some(e) => router.inner.cache.invalidate(&tenant, Some(*e)),
+                        None => router.inner.cache.invalidate(&tenant, None),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "route epoch re-read failed"),
+        }
+    }
+}
+
+async fn sweep_loop(inner: std::sync::Weak<Inner>) {
+    loop {
+        let idle = match inner.upgrade() {
+            Some(i) => i.settings.dedicated_idle_close,
+            None => return,
+        };
+        tokio::time::sleep((idle / 4).max(Duration::from_millis(100))).await;
+        let Some(strong) = inner.upgrade() else { return };
+        let mut closed = Vec::new();
+        if let Ok(mut map) = strong.dedicated.lock() {
+            map.retain(|_, p| {
+                let keep = p.last_used.elapsed() < idle;
+                if !keep {
+                    closed.push(p.pool.clone());
+                }
+                keep
+            });
+        }
+        for p in closed {
+            p.close();
+        }
+    }
+}

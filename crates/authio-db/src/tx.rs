@@ -1,0 +1,160 @@
+//! Scoped transactions: `BEGIN` then the transaction-local GUCs, pipelined in one round trip.
+//! Never a session-level `SET`: behind pgbouncer it would leak to the next client.
+use deadpool_postgres::{Object, Pool};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Row;
+
+use crate::{DbError, Scope};
+
+/// A statement parameter with its declared type (statements are sent unnamed, so types are
+/// given rather than asked of the server).
+pub type Param<'a> = (&'a (dyn ToSql + Sync), Type);
+
+pub(crate) const BIND_SQL: &str =
+    "SELECT set_config('authio.tenant_id', $1, true), set_config('authio.project_id', $2, true)";
+
+/// A transaction bound to one scope on the pool where the scope's tenant lives.
+/// Dropped without `commit`, it rolls back before its connection goes back to the pool.
+pub struct ScopedTx {
+    client: Option<Object>,
+    scope: Scope,
+}
+
+impl ScopedTx {
+    pub(crate) async fn open(client: Object, scope: Scope) -> Result<Self, DbError> {
+        let tenant = scope.tenant_id.to_string();
+        let project = scope.project_id.map(|p| p.to_string()).unwrap_or_default();
+        let tx = ScopedTx { client: Some(client), scope };
+        let c = tx.client_ref()?;
+        let bind: [Param<'_>; 2] = [(&tenant, Type::TEXT), (&project, Type::TEXT)];
+        let (begun, bound) = futures_util::join!(c.batch_execute("BEGIN"), c.query_typed(BIND_SQL, &bind));
+        begun?;
+        bound?;
+        Ok(tx)
+    }
+
+    fn client_ref(&self) -> Result<&Object, DbError> {
+        self.client.as_ref().ok_or_else(|| DbError::Pool("transaction already finished".into()))
+    }
+
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    pub async fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, DbError> {
+        Ok(self.client_ref()?.query_typed(sql, params).await?)
+    }
+
+    pub async fn query_opt(&self, sql: &str, params: &[Param<'_>]) -> Result<Option<Row>, DbError> {
+        let mut rows = self.query(sql, params).await?;
+        Ok(if rows.is_empty() { None } else { Some(rows.swap_remove(0)) })
+    }
+
+    pub async fn query_one(&self, sql: &str, params: &[Param<'_>]) -> Result<Row, DbError> {
+        self.query_opt(sql, params)
+            .await?
+            .ok_or_else(|| DbError::Pool("query returned no row where one was expected".into()))
+    }
+
+    pub async fn commit(mut self) -> Result<(), DbError> {
+        let client = self.client.take().ok_or_else(|| DbError::Pool("transaction already finished".into()))?;
+        client.batch_execute("COMMIT").await?;
+        Ok(())
+    }
+
+    pub async fn rollback(mut self) -> Result<(), DbError> {
+        if let Some(client) = self.client.take() {
+            client.batch_execute("ROLLBACK").await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ScopedTx {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            rollback_in_background(client);
+        }
+    }
+}
+
+/// Roll back and only then return the connection to the pool; if that fails, detach the
+/// connection so a half-open transaction never reaches another request.
+pub(crate) fn rollback_in_background(client: Object) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(async move {
+                if client.batch_execute("ROLLBACK").await.is_err() {
+                    drop(Object::take(client));
+                }
+            });
+        }
+        Err(_) => drop(Object::take(client)),
+    }
+}
+
+/// One scoped read in a single round trip: BEGIN, bind, the query and COMMIT pipelined.
+/// If the query fails, the COMMIT of the aborted transaction rolls it back.
+pub(crate) async fn read_once(
+    pool: &Pool,
+    scope: &Scope,
+    sql: &str,
+    params: &[Param<'_>],
+) -> Result<Vec<Row>, DbError> {
+    let client = pool.get().await?;
+    let tenant = scope.tenant_id.to_string();
+    let project = scope.project_id.map(|p| p.to_string()).unwrap_or_default();
+    let bind: [Param<'_>; 2] = [(&tenant, Type::TEXT), (&project, Type::TEXT)];
+    let (begun, bound, rows, committed) = futures_util::join!(
+        client.batch_execute("BEGIN"),
+        client.query_typed(BIND_SQL, &bind),
+        client.query_typed(sql, params),
+        client.batch_execute("COMMIT"),
+    );
+    let outcome = begun.and(bound).and(rows);
+    if committed.is_err() {
+        rollback_in_background(client);
+    }
+    let rows = outcome?;
+    committed?;
+    Ok(rows)
+}
+
+/// A control-plane transaction as `authio_owner` (operators' commands, migrations,
+/// provisioning). `SET LOCAL ROLE` lasts only this transaction.
+pub struct OwnerTx<'a> {
+    tx: tokio_postgres::Transaction<'a>,
+}
+
+impl<'a> OwnerTx<'a> {
+    pub async fn begin(client: &'a mut tokio_postgres::Client) -> Result<Self, DbError> {
+        let tx = client.transaction().await?;
+        tx.batch_execute("SET LOCAL ROLE authio_owner").await?;
+        Ok(OwnerTx { tx })
+    }
+
+    /// Bind a tenant scope too (for reaching a tenant's rows as the owner).
+    pub async fn bind(&self, scope: &Scope) -> Result<(), DbError> {
+        let tenant = scope.tenant_id.to_string();
+        let project = scope.project_id.map(|p| p.to_string()).unwrap_or_default();
+        self.tx.query_typed(BIND_SQL, &[(&tenant, Type::TEXT), (&project, Type::TEXT)]).await?;
+        Ok(())
+    }
+
+    pub async fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, DbError> {
+        Ok(self.tx.query_typed(sql, params).await?)
+    }
+
+    pub async fn query_opt(&self, sql: &str, params: &[Param<'_>]) -> Result<Option<Row>, DbError> {
+        let mut rows = self.query(sql, params).await?;
+        Ok(if rows.is_empty() { None } else { Some(rows.swap_remove(0)) })
+    }
+
+    pub async fn batch(&self, sql: &str) -> Result<(), DbError> {
+        Ok(self.tx.batch_execute(sql).await?)
+    }
+
+    pub async fn commit(self) -> Result<(), DbError> {
+        Ok(self.tx.commit().await?)
+    }
+}

@@ -1,0 +1,362 @@
+//! The data layer against real PostgreSQL: the router's platform invariant, dedicated routing,
+//! tenant isolation under RLS (direct and through pgbouncer), the home fence, the route cache.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use authio_core::domain::{Email, Plan};
+use authio_core::{users, SystemClock};
+use authio_db::{DbError, Router, RouterError, RouterSettings, Scope, TenantKind, Type};
+use authio_testkit::{
+    admin_query_strings, clusters, fresh_shared_db, make_dedicated, router_for, router_settings, seed_tenant, via_pgbouncer,
+    Seeded, TestDb,
+};
+use uuid::Uuid;
+
+fn scope_of(s: &Seeded) -> Scope {
+    Scope::project(s.tenant.id, s.project.id, s.tenant.tenant_kind())
+}
+
+async fn current_db(router: &Router, scope: &Scope) -> (String, i32) {
+    let tx = router.begin(scope).await.unwrap();
+    let row = tx.query_one("SELECT current_database()::text, inet_server_port()", &[]).await.unwrap();
+    let out = (row.get(0), row.get(1));
+    tx.commit().await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn router_pool_for_or_err_platform_tenant_returns_shared_with_err() {
+    let shared = fresh_shared_db().await;
+    let platform = seed_tenant(&shared, "platform", TenantKind::Platform, Plan::Enterprise).await;
+    let router = router_for(&shared, &shared.app_url, router_settings());
+    let scope = scope_of(&platform);
+
+    // While the row says shared: the shared pool, no error.
+    let (pool, err) = router.pool_for_or_err(&scope).await.unwrap();
+    assert!(err.is_none());
+    let c = pool.get().await.unwrap();
+    let db: String = c.query_one("SELECT current_database()::text", &[]).await.unwrap().get(0);
+    assert_eq!(db, shared.name);
+    drop(c);
+
+    // The row now says dedicated: still the shared pool, together with the refusal.
+    authio_core::control::ControlPlane::new(shared.admin_url.clone())
+        .set_db_strategy(platform.tenant.id, "dedicated")
+        .await
+        .unwrap();
+    router.cache().clear();
+    let (pool, err) = router.pool_for_or_err(&scope).await.unwrap();
+    assert_eq!(err, Some(RouterError::PlatformTenantNoDedicatedPool));
+    let c = pool.get().await.unwrap();
+    let db: String = c.query_one("SELECT current_database()::text", &[]).await.unwrap().get(0);
+    assert_eq!(db, shared.name);
+    assert_eq!(router.dedicated_pools_opened(), 0);
+}
+
+#[tokio::test]
+async fn router_pool_for_or_err_platform_tenant_with_dedicated_strategy_still_refuses() {
+    let shared = fresh_shared_db().await;
+    let platform = seed_tenant(&shared, "platform", TenantKind::Platform, Plan::Enterprise).await;
+    // Even with a dedicated database recorded for it (written behind the control plane's
+    // back, which refuses to do so), the platform tenant is never routed there.
+    let ded = authio_testkit::fresh_dedicated_db().await;
+    let key = authio_testkit::test_master_key();
+    let c = authio_db::pool::connect(&shared.admin_url, "test").await.unwrap();
+    c.execute(
+        "INSERT INTO dedicated_databases (tenant_id, database_name, app_dsn_enc, admin_dsn_enc) VALUES ($1, $2, $3, $4)",
+        &[&platform.tenant.id, &ded.name, &key.encrypt(&ded.app_url), &key.encrypt(&ded.admin_url)],
+    )
+    .await
+    .unwrap();
+    c.execute("UPDATE tenants SET db_strategy = 'dedicated' WHERE id = $1", &[&platform.tenant.id]).await.unwrap();
+
+    let router = router_for(&shared, &shared.app_url, router_settings());
+    for kind in [TenantKind::Platform, TenantKind::Customer] {
+        // A scope that (wrongly) claims customer is still judged by the tenant's row.
+        let scope = Scope::project(platform.tenant.id, platform.project.id, kind);
+        match router.pool_for(&scope).await {
+            Err(DbError::Router(RouterError::PlatformTenantNoDedicatedPool)) => {}
+            other => panic!("expected PlatformTenantNoDedicatedPool, got {:?}", other.map(|_| "a pool")),
+        }
+        let (_, err) = router.pool_for_or_err(&scope).await.unwrap();
+        assert_eq!(err, Some(RouterError::PlatformTenantNoDedicatedPool));
+    }
+    // Scoped work lands on shared, never on the dedicated database.
+    let scope = scope_of(&platform);
+    assert_eq!(current_db(&router, &scope).await.0, shared.name);
+    users::create(&router, &SystemClock, &scope, &Email::parse("op@authio.dev").unwrap()).await.unwrap();
+    assert_eq!(admin_query_strings(&shared.admin_url, "SELECT email FROM users").await, vec!["op@authio.dev"]);
+    assert!(admin_query_strings(&ded.admin_url, "SELECT email FROM users").await.is_empty());
+    assert_eq!(router.dedicated_pools_opened(), 0);
+    assert!(router.platform_refusals() >= 2);
+}
+
+#[tokio::test]
+async fn dedicated_tenant_routes_to_its_own_cluster_and_writes_land_there() {
+    let shared = fresh_shared_db().await;
+    let a = seed_tenant(&shared, "alpha", TenantKind::Customer, Plan::Free).await;
+    let b = seed_tenant(&shared, "bravo", TenantKind::Customer, Plan::Enterprise).await;
+    let ded = make_dedicated(&shared, &b.tenant).await;
+    let router = router_for(&shared, &shared.app_url, router_settings());
+
+    let (db_a, port_a) = current_db(&router, &scope_of(&a)).await;
+    let (db_b, port_b) = current_db(&router, &scope_of(&b)).await;
+    assert_eq!((db_a.as_str(), port_a as u16), (shared.name.as_str(), clusters().shared.port()));
+    assert_eq!((db_b.as_str(), port_b as u16), (ded.name.as_str(), clusters().dedicated.port()));
+    assert_ne!(port_a, port_b, "two physical clusters");
+
+    users::create(&router, &SystemClock, &scope_of(&a), &Email::parse("a@alpha.test").unwrap()).await.unwrap();
+    users::create(&router, &SystemClock, &scope_of(&b), &Email::parse("b@bravo.test").unwrap()).await.unwrap();
+    assert_eq!(admin_query_strings(&shared.admin_url, "SELECT email FROM users ORDER BY email").await, vec!["a@alpha.test"]);
+    assert_eq!(admin_query_strings(&ded.admin_url, "SELECT email FROM users ORDER BY email").await, vec!["b@bravo.test"]);
+    let listed = users::list(&router, &scope_of(&b), 10, None).await.unwrap();
+    assert_eq!(listed.iter().map(|u| u.email.as_str()).collect::<Vec<_>>(), vec!["b@bravo.test"]);
+    assert_eq!(router.open_dedicated_pools(), 1);
+}
+
+/// The isolation properties, run against `app_url` (direct, or through pgbouncer).
+async fn isolation_suite(shared: &TestDb, app_url: &str) {
+    let a = seed_tenant(shared, "tenant-a", TenantKind::Customer, Plan::Pro).await;
+    let b = seed_tenant(shared, "tenant-b", TenantKind::Customer, Plan::Pro).await;
+    let router = router_for(shared, app_url, RouterSettings { listen: false, ..router_settings() });
+    let (sa, sb) = (scope_of(&a), scope_of(&b));
+    let ua = users::create(&router, &SystemClock, &sa, &Email::parse("a1@a.test").unwrap()).await.unwrap();
+    let ub = users::create(&router, &SystemClock, &sb, &Email::parse("b1@b.test").unwrap()).await.unwrap();
+
+    // Under A's scope no row of B is visible, even when asked for by id.
+    let tx = router.begin(&sa).await.unwrap();
+    let emails: Vec<String> = tx.query("SELECT email FROM users", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(emails, vec!["a1@a.test"]);
+    assert!(tx.query_opt("SELECT 1 FROM users WHERE id = $1", &[(&ub.id, Type::UUID)]).await.unwrap().is_none());
+    // Updating B's row touches nothing.
+    let touched = tx
+        .query("UPDATE users SET disabled = true WHERE id = $1 RETURNING id", &[(&ub.id, Type::UUID)])
+        .await
+        .unwrap();
+    assert!(touched.is_empty());
+    tx.commit().await.unwrap();
+
+    // Inserting a row with B's tenant_id under A's scope fails.
+    let tx = router.begin(&sa).await.unwrap();
+    let id = Uuid::now_v7();
+    let err = tx
+        .query(
+            "INSERT INTO users (tenant_id, project_id, id, email, created_at, updated_at) VALUES ($1, $2, $3, 'x@b.test', now(), now())",
+            &[(&b.tenant.id, Type::UUID), (&b.project.id, Type::UUID), (&id, Type::UUID)],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.sqlstate(), Some("42501"), "{err}");
+    drop(tx);
+    // Moving one's own row to B fails (WITH CHECK).
+    let tx = router.begin(&sa).await.unwrap();
+    let err = tx
+        .query("UPDATE users SET tenant_id = $1 WHERE id = $2", &[(&b.tenant.id, Type::UUID), (&ua.id, Type::UUID)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.sqlstate(), Some("42501"), "{err}");
+    drop(tx);
+
+    // As authio_app with no GUC bound: zero rows; and the role cannot switch RLS off.
+    let raw = authio_db::pool::connect(app_url, "test").await.unwrap();
+    let n: i64 = raw.query_one("SELECT count(*) FROM users", &[]).await.unwrap().get(0);
+    assert_eq!(n, 0);
+    for stmt in [
+        "ALTER TABLE users DISABLE ROW LEVEL SECURITY",
+        "ALTER TABLE users NO FORCE ROW LEVEL SECURITY",
+        "ALTER POLICY project_scope_at_home ON users USING (true)",
+        "DROP POLICY project_scope_at_home ON users",
+        "CREATE POLICY open ON users USING (true)",
+        "ALTER TABLE users OWNER TO authio_app",
+    ] {
+        let e = raw.batch_execute(stmt).await.expect_err(stmt);
+        assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{stmt}: {e}");
+    }
+    // Asking for row_security = off does not bypass: the query is refused instead.
+    let e = raw
+        .batch_execute("BEGIN; SET LOCAL row_security = off; SELECT * FROM users; COMMIT")
+        .await
+        .expect_err("row_security=off must not bypass FORCE");
+    assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{e}");
+    raw.batch_execute("ROLLBACK").await.ok();
+    let attrs: (bool, bool) = {
+        let r = raw.query_one("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user", &[]).await.unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(attrs, (false, false));
+
+    // A GUC set in one transaction is gone in the next on the same connection.
+    raw.batch_execute(&format!(
+        "BEGIN; SELECT set_config('authio.tenant_id', '{}', true), set_config('authio.project_id', '{}', true); COMMIT",
+        a.tenant.id, a.project.id
+    ))
+    .await
+    .unwrap();
+    let after: Option<String> =
+        raw.query_one("SELECT current_setting('authio.tenant_id', true)", &[]).await.unwrap().get(0);
+    assert!(after.as_deref().unwrap_or("").is_empty(), "GUC leaked: {after:?}");
+    let n: i64 = raw.query_one("SELECT count(*) FROM users", &[]).await.unwrap().get(0);
+    assert_eq!(n, 0);
+
+    // Through the pool: after scoped transactions, an unscoped read sees nothing.
+    for _ in 0..20 {
+        users::list(&router, &sa, 10, None).await.unwrap();
+    }
+    let pool = router.pool_for(&sa).await.unwrap();
+    for _ in 0..8 {
+        let c = pool.get().await.unwrap();
+        let n: i64 = c.query_one("SELECT count(*) FROM users", &[]).await.unwrap().get(0);
+        assert_eq!(n, 0, "a pooled connection kept a scope");
+    }
+    router.shutdown();
+}
+
+#[tokio::test]
+async fn isolation_direct() {
+    let shared = fresh_shared_db().await;
+    isolation_suite(&shared, &shared.app_url.clone()).await;
+}
+
+#[tokio::test]
+async fn isolation_through_pgbouncer_transaction_pooling() {
+    let shared = fresh_shared_db().await;
+    let url = via_pgbouncer(&shared);
+    // It really is pgbouncer answering.
+    let c = authio_db::pool::connect(&url, "test").await.unwrap();
+    let port: i32 = c.query_one("SELECT inet_server_port()", &[]).await.unwrap().get(0);
+    assert_eq!(port as u16, clusters().shared.port());
+    assert!(url.contains(&format!(":{}/", clusters().pgbouncer().port)));
+    isolation_suite(&shared, &url).await;
+}
+
+#[tokio::test]
+async fn home_fence_blocks_reads_and_writes_whatever_the_gucs_say() {
+    let shared = fresh_shared_db().await;
+    let a = seed_tenant(&shared, "fenced", TenantKind::Customer, Plan::Enterprise).await;
+    let router = router_for(&shared, &shared.app_url, router_settings());
+    let sa = scope_of(&a);
+    let u = users::create(&router, &SystemClock, &sa, &Email::parse("kept@f.test").unwrap()).await.unwrap();
+
+    authio_db::migrate::set_home(&shared.admin_url, a.tenant.id, false).await.unwrap();
+    let tx = router.begin(&sa).await.unwrap();
+    assert!(tx.query("SELECT * FROM users", &[]).await.unwrap().is_empty());
+    assert!(tx
+        .query("UPDATE users SET disabled = true WHERE id = $1 RETURNING id", &[(&u.id, Type::UUID)])
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(tx.query("DELETE FROM users RETURNING id", &[]).await.unwrap().is_empty());
+    tx.commit().await.unwrap();
+    let err = users::create(&router, &SystemClock, &sa, &Email::parse("new@f.test").unwrap()).await.unwrap_err();
+    assert!(matches!(&err, authio_core::CoreError::Db(e) if e.sqlstate() == Some("42501")), "{err:?}");
+    // The rows are still there, untouched.
+    assert_eq!(admin_query_strings(&shared.admin_url, "SELECT email || ':' || disabled FROM users").await, vec!["kept@f.test:false"]);
+
+    // A dedicated database admits only its tenant, and only once marked at home.
+    let ded = authio_testkit::fresh_dedicated_db().await;
+    authio_db::migrate::mark_dedicated(&ded.admin_url, a.tenant.id).await.unwrap();
+    let c = authio_db::pool::connect(&ded.app_url, "test").await.unwrap();
+    let bind = format!(
+        "BEGIN; SELECT set_config('authio.tenant_id', '{}', true), set_config('authio.project_id', '{}', true);",
+        a.tenant.id, a.project.id
+    );
+    let insert = format!("{bind} INSERT INTO users (tenant_id, project_id, id, email, created_at, updated_at) VALUES ('{}', '{}', '{}', 'd@f.test', now(), now()); COMMIT", a.tenant.id, a.project.id, Uuid::now_v7());
+    let e = c.batch_execute(&insert).await.expect_err("not at home yet");
+    assert_eq!(e.code().map(|c| c.code()), Some("42501"));
+    c.batch_execute("ROLLBACK").await.ok();
+    authio_db::migrate::set_home(&ded.admin_url, a.tenant.id, true).await.unwrap();
+    c.batch_execute(&insert).await.unwrap();
+    // Another tenant is never at home on this dedicated database.
+    let other = Uuid::now_v7();
+    let e = c
+        .batch_execute(&format!("BEGIN; SELECT set_config('authio.tenant_id', '{other}', true), set_config('authio.project_id', '{other}', true); INSERT INTO users (tenant_id, project_id, id, email, created_at, updated_at) VALUES ('{other}', '{other}', '{}', 'o@o.test', now(), now()); COMMIT", Uuid::now_v7()))
+        .await
+        .expect_err("other tenant");
+    assert_eq!(e.code().map(|c| c.code()), Some("42501"));
+}
+
+async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn route_change_reaches_another_instance_through_notify_within_a_second() {
+    let shared = fresh_shared_db().await;
+    let t = seed_tenant(&shared, "moving", TenantKind::Customer, Plan::Enterprise).await;
+    // Instance 2 re-reads only hourly: only NOTIFY can tell it in time.
+    let one = router_for(&shared, &shared.app_url, router_settings());
+    let two = router_for(&shared, &shared.app_url, RouterSettings { route_reread_interval: Duration::from_secs(3600), ..router_settings() });
+    wait_until(Duration::from_secs(5), || two.listener_connected()).await.expect("listener up");
+    let scope = scope_of(&t);
+    assert_eq!(current_db(&one, &scope).await.0, shared.name);
+    assert_eq!(current_db(&two, &scope).await.0, shared.name);
+    let before = two.cache().get(&t.tenant.id).expect("cached").epoch;
+
+    let ded = make_dedicated(&shared, &t.tenant).await;
+    let took = wait_until(Duration::from_secs(1), || two.cache().get(&t.tenant.id).is_none())
+        .await
+        .expect("NOTIFY did not invalidate instance two within a second");
+    assert_eq!(current_db(&two, &scope).await.0, ded.name, "took {took:?}");
+    assert!(two.cache().get(&t.tenant.id).unwrap().epoch > before);
+}
+
+#[tokio::test]
+async fn route_change_reaches_an_instance_that_missed_notify_through_the_reread() {
+    let shared = fresh_shared_db().await;
+    let t = seed_tenant(&shared, "moving2", TenantKind::Customer, Plan::Enterprise).await;
+    let deaf = router_for(&shared, &shared.app_url, RouterSettings { listen: false, route_reread_interval: Duration::from_millis(250), ..router_settings() });
+    let scope = scope_of(&t);
+    assert_eq!(current_db(&deaf, &scope).await.0, shared.name);
+    let ded = make_dedicated(&shared, &t.tenant).await;
+    // No NOTIFY reaches it; the stale route is still cached right now...
+    assert!(deaf.cache().get(&t.tenant.id).is_some());
+    wait_until(Duration::from_secs(3), || deaf.cache().get(&t.tenant.id).is_none()).await.expect("re-read invalidates");
+    assert_eq!(current_db(&deaf, &scope).await.0, ded.name);
+}
+
+#[tokio::test]
+async fn a_stale_instance_cannot_touch_the_old_home() {
+    let shared = fresh_shared_db().await;
+    let t = seed_tenant(&shared, "stale", TenantKind::Customer, Plan::Enterprise).await;
+    let stale = router_for(&shared, &shared.app_url, RouterSettings { listen: false, route_reread_interval: Duration::from_secs(3600), ..router_settings() });
+    let scope = scope_of(&t);
+    users::create(&stale, &SystemClock, &scope, &Email::parse("before@s.test").unwrap()).await.unwrap();
+    make_dedicated(&shared, &t.tenant).await;
+    // Its cache still says shared; the fence on shared refuses it.
+    assert_eq!(current_db(&stale, &scope).await.0, shared.name);
+    assert!(users::list(&stale, &scope, 10, None).await.unwrap().is_empty());
+    assert!(users::create(&stale, &SystemClock, &scope, &Email::parse("after@s.test").unwrap()).await.is_err());
+    assert_eq!(admin_query_strings(&shared.admin_url, "SELECT email FROM users").await, vec!["before@s.test"]);
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_the_app_role_is_locked_down() {
+    let shared = fresh_shared_db().await;
+    assert!(authio_db::migrate::migrate(&shared.admin_url).await.unwrap().is_empty());
+    let rows = admin_query_strings(
+        &shared.admin_url,
+        "SELECT c.relname || ':' || c.relrowsecurity || ':' || c.relforcerowsecurity || ':' || pg_get_userbyid(c.relowner)
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname <> 'authio_schema_migrations' ORDER BY 1",
+    )
+    .await;
+    assert!(!rows.is_empty());
+    for r in rows {
+        assert!(r.ends_with(":true:true:authio_owner"), "{r}");
+    }
+    let pk = admin_query_strings(
+        &shared.admin_url,
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+         WHERE i.indrelid = 'users'::regclass AND i.indisprimary",
+    )
+    .await;
+    assert_eq!(pk, vec!["tenant_id"]);
+}

@@ -1,0 +1,143 @@
+//! `/v1/projects/{project_id}/users`: create and list a project's users (project API key).
+use authio_core::domain::Email;
+use authio_core::users;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::extract::json_body;
+use crate::{ApiError, AppState, RequestContext};
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserRequest {
+    /// Normalised (trimmed, lower-cased); unique within the project.
+    pub email: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UserResponse {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    pub email: String,
+    pub email_verified: bool,
+    pub disabled: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<users::User> for UserResponse {
+    fn from(u: users::User) -> Self {
+        UserResponse {
+            id: u.id,
+            project_id: u.project_id,
+            email: u.email,
+            email_verified: u.email_verified,
+            disabled: u.disabled,
+            created_at: u.created_at,
+            updated_at: u.updated_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UserList {
+    pub data: Vec<UserResponse>,
+    /// Pass as `after` for the next page; null on the last page.
+    pub next_cursor: Option<Uuid>,
+}
+
+/// The key's project must be the one in the path; anything else is "not found" (a key never
+/// learns whether another project exists).
+fn check_project(ctx: &RequestContext, raw: &str) -> Result<(), ApiError> {
+    match Uuid::parse_str(raw) {
+        Ok(id) if Some(id) == ctx.scope.project_id => Ok(()),
+        _ => Err(ApiError::not_found("project_not_found", "project not found")),
+    }
+}
+
+/// Create a user.
+#[utoipa::path(post, path = "/v1/projects/{project_id}/users", tag = "users",
+    params(("project_id" = Uuid, Path, description = "the project")),
+    request_body = CreateUserRequest,
+    security(("project_api_key" = [])),
+    responses(
+        (status = 201, description = "created", body = UserResponse),
+        (status = 400, description = "malformed JSON (`malformed_json`)", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or invalid API key", body = crate::error::ErrorBody),
+        (status = 404, description = "unknown project (`project_not_found`)", body = crate::error::ErrorBody),
+        (status = 409, description = "email already used (`email_taken`)", body = crate::error::ErrorBody),
+        (status = 415, description = "not JSON", body = crate::error::ErrorBody),
+        (status = 422, description = "invalid email (`invalid_email`) or fields (`invalid_request`)", body = crate::error::ErrorBody),
+        (status = 503, description = "the tenant's database is unavailable", body = crate::error::ErrorBody),
+    ))]
+pub async fn create_user(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    Path(project_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<UserResponse>), ApiError> {
+    check_project(&ctx, &project_id)?;
+    let req: CreateUserRequest = json_body(&headers, &body)?;
+    let email = Email::parse(&req.email).map_err(authio_core::CoreError::from)?;
+    let user = users::create(&state.router, state.clock.as_ref(), &ctx.scope, &email).await?;
+    Ok((StatusCode::CREATED, Json(user.into())))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<i64>,
+    after: Option<Uuid>,
+}
+
+/// List users, oldest first, with cursor pagination.
+#[utoipa::path(get, path = "/v1/projects/{project_id}/users", tag = "users",
+    params(("project_id" = Uuid, Path, description = "the project"),
+        ("limit" = Option<i64>, Query, description = "1-200, default 50"),
+        ("after" = Option<Uuid>, Query, description = "cursor from the previous page")),
+    security(("project_api_key" = [])),
+    responses(
+        (status = 200, description = "a page of users", body = UserList),
+        (status = 400, description = "bad query (`invalid_query`)", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or invalid API key", body = crate::error::ErrorBody),
+        (status = 404, description = "unknown project", body = crate::error::ErrorBody),
+        (status = 503, description = "the tenant's database is unavailable", body = crate::error::ErrorBody),
+    ))]
+pub async fn list_users(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    Path(project_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<UserList>, ApiError> {
+    check_project(&ctx, &project_id)?;
+    let q: ListQuery = parse_list_query(query.as_deref().unwrap_or(""))?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "limit must be between 1 and 200"));
+    }
+    let page = users::list(&state.router, &ctx.scope, limit, q.after).await?;
+    let next_cursor = if page.len() as i64 == limit { page.last().map(|u| u.id) } else { None };
+    Ok(Json(UserList { data: page.into_iter().map(Into::into).collect(), next_cursor }))
+}
+
+/// Parse `limit` and `after` from a query string.
+fn parse_list_query(query: &str) -> Result<ListQuery, ApiError> {
+    let bad = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m);
+    let mut q = ListQuery { limit: None, after: None };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "limit" => q.limit = Some(v.parse().map_err(|_| bad("limit must be an integer"))?),
+            "after" => q.after = Some(Uuid::parse_str(v).map_err(|_| bad("after must be a user id"))?),
+            _ => return Err(bad("unknown query parameter")),
+        }
+    }
+    Ok(q)
+}

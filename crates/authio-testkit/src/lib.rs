@@ -1,0 +1,282 @@
+//! Test kit: throwaway PostgreSQL clusters (a "shared" and a "dedicated" one, plus pgbouncer
+//! on demand), a fresh migrated database per test, and `spawn_app()` on port 0.
+//!
+//! Clusters start once per test process and die with it. To use servers you run yourself,
+//! set `AUTHIO_TEST_SHARED_ADMIN_URL` and `AUTHIO_TEST_DEDICATED_ADMIN_URL` to superuser URLs
+//! (the database part is ignored).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use authio_core::control::{ControlPlane, CreatedApiKey, Project, Tenant};
+use authio_core::domain::{DisplayName, Plan, Slug};
+use authio_core::SystemClock;
+use authio_db::cluster::{free_port, ClusterOptions, LocalCluster, LocalPgBouncer};
+use authio_db::{MasterKey, Router, RouterSettings, TenantKind};
+use uuid::Uuid;
+
+/// A PostgreSQL server the tests may create databases on.
+pub struct Server {
+    host: String,
+    port: u16,
+    superuser: String,
+    _local: Option<LocalCluster>,
+}
+
+impl Server {
+    pub fn url(&self, user: &str, db: &str) -> String {
+        format!("postgres://{user}@{}:{}/{db}", self.host, self.port)
+    }
+
+    pub fn admin_url(&self, db: &str) -> String {
+        self.url(&self.superuser, db)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn local(&self) -> Option<&LocalCluster> {
+        self._local.as_ref()
+    }
+}
+
+pub struct Clusters {
+    pub shared: Server,
+    pub dedicated: Server,
+    root: PathBuf,
+    pgbouncer: OnceLock<LocalPgBouncer>,
+}
+
+static CLUSTERS: OnceLock<Clusters> = OnceLock::new();
+
+fn server_from_env(var: &str) -> Option<Server> {
+    let url = std::env::var(var).ok()?;
+    let cfg: tokio_postgres::Config = url.parse().ok()?;
+    let host = match cfg.get_hosts().first()? {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        #[allow(unreachable_patterns)]
+        _ => return None,
+    };
+    Some(Server {
+        host,
+        port: cfg.get_ports().first().copied().unwrap_or(5432),
+        superuser: cfg.get_user().unwrap_or("postgres").to_owned(),
+        _local: None,
+    })
+}
+
+fn start_local(root: &std::path::Path, name: &str) -> Server {
+    let port = free_port().expect("free port");
+    let cluster = LocalCluster::init(&root.join(name), port, &ClusterOptions { throwaway: true })
+        .unwrap_or_else(|e| panic!("test kit: cannot create the {name} cluster: {e}"));
+    cluster.start().unwrap_or_else(|e| panic!("test kit: cannot start the {name} cluster: {e}"));
+    Server { host: "127.0.0.1".into(), port, superuser: "postgres".into(), _local: Some(cluster) }
+}
+
+/// The clusters of this test process, started on first use.
+pub fn clusters() -> &'static Clusters {
+    CLUSTERS.get_or_init(|| {
+        let root = std::env::temp_dir().join(format!("authio-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("test dir");
+        sweep_stale_dirs();
+        let shared = server_from_env("AUTHIO_TEST_SHARED_ADMIN_URL").unwrap_or_else(|| start_local(&root, "shared"));
+        let dedicated =
+            server_from_env("AUTHIO_TEST_DEDICATED_ADMIN_URL").unwrap_or_else(|| start_local(&root, "dedicated"));
+        Clusters { shared, dedicated, root, pgbouncer: OnceLock::new() }
+    })
+}
+
+/// Remove directories of earlier test processes that are gone.
+fn sweep_stale_dirs() {
+    let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("authio-test-").and_then(|p| p.parse::<u32>().ok()) {
+            if !PathBuf::from(format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+impl Clusters {
+    /// pgbouncer (transaction pooling) in front of the shared cluster, started on first use.
+    /// Fails the test when pgbouncer is not installed: `.ci/run` installs it.
+    pub fn pgbouncer(&self) -> &LocalPgBouncer {
+        self.pgbouncer.get_or_init(|| {
+            let port = free_port().expect("free port");
+            LocalPgBouncer::start(&self.root.join("pgbouncer"), port, self.shared.port)
+                .unwrap_or_else(|e| panic!("test kit: cannot start pgbouncer: {e}"))
+        })
+    }
+}
+
+/// A fresh, migrated database.
+#[derive(Clone, Debug)]
+pub struct TestDb {
+    pub name: String,
+    pub admin_url: String,
+    pub app_url: String,
+    pub port: u16,
+}
+
+pub async fn fresh_db(server: &Server) -> TestDb {
+    let name = format!("t_{}", Uuid::new_v4().simple());
+    let admin = authio_db::pool::connect(&server.admin_url("postgres"), "authio-testkit").await.expect("connect admin");
+    admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
+    let db = TestDb { admin_url: server.admin_url(&name), app_url: server.url("authio_app", &name), name, port: server.port };
+    authio_db::migrate::migrate(&db.admin_url).await.expect("migrate");
+    db
+}
+
+pub async fn fresh_shared_db() -> TestDb {
+    fresh_db(&clusters().shared).await
+}
+
+pub async fn fresh_dedicated_db() -> TestDb {
+    fresh_db(&clusters().dedicated).await
+}
+
+/// The same database reached through pgbouncer (transaction pooling).
+pub fn via_pgbouncer(db: &TestDb) -> String {
+    clusters().pgbouncer().url("authio_app", &db.name)
+}
+
+pub fn test_master_key() -> MasterKey {
+    static KEY: OnceLock<String> = OnceLock::new();
+    MasterKey::from_base64(KEY.get_or_init(MasterKey::generate_base64)).expect("key")
+}
+
+/// Test-friendly router settings: fast re-read, small pools.
+pub fn router_settings() -> RouterSettings {
+    RouterSettings {
+        route_reread_interval: Duration::from_millis(300),
+        dedicated_pool_max_size: 4,
+        acquire_timeout: Duration::from_secs(3),
+        ..RouterSettings::default()
+    }
+}
+
+pub fn router_for(db: &TestDb, app_url: &str, settings: RouterSettings) -> Router {
+    let settings = RouterSettings { shared_direct_url: Some(db.app_url.clone()), ..settings };
+    let router = Router::new(app_url, 8, Some(test_master_key()), settings).expect("router");
+    router.start();
+    router
+}
+
+/// A seeded tenant with one project and one API key.
+pub struct Seeded {
+    pub tenant: Tenant,
+    pub project: Project,
+    pub api_key: CreatedApiKey,
+}
+
+pub async fn seed_tenant(shared: &TestDb, slug: &str, kind: TenantKind, plan: Plan) -> Seeded {
+    let cp = ControlPlane::new(shared.admin_url.clone());
+    let tenant = cp
+        .create_tenant(&Slug::parse(slug).unwrap(), &DisplayName::parse(slug).unwrap(), kind, plan)
+        .await
+        .expect("create tenant");
+    let project = cp
+        .create_project(tenant.id, &Slug::parse("main").unwrap(), &DisplayName::parse("Main").unwrap())
+        .await
+        .expect("create project");
+    let api_key = cp.create_api_key(tenant.id, project.id, &DisplayName::parse("test").unwrap()).await.expect("api key");
+    Seeded { tenant, project, api_key }
+}
+
+/// Give a (new, empty) tenant its own database on the dedicated cluster.
+pub async fn make_dedicated(shared: &TestDb, tenant: &Tenant) -> TestDb {
+    let db = fresh_dedicated_db().await;
+    ControlPlane::new(shared.admin_url.clone())
+        .attach_empty_dedicated(tenant, &db.name, &db.app_url, &db.admin_url, &test_master_key())
+        .await
+        .expect("attach dedicated");
+    db
+}
+
+pub struct AppOptions {
+    /// Share a database with another app instance (defaults to a fresh one).
+    pub shared: Option<TestDb>,
+    /// Reach the shared database through pgbouncer (LISTEN still goes direct).
+    pub via_pgbouncer: bool,
+    pub router: RouterSettings,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        AppOptions { shared: None, via_pgbouncer: false, router: router_settings() }
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base_url: String,
+    pub http: reqwest::Client,
+    pub router: Router,
+    pub shared: TestDb,
+    pub control: ControlPlane,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.server.abort();
+        self.router.shutdown();
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(AppOptions::default()).await
+}
+
+pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
+    let shared = match opts.shared {
+        Some(db) => db,
+        None => fresh_shared_db().await,
+    };
+    let app_url = if opts.via_pgbouncer { via_pgbouncer(&shared) } else { shared.app_url.clone() };
+    let router = router_for(&shared, &app_url, opts.router);
+    let state = authio_server::AppState::new(router.clone(), Arc::new(SystemClock));
+    let app = authio_server::build_app(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let _ = authio_server::serve(listener, app, std::future::pending()).await;
+    });
+    TestApp {
+        addr,
+        base_url: format!("http://{addr}"),
+        http: reqwest::Client::new(),
+        router,
+        control: ControlPlane::new(shared.admin_url.clone()),
+        shared,
+        server,
+    }
+}
+
+/// Run one SQL statement as the superuser on a database and return the first column of each
+/// row as text (for checking where rows physically landed).
+pub async fn admin_query_strings(admin_url: &str, sql: &str) -> Vec<String> {
+    let c = authio_db::pool::connect(admin_url, "authio-testkit").await.expect("connect");
+    c.simple_query(sql)
+        .await
+        .expect("query")
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect()
+}

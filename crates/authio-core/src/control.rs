@@ -226,6 +226,21 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Admin connection strings of every recorded dedicated database (decrypted), for
+    /// `authio migrate`.
+    pub async fn dedicated_admin_dsns(&self, key: &MasterKey) -> Result<Vec<(Uuid, String)>, CoreError> {
+        let mut c = self.client().await?;
+        let tx = OwnerTx::begin(&mut c).await?;
+        let rows = tx.query("SELECT tenant_id, admin_dsn_enc FROM dedicated_databases WHERE status <> 'retired'", &[]).await?;
+        rows.iter()
+            .map(|r| {
+                let enc: String = r.get(1);
+                let dsn = key.decrypt(&enc).map_err(|e| RouterError::Config(format!("dedicated DSN: {e}")))?;
+                Ok((r.get(0), dsn))
+            })
+            .collect()
+    }
+
     /// Set a tenant's strategy directly (operators' repair tool; moves use the move protocol).
     pub async fn set_db_strategy(&self, tenant: Uuid, strategy: &str) -> Result<(), CoreError> {
         let mut c = self.client().await?;

@@ -1,1 +1,198 @@
-fn main(){}
+//! The `authio` binary: run a development stack, serve, migrate, and manage tenants.
+mod config;
+mod dev;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use authio_core::control::ControlPlane;
+use authio_core::domain::{DisplayName, Plan, Slug};
+use authio_core::SystemClock;
+use authio_db::{MasterKey, Router, RouterSettings, TenantKind};
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(name = "authio", version, about = "Authio: self-hostable, multi-tenant authentication", long_about = None)]
+struct Cli {
+    /// Configuration file (TOML). `AUTHIO_*` environment variables override it.
+    #[arg(long, global = true, env = "AUTHIO_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a complete local stack: two private PostgreSQL clusters under ./.authio (a shared
+    /// host and a dedicated host, wal_level = logical), migrations, demo data, and the server
+    /// on http://127.0.0.1:8080. Prints URLs and credentials. Ctrl-C stops everything.
+    Dev(dev::DevArgs),
+    /// Serve the API against configured databases (see `--config` and AUTHIO_* variables).
+    Serve,
+    /// Apply pending migrations to the shared database and every recorded dedicated database.
+    Migrate,
+    /// Manage tenants (customers and the one platform tenant).
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant with a default project, and print a project API key (shown once).
+    Create {
+        /// Lowercase letters, digits and inner hyphens, at most 63.
+        #[arg(long)]
+        slug: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// free, pro or enterprise.
+        #[arg(long, default_value = "free")]
+        plan: String,
+        /// customer (default) or platform (only one platform tenant may exist).
+        #[arg(long, default_value = "customer")]
+        kind: String,
+    },
+    /// List tenants with kind, plan, database strategy and route epoch.
+    List,
+    /// Show one tenant and its projects.
+    Show {
+        /// The tenant's slug.
+        slug: String,
+    },
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AUTHIO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "pretty" {
+        builder.init();
+    } else {
+        builder.json().flatten_event(true).init();
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Dev(args) => dev::run(args).await,
+        Command::Serve => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            init_logging(&cfg.log_format);
+            serve(cfg).await
+        }
+        Command::Migrate => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            migrate_all(&cfg).await
+        }
+        Command::Tenant { command } => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            tenant(&cfg, command).await
+        }
+    }
+}
+
+fn master_key(cfg: &Config) -> Result<Option<MasterKey>> {
+    cfg.master_key
+        .as_deref()
+        .map(|k| MasterKey::from_base64(k).context("AUTHIO_MASTER_KEY / master_key"))
+        .transpose()
+}
+
+pub(crate) fn build_router(cfg: &Config) -> Result<Router> {
+    let settings = RouterSettings {
+        dedicated_pool_max_size: cfg.dedicated_pool_max_size,
+        max_dedicated_pools: cfg.max_dedicated_pools,
+        route_reread_interval: Duration::from_millis(cfg.route_reread_interval_ms.max(100)),
+        shared_direct_url: cfg.shared_direct_url.clone(),
+        ..RouterSettings::default()
+    };
+    let router = Router::new(&cfg.shared_url, cfg.pool_size, master_key(cfg)?, settings)?;
+    router.start();
+    Ok(router)
+}
+
+pub(crate) async fn serve_with(router: Router, listen: &str) -> Result<()> {
+    let state = authio_server::AppState::new(router.clone(), Arc::new(SystemClock));
+    let app = authio_server::build_app(state);
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    tracing::info!(%listen, "serving");
+    authio_server::serve(listener, app, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    router.shutdown();
+    Ok(())
+}
+
+async fn serve(cfg: Config) -> Result<()> {
+    let router = build_router(&cfg)?;
+    serve_with(router, &cfg.listen).await
+}
+
+async fn migrate_all(cfg: &Config) -> Result<()> {
+    let applied = authio_db::migrate::migrate(&cfg.admin_url).await.context("migrating the shared database")?;
+    println!("shared database: {} migration(s) applied", applied.len());
+    if let Some(key) = master_key(cfg)? {
+        for (tenant, dsn) in ControlPlane::new(cfg.admin_url.clone()).dedicated_admin_dsns(&key).await? {
+            let applied = authio_db::migrate::migrate(&dsn).await.with_context(|| format!("migrating the dedicated database of {tenant}"))?;
+            println!("dedicated database of {tenant}: {} migration(s) applied", applied.len());
+        }
+    } else {
+        println!("no master key configured: dedicated databases (if any) were not migrated");
+    }
+    Ok(())
+}
+
+async fn tenant(cfg: &Config, command: TenantCommand) -> Result<()> {
+    let cp = ControlPlane::new(cfg.admin_url.clone());
+    match command {
+        TenantCommand::Create { slug, name, plan, kind } => {
+            let slug = Slug::parse(&slug)?;
+            let name = DisplayName::parse(&name)?;
+            let plan = Plan::parse(&plan)?;
+            let Some(kind) = TenantKind::parse(&kind) else { bail!("--kind must be customer or platform") };
+            let t = cp.create_tenant(&slug, &name, kind, plan).await?;
+            let project = cp.create_project(t.id, &Slug::parse("default")?, &DisplayName::parse("Default")?).await?;
+            let key = cp.create_api_key(t.id, project.id, &DisplayName::parse("created by authio tenant create")?).await?;
+            println!("tenant   {} ({})\nid       {}\nplan     {}\nproject  {} ({})", t.slug, t.kind, t.id, t.plan, project.slug, project.id);
+            println!("api key  {}\n         (shown once: store it now)", key.plaintext);
+        }
+        TenantCommand::List => {
+            println!("{:<24} {:<9} {:<11} {:<10} {:>6}  {}", "SLUG", "KIND", "PLAN", "DB", "EPOCH", "ID");
+            for t in cp.list_tenants().await? {
+                println!("{:<24} {:<9} {:<11} {:<10} {:>6}  {}", t.slug, t.kind, t.plan, t.db_strategy, t.route_epoch, t.id);
+            }
+        }
+        TenantCommand::Show { slug } => {
+            let Some(t) = cp.tenant_by_slug(&slug).await? else { bail!("no tenant with slug {slug:?}") };
+            println!("{}", describe_tenant(&t));
+            for p in cp.projects(t.id).await? {
+                println!("project  {:<20} {}", p.slug, p.id);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn describe_tenant(t: &authio_core::control::Tenant) -> String {
+    format!(
+        "slug         {}\nname         {}\nid           {}\nkind         {}\nplan         {}\ndb_strategy  {}\nroute_epoch  {}\ncreated_at   {}",
+        t.slug, t.name, t.id, t.kind, t.plan, t.db_strategy, t.route_epoch, t.created_at
+    )
+}

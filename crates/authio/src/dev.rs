@@ -1,0 +1,138 @@
+//! `authio dev`: a complete local stack with demo data.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use authio_core::control::ControlPlane;
+use authio_core::domain::{DisplayName, Email, Plan, Slug};
+use authio_core::{users, SystemClock};
+use authio_db::cluster::{find_pg_binaries, ClusterOptions, LocalCluster};
+use authio_db::{MasterKey, Scope, TenantKind};
+
+use crate::config::Config;
+
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// Where the clusters, the master key and the demo credentials live.
+    #[arg(long, default_value = ".authio")]
+    dir: PathBuf,
+    /// Address the server listens on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Port of the shared PostgreSQL cluster (the dedicated one uses the next port).
+    #[arg(long, default_value_t = 54330)]
+    pg_port: u16,
+}
+
+pub async fn run(args: DevArgs) -> Result<()> {
+    // Fail early and clearly when PostgreSQL is missing.
+    find_pg_binaries()?;
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    let dir = std::fs::canonicalize(&args.dir)?;
+    crate::init_logging("pretty");
+
+    println!("starting PostgreSQL clusters under {} ...", dir.display());
+    let opts = ClusterOptions { throwaway: false };
+    let shared = LocalCluster::init(&dir.join("pg-shared"), args.pg_port, &opts)?;
+    shared.start()?;
+    let dedicated = LocalCluster::init(&dir.join("pg-dedicated"), args.pg_port + 1, &opts)?;
+    dedicated.start()?;
+
+    ensure_database(&shared, "authio").await?;
+    ensure_database(&dedicated, "postgres").await?;
+    let cfg = Config {
+        listen: args.listen.clone(),
+        public_url: format!("http://{}", args.listen),
+        shared_url: shared.url("authio_app", "authio"),
+        admin_url: shared.admin_url("authio"),
+        master_key: Some(master_key(&dir)?),
+        pool_size: 16,
+        log_format: "pretty".into(),
+        ..Config::default()
+    };
+    authio_db::migrate::migrate(&cfg.admin_url).await.context("migrating the shared database")?;
+
+    let creds_path = dir.join("credentials.txt");
+    let router = crate::build_router(&cfg)?;
+    if !creds_path.exists() {
+        let creds = seed(&cfg, &router, &dedicated).await?;
+        write_private(&creds_path, &creds)?;
+    }
+    let creds = std::fs::read_to_string(&creds_path)?;
+    println!(
+        "\nAuthio is running at {url}\n\n  API reference   {url}/docs\n  OpenAPI         {url}/openapi.json\n  health          {url}/healthz  {url}/readyz\n  metrics         {url}/metrics\n\n\
+         shared Postgres     {}\ndedicated Postgres  {}\n\n{creds}\nCtrl-C stops the server and both clusters.\n",
+        shared.admin_url("authio"),
+        dedicated.admin_url("postgres"),
+        url = cfg.public_url,
+    );
+    let served = crate::serve_with(router, &cfg.listen).await;
+    println!("stopping PostgreSQL clusters ...");
+    drop(shared);
+    drop(dedicated);
+    served
+}
+
+async fn ensure_database(cluster: &LocalCluster, name: &str) -> Result<()> {
+    let c = authio_db::pool::connect(&cluster.admin_url("postgres"), "authio-dev").await?;
+    let exists = c.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name]).await?.is_some();
+    if !exists {
+        c.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+    }
+    Ok(())
+}
+
+fn master_key(dir: &Path) -> Result<String> {
+    let path = dir.join("master.key");
+    if let Ok(k) = std::fs::read_to_string(&path) {
+        return Ok(k.trim().to_owned());
+    }
+    let k = MasterKey::generate_base64();
+    write_private(&path, &k)?;
+    Ok(k)
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(path)?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+/// The platform tenant with an operator, an Enterprise demo tenant on the shared database,
+/// and an Enterprise demo tenant on its own dedicated database.
+async fn seed(cfg: &Config, router: &authio_db::Router, dedicated: &LocalCluster) -> Result<String> {
+    let cp = ControlPlane::new(cfg.admin_url.clone());
+    let key = MasterKey::from_base64(cfg.master_key.as_deref().unwrap_or_default())?;
+    let mut out = String::from("Demo credentials (also in .authio/credentials.txt):\n");
+    let demos = [
+        ("authio", "Authio", TenantKind::Platform, "console", "operator@authio.local", false),
+        ("acme", "Acme Corp", TenantKind::Customer, "production", "alice@acme.test", false),
+        ("globex", "Globex (dedicated DB)", TenantKind::Customer, "production", "hank@globex.test", true),
+    ];
+    for (slug, name, kind, project_slug, email, on_dedicated) in demos {
+        let t = cp.create_tenant(&Slug::parse(slug)?, &DisplayName::parse(name)?, kind, Plan::Enterprise).await?;
+        let p = cp.create_project(t.id, &Slug::parse(project_slug)?, &DisplayName::parse(project_slug)?).await?;
+        if on_dedicated {
+            let db = format!("authio_{slug}");
+            ensure_database(dedicated, &db).await?;
+            cp.attach_empty_dedicated(&t, &db, &dedicated.url("authio_app", &db), &dedicated.admin_url(&db), &key).await?;
+            // Give nodes a moment to see the new route before the first write.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            router.cache().invalidate(&t.id, None);
+        }
+        let k = cp.create_api_key(t.id, p.id, &DisplayName::parse("dev")?).await?;
+        users::create(router, &SystemClock, &Scope::project(t.id, p.id, kind), &Email::parse(email)?).await?;
+        let url = &cfg.public_url;
+        out.push_str(&format!(
+            "\n  {name} [{kind_s}, enterprise, {home}]\n    project {project_slug}  id {pid}\n    user    {email}\n    API key {key}\n    try     curl -H 'Authorization: Bearer {key}' {url}/v1/projects/{pid}/users\n",
+            kind_s = kind.as_str(),
+            home = if on_dedicated { "dedicated database" } else { "shared database" },
+            pid = p.id,
+            key = k.plaintext,
+        ));
+    }
+    out.push_str("\n  (operator console sign-in, passwords and M2M clients arrive with the identity-core release)\n");
+    Ok(out)
+}

@@ -57,9 +57,15 @@ pub fn find_pg_binaries() -> Result<PgBinaries, ClusterError> {
             }
         }
     }
-    let mut versioned: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
-        .unwrap_or_default();
+    // AUTHIO_PG_SEARCH_DIRS (colon-separated parents of versioned bin directories) replaces
+    // the default /usr/lib/postgresql.
+    let parents = std::env::var("AUTHIO_PG_SEARCH_DIRS").unwrap_or_else(|_| "/usr/lib/postgresql".into());
+    let mut versioned: Vec<PathBuf> = parents
+        .split(':')
+        .flat_map(|p| fs::read_dir(p).into_iter().flatten())
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("bin"))
+        .collect();
     versioned.sort();
     versioned.into_iter().rev().find(|d| has_all(d)).map(|bin_dir| PgBinaries { bin_dir }).ok_or(ClusterError::BinariesNotFound)
 }

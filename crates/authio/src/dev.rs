@@ -67,7 +67,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         url = cfg.public_url,
     );
     let served = crate::serve_with(router, &cfg.listen).await;
-    println!("stopping PostgreSQL clusters ...");
+    tracing::info!("stopping PostgreSQL clusters");
     drop(shared);
     drop(dedicated);
     served

@@ -19,12 +19,24 @@ CREATE TABLE tenant_homes (
 );
 
 -- SECURITY DEFINER so authio_app can evaluate the fence without reading tenant_homes.
+-- plpgsql rather than SQL: its plans are cached per connection, and it runs once per
+-- statement on every scoped request.
 CREATE FUNCTION authio_tenant_at_home(p_tenant uuid) RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, public
 AS $$
-    SELECT CASE WHEN p_tenant IS NULL THEN false ELSE coalesce(
-        (SELECT h.at_home FROM public.tenant_homes h WHERE h.tenant_id = p_tenant),
-        (SELECT i.kind = 'shared' FROM public.database_identity i)) END
+DECLARE
+    home boolean;
+BEGIN
+    IF p_tenant IS NULL THEN
+        RETURN false;
+    END IF;
+    SELECT h.at_home INTO home FROM public.tenant_homes h WHERE h.tenant_id = p_tenant;
+    IF FOUND THEN
+        RETURN home;
+    END IF;
+    SELECT i.kind = 'shared' INTO home FROM public.database_identity i;
+    RETURN coalesce(home, false);
+END
 $$;
 
 CREATE TABLE tenants (

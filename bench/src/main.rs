@@ -1,1 +1,370 @@
-fn main(){}
+//! Benchmark harnesses. Run in release mode; see bench/README.md for the figures.
+//!
+//!   cargo run --release -p authio-bench -- tiers      # user list: shared vs dedicated tenant (HTTP, wrk)
+//!   cargo run --release -p authio-bench -- scoped     # scoped read vs no scope/no policy (DB and HTTP)
+//!   cargo run --release -p authio-bench -- all
+//!
+//! Each comparison alternates its sides round by round in one run, so the machine's noise
+//! falls on both; medians are reported. BENCH_SECS (default 5) and BENCH_ROUNDS (default 5)
+//! set the length. Clusters come from the test kit (fsync off on both sides alike).
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use authio_core::domain::Plan;
+use authio_core::SystemClock;
+use authio_db::{Param, Router, Scope, TenantKind, Type};
+use authio_testkit::{fresh_shared_db, make_dedicated, router_for, router_settings, seed_tenant, Seeded, TestDb};
+use axum::extract::{Path, State};
+use axum::Json;
+use serde_json::Value;
+use uuid::Uuid;
+
+const USERS_PER_TENANT: i64 = 1_000;
+const FILLER_USERS: i64 = 100_000;
+const PAGE_SQL: &str =
+    "SELECT id, project_id, email, email_verified, disabled, created_at, updated_at FROM users WHERE tenant_id = $1 AND project_id = $2 AND id > $3 ORDER BY id LIMIT 50";
+const PAGE_SQL_NO_RLS: &str =
+    "SELECT id, project_id, email, email_verified, disabled, created_at, updated_at FROM bench_users WHERE tenant_id = $1 AND project_id = $2 AND id > $3 ORDER BY id LIMIT 50";
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    let secs = env_num("BENCH_SECS", 5);
+    let rounds = env_num("BENCH_ROUNDS", 5) as usize;
+    if Command::new("wrk").arg("--version").output().is_err() {
+        bail!("wrk is required (Debian: apt-get install wrk)");
+    }
+    println!(
+        "machine: {} cores; {secs}s per run, {rounds} rounds, sides alternating",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    let env = setup().await?;
+    match what.as_str() {
+        "tiers" => tiers(&env, secs, rounds).await?,
+        "scoped" => scoped(&env, secs, rounds).await?,
+        "all" => {
+            tiers(&env, secs, rounds).await?;
+            scoped(&env, secs, rounds).await?;
+        }
+        other => bail!("unknown benchmark {other:?}: tiers | scoped | all"),
+    }
+    Ok(())
+}
+
+struct Env {
+    shared: TestDb,
+    router: Router,
+    a: Seeded,
+    b: Seeded,
+}
+
+async fn insert_users(admin_url: &str, tenant: Uuid, project: Uuid, n: i64, tag: &str) -> Result<()> {
+    let c = authio_db::pool::connect(admin_url, "bench").await?;
+    c.execute(
+        "INSERT INTO users (tenant_id, project_id, id, email, created_at, updated_at)
+         SELECT $1, $2, gen_random_uuid(), $4 || i || '@bench.test', now(), now() FROM generate_series(1::bigint, $3::bigint) i",
+        &[&tenant, &project, &n, &tag],
+    )
+    .await?;
+    c.batch_execute("ANALYZE users").await?;
+    Ok(())
+}
+
+async fn setup() -> Result<Env> {
+    let shared = fresh_shared_db().await;
+    let a = seed_tenant(&shared, "bench-shared", TenantKind::Customer, Plan::Enterprise).await;
+    let b = seed_tenant(&shared, "bench-dedicated", TenantKind::Customer, Plan::Enterprise).await;
+    let ded = make_dedicated(&shared, &b.tenant).await;
+    // Other tenants' rows, so the shared table is not just the benchmarked tenant.
+    for i in 0..10 {
+        let f = seed_tenant(&shared, &format!("filler-{i}"), TenantKind::Customer, Plan::Free).await;
+        insert_users(&shared.admin_url, f.tenant.id, f.project.id, FILLER_USERS / 10, "f").await?;
+    }
+    insert_users(&shared.admin_url, a.tenant.id, a.project.id, USERS_PER_TENANT, "a").await?;
+    insert_users(&ded.admin_url, b.tenant.id, b.project.id, USERS_PER_TENANT, "b").await?;
+    // The same rows in a table with no RLS and no policy: the "no scope" baseline.
+    let c = authio_db::pool::connect(&shared.admin_url, "bench").await?;
+    c.batch_execute(
+        "CREATE TABLE bench_users (LIKE users INCLUDING ALL);
+         INSERT INTO bench_users SELECT * FROM users;
+         GRANT SELECT ON bench_users TO authio_app;
+         ANALYZE bench_users;",
+    )
+    .await?;
+    // Same pool size for the shared and the dedicated side.
+    let router = router_for(
+        &shared,
+        &shared.app_url,
+        authio_db::RouterSettings { dedicated_pool_max_size: 8, ..router_settings() },
+    );
+    Ok(Env { shared, router, a, b })
+}
+
+struct WrkResult {
+    rps: f64,
+    p99_ms: f64,
+    non2xx: u64,
+}
+
+fn wrk(url: &str, key: Option<&str>, secs: u64, connections: u32) -> Result<WrkResult> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t2", &format!("-c{connections}"), &format!("-d{secs}s"), "--latency"]);
+    if let Some(k) = key {
+        cmd.args(["-H", &format!("Authorization: Bearer {k}")]);
+    }
+    let out = cmd.arg(url).output().context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("wrk output: {text}"))?;
+    let p99_ms = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("99%"))
+        .and_then(|l| parse_latency(l.split_whitespace().nth(1)?))
+        .unwrap_or(f64::NAN);
+    let non2xx = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    Ok(WrkResult { rps, p99_ms, non2xx })
+}
+
+fn parse_latency(s: &str) -> Option<f64> {
+    let (num, unit) = s.find(|c: char| c.is_ascii_alphabetic()).map(|i| s.split_at(i))?;
+    let n: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => return None,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+async fn spawn(app: axum::Router) -> Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(format!("http://{addr}"))
+}
+
+/// Alternate two wrk targets round by round; print medians and the ratio b/a.
+async fn side_by_side(
+    title: &str,
+    a: (&str, &str, Option<&str>),
+    b: (&str, &str, Option<&str>),
+    secs: u64,
+    rounds: usize,
+) -> Result<()> {
+    // Warm both (pools, caches).
+    for (_, url, key) in [a, b] {
+        tokio::task::block_in_place(|| wrk(url, key, 1, 64))?;
+    }
+    let (mut ra, mut rb, mut pa, mut pb) = (vec![], vec![], vec![], vec![]);
+    for round in 0..rounds {
+        // Swap which side goes first each round.
+        let order = if round % 2 == 0 { [(a, true), (b, false)] } else { [(b, false), (a, true)] };
+        for ((_, url, key), is_a) in order {
+            let r = tokio::task::block_in_place(|| wrk(url, key, secs, 64))?;
+            if r.non2xx > 0 {
+                bail!("{url}: {} non-2xx responses", r.non2xx);
+            }
+            if is_a {
+                ra.push(r.rps);
+                pa.push(r.p99_ms);
+            } else {
+                rb.push(r.rps);
+                pb.push(r.p99_ms);
+            }
+        }
+    }
+    let (ma, mb) = (median(ra.clone()), median(rb.clone()));
+    println!("\n## {title}\n");
+    println!("| side | median req/s | median p99 ms | runs (req/s) |\n|---|---:|---:|---|");
+    println!("| {} | {:.0} | {:.2} | {:?} |", a.0, ma, median(pa), ra.iter().map(|v| v.round()).collect::<Vec<_>>());
+    println!("| {} | {:.0} | {:.2} | {:?} |", b.0, mb, median(pb), rb.iter().map(|v| v.round()).collect::<Vec<_>>());
+    let per_round: Vec<f64> = ra.iter().zip(&rb).map(|(x, y)| y / x).collect();
+    println!("\nratio {} / {}: {:.3} (median of per-round ratios {:.3})", b.0, a.0, mb / ma, median(per_round));
+    Ok(())
+}
+
+async fn tiers(env: &Env, secs: u64, rounds: usize) -> Result<()> {
+    let state = authio_server::AppState::new(env.router.clone(), Arc::new(SystemClock));
+    let base = spawn(authio_server::build_app(state)).await?;
+    let url_a = format!("{base}/v1/projects/{}/users", env.a.project.id);
+    let url_b = format!("{base}/v1/projects/{}/users", env.b.project.id);
+    side_by_side(
+        "GET /v1/projects/{id}/users (API key auth, page of 50): shared tenant vs dedicated tenant",
+        ("shared tenant", &url_a, Some(&env.a.api_key.plaintext)),
+        ("dedicated tenant", &url_b, Some(&env.b.api_key.plaintext)),
+        secs,
+        rounds,
+    )
+    .await
+}
+
+#[derive(Clone)]
+struct ScopedBench {
+    router: Router,
+    plain: authio_db::Pool,
+    scope: Scope,
+}
+
+impl ScopedBench {
+    async fn page(&self, scoped: bool) -> Result<Vec<authio_db::Row>> {
+        let project = self.scope.project_id.unwrap_or_default();
+        let after = Uuid::nil();
+        let params: [Param<'_>; 3] =
+            [(&self.scope.tenant_id, Type::UUID), (&project, Type::UUID), (&after, Type::UUID)];
+        if scoped {
+            Ok(self.router.read(&self.scope, PAGE_SQL, &params).await?)
+        } else {
+            let c = self.plain.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(c.query_typed(PAGE_SQL_NO_RLS, &params).await?)
+        }
+    }
+}
+
+/// One handler for both sides: the mode picks scoped-with-RLS or the no-policy table; the
+/// rows are turned into users and encoded as the users API does.
+async fn page_handler(
+    State(b): State<ScopedBench>,
+    Path(mode): Path<String>,
+) -> Result<Json<Value>, axum::http::StatusCode> {
+    let rows = b.page(mode == "scoped").await.map_err(|_| axum::http::StatusCode::INTERNAL_SERVER_ERROR)?;
+    if rows.len() != 50 {
+        return Err(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    let out: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "id": r.get::<_, Uuid>(0), "project_id": r.get::<_, Uuid>(1), "email": r.get::<_, String>(2),
+                "email_verified": r.get::<_, bool>(3), "disabled": r.get::<_, bool>(4),
+                "created_at": r.get::<_, chrono::DateTime<chrono::Utc>>(5), "updated_at": r.get::<_, chrono::DateTime<chrono::Utc>>(6),
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(out)))
+}
+
+async fn db_loop(b: &ScopedBench, mode: &str, secs: u64, workers: usize) -> Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let b = b.clone();
+        let mode = mode.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let rows = match mode.as_str() {
+                    "bare" => b.page(false).await?,
+                    "tx-no-rls" | "no-fence-check" => {
+                        let project = b.scope.project_id.unwrap_or_default();
+                        let after = Uuid::nil();
+                        let c = b.plain.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                        let bind = if mode == "tx-no-rls" {
+                            format!("BEGIN; SELECT set_config('authio.tenant_id', '{}', true), set_config('authio.project_id', '{}', true), authio_tenant_at_home('{}'::uuid)", b.scope.tenant_id, project, b.scope.tenant_id)
+                        } else {
+                            format!("BEGIN; SELECT set_config('authio.tenant_id', '{}', true), set_config('authio.project_id', '{}', true)", b.scope.tenant_id, project)
+                        };
+                        let sql = if mode == "tx-no-rls" { PAGE_SQL_NO_RLS } else { PAGE_SQL };
+                        let params: [Param<'_>; 3] = [(&b.scope.tenant_id, Type::UUID), (&project, Type::UUID), (&after, Type::UUID)];
+                        let (x, rows, y) = futures_util::join!(c.simple_query(&bind), c.query_typed(sql, &params), c.batch_execute("COMMIT"));
+                        x?;
+                        y?;
+                        rows?
+                    }
+                    "pipelined" => b.page(true).await?,
+                    _ => {
+                        let project = b.scope.project_id.unwrap_or_default();
+                        let after = Uuid::nil();
+                        let tx = b.router.begin(&b.scope).await?;
+                        let rows = tx.query(PAGE_SQL, &[(&b.scope.tenant_id, Type::UUID), (&project, Type::UUID), (&after, Type::UUID)]).await?;
+                        tx.commit().await?;
+                        rows
+                    }
+                };
+                anyhow::ensure!(rows.len() == 50, "expected a full page");
+                n += 1;
+            }
+            Ok::<u64, anyhow::Error>(n)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / secs as f64)
+}
+
+async fn scoped(env: &Env, secs: u64, rounds: usize) -> Result<()> {
+    let plain = authio_db::pool::make_pool(
+        &env.shared.app_url,
+        &authio_db::pool::PoolOptions { max_size: 8, ..Default::default() },
+    )?;
+    let bench = ScopedBench {
+        router: env.router.clone(),
+        plain,
+        scope: Scope::project(env.a.tenant.id, env.a.project.id, TenantKind::Customer),
+    };
+    // Database level: 32 concurrent workers, same query, sides alternating.
+    let modes: Vec<&str> = match std::env::var("BENCH_DB_MODES") {
+        Ok(v) => v.split(',').map(|m| Box::leak(m.to_owned().into_boxed_str()) as &str).collect(),
+        Err(_) => vec!["bare", "tx-no-rls", "no-fence-check", "pipelined", "round-trips"],
+    };
+    let mut results: Vec<Vec<f64>> = vec![vec![]; modes.len()];
+    for round in 0..rounds {
+        for i in 0..modes.len() {
+            let m = (i + round) % modes.len();
+            results[m].push(db_loop(&bench, modes[m], secs, 32).await?);
+        }
+    }
+    println!("\n## Scoped read at the database (page of 50 of one tenant's users, 32 workers, pool of 8)\n");
+    println!("| variant (each: one round trip unless said) | median reads/s | ratio to bare |\n|---|---:|---:|");
+    fn label(m: &str) -> &str {
+        match m {
+            "bare" => "bare SELECT, no GUC, table without RLS (baseline)",
+            "tx-no-rls" => "BEGIN + bind + fence check, SELECT on the table without RLS, COMMIT: the transaction alone",
+            "no-fence-check" => "BEGIN + bind (no fence check), SELECT under RLS, COMMIT",
+            "pipelined" => "scoped read as served: BEGIN + bind + fence check, SELECT under RLS, COMMIT (Router::read)",
+            "round-trips" => "the same, three round trips (Router::begin, query, commit)",
+            other => other,
+        }
+    }
+    let base = median(results[0].clone());
+    for (i, m) in modes.iter().enumerate() {
+        let r = median(results[i].clone());
+        println!("| {} | {r:.0} | {:.3} |", label(m), r / base);
+    }
+
+    let app = axum::Router::new().route("/page/{mode}", axum::routing::get(page_handler)).with_state(bench);
+    let base = spawn(app).await?;
+    let (u1, u2) = (format!("{base}/page/unscoped"), format!("{base}/page/scoped"));
+    side_by_side(
+        "Scoped read at an HTTP endpoint (same handler, same query; page of 50)",
+        ("no scope, no policy", &u1, None),
+        ("scoped under RLS", &u2, None),
+        secs,
+        rounds,
+    )
+    .await
+}

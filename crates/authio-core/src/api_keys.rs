@@ -49,10 +49,8 @@ pub async fn authenticate(router: &Router, presented: &str) -> Result<Scope, Cor
     let record = preresolve::resolve_api_key(router, key_id).await?;
     let presented_hash = hash_secret(secret);
     // Compare against something even when the id is unknown, so both paths do the same work.
-    let stored: [u8; 32] = record
-        .as_ref()
-        .and_then(|r| <[u8; 32]>::try_from(r.secret_hash.as_slice()).ok())
-        .unwrap_or([0u8; 32]);
+    let stored: [u8; 32] =
+        record.as_ref().and_then(|r| <[u8; 32]>::try_from(r.secret_hash.as_slice()).ok()).unwrap_or([0u8; 32]);
     let matches: bool = presented_hash.ct_eq(&stored).into();
     match record {
         Some(r) if matches => Ok(Scope::project(r.tenant_id, r.project_id, r.tenant_kind)),

@@ -2,7 +2,7 @@
 //! API keys and dedicated-database records, through an administrative connection acting as
 //! `authio_owner`.
 use authio_db::pool::connect;
-use authio_db::{migrate, MasterKey, OwnerTx, Row, RouterError, TenantKind, Type};
+use authio_db::{migrate, MasterKey, OwnerTx, RouterError, Row, TenantKind, Type};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
@@ -73,7 +73,13 @@ impl ControlPlane {
         Ok(connect(&self.admin_url, "authio-control").await?)
     }
 
-    pub async fn create_tenant(&self, slug: &Slug, name: &DisplayName, kind: TenantKind, plan: Plan) -> Result<Tenant, CoreError> {
+    pub async fn create_tenant(
+        &self,
+        slug: &Slug,
+        name: &DisplayName,
+        kind: TenantKind,
+        plan: Plan,
+    ) -> Result<Tenant, CoreError> {
         let mut c = self.client().await?;
         let tx = OwnerTx::begin(&mut c).await?;
         let id = Uuid::now_v7();
@@ -94,7 +100,9 @@ impl ControlPlane {
             .await?;
         let Some(row) = row else {
             return Err(if kind == TenantKind::Platform && self.platform_tenant().await?.is_some() {
-                CoreError::Invalid(crate::domain::ValidationError::Field("tenant kind: a platform tenant already exists"))
+                CoreError::Invalid(crate::domain::ValidationError::Field(
+                    "tenant kind: a platform tenant already exists",
+                ))
             } else {
                 CoreError::SlugTaken
             });
@@ -113,7 +121,8 @@ impl ControlPlane {
     pub async fn tenant_by_slug(&self, slug: &str) -> Result<Option<Tenant>, CoreError> {
         let mut c = self.client().await?;
         let tx = OwnerTx::begin(&mut c).await?;
-        let row = tx.query_opt(&format!("SELECT {TENANT_COLS} FROM tenants WHERE slug = $1"), &[(&slug, Type::TEXT)]).await?;
+        let row =
+            tx.query_opt(&format!("SELECT {TENANT_COLS} FROM tenants WHERE slug = $1"), &[(&slug, Type::TEXT)]).await?;
         Ok(row.as_ref().map(Tenant::from_row))
     }
 
@@ -128,7 +137,10 @@ impl ControlPlane {
         let mut c = self.client().await?;
         let tx = OwnerTx::begin(&mut c).await?;
         let rows = tx
-            .query("SELECT id, tenant_id, slug, name FROM projects WHERE tenant_id = $1 ORDER BY id", &[(&tenant, Type::UUID)])
+            .query(
+                "SELECT id, tenant_id, slug, name FROM projects WHERE tenant_id = $1 ORDER BY id",
+                &[(&tenant, Type::UUID)],
+            )
             .await?;
         Ok(rows.iter().map(|r| Project { id: r.get(0), tenant_id: r.get(1), slug: r.get(2), name: r.get(3) }).collect())
     }
@@ -149,13 +161,20 @@ impl ControlPlane {
                 _ => e.into(),
             })?;
         if row.is_none() {
-            return Err(CoreError::Invalid(crate::domain::ValidationError::Field("project slug: already taken in this tenant")));
+            return Err(CoreError::Invalid(crate::domain::ValidationError::Field(
+                "project slug: already taken in this tenant",
+            )));
         }
         tx.commit().await?;
         Ok(Project { id, tenant_id: tenant, slug: slug.to_string(), name: name.as_str().to_owned() })
     }
 
-    pub async fn create_api_key(&self, tenant: Uuid, project: Uuid, name: &DisplayName) -> Result<CreatedApiKey, CoreError> {
+    pub async fn create_api_key(
+        &self,
+        tenant: Uuid,
+        project: Uuid,
+        name: &DisplayName,
+    ) -> Result<CreatedApiKey, CoreError> {
         let mut c = self.client().await?;
         let tx = OwnerTx::begin(&mut c).await?;
         let key = api_keys::generate();
@@ -231,7 +250,8 @@ impl ControlPlane {
     pub async fn dedicated_admin_dsns(&self, key: &MasterKey) -> Result<Vec<(Uuid, String)>, CoreError> {
         let mut c = self.client().await?;
         let tx = OwnerTx::begin(&mut c).await?;
-        let rows = tx.query("SELECT tenant_id, admin_dsn_enc FROM dedicated_databases WHERE status <> 'retired'", &[]).await?;
+        let rows =
+            tx.query("SELECT tenant_id, admin_dsn_enc FROM dedicated_databases WHERE status <> 'retired'", &[]).await?;
         rows.iter()
             .map(|r| {
                 let enc: String = r.get(1);
@@ -258,4 +278,3 @@ impl ControlPlane {
         Ok(())
     }
 }
-

@@ -2,13 +2,13 @@
 //! reached only through scoped transactions.
 use authio_db::{Router, Row, Scope, Type};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::Email;
 use crate::{Clock, CoreError};
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     pub id: Uuid,
     pub project_id: Uuid,
@@ -73,7 +73,7 @@ pub async fn list(router: &Router, scope: &Scope, limit: i64, after: Option<Uuid
     let limit = limit.clamp(1, 200);
     let after = after.unwrap_or(Uuid::nil());
     // Tenant and project are repeated in the predicate (RLS adds them too) so the index on
-    // (tenant_id, project_id, id) serves the page directly.
+    // (tenant_id, project_id, id) serves the page directly. One round trip (Router::read).
     let rows = router
         .read(
             scope,

@@ -67,7 +67,12 @@ pub fn find_pg_binaries() -> Result<PgBinaries, ClusterError> {
         .map(|e| e.path().join("bin"))
         .collect();
     versioned.sort();
-    versioned.into_iter().rev().find(|d| has_all(d)).map(|bin_dir| PgBinaries { bin_dir }).ok_or(ClusterError::BinariesNotFound)
+    versioned
+        .into_iter()
+        .rev()
+        .find(|d| has_all(d))
+        .map(|bin_dir| PgBinaries { bin_dir })
+        .ok_or(ClusterError::BinariesNotFound)
 }
 
 pub fn find_on_path(name: &str) -> Option<PathBuf> {

@@ -17,6 +17,10 @@ pub enum RouterError {
     DedicatedUnavailable { tenant: Uuid, reason: String },
     #[error("tenant {0} is being moved; retry shortly")]
     MoveInProgress(Uuid),
+    /// The database this node routed to says the tenant does not live there (the node's
+    /// route was stale; it has been dropped, so a retry goes to the new home).
+    #[error("tenant {0} is not at home in the database this node routed to; retry")]
+    NotAtHome(Uuid),
     #[error("the shared database is unavailable: {0}")]
     SharedUnavailable(String),
     #[error("configuration error: {0}")]

@@ -15,11 +15,8 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "foundation",
-    sql: include_str!("../../../migrations/0001_foundation.sql"),
-}];
+pub const MIGRATIONS: &[Migration] =
+    &[Migration { version: 1, name: "foundation", sql: include_str!("../../../migrations/0001_foundation.sql") }];
 
 const BOOTSTRAP_ROLES: &str = r#"
 DO $$
@@ -71,20 +68,16 @@ pub async fn migrate(admin_url: &str) -> Result<Vec<i32>, DbError> {
          );",
     )
     .await?;
-    let applied: Vec<i32> = tx
-        .query_typed("SELECT version FROM authio_schema_migrations", &[])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let applied: Vec<i32> =
+        tx.query_typed("SELECT version FROM authio_schema_migrations", &[]).await?.iter().map(|r| r.get(0)).collect();
     let mut now_applied = Vec::new();
     for m in MIGRATIONS {
         if applied.contains(&m.version) {
             continue;
         }
-        tx.batch_execute(m.sql)
-            .await
-            .map_err(|e| DbError::Migration(format!("migration {} ({}) failed: {}", m.version, m.name, describe(&e))))?;
+        tx.batch_execute(m.sql).await.map_err(|e| {
+            DbError::Migration(format!("migration {} ({}) failed: {}", m.version, m.name, describe(&e)))
+        })?;
         tx.query_typed(
             "INSERT INTO authio_schema_migrations (version, name) VALUES ($1, $2)",
             &[(&m.version, Type::INT4), (&m.name, Type::TEXT)],
@@ -108,11 +101,7 @@ fn describe(e: &tokio_postgres::Error) -> String {
 pub async fn mark_dedicated(admin_url: &str, tenant: Uuid) -> Result<(), DbError> {
     let mut client = connect(admin_url, "authio-migrate").await?;
     let tx = crate::OwnerTx::begin(&mut client).await?;
-    tx.query(
-        "UPDATE database_identity SET kind = 'dedicated', tenant_id = $1",
-        &[(&tenant, Type::UUID)],
-    )
-    .await?;
+    tx.query("UPDATE database_identity SET kind = 'dedicated', tenant_id = $1", &[(&tenant, Type::UUID)]).await?;
     tx.commit().await
 }
 

@@ -30,8 +30,7 @@ impl Default for PoolOptions {
 }
 
 pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, DbError> {
-    url.parse::<tokio_postgres::Config>()
-        .map_err(|e| DbError::Pool(format!("invalid database URL: {e}")))
+    url.parse::<tokio_postgres::Config>().map_err(|e| DbError::Pool(format!("invalid database URL: {e}")))
 }
 
 pub fn make_pool(url: &str, opts: &PoolOptions) -> Result<Pool, DbError> {

@@ -218,13 +218,22 @@ impl Router {
     pub async fn begin(&self, scope: &Scope) -> Result<ScopedTx, DbError> {
         let (pool, _) = self.pool_for_or_err(scope).await?;
         let client = self.checkout(&pool, scope).await?;
-        ScopedTx::open(client, *scope).await
+        ScopedTx::open(client, *scope).await.map_err(|e| self.forget_stale(e))
+    }
+
+    /// A fence refusal means this node's route is stale: drop it so the next try re-reads.
+    fn forget_stale(&self, e: DbError) -> DbError {
+        if let DbError::Router(RouterError::NotAtHome(t)) = &e {
+            tracing::info!(tenant = %t, "route was stale (home fence); re-reading");
+            self.inner.cache.invalidate(t, None);
+        }
+        e
     }
 
     /// One scoped read in a single round trip (BEGIN, bind, query, COMMIT pipelined).
     pub async fn read(&self, scope: &Scope, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, DbError> {
         let (pool, _) = self.pool_for_or_err(scope).await?;
-        read_once(&pool, scope, sql, params).await.map_err(|e| self.classify(scope, e))
+        read_once(&pool, scope, sql, params).await.map_err(|e| self.forget_stale(self.classify(scope, e)))
     }
 
     async fn checkout(&self, pool: &Pool, scope: &Scope) -> Result<deadpool_postgres::Object, DbError> {
@@ -277,7 +286,8 @@ impl Router {
                 .pool
                 .clone();
             while map.len() > self.inner.settings.max_dedicated_pools {
-                let oldest = map.iter().filter(|(t, _)| **t != tenant).min_by_key(|(_, p)| p.last_used).map(|(t, _)| *t);
+                let oldest =
+                    map.iter().filter(|(t, _)| **t != tenant).min_by_key(|(_, p)| p.last_used).map(|(t, _)| *t);
                 match oldest.and_then(|t| map.remove(&t)) {
                     Some(p) => evicted.push(p.pool),
                     None => break,

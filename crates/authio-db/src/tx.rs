@@ -4,14 +4,24 @@ use deadpool_postgres::{Object, Pool};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 
-use crate::{DbError, Scope};
+use crate::{DbError, RouterError, Scope};
 
 /// A statement parameter with its declared type (statements are sent unnamed, so types are
 /// given rather than asked of the server).
 pub type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 
-pub(crate) const BIND_SQL: &str =
-    "SELECT set_config('authio.tenant_id', $1, true), set_config('authio.project_id', $2, true)";
+/// Binds the scope and, in the same statement, asks the home fence whether the tenant lives
+/// in this database, so a node with a stale route learns it at once instead of reading an
+/// empty old copy.
+pub(crate) const BIND_SQL: &str = "SELECT set_config('authio.tenant_id', $1, true), \
+     set_config('authio.project_id', $2, true), authio_tenant_at_home($1::uuid)";
+
+fn check_home(rows: &[Row], scope: &Scope) -> Result<(), DbError> {
+    match rows.first().map(|r| r.get::<_, Option<bool>>(2)) {
+        Some(Some(true)) => Ok(()),
+        _ => Err(RouterError::NotAtHome(scope.tenant_id).into()),
+    }
+}
 
 /// A transaction bound to one scope on the pool where the scope's tenant lives.
 /// Dropped without `commit`, it rolls back before its connection goes back to the pool.
@@ -29,7 +39,7 @@ impl ScopedTx {
         let bind: [Param<'_>; 2] = [(&tenant, Type::TEXT), (&project, Type::TEXT)];
         let (begun, bound) = futures_util::join!(c.batch_execute("BEGIN"), c.query_typed(BIND_SQL, &bind));
         begun?;
-        bound?;
+        check_home(&bound?, &scope)?;
         Ok(tx)
     }
 
@@ -93,29 +103,37 @@ pub(crate) fn rollback_in_background(client: Object) {
     }
 }
 
-/// One scoped read in a single round trip: BEGIN, bind, the query and COMMIT pipelined.
-/// If the query fails, the COMMIT of the aborted transaction rolls it back.
+/// One scoped read in a single round trip, three messages pipelined: `BEGIN; bind` as one
+/// simple query (the ids are inlined: they are UUIDs, whose text cannot carry SQL), the read
+/// with binary rows, and COMMIT. If the read fails, the COMMIT of the aborted transaction
+/// rolls it back.
 pub(crate) async fn read_once(
     pool: &Pool,
     scope: &Scope,
     sql: &str,
     params: &[Param<'_>],
 ) -> Result<Vec<Row>, DbError> {
+    use tokio_postgres::SimpleQueryMessage;
     let client = pool.get().await?;
-    let tenant = scope.tenant_id.to_string();
-    let project = scope.project_id.map(|p| p.to_string()).unwrap_or_default();
-    let bind: [Param<'_>; 2] = [(&tenant, Type::TEXT), (&project, Type::TEXT)];
-    let (begun, bound, rows, committed) = futures_util::join!(
-        client.batch_execute("BEGIN"),
-        client.query_typed(BIND_SQL, &bind),
+    let begin_and_bind = format!(
+        "BEGIN; SELECT set_config('authio.tenant_id', '{t}', true), set_config('authio.project_id', '{p}', true), \
+         authio_tenant_at_home('{t}'::uuid)",
+        t = scope.tenant_id,
+        p = scope.project_id.map(|p| p.to_string()).unwrap_or_default(),
+    );
+    let (bound, rows, committed) = futures_util::join!(
+        client.simple_query(&begin_and_bind),
         client.query_typed(sql, params),
         client.batch_execute("COMMIT"),
     );
-    let outcome = begun.and(bound).and(rows);
     if committed.is_err() {
         rollback_in_background(client);
     }
-    let rows = outcome?;
+    let at_home = bound?.iter().any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(2) == Some("t")));
+    if !at_home {
+        return Err(RouterError::NotAtHome(scope.tenant_id).into());
+    }
+    let rows = rows?;
     committed?;
     Ok(rows)
 }

@@ -8,8 +8,8 @@ use authio_core::domain::{Email, Plan};
 use authio_core::{users, SystemClock};
 use authio_db::{DbError, Router, RouterError, RouterSettings, Scope, TenantKind, Type};
 use authio_testkit::{
-    admin_query_strings, clusters, fresh_shared_db, make_dedicated, router_for, router_settings, seed_tenant, via_pgbouncer,
-    Seeded, TestDb,
+    admin_query_strings, clusters, fresh_shared_db, make_dedicated, router_for, router_settings, seed_tenant,
+    via_pgbouncer, Seeded, TestDb,
 };
 use uuid::Uuid;
 
@@ -108,8 +108,14 @@ async fn dedicated_tenant_routes_to_its_own_cluster_and_writes_land_there() {
 
     users::create(&router, &SystemClock, &scope_of(&a), &Email::parse("a@alpha.test").unwrap()).await.unwrap();
     users::create(&router, &SystemClock, &scope_of(&b), &Email::parse("b@bravo.test").unwrap()).await.unwrap();
-    assert_eq!(admin_query_strings(&shared.admin_url, "SELECT email FROM users ORDER BY email").await, vec!["a@alpha.test"]);
-    assert_eq!(admin_query_strings(&ded.admin_url, "SELECT email FROM users ORDER BY email").await, vec!["b@bravo.test"]);
+    assert_eq!(
+        admin_query_strings(&shared.admin_url, "SELECT email FROM users ORDER BY email").await,
+        vec!["a@alpha.test"]
+    );
+    assert_eq!(
+        admin_query_strings(&ded.admin_url, "SELECT email FROM users ORDER BY email").await,
+        vec!["b@bravo.test"]
+    );
     let listed = users::list(&router, &scope_of(&b), 10, None).await.unwrap();
     assert_eq!(listed.iter().map(|u| u.email.as_str()).collect::<Vec<_>>(), vec!["b@bravo.test"]);
     assert_eq!(router.open_dedicated_pools(), 1);
@@ -126,14 +132,13 @@ async fn isolation_suite(shared: &TestDb, app_url: &str) {
 
     // Under A's scope no row of B is visible, even when asked for by id.
     let tx = router.begin(&sa).await.unwrap();
-    let emails: Vec<String> = tx.query("SELECT email FROM users", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let emails: Vec<String> =
+        tx.query("SELECT email FROM users", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(emails, vec!["a1@a.test"]);
     assert!(tx.query_opt("SELECT 1 FROM users WHERE id = $1", &[(&ub.id, Type::UUID)]).await.unwrap().is_none());
     // Updating B's row touches nothing.
-    let touched = tx
-        .query("UPDATE users SET disabled = true WHERE id = $1 RETURNING id", &[(&ub.id, Type::UUID)])
-        .await
-        .unwrap();
+    let touched =
+        tx.query("UPDATE users SET disabled = true WHERE id = $1 RETURNING id", &[(&ub.id, Type::UUID)]).await.unwrap();
     assert!(touched.is_empty());
     tx.commit().await.unwrap();
 
@@ -181,7 +186,10 @@ async fn isolation_suite(shared: &TestDb, app_url: &str) {
     assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{e}");
     raw.batch_execute("ROLLBACK").await.ok();
     let attrs: (bool, bool) = {
-        let r = raw.query_one("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user", &[]).await.unwrap();
+        let r = raw
+            .query_one("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user", &[])
+            .await
+            .unwrap();
         (r.get(0), r.get(1))
     };
     assert_eq!(attrs, (false, false));
@@ -239,19 +247,43 @@ async fn home_fence_blocks_reads_and_writes_whatever_the_gucs_say() {
     let u = users::create(&router, &SystemClock, &sa, &Email::parse("kept@f.test").unwrap()).await.unwrap();
 
     authio_db::migrate::set_home(&shared.admin_url, a.tenant.id, false).await.unwrap();
-    let tx = router.begin(&sa).await.unwrap();
+    // The router is told at once (the bind statement asks the fence)...
+    let err = router.begin(&sa).await.err().expect("fenced");
+    assert!(matches!(err, DbError::Router(RouterError::NotAtHome(_))), "{err:?}");
+    // ...and even a transaction that skips that check sees and changes nothing.
+    let raw_pool = router.pool_for(&sa).await.unwrap();
+    let raw = raw_pool.get().await.unwrap();
+    raw.batch_execute(&format!(
+        "BEGIN; SELECT set_config('authio.tenant_id', '{}', true), set_config('authio.project_id', '{}', true)",
+        a.tenant.id, a.project.id
+    ))
+    .await
+    .unwrap();
+    let tx = &raw;
     assert!(tx.query("SELECT * FROM users", &[]).await.unwrap().is_empty());
     assert!(tx
-        .query("UPDATE users SET disabled = true WHERE id = $1 RETURNING id", &[(&u.id, Type::UUID)])
+        .query("UPDATE users SET disabled = true WHERE id = $1 RETURNING id", &[&u.id])
         .await
         .unwrap()
         .is_empty());
     assert!(tx.query("DELETE FROM users RETURNING id", &[]).await.unwrap().is_empty());
-    tx.commit().await.unwrap();
+    let e = tx
+        .batch_execute(&format!(
+            "INSERT INTO users (tenant_id, project_id, id, email, created_at, updated_at) VALUES ('{}', '{}', '{}', 'n@f.test', now(), now())",
+            a.tenant.id, a.project.id, Uuid::now_v7()
+        ))
+        .await
+        .expect_err("insert refused by the fence");
+    assert_eq!(e.code().map(|c| c.code()), Some("42501"));
+    raw.batch_execute("ROLLBACK").await.unwrap();
+    drop(raw);
     let err = users::create(&router, &SystemClock, &sa, &Email::parse("new@f.test").unwrap()).await.unwrap_err();
-    assert!(matches!(&err, authio_core::CoreError::Db(e) if e.sqlstate() == Some("42501")), "{err:?}");
+    assert!(matches!(&err, authio_core::CoreError::Db(DbError::Router(RouterError::NotAtHome(_)))), "{err:?}");
     // The rows are still there, untouched.
-    assert_eq!(admin_query_strings(&shared.admin_url, "SELECT email || ':' || disabled FROM users").await, vec!["kept@f.test:false"]);
+    assert_eq!(
+        admin_query_strings(&shared.admin_url, "SELECT email || ':' || disabled FROM users").await,
+        vec!["kept@f.test:false"]
+    );
 
     // A dedicated database admits only its tenant, and only once marked at home.
     let ded = authio_testkit::fresh_dedicated_db().await;
@@ -293,7 +325,11 @@ async fn route_change_reaches_another_instance_through_notify_within_a_second() 
     let t = seed_tenant(&shared, "moving", TenantKind::Customer, Plan::Enterprise).await;
     // Instance 2 re-reads only hourly: only NOTIFY can tell it in time.
     let one = router_for(&shared, &shared.app_url, router_settings());
-    let two = router_for(&shared, &shared.app_url, RouterSettings { route_reread_interval: Duration::from_secs(3600), ..router_settings() });
+    let two = router_for(
+        &shared,
+        &shared.app_url,
+        RouterSettings { route_reread_interval: Duration::from_secs(3600), ..router_settings() },
+    );
     wait_until(Duration::from_secs(5), || two.listener_connected()).await.expect("listener up");
     let scope = scope_of(&t);
     assert_eq!(current_db(&one, &scope).await.0, shared.name);
@@ -312,7 +348,11 @@ async fn route_change_reaches_another_instance_through_notify_within_a_second() 
 async fn route_change_reaches_an_instance_that_missed_notify_through_the_reread() {
     let shared = fresh_shared_db().await;
     let t = seed_tenant(&shared, "moving2", TenantKind::Customer, Plan::Enterprise).await;
-    let deaf = router_for(&shared, &shared.app_url, RouterSettings { listen: false, route_reread_interval: Duration::from_millis(250), ..router_settings() });
+    let deaf = router_for(
+        &shared,
+        &shared.app_url,
+        RouterSettings { listen: false, route_reread_interval: Duration::from_millis(250), ..router_settings() },
+    );
     let scope = scope_of(&t);
     assert_eq!(current_db(&deaf, &scope).await.0, shared.name);
     let ded = make_dedicated(&shared, &t.tenant).await;
@@ -326,15 +366,43 @@ async fn route_change_reaches_an_instance_that_missed_notify_through_the_reread(
 async fn a_stale_instance_cannot_touch_the_old_home() {
     let shared = fresh_shared_db().await;
     let t = seed_tenant(&shared, "stale", TenantKind::Customer, Plan::Enterprise).await;
-    let stale = router_for(&shared, &shared.app_url, RouterSettings { listen: false, route_reread_interval: Duration::from_secs(3600), ..router_settings() });
+    let stale = router_for(
+        &shared,
+        &shared.app_url,
+        RouterSettings { listen: false, route_reread_interval: Duration::from_secs(3600), ..router_settings() },
+    );
     let scope = scope_of(&t);
     users::create(&stale, &SystemClock, &scope, &Email::parse("before@s.test").unwrap()).await.unwrap();
-    make_dedicated(&shared, &t.tenant).await;
-    // Its cache still says shared; the fence on shared refuses it.
-    assert_eq!(current_db(&stale, &scope).await.0, shared.name);
-    assert!(users::list(&stale, &scope, 10, None).await.unwrap().is_empty());
-    assert!(users::create(&stale, &SystemClock, &scope, &Email::parse("after@s.test").unwrap()).await.is_err());
+    let ded = make_dedicated(&shared, &t.tenant).await;
+    // Its cache still says shared; the fence on shared refuses it, reads and writes alike.
+    assert_eq!(stale.cache().get(&t.tenant.id).unwrap().strategy, authio_db::DbStrategy::Shared);
+    let err = users::list(&stale, &scope, 10, None).await.unwrap_err();
+    assert!(matches!(err, authio_core::CoreError::Db(DbError::Router(RouterError::NotAtHome(_)))), "{err:?}");
+    // The refusal dropped the stale route, so the next call goes to the new home.
+    assert!(stale.cache().get(&t.tenant.id).is_none());
+    assert_eq!(current_db(&stale, &scope).await.0, ded.name);
+    users::create(&stale, &SystemClock, &scope, &Email::parse("after@s.test").unwrap()).await.unwrap();
     assert_eq!(admin_query_strings(&shared.admin_url, "SELECT email FROM users").await, vec!["before@s.test"]);
+    assert_eq!(admin_query_strings(&ded.admin_url, "SELECT email FROM users").await, vec!["after@s.test"]);
+
+    // A write through a stale route is refused by the fence too.
+    let stale2 = router_for(
+        &shared,
+        &shared.app_url,
+        RouterSettings { listen: false, route_reread_interval: Duration::from_secs(3600), ..router_settings() },
+    );
+    let t2 = seed_tenant(&shared, "stale-two", TenantKind::Customer, Plan::Enterprise).await;
+    let scope2 = scope_of(&t2);
+    assert!(users::list(&stale2, &scope2, 1, None).await.unwrap().is_empty());
+    make_dedicated(&shared, &t2.tenant).await;
+    let err = users::create(&stale2, &SystemClock, &scope2, &Email::parse("w@s.test").unwrap()).await.unwrap_err();
+    assert!(matches!(err, authio_core::CoreError::Db(DbError::Router(RouterError::NotAtHome(_)))), "{err:?}");
+    assert!(admin_query_strings(
+        &shared.admin_url,
+        &format!("SELECT email FROM users WHERE tenant_id = '{}'", t2.tenant.id)
+    )
+    .await
+    .is_empty());
 }
 
 #[tokio::test]
@@ -359,4 +427,33 @@ async fn migrations_are_idempotent_and_the_app_role_is_locked_down() {
     )
     .await;
     assert_eq!(pk, vec!["tenant_id"]);
+}
+
+#[tokio::test]
+async fn pre_resolution_lookups_never_open_a_dedicated_pool() {
+    let shared = fresh_shared_db().await;
+    let t = seed_tenant(&shared, "pinned", TenantKind::Customer, Plan::Enterprise).await;
+    make_dedicated(&shared, &t.tenant).await;
+    let router = router_for(&shared, &shared.app_url, router_settings());
+    let (key_id, _) = authio_core::api_keys::parse(&t.api_key.plaintext).unwrap();
+    let rec = authio_db::preresolve::resolve_api_key(&router, key_id).await.unwrap().expect("key resolves");
+    assert_eq!((rec.tenant_id, rec.project_id), (t.tenant.id, t.project.id));
+    let route = authio_db::preresolve::tenant_route(&router, t.tenant.id).await.unwrap().unwrap();
+    assert_eq!(route.strategy, authio_db::DbStrategy::Dedicated);
+    assert_eq!(authio_db::preresolve::route_epochs(&router, &[t.tenant.id]).await.unwrap().len(), 1);
+    assert!(authio_db::preresolve::dedicated_app_dsn(&router, t.tenant.id).await.unwrap().is_some());
+    let scope = authio_core::api_keys::authenticate(&router, &t.api_key.plaintext).await.unwrap();
+    assert_eq!(scope.tenant_id, t.tenant.id);
+    assert_eq!(router.dedicated_pools_opened(), 0, "a pre-resolution lookup opened a dedicated pool");
+    // The API key rows stay on shared, even for a dedicated tenant.
+    let ded_keys = admin_query_strings(&shared.admin_url, "SELECT key_id FROM api_keys").await;
+    assert_eq!(ded_keys, vec![key_id.to_owned()]);
+    // authio_app cannot read the pinned tables wholesale: only through the lookup functions.
+    let raw = authio_db::pool::connect(&shared.app_url, "test").await.unwrap();
+    let n: i64 = raw.query_one("SELECT count(*) FROM api_keys", &[]).await.unwrap().get(0);
+    assert_eq!(n, 0);
+    let e = raw.query("SELECT * FROM dedicated_databases", &[]).await.unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("42501"));
+    let n: i64 = raw.query_one("SELECT count(*) FROM tenants", &[]).await.unwrap().get(0);
+    assert_eq!(n, 0);
 }

@@ -1,8 +1,8 @@
 //! The request context: the scope the middleware resolved, stamped into request extensions.
 use authio_db::{Pool, Router, Scope};
 use axum::extract::{FromRequestParts, Request, State};
-use axum::http::request::Parts;
 use axum::http::header;
+use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
 
@@ -14,7 +14,11 @@ pub struct RequestContext {
 }
 
 /// Resolve the scope from a project secret API key (`Authorization: Bearer sk_...`).
-pub async fn require_api_key(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn require_api_key(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)

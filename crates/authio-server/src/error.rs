@@ -56,7 +56,7 @@ impl From<RouterError> for ApiError {
             RouterError::SharedUnavailable(_) => {
                 Self::unavailable("database_unavailable", "the database is unavailable; retry shortly".into(), 5)
             }
-            RouterError::MoveInProgress(_) => {
+            RouterError::MoveInProgress(_) | RouterError::NotAtHome(_) => {
                 Self::unavailable("tenant_moving", "this tenant's data is being moved; retry shortly".into(), 1)
             }
             RouterError::UnknownTenant(_) => Self::not_found("tenant_not_found", "tenant not found"),

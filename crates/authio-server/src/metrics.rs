@@ -55,9 +55,14 @@ impl Metrics {
                 let labels = format!("method=\"{method}\",route=\"{}\",status=\"{status}\"", escape(route));
                 let _ = writeln!(out, "authio_http_requests_total{{{labels}}} {}", s.count);
                 for (i, b) in BUCKETS.iter().enumerate() {
-                    let _ = writeln!(hist, "authio_http_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {}", s.buckets[i]);
+                    let _ = writeln!(
+                        hist,
+                        "authio_http_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {}",
+                        s.buckets[i]
+                    );
                 }
-                let _ = writeln!(hist, "authio_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", s.count);
+                let _ =
+                    writeln!(hist, "authio_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", s.count);
                 let _ = writeln!(hist, "authio_http_request_duration_seconds_sum{{{labels}}} {}", s.sum);
                 let _ = writeln!(hist, "authio_http_request_duration_seconds_count{{{labels}}} {}", s.count);
             }
@@ -65,12 +70,37 @@ impl Metrics {
         out.push_str(&hist);
         let r = &state.router;
         for (name, help, kind, value) in [
-            ("authio_router_dedicated_pools_open", "Dedicated pools open on this node.", "gauge", r.open_dedicated_pools() as f64),
-            ("authio_router_dedicated_pools_opened_total", "Dedicated pools ever opened.", "counter", r.dedicated_pools_opened() as f64),
+            (
+                "authio_router_dedicated_pools_open",
+                "Dedicated pools open on this node.",
+                "gauge",
+                r.open_dedicated_pools() as f64,
+            ),
+            (
+                "authio_router_dedicated_pools_opened_total",
+                "Dedicated pools ever opened.",
+                "counter",
+                r.dedicated_pools_opened() as f64,
+            ),
             ("authio_router_route_cache_entries", "Tenants in the route cache.", "gauge", r.cache().len() as f64),
-            ("authio_router_route_invalidations_total", "Route cache entries invalidated.", "counter", r.cache().invalidations() as f64),
-            ("authio_router_platform_refusals_total", "Platform tenant rows saying dedicated, refused.", "counter", r.platform_refusals() as f64),
-            ("authio_router_listener_connected", "1 while the route NOTIFY listener is connected.", "gauge", if r.listener_connected() { 1.0 } else { 0.0 }),
+            (
+                "authio_router_route_invalidations_total",
+                "Route cache entries invalidated.",
+                "counter",
+                r.cache().invalidations() as f64,
+            ),
+            (
+                "authio_router_platform_refusals_total",
+                "Platform tenant rows saying dedicated, refused.",
+                "counter",
+                r.platform_refusals() as f64,
+            ),
+            (
+                "authio_router_listener_connected",
+                "1 while the route NOTIFY listener is connected.",
+                "gauge",
+                if r.listener_connected() { 1.0 } else { 0.0 },
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
         }
@@ -85,7 +115,8 @@ fn escape(s: &str) -> String {
 pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().as_str().to_owned();
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
     let resp = next.run(req).await;
     state.metrics.observe(&method, &route, resp.status().as_u16(), started.elapsed().as_secs_f64());
     resp

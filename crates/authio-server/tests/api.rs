@@ -8,8 +8,8 @@ use authio_core::SystemClock;
 use authio_db::{MasterKey, Router, RouterSettings, Scope, TenantKind};
 use authio_server::{db_pool_from_context, RequestContext};
 use authio_testkit::{
-    admin_query_strings, clusters, make_dedicated, router_settings, seed_tenant, spawn_app, spawn_app_with, test_master_key,
-    AppOptions, Seeded, TestApp,
+    admin_query_strings, clusters, make_dedicated, router_settings, seed_tenant, spawn_app, spawn_app_with,
+    test_master_key, AppOptions, Seeded, TestApp,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -19,7 +19,14 @@ fn users_url(app: &TestApp, s: &Seeded) -> String {
 }
 
 async fn create_user(app: &TestApp, s: &Seeded, email: &str) -> (StatusCode, Value) {
-    let r = app.http.post(users_url(app, s)).bearer_auth(&s.api_key.plaintext).json(&json!({ "email": email })).send().await.unwrap();
+    let r = app
+        .http
+        .post(users_url(app, s))
+        .bearer_auth(&s.api_key.plaintext)
+        .json(&json!({ "email": email }))
+        .send()
+        .await
+        .unwrap();
     let status = r.status();
     (status, r.json().await.unwrap_or(Value::Null))
 }
@@ -48,7 +55,10 @@ async fn db_pool_from_context_platform_tenant_even_with_dedicated_strategy() {
     // And over HTTP the platform tenant's requests keep working, on shared.
     let (status, _) = create_user(&app, &platform, "operator@authio.test").await;
     assert_eq!(status, StatusCode::CREATED);
-    assert_eq!(admin_query_strings(&app.shared.admin_url, "SELECT email FROM users").await, vec!["operator@authio.test"]);
+    assert_eq!(
+        admin_query_strings(&app.shared.admin_url, "SELECT email FROM users").await,
+        vec!["operator@authio.test"]
+    );
     assert_eq!(app.router.dedicated_pools_opened(), 0);
 }
 
@@ -87,7 +97,8 @@ async fn list_paginates_with_a_cursor() {
         if let Some(a) = &after {
             url.push_str(&format!("&after={a}"));
         }
-        let body: Value = app.http.get(url).bearer_auth(&t.api_key.plaintext).send().await.unwrap().json().await.unwrap();
+        let body: Value =
+            app.http.get(url).bearer_auth(&t.api_key.plaintext).send().await.unwrap().json().await.unwrap();
         seen.extend(body["data"].as_array().unwrap().iter().map(|u| u["email"].as_str().unwrap().to_owned()));
         match body["next_cursor"].as_str() {
             Some(c) => after = Some(c.to_owned()),
@@ -116,18 +127,89 @@ async fn bad_input_gets_a_4xx_with_a_code_and_writes_nothing() {
     };
     let j = Some("application/json");
     let cases: Vec<(&str, reqwest::Response, StatusCode, &str)> = vec![
-        ("malformed json", post("{\"email\": ", j, Some(key.clone()), url.clone()).await.unwrap(), StatusCode::BAD_REQUEST, "malformed_json"),
-        ("not json", post("email=a@b.test", Some("application/x-www-form-urlencoded"), Some(key.clone()), url.clone()).await.unwrap(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-        ("no content type", post("{\"email\":\"a@b.test\"}", None, Some(key.clone()), url.clone()).await.unwrap(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-        ("bad email", post("{\"email\":\"not-an-email\"}", j, Some(key.clone()), url.clone()).await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_email"),
-        ("wrong type", post("{\"email\": 42}", j, Some(key.clone()), url.clone()).await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
-        ("unknown field", post("{\"email\":\"a@b.test\",\"admin\":true}", j, Some(key.clone()), url.clone()).await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
-        ("unknown project", post("{\"email\":\"a@b.test\"}", j, Some(key.clone()), app.url(&format!("/v1/projects/{}/users", uuid::Uuid::now_v7()))).await.unwrap(), StatusCode::NOT_FOUND, "project_not_found"),
-        ("another tenant's project", post("{\"email\":\"a@b.test\"}", j, Some(key.clone()), users_url(&app, &other)).await.unwrap(), StatusCode::NOT_FOUND, "project_not_found"),
-        ("malformed project id", post("{\"email\":\"a@b.test\"}", j, Some(key.clone()), app.url("/v1/projects/nope/users")).await.unwrap(), StatusCode::NOT_FOUND, "project_not_found"),
-        ("wrong key", post("{\"email\":\"a@b.test\"}", j, Some(format!("{}x", &key[..key.len() - 1])), url.clone()).await.unwrap(), StatusCode::UNAUTHORIZED, "invalid_api_key"),
-        ("garbage key", post("{\"email\":\"a@b.test\"}", j, Some("letmein".into()), url.clone()).await.unwrap(), StatusCode::UNAUTHORIZED, "invalid_api_key"),
-        ("no key", post("{\"email\":\"a@b.test\"}", j, None, url.clone()).await.unwrap(), StatusCode::UNAUTHORIZED, "missing_credentials"),
+        (
+            "malformed json",
+            post("{\"email\": ", j, Some(key.clone()), url.clone()).await.unwrap(),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            "not json",
+            post("email=a@b.test", Some("application/x-www-form-urlencoded"), Some(key.clone()), url.clone())
+                .await
+                .unwrap(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "no content type",
+            post("{\"email\":\"a@b.test\"}", None, Some(key.clone()), url.clone()).await.unwrap(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "bad email",
+            post("{\"email\":\"not-an-email\"}", j, Some(key.clone()), url.clone()).await.unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_email",
+        ),
+        (
+            "wrong type",
+            post("{\"email\": 42}", j, Some(key.clone()), url.clone()).await.unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            "unknown field",
+            post("{\"email\":\"a@b.test\",\"admin\":true}", j, Some(key.clone()), url.clone()).await.unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            "unknown project",
+            post(
+                "{\"email\":\"a@b.test\"}",
+                j,
+                Some(key.clone()),
+                app.url(&format!("/v1/projects/{}/users", uuid::Uuid::now_v7())),
+            )
+            .await
+            .unwrap(),
+            StatusCode::NOT_FOUND,
+            "project_not_found",
+        ),
+        (
+            "another tenant's project",
+            post("{\"email\":\"a@b.test\"}", j, Some(key.clone()), users_url(&app, &other)).await.unwrap(),
+            StatusCode::NOT_FOUND,
+            "project_not_found",
+        ),
+        (
+            "malformed project id",
+            post("{\"email\":\"a@b.test\"}", j, Some(key.clone()), app.url("/v1/projects/nope/users")).await.unwrap(),
+            StatusCode::NOT_FOUND,
+            "project_not_found",
+        ),
+        (
+            "wrong key",
+            post("{\"email\":\"a@b.test\"}", j, Some(format!("{}x", &key[..key.len() - 1])), url.clone())
+                .await
+                .unwrap(),
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+        ),
+        (
+            "garbage key",
+            post("{\"email\":\"a@b.test\"}", j, Some("letmein".into()), url.clone()).await.unwrap(),
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+        ),
+        (
+            "no key",
+            post("{\"email\":\"a@b.test\"}", j, None, url.clone()).await.unwrap(),
+            StatusCode::UNAUTHORIZED,
+            "missing_credentials",
+        ),
     ];
     for (what, resp, status, code) in cases {
         assert_eq!(resp.status(), status, "{what}");
@@ -160,7 +242,10 @@ async fn a_down_dedicated_database_gives_that_tenant_503_and_no_one_else() {
     // Its database exists and is migrated, but the address the router is given answers nothing.
     let ded = authio_testkit::fresh_dedicated_db().await;
     let dead = format!("postgres://authio_app@127.0.0.1:{}/{}", authio_db::cluster::free_port().unwrap(), ded.name);
-    app.control.attach_empty_dedicated(&down.tenant, &ded.name, &dead, &ded.admin_url, &test_master_key()).await.unwrap();
+    app.control
+        .attach_empty_dedicated(&down.tenant, &ded.name, &dead, &ded.admin_url, &test_master_key())
+        .await
+        .unwrap();
     let r = app.http.get(users_url(&app, &down)).bearer_auth(&down.api_key.plaintext).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.headers().contains_key("retry-after"));
@@ -180,7 +265,10 @@ async fn health_readiness_metrics_openapi_and_request_ids() {
     assert_eq!(r.headers()["x-request-id"], "abc-123");
 
     let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("authio_http_requests_total{method=\"GET\",route=\"/readyz\",status=\"200\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("authio_http_requests_total{method=\"GET\",route=\"/readyz\",status=\"200\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("authio_router_listener_connected"));
 
     let doc: Value = app.http.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
@@ -193,8 +281,13 @@ async fn health_readiness_metrics_openapi_and_request_ids() {
 
     // Readiness fails when the shared database cannot be reached.
     let dead = format!("postgres://authio_app@127.0.0.1:{}/x", authio_db::cluster::free_port().unwrap());
-    let router = Router::new(&dead, 2, Some(MasterKey::from_base64(&MasterKey::generate_base64()).unwrap()),
-        RouterSettings { listen: false, ..router_settings() }).unwrap();
+    let router = Router::new(
+        &dead,
+        2,
+        Some(MasterKey::from_base64(&MasterKey::generate_base64()).unwrap()),
+        RouterSettings { listen: false, ..router_settings() },
+    )
+    .unwrap();
     let state = authio_server::AppState::new(router, Arc::new(SystemClock));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

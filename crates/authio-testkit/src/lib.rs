@@ -129,7 +129,12 @@ pub async fn fresh_db(server: &Server) -> TestDb {
     let name = format!("t_{}", Uuid::new_v4().simple());
     let admin = authio_db::pool::connect(&server.admin_url("postgres"), "authio-testkit").await.expect("connect admin");
     admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
-    let db = TestDb { admin_url: server.admin_url(&name), app_url: server.url("authio_app", &name), name, port: server.port };
+    let db = TestDb {
+        admin_url: server.admin_url(&name),
+        app_url: server.url("authio_app", &name),
+        name,
+        port: server.port,
+    };
     authio_db::migrate::migrate(&db.admin_url).await.expect("migrate");
     db
 }
@@ -186,7 +191,8 @@ pub async fn seed_tenant(shared: &TestDb, slug: &str, kind: TenantKind, plan: Pl
         .create_project(tenant.id, &Slug::parse("main").unwrap(), &DisplayName::parse("Main").unwrap())
         .await
         .expect("create project");
-    let api_key = cp.create_api_key(tenant.id, project.id, &DisplayName::parse("test").unwrap()).await.expect("api key");
+    let api_key =
+        cp.create_api_key(tenant.id, project.id, &DisplayName::parse("test").unwrap()).await.expect("api key");
     Seeded { tenant, project, api_key }
 }
 

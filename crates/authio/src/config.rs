@@ -64,17 +64,39 @@ impl Config {
 
     fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
         let num = |k: &str, v: String| -> Result<u64> { v.parse().with_context(|| format!("{k} must be a number")) };
-        if let Some(v) = get("AUTHIO_LISTEN") { self.listen = v; }
-        if let Some(v) = get("AUTHIO_PUBLIC_URL") { self.public_url = v; }
-        if let Some(v) = get("AUTHIO_SHARED_URL") { self.shared_url = v; }
-        if let Some(v) = get("AUTHIO_SHARED_DIRECT_URL") { self.shared_direct_url = Some(v); }
-        if let Some(v) = get("AUTHIO_ADMIN_URL") { self.admin_url = v; }
-        if let Some(v) = get("AUTHIO_MASTER_KEY") { self.master_key = Some(v); }
-        if let Some(v) = get("AUTHIO_LOG_FORMAT") { self.log_format = v; }
-        if let Some(v) = get("AUTHIO_POOL_SIZE") { self.pool_size = num("AUTHIO_POOL_SIZE", v)? as usize; }
-        if let Some(v) = get("AUTHIO_DEDICATED_POOL_MAX_SIZE") { self.dedicated_pool_max_size = num("AUTHIO_DEDICATED_POOL_MAX_SIZE", v)? as usize; }
-        if let Some(v) = get("AUTHIO_MAX_DEDICATED_POOLS") { self.max_dedicated_pools = num("AUTHIO_MAX_DEDICATED_POOLS", v)? as usize; }
-        if let Some(v) = get("AUTHIO_ROUTE_REREAD_INTERVAL_MS") { self.route_reread_interval_ms = num("AUTHIO_ROUTE_REREAD_INTERVAL_MS", v)?; }
+        if let Some(v) = get("AUTHIO_LISTEN") {
+            self.listen = v;
+        }
+        if let Some(v) = get("AUTHIO_PUBLIC_URL") {
+            self.public_url = v;
+        }
+        if let Some(v) = get("AUTHIO_SHARED_URL") {
+            self.shared_url = v;
+        }
+        if let Some(v) = get("AUTHIO_SHARED_DIRECT_URL") {
+            self.shared_direct_url = Some(v);
+        }
+        if let Some(v) = get("AUTHIO_ADMIN_URL") {
+            self.admin_url = v;
+        }
+        if let Some(v) = get("AUTHIO_MASTER_KEY") {
+            self.master_key = Some(v);
+        }
+        if let Some(v) = get("AUTHIO_LOG_FORMAT") {
+            self.log_format = v;
+        }
+        if let Some(v) = get("AUTHIO_POOL_SIZE") {
+            self.pool_size = num("AUTHIO_POOL_SIZE", v)? as usize;
+        }
+        if let Some(v) = get("AUTHIO_DEDICATED_POOL_MAX_SIZE") {
+            self.dedicated_pool_max_size = num("AUTHIO_DEDICATED_POOL_MAX_SIZE", v)? as usize;
+        }
+        if let Some(v) = get("AUTHIO_MAX_DEDICATED_POOLS") {
+            self.max_dedicated_pools = num("AUTHIO_MAX_DEDICATED_POOLS", v)? as usize;
+        }
+        if let Some(v) = get("AUTHIO_ROUTE_REREAD_INTERVAL_MS") {
+            self.route_reread_interval_ms = num("AUTHIO_ROUTE_REREAD_INTERVAL_MS", v)?;
+        }
         Ok(())
     }
 }

@@ -27,6 +27,7 @@ pub struct DevArgs {
 pub async fn run(args: DevArgs) -> Result<()> {
     // Fail early and clearly when PostgreSQL is missing.
     find_pg_binaries()?;
+    let shutdown = crate::shutdown_signal()?;
     std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = std::fs::canonicalize(&args.dir)?;
     crate::init_logging("pretty");
@@ -59,6 +60,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         write_private(&creds_path, &creds)?;
     }
     let creds = std::fs::read_to_string(&creds_path)?;
+    let listener = crate::bind(&cfg.listen).await?;
     println!(
         "\nAuthio is running at {url}\n\n  API reference   {url}/docs\n  OpenAPI         {url}/openapi.json\n  health          {url}/healthz  {url}/readyz\n  metrics         {url}/metrics\n\n\
          shared Postgres     {}\ndedicated Postgres  {}\n\n{creds}\nCtrl-C stops the server and both clusters.\n",
@@ -66,7 +68,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         dedicated.admin_url("postgres"),
         url = cfg.public_url,
     );
-    let served = crate::serve_with(router, &cfg.listen).await;
+    let served = crate::serve_with(router, listener, shutdown).await;
     tracing::info!("stopping PostgreSQL clusters");
     drop(shared);
     drop(dedicated);
@@ -93,8 +95,8 @@ fn master_key(dir: &Path) -> Result<String> {
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(path)?;
     f.write_all(contents.as_bytes())?;
     Ok(())
@@ -117,7 +119,8 @@ async fn seed(cfg: &Config, router: &authio_db::Router, dedicated: &LocalCluster
         if on_dedicated {
             let db = format!("authio_{slug}");
             ensure_database(dedicated, &db).await?;
-            cp.attach_empty_dedicated(&t, &db, &dedicated.url("authio_app", &db), &dedicated.admin_url(&db), &key).await?;
+            cp.attach_empty_dedicated(&t, &db, &dedicated.url("authio_app", &db), &dedicated.admin_url(&db), &key)
+                .await?;
             // Give nodes a moment to see the new route before the first write.
             tokio::time::sleep(Duration::from_millis(50)).await;
             router.cache().invalidate(&t.id, None);

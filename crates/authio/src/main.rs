@@ -108,10 +108,7 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 fn master_key(cfg: &Config) -> Result<Option<MasterKey>> {
-    cfg.master_key
-        .as_deref()
-        .map(|k| MasterKey::from_base64(k).context("AUTHIO_MASTER_KEY / master_key"))
-        .transpose()
+    cfg.master_key.as_deref().map(|k| MasterKey::from_base64(k).context("AUTHIO_MASTER_KEY / master_key")).transpose()
 }
 
 pub(crate) fn build_router(cfg: &Config) -> Result<Router> {
@@ -127,22 +124,42 @@ pub(crate) fn build_router(cfg: &Config) -> Result<Router> {
     Ok(router)
 }
 
-pub(crate) async fn serve_with(router: Router, listen: &str) -> Result<()> {
+/// SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled, so a signal that arrives right after start-up is not lost.
+pub(crate) fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
+}
+
+pub(crate) async fn bind(listen: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))
+}
+
+pub(crate) async fn serve_with(
+    router: Router,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let state = authio_server::AppState::new(router.clone(), Arc::new(SystemClock));
     let app = authio_server::build_app(state);
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    tracing::info!(%listen, "serving");
-    authio_server::serve(listener, app, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    tracing::info!(listen = %listener.local_addr()?, "serving");
+    authio_server::serve(listener, app, shutdown).await?;
     router.shutdown();
     Ok(())
 }
 
 async fn serve(cfg: Config) -> Result<()> {
+    let shutdown = shutdown_signal()?;
     let router = build_router(&cfg)?;
-    serve_with(router, &cfg.listen).await
+    let listener = bind(&cfg.listen).await?;
+    serve_with(router, listener, shutdown).await
 }
 
 async fn migrate_all(cfg: &Config) -> Result<()> {
@@ -150,7 +167,9 @@ async fn migrate_all(cfg: &Config) -> Result<()> {
     println!("shared database: {} migration(s) applied", applied.len());
     if let Some(key) = master_key(cfg)? {
         for (tenant, dsn) in ControlPlane::new(cfg.admin_url.clone()).dedicated_admin_dsns(&key).await? {
-            let applied = authio_db::migrate::migrate(&dsn).await.with_context(|| format!("migrating the dedicated database of {tenant}"))?;
+            let applied = authio_db::migrate::migrate(&dsn)
+                .await
+                .with_context(|| format!("migrating the dedicated database of {tenant}"))?;
             println!("dedicated database of {tenant}: {} migration(s) applied", applied.len());
         }
     } else {
@@ -169,14 +188,21 @@ async fn tenant(cfg: &Config, command: TenantCommand) -> Result<()> {
             let Some(kind) = TenantKind::parse(&kind) else { bail!("--kind must be customer or platform") };
             let t = cp.create_tenant(&slug, &name, kind, plan).await?;
             let project = cp.create_project(t.id, &Slug::parse("default")?, &DisplayName::parse("Default")?).await?;
-            let key = cp.create_api_key(t.id, project.id, &DisplayName::parse("created by authio tenant create")?).await?;
-            println!("tenant   {} ({})\nid       {}\nplan     {}\nproject  {} ({})", t.slug, t.kind, t.id, t.plan, project.slug, project.id);
+            let key =
+                cp.create_api_key(t.id, project.id, &DisplayName::parse("created by authio tenant create")?).await?;
+            println!(
+                "tenant   {} ({})\nid       {}\nplan     {}\nproject  {} ({})",
+                t.slug, t.kind, t.id, t.plan, project.slug, project.id
+            );
             println!("api key  {}\n         (shown once: store it now)", key.plaintext);
         }
         TenantCommand::List => {
-            println!("{:<24} {:<9} {:<11} {:<10} {:>6}  {}", "SLUG", "KIND", "PLAN", "DB", "EPOCH", "ID");
+            println!("{:<24} {:<9} {:<11} {:<10} {:>6}  ID", "SLUG", "KIND", "PLAN", "DB", "EPOCH");
             for t in cp.list_tenants().await? {
-                println!("{:<24} {:<9} {:<11} {:<10} {:>6}  {}", t.slug, t.kind, t.plan, t.db_strategy, t.route_epoch, t.id);
+                println!(
+                    "{:<24} {:<9} {:<11} {:<10} {:>6}  {}",
+                    t.slug, t.kind, t.plan, t.db_strategy, t.route_epoch, t.id
+                );
             }
         }
         TenantCommand::Show { slug } => {

@@ -45,7 +45,11 @@ async fn tenant_create_list_show_against_a_real_database() {
     let db = fresh_shared_db().await;
     let run = |args: &[&str]| {
         let out = authio().args(args).env("AUTHIO_ADMIN_URL", &db.admin_url).output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (ok, out, err) = run(&["tenant", "create", "--slug", "initech", "--name", "Initech", "--plan", "enterprise"]);
     assert!(ok, "{err}");
@@ -104,7 +108,7 @@ async fn dev_serves_seeded_demo_tenants_and_stops_on_ctrl_c() {
     let banner = tokio::time::timeout(std::time::Duration::from_secs(120), rx).await.expect("dev started").unwrap();
     assert!(banner.contains("dedicated database"), "{banner}");
     // The dedicated demo tenant's curl line works as printed.
-    let curl = banner.lines().filter(|l| l.contains("curl")).last().expect("curl line");
+    let curl = banner.lines().rfind(|l| l.contains("curl")).expect("curl line");
     let key = curl.split("Bearer ").nth(1).unwrap().split('\'').next().unwrap();
     let url = curl.split_whitespace().last().unwrap();
     let r = reqwest::Client::new().get(url).bearer_auth(key).send().await.unwrap();

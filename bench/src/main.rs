@@ -97,6 +97,9 @@ async fn setup() -> Result<Env> {
          ANALYZE bench_users;",
     )
     .await?;
+    if let Ok(mode) = std::env::var("BENCH_PLAN_CACHE_MODE") {
+        c.batch_execute(&format!("ALTER ROLE authio_app SET plan_cache_mode = {mode}")).await?;
+    }
     // Same pool size for the shared and the dedicated side.
     let router = router_for(
         &shared,
@@ -225,45 +228,46 @@ async fn tiers(env: &Env, secs: u64, rounds: usize) -> Result<()> {
 struct ScopedBench {
     router: Router,
     plain: authio_db::Pool,
+    reads: authio_db::pipeline::ReadPool,
     scope: Scope,
 }
 
 impl ScopedBench {
-    async fn page(&self, scoped: bool) -> Result<Vec<authio_db::Row>> {
+    /// A page of users as JSON values: scoped under RLS through `Router::read`, or the same
+    /// query on the copy without RLS, sent alone.
+    async fn page(&self, scoped: bool) -> Result<Vec<Value>> {
         let project = self.scope.project_id.unwrap_or_default();
         let after = Uuid::nil();
         let params: [Param<'_>; 3] =
             [(&self.scope.tenant_id, Type::UUID), (&project, Type::UUID), (&after, Type::UUID)];
         if scoped {
-            Ok(self.router.read(&self.scope, PAGE_SQL, &params).await?)
-        } else {
-            let c = self.plain.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            Ok(c.query_typed(PAGE_SQL_NO_RLS, &params).await?)
+            let rows = self.router.read(&self.scope, PAGE_SQL, &params).await?;
+            return rows
+                .iter()
+                .map(|r| Ok(authio_core::users::User::try_from(r)?))
+                .map(|u: Result<_>| Ok(serde_json::to_value(u?)?))
+                .collect();
         }
+        // The same client and the same decoding as the scoped side: only the bind and RLS differ.
+        let mut conn = self.reads.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let rows = conn.pipeline(&[(PAGE_SQL_NO_RLS, &params)]).await?;
+        rows.iter()
+            .map(|r| Ok(authio_core::users::User::try_from(r)?))
+            .map(|u: Result<_>| Ok(serde_json::to_value(u?)?))
+            .collect()
     }
 }
 
-/// One handler for both sides: the mode picks scoped-with-RLS or the no-policy table; the
-/// rows are turned into users and encoded as the users API does.
+/// One handler for both sides: the mode picks scoped-with-RLS or the no-policy table.
 async fn page_handler(
     State(b): State<ScopedBench>,
     Path(mode): Path<String>,
 ) -> Result<Json<Value>, axum::http::StatusCode> {
-    let rows = b.page(mode == "scoped").await.map_err(|_| axum::http::StatusCode::INTERNAL_SERVER_ERROR)?;
-    if rows.len() != 50 {
+    let page = b.page(mode == "scoped").await.map_err(|_| axum::http::StatusCode::INTERNAL_SERVER_ERROR)?;
+    if page.len() != 50 {
         return Err(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
     }
-    let out: Vec<Value> = rows
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "id": r.get::<_, Uuid>(0), "project_id": r.get::<_, Uuid>(1), "email": r.get::<_, String>(2),
-                "email_verified": r.get::<_, bool>(3), "disabled": r.get::<_, bool>(4),
-                "created_at": r.get::<_, chrono::DateTime<chrono::Utc>>(5), "updated_at": r.get::<_, chrono::DateTime<chrono::Utc>>(6),
-            })
-        })
-        .collect();
-    Ok(Json(Value::Array(out)))
+    Ok(Json(Value::Array(page)))
 }
 
 async fn db_loop(b: &ScopedBench, mode: &str, secs: u64, workers: usize) -> Result<f64> {
@@ -276,7 +280,31 @@ async fn db_loop(b: &ScopedBench, mode: &str, secs: u64, workers: usize) -> Resu
             let mut n = 0u64;
             while Instant::now() < deadline {
                 let rows = match mode.as_str() {
-                    "bare" => b.page(false).await?,
+                    "bare" => {
+                        let project = b.scope.project_id.unwrap_or_default();
+                        let after = Uuid::nil();
+                        let c = b.plain.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                        let params: [Param<'_>; 3] = [(&b.scope.tenant_id, Type::UUID), (&project, Type::UUID), (&after, Type::UUID)];
+                        c.query_typed(PAGE_SQL_NO_RLS, &params).await?.len()
+                    }
+                    "bare-pipeline" => {
+                        let project = b.scope.project_id.unwrap_or_default();
+                        let after = Uuid::nil();
+                        let mut conn = b.reads.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                        let params: [Param<'_>; 3] = [(&b.scope.tenant_id, Type::UUID), (&project, Type::UUID), (&after, Type::UUID)];
+                        conn.pipeline(&[(PAGE_SQL_NO_RLS, &params)]).await?.len()
+                    }
+                    "pipeline-no-rls" => {
+                        // The pipelined path's transaction alone: bind + SELECT on the table
+                        // without RLS, one Sync, through the same client as Router::read.
+                        let project = b.scope.project_id.unwrap_or_default();
+                        let after = Uuid::nil();
+                        let mut conn = b.reads.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                        let (t, p) = (b.scope.tenant_id.to_string(), project.to_string());
+                        let bind: [Param<'_>; 2] = [(&t, Type::TEXT), (&p, Type::TEXT)];
+                        let params: [Param<'_>; 3] = [(&b.scope.tenant_id, Type::UUID), (&project, Type::UUID), (&after, Type::UUID)];
+                        conn.pipeline(&[("SELECT set_config('authio.tenant_id', $1, true), set_config('authio.project_id', $2, true)", &bind), (PAGE_SQL_NO_RLS, &params)]).await?.len()
+                    }
                     "tx-no-rls" | "no-fence-check" => {
                         let project = b.scope.project_id.unwrap_or_default();
                         let after = Uuid::nil();
@@ -291,19 +319,24 @@ async fn db_loop(b: &ScopedBench, mode: &str, secs: u64, workers: usize) -> Resu
                         let (x, rows, y) = futures_util::join!(c.simple_query(&bind), c.query_typed(sql, &params), c.batch_execute("COMMIT"));
                         x?;
                         y?;
-                        rows?
+                        rows?.len()
                     }
-                    "pipelined" => b.page(true).await?,
+                    "pipelined" => {
+                        let project = b.scope.project_id.unwrap_or_default();
+                        let after = Uuid::nil();
+                        let params: [Param<'_>; 3] = [(&b.scope.tenant_id, Type::UUID), (&project, Type::UUID), (&after, Type::UUID)];
+                        b.router.read(&b.scope, PAGE_SQL, &params).await?.len()
+                    }
                     _ => {
                         let project = b.scope.project_id.unwrap_or_default();
                         let after = Uuid::nil();
                         let tx = b.router.begin(&b.scope).await?;
                         let rows = tx.query(PAGE_SQL, &[(&b.scope.tenant_id, Type::UUID), (&project, Type::UUID), (&after, Type::UUID)]).await?;
                         tx.commit().await?;
-                        rows
+                        rows.len()
                     }
                 };
-                anyhow::ensure!(rows.len() == 50, "expected a full page");
+                anyhow::ensure!(rows == 50, "expected a full page");
                 n += 1;
             }
             Ok::<u64, anyhow::Error>(n)
@@ -321,15 +354,23 @@ async fn scoped(env: &Env, secs: u64, rounds: usize) -> Result<()> {
         &env.shared.app_url,
         &authio_db::pool::PoolOptions { max_size: 8, ..Default::default() },
     )?;
+    let reads = authio_db::pipeline::make_read_pool(
+        &env.shared.app_url,
+        &authio_db::pool::PoolOptions { max_size: 8, ..Default::default() },
+        true,
+    )?;
     let bench = ScopedBench {
         router: env.router.clone(),
         plain,
+        reads,
         scope: Scope::project(env.a.tenant.id, env.a.project.id, TenantKind::Customer),
     };
     // Database level: 32 concurrent workers, same query, sides alternating.
     let modes: Vec<&str> = match std::env::var("BENCH_DB_MODES") {
         Ok(v) => v.split(',').map(|m| Box::leak(m.to_owned().into_boxed_str()) as &str).collect(),
-        Err(_) => vec!["bare", "tx-no-rls", "no-fence-check", "pipelined", "round-trips"],
+        Err(_) => {
+            vec!["bare", "bare-pipeline", "pipeline-no-rls", "pipelined", "tx-no-rls", "no-fence-check", "round-trips"]
+        }
     };
     let mut results: Vec<Vec<f64>> = vec![vec![]; modes.len()];
     for round in 0..rounds {
@@ -343,9 +384,11 @@ async fn scoped(env: &Env, secs: u64, rounds: usize) -> Result<()> {
     fn label(m: &str) -> &str {
         match m {
             "bare" => "bare SELECT, no GUC, table without RLS (baseline)",
-            "tx-no-rls" => "BEGIN + bind + fence check, SELECT on the table without RLS, COMMIT: the transaction alone",
-            "no-fence-check" => "BEGIN + bind, SELECT under RLS, COMMIT, by hand (no fence check at all)",
-            "pipelined" => "scoped read as served: BEGIN + bind, SELECT under RLS, COMMIT; fence asked only on an empty page (Router::read)",
+            "bare-pipeline" => "the same bare SELECT through the read client (authio_db::pipeline, statements kept prepared), no GUC",
+        "pipeline-no-rls" => "bind + SELECT on the table without RLS, one Sync: the pipelined path's transaction alone",
+        "tx-no-rls" => "BEGIN + bind + fence check, SELECT on the table without RLS, COMMIT (tokio-postgres, a Sync each)",
+            "no-fence-check" => "BEGIN + bind, SELECT under RLS, COMMIT (tokio-postgres, a Sync each)",
+            "pipelined" => "scoped read as served: bind + SELECT under RLS with one Sync, one implicit transaction; fence asked only on an empty page (Router::read)",
             "round-trips" => "BEGIN + bind + fence check, SELECT, COMMIT in three round trips (Router::begin, query, commit)",
             other => other,
         }

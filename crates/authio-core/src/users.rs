@@ -1,6 +1,6 @@
 //! End users of a project. They live at the tenant's home (shared or dedicated database),
 //! reached only through scoped transactions.
-use authio_db::{Router, Row, Scope, Type};
+use authio_db::{PgRow, Router, Row, Scope, Type};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -22,6 +22,18 @@ pub struct User {
 const COLS: &str = "id, project_id, email, email_verified, disabled, created_at, updated_at";
 
 impl User {
+    pub fn from_read_row(r: &PgRow) -> Result<Self, CoreError> {
+        Ok(User {
+            id: r.try_get(0)?,
+            project_id: r.try_get(1)?,
+            email: r.try_get(2)?,
+            email_verified: r.try_get(3)?,
+            disabled: r.try_get(4)?,
+            created_at: r.try_get(5)?,
+            updated_at: r.try_get(6)?,
+        })
+    }
+
     fn from_row(r: &Row) -> Self {
         User {
             id: r.get(0),
@@ -83,10 +95,18 @@ pub async fn list(router: &Router, scope: &Scope, limit: i64, after: Option<Uuid
             &[(&scope.tenant_id, Type::UUID), (&project, Type::UUID), (&after, Type::UUID), (&limit, Type::INT8)],
         )
         .await?;
-    Ok(rows.iter().map(User::from_row).collect())
+    rows.iter().map(User::from_read_row).collect()
 }
 
 pub async fn get(router: &Router, scope: &Scope, id: Uuid) -> Result<User, CoreError> {
     let rows = router.read(scope, &format!("SELECT {COLS} FROM users WHERE id = $1"), &[(&id, Type::UUID)]).await?;
-    rows.first().map(User::from_row).ok_or(CoreError::NotFound("user"))
+    rows.first().map(User::from_read_row).transpose()?.ok_or(CoreError::NotFound("user"))
+}
+
+impl TryFrom<&PgRow> for User {
+    type Error = CoreError;
+
+    fn try_from(r: &PgRow) -> Result<Self, CoreError> {
+        User::from_read_row(r)
+    }
 }

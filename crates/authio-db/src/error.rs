@@ -37,6 +37,11 @@ pub enum DbError {
     Pool(String),
     #[error("migration error: {0}")]
     Migration(String),
+    /// An error reported by the server on the pipelined read path.
+    #[error("database error {code}: {message}")]
+    Server { code: String, message: String },
+    #[error("decoding a value: {0}")]
+    Decode(String),
 }
 
 impl DbError {
@@ -45,6 +50,7 @@ impl DbError {
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
             DbError::Postgres(e) => e.code().map(|c| c.code()),
+            DbError::Server { code, .. } => Some(code),
             _ => None,
         }
     }

@@ -9,6 +9,7 @@
 pub mod cluster;
 mod error;
 pub mod migrate;
+pub mod pipeline;
 pub mod pool;
 pub mod preresolve;
 mod route_cache;
@@ -19,6 +20,7 @@ mod tx;
 
 pub use deadpool_postgres::Pool;
 pub use error::{DbError, RouterError};
+pub use pipeline::PgRow;
 pub use route_cache::{CachedRoute, DbStrategy, RouteCache};
 pub use router::{Router, RouterSettings};
 pub use scope::{Scope, TenantKind};

@@ -12,12 +12,14 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
-use tokio_postgres::{AsyncMessage, Row};
+use tokio_postgres::types::Type;
+use tokio_postgres::AsyncMessage;
 use uuid::Uuid;
 
+use crate::pipeline::{make_read_pool, PgRow, ReadPool};
 use crate::pool::{make_pool, PoolOptions};
 use crate::route_cache::{parse_notification, CachedRoute, DbStrategy, RouteCache};
-use crate::tx::{read_once, Param, ScopedTx};
+use crate::tx::{Param, ScopedTx};
 use crate::{preresolve, DbError, MasterKey, RouterError, Scope, TenantKind};
 
 #[derive(Clone, Debug)]
@@ -36,6 +38,9 @@ pub struct RouterSettings {
     pub shared_direct_url: Option<String>,
     /// How long a request waits for a connection.
     pub acquire_timeout: Duration,
+    /// Keep read statements prepared per connection. Turn off when the shared URL goes
+    /// through pgbouncer older than 1.21 (or without `max_prepared_statements`).
+    pub statement_cache: bool,
 }
 
 impl Default for RouterSettings {
@@ -48,17 +53,27 @@ impl Default for RouterSettings {
             listen: true,
             shared_direct_url: None,
             acquire_timeout: Duration::from_secs(5),
+            statement_cache: true,
         }
     }
 }
 
 struct DedicatedPool {
     pool: Pool,
+    reads: ReadPool,
     last_used: Instant,
+}
+
+/// Where a scope's rows live: a pool for transactions and a pool for pipelined reads.
+#[derive(Clone)]
+struct Target {
+    pool: Pool,
+    reads: ReadPool,
 }
 
 struct Inner {
     shared: Pool,
+    shared_reads: ReadPool,
     shared_url: String,
     master_key: Option<MasterKey>,
     cache: RouteCache,
@@ -69,6 +84,10 @@ struct Inner {
     listener_connected: std::sync::atomic::AtomicBool,
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
+
+/// The bind statement of the pipelined read path: no fence check (see [`Router::read`]).
+const BIND_SQL_NO_FENCE: &str =
+    "SELECT set_config('authio.tenant_id', $1, true), set_config('authio.project_id', $2, true)";
 
 /// Cheap to clone; background tasks stop when the last clone is dropped or on `shutdown`.
 #[derive(Clone)]
@@ -85,18 +104,18 @@ impl Router {
         master_key: Option<MasterKey>,
         settings: RouterSettings,
     ) -> Result<Self, DbError> {
-        let shared = make_pool(
-            shared_url,
-            &PoolOptions {
-                max_size: shared_pool_size,
-                wait_timeout: settings.acquire_timeout,
-                application_name: "authio".into(),
-                ..PoolOptions::default()
-            },
-        )?;
+        let opts = PoolOptions {
+            max_size: shared_pool_size,
+            wait_timeout: settings.acquire_timeout,
+            application_name: "authio".into(),
+            ..PoolOptions::default()
+        };
+        let shared = make_pool(shared_url, &opts)?;
+        let shared_reads = make_read_pool(shared_url, &opts, settings.statement_cache)?;
         Ok(Router {
             inner: Arc::new(Inner {
                 shared,
+                shared_reads,
                 shared_url: shared_url.to_owned(),
                 master_key,
                 cache: RouteCache::default(),
@@ -135,9 +154,11 @@ impl Router {
         if let Ok(mut map) = self.inner.dedicated.lock() {
             for (_, p) in map.drain() {
                 p.pool.close();
+                p.reads.close();
             }
         }
         self.inner.shared.close();
+        self.inner.shared_reads.close();
     }
 
     pub(crate) fn shared(&self) -> &Pool {
@@ -181,10 +202,18 @@ impl Router {
     /// The pool for a scope. Fail-closed for the platform tenant: a row saying `dedicated`
     /// is refused with [`RouterError::PlatformTenantNoDedicatedPool`].
     pub async fn pool_for(&self, scope: &Scope) -> Result<Pool, DbError> {
+        Ok(self.target_for(scope).await?.pool)
+    }
+
+    fn shared_target(&self) -> Target {
+        Target { pool: self.inner.shared.clone(), reads: self.inner.shared_reads.clone() }
+    }
+
+    async fn target_for(&self, scope: &Scope) -> Result<Target, DbError> {
         let route = self.route(scope.tenant_id).await?;
         if scope.tenant_kind == TenantKind::Platform || route.kind == TenantKind::Platform {
             return match route.strategy {
-                DbStrategy::Shared => Ok(self.inner.shared.clone()),
+                DbStrategy::Shared => Ok(self.shared_target()),
                 DbStrategy::Dedicated => {
                     self.inner.platform_refusals.fetch_add(1, Ordering::Relaxed);
                     Err(RouterError::PlatformTenantNoDedicatedPool.into())
@@ -194,9 +223,20 @@ impl Router {
         match route.strategy {
             DbStrategy::Shared => {
                 self.close_dedicated(&scope.tenant_id);
-                Ok(self.inner.shared.clone())
+                Ok(self.shared_target())
             }
-            DbStrategy::Dedicated => self.dedicated_pool(scope.tenant_id).await,
+            DbStrategy::Dedicated => self.dedicated_target(scope.tenant_id).await,
+        }
+    }
+
+    /// [`Router::target_for`] with the platform rule of [`Router::pool_for_or_err`].
+    async fn target_for_or_err(&self, scope: &Scope) -> Result<Target, DbError> {
+        match self.target_for(scope).await {
+            Err(DbError::Router(RouterError::PlatformTenantNoDedicatedPool)) => {
+                tracing::error!(tenant = %scope.tenant_id, "platform tenant row says dedicated; serving from shared");
+                Ok(self.shared_target())
+            }
+            other => other,
         }
     }
 
@@ -216,7 +256,7 @@ impl Router {
 
     /// Open a scoped transaction on the scope's home.
     pub async fn begin(&self, scope: &Scope) -> Result<ScopedTx, DbError> {
-        let (pool, _) = self.pool_for_or_err(scope).await?;
+        let pool = self.target_for_or_err(scope).await?.pool;
         let client = self.checkout(&pool, scope).await?;
         ScopedTx::open(client, *scope).await.map_err(|e| self.forget_stale(e))
     }
@@ -230,10 +270,38 @@ impl Router {
         e
     }
 
-    /// One scoped read in a single round trip (BEGIN, bind, query, COMMIT pipelined).
-    pub async fn read(&self, scope: &Scope, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, DbError> {
-        let (pool, _) = self.pool_for_or_err(scope).await?;
-        read_once(&pool, scope, sql, params).await.map_err(|e| self.forget_stale(self.classify(scope, e)))
+    /// One scoped read in one round trip: the bind and the query sent with a single Sync,
+    /// so they run as one implicit transaction (see [`crate::pipeline`]).
+    ///
+    /// The home fence is asked only when the read comes back empty: a fenced tenant always
+    /// reads nothing, so an empty result is the one case where a stale route could hide, and
+    /// asking on every read would cost a function call per request.
+    pub async fn read(&self, scope: &Scope, sql: &str, params: &[Param<'_>]) -> Result<Vec<PgRow>, DbError> {
+        let target = self.target_for_or_err(scope).await?;
+        self.read_on(&target.reads, scope, sql, params).await.map_err(|e| self.forget_stale(self.classify(scope, e)))
+    }
+
+    async fn read_on(
+        &self,
+        reads: &ReadPool,
+        scope: &Scope,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<PgRow>, DbError> {
+        let mut conn = reads.get().await.map_err(|e| DbError::Pool(e.to_string()))?;
+        let tenant = scope.tenant_id.to_string();
+        let project = scope.project_id.map(|p| p.to_string()).unwrap_or_default();
+        let bind: [Param<'_>; 2] = [(&tenant, Type::TEXT), (&project, Type::TEXT)];
+        let rows = conn.pipeline(&[(BIND_SQL_NO_FENCE, &bind), (sql, params)]).await?;
+        if rows.is_empty() {
+            let fence =
+                conn.pipeline(&[("SELECT authio_tenant_at_home($1)", &[(&scope.tenant_id, Type::UUID)])]).await?;
+            let home = fence.first().map(|r| r.try_get::<Option<bool>>(0)).transpose()?.flatten();
+            if home != Some(true) {
+                return Err(RouterError::NotAtHome(scope.tenant_id).into());
+            }
+        }
+        Ok(rows)
     }
 
     async fn checkout(&self, pool: &Pool, scope: &Scope) -> Result<deadpool_postgres::Object, DbError> {
@@ -251,11 +319,11 @@ impl Router {
         }
     }
 
-    async fn dedicated_pool(&self, tenant: Uuid) -> Result<Pool, DbError> {
+    async fn dedicated_target(&self, tenant: Uuid) -> Result<Target, DbError> {
         if let Ok(mut map) = self.inner.dedicated.lock() {
             if let Some(p) = map.get_mut(&tenant) {
                 p.last_used = Instant::now();
-                return Ok(p.pool.clone());
+                return Ok(Target { pool: p.pool.clone(), reads: p.reads.clone() });
             }
         }
         let enc = preresolve::dedicated_app_dsn(self, tenant).await?.ok_or(RouterError::NoDedicatedDatabase(tenant))?;
@@ -265,38 +333,36 @@ impl Router {
             .as_ref()
             .ok_or_else(|| RouterError::Config("a master key is required to reach dedicated databases".into()))?;
         let dsn = key.decrypt(&enc).map_err(|e| RouterError::Config(format!("dedicated DSN of {tenant}: {e}")))?;
-        let pool = make_pool(
-            &dsn,
-            &PoolOptions {
-                max_size: self.inner.settings.dedicated_pool_max_size,
-                wait_timeout: self.inner.settings.acquire_timeout,
-                application_name: "authio".into(),
-                ..PoolOptions::default()
-            },
-        )?;
+        let opts = PoolOptions {
+            max_size: self.inner.settings.dedicated_pool_max_size,
+            wait_timeout: self.inner.settings.acquire_timeout,
+            application_name: "authio".into(),
+            ..PoolOptions::default()
+        };
+        let pool = make_pool(&dsn, &opts)?;
+        // Dedicated databases are reached directly.
+        let reads = make_read_pool(&dsn, &opts, true)?;
         let mut evicted = Vec::new();
         let chosen = {
             let mut map = self.inner.dedicated.lock().map_err(|_| DbError::Pool("router lock poisoned".into()))?;
-            let chosen = map
-                .entry(tenant)
-                .or_insert_with(|| {
-                    self.inner.dedicated_pools_opened.fetch_add(1, Ordering::Relaxed);
-                    DedicatedPool { pool: pool.clone(), last_used: Instant::now() }
-                })
-                .pool
-                .clone();
+            let entry = map.entry(tenant).or_insert_with(|| {
+                self.inner.dedicated_pools_opened.fetch_add(1, Ordering::Relaxed);
+                DedicatedPool { pool: pool.clone(), reads: reads.clone(), last_used: Instant::now() }
+            });
+            let chosen = Target { pool: entry.pool.clone(), reads: entry.reads.clone() };
             while map.len() > self.inner.settings.max_dedicated_pools {
                 let oldest =
                     map.iter().filter(|(t, _)| **t != tenant).min_by_key(|(_, p)| p.last_used).map(|(t, _)| *t);
                 match oldest.and_then(|t| map.remove(&t)) {
-                    Some(p) => evicted.push(p.pool),
+                    Some(p) => evicted.push(p),
                     None => break,
                 }
             }
             chosen
         };
         for p in evicted {
-            p.close();
+            p.pool.close();
+            p.reads.close();
         }
         Ok(chosen)
     }
@@ -305,6 +371,7 @@ impl Router {
         let removed = self.inner.dedicated.lock().ok().and_then(|mut m| m.remove(tenant));
         if let Some(p) = removed {
             p.pool.close();
+            p.reads.close();
         }
     }
 }
@@ -402,13 +469,14 @@ async fn sweep_loop(inner: std::sync::Weak<Inner>) {
             map.retain(|_, p| {
                 let keep = p.last_used.elapsed() < idle;
                 if !keep {
-                    closed.push(p.pool.clone());
+                    closed.push((p.pool.clone(), p.reads.clone()));
                 }
                 keep
             });
         }
-        for p in closed {
+        for (p, r) in closed {
             p.close();
+            r.close();
         }
     }
 }

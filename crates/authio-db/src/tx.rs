@@ -1,6 +1,6 @@
 //! Scoped transactions: `BEGIN` then the transaction-local GUCs, pipelined in one round trip.
 //! Never a session-level `SET`: behind pgbouncer it would leak to the next client.
-use deadpool_postgres::{Object, Pool};
+use deadpool_postgres::Object;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 
@@ -101,53 +101,6 @@ pub(crate) fn rollback_in_background(client: Object) {
         }
         Err(_) => drop(Object::take(client)),
     }
-}
-
-/// One scoped read in a single round trip, three messages pipelined: `BEGIN; bind` as one
-/// simple query (the ids are inlined: they are UUIDs, whose text cannot carry SQL), the read
-/// with binary rows, and COMMIT. If the read fails, the COMMIT of the aborted transaction
-/// rolls it back.
-///
-/// The home fence is asked only when the read comes back empty: a fenced tenant always reads
-/// nothing, so an empty result is the one case where a stale route could hide, and asking on
-/// every read would cost a function call per request.
-pub(crate) async fn read_once(
-    pool: &Pool,
-    scope: &Scope,
-    sql: &str,
-    params: &[Param<'_>],
-) -> Result<Vec<Row>, DbError> {
-    let client = pool.get().await?;
-    let begin_and_bind = format!(
-        "BEGIN; SELECT set_config('authio.tenant_id', '{}', true), set_config('authio.project_id', '{}', true)",
-        scope.tenant_id,
-        scope.project_id.map(|p| p.to_string()).unwrap_or_default(),
-    );
-    let (bound, rows, committed) = futures_util::join!(
-        client.batch_execute(&begin_and_bind),
-        client.query_typed(sql, params),
-        client.batch_execute("COMMIT"),
-    );
-    let outcome = bound.and(rows).and_then(|rows| committed.map(|_| rows));
-    let rows = match outcome {
-        Ok(rows) => rows,
-        Err(e) => {
-            // Whatever failed, make sure no transaction stays open on this connection.
-            rollback_in_background(client);
-            return Err(e.into());
-        }
-    };
-    if rows.is_empty() {
-        let home = client
-            .query_typed("SELECT authio_tenant_at_home($1)", &[(&scope.tenant_id, Type::UUID)])
-            .await?
-            .first()
-            .and_then(|r| r.get::<_, Option<bool>>(0));
-        if home != Some(true) {
-            return Err(RouterError::NotAtHome(scope.tenant_id).into());
-        }
-    }
-    Ok(rows)
 }
 
 /// A control-plane transaction as `authio_owner` (operators' commands, migrations,

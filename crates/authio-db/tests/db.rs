@@ -125,7 +125,12 @@ async fn dedicated_tenant_routes_to_its_own_cluster_and_writes_land_there() {
 async fn isolation_suite(shared: &TestDb, app_url: &str) {
     let a = seed_tenant(shared, "tenant-a", TenantKind::Customer, Plan::Pro).await;
     let b = seed_tenant(shared, "tenant-b", TenantKind::Customer, Plan::Pro).await;
-    let router = router_for(shared, app_url, RouterSettings { listen: false, ..router_settings() });
+    let through_pgbouncer = app_url != shared.app_url;
+    let router = router_for(
+        shared,
+        app_url,
+        RouterSettings { listen: false, statement_cache: !through_pgbouncer, ..router_settings() },
+    );
     let (sa, sb) = (scope_of(&a), scope_of(&b));
     let ua = users::create(&router, &SystemClock, &sa, &Email::parse("a1@a.test").unwrap()).await.unwrap();
     let ub = users::create(&router, &SystemClock, &sb, &Email::parse("b1@b.test").unwrap()).await.unwrap();
@@ -214,10 +219,44 @@ async fn isolation_suite(shared: &TestDb, app_url: &str) {
     let pool = router.pool_for(&sa).await.unwrap();
     for _ in 0..8 {
         let c = pool.get().await.unwrap();
-        let n: i64 = c.query_one("SELECT count(*) FROM users", &[]).await.unwrap().get(0);
+        let n: i64 = c.query_typed("SELECT count(*) FROM users", &[]).await.unwrap()[0].get(0);
         assert_eq!(n, 0, "a pooled connection kept a scope");
     }
     router.shutdown();
+
+    // The pipelined read path: the bind and the read share one implicit transaction (one
+    // Sync); the next pipeline on the same connection starts unscoped.
+    let cfg = authio_db::pool::parse_url(app_url).unwrap();
+    let mut conn = authio_db::pipeline::PgConn::connect(&cfg, "test").await.unwrap();
+    let (t, p) = (a.tenant.id.to_string(), a.project.id.to_string());
+    let bind = "SELECT set_config('authio.tenant_id', $1, true), set_config('authio.project_id', $2, true)";
+    let rows = conn
+        .pipeline(&[(bind, &[(&t, Type::TEXT), (&p, Type::TEXT)]), ("SELECT count(*) FROM users", &[])])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].try_get::<i64>(0).unwrap(), 1);
+    let rows = conn.pipeline(&[("SELECT count(*) FROM users", &[])]).await.unwrap();
+    assert_eq!(rows[0].try_get::<i64>(0).unwrap(), 0, "the scope outlived its pipeline");
+    let rows = conn.pipeline(&[("SELECT current_setting('authio.tenant_id', true)", &[])]).await.unwrap();
+    assert!(rows[0].try_get::<Option<String>>(0).unwrap().unwrap_or_default().is_empty());
+    // A failing statement rolls back the whole pipeline, and the connection stays usable.
+    let id = Uuid::now_v7();
+    let insert = "INSERT INTO users (tenant_id, project_id, id, email, created_at, updated_at) VALUES ($1, $2, $3, 'p@a.test', now(), now())";
+    let err = conn
+        .pipeline(&[
+            (bind, &[(&t, Type::TEXT), (&p, Type::TEXT)]),
+            (insert, &[(&a.tenant.id, Type::UUID), (&a.project.id, Type::UUID), (&id, Type::UUID)]),
+            ("SELECT 1/0", &[]),
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!(err.sqlstate(), Some("22012"));
+    assert!(!conn.is_broken());
+    let rows = conn
+        .pipeline(&[(bind, &[(&t, Type::TEXT), (&p, Type::TEXT)]), ("SELECT count(*) FROM users", &[])])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].try_get::<i64>(0).unwrap(), 1, "the failed pipeline's insert must not commit");
 }
 
 #[tokio::test]
@@ -456,4 +495,39 @@ async fn pre_resolution_lookups_never_open_a_dedicated_pool() {
     assert_eq!(e.code().map(|c| c.code()), Some("42501"));
     let n: i64 = raw.query_one("SELECT count(*) FROM tenants", &[]).await.unwrap().get(0);
     assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn the_read_client_caches_statements_and_survives_errors() {
+    let shared = fresh_shared_db().await;
+    let a = seed_tenant(&shared, "cached", TenantKind::Customer, Plan::Pro).await;
+    let cfg = authio_db::pool::parse_url(&shared.app_url).unwrap();
+    let mut conn = authio_db::pipeline::PgConn::connect_with(&cfg, "test", true).await.unwrap();
+    let (t, p) = (a.tenant.id.to_string(), a.project.id.to_string());
+    let bind = "SELECT set_config('authio.tenant_id', $1, true), set_config('authio.project_id', $2, true)";
+    let count = "SELECT count(*) FROM users";
+    for expected_err in [Some("22012"), Some("22012"), None, None] {
+        let mut statements: Vec<(&str, &[authio_db::Param<'_>])> = Vec::new();
+        let bind_params: [authio_db::Param<'_>; 2] = [(&t, Type::TEXT), (&p, Type::TEXT)];
+        statements.push((bind, &bind_params));
+        if expected_err.is_some() {
+            statements.push(("SELECT 1/0", &[]));
+        }
+        statements.push((count, &[]));
+        let r = conn.pipeline(&statements).await;
+        match expected_err {
+            Some(code) => assert_eq!(r.unwrap_err().sqlstate(), Some(code)),
+            None => assert_eq!(r.unwrap()[0].try_get::<i64>(0).unwrap(), 0),
+        }
+    }
+    // A statement that fails to parse is not remembered; the next good one still runs.
+    assert_eq!(conn.pipeline(&[("SELEC nonsense", &[])]).await.unwrap_err().sqlstate(), Some("42601"));
+    let v: i32 = conn.pipeline(&[("SELECT 41 + 1", &[])]).await.unwrap()[0].try_get(0).unwrap();
+    assert_eq!(v, 42);
+    // Prepared statements really are kept on the server connection.
+    let names = conn
+        .pipeline(&[("SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'authio_%'", &[])])
+        .await
+        .unwrap();
+    assert!(names[0].try_get::<i64>(0).unwrap() >= 3);
 }

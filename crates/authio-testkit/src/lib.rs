@@ -253,7 +253,8 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
         None => fresh_shared_db().await,
     };
     let app_url = if opts.via_pgbouncer { via_pgbouncer(&shared) } else { shared.app_url.clone() };
-    let router = router_for(&shared, &app_url, opts.router);
+    let settings = RouterSettings { statement_cache: !opts.via_pgbouncer, ..opts.router };
+    let router = router_for(&shared, &app_url, settings);
     let state = authio_server::AppState::new(router.clone(), Arc::new(SystemClock));
     let app = authio_server::build_app(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -27,6 +27,9 @@ pub struct Config {
     pub dedicated_pool_max_size: usize,
     pub max_dedicated_pools: usize,
     pub route_reread_interval_ms: u64,
+    /// Keep read statements prepared per connection. Set false when `shared_url` is
+    /// pgbouncer older than 1.21 (or without `max_prepared_statements`).
+    pub statement_cache: bool,
     /// `json` (default for `serve`) or `pretty`.
     pub log_format: String,
 }
@@ -44,6 +47,7 @@ impl Default for Config {
             dedicated_pool_max_size: 8,
             max_dedicated_pools: 256,
             route_reread_interval_ms: 5000,
+            statement_cache: true,
             log_format: "json".into(),
         }
     }
@@ -93,6 +97,9 @@ impl Config {
         }
         if let Some(v) = get("AUTHIO_MAX_DEDICATED_POOLS") {
             self.max_dedicated_pools = num("AUTHIO_MAX_DEDICATED_POOLS", v)? as usize;
+        }
+        if let Some(v) = get("AUTHIO_STATEMENT_CACHE") {
+            self.statement_cache = matches!(v.as_str(), "1" | "true" | "yes" | "on");
         }
         if let Some(v) = get("AUTHIO_ROUTE_REREAD_INTERVAL_MS") {
             self.route_reread_interval_ms = num("AUTHIO_ROUTE_REREAD_INTERVAL_MS", v)?;

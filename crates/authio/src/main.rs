@@ -117,6 +117,7 @@ pub(crate) fn build_router(cfg: &Config) -> Result<Router> {
         max_dedicated_pools: cfg.max_dedicated_pools,
         route_reread_interval: Duration::from_millis(cfg.route_reread_interval_ms.max(100)),
         shared_direct_url: cfg.shared_direct_url.clone(),
+        statement_cache: cfg.statement_cache,
         ..RouterSettings::default()
     };
     let router = Router::new(&cfg.shared_url, cfg.pool_size, master_key(cfg)?, settings)?;

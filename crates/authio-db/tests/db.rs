@@ -531,3 +531,63 @@ async fn the_read_client_caches_statements_and_survives_errors() {
         .unwrap();
     assert!(names[0].try_get::<i64>(0).unwrap() >= 3);
 }
+
+#[tokio::test]
+async fn dedicated_pools_are_bounded_per_node_least_recently_used_first() {
+    let shared = fresh_shared_db().await;
+    let mut tenants = Vec::new();
+    for slug in ["ded-one", "ded-two", "ded-three"] {
+        let t = seed_tenant(&shared, slug, TenantKind::Customer, Plan::Enterprise).await;
+        let db = make_dedicated(&shared, &t.tenant).await;
+        tenants.push((t, db));
+    }
+    let router = router_for(&shared, &shared.app_url, RouterSettings { max_dedicated_pools: 2, ..router_settings() });
+    for (t, db) in &tenants {
+        assert_eq!(current_db(&router, &scope_of(t)).await.0, db.name);
+        assert!(router.open_dedicated_pools() <= 2, "bound exceeded");
+    }
+    assert_eq!(router.open_dedicated_pools(), 2);
+    assert_eq!(router.dedicated_pools_opened(), 3);
+    // The first tenant's pool was the least recently used and was closed; it reopens on demand.
+    let (first, first_db) = &tenants[0];
+    assert_eq!(current_db(&router, &scope_of(first)).await.0, first_db.name);
+    assert_eq!(router.dedicated_pools_opened(), 4);
+    assert_eq!(router.open_dedicated_pools(), 2);
+    // Reads go through the same bounded pools.
+    users::create(&router, &SystemClock, &scope_of(first), &Email::parse("x@one.test").unwrap()).await.unwrap();
+    assert_eq!(users::list(&router, &scope_of(first), 10, None).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_cut_listener_reconnects_and_forgets_what_it_may_have_missed() {
+    let shared = fresh_shared_db().await;
+    let t = seed_tenant(&shared, "relisten", TenantKind::Customer, Plan::Enterprise).await;
+    let router = router_for(
+        &shared,
+        &shared.app_url,
+        RouterSettings { route_reread_interval: Duration::from_secs(3600), ..router_settings() },
+    );
+    wait_until(Duration::from_secs(5), || router.listener_connected()).await.expect("listener up");
+    let scope = scope_of(&t);
+    current_db(&router, &scope).await;
+    assert!(router.cache().get(&t.tenant.id).is_some());
+    // Cut the LISTEN connection from the server side.
+    let killed = admin_query_strings(
+        &shared.admin_url,
+        "SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity WHERE application_name = 'authio-route-listener' AND datname = current_database()",
+    )
+    .await;
+    assert_eq!(killed.len(), 1);
+    // Nothing changed, but a NOTIFY sent while it was down would be lost: on reconnect the
+    // whole cache is dropped.
+    wait_until(Duration::from_secs(5), || router.cache().get(&t.tenant.id).is_none()).await.expect("cache dropped");
+    wait_until(Duration::from_secs(5), || router.listener_connected()).await.expect("listener back");
+    // And the new connection hears the next change.
+    current_db(&router, &scope).await;
+    assert!(router.cache().get(&t.tenant.id).is_some());
+    let ded = make_dedicated(&shared, &t.tenant).await;
+    wait_until(Duration::from_secs(1), || router.cache().get(&t.tenant.id).is_none())
+        .await
+        .expect("NOTIFY after reconnect");
+    assert_eq!(current_db(&router, &scope).await.0, ded.name);
+}

@@ -399,6 +399,23 @@ async fn scoped(env: &Env, secs: u64, rounds: usize) -> Result<()> {
         println!("| {} | {r:.0} | {:.3} |", label(m), r / base);
     }
 
+    if std::env::var("BENCH_EXPLAIN").is_ok() {
+        let c = authio_db::pool::connect(&env.shared.app_url, "bench").await?;
+        let (t, p) = (env.a.tenant.id, env.a.project.id);
+        for table in ["users", "bench_users"] {
+            let sql = format!(
+                "BEGIN; SELECT set_config('authio.tenant_id', '{t}', true), set_config('authio.project_id', '{p}', true); \
+                 PREPARE q AS {}; EXPLAIN (ANALYZE, COSTS OFF) EXECUTE q('{t}', '{p}', '00000000-0000-0000-0000-000000000000'); DEALLOCATE q; COMMIT",
+                PAGE_SQL.replace("FROM users", &format!("FROM {table}"))
+            );
+            for m in c.simple_query(&sql).await? {
+                if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                    println!("{}", r.get(0).unwrap_or_default());
+                }
+            }
+        }
+        return Ok(());
+    }
     if std::env::var("BENCH_SKIP_HTTP").is_ok() {
         return Ok(());
     }

@@ -294,6 +294,16 @@ async fn db_loop(b: &ScopedBench, mode: &str, secs: u64, workers: usize) -> Resu
                         let params: [Param<'_>; 3] = [(&b.scope.tenant_id, Type::UUID), (&project, Type::UUID), (&after, Type::UUID)];
                         conn.pipeline(&[(PAGE_SQL_NO_RLS, &params)]).await?.len()
                     }
+                    "pipeline-rls-direct" => {
+                        // Router::read's statements, through a read pool of the bench's own.
+                        let project = b.scope.project_id.unwrap_or_default();
+                        let after = Uuid::nil();
+                        let mut conn = b.reads.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                        let (t, p) = (b.scope.tenant_id.to_string(), project.to_string());
+                        let bind: [Param<'_>; 2] = [(&t, Type::TEXT), (&p, Type::TEXT)];
+                        let params: [Param<'_>; 3] = [(&b.scope.tenant_id, Type::UUID), (&project, Type::UUID), (&after, Type::UUID)];
+                        conn.pipeline(&[("SELECT set_config('authio.tenant_id', $1, true), set_config('authio.project_id', $2, true)", &bind), (PAGE_SQL, &params)]).await?.len()
+                    }
                     "pipeline-no-rls" => {
                         // The pipelined path's transaction alone: bind + SELECT on the table
                         // without RLS, one Sync, through the same client as Router::read.
@@ -385,6 +395,7 @@ async fn scoped(env: &Env, secs: u64, rounds: usize) -> Result<()> {
         match m {
             "bare" => "bare SELECT, no GUC, table without RLS (baseline)",
             "bare-pipeline" => "the same bare SELECT through the read client (authio_db::pipeline, statements kept prepared), no GUC",
+        "pipeline-rls-direct" => "bind + SELECT under RLS with one Sync, through the read client directly (Router::read without the router)",
         "pipeline-no-rls" => "bind + SELECT on the table without RLS, one Sync: the pipelined path's transaction alone",
         "tx-no-rls" => "BEGIN + bind + fence check, SELECT on the table without RLS, COMMIT (tokio-postgres, a Sync each)",
             "no-fence-check" => "BEGIN + bind, SELECT under RLS, COMMIT (tokio-postgres, a Sync each)",

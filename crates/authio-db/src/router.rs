@@ -80,6 +80,9 @@ struct Inner {
     dedicated: Mutex<HashMap<Uuid, DedicatedPool>>,
     settings: RouterSettings,
     dedicated_pools_opened: AtomicU64,
+    /// Mirrors `dedicated.len()`, so the shared-tenant hot path skips the lock when no
+    /// dedicated pool is open.
+    dedicated_open: std::sync::atomic::AtomicUsize,
     platform_refusals: AtomicU64,
     listener_connected: std::sync::atomic::AtomicBool,
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -122,6 +125,7 @@ impl Router {
                 dedicated: Mutex::new(HashMap::new()),
                 settings,
                 dedicated_pools_opened: AtomicU64::new(0),
+                dedicated_open: std::sync::atomic::AtomicUsize::new(0),
                 platform_refusals: AtomicU64::new(0),
                 listener_connected: std::sync::atomic::AtomicBool::new(false),
                 background: Mutex::new(Vec::new()),
@@ -156,6 +160,7 @@ impl Router {
                 p.pool.close();
                 p.reads.close();
             }
+            self.inner.dedicated_open.store(0, Ordering::Relaxed);
         }
         self.inner.shared.close();
         self.inner.shared_reads.close();
@@ -171,7 +176,7 @@ impl Router {
 
     /// Dedicated pools open on this node now.
     pub fn open_dedicated_pools(&self) -> usize {
-        self.inner.dedicated.lock().map(|m| m.len()).unwrap_or(0)
+        self.inner.dedicated_open.load(Ordering::Relaxed)
     }
 
     /// Dedicated pools ever opened by this node.
@@ -311,7 +316,8 @@ impl Router {
     /// Turn a pool failure into the router error that names whose database is down.
     fn classify(&self, scope: &Scope, e: DbError) -> DbError {
         let DbError::Pool(reason) = &e else { return e };
-        let dedicated = self.inner.dedicated.lock().map(|m| m.contains_key(&scope.tenant_id)).unwrap_or(false);
+        let dedicated = self.open_dedicated_pools() > 0
+            && self.inner.dedicated.lock().map(|m| m.contains_key(&scope.tenant_id)).unwrap_or(false);
         if dedicated {
             RouterError::DedicatedUnavailable { tenant: scope.tenant_id, reason: reason.clone() }.into()
         } else {
@@ -350,6 +356,7 @@ impl Router {
                 DedicatedPool { pool: pool.clone(), reads: reads.clone(), last_used: Instant::now() }
             });
             let chosen = Target { pool: entry.pool.clone(), reads: entry.reads.clone() };
+            self.inner.dedicated_open.store(map.len(), Ordering::Relaxed);
             while map.len() > self.inner.settings.max_dedicated_pools {
                 let oldest =
                     map.iter().filter(|(t, _)| **t != tenant).min_by_key(|(_, p)| p.last_used).map(|(t, _)| *t);
@@ -358,6 +365,7 @@ impl Router {
                     None => break,
                 }
             }
+            self.inner.dedicated_open.store(map.len(), Ordering::Relaxed);
             chosen
         };
         for p in evicted {
@@ -368,7 +376,14 @@ impl Router {
     }
 
     fn close_dedicated(&self, tenant: &Uuid) {
-        let removed = self.inner.dedicated.lock().ok().and_then(|mut m| m.remove(tenant));
+        if self.inner.dedicated_open.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let removed = self.inner.dedicated.lock().ok().and_then(|mut m| {
+            let r = m.remove(tenant);
+            self.inner.dedicated_open.store(m.len(), Ordering::Relaxed);
+            r
+        });
         if let Some(p) = removed {
             p.pool.close();
             p.reads.close();
@@ -473,6 +488,7 @@ async fn sweep_loop(inner: std::sync::Weak<Inner>) {
                 }
                 keep
             });
+            strong.dedicated_open.store(map.len(), Ordering::Relaxed);
         }
         for (p, r) in closed {
             p.close();

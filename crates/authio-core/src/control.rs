@@ -225,7 +225,8 @@ impl ControlPlane {
         migrate::set_home(dedicated_admin_dsn, tenant.id, true).await?;
         let mut c = self.client().await?;
         let tx = OwnerTx::begin(&mut c).await?;
-        let (app_enc, admin_enc) = (key.encrypt(app_dsn), key.encrypt(dedicated_admin_dsn));
+        let seal = |dsn: &str| key.encrypt(dsn).map_err(|e| RouterError::Config(format!("encrypting a DSN: {e}")));
+        let (app_enc, admin_enc) = (seal(app_dsn)?, seal(dedicated_admin_dsn)?);
         tx.query(
             "INSERT INTO dedicated_databases (tenant_id, database_name, app_dsn_enc, admin_dsn_enc, status)
              VALUES ($1, $2, $3, $4, 'ready')

@@ -42,14 +42,14 @@ impl MasterKey {
         STANDARD.encode(key)
     }
 
-    pub fn encrypt(&self, plaintext: &str) -> String {
+    pub fn encrypt(&self, plaintext: &str) -> Result<String, SecretBoxError> {
         let mut nonce = [0u8; 12];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
-        // Encryption with a valid key and a 12-byte nonce cannot fail.
-        let ct = self.0.encrypt(Nonce::from_slice(&nonce), plaintext.as_bytes()).unwrap_or_default();
+        let ct =
+            self.0.encrypt(Nonce::from_slice(&nonce), plaintext.as_bytes()).map_err(|_| SecretBoxError::Malformed)?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&ct);
-        format!("v1:{}", STANDARD.encode(out))
+        Ok(format!("v1:{}", STANDARD.encode(out)))
     }
 
     pub fn decrypt(&self, ciphertext: &str) -> Result<String, SecretBoxError> {
@@ -73,8 +73,8 @@ mod tests {
     fn round_trip_and_wrong_key() {
         let k1 = MasterKey::from_base64(&MasterKey::generate_base64()).unwrap();
         let k2 = MasterKey::from_base64(&MasterKey::generate_base64()).unwrap();
-        let ct = k1.encrypt("postgres://secret@host/db");
-        assert_ne!(ct, k1.encrypt("postgres://secret@host/db"), "nonce must be random");
+        let ct = k1.encrypt("postgres://secret@host/db").unwrap();
+        assert_ne!(ct, k1.encrypt("postgres://secret@host/db").unwrap(), "nonce must be random");
         assert_eq!(k1.decrypt(&ct).unwrap(), "postgres://secret@host/db");
         assert_eq!(k2.decrypt(&ct), Err(SecretBoxError::WrongKey));
         assert_eq!(k1.decrypt("v1:AAAA"), Err(SecretBoxError::Malformed));

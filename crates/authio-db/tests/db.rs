@@ -65,7 +65,7 @@ async fn router_pool_for_or_err_platform_tenant_with_dedicated_strategy_still_re
     let c = authio_db::pool::connect(&shared.admin_url, "test").await.unwrap();
     c.execute(
         "INSERT INTO dedicated_databases (tenant_id, database_name, app_dsn_enc, admin_dsn_enc) VALUES ($1, $2, $3, $4)",
-        &[&platform.tenant.id, &ded.name, &key.encrypt(&ded.app_url), &key.encrypt(&ded.admin_url)],
+        &[&platform.tenant.id, &ded.name, &key.encrypt(&ded.app_url).unwrap(), &key.encrypt(&ded.admin_url).unwrap()],
     )
     .await
     .unwrap();

@@ -2,7 +2,13 @@
 //! hash (the secret is random and high-entropy, so a slow hash adds nothing), compared in
 //! constant time, shown once.
 use authio_db::preresolve;
-use authio_db::{Router, Scope};
+use authio_db::{Router, Row, Scope, Type};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::domain::DisplayName;
+use crate::Clock;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rand::RngCore;
@@ -56,6 +62,90 @@ pub async fn authenticate(router: &Router, presented: &str) -> Result<Scope, Cor
         Some(r) if matches => Ok(Scope::project(r.tenant_id, r.project_id, r.tenant_kind)),
         _ => Err(CoreError::InvalidApiKey),
     }
+}
+
+/// What is shown of a stored key: never the secret.
+#[derive(Clone, Debug, Serialize)]
+pub struct ApiKeyInfo {
+    pub id: Uuid,
+    pub key_id: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl ApiKeyInfo {
+    fn from_row(r: &Row) -> Self {
+        ApiKeyInfo { id: r.get(0), key_id: r.get(1), name: r.get(2), created_at: r.get(3), revoked_at: r.get(4) }
+    }
+}
+
+/// A key just created: `plaintext` is shown once and never stored.
+pub struct CreatedKey {
+    pub info: ApiKeyInfo,
+    pub plaintext: String,
+}
+
+fn project_of(scope: &Scope) -> Result<Uuid, CoreError> {
+    scope.project_id.ok_or(CoreError::NotFound("project"))
+}
+
+/// Create a key for the scope's project (API keys are pinned to the shared database).
+pub async fn create(
+    router: &Router,
+    clock: &dyn Clock,
+    scope: &Scope,
+    name: &DisplayName,
+) -> Result<CreatedKey, CoreError> {
+    let project = project_of(scope)?;
+    let key = generate();
+    let id = Uuid::now_v7();
+    let hash = key.secret_hash.to_vec();
+    let now = clock.now();
+    let tx = router.begin_pinned(scope).await?;
+    let row = tx
+        .query_one(
+            "INSERT INTO api_keys (tenant_id, project_id, id, key_id, secret_hash, name, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id, key_id, name, created_at, revoked_at",
+            &[
+                (&scope.tenant_id, Type::UUID),
+                (&project, Type::UUID),
+                (&id, Type::UUID),
+                (&key.key_id, Type::TEXT),
+                (&hash, Type::BYTEA),
+                (&name.as_str(), Type::TEXT),
+                (&now, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(CreatedKey { info: ApiKeyInfo::from_row(&row), plaintext: key.plaintext })
+}
+
+pub async fn list(router: &Router, scope: &Scope) -> Result<Vec<ApiKeyInfo>, CoreError> {
+    project_of(scope)?;
+    let tx = router.begin_pinned(scope).await?;
+    let rows = tx.query("SELECT id, key_id, name, created_at, revoked_at FROM api_keys ORDER BY id", &[]).await?;
+    tx.commit().await?;
+    Ok(rows.iter().map(ApiKeyInfo::from_row).collect())
+}
+
+/// Revoke a key of the scope's project. Revoking twice is not an error; an id of another
+/// project is "not found".
+pub async fn revoke(router: &Router, clock: &dyn Clock, scope: &Scope, id: Uuid) -> Result<ApiKeyInfo, CoreError> {
+    project_of(scope)?;
+    let now = clock.now();
+    let tx = router.begin_pinned(scope).await?;
+    let row = tx
+        .query_opt(
+            "UPDATE api_keys SET revoked_at = coalesce(revoked_at, $2) WHERE id = $1
+             RETURNING id, key_id, name, created_at, revoked_at",
+            &[(&id, Type::UUID), (&now, Type::TIMESTAMPTZ)],
+        )
+        .await?
+        .ok_or(CoreError::NotFound("api key"))?;
+    tx.commit().await?;
+    Ok(ApiKeyInfo::from_row(&row))
 }
 
 #[cfg(test)]

@@ -266,6 +266,13 @@ impl Router {
         ScopedTx::open(client, *scope).await.map_err(|e| self.forget_stale(e))
     }
 
+    /// A scoped transaction on the shared database for the pinned tables (API keys and the
+    /// other rows of the pre-resolution matrix), whatever the tenant's home.
+    pub async fn begin_pinned(&self, scope: &Scope) -> Result<ScopedTx, DbError> {
+        let client = self.inner.shared.get().await.map_err(|e| RouterError::SharedUnavailable(e.to_string()))?;
+        ScopedTx::open_pinned(client, *scope).await
+    }
+
     /// A fence refusal means this node's route is stale: drop it so the next try re-reads.
     fn forget_stale(&self, e: DbError) -> DbError {
         if let DbError::Router(RouterError::NotAtHome(t)) = &e {

@@ -43,6 +43,26 @@ impl ScopedTx {
         Ok(tx)
     }
 
+    /// Without the home-fence check: for the pinned tables on the shared database, whose rows
+    /// stay there for every tenant (a dedicated tenant is not "at home" on shared).
+    pub(crate) async fn open_pinned(client: Object, scope: Scope) -> Result<Self, DbError> {
+        let tenant = scope.tenant_id.to_string();
+        let project = scope.project_id.map(|p| p.to_string()).unwrap_or_default();
+        let tx = ScopedTx { client: Some(client), scope };
+        let c = tx.client_ref()?;
+        let bind: [Param<'_>; 2] = [(&tenant, Type::TEXT), (&project, Type::TEXT)];
+        let (begun, bound) = futures_util::join!(
+            c.batch_execute("BEGIN"),
+            c.query_typed(
+                "SELECT set_config('authio.tenant_id', $1, true), set_config('authio.project_id', $2, true)",
+                &bind
+            )
+        );
+        begun?;
+        bound?;
+        Ok(tx)
+    }
+
     fn client_ref(&self) -> Result<&Object, DbError> {
         self.client.as_ref().ok_or_else(|| DbError::Pool("transaction already finished".into()))
     }

@@ -109,6 +109,7 @@ fn not_found_code(what: &str) -> &'static str {
         "project" => "project_not_found",
         "user" => "user_not_found",
         "tenant" => "tenant_not_found",
+        "api key" => "api_key_not_found",
         _ => "not_found",
     }
 }

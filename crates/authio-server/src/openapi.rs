@@ -3,15 +3,15 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::users;
+use crate::routes::{api_keys, users};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Authio API", description = "Multi-tenant authentication platform: management and auth API."),
-    paths(users::create_user, users::list_users, crate::routes::health::healthz, crate::routes::health::readyz),
-    components(schemas(users::CreateUserRequest, users::UserResponse, users::UserList, crate::error::ErrorBody, crate::error::ErrorDetail)),
+    paths(users::create_user, users::list_users, api_keys::create_api_key, api_keys::list_api_keys, api_keys::revoke_api_key, crate::routes::health::healthz, crate::routes::health::readyz),
+    components(schemas(api_keys::CreateApiKeyRequest, api_keys::ApiKeyResponse, api_keys::CreatedApiKeyResponse, api_keys::ApiKeyList, users::CreateUserRequest, users::UserResponse, users::UserList, crate::error::ErrorBody, crate::error::ErrorDetail)),
     modifiers(&ApiKeyAuth),
-    tags((name = "users", description = "End users of a project"), (name = "operations", description = "Health"))
+    tags((name = "users", description = "End users of a project"), (name = "api-keys", description = "Project secret API keys"), (name = "operations", description = "Health"))
 )]
 pub struct ApiDoc;
 

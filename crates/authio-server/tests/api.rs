@@ -318,3 +318,70 @@ async fn the_api_works_through_pgbouncer_with_listen_direct() {
     .await
     .expect("LISTEN connected directly");
 }
+
+#[tokio::test]
+async fn api_keys_are_shown_once_listed_without_secrets_and_revocable() {
+    let app = spawn_app().await;
+    let t = seed_tenant(&app.shared, "keys", TenantKind::Customer, Plan::Enterprise).await;
+    // A dedicated tenant: its keys still live on the shared database (pinned rows).
+    let ded = make_dedicated(&app.shared, &t.tenant).await;
+    let base = app.url(&format!("/v1/projects/{}/api-keys", t.project.id));
+
+    let r = app.http.post(&base).bearer_auth(&t.api_key.plaintext).json(&json!({"name": "ci"})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let created: Value = r.json().await.unwrap();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("sk_"));
+    // The new key works.
+    let r = app.http.get(users_url(&app, &t)).bearer_auth(&secret).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Listed without any secret, neither plaintext nor hash.
+    let list: Value = app.http.get(&base).bearer_auth(&t.api_key.plaintext).send().await.unwrap().json().await.unwrap();
+    let text = list.to_string();
+    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    assert!(!text.contains(&secret[20..]) && !text.contains("secret_hash") && !text.contains("\"secret\""), "{text}");
+
+    // Rows are on shared, not on the dedicated database.
+    assert_eq!(admin_query_strings(&app.shared.admin_url, "SELECT count(*)::text FROM api_keys").await, vec!["2"]);
+    let on_ded = admin_query_strings(&ded.admin_url, "SELECT count(*)::text FROM api_keys").await;
+    assert_eq!(on_ded, vec!["0"]);
+
+    // Revoke: the key stops working at once; revoking again is fine; unknown ids are 404.
+    let id = created["id"].as_str().unwrap();
+    let r = app.http.delete(format!("{base}/{id}")).bearer_auth(&t.api_key.plaintext).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.json::<Value>().await.unwrap()["revoked_at"].is_string());
+    let r = app.http.get(users_url(&app, &t)).bearer_auth(&secret).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = app.http.delete(format!("{base}/{id}")).bearer_auth(&t.api_key.plaintext).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    for bad in [uuid::Uuid::now_v7().to_string(), "nope".to_string()] {
+        let r = app.http.delete(format!("{base}/{bad}")).bearer_auth(&t.api_key.plaintext).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "api_key_not_found");
+    }
+    // Another tenant cannot revoke this tenant's key, even knowing its id.
+    let other = seed_tenant(&app.shared, "other-keys", TenantKind::Customer, Plan::Free).await;
+    let r = app
+        .http
+        .delete(app.url(&format!("/v1/projects/{}/api-keys/{}", other.project.id, t.api_key.id)))
+        .bearer_auth(&other.api_key.plaintext)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(list_emails(&app, &t).await.len(), 0, "the original key still works");
+    // Bad names are refused and write nothing.
+    let r = app.http.post(&base).bearer_auth(&t.api_key.plaintext).json(&json!({"name": "  "})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "invalid_name");
+    assert_eq!(
+        admin_query_strings(
+            &app.shared.admin_url,
+            "SELECT count(*)::text FROM api_keys WHERE tenant_id IN (SELECT id FROM tenants WHERE slug = 'keys')"
+        )
+        .await,
+        vec!["2"]
+    );
+}

@@ -54,7 +54,7 @@ pub struct UserList {
 
 /// The key's project must be the one in the path; anything else is "not found" (a key never
 /// learns whether another project exists).
-fn check_project(ctx: &RequestContext, raw: &str) -> Result<(), ApiError> {
+pub(crate) fn check_project(ctx: &RequestContext, raw: &str) -> Result<(), ApiError> {
     match Uuid::parse_str(raw) {
         Ok(id) if Some(id) == ctx.scope.project_id => Ok(()),
         _ => Err(ApiError::not_found("project_not_found", "project not found")),

@@ -1,6 +1,5 @@
 //! `authio dev`: a complete local stack with demo data.
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use authio_core::control::ControlPlane;
@@ -121,9 +120,6 @@ async fn seed(cfg: &Config, router: &authio_db::Router, dedicated: &LocalCluster
             ensure_database(dedicated, &db).await?;
             cp.attach_empty_dedicated(&t, &db, &dedicated.url("authio_app", &db), &dedicated.admin_url(&db), &key)
                 .await?;
-            // Give nodes a moment to see the new route before the first write.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            router.cache().invalidate(&t.id, None);
         }
         let k = cp.create_api_key(t.id, p.id, &DisplayName::parse("dev")?).await?;
         users::create(router, &SystemClock, &Scope::project(t.id, p.id, kind), &Email::parse(email)?).await?;
@@ -136,6 +132,6 @@ async fn seed(cfg: &Config, router: &authio_db::Router, dedicated: &LocalCluster
             key = k.plaintext,
         ));
     }
-    out.push_str("\n  (operator console sign-in, passwords and M2M clients arrive with the identity-core release)\n");
+    out.push_str("\n  (no passwords or M2M clients yet: API keys are the way in for now)\n");
     Ok(out)
 }

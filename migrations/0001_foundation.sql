@@ -18,24 +18,28 @@ CREATE TABLE tenant_homes (
     changed_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- The database's default sits in tenant_homes under the nil tenant id (true on shared, false
+-- on a dedicated database), so the fence is one index probe per statement: the tenant's own
+-- row wins over the default.
+INSERT INTO tenant_homes (tenant_id, at_home) VALUES ('00000000-0000-0000-0000-000000000000', true);
+
 -- SECURITY DEFINER so authio_app can evaluate the fence without reading tenant_homes.
--- plpgsql rather than SQL: its plans are cached per connection, and it runs once per
--- statement on every scoped request. No `SET search_path` clause (that costs a GUC save and
--- restore on every call): every name in it is schema-qualified instead, operators included.
+-- plpgsql: its plans are cached per connection, and it runs once per statement on every
+-- scoped request. No `SET search_path` clause (that costs a GUC save and restore on every
+-- call): every name in it is schema-qualified instead, operators included.
 CREATE FUNCTION authio_tenant_at_home(p_tenant uuid) RETURNS boolean
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 AS $$
 DECLARE
     home boolean;
 BEGIN
-    IF p_tenant IS NULL THEN
+    IF p_tenant IS NULL OR p_tenant OPERATOR(pg_catalog.=) '00000000-0000-0000-0000-000000000000'::pg_catalog.uuid THEN
         RETURN false;
     END IF;
-    SELECT h.at_home INTO home FROM public.tenant_homes h WHERE h.tenant_id OPERATOR(pg_catalog.=) p_tenant;
-    IF FOUND THEN
-        RETURN home;
-    END IF;
-    SELECT i.kind OPERATOR(pg_catalog.=) 'shared'::pg_catalog.text INTO home FROM public.database_identity i;
+    SELECT h.at_home INTO home FROM public.tenant_homes h
+     WHERE h.tenant_id OPERATOR(pg_catalog.=) ANY (ARRAY[p_tenant, '00000000-0000-0000-0000-000000000000'::pg_catalog.uuid])
+     ORDER BY h.tenant_id OPERATOR(pg_catalog.=) p_tenant DESC
+     LIMIT 1;
     RETURN coalesce(home, false);
 END
 $$;

@@ -102,11 +102,22 @@ pub async fn mark_dedicated(admin_url: &str, tenant: Uuid) -> Result<(), DbError
     let mut client = connect(admin_url, "authio-migrate").await?;
     let tx = crate::OwnerTx::begin(&mut client).await?;
     tx.query("UPDATE database_identity SET kind = 'dedicated', tenant_id = $1", &[(&tenant, Type::UUID)]).await?;
+    // The fence's default (the nil tenant id's row): on a dedicated database a tenant is at
+    // home only once recorded so.
+    tx.query(
+        "UPDATE tenant_homes SET at_home = false, changed_at = now() WHERE tenant_id = $1",
+        &[(&Uuid::nil(), Type::UUID)],
+    )
+    .await?;
     tx.commit().await
 }
 
 /// Set the home fence for a tenant on the database behind `admin_url`.
 pub async fn set_home(admin_url: &str, tenant: Uuid, at_home: bool) -> Result<(), DbError> {
+    if tenant.is_nil() {
+        // The nil id's row is the database's default, set only by `mark_dedicated`.
+        return Err(DbError::Migration("the nil tenant id is reserved for the fence's default".into()));
+    }
     let mut client = connect(admin_url, "authio-fence").await?;
     let tx = crate::OwnerTx::begin(&mut client).await?;
     tx.query(

@@ -294,26 +294,19 @@ async fn db_loop(b: &ScopedBench, mode: &str, secs: u64, workers: usize) -> Resu
                         let params: [Param<'_>; 3] = [(&b.scope.tenant_id, Type::UUID), (&project, Type::UUID), (&after, Type::UUID)];
                         conn.pipeline(&[(PAGE_SQL_NO_RLS, &params)]).await?.len()
                     }
-                    "pipeline-rls-direct" => {
-                        // Router::read's statements, through a read pool of the bench's own.
+                    "pipeline-rls-direct" | "pipeline-no-rls" => {
+                        // Router::read's statements through a read pool of the bench's own, on
+                        // the RLS table or on its copy without RLS.
                         let project = b.scope.project_id.unwrap_or_default();
                         let after = Uuid::nil();
                         let mut conn = b.reads.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
                         let (t, p) = (b.scope.tenant_id.to_string(), project.to_string());
                         let bind: [Param<'_>; 2] = [(&t, Type::TEXT), (&p, Type::TEXT)];
-                        let params: [Param<'_>; 3] = [(&b.scope.tenant_id, Type::UUID), (&project, Type::UUID), (&after, Type::UUID)];
-                        conn.pipeline(&[("SELECT set_config('authio.tenant_id', $1, true), set_config('authio.project_id', $2, true)", &bind), (PAGE_SQL, &params)]).await?.len()
-                    }
-                    "pipeline-no-rls" => {
-                        // The pipelined path's transaction alone: bind + SELECT on the table
-                        // without RLS, one Sync, through the same client as Router::read.
-                        let project = b.scope.project_id.unwrap_or_default();
-                        let after = Uuid::nil();
-                        let mut conn = b.reads.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                        let (t, p) = (b.scope.tenant_id.to_string(), project.to_string());
-                        let bind: [Param<'_>; 2] = [(&t, Type::TEXT), (&p, Type::TEXT)];
-                        let params: [Param<'_>; 3] = [(&b.scope.tenant_id, Type::UUID), (&project, Type::UUID), (&after, Type::UUID)];
-                        conn.pipeline(&[("SELECT set_config('authio.tenant_id', $1, true), set_config('authio.project_id', $2, true)", &bind), (PAGE_SQL_NO_RLS, &params)]).await?.len()
+                        let params: [Param<'_>; 3] =
+                            [(&b.scope.tenant_id, Type::UUID), (&project, Type::UUID), (&after, Type::UUID)];
+                        let sql = if mode == "pipeline-no-rls" { PAGE_SQL_NO_RLS } else { PAGE_SQL };
+                        let bind_sql = "SELECT set_config('authio.tenant_id', $1, true), set_config('authio.project_id', $2, true)";
+                        conn.pipeline(&[(bind_sql, &bind), (sql, &params)]).await?.len()
                     }
                     "tx-no-rls" | "no-fence-check" => {
                         let project = b.scope.project_id.unwrap_or_default();

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::domain::DisplayName;
+use crate::domain::{project_of, DisplayName};
 use crate::Clock;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -84,10 +84,6 @@ impl ApiKeyInfo {
 pub struct CreatedKey {
     pub info: ApiKeyInfo,
     pub plaintext: String,
-}
-
-fn project_of(scope: &Scope) -> Result<Uuid, CoreError> {
-    scope.project_id.ok_or(CoreError::NotFound("project"))
 }
 
 /// Create a key for the scope's project (API keys are pinned to the shared database).

@@ -137,6 +137,11 @@ impl DisplayName {
     }
 }
 
+/// The project a project-level operation acts on: a tenant-level scope has none.
+pub(crate) fn project_of(scope: &authio_db::Scope) -> Result<uuid::Uuid, crate::CoreError> {
+    scope.project_id.ok_or(crate::CoreError::NotFound("project"))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

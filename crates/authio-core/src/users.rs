@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::domain::Email;
+use crate::domain::{project_of, Email};
 use crate::{Clock, CoreError};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,10 +45,6 @@ impl User {
             updated_at: r.get(6),
         }
     }
-}
-
-fn project_of(scope: &Scope) -> Result<Uuid, CoreError> {
-    scope.project_id.ok_or(CoreError::NotFound("project"))
 }
 
 pub async fn create(router: &Router, clock: &dyn Clock, scope: &Scope, email: &Email) -> Result<User, CoreError> {
@@ -96,11 +92,6 @@ pub async fn list(router: &Router, scope: &Scope, limit: i64, after: Option<Uuid
         )
         .await?;
     rows.iter().map(User::from_read_row).collect()
-}
-
-pub async fn get(router: &Router, scope: &Scope, id: Uuid) -> Result<User, CoreError> {
-    let rows = router.read(scope, &format!("SELECT {COLS} FROM users WHERE id = $1"), &[(&id, Type::UUID)]).await?;
-    rows.first().map(User::from_read_row).transpose()?.ok_or(CoreError::NotFound("user"))
 }
 
 impl TryFrom<&PgRow> for User {

@@ -36,14 +36,6 @@ impl PgRow {
         let raw = self.values.get(idx).and_then(|v| v.as_deref());
         T::from_sql_nullable(ty, raw).map_err(|e| DbError::Decode(format!("column {idx}: {e}")))
     }
-
-    pub fn len(&self) -> usize {
-        self.values.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
-    }
 }
 
 pub struct PgConn {

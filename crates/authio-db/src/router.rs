@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::pipeline::{make_read_pool, PgRow, ReadPool};
 use crate::pool::{make_pool, PoolOptions};
 use crate::route_cache::{parse_notification, CachedRoute, DbStrategy, RouteCache};
-use crate::tx::{Param, ScopedTx};
+use crate::tx::{Fence, Param, ScopedTx, BIND_SQL};
 use crate::{preresolve, DbError, MasterKey, RouterError, Scope, TenantKind};
 
 #[derive(Clone, Debug)]
@@ -87,10 +87,6 @@ struct Inner {
     listener_connected: std::sync::atomic::AtomicBool,
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
-
-/// The bind statement of the pipelined read path: no fence check (see [`Router::read`]).
-const BIND_SQL_NO_FENCE: &str =
-    "SELECT set_config('authio.tenant_id', $1, true), set_config('authio.project_id', $2, true)";
 
 /// Cheap to clone; background tasks stop when the last clone is dropped or on `shutdown`.
 #[derive(Clone)]
@@ -234,14 +230,16 @@ impl Router {
         }
     }
 
-    /// [`Router::target_for`] with the platform rule of [`Router::pool_for_or_err`].
-    async fn target_for_or_err(&self, scope: &Scope) -> Result<Target, DbError> {
+    /// The platform rule in one place: a platform tenant whose row says `dedicated` is served
+    /// from shared, with the refusal returned beside it for the caller to report.
+    async fn target_for_or_err(&self, scope: &Scope) -> Result<(Target, Option<RouterError>), DbError> {
         match self.target_for(scope).await {
+            Ok(target) => Ok((target, None)),
             Err(DbError::Router(RouterError::PlatformTenantNoDedicatedPool)) => {
                 tracing::error!(tenant = %scope.tenant_id, "platform tenant row says dedicated; serving from shared");
-                Ok(self.shared_target())
+                Ok((self.shared_target(), Some(RouterError::PlatformTenantNoDedicatedPool)))
             }
-            other => other,
+            Err(e) => Err(e),
         }
     }
 
@@ -249,28 +247,22 @@ impl Router {
     /// together with the refusal, so platform requests keep working while the bad row is
     /// reported. Customer tenants get their pool or the error.
     pub async fn pool_for_or_err(&self, scope: &Scope) -> Result<(Pool, Option<RouterError>), DbError> {
-        match self.pool_for(scope).await {
-            Ok(pool) => Ok((pool, None)),
-            Err(DbError::Router(RouterError::PlatformTenantNoDedicatedPool)) => {
-                tracing::error!(tenant = %scope.tenant_id, "platform tenant row says dedicated; serving from shared");
-                Ok((self.inner.shared.clone(), Some(RouterError::PlatformTenantNoDedicatedPool)))
-            }
-            Err(e) => Err(e),
-        }
+        let (target, refusal) = self.target_for_or_err(scope).await?;
+        Ok((target.pool, refusal))
     }
 
     /// Open a scoped transaction on the scope's home.
     pub async fn begin(&self, scope: &Scope) -> Result<ScopedTx, DbError> {
-        let pool = self.target_for_or_err(scope).await?.pool;
+        let pool = self.target_for_or_err(scope).await?.0.pool;
         let client = self.checkout(&pool, scope).await?;
-        ScopedTx::open(client, *scope).await.map_err(|e| self.forget_stale(e))
+        ScopedTx::open(client, *scope, Fence::Check).await.map_err(|e| self.forget_stale(e))
     }
 
     /// A scoped transaction on the shared database for the pinned tables (API keys and the
     /// other rows of the pre-resolution matrix), whatever the tenant's home.
     pub async fn begin_pinned(&self, scope: &Scope) -> Result<ScopedTx, DbError> {
         let client = self.inner.shared.get().await.map_err(|e| RouterError::SharedUnavailable(e.to_string()))?;
-        ScopedTx::open_pinned(client, *scope).await
+        ScopedTx::open(client, *scope, Fence::Skip).await
     }
 
     /// A fence refusal means this node's route is stale: drop it so the next try re-reads.
@@ -289,7 +281,7 @@ impl Router {
     /// reads nothing, so an empty result is the one case where a stale route could hide, and
     /// asking on every read would cost a function call per request.
     pub async fn read(&self, scope: &Scope, sql: &str, params: &[Param<'_>]) -> Result<Vec<PgRow>, DbError> {
-        let target = self.target_for_or_err(scope).await?;
+        let (target, _) = self.target_for_or_err(scope).await?;
         self.read_on(&target.reads, scope, sql, params).await.map_err(|e| self.forget_stale(self.classify(scope, e)))
     }
 
@@ -304,7 +296,7 @@ impl Router {
         let tenant = scope.tenant_id.to_string();
         let project = scope.project_id.map(|p| p.to_string()).unwrap_or_default();
         let bind: [Param<'_>; 2] = [(&tenant, Type::TEXT), (&project, Type::TEXT)];
-        let rows = conn.pipeline(&[(BIND_SQL_NO_FENCE, &bind), (sql, params)]).await?;
+        let rows = conn.pipeline(&[(BIND_SQL, &bind), (sql, params)]).await?;
         if rows.is_empty() {
             let fence =
                 conn.pipeline(&[("SELECT authio_tenant_at_home($1)", &[(&scope.tenant_id, Type::UUID)])]).await?;

@@ -10,65 +10,54 @@ use crate::{DbError, RouterError, Scope};
 /// given rather than asked of the server).
 pub type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 
+/// Binds the scope (transaction-local GUCs).
+pub(crate) const BIND_SQL: &str =
+    "SELECT set_config('authio.tenant_id', $1, true), set_config('authio.project_id', $2, true)";
+
 /// Binds the scope and, in the same statement, asks the home fence whether the tenant lives
 /// in this database, so a node with a stale route learns it at once instead of reading an
 /// empty old copy.
-pub(crate) const BIND_SQL: &str = "SELECT set_config('authio.tenant_id', $1, true), \
+const BIND_AND_FENCE_SQL: &str = "SELECT set_config('authio.tenant_id', $1, true), \
      set_config('authio.project_id', $2, true), authio_tenant_at_home($1::uuid)";
 
-fn check_home(rows: &[Row], scope: &Scope) -> Result<(), DbError> {
-    match rows.first().map(|r| r.get::<_, Option<bool>>(2)) {
-        Some(Some(true)) => Ok(()),
-        _ => Err(RouterError::NotAtHome(scope.tenant_id).into()),
-    }
+/// Whether opening a transaction asks the home fence.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fence {
+    /// Tenant-home tables: refuse at once if the tenant does not live here.
+    Check,
+    /// The pinned tables on the shared database, whose rows stay there for every tenant (a
+    /// dedicated tenant is not "at home" on shared).
+    Skip,
 }
 
 /// A transaction bound to one scope on the pool where the scope's tenant lives.
 /// Dropped without `commit`, it rolls back before its connection goes back to the pool.
 pub struct ScopedTx {
     client: Option<Object>,
-    scope: Scope,
 }
 
 impl ScopedTx {
-    pub(crate) async fn open(client: Object, scope: Scope) -> Result<Self, DbError> {
+    pub(crate) async fn open(client: Object, scope: Scope, fence: Fence) -> Result<Self, DbError> {
         let tenant = scope.tenant_id.to_string();
         let project = scope.project_id.map(|p| p.to_string()).unwrap_or_default();
-        let tx = ScopedTx { client: Some(client), scope };
+        let tx = ScopedTx { client: Some(client) };
         let c = tx.client_ref()?;
         let bind: [Param<'_>; 2] = [(&tenant, Type::TEXT), (&project, Type::TEXT)];
-        let (begun, bound) = futures_util::join!(c.batch_execute("BEGIN"), c.query_typed(BIND_SQL, &bind));
+        let sql = if fence == Fence::Check { BIND_AND_FENCE_SQL } else { BIND_SQL };
+        let (begun, bound) = futures_util::join!(c.batch_execute("BEGIN"), c.query_typed(sql, &bind));
         begun?;
-        check_home(&bound?, &scope)?;
-        Ok(tx)
-    }
-
-    /// Without the home-fence check: for the pinned tables on the shared database, whose rows
-    /// stay there for every tenant (a dedicated tenant is not "at home" on shared).
-    pub(crate) async fn open_pinned(client: Object, scope: Scope) -> Result<Self, DbError> {
-        let tenant = scope.tenant_id.to_string();
-        let project = scope.project_id.map(|p| p.to_string()).unwrap_or_default();
-        let tx = ScopedTx { client: Some(client), scope };
-        let c = tx.client_ref()?;
-        let bind: [Param<'_>; 2] = [(&tenant, Type::TEXT), (&project, Type::TEXT)];
-        let (begun, bound) = futures_util::join!(
-            c.batch_execute("BEGIN"),
-            c.query_typed(
-                "SELECT set_config('authio.tenant_id', $1, true), set_config('authio.project_id', $2, true)",
-                &bind
-            )
-        );
-        begun?;
-        bound?;
+        let bound = bound?;
+        if fence == Fence::Check {
+            let home = bound.first().and_then(|r| r.get::<_, Option<bool>>(2));
+            if home != Some(true) {
+                return Err(RouterError::NotAtHome(scope.tenant_id).into());
+            }
+        }
         Ok(tx)
     }
 
     fn client_ref(&self) -> Result<&Object, DbError> {
         self.client.as_ref().ok_or_else(|| DbError::Pool("transaction already finished".into()))
-    }
-
-    pub fn scope(&self) -> &Scope {
-        &self.scope
     }
 
     pub async fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, DbError> {
@@ -89,13 +78,6 @@ impl ScopedTx {
     pub async fn commit(mut self) -> Result<(), DbError> {
         let client = self.client.take().ok_or_else(|| DbError::Pool("transaction already finished".into()))?;
         client.batch_execute("COMMIT").await?;
-        Ok(())
-    }
-
-    pub async fn rollback(mut self) -> Result<(), DbError> {
-        if let Some(client) = self.client.take() {
-            client.batch_execute("ROLLBACK").await?;
-        }
         Ok(())
     }
 }

@@ -591,3 +591,19 @@ async fn a_cut_listener_reconnects_and_forgets_what_it_may_have_missed() {
         .expect("NOTIFY after reconnect");
     assert_eq!(current_db(&router, &scope).await.0, ded.name);
 }
+
+#[tokio::test]
+async fn stores_take_time_from_the_clock_they_are_given() {
+    let shared = fresh_shared_db().await;
+    let t = seed_tenant(&shared, "clocked", TenantKind::Customer, Plan::Free).await;
+    let router = router_for(&shared, &shared.app_url, router_settings());
+    let at = chrono::DateTime::parse_from_rfc3339("2030-01-02T03:04:05Z").unwrap().with_timezone(&chrono::Utc);
+    let clock = authio_core::FixedClock::new(at);
+    let u = users::create(&router, &clock, &scope_of(&t), &Email::parse("c@clock.test").unwrap()).await.unwrap();
+    assert_eq!((u.created_at, u.updated_at), (at, at));
+    clock.advance(chrono::Duration::days(1));
+    let v = users::create(&router, &clock, &scope_of(&t), &Email::parse("d@clock.test").unwrap()).await.unwrap();
+    assert_eq!(v.created_at, at + chrono::Duration::days(1));
+    let listed = users::list(&router, &scope_of(&t), 10, None).await.unwrap();
+    assert_eq!(listed.iter().map(|u| u.created_at).collect::<Vec<_>>(), vec![at, at + chrono::Duration::days(1)]);
+}

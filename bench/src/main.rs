@@ -210,7 +210,8 @@ async fn side_by_side(
 }
 
 async fn tiers(env: &Env, secs: u64, rounds: usize) -> Result<()> {
-    let state = authio_server::AppState::new(env.router.clone(), Arc::new(SystemClock));
+    let auth = authio_server::AuthSettings::new("http://127.0.0.1", authio_testkit::test_master_key());
+    let state = authio_server::AppState::new(env.router.clone(), Arc::new(SystemClock), auth)?;
     let base = spawn(authio_server::build_app(state)).await?;
     let url_a = format!("{base}/v1/projects/{}/users", env.a.project.id);
     let url_b = format!("{base}/v1/projects/{}/users", env.b.project.id);

@@ -8,7 +8,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::api_keys;
-use crate::domain::{DisplayName, Plan, Slug};
+use crate::domain::{DisplayName, Email, Plan, Slug};
+use crate::keys::{Alg, KeyRow, INSERT_KEY_SQL};
 use crate::CoreError;
 
 #[derive(Clone, Debug, Serialize)]
@@ -278,4 +279,129 @@ impl ControlPlane {
         tx.commit().await?;
         Ok(())
     }
+
+    /// The algorithm of a project's future keys. A project without keys yet gets its first
+    /// ones in it; otherwise the next rotation creates the new next key in it.
+    pub async fn set_signing_alg(&self, project: Uuid, alg: Alg) -> Result<(), CoreError> {
+        let mut c = self.client().await?;
+        let tx = OwnerTx::begin(&mut c).await?;
+        let rows = tx
+            .query(
+                "UPDATE projects SET signing_alg = $2 WHERE id = $1 RETURNING id",
+                &[(&project, Type::UUID), (&alg.as_str(), Type::TEXT)],
+            )
+            .await?;
+        if rows.is_empty() {
+            return Err(CoreError::NotFound("project"));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Rotate a project's signing keys: the current key retires (published until every token
+    /// it may have signed has expired), the next key (published since the last rotation)
+    /// becomes current, and a new next key is made, in `alg` if given (else the project's).
+    pub async fn rotate_keys(
+        &self,
+        project: Uuid,
+        alg: Option<Alg>,
+        master_key: &MasterKey,
+        now: DateTime<Utc>,
+    ) -> Result<Rotation, CoreError> {
+        let mut c = self.client().await?;
+        let tx = OwnerTx::begin(&mut c).await?;
+        let row = tx
+            .query_opt(
+                "SELECT p.tenant_id, p.signing_alg FROM projects p WHERE p.id = $1 FOR UPDATE",
+                &[(&project, Type::UUID)],
+            )
+            .await?
+            .ok_or(CoreError::NotFound("project"))?;
+        let tenant: Uuid = row.get(0);
+        let project_alg: String = row.get(1);
+        if let Some(a) = alg {
+            tx.query(
+                "UPDATE projects SET signing_alg = $2 WHERE id = $1",
+                &[(&project, Type::UUID), (&a.as_str(), Type::TEXT)],
+            )
+            .await?;
+        }
+        let new_alg = alg.or_else(|| Alg::parse(&project_alg)).unwrap_or(Alg::EdDSA);
+        let keys = tx
+            .query(
+                "SELECT kid, state, alg FROM signing_keys WHERE project_id = $1 AND state IN ('current', 'next') FOR UPDATE",
+                &[(&project, Type::UUID)],
+            )
+            .await?;
+        let kid_in = |state: &str| keys.iter().find(|r| r.get::<_, String>(1) == state).map(|r| r.get::<_, String>(0));
+        let mut next_kid = kid_in("next");
+        if next_kid.is_none() {
+            // No next key (a project whose keys were never made): the key that becomes current
+            // now could not be published beforehand, so there is nothing older to honour.
+            let first_alg = Alg::parse(&project_alg).unwrap_or(Alg::EdDSA);
+            let row = KeyRow::new(master_key, tenant, project, first_alg, "next", now)?;
+            tx.query(INSERT_KEY_SQL, &row.params()).await?;
+            next_kid = Some(row.kid().to_owned());
+        }
+        // Past the longest lifetime any token can have (86400 s, the cap on project and client
+        // settings: settings may shrink or clients be revoked after a token was signed), plus
+        // the time nodes may keep signing with a cached key set, plus clock leeway.
+        let publish_secs = f64::from(MAX_TOKEN_LIFETIME_SECS) + 300.0;
+        let retired = tx
+            .query_opt(
+                "UPDATE signing_keys SET state = 'retired', retired_at = $2,
+                        publish_until = $2 + make_interval(secs => $3)
+                 WHERE project_id = $1 AND state = 'current' RETURNING kid, publish_until",
+                &[(&project, Type::UUID), (&now, Type::TIMESTAMPTZ), (&publish_secs, Type::FLOAT8)],
+            )
+            .await?;
+        tx.query(
+            "UPDATE signing_keys SET state = 'current', activated_at = $2 WHERE project_id = $1 AND state = 'next'",
+            &[(&project, Type::UUID), (&now, Type::TIMESTAMPTZ)],
+        )
+        .await?;
+        let new_next = KeyRow::new(master_key, tenant, project, new_alg, "next", now)?;
+        tx.query(INSERT_KEY_SQL, &new_next.params()).await?;
+        tx.commit().await?;
+        Ok(Rotation {
+            retired_kid: retired.as_ref().map(|r| r.get(0)),
+            retired_published_until: retired.as_ref().map(|r| r.get(1)),
+            current_kid: next_kid.unwrap_or_default(),
+            next_kid: new_next.kid().to_owned(),
+            next_alg: new_alg.as_str(),
+        })
+    }
+
+    /// Make a platform-tenant user an operator (the role the management API accepts from a
+    /// platform-kind token). Platform users live on the shared database: the platform tenant
+    /// never moves.
+    pub async fn grant_operator(&self, email: &Email) -> Result<(), CoreError> {
+        let mut c = self.client().await?;
+        let tx = OwnerTx::begin(&mut c).await?;
+        let rows = tx
+            .query(
+                "UPDATE users u SET role = 'operator', updated_at = now()
+                 FROM tenants t WHERE t.id = u.tenant_id AND t.kind = 'platform' AND u.email = $1 RETURNING u.id",
+                &[(&email.as_str(), Type::TEXT)],
+            )
+            .await?;
+        if rows.is_empty() {
+            return Err(CoreError::NotFound("user"));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// The longest lifetime a token can be given (the cap in the schema's CHECK constraints).
+pub const MAX_TOKEN_LIFETIME_SECS: i32 = 86_400;
+
+/// What a rotation did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rotation {
+    pub retired_kid: Option<String>,
+    pub retired_published_until: Option<DateTime<Utc>>,
+    pub current_kid: String,
+    pub next_kid: String,
+    pub next_alg: &'static str,
 }

@@ -15,6 +15,32 @@ pub enum CoreError {
     NotFound(&'static str),
     #[error("the API key is invalid or revoked")]
     InvalidApiKey,
+    /// Wrong email or password; the same for an unknown account.
+    #[error("the email or password is incorrect")]
+    InvalidCredentials,
+    /// Client authentication failed (unknown client, wrong secret, revoked client).
+    #[error("client authentication failed")]
+    InvalidClient,
+    /// A refresh token that is unknown, used, expired, or whose session is over.
+    #[error("{0}")]
+    InvalidGrant(&'static str),
+    #[error("the requested scope is not allowed for this client")]
+    InvalidScope,
+    /// A bearer token that does not verify.
+    #[error("invalid token: {0}")]
+    InvalidToken(&'static str),
+    /// A token of the wrong kind (platform where customer belongs, or the reverse).
+    #[error("this token's kind is not accepted here")]
+    TokenKindRefused,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("too many attempts; retry in {retry_after} s")]
+    RateLimited { retry_after: u32 },
+    /// Every hashing slot is taken for longer than the configured wait.
+    #[error("busy; retry shortly")]
+    Busy,
+    #[error("configuration or internal error: {0}")]
+    Config(String),
     #[error(transparent)]
     Db(#[from] DbError),
 }

@@ -1,12 +1,20 @@
-//! Authio's domain and stores: tenants, projects, users and project API keys. No HTTP here;
-//! every store reaches tenant data through a scoped transaction from `authio-db`.
+//! Authio's domain and stores: tenants, projects, users, passwords, sessions, signing keys,
+//! tokens, M2M clients and project API keys. No HTTP here; every store reaches tenant data
+//! through a scoped transaction from `authio-db`.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod api_keys;
+pub mod auth;
 pub mod clock;
 pub mod control;
 pub mod domain;
 mod error;
+pub mod keys;
+pub mod m2m;
+pub mod passwords;
+pub mod projects;
+pub mod sessions;
+pub mod tokens;
 pub mod users;
 
 pub use clock::{Clock, FixedClock, SystemClock};

@@ -1,6 +1,6 @@
 //! End users of a project. They live at the tenant's home (shared or dedicated database),
 //! reached only through scoped transactions.
-use authio_db::{PgRow, Router, Row, Scope, Type};
+use authio_db::{PgRow, Router, Row, Scope, ScopedTx, Type};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -48,15 +48,28 @@ impl User {
 }
 
 pub async fn create(router: &Router, clock: &dyn Clock, scope: &Scope, email: &Email) -> Result<User, CoreError> {
-    let project = project_of(scope)?;
-    let now = clock.now();
-    let id = Uuid::now_v7();
     let tx = router.begin(scope).await?;
+    let user = insert(&tx, scope, email, None, clock.now()).await?;
+    tx.commit().await?;
+    Ok(user)
+}
+
+/// Insert a user inside the caller's transaction (`EmailTaken` if the project has one with
+/// this email).
+pub(crate) async fn insert(
+    tx: &ScopedTx,
+    scope: &Scope,
+    email: &Email,
+    password_hash: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<User, CoreError> {
+    let project = project_of(scope)?;
+    let id = Uuid::now_v7();
     let row = tx
         .query_opt(
             &format!(
-                "INSERT INTO users (tenant_id, project_id, id, email, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $5)
+                "INSERT INTO users (tenant_id, project_id, id, email, password_hash, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $6)
                  ON CONFLICT (tenant_id, project_id, email) DO NOTHING RETURNING {COLS}"
             ),
             &[
@@ -64,15 +77,12 @@ pub async fn create(router: &Router, clock: &dyn Clock, scope: &Scope, email: &E
                 (&project, Type::UUID),
                 (&id, Type::UUID),
                 (&email.as_str(), Type::TEXT),
+                (&password_hash, Type::TEXT),
                 (&now, Type::TIMESTAMPTZ),
             ],
         )
         .await?;
-    let Some(row) = row else {
-        return Err(CoreError::EmailTaken);
-    };
-    tx.commit().await?;
-    Ok(User::from_row(&row))
+    row.map(|r| User::from_row(&r)).ok_or(CoreError::EmailTaken)
 }
 
 /// A page of users in id order (UUIDv7, so creation order), after `after` when given.

@@ -15,8 +15,10 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "foundation", sql: include_str!("../../../migrations/0001_foundation.sql") }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "foundation", sql: include_str!("../../../migrations/0001_foundation.sql") },
+    Migration { version: 2, name: "identity", sql: include_str!("../../../migrations/0002_identity.sql") },
+];
 
 const BOOTSTRAP_ROLES: &str = r#"
 DO $$

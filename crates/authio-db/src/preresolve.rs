@@ -10,6 +10,11 @@
 //! | `tenant_route`    | tenant id     | the control plane (tenants)                     |
 //! | `route_epochs`    | tenant ids    | the control plane (route epochs)                |
 //! | `dedicated_app_dsn` | tenant id   | the control plane (dedicated databases)         |
+//! | `project_profile` | project id    | the control plane (projects): end-user requests name a project |
+//! | `project_signing_keys` | project id | signing keys: platform-level, never move        |
+//! | `resolve_m2m_client` | client id  | `/v1/auth/token` resolves the project from the client id |
+//! | `rate_hit`, `rate_peek`, `rate_reset`, `rate_gc` | bucket and key | counters run before the home is known and hold across nodes |
+use chrono::{DateTime, Utc};
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
@@ -83,4 +88,163 @@ pub async fn ping(router: &Router) -> Result<(), DbError> {
     let c = shared_client(router).await?;
     c.query_typed("SELECT 1", &[]).await?;
     Ok(())
+}
+
+/// A project's tenant and token settings.
+#[derive(Debug, Clone)]
+pub struct ProjectProfile {
+    pub tenant_id: Uuid,
+    pub project_id: Uuid,
+    pub tenant_kind: TenantKind,
+    pub signing_alg: String,
+    pub access_token_ttl_secs: i32,
+    pub session_idle_timeout_secs: i32,
+    pub session_absolute_timeout_secs: i32,
+    pub refresh_grace_secs: i32,
+}
+
+pub async fn project_profile(router: &Router, project: Uuid) -> Result<Option<ProjectProfile>, DbError> {
+    let rows = router
+        .read_shared_unscoped(
+            "SELECT tenant_id, tenant_kind, signing_alg, access_token_ttl_secs, session_idle_timeout_secs, \
+             session_absolute_timeout_secs, refresh_grace_secs FROM authio_project_profile($1)",
+            &[(&project, Type::UUID)],
+        )
+        .await?;
+    let Some(r) = rows.first() else { return Ok(None) };
+    let kind: String = r.try_get(1)?;
+    Ok(Some(ProjectProfile {
+        tenant_id: r.try_get(0)?,
+        project_id: project,
+        tenant_kind: TenantKind::parse(&kind).ok_or_else(|| DbError::Decode(format!("tenant kind {kind:?}")))?,
+        signing_alg: r.try_get(2)?,
+        access_token_ttl_secs: r.try_get(3)?,
+        session_idle_timeout_secs: r.try_get(4)?,
+        session_absolute_timeout_secs: r.try_get(5)?,
+        refresh_grace_secs: r.try_get(6)?,
+    }))
+}
+
+/// A published signing key of a project, its private half still encrypted.
+#[derive(Debug, Clone)]
+pub struct SigningKeyRecord {
+    pub kid: String,
+    pub alg: String,
+    pub public_jwk: serde_json::Value,
+    pub private_key_enc: String,
+    pub state: String,
+    pub publish_until: Option<DateTime<Utc>>,
+}
+
+pub async fn project_signing_keys(
+    router: &Router,
+    project: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Vec<SigningKeyRecord>, DbError> {
+    let rows = router
+        .read_shared_unscoped(
+            "SELECT kid, alg, public_jwk, private_key_enc, state, publish_until FROM authio_project_signing_keys($1, $2)",
+            &[(&project, Type::UUID), (&now, Type::TIMESTAMPTZ)],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(SigningKeyRecord {
+                kid: r.try_get(0)?,
+                alg: r.try_get(1)?,
+                public_jwk: r.try_get(2)?,
+                private_key_enc: r.try_get(3)?,
+                state: r.try_get(4)?,
+                publish_until: r.try_get(5)?,
+            })
+        })
+        .collect()
+}
+
+/// What an M2M client id resolves to. The caller compares `secret_hash` in constant time.
+#[derive(Debug, Clone)]
+pub struct M2mClientRecord {
+    pub tenant_id: Uuid,
+    pub project_id: Uuid,
+    pub tenant_kind: TenantKind,
+    pub secret_hash: Vec<u8>,
+    pub scopes: Vec<String>,
+    pub audience: String,
+    pub token_ttl_secs: i32,
+}
+
+pub async fn resolve_m2m_client(router: &Router, client_id: &str) -> Result<Option<M2mClientRecord>, DbError> {
+    let rows = router
+        .read_shared_unscoped(
+            "SELECT tenant_id, project_id, tenant_kind, secret_hash, scopes, audience, token_ttl_secs \
+             FROM authio_resolve_m2m_client($1)",
+            &[(&client_id, Type::TEXT)],
+        )
+        .await?;
+    let Some(r) = rows.first() else { return Ok(None) };
+    let kind: String = r.try_get(2)?;
+    Ok(Some(M2mClientRecord {
+        tenant_id: r.try_get(0)?,
+        project_id: r.try_get(1)?,
+        tenant_kind: TenantKind::parse(&kind).ok_or_else(|| DbError::Decode(format!("tenant kind {kind:?}")))?,
+        secret_hash: r.try_get(3)?,
+        scopes: r.try_get(4)?,
+        audience: r.try_get(5)?,
+        token_ttl_secs: r.try_get(6)?,
+    }))
+}
+
+/// Hits so far in the current fixed window of `(bucket, key)` and when that window ends.
+#[derive(Debug, Clone, Copy)]
+pub struct RateWindow {
+    pub hits: i32,
+    pub window_ends: DateTime<Utc>,
+}
+
+/// Count a hit.
+pub async fn rate_hit(
+    router: &Router,
+    bucket: &str,
+    key: &str,
+    window_secs: i32,
+    now: DateTime<Utc>,
+) -> Result<RateWindow, DbError> {
+    let rows = router
+        .read_shared_unscoped(
+            "SELECT hits, window_ends FROM authio_rate_hit($1, $2, $3, $4)",
+            &[(&bucket, Type::TEXT), (&key, Type::TEXT), (&window_secs, Type::INT4), (&now, Type::TIMESTAMPTZ)],
+        )
+        .await?;
+    let r = rows.first().ok_or_else(|| DbError::Decode("authio_rate_hit returned no row".into()))?;
+    Ok(RateWindow { hits: r.try_get(0)?, window_ends: r.try_get(1)? })
+}
+
+/// The current window without counting a hit (`None`: no hits in a live window).
+pub async fn rate_peek(
+    router: &Router,
+    bucket: &str,
+    key: &str,
+    window_secs: i32,
+    now: DateTime<Utc>,
+) -> Result<Option<RateWindow>, DbError> {
+    let rows = router
+        .read_shared_unscoped(
+            "SELECT hits, window_ends FROM authio_rate_peek($1, $2, $3, $4)",
+            &[(&bucket, Type::TEXT), (&key, Type::TEXT), (&window_secs, Type::INT4), (&now, Type::TIMESTAMPTZ)],
+        )
+        .await?;
+    rows.first().map(|r| Ok(RateWindow { hits: r.try_get(0)?, window_ends: r.try_get(1)? })).transpose()
+}
+
+pub async fn rate_reset(router: &Router, bucket: &str, key: &str) -> Result<(), DbError> {
+    router
+        .read_shared_unscoped("SELECT authio_rate_reset($1, $2)", &[(&bucket, Type::TEXT), (&key, Type::TEXT)])
+        .await?;
+    Ok(())
+}
+
+/// Drop counters whose window ended over a day ago; returns how many.
+pub async fn rate_gc(router: &Router, now: DateTime<Utc>) -> Result<i32, DbError> {
+    let rows = router.read_shared_unscoped("SELECT authio_rate_gc($1)", &[(&now, Type::TIMESTAMPTZ)]).await?;
+    rows.first().map(|r| r.try_get(0)).transpose().map(|v| v.unwrap_or(0))
 }

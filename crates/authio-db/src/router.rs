@@ -285,6 +285,19 @@ impl Router {
         self.read_on(&target.reads, scope, sql, params).await.map_err(|e| self.forget_stale(self.classify(scope, e)))
     }
 
+    /// An unscoped read on the shared database in one round trip, with the statement kept
+    /// prepared. Only for [`crate::preresolve`]: the lookups go through SECURITY DEFINER
+    /// functions that take the one key they resolve from.
+    pub(crate) async fn read_shared_unscoped(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<PgRow>, DbError> {
+        let mut conn = self
+            .inner
+            .shared_reads
+            .get()
+            .await
+            .map_err(|e| DbError::Router(RouterError::SharedUnavailable(e.to_string())))?;
+        conn.pipeline(&[(sql, params)]).await
+    }
+
     async fn read_on(
         &self,
         reads: &ReadPool,

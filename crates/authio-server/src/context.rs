@@ -1,6 +1,6 @@
 //! The request context: the scope the middleware resolved, stamped into request extensions.
 use authio_db::{Pool, Router, Scope};
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, RawPathParams, Request, State};
 use axum::http::header;
 use axum::http::request::Parts;
 use axum::middleware::Next;
@@ -13,9 +13,12 @@ pub struct RequestContext {
     pub scope: Scope,
 }
 
-/// Resolve the scope from a project secret API key (`Authorization: Bearer sk_...`).
-pub async fn require_api_key(
+/// Resolve the scope of a management request: a project secret API key
+/// (`Authorization: Bearer sk_...`, scoped to its project), or a platform-kind access token of
+/// an operator (scoped to the project in the path). Customer-kind tokens are refused.
+pub async fn require_management(
     State(state): State<AppState>,
+    params: RawPathParams,
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
@@ -25,8 +28,25 @@ pub async fn require_api_key(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
-        .ok_or_else(|| ApiError::unauthorized("missing_credentials", "send a project API key as a Bearer token"))?;
-    let scope = authio_core::api_keys::authenticate(&state.router, presented).await?;
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "missing_credentials",
+                "send a project API key or an operator token as a Bearer token",
+            )
+        })?;
+    // A JWT has three dot-separated parts; anything else is judged as an API key.
+    let looks_like_jwt = presented.split('.').count() == 3;
+    let scope = if !looks_like_jwt {
+        authio_core::api_keys::authenticate(&state.router, presented).await?
+    } else {
+        state.identity.authenticate_operator(presented).await?;
+        let project = params
+            .iter()
+            .find(|(k, _)| *k == "project_id")
+            .and_then(|(_, v)| uuid::Uuid::parse_str(v).ok())
+            .ok_or_else(|| ApiError::not_found("project_not_found", "project not found"))?;
+        state.identity.project_scope(project).await?
+    };
     req.extensions_mut().insert(RequestContext { scope });
     Ok(next.run(req).await)
 }

@@ -99,6 +99,24 @@ impl From<CoreError> for ApiError {
             CoreError::SlugTaken => ApiError::new(StatusCode::CONFLICT, "slug_taken", e.to_string()),
             CoreError::NotFound(what) => ApiError::new(StatusCode::NOT_FOUND, not_found_code(what), e.to_string()),
             CoreError::InvalidApiKey => ApiError::unauthorized("invalid_api_key", "the API key is invalid or revoked"),
+            CoreError::InvalidCredentials => ApiError::unauthorized("invalid_credentials", &e.to_string()),
+            CoreError::InvalidClient => ApiError::unauthorized("invalid_client", &e.to_string()),
+            CoreError::InvalidGrant(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_grant", m),
+            CoreError::InvalidScope => ApiError::new(StatusCode::BAD_REQUEST, "invalid_scope", e.to_string()),
+            CoreError::InvalidToken(_) => ApiError::unauthorized("invalid_token", &e.to_string()),
+            CoreError::TokenKindRefused => ApiError::unauthorized("token_kind_refused", &e.to_string()),
+            CoreError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
+            CoreError::RateLimited { retry_after } => ApiError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                code: "too_many_attempts",
+                message: e.to_string(),
+                retry_after: Some(retry_after),
+            },
+            CoreError::Busy => Self::unavailable("busy", "the server is busy; retry shortly".into(), 1),
+            CoreError::Config(m) => {
+                tracing::error!(error = %m, "internal error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+            }
             CoreError::Db(d) => d.into(),
         }
     }
@@ -110,6 +128,8 @@ fn not_found_code(what: &str) -> &'static str {
         "user" => "user_not_found",
         "tenant" => "tenant_not_found",
         "api key" => "api_key_not_found",
+        "client" => "client_not_found",
+        "session" => "session_not_found",
         _ => "not_found",
     }
 }
@@ -123,6 +143,104 @@ impl IntoResponse for ApiError {
         }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// An error of the OAuth endpoints (`/v1/auth/token`, `/introspect`, `/revoke`), in RFC 6749
+/// section 5.2's shape: `{"error": "...", "error_description": "..."}`.
+#[derive(Debug)]
+pub struct OAuthError {
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub description: String,
+    pub retry_after: Option<u32>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OAuthErrorBody {
+    /// `invalid_request`, `invalid_client`, `invalid_grant`, `unauthorized_client`,
+    /// `unsupported_grant_type`, `invalid_scope`, `temporarily_unavailable`, `server_error`.
+    pub error: String,
+    pub error_description: String,
+}
+
+impl OAuthError {
+    pub fn invalid_request(description: impl Into<String>) -> Self {
+        OAuthError {
+            status: StatusCode::BAD_REQUEST,
+            error: "invalid_request",
+            description: description.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn unsupported_grant_type() -> Self {
+        OAuthError {
+            status: StatusCode::BAD_REQUEST,
+            error: "unsupported_grant_type",
+            description: "supported: client_credentials, refresh_token".into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn invalid_client() -> Self {
+        OAuthError {
+            status: StatusCode::UNAUTHORIZED,
+            error: "invalid_client",
+            description: "client authentication failed".into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl From<CoreError> for OAuthError {
+    fn from(e: CoreError) -> Self {
+        let (status, error) = match &e {
+            CoreError::InvalidClient => return OAuthError::invalid_client(),
+            CoreError::InvalidGrant(_) => (StatusCode::BAD_REQUEST, "invalid_grant"),
+            CoreError::InvalidScope => (StatusCode::BAD_REQUEST, "invalid_scope"),
+            CoreError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            CoreError::RateLimited { retry_after } => {
+                return OAuthError {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    error: "temporarily_unavailable",
+                    description: e.to_string(),
+                    retry_after: Some(*retry_after),
+                }
+            }
+            _ => {
+                // Everything else is ours, not the caller's: keep the API's status and log it.
+                let api = ApiError::from(e);
+                let error = if api.status.is_server_error() { "server_error" } else { "invalid_request" };
+                let error =
+                    if api.status == StatusCode::SERVICE_UNAVAILABLE { "temporarily_unavailable" } else { error };
+                return OAuthError {
+                    status: api.status,
+                    error,
+                    description: api.message,
+                    retry_after: api.retry_after,
+                };
+            }
+        };
+        OAuthError { status, error, description: e.to_string(), retry_after: None }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = OAuthErrorBody { error: self.error.to_owned(), error_description: self.description };
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        let h = resp.headers_mut();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if let Some(secs) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 6749 5.2: invalid_client answers with the scheme the client can use.
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"authio\""));
         }
         resp
     }

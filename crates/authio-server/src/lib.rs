@@ -13,8 +13,13 @@ mod routes;
 
 use std::sync::Arc;
 
-use authio_core::Clock;
-use authio_db::Router;
+use std::time::Duration;
+
+use authio_core::auth::{Identity, IdentitySettings, Limits};
+use authio_core::keys::KeyService;
+use authio_core::passwords::{PasswordParams, Passwords};
+use authio_core::{Clock, CoreError};
+use authio_db::{MasterKey, Router};
 use axum::http::{HeaderName, Request};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -27,12 +32,45 @@ pub use error::ApiError;
 pub struct AppState {
     pub router: Router,
     pub clock: Arc<dyn Clock>,
+    pub identity: Identity,
     pub metrics: Arc<metrics::Metrics>,
 }
 
+/// How the identity side is set up.
+pub struct AuthSettings {
+    /// The deployment's public base URL: issuers are `{public_url}/p/{project_id}`.
+    pub public_url: String,
+    /// Encrypts signing keys at rest.
+    pub master_key: MasterKey,
+    pub password_params: PasswordParams,
+    /// Password hashes running at once (each holds `m_kib` KiB).
+    pub hash_concurrency: usize,
+    pub limits: Limits,
+    /// How long a node keeps a project's key set and profile before re-reading them.
+    pub cache_ttl: Duration,
+}
+
+impl AuthSettings {
+    pub fn new(public_url: impl Into<String>, master_key: MasterKey) -> Self {
+        AuthSettings {
+            public_url: public_url.into(),
+            master_key,
+            password_params: PasswordParams::default(),
+            hash_concurrency: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            limits: Limits::default(),
+            cache_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
 impl AppState {
-    pub fn new(router: Router, clock: Arc<dyn Clock>) -> Self {
-        AppState { router, clock, metrics: Arc::new(metrics::Metrics::default()) }
+    pub fn new(router: Router, clock: Arc<dyn Clock>, auth: AuthSettings) -> Result<Self, CoreError> {
+        let passwords = Passwords::new(auth.password_params, auth.hash_concurrency, Duration::from_secs(10))?;
+        let keys = KeyService::new(router.clone(), auth.master_key, clock.clone(), auth.cache_ttl);
+        let settings =
+            IdentitySettings { public_url: auth.public_url, limits: auth.limits, profile_ttl: auth.cache_ttl };
+        let identity = Identity::new(router.clone(), clock.clone(), passwords, keys, settings);
+        Ok(AppState { router, clock, identity, metrics: Arc::new(metrics::Metrics::default()) })
     }
 }
 

@@ -1,6 +1,9 @@
 //! The HTTP application over real HTTP on loopback, against real PostgreSQL clusters.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "api/identity.rs"]
+mod identity;
+
 use std::sync::Arc;
 
 use authio_core::domain::Plan;
@@ -288,7 +291,8 @@ async fn health_readiness_metrics_openapi_and_request_ids() {
         RouterSettings { listen: false, ..router_settings() },
     )
     .unwrap();
-    let state = authio_server::AppState::new(router, Arc::new(SystemClock));
+    let auth = authio_server::AuthSettings::new("http://127.0.0.1", authio_testkit::test_master_key());
+    let state = authio_server::AppState::new(router, Arc::new(SystemClock), auth).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(authio_server::serve(listener, authio_server::build_app(state), std::future::pending()));

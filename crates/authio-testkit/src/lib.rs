@@ -212,11 +212,13 @@ pub struct AppOptions {
     /// Reach the shared database through pgbouncer (LISTEN still goes direct).
     pub via_pgbouncer: bool,
     pub router: RouterSettings,
+    /// Adjust the identity settings (limits, cache times) before the app starts.
+    pub tune_auth: fn(&mut authio_server::AuthSettings),
 }
 
 impl Default for AppOptions {
     fn default() -> Self {
-        AppOptions { shared: None, via_pgbouncer: false, router: router_settings() }
+        AppOptions { shared: None, via_pgbouncer: false, router: router_settings(), tune_auth: |_| {} }
     }
 }
 
@@ -227,6 +229,8 @@ pub struct TestApp {
     pub router: Router,
     pub shared: TestDb,
     pub control: ControlPlane,
+    /// The app's identity service (to drop cached keys after a rotation, for instance).
+    pub identity: authio_core::auth::Identity,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -255,10 +259,13 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
     let app_url = if opts.via_pgbouncer { via_pgbouncer(&shared) } else { shared.app_url.clone() };
     let settings = RouterSettings { statement_cache: !opts.via_pgbouncer, ..opts.router };
     let router = router_for(&shared, &app_url, settings);
-    let state = authio_server::AppState::new(router.clone(), Arc::new(SystemClock));
-    let app = authio_server::build_app(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let mut auth = authio_server::AuthSettings::new(format!("http://{addr}"), test_master_key());
+    (opts.tune_auth)(&mut auth);
+    let state = authio_server::AppState::new(router.clone(), Arc::new(SystemClock), auth).expect("app state");
+    let identity = state.identity.clone();
+    let app = authio_server::build_app(state);
     let server = tokio::spawn(async move {
         let _ = authio_server::serve(listener, app, std::future::pending()).await;
     });
@@ -268,6 +275,7 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
         http: reqwest::Client::new(),
         router,
         control: ControlPlane::new(shared.admin_url.clone()),
+        identity,
         shared,
         server,
     }

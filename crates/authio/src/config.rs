@@ -1,6 +1,7 @@
 //! Configuration: a TOML file (`--config` or `AUTHIO_CONFIG`), then `AUTHIO_*` environment
 //! variables, which win.
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
@@ -32,6 +33,20 @@ pub struct Config {
     pub statement_cache: bool,
     /// `json` (default for `serve`) or `pretty`.
     pub log_format: String,
+    /// Argon2id memory in KiB (at least 19456), passes (at least 2), lanes (at least 1).
+    pub password_m_kib: u32,
+    pub password_t: u32,
+    pub password_p: u32,
+    /// Password hashes running at once (0: one per core). Bounds memory to this many times
+    /// `password_m_kib`.
+    pub password_hash_concurrency: usize,
+    /// Sign-in attempts per IP per minute.
+    pub signin_per_ip_per_minute: i32,
+    /// Failed sign-ins per account per 15 minutes before the account is locked for the rest
+    /// of the window.
+    pub signin_account_failures: i32,
+    /// How long a node keeps a project's keys and settings before re-reading them.
+    pub cache_ttl_ms: u64,
 }
 
 impl Default for Config {
@@ -49,6 +64,13 @@ impl Default for Config {
             route_reread_interval_ms: 5000,
             statement_cache: true,
             log_format: "json".into(),
+            password_m_kib: 19456,
+            password_t: 2,
+            password_p: 1,
+            password_hash_concurrency: 0,
+            signin_per_ip_per_minute: 60,
+            signin_account_failures: 10,
+            cache_ttl_ms: 30_000,
         }
     }
 }
@@ -104,7 +126,38 @@ impl Config {
         if let Some(v) = get("AUTHIO_ROUTE_REREAD_INTERVAL_MS") {
             self.route_reread_interval_ms = num("AUTHIO_ROUTE_REREAD_INTERVAL_MS", v)?;
         }
+        if let Some(v) = get("AUTHIO_PASSWORD_HASH_CONCURRENCY") {
+            self.password_hash_concurrency = num("AUTHIO_PASSWORD_HASH_CONCURRENCY", v)? as usize;
+        }
+        if let Some(v) = get("AUTHIO_SIGNIN_PER_IP_PER_MINUTE") {
+            self.signin_per_ip_per_minute = i32::try_from(num("AUTHIO_SIGNIN_PER_IP_PER_MINUTE", v)?)?;
+        }
+        if let Some(v) = get("AUTHIO_SIGNIN_ACCOUNT_FAILURES") {
+            self.signin_account_failures = i32::try_from(num("AUTHIO_SIGNIN_ACCOUNT_FAILURES", v)?)?;
+        }
+        if let Some(v) = get("AUTHIO_CACHE_TTL_MS") {
+            self.cache_ttl_ms = num("AUTHIO_CACHE_TTL_MS", v)?;
+        }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The identity side's settings (needs the master key: signing keys are encrypted with it).
+    pub fn auth_settings(&self, master_key: authio_db::MasterKey) -> authio_server::AuthSettings {
+        let mut auth = authio_server::AuthSettings::new(self.public_url.clone(), master_key);
+        auth.password_params = authio_core::passwords::PasswordParams {
+            m_kib: self.password_m_kib,
+            t: self.password_t,
+            p: self.password_p,
+        };
+        if self.password_hash_concurrency > 0 {
+            auth.hash_concurrency = self.password_hash_concurrency;
+        }
+        auth.limits.signin_per_ip = self.signin_per_ip_per_minute;
+        auth.limits.account_failures = self.signin_account_failures;
+        auth.cache_ttl = Duration::from_millis(self.cache_ttl_ms.max(100));
+        auth
     }
 }
 

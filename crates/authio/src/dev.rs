@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use authio_core::control::ControlPlane;
 use authio_core::domain::{DisplayName, Email, Plan, Slug};
-use authio_core::{users, SystemClock};
+use authio_core::m2m::{self, NewClient};
+use authio_core::sessions::ClientInfo;
+use authio_core::SystemClock;
 use authio_db::cluster::{find_pg_binaries, ClusterOptions, LocalCluster};
 use authio_db::{MasterKey, Scope, TenantKind};
 
@@ -54,8 +56,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
 
     let creds_path = dir.join("credentials.txt");
     let router = crate::build_router(&cfg)?;
+    let state = crate::app_state(&cfg, &router)?;
     if !creds_path.exists() {
-        let creds = seed(&cfg, &router, &dedicated).await?;
+        let creds = seed(&cfg, &state, &dedicated).await?;
         write_private(&creds_path, &creds)?;
     }
     let creds = std::fs::read_to_string(&creds_path)?;
@@ -67,7 +70,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         dedicated.admin_url("postgres"),
         url = cfg.public_url,
     );
-    let served = crate::serve_with(router, listener, shutdown).await;
+    let served = crate::serve_state(state, listener, shutdown).await;
     tracing::info!("stopping PostgreSQL clusters");
     drop(shared);
     drop(dedicated);
@@ -102,8 +105,9 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
 }
 
 /// The platform tenant with an operator, an Enterprise demo tenant on the shared database,
-/// and an Enterprise demo tenant on its own dedicated database.
-async fn seed(cfg: &Config, router: &authio_db::Router, dedicated: &LocalCluster) -> Result<String> {
+/// and an Enterprise demo tenant on its own dedicated database; each with a user who has a
+/// password, and the customer ones with an M2M client.
+async fn seed(cfg: &Config, state: &authio_server::AppState, dedicated: &LocalCluster) -> Result<String> {
     let cp = ControlPlane::new(cfg.admin_url.clone());
     let key = MasterKey::from_base64(cfg.master_key.as_deref().unwrap_or_default())?;
     let mut out = String::from("Demo credentials (also in .authio/credentials.txt):\n");
@@ -112,6 +116,7 @@ async fn seed(cfg: &Config, router: &authio_db::Router, dedicated: &LocalCluster
         ("acme", "Acme Corp", TenantKind::Customer, "production", "alice@acme.test", false),
         ("globex", "Globex (dedicated DB)", TenantKind::Customer, "production", "hank@globex.test", true),
     ];
+    let url = &cfg.public_url;
     for (slug, name, kind, project_slug, email, on_dedicated) in demos {
         let t = cp.create_tenant(&Slug::parse(slug)?, &DisplayName::parse(name)?, kind, Plan::Enterprise).await?;
         let p = cp.create_project(t.id, &Slug::parse(project_slug)?, &DisplayName::parse(project_slug)?).await?;
@@ -122,16 +127,43 @@ async fn seed(cfg: &Config, router: &authio_db::Router, dedicated: &LocalCluster
                 .await?;
         }
         let k = cp.create_api_key(t.id, p.id, &DisplayName::parse("dev")?).await?;
-        users::create(router, &SystemClock, &Scope::project(t.id, p.id, kind), &Email::parse(email)?).await?;
-        let url = &cfg.public_url;
+        let password = demo_password();
+        state.identity.sign_up(p.id, email, &password, &ClientInfo::default(), None).await?;
+        if kind == TenantKind::Platform {
+            cp.grant_operator(&Email::parse(email)?).await?;
+        }
         out.push_str(&format!(
-            "\n  {name} [{kind_s}, enterprise, {home}]\n    project {project_slug}  id {pid}\n    user    {email}\n    API key {key}\n    try     curl -H 'Authorization: Bearer {key}' {url}/v1/projects/{pid}/users\n",
+            "\n  {name} [{kind_s}, enterprise, {home}]\n    project  {project_slug}  id {pid}\n    issuer   {iss}\n    user     {email}  password {password}{op}\n    API key  {key}\n    try      curl -H 'Authorization: Bearer {key}' {url}/v1/projects/{pid}/users\n             curl -H 'Content-Type: application/json' -d '{{\"project_id\":\"{pid}\",\"email\":\"{email}\",\"password\":\"{password}\"}}' {url}/v1/auth/signin\n",
             kind_s = kind.as_str(),
             home = if on_dedicated { "dedicated database" } else { "shared database" },
             pid = p.id,
+            iss = state.identity.issuer(p.id),
             key = k.plaintext,
+            op = if kind == TenantKind::Platform { " (operator)" } else { "" },
         ));
+        if kind == TenantKind::Customer {
+            let scope = Scope::project(t.id, p.id, kind);
+            let new = NewClient {
+                name: DisplayName::parse("demo backend")?,
+                scopes: vec!["read:users".into(), "write:users".into()],
+                audience: None,
+                token_ttl_secs: None,
+            };
+            let c = m2m::create(&state.router, &SystemClock, &scope, &state.identity.issuer(p.id), &new).await?;
+            out.push_str(&format!(
+                "    M2M      client {id}  secret {secret}\n    try      curl -u {id}:{secret} -d grant_type=client_credentials {url}/v1/auth/token\n",
+                id = c.info.client_id,
+                secret = c.client_secret,
+            ));
+        }
     }
-    out.push_str("\n  (no passwords or M2M clients yet: API keys are the way in for now)\n");
     Ok(out)
+}
+
+/// A readable random password for the demo users.
+fn demo_password() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 9];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    format!("demo-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
 }

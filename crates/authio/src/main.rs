@@ -40,6 +40,33 @@ enum Command {
         #[command(subcommand)]
         command: TenantCommand,
     },
+    /// Make a user of the platform tenant an operator (the management API accepts their
+    /// platform-kind tokens for every project).
+    GrantOperator {
+        /// The user's email (a user of the platform tenant).
+        #[arg(long)]
+        email: String,
+    },
+    /// Manage a project's signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Retire the current key (still published until the tokens it signed expire), make the
+    /// next key (already published) current, and publish a new next key.
+    Rotate {
+        /// The project's id.
+        #[arg(long)]
+        project: uuid::Uuid,
+        /// Algorithm of the new next key: EdDSA (default), ES256 or RS256. It signs from the
+        /// rotation after this one, once every verifier has seen it.
+        #[arg(long)]
+        alg: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -104,6 +131,36 @@ async fn run(cli: Cli) -> Result<()> {
             let cfg = Config::load(cli.config.as_deref())?;
             tenant(&cfg, command).await
         }
+        Command::GrantOperator { email } => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            let email = authio_core::domain::Email::parse(&email)?;
+            ControlPlane::new(cfg.admin_url.clone())
+                .grant_operator(&email)
+                .await
+                .with_context(|| format!("no platform-tenant user {email}"))?;
+            println!("{email} is an operator; tokens issued from now on carry role=operator");
+            Ok(())
+        }
+        Command::Keys { command: KeysCommand::Rotate { project, alg } } => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            let alg = alg
+                .map(|a| authio_core::keys::Alg::parse(&a).context("--alg must be EdDSA, ES256 or RS256"))
+                .transpose()?;
+            let key = master_key(&cfg)?
+                .context("a master key is required (AUTHIO_MASTER_KEY): keys are encrypted with it")?;
+            let r =
+                ControlPlane::new(cfg.admin_url.clone()).rotate_keys(project, alg, &key, chrono::Utc::now()).await?;
+            println!(
+                "current  {}
+next     {} ({})",
+                r.current_kid, r.next_kid, r.next_alg
+            );
+            if let (Some(kid), Some(until)) = (r.retired_kid, r.retired_published_until) {
+                println!("retired  {kid} (published until {until})");
+            }
+            println!("nodes pick the change up within their cache time (cache_ttl_ms)");
+            Ok(())
+        }
     }
 }
 
@@ -144,11 +201,28 @@ pub(crate) async fn bind(listen: &str) -> Result<tokio::net::TcpListener> {
 }
 
 pub(crate) async fn serve_with(
+    cfg: &Config,
     router: Router,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let state = authio_server::AppState::new(router.clone(), Arc::new(SystemClock));
+    let state = app_state(cfg, &router)?;
+    serve_state(state, listener, shutdown).await
+}
+
+pub(crate) fn app_state(cfg: &Config, router: &Router) -> Result<authio_server::AppState> {
+    let key =
+        master_key(cfg)?.context("a master key is required to serve (AUTHIO_MASTER_KEY): it encrypts signing keys")?;
+    Ok(authio_server::AppState::new(router.clone(), Arc::new(SystemClock), cfg.auth_settings(key))?)
+}
+
+pub(crate) async fn serve_state(
+    state: authio_server::AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let router = state.router.clone();
+    spawn_housekeeping(router.clone());
     let app = authio_server::build_app(state);
     tracing::info!(listen = %listener.local_addr()?, "serving");
     authio_server::serve(listener, app, shutdown).await?;
@@ -160,7 +234,22 @@ async fn serve(cfg: Config) -> Result<()> {
     let shutdown = shutdown_signal()?;
     let router = build_router(&cfg)?;
     let listener = bind(&cfg.listen).await?;
-    serve_with(router, listener, shutdown).await
+    serve_with(&cfg, router, listener, shutdown).await
+}
+
+/// Periodic clean-up: rate-limit windows that ended a day ago.
+fn spawn_housekeeping(router: Router) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            match authio_db::preresolve::rate_gc(&router, chrono::Utc::now()).await {
+                Ok(n) if n > 0 => tracing::info!(removed = n, "old rate-limit windows removed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "rate-limit clean-up failed"),
+            }
+        }
+    });
 }
 
 async fn migrate_all(cfg: &Config) -> Result<()> {

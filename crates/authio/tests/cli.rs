@@ -44,7 +44,12 @@ fn dev_without_postgres_binaries_names_the_package_to_install() {
 async fn tenant_create_list_show_against_a_real_database() {
     let db = fresh_shared_db().await;
     let run = |args: &[&str]| {
-        let out = authio().args(args).env("AUTHIO_ADMIN_URL", &db.admin_url).output().unwrap();
+        let out = authio()
+            .args(args)
+            .env("AUTHIO_ADMIN_URL", &db.admin_url)
+            .env("AUTHIO_MASTER_KEY", authio_db::MasterKey::generate_base64())
+            .output()
+            .unwrap();
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -64,6 +69,19 @@ async fn tenant_create_list_show_against_a_real_database() {
     assert!(ok && out.contains("db_strategy  shared") && out.contains("project  default"), "{out}");
     let (ok, _, err) = run(&["tenant", "show", "nobody"]);
     assert!(!ok && err.contains("no tenant"), "{err}");
+
+    // Key rotation: the first makes the keys, the second retires the first current key.
+    let project = out.lines().find_map(|l| l.strip_prefix("project  default")).unwrap().trim().to_owned();
+    let (ok, first, err) = run(&["keys", "rotate", "--project", &project]);
+    assert!(ok && first.contains("current") && first.contains("(EdDSA)"), "{first}{err}");
+    let (ok, second, err) = run(&["keys", "rotate", "--project", &project, "--alg", "RS256"]);
+    assert!(ok && second.contains("retired") && second.contains("(RS256)"), "{second}{err}");
+    let next_of_first = first.lines().find_map(|l| l.strip_prefix("next     ")).unwrap().split(' ').next().unwrap();
+    assert!(second.contains(&format!("current  {next_of_first}")), "the next key became current: {second}");
+    let (ok, _, err) = run(&["keys", "rotate", "--project", &project, "--alg", "HS256"]);
+    assert!(!ok && err.contains("--alg"), "{err}");
+    let (ok, _, err) = run(&["grant-operator", "--email", "nobody@initech.test"]);
+    assert!(!ok && err.contains("no platform-tenant user"), "{err}");
 }
 
 /// The quick start: `authio dev` starts both clusters, seeds, serves the demo tenants (one on
@@ -108,7 +126,7 @@ async fn dev_serves_seeded_demo_tenants_and_stops_on_ctrl_c() {
     let banner = tokio::time::timeout(std::time::Duration::from_secs(120), rx).await.expect("dev started").unwrap();
     assert!(banner.contains("dedicated database"), "{banner}");
     // The dedicated demo tenant's curl line works as printed.
-    let curl = banner.lines().rfind(|l| l.contains("curl")).expect("curl line");
+    let curl = banner.lines().rfind(|l| l.contains("Bearer ")).expect("curl line");
     let key = curl.split("Bearer ").nth(1).unwrap().split('\'').next().unwrap();
     let url = curl.split_whitespace().last().unwrap();
     let r = reqwest::Client::new().get(url).bearer_auth(key).send().await.unwrap();
@@ -122,6 +140,30 @@ async fn dev_serves_seeded_demo_tenants_and_stops_on_ctrl_c() {
     )
     .await;
     assert_eq!(rows, vec!["hank@globex.test"]);
+    // The dedicated tenant's M2M line gets a token, and its user can sign in with the printed
+    // password.
+    let m2m = banner.lines().rfind(|l| l.contains("curl -u ")).expect("m2m line");
+    let (id, secret) =
+        m2m.split("curl -u ").nth(1).unwrap().split_whitespace().next().unwrap().split_once(':').unwrap();
+    let r = reqwest::Client::new()
+        .post(m2m.split_whitespace().last().unwrap())
+        .basic_auth(id, Some(secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    assert!(r.json::<serde_json::Value>().await.unwrap()["access_token"].as_str().unwrap().split('.').count() == 3);
+    let signin = banner.lines().rfind(|l| l.contains("/v1/auth/signin")).expect("sign-in line");
+    let body = signin.split("-d '").nth(1).unwrap().split('\'').next().unwrap();
+    let r = reqwest::Client::new()
+        .post(signin.split_whitespace().last().unwrap())
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK, "{signin}");
 
     Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();

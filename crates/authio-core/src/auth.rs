@@ -1,0 +1,582 @@
+//! The identity flows: sign-up, password sign-in, refresh, client credentials, introspection,
+//! revocation and management-token checks. Owns the caches of project profiles; keys are in
+//! [`KeyService`], passwords in [`Passwords`].
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration as StdDuration, Instant};
+
+use authio_db::preresolve::{self, ProjectProfile};
+use authio_db::{Router, Scope, TenantKind, Type};
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::domain::Email;
+use crate::keys::KeyService;
+use crate::passwords::{NewPassword, Passwords};
+use crate::sessions::{self, ClientInfo, SessionPolicy};
+use crate::tokens::{self, AccessClaims};
+use crate::users::User;
+use crate::{m2m, Clock, CoreError};
+
+/// Throttles on the credential-guessing surfaces. Counters live on the shared database, so
+/// they hold across nodes.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Sign-in attempts per IP per window.
+    pub signin_per_ip: i32,
+    pub signin_ip_window_secs: i32,
+    /// Failed sign-ins per account (project and email, known or not) before it is locked
+    /// for the rest of the window.
+    pub account_failures: i32,
+    pub account_window_secs: i32,
+    /// Sign-ups per IP per window.
+    pub signup_per_ip: i32,
+    pub signup_ip_window_secs: i32,
+    /// Failed client authentications per IP per window at the token endpoint.
+    pub client_failures_per_ip: i32,
+    pub client_ip_window_secs: i32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            signin_per_ip: 60,
+            signin_ip_window_secs: 60,
+            account_failures: 10,
+            account_window_secs: 900,
+            signup_per_ip: 20,
+            signup_ip_window_secs: 3600,
+            client_failures_per_ip: 30,
+            client_ip_window_secs: 300,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct IdentitySettings {
+    /// Issuers are `{public_url}/p/{project_id}`.
+    pub public_url: String,
+    pub limits: Limits,
+    /// How long a node trusts its copy of a project's profile.
+    pub profile_ttl: StdDuration,
+}
+
+/// Tokens handed to a signed-in user.
+#[derive(Debug, Serialize)]
+pub struct UserTokens {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: i64,
+    pub refresh_token: String,
+    pub session_id: Uuid,
+    pub user_id: Uuid,
+}
+
+/// A client-credentials grant.
+#[derive(Debug, Serialize)]
+pub struct ClientToken {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: i64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub scope: String,
+}
+
+/// An RFC 7662 answer.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Introspection {
+    pub active: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<String>,
+}
+
+/// Who may introspect or revoke: a project's client or API key.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub project_id: Uuid,
+}
+
+#[derive(Clone)]
+pub struct Identity {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    router: Router,
+    clock: Arc<dyn Clock>,
+    passwords: Passwords,
+    keys: KeyService,
+    settings: IdentitySettings,
+    profiles: RwLock<HashMap<Uuid, (Instant, Arc<ProjectProfile>)>>,
+}
+
+fn policy(p: &ProjectProfile) -> SessionPolicy {
+    SessionPolicy {
+        idle: Duration::seconds(p.session_idle_timeout_secs.into()),
+        absolute: Duration::seconds(p.session_absolute_timeout_secs.into()),
+        grace: Duration::seconds(p.refresh_grace_secs.into()),
+    }
+}
+
+fn scope_of(p: &ProjectProfile) -> Scope {
+    Scope::project(p.tenant_id, p.project_id, p.tenant_kind)
+}
+
+fn retry_after(window_ends: DateTime<Utc>, now: DateTime<Utc>) -> u32 {
+    u32::try_from((window_ends - now).num_seconds().max(1)).unwrap_or(u32::MAX)
+}
+
+impl Identity {
+    pub fn new(
+        router: Router,
+        clock: Arc<dyn Clock>,
+        passwords: Passwords,
+        keys: KeyService,
+        settings: IdentitySettings,
+    ) -> Self {
+        Identity {
+            inner: Arc::new(Inner { router, clock, passwords, keys, settings, profiles: RwLock::new(HashMap::new()) }),
+        }
+    }
+
+    pub fn keys(&self) -> &KeyService {
+        &self.inner.keys
+    }
+
+    pub fn passwords(&self) -> &Passwords {
+        &self.inner.passwords
+    }
+
+    pub fn issuer(&self, project: Uuid) -> String {
+        tokens::issuer(&self.inner.settings.public_url, project)
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
+    /// A project's tenant and settings (cached per node for `profile_ttl`).
+    pub async fn profile(&self, project: Uuid) -> Result<Arc<ProjectProfile>, CoreError> {
+        if let Ok(cache) = self.inner.profiles.read() {
+            if let Some((at, p)) = cache.get(&project) {
+                if at.elapsed() < self.inner.settings.profile_ttl {
+                    return Ok(p.clone());
+                }
+            }
+        }
+        let p = Arc::new(
+            preresolve::project_profile(&self.inner.router, project).await?.ok_or(CoreError::NotFound("project"))?,
+        );
+        if let Ok(mut cache) = self.inner.profiles.write() {
+            cache.insert(project, (Instant::now(), p.clone()));
+        }
+        Ok(p)
+    }
+
+    /// Forget a project's cached profile on this node (after changing its settings here).
+    pub fn forget_profile(&self, project: Uuid) {
+        if let Ok(mut cache) = self.inner.profiles.write() {
+            cache.remove(&project);
+        }
+    }
+
+    async fn limit(&self, bucket: &str, key: &str, limit: i32, window: i32) -> Result<(), CoreError> {
+        let now = self.now();
+        let w = preresolve::rate_hit(&self.inner.router, bucket, key, window, now).await?;
+        if w.hits > limit {
+            return Err(CoreError::RateLimited { retry_after: retry_after(w.window_ends, now) });
+        }
+        Ok(())
+    }
+
+    /// Create a user with a password and sign them in.
+    pub async fn sign_up(
+        &self,
+        project: Uuid,
+        email: &str,
+        password: &str,
+        client: &ClientInfo,
+        ip: Option<IpAddr>,
+    ) -> Result<(User, UserTokens), CoreError> {
+        let email = Email::parse(email)?;
+        let password = NewPassword::parse(password)?;
+        let profile = self.profile(project).await?;
+        let l = &self.inner.settings.limits;
+        if let Some(ip) = ip {
+            self.limit("signup:ip", &ip.to_string(), l.signup_per_ip, l.signup_ip_window_secs).await?;
+        }
+        let hash = self.inner.passwords.hash(&password).await?;
+        let scope = scope_of(&profile);
+        let now = self.now();
+        let tx = self.inner.router.begin(&scope).await?;
+        let user = crate::users::insert(&tx, &scope, &email, Some(&hash), now).await?;
+        let (sid, refresh) = sessions::start(&tx, &scope, user.id, &["pwd"], client, &policy(&profile), now).await?;
+        tx.commit().await?;
+        let tokens = self.user_tokens(&profile, user.id, sid, &["pwd".to_owned()], None, refresh).await?;
+        Ok((user, tokens))
+    }
+
+    /// Password sign-in. Unknown accounts, accounts without a password, disabled accounts and
+    /// wrong passwords all answer `InvalidCredentials` after the same hashing work; locked
+    /// accounts (known or not) answer `RateLimited`.
+    pub async fn sign_in(
+        &self,
+        project: Uuid,
+        email: &str,
+        password: &str,
+        client: &ClientInfo,
+        ip: Option<IpAddr>,
+    ) -> Result<UserTokens, CoreError> {
+        let email = Email::parse(email)?;
+        if password.len() > 4096 {
+            return Err(CoreError::InvalidCredentials);
+        }
+        let profile = self.profile(project).await?;
+        let l = &self.inner.settings.limits;
+        if let Some(ip) = ip {
+            self.limit("signin:ip", &ip.to_string(), l.signin_per_ip, l.signin_ip_window_secs).await?;
+        }
+        let account = format!("{project}:{:x}", Sha256::digest(email.as_str().as_bytes()));
+        let now = self.now();
+        let failures =
+            preresolve::rate_peek(&self.inner.router, "signin:account", &account, l.account_window_secs, now).await?;
+        if let Some(w) = failures.filter(|w| w.hits >= l.account_failures) {
+            return Err(CoreError::RateLimited { retry_after: retry_after(w.window_ends, now) });
+        }
+        let scope = scope_of(&profile);
+        let rows = self
+            .inner
+            .router
+            .read(
+                &scope,
+                "SELECT id, password_hash, disabled, role FROM users WHERE tenant_id = $1 AND project_id = $2 AND email = $3",
+                &[(&scope.tenant_id, Type::UUID), (&project, Type::UUID), (&email.as_str(), Type::TEXT)],
+            )
+            .await;
+        let rows = match rows {
+            Ok(r) => r,
+            // An empty read asks the home fence; for a tenant that is at home this is just
+            // "no such user".
+            Err(e) => return Err(e.into()),
+        };
+        let found = rows.first();
+        let user_id: Option<Uuid> = found.map(|r| r.try_get(0)).transpose()?;
+        let stored: Option<String> = found.map(|r| r.try_get::<Option<String>>(1)).transpose()?.flatten();
+        let disabled = found.map(|r| r.try_get::<bool>(2)).transpose()?.unwrap_or(false);
+        let role: Option<String> = found.map(|r| r.try_get::<Option<String>>(3)).transpose()?.flatten();
+        let usable = if disabled { None } else { stored.as_deref() };
+        let verified = self.inner.passwords.verify(password, usable).await?;
+        let (Some(user_id), true) = (user_id, verified.ok) else {
+            preresolve::rate_hit(&self.inner.router, "signin:account", &account, l.account_window_secs, now).await?;
+            return Err(CoreError::InvalidCredentials);
+        };
+        if failures.is_some() {
+            preresolve::rate_reset(&self.inner.router, "signin:account", &account).await?;
+        }
+        let rehash = if verified.needs_rehash {
+            // The password just verified, so it met the rules when it was set; re-check only length.
+            match NewPassword::parse(password) {
+                Ok(p) => Some(self.inner.passwords.hash(&p).await?),
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        let tx = self.inner.router.begin(&scope).await?;
+        if let Some(h) = &rehash {
+            tx.query(
+                "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1",
+                &[(&user_id, Type::UUID), (h, Type::TEXT), (&now, Type::TIMESTAMPTZ)],
+            )
+            .await?;
+        }
+        let (sid, refresh) = sessions::start(&tx, &scope, user_id, &["pwd"], client, &policy(&profile), now).await?;
+        tx.commit().await?;
+        self.user_tokens(&profile, user_id, sid, &["pwd".to_owned()], role, refresh).await
+    }
+
+    /// Rotate a refresh token (`grant_type=refresh_token`).
+    pub async fn refresh(&self, presented: &str) -> Result<UserTokens, CoreError> {
+        let (project, hash) =
+            sessions::parse_refresh_token(presented).ok_or(CoreError::InvalidGrant("the refresh token is invalid"))?;
+        let profile = match self.profile(project).await {
+            Ok(p) => p,
+            Err(CoreError::NotFound(_)) => return Err(CoreError::InvalidGrant("the refresh token is invalid")),
+            Err(e) => return Err(e),
+        };
+        let r = sessions::refresh(
+            &self.inner.router,
+            self.inner.clock.as_ref(),
+            &scope_of(&profile),
+            &policy(&profile),
+            &hash,
+        )
+        .await?;
+        self.user_tokens(&profile, r.user_id, r.session_id, &r.amr, r.role, r.refresh_token).await
+    }
+
+    async fn user_tokens(
+        &self,
+        profile: &ProjectProfile,
+        user: Uuid,
+        sid: Uuid,
+        amr: &[String],
+        role: Option<String>,
+        refresh_token: String,
+    ) -> Result<UserTokens, CoreError> {
+        let now = self.now().timestamp();
+        let ttl = i64::from(profile.access_token_ttl_secs);
+        let iss = self.issuer(profile.project_id);
+        let claims = AccessClaims {
+            aud: profile.project_id.to_string(),
+            iss,
+            sub: user.to_string(),
+            exp: now + ttl,
+            iat: now,
+            nbf: now,
+            jti: Uuid::new_v4().to_string(),
+            sid: Some(sid.to_string()),
+            tid: profile.tenant_id.to_string(),
+            pid: profile.project_id.to_string(),
+            amr: Some(amr.to_vec()),
+            role,
+            scope: None,
+            client_id: None,
+        };
+        let keys = self.inner.keys.keyset(profile).await?;
+        Ok(UserTokens {
+            access_token: keys.sign(&claims)?,
+            token_type: "Bearer",
+            expires_in: ttl,
+            refresh_token,
+            session_id: sid,
+            user_id: user,
+        })
+    }
+
+    /// RFC 6749 section 4.4. `requested` is the space-separated `scope` parameter.
+    pub async fn client_credentials(
+        &self,
+        client_id: &str,
+        secret: &str,
+        requested: Option<&str>,
+        ip: Option<IpAddr>,
+    ) -> Result<ClientToken, CoreError> {
+        let client = match m2m::authenticate(&self.inner.router, client_id, secret).await {
+            Ok(c) => c,
+            Err(CoreError::InvalidClient) => {
+                if let Some(ip) = ip {
+                    let l = &self.inner.settings.limits;
+                    self.limit("client:ip", &ip.to_string(), l.client_failures_per_ip, l.client_ip_window_secs).await?;
+                }
+                return Err(CoreError::InvalidClient);
+            }
+            Err(e) => return Err(e),
+        };
+        let granted: Vec<&str> = match requested.map(str::trim).filter(|s| !s.is_empty()) {
+            None => client.scopes.iter().map(String::as_str).collect(),
+            Some(req) => {
+                let mut out: Vec<&str> = Vec::new();
+                for s in req.split(' ').filter(|s| !s.is_empty()) {
+                    if !client.scopes.iter().any(|a| a == s) {
+                        return Err(CoreError::InvalidScope);
+                    }
+                    if !out.contains(&s) {
+                        out.push(s);
+                    }
+                }
+                out
+            }
+        };
+        let profile = self.profile(client.project_id).await?;
+        let now = self.now().timestamp();
+        let ttl = i64::from(client.token_ttl_secs);
+        let scope = granted.join(" ");
+        let claims = AccessClaims {
+            iss: self.issuer(client.project_id),
+            sub: client_id.to_owned(),
+            aud: client.audience.clone(),
+            exp: now + ttl,
+            iat: now,
+            nbf: now,
+            jti: Uuid::new_v4().to_string(),
+            sid: None,
+            tid: client.tenant_id.to_string(),
+            pid: client.project_id.to_string(),
+            amr: None,
+            role: None,
+            scope: Some(scope.clone()),
+            client_id: Some(client_id.to_owned()),
+        };
+        let keys = self.inner.keys.keyset(&profile).await?;
+        Ok(ClientToken { access_token: keys.sign(&claims)?, token_type: "Bearer", expires_in: ttl, scope })
+    }
+
+    /// Verify an access token of any project of this deployment: returns its claims and
+    /// its project's profile. Revocation is not checked here (see [`Identity::access_token_live`]).
+    pub async fn verify_access_token(&self, token: &str) -> Result<(AccessClaims, Arc<ProjectProfile>), CoreError> {
+        let iss = tokens::unverified_issuer(token).ok_or(CoreError::InvalidToken("malformed"))?;
+        let project = tokens::project_of_issuer(&self.inner.settings.public_url, &iss)
+            .ok_or(CoreError::InvalidToken("unknown issuer"))?;
+        let profile = match self.profile(project).await {
+            Ok(p) => p,
+            Err(CoreError::NotFound(_)) => return Err(CoreError::InvalidToken("unknown issuer")),
+            Err(e) => return Err(e),
+        };
+        let keys = self.inner.keys.keyset(&profile).await?;
+        let claims = tokens::verify(&keys, token, &iss, self.now())?;
+        // The token's own tenant and project claims must be the issuer's.
+        if claims.pid != profile.project_id.to_string() || claims.tid != profile.tenant_id.to_string() {
+            return Err(CoreError::InvalidToken("claims do not match the issuer"));
+        }
+        Ok((claims, profile))
+    }
+
+    /// Whether a verified access token is still live at its home (not revoked; its session,
+    /// if any, not ended).
+    pub async fn access_token_live(&self, claims: &AccessClaims, profile: &ProjectProfile) -> Result<bool, CoreError> {
+        let jti = Uuid::parse_str(&claims.jti).map_err(|_| CoreError::InvalidToken("malformed jti"))?;
+        let sid = claims.sid.as_deref().map(Uuid::parse_str).transpose().map_err(|_| CoreError::InvalidToken("sid"))?;
+        sessions::access_token_live(&self.inner.router, self.inner.clock.as_ref(), &scope_of(profile), jti, sid).await
+    }
+
+    /// A platform-kind token for the management API: an operator of the platform tenant.
+    /// Customer-kind tokens are refused, whatever they claim.
+    pub async fn authenticate_operator(&self, token: &str) -> Result<AccessClaims, CoreError> {
+        let (claims, profile) = self.verify_access_token(token).await?;
+        if profile.tenant_kind != TenantKind::Platform {
+            return Err(CoreError::TokenKindRefused);
+        }
+        if !self.access_token_live(&claims, &profile).await? {
+            return Err(CoreError::InvalidToken("revoked"));
+        }
+        if claims.role.as_deref() != Some("operator") {
+            return Err(CoreError::Forbidden("this identity may not use the management API"));
+        }
+        Ok(claims)
+    }
+
+    /// RFC 7662. A token of another project, of the other kind, or not valid at all is
+    /// simply inactive.
+    pub async fn introspect(&self, caller: Caller, token: &str) -> Result<Introspection, CoreError> {
+        let caller_profile = self.profile(caller.project_id).await?;
+        if let Some((project, hash)) = sessions::parse_refresh_token(token) {
+            if project != caller.project_id {
+                return Ok(Introspection::default());
+            }
+            let scope = scope_of(&caller_profile);
+            let state =
+                sessions::refresh_token_state(&self.inner.router, self.inner.clock.as_ref(), &scope, &hash).await?;
+            return Ok(match state {
+                Some(s) if s.active => Introspection {
+                    active: true,
+                    token_type: Some("refresh_token"),
+                    sub: Some(s.user_id.to_string()),
+                    sid: Some(s.session_id.to_string()),
+                    iss: Some(self.issuer(project)),
+                    iat: Some(s.issued_at.timestamp()),
+                    exp: Some(s.expires_at.timestamp()),
+                    tid: Some(caller_profile.tenant_id.to_string()),
+                    pid: Some(project.to_string()),
+                    ..Introspection::default()
+                },
+                _ => Introspection::default(),
+            });
+        }
+        let (claims, profile) = match self.verify_access_token(token).await {
+            Ok(v) => v,
+            Err(CoreError::InvalidToken(_)) => return Ok(Introspection::default()),
+            Err(e) => return Err(e),
+        };
+        if profile.project_id != caller.project_id || profile.tenant_kind != caller_profile.tenant_kind {
+            return Ok(Introspection::default());
+        }
+        if !self.access_token_live(&claims, &profile).await? {
+            return Ok(Introspection::default());
+        }
+        Ok(Introspection {
+            active: true,
+            token_type: Some("access_token"),
+            scope: claims.scope,
+            client_id: claims.client_id,
+            sub: Some(claims.sub),
+            aud: Some(claims.aud),
+            iss: Some(claims.iss),
+            exp: Some(claims.exp),
+            iat: Some(claims.iat),
+            nbf: Some(claims.nbf),
+            jti: Some(claims.jti),
+            sid: claims.sid,
+            tid: Some(claims.tid),
+            pid: Some(claims.pid),
+        })
+    }
+
+    /// RFC 7009. A refresh token ends its session; an access token is recorded as revoked
+    /// until it expires. Unknown, invalid and foreign tokens are ignored (the answer is the
+    /// same). Without a caller, possession of the token is the authority (sign-out).
+    pub async fn revoke(&self, caller: Option<Caller>, token: &str) -> Result<(), CoreError> {
+        let same_project = |p: Uuid| caller.is_none_or(|c| c.project_id == p);
+        if let Some((project, hash)) = sessions::parse_refresh_token(token) {
+            if !same_project(project) {
+                return Ok(());
+            }
+            let profile = match self.profile(project).await {
+                Ok(p) => p,
+                Err(CoreError::NotFound(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            return sessions::revoke_by_refresh_token(
+                &self.inner.router,
+                self.inner.clock.as_ref(),
+                &scope_of(&profile),
+                &hash,
+            )
+            .await;
+        }
+        let (claims, profile) = match self.verify_access_token(token).await {
+            Ok(v) => v,
+            Err(CoreError::InvalidToken(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if !same_project(profile.project_id) {
+            return Ok(());
+        }
+        let jti = Uuid::parse_str(&claims.jti).map_err(|_| CoreError::InvalidToken("malformed jti"))?;
+        let exp = DateTime::from_timestamp(claims.exp, 0).unwrap_or_else(|| self.now());
+        sessions::revoke_access_token(&self.inner.router, &scope_of(&profile), jti, exp).await
+    }
+
+    /// The scope for a project named in a management request (after the caller is
+    /// authorised for it).
+    pub async fn project_scope(&self, project: Uuid) -> Result<Scope, CoreError> {
+        Ok(scope_of(&*self.profile(project).await?))
+    }
+}

@@ -1,0 +1,410 @@
+//! Signing keys: per project, on the shared database for every tenant (so a token minted
+//! before a move verifies after it), private halves encrypted with the master key.
+//!
+//! A project has one `current` key (signs), one `next` key (published, signs after the next
+//! rotation, so every verifier has it before it signs anything) and `retired` keys still
+//! published until the tokens they signed have expired. Each node keeps a project's key set in
+//! a cache for `ttl`; a rotation is seen by every node within that time, and the retired key
+//! stays published well past it.
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use authio_db::preresolve::{self, ProjectProfile, SigningKeyRecord};
+use authio_db::{MasterKey, Param, Router, Scope, Type};
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, RSA_PKCS1_SHA256,
+};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use jsonwebtoken::DecodingKey;
+use rand::RngCore;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::{Clock, CoreError};
+
+/// A JWS algorithm Authio signs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Alg {
+    EdDSA,
+    ES256,
+    RS256,
+}
+
+impl Alg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Alg::EdDSA => "EdDSA",
+            Alg::ES256 => "ES256",
+            Alg::RS256 => "RS256",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "EdDSA" => Some(Alg::EdDSA),
+            "ES256" => Some(Alg::ES256),
+            "RS256" => Some(Alg::RS256),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn jsonwebtoken(self) -> jsonwebtoken::Algorithm {
+        match self {
+            Alg::EdDSA => jsonwebtoken::Algorithm::EdDSA,
+            Alg::ES256 => jsonwebtoken::Algorithm::ES256,
+            Alg::RS256 => jsonwebtoken::Algorithm::RS256,
+        }
+    }
+}
+
+/// Key material just generated: the PKCS#8 private key is encrypted before it is stored.
+pub struct GeneratedKey {
+    pub kid: String,
+    pub alg: Alg,
+    pub public_jwk: serde_json::Value,
+    pub pkcs8: Vec<u8>,
+}
+
+fn crypto_err(what: &str) -> CoreError {
+    CoreError::Config(format!("signing key: {what}"))
+}
+
+pub fn generate(alg: Alg) -> Result<GeneratedKey, CoreError> {
+    let rng = SystemRandom::new();
+    let mut kid = [0u8; 12];
+    rand::rngs::OsRng.fill_bytes(&mut kid);
+    let kid = URL_SAFE_NO_PAD.encode(kid);
+    let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+    let (pkcs8, public_jwk) = match alg {
+        Alg::EdDSA => {
+            let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| crypto_err("Ed25519 generation"))?;
+            let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref()).map_err(|_| crypto_err("Ed25519 parse"))?;
+            let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key().as_ref())});
+            (doc.as_ref().to_vec(), jwk)
+        }
+        Alg::ES256 => {
+            let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                .map_err(|_| crypto_err("P-256 generation"))?;
+            let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref())
+                .map_err(|_| crypto_err("P-256 parse"))?;
+            // Uncompressed point: 0x04 || x || y.
+            let point = pair.public_key().as_ref();
+            let (x, y) = point.get(1..33).zip(point.get(33..65)).ok_or_else(|| crypto_err("P-256 point"))?;
+            (doc.as_ref().to_vec(), json!({"kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(y)}))
+        }
+        Alg::RS256 => {
+            let pair =
+                RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).map_err(|_| crypto_err("RSA generation"))?;
+            let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&pair).map_err(|_| crypto_err("RSA export"))?;
+            let public = pair.public_key();
+            let n = public.modulus();
+            let e = public.exponent();
+            let jwk = json!({"kty": "RSA", "n": b64(n.big_endian_without_leading_zero()),
+                             "e": b64(e.big_endian_without_leading_zero())});
+            (der.as_ref().to_vec(), jwk)
+        }
+    };
+    let mut public_jwk = public_jwk;
+    if let Some(obj) = public_jwk.as_object_mut() {
+        obj.insert("kid".into(), json!(kid));
+        obj.insert("alg".into(), json!(alg.as_str()));
+        obj.insert("use".into(), json!("sig"));
+    }
+    Ok(GeneratedKey { kid, alg, public_jwk, pkcs8 })
+}
+
+/// The insert shared by the API path (scoped, as `authio_app`) and the operator path
+/// (`authio_owner`): `$1` tenant, `$2` project, `$3` kid, `$4` alg, `$5` JWK, `$6` encrypted
+/// key, `$7` state, `$8` now.
+pub const INSERT_KEY_SQL: &str = "INSERT INTO signing_keys
+      (tenant_id, project_id, kid, alg, public_jwk, private_key_enc, state, created_at, activated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $7 = 'current' THEN $8 END)";
+
+/// A generated key ready to insert: its parameters, owned.
+pub struct KeyRow {
+    tenant: Uuid,
+    project: Uuid,
+    kid: String,
+    alg: String,
+    jwk: serde_json::Value,
+    enc: String,
+    state: String,
+    now: DateTime<Utc>,
+}
+
+impl KeyRow {
+    pub fn new(
+        master_key: &MasterKey,
+        scope_tenant: Uuid,
+        project: Uuid,
+        alg: Alg,
+        state: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Self, CoreError> {
+        let key = generate(alg)?;
+        let enc = master_key
+            .encrypt(&URL_SAFE_NO_PAD.encode(&key.pkcs8))
+            .map_err(|e| CoreError::Config(format!("encrypting a signing key: {e}")))?;
+        Ok(KeyRow {
+            tenant: scope_tenant,
+            project,
+            kid: key.kid,
+            alg: alg.as_str().to_owned(),
+            jwk: key.public_jwk,
+            enc,
+            state: state.to_owned(),
+            now,
+        })
+    }
+
+    pub fn params(&self) -> [Param<'_>; 8] {
+        [
+            (&self.tenant, Type::UUID),
+            (&self.project, Type::UUID),
+            (&self.kid, Type::TEXT),
+            (&self.alg, Type::TEXT),
+            (&self.jwk, Type::JSONB),
+            (&self.enc, Type::TEXT),
+            (&self.state, Type::TEXT),
+            (&self.now, Type::TIMESTAMPTZ),
+        ]
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+}
+
+enum Signer {
+    Ed(Ed25519KeyPair),
+    Ec(EcdsaKeyPair),
+    Rsa(RsaKeyPair),
+}
+
+impl Signer {
+    fn from_pkcs8(alg: Alg, der: &[u8]) -> Result<Self, CoreError> {
+        Ok(match alg {
+            Alg::EdDSA => Signer::Ed(Ed25519KeyPair::from_pkcs8(der).map_err(|_| crypto_err("Ed25519 key"))?),
+            Alg::ES256 => Signer::Ec(
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der).map_err(|_| crypto_err("P-256 key"))?,
+            ),
+            Alg::RS256 => Signer::Rsa(RsaKeyPair::from_pkcs8(der).map_err(|_| crypto_err("RSA key"))?),
+        })
+    }
+
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, CoreError> {
+        match self {
+            Signer::Ed(k) => Ok(k.sign(msg).as_ref().to_vec()),
+            Signer::Ec(k) => {
+                k.sign(&SystemRandom::new(), msg).map(|s| s.as_ref().to_vec()).map_err(|_| crypto_err("ES256 sign"))
+            }
+            Signer::Rsa(k) => {
+                let mut sig = vec![0u8; k.public_modulus_len()];
+                k.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), msg, &mut sig).map_err(|_| crypto_err("RS256 sign"))?;
+                Ok(sig)
+            }
+        }
+    }
+}
+
+/// The key that signs, with its JWS header already encoded.
+struct ActiveKey {
+    header_b64: String,
+    signer: Signer,
+}
+
+pub(crate) struct Verifier {
+    pub alg: Alg,
+    pub key: DecodingKey,
+}
+
+/// A project's keys as this node knows them.
+pub struct KeySet {
+    pub project_id: Uuid,
+    active: Option<ActiveKey>,
+    verifiers: HashMap<String, Verifier>,
+    /// The JWKS document, serialised once.
+    pub jwks: bytes::Bytes,
+    pub etag: String,
+    loaded_at: Instant,
+}
+
+impl KeySet {
+    fn build(project_id: Uuid, master_key: &MasterKey, records: &[SigningKeyRecord]) -> Result<Self, CoreError> {
+        let mut active = None;
+        let mut verifiers = HashMap::new();
+        let mut published = Vec::new();
+        // Current first, then next, then retired: verifiers that take the first key find it.
+        let rank = |s: &str| match s {
+            "current" => 0,
+            "next" => 1,
+            _ => 2,
+        };
+        let mut sorted: Vec<&SigningKeyRecord> = records.iter().collect();
+        sorted.sort_by_key(|r| rank(&r.state));
+        for r in sorted {
+            let Some(alg) = Alg::parse(&r.alg) else { continue };
+            let key = decoding_key(alg, &r.public_jwk)?;
+            verifiers.insert(r.kid.clone(), Verifier { alg, key });
+            published.push(r.public_jwk.clone());
+            if r.state == "current" {
+                let b64 = master_key
+                    .decrypt(&r.private_key_enc)
+                    .map_err(|e| CoreError::Config(format!("decrypting signing key {}: {e}", r.kid)))?;
+                let der = URL_SAFE_NO_PAD.decode(b64).map_err(|_| crypto_err("stored key encoding"))?;
+                let header = json!({"alg": alg.as_str(), "kid": r.kid, "typ": "at+jwt"});
+                active = Some(ActiveKey {
+                    header_b64: URL_SAFE_NO_PAD.encode(header.to_string()),
+                    signer: Signer::from_pkcs8(alg, &der)?,
+                });
+            }
+        }
+        let jwks = json!({ "keys": published }).to_string();
+        let etag = format!("\"{}\"", &hex(&Sha256::digest(jwks.as_bytes()))[..32]);
+        Ok(KeySet { project_id, active, verifiers, jwks: jwks.into(), etag, loaded_at: Instant::now() })
+    }
+
+    /// Sign `claims` with the current key: a compact JWS.
+    pub fn sign(&self, claims: &impl serde::Serialize) -> Result<String, CoreError> {
+        let active = self.active.as_ref().ok_or(CoreError::Config("project has no current signing key".into()))?;
+        let payload = serde_json::to_vec(claims).map_err(|e| CoreError::Config(format!("claims: {e}")))?;
+        let mut out = String::with_capacity(active.header_b64.len() + payload.len() * 4 / 3 + 120);
+        out.push_str(&active.header_b64);
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut out);
+        let sig = active.signer.sign(out.as_bytes())?;
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(&sig, &mut out);
+        Ok(out)
+    }
+
+    pub(crate) fn verifier(&self, kid: &str) -> Option<&Verifier> {
+        self.verifiers.get(kid)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decoding_key(alg: Alg, jwk: &serde_json::Value) -> Result<DecodingKey, CoreError> {
+    let field = |name: &str| jwk.get(name).and_then(|v| v.as_str()).ok_or_else(|| crypto_err("published JWK"));
+    let key = match alg {
+        Alg::EdDSA => DecodingKey::from_ed_components(field("x")?),
+        Alg::ES256 => DecodingKey::from_ec_components(field("x")?, field("y")?),
+        Alg::RS256 => DecodingKey::from_rsa_components(field("n")?, field("e")?),
+    };
+    key.map_err(|_| crypto_err("published JWK"))
+}
+
+/// Each node's view of project key sets.
+#[derive(Clone)]
+pub struct KeyService {
+    inner: Arc<KeyInner>,
+}
+
+struct KeyInner {
+    router: Router,
+    master_key: MasterKey,
+    clock: Arc<dyn Clock>,
+    ttl: Duration,
+    cache: RwLock<HashMap<Uuid, Arc<KeySet>>>,
+}
+
+impl KeyService {
+    pub fn new(router: Router, master_key: MasterKey, clock: Arc<dyn Clock>, ttl: Duration) -> Self {
+        KeyService { inner: Arc::new(KeyInner { router, master_key, clock, ttl, cache: RwLock::new(HashMap::new()) }) }
+    }
+
+    pub fn master_key(&self) -> &MasterKey {
+        &self.inner.master_key
+    }
+
+    /// The project's key set; created on first use if the project has no keys yet.
+    pub async fn keyset(&self, profile: &ProjectProfile) -> Result<Arc<KeySet>, CoreError> {
+        let project = profile.project_id;
+        if let Some(set) = self.cached(project) {
+            return Ok(set);
+        }
+        let now = self.inner.clock.now();
+        let mut records = preresolve::project_signing_keys(&self.inner.router, project, now).await?;
+        if !records.iter().any(|r| r.state == "current") {
+            self.create_initial(profile).await?;
+            records = preresolve::project_signing_keys(&self.inner.router, project, now).await?;
+        }
+        let set = Arc::new(KeySet::build(project, &self.inner.master_key, &records)?);
+        if let Ok(mut cache) = self.inner.cache.write() {
+            cache.insert(project, set.clone());
+        }
+        Ok(set)
+    }
+
+    fn cached(&self, project: Uuid) -> Option<Arc<KeySet>> {
+        let cache = self.inner.cache.read().ok()?;
+        cache.get(&project).filter(|s| s.loaded_at.elapsed() < self.inner.ttl).cloned()
+    }
+
+    /// Forget a project's keys on this node (after a rotation made here).
+    pub fn invalidate(&self, project: Uuid) {
+        if let Ok(mut cache) = self.inner.cache.write() {
+            cache.remove(&project);
+        }
+    }
+
+    /// A current and a next key for a project that has none. Two nodes racing here both
+    /// insert; the partial unique indexes keep one of each and the loser's rows are skipped.
+    async fn create_initial(&self, profile: &ProjectProfile) -> Result<(), CoreError> {
+        let alg = Alg::parse(&profile.signing_alg).unwrap_or(Alg::EdDSA);
+        let scope = Scope::project(profile.tenant_id, profile.project_id, profile.tenant_kind);
+        let now = self.inner.clock.now();
+        let current = KeyRow::new(&self.inner.master_key, profile.tenant_id, profile.project_id, alg, "current", now)?;
+        let next = KeyRow::new(&self.inner.master_key, profile.tenant_id, profile.project_id, alg, "next", now)?;
+        let tx = self.inner.router.begin_pinned(&scope).await?;
+        for row in [&current, &next] {
+            let sql = format!("{INSERT_KEY_SQL} ON CONFLICT DO NOTHING");
+            tx.query(&sql, &row.params()).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_algorithm_generates_a_usable_key() {
+        let mk = MasterKey::from_base64(&MasterKey::generate_base64()).unwrap();
+        for alg in [Alg::EdDSA, Alg::ES256, Alg::RS256] {
+            let row = KeyRow::new(&mk, Uuid::nil(), Uuid::nil(), alg, "current", Utc::now()).unwrap();
+            let record = SigningKeyRecord {
+                kid: row.kid.clone(),
+                alg: alg.as_str().into(),
+                public_jwk: row.jwk.clone(),
+                private_key_enc: row.enc.clone(),
+                state: "current".into(),
+                publish_until: None,
+            };
+            let set = KeySet::build(Uuid::nil(), &mk, &[record]).unwrap();
+            let token = set.sign(&json!({"sub": "x", "exp": 4_000_000_000u64})).unwrap();
+            let header = jsonwebtoken::decode_header(&token).unwrap();
+            assert_eq!(header.kid.as_deref(), Some(row.kid.as_str()));
+            let v = set.verifier(&row.kid).unwrap();
+            let mut validation = jsonwebtoken::Validation::new(alg.jsonwebtoken());
+            validation.validate_aud = false;
+            jsonwebtoken::decode::<serde_json::Value>(&token, &v.key, &validation).unwrap();
+            // Stored encrypted: the ciphertext is not the key, and decrypts to it.
+            let plain = mk.decrypt(&row.enc).unwrap();
+            assert_ne!(row.enc, plain);
+            assert!(Signer::from_pkcs8(alg, &URL_SAFE_NO_PAD.decode(plain).unwrap()).is_ok());
+        }
+    }
+}

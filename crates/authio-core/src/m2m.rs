@@ -1,0 +1,190 @@
+//! M2M clients: a client id (`cl_<hex>`) and a 256-bit secret (`cs_<base64url>`, shown once,
+//! stored as a SHA-256 hash), allowed scopes, an audience and a token lifetime. Pinned to the
+//! shared database: `/v1/auth/token` resolves the project from the client id.
+use authio_db::preresolve::{self, M2mClientRecord};
+use authio_db::{Router, Row, Scope, Type};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::domain::{project_of, DisplayName, ValidationError};
+use crate::{Clock, CoreError};
+
+/// A scope name: RFC 6749 `scope-token` characters, at most 128 of them.
+pub fn valid_scope_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
+/// What a new client may do.
+pub struct NewClient {
+    pub name: DisplayName,
+    pub scopes: Vec<String>,
+    pub audience: Option<String>,
+    pub token_ttl_secs: Option<i32>,
+}
+
+impl NewClient {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.scopes.len() > 100 || !self.scopes.iter().all(|s| valid_scope_token(s)) {
+            return Err(ValidationError::Field("scopes: up to 100 names of printable ASCII without spaces"));
+        }
+        if let Some(a) = &self.audience {
+            if a.is_empty() || a.len() > 512 || a.chars().any(char::is_control) {
+                return Err(ValidationError::Field("audience: 1-512 characters"));
+            }
+        }
+        if let Some(t) = self.token_ttl_secs {
+            if !(60..=86400).contains(&t) {
+                return Err(ValidationError::Field("token_ttl_secs: 60 to 86400"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ClientInfo {
+    pub id: Uuid,
+    pub client_id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub audience: String,
+    pub token_ttl_secs: i32,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+const COLS: &str = "id, client_id, name, scopes, audience, token_ttl_secs, created_at, revoked_at";
+
+impl ClientInfo {
+    fn from_row(r: &Row) -> Self {
+        ClientInfo {
+            id: r.get(0),
+            client_id: r.get(1),
+            name: r.get(2),
+            scopes: r.get(3),
+            audience: r.get(4),
+            token_ttl_secs: r.get(5),
+            created_at: r.get(6),
+            revoked_at: r.get(7),
+        }
+    }
+}
+
+pub struct CreatedClient {
+    pub info: ClientInfo,
+    /// Shown once; only its hash is stored.
+    pub client_secret: String,
+}
+
+fn hash_secret(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Create a client. Its audience defaults to the project's issuer.
+pub async fn create(
+    router: &Router,
+    clock: &dyn Clock,
+    scope: &Scope,
+    default_audience: &str,
+    new: &NewClient,
+) -> Result<CreatedClient, CoreError> {
+    new.validate()?;
+    let project = project_of(scope)?;
+    let mut id_bytes = [0u8; 12];
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut id_bytes);
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let client_id = format!("cl_{}", id_bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let client_secret = format!("cs_{}", URL_SAFE_NO_PAD.encode(secret));
+    let hash = hash_secret(&client_secret).to_vec();
+    let audience = new.audience.clone().unwrap_or_else(|| default_audience.to_owned());
+    let ttl = new.token_ttl_secs.unwrap_or(3600);
+    let id = Uuid::now_v7();
+    let now = clock.now();
+    let tx = router.begin_pinned(scope).await?;
+    let row = tx
+        .query_one(
+            &format!(
+                "INSERT INTO m2m_clients (tenant_id, project_id, id, client_id, secret_hash, name, scopes, audience,
+                                          token_ttl_secs, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {COLS}"
+            ),
+            &[
+                (&scope.tenant_id, Type::UUID),
+                (&project, Type::UUID),
+                (&id, Type::UUID),
+                (&client_id, Type::TEXT),
+                (&hash, Type::BYTEA),
+                (&new.name.as_str(), Type::TEXT),
+                (&new.scopes, Type::TEXT_ARRAY),
+                (&audience, Type::TEXT),
+                (&ttl, Type::INT4),
+                (&now, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(CreatedClient { info: ClientInfo::from_row(&row), client_secret })
+}
+
+pub async fn list(router: &Router, scope: &Scope) -> Result<Vec<ClientInfo>, CoreError> {
+    project_of(scope)?;
+    let tx = router.begin_pinned(scope).await?;
+    let rows = tx.query(&format!("SELECT {COLS} FROM m2m_clients ORDER BY id"), &[]).await?;
+    tx.commit().await?;
+    Ok(rows.iter().map(ClientInfo::from_row).collect())
+}
+
+/// Revoke a client: its secret stops working at once (tokens it already holds live until
+/// they expire, or until revoked one by one).
+pub async fn revoke(router: &Router, clock: &dyn Clock, scope: &Scope, id: Uuid) -> Result<ClientInfo, CoreError> {
+    project_of(scope)?;
+    let now = clock.now();
+    let tx = router.begin_pinned(scope).await?;
+    let row = tx
+        .query_opt(
+            &format!("UPDATE m2m_clients SET revoked_at = coalesce(revoked_at, $2) WHERE id = $1 RETURNING {COLS}"),
+            &[(&id, Type::UUID), (&now, Type::TIMESTAMPTZ)],
+        )
+        .await?
+        .ok_or(CoreError::NotFound("client"))?;
+    tx.commit().await?;
+    Ok(ClientInfo::from_row(&row))
+}
+
+/// Authenticate a client by id and secret (a pre-resolution lookup on the shared database).
+/// Unknown, revoked and wrong-secret clients fail alike, after the same work.
+pub async fn authenticate(router: &Router, client_id: &str, secret: &str) -> Result<M2mClientRecord, CoreError> {
+    let plausible = client_id.len() == 27 && client_id.starts_with("cl_");
+    let record = if plausible { preresolve::resolve_m2m_client(router, client_id).await? } else { None };
+    let presented = hash_secret(secret);
+    let stored: [u8; 32] =
+        record.as_ref().and_then(|r| <[u8; 32]>::try_from(r.secret_hash.as_slice()).ok()).unwrap_or([0u8; 32]);
+    let matches: bool = presented.ct_eq(&stored).into();
+    match record {
+        Some(r) if matches => Ok(r),
+        _ => Err(CoreError::InvalidClient),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_tokens() {
+        assert!(valid_scope_token("read:users"));
+        assert!(!valid_scope_token("a b"));
+        assert!(!valid_scope_token(""));
+        assert!(!valid_scope_token("quote\"d"));
+        assert!(!valid_scope_token("back\\slash"));
+    }
+}

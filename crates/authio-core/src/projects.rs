@@ -1,0 +1,107 @@
+//! A project's token and session settings, changed through the management API. Projects are
+//! control-plane rows on the shared database; `authio_app` may update only these columns.
+use authio_db::{Router, Row, Scope, Type};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{project_of, ValidationError};
+use crate::keys::Alg;
+use crate::CoreError;
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ProjectSettings {
+    pub signing_alg: String,
+    pub access_token_ttl_secs: i32,
+    pub session_idle_timeout_secs: i32,
+    pub session_absolute_timeout_secs: i32,
+    pub refresh_grace_secs: i32,
+}
+
+/// A partial change; absent fields stay as they are.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsPatch {
+    pub signing_alg: Option<String>,
+    pub access_token_ttl_secs: Option<i32>,
+    pub session_idle_timeout_secs: Option<i32>,
+    pub session_absolute_timeout_secs: Option<i32>,
+    pub refresh_grace_secs: Option<i32>,
+}
+
+const COLS: &str = "signing_alg, access_token_ttl_secs, session_idle_timeout_secs, session_absolute_timeout_secs, \
+     refresh_grace_secs";
+
+fn from_row(r: &Row) -> ProjectSettings {
+    ProjectSettings {
+        signing_alg: r.get(0),
+        access_token_ttl_secs: r.get(1),
+        session_idle_timeout_secs: r.get(2),
+        session_absolute_timeout_secs: r.get(3),
+        refresh_grace_secs: r.get(4),
+    }
+}
+
+fn check(v: Option<i32>, lo: i32, hi: i32, what: &'static str) -> Result<(), ValidationError> {
+    match v {
+        Some(x) if !(lo..=hi).contains(&x) => Err(ValidationError::Field(what)),
+        _ => Ok(()),
+    }
+}
+
+impl SettingsPatch {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if let Some(a) = &self.signing_alg {
+            Alg::parse(a).ok_or(ValidationError::Field("signing_alg: EdDSA, ES256 or RS256"))?;
+        }
+        check(self.access_token_ttl_secs, 60, 86400, "access_token_ttl_secs: 60 to 86400")?;
+        check(self.session_idle_timeout_secs, 300, 31_536_000, "session_idle_timeout_secs: 300 to 31536000")?;
+        check(self.session_absolute_timeout_secs, 300, 31_536_000, "session_absolute_timeout_secs: 300 to 31536000")?;
+        check(self.refresh_grace_secs, 0, 120, "refresh_grace_secs: 0 to 120")?;
+        Ok(())
+    }
+}
+
+pub async fn settings(router: &Router, scope: &Scope) -> Result<ProjectSettings, CoreError> {
+    let project = project_of(scope)?;
+    let tx = router.begin_pinned(scope).await?;
+    let row = tx
+        .query_opt(&format!("SELECT {COLS} FROM projects WHERE id = $1"), &[(&project, Type::UUID)])
+        .await?
+        .ok_or(CoreError::NotFound("project"))?;
+    tx.commit().await?;
+    Ok(from_row(&row))
+}
+
+/// Apply a change. A new `signing_alg` applies to the next key made (see `authio keys rotate`).
+/// Nodes see the change within their profile cache time.
+pub async fn update_settings(
+    router: &Router,
+    scope: &Scope,
+    patch: &SettingsPatch,
+) -> Result<ProjectSettings, CoreError> {
+    patch.validate()?;
+    let project = project_of(scope)?;
+    let tx = router.begin_pinned(scope).await?;
+    let row = tx
+        .query_opt(
+            &format!(
+                "UPDATE projects SET signing_alg = coalesce($2, signing_alg),
+                        access_token_ttl_secs = coalesce($3, access_token_ttl_secs),
+                        session_idle_timeout_secs = coalesce($4, session_idle_timeout_secs),
+                        session_absolute_timeout_secs = coalesce($5, session_absolute_timeout_secs),
+                        refresh_grace_secs = coalesce($6, refresh_grace_secs)
+                 WHERE id = $1 RETURNING {COLS}"
+            ),
+            &[
+                (&project, Type::UUID),
+                (&patch.signing_alg, Type::TEXT),
+                (&patch.access_token_ttl_secs, Type::INT4),
+                (&patch.session_idle_timeout_secs, Type::INT4),
+                (&patch.session_absolute_timeout_secs, Type::INT4),
+                (&patch.refresh_grace_secs, Type::INT4),
+            ],
+        )
+        .await?
+        .ok_or(CoreError::NotFound("project"))?;
+    tx.commit().await?;
+    Ok(from_row(&row))
+}

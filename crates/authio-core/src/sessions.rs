@@ -1,0 +1,394 @@
+//! Sessions and refresh tokens, at the tenant's home.
+//!
+//! A refresh token is `rt_<project id>_<256-bit secret>` (the project names where to look; the
+//! secret is stored only as a SHA-256 hash). Every use rotates it. A token used again after
+//! its grace window is a theft signal: the whole session is revoked. Within the window (two
+//! tabs refreshing at once) the second use gets a sibling token instead of a logout.
+use authio_db::{Router, Row, Scope, ScopedTx, Type};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::{DateTime, Duration, Utc};
+use rand::RngCore;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::domain::project_of;
+use crate::{Clock, CoreError};
+
+const PREFIX: &str = "rt_";
+
+pub fn new_refresh_token(project: Uuid) -> (String, [u8; 32]) {
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let secret = URL_SAFE_NO_PAD.encode(secret);
+    let hash = Sha256::digest(secret.as_bytes()).into();
+    (format!("{PREFIX}{}_{secret}", project.simple()), hash)
+}
+
+/// The project a refresh token belongs to and the hash to look it up by.
+pub fn parse_refresh_token(presented: &str) -> Option<(Uuid, [u8; 32])> {
+    let rest = presented.strip_prefix(PREFIX)?;
+    let (project, secret) = rest.split_once('_')?;
+    if project.len() != 32 || secret.len() != 43 {
+        return None;
+    }
+    let project = Uuid::try_parse(project).ok()?;
+    Some((project, Sha256::digest(secret.as_bytes()).into()))
+}
+
+/// Timeouts of a project's sessions.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionPolicy {
+    pub idle: Duration,
+    pub absolute: Duration,
+    pub grace: Duration,
+}
+
+/// Where a session was started from.
+#[derive(Clone, Debug, Default)]
+pub struct ClientInfo {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub amr: Vec<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub last_active_at: DateTime<Utc>,
+    pub idle_expires_at: DateTime<Utc>,
+    pub absolute_expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revoked_reason: Option<String>,
+}
+
+const SESSION_COLS: &str = "id, user_id, amr, ip, user_agent, created_at, last_active_at, idle_expires_at, \
+     absolute_expires_at, revoked_at, revoked_reason";
+
+impl SessionInfo {
+    fn from_row(r: &Row) -> Self {
+        SessionInfo {
+            id: r.get(0),
+            user_id: r.get(1),
+            amr: r.get(2),
+            ip: r.get(3),
+            user_agent: r.get(4),
+            created_at: r.get(5),
+            last_active_at: r.get(6),
+            idle_expires_at: r.get(7),
+            absolute_expires_at: r.get(8),
+            revoked_at: r.get(9),
+            revoked_reason: r.get(10),
+        }
+    }
+}
+
+/// Start a session inside the caller's transaction; returns its id and first refresh token.
+pub(crate) async fn start(
+    tx: &ScopedTx,
+    scope: &Scope,
+    user: Uuid,
+    amr: &[&str],
+    client: &ClientInfo,
+    policy: &SessionPolicy,
+    now: DateTime<Utc>,
+) -> Result<(Uuid, String), CoreError> {
+    let project = project_of(scope)?;
+    let sid = Uuid::now_v7();
+    let absolute = now + policy.absolute;
+    let idle = (now + policy.idle).min(absolute);
+    let amr: Vec<String> = amr.iter().map(|s| (*s).to_owned()).collect();
+    let ua = client.user_agent.as_deref().map(|s| s.chars().take(512).collect::<String>());
+    tx.query(
+        "INSERT INTO sessions (tenant_id, project_id, id, user_id, amr, ip, user_agent, created_at, last_active_at,
+                               idle_expires_at, absolute_expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10)",
+        &[
+            (&scope.tenant_id, Type::UUID),
+            (&project, Type::UUID),
+            (&sid, Type::UUID),
+            (&user, Type::UUID),
+            (&amr, Type::TEXT_ARRAY),
+            (&client.ip, Type::TEXT),
+            (&ua, Type::TEXT),
+            (&now, Type::TIMESTAMPTZ),
+            (&idle, Type::TIMESTAMPTZ),
+            (&absolute, Type::TIMESTAMPTZ),
+        ],
+    )
+    .await?;
+    let refresh = insert_refresh_token(tx, scope, sid, now).await?;
+    Ok((sid, refresh))
+}
+
+async fn insert_refresh_token(
+    tx: &ScopedTx,
+    scope: &Scope,
+    sid: Uuid,
+    now: DateTime<Utc>,
+) -> Result<String, CoreError> {
+    let project = project_of(scope)?;
+    let (plaintext, hash) = new_refresh_token(project);
+    let hash = hash.to_vec();
+    tx.query(
+        "INSERT INTO refresh_tokens (tenant_id, project_id, token_hash, session_id, created_at)
+         VALUES ($1, $2, $3, $4, $5)",
+        &[
+            (&scope.tenant_id, Type::UUID),
+            (&project, Type::UUID),
+            (&hash, Type::BYTEA),
+            (&sid, Type::UUID),
+            (&now, Type::TIMESTAMPTZ),
+        ],
+    )
+    .await?;
+    Ok(plaintext)
+}
+
+/// A successful refresh: what the new access token needs.
+#[derive(Debug)]
+pub struct Refreshed {
+    pub session_id: Uuid,
+    pub user_id: Uuid,
+    pub amr: Vec<String>,
+    pub role: Option<String>,
+    pub refresh_token: String,
+}
+
+/// Rotate a refresh token (see the module documentation for reuse and the grace window).
+pub async fn refresh(
+    router: &Router,
+    clock: &dyn Clock,
+    scope: &Scope,
+    policy: &SessionPolicy,
+    token_hash: &[u8; 32],
+) -> Result<Refreshed, CoreError> {
+    let now = clock.now();
+    let hash = token_hash.to_vec();
+    let tx = router.begin(scope).await?;
+    let row = tx
+        .query_opt(
+            "SELECT rt.session_id, rt.used_at, s.user_id, s.amr, s.revoked_at, s.idle_expires_at,
+                    s.absolute_expires_at, u.disabled, u.role
+             FROM refresh_tokens rt
+             JOIN sessions s ON s.tenant_id = rt.tenant_id AND s.id = rt.session_id
+             JOIN users u ON u.tenant_id = s.tenant_id AND u.id = s.user_id
+             WHERE rt.tenant_id = $1 AND rt.token_hash = $2
+             FOR UPDATE OF rt, s",
+            &[(&scope.tenant_id, Type::UUID), (&hash, Type::BYTEA)],
+        )
+        .await?
+        .ok_or(CoreError::InvalidGrant("the refresh token is invalid"))?;
+    let sid: Uuid = row.get(0);
+    let used_at: Option<DateTime<Utc>> = row.get(1);
+    let revoked_at: Option<DateTime<Utc>> = row.get(4);
+    let idle_expires: DateTime<Utc> = row.get(5);
+    let absolute_expires: DateTime<Utc> = row.get(6);
+    let disabled: bool = row.get(7);
+    if revoked_at.is_some() || now >= idle_expires || now >= absolute_expires || disabled {
+        return Err(CoreError::InvalidGrant("the session has ended"));
+    }
+    if let Some(used) = used_at {
+        if now - used > policy.grace {
+            revoke_in(&tx, sid, now, "refresh_token_reused").await?;
+            tx.commit().await?;
+            tracing::warn!(tenant = %scope.tenant_id, session = %sid, "refresh token reused; session revoked");
+            return Err(CoreError::InvalidGrant("the refresh token was already used; the session is revoked"));
+        }
+        // Within the grace window: a sibling token, the token already used stays used.
+    } else {
+        tx.query(
+            "UPDATE refresh_tokens SET used_at = $3 WHERE tenant_id = $1 AND token_hash = $2",
+            &[(&scope.tenant_id, Type::UUID), (&hash, Type::BYTEA), (&now, Type::TIMESTAMPTZ)],
+        )
+        .await?;
+    }
+    let idle = (now + policy.idle).min(absolute_expires);
+    tx.query(
+        "UPDATE sessions SET last_active_at = $3, idle_expires_at = $4 WHERE tenant_id = $1 AND id = $2",
+        &[(&scope.tenant_id, Type::UUID), (&sid, Type::UUID), (&now, Type::TIMESTAMPTZ), (&idle, Type::TIMESTAMPTZ)],
+    )
+    .await?;
+    let refresh_token = insert_refresh_token(&tx, scope, sid, now).await?;
+    tx.commit().await?;
+    Ok(Refreshed { session_id: sid, user_id: row.get(2), amr: row.get(3), role: row.get(8), refresh_token })
+}
+
+async fn revoke_in(tx: &ScopedTx, sid: Uuid, now: DateTime<Utc>, reason: &str) -> Result<Option<Row>, CoreError> {
+    Ok(tx
+        .query_opt(
+            &format!(
+                "UPDATE sessions SET revoked_at = coalesce(revoked_at, $2),
+                        revoked_reason = coalesce(revoked_reason, $3)
+                 WHERE id = $1 RETURNING {SESSION_COLS}"
+            ),
+            &[(&sid, Type::UUID), (&now, Type::TIMESTAMPTZ), (&reason, Type::TEXT)],
+        )
+        .await?)
+}
+
+/// Revoke a session (its refresh tokens stop working at once; its access tokens fail
+/// introspection). Revoking twice is not an error.
+pub async fn revoke(
+    router: &Router,
+    clock: &dyn Clock,
+    scope: &Scope,
+    sid: Uuid,
+    reason: &str,
+) -> Result<SessionInfo, CoreError> {
+    project_of(scope)?;
+    let tx = router.begin(scope).await?;
+    let row = revoke_in(&tx, sid, clock.now(), reason).await?.ok_or(CoreError::NotFound("session"))?;
+    tx.commit().await?;
+    Ok(SessionInfo::from_row(&row))
+}
+
+/// Revoke the session a refresh token belongs to (RFC 7009 revocation, sign-out). Unknown
+/// tokens are ignored.
+pub async fn revoke_by_refresh_token(
+    router: &Router,
+    clock: &dyn Clock,
+    scope: &Scope,
+    token_hash: &[u8; 32],
+) -> Result<(), CoreError> {
+    let hash = token_hash.to_vec();
+    let tx = router.begin(scope).await?;
+    let sid = tx
+        .query_opt(
+            "SELECT session_id FROM refresh_tokens WHERE tenant_id = $1 AND token_hash = $2",
+            &[(&scope.tenant_id, Type::UUID), (&hash, Type::BYTEA)],
+        )
+        .await?;
+    if let Some(r) = sid {
+        revoke_in(&tx, r.get(0), clock.now(), "revoked").await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A user's sessions, newest first (live and ended).
+pub async fn list_for_user(router: &Router, scope: &Scope, user: Uuid) -> Result<Vec<SessionInfo>, CoreError> {
+    let project = project_of(scope)?;
+    let tx = router.begin(scope).await?;
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT {SESSION_COLS} FROM sessions WHERE tenant_id = $1 AND project_id = $2 AND user_id = $3
+                 ORDER BY id DESC LIMIT 200"
+            ),
+            &[(&scope.tenant_id, Type::UUID), (&project, Type::UUID), (&user, Type::UUID)],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(rows.iter().map(SessionInfo::from_row).collect())
+}
+
+/// What introspection needs of a refresh token.
+pub struct RefreshTokenState {
+    pub active: bool,
+    pub session_id: Uuid,
+    pub user_id: Uuid,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub async fn refresh_token_state(
+    router: &Router,
+    clock: &dyn Clock,
+    scope: &Scope,
+    token_hash: &[u8; 32],
+) -> Result<Option<RefreshTokenState>, CoreError> {
+    let hash = token_hash.to_vec();
+    let tx = router.begin(scope).await?;
+    let row = tx
+        .query_opt(
+            "SELECT rt.session_id, s.user_id, rt.created_at, rt.used_at, s.revoked_at,
+                    least(s.idle_expires_at, s.absolute_expires_at), u.disabled
+             FROM refresh_tokens rt
+             JOIN sessions s ON s.tenant_id = rt.tenant_id AND s.id = rt.session_id
+             JOIN users u ON u.tenant_id = s.tenant_id AND u.id = s.user_id
+             WHERE rt.tenant_id = $1 AND rt.token_hash = $2",
+            &[(&scope.tenant_id, Type::UUID), (&hash, Type::BYTEA)],
+        )
+        .await?;
+    tx.commit().await?;
+    let now = clock.now();
+    Ok(row.map(|r| {
+        let used: Option<DateTime<Utc>> = r.get(3);
+        let revoked: Option<DateTime<Utc>> = r.get(4);
+        let expires_at: DateTime<Utc> = r.get(5);
+        let disabled: bool = r.get(6);
+        RefreshTokenState {
+            active: used.is_none() && revoked.is_none() && now < expires_at && !disabled,
+            session_id: r.get(0),
+            user_id: r.get(1),
+            issued_at: r.get(2),
+            expires_at,
+        }
+    }))
+}
+
+/// Whether an access token is still good at its home: its jti not revoked and, for a token of
+/// a session, the session live.
+pub async fn access_token_live(
+    router: &Router,
+    clock: &dyn Clock,
+    scope: &Scope,
+    jti: Uuid,
+    sid: Option<Uuid>,
+) -> Result<bool, CoreError> {
+    let now = clock.now();
+    let tx = router.begin(scope).await?;
+    let row = tx
+        .query_one(
+            "SELECT NOT EXISTS (SELECT 1 FROM revoked_access_tokens WHERE tenant_id = $1 AND jti = $2),
+                    $3::uuid IS NULL OR EXISTS (
+                        SELECT 1 FROM sessions s WHERE s.tenant_id = $1 AND s.id = $3 AND s.revoked_at IS NULL
+                          AND s.absolute_expires_at > $4)",
+            &[(&scope.tenant_id, Type::UUID), (&jti, Type::UUID), (&sid, Type::UUID), (&now, Type::TIMESTAMPTZ)],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(row.get::<_, bool>(0) && row.get::<_, bool>(1))
+}
+
+/// Record an access token as revoked until it expires.
+pub async fn revoke_access_token(
+    router: &Router,
+    scope: &Scope,
+    jti: Uuid,
+    expires_at: DateTime<Utc>,
+) -> Result<(), CoreError> {
+    let project = project_of(scope)?;
+    let tx = router.begin(scope).await?;
+    tx.query(
+        "INSERT INTO revoked_access_tokens (tenant_id, project_id, jti, expires_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT DO NOTHING",
+        &[(&scope.tenant_id, Type::UUID), (&project, Type::UUID), (&jti, Type::UUID), (&expires_at, Type::TIMESTAMPTZ)],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_tokens_name_their_project() {
+        let p = Uuid::now_v7();
+        let (t, h) = new_refresh_token(p);
+        assert_eq!(parse_refresh_token(&t), Some((p, h)));
+        assert_ne!(new_refresh_token(p).0, t);
+        for bad in ["", "rt_", "rt_abc_def", &t[..t.len() - 1], &t.replacen("rt_", "sk_", 1)] {
+            assert!(parse_refresh_token(bad).is_none(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! Project management beyond users and API keys: M2M clients, sessions, token settings.
+use authio_core::domain::DisplayName;
+use authio_core::m2m::{self, NewClient};
+use authio_core::projects::{self, SettingsPatch};
+use authio_core::sessions::{self, SessionInfo};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::extract::json_body;
+use crate::routes::users::check_project;
+use crate::{ApiError, AppState, RequestContext};
+
+fn path_id(raw: &str, code: &'static str, what: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::not_found(code, &format!("{what} not found")))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateClientRequest {
+    pub name: String,
+    /// Scopes the client may ask for (RFC 6749 scope tokens).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The `aud` of its tokens (default: the project's issuer).
+    pub audience: Option<String>,
+    /// Lifetime of its tokens, 60-86400 s (default 3600).
+    pub token_ttl_secs: Option<i32>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ClientResponse {
+    pub id: Uuid,
+    pub client_id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub audience: String,
+    pub token_ttl_secs: i32,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<m2m::ClientInfo> for ClientResponse {
+    fn from(c: m2m::ClientInfo) -> Self {
+        ClientResponse {
+            id: c.id,
+            client_id: c.client_id,
+            name: c.name,
+            scopes: c.scopes,
+            audience: c.audience,
+            token_ttl_secs: c.token_ttl_secs,
+            created_at: c.created_at,
+            revoked_at: c.revoked_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CreatedClientResponse {
+    #[serde(flatten)]
+    pub client: ClientResponse,
+    /// Shown once: only a hash is stored.
+    pub client_secret: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ClientList {
+    pub data: Vec<ClientResponse>,
+}
+
+/// Create an M2M client (its secret is shown once).
+#[utoipa::path(post, path = "/v1/projects/{project_id}/m2m-clients", tag = "m2m",
+    params(("project_id" = Uuid, Path, description = "the project")),
+    request_body = CreateClientRequest, security(("project_api_key" = [])),
+    responses(
+        (status = 201, description = "created", body = CreatedClientResponse),
+        (status = 401, description = "missing or invalid credentials", body = crate::error::ErrorBody),
+        (status = 422, description = "invalid field", body = crate::error::ErrorBody),
+    ))]
+pub async fn create_client(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    Path(project_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<CreatedClientResponse>), ApiError> {
+    check_project(&ctx, &project_id)?;
+    let req: CreateClientRequest = json_body(&headers, &body)?;
+    let name = DisplayName::parse(&req.name).map_err(authio_core::CoreError::from)?;
+    let new = NewClient { name, scopes: req.scopes, audience: req.audience, token_ttl_secs: req.token_ttl_secs };
+    let project = ctx.scope.project_id.unwrap_or_default();
+    let issuer = state.identity.issuer(project);
+    let created = m2m::create(&state.router, state.clock.as_ref(), &ctx.scope, &issuer, &new).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedClientResponse { client: created.info.into(), client_secret: created.client_secret }),
+    ))
+}
+
+/// List the project's M2M clients (never their secrets).
+#[utoipa::path(get, path = "/v1/projects/{project_id}/m2m-clients", tag = "m2m",
+    params(("project_id" = Uuid, Path, description = "the project")), security(("project_api_key" = [])),
+    responses((status = 200, description = "the clients, revoked ones included", body = ClientList)))]
+pub async fn list_clients(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    Path(project_id): Path<String>,
+) -> Result<Json<ClientList>, ApiError> {
+    check_project(&ctx, &project_id)?;
+    let clients = m2m::list(&state.router, &ctx.scope).await?;
+    Ok(Json(ClientList { data: clients.into_iter().map(Into::into).collect() }))
+}
+
+/// Revoke an M2M client: its secret stops working at once.
+#[utoipa::path(delete, path = "/v1/projects/{project_id}/m2m-clients/{id}", tag = "m2m",
+    params(("project_id" = Uuid, Path, description = "the project"), ("id" = Uuid, Path, description = "the client's id")),
+    security(("project_api_key" = [])),
+    responses(
+        (status = 200, description = "revoked", body = ClientResponse),
+        (status = 404, description = "`client_not_found`", body = crate::error::ErrorBody),
+    ))]
+pub async fn revoke_client(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    Path((project_id, id)): Path<(String, String)>,
+) -> Result<Json<ClientResponse>, ApiError> {
+    check_project(&ctx, &project_id)?;
+    let id = path_id(&id, "client_not_found", "client")?;
+    Ok(Json(m2m::revoke(&state.router, state.clock.as_ref(), &ctx.scope, id).await?.into()))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SessionResponse {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub amr: Vec<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub last_active_at: DateTime<Utc>,
+    pub idle_expires_at: DateTime<Utc>,
+    pub absolute_expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revoked_reason: Option<String>,
+}
+
+impl From<SessionInfo> for SessionResponse {
+    fn from(s: SessionInfo) -> Self {
+        SessionResponse {
+            id: s.id,
+            user_id: s.user_id,
+            amr: s.amr,
+            ip: s.ip,
+            user_agent: s.user_agent,
+            created_at: s.created_at,
+            last_active_at: s.last_active_at,
+            idle_expires_at: s.idle_expires_at,
+            absolute_expires_at: s.absolute_expires_at,
+            revoked_at: s.revoked_at,
+            revoked_reason: s.revoked_reason,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SessionList {
+    pub data: Vec<SessionResponse>,
+}
+
+/// A user's sessions, newest first.
+#[utoipa::path(get, path = "/v1/projects/{project_id}/users/{user_id}/sessions", tag = "sessions",
+    params(("project_id" = Uuid, Path, description = "the project"), ("user_id" = Uuid, Path, description = "the user")),
+    security(("project_api_key" = [])),
+    responses((status = 200, description = "sessions, live and ended", body = SessionList)))]
+pub async fn list_sessions(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    Path((project_id, user_id)): Path<(String, String)>,
+) -> Result<Json<SessionList>, ApiError> {
+    check_project(&ctx, &project_id)?;
+    let user = path_id(&user_id, "user_not_found", "user")?;
+    let list = sessions::list_for_user(&state.router, &ctx.scope, user).await?;
+    Ok(Json(SessionList { data: list.into_iter().map(Into::into).collect() }))
+}
+
+/// Revoke a session: its refresh tokens stop working, its access tokens fail introspection.
+#[utoipa::path(delete, path = "/v1/projects/{project_id}/sessions/{session_id}", tag = "sessions",
+    params(("project_id" = Uuid, Path, description = "the project"), ("session_id" = Uuid, Path, description = "the session")),
+    security(("project_api_key" = [])),
+    responses(
+        (status = 200, description = "revoked (again is not an error)", body = SessionResponse),
+        (status = 404, description = "`session_not_found`", body = crate::error::ErrorBody),
+    ))]
+pub async fn revoke_session(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    Path((project_id, session_id)): Path<(String, String)>,
+) -> Result<Json<SessionResponse>, ApiError> {
+    check_project(&ctx, &project_id)?;
+    let sid = path_id(&session_id, "session_not_found", "session")?;
+    Ok(Json(sessions::revoke(&state.router, state.clock.as_ref(), &ctx.scope, sid, "revoked").await?.into()))
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct SettingsBody {
+    pub signing_alg: Option<String>,
+    pub access_token_ttl_secs: Option<i32>,
+    pub session_idle_timeout_secs: Option<i32>,
+    pub session_absolute_timeout_secs: Option<i32>,
+    pub refresh_grace_secs: Option<i32>,
+}
+
+impl From<projects::ProjectSettings> for SettingsBody {
+    fn from(s: projects::ProjectSettings) -> Self {
+        SettingsBody {
+            signing_alg: Some(s.signing_alg),
+            access_token_ttl_secs: Some(s.access_token_ttl_secs),
+            session_idle_timeout_secs: Some(s.session_idle_timeout_secs),
+            session_absolute_timeout_secs: Some(s.session_absolute_timeout_secs),
+            refresh_grace_secs: Some(s.refresh_grace_secs),
+        }
+    }
+}
+
+/// The project's token and session settings.
+#[utoipa::path(get, path = "/v1/projects/{project_id}/settings", tag = "projects",
+    params(("project_id" = Uuid, Path, description = "the project")), security(("project_api_key" = [])),
+    responses((status = 200, description = "settings", body = SettingsBody)))]
+pub async fn get_settings(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    Path(project_id): Path<String>,
+) -> Result<Json<SettingsBody>, ApiError> {
+    check_project(&ctx, &project_id)?;
+    Ok(Json(projects::settings(&state.router, &ctx.scope).await?.into()))
+}
+
+/// Change token lifetimes, session idle and absolute timeouts, the refresh grace window, or
+/// the algorithm of future keys. Absent fields are left alone.
+#[utoipa::path(patch, path = "/v1/projects/{project_id}/settings", tag = "projects",
+    params(("project_id" = Uuid, Path, description = "the project")), request_body = SettingsBody,
+    security(("project_api_key" = [])),
+    responses(
+        (status = 200, description = "the settings now", body = SettingsBody),
+        (status = 422, description = "a value out of range", body = crate::error::ErrorBody),
+    ))]
+pub async fn update_settings(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    Path(project_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<SettingsBody>, ApiError> {
+    check_project(&ctx, &project_id)?;
+    let patch: SettingsPatch = json_body(&headers, &body)?;
+    let updated = projects::update_settings(&state.router, &ctx.scope, &patch).await?;
+    if let Some(p) = ctx.scope.project_id {
+        state.identity.forget_profile(p);
+    }
+    Ok(Json(updated.into()))
+}

@@ -167,16 +167,23 @@ CREATE POLICY project_scope_at_home ON revoked_access_tokens
 
 -- A project's tenant and token settings: resolves every end-user request that names a project
 -- (sign-up, sign-in, refresh, JWKS).
+-- The lookups on every request's path are plpgsql (their plans are cached per connection; a
+-- SQL function that is not inlined, and SECURITY DEFINER ones never are, is planned on every
+-- call in PostgreSQL 15) and have no `SET search_path` clause (a GUC save and restore per
+-- call): every name in them is schema-qualified instead, operators included.
 CREATE FUNCTION authio_project_profile(p_project uuid)
 RETURNS TABLE (tenant_id uuid, tenant_kind text, signing_alg text, access_token_ttl_secs integer,
                session_idle_timeout_secs integer, session_absolute_timeout_secs integer,
                refresh_grace_secs integer)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 AS $$
+BEGIN
+    RETURN QUERY
     SELECT p.tenant_id, t.kind, p.signing_alg, p.access_token_ttl_secs, p.session_idle_timeout_secs,
            p.session_absolute_timeout_secs, p.refresh_grace_secs
-    FROM public.projects p JOIN public.tenants t ON t.id = p.tenant_id
-    WHERE p.id = p_project
+    FROM public.projects p JOIN public.tenants t ON t.id OPERATOR(pg_catalog.=) p.tenant_id
+    WHERE p.id OPERATOR(pg_catalog.=) p_project;
+END
 $$;
 
 -- A project's published keys (current, next, and retired ones still within publish_until).
@@ -195,12 +202,29 @@ $$;
 CREATE FUNCTION authio_resolve_m2m_client(p_client_id text)
 RETURNS TABLE (tenant_id uuid, project_id uuid, tenant_kind text, secret_hash bytea, scopes text[],
                audience text, token_ttl_secs integer)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 AS $$
+BEGIN
+    RETURN QUERY
     SELECT c.tenant_id, c.project_id, t.kind, c.secret_hash, c.scopes, c.audience, c.token_ttl_secs
-    FROM public.m2m_clients c JOIN public.tenants t ON t.id = c.tenant_id
-    WHERE c.client_id = p_client_id AND c.revoked_at IS NULL
+    FROM public.m2m_clients c JOIN public.tenants t ON t.id OPERATOR(pg_catalog.=) c.tenant_id
+    WHERE c.client_id OPERATOR(pg_catalog.=) p_client_id AND c.revoked_at IS NULL;
+END
 $$;
+
+-- The API-key lookup of the foundation, in the same form (it runs on every management call).
+CREATE OR REPLACE FUNCTION authio_resolve_api_key(p_key_id text)
+RETURNS TABLE (tenant_id uuid, project_id uuid, key_uuid uuid, secret_hash bytea, tenant_kind text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+AS $$
+BEGIN
+    RETURN QUERY
+    SELECT k.tenant_id, k.project_id, k.id, k.secret_hash, t.kind
+    FROM public.api_keys k JOIN public.tenants t ON t.id OPERATOR(pg_catalog.=) k.tenant_id
+    WHERE k.key_id OPERATOR(pg_catalog.=) p_key_id AND k.revoked_at IS NULL;
+END
+$$;
+ALTER FUNCTION authio_resolve_api_key(text) RESET ALL;
 
 -- Count one hit in a fixed window and return the hits so far and when the window ends.
 CREATE FUNCTION authio_rate_hit(p_bucket text, p_key text, p_window_secs integer, p_now timestamptz)
@@ -242,6 +266,36 @@ AS $$
         DELETE FROM public.rate_limit_counters c WHERE c.window_start < p_now - interval '1 day' RETURNING 1
     ) SELECT count(*)::integer FROM gone
 $$;
+
+-- Nodes cache clients, API keys, signing keys and project settings; a change tells them at once (NOTIFY is a
+-- hint: caches also expire).
+CREATE FUNCTION authio_cache_notify() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, public
+AS $$
+DECLARE
+    r record;
+BEGIN
+    IF TG_OP = 'DELETE' THEN r := OLD; ELSE r := NEW; END IF;
+    IF TG_TABLE_NAME = 'm2m_clients' THEN
+        PERFORM pg_notify('authio_cache', 'client:' || r.client_id);
+    ELSIF TG_TABLE_NAME = 'api_keys' THEN
+        PERFORM pg_notify('authio_cache', 'apikey:' || r.key_id);
+    ELSIF TG_TABLE_NAME = 'signing_keys' THEN
+        PERFORM pg_notify('authio_cache', 'keys:' || r.project_id::text);
+    ELSIF TG_TABLE_NAME = 'projects' THEN
+        PERFORM pg_notify('authio_cache', 'project:' || r.id::text);
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER m2m_clients_cache_notify AFTER UPDATE OR DELETE ON m2m_clients
+    FOR EACH ROW EXECUTE FUNCTION authio_cache_notify();
+CREATE TRIGGER api_keys_cache_notify AFTER UPDATE OR DELETE ON api_keys
+    FOR EACH ROW EXECUTE FUNCTION authio_cache_notify();
+CREATE TRIGGER signing_keys_cache_notify AFTER INSERT OR UPDATE OR DELETE ON signing_keys
+    FOR EACH ROW EXECUTE FUNCTION authio_cache_notify();
+CREATE TRIGGER projects_cache_notify AFTER UPDATE ON projects
+    FOR EACH ROW EXECUTE FUNCTION authio_cache_notify();
 
 REVOKE ALL ON signing_keys, m2m_clients, rate_limit_counters, sessions, refresh_tokens, revoked_access_tokens FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION authio_project_profile(uuid), authio_project_signing_keys(uuid, timestamptz),

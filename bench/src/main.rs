@@ -2,6 +2,8 @@
 //!
 //!   cargo run --release -p authio-bench -- tiers      # user list: shared vs dedicated tenant (HTTP, wrk)
 //!   cargo run --release -p authio-bench -- scoped     # scoped read vs no scope/no policy (DB and HTTP)
+//!   cargo run --release -p authio-bench -- tokens     # POST /v1/auth/token vs a bare signing handler; introspection
+//!   cargo run --release -p authio-bench -- signin     # password sign-in vs raw Argon2id; failure timing
 //!   cargo run --release -p authio-bench -- all
 //!
 //! Each comparison alternates its sides round by round in one run, so the machine's noise
@@ -48,11 +50,15 @@ async fn main() -> Result<()> {
     match what.as_str() {
         "tiers" => tiers(&env, secs, rounds).await?,
         "scoped" => scoped(&env, secs, rounds).await?,
+        "tokens" => tokens(&env, secs, rounds).await?,
+        "signin" => signin(&env, secs, rounds).await?,
         "all" => {
             tiers(&env, secs, rounds).await?;
             scoped(&env, secs, rounds).await?;
+            tokens(&env, secs, rounds).await?;
+            signin(&env, secs, rounds).await?;
         }
-        other => bail!("unknown benchmark {other:?}: tiers | scoped | all"),
+        other => bail!("unknown benchmark {other:?}: tiers | scoped | tokens | signin | all"),
     }
     Ok(())
 }
@@ -115,13 +121,53 @@ struct WrkResult {
     non2xx: u64,
 }
 
-fn wrk(url: &str, key: Option<&str>, secs: u64, connections: u32) -> Result<WrkResult> {
-    let mut cmd = Command::new("wrk");
-    cmd.args(["-t2", &format!("-c{connections}"), &format!("-d{secs}s"), "--latency"]);
-    if let Some(k) = key {
-        cmd.args(["-H", &format!("Authorization: Bearer {k}")]);
+/// One side of a comparison: a URL, and for POSTs a body with its content type (sent through a
+/// wrk Lua script), plus headers.
+#[derive(Clone)]
+struct Target {
+    label: String,
+    url: String,
+    headers: Vec<String>,
+    post: Option<(String, String)>,
+}
+
+impl Target {
+    fn get(label: &str, url: &str, bearer: Option<&str>) -> Self {
+        let headers = bearer.map(|k| vec![format!("Authorization: Bearer {k}")]).unwrap_or_default();
+        Target { label: label.into(), url: url.into(), headers, post: None }
     }
-    let out = cmd.arg(url).output().context("running wrk")?;
+
+    fn post(label: &str, url: &str, content_type: &str, body: &str, headers: Vec<String>) -> Self {
+        Target { label: label.into(), url: url.into(), headers, post: Some((content_type.into(), body.into())) }
+    }
+}
+
+fn lua_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn wrk(t: &Target, secs: u64, connections: u32) -> Result<WrkResult> {
+    let mut cmd = Command::new("wrk");
+    let threads = connections.clamp(1, 2);
+    cmd.args([&format!("-t{threads}"), &format!("-c{connections}"), &format!("-d{secs}s"), "--latency"]);
+    for h in &t.headers {
+        cmd.args(["-H", h]);
+    }
+    let script;
+    if let Some((ct, body)) = &t.post {
+        script =
+            std::env::temp_dir().join(format!("authio-bench-{}-{:x}.lua", std::process::id(), fxhash(&t.url, body)));
+        std::fs::write(
+            &script,
+            format!(
+                "wrk.method = \"POST\"\nwrk.body = {}\nwrk.headers[\"Content-Type\"] = {}\n",
+                lua_string(body),
+                lua_string(ct)
+            ),
+        )?;
+        cmd.arg("-s").arg(&script);
+    }
+    let out = cmd.arg(&t.url).output().context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let rps = text
         .lines()
@@ -139,6 +185,13 @@ fn wrk(url: &str, key: Option<&str>, secs: u64, connections: u32) -> Result<WrkR
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     Ok(WrkResult { rps, p99_ms, non2xx })
+}
+
+fn fxhash(a: &str, b: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (a, b).hash(&mut h);
+    h.finish()
 }
 
 fn parse_latency(s: &str) -> Option<f64> {
@@ -170,25 +223,19 @@ async fn spawn(app: axum::Router) -> Result<String> {
 }
 
 /// Alternate two wrk targets round by round; print medians and the ratio b/a.
-async fn side_by_side(
-    title: &str,
-    a: (&str, &str, Option<&str>),
-    b: (&str, &str, Option<&str>),
-    secs: u64,
-    rounds: usize,
-) -> Result<()> {
+async fn side_by_side(title: &str, a: Target, b: Target, secs: u64, rounds: usize, connections: u32) -> Result<()> {
     // Warm both (pools, caches).
-    for (_, url, key) in [a, b] {
-        tokio::task::block_in_place(|| wrk(url, key, 1, 64))?;
+    for t in [&a, &b] {
+        tokio::task::block_in_place(|| wrk(t, 1, connections))?;
     }
     let (mut ra, mut rb, mut pa, mut pb) = (vec![], vec![], vec![], vec![]);
     for round in 0..rounds {
         // Swap which side goes first each round.
-        let order = if round % 2 == 0 { [(a, true), (b, false)] } else { [(b, false), (a, true)] };
-        for ((_, url, key), is_a) in order {
-            let r = tokio::task::block_in_place(|| wrk(url, key, secs, 64))?;
+        let order = if round % 2 == 0 { [(&a, true), (&b, false)] } else { [(&b, false), (&a, true)] };
+        for (t, is_a) in order {
+            let r = tokio::task::block_in_place(|| wrk(t, secs, connections))?;
             if r.non2xx > 0 {
-                bail!("{url}: {} non-2xx responses", r.non2xx);
+                bail!("{}: {} non-2xx responses", t.url, r.non2xx);
             }
             if is_a {
                 ra.push(r.rps);
@@ -202,10 +249,22 @@ async fn side_by_side(
     let (ma, mb) = (median(ra.clone()), median(rb.clone()));
     println!("\n## {title}\n");
     println!("| side | median req/s | median p99 ms | runs (req/s) |\n|---|---:|---:|---|");
-    println!("| {} | {:.0} | {:.2} | {:?} |", a.0, ma, median(pa), ra.iter().map(|v| v.round()).collect::<Vec<_>>());
-    println!("| {} | {:.0} | {:.2} | {:?} |", b.0, mb, median(pb), rb.iter().map(|v| v.round()).collect::<Vec<_>>());
+    println!(
+        "| {} | {:.0} | {:.2} | {:?} |",
+        a.label,
+        ma,
+        median(pa),
+        ra.iter().map(|v| v.round()).collect::<Vec<_>>()
+    );
+    println!(
+        "| {} | {:.0} | {:.2} | {:?} |",
+        b.label,
+        mb,
+        median(pb),
+        rb.iter().map(|v| v.round()).collect::<Vec<_>>()
+    );
     let per_round: Vec<f64> = ra.iter().zip(&rb).map(|(x, y)| y / x).collect();
-    println!("\nratio {} / {}: {:.3} (median of per-round ratios {:.3})", b.0, a.0, mb / ma, median(per_round));
+    println!("\nratio {} / {}: {:.3} (median of per-round ratios {:.3})", b.label, a.label, mb / ma, median(per_round));
     Ok(())
 }
 
@@ -217,10 +276,11 @@ async fn tiers(env: &Env, secs: u64, rounds: usize) -> Result<()> {
     let url_b = format!("{base}/v1/projects/{}/users", env.b.project.id);
     side_by_side(
         "GET /v1/projects/{id}/users (API key auth, page of 50): shared tenant vs dedicated tenant",
-        ("shared tenant", &url_a, Some(&env.a.api_key.plaintext)),
-        ("dedicated tenant", &url_b, Some(&env.b.api_key.plaintext)),
+        Target::get("shared tenant", &url_a, Some(&env.a.api_key.plaintext)),
+        Target::get("dedicated tenant", &url_b, Some(&env.b.api_key.plaintext)),
         secs,
         rounds,
+        64,
     )
     .await
 }
@@ -429,10 +489,231 @@ async fn scoped(env: &Env, secs: u64, rounds: usize) -> Result<()> {
     let (u1, u2) = (format!("{base}/page/unscoped"), format!("{base}/page/scoped"));
     side_by_side(
         "Scoped read at an HTTP endpoint (same handler, same query; page of 50)",
-        ("no scope, no policy", &u1, None),
-        ("scoped under RLS", &u2, None),
+        Target::get("no scope, no policy", &u1, None),
+        Target::get("scoped under RLS", &u2, None),
         secs,
         rounds,
+        64,
     )
     .await
+}
+
+/// The real app with limits out of the way (the bench hammers one account from one address).
+async fn identity_app(env: &Env, credential_cache: bool) -> Result<(String, authio_server::AppState)> {
+    let mut auth = authio_server::AuthSettings::new("http://127.0.0.1", authio_testkit::test_master_key());
+    auth.credential_cache = credential_cache;
+    auth.limits.signin_per_ip = i32::MAX;
+    auth.limits.account_failures = i32::MAX;
+    auth.limits.client_failures_per_ip = i32::MAX;
+    let state = authio_server::AppState::new(env.router.clone(), Arc::new(SystemClock), auth)?;
+    let base = spawn(authio_server::build_app(state.clone())).await?;
+    Ok((base, state))
+}
+
+#[derive(Clone)]
+struct BareSigner {
+    keys: Arc<authio_core::keys::KeySet>,
+    iss: String,
+    tid: String,
+    pid: String,
+    client_id: String,
+}
+
+/// The no-database ceiling: build the same claims and sign them with the same in-memory key
+/// (aws-lc-rs), nothing else.
+async fn bare_sign(State(b): State<BareSigner>) -> Result<Json<Value>, axum::http::StatusCode> {
+    let now = chrono::Utc::now().timestamp();
+    let claims = authio_core::tokens::AccessClaims {
+        iss: b.iss.clone(),
+        sub: b.client_id.clone(),
+        aud: b.iss.clone(),
+        exp: now + 3600,
+        iat: now,
+        nbf: now,
+        jti: Uuid::new_v4().to_string(),
+        sid: None,
+        tid: b.tid.clone(),
+        pid: b.pid.clone(),
+        amr: None,
+        role: None,
+        scope: Some("read".into()),
+        client_id: Some(b.client_id.clone()),
+    };
+    let token = b.keys.sign(&claims).map_err(|_| axum::http::StatusCode::INTERNAL_SERVER_ERROR)?;
+    Ok(Json(serde_json::json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600, "scope": "read"})))
+}
+
+async fn tokens(env: &Env, secs: u64, rounds: usize) -> Result<()> {
+    let (base, state) = identity_app(env, true).await?;
+    let (uncached_base, _) = identity_app(env, false).await?;
+    let scope = Scope::project(env.a.tenant.id, env.a.project.id, TenantKind::Customer);
+    let iss = state.identity.issuer(env.a.project.id);
+    let new = authio_core::m2m::NewClient {
+        name: authio_core::domain::DisplayName::parse("bench")?,
+        scopes: vec!["read".into()],
+        audience: None,
+        token_ttl_secs: None,
+    };
+    let client = authio_core::m2m::create(&env.router, &SystemClock, &scope, &iss, &new).await?;
+    let profile = state.identity.profile(env.a.project.id).await?;
+    let keys = state.identity.keys().keyset(&profile).await?;
+    let bare = BareSigner {
+        keys,
+        iss,
+        tid: env.a.tenant.id.to_string(),
+        pid: env.a.project.id.to_string(),
+        client_id: client.info.client_id.clone(),
+    };
+    let bare_base = spawn(axum::Router::new().route("/sign", axum::routing::post(bare_sign)).with_state(bare)).await?;
+    let basic = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", client.info.client_id, client.client_secret))
+    };
+    let form = "application/x-www-form-urlencoded";
+    let token_target = Target::post(
+        "POST /v1/auth/token (client credentials, EdDSA; client record cached in the node, NOTIFY-invalidated)",
+        &format!("{base}/v1/auth/token"),
+        form,
+        "grant_type=client_credentials",
+        vec![format!("Authorization: Basic {basic}")],
+    );
+    let uncached_target = Target::post(
+        "POST /v1/auth/token, client looked up in the database on every request",
+        &format!("{uncached_base}/v1/auth/token"),
+        form,
+        "grant_type=client_credentials",
+        vec![format!("Authorization: Basic {basic}")],
+    );
+    side_by_side(
+        "M2M tokens: Authio's token endpoint beside a bare handler that only signs the same token (64 connections)",
+        Target::post(
+            "bare signing handler (no database)",
+            &format!("{bare_base}/sign"),
+            form,
+            "grant_type=client_credentials",
+            vec![],
+        ),
+        token_target.clone(),
+        secs,
+        rounds,
+        64,
+    )
+    .await?;
+    side_by_side(
+        "M2M tokens: the node's client cache on and off (64 connections)",
+        token_target.clone(),
+        uncached_target,
+        secs,
+        rounds,
+        64,
+    )
+    .await?;
+    let token = state.identity.client_credentials(&client.info.client_id, &client.client_secret, None, None).await?;
+    side_by_side(
+        "Introspection (RFC 7662) of an M2M access token, caller authenticated by API key, beside the token endpoint (64 connections)",
+        token_target,
+        Target::post(
+            "POST /v1/auth/introspect",
+            &format!("{base}/v1/auth/introspect"),
+            form,
+            &format!("token={}", token.access_token),
+            vec![format!("Authorization: Bearer {}", env.a.api_key.plaintext)],
+        ),
+        secs,
+        rounds,
+        64,
+    )
+    .await
+}
+
+/// Raw Argon2id hashes per second on `threads` threads at the default parameters.
+fn raw_argon2(threads: usize, secs: u64) -> f64 {
+    use argon2::password_hash::PasswordHasher;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let a = argon2::Argon2::new(
+                    argon2::Algorithm::Argon2id,
+                    argon2::Version::V0x13,
+                    argon2::Params::new(19456, 2, 1, None).unwrap_or_default(),
+                );
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let _ = a.hash_password(b"correct horse battery");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let total: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+    total as f64 / secs as f64
+}
+
+async fn signin(env: &Env, secs: u64, rounds: usize) -> Result<()> {
+    let (base, state) = identity_app(env, true).await?;
+    let project = env.a.project.id;
+    let password = "correct horse battery";
+    state.identity.sign_up(project, "bench-signin@bench.test", password, &Default::default(), None).await?;
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let body = serde_json::json!({"project_id": project, "email": "bench-signin@bench.test", "password": password})
+        .to_string();
+    let target = Target::post("sign-in", &format!("{base}/v1/auth/signin"), "application/json", &body, vec![]);
+    tokio::task::block_in_place(|| wrk(&target, 1, 8))?;
+    let (mut raw, mut http, mut p99) = (vec![], vec![], vec![]);
+    for round in 0..rounds {
+        let mut one = |first: bool| -> Result<()> {
+            if first {
+                raw.push(tokio::task::block_in_place(|| raw_argon2(threads, secs)));
+            } else {
+                let r = tokio::task::block_in_place(|| wrk(&target, secs, 8))?;
+                anyhow::ensure!(r.non2xx == 0, "sign-in failed {} times", r.non2xx);
+                http.push(r.rps);
+                p99.push(r.p99_ms);
+            }
+            Ok(())
+        };
+        one(round % 2 == 0)?;
+        one(round % 2 != 0)?;
+    }
+    let (mr, mh) = (median(raw.clone()), median(http.clone()));
+    let per_round: Vec<f64> = raw.iter().zip(&http).map(|(r, h)| h / r).collect();
+    println!("\n## Password sign-in against raw Argon2id (m=19456 KiB, t=2, p=1; {threads} hashing threads)\n");
+    println!("| side | median per s | runs |\n|---|---:|---|");
+    println!(
+        "| raw Argon2id hashes ({threads} threads) | {mr:.1} | {:?} |",
+        raw.iter().map(|v| (v * 10.0).round() / 10.0).collect::<Vec<_>>()
+    );
+    println!(
+        "| POST /v1/auth/signin (8 connections; p99 {:.1} ms) | {mh:.1} | {:?} |",
+        median(p99),
+        http.iter().map(|v| (v * 10.0).round() / 10.0).collect::<Vec<_>>()
+    );
+    println!("\nratio sign-in / raw: {:.3} (median of per-round ratios {:.3})", mh / mr, median(per_round));
+
+    // Timing of failures: one request at a time, the three cases interleaved.
+    let http_client = reqwest::Client::new();
+    let url = format!("{base}/v1/auth/signin");
+    let cases = [
+        ("correct password", "bench-signin@bench.test", password),
+        ("wrong password", "bench-signin@bench.test", "wrong password"),
+        ("unknown account", "nobody@bench.test", "wrong password"),
+    ];
+    let mut times: Vec<Vec<f64>> = vec![vec![]; cases.len()];
+    for _ in 0..60 {
+        for (i, (_, email, pw)) in cases.iter().enumerate() {
+            let body = serde_json::json!({"project_id": project, "email": email, "password": pw}).to_string();
+            let t0 = Instant::now();
+            let r = http_client.post(&url).header("content-type", "application/json").body(body).send().await?;
+            r.bytes().await?;
+            times[i].push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    println!("\n## Sign-in latency by outcome (one request at a time, 60 each, interleaved)\n");
+    println!("| outcome | median ms |\n|---|---:|");
+    for (i, (name, _, _)) in cases.iter().enumerate() {
+        println!("| {name} | {:.2} |", median(times[i].clone()));
+    }
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! Project secret API keys: `sk_<key id>_<secret>`, 256-bit secret, stored only as a SHA-256
 //! hash (the secret is random and high-entropy, so a slow hash adds nothing), compared in
 //! constant time, shown once.
-use authio_db::preresolve;
+use authio_db::preresolve::{self, ApiKeyRecord};
 use authio_db::{Router, Row, Scope, Type};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -53,10 +53,15 @@ pub fn parse(presented: &str) -> Option<(&str, &str)> {
 pub async fn authenticate(router: &Router, presented: &str) -> Result<Scope, CoreError> {
     let (key_id, secret) = parse(presented).ok_or(CoreError::InvalidApiKey)?;
     let record = preresolve::resolve_api_key(router, key_id).await?;
+    check_secret(record.as_ref(), secret)
+}
+
+/// Judge a presented secret against what the lookup found, in constant time; an unknown id is
+/// compared against something too, so both paths do the same work.
+pub fn check_secret(record: Option<&ApiKeyRecord>, secret: &str) -> Result<Scope, CoreError> {
     let presented_hash = hash_secret(secret);
-    // Compare against something even when the id is unknown, so both paths do the same work.
     let stored: [u8; 32] =
-        record.as_ref().and_then(|r| <[u8; 32]>::try_from(r.secret_hash.as_slice()).ok()).unwrap_or([0u8; 32]);
+        record.and_then(|r| <[u8; 32]>::try_from(r.secret_hash.as_slice()).ok()).unwrap_or([0u8; 32]);
     let matches: bool = presented_hash.ct_eq(&stored).into();
     match record {
         Some(r) if matches => Ok(Scope::project(r.tenant_id, r.project_id, r.tenant_kind)),

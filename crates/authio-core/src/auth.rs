@@ -6,8 +6,10 @@ use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration as StdDuration, Instant};
 
-use authio_db::preresolve::{self, ProjectProfile};
-use authio_db::{Router, Scope, TenantKind, Type};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use authio_db::preresolve::{self, ApiKeyRecord, M2mClientRecord, ProjectProfile};
+use authio_db::{CacheEvent, Router, Scope, TenantKind, Type};
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -19,7 +21,7 @@ use crate::passwords::{NewPassword, Passwords};
 use crate::sessions::{self, ClientInfo, SessionPolicy};
 use crate::tokens::{self, AccessClaims};
 use crate::users::User;
-use crate::{m2m, Clock, CoreError};
+use crate::{api_keys, m2m, Clock, CoreError};
 
 /// Throttles on the credential-guessing surfaces. Counters live on the shared database, so
 /// they hold across nodes.
@@ -60,8 +62,12 @@ pub struct IdentitySettings {
     /// Issuers are `{public_url}/p/{project_id}`.
     pub public_url: String,
     pub limits: Limits,
-    /// How long a node trusts its copy of a project's profile.
+    /// How long a node trusts its copy of a project's profile or of an M2M client (changes
+    /// are also NOTIFYed, so this bounds staleness only if a notification is lost).
     pub profile_ttl: StdDuration,
+    /// Keep M2M client and API-key records in the node (invalidated by NOTIFY). Off: one
+    /// database lookup per request that presents one.
+    pub credential_cache: bool,
 }
 
 /// Tokens handed to a signed-in user.
@@ -135,6 +141,58 @@ struct Inner {
     keys: KeyService,
     settings: IdentitySettings,
     profiles: RwLock<HashMap<Uuid, (Instant, Arc<ProjectProfile>)>>,
+    clients: NodeCache<M2mClientRecord>,
+    api_keys: NodeCache<ApiKeyRecord>,
+}
+
+/// A node's copy of credential records by their public id, dropped on NOTIFY and after a TTL.
+struct NodeCache<V> {
+    entries: RwLock<HashMap<String, (Instant, Arc<V>)>>,
+    /// Bumped on every change notified; a lookup that raced one is not cached.
+    generation: AtomicU64,
+}
+
+/// Past this many entries a cache starts over (a bound on memory, not an LRU).
+const MAX_CACHED: usize = 100_000;
+
+impl<V> NodeCache<V> {
+    fn new() -> Self {
+        NodeCache { entries: RwLock::new(HashMap::new()), generation: AtomicU64::new(0) }
+    }
+
+    fn get(&self, key: &str, ttl: StdDuration) -> Option<Arc<V>> {
+        let entries = self.entries.read().ok()?;
+        entries.get(key).filter(|(at, _)| at.elapsed() < ttl).map(|(_, v)| v.clone())
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Keep `value` unless a change was notified since `generation` was read.
+    fn put(&self, key: &str, value: Arc<V>, generation: u64) {
+        if self.generation() != generation {
+            return;
+        }
+        if let Ok(mut e) = self.entries.write() {
+            if e.len() >= MAX_CACHED {
+                e.clear();
+            }
+            e.insert(key.to_owned(), (Instant::now(), value));
+        }
+    }
+
+    fn forget(&self, key: Option<&str>) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut e) = self.entries.write() {
+            match key {
+                Some(k) => {
+                    e.remove(k);
+                }
+                None => e.clear(),
+            }
+        }
+    }
 }
 
 fn policy(p: &ProjectProfile) -> SessionPolicy {
@@ -161,9 +219,103 @@ impl Identity {
         keys: KeyService,
         settings: IdentitySettings,
     ) -> Self {
-        Identity {
-            inner: Arc::new(Inner { router, clock, passwords, keys, settings, profiles: RwLock::new(HashMap::new()) }),
+        let events = router.cache_events();
+        let identity = Identity {
+            inner: Arc::new(Inner {
+                router,
+                clock,
+                passwords,
+                keys,
+                settings,
+                profiles: RwLock::new(HashMap::new()),
+                clients: NodeCache::new(),
+                api_keys: NodeCache::new(),
+            }),
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(follow_cache_events(Arc::downgrade(&identity.inner), events));
         }
+        identity
+    }
+
+    /// Drop what this node caches for a changed row (or everything).
+    fn apply_cache_event(&self, event: &CacheEvent) {
+        match event {
+            CacheEvent::Reset => {
+                self.inner.clients.forget(None);
+                self.inner.api_keys.forget(None);
+                if let Ok(mut p) = self.inner.profiles.write() {
+                    p.clear();
+                }
+                self.inner.keys.invalidate_all();
+            }
+            CacheEvent::Changed { kind, key } => match kind.as_str() {
+                "client" => self.inner.clients.forget(Some(key)),
+                "apikey" => self.inner.api_keys.forget(Some(key)),
+                "keys" => {
+                    if let Ok(p) = Uuid::parse_str(key) {
+                        self.inner.keys.invalidate(p);
+                    }
+                }
+                "project" => {
+                    if let Ok(p) = Uuid::parse_str(key) {
+                        self.forget_profile(p);
+                    }
+                }
+                _ => {}
+            },
+        }
+    }
+
+    /// Authenticate an M2M client by id and secret: the record from this node's cache or
+    /// from the shared database.
+    pub async fn authenticate_client(&self, client_id: &str, secret: &str) -> Result<Arc<M2mClientRecord>, CoreError> {
+        let record = self.client_record(client_id).await?;
+        m2m::check_secret(record.as_deref(), secret)?;
+        record.ok_or(CoreError::InvalidClient)
+    }
+
+    async fn client_record(&self, client_id: &str) -> Result<Option<Arc<M2mClientRecord>>, CoreError> {
+        let cache = self.inner.settings.credential_cache;
+        if cache {
+            if let Some(r) = self.inner.clients.get(client_id, self.inner.settings.profile_ttl) {
+                return Ok(Some(r));
+            }
+        }
+        let generation = self.inner.clients.generation();
+        let Some(record) = m2m::lookup(&self.inner.router, client_id).await?.map(Arc::new) else {
+            return Ok(None);
+        };
+        if cache {
+            self.inner.clients.put(client_id, record.clone(), generation);
+        }
+        Ok(Some(record))
+    }
+
+    /// Forget a credential on this node at once (after revoking it here; other nodes hear of
+    /// it by NOTIFY).
+    pub fn forget_credential(&self, kind: &str, public_id: &str) {
+        self.apply_cache_event(&CacheEvent::Changed { kind: kind.to_owned(), key: public_id.to_owned() });
+    }
+
+    /// Resolve a project secret API key to its scope: the record from this node's cache
+    /// (NOTIFY-invalidated, so a revocation is seen at once) or from the shared database.
+    pub async fn authenticate_api_key(&self, presented: &str) -> Result<Scope, CoreError> {
+        let (key_id, secret) = api_keys::parse(presented).ok_or(CoreError::InvalidApiKey)?;
+        let cache = self.inner.settings.credential_cache;
+        let cached = if cache { self.inner.api_keys.get(key_id, self.inner.settings.profile_ttl) } else { None };
+        let record = match cached {
+            Some(r) => Some(r),
+            None => {
+                let generation = self.inner.api_keys.generation();
+                let found = preresolve::resolve_api_key(&self.inner.router, key_id).await?.map(Arc::new);
+                if let (true, Some(r)) = (cache, &found) {
+                    self.inner.api_keys.put(key_id, r.clone(), generation);
+                }
+                found
+            }
+        };
+        api_keys::check_secret(record.as_deref(), secret)
     }
 
     pub fn keys(&self) -> &KeyService {
@@ -389,7 +541,7 @@ impl Identity {
         requested: Option<&str>,
         ip: Option<IpAddr>,
     ) -> Result<ClientToken, CoreError> {
-        let client = match m2m::authenticate(&self.inner.router, client_id, secret).await {
+        let client = match self.authenticate_client(client_id, secret).await {
             Ok(c) => c,
             Err(CoreError::InvalidClient) => {
                 if let Some(ip) = ip {
@@ -578,5 +730,19 @@ impl Identity {
     /// authorised for it).
     pub async fn project_scope(&self, project: Uuid) -> Result<Scope, CoreError> {
         Ok(scope_of(&*self.profile(project).await?))
+    }
+}
+
+/// Apply the router's cache notifications to an identity service until it is dropped.
+async fn follow_cache_events(inner: std::sync::Weak<Inner>, mut events: tokio::sync::broadcast::Receiver<CacheEvent>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = match events.recv().await {
+            Ok(e) => e,
+            Err(RecvError::Lagged(_)) => CacheEvent::Reset,
+            Err(RecvError::Closed) => return,
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        Identity { inner }.apply_cache_event(&event);
     }
 }

@@ -357,6 +357,13 @@ impl KeyService {
         }
     }
 
+    /// Forget every project's keys on this node.
+    pub fn invalidate_all(&self) {
+        if let Ok(mut cache) = self.inner.cache.write() {
+            cache.clear();
+        }
+    }
+
     /// A current and a next key for a project that has none. Two nodes racing here both
     /// insert; the partial unique indexes keep one of each and the loser's rows are skipped.
     async fn create_initial(&self, profile: &ProjectProfile) -> Result<(), CoreError> {

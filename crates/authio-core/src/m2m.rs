@@ -160,18 +160,30 @@ pub async fn revoke(router: &Router, clock: &dyn Clock, scope: &Scope, id: Uuid)
     Ok(ClientInfo::from_row(&row))
 }
 
-/// Authenticate a client by id and secret (a pre-resolution lookup on the shared database).
-/// Unknown, revoked and wrong-secret clients fail alike, after the same work.
-pub async fn authenticate(router: &Router, client_id: &str, secret: &str) -> Result<M2mClientRecord, CoreError> {
-    let plausible = client_id.len() == 27 && client_id.starts_with("cl_");
-    let record = if plausible { preresolve::resolve_m2m_client(router, client_id).await? } else { None };
+/// Whether a client id is shaped like ours (others are not looked up at all).
+pub fn plausible_client_id(client_id: &str) -> bool {
+    client_id.len() == 27 && client_id.starts_with("cl_")
+}
+
+/// Look a client up by id (a pre-resolution lookup on the shared database).
+pub async fn lookup(router: &Router, client_id: &str) -> Result<Option<M2mClientRecord>, CoreError> {
+    if !plausible_client_id(client_id) {
+        return Ok(None);
+    }
+    Ok(preresolve::resolve_m2m_client(router, client_id).await?)
+}
+
+/// Judge a presented secret against what the lookup found. Unknown, revoked and
+/// wrong-secret clients fail alike, after the same work.
+pub fn check_secret(record: Option<&M2mClientRecord>, secret: &str) -> Result<(), CoreError> {
     let presented = hash_secret(secret);
     let stored: [u8; 32] =
-        record.as_ref().and_then(|r| <[u8; 32]>::try_from(r.secret_hash.as_slice()).ok()).unwrap_or([0u8; 32]);
+        record.and_then(|r| <[u8; 32]>::try_from(r.secret_hash.as_slice()).ok()).unwrap_or([0u8; 32]);
     let matches: bool = presented.ct_eq(&stored).into();
-    match record {
-        Some(r) if matches => Ok(r),
-        _ => Err(CoreError::InvalidClient),
+    if record.is_some() && matches {
+        Ok(())
+    } else {
+        Err(CoreError::InvalidClient)
     }
 }
 

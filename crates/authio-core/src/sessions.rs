@@ -343,18 +343,24 @@ pub async fn access_token_live(
     sid: Option<Uuid>,
 ) -> Result<bool, CoreError> {
     let now = clock.now();
-    let tx = router.begin(scope).await?;
-    let row = tx
-        .query_one(
+    // One round trip (Router::read). The fence is asked in the same statement: "nothing
+    // revoked" read from a database the tenant has left would be a wrong "live".
+    let rows = router
+        .read(
+            scope,
             "SELECT NOT EXISTS (SELECT 1 FROM revoked_access_tokens WHERE tenant_id = $1 AND jti = $2),
                     $3::uuid IS NULL OR EXISTS (
                         SELECT 1 FROM sessions s WHERE s.tenant_id = $1 AND s.id = $3 AND s.revoked_at IS NULL
-                          AND s.absolute_expires_at > $4)",
+                          AND s.absolute_expires_at > $4),
+                    authio_tenant_at_home($1)",
             &[(&scope.tenant_id, Type::UUID), (&jti, Type::UUID), (&sid, Type::UUID), (&now, Type::TIMESTAMPTZ)],
         )
         .await?;
-    tx.commit().await?;
-    Ok(row.get::<_, bool>(0) && row.get::<_, bool>(1))
+    let row = rows.first().ok_or(CoreError::Config("liveness query returned no row".into()))?;
+    if row.try_get::<Option<bool>>(2)? != Some(true) {
+        return Err(authio_db::RouterError::NotAtHome(scope.tenant_id).into());
+    }
+    Ok(row.try_get::<bool>(0)? && row.try_get::<bool>(1)?)
 }
 
 /// Record an access token as revoked until it expires.

@@ -22,7 +22,7 @@ pub use deadpool_postgres::Pool;
 pub use error::{DbError, RouterError};
 pub use pipeline::PgRow;
 pub use route_cache::{CachedRoute, DbStrategy, RouteCache};
-pub use router::{Router, RouterSettings};
+pub use router::{CacheEvent, Router, RouterSettings};
 pub use scope::{Scope, TenantKind};
 pub use secret_box::{MasterKey, SecretBoxError};
 pub use tokio_postgres::types::Type;

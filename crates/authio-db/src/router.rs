@@ -86,6 +86,16 @@ struct Inner {
     platform_refusals: AtomicU64,
     listener_connected: std::sync::atomic::AtomicBool,
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    cache_events: tokio::sync::broadcast::Sender<CacheEvent>,
+}
+
+/// A change to control-plane rows that nodes cache (clients, keys, project settings),
+/// NOTIFYed on `authio_cache` as `kind:key`. `Reset` means notifications may have been missed
+/// (the listener reconnected): drop everything cached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CacheEvent {
+    Reset,
+    Changed { kind: String, key: String },
 }
 
 /// Cheap to clone; background tasks stop when the last clone is dropped or on `shutdown`.
@@ -125,6 +135,7 @@ impl Router {
                 platform_refusals: AtomicU64::new(0),
                 listener_connected: std::sync::atomic::AtomicBool::new(false),
                 background: Mutex::new(Vec::new()),
+                cache_events: tokio::sync::broadcast::channel(1024).0,
             }),
         })
     }
@@ -285,6 +296,12 @@ impl Router {
         self.read_on(&target.reads, scope, sql, params).await.map_err(|e| self.forget_stale(self.classify(scope, e)))
     }
 
+    /// Control-plane change notifications for node caches (see [`CacheEvent`]). A receiver
+    /// that lags behind gets `RecvError::Lagged` and should treat it as `Reset`.
+    pub fn cache_events(&self) -> tokio::sync::broadcast::Receiver<CacheEvent> {
+        self.inner.cache_events.subscribe()
+    }
+
     /// An unscoped read on the shared database in one round trip, with the statement kept
     /// prepared. Only for [`crate::preresolve`]: the lookups go through SECURITY DEFINER
     /// functions that take the one key they resolve from.
@@ -432,7 +449,7 @@ async fn listen_once(router: &Router, url: &str) -> Result<(), DbError> {
         while let Some(msg) = stream.next().await {
             match msg {
                 Ok(AsyncMessage::Notification(n)) => {
-                    if tx.send(n.payload().to_owned()).is_err() {
+                    if tx.send((n.channel().to_owned(), n.payload().to_owned())).is_err() {
                         break;
                     }
                 }
@@ -441,11 +458,16 @@ async fn listen_once(router: &Router, url: &str) -> Result<(), DbError> {
             }
         }
     });
-    client.batch_execute("LISTEN authio_routes").await?;
+    client.batch_execute("LISTEN authio_routes; LISTEN authio_cache").await?;
     router.inner.cache.clear();
+    let _ = router.inner.cache_events.send(CacheEvent::Reset);
     router.inner.listener_connected.store(true, Ordering::Relaxed);
-    while let Some(payload) = rx.recv().await {
-        if let Some((tenant, epoch)) = parse_notification(&payload) {
+    while let Some((channel, payload)) = rx.recv().await {
+        if channel == "authio_cache" {
+            if let Some((kind, key)) = payload.split_once(':') {
+                let _ = router.inner.cache_events.send(CacheEvent::Changed { kind: kind.into(), key: key.into() });
+            }
+        } else if let Some((tenant, epoch)) = parse_notification(&payload) {
             tracing::debug!(%tenant, epoch, "route change notified");
             router.inner.cache.invalidate(&tenant, Some(epoch));
         }

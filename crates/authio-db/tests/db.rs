@@ -498,7 +498,7 @@ async fn pre_resolution_lookups_never_open_a_dedicated_pool() {
 }
 
 #[tokio::test]
-async fn the_read_client_caches_statements_and_survives_errors() {
+async fn the_read_credential_caches_statements_and_survives_errors() {
     let shared = fresh_shared_db().await;
     let a = seed_tenant(&shared, "cached", TenantKind::Customer, Plan::Pro).await;
     let cfg = authio_db::pool::parse_url(&shared.app_url).unwrap();

@@ -37,7 +37,7 @@ pub async fn require_management(
     // A JWT has three dot-separated parts; anything else is judged as an API key.
     let looks_like_jwt = presented.split('.').count() == 3;
     let scope = if !looks_like_jwt {
-        authio_core::api_keys::authenticate(&state.router, presented).await?
+        state.identity.authenticate_api_key(presented).await?
     } else {
         state.identity.authenticate_operator(presented).await?;
         let project = params

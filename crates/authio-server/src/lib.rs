@@ -46,8 +46,11 @@ pub struct AuthSettings {
     /// Password hashes running at once (each holds `m_kib` KiB).
     pub hash_concurrency: usize,
     pub limits: Limits,
-    /// How long a node keeps a project's key set and profile before re-reading them.
+    /// How long a node keeps a project's key set, profile and M2M clients before re-reading
+    /// them (changes are also NOTIFYed).
     pub cache_ttl: Duration,
+    /// Cache M2M client and API-key records in the node, NOTIFY-invalidated (default on).
+    pub credential_cache: bool,
 }
 
 impl AuthSettings {
@@ -59,6 +62,7 @@ impl AuthSettings {
             hash_concurrency: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             limits: Limits::default(),
             cache_ttl: Duration::from_secs(30),
+            credential_cache: true,
         }
     }
 }
@@ -67,8 +71,12 @@ impl AppState {
     pub fn new(router: Router, clock: Arc<dyn Clock>, auth: AuthSettings) -> Result<Self, CoreError> {
         let passwords = Passwords::new(auth.password_params, auth.hash_concurrency, Duration::from_secs(10))?;
         let keys = KeyService::new(router.clone(), auth.master_key, clock.clone(), auth.cache_ttl);
-        let settings =
-            IdentitySettings { public_url: auth.public_url, limits: auth.limits, profile_ttl: auth.cache_ttl };
+        let settings = IdentitySettings {
+            public_url: auth.public_url,
+            limits: auth.limits,
+            profile_ttl: auth.cache_ttl,
+            credential_cache: auth.credential_cache,
+        };
         let identity = Identity::new(router.clone(), clock.clone(), passwords, keys, settings);
         Ok(AppState { router, clock, identity, metrics: Arc::new(metrics::Metrics::default()) })
     }

@@ -112,5 +112,6 @@ pub async fn revoke_api_key(
     check_project(&ctx, &project_id)?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("api_key_not_found", "api key not found"))?;
     let key = api_keys::revoke(&state.router, state.clock.as_ref(), &ctx.scope, id).await?;
+    state.identity.forget_credential("apikey", &key.key_id);
     Ok(Json(key.into()))
 }

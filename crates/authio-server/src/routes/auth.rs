@@ -246,7 +246,7 @@ async fn caller(state: &AppState, headers: &HeaderMap, form: &Form) -> Result<Op
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
     if let Some(key) = bearer {
-        let scope = authio_core::api_keys::authenticate(&state.router, key.trim()).await.map_err(|e| match e {
+        let scope = state.identity.authenticate_api_key(key.trim()).await.map_err(|e| match e {
             CoreError::InvalidApiKey => OAuthError::invalid_client(),
             other => other.into(),
         })?;
@@ -254,7 +254,7 @@ async fn caller(state: &AppState, headers: &HeaderMap, form: &Form) -> Result<Op
     }
     match client_credentials(headers, form)? {
         Some((id, secret)) => {
-            let client = authio_core::m2m::authenticate(&state.router, &id, &secret).await?;
+            let client = state.identity.authenticate_client(&id, &secret).await?;
             Ok(Some(Caller { project_id: client.project_id }))
         }
         None => Ok(None),

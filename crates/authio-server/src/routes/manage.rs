@@ -131,7 +131,9 @@ pub async fn revoke_client(
 ) -> Result<Json<ClientResponse>, ApiError> {
     check_project(&ctx, &project_id)?;
     let id = path_id(&id, "client_not_found", "client")?;
-    Ok(Json(m2m::revoke(&state.router, state.clock.as_ref(), &ctx.scope, id).await?.into()))
+    let client = m2m::revoke(&state.router, state.clock.as_ref(), &ctx.scope, id).await?;
+    state.identity.forget_credential("client", &client.client_id);
+    Ok(Json(client.into()))
 }
 
 #[derive(Serialize, ToSchema)]

@@ -818,3 +818,99 @@ async fn platform_and_customer_tokens_are_refused_in_each_others_place() {
     assert!(verify_independently(&platform_jwks, &customer_token, &issuer(&app, platform.project.id)).is_err());
     assert_eq!(introspect(&app, &platform, &customer_token).await, json!({"active": false}));
 }
+
+/// Poll until `check` holds (at most `secs`), for changes that reach other nodes by NOTIFY.
+async fn eventually<F, Fut>(secs: u64, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_revocation_or_rotation_on_one_node_reaches_another_nodes_caches_at_once() {
+    // Both nodes keep credentials and keys cached for 30 s; only NOTIFY can tell node B in time.
+    let a = spawn_app().await;
+    let b = spawn_app_with(AppOptions { shared: Some(a.shared.clone()), ..AppOptions::default() }).await;
+    let s = seed_tenant(&a.shared, "two-nodes", TenantKind::Customer, Plan::Pro).await;
+    let (id, secret) = create_client(&a, &s, &["read"]).await;
+    let token_on_b = || async {
+        b.http
+            .post(b.url("/v1/auth/token"))
+            .basic_auth(&id, Some(&secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    let users_on_b = || async {
+        b.http
+            .get(b.url(&format!("/v1/projects/{}/users", s.project.id)))
+            .bearer_auth(&s.api_key.plaintext)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(token_on_b().await, StatusCode::OK, "node B now caches the client");
+    assert_eq!(users_on_b().await, StatusCode::OK, "node B now caches the API key");
+
+    let clients: Value = a
+        .http
+        .get(a.url(&format!("/v1/projects/{}/m2m-clients", s.project.id)))
+        .bearer_auth(&s.api_key.plaintext)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cid = clients["data"][0]["id"].as_str().unwrap();
+    let r = a
+        .http
+        .delete(a.url(&format!("/v1/projects/{}/m2m-clients/{cid}", s.project.id)))
+        .bearer_auth(&s.api_key.plaintext)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        eventually(3, || async { token_on_b().await == StatusCode::UNAUTHORIZED }).await,
+        "B still accepts the client"
+    );
+
+    let r = a
+        .http
+        .delete(a.url(&format!("/v1/projects/{}/api-keys/{}", s.project.id, s.api_key.id)))
+        .bearer_auth(&s.api_key.plaintext)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        eventually(3, || async { users_on_b().await == StatusCode::UNAUTHORIZED }).await,
+        "B still accepts the key"
+    );
+
+    // A key rotation: node B's JWKS shows the new next key without waiting for its cache time.
+    let before = jwks(&b, s.project.id).await;
+    let rotation = a
+        .control
+        .rotate_keys(s.project.id, None, &authio_testkit::test_master_key(), chrono::Utc::now())
+        .await
+        .unwrap();
+    assert!(!before.to_string().contains(&rotation.next_kid));
+    assert!(
+        eventually(3, || async { jwks(&b, s.project.id).await.to_string().contains(&rotation.next_kid) }).await,
+        "B still serves the old key set"
+    );
+}

@@ -660,14 +660,15 @@ async fn signin(env: &Env, secs: u64, rounds: usize) -> Result<()> {
     let body = serde_json::json!({"project_id": project, "email": "bench-signin@bench.test", "password": password})
         .to_string();
     let target = Target::post("sign-in", &format!("{base}/v1/auth/signin"), "application/json", &body, vec![]);
-    tokio::task::block_in_place(|| wrk(&target, 1, 8))?;
+    let conns = env_num("BENCH_SIGNIN_CONNECTIONS", 32) as u32;
+    tokio::task::block_in_place(|| wrk(&target, 1, conns))?;
     let (mut raw, mut http, mut p99) = (vec![], vec![], vec![]);
     for round in 0..rounds {
         let mut one = |first: bool| -> Result<()> {
             if first {
                 raw.push(tokio::task::block_in_place(|| raw_argon2(threads, secs)));
             } else {
-                let r = tokio::task::block_in_place(|| wrk(&target, secs, 8))?;
+                let r = tokio::task::block_in_place(|| wrk(&target, secs, conns))?;
                 anyhow::ensure!(r.non2xx == 0, "sign-in failed {} times", r.non2xx);
                 http.push(r.rps);
                 p99.push(r.p99_ms);
@@ -686,7 +687,7 @@ async fn signin(env: &Env, secs: u64, rounds: usize) -> Result<()> {
         raw.iter().map(|v| (v * 10.0).round() / 10.0).collect::<Vec<_>>()
     );
     println!(
-        "| POST /v1/auth/signin (8 connections; p99 {:.1} ms) | {mh:.1} | {:?} |",
+        "| POST /v1/auth/signin ({conns} connections; p99 {:.1} ms) | {mh:.1} | {:?} |",
         median(p99),
         http.iter().map(|v| (v * 10.0).round() / 10.0).collect::<Vec<_>>()
     );
@@ -701,8 +702,11 @@ async fn signin(env: &Env, secs: u64, rounds: usize) -> Result<()> {
         ("unknown account", "nobody@bench.test", "wrong password"),
     ];
     let mut times: Vec<Vec<f64>> = vec![vec![]; cases.len()];
-    for _ in 0..60 {
-        for (i, (_, email, pw)) in cases.iter().enumerate() {
+    for round in 0..60 {
+        // Rotate the order each round, so no outcome always follows the same other one.
+        for k in 0..cases.len() {
+            let i = (k + round) % cases.len();
+            let (_, email, pw) = cases[i];
             let body = serde_json::json!({"project_id": project, "email": email, "password": pw}).to_string();
             let t0 = Instant::now();
             let r = http_client.post(&url).header("content-type", "application/json").body(body).send().await?;
@@ -710,7 +714,7 @@ async fn signin(env: &Env, secs: u64, rounds: usize) -> Result<()> {
             times[i].push(t0.elapsed().as_secs_f64() * 1000.0);
         }
     }
-    println!("\n## Sign-in latency by outcome (one request at a time, 60 each, interleaved)\n");
+    println!("\n## Sign-in latency by outcome (one request at a time, 60 each, interleaved in rotating order)\n");
     println!("| outcome | median ms |\n|---|---:|");
     for (i, (name, _, _)) in cases.iter().enumerate() {
         println!("| {name} | {:.2} |", median(times[i].clone()));

@@ -1,13 +1,13 @@
-//! Passwords: Argon2id at explicit parameters, hashed off the async runtime with a bound on
-//! concurrent hashes (each one holds `m_kib` KiB of memory), and a dummy hash so that a
-//! sign-in for an unknown account does the same work as one for a known account.
-use std::sync::Arc;
-use std::time::Duration;
+//! Passwords: Argon2id at explicit parameters, hashed off the async runtime on a fixed pool
+//! of threads (each holds `m_kib` KiB of memory, so memory cannot run away), and a dummy hash
+//! so that a sign-in for an unknown account does the same work as one for a known account.
+use std::sync::{Arc, Mutex};
 
-use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use argon2::{Algorithm, Argon2, Params, Version};
-use tokio::sync::Semaphore;
+use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use rand::RngCore;
+use subtle::ConstantTimeEq;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::ValidationError;
 use crate::CoreError;
@@ -68,7 +68,9 @@ pub struct Verified {
     pub needs_rehash: bool,
 }
 
-/// Hashes and verifies passwords. Cheap to clone.
+/// Hashes and verifies passwords on a fixed pool of hashing threads, each with its own
+/// reusable Argon2 memory: memory is bounded by `threads * m_kib` and no hash pays for fresh
+/// pages. Requests queue in a bounded channel; when it is full the answer is `Busy`.
 #[derive(Clone)]
 pub struct Passwords {
     inner: Arc<Inner>,
@@ -76,77 +78,157 @@ pub struct Passwords {
 
 struct Inner {
     params: Params,
-    permits: Semaphore,
-    /// How long a request may wait for a hashing slot before it is told to retry.
-    max_wait: Duration,
+    jobs: mpsc::Sender<Job>,
     dummy_hash: String,
 }
 
+enum Work {
+    Hash(String),
+    Verify { password: String, against: String },
+}
+
+enum Done {
+    Hashed(Result<String, String>),
+    Verified { matched: bool, same_params: bool },
+}
+
+struct Job {
+    work: Work,
+    reply: oneshot::Sender<Done>,
+}
+
+/// Jobs that may wait per hashing thread before callers are told to retry.
+const QUEUE_PER_THREAD: usize = 32;
+
 impl Passwords {
-    /// `max_concurrent` bounds the hashes running at once (and so their memory:
-    /// `max_concurrent * m_kib`).
-    pub fn new(params: PasswordParams, max_concurrent: usize, max_wait: Duration) -> Result<Self, CoreError> {
+    /// `threads` hashing threads (and so at most `threads * m_kib` KiB of hashing memory).
+    pub fn new(params: PasswordParams, threads: usize) -> Result<Self, CoreError> {
         let params = params.to_argon2()?;
-        let dummy_hash = hash_blocking(&params, "authio dummy password, never a real one")?;
-        Ok(Passwords {
-            inner: Arc::new(Inner { params, permits: Semaphore::new(max_concurrent.max(1)), max_wait, dummy_hash }),
-        })
+        let threads = threads.max(1);
+        let (jobs, rx) = mpsc::channel::<Job>(threads * QUEUE_PER_THREAD);
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads {
+            let rx = rx.clone();
+            let params = params.clone();
+            std::thread::Builder::new()
+                .name(format!("authio-hash-{i}"))
+                .spawn(move || hashing_thread(&rx, &params))
+                .map_err(|e| CoreError::Config(format!("starting a hashing thread: {e}")))?;
+        }
+        let mut memory = Vec::new();
+        let dummy_hash = hash_with(&mut memory, &params, "authio dummy password, never a real one")
+            .map_err(|e| CoreError::Config(format!("argon2: {e}")))?;
+        Ok(Passwords { inner: Arc::new(Inner { params, jobs, dummy_hash }) })
+    }
+
+    async fn run(&self, work: Work) -> Result<Done, CoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner.jobs.try_send(Job { work, reply }).map_err(|_| CoreError::Busy)?;
+        answer.await.map_err(|_| CoreError::Config("a hashing thread stopped".into()))
     }
 
     pub async fn hash(&self, password: &NewPassword) -> Result<String, CoreError> {
-        let _permit = self.permit().await?;
-        let params = self.inner.params.clone();
-        let password = password.as_str().to_owned();
-        tokio::task::spawn_blocking(move || hash_blocking(&params, &password))
-            .await
-            .map_err(|e| CoreError::Config(format!("hashing task failed: {e}")))?
+        match self.run(Work::Hash(password.as_str().to_owned())).await? {
+            Done::Hashed(r) => r.map_err(|e| CoreError::Config(format!("argon2 hashing failed: {e}"))),
+            Done::Verified { .. } => Err(CoreError::Config("hashing thread answered the wrong job".into())),
+        }
     }
 
     /// Check `password` against `stored`. Without a stored hash (unknown account, or one with
     /// no password) the dummy hash is checked instead, so the caller's timing is the same,
     /// and the answer is "no".
     pub async fn verify(&self, password: &str, stored: Option<&str>) -> Result<Verified, CoreError> {
-        let _permit = self.permit().await?;
-        let params = self.inner.params.clone();
-        let real = stored.map(str::to_owned);
-        let against = real.clone().unwrap_or_else(|| self.inner.dummy_hash.clone());
-        let password = password.to_owned();
-        let (matched, current_params) = tokio::task::spawn_blocking(move || {
-            let parsed = PasswordHash::new(&against).ok();
-            let same_params = parsed.as_ref().and_then(|h| Params::try_from(h).ok()).is_some_and(|p| {
-                p.m_cost() == params.m_cost() && p.t_cost() == params.t_cost() && p.p_cost() == params.p_cost()
-            });
-            let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-            let matched = match &parsed {
-                Some(h) => argon.verify_password(password.as_bytes(), h).is_ok(),
-                // A corrupt stored hash still costs one hash, then fails.
-                None => {
-                    let _ = argon.hash_password(password.as_bytes());
-                    false
-                }
-            };
-            (matched, same_params)
-        })
-        .await
-        .map_err(|e| CoreError::Config(format!("hashing task failed: {e}")))?;
-        let ok = matched && real.is_some();
-        Ok(Verified { ok, needs_rehash: ok && !current_params })
+        let against = stored.unwrap_or(&self.inner.dummy_hash).to_owned();
+        let done = self.run(Work::Verify { password: password.to_owned(), against }).await?;
+        let Done::Verified { matched, same_params } = done else {
+            return Err(CoreError::Config("hashing thread answered the wrong job".into()));
+        };
+        let ok = matched && stored.is_some();
+        Ok(Verified { ok, needs_rehash: ok && !same_params })
     }
 
-    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, CoreError> {
-        match tokio::time::timeout(self.inner.max_wait, self.inner.permits.acquire()).await {
-            Ok(Ok(p)) => Ok(p),
-            Ok(Err(_)) | Err(_) => Err(CoreError::Busy),
-        }
+    /// The parameters new hashes are made with.
+    pub fn params(&self) -> PasswordParams {
+        let p = &self.inner.params;
+        PasswordParams { m_kib: p.m_cost(), t: p.t_cost(), p: p.p_cost() }
     }
 }
 
-fn hash_blocking(params: &Params, password: &str) -> Result<String, CoreError> {
-    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
-    argon
-        .hash_password(password.as_bytes())
-        .map(|h| h.to_string())
-        .map_err(|e| CoreError::Config(format!("argon2 hashing failed: {e}")))
+fn hashing_thread(rx: &Mutex<mpsc::Receiver<Job>>, params: &Params) {
+    // This thread's Argon2 memory, kept between jobs.
+    let mut memory: Vec<Block> = Vec::new();
+    loop {
+        let job = match rx.lock() {
+            Ok(mut r) => r.blocking_recv(),
+            Err(_) => return,
+        };
+        let Some(job) = job else { return };
+        let done = match job.work {
+            Work::Hash(password) => Done::Hashed(hash_with(&mut memory, params, &password).map_err(|e| e.to_string())),
+            Work::Verify { password, against } => {
+                let (matched, same_params) = verify_with(&mut memory, params, &password, &against);
+                Done::Verified { matched, same_params }
+            }
+        };
+        let _ = job.reply.send(done);
+    }
+}
+
+fn compute(
+    memory: &mut Vec<Block>,
+    params: &Params,
+    version: Version,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+) -> Result<(), argon2::Error> {
+    let need = params.block_count();
+    if memory.len() < need {
+        memory.resize(need, Block::default());
+    }
+    let argon = Argon2::new(Algorithm::Argon2id, version, params.clone());
+    argon.hash_password_into_with_memory(password, salt, out, &mut memory[..need])
+}
+
+fn hash_with(memory: &mut Vec<Block>, params: &Params, password: &str) -> Result<String, argon2::password_hash::Error> {
+    let mut salt = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    let mut out = [0u8; 32];
+    compute(memory, params, Version::V0x13, password.as_bytes(), &salt, &mut out)?;
+    let hash = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params)?,
+        salt: Some(Salt::new(&salt)?),
+        hash: Some(Output::new(&out)?),
+    };
+    Ok(hash.to_string())
+}
+
+/// (the password matches, the stored hash used today's parameters). A stored hash that does
+/// not parse still costs one hash, then fails.
+fn verify_with(memory: &mut Vec<Block>, params: &Params, password: &str, stored: &str) -> (bool, bool) {
+    let parsed = PasswordHash::new(stored).ok().filter(|h| h.algorithm == Algorithm::Argon2id.ident());
+    let stored_params = parsed.as_ref().and_then(|h| Params::try_from(h).ok());
+    let same_params = stored_params.as_ref().is_some_and(|p| {
+        p.m_cost() == params.m_cost() && p.t_cost() == params.t_cost() && p.p_cost() == params.p_cost()
+    });
+    let parts = parsed.as_ref().and_then(|h| {
+        let version = h.version.map(Version::try_from).transpose().ok()?.unwrap_or(Version::V0x13);
+        Some((version, h.salt.as_ref()?, h.hash.as_ref()?, stored_params.clone()?))
+    });
+    match parts {
+        Some((version, salt, expected, p)) => {
+            let mut out = vec![0u8; expected.len()];
+            let computed = compute(memory, &p, version, password.as_bytes(), salt, &mut out).is_ok();
+            (computed && bool::from(out.as_slice().ct_eq(expected.as_bytes())), same_params)
+        }
+        None => {
+            let mut out = [0u8; 32];
+            let _ = compute(memory, params, Version::V0x13, password.as_bytes(), b"authio-no-hash!!", &mut out);
+            (false, false)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -155,7 +237,7 @@ mod tests {
     use super::*;
 
     fn passwords() -> Passwords {
-        Passwords::new(PasswordParams::MINIMUM, 2, Duration::from_secs(30)).unwrap()
+        Passwords::new(PasswordParams::MINIMUM, 2).unwrap()
     }
 
     #[tokio::test]
@@ -171,7 +253,7 @@ mod tests {
 
     #[tokio::test]
     async fn other_parameters_ask_for_a_rehash() {
-        let stronger = Passwords::new(PasswordParams { m_kib: 19456, t: 3, p: 1 }, 1, Duration::from_secs(30)).unwrap();
+        let stronger = Passwords::new(PasswordParams { m_kib: 19456, t: 3, p: 1 }, 1).unwrap();
         let h = passwords().hash(&NewPassword::parse("correct horse").unwrap()).await.unwrap();
         assert_eq!(
             stronger.verify("correct horse", Some(&h)).await.unwrap(),
@@ -180,10 +262,25 @@ mod tests {
         assert_eq!(stronger.verify("wrong", Some(&h)).await.unwrap(), Verified { ok: false, needs_rehash: false });
     }
 
+    #[tokio::test]
+    async fn hashes_made_by_the_reference_hasher_verify() {
+        use argon2::password_hash::PasswordHasher;
+        let reference = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(19456, 2, 1, None).unwrap())
+            .hash_password(b"correct horse")
+            .unwrap()
+            .to_string();
+        let p = passwords();
+        assert_eq!(
+            p.verify("correct horse", Some(&reference)).await.unwrap(),
+            Verified { ok: true, needs_rehash: false }
+        );
+        assert!(!p.verify("correct horsf", Some(&reference)).await.unwrap().ok);
+    }
+
     #[test]
     fn parameters_below_the_floor_are_refused() {
         let weak = PasswordParams { m_kib: 4096, t: 1, p: 1 };
-        assert!(matches!(Passwords::new(weak, 1, Duration::from_secs(1)), Err(CoreError::Config(_))));
+        assert!(matches!(Passwords::new(weak, 1), Err(CoreError::Config(_))));
     }
 
     #[test]

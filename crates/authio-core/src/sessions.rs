@@ -104,10 +104,17 @@ pub(crate) async fn start(
     let idle = (now + policy.idle).min(absolute);
     let amr: Vec<String> = amr.iter().map(|s| (*s).to_owned()).collect();
     let ua = client.user_agent.as_deref().map(|s| s.chars().take(512).collect::<String>());
+    let (refresh, hash) = new_refresh_token(project);
+    let hash = hash.to_vec();
+    // The session and its first refresh token in one statement (one round trip); the foreign
+    // key is checked at the end of the statement, when both rows exist.
     tx.query(
-        "INSERT INTO sessions (tenant_id, project_id, id, user_id, amr, ip, user_agent, created_at, last_active_at,
-                               idle_expires_at, absolute_expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10)",
+        "WITH s AS (
+             INSERT INTO sessions (tenant_id, project_id, id, user_id, amr, ip, user_agent, created_at, last_active_at,
+                                   idle_expires_at, absolute_expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10))
+         INSERT INTO refresh_tokens (tenant_id, project_id, token_hash, session_id, created_at)
+         VALUES ($1, $2, $11, $3, $8)",
         &[
             (&scope.tenant_id, Type::UUID),
             (&project, Type::UUID),
@@ -119,10 +126,10 @@ pub(crate) async fn start(
             (&now, Type::TIMESTAMPTZ),
             (&idle, Type::TIMESTAMPTZ),
             (&absolute, Type::TIMESTAMPTZ),
+            (&hash, Type::BYTEA),
         ],
     )
     .await?;
-    let refresh = insert_refresh_token(tx, scope, sid, now).await?;
     Ok((sid, refresh))
 }
 

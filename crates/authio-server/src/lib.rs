@@ -43,7 +43,7 @@ pub struct AuthSettings {
     /// Encrypts signing keys at rest.
     pub master_key: MasterKey,
     pub password_params: PasswordParams,
-    /// Password hashes running at once (each holds `m_kib` KiB).
+    /// Password-hashing threads (each holds `m_kib` KiB of Argon2 memory).
     pub hash_concurrency: usize,
     pub limits: Limits,
     /// How long a node keeps a project's key set, profile and M2M clients before re-reading
@@ -69,7 +69,7 @@ impl AuthSettings {
 
 impl AppState {
     pub fn new(router: Router, clock: Arc<dyn Clock>, auth: AuthSettings) -> Result<Self, CoreError> {
-        let passwords = Passwords::new(auth.password_params, auth.hash_concurrency, Duration::from_secs(10))?;
+        let passwords = Passwords::new(auth.password_params, auth.hash_concurrency)?;
         let keys = KeyService::new(router.clone(), auth.master_key, clock.clone(), auth.cache_ttl);
         let settings = IdentitySettings {
             public_url: auth.public_url,

@@ -493,12 +493,9 @@ async fn sign_up_validates_and_stores_only_an_argon2id_hash_and_rehashes_on_para
     assert!(!stored[0].contains(PASSWORD));
 
     // A hash made with other parameters is replaced on the next successful sign-in.
-    let stronger = authio_core::passwords::Passwords::new(
-        authio_core::passwords::PasswordParams { m_kib: 19456, t: 3, p: 1 },
-        1,
-        std::time::Duration::from_secs(30),
-    )
-    .unwrap();
+    let stronger =
+        authio_core::passwords::Passwords::new(authio_core::passwords::PasswordParams { m_kib: 19456, t: 3, p: 1 }, 1)
+            .unwrap();
     let old = stronger.hash(&authio_core::passwords::NewPassword::parse(PASSWORD).unwrap()).await.unwrap();
     authio_testkit::admin_query_strings(
         &app.shared.admin_url,

@@ -431,13 +431,8 @@ impl Identity {
                 "SELECT id, password_hash, disabled, role FROM users WHERE tenant_id = $1 AND project_id = $2 AND email = $3",
                 &[(&scope.tenant_id, Type::UUID), (&project, Type::UUID), (&email.as_str(), Type::TEXT)],
             )
-            .await;
-        let rows = match rows {
-            Ok(r) => r,
-            // An empty read asks the home fence; for a tenant that is at home this is just
-            // "no such user".
-            Err(e) => return Err(e.into()),
-        };
+            .await?;
+        // An empty read has asked the home fence: for a tenant at home it is "no such user".
         let found = rows.first();
         let user_id: Option<Uuid> = found.map(|r| r.try_get(0)).transpose()?;
         let stored: Option<String> = found.map(|r| r.try_get::<Option<String>>(1)).transpose()?.flatten();

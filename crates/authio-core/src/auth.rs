@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::domain::Email;
 use crate::keys::KeyService;
 use crate::passwords::{NewPassword, Passwords};
-use crate::sessions::{self, ClientInfo, SessionPolicy};
+use crate::sessions::{self, ClientInfo, SessionPolicy, Writer};
 use crate::tokens::{self, AccessClaims};
 use crate::users::User;
 use crate::{api_keys, m2m, Clock, CoreError};
@@ -389,7 +389,8 @@ impl Identity {
         let now = self.now();
         let tx = self.inner.router.begin(&scope).await?;
         let user = crate::users::insert(&tx, &scope, &email, Some(&hash), now).await?;
-        let (sid, refresh) = sessions::start(&tx, &scope, user.id, &["pwd"], client, &policy(&profile), now).await?;
+        let (sid, refresh) =
+            sessions::start(Writer::Tx(&tx), &scope, user.id, &["pwd"], client, &policy(&profile), now).await?;
         tx.commit().await?;
         let tokens = self.user_tokens(&profile, user.id, sid, &["pwd".to_owned()], None, refresh).await?;
         Ok((user, tokens))
@@ -412,13 +413,27 @@ impl Identity {
         }
         let profile = self.profile(project).await?;
         let l = &self.inner.settings.limits;
-        if let Some(ip) = ip {
-            self.limit("signin:ip", &ip.to_string(), l.signin_per_ip, l.signin_ip_window_secs).await?;
-        }
         let account = format!("{project}:{:x}", Sha256::digest(email.as_str().as_bytes()));
         let now = self.now();
-        let failures =
-            preresolve::rate_peek(&self.inner.router, "signin:account", &account, l.account_window_secs, now).await?;
+        // The IP's attempt is counted and the account's failures read in one round trip.
+        let failures = match ip {
+            Some(ip) => {
+                let (hits, failures) = preresolve::rate_hit_and_peek(
+                    &self.inner.router,
+                    ("signin:ip", &ip.to_string(), l.signin_ip_window_secs),
+                    ("signin:account", &account, l.account_window_secs),
+                    now,
+                )
+                .await?;
+                if hits.hits > l.signin_per_ip {
+                    return Err(CoreError::RateLimited { retry_after: retry_after(hits.window_ends, now) });
+                }
+                failures
+            }
+            None => {
+                preresolve::rate_peek(&self.inner.router, "signin:account", &account, l.account_window_secs, now).await?
+            }
+        };
         if let Some(w) = failures.filter(|w| w.hits >= l.account_failures) {
             return Err(CoreError::RateLimited { retry_after: retry_after(w.window_ends, now) });
         }
@@ -456,16 +471,25 @@ impl Identity {
         } else {
             None
         };
-        let tx = self.inner.router.begin(&scope).await?;
-        if let Some(h) = &rehash {
-            tx.query(
-                "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1",
-                &[(&user_id, Type::UUID), (h, Type::TEXT), (&now, Type::TIMESTAMPTZ)],
-            )
-            .await?;
-        }
-        let (sid, refresh) = sessions::start(&tx, &scope, user_id, &["pwd"], client, &policy(&profile), now).await?;
-        tx.commit().await?;
+        let (sid, refresh) = match &rehash {
+            // The common case: the session alone, in one pipelined round trip.
+            None => {
+                sessions::start(Writer::Alone(&self.inner.router), &scope, user_id, &["pwd"], client, &policy(&profile), now)
+                    .await?
+            }
+            Some(h) => {
+                let tx = self.inner.router.begin(&scope).await?;
+                tx.query(
+                    "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1",
+                    &[(&user_id, Type::UUID), (h, Type::TEXT), (&now, Type::TIMESTAMPTZ)],
+                )
+                .await?;
+                let started =
+                    sessions::start(Writer::Tx(&tx), &scope, user_id, &["pwd"], client, &policy(&profile), now).await?;
+                tx.commit().await?;
+                started
+            }
+        };
         self.user_tokens(&profile, user_id, sid, &["pwd".to_owned()], role, refresh).await
     }
 

@@ -88,9 +88,25 @@ impl SessionInfo {
     }
 }
 
-/// Start a session inside the caller's transaction; returns its id and first refresh token.
+/// The session and its first refresh token in one statement (one round trip); the foreign key
+/// is checked at the end of the statement, when both rows exist.
+const START_SQL: &str = "WITH s AS (
+        INSERT INTO sessions (tenant_id, project_id, id, user_id, amr, ip, user_agent, created_at, last_active_at,
+                              idle_expires_at, absolute_expires_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10))
+    INSERT INTO refresh_tokens (tenant_id, project_id, token_hash, session_id, created_at)
+    VALUES ($1, $2, $11, $3, $8)";
+
+/// Where a new session is written: inside the caller's transaction, or on its own in one
+/// pipelined round trip.
+pub(crate) enum Writer<'a> {
+    Tx(&'a ScopedTx),
+    Alone(&'a Router),
+}
+
+/// Start a session; returns its id and first refresh token.
 pub(crate) async fn start(
-    tx: &ScopedTx,
+    writer: Writer<'_>,
     scope: &Scope,
     user: Uuid,
     amr: &[&str],
@@ -106,30 +122,27 @@ pub(crate) async fn start(
     let ua = client.user_agent.as_deref().map(|s| s.chars().take(512).collect::<String>());
     let (refresh, hash) = new_refresh_token(project);
     let hash = hash.to_vec();
-    // The session and its first refresh token in one statement (one round trip); the foreign
-    // key is checked at the end of the statement, when both rows exist.
-    tx.query(
-        "WITH s AS (
-             INSERT INTO sessions (tenant_id, project_id, id, user_id, amr, ip, user_agent, created_at, last_active_at,
-                                   idle_expires_at, absolute_expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10))
-         INSERT INTO refresh_tokens (tenant_id, project_id, token_hash, session_id, created_at)
-         VALUES ($1, $2, $11, $3, $8)",
-        &[
-            (&scope.tenant_id, Type::UUID),
-            (&project, Type::UUID),
-            (&sid, Type::UUID),
-            (&user, Type::UUID),
-            (&amr, Type::TEXT_ARRAY),
-            (&client.ip, Type::TEXT),
-            (&ua, Type::TEXT),
-            (&now, Type::TIMESTAMPTZ),
-            (&idle, Type::TIMESTAMPTZ),
-            (&absolute, Type::TIMESTAMPTZ),
-            (&hash, Type::BYTEA),
-        ],
-    )
-    .await?;
+    let params: [authio_db::Param<'_>; 11] = [
+        (&scope.tenant_id, Type::UUID),
+        (&project, Type::UUID),
+        (&sid, Type::UUID),
+        (&user, Type::UUID),
+        (&amr, Type::TEXT_ARRAY),
+        (&client.ip, Type::TEXT),
+        (&ua, Type::TEXT),
+        (&now, Type::TIMESTAMPTZ),
+        (&idle, Type::TIMESTAMPTZ),
+        (&absolute, Type::TIMESTAMPTZ),
+        (&hash, Type::BYTEA),
+    ];
+    match writer {
+        Writer::Tx(tx) => {
+            tx.query(START_SQL, &params).await?;
+        }
+        Writer::Alone(router) => {
+            router.write(scope, START_SQL, &params).await?;
+        }
+    }
     Ok((sid, refresh))
 }
 

@@ -18,6 +18,7 @@ pub struct Migration {
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "foundation", sql: include_str!("../../../migrations/0001_foundation.sql") },
     Migration { version: 2, name: "identity", sql: include_str!("../../../migrations/0002_identity.sql") },
+    Migration { version: 3, name: "signin_gate", sql: include_str!("../../../migrations/0003_signin_gate.sql") },
 ];
 
 const BOOTSTRAP_ROLES: &str = r#"

@@ -315,6 +315,35 @@ impl Router {
         conn.pipeline(&[(sql, params)]).await
     }
 
+    /// One scoped write in one round trip: the bind and the statement with a single Sync, so
+    /// they commit together as one implicit transaction. For a single statement that needs no
+    /// read-then-write logic. A write refused by row-level security at a database the tenant
+    /// does not live in (the policies carry the home fence) is reported as `NotAtHome`.
+    pub async fn write(&self, scope: &Scope, sql: &str, params: &[Param<'_>]) -> Result<Vec<PgRow>, DbError> {
+        let (target, _) = self.target_for_or_err(scope).await?;
+        let result = async {
+            let mut conn = target.reads.get().await.map_err(|e| DbError::Pool(e.to_string()))?;
+            let tenant = scope.tenant_id.to_string();
+            let project = scope.project_id.map(|p| p.to_string()).unwrap_or_default();
+            let bind: [Param<'_>; 2] = [(&tenant, Type::TEXT), (&project, Type::TEXT)];
+            match conn.pipeline(&[(BIND_SQL, &bind), (sql, params)]).await {
+                Err(e) if e.sqlstate() == Some("42501") => {
+                    let fence = conn
+                        .pipeline(&[("SELECT authio_tenant_at_home($1)", &[(&scope.tenant_id, Type::UUID)])])
+                        .await?;
+                    let home = fence.first().map(|r| r.try_get::<Option<bool>>(0)).transpose()?.flatten();
+                    if home != Some(true) {
+                        return Err(RouterError::NotAtHome(scope.tenant_id).into());
+                    }
+                    Err(e)
+                }
+                other => other,
+            }
+        }
+        .await;
+        result.map_err(|e| self.forget_stale(self.classify(scope, e)))
+    }
+
     async fn read_on(
         &self,
         reads: &ReadPool,

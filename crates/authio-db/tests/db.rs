@@ -318,6 +318,17 @@ async fn home_fence_blocks_reads_and_writes_whatever_the_gucs_say() {
     drop(raw);
     let err = users::create(&router, &SystemClock, &sa, &Email::parse("new@f.test").unwrap()).await.unwrap_err();
     assert!(matches!(&err, authio_core::CoreError::Db(DbError::Router(RouterError::NotAtHome(_)))), "{err:?}");
+    // A pipelined write (bind and statement with one Sync) is refused the same way.
+    let (t, p, id) = (a.tenant.id, a.project.id, Uuid::now_v7());
+    let err = router
+        .write(
+            &sa,
+            "INSERT INTO users (tenant_id, project_id, id, email, created_at, updated_at) VALUES ($1, $2, $3, 'w@f.test', now(), now())",
+            &[(&t, authio_db::Type::UUID), (&p, authio_db::Type::UUID), (&id, authio_db::Type::UUID)],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DbError::Router(RouterError::NotAtHome(_))), "{err:?}");
     // The rows are still there, untouched.
     assert_eq!(
         admin_query_strings(&shared.admin_url, "SELECT email || ':' || disabled FROM users").await,

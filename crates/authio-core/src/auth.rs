@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::domain::Email;
-use crate::keys::KeyService;
+use crate::keys::{KeyService, KeySet};
 use crate::passwords::{NewPassword, Passwords};
 use crate::sessions::{self, ClientInfo, SessionPolicy, Writer};
 use crate::tokens::{self, AccessClaims};
@@ -140,9 +140,12 @@ struct Inner {
     passwords: Passwords,
     keys: KeyService,
     settings: IdentitySettings,
-    profiles: RwLock<HashMap<Uuid, (Instant, Arc<ProjectProfile>)>>,
+    profiles: NodeCache<ProjectProfile>,
     clients: NodeCache<M2mClientRecord>,
     api_keys: NodeCache<ApiKeyRecord>,
+    /// Addresses over the failed-client-authentication limit, until their window ends: checked
+    /// before any secret is judged, at no cost to the token endpoint's hot path.
+    blocked_ips: RwLock<HashMap<String, DateTime<Utc>>>,
 }
 
 /// A node's copy of credential records by their public id, dropped on NOTIFY and after a TTL.
@@ -169,12 +172,13 @@ impl<V> NodeCache<V> {
         self.generation.load(Ordering::SeqCst)
     }
 
-    /// Keep `value` unless a change was notified since `generation` was read.
+    /// Keep `value` unless a change was notified since `generation` was read. The check and
+    /// the insert happen under the lock that `forget` takes to bump the generation.
     fn put(&self, key: &str, value: Arc<V>, generation: u64) {
-        if self.generation() != generation {
-            return;
-        }
         if let Ok(mut e) = self.entries.write() {
+            if self.generation() != generation {
+                return;
+            }
             if e.len() >= MAX_CACHED {
                 e.clear();
             }
@@ -183,8 +187,8 @@ impl<V> NodeCache<V> {
     }
 
     fn forget(&self, key: Option<&str>) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut e) = self.entries.write() {
+            self.generation.fetch_add(1, Ordering::SeqCst);
             match key {
                 Some(k) => {
                     e.remove(k);
@@ -207,6 +211,21 @@ fn scope_of(p: &ProjectProfile) -> Scope {
     Scope::project(p.tenant_id, p.project_id, p.tenant_kind)
 }
 
+/// The key an address is counted under: an IPv4 address, or an IPv6 address's /64 (one host
+/// commonly holds a whole /64).
+fn ip_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
 fn retry_after(window_ends: DateTime<Utc>, now: DateTime<Utc>) -> u32 {
     u32::try_from((window_ends - now).num_seconds().max(1)).unwrap_or(u32::MAX)
 }
@@ -227,9 +246,10 @@ impl Identity {
                 passwords,
                 keys,
                 settings,
-                profiles: RwLock::new(HashMap::new()),
+                profiles: NodeCache::new(),
                 clients: NodeCache::new(),
                 api_keys: NodeCache::new(),
+                blocked_ips: RwLock::new(HashMap::new()),
             }),
         };
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -244,9 +264,7 @@ impl Identity {
             CacheEvent::Reset => {
                 self.inner.clients.forget(None);
                 self.inner.api_keys.forget(None);
-                if let Ok(mut p) = self.inner.profiles.write() {
-                    p.clear();
-                }
+                self.inner.profiles.forget(None);
                 self.inner.keys.invalidate_all();
             }
             CacheEvent::Changed { kind, key } => match kind.as_str() {
@@ -268,11 +286,41 @@ impl Identity {
     }
 
     /// Authenticate an M2M client by id and secret: the record from this node's cache or
-    /// from the shared database.
-    pub async fn authenticate_client(&self, client_id: &str, secret: &str) -> Result<Arc<M2mClientRecord>, CoreError> {
+    /// from the shared database. Failures are counted against the caller's address (on the
+    /// shared database, so across nodes); an address over the limit is refused before its
+    /// secret is judged, right or wrong, until the window ends.
+    pub async fn authenticate_client(
+        &self,
+        client_id: &str,
+        secret: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<Arc<M2mClientRecord>, CoreError> {
+        let now = self.now();
+        let key = ip.map(ip_key);
+        if let Some(k) = &key {
+            let blocked = self.inner.blocked_ips.read().ok().and_then(|b| b.get(k).copied());
+            if let Some(until) = blocked.filter(|u| *u > now) {
+                return Err(CoreError::RateLimited { retry_after: retry_after(until, now) });
+            }
+        }
         let record = self.client_record(client_id).await?;
-        m2m::check_secret(record.as_deref(), secret)?;
-        record.ok_or(CoreError::InvalidClient)
+        if m2m::check_secret(record.as_deref(), secret).is_ok() {
+            if let Some(r) = record {
+                return Ok(r);
+            }
+        }
+        if let Some(k) = key {
+            let l = &self.inner.settings.limits;
+            let w = preresolve::rate_hit(&self.inner.router, "client:ip", &k, l.client_ip_window_secs, now).await?;
+            if w.hits > l.client_failures_per_ip {
+                if let Ok(mut b) = self.inner.blocked_ips.write() {
+                    b.retain(|_, until| *until > now);
+                    b.insert(k, w.window_ends);
+                }
+                return Err(CoreError::RateLimited { retry_after: retry_after(w.window_ends, now) });
+            }
+        }
+        Err(CoreError::InvalidClient)
     }
 
     async fn client_record(&self, client_id: &str) -> Result<Option<Arc<M2mClientRecord>>, CoreError> {
@@ -334,29 +382,23 @@ impl Identity {
         self.inner.clock.now()
     }
 
-    /// A project's tenant and settings (cached per node for `profile_ttl`).
+    /// A project's tenant and settings (cached per node for `profile_ttl`, dropped on NOTIFY).
     pub async fn profile(&self, project: Uuid) -> Result<Arc<ProjectProfile>, CoreError> {
-        if let Ok(cache) = self.inner.profiles.read() {
-            if let Some((at, p)) = cache.get(&project) {
-                if at.elapsed() < self.inner.settings.profile_ttl {
-                    return Ok(p.clone());
-                }
-            }
+        let key = project.to_string();
+        if let Some(p) = self.inner.profiles.get(&key, self.inner.settings.profile_ttl) {
+            return Ok(p);
         }
+        let generation = self.inner.profiles.generation();
         let p = Arc::new(
             preresolve::project_profile(&self.inner.router, project).await?.ok_or(CoreError::NotFound("project"))?,
         );
-        if let Ok(mut cache) = self.inner.profiles.write() {
-            cache.insert(project, (Instant::now(), p.clone()));
-        }
+        self.inner.profiles.put(&key, p.clone(), generation);
         Ok(p)
     }
 
     /// Forget a project's cached profile on this node (after changing its settings here).
     pub fn forget_profile(&self, project: Uuid) {
-        if let Ok(mut cache) = self.inner.profiles.write() {
-            cache.remove(&project);
-        }
+        self.inner.profiles.forget(Some(&project.to_string()));
     }
 
     async fn limit(&self, bucket: &str, key: &str, limit: i32, window: i32) -> Result<(), CoreError> {
@@ -380,20 +422,46 @@ impl Identity {
         let email = Email::parse(email)?;
         let password = NewPassword::parse(password)?;
         let profile = self.profile(project).await?;
+        if profile.tenant_kind == TenantKind::Platform {
+            // Platform identities are operators and dashboard users: created by operators,
+            // never by whoever finds the sign-up endpoint.
+            return Err(CoreError::Forbidden("sign-up is closed on the platform tenant"));
+        }
         let l = &self.inner.settings.limits;
         if let Some(ip) = ip {
-            self.limit("signup:ip", &ip.to_string(), l.signup_per_ip, l.signup_ip_window_secs).await?;
+            self.limit("signup:ip", &ip_key(ip), l.signup_per_ip, l.signup_ip_window_secs).await?;
         }
         let hash = self.inner.passwords.hash(&password).await?;
+        // Keys first: nothing is written unless a token can be signed for it.
+        let keys = self.inner.keys.keyset(&profile).await?;
         let scope = scope_of(&profile);
         let now = self.now();
         let tx = self.inner.router.begin(&scope).await?;
         let user = crate::users::insert(&tx, &scope, &email, Some(&hash), now).await?;
         let (sid, refresh) =
             sessions::start(Writer::Tx(&tx), &scope, user.id, &["pwd"], client, &policy(&profile), now).await?;
+        let tokens = self.user_tokens(&keys, &profile, user.id, sid, &["pwd".to_owned()], None, refresh)?;
         tx.commit().await?;
-        let tokens = self.user_tokens(&profile, user.id, sid, &["pwd".to_owned()], None, refresh).await?;
         Ok((user, tokens))
+    }
+
+    /// Create a user with a password and no session: how platform identities (operators,
+    /// dashboard users) are made, by operators (`authio dev`, the console).
+    pub async fn create_user_with_password(
+        &self,
+        project: Uuid,
+        email: &str,
+        password: &str,
+    ) -> Result<User, CoreError> {
+        let email = Email::parse(email)?;
+        let password = NewPassword::parse(password)?;
+        let profile = self.profile(project).await?;
+        let hash = self.inner.passwords.hash(&password).await?;
+        let scope = scope_of(&profile);
+        let tx = self.inner.router.begin(&scope).await?;
+        let user = crate::users::insert(&tx, &scope, &email, Some(&hash), self.now()).await?;
+        tx.commit().await?;
+        Ok(user)
     }
 
     /// Password sign-in. Unknown accounts, accounts without a password, disabled accounts and
@@ -415,53 +483,59 @@ impl Identity {
         let l = &self.inner.settings.limits;
         let account = format!("{project}:{:x}", Sha256::digest(email.as_str().as_bytes()));
         let now = self.now();
-        // The IP's attempt is counted and the account's failures read in one round trip.
-        let failures = match ip {
+        // Every attempt is counted before the password is checked, against the IP and against
+        // the account (known or not), in one round trip: guesses in flight count too. A
+        // success resets the account's count, so the account limit is one of failures.
+        let (ip_hits, account_hits) = match ip {
             Some(ip) => {
-                let (hits, failures) = preresolve::rate_hit_and_peek(
+                let (a, b) = preresolve::rate_hit_both(
                     &self.inner.router,
-                    ("signin:ip", &ip.to_string(), l.signin_ip_window_secs),
+                    ("signin:ip", &ip_key(ip), l.signin_ip_window_secs),
                     ("signin:account", &account, l.account_window_secs),
                     now,
                 )
                 .await?;
-                if hits.hits > l.signin_per_ip {
-                    return Err(CoreError::RateLimited { retry_after: retry_after(hits.window_ends, now) });
-                }
-                failures
+                (Some(a), b)
             }
-            None => {
-                preresolve::rate_peek(&self.inner.router, "signin:account", &account, l.account_window_secs, now).await?
-            }
+            None => (
+                None,
+                preresolve::rate_hit(&self.inner.router, "signin:account", &account, l.account_window_secs, now)
+                    .await?,
+            ),
         };
-        if let Some(w) = failures.filter(|w| w.hits >= l.account_failures) {
+        if let Some(w) = ip_hits.filter(|w| w.hits > l.signin_per_ip) {
             return Err(CoreError::RateLimited { retry_after: retry_after(w.window_ends, now) });
         }
+        if account_hits.hits > l.account_failures {
+            return Err(CoreError::RateLimited { retry_after: retry_after(account_hits.window_ends, now) });
+        }
         let scope = scope_of(&profile);
+        // Always one row, with the home fence in it: an unknown account costs the same round
+        // trips as a known one.
         let rows = self
             .inner
             .router
             .read(
                 &scope,
-                "SELECT id, password_hash, disabled, role FROM users WHERE tenant_id = $1 AND project_id = $2 AND email = $3",
+                "SELECT u.id, u.password_hash, u.disabled, u.role, f.home
+                 FROM (SELECT authio_tenant_at_home($1) AS home) f
+                 LEFT JOIN users u ON u.tenant_id = $1 AND u.project_id = $2 AND u.email = $3",
                 &[(&scope.tenant_id, Type::UUID), (&project, Type::UUID), (&email.as_str(), Type::TEXT)],
             )
             .await?;
-        // An empty read has asked the home fence: for a tenant at home it is "no such user".
-        let found = rows.first();
-        let user_id: Option<Uuid> = found.map(|r| r.try_get(0)).transpose()?;
-        let stored: Option<String> = found.map(|r| r.try_get::<Option<String>>(1)).transpose()?.flatten();
-        let disabled = found.map(|r| r.try_get::<bool>(2)).transpose()?.unwrap_or(false);
-        let role: Option<String> = found.map(|r| r.try_get::<Option<String>>(3)).transpose()?.flatten();
+        let row = rows.first().ok_or(CoreError::Config("user lookup returned no row".into()))?;
+        if row.try_get::<Option<bool>>(4)? != Some(true) {
+            return Err(authio_db::RouterError::NotAtHome(scope.tenant_id).into());
+        }
+        let user_id: Option<Uuid> = row.try_get(0)?;
+        let stored: Option<String> = row.try_get(1)?;
+        let disabled = row.try_get::<Option<bool>>(2)?.unwrap_or(false);
+        let role: Option<String> = row.try_get(3)?;
         let usable = if disabled { None } else { stored.as_deref() };
         let verified = self.inner.passwords.verify(password, usable).await?;
         let (Some(user_id), true) = (user_id, verified.ok) else {
-            preresolve::rate_hit(&self.inner.router, "signin:account", &account, l.account_window_secs, now).await?;
             return Err(CoreError::InvalidCredentials);
         };
-        if failures.is_some() {
-            preresolve::rate_reset(&self.inner.router, "signin:account", &account).await?;
-        }
         let rehash = if verified.needs_rehash {
             // The password just verified, so it met the rules when it was set; re-check only length.
             match NewPassword::parse(password) {
@@ -471,13 +545,28 @@ impl Identity {
         } else {
             None
         };
+        // Keys first: no session is written unless a token can be signed for it.
+        let keys = self.inner.keys.keyset(&profile).await?;
+        let reset = preresolve::rate_reset(&self.inner.router, "signin:account", &account);
         let (sid, refresh) = match &rehash {
-            // The common case: the session alone, in one pipelined round trip.
+            // The common case: the session alone, in one pipelined round trip (beside the reset).
             None => {
-                sessions::start(Writer::Alone(&self.inner.router), &scope, user_id, &["pwd"], client, &policy(&profile), now)
-                    .await?
+                let session_policy = policy(&profile);
+                let start = sessions::start(
+                    Writer::Alone(&self.inner.router),
+                    &scope,
+                    user_id,
+                    &["pwd"],
+                    client,
+                    &session_policy,
+                    now,
+                );
+                let (started, reset) = futures_util::join!(start, reset);
+                reset?;
+                started?
             }
             Some(h) => {
+                reset.await?;
                 let tx = self.inner.router.begin(&scope).await?;
                 tx.query(
                     "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1",
@@ -490,7 +579,7 @@ impl Identity {
                 started
             }
         };
-        self.user_tokens(&profile, user_id, sid, &["pwd".to_owned()], role, refresh).await
+        self.user_tokens(&keys, &profile, user_id, sid, &["pwd".to_owned()], role, refresh)
     }
 
     /// Rotate a refresh token (`grant_type=refresh_token`).
@@ -502,6 +591,8 @@ impl Identity {
             Err(CoreError::NotFound(_)) => return Err(CoreError::InvalidGrant("the refresh token is invalid")),
             Err(e) => return Err(e),
         };
+        // Keys first: a refresh token is not rotated unless the new access token can be signed.
+        let keys = self.inner.keys.keyset(&profile).await?;
         let r = sessions::refresh(
             &self.inner.router,
             self.inner.clock.as_ref(),
@@ -510,11 +601,13 @@ impl Identity {
             &hash,
         )
         .await?;
-        self.user_tokens(&profile, r.user_id, r.session_id, &r.amr, r.role, r.refresh_token).await
+        self.user_tokens(&keys, &profile, r.user_id, r.session_id, &r.amr, r.role, r.refresh_token)
     }
 
-    async fn user_tokens(
+    #[allow(clippy::too_many_arguments)]
+    fn user_tokens(
         &self,
+        keys: &KeySet,
         profile: &ProjectProfile,
         user: Uuid,
         sid: Uuid,
@@ -541,7 +634,6 @@ impl Identity {
             scope: None,
             client_id: None,
         };
-        let keys = self.inner.keys.keyset(profile).await?;
         Ok(UserTokens {
             access_token: keys.sign(&claims)?,
             token_type: "Bearer",
@@ -560,17 +652,7 @@ impl Identity {
         requested: Option<&str>,
         ip: Option<IpAddr>,
     ) -> Result<ClientToken, CoreError> {
-        let client = match self.authenticate_client(client_id, secret).await {
-            Ok(c) => c,
-            Err(CoreError::InvalidClient) => {
-                if let Some(ip) = ip {
-                    let l = &self.inner.settings.limits;
-                    self.limit("client:ip", &ip.to_string(), l.client_failures_per_ip, l.client_ip_window_secs).await?;
-                }
-                return Err(CoreError::InvalidClient);
-            }
-            Err(e) => return Err(e),
-        };
+        let client = self.authenticate_client(client_id, secret, ip).await?;
         let granted: Vec<&str> = match requested.map(str::trim).filter(|s| !s.is_empty()) {
             None => client.scopes.iter().map(String::as_str).collect(),
             Some(req) => {
@@ -763,5 +845,19 @@ async fn follow_cache_events(inner: std::sync::Weak<Inner>, mut events: tokio::s
         };
         let Some(inner) = inner.upgrade() else { return };
         Identity { inner }.apply_cache_event(&event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_counted_per_host_or_per_ipv6_64() {
+        let k = |s: &str| ip_key(s.parse().unwrap_or(IpAddr::from([0, 0, 0, 0])));
+        assert_eq!(k("203.0.113.7"), "203.0.113.7");
+        assert_eq!(k("2001:db8:1:2:aaaa::1"), k("2001:db8:1:2:bbbb::9"));
+        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+        assert_eq!(k("::ffff:203.0.113.7"), "203.0.113.7");
     }
 }

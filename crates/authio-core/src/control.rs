@@ -301,12 +301,16 @@ impl ControlPlane {
     /// Rotate a project's signing keys: the current key retires (published until every token
     /// it may have signed has expired), the next key (published since the last rotation)
     /// becomes current, and a new next key is made, in `alg` if given (else the project's).
+    ///
+    /// Refused (unless `force`) while the next key is younger than [`MIN_NEXT_KEY_AGE_SECS`]:
+    /// verifiers that cached the JWKS before it was published would not know it yet.
     pub async fn rotate_keys(
         &self,
         project: Uuid,
         alg: Option<Alg>,
         master_key: &MasterKey,
         now: DateTime<Utc>,
+        force: bool,
     ) -> Result<Rotation, CoreError> {
         let mut c = self.client().await?;
         let tx = OwnerTx::begin(&mut c).await?;
@@ -329,10 +333,22 @@ impl ControlPlane {
         let new_alg = alg.or_else(|| Alg::parse(&project_alg)).unwrap_or(Alg::EdDSA);
         let keys = tx
             .query(
-                "SELECT kid, state, alg FROM signing_keys WHERE project_id = $1 AND state IN ('current', 'next') FOR UPDATE",
+                "SELECT kid, state, alg, created_at FROM signing_keys
+                 WHERE project_id = $1 AND state IN ('current', 'next') FOR UPDATE",
                 &[(&project, Type::UUID)],
             )
             .await?;
+        let next_created: Option<DateTime<Utc>> =
+            keys.iter().find(|r| r.get::<_, String>(1) == "next").map(|r| r.get(3));
+        if let (false, Some(created)) = (force, next_created) {
+            let ready = created + chrono::Duration::seconds(MIN_NEXT_KEY_AGE_SECS);
+            if now < ready {
+                return Err(CoreError::TooSoon(format!(
+                    "the next key was published at {created}; verifiers may not have it until {ready} \
+                     (JWKS cache time plus node cache time). Rotate then, or force it"
+                )));
+            }
+        }
         let kid_in = |state: &str| keys.iter().find(|r| r.get::<_, String>(1) == state).map(|r| r.get::<_, String>(0));
         let mut next_kid = kid_in("next");
         if next_kid.is_none() {
@@ -345,7 +361,7 @@ impl ControlPlane {
         }
         // Past the longest lifetime any token can have (86400 s, the cap on project and client
         // settings: settings may shrink or clients be revoked after a token was signed), plus
-        // the time nodes may keep signing with a cached key set, plus clock leeway.
+        // the time nodes may keep signing with a cached key set (at most 60 s), plus leeway.
         let publish_secs = f64::from(MAX_TOKEN_LIFETIME_SECS) + 300.0;
         let retired = tx
             .query_opt(
@@ -385,13 +401,24 @@ impl ControlPlane {
                 &[(&email.as_str(), Type::TEXT)],
             )
             .await?;
-        if rows.is_empty() {
-            return Err(CoreError::NotFound("user"));
+        match rows.len() {
+            0 => return Err(CoreError::NotFound("user")),
+            1 => {}
+            // One email in several platform projects: promote none rather than all.
+            _ => {
+                return Err(CoreError::Conflict(
+                    "several platform users have this email; none was made an operator".into(),
+                ))
+            }
         }
         tx.commit().await?;
         Ok(())
     }
 }
+
+/// How long the next key must have been published before it may sign: the JWKS cache time
+/// (`max-age=300` plus `stale-while-revalidate=60`) plus the longest node cache time (60 s).
+pub const MIN_NEXT_KEY_AGE_SECS: i64 = 420;
 
 /// The longest lifetime a token can be given (the cap in the schema's CHECK constraints).
 pub const MAX_TOKEN_LIFETIME_SECS: i32 = 86_400;

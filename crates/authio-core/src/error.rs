@@ -36,6 +36,12 @@ pub enum CoreError {
     Forbidden(&'static str),
     #[error("too many attempts; retry in {retry_after} s")]
     RateLimited { retry_after: u32 },
+    /// An operation that must wait (for example a key rotation too soon after the last).
+    #[error("{0}")]
+    TooSoon(String),
+    /// The request conflicts with the current state (for example an ambiguous match).
+    #[error("{0}")]
+    Conflict(String),
     /// Every hashing slot is taken for longer than the configured wait.
     #[error("busy; retry shortly")]
     Busy,

@@ -315,11 +315,22 @@ struct KeyInner {
     clock: Arc<dyn Clock>,
     ttl: Duration,
     cache: RwLock<HashMap<Uuid, Arc<KeySet>>>,
+    /// Bumped (under the cache's lock) on every invalidation; a load that raced one is not kept.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl KeyService {
     pub fn new(router: Router, master_key: MasterKey, clock: Arc<dyn Clock>, ttl: Duration) -> Self {
-        KeyService { inner: Arc::new(KeyInner { router, master_key, clock, ttl, cache: RwLock::new(HashMap::new()) }) }
+        KeyService {
+            inner: Arc::new(KeyInner {
+                router,
+                master_key,
+                clock,
+                ttl,
+                cache: RwLock::new(HashMap::new()),
+                generation: std::sync::atomic::AtomicU64::new(0),
+            }),
+        }
     }
 
     pub fn master_key(&self) -> &MasterKey {
@@ -332,6 +343,7 @@ impl KeyService {
         if let Some(set) = self.cached(project) {
             return Ok(set);
         }
+        let generation = self.inner.generation.load(std::sync::atomic::Ordering::SeqCst);
         let now = self.inner.clock.now();
         let mut records = preresolve::project_signing_keys(&self.inner.router, project, now).await?;
         if !records.iter().any(|r| r.state == "current") {
@@ -340,7 +352,9 @@ impl KeyService {
         }
         let set = Arc::new(KeySet::build(project, &self.inner.master_key, &records)?);
         if let Ok(mut cache) = self.inner.cache.write() {
-            cache.insert(project, set.clone());
+            if self.inner.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
+                cache.insert(project, set.clone());
+            }
         }
         Ok(set)
     }
@@ -353,6 +367,7 @@ impl KeyService {
     /// Forget a project's keys on this node (after a rotation made here).
     pub fn invalidate(&self, project: Uuid) {
         if let Ok(mut cache) = self.inner.cache.write() {
+            self.inner.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             cache.remove(&project);
         }
     }
@@ -360,6 +375,7 @@ impl KeyService {
     /// Forget every project's keys on this node.
     pub fn invalidate_all(&self) {
         if let Ok(mut cache) = self.inner.cache.write() {
+            self.inner.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             cache.clear();
         }
     }

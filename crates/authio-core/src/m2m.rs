@@ -162,7 +162,9 @@ pub async fn revoke(router: &Router, clock: &dyn Clock, scope: &Scope, id: Uuid)
 
 /// Whether a client id is shaped like ours (others are not looked up at all).
 pub fn plausible_client_id(client_id: &str) -> bool {
-    client_id.len() == 27 && client_id.starts_with("cl_")
+    client_id
+        .strip_prefix("cl_")
+        .is_some_and(|hex| hex.len() == 24 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
 /// Look a client up by id (a pre-resolution lookup on the shared database).
@@ -190,6 +192,14 @@ pub fn check_secret(record: Option<&M2mClientRecord>, secret: &str) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_our_client_ids_are_looked_up() {
+        assert!(plausible_client_id("cl_0123456789abcdef01234567"));
+        assert!(!plausible_client_id("cl_0123456789abcdef0123456\0"));
+        assert!(!plausible_client_id("cl_0123456789ABCDEF01234567"));
+        assert!(!plausible_client_id("xx_0123456789abcdef01234567"));
+    }
 
     #[test]
     fn scope_tokens() {

@@ -354,7 +354,7 @@ pub async fn refresh_token_state(
 }
 
 /// Whether an access token is still good at its home: its jti not revoked and, for a token of
-/// a session, the session live.
+/// a session, the session live and its user not disabled.
 pub async fn access_token_live(
     router: &Router,
     clock: &dyn Clock,
@@ -370,8 +370,9 @@ pub async fn access_token_live(
             scope,
             "SELECT NOT EXISTS (SELECT 1 FROM revoked_access_tokens WHERE tenant_id = $1 AND jti = $2),
                     $3::uuid IS NULL OR EXISTS (
-                        SELECT 1 FROM sessions s WHERE s.tenant_id = $1 AND s.id = $3 AND s.revoked_at IS NULL
-                          AND s.absolute_expires_at > $4),
+                        SELECT 1 FROM sessions s JOIN users u ON u.tenant_id = s.tenant_id AND u.id = s.user_id
+                        WHERE s.tenant_id = $1 AND s.id = $3 AND s.revoked_at IS NULL
+                          AND s.absolute_expires_at > $4 AND NOT u.disabled),
                     authio_tenant_at_home($1)",
             &[(&scope.tenant_id, Type::UUID), (&jti, Type::UUID), (&sid, Type::UUID), (&now, Type::TIMESTAMPTZ)],
         )

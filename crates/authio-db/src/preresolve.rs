@@ -13,7 +13,7 @@
 //! | `project_profile` | project id    | the control plane (projects): end-user requests name a project |
 //! | `project_signing_keys` | project id | signing keys: platform-level, never move        |
 //! | `resolve_m2m_client` | client id  | `/v1/auth/token` resolves the project from the client id |
-//! | `rate_hit`, `rate_peek`, `rate_hit_and_peek`, `rate_reset`, `rate_gc` | bucket and key | counters run before the home is known and hold across nodes |
+//! | `rate_hit`, `rate_peek`, `rate_hit_both`, `rate_reset`, `rate_gc` | bucket and key | counters run before the home is known and hold across nodes |
 use chrono::{DateTime, Utc};
 use tokio_postgres::types::Type;
 use uuid::Uuid;
@@ -219,33 +219,32 @@ pub async fn rate_hit(
     Ok(RateWindow { hits: r.try_get(0)?, window_ends: r.try_get(1)? })
 }
 
-/// Count a hit on one key and read another's window, in one round trip (a sign-in: the IP's
-/// attempts and the account's failures).
-pub async fn rate_hit_and_peek(
+/// Count a hit on two keys in one round trip (a sign-in: the IP's attempts and the account's).
+pub async fn rate_hit_both(
     router: &Router,
-    hit: (&str, &str, i32),
-    peek: (&str, &str, i32),
+    a: (&str, &str, i32),
+    b: (&str, &str, i32),
     now: DateTime<Utc>,
-) -> Result<(RateWindow, Option<RateWindow>), DbError> {
+) -> Result<(RateWindow, RateWindow), DbError> {
     let rows = router
         .read_shared_unscoped(
-            "SELECT hits, window_ends, peek_hits, peek_window_ends FROM authio_rate_hit_and_peek($1, $2, $3, $4, $5, $6, $7)",
+            "SELECT hits_a, window_ends_a, hits_b, window_ends_b FROM authio_rate_hit_both($1, $2, $3, $4, $5, $6, $7)",
             &[
-                (&hit.0, Type::TEXT),
-                (&hit.1, Type::TEXT),
-                (&hit.2, Type::INT4),
-                (&peek.0, Type::TEXT),
-                (&peek.1, Type::TEXT),
-                (&peek.2, Type::INT4),
+                (&a.0, Type::TEXT),
+                (&a.1, Type::TEXT),
+                (&a.2, Type::INT4),
+                (&b.0, Type::TEXT),
+                (&b.1, Type::TEXT),
+                (&b.2, Type::INT4),
                 (&now, Type::TIMESTAMPTZ),
             ],
         )
         .await?;
-    let r = rows.first().ok_or_else(|| DbError::Decode("authio_rate_hit_and_peek returned no row".into()))?;
-    let hit = RateWindow { hits: r.try_get(0)?, window_ends: r.try_get(1)? };
-    let peek_hits: Option<i32> = r.try_get(2)?;
-    let peek_ends: Option<DateTime<Utc>> = r.try_get(3)?;
-    Ok((hit, peek_hits.zip(peek_ends).map(|(hits, window_ends)| RateWindow { hits, window_ends })))
+    let r = rows.first().ok_or_else(|| DbError::Decode("authio_rate_hit_both returned no row".into()))?;
+    Ok((
+        RateWindow { hits: r.try_get(0)?, window_ends: r.try_get(1)? },
+        RateWindow { hits: r.try_get(2)?, window_ends: r.try_get(3)? },
+    ))
 }
 
 /// The current window without counting a hit (`None`: no hits in a live window).

@@ -113,6 +113,8 @@ impl From<CoreError> for ApiError {
                 retry_after: Some(retry_after),
             },
             CoreError::Busy => Self::unavailable("busy", "the server is busy; retry shortly".into(), 1),
+            CoreError::TooSoon(m) => ApiError::new(StatusCode::CONFLICT, "too_soon", m),
+            CoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             CoreError::Config(m) => {
                 tracing::error!(error = %m, "internal error");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")

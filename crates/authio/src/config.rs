@@ -45,7 +45,8 @@ pub struct Config {
     /// Failed sign-ins per account per 15 minutes before the account is locked for the rest
     /// of the window.
     pub signin_account_failures: i32,
-    /// How long a node keeps a project's keys and settings before re-reading them.
+    /// How long a node keeps a project's keys and settings before re-reading them (100 ms to
+    /// 60 s; changes are also NOTIFYed).
     pub cache_ttl_ms: u64,
 }
 
@@ -156,7 +157,8 @@ impl Config {
         }
         auth.limits.signin_per_ip = self.signin_per_ip_per_minute;
         auth.limits.account_failures = self.signin_account_failures;
-        auth.cache_ttl = Duration::from_millis(self.cache_ttl_ms.max(100));
+        // At most 60 s: key rotation's margins assume it (see `MIN_NEXT_KEY_AGE_SECS`).
+        auth.cache_ttl = Duration::from_millis(self.cache_ttl_ms.clamp(100, 60_000));
         auth
     }
 }

@@ -128,9 +128,12 @@ async fn seed(cfg: &Config, state: &authio_server::AppState, dedicated: &LocalCl
         }
         let k = cp.create_api_key(t.id, p.id, &DisplayName::parse("dev")?).await?;
         let password = demo_password();
-        state.identity.sign_up(p.id, email, &password, &ClientInfo::default(), None).await?;
         if kind == TenantKind::Platform {
+            // Sign-up is closed on the platform tenant: operators are made, not self-served.
+            state.identity.create_user_with_password(p.id, email, &password).await?;
             cp.grant_operator(&Email::parse(email)?).await?;
+        } else {
+            state.identity.sign_up(p.id, email, &password, &ClientInfo::default(), None).await?;
         }
         out.push_str(&format!(
             "\n  {name} [{kind_s}, enterprise, {home}]\n    project  {project_slug}  id {pid}\n    issuer   {iss}\n    user     {email}  password {password}{op}\n    API key  {key}\n    try      curl -H 'Authorization: Bearer {key}' {url}/v1/projects/{pid}/users\n             curl -H 'Content-Type: application/json' -d '{{\"project_id\":\"{pid}\",\"email\":\"{email}\",\"password\":\"{password}\"}}' {url}/v1/auth/signin\n",

@@ -66,6 +66,10 @@ enum KeysCommand {
         /// rotation after this one, once every verifier has seen it.
         #[arg(long)]
         alg: Option<String>,
+        /// Rotate even if the next key was published less than 7 minutes ago (verifiers that
+        /// cached the key set before may then refuse new tokens for a while).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -134,22 +138,24 @@ async fn run(cli: Cli) -> Result<()> {
         Command::GrantOperator { email } => {
             let cfg = Config::load(cli.config.as_deref())?;
             let email = authio_core::domain::Email::parse(&email)?;
-            ControlPlane::new(cfg.admin_url.clone())
-                .grant_operator(&email)
-                .await
-                .with_context(|| format!("no platform-tenant user {email}"))?;
+            match ControlPlane::new(cfg.admin_url.clone()).grant_operator(&email).await {
+                Ok(()) => {}
+                Err(authio_core::CoreError::NotFound(_)) => bail!("no platform-tenant user {email}"),
+                Err(e) => return Err(e.into()),
+            }
             println!("{email} is an operator; tokens issued from now on carry role=operator");
             Ok(())
         }
-        Command::Keys { command: KeysCommand::Rotate { project, alg } } => {
+        Command::Keys { command: KeysCommand::Rotate { project, alg, force } } => {
             let cfg = Config::load(cli.config.as_deref())?;
             let alg = alg
                 .map(|a| authio_core::keys::Alg::parse(&a).context("--alg must be EdDSA, ES256 or RS256"))
                 .transpose()?;
             let key = master_key(&cfg)?
                 .context("a master key is required (AUTHIO_MASTER_KEY): keys are encrypted with it")?;
-            let r =
-                ControlPlane::new(cfg.admin_url.clone()).rotate_keys(project, alg, &key, chrono::Utc::now()).await?;
+            let r = ControlPlane::new(cfg.admin_url.clone())
+                .rotate_keys(project, alg, &key, chrono::Utc::now(), force)
+                .await?;
             println!(
                 "current  {}
 next     {} ({})",

@@ -74,11 +74,13 @@ async fn tenant_create_list_show_against_a_real_database() {
     let project = out.lines().find_map(|l| l.strip_prefix("project  default")).unwrap().trim().to_owned();
     let (ok, first, err) = run(&["keys", "rotate", "--project", &project]);
     assert!(ok && first.contains("current") && first.contains("(EdDSA)"), "{first}{err}");
-    let (ok, second, err) = run(&["keys", "rotate", "--project", &project, "--alg", "RS256"]);
+    let (ok, _, err) = run(&["keys", "rotate", "--project", &project]);
+    assert!(!ok && err.contains("force"), "a rotation right after the last is refused: {err}");
+    let (ok, second, err) = run(&["keys", "rotate", "--project", &project, "--alg", "RS256", "--force"]);
     assert!(ok && second.contains("retired") && second.contains("(RS256)"), "{second}{err}");
     let next_of_first = first.lines().find_map(|l| l.strip_prefix("next     ")).unwrap().split(' ').next().unwrap();
     assert!(second.contains(&format!("current  {next_of_first}")), "the next key became current: {second}");
-    let (ok, _, err) = run(&["keys", "rotate", "--project", &project, "--alg", "HS256"]);
+    let (ok, _, err) = run(&["keys", "rotate", "--project", &project, "--alg", "HS256", "--force"]);
     assert!(!ok && err.contains("--alg"), "{err}");
     let (ok, _, err) = run(&["grant-operator", "--email", "nobody@initech.test"]);
     assert!(!ok && err.contains("no platform-tenant user"), "{err}");

@@ -240,7 +240,12 @@ pub async fn token(
 
 /// Who is calling introspection or revocation: a client of the project, or a project API key
 /// (`Authorization: Bearer sk_...`).
-async fn caller(state: &AppState, headers: &HeaderMap, form: &Form) -> Result<Option<Caller>, OAuthError> {
+async fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: &Form,
+    ip: Option<IpAddr>,
+) -> Result<Option<Caller>, OAuthError> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -254,7 +259,7 @@ async fn caller(state: &AppState, headers: &HeaderMap, form: &Form) -> Result<Op
     }
     match client_credentials(headers, form)? {
         Some((id, secret)) => {
-            let client = state.identity.authenticate_client(&id, &secret).await?;
+            let client = state.identity.authenticate_client(&id, &secret, ip).await?;
             Ok(Some(Caller { project_id: client.project_id }))
         }
         None => Ok(None),
@@ -271,11 +276,13 @@ async fn caller(state: &AppState, headers: &HeaderMap, form: &Form) -> Result<Op
     ))]
 pub async fn introspect(
     State(state): State<AppState>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
     let form = Form::parse(&headers, &body)?;
-    let caller = caller(&state, &headers, &form).await?.ok_or_else(OAuthError::invalid_client)?;
+    let ip = client_ip(connect.as_ref());
+    let caller = caller(&state, &headers, &form, ip).await?.ok_or_else(OAuthError::invalid_client)?;
     let token = form.get("token").ok_or_else(|| OAuthError::invalid_request("token is required"))?;
     let answer: Introspection = state.identity.introspect(caller, token).await?;
     Ok(no_store(StatusCode::OK, Json(answer)))
@@ -290,9 +297,14 @@ pub async fn introspect(
         (status = 200, description = "revoked, or nothing to revoke"),
         (status = 401, description = "`invalid_client`", body = crate::error::OAuthErrorBody),
     ))]
-pub async fn revoke(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, OAuthError> {
+pub async fn revoke(
+    State(state): State<AppState>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OAuthError> {
     let form = Form::parse(&headers, &body)?;
-    let caller = caller(&state, &headers, &form).await?;
+    let caller = caller(&state, &headers, &form, client_ip(connect.as_ref())).await?;
     let token = form.get("token").ok_or_else(|| OAuthError::invalid_request("token is required"))?;
     state.identity.revoke(caller, token).await?;
     Ok(no_store(StatusCode::OK, ()))

@@ -251,9 +251,18 @@ async fn rotation_publishes_the_next_key_before_it_signs_and_keeps_old_tokens_va
     let old_kid = header_of(&before)["kid"].as_str().unwrap().to_owned();
     assert_eq!(kids_before[0], old_kid, "the current key is listed first");
 
+    // Too soon: the next key was published moments ago, so verifiers may not have it yet.
+    let err = app
+        .control
+        .rotate_keys(s.project.id, Some(Alg::ES256), &authio_testkit::test_master_key(), chrono::Utc::now(), false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, authio_core::CoreError::TooSoon(_)), "{err:?}");
+    // Once the next key has been published long enough (the clock is passed in).
+    let later = chrono::Utc::now() + chrono::Duration::seconds(authio_core::control::MIN_NEXT_KEY_AGE_SECS + 1);
     let rotation = app
         .control
-        .rotate_keys(s.project.id, Some(Alg::ES256), &authio_testkit::test_master_key(), chrono::Utc::now())
+        .rotate_keys(s.project.id, Some(Alg::ES256), &authio_testkit::test_master_key(), later, false)
         .await
         .unwrap();
     assert_eq!(rotation.retired_kid.as_deref(), Some(old_kid.as_str()));
@@ -360,8 +369,24 @@ async fn sessions_are_listed_and_revoked_and_timeouts_apply() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "a revoked session's refresh token fails");
     assert_eq!(introspect(&app, &s, second["access_token"].as_str().unwrap()).await["active"], false);
     // The other session is untouched.
-    let (status, _) = refresh(&app, up["refresh_token"].as_str().unwrap()).await;
+    let (status, fresh) = refresh(&app, up["refresh_token"].as_str().unwrap()).await;
     assert_eq!(status, StatusCode::OK);
+    // Disabling the user ends its access tokens' life at once (introspection) and its refreshes.
+    let live = fresh["access_token"].as_str().unwrap();
+    assert_eq!(introspect(&app, &s, live).await["active"], true);
+    authio_testkit::admin_query_strings(
+        &app.shared.admin_url,
+        &format!("UPDATE users SET disabled = true WHERE id = '{user}'"),
+    )
+    .await;
+    assert_eq!(introspect(&app, &s, live).await["active"], false);
+    let (status, _) = refresh(&app, fresh["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    authio_testkit::admin_query_strings(
+        &app.shared.admin_url,
+        &format!("UPDATE users SET disabled = false WHERE id = '{user}'"),
+    )
+    .await;
     // Unknown and malformed session ids.
     let r = app
         .http
@@ -454,6 +479,51 @@ async fn sign_in_failures_look_alike_and_lock_out_per_account_and_per_ip() {
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
+}
+
+#[tokio::test]
+async fn guesses_in_flight_count_against_the_lockout_and_client_failures_block_an_address() {
+    let app = spawn_app_with(AppOptions {
+        tune_auth: |a| {
+            a.limits.account_failures = 3;
+            a.limits.client_failures_per_ip = 3;
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    let s = seed_tenant(&app.shared, "bursty", TenantKind::Customer, Plan::Pro).await;
+    sign_up(&app, s.project.id, "burst@example.com").await;
+    // Eight guesses at once: each is counted before its password is checked, so at most three
+    // are judged at all.
+    let guesses =
+        (0..8).map(|i| sign_in(&app, s.project.id, "burst@example.com", if i == 7 { PASSWORD } else { "guess" }));
+    let statuses: Vec<StatusCode> =
+        futures_util::future::join_all(guesses).await.into_iter().map(|(st, _)| st).collect();
+    let judged = statuses.iter().filter(|st| **st != StatusCode::TOO_MANY_REQUESTS).count();
+    assert!(judged <= 3, "{statuses:?}");
+    assert!(statuses.contains(&StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
+
+    // Client authentication: past three failures from an address, even the right secret is
+    // refused until the window ends.
+    let (id, secret) = create_client(&app, &s, &["read"]).await;
+    let token = |secret: String| {
+        let (app, id) = (&app, id.clone());
+        async move {
+            app.http
+                .post(app.url("/v1/auth/token"))
+                .basic_auth(&id, Some(&secret))
+                .form(&[("grant_type", "client_credentials")])
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(token("cs_wrong".into()).await, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(token("cs_wrong".into()).await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(token(secret.clone()).await, StatusCode::TOO_MANY_REQUESTS, "blocked before the secret is judged");
 }
 
 #[tokio::test]
@@ -708,10 +778,10 @@ async fn m2m_client_credentials_and_rfc_6749_errors() {
     // The secret is stored only as a hash.
     let stored = authio_testkit::admin_query_strings(
         &app.shared.admin_url,
-        "SELECT encode(secret_hash, 'escape') FROM m2m_clients",
+        &format!("SELECT (secret_hash = sha256('{secret}'::bytea))::text FROM m2m_clients"),
     )
     .await;
-    assert!(!stored.iter().any(|h| h.contains(&secret[3..])));
+    assert_eq!(stored, vec!["true"], "only the SHA-256 of the secret is stored");
 }
 
 #[tokio::test]
@@ -777,8 +847,18 @@ async fn platform_and_customer_tokens_are_refused_in_each_others_place() {
     let app = spawn_app().await;
     let platform = seed_tenant(&app.shared, "platform", TenantKind::Platform, Plan::Enterprise).await;
     let customer = seed_tenant(&app.shared, "cust", TenantKind::Customer, Plan::Pro).await;
-    sign_up(&app, platform.project.id, "op@authio.test").await;
-    sign_up(&app, platform.project.id, "member@authio.test").await;
+    // Sign-up is closed on the platform tenant; platform users are made by operators.
+    let r = app
+        .http
+        .post(app.url("/v1/auth/signup"))
+        .json(&json!({"project_id": platform.project.id, "email": "op@authio.test", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    for email in ["op@authio.test", "member@authio.test"] {
+        app.identity.create_user_with_password(platform.project.id, email, PASSWORD).await.unwrap();
+    }
     app.control.grant_operator(&authio_core::domain::Email::parse("op@authio.test").unwrap()).await.unwrap();
     let (_, op) = sign_in(&app, platform.project.id, "op@authio.test", PASSWORD).await;
     let operator_token = op["access_token"].as_str().unwrap().to_owned();
@@ -899,13 +979,12 @@ async fn a_revocation_or_rotation_on_one_node_reaches_another_nodes_caches_at_on
     );
 
     // A key rotation: node B's JWKS shows the new next key without waiting for its cache time.
-    let before = jwks(&b, s.project.id).await;
+    jwks(&b, s.project.id).await;
     let rotation = a
         .control
-        .rotate_keys(s.project.id, None, &authio_testkit::test_master_key(), chrono::Utc::now())
+        .rotate_keys(s.project.id, None, &authio_testkit::test_master_key(), chrono::Utc::now(), true)
         .await
         .unwrap();
-    assert!(!before.to_string().contains(&rotation.next_kid));
     assert!(
         eventually(3, || async { jwks(&b, s.project.id).await.to_string().contains(&rotation.next_kid) }).await,
         "B still serves the old key set"

@@ -18,10 +18,10 @@ use uuid::Uuid;
 use crate::domain::Email;
 use crate::keys::{KeyService, KeySet};
 use crate::passwords::{NewPassword, Passwords};
-use crate::sessions::{self, ClientInfo, SessionPolicy, Writer};
+use crate::sessions::{self, ClientInfo, NewSession, SessionPolicy};
 use crate::tokens::{self, AccessClaims};
 use crate::users::User;
-use crate::{api_keys, m2m, Clock, CoreError};
+use crate::{api_keys, audit, m2m, Clock, CoreError};
 
 /// Throttles on the credential-guessing surfaces. Counters live on the shared database, so
 /// they hold across nodes.
@@ -438,9 +438,18 @@ impl Identity {
         let now = self.now();
         let tx = self.inner.router.begin(&scope).await?;
         let user = crate::users::insert(&tx, &scope, &email, Some(&hash), now).await?;
-        let (sid, refresh) =
-            sessions::start(Writer::Tx(&tx), &scope, user.id, &["pwd"], client, &policy(&profile), now).await?;
-        let tokens = self.user_tokens(&keys, &profile, user.id, sid, &["pwd".to_owned()], None, refresh)?;
+        let session = NewSession::new(&scope, user.id, &["pwd"], client, &policy(&profile), now)?;
+        session.write_in(&tx).await?;
+        let event = audit::Event {
+            action: "user.signed_up",
+            actor: audit::Actor::user(user.id, Some(email.as_str())),
+            target: Some(("user", user.id.to_string())),
+            client,
+            metadata: serde_json::json!({"session_id": session.id, "amr": ["pwd"]}),
+        };
+        audit::record_in(&tx, &scope, event, now).await?;
+        let tokens =
+            self.user_tokens(&keys, &profile, user.id, session.id, &["pwd".to_owned()], None, session.refresh_token)?;
         tx.commit().await?;
         Ok((user, tokens))
     }
@@ -534,6 +543,16 @@ impl Identity {
         let usable = if disabled { None } else { stored.as_deref() };
         let verified = self.inner.passwords.verify(password, usable).await?;
         let (Some(user_id), true) = (user_id, verified.ok) else {
+            // The failure is itself the act: recorded alone, the same for known and unknown
+            // accounts (the target is the email tried).
+            let event = audit::Event {
+                action: "user.sign_in_failed",
+                actor: audit::Actor::anonymous(),
+                target: Some(("email", email.as_str().to_owned())),
+                client,
+                metadata: serde_json::json!({"reason": "invalid_credentials"}),
+            };
+            audit::record(&self.inner.router, &scope, event, now).await?;
             return Err(CoreError::InvalidCredentials);
         };
         let rehash = if verified.needs_rehash {
@@ -548,22 +567,28 @@ impl Identity {
         // Keys first: no session is written unless a token can be signed for it.
         let keys = self.inner.keys.keyset(&profile).await?;
         let reset = preresolve::rate_reset(&self.inner.router, "signin:account", &account);
-        let (sid, refresh) = match &rehash {
-            // The common case: the session alone, in one pipelined round trip (beside the reset).
+        let session = NewSession::new(&scope, user_id, &["pwd"], client, &policy(&profile), now)?;
+        let event = audit::EventRow::new(
+            &scope,
+            audit::Event {
+                action: "user.signed_in",
+                actor: audit::Actor::user(user_id, Some(email.as_str())),
+                target: Some(("user", user_id.to_string())),
+                client,
+                metadata: serde_json::json!({"session_id": session.id, "amr": ["pwd"], "rehashed": rehash.is_some()}),
+            },
+            now,
+        )?;
+        match &rehash {
+            // The common case: the session and its event, in one pipelined round trip (beside
+            // the reset of the account's count, on the shared database).
             None => {
-                let session_policy = policy(&profile);
-                let start = sessions::start(
-                    Writer::Alone(&self.inner.router),
-                    &scope,
-                    user_id,
-                    &["pwd"],
-                    client,
-                    &session_policy,
-                    now,
-                );
-                let (started, reset) = futures_util::join!(start, reset);
+                let (session_params, event_params) = (session.params(), event.params());
+                let statements = [(sessions::START_SQL, &session_params[..]), (audit::INSERT_SQL, &event_params[..])];
+                let write = self.inner.router.write(&scope, &statements);
+                let (written, reset) = futures_util::join!(write, reset);
                 reset?;
-                started?
+                written?;
             }
             Some(h) => {
                 reset.await?;
@@ -573,17 +598,16 @@ impl Identity {
                     &[(&user_id, Type::UUID), (h, Type::TEXT), (&now, Type::TIMESTAMPTZ)],
                 )
                 .await?;
-                let started =
-                    sessions::start(Writer::Tx(&tx), &scope, user_id, &["pwd"], client, &policy(&profile), now).await?;
+                session.write_in(&tx).await?;
+                tx.query(audit::INSERT_SQL, &event.params()).await?;
                 tx.commit().await?;
-                started
             }
-        };
-        self.user_tokens(&keys, &profile, user_id, sid, &["pwd".to_owned()], role, refresh)
+        }
+        self.user_tokens(&keys, &profile, user_id, session.id, &["pwd".to_owned()], role, session.refresh_token)
     }
 
     /// Rotate a refresh token (`grant_type=refresh_token`).
-    pub async fn refresh(&self, presented: &str) -> Result<UserTokens, CoreError> {
+    pub async fn refresh(&self, presented: &str, client: &ClientInfo) -> Result<UserTokens, CoreError> {
         let (project, hash) =
             sessions::parse_refresh_token(presented).ok_or(CoreError::InvalidGrant("the refresh token is invalid"))?;
         let profile = match self.profile(project).await {
@@ -599,6 +623,7 @@ impl Identity {
             &scope_of(&profile),
             &policy(&profile),
             &hash,
+            client,
         )
         .await?;
         self.user_tokens(&keys, &profile, r.user_id, r.session_id, &r.amr, r.role, r.refresh_token)
@@ -795,7 +820,7 @@ impl Identity {
     /// RFC 7009. A refresh token ends its session; an access token is recorded as revoked
     /// until it expires. Unknown, invalid and foreign tokens are ignored (the answer is the
     /// same). Without a caller, possession of the token is the authority (sign-out).
-    pub async fn revoke(&self, caller: Option<Caller>, token: &str) -> Result<(), CoreError> {
+    pub async fn revoke(&self, caller: Option<Caller>, token: &str, client: &ClientInfo) -> Result<(), CoreError> {
         let same_project = |p: Uuid| caller.is_none_or(|c| c.project_id == p);
         if let Some((project, hash)) = sessions::parse_refresh_token(token) {
             if !same_project(project) {
@@ -811,6 +836,7 @@ impl Identity {
                 self.inner.clock.as_ref(),
                 &scope_of(&profile),
                 &hash,
+                client,
             )
             .await;
         }
@@ -824,7 +850,15 @@ impl Identity {
         }
         let jti = Uuid::parse_str(&claims.jti).map_err(|_| CoreError::InvalidToken("malformed jti"))?;
         let exp = DateTime::from_timestamp(claims.exp, 0).unwrap_or_else(|| self.now());
-        sessions::revoke_access_token(&self.inner.router, &scope_of(&profile), jti, exp).await
+        sessions::revoke_access_token(
+            &self.inner.router,
+            self.inner.clock.as_ref(),
+            &scope_of(&profile),
+            jti,
+            exp,
+            client,
+        )
+        .await
     }
 
     /// The scope for a project named in a management request (after the caller is

@@ -8,6 +8,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::api_keys;
+use crate::audit::{self, ChainReport};
 use crate::domain::{DisplayName, Email, Plan, Slug};
 use crate::keys::{Alg, KeyRow, INSERT_KEY_SQL};
 use crate::CoreError;
@@ -413,6 +414,114 @@ impl ControlPlane {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The administrative connection string of a tenant's home database.
+    async fn home_admin_url(&self, tenant: &Tenant, key: Option<&MasterKey>) -> Result<String, CoreError> {
+        if tenant.db_strategy != "dedicated" {
+            return Ok(self.admin_url.clone());
+        }
+        let key =
+            key.ok_or_else(|| CoreError::Config("a master key is needed to reach a dedicated database".into()))?;
+        self.dedicated_admin_dsns(key)
+            .await?
+            .into_iter()
+            .find(|(t, _)| *t == tenant.id)
+            .map(|(_, dsn)| dsn)
+            .ok_or(CoreError::NotFound("dedicated database"))
+    }
+
+    /// Recompute every project's audit chain of a tenant at its home, outside the database's
+    /// own functions: each event's hash from its fields and the previous hash, sequence
+    /// numbers without gaps, and the chain's recorded head.
+    pub async fn verify_audit(&self, tenant: &Tenant, key: Option<&MasterKey>) -> Result<Vec<ChainReport>, CoreError> {
+        // The tenant's home as recorded now, not as the caller last saw it.
+        let tenant = self.tenant_by_slug(&tenant.slug).await?.ok_or(CoreError::NotFound("tenant"))?;
+        let tenant = &tenant;
+        let url = self.home_admin_url(tenant, key).await?;
+        let c = connect(&url, "authio-audit-verify").await?;
+        let rows = c
+            .query(
+                "SELECT project_id, seq, id::text, occurred_at, action, actor_type, actor_id, actor_name, target_type,
+                        target_id, ip, user_agent, request_id, metadata::text, prev_hash, hash
+                 FROM audit_events WHERE tenant_id = $1 ORDER BY project_id, seq",
+                &[&tenant.id],
+            )
+            .await
+            .map_err(authio_db::DbError::from)?;
+        let heads = c
+            .query("SELECT project_id, seq, hash FROM audit_chain_heads WHERE tenant_id = $1", &[&tenant.id])
+            .await
+            .map_err(authio_db::DbError::from)?;
+        let mut reports: Vec<ChainReport> = Vec::new();
+        let mut state: Option<(Uuid, i64, Vec<u8>)> = None;
+        for r in &rows {
+            let project: Uuid = r.get(0);
+            if state.as_ref().map(|s| s.0) != Some(project) {
+                reports.push(ChainReport { project_id: project, events: 0, first_broken: None });
+                state = Some((project, 0, Vec::new()));
+            }
+            let (Some(report), Some((_, last_seq, last_hash))) = (reports.last_mut(), state.as_mut()) else { continue };
+            report.events += 1;
+            if report.first_broken.is_some() {
+                continue;
+            }
+            let seq: i64 = r.get(1);
+            let at: DateTime<Utc> = r.get(3);
+            let prev: Vec<u8> = r.get(14);
+            let stored: Vec<u8> = r.get(15);
+            let seq_text = seq.to_string();
+            let micros = at.timestamp_micros().to_string();
+            let text = |i: usize| r.get::<_, Option<String>>(i);
+            let (id, action, actor_type) = (text(2), text(4), text(5));
+            let rest: Vec<Option<String>> = (6..=13).map(text).collect();
+            let mut fields: Vec<Option<&str>> =
+                vec![Some(&seq_text), id.as_deref(), Some(&micros), action.as_deref(), actor_type.as_deref()];
+            fields.extend(rest.iter().map(|f| f.as_deref()));
+            let computed = audit::chain_hash(last_hash, &audit::canonical(&fields));
+            let broken = if seq != *last_seq + 1 {
+                Some(format!("sequence jumps from {last_seq} to {seq}: events are missing"))
+            } else if prev != *last_hash {
+                Some("its previous-hash does not match the event before it".to_owned())
+            } else if computed.as_slice() != stored.as_slice() {
+                Some("its contents do not match its hash: the event was altered".to_owned())
+            } else {
+                None
+            };
+            if let Some(why) = broken {
+                report.first_broken = Some((seq, why));
+                continue;
+            }
+            *last_seq = seq;
+            *last_hash = computed.to_vec();
+        }
+        // The head records how far each chain went: events cut off its end are caught here.
+        for h in &heads {
+            let project: Uuid = h.get(0);
+            let head_seq: i64 = h.get(1);
+            let head_hash: Vec<u8> = h.get(2);
+            match reports.iter_mut().find(|r| r.project_id == project) {
+                Some(report) if report.first_broken.is_none() => {
+                    let last = rows.iter().filter(|r| r.get::<_, Uuid>(0) == project).last();
+                    let (last_seq, last_hash) =
+                        last.map(|r| (r.get::<_, i64>(1), r.get::<_, Vec<u8>>(15))).unwrap_or((0, Vec::new()));
+                    if last_seq != head_seq || last_hash != head_hash {
+                        report.first_broken = Some((
+                            last_seq + 1,
+                            format!("the chain's head is at {head_seq}: later events are missing"),
+                        ));
+                    }
+                }
+                Some(_) => {}
+                None if head_seq > 0 => reports.push(ChainReport {
+                    project_id: project,
+                    events: 0,
+                    first_broken: Some((1, format!("all {head_seq} events are missing"))),
+                }),
+                None => {}
+            }
+        }
+        Ok(reports)
     }
 }
 

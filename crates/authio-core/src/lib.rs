@@ -4,6 +4,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod api_keys;
+pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod control;

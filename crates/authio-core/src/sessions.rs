@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::domain::project_of;
-use crate::{Clock, CoreError};
+use crate::{audit, Clock, CoreError};
 
 const PREFIX: &str = "rt_";
 
@@ -50,6 +50,8 @@ pub struct SessionPolicy {
 pub struct ClientInfo {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The request's `x-request-id`, for the audit log.
+    pub request_id: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -90,60 +92,79 @@ impl SessionInfo {
 
 /// The session and its first refresh token in one statement (one round trip); the foreign key
 /// is checked at the end of the statement, when both rows exist.
-const START_SQL: &str = "WITH s AS (
+pub const START_SQL: &str = "WITH s AS (
         INSERT INTO sessions (tenant_id, project_id, id, user_id, amr, ip, user_agent, created_at, last_active_at,
                               idle_expires_at, absolute_expires_at)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10))
     INSERT INTO refresh_tokens (tenant_id, project_id, token_hash, session_id, created_at)
     VALUES ($1, $2, $11, $3, $8)";
 
-/// Where a new session is written: inside the caller's transaction, or on its own in one
-/// pipelined round trip.
-pub(crate) enum Writer<'a> {
-    Tx(&'a ScopedTx),
-    Alone(&'a Router),
+/// A new session, ready to write with [`START_SQL`]: its id, its first refresh token (shown
+/// to the client once) and the statement's parameters.
+pub struct NewSession {
+    pub id: Uuid,
+    pub refresh_token: String,
+    tenant: Uuid,
+    project: Uuid,
+    user: Uuid,
+    amr: Vec<String>,
+    ip: Option<String>,
+    user_agent: Option<String>,
+    now: DateTime<Utc>,
+    idle: DateTime<Utc>,
+    absolute: DateTime<Utc>,
+    hash: Vec<u8>,
 }
 
-/// Start a session; returns its id and first refresh token.
-pub(crate) async fn start(
-    writer: Writer<'_>,
-    scope: &Scope,
-    user: Uuid,
-    amr: &[&str],
-    client: &ClientInfo,
-    policy: &SessionPolicy,
-    now: DateTime<Utc>,
-) -> Result<(Uuid, String), CoreError> {
-    let project = project_of(scope)?;
-    let sid = Uuid::now_v7();
-    let absolute = now + policy.absolute;
-    let idle = (now + policy.idle).min(absolute);
-    let amr: Vec<String> = amr.iter().map(|s| (*s).to_owned()).collect();
-    let ua = client.user_agent.as_deref().map(|s| s.chars().take(512).collect::<String>());
-    let (refresh, hash) = new_refresh_token(project);
-    let hash = hash.to_vec();
-    let params: [authio_db::Param<'_>; 11] = [
-        (&scope.tenant_id, Type::UUID),
-        (&project, Type::UUID),
-        (&sid, Type::UUID),
-        (&user, Type::UUID),
-        (&amr, Type::TEXT_ARRAY),
-        (&client.ip, Type::TEXT),
-        (&ua, Type::TEXT),
-        (&now, Type::TIMESTAMPTZ),
-        (&idle, Type::TIMESTAMPTZ),
-        (&absolute, Type::TIMESTAMPTZ),
-        (&hash, Type::BYTEA),
-    ];
-    match writer {
-        Writer::Tx(tx) => {
-            tx.query(START_SQL, &params).await?;
-        }
-        Writer::Alone(router) => {
-            router.write(scope, START_SQL, &params).await?;
-        }
+impl NewSession {
+    pub fn new(
+        scope: &Scope,
+        user: Uuid,
+        amr: &[&str],
+        client: &ClientInfo,
+        policy: &SessionPolicy,
+        now: DateTime<Utc>,
+    ) -> Result<Self, CoreError> {
+        let project = project_of(scope)?;
+        let absolute = now + policy.absolute;
+        let (refresh_token, hash) = new_refresh_token(project);
+        Ok(NewSession {
+            id: Uuid::now_v7(),
+            refresh_token,
+            tenant: scope.tenant_id,
+            project,
+            user,
+            amr: amr.iter().map(|s| (*s).to_owned()).collect(),
+            ip: client.ip.clone(),
+            user_agent: client.user_agent.as_deref().map(|s| s.chars().take(512).collect()),
+            now,
+            idle: (now + policy.idle).min(absolute),
+            absolute,
+            hash: hash.to_vec(),
+        })
     }
-    Ok((sid, refresh))
+
+    pub fn params(&self) -> [authio_db::Param<'_>; 11] {
+        [
+            (&self.tenant, Type::UUID),
+            (&self.project, Type::UUID),
+            (&self.id, Type::UUID),
+            (&self.user, Type::UUID),
+            (&self.amr, Type::TEXT_ARRAY),
+            (&self.ip, Type::TEXT),
+            (&self.user_agent, Type::TEXT),
+            (&self.now, Type::TIMESTAMPTZ),
+            (&self.idle, Type::TIMESTAMPTZ),
+            (&self.absolute, Type::TIMESTAMPTZ),
+            (&self.hash, Type::BYTEA),
+        ]
+    }
+
+    /// Write it inside the caller's transaction.
+    pub async fn write_in(&self, tx: &ScopedTx) -> Result<(), CoreError> {
+        tx.query(START_SQL, &self.params()).await?;
+        Ok(())
+    }
 }
 
 async fn insert_refresh_token(
@@ -187,6 +208,7 @@ pub async fn refresh(
     scope: &Scope,
     policy: &SessionPolicy,
     token_hash: &[u8; 32],
+    client: &ClientInfo,
 ) -> Result<Refreshed, CoreError> {
     let now = clock.now();
     let hash = token_hash.to_vec();
@@ -216,6 +238,15 @@ pub async fn refresh(
     if let Some(used) = used_at {
         if now - used > policy.grace {
             revoke_in(&tx, sid, now, "refresh_token_reused").await?;
+            let user: Uuid = row.get(2);
+            let event = audit::Event {
+                action: "session.revoked",
+                actor: audit::Actor { kind: "system", id: None, name: None },
+                target: Some(("session", sid.to_string())),
+                client,
+                metadata: serde_json::json!({"reason": "refresh_token_reused", "user_id": user}),
+            };
+            audit::record_in(&tx, scope, event, now).await?;
             tx.commit().await?;
             tracing::warn!(tenant = %scope.tenant_id, session = %sid, "refresh token reused; session revoked");
             return Err(CoreError::InvalidGrant("the refresh token was already used; the session is revoked"));
@@ -235,6 +266,15 @@ pub async fn refresh(
     )
     .await?;
     let refresh_token = insert_refresh_token(&tx, scope, sid, now).await?;
+    let user: Uuid = row.get(2);
+    let event = audit::Event {
+        action: "token.refreshed",
+        actor: audit::Actor::user(user, None),
+        target: Some(("session", sid.to_string())),
+        client,
+        metadata: serde_json::json!({"within_grace": used_at.is_some()}),
+    };
+    audit::record_in(&tx, scope, event, now).await?;
     tx.commit().await?;
     Ok(Refreshed { session_id: sid, user_id: row.get(2), amr: row.get(3), role: row.get(8), refresh_token })
 }
@@ -259,11 +299,21 @@ pub async fn revoke(
     clock: &dyn Clock,
     scope: &Scope,
     sid: Uuid,
-    reason: &str,
+    actor: audit::Actor,
+    client: &ClientInfo,
 ) -> Result<SessionInfo, CoreError> {
     project_of(scope)?;
+    let now = clock.now();
     let tx = router.begin(scope).await?;
-    let row = revoke_in(&tx, sid, clock.now(), reason).await?.ok_or(CoreError::NotFound("session"))?;
+    let row = revoke_in(&tx, sid, now, "revoked").await?.ok_or(CoreError::NotFound("session"))?;
+    let event = audit::Event {
+        action: "session.revoked",
+        actor,
+        target: Some(("session", sid.to_string())),
+        client,
+        metadata: serde_json::json!({"reason": "revoked"}),
+    };
+    audit::record_in(&tx, scope, event, now).await?;
     tx.commit().await?;
     Ok(SessionInfo::from_row(&row))
 }
@@ -275,8 +325,10 @@ pub async fn revoke_by_refresh_token(
     clock: &dyn Clock,
     scope: &Scope,
     token_hash: &[u8; 32],
+    client: &ClientInfo,
 ) -> Result<(), CoreError> {
     let hash = token_hash.to_vec();
+    let now = clock.now();
     let tx = router.begin(scope).await?;
     let sid = tx
         .query_opt(
@@ -285,7 +337,16 @@ pub async fn revoke_by_refresh_token(
         )
         .await?;
     if let Some(r) = sid {
-        revoke_in(&tx, r.get(0), clock.now(), "revoked").await?;
+        let sid: Uuid = r.get(0);
+        revoke_in(&tx, sid, now, "revoked").await?;
+        let event = audit::Event {
+            action: "token.revoked",
+            actor: audit::Actor { kind: "anonymous", id: None, name: None },
+            target: Some(("session", sid.to_string())),
+            client,
+            metadata: serde_json::json!({"token_type": "refresh_token"}),
+        };
+        audit::record_in(&tx, scope, event, now).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -387,18 +448,37 @@ pub async fn access_token_live(
 /// Record an access token as revoked until it expires.
 pub async fn revoke_access_token(
     router: &Router,
+    clock: &dyn Clock,
     scope: &Scope,
     jti: Uuid,
     expires_at: DateTime<Utc>,
+    client: &ClientInfo,
 ) -> Result<(), CoreError> {
     let project = project_of(scope)?;
     let tx = router.begin(scope).await?;
-    tx.query(
-        "INSERT INTO revoked_access_tokens (tenant_id, project_id, jti, expires_at) VALUES ($1, $2, $3, $4)
-         ON CONFLICT DO NOTHING",
-        &[(&scope.tenant_id, Type::UUID), (&project, Type::UUID), (&jti, Type::UUID), (&expires_at, Type::TIMESTAMPTZ)],
-    )
-    .await?;
+    let fresh = tx
+        .query(
+            "INSERT INTO revoked_access_tokens (tenant_id, project_id, jti, expires_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING RETURNING jti",
+            &[
+                (&scope.tenant_id, Type::UUID),
+                (&project, Type::UUID),
+                (&jti, Type::UUID),
+                (&expires_at, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+    // Revoking again changes nothing and records nothing.
+    if !fresh.is_empty() {
+        let event = audit::Event {
+            action: "token.revoked",
+            actor: audit::Actor { kind: "anonymous", id: None, name: None },
+            target: Some(("access_token", jti.to_string())),
+            client,
+            metadata: serde_json::json!({"token_type": "access_token"}),
+        };
+        audit::record_in(&tx, scope, event, clock.now()).await?;
+    }
     tx.commit().await?;
     Ok(())
 }

@@ -19,6 +19,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "foundation", sql: include_str!("../../../migrations/0001_foundation.sql") },
     Migration { version: 2, name: "identity", sql: include_str!("../../../migrations/0002_identity.sql") },
     Migration { version: 3, name: "signin_gate", sql: include_str!("../../../migrations/0003_signin_gate.sql") },
+    Migration { version: 4, name: "audit", sql: include_str!("../../../migrations/0004_audit.sql") },
 ];
 
 const BOOTSTRAP_ROLES: &str = r#"

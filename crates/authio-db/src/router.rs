@@ -315,18 +315,22 @@ impl Router {
         conn.pipeline(&[(sql, params)]).await
     }
 
-    /// One scoped write in one round trip: the bind and the statement with a single Sync, so
-    /// they commit together as one implicit transaction. For a single statement that needs no
-    /// read-then-write logic. A write refused by row-level security at a database the tenant
-    /// does not live in (the policies carry the home fence) is reported as `NotAtHome`.
-    pub async fn write(&self, scope: &Scope, sql: &str, params: &[Param<'_>]) -> Result<Vec<PgRow>, DbError> {
+    /// Scoped writes in one round trip: the bind and the statements with a single Sync, so they
+    /// commit together (or not at all) as one implicit transaction. For statements that need no
+    /// read-then-write logic between them. A write refused by row-level security at a database
+    /// the tenant does not live in (the policies carry the home fence) is reported as
+    /// `NotAtHome`. Returns the rows of the last statement.
+    pub async fn write(&self, scope: &Scope, statements: &[(&str, &[Param<'_>])]) -> Result<Vec<PgRow>, DbError> {
         let (target, _) = self.target_for_or_err(scope).await?;
         let result = async {
             let mut conn = target.reads.get().await.map_err(|e| DbError::Pool(e.to_string()))?;
             let tenant = scope.tenant_id.to_string();
             let project = scope.project_id.map(|p| p.to_string()).unwrap_or_default();
             let bind: [Param<'_>; 2] = [(&tenant, Type::TEXT), (&project, Type::TEXT)];
-            match conn.pipeline(&[(BIND_SQL, &bind), (sql, params)]).await {
+            let mut all: Vec<(&str, &[Param<'_>])> = Vec::with_capacity(statements.len() + 1);
+            all.push((BIND_SQL, &bind));
+            all.extend_from_slice(statements);
+            match conn.pipeline(&all).await {
                 Err(e) if e.sqlstate() == Some("42501") => {
                     let fence = conn
                         .pipeline(&[("SELECT authio_tenant_at_home($1)", &[(&scope.tenant_id, Type::UUID)])])

@@ -323,8 +323,10 @@ async fn home_fence_blocks_reads_and_writes_whatever_the_gucs_say() {
     let err = router
         .write(
             &sa,
-            "INSERT INTO users (tenant_id, project_id, id, email, created_at, updated_at) VALUES ($1, $2, $3, 'w@f.test', now(), now())",
-            &[(&t, authio_db::Type::UUID), (&p, authio_db::Type::UUID), (&id, authio_db::Type::UUID)],
+            &[(
+                "INSERT INTO users (tenant_id, project_id, id, email, created_at, updated_at) VALUES ($1, $2, $3, 'w@f.test', now(), now())",
+                &[(&t, authio_db::Type::UUID), (&p, authio_db::Type::UUID), (&id, authio_db::Type::UUID)],
+            )],
         )
         .await
         .unwrap_err();

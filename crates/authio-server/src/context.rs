@@ -1,4 +1,5 @@
 //! The request context: the scope the middleware resolved, stamped into request extensions.
+use authio_core::audit::Actor;
 use authio_db::{Pool, Router, Scope};
 use axum::extract::{FromRequestParts, RawPathParams, Request, State};
 use axum::http::header;
@@ -11,6 +12,8 @@ use crate::{ApiError, AppState};
 #[derive(Clone, Debug)]
 pub struct RequestContext {
     pub scope: Scope,
+    /// Who is acting, for the audit log.
+    pub actor: Actor,
 }
 
 /// Resolve the scope of a management request: a project secret API key
@@ -36,18 +39,21 @@ pub async fn require_management(
         })?;
     // A JWT has three dot-separated parts; anything else is judged as an API key.
     let looks_like_jwt = presented.split('.').count() == 3;
-    let scope = if !looks_like_jwt {
-        state.identity.authenticate_api_key(presented).await?
+    let (scope, actor) = if !looks_like_jwt {
+        let scope = state.identity.authenticate_api_key(presented).await?;
+        let key_id = authio_core::api_keys::parse(presented).map(|(id, _)| id).unwrap_or_default();
+        (scope, Actor::api_key(key_id))
     } else {
-        state.identity.authenticate_operator(presented).await?;
+        let claims = state.identity.authenticate_operator(presented).await?;
         let project = params
             .iter()
             .find(|(k, _)| *k == "project_id")
             .and_then(|(_, v)| uuid::Uuid::parse_str(v).ok())
             .ok_or_else(|| ApiError::not_found("project_not_found", "project not found"))?;
-        state.identity.project_scope(project).await?
+        let actor = Actor { kind: "operator", id: Some(claims.sub), name: None };
+        (state.identity.project_scope(project).await?, actor)
     };
-    req.extensions_mut().insert(RequestContext { scope });
+    req.extensions_mut().insert(RequestContext { scope, actor });
     Ok(next.run(req).await)
 }
 

@@ -10,19 +10,19 @@ use crate::routes::{api_keys, auth, manage, users};
     info(title = "Authio API", description = "Multi-tenant authentication platform: management and auth API."),
     paths(users::create_user, users::list_users, api_keys::create_api_key, api_keys::list_api_keys, api_keys::revoke_api_key,
           manage::create_client, manage::list_clients, manage::revoke_client, manage::list_sessions, manage::revoke_session,
-          manage::get_settings, manage::update_settings,
+          manage::get_settings, manage::update_settings, manage::list_audit_events,
           auth::sign_up, auth::sign_in, auth::token, auth::introspect, auth::revoke, auth::jwks,
           crate::routes::health::healthz, crate::routes::health::readyz),
     components(schemas(api_keys::CreateApiKeyRequest, api_keys::ApiKeyResponse, api_keys::CreatedApiKeyResponse, api_keys::ApiKeyList,
                        users::CreateUserRequest, users::UserResponse, users::UserList,
                        manage::CreateClientRequest, manage::ClientResponse, manage::CreatedClientResponse, manage::ClientList,
-                       manage::SessionResponse, manage::SessionList, manage::SettingsBody,
+                       manage::SessionResponse, manage::SessionList, manage::SettingsBody, manage::AuditEventList,
                        auth::PasswordRequest, auth::TokenResponse, auth::SignUpResponse, auth::ClientTokenResponse,
                        crate::error::ErrorBody, crate::error::ErrorDetail, crate::error::OAuthErrorBody)),
     modifiers(&ApiKeyAuth),
     tags((name = "auth", description = "Sign-up, sign-in, tokens (RFC 6749), introspection (RFC 7662), revocation (RFC 7009), JWKS"),
          (name = "users", description = "End users of a project"), (name = "sessions", description = "Users' sessions"),
-         (name = "m2m", description = "Machine-to-machine clients"), (name = "projects", description = "Project settings"),
+         (name = "m2m", description = "Machine-to-machine clients"), (name = "projects", description = "Project settings"), (name = "audit", description = "The audit log"),
          (name = "api-keys", description = "Project secret API keys"), (name = "operations", description = "Health"))
 )]
 pub struct ApiDoc;

@@ -1,6 +1,8 @@
 //! The HTTP application over real HTTP on loopback, against real PostgreSQL clusters.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "api/audit.rs"]
+mod audit;
 #[path = "api/identity.rs"]
 mod identity;
 
@@ -46,7 +48,10 @@ async fn db_pool_from_context_platform_tenant_even_with_dedicated_strategy() {
     let app = spawn_app().await;
     let platform = seed_tenant(&app.shared, "authio", TenantKind::Platform, Plan::Enterprise).await;
     app.control.set_db_strategy(platform.tenant.id, "dedicated").await.unwrap();
-    let ctx = RequestContext { scope: Scope::project(platform.tenant.id, platform.project.id, TenantKind::Platform) };
+    let ctx = RequestContext {
+        scope: Scope::project(platform.tenant.id, platform.project.id, TenantKind::Platform),
+        actor: authio_core::audit::Actor::api_key("test"),
+    };
     let pool = db_pool_from_context(&app.router, &ctx).await.unwrap();
     let c = pool.get().await.unwrap();
     let (db, port): (String, i32) = {

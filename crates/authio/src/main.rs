@@ -47,10 +47,26 @@ enum Command {
         #[arg(long)]
         email: String,
     },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Manage a project's signing keys.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute a tenant's audit chains at its home (shared or dedicated) and name the first
+    /// broken link of each project. Exits non-zero if any chain is broken.
+    Verify {
+        /// The tenant's slug.
+        #[arg(long)]
+        tenant: String,
     },
 }
 
@@ -134,6 +150,29 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Tenant { command } => {
             let cfg = Config::load(cli.config.as_deref())?;
             tenant(&cfg, command).await
+        }
+        Command::Audit { command: AuditCommand::Verify { tenant } } => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            let cp = ControlPlane::new(cfg.admin_url.clone());
+            let Some(t) = cp.tenant_by_slug(&tenant).await? else { bail!("no tenant with slug {tenant:?}") };
+            let reports = cp.verify_audit(&t, master_key(&cfg)?.as_ref()).await?;
+            let mut broken = 0;
+            for r in &reports {
+                match &r.first_broken {
+                    None => println!("project {}  {} events  chain intact", r.project_id, r.events),
+                    Some((seq, why)) => {
+                        broken += 1;
+                        println!("project {}  {} events  BROKEN at event {seq}: {why}", r.project_id, r.events);
+                    }
+                }
+            }
+            if reports.is_empty() {
+                println!("no audit events for {tenant}");
+            }
+            if broken > 0 {
+                bail!("{broken} broken chain(s)");
+            }
+            Ok(())
         }
         Command::GrantOperator { email } => {
             let cfg = Config::load(cli.config.as_deref())?;

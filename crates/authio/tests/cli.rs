@@ -82,6 +82,10 @@ async fn tenant_create_list_show_against_a_real_database() {
     assert!(second.contains(&format!("current  {next_of_first}")), "the next key became current: {second}");
     let (ok, _, err) = run(&["keys", "rotate", "--project", &project, "--alg", "HS256", "--force"]);
     assert!(!ok && err.contains("--alg"), "{err}");
+    let (ok, out, err) = run(&["audit", "verify", "--tenant", "initech"]);
+    assert!(ok && out.contains("no audit events"), "{out}{err}");
+    let (ok, _, err) = run(&["audit", "verify", "--tenant", "nobody"]);
+    assert!(!ok && err.contains("no tenant"), "{err}");
     let (ok, _, err) = run(&["grant-operator", "--email", "nobody@initech.test"]);
     assert!(!ok && err.contains("no platform-tenant user"), "{err}");
 }

@@ -63,16 +63,14 @@ pub struct SignUpResponse {
     pub tokens: TokenResponse,
 }
 
-fn client_ip(connect: Option<&Extension<ConnectInfo<SocketAddr>>>) -> Option<IpAddr> {
+pub(crate) fn client_ip(connect: Option<&Extension<ConnectInfo<SocketAddr>>>) -> Option<IpAddr> {
     // X-Forwarded-For is not trusted here: only the peer address counts.
     connect.map(|c| c.0 .0.ip())
 }
 
-fn client_info(headers: &HeaderMap, ip: Option<IpAddr>) -> ClientInfo {
-    ClientInfo {
-        ip: ip.map(|i| i.to_string()),
-        user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned),
-    }
+pub(crate) fn client_info(headers: &HeaderMap, ip: Option<IpAddr>) -> ClientInfo {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    ClientInfo { ip: ip.map(|i| i.to_string()), user_agent: text("user-agent"), request_id: text("x-request-id") }
 }
 
 fn no_store<T: IntoResponse>(status: StatusCode, body: T) -> Response {
@@ -231,7 +229,7 @@ pub async fn token(
         Some("refresh_token") => {
             let presented =
                 form.get("refresh_token").ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
-            let t = state.identity.refresh(presented).await?;
+            let t = state.identity.refresh(presented, &client_info(&headers, client_ip(connect.as_ref()))).await?;
             Ok(no_store(StatusCode::OK, Json(TokenResponse::from(t))))
         }
         Some(_) => Err(OAuthError::unsupported_grant_type()),
@@ -304,9 +302,10 @@ pub async fn revoke(
     body: Bytes,
 ) -> Result<Response, OAuthError> {
     let form = Form::parse(&headers, &body)?;
-    let caller = caller(&state, &headers, &form, client_ip(connect.as_ref())).await?;
+    let ip = client_ip(connect.as_ref());
+    let caller = caller(&state, &headers, &form, ip).await?;
     let token = form.get("token").ok_or_else(|| OAuthError::invalid_request("token is required"))?;
-    state.identity.revoke(caller, token).await?;
+    state.identity.revoke(caller, token, &client_info(&headers, ip)).await?;
     Ok(no_store(StatusCode::OK, ()))
 }
 

@@ -4,15 +4,18 @@ use authio_core::m2m::{self, NewClient};
 use authio_core::projects::{self, SettingsPatch};
 use authio_core::sessions::{self, SessionInfo};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::Json;
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::extract::json_body;
+use crate::routes::auth::{client_info, client_ip};
 use crate::routes::users::check_project;
 use crate::{ApiError, AppState, RequestContext};
 
@@ -201,11 +204,16 @@ pub async fn list_sessions(
 pub async fn revoke_session(
     State(state): State<AppState>,
     ctx: RequestContext,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     Path((project_id, session_id)): Path<(String, String)>,
 ) -> Result<Json<SessionResponse>, ApiError> {
     check_project(&ctx, &project_id)?;
     let sid = path_id(&session_id, "session_not_found", "session")?;
-    Ok(Json(sessions::revoke(&state.router, state.clock.as_ref(), &ctx.scope, sid, "revoked").await?.into()))
+    let client = client_info(&headers, client_ip(connect.as_ref()));
+    let revoked =
+        sessions::revoke(&state.router, state.clock.as_ref(), &ctx.scope, sid, ctx.actor.clone(), &client).await?;
+    Ok(Json(revoked.into()))
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -265,4 +273,64 @@ pub async fn update_settings(
         state.identity.forget_profile(p);
     }
     Ok(Json(updated.into()))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AuditEventList {
+    /// Newest first.
+    #[schema(value_type = Vec<Object>)]
+    pub data: Vec<authio_core::audit::EventView>,
+    /// Pass as `before` for the next (older) page; null on the last page.
+    pub next_cursor: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    action: Option<String>,
+    actor_id: Option<String>,
+    target_id: Option<String>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// The project's audit events, newest first, with filters and cursor pagination.
+#[utoipa::path(get, path = "/v1/projects/{project_id}/audit-events", tag = "audit",
+    params(("project_id" = Uuid, Path, description = "the project"),
+           ("action" = Option<String>, Query, description = "e.g. user.signed_in"),
+           ("actor_id" = Option<String>, Query), ("target_id" = Option<String>, Query),
+           ("since" = Option<String>, Query, description = "RFC 3339, inclusive"),
+           ("until" = Option<String>, Query, description = "RFC 3339, exclusive"),
+           ("before" = Option<i64>, Query, description = "cursor: the next_cursor of the previous page"),
+           ("limit" = Option<i64>, Query, description = "1-500, default 100")),
+    security(("project_api_key" = [])),
+    responses(
+        (status = 200, description = "a page of events", body = AuditEventList),
+        (status = 400, description = "a malformed filter (`invalid_request`)", body = crate::error::ErrorBody),
+    ))]
+pub async fn list_audit_events(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    Path(project_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<AuditEventList>, ApiError> {
+    check_project(&ctx, &project_id)?;
+    let q: AuditQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("bad query: {e}")))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", "limit: 1 to 500"));
+    }
+    let filter = authio_core::audit::Filter {
+        action: q.action,
+        actor_id: q.actor_id,
+        target_id: q.target_id,
+        since: q.since,
+        until: q.until,
+    };
+    let data = authio_core::audit::list(&state.router, &ctx.scope, &filter, limit, q.before).await?;
+    let next_cursor = if data.len() as i64 == limit { data.last().map(|e| e.seq) } else { None };
+    Ok(Json(AuditEventList { data, next_cursor }))
 }

@@ -1,0 +1,264 @@
+//! The audit log over real HTTP and real clusters: one event per act, in the act's
+//! transaction; append-only in the database; tampering caught by verification; isolation.
+use authio_core::domain::Plan;
+use authio_db::TenantKind;
+use authio_testkit::{admin_query_strings, make_dedicated, seed_tenant, spawn_app, test_master_key, Seeded, TestApp};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const PASSWORD: &str = "correct horse battery";
+
+async fn post_json(app: &TestApp, path: &str, body: Value) -> (StatusCode, Value) {
+    let r = app.http.post(app.url(path)).header("x-request-id", "req-audit-1").json(&body).send().await.unwrap();
+    (r.status(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn events(app: &TestApp, s: &Seeded, query: &str) -> Value {
+    let r = app
+        .http
+        .get(app.url(&format!("/v1/projects/{}/audit-events{query}", s.project.id)))
+        .bearer_auth(&s.api_key.plaintext)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+fn actions(page: &Value) -> Vec<String> {
+    page["data"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn every_act_writes_exactly_one_event_and_a_failed_change_writes_none() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "audited", TenantKind::Customer, Plan::Enterprise).await;
+    let pid = s.project.id;
+    let creds = |email: &str, pw: &str| json!({"project_id": pid, "email": email, "password": pw});
+    let (st, up) = post_json(&app, "/v1/auth/signup", creds("ann@example.com", PASSWORD)).await;
+    assert_eq!(st, StatusCode::CREATED);
+    // A sign-up that fails (email taken) leaves no event.
+    let (st, _) = post_json(&app, "/v1/auth/signup", creds("ann@example.com", PASSWORD)).await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    let (st, signed_in) = post_json(&app, "/v1/auth/signin", creds("ann@example.com", PASSWORD)).await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _) = post_json(&app, "/v1/auth/signin", creds("ann@example.com", "wrong password")).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, _) = post_json(&app, "/v1/auth/signin", creds("nobody@example.com", "wrong password")).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let refresh = app
+        .http
+        .post(app.url("/v1/auth/token"))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", up["refresh_token"].as_str().unwrap())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refresh.status(), StatusCode::OK);
+    let sid = signed_in["session_id"].as_str().unwrap();
+    let r = app
+        .http
+        .delete(app.url(&format!("/v1/projects/{pid}/sessions/{sid}")))
+        .bearer_auth(&s.api_key.plaintext)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let access = refresh.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        // Revoking twice records once: the second changes nothing.
+        let r = app.http.post(app.url("/v1/auth/revoke")).form(&[("token", access.as_str())]).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+
+    let page = events(&app, &s, "").await;
+    assert_eq!(
+        actions(&page),
+        [
+            "token.revoked",
+            "session.revoked",
+            "token.refreshed",
+            "user.sign_in_failed",
+            "user.sign_in_failed",
+            "user.signed_in",
+            "user.signed_up"
+        ]
+    );
+    let all = page["data"].as_array().unwrap();
+    let seqs: Vec<i64> = all.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, [7, 6, 5, 4, 3, 2, 1], "one chain, no gaps: the failed sign-up left nothing");
+    let user_id = up["user"]["id"].as_str().unwrap();
+    let signed_up = &all[6];
+    assert_eq!(signed_up["actor"], json!({"type": "user", "id": user_id, "name": "ann@example.com"}));
+    assert_eq!(signed_up["target"], json!({"type": "user", "id": user_id}));
+    assert_eq!(signed_up["context"]["request_id"], "req-audit-1");
+    assert_eq!(signed_up["context"]["ip"], "127.0.0.1");
+    assert_eq!(all[1]["actor"], json!({"type": "api_key", "id": s.api_key.key_id, "name": null}));
+    assert_eq!(all[3]["target"], json!({"type": "email", "id": "nobody@example.com"}));
+
+    // Filters and cursor pagination.
+    let failed = events(&app, &s, "?action=user.sign_in_failed").await;
+    assert_eq!(actions(&failed).len(), 2);
+    let by_target = events(&app, &s, "?target_id=nobody@example.com").await;
+    assert_eq!(actions(&by_target), ["user.sign_in_failed"]);
+    let mut seen = Vec::new();
+    let mut query = "?limit=3".to_owned();
+    loop {
+        let p = events(&app, &s, &query).await;
+        seen.extend(actions(&p));
+        match p["next_cursor"].as_i64() {
+            Some(c) => query = format!("?limit=3&before={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, actions(&page));
+    let r = app
+        .http
+        .get(app.url(&format!("/v1/projects/{pid}/audit-events?limit=0")))
+        .bearer_auth(&s.api_key.plaintext)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // The chain verifies.
+    let reports = app.control.verify_audit(&s.tenant, None).await.unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!((reports[0].events, reports[0].first_broken.clone()), (7, None));
+}
+
+#[tokio::test]
+async fn the_log_is_append_only_and_tampering_is_named_by_verify() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "tamper", TenantKind::Customer, Plan::Pro).await;
+    for email in ["a@t.test", "b@t.test", "c@t.test", "d@t.test"] {
+        let (st, _) = post_json(
+            &app,
+            "/v1/auth/signup",
+            json!({"project_id": s.project.id, "email": email, "password": PASSWORD}),
+        )
+        .await;
+        assert_eq!(st, StatusCode::CREATED);
+    }
+    // As authio_app, inside the tenant's own scope: no update, no delete, no truncate.
+    let app_client = authio_db::pool::connect(&app.shared.app_url, "audit-test").await.unwrap();
+    let bind = format!(
+        "BEGIN; SELECT set_config('authio.tenant_id', '{}', true), set_config('authio.project_id', '{}', true);",
+        s.tenant.id, s.project.id
+    );
+    for change in [
+        "UPDATE audit_events SET action = 'user.nothing_happened'",
+        "DELETE FROM audit_events",
+        "TRUNCATE audit_events",
+        "UPDATE audit_chain_heads SET seq = 0",
+    ] {
+        let err = app_client.batch_execute(&format!("{bind} {change}")).await.expect_err(change);
+        assert!(err.code().is_some(), "{change}: {err}");
+        app_client.batch_execute("ROLLBACK").await.unwrap();
+    }
+    // Even a superuser's plain UPDATE is refused by the trigger...
+    let admin = authio_db::pool::connect(&app.shared.admin_url, "audit-test").await.unwrap();
+    let err = admin.batch_execute("UPDATE audit_events SET action = 'user.edited' WHERE seq = 2").await.unwrap_err();
+    assert!(err.to_string().contains("append-only") || format!("{err:?}").contains("append-only"), "{err:?}");
+    // ...and one who switches triggers off is caught by verification, at the edited event.
+    admin
+        .batch_execute(
+            "BEGIN; SET LOCAL session_replication_role = replica;
+             UPDATE audit_events SET actor_name = 'someone else' WHERE seq = 2; COMMIT;",
+        )
+        .await
+        .unwrap();
+    let reports = app.control.verify_audit(&s.tenant, None).await.unwrap();
+    let (seq, why) = reports[0].first_broken.clone().expect("tampering found");
+    assert_eq!(seq, 2);
+    assert!(why.contains("altered"), "{why}");
+
+    // A deleted event is a gap; events cut off the end are caught by the chain's head.
+    let s2 = seed_tenant(&app.shared, "tamper-two", TenantKind::Customer, Plan::Pro).await;
+    for email in ["a@t.test", "b@t.test", "c@t.test"] {
+        post_json(&app, "/v1/auth/signup", json!({"project_id": s2.project.id, "email": email, "password": PASSWORD}))
+            .await;
+    }
+    assert_eq!(app.control.verify_audit(&s2.tenant, None).await.unwrap()[0].first_broken, None);
+    admin
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL session_replication_role = replica;
+             DELETE FROM audit_events WHERE tenant_id = '{}' AND seq = 3; COMMIT;",
+            s2.tenant.id
+        ))
+        .await
+        .unwrap();
+    let (seq, why) = app.control.verify_audit(&s2.tenant, None).await.unwrap()[0].first_broken.clone().unwrap();
+    assert_eq!(seq, 3);
+    assert!(why.contains("missing"), "{why}");
+
+    // The retention role may delete only events past their retention.
+    let retention_url = app.shared.app_url.replace("authio_app@", "authio_audit_retention@");
+    let retention = authio_db::pool::connect(&retention_url, "audit-test").await.unwrap();
+    let err = retention
+        .batch_execute(&format!("DELETE FROM audit_events WHERE tenant_id = '{}'", s2.tenant.id))
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("retention"), "{err:?}");
+    admin
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL session_replication_role = replica;
+             UPDATE audit_events SET occurred_at = now() - interval '400 days' WHERE tenant_id = '{}' AND seq = 1; COMMIT;",
+            s2.tenant.id
+        ))
+        .await
+        .unwrap();
+    retention
+        .batch_execute(&format!("DELETE FROM audit_events WHERE tenant_id = '{}' AND seq = 1", s2.tenant.id))
+        .await
+        .unwrap();
+    let left = admin_query_strings(
+        &app.shared.admin_url,
+        &format!("SELECT seq::text FROM audit_events WHERE tenant_id = '{}' ORDER BY seq", s2.tenant.id),
+    )
+    .await;
+    assert_eq!(left, vec!["2"]);
+}
+
+#[tokio::test]
+async fn tenants_see_only_their_own_events_on_shared_and_dedicated_databases() {
+    let app = spawn_app().await;
+    let a = seed_tenant(&app.shared, "audit-a", TenantKind::Customer, Plan::Enterprise).await;
+    let b = seed_tenant(&app.shared, "audit-b", TenantKind::Customer, Plan::Enterprise).await;
+    let db = make_dedicated(&app.shared, &b.tenant).await;
+    for (s, email) in [(&a, "a@a.test"), (&b, "b@b.test")] {
+        let (st, _) = post_json(
+            &app,
+            "/v1/auth/signup",
+            json!({"project_id": s.project.id, "email": email, "password": PASSWORD}),
+        )
+        .await;
+        assert_eq!(st, StatusCode::CREATED);
+    }
+    let seen_a = events(&app, &a, "").await;
+    let seen_b = events(&app, &b, "").await;
+    assert_eq!(seen_a["data"].as_array().unwrap().len(), 1);
+    assert_eq!(seen_b["data"].as_array().unwrap().len(), 1);
+    assert_eq!(seen_a["data"][0]["actor"]["name"], "a@a.test");
+    assert_eq!(seen_b["data"][0]["actor"]["name"], "b@b.test");
+    // A key of tenant A asking for tenant B's project gets nothing of it.
+    let r = app
+        .http
+        .get(app.url(&format!("/v1/projects/{}/audit-events", b.project.id)))
+        .bearer_auth(&a.api_key.plaintext)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // B's event lives at B's home, the dedicated database, and its chain verifies there.
+    assert_eq!(admin_query_strings(&db.admin_url, "SELECT action FROM audit_events").await, vec!["user.signed_up"]);
+    assert_eq!(
+        admin_query_strings(
+            &app.shared.admin_url,
+            &format!("SELECT count(*)::text FROM audit_events WHERE tenant_id = '{}'", b.tenant.id)
+        )
+        .await,
+        vec!["0"]
+    );
+    let reports = app.control.verify_audit(&b.tenant, Some(&test_master_key())).await.unwrap();
+    assert_eq!((reports[0].events, reports[0].first_broken.clone()), (1, None));
+}

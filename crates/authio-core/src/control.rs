@@ -3,6 +3,8 @@
 //! `authio_owner`.
 use authio_db::pool::connect;
 use authio_db::{migrate, MasterKey, OwnerTx, RouterError, Row, TenantKind, Type};
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
@@ -416,6 +418,118 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Days a tenant's audit events are kept: its own setting, else its plan's.
+    pub fn audit_retention_days(plan: &str, own: Option<i32>) -> i32 {
+        own.unwrap_or(match plan {
+            "enterprise" => 365,
+            "pro" => 90,
+            _ => 30,
+        })
+    }
+
+    /// Set (or with `None` clear) a tenant's own audit retention.
+    pub async fn set_audit_retention(&self, tenant: Uuid, days: Option<i32>) -> Result<(), CoreError> {
+        if let Some(d) = days {
+            if !(1..=3650).contains(&d) {
+                return Err(CoreError::Invalid(crate::domain::ValidationError::Field("retention: 1 to 3650 days")));
+            }
+        }
+        let mut c = self.client().await?;
+        let tx = OwnerTx::begin(&mut c).await?;
+        let rows = tx
+            .query(
+                "UPDATE tenants SET audit_retention_days = $2 WHERE id = $1 RETURNING id",
+                &[(&tenant, Type::UUID), (&days, Type::INT4)],
+            )
+            .await?;
+        if rows.is_empty() {
+            return Err(CoreError::NotFound("tenant"));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Delete a tenant's audit events past its retention, at its home, as
+    /// `authio_audit_retention` (the only role the database lets delete them, and only such
+    /// events). Each project's chain keeps a checkpoint sealed with the master key at the last
+    /// purged event, so what remains still verifies. Returns the events deleted.
+    /// Age is judged by the database's clock, as its delete rule judges it.
+    pub async fn purge_audit(&self, tenant: &Tenant, key: &MasterKey) -> Result<u64, CoreError> {
+        let row = {
+            let mut c = self.client().await?;
+            let tx = OwnerTx::begin(&mut c).await?;
+            let r = tx
+                .query_opt(
+                    "SELECT plan, audit_retention_days, db_strategy FROM tenants WHERE id = $1",
+                    &[(&tenant.id, Type::UUID)],
+                )
+                .await?
+                .ok_or(CoreError::NotFound("tenant"))?;
+            tx.commit().await?;
+            r
+        };
+        let plan: String = row.get(0);
+        let days = Self::audit_retention_days(&plan, row.get(1));
+        let current = Tenant { db_strategy: row.get(2), ..tenant.clone() };
+        let url = self.home_admin_url(&current, Some(key)).await?;
+        let mut c = connect(&url, "authio-audit-purge").await?;
+        // The home learns the retention (the delete rule reads it there).
+        let tx = OwnerTx::begin(&mut c).await?;
+        tx.query(
+            "INSERT INTO audit_retention (tenant_id, days) VALUES ($1, $2)
+             ON CONFLICT (tenant_id) DO UPDATE SET days = EXCLUDED.days",
+            &[(&tenant.id, Type::UUID), (&days, Type::INT4)],
+        )
+        .await?;
+        tx.commit().await?;
+        let tx = c.transaction().await.map_err(authio_db::DbError::from)?;
+        tx.batch_execute("SET LOCAL ROLE authio_audit_retention").await.map_err(authio_db::DbError::from)?;
+        // Per project: the oldest events up to the first one still within retention.
+        let ends = tx
+            .query(
+                "SELECT e.project_id, max(e.seq) FROM audit_events e
+                 WHERE e.tenant_id = $1 AND e.seq < coalesce(
+                     (SELECT min(n.seq) FROM audit_events n
+                      WHERE n.tenant_id = e.tenant_id AND n.project_id = e.project_id
+                        AND n.occurred_at >= now() - make_interval(days => $2)),
+                     9223372036854775807)
+                 GROUP BY e.project_id",
+                &[&tenant.id, &days],
+            )
+            .await
+            .map_err(authio_db::DbError::from)?;
+        let mut deleted = 0;
+        for end in &ends {
+            let (project, seq): (Uuid, i64) = (end.get(0), end.get(1));
+            let hash: Vec<u8> = tx
+                .query_one(
+                    "SELECT hash FROM audit_events WHERE tenant_id = $1 AND project_id = $2 AND seq = $3",
+                    &[&tenant.id, &project, &seq],
+                )
+                .await
+                .map_err(authio_db::DbError::from)?
+                .get(0);
+            let seal = key
+                .encrypt(&checkpoint_text(tenant.id, project, seq, &hash))
+                .map_err(|e| CoreError::Config(format!("sealing a checkpoint: {e}")))?;
+            tx.execute(
+                "INSERT INTO audit_checkpoints (tenant_id, project_id, seq, hash, seal) VALUES ($1, $2, $3, $4, $5)",
+                &[&tenant.id, &project, &seq, &hash, &seal],
+            )
+            .await
+            .map_err(authio_db::DbError::from)?;
+            deleted += tx
+                .execute(
+                    "DELETE FROM audit_events WHERE tenant_id = $1 AND project_id = $2 AND seq <= $3",
+                    &[&tenant.id, &project, &seq],
+                )
+                .await
+                .map_err(authio_db::DbError::from)?;
+        }
+        tx.commit().await.map_err(authio_db::DbError::from)?;
+        Ok(deleted)
+    }
+
     /// The administrative connection string of a tenant's home database.
     async fn home_admin_url(&self, tenant: &Tenant, key: Option<&MasterKey>) -> Result<String, CoreError> {
         if tenant.db_strategy != "dedicated" {
@@ -453,13 +567,43 @@ impl ControlPlane {
             .query("SELECT project_id, seq, hash FROM audit_chain_heads WHERE tenant_id = $1", &[&tenant.id])
             .await
             .map_err(authio_db::DbError::from)?;
+        // Where each chain starts: after its latest sealed checkpoint, if its oldest events
+        // were purged. A checkpoint whose seal does not open to exactly its own fields is a
+        // broken link.
+        let checkpoints = c
+            .query(
+                "SELECT DISTINCT ON (project_id) project_id, seq, hash, seal FROM audit_checkpoints
+                 WHERE tenant_id = $1 ORDER BY project_id, seq DESC",
+                &[&tenant.id],
+            )
+            .await
+            .map_err(authio_db::DbError::from)?;
+        let mut starts: HashMap<Uuid, Result<(i64, Vec<u8>), String>> = HashMap::new();
+        for cp in &checkpoints {
+            let (project, seq, hash, seal): (Uuid, i64, Vec<u8>, String) = (cp.get(0), cp.get(1), cp.get(2), cp.get(3));
+            let expected = checkpoint_text(tenant.id, project, seq, &hash);
+            let opened = key.and_then(|k| k.decrypt(&seal).ok());
+            starts.insert(
+                project,
+                match opened {
+                    Some(text) if text == expected => Ok((seq, hash)),
+                    Some(_) => Err(format!("the checkpoint at {seq} does not match its seal")),
+                    None => Err(format!("the checkpoint at {seq} cannot be opened (master key needed)")),
+                },
+            );
+        }
         let mut reports: Vec<ChainReport> = Vec::new();
         let mut state: Option<(Uuid, i64, Vec<u8>)> = None;
         for r in &rows {
             let project: Uuid = r.get(0);
             if state.as_ref().map(|s| s.0) != Some(project) {
-                reports.push(ChainReport { project_id: project, events: 0, first_broken: None });
-                state = Some((project, 0, Vec::new()));
+                let (start, broken) = match starts.get(&project) {
+                    None => ((0, Vec::new()), None),
+                    Some(Ok(s)) => (s.clone(), None),
+                    Some(Err(why)) => ((0, Vec::new()), Some((0, why.clone()))),
+                };
+                reports.push(ChainReport { project_id: project, events: 0, first_broken: broken });
+                state = Some((project, start.0, start.1));
             }
             let (Some(report), Some((_, last_seq, last_hash))) = (reports.last_mut(), state.as_mut()) else { continue };
             report.events += 1;
@@ -513,12 +657,16 @@ impl ControlPlane {
                     }
                 }
                 Some(_) => {}
-                None if head_seq > 0 => reports.push(ChainReport {
-                    project_id: project,
-                    events: 0,
-                    first_broken: Some((1, format!("all {head_seq} events are missing"))),
-                }),
-                None => {}
+                None => {
+                    // No events left: whole only if a sealed checkpoint stands at the head.
+                    let broken = match starts.get(&project) {
+                        Some(Ok((seq, hash))) if *seq == head_seq && *hash == head_hash => None,
+                        Some(Err(why)) => Some((0, why.clone())),
+                        _ if head_seq == 0 => None,
+                        _ => Some((1, format!("all {head_seq} events are missing"))),
+                    };
+                    reports.push(ChainReport { project_id: project, events: 0, first_broken: broken });
+                }
             }
         }
         Ok(reports)
@@ -528,6 +676,12 @@ impl ControlPlane {
 /// How long the next key must have been published before it may sign: the JWKS cache time
 /// (`max-age=300` plus `stale-while-revalidate=60`) plus the longest node cache time (60 s).
 pub const MIN_NEXT_KEY_AGE_SECS: i64 = 420;
+
+/// What a checkpoint's seal must open to.
+fn checkpoint_text(tenant: Uuid, project: Uuid, seq: i64, hash: &[u8]) -> String {
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("authio-audit-checkpoint|{tenant}|{project}|{seq}|{hex}")
+}
 
 /// The longest lifetime a token can be given (the cap in the schema's CHECK constraints).
 pub const MAX_TOKEN_LIFETIME_SECS: i32 = 86_400;

@@ -20,6 +20,11 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 2, name: "identity", sql: include_str!("../../../migrations/0002_identity.sql") },
     Migration { version: 3, name: "signin_gate", sql: include_str!("../../../migrations/0003_signin_gate.sql") },
     Migration { version: 4, name: "audit", sql: include_str!("../../../migrations/0004_audit.sql") },
+    Migration {
+        version: 5,
+        name: "audit_retention",
+        sql: include_str!("../../../migrations/0005_audit_retention.sql"),
+    },
 ];
 
 const BOOTSTRAP_ROLES: &str = r#"

@@ -48,6 +48,9 @@ pub struct Config {
     /// How long a node keeps a project's keys and settings before re-reading them (100 ms to
     /// 60 s; changes are also NOTIFYed).
     pub cache_ttl_ms: u64,
+    /// Run `authio audit purge` from `serve` every this many minutes (0: off; the job uses
+    /// `admin_url` and the master key, like the command).
+    pub audit_purge_interval_mins: u64,
 }
 
 impl Default for Config {
@@ -72,6 +75,7 @@ impl Default for Config {
             signin_per_ip_per_minute: 60,
             signin_account_failures: 10,
             cache_ttl_ms: 30_000,
+            audit_purge_interval_mins: 0,
         }
     }
 }
@@ -135,6 +139,9 @@ impl Config {
         }
         if let Some(v) = get("AUTHIO_SIGNIN_ACCOUNT_FAILURES") {
             self.signin_account_failures = i32::try_from(num("AUTHIO_SIGNIN_ACCOUNT_FAILURES", v)?)?;
+        }
+        if let Some(v) = get("AUTHIO_AUDIT_PURGE_INTERVAL_MINS") {
+            self.audit_purge_interval_mins = num("AUTHIO_AUDIT_PURGE_INTERVAL_MINS", v)?;
         }
         if let Some(v) = get("AUTHIO_CACHE_TTL_MS") {
             self.cache_ttl_ms = num("AUTHIO_CACHE_TTL_MS", v)?;

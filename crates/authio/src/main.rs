@@ -68,6 +68,23 @@ enum AuditCommand {
         #[arg(long)]
         tenant: String,
     },
+    /// Delete audit events past their retention (the tenant's own setting, else its plan's:
+    /// free 30 days, pro 90, enterprise 365), leaving a sealed checkpoint so what remains still
+    /// verifies. Runs as authio_audit_retention at each tenant's home.
+    Purge {
+        /// One tenant's slug (default: every tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Set a tenant's own audit retention in days, or `--plan-default` to follow its plan.
+    Retention {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, conflicts_with = "plan_default", required_unless_present = "plan_default")]
+        days: Option<i32>,
+        #[arg(long)]
+        plan_default: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -174,6 +191,25 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Audit { command: AuditCommand::Purge { tenant } } => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            let key =
+                master_key(&cfg)?.context("a master key is required (AUTHIO_MASTER_KEY): it seals checkpoints")?;
+            let deleted = purge_audit(&cfg, &key, tenant.as_deref()).await?;
+            println!("{deleted} audit event(s) past retention deleted");
+            Ok(())
+        }
+        Command::Audit { command: AuditCommand::Retention { tenant, days, plan_default: _ } } => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            let cp = ControlPlane::new(cfg.admin_url.clone());
+            let Some(t) = cp.tenant_by_slug(&tenant).await? else { bail!("no tenant with slug {tenant:?}") };
+            cp.set_audit_retention(t.id, days).await?;
+            match days {
+                Some(d) => println!("{tenant}: audit events kept {d} days"),
+                None => println!("{tenant}: audit retention follows the plan ({})", t.plan),
+            }
+            Ok(())
+        }
         Command::GrantOperator { email } => {
             let cfg = Config::load(cli.config.as_deref())?;
             let email = authio_core::domain::Email::parse(&email)?;
@@ -252,7 +288,26 @@ pub(crate) async fn serve_with(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let state = app_state(cfg, &router)?;
+    if cfg.audit_purge_interval_mins > 0 {
+        spawn_audit_purge(cfg.clone());
+    }
     serve_state(state, listener, shutdown).await
+}
+
+/// The periodic audit purge (an operator's job, with the admin connection; off unless
+/// `audit_purge_interval_mins` is set).
+fn spawn_audit_purge(cfg: Config) {
+    tokio::spawn(async move {
+        let Ok(Some(key)) = master_key(&cfg) else { return };
+        let mut tick = tokio::time::interval(Duration::from_secs(cfg.audit_purge_interval_mins * 60));
+        loop {
+            tick.tick().await;
+            match purge_audit(&cfg, &key, None).await {
+                Ok(n) => tracing::info!(deleted = n, "audit purge"),
+                Err(e) => tracing::warn!(error = %e, "audit purge failed"),
+            }
+        }
+    });
 }
 
 pub(crate) fn app_state(cfg: &Config, router: &Router) -> Result<authio_server::AppState> {
@@ -280,6 +335,20 @@ async fn serve(cfg: Config) -> Result<()> {
     let router = build_router(&cfg)?;
     let listener = bind(&cfg.listen).await?;
     serve_with(&cfg, router, listener, shutdown).await
+}
+
+/// Purge audit events past retention for one tenant or all; returns the events deleted.
+async fn purge_audit(cfg: &Config, key: &MasterKey, only: Option<&str>) -> Result<u64> {
+    let cp = ControlPlane::new(cfg.admin_url.clone());
+    let tenants = match only {
+        Some(slug) => vec![cp.tenant_by_slug(slug).await?.with_context(|| format!("no tenant with slug {slug:?}"))?],
+        None => cp.list_tenants().await?,
+    };
+    let mut deleted = 0;
+    for t in &tenants {
+        deleted += cp.purge_audit(t, key).await.with_context(|| format!("purging {}", t.slug))?;
+    }
+    Ok(deleted)
 }
 
 /// Periodic clean-up: rate-limit windows that ended a day ago.

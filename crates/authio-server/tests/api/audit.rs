@@ -262,3 +262,71 @@ async fn tenants_see_only_their_own_events_on_shared_and_dedicated_databases() {
     let reports = app.control.verify_audit(&b.tenant, Some(&test_master_key())).await.unwrap();
     assert_eq!((reports[0].events, reports[0].first_broken.clone()), (1, None));
 }
+
+#[tokio::test]
+async fn purge_keeps_retention_and_a_sealed_checkpoint_so_the_rest_still_verifies() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "purgy", TenantKind::Customer, Plan::Pro).await;
+    for email in ["a@p.test", "b@p.test", "c@p.test", "d@p.test"] {
+        let (st, _) = post_json(
+            &app,
+            "/v1/auth/signup",
+            json!({"project_id": s.project.id, "email": email, "password": PASSWORD}),
+        )
+        .await;
+        assert_eq!(st, StatusCode::CREATED);
+    }
+    let key = test_master_key();
+    // Nothing is past the Pro plan's 90 days yet.
+    assert_eq!(app.control.purge_audit(&s.tenant, &key).await.unwrap(), 0);
+    // The two oldest events age past retention (moved back by the superuser, triggers off).
+    let admin = authio_db::pool::connect(&app.shared.admin_url, "audit-test").await.unwrap();
+    admin
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL session_replication_role = replica;
+             UPDATE audit_events SET occurred_at = now() - interval '100 days' WHERE tenant_id = '{}' AND seq <= 2; COMMIT;",
+            s.tenant.id
+        ))
+        .await
+        .unwrap();
+    assert_eq!(app.control.purge_audit(&s.tenant, &key).await.unwrap(), 2);
+    let left = admin_query_strings(
+        &app.shared.admin_url,
+        &format!("SELECT seq::text FROM audit_events WHERE tenant_id = '{}' ORDER BY seq", s.tenant.id),
+    )
+    .await;
+    assert_eq!(left, vec!["3", "4"]);
+    let reports = app.control.verify_audit(&s.tenant, Some(&key)).await.unwrap();
+    assert_eq!(
+        (reports[0].events, reports[0].first_broken.clone()),
+        (2, None),
+        "the rest verifies from the checkpoint"
+    );
+    // Again: nothing more to purge.
+    assert_eq!(app.control.purge_audit(&s.tenant, &key).await.unwrap(), 0);
+    // A checkpoint moved by hand no longer matches its seal.
+    admin
+        .batch_execute(&format!("UPDATE audit_checkpoints SET seq = 1 WHERE tenant_id = '{}'", s.tenant.id))
+        .await
+        .unwrap();
+    let (_, why) = app.control.verify_audit(&s.tenant, Some(&key)).await.unwrap()[0].first_broken.clone().unwrap();
+    assert!(why.contains("seal"), "{why}");
+    // A tenant's own retention wins over its plan's.
+    app.control.set_audit_retention(s.tenant.id, Some(1)).await.unwrap();
+    assert!(app.control.set_audit_retention(s.tenant.id, Some(0)).await.is_err());
+    admin
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL session_replication_role = replica;
+             UPDATE audit_events SET occurred_at = now() - interval '2 days' WHERE tenant_id = '{}' AND seq = 3; COMMIT;",
+            s.tenant.id
+        ))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("UPDATE audit_checkpoints SET seq = 2 WHERE tenant_id = '{}'", s.tenant.id))
+        .await
+        .unwrap();
+    assert_eq!(app.control.purge_audit(&s.tenant, &key).await.unwrap(), 1, "with one day, event 3 goes too");
+    let reports = app.control.verify_audit(&s.tenant, Some(&key)).await.unwrap();
+    assert_eq!((reports[0].events, reports[0].first_broken.clone()), (1, None));
+}

@@ -10,7 +10,7 @@ use crate::routes::{api_keys, auth, manage, users};
     info(title = "Authio API", description = "Multi-tenant authentication platform: management and auth API."),
     paths(users::create_user, users::list_users, api_keys::create_api_key, api_keys::list_api_keys, api_keys::revoke_api_key,
           manage::create_client, manage::list_clients, manage::revoke_client, manage::list_sessions, manage::revoke_session,
-          manage::get_settings, manage::update_settings, manage::list_audit_events,
+          manage::get_settings, manage::update_settings, manage::list_audit_events, manage::export_audit_events,
           auth::sign_up, auth::sign_in, auth::token, auth::introspect, auth::revoke, auth::jwks,
           crate::routes::health::healthz, crate::routes::health::readyz),
     components(schemas(api_keys::CreateApiKeyRequest, api_keys::ApiKeyResponse, api_keys::CreatedApiKeyResponse, api_keys::ApiKeyList,

@@ -21,6 +21,7 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/v1/projects/{project_id}/sessions/{session_id}", axum::routing::delete(manage::revoke_session))
         .route("/v1/projects/{project_id}/settings", get(manage::get_settings).patch(manage::update_settings))
         .route("/v1/projects/{project_id}/audit-events", get(manage::list_audit_events))
+        .route("/v1/projects/{project_id}/audit-events/export", get(manage::export_audit_events))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), context::require_management));
     let auth = axum::Router::new()
         .route("/v1/auth/signup", post(auth::sign_up))

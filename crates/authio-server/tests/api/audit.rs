@@ -120,6 +120,30 @@ async fn every_act_writes_exactly_one_event_and_a_failed_change_writes_none() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
+    // Export, streamed: NDJSON and CSV hold the same events as the list.
+    let export = |format: &str| {
+        app.http
+            .get(app.url(&format!("/v1/projects/{pid}/audit-events/export?format={format}")))
+            .bearer_auth(&s.api_key.plaintext)
+            .send()
+    };
+    let r = export("ndjson").await.unwrap();
+    assert_eq!(r.headers()["content-type"], "application/x-ndjson");
+    let text = r.text().await.unwrap();
+    let exported: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(exported, actions(&page));
+    let r = export("csv").await.unwrap();
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+    let csv = r.text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("id,seq,occurred_at,action,"), "{}", lines[0]);
+    assert_eq!(lines.len(), 8, "{csv}");
+    assert!(lines[7].contains(",user.signed_up,"), "{}", lines[7]);
+    assert_eq!(export("xml").await.unwrap().status(), StatusCode::BAD_REQUEST);
+
     // The chain verifies.
     let reports = app.control.verify_audit(&s.tenant, None).await.unwrap();
     assert_eq!(reports.len(), 1);

@@ -33,7 +33,8 @@ CREATE TABLE audit_chain_heads (
     PRIMARY KEY (tenant_id, project_id)
 );
 
--- Days an event is kept, per tenant (set by operators; 30 when unset).
+-- Days an event is kept, per tenant (written by `authio audit purge` from the tenant's setting
+-- or plan; 30 when unset).
 CREATE TABLE audit_retention (
     tenant_id uuid PRIMARY KEY,
     days integer NOT NULL CHECK (days BETWEEN 1 AND 3650)

@@ -554,7 +554,9 @@ async fn tokens(env: &Env, secs: u64, rounds: usize) -> Result<()> {
         audience: None,
         token_ttl_secs: None,
     };
-    let client = authio_core::m2m::create(&env.router, &SystemClock, &scope, &iss, &new).await?;
+    let actor = authio_core::audit::Actor { kind: "operator", id: None, name: Some("bench".into()) };
+    let client =
+        authio_core::m2m::create(&env.router, &SystemClock, &scope, &iss, &new, &actor, &Default::default()).await?;
     let profile = state.identity.profile(env.a.project.id).await?;
     let keys = state.identity.keys().keyset(&profile).await?;
     let bare = BareSigner {

@@ -15,6 +15,8 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::audit::{self, Actor};
+use crate::sessions::ClientInfo;
 use crate::CoreError;
 
 const PREFIX: &str = "sk_";
@@ -97,6 +99,8 @@ pub async fn create(
     clock: &dyn Clock,
     scope: &Scope,
     name: &DisplayName,
+    actor: &Actor,
+    client: &ClientInfo,
 ) -> Result<CreatedKey, CoreError> {
     let project = project_of(scope)?;
     let key = generate();
@@ -119,6 +123,14 @@ pub async fn create(
             ],
         )
         .await?;
+    let event = audit::Event {
+        action: "api_key.created",
+        actor: actor.clone(),
+        target: Some(("api_key", key.key_id.clone())),
+        client,
+        metadata: serde_json::json!({"name": name.as_str()}),
+    };
+    audit::record_pinned(&tx, scope, event, now).await?;
     tx.commit().await?;
     Ok(CreatedKey { info: ApiKeyInfo::from_row(&row), plaintext: key.plaintext })
 }
@@ -133,9 +145,17 @@ pub async fn list(router: &Router, scope: &Scope) -> Result<Vec<ApiKeyInfo>, Cor
 
 /// Revoke a key of the scope's project. Revoking twice is not an error; an id of another
 /// project is "not found".
-pub async fn revoke(router: &Router, clock: &dyn Clock, scope: &Scope, id: Uuid) -> Result<ApiKeyInfo, CoreError> {
+pub async fn revoke(
+    router: &Router,
+    clock: &dyn Clock,
+    scope: &Scope,
+    id: Uuid,
+    actor: &Actor,
+    client: &ClientInfo,
+) -> Result<ApiKeyInfo, CoreError> {
     project_of(scope)?;
-    let now = clock.now();
+    // Microseconds, as stored: equal to the stored value exactly when this call revoked it.
+    let now = chrono::SubsecRound::trunc_subsecs(clock.now(), 6);
     let tx = router.begin_pinned(scope).await?;
     let row = tx
         .query_opt(
@@ -145,8 +165,20 @@ pub async fn revoke(router: &Router, clock: &dyn Clock, scope: &Scope, id: Uuid)
         )
         .await?
         .ok_or(CoreError::NotFound("api key"))?;
+    let info = ApiKeyInfo::from_row(&row);
+    // Revoking again changes nothing and records nothing.
+    if info.revoked_at == Some(now) {
+        let event = audit::Event {
+            action: "api_key.revoked",
+            actor: actor.clone(),
+            target: Some(("api_key", info.key_id.clone())),
+            client,
+            metadata: serde_json::json!({}),
+        };
+        audit::record_pinned(&tx, scope, event, now).await?;
+    }
     tx.commit().await?;
-    Ok(ApiKeyInfo::from_row(&row))
+    Ok(info)
 }
 
 #[cfg(test)]

@@ -115,6 +115,87 @@ pub async fn record_in(tx: &ScopedTx, scope: &Scope, event: Event<'_>, at: DateT
     Ok(())
 }
 
+/// The outbox insert: the same columns, on the shared database.
+const OUTBOX_SQL: &str = "INSERT INTO audit_outbox (tenant_id, project_id, id, occurred_at, action, actor_type,
+        actor_id, actor_name, target_type, target_id, ip, user_agent, request_id, metadata)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+
+/// Record an event about a row pinned to the shared database, inside the transaction that
+/// changes it there (`Router::begin_pinned`, or an operator's transaction): it waits in the
+/// outbox until [`relay`] moves it to the tenant's home log.
+pub async fn record_pinned(tx: &ScopedTx, scope: &Scope, event: Event<'_>, at: DateTime<Utc>) -> Result<(), CoreError> {
+    let row = EventRow::new(scope, event, at)?;
+    tx.query(OUTBOX_SQL, &row.params()).await?;
+    Ok(())
+}
+
+/// The same, inside an operator's transaction on the shared database.
+pub async fn record_pinned_as_owner(
+    tx: &authio_db::OwnerTx<'_>,
+    scope: &Scope,
+    event: Event<'_>,
+    at: DateTime<Utc>,
+) -> Result<(), CoreError> {
+    let row = EventRow::new(scope, event, at)?;
+    tx.query(OUTBOX_SQL, &row.params()).await?;
+    Ok(())
+}
+
+/// Deliver up to `limit` outbox events to their tenants' home logs; returns how many were
+/// delivered. At least once: an event already at home (a relay that died before clearing the
+/// outbox, or another node's relay) is skipped, never written twice.
+pub async fn relay(router: &Router, limit: i32) -> Result<usize, CoreError> {
+    let pending = authio_db::preresolve::audit_outbox_take(router, limit).await?;
+    let mut delivered = 0;
+    for r in &pending {
+        let tenant: Uuid = r.try_get(0)?;
+        let project: Uuid = r.try_get(1)?;
+        let id: Uuid = r.try_get(2)?;
+        let kind = match router.route(tenant).await {
+            Ok(route) => route.kind,
+            Err(e) => {
+                tracing::warn!(%tenant, error = %e, "audit relay: tenant not routable; event kept in the outbox");
+                continue;
+            }
+        };
+        let scope = Scope::project(tenant, project, kind);
+        let at: DateTime<Utc> = r.try_get(3)?;
+        let texts: Vec<Option<String>> = (4..=12).map(|i| r.try_get::<Option<String>>(i)).collect::<Result<_, _>>()?;
+        let metadata: serde_json::Value = r.try_get(13)?;
+        let t = |i: usize| texts.get(i).cloned().flatten();
+        let (action, actor_type) = (t(0), t(1));
+        let (actor_id, actor_name, target_type, target_id, ip, ua, req) = (t(2), t(3), t(4), t(5), t(6), t(7), t(8));
+        let params: [Param<'_>; 14] = [
+            (&tenant, Type::UUID),
+            (&project, Type::UUID),
+            (&id, Type::UUID),
+            (&at, Type::TIMESTAMPTZ),
+            (&action, Type::TEXT),
+            (&actor_type, Type::TEXT),
+            (&actor_id, Type::TEXT),
+            (&actor_name, Type::TEXT),
+            (&target_type, Type::TEXT),
+            (&target_id, Type::TEXT),
+            (&ip, Type::TEXT),
+            (&ua, Type::TEXT),
+            (&req, Type::TEXT),
+            (&metadata, Type::JSONB),
+        ];
+        let insert = "INSERT INTO audit_events (tenant_id, project_id, id, occurred_at, action, actor_type, actor_id,
+                                   actor_name, target_type, target_id, ip, user_agent, request_id, metadata)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14
+             WHERE NOT EXISTS (SELECT 1 FROM audit_events WHERE tenant_id = $1 AND id = $3)";
+        // One tenant's home being down or moving does not hold up the others' events.
+        if let Err(e) = router.write(&scope, &[(insert, &params)]).await {
+            tracing::warn!(%tenant, error = %e, "audit relay: home not writable; event kept in the outbox");
+            continue;
+        }
+        authio_db::preresolve::audit_outbox_done(router, id).await?;
+        delivered += 1;
+    }
+    Ok(delivered)
+}
+
 /// Record an event that is itself the change (a failed sign-in), in one round trip.
 pub async fn record(router: &Router, scope: &Scope, event: Event<'_>, at: DateTime<Utc>) -> Result<(), CoreError> {
     let row = EventRow::new(scope, event, at)?;
@@ -224,7 +305,6 @@ pub async fn list(
 
 /// The bytes an event's hash covers, rebuilt from its fields (the same encoding as the
 /// database's `authio_audit_canonical`): each field length-prefixed, `~` for null.
-#[allow(clippy::too_many_arguments)]
 pub fn canonical(fields: &[Option<&str>]) -> String {
     fields
         .iter()

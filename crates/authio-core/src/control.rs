@@ -381,6 +381,23 @@ impl ControlPlane {
         .await?;
         let new_next = KeyRow::new(master_key, tenant, project, new_alg, "next", now)?;
         tx.query(INSERT_KEY_SQL, &new_next.params()).await?;
+        let retired_kid: Option<String> = retired.as_ref().map(|r| r.get(0));
+        let event = audit::Event {
+            action: "signing_key.rotated",
+            actor: audit::Actor { kind: "operator", id: None, name: Some("authio keys rotate".into()) },
+            target: Some(("project", project.to_string())),
+            client: &crate::sessions::ClientInfo::default(),
+            metadata: serde_json::json!({
+                "retired_kid": retired_kid,
+                "current_kid": next_kid,
+                "next_kid": new_next.kid(),
+                "next_alg": new_alg.as_str(),
+                "forced": force,
+            }),
+        };
+        // The kind is not needed to place the event: only tenant and project are.
+        let scope = authio_db::Scope::project(tenant, project, TenantKind::Customer);
+        audit::record_pinned_as_owner(&tx, &scope, event, now).await?;
         tx.commit().await?;
         Ok(Rotation {
             retired_kid: retired.as_ref().map(|r| r.get(0)),
@@ -483,6 +500,15 @@ impl ControlPlane {
         .await?;
         tx.commit().await?;
         let tx = c.transaction().await.map_err(authio_db::DbError::from)?;
+        // One purge per tenant at a time (several nodes may run the periodic job).
+        let locked: bool = tx
+            .query_one("SELECT pg_try_advisory_xact_lock(hashtextextended($1::uuid::text, 7))", &[&tenant.id])
+            .await
+            .map_err(authio_db::DbError::from)?
+            .get(0);
+        if !locked {
+            return Ok(0);
+        }
         tx.batch_execute("SET LOCAL ROLE authio_audit_retention").await.map_err(authio_db::DbError::from)?;
         // Per project: the oldest events up to the first one still within retention.
         let ends = tx
@@ -553,7 +579,16 @@ impl ControlPlane {
         let tenant = self.tenant_by_slug(&tenant.slug).await?.ok_or(CoreError::NotFound("tenant"))?;
         let tenant = &tenant;
         let url = self.home_admin_url(tenant, key).await?;
-        let c = connect(&url, "authio-audit-verify").await?;
+        let mut c = connect(&url, "authio-audit-verify").await?;
+        // One snapshot for events, heads and checkpoints, so a write or a purge meanwhile is
+        // not mistaken for a break.
+        let c = c
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(authio_db::DbError::from)?;
         let rows = c
             .query(
                 "SELECT project_id, seq, id::text, occurred_at, action, actor_type, actor_id, actor_name, target_type,

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+use crate::audit::{self, Actor};
 use crate::domain::{project_of, DisplayName, ValidationError};
 use crate::{Clock, CoreError};
 
@@ -95,6 +96,8 @@ pub async fn create(
     scope: &Scope,
     default_audience: &str,
     new: &NewClient,
+    actor: &Actor,
+    client: &crate::sessions::ClientInfo,
 ) -> Result<CreatedClient, CoreError> {
     new.validate()?;
     let project = project_of(scope)?;
@@ -131,6 +134,14 @@ pub async fn create(
             ],
         )
         .await?;
+    let event = audit::Event {
+        action: "m2m_client.created",
+        actor: actor.clone(),
+        target: Some(("m2m_client", client_id.clone())),
+        client,
+        metadata: serde_json::json!({"name": new.name.as_str(), "scopes": new.scopes, "audience": audience, "token_ttl_secs": ttl}),
+    };
+    audit::record_pinned(&tx, scope, event, now).await?;
     tx.commit().await?;
     Ok(CreatedClient { info: ClientInfo::from_row(&row), client_secret })
 }
@@ -145,9 +156,17 @@ pub async fn list(router: &Router, scope: &Scope) -> Result<Vec<ClientInfo>, Cor
 
 /// Revoke a client: its secret stops working at once (tokens it already holds live until
 /// they expire, or until revoked one by one).
-pub async fn revoke(router: &Router, clock: &dyn Clock, scope: &Scope, id: Uuid) -> Result<ClientInfo, CoreError> {
+pub async fn revoke(
+    router: &Router,
+    clock: &dyn Clock,
+    scope: &Scope,
+    id: Uuid,
+    actor: &Actor,
+    client: &crate::sessions::ClientInfo,
+) -> Result<ClientInfo, CoreError> {
     project_of(scope)?;
-    let now = clock.now();
+    // Microseconds, as stored: equal to the stored value exactly when this call revoked it.
+    let now = chrono::SubsecRound::trunc_subsecs(clock.now(), 6);
     let tx = router.begin_pinned(scope).await?;
     let row = tx
         .query_opt(
@@ -156,8 +175,19 @@ pub async fn revoke(router: &Router, clock: &dyn Clock, scope: &Scope, id: Uuid)
         )
         .await?
         .ok_or(CoreError::NotFound("client"))?;
+    let info = ClientInfo::from_row(&row);
+    if info.revoked_at == Some(now) {
+        let event = audit::Event {
+            action: "m2m_client.revoked",
+            actor: actor.clone(),
+            target: Some(("m2m_client", info.client_id.clone())),
+            client,
+            metadata: serde_json::json!({}),
+        };
+        audit::record_pinned(&tx, scope, event, now).await?;
+    }
     tx.commit().await?;
-    Ok(ClientInfo::from_row(&row))
+    Ok(info)
 }
 
 /// Whether a client id is shaped like ours (others are not looked up at all).

@@ -75,8 +75,11 @@ pub async fn settings(router: &Router, scope: &Scope) -> Result<ProjectSettings,
 /// Nodes see the change within their profile cache time.
 pub async fn update_settings(
     router: &Router,
+    clock: &dyn crate::Clock,
     scope: &Scope,
     patch: &SettingsPatch,
+    actor: &crate::audit::Actor,
+    client: &crate::sessions::ClientInfo,
 ) -> Result<ProjectSettings, CoreError> {
     patch.validate()?;
     let project = project_of(scope)?;
@@ -102,6 +105,20 @@ pub async fn update_settings(
         )
         .await?
         .ok_or(CoreError::NotFound("project"))?;
+    let event = crate::audit::Event {
+        action: "project.settings_changed",
+        actor: actor.clone(),
+        target: Some(("project", project.to_string())),
+        client,
+        metadata: serde_json::json!({
+            "signing_alg": patch.signing_alg,
+            "access_token_ttl_secs": patch.access_token_ttl_secs,
+            "session_idle_timeout_secs": patch.session_idle_timeout_secs,
+            "session_absolute_timeout_secs": patch.session_absolute_timeout_secs,
+            "refresh_grace_secs": patch.refresh_grace_secs,
+        }),
+    };
+    crate::audit::record_pinned(&tx, scope, event, clock.now()).await?;
     tx.commit().await?;
     Ok(from_row(&row))
 }

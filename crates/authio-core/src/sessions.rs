@@ -303,17 +303,20 @@ pub async fn revoke(
     client: &ClientInfo,
 ) -> Result<SessionInfo, CoreError> {
     project_of(scope)?;
-    let now = clock.now();
+    // Microseconds, as stored: the stored time equals it exactly when this call revoked it.
+    let now = chrono::SubsecRound::trunc_subsecs(clock.now(), 6);
     let tx = router.begin(scope).await?;
     let row = revoke_in(&tx, sid, now, "revoked").await?.ok_or(CoreError::NotFound("session"))?;
-    let event = audit::Event {
-        action: "session.revoked",
-        actor,
-        target: Some(("session", sid.to_string())),
-        client,
-        metadata: serde_json::json!({"reason": "revoked"}),
-    };
-    audit::record_in(&tx, scope, event, now).await?;
+    if row.get::<_, Option<DateTime<Utc>>>(9) == Some(now) {
+        let event = audit::Event {
+            action: "session.revoked",
+            actor,
+            target: Some(("session", sid.to_string())),
+            client,
+            metadata: serde_json::json!({"reason": "revoked"}),
+        };
+        audit::record_in(&tx, scope, event, now).await?;
+    }
     tx.commit().await?;
     Ok(SessionInfo::from_row(&row))
 }
@@ -328,7 +331,7 @@ pub async fn revoke_by_refresh_token(
     client: &ClientInfo,
 ) -> Result<(), CoreError> {
     let hash = token_hash.to_vec();
-    let now = clock.now();
+    let now = chrono::SubsecRound::trunc_subsecs(clock.now(), 6);
     let tx = router.begin(scope).await?;
     let sid = tx
         .query_opt(
@@ -338,7 +341,8 @@ pub async fn revoke_by_refresh_token(
         .await?;
     if let Some(r) = sid {
         let sid: Uuid = r.get(0);
-        revoke_in(&tx, sid, now, "revoked").await?;
+        let revoked = revoke_in(&tx, sid, now, "revoked").await?;
+        let newly = revoked.is_some_and(|row| row.get::<_, Option<DateTime<Utc>>>(9) == Some(now));
         let event = audit::Event {
             action: "token.revoked",
             actor: audit::Actor { kind: "anonymous", id: None, name: None },
@@ -346,7 +350,9 @@ pub async fn revoke_by_refresh_token(
             client,
             metadata: serde_json::json!({"token_type": "refresh_token"}),
         };
-        audit::record_in(&tx, scope, event, now).await?;
+        if newly {
+            audit::record_in(&tx, scope, event, now).await?;
+        }
     }
     tx.commit().await?;
     Ok(())

@@ -25,6 +25,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "audit_retention",
         sql: include_str!("../../../migrations/0005_audit_retention.sql"),
     },
+    Migration { version: 6, name: "audit_outbox", sql: include_str!("../../../migrations/0006_audit_outbox.sql") },
 ];
 
 const BOOTSTRAP_ROLES: &str = r#"

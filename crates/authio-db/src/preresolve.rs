@@ -13,13 +13,14 @@
 //! | `project_profile` | project id    | the control plane (projects): end-user requests name a project |
 //! | `project_signing_keys` | project id | signing keys: platform-level, never move        |
 //! | `resolve_m2m_client` | client id  | `/v1/auth/token` resolves the project from the client id |
+//! | `audit_outbox_take`, `audit_outbox_done` | (the relay) | events about pinned rows wait on shared until delivered to the tenant's home |
 //! | `rate_hit`, `rate_peek`, `rate_hit_both`, `rate_reset`, `rate_gc` | bucket and key | counters run before the home is known and hold across nodes |
 use chrono::{DateTime, Utc};
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use crate::route_cache::{CachedRoute, DbStrategy};
-use crate::{DbError, Router, RouterError, TenantKind};
+use crate::{DbError, PgRow, Router, RouterError, TenantKind};
 
 async fn shared_client(router: &Router) -> Result<deadpool_postgres::Object, DbError> {
     router.shared().get().await.map_err(|e| RouterError::SharedUnavailable(e.to_string()).into())
@@ -275,4 +276,23 @@ pub async fn rate_reset(router: &Router, bucket: &str, key: &str) -> Result<(), 
 pub async fn rate_gc(router: &Router, now: DateTime<Utc>) -> Result<i32, DbError> {
     let rows = router.read_shared_unscoped("SELECT authio_rate_gc($1)", &[(&now, Type::TIMESTAMPTZ)]).await?;
     rows.first().map(|r| r.try_get(0)).transpose().map(|v| v.unwrap_or(0))
+}
+
+/// The oldest audit events waiting in the shared outbox, as
+/// `(tenant, project, id, occurred_at, action, actor_type, actor_id, actor_name, target_type,
+/// target_id, ip, user_agent, request_id, metadata)`.
+pub async fn audit_outbox_take(router: &Router, limit: i32) -> Result<Vec<PgRow>, DbError> {
+    router
+        .read_shared_unscoped(
+            "SELECT tenant_id, project_id, id, occurred_at, action, actor_type, actor_id, actor_name, target_type, \
+             target_id, ip, user_agent, request_id, metadata FROM authio_audit_outbox_take($1)",
+            &[(&limit, Type::INT4)],
+        )
+        .await
+}
+
+/// An outbox event is in its home log now.
+pub async fn audit_outbox_done(router: &Router, id: Uuid) -> Result<(), DbError> {
+    router.read_shared_unscoped("SELECT authio_audit_outbox_done($1)", &[(&id, Type::UUID)]).await?;
+    Ok(())
 }

@@ -97,6 +97,29 @@ pub fn build_app(state: AppState) -> axum::Router {
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }
 
+/// Deliver audit events about pinned rows from the shared outbox to each tenant's home log,
+/// every `every`, until the task is aborted.
+pub fn spawn_audit_relay(router: Router, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            // Drain in batches; an error is logged and retried on the next tick.
+            loop {
+                match authio_core::audit::relay(&router, 200).await {
+                    Ok(200) => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "audit relay failed");
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
 /// Serve until `shutdown` resolves, letting in-flight requests finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,

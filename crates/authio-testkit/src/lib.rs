@@ -232,6 +232,7 @@ pub struct TestApp {
     /// The app's identity service (to drop cached keys after a rotation, for instance).
     pub identity: authio_core::auth::Identity,
     server: tokio::task::JoinHandle<()>,
+    relay: tokio::task::JoinHandle<()>,
 }
 
 impl TestApp {
@@ -243,6 +244,7 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.server.abort();
+        self.relay.abort();
         self.router.shutdown();
     }
 }
@@ -266,6 +268,7 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
     let state = authio_server::AppState::new(router.clone(), Arc::new(SystemClock), auth).expect("app state");
     let identity = state.identity.clone();
     let app = authio_server::build_app(state);
+    let relay = authio_server::spawn_audit_relay(router.clone(), Duration::from_millis(100));
     let server = tokio::spawn(async move {
         let _ = authio_server::serve(listener, app, std::future::pending()).await;
     });
@@ -278,6 +281,7 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
         identity,
         shared,
         server,
+        relay,
     }
 }
 

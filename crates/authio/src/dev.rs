@@ -152,7 +152,17 @@ async fn seed(cfg: &Config, state: &authio_server::AppState, dedicated: &LocalCl
                 audience: None,
                 token_ttl_secs: None,
             };
-            let c = m2m::create(&state.router, &SystemClock, &scope, &state.identity.issuer(p.id), &new).await?;
+            let actor = authio_core::audit::Actor { kind: "operator", id: None, name: Some("authio dev".into()) };
+            let c = m2m::create(
+                &state.router,
+                &SystemClock,
+                &scope,
+                &state.identity.issuer(p.id),
+                &new,
+                &actor,
+                &ClientInfo::default(),
+            )
+            .await?;
             out.push_str(&format!(
                 "    M2M      client {id}  secret {secret}\n    try      curl -u {id}:{secret} -d grant_type=client_credentials {url}/v1/auth/token\n",
                 id = c.info.client_id,

@@ -323,9 +323,11 @@ pub(crate) async fn serve_state(
 ) -> Result<()> {
     let router = state.router.clone();
     spawn_housekeeping(router.clone());
+    let relay = authio_server::spawn_audit_relay(router.clone(), Duration::from_millis(500));
     let app = authio_server::build_app(state);
     tracing::info!(listen = %listener.local_addr()?, "serving");
     authio_server::serve(listener, app, shutdown).await?;
+    relay.abort();
     router.shutdown();
     Ok(())
 }
@@ -345,8 +347,20 @@ async fn purge_audit(cfg: &Config, key: &MasterKey, only: Option<&str>) -> Resul
         None => cp.list_tenants().await?,
     };
     let mut deleted = 0;
+    let mut failed = Vec::new();
     for t in &tenants {
-        deleted += cp.purge_audit(t, key).await.with_context(|| format!("purging {}", t.slug))?;
+        // One tenant's database being down does not stop the others' purge.
+        match cp.purge_audit(t, key).await {
+            Ok(n) => deleted += n,
+            Err(e) => {
+                tracing::warn!(tenant = %t.slug, error = %e, "audit purge failed");
+                eprintln!("purging {}: {e}", t.slug);
+                failed.push(t.slug.clone());
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{deleted} deleted; the purge failed for {}", failed.join(", "));
     }
     Ok(deleted)
 }

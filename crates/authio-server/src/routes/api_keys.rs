@@ -72,7 +72,8 @@ pub async fn create_api_key(
     check_project(&ctx, &project_id)?;
     let req: CreateApiKeyRequest = json_body(&headers, &body)?;
     let name = DisplayName::parse(&req.name).map_err(authio_core::CoreError::from)?;
-    let created = api_keys::create(&state.router, state.clock.as_ref(), &ctx.scope, &name).await?;
+    let client = crate::routes::auth::client_info(&headers, None);
+    let created = api_keys::create(&state.router, state.clock.as_ref(), &ctx.scope, &name, &ctx.actor, &client).await?;
     Ok((StatusCode::CREATED, Json(CreatedApiKeyResponse { key: created.info.into(), secret: created.plaintext })))
 }
 
@@ -107,11 +108,13 @@ pub async fn list_api_keys(
 pub async fn revoke_api_key(
     State(state): State<AppState>,
     ctx: RequestContext,
+    headers: HeaderMap,
     Path((project_id, id)): Path<(String, String)>,
 ) -> Result<Json<ApiKeyResponse>, ApiError> {
     check_project(&ctx, &project_id)?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("api_key_not_found", "api key not found"))?;
-    let key = api_keys::revoke(&state.router, state.clock.as_ref(), &ctx.scope, id).await?;
+    let client = crate::routes::auth::client_info(&headers, None);
+    let key = api_keys::revoke(&state.router, state.clock.as_ref(), &ctx.scope, id, &ctx.actor, &client).await?;
     state.identity.forget_credential("apikey", &key.key_id);
     Ok(Json(key.into()))
 }

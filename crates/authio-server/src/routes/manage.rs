@@ -98,7 +98,9 @@ pub async fn create_client(
     let new = NewClient { name, scopes: req.scopes, audience: req.audience, token_ttl_secs: req.token_ttl_secs };
     let project = ctx.scope.project_id.unwrap_or_default();
     let issuer = state.identity.issuer(project);
-    let created = m2m::create(&state.router, state.clock.as_ref(), &ctx.scope, &issuer, &new).await?;
+    let client = client_info(&headers, None);
+    let created =
+        m2m::create(&state.router, state.clock.as_ref(), &ctx.scope, &issuer, &new, &ctx.actor, &client).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedClientResponse { client: created.info.into(), client_secret: created.client_secret }),
@@ -130,11 +132,13 @@ pub async fn list_clients(
 pub async fn revoke_client(
     State(state): State<AppState>,
     ctx: RequestContext,
+    headers: HeaderMap,
     Path((project_id, id)): Path<(String, String)>,
 ) -> Result<Json<ClientResponse>, ApiError> {
     check_project(&ctx, &project_id)?;
     let id = path_id(&id, "client_not_found", "client")?;
-    let client = m2m::revoke(&state.router, state.clock.as_ref(), &ctx.scope, id).await?;
+    let info = client_info(&headers, None);
+    let client = m2m::revoke(&state.router, state.clock.as_ref(), &ctx.scope, id, &ctx.actor, &info).await?;
     state.identity.forget_credential("client", &client.client_id);
     Ok(Json(client.into()))
 }
@@ -268,7 +272,9 @@ pub async fn update_settings(
 ) -> Result<Json<SettingsBody>, ApiError> {
     check_project(&ctx, &project_id)?;
     let patch: SettingsPatch = json_body(&headers, &body)?;
-    let updated = projects::update_settings(&state.router, &ctx.scope, &patch).await?;
+    let client = client_info(&headers, None);
+    let updated =
+        projects::update_settings(&state.router, state.clock.as_ref(), &ctx.scope, &patch, &ctx.actor, &client).await?;
     if let Some(p) = ctx.scope.project_id {
         state.identity.forget_profile(p);
     }
@@ -346,10 +352,10 @@ pub struct ExportQuery {
     until: Option<DateTime<Utc>>,
 }
 
-/// One CSV cell: quoted when it must be, and a leading `=`, `+`, `-` or `@` defused so a
-/// spreadsheet does not run it as a formula.
+/// One CSV cell: quoted when it must be, and a leading `=`, `+`, `-`, `@`, tab or carriage
+/// return defused so a spreadsheet does not run it as a formula.
 fn csv_cell(v: &str) -> String {
-    let v = if v.starts_with(['=', '+', '-', '@']) { format!("'{v}") } else { v.to_owned() };
+    let v = if v.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{v}") } else { v.to_owned() };
     if v.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", v.replace('"', "\"\""))
     } else {
@@ -469,5 +475,6 @@ mod tests {
         assert_eq!(csv_cell("a,b"), "\"a,b\"");
         assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(csv_cell("=HYPERLINK(1)"), "'=HYPERLINK(1)");
+        assert_eq!(csv_cell("\t=1"), "'\t=1");
     }
 }

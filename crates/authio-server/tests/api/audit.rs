@@ -354,3 +354,83 @@ async fn purge_keeps_retention_and_a_sealed_checkpoint_so_the_rest_still_verifie
     let reports = app.control.verify_audit(&s.tenant, Some(&key)).await.unwrap();
     assert_eq!((reports[0].events, reports[0].first_broken.clone()), (1, None));
 }
+
+#[tokio::test]
+async fn changes_to_pinned_rows_reach_the_home_log_even_on_a_dedicated_database() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "pinned-acts", TenantKind::Customer, Plan::Enterprise).await;
+    let db = make_dedicated(&app.shared, &s.tenant).await;
+    let pid = s.project.id;
+    let call = |method: reqwest::Method, path: String, body: Option<Value>| {
+        let mut req = app.http.request(method, app.url(&path)).bearer_auth(&s.api_key.plaintext);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send()
+    };
+    let key: Value = call(reqwest::Method::POST, format!("/v1/projects/{pid}/api-keys"), Some(json!({"name": "ci"})))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        // The second revocation changes nothing and records nothing.
+        let r =
+            call(reqwest::Method::DELETE, format!("/v1/projects/{pid}/api-keys/{}", key["id"].as_str().unwrap()), None)
+                .await
+                .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let client: Value = call(
+        reqwest::Method::POST,
+        format!("/v1/projects/{pid}/m2m-clients"),
+        Some(json!({"name": "svc", "scopes": ["a"]})),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let r = call(
+        reqwest::Method::DELETE,
+        format!("/v1/projects/{pid}/m2m-clients/{}", client["id"].as_str().unwrap()),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r =
+        call(reqwest::Method::PATCH, format!("/v1/projects/{pid}/settings"), Some(json!({"refresh_grace_secs": 5})))
+            .await
+            .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    app.control.rotate_keys(pid, None, &test_master_key(), chrono::Utc::now(), true).await.unwrap();
+
+    let expected = [
+        "signing_key.rotated",
+        "project.settings_changed",
+        "m2m_client.revoked",
+        "m2m_client.created",
+        "api_key.revoked",
+        "api_key.created",
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut seen = Vec::new();
+    while std::time::Instant::now() < deadline {
+        seen = actions(&events(&app, &s, "").await);
+        if seen.len() >= expected.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, expected, "relayed to the home log, once each, in order");
+    let page = events(&app, &s, "?action=api_key.created").await;
+    assert_eq!(page["data"][0]["actor"], json!({"type": "api_key", "id": s.api_key.key_id, "name": null}));
+    assert_eq!(page["data"][0]["target"]["id"], key["key_id"]);
+    // At the dedicated home, nothing left waiting on shared, and the chain verifies.
+    assert_eq!(admin_query_strings(&db.admin_url, "SELECT count(*)::text FROM audit_events").await, vec!["6"]);
+    assert_eq!(admin_query_strings(&app.shared.admin_url, "SELECT count(*)::text FROM audit_outbox").await, vec!["0"]);
+    let reports = app.control.verify_audit(&s.tenant, Some(&test_master_key())).await.unwrap();
+    assert_eq!((reports[0].events, reports[0].first_broken.clone()), (6, None));
+}

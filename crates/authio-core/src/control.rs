@@ -417,20 +417,33 @@ impl ControlPlane {
         let rows = tx
             .query(
                 "UPDATE users u SET role = 'operator', updated_at = now()
-                 FROM tenants t WHERE t.id = u.tenant_id AND t.kind = 'platform' AND u.email = $1 RETURNING u.id",
+                 FROM tenants t WHERE t.id = u.tenant_id AND t.kind = 'platform' AND u.email = $1
+                 RETURNING u.id, u.tenant_id, u.project_id",
                 &[(&email.as_str(), Type::TEXT)],
             )
             .await?;
-        match rows.len() {
-            0 => return Err(CoreError::NotFound("user")),
-            1 => {}
+        let row = match rows.as_slice() {
+            [] => return Err(CoreError::NotFound("user")),
+            [one] => one,
             // One email in several platform projects: promote none rather than all.
             _ => {
                 return Err(CoreError::Conflict(
                     "several platform users have this email; none was made an operator".into(),
                 ))
             }
-        }
+        };
+        let (user, tenant, project): (Uuid, Uuid, Uuid) = (row.get(0), row.get(1), row.get(2));
+        // The platform tenant lives on shared: its log is in this database, in this transaction.
+        let scope = authio_db::Scope::project(tenant, project, TenantKind::Platform);
+        let event = audit::Event {
+            action: "user.role_granted",
+            actor: audit::Actor { kind: "operator", id: None, name: Some("authio grant-operator".into()) },
+            target: Some(("user", user.to_string())),
+            client: &crate::sessions::ClientInfo::default(),
+            metadata: serde_json::json!({"role": "operator", "email": email.as_str()}),
+        };
+        let event = audit::EventRow::new(&scope, event, Utc::now())?;
+        tx.query(audit::INSERT_SQL, &event.params()).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::{project_of, Email};
-use crate::{Clock, CoreError};
+use crate::sessions::ClientInfo;
+use crate::{audit, Clock, CoreError};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
@@ -47,9 +48,32 @@ impl User {
     }
 }
 
+/// Create a user (no password) on behalf of the system (seeding, tools).
 pub async fn create(router: &Router, clock: &dyn Clock, scope: &Scope, email: &Email) -> Result<User, CoreError> {
+    let system = audit::Actor { kind: "system", id: None, name: None };
+    create_by(router, clock, scope, email, &system, &ClientInfo::default()).await
+}
+
+/// Create a user (no password), with its `user.created` event in the same transaction.
+pub async fn create_by(
+    router: &Router,
+    clock: &dyn Clock,
+    scope: &Scope,
+    email: &Email,
+    actor: &audit::Actor,
+    client: &ClientInfo,
+) -> Result<User, CoreError> {
+    let now = clock.now();
     let tx = router.begin(scope).await?;
-    let user = insert(&tx, scope, email, None, clock.now()).await?;
+    let user = insert(&tx, scope, email, None, now).await?;
+    let event = audit::Event {
+        action: "user.created",
+        actor: actor.clone(),
+        target: Some(("user", user.id.to_string())),
+        client,
+        metadata: serde_json::json!({"email": email.as_str()}),
+    };
+    audit::record_in(&tx, scope, event, now).await?;
     tx.commit().await?;
     Ok(user)
 }

@@ -86,7 +86,8 @@ pub async fn create_user(
     check_project(&ctx, &project_id)?;
     let req: CreateUserRequest = json_body(&headers, &body)?;
     let email = Email::parse(&req.email).map_err(authio_core::CoreError::from)?;
-    let user = users::create(&state.router, state.clock.as_ref(), &ctx.scope, &email).await?;
+    let client = crate::routes::auth::client_info(&headers, None);
+    let user = users::create_by(&state.router, state.clock.as_ref(), &ctx.scope, &email, &ctx.actor, &client).await?;
     Ok((StatusCode::CREATED, Json(user.into())))
 }
 

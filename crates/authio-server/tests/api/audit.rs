@@ -368,6 +368,10 @@ async fn changes_to_pinned_rows_reach_the_home_log_even_on_a_dedicated_database(
         }
         req.send()
     };
+    let r = call(reqwest::Method::POST, format!("/v1/projects/{pid}/users"), Some(json!({"email": "made@p.test"})))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
     let key: Value = call(reqwest::Method::POST, format!("/v1/projects/{pid}/api-keys"), Some(json!({"name": "ci"})))
         .await
         .unwrap()
@@ -414,6 +418,7 @@ async fn changes_to_pinned_rows_reach_the_home_log_even_on_a_dedicated_database(
         "m2m_client.created",
         "api_key.revoked",
         "api_key.created",
+        "user.created",
     ];
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let mut seen = Vec::new();
@@ -429,8 +434,8 @@ async fn changes_to_pinned_rows_reach_the_home_log_even_on_a_dedicated_database(
     assert_eq!(page["data"][0]["actor"], json!({"type": "api_key", "id": s.api_key.key_id, "name": null}));
     assert_eq!(page["data"][0]["target"]["id"], key["key_id"]);
     // At the dedicated home, nothing left waiting on shared, and the chain verifies.
-    assert_eq!(admin_query_strings(&db.admin_url, "SELECT count(*)::text FROM audit_events").await, vec!["6"]);
+    assert_eq!(admin_query_strings(&db.admin_url, "SELECT count(*)::text FROM audit_events").await, vec!["7"]);
     assert_eq!(admin_query_strings(&app.shared.admin_url, "SELECT count(*)::text FROM audit_outbox").await, vec!["0"]);
     let reports = app.control.verify_audit(&s.tenant, Some(&test_master_key())).await.unwrap();
-    assert_eq!((reports[0].events, reports[0].first_broken.clone()), (6, None));
+    assert_eq!((reports[0].events, reports[0].first_broken.clone()), (7, None));
 }

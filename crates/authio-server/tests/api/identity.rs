@@ -860,6 +860,12 @@ async fn platform_and_customer_tokens_are_refused_in_each_others_place() {
         app.identity.create_user_with_password(platform.project.id, email, PASSWORD).await.unwrap();
     }
     app.control.grant_operator(&authio_core::domain::Email::parse("op@authio.test").unwrap()).await.unwrap();
+    let granted = authio_testkit::admin_query_strings(
+        &app.shared.admin_url,
+        "SELECT action || ':' || (metadata->>'role') FROM audit_events WHERE action = 'user.role_granted'",
+    )
+    .await;
+    assert_eq!(granted, vec!["user.role_granted:operator"], "the grant is in the platform's audit log");
     let (_, op) = sign_in(&app, platform.project.id, "op@authio.test", PASSWORD).await;
     let operator_token = op["access_token"].as_str().unwrap().to_owned();
     assert_eq!(claims_of(&operator_token)["role"], "operator");

@@ -144,8 +144,12 @@ pub async fn record_pinned_as_owner(
 /// Deliver up to `limit` outbox events to their tenants' home logs; returns how many were
 /// delivered. At least once: an event already at home (a relay that died before clearing the
 /// outbox, or another node's relay) is skipped, never written twice.
-pub async fn relay(router: &Router, limit: i32) -> Result<usize, CoreError> {
-    let pending = authio_db::preresolve::audit_outbox_take(router, limit).await?;
+///
+/// Events that failed are added to `failed` (the caller keeps them out of the next takes for a
+/// while); events are claimed per id with a transaction-scoped advisory lock at the home, so
+/// relays on several nodes never write one twice.
+pub async fn relay(router: &Router, limit: i32, failed: &mut Vec<Uuid>) -> Result<usize, CoreError> {
+    let pending = authio_db::preresolve::audit_outbox_take(router, limit, failed).await?;
     let mut delivered = 0;
     for r in &pending {
         let tenant: Uuid = r.try_get(0)?;
@@ -155,6 +159,7 @@ pub async fn relay(router: &Router, limit: i32) -> Result<usize, CoreError> {
             Ok(route) => route.kind,
             Err(e) => {
                 tracing::warn!(%tenant, error = %e, "audit relay: tenant not routable; event kept in the outbox");
+                failed.push(id);
                 continue;
             }
         };
@@ -185,9 +190,14 @@ pub async fn relay(router: &Router, limit: i32) -> Result<usize, CoreError> {
                                    actor_name, target_type, target_id, ip, user_agent, request_id, metadata)
              SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14
              WHERE NOT EXISTS (SELECT 1 FROM audit_events WHERE tenant_id = $1 AND id = $3)";
-        // One tenant's home being down or moving does not hold up the others' events.
-        if let Err(e) = router.write(&scope, &[(insert, &params)]).await {
+        // The lock, then the guarded insert with a fresh snapshot (the statements of a
+        // single-Sync pipeline each take their own): a second relay waits, then sees the row.
+        let lock = "SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text, 0))";
+        let lock_params: [Param<'_>; 1] = [(&id, Type::UUID)];
+        if let Err(e) = router.write(&scope, &[(lock, &lock_params), (insert, &params)]).await {
+            // One tenant's home being down or moving does not hold up the others' events.
             tracing::warn!(%tenant, error = %e, "audit relay: home not writable; event kept in the outbox");
+            failed.push(id);
             continue;
         }
         authio_db::preresolve::audit_outbox_done(router, id).await?;

@@ -503,17 +503,9 @@ impl ControlPlane {
         let current = Tenant { db_strategy: row.get(2), ..tenant.clone() };
         let url = self.home_admin_url(&current, Some(key)).await?;
         let mut c = connect(&url, "authio-audit-purge").await?;
-        // The home learns the retention (the delete rule reads it there).
-        let tx = OwnerTx::begin(&mut c).await?;
-        tx.query(
-            "INSERT INTO audit_retention (tenant_id, days) VALUES ($1, $2)
-             ON CONFLICT (tenant_id) DO UPDATE SET days = EXCLUDED.days",
-            &[(&tenant.id, Type::UUID), (&days, Type::INT4)],
-        )
-        .await?;
-        tx.commit().await?;
         let tx = c.transaction().await.map_err(authio_db::DbError::from)?;
-        // One purge per tenant at a time (several nodes may run the periodic job).
+        // One purge per tenant at a time (several nodes may run the periodic job), and the
+        // retention it records is the one it read, under that lock.
         let locked: bool = tx
             .query_one("SELECT pg_try_advisory_xact_lock(hashtextextended($1::uuid::text, 7))", &[&tenant.id])
             .await
@@ -522,6 +514,16 @@ impl ControlPlane {
         if !locked {
             return Ok(0);
         }
+        // The home learns the retention (the delete rule reads it there), as the owner...
+        tx.batch_execute("SET LOCAL ROLE authio_owner").await.map_err(authio_db::DbError::from)?;
+        tx.execute(
+            "INSERT INTO audit_retention (tenant_id, days) VALUES ($1, $2)
+             ON CONFLICT (tenant_id) DO UPDATE SET days = EXCLUDED.days",
+            &[&tenant.id, &days],
+        )
+        .await
+        .map_err(authio_db::DbError::from)?;
+        // ...and deletes as the retention role, the only one the database lets delete.
         tx.batch_execute("SET LOCAL ROLE authio_audit_retention").await.map_err(authio_db::DbError::from)?;
         // Per project: the oldest events up to the first one still within retention.
         let ends = tx
@@ -602,6 +604,8 @@ impl ControlPlane {
             .start()
             .await
             .map_err(authio_db::DbError::from)?;
+        // As the owner, like every operator command: its policy sees every row.
+        c.batch_execute("SET LOCAL ROLE authio_owner").await.map_err(authio_db::DbError::from)?;
         let rows = c
             .query(
                 "SELECT project_id, seq, id::text, occurred_at, action, actor_type, actor_id, actor_name, target_type,

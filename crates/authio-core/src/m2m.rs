@@ -139,7 +139,14 @@ pub async fn create(
         actor: actor.clone(),
         target: Some(("m2m_client", client_id.clone())),
         client,
-        metadata: serde_json::json!({"name": new.name.as_str(), "scopes": new.scopes, "audience": audience, "token_ttl_secs": ttl}),
+        // Bounded (the event's metadata is at most 4 KiB): the first scopes and the count.
+        metadata: serde_json::json!({
+            "name": new.name.as_str(),
+            "scopes": new.scopes.iter().take(10).collect::<Vec<_>>(),
+            "scope_count": new.scopes.len(),
+            "audience": audience.chars().take(256).collect::<String>(),
+            "token_ttl_secs": ttl,
+        }),
     };
     audit::record_pinned(&tx, scope, event, now).await?;
     tx.commit().await?;

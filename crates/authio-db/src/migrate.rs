@@ -26,6 +26,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0005_audit_retention.sql"),
     },
     Migration { version: 6, name: "audit_outbox", sql: include_str!("../../../migrations/0006_audit_outbox.sql") },
+    Migration {
+        version: 7,
+        name: "audit_hardening",
+        sql: include_str!("../../../migrations/0007_audit_hardening.sql"),
+    },
 ];
 
 const BOOTSTRAP_ROLES: &str = r#"

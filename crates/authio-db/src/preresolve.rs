@@ -281,12 +281,14 @@ pub async fn rate_gc(router: &Router, now: DateTime<Utc>) -> Result<i32, DbError
 /// The oldest audit events waiting in the shared outbox, as
 /// `(tenant, project, id, occurred_at, action, actor_type, actor_id, actor_name, target_type,
 /// target_id, ip, user_agent, request_id, metadata)`.
-pub async fn audit_outbox_take(router: &Router, limit: i32) -> Result<Vec<PgRow>, DbError> {
+/// Events in `skip` (recently failed to deliver) are passed over.
+pub async fn audit_outbox_take(router: &Router, limit: i32, skip: &[Uuid]) -> Result<Vec<PgRow>, DbError> {
+    let skip = skip.to_vec();
     router
         .read_shared_unscoped(
             "SELECT tenant_id, project_id, id, occurred_at, action, actor_type, actor_id, actor_name, target_type, \
-             target_id, ip, user_agent, request_id, metadata FROM authio_audit_outbox_take($1)",
-            &[(&limit, Type::INT4)],
+             target_id, ip, user_agent, request_id, metadata FROM authio_audit_outbox_take_skipping($1, $2)",
+            &[(&limit, Type::INT4), (&skip, Type::UUID_ARRAY)],
         )
         .await
 }

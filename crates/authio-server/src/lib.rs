@@ -103,12 +103,19 @@ pub fn spawn_audit_relay(router: Router, every: Duration) -> tokio::task::JoinHa
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Events that failed recently, passed over until the list is cleared (every minute).
+        let mut failed: Vec<uuid::Uuid> = Vec::new();
+        let mut cleared = std::time::Instant::now();
         loop {
             tick.tick().await;
+            if cleared.elapsed() > Duration::from_secs(60) {
+                failed.clear();
+                cleared = std::time::Instant::now();
+            }
             // Drain in batches; an error is logged and retried on the next tick.
             loop {
-                match authio_core::audit::relay(&router, 200).await {
-                    Ok(200) => continue,
+                match authio_core::audit::relay(&router, 200, &mut failed).await {
+                    Ok(n) if n > 0 => continue,
                     Ok(_) => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "audit relay failed");

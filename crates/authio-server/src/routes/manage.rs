@@ -302,6 +302,18 @@ pub struct AuditQuery {
     limit: Option<i64>,
 }
 
+/// A text filter: at most 320 characters, no control characters (PostgreSQL refuses NUL).
+fn check_filter(v: &Option<String>, name: &str) -> Result<(), ApiError> {
+    match v {
+        Some(s) if s.chars().count() > 320 || s.chars().any(char::is_control) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("{name}: at most 320 characters, no control characters"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The project's audit events, newest first, with filters and cursor pagination.
 #[utoipa::path(get, path = "/v1/projects/{project_id}/audit-events", tag = "audit",
     params(("project_id" = Uuid, Path, description = "the project"),
@@ -325,6 +337,9 @@ pub async fn list_audit_events(
     check_project(&ctx, &project_id)?;
     let q: AuditQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("bad query: {e}")))?;
+    check_filter(&q.action, "action")?;
+    check_filter(&q.actor_id, "actor_id")?;
+    check_filter(&q.target_id, "target_id")?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", "limit: 1 to 500"));
@@ -408,6 +423,9 @@ pub async fn export_audit_events(
     check_project(&ctx, &project_id)?;
     let q: ExportQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("bad query: {e}")))?;
+    check_filter(&q.action, "action")?;
+    check_filter(&q.actor_id, "actor_id")?;
+    check_filter(&q.target_id, "target_id")?;
     let csv = match q.format.as_deref() {
         None | Some("ndjson") => false,
         Some("csv") => true,

@@ -119,6 +119,14 @@ async fn every_act_writes_exactly_one_event_and_a_failed_change_writes_none() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = app
+        .http
+        .get(app.url(&format!("/v1/projects/{pid}/audit-events?action=%00")))
+        .bearer_auth(&s.api_key.plaintext)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "a NUL in a filter is the caller's error, not a 500");
 
     // Export, streamed: NDJSON and CSV hold the same events as the list.
     let export = |format: &str| {
@@ -179,6 +187,14 @@ async fn the_log_is_append_only_and_tampering_is_named_by_verify() {
         assert!(err.code().is_some(), "{change}: {err}");
         app_client.batch_execute("ROLLBACK").await.unwrap();
     }
+    // The owner (who holds every privilege on the table) is refused by the trigger too.
+    let admin_owner = authio_db::pool::connect(&app.shared.admin_url, "audit-test").await.unwrap();
+    let err = admin_owner
+        .batch_execute("BEGIN; SET LOCAL ROLE authio_owner; DELETE FROM audit_events WHERE seq = 1")
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("append-only"), "{err:?}");
+    admin_owner.batch_execute("ROLLBACK").await.unwrap();
     // Even a superuser's plain UPDATE is refused by the trigger...
     let admin = authio_db::pool::connect(&app.shared.admin_url, "audit-test").await.unwrap();
     let err = admin.batch_execute("UPDATE audit_events SET action = 'user.edited' WHERE seq = 2").await.unwrap_err();
@@ -231,6 +247,20 @@ async fn the_log_is_append_only_and_tampering_is_named_by_verify() {
         ))
         .await
         .unwrap();
+    // With no retention recorded at the home, even a 400-day-old event stays...
+    let err = retention
+        .batch_execute(&format!("DELETE FROM audit_events WHERE tenant_id = '{}' AND seq = 1", s2.tenant.id))
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("retention"), "{err:?}");
+    // ...and once the home knows the tenant keeps 30 days, it may go.
+    admin
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL ROLE authio_owner; INSERT INTO audit_retention (tenant_id, days) VALUES ('{}', 30); COMMIT;",
+            s2.tenant.id
+        ))
+        .await
+        .unwrap();
     retention
         .batch_execute(&format!("DELETE FROM audit_events WHERE tenant_id = '{}' AND seq = 1", s2.tenant.id))
         .await
@@ -273,6 +303,26 @@ async fn tenants_see_only_their_own_events_on_shared_and_dedicated_databases() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // Row-level security, below the API: in A's scope, B's events are invisible and cannot
+    // be written.
+    let c = authio_db::pool::connect(&app.shared.app_url, "audit-test").await.unwrap();
+    let bind = format!(
+        "BEGIN; SELECT set_config('authio.tenant_id', '{}', true), set_config('authio.project_id', '{}', true);",
+        a.tenant.id, a.project.id
+    );
+    c.batch_execute(&bind).await.unwrap();
+    let seen: i64 = c.query_one("SELECT count(*) FROM audit_events", &[]).await.unwrap().get(0);
+    assert_eq!(seen, 1, "only A's own event");
+    let err = c
+        .batch_execute(&format!(
+            "INSERT INTO audit_events (tenant_id, project_id, id, occurred_at, action, actor_type)
+             VALUES ('{}', '{}', gen_random_uuid(), now(), 'user.forged', 'system')",
+            b.tenant.id, b.project.id
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
+    c.batch_execute("ROLLBACK").await.unwrap();
     // B's event lives at B's home, the dedicated database, and its chain verifies there.
     assert_eq!(admin_query_strings(&db.admin_url, "SELECT action FROM audit_events").await, vec!["user.signed_up"]);
     assert_eq!(
@@ -411,6 +461,8 @@ async fn changes_to_pinned_rows_reach_the_home_log_even_on_a_dedicated_database(
     assert_eq!(r.status(), StatusCode::OK);
     app.control.rotate_keys(pid, None, &test_master_key(), chrono::Utc::now(), true).await.unwrap();
 
+    // A second relay, as on a second node: each event still lands once.
+    let second_relay = authio_server::spawn_audit_relay(app.router.clone(), std::time::Duration::from_millis(30));
     let expected = [
         "signing_key.rotated",
         "project.settings_changed",
@@ -438,4 +490,5 @@ async fn changes_to_pinned_rows_reach_the_home_log_even_on_a_dedicated_database(
     assert_eq!(admin_query_strings(&app.shared.admin_url, "SELECT count(*)::text FROM audit_outbox").await, vec!["0"]);
     let reports = app.control.verify_audit(&s.tenant, Some(&test_master_key())).await.unwrap();
     assert_eq!((reports[0].events, reports[0].first_broken.clone()), (7, None));
+    second_relay.abort();
 }

@@ -38,8 +38,16 @@ pub fn generate() -> NewApiKey {
     NewApiKey { plaintext: format!("{PREFIX}{key_id}_{secret}"), secret_hash: hash_secret(&secret), key_id }
 }
 
-fn hash_secret(secret: &str) -> [u8; 32] {
+pub(crate) fn hash_secret(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Whether `secret` hashes to `stored`, in constant time; with nothing stored (an unknown id)
+/// a hash is still compared, so both paths do the same work.
+pub(crate) fn secret_matches(stored: Option<&[u8]>, secret: &str) -> bool {
+    let stored: [u8; 32] = stored.and_then(|h| <[u8; 32]>::try_from(h).ok()).unwrap_or([0u8; 32]);
+    let matches: bool = hash_secret(secret).ct_eq(&stored).into();
+    matches && stored != [0u8; 32]
 }
 
 /// Split a presented key into (key id, secret) without judging the secret yet.
@@ -61,10 +69,7 @@ pub async fn authenticate(router: &Router, presented: &str) -> Result<Scope, Cor
 /// Judge a presented secret against what the lookup found, in constant time; an unknown id is
 /// compared against something too, so both paths do the same work.
 pub fn check_secret(record: Option<&ApiKeyRecord>, secret: &str) -> Result<Scope, CoreError> {
-    let presented_hash = hash_secret(secret);
-    let stored: [u8; 32] =
-        record.and_then(|r| <[u8; 32]>::try_from(r.secret_hash.as_slice()).ok()).unwrap_or([0u8; 32]);
-    let matches: bool = presented_hash.ct_eq(&stored).into();
+    let matches = secret_matches(record.map(|r| r.secret_hash.as_slice()), secret);
     match record {
         Some(r) if matches => Ok(Scope::project(r.tenant_id, r.project_id, r.tenant_kind)),
         _ => Err(CoreError::InvalidApiKey),
@@ -154,8 +159,7 @@ pub async fn revoke(
     client: &ClientInfo,
 ) -> Result<ApiKeyInfo, CoreError> {
     project_of(scope)?;
-    // Microseconds, as stored: equal to the stored value exactly when this call revoked it.
-    let now = chrono::SubsecRound::trunc_subsecs(clock.now(), 6);
+    let now = crate::clock::now_as_stored(clock);
     let tx = router.begin_pinned(scope).await?;
     let row = tx
         .query_opt(

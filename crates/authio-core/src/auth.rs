@@ -370,10 +370,6 @@ impl Identity {
         &self.inner.keys
     }
 
-    pub fn passwords(&self) -> &Passwords {
-        &self.inner.passwords
-    }
-
     pub fn issuer(&self, project: Uuid) -> String {
         tokens::issuer(&self.inner.settings.public_url, project)
     }

@@ -7,6 +7,12 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> DateTime<Utc>;
 }
 
+/// The time truncated to microseconds, as PostgreSQL stores it: a stored timestamp equals it
+/// exactly when this call wrote it (how "revoked just now" is told from "already revoked").
+pub fn now_as_stored(clock: &dyn Clock) -> DateTime<Utc> {
+    chrono::SubsecRound::trunc_subsecs(clock.now(), 6)
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;
 

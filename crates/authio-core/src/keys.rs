@@ -333,10 +333,6 @@ impl KeyService {
         }
     }
 
-    pub fn master_key(&self) -> &MasterKey {
-        &self.inner.master_key
-    }
-
     /// The project's key set; created on first use if the project has no keys yet.
     pub async fn keyset(&self, profile: &ProjectProfile) -> Result<Arc<KeySet>, CoreError> {
         let project = profile.project_id;

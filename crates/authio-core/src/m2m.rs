@@ -8,8 +8,6 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::audit::{self, Actor};
@@ -85,10 +83,6 @@ pub struct CreatedClient {
     pub client_secret: String,
 }
 
-fn hash_secret(secret: &str) -> [u8; 32] {
-    Sha256::digest(secret.as_bytes()).into()
-}
-
 /// Create a client. Its audience defaults to the project's issuer.
 pub async fn create(
     router: &Router,
@@ -107,7 +101,7 @@ pub async fn create(
     rand::rngs::OsRng.fill_bytes(&mut secret);
     let client_id = format!("cl_{}", id_bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
     let client_secret = format!("cs_{}", URL_SAFE_NO_PAD.encode(secret));
-    let hash = hash_secret(&client_secret).to_vec();
+    let hash = crate::api_keys::hash_secret(&client_secret).to_vec();
     let audience = new.audience.clone().unwrap_or_else(|| default_audience.to_owned());
     let ttl = new.token_ttl_secs.unwrap_or(3600);
     let id = Uuid::now_v7();
@@ -172,8 +166,7 @@ pub async fn revoke(
     client: &crate::sessions::ClientInfo,
 ) -> Result<ClientInfo, CoreError> {
     project_of(scope)?;
-    // Microseconds, as stored: equal to the stored value exactly when this call revoked it.
-    let now = chrono::SubsecRound::trunc_subsecs(clock.now(), 6);
+    let now = crate::clock::now_as_stored(clock);
     let tx = router.begin_pinned(scope).await?;
     let row = tx
         .query_opt(
@@ -215,11 +208,7 @@ pub async fn lookup(router: &Router, client_id: &str) -> Result<Option<M2mClient
 /// Judge a presented secret against what the lookup found. Unknown, revoked and
 /// wrong-secret clients fail alike, after the same work.
 pub fn check_secret(record: Option<&M2mClientRecord>, secret: &str) -> Result<(), CoreError> {
-    let presented = hash_secret(secret);
-    let stored: [u8; 32] =
-        record.and_then(|r| <[u8; 32]>::try_from(r.secret_hash.as_slice()).ok()).unwrap_or([0u8; 32]);
-    let matches: bool = presented.ct_eq(&stored).into();
-    if record.is_some() && matches {
+    if crate::api_keys::secret_matches(record.map(|r| r.secret_hash.as_slice()), secret) {
         Ok(())
     } else {
         Err(CoreError::InvalidClient)

@@ -303,8 +303,7 @@ pub async fn revoke(
     client: &ClientInfo,
 ) -> Result<SessionInfo, CoreError> {
     project_of(scope)?;
-    // Microseconds, as stored: the stored time equals it exactly when this call revoked it.
-    let now = chrono::SubsecRound::trunc_subsecs(clock.now(), 6);
+    let now = crate::clock::now_as_stored(clock);
     let tx = router.begin(scope).await?;
     let row = revoke_in(&tx, sid, now, "revoked").await?.ok_or(CoreError::NotFound("session"))?;
     if row.get::<_, Option<DateTime<Utc>>>(9) == Some(now) {
@@ -331,7 +330,7 @@ pub async fn revoke_by_refresh_token(
     client: &ClientInfo,
 ) -> Result<(), CoreError> {
     let hash = token_hash.to_vec();
-    let now = chrono::SubsecRound::trunc_subsecs(clock.now(), 6);
+    let now = crate::clock::now_as_stored(clock);
     let tx = router.begin(scope).await?;
     let sid = tx
         .query_opt(

@@ -14,7 +14,7 @@
 //! | `project_signing_keys` | project id | signing keys: platform-level, never move        |
 //! | `resolve_m2m_client` | client id  | `/v1/auth/token` resolves the project from the client id |
 //! | `audit_outbox_take`, `audit_outbox_done` | (the relay) | events about pinned rows wait on shared until delivered to the tenant's home |
-//! | `rate_hit`, `rate_peek`, `rate_hit_both`, `rate_reset`, `rate_gc` | bucket and key | counters run before the home is known and hold across nodes |
+//! | `rate_hit`, `rate_hit_both`, `rate_reset`, `rate_gc` | bucket and key | counters run before the home is known and hold across nodes |
 use chrono::{DateTime, Utc};
 use tokio_postgres::types::Type;
 use uuid::Uuid;
@@ -246,23 +246,6 @@ pub async fn rate_hit_both(
         RateWindow { hits: r.try_get(0)?, window_ends: r.try_get(1)? },
         RateWindow { hits: r.try_get(2)?, window_ends: r.try_get(3)? },
     ))
-}
-
-/// The current window without counting a hit (`None`: no hits in a live window).
-pub async fn rate_peek(
-    router: &Router,
-    bucket: &str,
-    key: &str,
-    window_secs: i32,
-    now: DateTime<Utc>,
-) -> Result<Option<RateWindow>, DbError> {
-    let rows = router
-        .read_shared_unscoped(
-            "SELECT hits, window_ends FROM authio_rate_peek($1, $2, $3, $4)",
-            &[(&bucket, Type::TEXT), (&key, Type::TEXT), (&window_secs, Type::INT4), (&now, Type::TIMESTAMPTZ)],
-        )
-        .await?;
-    rows.first().map(|r| Ok(RateWindow { hits: r.try_get(0)?, window_ends: r.try_get(1)? })).transpose()
 }
 
 pub async fn rate_reset(router: &Router, bucket: &str, key: &str) -> Result<(), DbError> {

@@ -65,7 +65,7 @@ pub struct CreatedApiKey {
 const TENANT_COLS: &str = "id, slug, name, kind, plan, db_strategy, route_epoch, created_at";
 
 pub struct ControlPlane {
-    admin_url: String,
+    pub(crate) admin_url: String,
 }
 
 impl ControlPlane {
@@ -73,7 +73,7 @@ impl ControlPlane {
         ControlPlane { admin_url: admin_url.into() }
     }
 
-    async fn client(&self) -> Result<tokio_postgres::Client, CoreError> {
+    pub(crate) async fn client(&self) -> Result<tokio_postgres::Client, CoreError> {
         Ok(connect(&self.admin_url, "authio-control").await?)
     }
 

@@ -56,3 +56,9 @@ impl From<RouterError> for CoreError {
         CoreError::Db(DbError::Router(e))
     }
 }
+
+impl From<tokio_postgres::Error> for CoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        CoreError::Db(DbError::Postgres(e))
+    }
+}

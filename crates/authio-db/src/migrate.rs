@@ -31,6 +31,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "audit_hardening",
         sql: include_str!("../../../migrations/0007_audit_hardening.sql"),
     },
+    Migration { version: 8, name: "moves", sql: include_str!("../../../migrations/0008_moves.sql") },
 ];
 
 const BOOTSTRAP_ROLES: &str = r#"
@@ -52,9 +53,8 @@ $$;
 /// Serialises concurrent migrators of one database.
 const MIGRATION_LOCK: i64 = 0x6175_7468_696f_0001;
 
-/// Apply every pending migration; returns the versions applied now.
-pub async fn migrate(admin_url: &str) -> Result<Vec<i32>, DbError> {
-    let mut client = connect(admin_url, "authio-migrate").await?;
+/// Create the cluster-wide roles if they are missing.
+pub async fn bootstrap_roles(client: &tokio_postgres::Client) -> Result<(), DbError> {
     // Roles are cluster-wide: a concurrent bootstrap on another database may race us to
     // CREATE ROLE, so a unique violation here means "already there".
     if let Err(e) = client.batch_execute(BOOTSTRAP_ROLES).await {
@@ -63,6 +63,13 @@ pub async fn migrate(admin_url: &str) -> Result<Vec<i32>, DbError> {
             return Err(e.into());
         }
     }
+    Ok(())
+}
+
+/// Apply every pending migration; returns the versions applied now.
+pub async fn migrate(admin_url: &str) -> Result<Vec<i32>, DbError> {
+    let mut client = connect(admin_url, "authio-migrate").await?;
+    bootstrap_roles(&client).await?;
     client
         .batch_execute(
             "DO $$ BEGIN

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::pipeline::{make_read_pool, PgRow, ReadPool};
 use crate::pool::{make_pool, PoolOptions};
 use crate::route_cache::{parse_notification, CachedRoute, DbStrategy, RouteCache};
-use crate::tx::{Fence, Param, ScopedTx, BIND_SQL};
+use crate::tx::{is_not_at_home, Fence, Param, ScopedTx, BIND_AND_ENTER_SQL, BIND_SQL};
 use crate::{preresolve, DbError, MasterKey, RouterError, Scope, TenantKind};
 
 #[derive(Clone, Debug)]
@@ -41,6 +41,9 @@ pub struct RouterSettings {
     /// Keep read statements prepared per connection. Turn off when the shared URL goes
     /// through pgbouncer older than 1.21 (or without `max_prepared_statements`).
     pub statement_cache: bool,
+    /// How long a request of a tenant being moved waits for the cutover to finish before it
+    /// is answered "moving, retry" (503).
+    pub cutover_wait: Duration,
 }
 
 impl Default for RouterSettings {
@@ -54,6 +57,7 @@ impl Default for RouterSettings {
             shared_direct_url: None,
             acquire_timeout: Duration::from_secs(5),
             statement_cache: true,
+            cutover_wait: Duration::from_secs(3),
         }
     }
 }
@@ -264,9 +268,42 @@ impl Router {
 
     /// Open a scoped transaction on the scope's home.
     pub async fn begin(&self, scope: &Scope) -> Result<ScopedTx, DbError> {
-        let pool = self.target_for_or_err(scope).await?.0.pool;
-        let client = self.checkout(&pool, scope).await?;
-        ScopedTx::open(client, *scope, Fence::Check).await.map_err(|e| self.forget_stale(e))
+        let deadline = Instant::now() + self.inner.settings.cutover_wait;
+        loop {
+            let epoch = self.route(scope.tenant_id).await?.epoch;
+            let attempt = async {
+                let pool = self.target_for_or_err(scope).await?.0.pool;
+                let client = self.checkout(&pool, scope).await?;
+                ScopedTx::open(client, *scope, Fence::Check).await
+            }
+            .await;
+            match attempt {
+                Err(DbError::Router(RouterError::NotAtHome(_))) => self.await_new_route(scope, epoch, deadline).await?,
+                other => return other,
+            }
+        }
+    }
+
+    /// After the database said "not at home": the tenant moved (this node's route was stale)
+    /// or is being moved (its cutover is under way). Drop the cached route and wait, bounded,
+    /// for a route newer than the one used; past the bound, "moving, retry".
+    async fn await_new_route(&self, scope: &Scope, used_epoch: i64, deadline: Instant) -> Result<(), DbError> {
+        self.inner.cache.invalidate(&scope.tenant_id, None);
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let generation = self.inner.cache.generation();
+            if let Some(route) = preresolve::tenant_route(self, scope.tenant_id).await? {
+                if route.epoch != used_epoch {
+                    self.inner.cache.insert_if_current(scope.tenant_id, route, generation);
+                    return Ok(());
+                }
+            }
+            if Instant::now() + pause > deadline {
+                return Err(RouterError::MoveInProgress(scope.tenant_id).into());
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(8));
+        }
     }
 
     /// A scoped transaction on the shared database for the pinned tables (API keys and the
@@ -276,15 +313,6 @@ impl Router {
         ScopedTx::open(client, *scope, Fence::Skip).await
     }
 
-    /// A fence refusal means this node's route is stale: drop it so the next try re-reads.
-    fn forget_stale(&self, e: DbError) -> DbError {
-        if let DbError::Router(RouterError::NotAtHome(t)) = &e {
-            tracing::info!(tenant = %t, "route was stale (home fence); re-reading");
-            self.inner.cache.invalidate(t, None);
-        }
-        e
-    }
-
     /// One scoped read in one round trip: the bind and the query sent with a single Sync,
     /// so they run as one implicit transaction (see [`crate::pipeline`]).
     ///
@@ -292,8 +320,15 @@ impl Router {
     /// reads nothing, so an empty result is the one case where a stale route could hide, and
     /// asking on every read would cost a function call per request.
     pub async fn read(&self, scope: &Scope, sql: &str, params: &[Param<'_>]) -> Result<Vec<PgRow>, DbError> {
-        let (target, _) = self.target_for_or_err(scope).await?;
-        self.read_on(&target.reads, scope, sql, params).await.map_err(|e| self.forget_stale(self.classify(scope, e)))
+        let deadline = Instant::now() + self.inner.settings.cutover_wait;
+        loop {
+            let epoch = self.route(scope.tenant_id).await?.epoch;
+            let (target, _) = self.target_for_or_err(scope).await?;
+            match self.read_on(&target.reads, scope, sql, params).await.map_err(|e| self.classify(scope, e)) {
+                Err(DbError::Router(RouterError::NotAtHome(_))) => self.await_new_route(scope, epoch, deadline).await?,
+                other => return other,
+            }
+        }
     }
 
     /// Control-plane change notifications for node caches (see [`CacheEvent`]). A receiver
@@ -317,10 +352,22 @@ impl Router {
 
     /// Scoped writes in one round trip: the bind and the statements with a single Sync, so they
     /// commit together (or not at all) as one implicit transaction. For statements that need no
-    /// read-then-write logic between them. A write refused by row-level security at a database
-    /// the tenant does not live in (the policies carry the home fence) is reported as
-    /// `NotAtHome`. Returns the rows of the last statement.
+    /// read-then-write logic between them. The bind enters the tenant's home first (the
+    /// cutover gate and the home fence), so nothing runs where the tenant does not live; a
+    /// stale route or a cutover under way waits for the new route and tries again there.
+    /// Returns the rows of the last statement.
     pub async fn write(&self, scope: &Scope, statements: &[(&str, &[Param<'_>])]) -> Result<Vec<PgRow>, DbError> {
+        let deadline = Instant::now() + self.inner.settings.cutover_wait;
+        loop {
+            let epoch = self.route(scope.tenant_id).await?.epoch;
+            match self.write_once(scope, statements).await {
+                Err(DbError::Router(RouterError::NotAtHome(_))) => self.await_new_route(scope, epoch, deadline).await?,
+                other => return other,
+            }
+        }
+    }
+
+    async fn write_once(&self, scope: &Scope, statements: &[(&str, &[Param<'_>])]) -> Result<Vec<PgRow>, DbError> {
         let (target, _) = self.target_for_or_err(scope).await?;
         let result = async {
             let mut conn = target.reads.get().await.map_err(|e| DbError::Pool(e.to_string()))?;
@@ -328,24 +375,15 @@ impl Router {
             let project = scope.project_id.map(|p| p.to_string()).unwrap_or_default();
             let bind: [Param<'_>; 2] = [(&tenant, Type::TEXT), (&project, Type::TEXT)];
             let mut all: Vec<(&str, &[Param<'_>])> = Vec::with_capacity(statements.len() + 1);
-            all.push((BIND_SQL, &bind));
+            all.push((BIND_AND_ENTER_SQL, &bind));
             all.extend_from_slice(statements);
             match conn.pipeline(&all).await {
-                Err(e) if e.sqlstate() == Some("42501") => {
-                    let fence = conn
-                        .pipeline(&[("SELECT authio_tenant_at_home($1)", &[(&scope.tenant_id, Type::UUID)])])
-                        .await?;
-                    let home = fence.first().map(|r| r.try_get::<Option<bool>>(0)).transpose()?.flatten();
-                    if home != Some(true) {
-                        return Err(RouterError::NotAtHome(scope.tenant_id).into());
-                    }
-                    Err(e)
-                }
+                Err(e) if is_not_at_home(&e) => Err(RouterError::NotAtHome(scope.tenant_id).into()),
                 other => other,
             }
         }
         .await;
-        result.map_err(|e| self.forget_stale(self.classify(scope, e)))
+        result.map_err(|e| self.classify(scope, e))
     }
 
     async fn read_on(

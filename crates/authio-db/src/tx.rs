@@ -14,11 +14,20 @@ pub type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 pub(crate) const BIND_SQL: &str =
     "SELECT set_config('authio.tenant_id', $1, true), set_config('authio.project_id', $2, true)";
 
-/// Binds the scope and, in the same statement, asks the home fence whether the tenant lives
-/// in this database, so a node with a stale route learns it at once instead of reading an
-/// empty old copy.
-const BIND_AND_FENCE_SQL: &str = "SELECT set_config('authio.tenant_id', $1, true), \
-     set_config('authio.project_id', $2, true), authio_tenant_at_home($1::uuid)";
+/// Binds the scope and, in the same statement, enters the tenant's home: the cutover gate (a
+/// shared lock a move's cutover takes exclusively) and the home fence, read after the gate
+/// with a fresh snapshot. Not at home raises SQLSTATE [`NOT_AT_HOME_SQLSTATE`], so a node with
+/// a stale route learns it at once, before anything is read or written.
+pub(crate) const BIND_AND_ENTER_SQL: &str = "SELECT set_config('authio.tenant_id', $1, true), \
+     set_config('authio.project_id', $2, true), authio_enter_home($1::uuid)";
+
+/// Raised by `authio_enter_home` (migration 0008) where the tenant does not live.
+pub(crate) const NOT_AT_HOME_SQLSTATE: &str = "AH001";
+
+/// Whether a database error is the gate's "not at home".
+pub(crate) fn is_not_at_home(e: &DbError) -> bool {
+    e.sqlstate() == Some(NOT_AT_HOME_SQLSTATE)
+}
 
 /// Whether opening a transaction asks the home fence.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -43,17 +52,14 @@ impl ScopedTx {
         let tx = ScopedTx { client: Some(client) };
         let c = tx.client_ref()?;
         let bind: [Param<'_>; 2] = [(&tenant, Type::TEXT), (&project, Type::TEXT)];
-        let sql = if fence == Fence::Check { BIND_AND_FENCE_SQL } else { BIND_SQL };
+        let sql = if fence == Fence::Check { BIND_AND_ENTER_SQL } else { BIND_SQL };
         let (begun, bound) = futures_util::join!(c.batch_execute("BEGIN"), c.query_typed(sql, &bind));
         begun?;
-        let bound = bound?;
-        if fence == Fence::Check {
-            let home = bound.first().and_then(|r| r.get::<_, Option<bool>>(2));
-            if home != Some(true) {
-                return Err(RouterError::NotAtHome(scope.tenant_id).into());
-            }
+        match bound.map_err(DbError::from) {
+            Err(e) if is_not_at_home(&e) => Err(RouterError::NotAtHome(scope.tenant_id).into()),
+            Err(e) => Err(e),
+            Ok(_) => Ok(tx),
         }
-        Ok(tx)
     }
 
     fn client_ref(&self) -> Result<&Object, DbError> {

@@ -281,14 +281,21 @@ async fn isolation_through_pgbouncer_transaction_pooling() {
 async fn home_fence_blocks_reads_and_writes_whatever_the_gucs_say() {
     let shared = fresh_shared_db().await;
     let a = seed_tenant(&shared, "fenced", TenantKind::Customer, Plan::Enterprise).await;
-    let router = router_for(&shared, &shared.app_url, router_settings());
+    let router = router_for(
+        &shared,
+        &shared.app_url,
+        RouterSettings { cutover_wait: Duration::from_millis(300), ..router_settings() },
+    );
     let sa = scope_of(&a);
     let u = users::create(&router, &SystemClock, &sa, &Email::parse("kept@f.test").unwrap()).await.unwrap();
 
     authio_db::migrate::set_home(&shared.admin_url, a.tenant.id, false).await.unwrap();
-    // The router is told at once (the bind statement asks the fence)...
+    // The router is told at once (the bind statement enters through the fence); with no new
+    // route to follow it waits its bound, then answers "moving, retry".
+    let started = std::time::Instant::now();
     let err = router.begin(&sa).await.err().expect("fenced");
-    assert!(matches!(err, DbError::Router(RouterError::NotAtHome(_))), "{err:?}");
+    assert!(matches!(err, DbError::Router(RouterError::MoveInProgress(_))), "{err:?}");
+    assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
     // ...and even a transaction that skips that check sees and changes nothing.
     let raw_pool = router.pool_for(&sa).await.unwrap();
     let raw = raw_pool.get().await.unwrap();
@@ -317,7 +324,7 @@ async fn home_fence_blocks_reads_and_writes_whatever_the_gucs_say() {
     raw.batch_execute("ROLLBACK").await.unwrap();
     drop(raw);
     let err = users::create(&router, &SystemClock, &sa, &Email::parse("new@f.test").unwrap()).await.unwrap_err();
-    assert!(matches!(&err, authio_core::CoreError::Db(DbError::Router(RouterError::NotAtHome(_)))), "{err:?}");
+    assert!(matches!(&err, authio_core::CoreError::Db(DbError::Router(RouterError::MoveInProgress(_)))), "{err:?}");
     // A pipelined write (bind and statement with one Sync) is refused the same way.
     let (t, p, id) = (a.tenant.id, a.project.id, Uuid::now_v7());
     let err = router
@@ -330,7 +337,7 @@ async fn home_fence_blocks_reads_and_writes_whatever_the_gucs_say() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, DbError::Router(RouterError::NotAtHome(_))), "{err:?}");
+    assert!(matches!(err, DbError::Router(RouterError::MoveInProgress(_))), "{err:?}");
     // The rows are still there, untouched.
     assert_eq!(
         admin_query_strings(&shared.admin_url, "SELECT email || ':' || disabled FROM users").await,
@@ -426,18 +433,16 @@ async fn a_stale_instance_cannot_touch_the_old_home() {
     let scope = scope_of(&t);
     users::create(&stale, &SystemClock, &scope, &Email::parse("before@s.test").unwrap()).await.unwrap();
     let ded = make_dedicated(&shared, &t.tenant).await;
-    // Its cache still says shared; the fence on shared refuses it, reads and writes alike.
+    // Its cache still says shared; the fence on shared refuses it, so it re-reads the route
+    // and reads the new home (empty: the tenant was attached without its data).
     assert_eq!(stale.cache().get(&t.tenant.id).unwrap().strategy, authio_db::DbStrategy::Shared);
-    let err = users::list(&stale, &scope, 10, None).await.unwrap_err();
-    assert!(matches!(err, authio_core::CoreError::Db(DbError::Router(RouterError::NotAtHome(_)))), "{err:?}");
-    // The refusal dropped the stale route, so the next call goes to the new home.
-    assert!(stale.cache().get(&t.tenant.id).is_none());
+    assert!(users::list(&stale, &scope, 10, None).await.unwrap().is_empty());
+    assert_eq!(stale.cache().get(&t.tenant.id).unwrap().strategy, authio_db::DbStrategy::Dedicated);
     assert_eq!(current_db(&stale, &scope).await.0, ded.name);
     users::create(&stale, &SystemClock, &scope, &Email::parse("after@s.test").unwrap()).await.unwrap();
     assert_eq!(admin_query_strings(&shared.admin_url, "SELECT email FROM users").await, vec!["before@s.test"]);
     assert_eq!(admin_query_strings(&ded.admin_url, "SELECT email FROM users").await, vec!["after@s.test"]);
 
-    // A write through a stale route is refused by the fence too.
     let stale2 = router_for(
         &shared,
         &shared.app_url,
@@ -446,9 +451,10 @@ async fn a_stale_instance_cannot_touch_the_old_home() {
     let t2 = seed_tenant(&shared, "stale-two", TenantKind::Customer, Plan::Enterprise).await;
     let scope2 = scope_of(&t2);
     assert!(users::list(&stale2, &scope2, 1, None).await.unwrap().is_empty());
-    make_dedicated(&shared, &t2.tenant).await;
-    let err = users::create(&stale2, &SystemClock, &scope2, &Email::parse("w@s.test").unwrap()).await.unwrap_err();
-    assert!(matches!(err, authio_core::CoreError::Db(DbError::Router(RouterError::NotAtHome(_)))), "{err:?}");
+    let ded2 = make_dedicated(&shared, &t2.tenant).await;
+    // A write through a stale route is refused by the fence too, and lands at the new home.
+    users::create(&stale2, &SystemClock, &scope2, &Email::parse("w@s.test").unwrap()).await.unwrap();
+    assert_eq!(admin_query_strings(&ded2.admin_url, "SELECT email FROM users").await, vec!["w@s.test"]);
     assert!(admin_query_strings(
         &shared.admin_url,
         &format!("SELECT email FROM users WHERE tenant_id = '{}'", t2.tenant.id)

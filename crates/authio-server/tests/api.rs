@@ -5,6 +5,8 @@
 mod audit;
 #[path = "api/identity.rs"]
 mod identity;
+#[path = "api/moves.rs"]
+mod moves;
 
 use std::sync::Arc;
 

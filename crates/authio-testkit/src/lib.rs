@@ -206,6 +206,33 @@ pub async fn make_dedicated(shared: &TestDb, tenant: &Tenant) -> TestDb {
     db
 }
 
+/// Register the test kit's dedicated cluster as a host of this shared database and provision
+/// the tenant's dedicated database there (empty, migrated, not yet home). Returns its admin URL.
+pub async fn provision_dedicated(shared: &TestDb, tenant: &Tenant) -> String {
+    let cp = ControlPlane::new(shared.admin_url.clone());
+    let host = Slug::parse("test-dedicated").unwrap();
+    if cp.list_dedicated_hosts().await.unwrap().iter().all(|h| h.name != host.as_str()) {
+        // Trust authentication: the password is recorded but never asked for.
+        cp.add_dedicated_host(&host, &clusters().dedicated.admin_url("postgres"), Some("unused"), &test_master_key())
+            .await
+            .expect("add host");
+    }
+    let p = cp
+        .provision_dedicated(
+            tenant,
+            authio_core::dedicated::ProvisionTarget::Host("test-dedicated"),
+            &test_master_key(),
+        )
+        .await
+        .expect("provision");
+    clusters().dedicated.admin_url(&p.database_name)
+}
+
+/// A move run with no progress output and no fault injection.
+pub fn quiet_move() -> authio_core::moves::MoveRun<'static> {
+    authio_core::moves::MoveRun { progress: &|_| {}, kill_at: None, gate_timeout: Duration::from_secs(5) }
+}
+
 pub struct AppOptions {
     /// Share a database with another app instance (defaults to a fresh one).
     pub shared: Option<TestDb>,

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use authio_core::control::ControlPlane;
+use authio_core::dedicated::ProvisionTarget;
 use authio_core::domain::{DisplayName, Plan, Slug};
+use authio_core::moves::{Direction, MoveRun, Progress, TableCheck as MoveCheck};
 use authio_core::SystemClock;
 use authio_db::{MasterKey, Router, RouterSettings, TenantKind};
 use clap::{Parser, Subcommand};
@@ -51,6 +53,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Servers that hold dedicated databases.
+    DedicatedHost {
+        #[command(subcommand)]
+        command: DedicatedHostCommand,
     },
     /// Manage a project's signing keys.
     Keys {
@@ -125,11 +132,81 @@ enum TenantCommand {
     },
     /// List tenants with kind, plan, database strategy and route epoch.
     List,
-    /// Show one tenant and its projects.
+    /// Show one tenant, its projects and its moves.
     Show {
         /// The tenant's slug.
         slug: String,
     },
+    /// Create the tenant's dedicated database (on a registered host, or adopt an existing
+    /// empty database), migrate it, and record it. Enterprise plan only; never the platform
+    /// tenant. The tenant keeps living where it is until `tenant move --to dedicated`.
+    ProvisionDedicated {
+        #[arg(long)]
+        tenant: String,
+        /// A host registered with `authio dedicated-host add`.
+        #[arg(long, conflicts_with = "dsn", required_unless_present = "dsn")]
+        host: Option<String>,
+        /// Admin URL of an existing empty database to adopt.
+        #[arg(long)]
+        dsn: Option<String>,
+        /// With --dsn: the URL the app connects with (default: the admin URL as authio_app).
+        #[arg(long, requires = "dsn")]
+        app_dsn: Option<String>,
+    },
+    /// Move a tenant's data online to its dedicated database or back to shared, with logical
+    /// replication; its users keep signing in. Prints the measured write pause at the end.
+    Move {
+        #[arg(long)]
+        tenant: String,
+        /// dedicated or shared.
+        #[arg(long, required_unless_present_any = ["resume", "abort"])]
+        to: Option<String>,
+        /// Finish an unfinished move from the phase it reached.
+        #[arg(long, conflicts_with_all = ["abort", "to"])]
+        resume: bool,
+        /// Roll an unfinished move back (refused once the target is home).
+        #[arg(long, conflicts_with = "to")]
+        abort: bool,
+        /// How long the cutover waits for the tenant's writes in flight, in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        gate_timeout_ms: u64,
+    },
+    /// Compare the tenant's rows at its home with the copy at its previous home, per table
+    /// (row counts and checksums). Exits non-zero when they differ.
+    Verify {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Delete the copy a finished move left at the tenant's previous home, after the rollback
+    /// window. Refused while a move is unfinished.
+    PurgeSource {
+        #[arg(long)]
+        tenant: String,
+        /// Hours after a move during which its old copy is kept.
+        #[arg(long, default_value_t = 24)]
+        rollback_window_hours: u64,
+        /// Purge now, inside the rollback window.
+        #[arg(long)]
+        now: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DedicatedHostCommand {
+    /// Register a PostgreSQL server that can hold dedicated databases.
+    Add {
+        /// A name for the host (lowercase letters, digits, hyphens).
+        #[arg(long)]
+        name: String,
+        /// A superuser URL on that server (stored encrypted with the master key).
+        #[arg(long)]
+        admin_dsn: String,
+        /// The password of the cluster-wide role authio_app if it already has one there.
+        #[arg(long, env = "AUTHIO_DEDICATED_APP_PASSWORD")]
+        app_password: Option<String>,
+    },
+    /// List registered hosts and how many dedicated databases each holds.
+    List,
 }
 
 fn init_logging(format: &str) {
@@ -167,6 +244,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Tenant { command } => {
             let cfg = Config::load(cli.config.as_deref())?;
             tenant(&cfg, command).await
+        }
+        Command::DedicatedHost { command } => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            dedicated_host(&cfg, command).await
         }
         Command::Audit { command: AuditCommand::Verify { tenant } } => {
             let cfg = Config::load(cli.config.as_deref())?;
@@ -429,9 +510,176 @@ async fn tenant(cfg: &Config, command: TenantCommand) -> Result<()> {
             for p in cp.projects(t.id).await? {
                 println!("project  {:<20} {}", p.slug, p.id);
             }
+            for m in cp.moves(t.id).await? {
+                println!(
+                    "move     {} {:<12} {:<8} pause {} ms{}",
+                    m.id,
+                    m.direction.as_str(),
+                    m.phase,
+                    m.pause_ms.map(|p| format!("{p:.1}")).unwrap_or_else(|| "-".into()),
+                    m.error.map(|e| format!("  last error: {e}")).unwrap_or_default()
+                );
+            }
+        }
+        TenantCommand::ProvisionDedicated { tenant, host, dsn, app_dsn } => {
+            let t = tenant_or_bail(&cp, &tenant).await?;
+            let key = require_master_key(cfg)?;
+            let target = match (&host, &dsn) {
+                (Some(h), _) => ProvisionTarget::Host(h),
+                (None, Some(d)) => ProvisionTarget::Dsn { admin: d, app: app_dsn.as_deref() },
+                (None, None) => bail!("pass --host NAME or --dsn URL"),
+            };
+            let p = cp.provision_dedicated(&t, target, &key).await.map_err(explain)?;
+            println!(
+                "{}: dedicated database {} ready{} (migrations applied now: {:?})\nnext: authio tenant move --tenant {} --to dedicated",
+                t.slug,
+                p.database_name,
+                p.host.map(|h| format!(" on host {h}")).unwrap_or_default(),
+                p.migrations_applied,
+                t.slug
+            );
+        }
+        TenantCommand::Move { tenant, to, resume, abort, gate_timeout_ms } => {
+            let t = tenant_or_bail(&cp, &tenant).await?;
+            let key = require_master_key(cfg)?;
+            if abort {
+                let m = cp.abort_move(&t, &key).await.map_err(explain)?;
+                println!("move {} aborted: {} lives on its {} database, as before", m.id, t.slug, t.db_strategy);
+                return Ok(());
+            }
+            let kill_at = std::env::var("AUTHIO_FAULT_KILL_AT").ok();
+            let progress = |p: &Progress| {
+                let pct = if p.rows_total > 0 { p.rows_copied * 100 / p.rows_total } else { 100 };
+                let filled = usize::try_from(pct / 5).unwrap_or(0).min(20);
+                eprintln!(
+                    "[{:<8}] [{}{}] {:>3}%  {} / {} rows  tables {}/{}  lag {} kB",
+                    p.phase,
+                    "#".repeat(filled),
+                    ".".repeat(20 - filled),
+                    pct,
+                    p.rows_copied,
+                    p.rows_total,
+                    p.tables_ready,
+                    p.tables,
+                    p.lag_bytes / 1024
+                );
+            };
+            let run = MoveRun {
+                progress: &progress,
+                kill_at: kill_at.as_deref(),
+                gate_timeout: Duration::from_millis(gate_timeout_ms),
+            };
+            let outcome = if resume {
+                cp.resume_move(&t, &key, &run).await
+            } else {
+                let direction = match to.as_deref() {
+                    Some("dedicated") => Direction::ToDedicated,
+                    Some("shared") => Direction::ToShared,
+                    _ => bail!("--to must be dedicated or shared"),
+                };
+                cp.start_move(&t, direction, &key, &run).await
+            }
+            .map_err(explain)?;
+            print_checks(&outcome.checks);
+            println!(
+                "move {} done: {} now lives on its {} database",
+                outcome.record.id,
+                t.slug,
+                match outcome.record.direction {
+                    Direction::ToDedicated => "dedicated",
+                    Direction::ToShared => "shared",
+                }
+            );
+            match outcome.pause_ms {
+                Some(p) => println!("write pause: {p:.1} ms (longest any write of the tenant could have waited)"),
+                None => println!("write pause: taken by an earlier run of this move"),
+            }
+            if outcome.record.verified == Some(false) {
+                bail!("the copy differs from the source as of the cutover: see docs/runbooks (the old copy is kept)");
+            }
+        }
+        TenantCommand::Verify { tenant } => {
+            let t = tenant_or_bail(&cp, &tenant).await?;
+            let key = require_master_key(cfg)?;
+            let checks = cp.verify_tenant(&t, &key).await.map_err(explain)?;
+            print_checks(&checks);
+            if checks.iter().any(|c| c.source_rows.is_some() && !c.matches()) {
+                bail!("the home and the previous copy differ (expected once the tenant has written since the move)");
+            }
+            if checks.iter().all(|c| c.source_rows.is_none()) {
+                println!("(no previous copy: only the home's figures are shown)");
+            }
+        }
+        TenantCommand::PurgeSource { tenant, rollback_window_hours, now } => {
+            let t = tenant_or_bail(&cp, &tenant).await?;
+            let key = require_master_key(cfg)?;
+            let window = Duration::from_secs(rollback_window_hours.saturating_mul(3600));
+            let deleted = cp.purge_source(&t, &key, window, now).await.map_err(explain)?;
+            println!("{}: old copy purged ({deleted} rows)", t.slug);
         }
     }
     Ok(())
+}
+
+async fn dedicated_host(cfg: &Config, command: DedicatedHostCommand) -> Result<()> {
+    let cp = ControlPlane::new(cfg.admin_url.clone());
+    match command {
+        DedicatedHostCommand::Add { name, admin_dsn, app_password } => {
+            let key = require_master_key(cfg)?;
+            let h = cp.add_dedicated_host(&Slug::parse(&name)?, &admin_dsn, app_password.as_deref(), &key).await?;
+            println!("dedicated host {} registered ({})", h.name, h.id);
+        }
+        DedicatedHostCommand::List => {
+            println!("{:<24} {:>9}  {:<25} ID", "NAME", "DATABASES", "ADDED");
+            for h in cp.list_dedicated_hosts().await? {
+                println!("{:<24} {:>9}  {:<25} {}", h.name, h.databases, h.created_at.to_rfc3339(), h.id);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn tenant_or_bail(cp: &ControlPlane, slug: &str) -> Result<authio_core::control::Tenant> {
+    cp.tenant_by_slug(slug).await?.with_context(|| format!("no tenant with slug {slug:?}"))
+}
+
+fn require_master_key(cfg: &Config) -> Result<MasterKey> {
+    master_key(cfg)?.context("a master key is required (AUTHIO_MASTER_KEY): dedicated credentials are sealed with it")
+}
+
+/// Operator-facing wording for refusals that name the rule.
+fn explain(e: authio_core::CoreError) -> anyhow::Error {
+    match e {
+        authio_core::CoreError::Db(authio_db::DbError::Router(
+            authio_db::RouterError::PlatformTenantNoDedicatedPool,
+        )) => {
+            anyhow::anyhow!(
+                "the platform tenant always lives on the shared database: it cannot be provisioned or moved"
+            )
+        }
+        other => other.into(),
+    }
+}
+
+fn print_checks(checks: &[MoveCheck]) {
+    if checks.is_empty() {
+        return;
+    }
+    println!("{:<24} {:>12} {:>12}  RESULT", "TABLE", "OLD COPY", "HOME");
+    for c in checks {
+        let result = match c.source_rows {
+            None => "-",
+            Some(_) if c.matches() => "match",
+            Some(_) => "DIFFERS",
+        };
+        println!(
+            "{:<24} {:>12} {:>12}  {}",
+            c.table,
+            c.source_rows.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            c.target_rows,
+            result
+        );
+    }
 }
 
 fn describe_tenant(t: &authio_core::control::Tenant) -> String {

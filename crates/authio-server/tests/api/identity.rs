@@ -24,11 +24,11 @@ fn header_of(token: &str) -> Value {
     b64json(token.split('.').next().unwrap())
 }
 
-fn claims_of(token: &str) -> Value {
+pub(crate) fn claims_of(token: &str) -> Value {
     b64json(token.split('.').nth(1).unwrap())
 }
 
-async fn jwks(app: &TestApp, project: uuid::Uuid) -> Value {
+pub(crate) async fn jwks(app: &TestApp, project: uuid::Uuid) -> Value {
     let r = app.http.get(app.url(&format!("/p/{project}/.well-known/jwks.json"))).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     r.json().await.unwrap()
@@ -37,7 +37,7 @@ async fn jwks(app: &TestApp, project: uuid::Uuid) -> Value {
 /// Verify as an app would: take the JWK named by the token's `kid` from the published set,
 /// load it as the type the JWK describes, and let jwt-simple check algorithm, signature,
 /// issuer and expiry (no clock tolerance).
-fn verify_independently(set: &Value, token: &str, iss: &str) -> Result<(), String> {
+pub(crate) fn verify_independently(set: &Value, token: &str, iss: &str) -> Result<(), String> {
     let kid = header_of(token)["kid"].as_str().map(str::to_owned).ok_or("no kid")?;
     let jwk = set["keys"]
         .as_array()
@@ -70,7 +70,7 @@ fn verify_independently(set: &Value, token: &str, iss: &str) -> Result<(), Strin
     r.map_err(|e| e.to_string())
 }
 
-async fn sign_up(app: &TestApp, project: uuid::Uuid, email: &str) -> Value {
+pub(crate) async fn sign_up(app: &TestApp, project: uuid::Uuid, email: &str) -> Value {
     let r = app
         .http
         .post(app.url("/v1/auth/signup"))
@@ -94,7 +94,7 @@ async fn sign_in(app: &TestApp, project: uuid::Uuid, email: &str, password: &str
     (r.status(), r.json().await.unwrap_or(Value::Null))
 }
 
-async fn refresh(app: &TestApp, token: &str) -> (StatusCode, Value) {
+pub(crate) async fn refresh(app: &TestApp, token: &str) -> (StatusCode, Value) {
     let r = app
         .http
         .post(app.url("/v1/auth/token"))
@@ -105,7 +105,7 @@ async fn refresh(app: &TestApp, token: &str) -> (StatusCode, Value) {
     (r.status(), r.json().await.unwrap_or(Value::Null))
 }
 
-async fn create_client(app: &TestApp, s: &Seeded, scopes: &[&str]) -> (String, String) {
+pub(crate) async fn create_client(app: &TestApp, s: &Seeded, scopes: &[&str]) -> (String, String) {
     let r = app
         .http
         .post(app.url(&format!("/v1/projects/{}/m2m-clients", s.project.id)))
@@ -119,7 +119,7 @@ async fn create_client(app: &TestApp, s: &Seeded, scopes: &[&str]) -> (String, S
     (body["client_id"].as_str().unwrap().to_owned(), body["client_secret"].as_str().unwrap().to_owned())
 }
 
-async fn introspect(app: &TestApp, s: &Seeded, token: &str) -> Value {
+pub(crate) async fn introspect(app: &TestApp, s: &Seeded, token: &str) -> Value {
     let r = app
         .http
         .post(app.url("/v1/auth/introspect"))
@@ -132,7 +132,7 @@ async fn introspect(app: &TestApp, s: &Seeded, token: &str) -> Value {
     r.json().await.unwrap()
 }
 
-fn issuer(app: &TestApp, project: uuid::Uuid) -> String {
+pub(crate) fn issuer(app: &TestApp, project: uuid::Uuid) -> String {
     format!("{}/p/{project}", app.base_url)
 }
 

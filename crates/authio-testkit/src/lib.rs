@@ -152,9 +152,14 @@ pub fn via_pgbouncer(db: &TestDb) -> String {
     clusters().pgbouncer().url("authio_app", &db.name)
 }
 
-pub fn test_master_key() -> MasterKey {
+/// The master key of this test process, base64 (for running the binary with it).
+pub fn test_master_key_base64() -> &'static str {
     static KEY: OnceLock<String> = OnceLock::new();
-    MasterKey::from_base64(KEY.get_or_init(MasterKey::generate_base64)).expect("key")
+    KEY.get_or_init(MasterKey::generate_base64)
+}
+
+pub fn test_master_key() -> MasterKey {
+    MasterKey::from_base64(test_master_key_base64()).expect("key")
 }
 
 /// Test-friendly router settings: fast re-read, small pools.

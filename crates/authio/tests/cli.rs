@@ -178,3 +178,128 @@ async fn dev_serves_seeded_demo_tenants_and_stops_on_ctrl_c() {
     assert!(std::net::TcpStream::connect(("127.0.0.1", pg_port + 1)).is_err(), "dedicated cluster still up");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `authio tenant move` killed (the process aborted) right after each of its steps, then
+/// `--resume`d: the tenant ends in exactly one home with all its rows, and `verify` agrees.
+/// Killed before the switch and `--abort`ed: it stays where it was, with all its rows, and the
+/// partial copy is gone. Both directions.
+#[tokio::test]
+async fn a_move_killed_at_any_step_resumes_or_aborts_into_exactly_one_home() {
+    use authio_testkit::{admin_query_strings, clusters, seed_tenant, test_master_key_base64};
+    use std::os::unix::process::ExitStatusExt;
+
+    /// What `std::process::abort` ends a process with.
+    const SIGABRT: i32 = 6;
+    let db = fresh_shared_db().await;
+    let run = |args: &[&str], kill_at: Option<&str>| {
+        let mut cmd = authio();
+        cmd.args(args).env("AUTHIO_ADMIN_URL", &db.admin_url).env("AUTHIO_MASTER_KEY", test_master_key_base64());
+        if let Some(step) = kill_at {
+            cmd.env("AUTHIO_FAULT_KILL_AT", step);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let host = clusters().dedicated.admin_url("postgres");
+    let (st, out, err) =
+        run(&["dedicated-host", "add", "--name", "box-1", "--admin-dsn", &host, "--app-password", "unused"], None);
+    assert!(st.success(), "{out}{err}");
+    let (st, out, _) = run(&["dedicated-host", "list"], None);
+    assert!(st.success() && out.contains("box-1"), "{out}");
+
+    const ROWS: i64 = 300;
+    let mut tenants = Vec::new();
+    for slug in ["resumed", "aborted"] {
+        let s = seed_tenant(&db, slug, authio_db::TenantKind::Customer, authio_core::domain::Plan::Enterprise).await;
+        admin_query_strings(
+            &db.admin_url,
+            &format!(
+                "INSERT INTO users (tenant_id, project_id, id, email, created_at, updated_at)
+                 SELECT '{t}', '{p}', gen_random_uuid(), 'u' || i || '@{slug}.test', now(), now()
+                 FROM generate_series(1, {ROWS}) i;
+                 INSERT INTO audit_events (tenant_id, project_id, id, occurred_at, action, actor_type)
+                 SELECT '{t}', '{p}', gen_random_uuid(), now(), 'user.created', 'system' FROM generate_series(1, 20);
+                 SELECT 1",
+                t = s.tenant.id,
+                p = s.project.id
+            ),
+        )
+        .await;
+        let (st, out, err) = run(&["tenant", "provision-dedicated", "--tenant", slug, "--host", "box-1"], None);
+        assert!(st.success(), "{out}{err}");
+        tenants.push(s);
+    }
+    let dedicated = clusters().dedicated.admin_url(&format!("authio_t_{}", tenants[0].tenant.id.simple()));
+    let dedicated_b = clusters().dedicated.admin_url(&format!("authio_t_{}", tenants[1].tenant.id.simple()));
+
+    // Where each copy stands: (strategy, at home on shared, at home on dedicated, rows on each).
+    let state = |t: uuid::Uuid, ded: String| {
+        let shared = db.admin_url.clone();
+        async move {
+            let q = format!(
+                "SELECT authio_tenant_at_home('{t}')::text || ' ' || (SELECT count(*) FROM users WHERE tenant_id = '{t}')"
+            );
+            let s = admin_query_strings(&shared, &q).await[0].clone();
+            let d = admin_query_strings(&ded, &q).await[0].clone();
+            let strategy = admin_query_strings(&shared, &format!("SELECT db_strategy FROM tenants WHERE id = '{t}'"))
+                .await[0]
+                .clone();
+            format!("{strategy} shared={s} dedicated={d}")
+        }
+    };
+    let steps = ["copying", "subscribed", "synced", "cutover", "fenced", "target_home", "switched", "cleanup"];
+    let mut to = "dedicated";
+    for step in steps {
+        let (st, _, err) = run(&["tenant", "move", "--tenant", "resumed", "--to", to], Some(step));
+        assert_eq!(st.signal(), Some(SIGABRT), "killed at {step}: {err}");
+        let (st, out, err) = run(&["tenant", "move", "--tenant", "resumed", "--resume"], None);
+        assert!(st.success(), "resume after {step}: {out}{err}");
+        assert!(out.contains("write pause"), "{out}");
+        let now = state(tenants[0].tenant.id, dedicated.clone()).await;
+        let expected = if to == "dedicated" {
+            format!("dedicated shared=false {ROWS} dedicated=true {ROWS}")
+        } else {
+            format!("shared shared=true {ROWS} dedicated=false {ROWS}")
+        };
+        assert_eq!(now, expected, "after a kill at {step} and --resume");
+        let (st, out, err) = run(&["tenant", "verify", "--tenant", "resumed"], None);
+        assert!(st.success() && out.contains("match") && !out.contains("DIFFERS"), "verify after {step}: {out}{err}");
+        to = if to == "dedicated" { "shared" } else { "dedicated" };
+    }
+
+    for step in &steps[..6] {
+        let (st, _, err) = run(&["tenant", "move", "--tenant", "aborted", "--to", "dedicated"], Some(step));
+        assert_eq!(st.signal(), Some(SIGABRT), "killed at {step}: {err}");
+        let (st, out, err) = run(&["tenant", "move", "--tenant", "aborted", "--abort"], None);
+        assert!(st.success(), "abort after {step}: {out}{err}");
+        let now = state(tenants[1].tenant.id, dedicated_b.clone()).await;
+        assert_eq!(now, format!("shared shared=true {ROWS} dedicated=false 0"), "after a kill at {step} and --abort");
+    }
+    // Past the switch, --abort is refused and --resume finishes.
+    let (st, _, _) = run(&["tenant", "move", "--tenant", "aborted", "--to", "dedicated"], Some("switched"));
+    assert_eq!(st.signal(), Some(SIGABRT));
+    let (st, _, err) = run(&["tenant", "move", "--tenant", "aborted", "--abort"], None);
+    assert!(!st.success() && err.contains("--resume"), "{err}");
+    let (st, out, err) = run(&["tenant", "purge-source", "--tenant", "aborted", "--now"], None);
+    assert!(!st.success() && err.contains("unfinished"), "purge-source refuses mid-move: {out}{err}");
+    let (st, out, err) = run(&["tenant", "move", "--tenant", "aborted", "--resume"], None);
+    assert!(st.success(), "{out}{err}");
+    assert_eq!(
+        state(tenants[1].tenant.id, dedicated_b.clone()).await,
+        format!("dedicated shared=false {ROWS} dedicated=true {ROWS}")
+    );
+    let (st, out, err) = run(&["tenant", "purge-source", "--tenant", "aborted"], None);
+    assert!(!st.success() && err.contains("rollback window"), "{out}{err}");
+    let (st, out, err) = run(&["tenant", "purge-source", "--tenant", "aborted", "--now"], None);
+    assert!(st.success(), "{out}{err}");
+    assert_eq!(
+        state(tenants[1].tenant.id, dedicated_b).await,
+        format!("dedicated shared=false 0 dedicated=true {ROWS}")
+    );
+    let (st, out, err) = run(&["tenant", "show", "aborted"], None);
+    assert!(st.success() && out.contains("aborted") && out.contains("done"), "{out}{err}");
+}

@@ -6,6 +6,8 @@
 //!   cargo run --release -p authio-bench -- signin     # password sign-in vs raw Argon2id; failure timing
 //!   cargo run --release -p authio-bench -- audit      # a sign-in's database write with and without its audit event
 //!   cargo run --release -p authio-bench -- all
+//!   cargo run --release -p authio-bench -- move           # a 1,000,000-user tenant moved online under 500 writes/s
+//!   cargo run --release -p authio-bench -- routing-memory # a node routing to 1,000 dedicated tenants
 //!
 //! Each comparison alternates its sides round by round in one run, so the machine's noise
 //! falls on both; medians are reported. BENCH_SECS (default 5) and BENCH_ROUNDS (default 5)
@@ -23,6 +25,8 @@ use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::Value;
 use uuid::Uuid;
+
+mod moves;
 
 const USERS_PER_TENANT: i64 = 1_000;
 const FILLER_USERS: i64 = 100_000;
@@ -47,6 +51,12 @@ async fn main() -> Result<()> {
         "machine: {} cores; {secs}s per run, {rounds} rounds, sides alternating",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
+    // These two set up their own databases.
+    match what.as_str() {
+        "move" => return moves::move_bench().await,
+        "routing-memory" => return moves::routing_memory().await,
+        _ => {}
+    }
     let env = setup().await?;
     match what.as_str() {
         "tiers" => tiers(&env, secs, rounds).await?,
@@ -61,7 +71,9 @@ async fn main() -> Result<()> {
             signin(&env, secs, rounds).await?;
             audit_cost(&env, secs, rounds).await?;
         }
-        other => bail!("unknown benchmark {other:?}: tiers | scoped | tokens | signin | audit | all"),
+        other => {
+            bail!("unknown benchmark {other:?}: tiers | scoped | tokens | signin | audit | all | move | routing-memory")
+        }
     }
     Ok(())
 }

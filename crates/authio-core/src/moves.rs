@@ -156,8 +156,26 @@ pub struct MoveOutcome {
     /// The longest any of the tenant's writes could have waited (from the gate's exclusive
     /// request to the route flip), when this run did the cutover.
     pub pause_ms: Option<f64>,
+    pub pause_parts: Option<PauseParts>,
     pub copy_secs: f64,
     pub checks: Vec<TableCheck>,
+}
+
+/// Where the pause went: milliseconds from the gate's exclusive request to each point.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct PauseParts {
+    /// The tenant's writes in flight finished (the gate was ours).
+    pub gate_ms: f64,
+    /// The source fenced and the marker committed.
+    pub fenced_ms: f64,
+    /// The marker seen on the target.
+    pub marker_ms: f64,
+    /// The route flipped (the end of the pause).
+    pub switched_ms: f64,
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
 }
 
 /// Knobs for a move run.
@@ -396,8 +414,13 @@ impl ControlPlane {
         let ends = self.ends(record.tenant_id, record.direction, key).await?;
         let started = Instant::now();
         let result = async {
-            let mut outcome =
-                MoveOutcome { record: record.clone(), pause_ms: None, copy_secs: 0.0, checks: Vec::new() };
+            let mut outcome = MoveOutcome {
+                record: record.clone(),
+                pause_ms: None,
+                pause_parts: None,
+                copy_secs: 0.0,
+                checks: Vec::new(),
+            };
             if record.phase == "copying" {
                 self.copy(&record, &ends, run).await?;
                 outcome.copy_secs = started.elapsed().as_secs_f64();
@@ -406,7 +429,8 @@ impl ControlPlane {
             }
             if record.phase == "copying" || record.phase == "cutover" {
                 let (pause, checks) = self.cutover(&record, &ends, run).await?;
-                outcome.pause_ms = pause;
+                outcome.pause_ms = pause.map(|p| p.0);
+                outcome.pause_parts = pause.map(|p| p.1);
                 outcome.checks = checks;
             }
             self.cleanup(&record, &ends).await?;
@@ -516,9 +540,9 @@ impl ControlPlane {
                     tx.commit().await?;
                 }
             }
-            // Synchronised, and the slot nearly caught up: the cutover's wait for the marker
-            // (inside the pause) then has little left to apply.
-            if synced && lag < 1 << 20 {
+            // Synchronised, and the slot not far behind (it reports with a delay; the probes
+            // below measure the real catch-up).
+            if synced && lag < 16 << 20 {
                 break;
             }
             if Instant::now() > deadline {
@@ -526,6 +550,8 @@ impl ControlPlane {
             }
             tokio::time::sleep(Duration::from_millis(if synced { 20 } else { 100 })).await;
         }
+        let rtt = catch_up(&src, &dst, m.tenant_id).await?;
+        tracing::info!(tenant = %m.tenant_id, probe_ms = rtt.as_secs_f64() * 1000.0, "target caught up");
         run.step("synced");
         Ok(())
     }
@@ -537,15 +563,25 @@ impl ControlPlane {
         m: &MoveRecord,
         ends: &Ends,
         run: &MoveRun<'_>,
-    ) -> Result<(Option<f64>, Vec<TableCheck>), CoreError> {
+    ) -> Result<(Option<(f64, PauseParts)>, Vec<TableCheck>), CoreError> {
         let mut src = connect(&ends.source, "authio-move").await?;
         let mut dst = connect(&ends.target, "authio-move").await?;
-        let began = Instant::now();
-        let fence_here = at_home(&src, m.tenant_id).await?;
         let projects = self.projects(m.tenant_id).await?;
+        let fence_here = at_home(&src, m.tenant_id).await?;
+        // Every connection the pause needs is opened before it.
+        let mut snap_conn = connect(&ends.target, "authio-move-verify").await?;
+        let mut control = self.client().await?;
+        let began = Instant::now();
+        let mut parts = PauseParts::default();
         if fence_here {
             let tx = OwnerTx::begin(&mut src).await?;
-            tx.batch(&format!("SET LOCAL lock_timeout = '{}ms'", run.gate_timeout.as_millis().max(1))).await?;
+            // A flushed commit is sent to the target at once (with synchronous_commit off it
+            // would wait for the WAL writer, up to wal_writer_delay, inside the pause).
+            tx.batch(&format!(
+                "SET LOCAL lock_timeout = '{}ms'; SET LOCAL synchronous_commit = on",
+                run.gate_timeout.as_millis().max(1)
+            ))
+            .await?;
             // Waits for the tenant's writers in flight; new ones queue behind it.
             tx.query(
                 "SELECT pg_advisory_xact_lock($1, hashtext($2::text))",
@@ -556,6 +592,7 @@ impl ControlPlane {
                 Some("55P03") => conflict("the tenant's writes in flight did not finish in time; --resume to retry"),
                 _ => e.into(),
             })?;
+            parts.gate_ms = ms(began);
             tx.query(
                 "INSERT INTO tenant_homes (tenant_id, at_home) VALUES ($1, false)
                  ON CONFLICT (tenant_id) DO UPDATE SET at_home = false, changed_at = now()",
@@ -582,6 +619,7 @@ impl ControlPlane {
                 tx.query(audit::INSERT_SQL, &row.params()).await?;
             }
             tx.commit().await?;
+            parts.fenced_ms = ms(began);
         }
         run.step("fenced");
         // The marker on the target: everything committed before the fence has been applied.
@@ -606,8 +644,8 @@ impl ControlPlane {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        parts.marker_ms = ms(began);
         // The target as of the cutover, for the comparison after the pause.
-        let mut snap_conn = connect(&ends.target, "authio-move-verify").await?;
         let snap = snap_conn
             .build_transaction()
             .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
@@ -617,8 +655,7 @@ impl ControlPlane {
         set_fence(&mut dst, m.tenant_id, true).await?;
         run.step("target_home");
         let pause_ms = {
-            let mut c = self.client().await?;
-            let tx = OwnerTx::begin(&mut c).await?;
+            let tx = OwnerTx::begin(&mut control).await?;
             tx.query(
                 "UPDATE tenants SET db_strategy = $2 WHERE id = $1",
                 &[(&m.tenant_id, Type::UUID), (&m.direction.target_strategy(), Type::TEXT)],
@@ -632,8 +669,12 @@ impl ControlPlane {
             )
             .await?;
             tx.commit().await?;
+            parts.switched_ms = ms(began);
             pause
         };
+        if fence_here {
+            tracing::info!(tenant = %m.tenant_id, ?parts, "cutover");
+        }
         run.step("switched");
         // After the pause: the source is fenced (frozen for this tenant), the snapshot holds
         // the target as it was when it became home.
@@ -665,7 +706,7 @@ impl ControlPlane {
         if !verified {
             tracing::error!(tenant = %m.tenant_id, "the copy differs from the source as of the cutover");
         }
-        Ok((pause_ms, checks))
+        Ok((pause_ms.map(|total| (total, parts)), checks))
     }
 
     async fn bump_epoch(&self, tenant: Uuid) -> Result<(), CoreError> {
@@ -827,6 +868,49 @@ impl ControlPlane {
         tx.commit().await?;
         Ok(deleted)
     }
+}
+
+/// Before the pause: write probe rows on the source until one reaches the target quickly, so
+/// the marker's wait inside the pause has little left to apply. Returns the last round trip.
+async fn catch_up(
+    src: &tokio_postgres::Client,
+    dst: &tokio_postgres::Client,
+    tenant: uuid::Uuid,
+) -> Result<Duration, CoreError> {
+    let mut last = Duration::MAX;
+    // Flushed at commit, so a probe measures the apply lag, not the WAL writer's cadence.
+    src.batch_execute("SET synchronous_commit = on").await?;
+    for _ in 0..50 {
+        let probe = Uuid::now_v7();
+        src.query_typed(
+            "INSERT INTO tenant_move_markers (tenant_id, move_id) VALUES ($1, $2)",
+            &[(&tenant, Type::UUID), (&probe, Type::UUID)],
+        )
+        .await?;
+        let sent = Instant::now();
+        loop {
+            let seen = dst
+                .query_typed(
+                    "SELECT 1 FROM tenant_move_markers WHERE tenant_id = $1 AND move_id = $2",
+                    &[(&tenant, Type::UUID), (&probe, Type::UUID)],
+                )
+                .await?;
+            if !seen.is_empty() || sent.elapsed() > Duration::from_secs(10) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        last = sent.elapsed();
+        src.query_typed(
+            "DELETE FROM tenant_move_markers WHERE tenant_id = $1 AND move_id = $2",
+            &[(&tenant, Type::UUID), (&probe, Type::UUID)],
+        )
+        .await?;
+        if last < Duration::from_millis(20) {
+            break;
+        }
+    }
+    Ok(last)
 }
 
 async fn slot_lag(src: &tokio_postgres::Client, name: &str) -> Result<i64, CoreError> {

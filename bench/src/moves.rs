@@ -32,6 +32,8 @@ struct Write {
     at: f64,
     secs: f64,
     ok: bool,
+    /// Status and body of a failed write.
+    error: Option<String>,
 }
 
 /// A tenant of BENCH_MOVE_USERS users (default 1,000,000), written to at BENCH_MOVE_RATE
@@ -81,10 +83,14 @@ pub async fn move_bench() -> Result<()> {
                         .json(&json!({"email": format!("load{i}@bench.test")}))
                         .send()
                         .await;
-                    let ok = matches!(r, Ok(ref r) if r.status() == reqwest::StatusCode::CREATED);
                     let secs = t.elapsed().as_secs_f64();
+                    let error = match r {
+                        Ok(r) if r.status() == reqwest::StatusCode::CREATED => None,
+                        Ok(r) => Some(format!("{} {}", r.status(), r.text().await.unwrap_or_default())),
+                        Err(e) => Some(e.to_string()),
+                    };
                     if let Ok(mut w) = writes.lock() {
-                        w.push(Write { at, secs, ok });
+                        w.push(Write { at, secs, ok: error.is_none(), error });
                     }
                 });
             }
@@ -106,13 +112,17 @@ pub async fn move_bench() -> Result<()> {
         let to = started.elapsed().as_secs_f64();
         // Writes sent during the move that were still in flight finish shortly after.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let (window, failed): (Vec<f64>, usize) = {
+        let (window, failed, sample): (Vec<f64>, usize, Option<String>) = {
             let w = writes.lock().map_err(|_| anyhow::anyhow!("lock"))?;
             let inside: Vec<&Write> = w.iter().filter(|w| w.at >= from && w.at <= to).collect();
-            (inside.iter().map(|w| w.secs * 1000.0).collect(), inside.iter().filter(|w| !w.ok).count())
+            (
+                inside.iter().map(|w| w.secs * 1000.0).collect(),
+                inside.iter().filter(|w| !w.ok).count(),
+                inside.iter().find_map(|w| w.error.clone()),
+            )
         };
         if failed > 0 {
-            bail!("{failed} writes failed during move {n}");
+            bail!("{failed} writes failed during move {n}, for example: {}", sample.unwrap_or_default());
         }
         let rows = outcome.record.rows_copied.unwrap_or(0);
         let pause = outcome.pause_ms.unwrap_or(f64::NAN);

@@ -148,8 +148,13 @@ pub async fn record_pinned_as_owner(
 /// Events that failed are added to `failed` (the caller keeps them out of the next takes for a
 /// while); events are claimed per id with a transaction-scoped advisory lock at the home, so
 /// relays on several nodes never write one twice.
-pub async fn relay(router: &Router, limit: i32, failed: &mut Vec<Uuid>) -> Result<usize, CoreError> {
-    let pending = authio_db::preresolve::audit_outbox_take(router, limit, failed).await?;
+pub async fn relay(
+    router: &Router,
+    outbox: &authio_db::OutboxReader,
+    limit: i32,
+    failed: &mut Vec<Uuid>,
+) -> Result<usize, CoreError> {
+    let pending = outbox.take(limit, failed).await?;
     let mut delivered = 0;
     for r in &pending {
         let tenant: Uuid = r.try_get(0)?;
@@ -200,7 +205,7 @@ pub async fn relay(router: &Router, limit: i32, failed: &mut Vec<Uuid>) -> Resul
             failed.push(id);
             continue;
         }
-        authio_db::preresolve::audit_outbox_done(router, id).await?;
+        outbox.done(id).await?;
         delivered += 1;
     }
     Ok(delivered)

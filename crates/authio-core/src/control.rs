@@ -62,6 +62,11 @@ pub struct CreatedApiKey {
     pub plaintext: String,
 }
 
+/// An operator acting through the CLI (or `authio dev`), on the control plane.
+fn operator_actor() -> audit::Actor {
+    audit::Actor { kind: "operator", id: None, name: Some("authio CLI".into()) }
+}
+
 const TENANT_COLS: &str = "id, slug, name, kind, plan, db_strategy, route_epoch, created_at";
 
 pub struct ControlPlane {
@@ -200,6 +205,15 @@ impl ControlPlane {
             Some("23503") => CoreError::NotFound("project"),
             _ => e.into(),
         })?;
+        let scope = authio_db::Scope::project(tenant, project, TenantKind::Customer);
+        let event = audit::Event {
+            action: "api_key.created",
+            actor: operator_actor(),
+            target: Some(("api_key", key.key_id.clone())),
+            client: &crate::sessions::ClientInfo::default(),
+            metadata: serde_json::json!({"name": name.as_str()}),
+        };
+        audit::record_pinned_as_owner(&tx, &scope, event, Utc::now()).await?;
         tx.commit().await?;
         Ok(CreatedApiKey { id, key_id: key.key_id, plaintext: key.plaintext })
     }
@@ -246,6 +260,8 @@ impl ControlPlane {
         )
         .await?;
         tx.query("UPDATE tenants SET db_strategy = 'dedicated' WHERE id = $1", &[(&tenant.id, Type::UUID)]).await?;
+        let meta = serde_json::json!({"database": database_name});
+        crate::dedicated::record_for_tenant(&tx, tenant.id, "tenant.dedicated_attached", "operator", meta).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -279,6 +295,8 @@ impl ControlPlane {
         if rows.is_empty() {
             return Err(CoreError::NotFound("tenant"));
         }
+        let meta = serde_json::json!({"db_strategy": strategy});
+        crate::dedicated::record_for_tenant(&tx, tenant, "tenant.db_strategy_set", "operator repair", meta).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -290,13 +308,20 @@ impl ControlPlane {
         let tx = OwnerTx::begin(&mut c).await?;
         let rows = tx
             .query(
-                "UPDATE projects SET signing_alg = $2 WHERE id = $1 RETURNING id",
+                "UPDATE projects SET signing_alg = $2 WHERE id = $1 RETURNING tenant_id",
                 &[(&project, Type::UUID), (&alg.as_str(), Type::TEXT)],
             )
             .await?;
-        if rows.is_empty() {
-            return Err(CoreError::NotFound("project"));
-        }
+        let Some(row) = rows.first() else { return Err(CoreError::NotFound("project")) };
+        let scope = authio_db::Scope::project(row.get(0), project, TenantKind::Customer);
+        let event = audit::Event {
+            action: "project.signing_alg_changed",
+            actor: operator_actor(),
+            target: Some(("project", project.to_string())),
+            client: &crate::sessions::ClientInfo::default(),
+            metadata: serde_json::json!({"alg": alg.as_str()}),
+        };
+        audit::record_pinned_as_owner(&tx, &scope, event, Utc::now()).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -418,7 +443,7 @@ impl ControlPlane {
             .query(
                 "UPDATE users u SET role = 'operator', updated_at = now()
                  FROM tenants t WHERE t.id = u.tenant_id AND t.kind = 'platform' AND u.email = $1
-                 RETURNING u.id, u.tenant_id, u.project_id",
+                 RETURNING u.id, u.tenant_id, u.project_id, (SELECT o.role FROM users o WHERE o.tenant_id = u.tenant_id AND o.id = u.id)",
                 &[(&email.as_str(), Type::TEXT)],
             )
             .await?;
@@ -433,6 +458,10 @@ impl ControlPlane {
             }
         };
         let (user, tenant, project): (Uuid, Uuid, Uuid) = (row.get(0), row.get(1), row.get(2));
+        if row.get::<_, Option<String>>(3).as_deref() == Some("operator") {
+            // Already an operator: nothing changed, nothing to record.
+            return Ok(());
+        }
         // The platform tenant lives on shared: its log is in this database, in this transaction.
         let scope = authio_db::Scope::project(tenant, project, TenantKind::Platform);
         let event = audit::Event {
@@ -475,6 +504,15 @@ impl ControlPlane {
         if rows.is_empty() {
             return Err(CoreError::NotFound("tenant"));
         }
+        let meta = serde_json::json!({"days": days});
+        crate::dedicated::record_for_tenant(
+            &tx,
+            tenant,
+            "tenant.audit_retention_changed",
+            "authio audit retention",
+            meta,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -584,6 +622,17 @@ impl ControlPlane {
             .find(|(t, _)| *t == tenant.id)
             .map(|(_, dsn)| dsn)
             .ok_or(CoreError::NotFound("dedicated database"))
+    }
+
+    /// Events of the tenant still in the shared outbox (recorded, not yet relayed to its home;
+    /// `verify` covers only what is at home).
+    pub async fn pending_audit_events(&self, tenant: Uuid) -> Result<i64, CoreError> {
+        let mut c = self.client().await?;
+        let tx = OwnerTx::begin(&mut c).await?;
+        let row = tx
+            .query_opt("SELECT count(*)::bigint FROM audit_outbox WHERE tenant_id = $1", &[(&tenant, Type::UUID)])
+            .await?;
+        Ok(row.map(|r| r.get(0)).unwrap_or(0))
     }
 
     /// Recompute every project's audit chain of a tenant at its home, outside the database's

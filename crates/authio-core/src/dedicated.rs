@@ -54,16 +54,8 @@ fn open(key: &MasterKey, sealed: &str) -> Result<String, CoreError> {
 
 /// The same server and options with another database (and optionally another user).
 pub(crate) fn dsn_with(dsn: &str, database: &str, user: Option<(&str, Option<&str>)>) -> Result<String, CoreError> {
-    let mut url = url::Url::parse(dsn).map_err(|_| invalid("dsn: not a postgres:// URL"))?;
-    if !matches!(url.scheme(), "postgres" | "postgresql") || url.host_str().is_none() {
-        return Err(invalid("dsn: not a postgres:// URL with a host"));
-    }
-    url.set_path(&format!("/{database}"));
-    if let Some((name, password)) = user {
-        url.set_username(name).map_err(|_| invalid("dsn: cannot set the user"))?;
-        url.set_password(password).map_err(|_| invalid("dsn: cannot set the password"))?;
-    }
-    Ok(url.to_string())
+    authio_db::pool::with_database_and_user(dsn, Some(database), user)
+        .map_err(|_| invalid("dsn: not a postgres:// URL"))
 }
 
 /// Refuse what can never have a dedicated database, with the reason.
@@ -220,8 +212,8 @@ impl ControlPlane {
                 (Some(host_id), Some(name.to_owned()), admin, app)
             }
             ProvisionTarget::Dsn { admin, app } => {
-                let parsed = url::Url::parse(admin).map_err(|_| invalid("dsn: not a postgres:// URL"))?;
-                let db = parsed.path().trim_start_matches('/').to_owned();
+                let parsed = authio_db::pool::parse_url(admin).map_err(|_| invalid("dsn: not a postgres:// URL"))?;
+                let db = parsed.get_dbname().unwrap_or_default().to_owned();
                 if db.is_empty() {
                     return Err(invalid("dsn: name the database to adopt"));
                 }
@@ -321,21 +313,5 @@ impl ControlPlane {
                 )
             })?;
         open(key, &row.get::<_, String>(0))
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dsn_with_swaps_database_and_user() {
-        let d = dsn_with("postgres://admin:pw@db.example:5433/postgres?sslmode=require", "authio_t_1", None).unwrap();
-        assert_eq!(d, "postgres://admin:pw@db.example:5433/authio_t_1?sslmode=require");
-        let a = dsn_with("postgres://admin@db.example/postgres", "x", Some(("authio_app", Some("s3cr/t")))).unwrap();
-        assert_eq!(a, "postgres://authio_app:s3cr%2Ft@db.example/x");
-        assert!(dsn_with("mysql://h/db", "x", None).is_err());
-        assert!(dsn_with("not a url", "x", None).is_err());
     }
 }

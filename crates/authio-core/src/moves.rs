@@ -227,23 +227,13 @@ trait GenericQuery {
 
 impl GenericQuery for tokio_postgres::Client {
     async fn one(&self, sql: &str, tenant: Uuid) -> Result<authio_db::Row, CoreError> {
-        Ok(self
-            .query_typed(sql, &[(&tenant, Type::UUID)])
-            .await?
-            .into_iter()
-            .next()
-            .ok_or(CoreError::NotFound("row"))?)
+        self.query_typed(sql, &[(&tenant, Type::UUID)]).await?.into_iter().next().ok_or(CoreError::NotFound("row"))
     }
 }
 
 impl GenericQuery for tokio_postgres::Transaction<'_> {
     async fn one(&self, sql: &str, tenant: Uuid) -> Result<authio_db::Row, CoreError> {
-        Ok(self
-            .query_typed(sql, &[(&tenant, Type::UUID)])
-            .await?
-            .into_iter()
-            .next()
-            .ok_or(CoreError::NotFound("row"))?)
+        self.query_typed(sql, &[(&tenant, Type::UUID)]).await?.into_iter().next().ok_or(CoreError::NotFound("row"))
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod cluster;
 mod error;
 pub mod migrate;
+pub mod outbox;
 pub mod pipeline;
 pub mod pool;
 pub mod preresolve;
@@ -20,6 +21,7 @@ mod tx;
 
 pub use deadpool_postgres::Pool;
 pub use error::{DbError, RouterError};
+pub use outbox::OutboxReader;
 pub use pipeline::PgRow;
 pub use route_cache::{CachedRoute, DbStrategy, RouteCache};
 pub use router::{CacheEvent, Router, RouterSettings};

@@ -32,6 +32,7 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0007_audit_hardening.sql"),
     },
     Migration { version: 8, name: "moves", sql: include_str!("../../../migrations/0008_moves.sql") },
+    Migration { version: 9, name: "relay_role", sql: include_str!("../../../migrations/0009_relay_role.sql") },
 ];
 
 const BOOTSTRAP_ROLES: &str = r#"
@@ -45,6 +46,10 @@ BEGIN
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authio_audit_retention') THEN
         CREATE ROLE authio_audit_retention LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
+    END IF;
+    -- The audit relay: reads and clears the shared outbox, nothing else.
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authio_relay') THEN
+        CREATE ROLE authio_relay LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT;
     END IF;
 END
 $$;

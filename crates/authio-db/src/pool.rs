@@ -29,6 +29,28 @@ impl Default for PoolOptions {
     }
 }
 
+/// The same server and options with another database and/or user (the password goes with the
+/// user: `None` drops it).
+pub fn with_database_and_user(
+    url: &str,
+    database: Option<&str>,
+    user: Option<(&str, Option<&str>)>,
+) -> Result<String, DbError> {
+    let bad = || DbError::Pool("not a postgres:// URL with a host".into());
+    let mut u = url::Url::parse(url).map_err(|_| bad())?;
+    if !matches!(u.scheme(), "postgres" | "postgresql") || u.host_str().is_none() {
+        return Err(bad());
+    }
+    if let Some(db) = database {
+        u.set_path(&format!("/{db}"));
+    }
+    if let Some((name, password)) = user {
+        u.set_username(name).map_err(|_| bad())?;
+        u.set_password(password).map_err(|_| bad())?;
+    }
+    Ok(u.to_string())
+}
+
 pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, DbError> {
     url.parse::<tokio_postgres::Config>().map_err(|e| DbError::Pool(format!("invalid database URL: {e}")))
 }
@@ -60,4 +82,30 @@ pub async fn connect(url: &str, application_name: &str) -> Result<tokio_postgres
         }
     });
     Ok(client)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_get_another_database_and_user() {
+        let d =
+            with_database_and_user("postgres://admin:pw@db.example:5433/postgres?sslmode=require", Some("t_1"), None)
+                .unwrap();
+        assert_eq!(d, "postgres://admin:pw@db.example:5433/t_1?sslmode=require");
+        let a = with_database_and_user(
+            "postgres://admin@db.example/postgres",
+            Some("x"),
+            Some(("authio_app", Some("s3cr/t"))),
+        )
+        .unwrap();
+        assert_eq!(a, "postgres://authio_app:s3cr%2Ft@db.example/x");
+        let r =
+            with_database_and_user("postgres://authio_app:pw@h/authio", None, Some(("authio_relay", None))).unwrap();
+        assert_eq!(r, "postgres://authio_relay@h/authio");
+        assert!(with_database_and_user("mysql://h/db", None, None).is_err());
+        assert!(with_database_and_user("not a url", None, None).is_err());
+    }
 }

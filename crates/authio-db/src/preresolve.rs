@@ -20,7 +20,7 @@ use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use crate::route_cache::{CachedRoute, DbStrategy};
-use crate::{DbError, PgRow, Router, RouterError, TenantKind};
+use crate::{DbError, Router, RouterError, TenantKind};
 
 async fn shared_client(router: &Router) -> Result<deadpool_postgres::Object, DbError> {
     router.shared().get().await.map_err(|e| RouterError::SharedUnavailable(e.to_string()).into())
@@ -259,25 +259,4 @@ pub async fn rate_reset(router: &Router, bucket: &str, key: &str) -> Result<(), 
 pub async fn rate_gc(router: &Router, now: DateTime<Utc>) -> Result<i32, DbError> {
     let rows = router.read_shared_unscoped("SELECT authio_rate_gc($1)", &[(&now, Type::TIMESTAMPTZ)]).await?;
     rows.first().map(|r| r.try_get(0)).transpose().map(|v| v.unwrap_or(0))
-}
-
-/// The oldest audit events waiting in the shared outbox, as
-/// `(tenant, project, id, occurred_at, action, actor_type, actor_id, actor_name, target_type,
-/// target_id, ip, user_agent, request_id, metadata)`.
-/// Events in `skip` (recently failed to deliver) are passed over.
-pub async fn audit_outbox_take(router: &Router, limit: i32, skip: &[Uuid]) -> Result<Vec<PgRow>, DbError> {
-    let skip = skip.to_vec();
-    router
-        .read_shared_unscoped(
-            "SELECT tenant_id, project_id, id, occurred_at, action, actor_type, actor_id, actor_name, target_type, \
-             target_id, ip, user_agent, request_id, metadata FROM authio_audit_outbox_take_skipping($1, $2)",
-            &[(&limit, Type::INT4), (&skip, Type::UUID_ARRAY)],
-        )
-        .await
-}
-
-/// An outbox event is in its home log now.
-pub async fn audit_outbox_done(router: &Router, id: Uuid) -> Result<(), DbError> {
-    router.read_shared_unscoped("SELECT authio_audit_outbox_done($1)", &[(&id, Type::UUID)]).await?;
-    Ok(())
 }

@@ -99,7 +99,11 @@ pub fn build_app(state: AppState) -> axum::Router {
 
 /// Deliver audit events about pinned rows from the shared outbox to each tenant's home log,
 /// every `every`, until the task is aborted.
-pub fn spawn_audit_relay(router: Router, every: Duration) -> tokio::task::JoinHandle<()> {
+pub fn spawn_audit_relay(
+    router: Router,
+    outbox: authio_db::OutboxReader,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -114,7 +118,7 @@ pub fn spawn_audit_relay(router: Router, every: Duration) -> tokio::task::JoinHa
             }
             // Drain in batches; an error is logged and retried on the next tick.
             loop {
-                match authio_core::audit::relay(&router, 200, &mut failed).await {
+                match authio_core::audit::relay(&router, &outbox, 200, &mut failed).await {
                     Ok(n) if n > 0 => continue,
                     Ok(_) => break,
                     Err(e) => {

@@ -233,6 +233,13 @@ pub async fn provision_dedicated(shared: &TestDb, tenant: &Tenant) -> String {
     clusters().dedicated.admin_url(&p.database_name)
 }
 
+/// The audit outbox of a shared test database, as the relay's role reads it.
+pub fn relay_outbox(shared: &TestDb) -> authio_db::OutboxReader {
+    let url =
+        authio_db::pool::with_database_and_user(&shared.app_url, None, Some(("authio_relay", None))).expect("url");
+    authio_db::OutboxReader::new(&url).expect("outbox reader")
+}
+
 /// A move run with no progress output and no fault injection.
 pub fn quiet_move() -> authio_core::moves::MoveRun<'static> {
     authio_core::moves::MoveRun { progress: &|_| {}, kill_at: None, gate_timeout: Duration::from_secs(5) }
@@ -300,7 +307,7 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
     let state = authio_server::AppState::new(router.clone(), Arc::new(SystemClock), auth).expect("app state");
     let identity = state.identity.clone();
     let app = authio_server::build_app(state);
-    let relay = authio_server::spawn_audit_relay(router.clone(), Duration::from_millis(100));
+    let relay = authio_server::spawn_audit_relay(router.clone(), relay_outbox(&shared), Duration::from_millis(100));
     let server = tokio::spawn(async move {
         let _ = authio_server::serve(listener, app, std::future::pending()).await;
     });

@@ -18,6 +18,8 @@ pub struct Config {
     /// A direct connection to the shared database for LISTEN (defaults to `shared_url`; set it
     /// when `shared_url` goes through pgbouncer).
     pub shared_direct_url: Option<String>,
+    /// The shared database as `authio_relay`, for the audit outbox relay.
+    pub relay_url: Option<String>,
     /// An administrative connection (superuser, or CREATEROLE and member of authio_owner) for
     /// migrations and operator commands. Never used to serve requests.
     pub admin_url: String,
@@ -28,6 +30,8 @@ pub struct Config {
     pub dedicated_pool_max_size: usize,
     pub max_dedicated_pools: usize,
     pub route_reread_interval_ms: u64,
+    /// How long a request of a tenant in a move's cutover waits before a 503.
+    pub cutover_wait_ms: u64,
     /// Keep read statements prepared per connection. Set false when `shared_url` is
     /// pgbouncer older than 1.21 (or without `max_prepared_statements`).
     pub statement_cache: bool,
@@ -60,12 +64,14 @@ impl Default for Config {
             public_url: "http://127.0.0.1:8080".into(),
             shared_url: "postgres://authio_app@127.0.0.1:5432/authio".into(),
             shared_direct_url: None,
+            relay_url: None,
             admin_url: "postgres://postgres@127.0.0.1:5432/authio".into(),
             pool_size: 32,
             master_key: None,
             dedicated_pool_max_size: 8,
             max_dedicated_pools: 256,
             route_reread_interval_ms: 5000,
+            cutover_wait_ms: 3000,
             statement_cache: true,
             log_format: "json".into(),
             password_m_kib: 19456,
@@ -107,6 +113,9 @@ impl Config {
         if let Some(v) = get("AUTHIO_SHARED_DIRECT_URL") {
             self.shared_direct_url = Some(v);
         }
+        if let Some(v) = get("AUTHIO_RELAY_URL") {
+            self.relay_url = Some(v);
+        }
         if let Some(v) = get("AUTHIO_ADMIN_URL") {
             self.admin_url = v;
         }
@@ -131,6 +140,9 @@ impl Config {
         if let Some(v) = get("AUTHIO_ROUTE_REREAD_INTERVAL_MS") {
             self.route_reread_interval_ms = num("AUTHIO_ROUTE_REREAD_INTERVAL_MS", v)?;
         }
+        if let Some(v) = get("AUTHIO_CUTOVER_WAIT_MS") {
+            self.cutover_wait_ms = num("AUTHIO_CUTOVER_WAIT_MS", v)?;
+        }
         if let Some(v) = get("AUTHIO_PASSWORD_HASH_CONCURRENCY") {
             self.password_hash_concurrency = num("AUTHIO_PASSWORD_HASH_CONCURRENCY", v)? as usize;
         }
@@ -151,6 +163,17 @@ impl Config {
 }
 
 impl Config {
+    /// Where the audit relay connects: `relay_url`, else the direct shared URL with the user
+    /// `authio_relay` and no password (enough with trust or peer authentication; set
+    /// `relay_url` with a password in production).
+    pub fn relay_url(&self) -> Result<String> {
+        if let Some(u) = &self.relay_url {
+            return Ok(u.clone());
+        }
+        let base = self.shared_direct_url.as_deref().unwrap_or(&self.shared_url);
+        Ok(authio_db::pool::with_database_and_user(base, None, Some(("authio_relay", None)))?)
+    }
+
     /// The identity side's settings (needs the master key: signing keys are encrypted with it).
     pub fn auth_settings(&self, master_key: authio_db::MasterKey) -> authio_server::AuthSettings {
         let mut auth = authio_server::AuthSettings::new(self.public_url.clone(), master_key);

@@ -58,7 +58,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let router = crate::build_router(&cfg)?;
     let state = crate::app_state(&cfg, &router)?;
     if !creds_path.exists() {
-        let creds = seed(&cfg, &state, &dedicated).await?;
+        let creds = seed(&cfg, &state, &dedicated, &dir).await?;
         write_private(&creds_path, &creds)?;
     }
     let creds = std::fs::read_to_string(&creds_path)?;
@@ -70,7 +70,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
         dedicated.admin_url("postgres"),
         url = cfg.public_url,
     );
-    let served = crate::serve_state(state, listener, shutdown).await;
+    let outbox = authio_db::OutboxReader::new(&shared.url("authio_relay", "authio"))?;
+    let served = crate::serve_state(state, outbox, listener, shutdown).await;
     tracing::info!("stopping PostgreSQL clusters");
     drop(shared);
     drop(dedicated);
@@ -107,10 +108,13 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
 /// The platform tenant with an operator, an Enterprise demo tenant on the shared database,
 /// and an Enterprise demo tenant on its own dedicated database; each with a user who has a
 /// password, and the customer ones with an M2M client.
-async fn seed(cfg: &Config, state: &authio_server::AppState, dedicated: &LocalCluster) -> Result<String> {
+async fn seed(cfg: &Config, state: &authio_server::AppState, dedicated: &LocalCluster, dir: &Path) -> Result<String> {
     let cp = ControlPlane::new(cfg.admin_url.clone());
     let key = MasterKey::from_base64(cfg.master_key.as_deref().unwrap_or_default())?;
     let mut out = String::from("Demo credentials (also in .authio/credentials.txt):\n");
+    // The dedicated cluster as a registered host, so the dedicated-tier commands work here
+    // (trust authentication on loopback: the app role's password is never asked for).
+    cp.add_dedicated_host(&Slug::parse("dev-dedicated")?, &dedicated.admin_url("postgres"), Some("dev"), &key).await?;
     let demos = [
         ("authio", "Authio", TenantKind::Platform, "console", "operator@authio.local", false),
         ("acme", "Acme Corp", TenantKind::Customer, "production", "alice@acme.test", false),
@@ -170,6 +174,14 @@ async fn seed(cfg: &Config, state: &authio_server::AppState, dedicated: &LocalCl
             ));
         }
     }
+    out.push_str(&format!(
+        "\n  Move Acme online to a dedicated database (and back with --to shared):\n    \
+         export AUTHIO_ADMIN_URL={admin} AUTHIO_MASTER_KEY=$(cat {dir}/master.key)\n    \
+         authio tenant provision-dedicated --tenant acme --host dev-dedicated\n    \
+         authio tenant move --tenant acme --to dedicated\n",
+        admin = cfg.admin_url,
+        dir = dir.display(),
+    ));
     Ok(out)
 }
 

@@ -267,6 +267,10 @@ async fn run(cli: Cli) -> Result<()> {
             if reports.is_empty() {
                 println!("no audit events for {tenant}");
             }
+            let pending = cp.pending_audit_events(t.id).await?;
+            if pending > 0 {
+                println!("{pending} event(s) recorded but not yet relayed to the tenant's home (checked once there)");
+            }
             if broken > 0 {
                 bail!("{broken} broken chain(s)");
             }
@@ -335,6 +339,7 @@ pub(crate) fn build_router(cfg: &Config) -> Result<Router> {
         dedicated_pool_max_size: cfg.dedicated_pool_max_size,
         max_dedicated_pools: cfg.max_dedicated_pools,
         route_reread_interval: Duration::from_millis(cfg.route_reread_interval_ms.max(100)),
+        cutover_wait: Duration::from_millis(cfg.cutover_wait_ms.clamp(100, 30_000)),
         shared_direct_url: cfg.shared_direct_url.clone(),
         statement_cache: cfg.statement_cache,
         ..RouterSettings::default()
@@ -372,7 +377,7 @@ pub(crate) async fn serve_with(
     if cfg.audit_purge_interval_mins > 0 {
         spawn_audit_purge(cfg.clone());
     }
-    serve_state(state, listener, shutdown).await
+    serve_state(state, authio_db::OutboxReader::new(&cfg.relay_url()?)?, listener, shutdown).await
 }
 
 /// The periodic audit purge (an operator's job, with the admin connection; off unless
@@ -399,12 +404,13 @@ pub(crate) fn app_state(cfg: &Config, router: &Router) -> Result<authio_server::
 
 pub(crate) async fn serve_state(
     state: authio_server::AppState,
+    outbox: authio_db::OutboxReader,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let router = state.router.clone();
     spawn_housekeeping(router.clone());
-    let relay = authio_server::spawn_audit_relay(router.clone(), Duration::from_millis(500));
+    let relay = authio_server::spawn_audit_relay(router.clone(), outbox, Duration::from_millis(500));
     let app = authio_server::build_app(state);
     tracing::info!(listen = %listener.local_addr()?, "serving");
     authio_server::serve(listener, app, shutdown).await?;

@@ -25,6 +25,18 @@ async fn events(app: &TestApp, s: &Seeded, query: &str) -> Value {
     r.json().await.unwrap()
 }
 
+/// Wait until the tenant's events recorded through the outbox (the seeded API key's, an
+/// operator's acts) have reached its home log, so the order of what follows is fixed.
+async fn settle(app: &TestApp, s: &Seeded) {
+    for _ in 0..100 {
+        if app.control.pending_audit_events(s.tenant.id).await.unwrap() == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the outbox did not drain");
+}
+
 fn actions(page: &Value) -> Vec<String> {
     page["data"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap().to_owned()).collect()
 }
@@ -33,6 +45,7 @@ fn actions(page: &Value) -> Vec<String> {
 async fn every_act_writes_exactly_one_event_and_a_failed_change_writes_none() {
     let app = spawn_app().await;
     let s = seed_tenant(&app.shared, "audited", TenantKind::Customer, Plan::Enterprise).await;
+    settle(&app, &s).await;
     let pid = s.project.id;
     let creds = |email: &str, pw: &str| json!({"project_id": pid, "email": email, "password": pw});
     let (st, up) = post_json(&app, "/v1/auth/signup", creds("ann@example.com", PASSWORD)).await;
@@ -80,12 +93,14 @@ async fn every_act_writes_exactly_one_event_and_a_failed_change_writes_none() {
             "user.sign_in_failed",
             "user.sign_in_failed",
             "user.signed_in",
-            "user.signed_up"
+            "user.signed_up",
+            // The operator's act that made the project's API key (seeding).
+            "api_key.created"
         ]
     );
     let all = page["data"].as_array().unwrap();
     let seqs: Vec<i64> = all.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
-    assert_eq!(seqs, [7, 6, 5, 4, 3, 2, 1], "one chain, no gaps: the failed sign-up left nothing");
+    assert_eq!(seqs, [8, 7, 6, 5, 4, 3, 2, 1], "one chain, no gaps: the failed sign-up left nothing");
     let user_id = up["user"]["id"].as_str().unwrap();
     let signed_up = &all[6];
     assert_eq!(signed_up["actor"], json!({"type": "user", "id": user_id, "name": "ann@example.com"}));
@@ -148,20 +163,21 @@ async fn every_act_writes_exactly_one_event_and_a_failed_change_writes_none() {
     let csv = r.text().await.unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert!(lines[0].starts_with("id,seq,occurred_at,action,"), "{}", lines[0]);
-    assert_eq!(lines.len(), 8, "{csv}");
+    assert_eq!(lines.len(), 9, "{csv}");
     assert!(lines[7].contains(",user.signed_up,"), "{}", lines[7]);
     assert_eq!(export("xml").await.unwrap().status(), StatusCode::BAD_REQUEST);
 
     // The chain verifies.
     let reports = app.control.verify_audit(&s.tenant, None).await.unwrap();
     assert_eq!(reports.len(), 1);
-    assert_eq!((reports[0].events, reports[0].first_broken.clone()), (7, None));
+    assert_eq!((reports[0].events, reports[0].first_broken.clone()), (8, None));
 }
 
 #[tokio::test]
 async fn the_log_is_append_only_and_tampering_is_named_by_verify() {
     let app = spawn_app().await;
     let s = seed_tenant(&app.shared, "tamper", TenantKind::Customer, Plan::Pro).await;
+    settle(&app, &s).await;
     for email in ["a@t.test", "b@t.test", "c@t.test", "d@t.test"] {
         let (st, _) = post_json(
             &app,
@@ -214,6 +230,7 @@ async fn the_log_is_append_only_and_tampering_is_named_by_verify() {
 
     // A deleted event is a gap; events cut off the end are caught by the chain's head.
     let s2 = seed_tenant(&app.shared, "tamper-two", TenantKind::Customer, Plan::Pro).await;
+    settle(&app, &s2).await;
     for email in ["a@t.test", "b@t.test", "c@t.test"] {
         post_json(&app, "/v1/auth/signup", json!({"project_id": s2.project.id, "email": email, "password": PASSWORD}))
             .await;
@@ -222,13 +239,13 @@ async fn the_log_is_append_only_and_tampering_is_named_by_verify() {
     admin
         .batch_execute(&format!(
             "BEGIN; SET LOCAL session_replication_role = replica;
-             DELETE FROM audit_events WHERE tenant_id = '{}' AND seq = 3; COMMIT;",
+             DELETE FROM audit_events WHERE tenant_id = '{}' AND seq = 4; COMMIT;",
             s2.tenant.id
         ))
         .await
         .unwrap();
     let (seq, why) = app.control.verify_audit(&s2.tenant, None).await.unwrap()[0].first_broken.clone().unwrap();
-    assert_eq!(seq, 3);
+    assert_eq!(seq, 4);
     assert!(why.contains("missing"), "{why}");
 
     // The retention role may delete only events past their retention.
@@ -270,7 +287,7 @@ async fn the_log_is_append_only_and_tampering_is_named_by_verify() {
         &format!("SELECT seq::text FROM audit_events WHERE tenant_id = '{}' ORDER BY seq", s2.tenant.id),
     )
     .await;
-    assert_eq!(left, vec!["2"]);
+    assert_eq!(left, vec!["2", "3"]);
 }
 
 #[tokio::test]
@@ -278,6 +295,8 @@ async fn tenants_see_only_their_own_events_on_shared_and_dedicated_databases() {
     let app = spawn_app().await;
     let a = seed_tenant(&app.shared, "audit-a", TenantKind::Customer, Plan::Enterprise).await;
     let b = seed_tenant(&app.shared, "audit-b", TenantKind::Customer, Plan::Enterprise).await;
+    settle(&app, &a).await;
+    settle(&app, &b).await;
     let db = make_dedicated(&app.shared, &b.tenant).await;
     for (s, email) in [(&a, "a@a.test"), (&b, "b@b.test")] {
         let (st, _) = post_json(
@@ -288,8 +307,8 @@ async fn tenants_see_only_their_own_events_on_shared_and_dedicated_databases() {
         .await;
         assert_eq!(st, StatusCode::CREATED);
     }
-    let seen_a = events(&app, &a, "").await;
-    let seen_b = events(&app, &b, "").await;
+    let seen_a = events(&app, &a, "?action=user.signed_up").await;
+    let seen_b = events(&app, &b, "?action=user.signed_up").await;
     assert_eq!(seen_a["data"].as_array().unwrap().len(), 1);
     assert_eq!(seen_b["data"].as_array().unwrap().len(), 1);
     assert_eq!(seen_a["data"][0]["actor"]["name"], "a@a.test");
@@ -312,7 +331,7 @@ async fn tenants_see_only_their_own_events_on_shared_and_dedicated_databases() {
     );
     c.batch_execute(&bind).await.unwrap();
     let seen: i64 = c.query_one("SELECT count(*) FROM audit_events", &[]).await.unwrap().get(0);
-    assert_eq!(seen, 1, "only A's own event");
+    assert_eq!(seen, 2, "only A's own events (its API key's creation, its sign-up)");
     let err = c
         .batch_execute(&format!(
             "INSERT INTO audit_events (tenant_id, project_id, id, occurred_at, action, actor_type)
@@ -324,23 +343,29 @@ async fn tenants_see_only_their_own_events_on_shared_and_dedicated_databases() {
     assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
     c.batch_execute("ROLLBACK").await.unwrap();
     // B's event lives at B's home, the dedicated database, and its chain verifies there.
-    assert_eq!(admin_query_strings(&db.admin_url, "SELECT action FROM audit_events").await, vec!["user.signed_up"]);
+    assert_eq!(
+        admin_query_strings(&db.admin_url, "SELECT action FROM audit_events ORDER BY seq").await,
+        vec!["tenant.dedicated_attached", "user.signed_up"]
+    );
     assert_eq!(
         admin_query_strings(
             &app.shared.admin_url,
-            &format!("SELECT count(*)::text FROM audit_events WHERE tenant_id = '{}'", b.tenant.id)
+            &format!("SELECT action FROM audit_events WHERE tenant_id = '{}'", b.tenant.id)
         )
         .await,
-        vec!["0"]
+        // Only what was recorded while B lived on shared (its API key's creation); B's empty
+        // dedicated database was attached without moving it (a move would have).
+        vec!["api_key.created"]
     );
     let reports = app.control.verify_audit(&b.tenant, Some(&test_master_key())).await.unwrap();
-    assert_eq!((reports[0].events, reports[0].first_broken.clone()), (1, None));
+    assert_eq!((reports[0].events, reports[0].first_broken.clone()), (2, None));
 }
 
 #[tokio::test]
 async fn purge_keeps_retention_and_a_sealed_checkpoint_so_the_rest_still_verifies() {
     let app = spawn_app().await;
     let s = seed_tenant(&app.shared, "purgy", TenantKind::Customer, Plan::Pro).await;
+    settle(&app, &s).await;
     for email in ["a@p.test", "b@p.test", "c@p.test", "d@p.test"] {
         let (st, _) = post_json(
             &app,
@@ -369,11 +394,11 @@ async fn purge_keeps_retention_and_a_sealed_checkpoint_so_the_rest_still_verifie
         &format!("SELECT seq::text FROM audit_events WHERE tenant_id = '{}' ORDER BY seq", s.tenant.id),
     )
     .await;
-    assert_eq!(left, vec!["3", "4"]);
+    assert_eq!(left, vec!["3", "4", "5"]);
     let reports = app.control.verify_audit(&s.tenant, Some(&key)).await.unwrap();
     assert_eq!(
         (reports[0].events, reports[0].first_broken.clone()),
-        (2, None),
+        (3, None),
         "the rest verifies from the checkpoint"
     );
     // Again: nothing more to purge.
@@ -402,14 +427,20 @@ async fn purge_keeps_retention_and_a_sealed_checkpoint_so_the_rest_still_verifie
         .unwrap();
     assert_eq!(app.control.purge_audit(&s.tenant, &key).await.unwrap(), 1, "with one day, event 3 goes too");
     let reports = app.control.verify_audit(&s.tenant, Some(&key)).await.unwrap();
-    assert_eq!((reports[0].events, reports[0].first_broken.clone()), (1, None));
+    // Events 4 and 5, and the retention change's own event (6), once relayed.
+    settle(&app, &s).await;
+    let reports_now = app.control.verify_audit(&s.tenant, Some(&key)).await.unwrap();
+    assert!(reports[0].first_broken.is_none());
+    assert_eq!((reports_now[0].events, reports_now[0].first_broken.clone()), (3, None));
 }
 
 #[tokio::test]
 async fn changes_to_pinned_rows_reach_the_home_log_even_on_a_dedicated_database() {
     let app = spawn_app().await;
     let s = seed_tenant(&app.shared, "pinned-acts", TenantKind::Customer, Plan::Enterprise).await;
+    settle(&app, &s).await;
     let db = make_dedicated(&app.shared, &s.tenant).await;
+    settle(&app, &s).await;
     let pid = s.project.id;
     let call = |method: reqwest::Method, path: String, body: Option<Value>| {
         let mut req = app.http.request(method, app.url(&path)).bearer_auth(&s.api_key.plaintext);
@@ -462,7 +493,11 @@ async fn changes_to_pinned_rows_reach_the_home_log_even_on_a_dedicated_database(
     app.control.rotate_keys(pid, None, &test_master_key(), chrono::Utc::now(), true).await.unwrap();
 
     // A second relay, as on a second node: each event still lands once.
-    let second_relay = authio_server::spawn_audit_relay(app.router.clone(), std::time::Duration::from_millis(30));
+    let second_relay = authio_server::spawn_audit_relay(
+        app.router.clone(),
+        authio_testkit::relay_outbox(&app.shared),
+        std::time::Duration::from_millis(30),
+    );
     let expected = [
         "signing_key.rotated",
         "project.settings_changed",
@@ -471,6 +506,8 @@ async fn changes_to_pinned_rows_reach_the_home_log_even_on_a_dedicated_database(
         "api_key.revoked",
         "api_key.created",
         "user.created",
+        // The operator's act that gave the tenant its (empty) dedicated database.
+        "tenant.dedicated_attached",
     ];
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let mut seen = Vec::new();
@@ -486,9 +523,48 @@ async fn changes_to_pinned_rows_reach_the_home_log_even_on_a_dedicated_database(
     assert_eq!(page["data"][0]["actor"], json!({"type": "api_key", "id": s.api_key.key_id, "name": null}));
     assert_eq!(page["data"][0]["target"]["id"], key["key_id"]);
     // At the dedicated home, nothing left waiting on shared, and the chain verifies.
-    assert_eq!(admin_query_strings(&db.admin_url, "SELECT count(*)::text FROM audit_events").await, vec!["7"]);
+    assert_eq!(admin_query_strings(&db.admin_url, "SELECT count(*)::text FROM audit_events").await, vec!["8"]);
     assert_eq!(admin_query_strings(&app.shared.admin_url, "SELECT count(*)::text FROM audit_outbox").await, vec!["0"]);
     let reports = app.control.verify_audit(&s.tenant, Some(&test_master_key())).await.unwrap();
-    assert_eq!((reports[0].events, reports[0].first_broken.clone()), (7, None));
+    assert_eq!((reports[0].events, reports[0].first_broken.clone()), (8, None));
     second_relay.abort();
+}
+
+#[tokio::test]
+async fn operator_acts_are_recorded_once_and_only_the_relay_role_may_clear_the_outbox() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "operated", TenantKind::Customer, Plan::Enterprise).await;
+    app.control.set_signing_alg(s.project.id, authio_core::keys::Alg::ES256).await.unwrap();
+    app.control.set_audit_retention(s.tenant.id, Some(400)).await.unwrap();
+    app.control
+        .create_api_key(s.tenant.id, s.project.id, &authio_core::domain::DisplayName::parse("ci").unwrap())
+        .await
+        .unwrap();
+    let platform = seed_tenant(&app.shared, "authio", TenantKind::Platform, Plan::Enterprise).await;
+    app.identity.create_user_with_password(platform.project.id, "ops@authio.test", PASSWORD).await.unwrap();
+    let email = authio_core::domain::Email::parse("ops@authio.test").unwrap();
+    app.control.grant_operator(&email).await.unwrap();
+    app.control.grant_operator(&email).await.unwrap();
+    settle(&app, &s).await;
+    settle(&app, &platform).await;
+    assert_eq!(
+        actions(&events(&app, &s, "").await),
+        ["api_key.created", "tenant.audit_retention_changed", "project.signing_alg_changed", "api_key.created"]
+    );
+    let granted = events(&app, &platform, "?action=user.role_granted").await;
+    assert_eq!(granted["data"].as_array().unwrap().len(), 1, "a repeated grant changes nothing and records nothing");
+
+    // The app role adds to the outbox but may neither read it nor clear it.
+    let c = authio_db::pool::connect(&app.shared.app_url, "audit-test").await.unwrap();
+    for call in [
+        "SELECT authio_audit_outbox_done(gen_random_uuid())",
+        "SELECT * FROM authio_audit_outbox_take_skipping(10, '{}')",
+    ] {
+        let err = c.batch_execute(call).await.unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{call}: {err}");
+    }
+    let relay_url = app.shared.app_url.replace("authio_app@", "authio_relay@");
+    let r = authio_db::pool::connect(&relay_url, "audit-test").await.unwrap();
+    r.batch_execute("SELECT authio_audit_outbox_done(gen_random_uuid())").await.unwrap();
+    assert!(r.batch_execute("SELECT count(*) FROM audit_events").await.is_err(), "the relay role reads no tenant data");
 }

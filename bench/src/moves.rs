@@ -54,7 +54,14 @@ pub async fn move_bench() -> Result<()> {
     println!("\n## Online move of a {users}-user tenant under {rate} writes/s\n");
     println!("seeded {users} users in {:.1} s", t0.elapsed().as_secs_f64());
     provision_dedicated(&shared, &s.tenant).await;
-    let router = router_for(&shared, &shared.app_url, router_settings());
+    // 8 shared connections (two cores: more backends only queue on the CPU), 5 s to get one.
+    let router = authio_db::Router::new(
+        &shared.app_url,
+        env_num("BENCH_POOL", 8) as usize,
+        Some(test_master_key()),
+        RouterSettings { acquire_timeout: Duration::from_secs(5), ..router_settings() },
+    )?;
+    router.start();
     let auth = authio_server::AuthSettings::new("http://127.0.0.1", test_master_key());
     let state = authio_server::AppState::new(router.clone(), Arc::new(SystemClock), auth)?;
     let base = spawn(authio_server::build_app(state)).await?;
@@ -99,9 +106,9 @@ pub async fn move_bench() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let cp = ControlPlane::new(shared.admin_url.clone());
     println!(
-        "\n| move | rows copied | copy s | rows/s | pause (measured by the move) ms | gate / fenced / marker ms | writes during move | longest write wait ms | p99 write ms |"
+        "\n| move | rows copied | copy s | rows/s | pause (measured by the move) ms | gate / fenced / marker ms | writes during move | failed | longest write wait ms | p99 write ms |"
     );
-    println!("|---|---:|---:|---:|---:|---|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|");
     let mut pauses = Vec::new();
     let mut longest = Vec::new();
     for n in 0..moves {
@@ -121,8 +128,8 @@ pub async fn move_bench() -> Result<()> {
                 inside.iter().find_map(|w| w.error.clone()),
             )
         };
-        if failed > 0 {
-            bail!("{failed} writes failed during move {n}, for example: {}", sample.unwrap_or_default());
+        if let Some(example) = sample {
+            println!("(move {}: {failed} writes failed, for example: {example})", n + 1);
         }
         let rows = outcome.record.rows_copied.unwrap_or(0);
         let pause = outcome.pause_ms.unwrap_or(f64::NAN);
@@ -132,7 +139,7 @@ pub async fn move_bench() -> Result<()> {
             .map(|p| format!("{:.1} / {:.1} / {:.1}", p.gate_ms, p.fenced_ms, p.marker_ms))
             .unwrap_or_default();
         println!(
-            "| {} {} | {} | {:.1} | {:.0} | {:.1} | {} | {} | {:.1} | {:.1} |",
+            "| {} {} | {} | {:.1} | {:.0} | {:.1} | {} | {} | {} | {:.1} | {:.1} |",
             n + 1,
             direction.as_str(),
             rows,
@@ -141,6 +148,7 @@ pub async fn move_bench() -> Result<()> {
             pause,
             parts,
             window.len(),
+            failed,
             max,
             percentile(window.clone(), 0.99)
         );

@@ -51,20 +51,20 @@ pub const INSERT_SQL: &str = "INSERT INTO audit_events (tenant_id, project_id, i
 
 /// An event's parameters, owned, ready to bind to [`INSERT_SQL`].
 pub struct EventRow {
-    tenant: Uuid,
-    project: Uuid,
-    id: Uuid,
-    at: DateTime<Utc>,
-    action: &'static str,
-    actor_type: &'static str,
-    actor_id: Option<String>,
-    actor_name: Option<String>,
-    target_type: Option<&'static str>,
-    target_id: Option<String>,
-    ip: Option<String>,
-    user_agent: Option<String>,
-    request_id: Option<String>,
-    metadata: serde_json::Value,
+    pub(crate) tenant: Uuid,
+    pub(crate) project: Uuid,
+    pub(crate) id: Uuid,
+    pub(crate) at: DateTime<Utc>,
+    pub(crate) action: &'static str,
+    pub(crate) actor_type: &'static str,
+    pub(crate) actor_id: Option<String>,
+    pub(crate) actor_name: Option<String>,
+    pub(crate) target_type: Option<&'static str>,
+    pub(crate) target_id: Option<String>,
+    pub(crate) ip: Option<String>,
+    pub(crate) user_agent: Option<String>,
+    pub(crate) request_id: Option<String>,
+    pub(crate) metadata: serde_json::Value,
 }
 
 impl EventRow {
@@ -112,6 +112,19 @@ impl EventRow {
 pub async fn record_in(tx: &ScopedTx, scope: &Scope, event: Event<'_>, at: DateTime<Utc>) -> Result<(), CoreError> {
     let row = EventRow::new(scope, event, at)?;
     tx.query(INSERT_SQL, &row.params()).await?;
+    Ok(())
+}
+
+/// Record an event as the transaction's last statement and commit, in one round trip (the
+/// chain's head stays locked for the commit alone).
+pub async fn record_and_commit(
+    tx: ScopedTx,
+    scope: &Scope,
+    event: Event<'_>,
+    at: DateTime<Utc>,
+) -> Result<(), CoreError> {
+    let row = EventRow::new(scope, event, at)?;
+    tx.commit_with(INSERT_SQL, &row.params()).await?;
     Ok(())
 }
 

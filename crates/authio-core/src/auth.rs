@@ -146,6 +146,8 @@ struct Inner {
     /// Addresses over the failed-client-authentication limit, until their window ends: checked
     /// before any secret is judged, at no cost to the token endpoint's hot path.
     blocked_ips: RwLock<HashMap<String, DateTime<Utc>>>,
+    /// Token issuance events, written to the home logs in batches.
+    issued: Arc<crate::issuance_log::IssuanceLog>,
 }
 
 /// A node's copy of credential records by their public id, dropped on NOTIFY and after a TTL.
@@ -239,6 +241,10 @@ impl Identity {
         settings: IdentitySettings,
     ) -> Self {
         let events = router.cache_events();
+        let issued = crate::issuance_log::new_shared();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(crate::issuance_log::flush_loop(Arc::downgrade(&issued), router.clone()));
+        }
         let identity = Identity {
             inner: Arc::new(Inner {
                 router,
@@ -250,6 +256,7 @@ impl Identity {
                 clients: NodeCache::new(),
                 api_keys: NodeCache::new(),
                 blocked_ips: RwLock::new(HashMap::new()),
+                issued,
             }),
         };
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -443,10 +450,9 @@ impl Identity {
             client,
             metadata: serde_json::json!({"session_id": session.id, "amr": ["pwd"]}),
         };
-        audit::record_in(&tx, &scope, event, now).await?;
         let tokens =
             self.user_tokens(&keys, &profile, user.id, session.id, &["pwd".to_owned()], None, session.refresh_token)?;
-        tx.commit().await?;
+        audit::record_and_commit(tx, &scope, event, now).await?;
         Ok((user, tokens))
     }
 
@@ -710,7 +716,23 @@ impl Identity {
             client_id: Some(client_id.to_owned()),
         };
         let keys = self.inner.keys.keyset(&profile).await?;
-        Ok(ClientToken { access_token: keys.sign(&claims)?, token_type: "Bearer", expires_in: ttl, scope })
+        let access_token = keys.sign(&claims)?;
+        let event = crate::audit::Event {
+            action: "m2m.token_issued",
+            actor: crate::audit::Actor { kind: "m2m_client", id: Some(client_id.to_owned()), name: None },
+            target: Some(("m2m_client", client_id.to_owned())),
+            client: &ClientInfo { ip: ip.map(|a| a.to_string()), ..ClientInfo::default() },
+            metadata: serde_json::json!({"jti": claims.jti, "scope": scope, "aud": claims.aud, "expires_in": ttl}),
+        };
+        let audit_scope = Scope::project(client.tenant_id, client.project_id, client.tenant_kind);
+        self.inner.issued.record(&audit_scope, event, self.now())?;
+        Ok(ClientToken { access_token, token_type: "Bearer", expires_in: ttl, scope })
+    }
+
+    /// Write the token issuance events this node gathered (they are also written every
+    /// [`crate::issuance_log::FLUSH_EVERY`]); call before shutting down. Returns the events written.
+    pub async fn flush_issuance_events(&self) -> usize {
+        self.inner.issued.flush(&self.inner.router).await
     }
 
     /// Verify an access token of any project of this deployment: returns its claims and

@@ -11,6 +11,7 @@ pub mod control;
 pub mod dedicated;
 pub mod domain;
 mod error;
+pub mod issuance_log;
 pub mod keys;
 pub mod m2m;
 pub mod moves;

@@ -10,6 +10,7 @@
 //! writes a marker row. Once the marker has been applied on the target, everything the tenant
 //! committed before is there too; the target becomes home and the route flips. Waiting writers
 //! then find the source fenced and follow the new route.
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use authio_db::pool::connect;
@@ -493,23 +494,41 @@ impl ControlPlane {
         }
         let mut last_report = Instant::now() - Duration::from_secs(10);
         let deadline = Instant::now() + Duration::from_secs(6 * 3600);
+        // Rows of each table counted once, when its initial copy is done; until then, the
+        // COPY's own progress (counting a large table every second would slow everything).
+        let mut counted: HashMap<String, i64> = HashMap::new();
         loop {
-            let state = dst
+            let states = dst
                 .query_typed(
-                    "SELECT count(*) FILTER (WHERE r.srsubstate NOT IN ('r', 's'))::bigint, count(*)::bigint
+                    "SELECT r.srrelid::regclass::text, r.srsubstate::text IN ('r', 's')
                      FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid WHERE s.subname = $1",
                     &[(&name, Type::TEXT)],
                 )
                 .await?;
-            let (pending, tables): (i64, i64) = (state[0].get(0), state[0].get(1));
+            let tables = states.len() as i64;
+            let mut pending = 0i64;
+            for r in &states {
+                let (table, ready): (String, bool) = (r.get(0), r.get(1));
+                if !ready {
+                    pending += 1;
+                } else if let std::collections::hash_map::Entry::Vacant(slot) = counted.entry(table) {
+                    let sql = format!("SELECT count(*)::bigint FROM {} WHERE tenant_id = $1", slot.key());
+                    let n: i64 = dst.query_typed(&sql, &[(&m.tenant_id, Type::UUID)]).await?[0].get(0);
+                    slot.insert(n);
+                }
+            }
             let lag = slot_lag(&src, &name).await?;
             let synced = tables == HOME_TABLES.len() as i64 && pending == 0;
             if synced || last_report.elapsed() >= Duration::from_secs(1) {
-                let mut copied = 0i64;
-                for t in HOME_TABLES {
-                    let sql = format!("SELECT count(*)::bigint FROM {} WHERE tenant_id = $1", t.name);
-                    copied += dst.query_typed(&sql, &[(&m.tenant_id, Type::UUID)]).await?[0].get::<_, i64>(0);
-                }
+                let in_copy: i64 = dst
+                    .query_typed(
+                        "SELECT coalesce(sum(tuples_processed), 0)::bigint FROM pg_stat_progress_copy
+                         WHERE datname = current_database()",
+                        &[],
+                    )
+                    .await?[0]
+                    .get(0);
+                let copied = counted.values().sum::<i64>() + in_copy;
                 (run.progress)(&Progress {
                     phase: "copying",
                     rows_copied: copied,
@@ -589,13 +608,16 @@ impl ControlPlane {
                 &[(&m.tenant_id, Type::UUID)],
             )
             .await?;
+            // Each cutover attempt stamps the marker anew: after an attempt that gave the source
+            // back, an old marker on the target would say nothing about the writes since.
             tx.query(
-                "INSERT INTO tenant_move_markers (tenant_id, move_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                "INSERT INTO tenant_move_markers (tenant_id, move_id, written_at) VALUES ($1, $2, clock_timestamp())
+                 ON CONFLICT (tenant_id, move_id) DO UPDATE SET written_at = EXCLUDED.written_at",
                 &[(&m.tenant_id, Type::UUID), (&m.id, Type::UUID)],
             )
             .await?;
             // The move's event goes into the tenant's log in the cutover itself: it replicates
-            // ahead of the marker, so both copies hold it and compare equal.
+            // with the marker (one transaction), so both copies hold it and compare equal.
             for p in &projects {
                 let scope = Scope::project(m.tenant_id, p.id, TenantKind::Customer);
                 let event = audit::Event {
@@ -612,13 +634,23 @@ impl ControlPlane {
             parts.fenced_ms = ms(began);
         }
         run.step("fenced");
+        // The marker as the source holds it (this attempt's, or the one a killed run wrote).
+        let stamp: DateTime<Utc> = src
+            .query_typed(
+                "SELECT written_at FROM tenant_move_markers WHERE tenant_id = $1 AND move_id = $2",
+                &[(&m.tenant_id, Type::UUID), (&m.id, Type::UUID)],
+            )
+            .await?
+            .first()
+            .map(|r| r.get(0))
+            .ok_or_else(|| conflict("the source is fenced but holds no marker of this move; --abort it"))?;
         // The marker on the target: everything committed before the fence has been applied.
         let wait_until = Instant::now() + Duration::from_secs(60);
         loop {
             let seen = dst
                 .query_typed(
-                    "SELECT 1 FROM tenant_move_markers WHERE tenant_id = $1 AND move_id = $2",
-                    &[(&m.tenant_id, Type::UUID), (&m.id, Type::UUID)],
+                    "SELECT 1 FROM tenant_move_markers WHERE tenant_id = $1 AND move_id = $2 AND written_at = $3",
+                    &[(&m.tenant_id, Type::UUID), (&m.id, Type::UUID), (&stamp, Type::TIMESTAMPTZ)],
                 )
                 .await?;
             if !seen.is_empty() {
@@ -888,7 +920,8 @@ async fn catch_up(
             if !seen.is_empty() || sent.elapsed() > Duration::from_secs(10) {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            // Outside the pause: poll gently, the tenant's writers share these cores.
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         last = sent.elapsed();
         src.query_typed(
@@ -896,7 +929,7 @@ async fn catch_up(
             &[(&tenant, Type::UUID), (&probe, Type::UUID)],
         )
         .await?;
-        if last < Duration::from_millis(20) {
+        if last < Duration::from_millis(25) {
             break;
         }
     }

@@ -246,8 +246,7 @@ pub async fn refresh(
                 client,
                 metadata: serde_json::json!({"reason": "refresh_token_reused", "user_id": user}),
             };
-            audit::record_in(&tx, scope, event, now).await?;
-            tx.commit().await?;
+            audit::record_and_commit(tx, scope, event, now).await?;
             tracing::warn!(tenant = %scope.tenant_id, session = %sid, "refresh token reused; session revoked");
             return Err(CoreError::InvalidGrant("the refresh token was already used; the session is revoked"));
         }
@@ -274,8 +273,7 @@ pub async fn refresh(
         client,
         metadata: serde_json::json!({"within_grace": used_at.is_some()}),
     };
-    audit::record_in(&tx, scope, event, now).await?;
-    tx.commit().await?;
+    audit::record_and_commit(tx, scope, event, now).await?;
     Ok(Refreshed { session_id: sid, user_id: row.get(2), amr: row.get(3), role: row.get(8), refresh_token })
 }
 

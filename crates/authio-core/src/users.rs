@@ -73,8 +73,7 @@ pub async fn create_by(
         client,
         metadata: serde_json::json!({"email": email.as_str()}),
     };
-    audit::record_in(&tx, scope, event, now).await?;
-    tx.commit().await?;
+    audit::record_and_commit(tx, scope, event, now).await?;
     Ok(user)
 }
 

@@ -86,6 +86,27 @@ impl ScopedTx {
         client.batch_execute("COMMIT").await?;
         Ok(())
     }
+
+    /// Run a last statement and commit, in one round trip: locks the statement takes (an
+    /// audit chain's head, for one) are held for the commit only, not for a round trip more.
+    /// If the statement fails the transaction rolls back (PostgreSQL answers the COMMIT of a
+    /// failed transaction with a rollback) and its error is returned.
+    pub async fn commit_with(mut self, sql: &str, params: &[Param<'_>]) -> Result<(), DbError> {
+        let client = self.client.take().ok_or_else(|| DbError::Pool("transaction already finished".into()))?;
+        let (last, commit) = futures_util::join!(client.query_typed(sql, params), client.batch_execute("COMMIT"));
+        match (last, commit) {
+            (Err(e), _) => {
+                // Make sure nothing is left open on the connection before it goes back.
+                rollback_in_background(client);
+                Err(e.into())
+            }
+            (Ok(_), Err(e)) => {
+                rollback_in_background(client);
+                Err(e.into())
+            }
+            (Ok(_), Ok(())) => Ok(()),
+        }
+    }
 }
 
 impl Drop for ScopedTx {

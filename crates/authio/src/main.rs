@@ -409,11 +409,15 @@ pub(crate) async fn serve_state(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let router = state.router.clone();
+    let identity = state.identity.clone();
     spawn_housekeeping(router.clone());
     let relay = authio_server::spawn_audit_relay(router.clone(), outbox, Duration::from_millis(500));
     let app = authio_server::build_app(state);
     tracing::info!(listen = %listener.local_addr()?, "serving");
     authio_server::serve(listener, app, shutdown).await?;
+    // Token issuance events gathered since the last flush.
+    let written = identity.flush_issuance_events().await;
+    tracing::info!(written, "token issuance events flushed");
     relay.abort();
     router.shutdown();
     Ok(())

@@ -568,3 +568,49 @@ async fn operator_acts_are_recorded_once_and_only_the_relay_role_may_clear_the_o
     r.batch_execute("SELECT authio_audit_outbox_done(gen_random_uuid())").await.unwrap();
     assert!(r.batch_execute("SELECT count(*) FROM audit_events").await.is_err(), "the relay role reads no tenant data");
 }
+
+#[tokio::test]
+async fn each_m2m_token_issued_is_recorded_at_the_home_in_batches() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "m2m-audited", TenantKind::Customer, Plan::Enterprise).await;
+    let db = make_dedicated(&app.shared, &s.tenant).await;
+    let (id, secret) = crate::identity::create_client(&app, &s, &["read"]).await;
+    let mut jtis = Vec::new();
+    for _ in 0..3 {
+        let r = app
+            .http
+            .post(app.url("/v1/auth/token"))
+            .basic_auth(&id, Some(&secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let token = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+        jtis.push(crate::identity::claims_of(&token)["jti"].as_str().unwrap().to_owned());
+    }
+    // A wrong secret issues nothing and records no issuance.
+    let r = app
+        .http
+        .post(app.url("/v1/auth/token"))
+        .basic_auth(&id, Some("wrong"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    app.identity.flush_issuance_events().await;
+    let page = events(&app, &s, "?action=m2m.token_issued").await;
+    let got: Vec<&str> =
+        page["data"].as_array().unwrap().iter().map(|e| e["metadata"]["jti"].as_str().unwrap()).rev().collect();
+    assert_eq!(got, jtis.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(page["data"][0]["actor"]["type"], "m2m_client");
+    assert_eq!(page["data"][0]["actor"]["id"], id.as_str());
+    // At the tenant's home (its dedicated database), chained like every other event.
+    let at_home =
+        admin_query_strings(&db.admin_url, "SELECT count(*)::text FROM audit_events WHERE action = 'm2m.token_issued'")
+            .await;
+    assert_eq!(at_home, vec!["3"]);
+    let reports = app.control.verify_audit(&s.tenant, Some(&test_master_key())).await.unwrap();
+    assert!(reports.iter().all(|r| r.first_broken.is_none()), "{reports:?}");
+}

@@ -1,0 +1,136 @@
+//! Audit events for acts that change no row: M2M token issuance (`m2m.token_issued`). There is
+//! no transaction to share, and the token endpoint serves far more requests per second than one
+//! project's hash chain takes single inserts, so a node gathers these events and writes them to
+//! each project's home log in batches (one transaction, one chain lock, per project per flush,
+//! every 100 ms). A batch whose home cannot be written is kept and retried; past
+//! [`MAX_PENDING_PER_PROJECT`] waiting events a project's token requests are refused (503) rather
+//! than issued unrecorded. A graceful shutdown flushes; a crash loses at most the events of the
+//! last flush interval (the tokens were issued; their records were not yet written).
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use authio_db::{Param, Router, Scope, TenantKind, Type};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::audit::{Event, EventRow};
+use crate::CoreError;
+
+/// Events waiting per project before its token requests are refused.
+pub const MAX_PENDING_PER_PROJECT: usize = 50_000;
+
+/// How often a node writes what it gathered.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+type Key = (Uuid, Uuid, TenantKind);
+
+#[derive(Default)]
+pub struct IssuanceLog {
+    pending: Mutex<HashMap<Key, Vec<EventRow>>>,
+}
+
+/// The batch insert: one row per element of the arrays, in order (the chain trigger numbers
+/// them as they come).
+const INSERT_BATCH_SQL: &str = "INSERT INTO audit_events (tenant_id, project_id, id, occurred_at, action, actor_type,
+        actor_id, actor_name, target_type, target_id, ip, user_agent, request_id, metadata)
+    SELECT $1, $2, u.* FROM unnest($3::uuid[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[],
+        $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::jsonb[]) AS u";
+
+impl IssuanceLog {
+    /// Queue an event; refused (`Busy`) when the project's home has not taken the last
+    /// [`MAX_PENDING_PER_PROJECT`] events.
+    pub fn record(&self, scope: &Scope, event: Event<'_>, at: DateTime<Utc>) -> Result<(), CoreError> {
+        let row = EventRow::new(scope, event, at)?;
+        let project = scope.project_id.ok_or(CoreError::NotFound("project"))?;
+        let mut pending = self.pending.lock().map_err(|_| CoreError::Config("issuance log poisoned".into()))?;
+        let queue = pending.entry((scope.tenant_id, project, scope.tenant_kind)).or_default();
+        if queue.len() >= MAX_PENDING_PER_PROJECT {
+            tracing::error!(tenant = %scope.tenant_id, %project, "audit events of token issuance are not being written; refusing tokens");
+            return Err(CoreError::Busy);
+        }
+        queue.push(row);
+        Ok(())
+    }
+
+    /// Events waiting in this node.
+    pub fn waiting(&self) -> usize {
+        self.pending.lock().map(|p| p.values().map(Vec::len).sum()).unwrap_or(0)
+    }
+
+    /// Write everything gathered, one transaction per project. Returns the events written; a
+    /// project whose home failed keeps its events (ahead of newer ones) for the next flush.
+    pub async fn flush(&self, router: &Router) -> usize {
+        let batches: Vec<(Key, Vec<EventRow>)> = match self.pending.lock() {
+            Ok(mut p) => p.drain().filter(|(_, v)| !v.is_empty()).collect(),
+            Err(_) => return 0,
+        };
+        let mut written = 0;
+        for ((tenant, project, kind), rows) in batches {
+            let scope = Scope::project(tenant, project, kind);
+            match write_batch(router, &scope, &rows).await {
+                Ok(()) => written += rows.len(),
+                Err(e) => {
+                    tracing::warn!(%tenant, %project, error = %e, events = rows.len(), "token issuance events kept for retry");
+                    if let Ok(mut p) = self.pending.lock() {
+                        let queue = p.entry((tenant, project, kind)).or_default();
+                        let newer = std::mem::take(queue);
+                        *queue = rows;
+                        queue.extend(newer);
+                    }
+                }
+            }
+        }
+        written
+    }
+}
+
+async fn write_batch(router: &Router, scope: &Scope, rows: &[EventRow]) -> Result<(), CoreError> {
+    let (tenant, project) = (scope.tenant_id, scope.project_id.unwrap_or_default());
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.at).collect();
+    let action: Vec<&str> = rows.iter().map(|r| r.action).collect();
+    let actor_type: Vec<&str> = rows.iter().map(|r| r.actor_type).collect();
+    let actor_id: Vec<Option<String>> = rows.iter().map(|r| r.actor_id.clone()).collect();
+    let actor_name: Vec<Option<String>> = rows.iter().map(|r| r.actor_name.clone()).collect();
+    let target_type: Vec<Option<&str>> = rows.iter().map(|r| r.target_type).collect();
+    let target_id: Vec<Option<String>> = rows.iter().map(|r| r.target_id.clone()).collect();
+    let ip: Vec<Option<String>> = rows.iter().map(|r| r.ip.clone()).collect();
+    let ua: Vec<Option<String>> = rows.iter().map(|r| r.user_agent.clone()).collect();
+    let req: Vec<Option<String>> = rows.iter().map(|r| r.request_id.clone()).collect();
+    let meta: Vec<serde_json::Value> = rows.iter().map(|r| r.metadata.clone()).collect();
+    let params: [Param<'_>; 14] = [
+        (&tenant, Type::UUID),
+        (&project, Type::UUID),
+        (&ids, Type::UUID_ARRAY),
+        (&at, Type::TIMESTAMPTZ_ARRAY),
+        (&action, Type::TEXT_ARRAY),
+        (&actor_type, Type::TEXT_ARRAY),
+        (&actor_id, Type::TEXT_ARRAY),
+        (&actor_name, Type::TEXT_ARRAY),
+        (&target_type, Type::TEXT_ARRAY),
+        (&target_id, Type::TEXT_ARRAY),
+        (&ip, Type::TEXT_ARRAY),
+        (&ua, Type::TEXT_ARRAY),
+        (&req, Type::TEXT_ARRAY),
+        (&meta, Type::JSONB_ARRAY),
+    ];
+    router.write(scope, &[(INSERT_BATCH_SQL, &params)]).await?;
+    Ok(())
+}
+
+/// Flush every [`FLUSH_EVERY`] while the log is alive.
+pub(crate) async fn flush_loop(log: Weak<IssuanceLog>, router: Router) {
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(log) = log.upgrade() else { return };
+        log.flush(&router).await;
+    }
+}
+
+/// The shared handle Identity keeps.
+pub(crate) fn new_shared() -> Arc<IssuanceLog> {
+    Arc::new(IssuanceLog::default())
+}

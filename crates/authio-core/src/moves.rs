@@ -44,6 +44,9 @@ pub const HOME_TABLES: &[HomeTable] = &[
     HomeTable { name: "tenant_move_markers", key: "tenant_id, move_id" },
 ];
 
+/// How long the cutover lets nodes open their pools to the new home before pausing.
+const PREWARM_LEAD: Duration = Duration::from_millis(300);
+
 /// The key of the tenant's gate lock (`authio_enter_home` takes it shared).
 const GATE_CLASS: i32 = 1_096_111_176;
 
@@ -173,6 +176,9 @@ pub struct PauseParts {
     pub marker_ms: f64,
     /// The route flipped (the end of the pause).
     pub switched_ms: f64,
+    /// The pause on this process's clock (for measuring, in process, what writes went through).
+    #[serde(skip)]
+    pub window: Option<(Instant, Instant)>,
 }
 
 fn ms(since: Instant) -> f64 {
@@ -580,6 +586,14 @@ impl ControlPlane {
         // Every connection the pause needs is opened before it.
         let mut snap_conn = connect(&ends.target, "authio-move-verify").await?;
         let mut control = self.client().await?;
+        if fence_here && m.direction == Direction::ToDedicated {
+            // Nodes open their pools to the new home now, not when the tenant's requests
+            // arrive there right after the pause.
+            control
+                .query_typed("SELECT pg_notify('authio_cache', 'prewarm:' || $1::text)", &[(&m.tenant_id, Type::UUID)])
+                .await?;
+            tokio::time::sleep(PREWARM_LEAD).await;
+        }
         let began = Instant::now();
         let mut parts = PauseParts::default();
         if fence_here {
@@ -692,6 +706,7 @@ impl ControlPlane {
             .await?;
             tx.commit().await?;
             parts.switched_ms = ms(began);
+            parts.window = Some((began, Instant::now()));
             pause
         };
         if fence_here {

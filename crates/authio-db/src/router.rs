@@ -237,10 +237,9 @@ impl Router {
             };
         }
         match route.strategy {
-            DbStrategy::Shared => {
-                self.close_dedicated(&scope.tenant_id);
-                Ok(self.shared_target())
-            }
+            // A dedicated pool left from before a move back to shared (or warmed for a move
+            // about to happen) is closed by the idle sweeper, not here.
+            DbStrategy::Shared => Ok(self.shared_target()),
             DbStrategy::Dedicated => self.dedicated_target(scope.tenant_id).await,
         }
     }
@@ -475,19 +474,21 @@ impl Router {
         Ok(chosen)
     }
 
-    fn close_dedicated(&self, tenant: &Uuid) {
-        if self.inner.dedicated_open.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        let removed = self.inner.dedicated.lock().ok().and_then(|mut m| {
-            let r = m.remove(tenant);
-            self.inner.dedicated_open.store(m.len(), Ordering::Relaxed);
-            r
-        });
-        if let Some(p) = removed {
-            p.pool.close();
-            p.reads.close();
-        }
+    /// Open a tenant's dedicated pools and fill them with connections ahead of a move's
+    /// cutover, so the tenant's first requests at the new home do not wait for connections.
+    pub async fn prewarm_dedicated(&self, tenant: Uuid) {
+        let target = match self.dedicated_target(tenant).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(%tenant, error = %e, "could not warm the dedicated pool");
+                return;
+            }
+        };
+        let n = self.inner.settings.dedicated_pool_max_size;
+        let reads = futures_util::future::join_all((0..n).map(|_| target.reads.get())).await;
+        let txs = futures_util::future::join_all((0..n).map(|_| target.pool.get())).await;
+        let opened = reads.iter().filter(|c| c.is_ok()).count() + txs.iter().filter(|c| c.is_ok()).count();
+        tracing::info!(%tenant, opened, "dedicated pool warmed for a move");
     }
 }
 
@@ -535,7 +536,10 @@ async fn listen_once(router: &Router, url: &str) -> Result<(), DbError> {
     router.inner.listener_connected.store(true, Ordering::Relaxed);
     while let Some((channel, payload)) = rx.recv().await {
         if channel == "authio_cache" {
-            if let Some((kind, key)) = payload.split_once(':') {
+            if let Some(tenant) = payload.strip_prefix("prewarm:").and_then(|t| Uuid::parse_str(t).ok()) {
+                let r = router.clone();
+                tokio::spawn(async move { r.prewarm_dedicated(tenant).await });
+            } else if let Some((kind, key)) = payload.split_once(':') {
                 let _ = router.inner.cache_events.send(CacheEvent::Changed { kind: kind.into(), key: key.into() });
             }
         } else if let Some((tenant, epoch)) = parse_notification(&payload) {

@@ -717,15 +717,16 @@ impl Identity {
         };
         let keys = self.inner.keys.keyset(&profile).await?;
         let access_token = keys.sign(&claims)?;
-        let event = crate::audit::Event {
-            action: "m2m.token_issued",
-            actor: crate::audit::Actor { kind: "m2m_client", id: Some(client_id.to_owned()), name: None },
-            target: Some(("m2m_client", client_id.to_owned())),
-            client: &ClientInfo { ip: ip.map(|a| a.to_string()), ..ClientInfo::default() },
-            metadata: serde_json::json!({"jti": claims.jti, "scope": scope, "aud": claims.aud, "expires_in": ttl}),
-        };
         let audit_scope = Scope::project(client.tenant_id, client.project_id, client.tenant_kind);
-        self.inner.issued.record(&audit_scope, event, self.now())?;
+        let issued = crate::issuance_log::Issued {
+            client_id: client_id.to_owned(),
+            jti: claims.jti.clone(),
+            scope: scope.clone(),
+            aud: claims.aud.clone(),
+            ip: ip.map(|a| a.to_string()),
+            at: self.now(),
+        };
+        self.inner.issued.record(&audit_scope, issued)?;
         Ok(ClientToken { access_token, token_type: "Bearer", expires_in: ttl, scope })
     }
 

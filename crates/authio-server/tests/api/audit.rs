@@ -600,16 +600,26 @@ async fn each_m2m_token_issued_is_recorded_at_the_home_in_batches() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     app.identity.flush_issuance_events().await;
-    let page = events(&app, &s, "?action=m2m.token_issued").await;
-    let got: Vec<&str> =
-        page["data"].as_array().unwrap().iter().map(|e| e["metadata"]["jti"].as_str().unwrap()).rev().collect();
-    assert_eq!(got, jtis.iter().map(String::as_str).collect::<Vec<_>>());
+    let page = events(&app, &s, "?action=m2m.tokens_issued").await;
+    let events_seen = page["data"].as_array().unwrap();
+    // Every token by its id, in order (one event per flush and client).
+    let got: Vec<String> = events_seen
+        .iter()
+        .rev()
+        .flat_map(|e| e["metadata"]["jtis"].as_array().unwrap().iter().map(|j| j.as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(got, jtis);
+    let counted: u64 = events_seen.iter().map(|e| e["metadata"]["count"].as_u64().unwrap()).sum();
+    assert_eq!(counted, 3);
     assert_eq!(page["data"][0]["actor"]["type"], "m2m_client");
     assert_eq!(page["data"][0]["actor"]["id"], id.as_str());
+    assert_eq!(page["data"][0]["metadata"]["scope"], "read");
     // At the tenant's home (its dedicated database), chained like every other event.
-    let at_home =
-        admin_query_strings(&db.admin_url, "SELECT count(*)::text FROM audit_events WHERE action = 'm2m.token_issued'")
-            .await;
+    let at_home = admin_query_strings(
+        &db.admin_url,
+        "SELECT coalesce(sum((metadata->>'count')::int), 0)::text FROM audit_events WHERE action = 'm2m.tokens_issued'",
+    )
+    .await;
     assert_eq!(at_home, vec!["3"]);
     let reports = app.control.verify_audit(&s.tenant, Some(&test_master_key())).await.unwrap();
     assert!(reports.iter().all(|r| r.first_broken.is_none()), "{reports:?}");

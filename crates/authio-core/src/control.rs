@@ -624,6 +624,54 @@ impl ControlPlane {
             .ok_or(CoreError::NotFound("dedicated database"))
     }
 
+    /// Seal each of the tenant's chain heads into an anchor on the shared database (skipped
+    /// for a chain that has not grown since its last anchor). Returns the anchors written.
+    pub async fn anchor_audit(&self, tenant: &Tenant, key: &MasterKey) -> Result<usize, CoreError> {
+        let tenant = self.tenant_by_slug(&tenant.slug).await?.ok_or(CoreError::NotFound("tenant"))?;
+        if self.open_move(tenant.id).await?.is_some() {
+            // The home is changing; the next run anchors at the new one.
+            return Ok(0);
+        }
+        let url = self.home_admin_url(&tenant, Some(key)).await?;
+        let mut home = connect(&url, "authio-audit-anchor").await?;
+        let heads = {
+            let tx = OwnerTx::begin(&mut home).await?;
+            let rows = tx
+                .query(
+                    "SELECT project_id, seq, hash FROM audit_chain_heads WHERE tenant_id = $1 AND seq > 0",
+                    &[(&tenant.id, Type::UUID)],
+                )
+                .await?;
+            tx.commit().await?;
+            rows
+        };
+        let mut c = self.client().await?;
+        let tx = OwnerTx::begin(&mut c).await?;
+        let mut written = 0;
+        for h in &heads {
+            let (project, seq, hash): (Uuid, i64, Vec<u8>) = (h.get(0), h.get(1), h.get(2));
+            let seal = key
+                .encrypt(&anchor_text(tenant.id, project, seq, &hash))
+                .map_err(|e| CoreError::Config(format!("sealing an anchor: {e}")))?;
+            let rows = tx
+                .query(
+                    "INSERT INTO audit_anchors (tenant_id, project_id, seq, hash, seal) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT DO NOTHING RETURNING seq",
+                    &[
+                        (&tenant.id, Type::UUID),
+                        (&project, Type::UUID),
+                        (&seq, Type::INT8),
+                        (&hash, Type::BYTEA),
+                        (&seal, Type::TEXT),
+                    ],
+                )
+                .await?;
+            written += rows.len();
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+
     /// Events of the tenant still in the shared outbox (recorded, not yet relayed to its home;
     /// `verify` covers only what is at home).
     pub async fn pending_audit_events(&self, tenant: Uuid) -> Result<i64, CoreError> {
@@ -740,6 +788,54 @@ impl ControlPlane {
             *last_seq = seq;
             *last_hash = computed.to_vec();
         }
+        // Sealed anchors (on shared, out of the home's reach): each names an event's hash. A
+        // chain rewritten consistently, head included, still differs from them.
+        let anchors = {
+            let mut cc = self.client().await?;
+            let tx = OwnerTx::begin(&mut cc).await?;
+            let rows = tx
+                .query(
+                    "SELECT project_id, seq, hash, seal, created_at FROM audit_anchors WHERE tenant_id = $1
+                     ORDER BY project_id, seq",
+                    &[(&tenant.id, Type::UUID)],
+                )
+                .await?;
+            tx.commit().await?;
+            rows
+        };
+        for a in &anchors {
+            let (project, seq, hash, seal, at): (Uuid, i64, Vec<u8>, String, DateTime<Utc>) =
+                (a.get(0), a.get(1), a.get(2), a.get(3), a.get(4));
+            let purged_up_to = match starts.get(&project) {
+                Some(Ok((s, _))) => *s,
+                _ => 0,
+            };
+            let opened = key.and_then(|k| k.decrypt(&seal).ok());
+            let problem = if opened.is_none() {
+                key.map(|_| format!("the anchor of {at} at event {seq} does not open (forged or moved)"))
+            } else if opened.as_deref() != Some(anchor_text(tenant.id, project, seq, &hash).as_str()) {
+                Some(format!("the anchor of {at} at event {seq} does not match its seal"))
+            } else if seq <= purged_up_to {
+                None
+            } else {
+                match rows.iter().find(|r| r.get::<_, Uuid>(0) == project && r.get::<_, i64>(1) == seq) {
+                    Some(r) if r.get::<_, Vec<u8>>(15) == hash => None,
+                    Some(_) => {
+                        Some(format!("event {seq} differs from the sealed anchor of {at}: the chain was rewritten"))
+                    }
+                    None => Some(format!("event {seq}, sealed in the anchor of {at}, is missing")),
+                }
+            };
+            let Some(why) = problem else { continue };
+            match reports.iter_mut().find(|r| r.project_id == project) {
+                Some(report) => {
+                    if report.first_broken.as_ref().map(|(s, _)| *s > seq).unwrap_or(true) {
+                        report.first_broken = Some((seq, why));
+                    }
+                }
+                None => reports.push(ChainReport { project_id: project, events: 0, first_broken: Some((seq, why)) }),
+            }
+        }
         // The head records how far each chain went: events cut off its end are caught here.
         for h in &heads {
             let project: Uuid = h.get(0);
@@ -779,6 +875,11 @@ impl ControlPlane {
 pub const MIN_NEXT_KEY_AGE_SECS: i64 = 420;
 
 /// What a checkpoint's seal must open to.
+fn anchor_text(tenant: Uuid, project: Uuid, seq: i64, hash: &[u8]) -> String {
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("authio-audit-anchor|{tenant}|{project}|{seq}|{hex}")
+}
+
 fn checkpoint_text(tenant: Uuid, project: Uuid, seq: i64, hash: &[u8]) -> String {
     let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
     format!("authio-audit-checkpoint|{tenant}|{project}|{seq}|{hex}")

@@ -55,6 +55,8 @@ pub struct Config {
     /// Run `authio audit purge` from `serve` every this many minutes (0: off; the job uses
     /// `admin_url` and the master key, like the command).
     pub audit_purge_interval_mins: u64,
+    /// How often `serve` seals anchors of the audit chains (0: never).
+    pub audit_anchor_interval_mins: u64,
 }
 
 impl Default for Config {
@@ -82,6 +84,7 @@ impl Default for Config {
             signin_account_failures: 10,
             cache_ttl_ms: 30_000,
             audit_purge_interval_mins: 0,
+            audit_anchor_interval_mins: 15,
         }
     }
 }
@@ -154,6 +157,9 @@ impl Config {
         }
         if let Some(v) = get("AUTHIO_AUDIT_PURGE_INTERVAL_MINS") {
             self.audit_purge_interval_mins = num("AUTHIO_AUDIT_PURGE_INTERVAL_MINS", v)?;
+        }
+        if let Some(v) = get("AUTHIO_AUDIT_ANCHOR_INTERVAL_MINS") {
+            self.audit_anchor_interval_mins = num("AUTHIO_AUDIT_ANCHOR_INTERVAL_MINS", v)?;
         }
         if let Some(v) = get("AUTHIO_CACHE_TTL_MS") {
             self.cache_ttl_ms = num("AUTHIO_CACHE_TTL_MS", v)?;

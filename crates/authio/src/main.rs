@@ -83,6 +83,14 @@ enum AuditCommand {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// Seal each audit chain's head into an anchor on the shared database (with the master
+    /// key), so a chain later rewritten at the tenant's home, head included, fails `verify`.
+    /// `serve` does this every `audit_anchor_interval_mins`.
+    Anchor {
+        /// One tenant's slug (default: every tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Set a tenant's own audit retention in days, or `--plan-default` to follow its plan.
     Retention {
         #[arg(long)]
@@ -284,6 +292,13 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{deleted} audit event(s) past retention deleted");
             Ok(())
         }
+        Command::Audit { command: AuditCommand::Anchor { tenant } } => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            let key = require_master_key(&cfg)?;
+            let written = anchor_audit(&cfg, &key, tenant.as_deref()).await?;
+            println!("{written} anchor(s) sealed");
+            Ok(())
+        }
         Command::Audit { command: AuditCommand::Retention { tenant, days, plan_default: _ } } => {
             let cfg = Config::load(cli.config.as_deref())?;
             let cp = ControlPlane::new(cfg.admin_url.clone());
@@ -377,6 +392,9 @@ pub(crate) async fn serve_with(
     if cfg.audit_purge_interval_mins > 0 {
         spawn_audit_purge(cfg.clone());
     }
+    if cfg.audit_anchor_interval_mins > 0 {
+        spawn_audit_anchor(cfg.clone());
+    }
     serve_state(state, authio_db::OutboxReader::new(&cfg.relay_url()?)?, listener, shutdown).await
 }
 
@@ -431,6 +449,44 @@ async fn serve(cfg: Config) -> Result<()> {
 }
 
 /// Purge audit events past retention for one tenant or all; returns the events deleted.
+async fn anchor_audit(cfg: &Config, key: &MasterKey, only: Option<&str>) -> Result<usize> {
+    let cp = ControlPlane::new(cfg.admin_url.clone());
+    let tenants = match only {
+        Some(slug) => vec![tenant_or_bail(&cp, slug).await?],
+        None => cp.list_tenants().await?,
+    };
+    let mut written = 0;
+    let mut failed = Vec::new();
+    for t in &tenants {
+        // One tenant's database being down does not stop the others' anchors.
+        match cp.anchor_audit(t, key).await {
+            Ok(n) => written += n,
+            Err(e) => {
+                tracing::warn!(tenant = %t.slug, error = %e, "audit anchor failed");
+                failed.push(t.slug.clone());
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{written} anchor(s) sealed; failed for {}", failed.join(", "));
+    }
+    Ok(written)
+}
+
+fn spawn_audit_anchor(cfg: Config) {
+    tokio::spawn(async move {
+        let Ok(Some(key)) = master_key(&cfg) else { return };
+        let mut tick = tokio::time::interval(Duration::from_secs(cfg.audit_anchor_interval_mins * 60));
+        loop {
+            tick.tick().await;
+            match anchor_audit(&cfg, &key, None).await {
+                Ok(n) => tracing::info!(sealed = n, "audit anchors"),
+                Err(e) => tracing::warn!(error = %e, "audit anchoring failed"),
+            }
+        }
+    });
+}
+
 async fn purge_audit(cfg: &Config, key: &MasterKey, only: Option<&str>) -> Result<u64> {
     let cp = ControlPlane::new(cfg.admin_url.clone());
     let tenants = match only {

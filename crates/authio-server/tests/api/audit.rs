@@ -624,3 +624,59 @@ async fn each_m2m_token_issued_is_recorded_at_the_home_in_batches() {
     let reports = app.control.verify_audit(&s.tenant, Some(&test_master_key())).await.unwrap();
     assert!(reports.iter().all(|r| r.first_broken.is_none()), "{reports:?}");
 }
+
+#[tokio::test]
+async fn a_chain_rewritten_consistently_is_caught_by_its_sealed_anchor() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "rewritten", TenantKind::Customer, Plan::Pro).await;
+    settle(&app, &s).await;
+    for email in ["a@r.test", "b@r.test", "c@r.test"] {
+        let (st, _) = post_json(
+            &app,
+            "/v1/auth/signup",
+            json!({"project_id": s.project.id, "email": email, "password": PASSWORD}),
+        )
+        .await;
+        assert_eq!(st, StatusCode::CREATED);
+    }
+    let key = test_master_key();
+    assert_eq!(app.control.anchor_audit(&s.tenant, &key).await.unwrap(), 1);
+    assert_eq!(app.control.anchor_audit(&s.tenant, &key).await.unwrap(), 0, "nothing new to anchor");
+    // A superuser edits event 2 and recomputes every hash after it, and the head: the chain
+    // alone is whole again.
+    let admin = authio_db::pool::connect(&app.shared.admin_url, "audit-test").await.unwrap();
+    admin
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL session_replication_role = replica;
+             UPDATE audit_events SET actor_name = 'someone else' WHERE tenant_id = '{t}' AND seq = 2;
+             DO $$ DECLARE e audit_events; prev bytea := (SELECT hash FROM audit_events WHERE tenant_id = '{t}' AND seq = 1);
+             BEGIN
+               FOR e IN SELECT * FROM audit_events WHERE tenant_id = '{t}' AND seq >= 2 ORDER BY seq LOOP
+                 UPDATE audit_events SET prev_hash = prev,
+                        hash = sha256(prev || convert_to(authio_audit_canonical(e), 'UTF8'))
+                  WHERE tenant_id = e.tenant_id AND project_id = e.project_id AND seq = e.seq
+                  RETURNING hash INTO prev;
+               END LOOP;
+               UPDATE audit_chain_heads SET hash = prev WHERE tenant_id = '{t}';
+             END $$;
+             COMMIT;",
+            t = s.tenant.id
+        ))
+        .await
+        .unwrap();
+    // Without the anchors (no key to open them) the rewrite is not visible...
+    let plain = app.control.verify_audit(&s.tenant, None).await.unwrap();
+    assert_eq!(plain[0].first_broken, None, "the rewrite is consistent: {plain:?}");
+    // ...with them it is, at the last anchored event.
+    let reports = app.control.verify_audit(&s.tenant, Some(&key)).await.unwrap();
+    let (seq, why) = reports[0].first_broken.clone().expect("caught");
+    assert_eq!(seq, 4);
+    assert!(why.contains("rewritten"), "{why}");
+    // A forged anchor (not sealed with the master key) is named too.
+    admin
+        .batch_execute(&format!("UPDATE audit_anchors SET seal = 'forged' WHERE tenant_id = '{}'", s.tenant.id))
+        .await
+        .unwrap();
+    let reports = app.control.verify_audit(&s.tenant, Some(&key)).await.unwrap();
+    assert!(reports[0].first_broken.clone().unwrap().1.contains("does not open"), "{reports:?}");
+}

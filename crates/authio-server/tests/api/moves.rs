@@ -339,6 +339,7 @@ async fn every_table_with_tenant_rows_either_moves_or_is_pinned_to_shared() {
     // The pre-resolution matrix (DESIGN.md) plus the control plane: these stay on shared.
     let pinned = [
         "api_keys",
+        "audit_anchors",
         "audit_outbox",
         "dedicated_databases",
         "m2m_clients",

@@ -657,11 +657,13 @@ async fn tenant(cfg: &Config, command: TenantCommand) -> Result<()> {
                 }
             );
             match outcome.pause_ms {
-                Some(p) => println!("write pause: {p:.1} ms (longest any write of the tenant could have waited)"),
+                Some(p) => println!("write pause: {p:.1} ms (from holding the tenant's writes back to the route flip)"),
                 None => println!("write pause: taken by an earlier run of this move"),
             }
             if outcome.record.verified == Some(false) {
-                bail!("the copy differs from the source as of the cutover: see docs/runbooks (the old copy is kept)");
+                bail!(
+                    "the copy differs from the source as of the cutover: see runbooks/dedicated-db-operations.md (the old copy is kept)"
+                );
             }
         }
         TenantCommand::Verify { tenant } => {

@@ -34,6 +34,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub identity: Identity,
     pub metrics: Arc<metrics::Metrics>,
+    /// Proxies whose `X-Forwarded-For` is believed (see [`routes::auth::client_ip`]).
+    pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
 }
 
 /// How the identity side is set up.
@@ -51,6 +53,9 @@ pub struct AuthSettings {
     pub cache_ttl: Duration,
     /// Cache M2M client and API-key records in the node, NOTIFY-invalidated (default on).
     pub credential_cache: bool,
+    /// Address ranges of the proxies in front of Authio: only from them is `X-Forwarded-For`
+    /// read (empty: the peer address is the client, the header is ignored).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl AuthSettings {
@@ -63,12 +68,14 @@ impl AuthSettings {
             limits: Limits::default(),
             cache_ttl: Duration::from_secs(30),
             credential_cache: true,
+            trusted_proxies: Vec::new(),
         }
     }
 }
 
 impl AppState {
     pub fn new(router: Router, clock: Arc<dyn Clock>, auth: AuthSettings) -> Result<Self, CoreError> {
+        let trusted_proxies = auth.trusted_proxies;
         let passwords = Passwords::new(auth.password_params, auth.hash_concurrency)?;
         let keys = KeyService::new(router.clone(), auth.master_key, clock.clone(), auth.cache_ttl);
         let settings = IdentitySettings {
@@ -78,7 +85,13 @@ impl AppState {
             credential_cache: auth.credential_cache,
         };
         let identity = Identity::new(router.clone(), clock.clone(), passwords, keys, settings);
-        Ok(AppState { router, clock, identity, metrics: Arc::new(metrics::Metrics::default()) })
+        Ok(AppState {
+            router,
+            clock,
+            identity,
+            metrics: Arc::new(metrics::Metrics::default()),
+            trusted_proxies: Arc::new(trusted_proxies),
+        })
     }
 }
 

@@ -57,6 +57,8 @@ pub struct Config {
     pub audit_purge_interval_mins: u64,
     /// How often `serve` seals anchors of the audit chains (0: never).
     pub audit_anchor_interval_mins: u64,
+    /// Address ranges (CIDR) of the proxies in front of Authio, whose `X-Forwarded-For` is read.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for Config {
@@ -85,6 +87,7 @@ impl Default for Config {
             cache_ttl_ms: 30_000,
             audit_purge_interval_mins: 0,
             audit_anchor_interval_mins: 15,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -99,6 +102,7 @@ impl Config {
             None => Config::default(),
         };
         cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.proxy_ranges()?;
         Ok(cfg)
     }
 
@@ -158,6 +162,9 @@ impl Config {
         if let Some(v) = get("AUTHIO_AUDIT_PURGE_INTERVAL_MINS") {
             self.audit_purge_interval_mins = num("AUTHIO_AUDIT_PURGE_INTERVAL_MINS", v)?;
         }
+        if let Some(v) = get("AUTHIO_TRUSTED_PROXIES") {
+            self.trusted_proxies = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        }
         if let Some(v) = get("AUTHIO_AUDIT_ANCHOR_INTERVAL_MINS") {
             self.audit_anchor_interval_mins = num("AUTHIO_AUDIT_ANCHOR_INTERVAL_MINS", v)?;
         }
@@ -181,6 +188,18 @@ impl Config {
     }
 
     /// The identity side's settings (needs the master key: signing keys are encrypted with it).
+    /// `trusted_proxies` parsed (a single address is a /32 or /128).
+    pub fn proxy_ranges(&self) -> Result<Vec<ipnet::IpNet>> {
+        self.trusted_proxies
+            .iter()
+            .map(|r| {
+                r.parse::<ipnet::IpNet>()
+                    .or_else(|_| r.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .with_context(|| format!("trusted_proxies: {r:?} is not an address or a CIDR range"))
+            })
+            .collect()
+    }
+
     pub fn auth_settings(&self, master_key: authio_db::MasterKey) -> authio_server::AuthSettings {
         let mut auth = authio_server::AuthSettings::new(self.public_url.clone(), master_key);
         auth.password_params = authio_core::passwords::PasswordParams {
@@ -195,6 +214,8 @@ impl Config {
         auth.limits.account_failures = self.signin_account_failures;
         // At most 60 s: key rotation's margins assume it (see `MIN_NEXT_KEY_AGE_SECS`).
         auth.cache_ttl = Duration::from_millis(self.cache_ttl_ms.clamp(100, 60_000));
+        // Checked when the configuration was loaded.
+        auth.trusted_proxies = self.proxy_ranges().unwrap_or_default();
         auth
     }
 }
@@ -213,5 +234,19 @@ mod tests {
         assert_eq!(cfg.listen, "0.0.0.0:9000");
         assert!(cfg.apply_env(|k| (k == "AUTHIO_POOL_SIZE").then(|| "many".to_string())).is_err());
         assert!(toml::from_str::<Config>("unknown_key = 1").is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_are_ranges_or_addresses_and_checked() {
+        let mut cfg = Config::default();
+        cfg.apply_env(|k| (k == "AUTHIO_TRUSTED_PROXIES").then(|| "10.0.0.0/8, 192.0.2.1,".to_string())).unwrap();
+        let ranges = cfg.proxy_ranges().unwrap();
+        assert_eq!(ranges.len(), 2);
+        assert!(ranges[1].contains(&"192.0.2.1".parse::<std::net::IpAddr>().unwrap()));
+        assert!(!ranges[1].contains(&"192.0.2.2".parse::<std::net::IpAddr>().unwrap()));
+        cfg.trusted_proxies = vec!["not-a-range".into()];
+        assert!(cfg.proxy_ranges().is_err());
+        let from_file: Config = toml::from_str("trusted_proxies = [\"fd00::/8\"]").unwrap();
+        assert_eq!(from_file.proxy_ranges().unwrap().len(), 1);
     }
 }

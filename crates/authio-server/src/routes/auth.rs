@@ -63,9 +63,75 @@ pub struct SignUpResponse {
     pub tokens: TokenResponse,
 }
 
-pub(crate) fn client_ip(connect: Option<&Extension<ConnectInfo<SocketAddr>>>) -> Option<IpAddr> {
-    // X-Forwarded-For is not trusted here: only the peer address counts.
-    connect.map(|c| c.0 .0.ip())
+/// The client's address: the peer's, unless the peer is one of the configured trusted proxies;
+/// then `X-Forwarded-For` is walked from its right (the hop nearest to us) past every trusted
+/// proxy, and the first address that is not one is the client. Anything unparsable stops the
+/// walk at the last address known good. Untrusted peers' headers are ignored, so a client
+/// cannot choose the address its rate limits count against.
+pub(crate) fn client_ip(
+    state: &AppState,
+    connect: Option<&Extension<ConnectInfo<SocketAddr>>>,
+    headers: &HeaderMap,
+) -> Option<IpAddr> {
+    let peer = connect.map(|c| c.0 .0.ip())?;
+    forwarded_client(peer, headers, &state.trusted_proxies)
+}
+
+fn forwarded_client(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let mut client = peer;
+    if !is_trusted(&client) {
+        return Some(client);
+    }
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    Some(client)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod forwarded_tests {
+    use super::*;
+
+    fn xff(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_read_only_from_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer_proxy: IpAddr = "10.0.0.5".parse().unwrap();
+        let stranger: IpAddr = "198.51.100.7".parse().unwrap();
+        // A stranger's header is ignored.
+        assert_eq!(forwarded_client(stranger, &xff("203.0.113.1"), &trusted), Some(stranger));
+        // Through our proxy: the rightmost address that is not ours.
+        let h = xff("1.2.3.4, 203.0.113.1, 10.0.0.9");
+        assert_eq!(forwarded_client(peer_proxy, &h, &trusted), Some("203.0.113.1".parse().unwrap()));
+        // No header: the proxy itself.
+        assert_eq!(forwarded_client(peer_proxy, &HeaderMap::new(), &trusted), Some(peer_proxy));
+        // Garbage stops the walk at the last good hop.
+        assert_eq!(forwarded_client(peer_proxy, &xff("nonsense"), &trusted), Some(peer_proxy));
+        // No proxies configured: the peer, always.
+        assert_eq!(forwarded_client(peer_proxy, &xff("203.0.113.1"), &[]), Some(peer_proxy));
+    }
 }
 
 pub(crate) fn client_info(headers: &HeaderMap, ip: Option<IpAddr>) -> ClientInfo {
@@ -96,7 +162,7 @@ pub async fn sign_up(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: PasswordRequest = json_body(&headers, &body)?;
-    let ip = client_ip(connect.as_ref());
+    let ip = client_ip(&state, connect.as_ref(), &headers);
     let (user, tokens) =
         state.identity.sign_up(req.project_id, &req.email, &req.password, &client_info(&headers, ip), ip).await?;
     Ok(no_store(StatusCode::CREATED, Json(SignUpResponse { user: user.into(), tokens: tokens.into() })))
@@ -116,7 +182,7 @@ pub async fn sign_in(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: PasswordRequest = json_body(&headers, &body)?;
-    let ip = client_ip(connect.as_ref());
+    let ip = client_ip(&state, connect.as_ref(), &headers);
     let tokens =
         state.identity.sign_in(req.project_id, &req.email, &req.password, &client_info(&headers, ip), ip).await?;
     Ok(no_store(StatusCode::OK, Json(TokenResponse::from(tokens))))
@@ -222,14 +288,17 @@ pub async fn token(
         None => Err(OAuthError::invalid_request("grant_type is required")),
         Some("client_credentials") => {
             let (id, secret) = client_credentials(&headers, &form)?.ok_or_else(OAuthError::invalid_client)?;
-            let ip = client_ip(connect.as_ref());
+            let ip = client_ip(&state, connect.as_ref(), &headers);
             let t = state.identity.client_credentials(&id, &secret, form.get("scope"), ip).await?;
             Ok(no_store(StatusCode::OK, Json(ClientTokenResponse::from(t))))
         }
         Some("refresh_token") => {
             let presented =
                 form.get("refresh_token").ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
-            let t = state.identity.refresh(presented, &client_info(&headers, client_ip(connect.as_ref()))).await?;
+            let t = state
+                .identity
+                .refresh(presented, &client_info(&headers, client_ip(&state, connect.as_ref(), &headers)))
+                .await?;
             Ok(no_store(StatusCode::OK, Json(TokenResponse::from(t))))
         }
         Some(_) => Err(OAuthError::unsupported_grant_type()),
@@ -279,7 +348,7 @@ pub async fn introspect(
     body: Bytes,
 ) -> Result<Response, OAuthError> {
     let form = Form::parse(&headers, &body)?;
-    let ip = client_ip(connect.as_ref());
+    let ip = client_ip(&state, connect.as_ref(), &headers);
     let caller = caller(&state, &headers, &form, ip).await?.ok_or_else(OAuthError::invalid_client)?;
     let token = form.get("token").ok_or_else(|| OAuthError::invalid_request("token is required"))?;
     let answer: Introspection = state.identity.introspect(caller, token).await?;
@@ -302,7 +371,7 @@ pub async fn revoke(
     body: Bytes,
 ) -> Result<Response, OAuthError> {
     let form = Form::parse(&headers, &body)?;
-    let ip = client_ip(connect.as_ref());
+    let ip = client_ip(&state, connect.as_ref(), &headers);
     let caller = caller(&state, &headers, &form, ip).await?;
     let token = form.get("token").ok_or_else(|| OAuthError::invalid_request("token is required"))?;
     state.identity.revoke(caller, token, &client_info(&headers, ip)).await?;

@@ -214,7 +214,7 @@ pub async fn revoke_session(
 ) -> Result<Json<SessionResponse>, ApiError> {
     check_project(&ctx, &project_id)?;
     let sid = path_id(&session_id, "session_not_found", "session")?;
-    let client = client_info(&headers, client_ip(connect.as_ref()));
+    let client = client_info(&headers, client_ip(&state, connect.as_ref(), &headers));
     let revoked =
         sessions::revoke(&state.router, state.clock.as_ref(), &ctx.scope, sid, ctx.actor.clone(), &client).await?;
     Ok(Json(revoked.into()))

@@ -996,3 +996,51 @@ async fn a_revocation_or_rotation_on_one_node_reaches_another_nodes_caches_at_on
         "B still serves the old key set"
     );
 }
+
+#[tokio::test]
+async fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
+    let sign_in_from = |app: &TestApp, project: uuid::Uuid, forwarded: &str| {
+        app.http
+            .post(app.url("/v1/auth/signin"))
+            .header("x-forwarded-for", forwarded)
+            .json(&json!({"project_id": project, "email": "nobody@example.com", "password": "wrong"}))
+            .send()
+    };
+    // Behind a trusted proxy (loopback here), each forwarded client has its own limit.
+    let proxied = spawn_app_with(AppOptions {
+        tune_auth: |a| {
+            a.limits.signin_per_ip = 3;
+            a.limits.account_failures = 1000;
+            a.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    let s = seed_tenant(&proxied.shared, "proxied", TenantKind::Customer, Plan::Pro).await;
+    for _ in 0..3 {
+        assert_eq!(
+            sign_in_from(&proxied, s.project.id, "203.0.113.1").await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let r = sign_in_from(&proxied, s.project.id, "203.0.113.1").await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let r = sign_in_from(&proxied, s.project.id, "198.51.100.20, 203.0.113.2").await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "another client behind the proxy is not limited");
+    // Without trusted proxies the header is ignored: changing it does not escape the limit.
+    let direct = spawn_app_with(AppOptions {
+        tune_auth: |a| {
+            a.limits.signin_per_ip = 3;
+            a.limits.account_failures = 1000;
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    let s = seed_tenant(&direct.shared, "direct", TenantKind::Customer, Plan::Pro).await;
+    for i in 0..3 {
+        let r = sign_in_from(&direct, s.project.id, &format!("203.0.113.{i}")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = sign_in_from(&direct, s.project.id, "203.0.113.99").await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+}

@@ -304,30 +304,49 @@ impl Identity {
     ) -> Result<Arc<M2mClientRecord>, CoreError> {
         let now = self.now();
         let key = ip.map(ip_key);
-        if let Some(k) = &key {
-            let blocked = self.inner.blocked_ips.read().ok().and_then(|b| b.get(k).copied());
-            if let Some(until) = blocked.filter(|u| *u > now) {
-                return Err(CoreError::RateLimited { retry_after: retry_after(until, now) });
-            }
-        }
+        self.refuse_if_blocked(key.as_deref(), now)?;
         let record = self.client_record(client_id).await?;
         if m2m::check_secret(record.as_deref(), secret).is_ok() {
             if let Some(r) = record {
                 return Ok(r);
             }
         }
+        self.count_credential_failure("client:ip", key, now).await?;
+        Err(CoreError::InvalidClient)
+    }
+
+    /// An address over the failed-credential limit is refused until its window ends, before
+    /// any secret it sends is judged.
+    fn refuse_if_blocked(&self, key: Option<&str>, now: DateTime<Utc>) -> Result<(), CoreError> {
         if let Some(k) = key {
-            let l = &self.inner.settings.limits;
-            let w = preresolve::rate_hit(&self.inner.router, "client:ip", &k, l.client_ip_window_secs, now).await?;
-            if w.hits > l.client_failures_per_ip {
-                if let Ok(mut b) = self.inner.blocked_ips.write() {
-                    b.retain(|_, until| *until > now);
-                    b.insert(k, w.window_ends);
-                }
-                return Err(CoreError::RateLimited { retry_after: retry_after(w.window_ends, now) });
+            let blocked = self.inner.blocked_ips.read().ok().and_then(|b| b.get(k).copied());
+            if let Some(until) = blocked.filter(|u| *u > now) {
+                return Err(CoreError::RateLimited { retry_after: retry_after(until, now) });
             }
         }
-        Err(CoreError::InvalidClient)
+        Ok(())
+    }
+
+    /// Count a failed client or API-key authentication against the address (on the shared
+    /// database, so across nodes); past the limit the address is blocked on this node for the
+    /// rest of the window and the caller is told to wait.
+    async fn count_credential_failure(
+        &self,
+        bucket: &str,
+        key: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<(), CoreError> {
+        let Some(k) = key else { return Ok(()) };
+        let l = &self.inner.settings.limits;
+        let w = preresolve::rate_hit(&self.inner.router, bucket, &k, l.client_ip_window_secs, now).await?;
+        if w.hits > l.client_failures_per_ip {
+            if let Ok(mut b) = self.inner.blocked_ips.write() {
+                b.retain(|_, until| *until > now);
+                b.insert(k, w.window_ends);
+            }
+            return Err(CoreError::RateLimited { retry_after: retry_after(w.window_ends, now) });
+        }
+        Ok(())
     }
 
     async fn client_record(&self, client_id: &str) -> Result<Option<Arc<M2mClientRecord>>, CoreError> {
@@ -355,7 +374,20 @@ impl Identity {
 
     /// Resolve a project secret API key to its scope: the record from this node's cache
     /// (NOTIFY-invalidated, so a revocation is seen at once) or from the shared database.
-    pub async fn authenticate_api_key(&self, presented: &str) -> Result<Scope, CoreError> {
+    /// Failures are counted against `ip` like client failures (see
+    /// [`Identity::authenticate_client`]).
+    pub async fn authenticate_api_key(&self, presented: &str, ip: Option<IpAddr>) -> Result<Scope, CoreError> {
+        let now = self.now();
+        let key = ip.map(ip_key);
+        self.refuse_if_blocked(key.as_deref(), now)?;
+        let result = self.check_api_key(presented).await;
+        if matches!(result, Err(CoreError::InvalidApiKey)) {
+            self.count_credential_failure("apikey:ip", key, now).await?;
+        }
+        result
+    }
+
+    async fn check_api_key(&self, presented: &str) -> Result<Scope, CoreError> {
         let (key_id, secret) = api_keys::parse(presented).ok_or(CoreError::InvalidApiKey)?;
         let cache = self.inner.settings.credential_cache;
         let cached = if cache { self.inner.api_keys.get(key_id, self.inner.settings.profile_ttl) } else { None };

@@ -40,7 +40,9 @@ pub async fn require_management(
     // A JWT has three dot-separated parts; anything else is judged as an API key.
     let looks_like_jwt = presented.split('.').count() == 3;
     let (scope, actor) = if !looks_like_jwt {
-        let scope = state.identity.authenticate_api_key(presented).await?;
+        let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
+        let ip = crate::routes::auth::client_ip_of(&state, peer, req.headers());
+        let scope = state.identity.authenticate_api_key(presented, ip).await?;
         let key_id = authio_core::api_keys::parse(presented).map(|(id, _)| id).unwrap_or_default();
         (scope, Actor::api_key(key_id))
     } else {

@@ -73,8 +73,12 @@ pub(crate) fn client_ip(
     connect: Option<&Extension<ConnectInfo<SocketAddr>>>,
     headers: &HeaderMap,
 ) -> Option<IpAddr> {
-    let peer = connect.map(|c| c.0 .0.ip())?;
-    forwarded_client(peer, headers, &state.trusted_proxies)
+    forwarded_client(connect.map(|c| c.0 .0.ip())?, headers, &state.trusted_proxies)
+}
+
+/// [`client_ip`] for code that holds the request's extensions rather than an extractor.
+pub(crate) fn client_ip_of(state: &AppState, peer: Option<SocketAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+    forwarded_client(peer?.ip(), headers, &state.trusted_proxies)
 }
 
 fn forwarded_client(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
@@ -318,7 +322,7 @@ async fn caller(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
     if let Some(key) = bearer {
-        let scope = state.identity.authenticate_api_key(key.trim()).await.map_err(|e| match e {
+        let scope = state.identity.authenticate_api_key(key.trim(), ip).await.map_err(|e| match e {
             CoreError::InvalidApiKey => OAuthError::invalid_client(),
             other => other.into(),
         })?;

@@ -1044,3 +1044,38 @@ async fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
     let r = sign_in_from(&direct, s.project.id, "203.0.113.99").await.unwrap();
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
 }
+
+#[tokio::test]
+async fn failed_api_keys_count_against_the_address_and_block_it() {
+    let app = spawn_app_with(AppOptions {
+        tune_auth: |a| {
+            a.limits.client_failures_per_ip = 3;
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    let s = seed_tenant(&app.shared, "keyguess", TenantKind::Customer, Plan::Pro).await;
+    let users = app.url(&format!("/v1/projects/{}/users", s.project.id));
+    let (key_id, _) = authio_core::api_keys::parse(&s.api_key.plaintext).unwrap();
+    let guess = format!("sk_{key_id}_{}", "A".repeat(43));
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(app.http.get(&users).bearer_auth(&guess).send().await.unwrap().status());
+    }
+    assert_eq!(statuses[..3], [StatusCode::UNAUTHORIZED; 3]);
+    assert_eq!(statuses[3], StatusCode::TOO_MANY_REQUESTS);
+    // The address is refused before its key is judged, the right key included, until the
+    // window ends; introspection (which takes API keys too) as well.
+    let r = app.http.get(&users).bearer_auth(&s.api_key.plaintext).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().contains_key("retry-after"));
+    let r = app
+        .http
+        .post(app.url("/v1/auth/introspect"))
+        .bearer_auth(&s.api_key.plaintext)
+        .form(&[("token", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+}

@@ -241,7 +241,7 @@ impl Identity {
         settings: IdentitySettings,
     ) -> Self {
         let events = router.cache_events();
-        let issued = crate::issuance_log::new_shared();
+        let issued = Arc::new(crate::issuance_log::IssuanceLog::default());
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(crate::issuance_log::flush_loop(Arc::downgrade(&issued), router.clone()));
         }

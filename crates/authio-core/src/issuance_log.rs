@@ -9,7 +9,7 @@
 //! rather than issued unrecorded. A graceful shutdown flushes; a crash loses at most the records
 //! of the last flush interval (the tokens were issued; their records were not yet written).
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Mutex, Weak};
 use std::time::Duration;
 
 use authio_db::{Param, Router, Scope, TenantKind, Type};
@@ -185,9 +185,4 @@ pub(crate) async fn flush_loop(log: Weak<IssuanceLog>, router: Router) {
         let Some(log) = log.upgrade() else { return };
         log.flush(&router).await;
     }
-}
-
-/// The shared handle Identity keeps.
-pub(crate) fn new_shared() -> Arc<IssuanceLog> {
-    Arc::new(IssuanceLog::default())
 }

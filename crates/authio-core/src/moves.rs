@@ -17,6 +17,7 @@ use authio_db::pool::connect;
 use authio_db::{MasterKey, OwnerTx, RouterError, Scope, TenantKind, Type};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::audit;
@@ -218,43 +219,17 @@ fn checksum_sql(t: &HomeTable) -> String {
     )
 }
 
-async fn checksums(c: &impl GenericQuery, tenant: Uuid) -> Result<Vec<(i64, String)>, CoreError> {
+async fn checksums(c: &impl GenericClient, tenant: Uuid) -> Result<Vec<(i64, String)>, CoreError> {
     let mut out = Vec::with_capacity(HOME_TABLES.len());
     for t in HOME_TABLES {
-        let r = c.one(&checksum_sql(t), tenant).await?;
+        let r = c.query_typed_one(&checksum_sql(t), &[(&tenant, Type::UUID)]).await?;
         out.push((r.get(0), r.get(1)));
     }
     Ok(out)
 }
 
-/// A client or a transaction: both can run the checksum queries.
-trait GenericQuery {
-    async fn one(&self, sql: &str, tenant: Uuid) -> Result<authio_db::Row, CoreError>;
-}
-
-impl GenericQuery for tokio_postgres::Client {
-    async fn one(&self, sql: &str, tenant: Uuid) -> Result<authio_db::Row, CoreError> {
-        self.query_typed(sql, &[(&tenant, Type::UUID)]).await?.into_iter().next().ok_or(CoreError::NotFound("row"))
-    }
-}
-
-impl GenericQuery for tokio_postgres::Transaction<'_> {
-    async fn one(&self, sql: &str, tenant: Uuid) -> Result<authio_db::Row, CoreError> {
-        self.query_typed(sql, &[(&tenant, Type::UUID)]).await?.into_iter().next().ok_or(CoreError::NotFound("row"))
-    }
-}
-
-/// Set the home fence for the tenant in the database behind `c` (as the owner).
 async fn set_fence(c: &mut tokio_postgres::Client, tenant: Uuid, at_home: bool) -> Result<(), CoreError> {
-    let tx = OwnerTx::begin(c).await?;
-    tx.query(
-        "INSERT INTO tenant_homes (tenant_id, at_home) VALUES ($1, $2)
-         ON CONFLICT (tenant_id) DO UPDATE SET at_home = EXCLUDED.at_home, changed_at = now()",
-        &[(&tenant, Type::UUID), (&at_home, Type::BOOL)],
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(())
+    Ok(authio_db::migrate::set_home_on(c, tenant, at_home).await?)
 }
 
 async fn at_home(c: &tokio_postgres::Client, tenant: Uuid) -> Result<bool, CoreError> {
@@ -596,6 +571,7 @@ impl ControlPlane {
         }
         let began = Instant::now();
         let mut parts = PauseParts::default();
+        let mut stamp: Option<DateTime<Utc>> = None;
         if fence_here {
             let tx = OwnerTx::begin(&mut src).await?;
             // A flushed commit is sent to the target at once (with synchronous_commit off it
@@ -624,12 +600,15 @@ impl ControlPlane {
             .await?;
             // Each cutover attempt stamps the marker anew: after an attempt that gave the source
             // back, an old marker on the target would say nothing about the writes since.
-            tx.query(
-                "INSERT INTO tenant_move_markers (tenant_id, move_id, written_at) VALUES ($1, $2, clock_timestamp())
-                 ON CONFLICT (tenant_id, move_id) DO UPDATE SET written_at = EXCLUDED.written_at",
-                &[(&m.tenant_id, Type::UUID), (&m.id, Type::UUID)],
-            )
-            .await?;
+            let marker = tx
+                .query(
+                    "INSERT INTO tenant_move_markers (tenant_id, move_id, written_at) VALUES ($1, $2, clock_timestamp())
+                     ON CONFLICT (tenant_id, move_id) DO UPDATE SET written_at = EXCLUDED.written_at
+                     RETURNING written_at",
+                    &[(&m.tenant_id, Type::UUID), (&m.id, Type::UUID)],
+                )
+                .await?;
+            stamp = marker.first().map(|r| r.get(0));
             // The move's event goes into the tenant's log in the cutover itself: it replicates
             // with the marker (one transaction), so both copies hold it and compare equal.
             for p in &projects {
@@ -648,16 +627,19 @@ impl ControlPlane {
             parts.fenced_ms = ms(began);
         }
         run.step("fenced");
-        // The marker as the source holds it (this attempt's, or the one a killed run wrote).
-        let stamp: DateTime<Utc> = src
-            .query_typed(
-                "SELECT written_at FROM tenant_move_markers WHERE tenant_id = $1 AND move_id = $2",
-                &[(&m.tenant_id, Type::UUID), (&m.id, Type::UUID)],
-            )
-            .await?
-            .first()
-            .map(|r| r.get(0))
-            .ok_or_else(|| conflict("the source is fenced but holds no marker of this move; --abort it"))?;
+        // The marker this attempt wrote, or the one a killed run wrote before fencing.
+        let stamp: DateTime<Utc> = match stamp {
+            Some(s) => s,
+            None => src
+                .query_typed(
+                    "SELECT written_at FROM tenant_move_markers WHERE tenant_id = $1 AND move_id = $2",
+                    &[(&m.tenant_id, Type::UUID), (&m.id, Type::UUID)],
+                )
+                .await?
+                .first()
+                .map(|r| r.get(0))
+                .ok_or_else(|| conflict("the source is fenced but holds no marker of this move; --abort it"))?,
+        };
         // The marker on the target: everything committed before the fence has been applied.
         let wait_until = Instant::now() + Duration::from_secs(60);
         loop {

@@ -147,7 +147,15 @@ pub async fn set_home(admin_url: &str, tenant: Uuid, at_home: bool) -> Result<()
         return Err(DbError::Migration("the nil tenant id is reserved for the fence's default".into()));
     }
     let mut client = connect(admin_url, "authio-fence").await?;
-    let tx = crate::OwnerTx::begin(&mut client).await?;
+    set_home_on(&mut client, tenant, at_home).await
+}
+
+/// [`set_home`] over a connection the caller holds (a move sets fences inside its pause).
+pub async fn set_home_on(client: &mut tokio_postgres::Client, tenant: Uuid, at_home: bool) -> Result<(), DbError> {
+    if tenant.is_nil() {
+        return Err(DbError::Migration("the nil tenant id is reserved for the fence's default".into()));
+    }
+    let tx = crate::OwnerTx::begin(client).await?;
     tx.query(
         "INSERT INTO tenant_homes (tenant_id, at_home) VALUES ($1, $2)
          ON CONFLICT (tenant_id) DO UPDATE SET at_home = EXCLUDED.at_home, changed_at = now()",

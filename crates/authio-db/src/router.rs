@@ -267,16 +267,24 @@ impl Router {
 
     /// Open a scoped transaction on the scope's home.
     pub async fn begin(&self, scope: &Scope) -> Result<ScopedTx, DbError> {
+        self.following_moves(scope, || async move {
+            let pool = self.target_for_or_err(scope).await?.0.pool;
+            let client = self.checkout(&pool, scope).await?;
+            ScopedTx::open(client, *scope, Fence::Check).await
+        })
+        .await
+    }
+
+    /// Run `attempt` at the scope's home; when the database there says "not at home", wait for
+    /// the new route (see [`Router::await_new_route`]) and run it again there.
+    async fn following_moves<T, Fut>(&self, scope: &Scope, mut attempt: impl FnMut() -> Fut) -> Result<T, DbError>
+    where
+        Fut: std::future::Future<Output = Result<T, DbError>>,
+    {
         let deadline = Instant::now() + self.inner.settings.cutover_wait;
         loop {
             let epoch = self.route(scope.tenant_id).await?.epoch;
-            let attempt = async {
-                let pool = self.target_for_or_err(scope).await?.0.pool;
-                let client = self.checkout(&pool, scope).await?;
-                ScopedTx::open(client, *scope, Fence::Check).await
-            }
-            .await;
-            match attempt {
+            match attempt().await {
                 Err(DbError::Router(RouterError::NotAtHome(_))) => self.await_new_route(scope, epoch, deadline).await?,
                 other => return other,
             }
@@ -319,15 +327,11 @@ impl Router {
     /// reads nothing, so an empty result is the one case where a stale route could hide, and
     /// asking on every read would cost a function call per request.
     pub async fn read(&self, scope: &Scope, sql: &str, params: &[Param<'_>]) -> Result<Vec<PgRow>, DbError> {
-        let deadline = Instant::now() + self.inner.settings.cutover_wait;
-        loop {
-            let epoch = self.route(scope.tenant_id).await?.epoch;
+        self.following_moves(scope, || async move {
             let (target, _) = self.target_for_or_err(scope).await?;
-            match self.read_on(&target.reads, scope, sql, params).await.map_err(|e| self.classify(scope, e)) {
-                Err(DbError::Router(RouterError::NotAtHome(_))) => self.await_new_route(scope, epoch, deadline).await?,
-                other => return other,
-            }
-        }
+            self.read_on(&target.reads, scope, sql, params).await.map_err(|e| self.classify(scope, e))
+        })
+        .await
     }
 
     /// Control-plane change notifications for node caches (see [`CacheEvent`]). A receiver
@@ -356,14 +360,7 @@ impl Router {
     /// stale route or a cutover under way waits for the new route and tries again there.
     /// Returns the rows of the last statement.
     pub async fn write(&self, scope: &Scope, statements: &[(&str, &[Param<'_>])]) -> Result<Vec<PgRow>, DbError> {
-        let deadline = Instant::now() + self.inner.settings.cutover_wait;
-        loop {
-            let epoch = self.route(scope.tenant_id).await?.epoch;
-            match self.write_once(scope, statements).await {
-                Err(DbError::Router(RouterError::NotAtHome(_))) => self.await_new_route(scope, epoch, deadline).await?,
-                other => return other,
-            }
-        }
+        self.following_moves(scope, || self.write_once(scope, statements)).await
     }
 
     async fn write_once(&self, scope: &Scope, statements: &[(&str, &[Param<'_>])]) -> Result<Vec<PgRow>, DbError> {

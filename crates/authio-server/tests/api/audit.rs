@@ -179,13 +179,7 @@ async fn the_log_is_append_only_and_tampering_is_named_by_verify() {
     let s = seed_tenant(&app.shared, "tamper", TenantKind::Customer, Plan::Pro).await;
     settle(&app, &s).await;
     for email in ["a@t.test", "b@t.test", "c@t.test", "d@t.test"] {
-        let (st, _) = post_json(
-            &app,
-            "/v1/auth/signup",
-            json!({"project_id": s.project.id, "email": email, "password": PASSWORD}),
-        )
-        .await;
-        assert_eq!(st, StatusCode::CREATED);
+        crate::identity::sign_up(&app, s.project.id, email).await;
     }
     // As authio_app, inside the tenant's own scope: no update, no delete, no truncate.
     let app_client = authio_db::pool::connect(&app.shared.app_url, "audit-test").await.unwrap();
@@ -232,8 +226,7 @@ async fn the_log_is_append_only_and_tampering_is_named_by_verify() {
     let s2 = seed_tenant(&app.shared, "tamper-two", TenantKind::Customer, Plan::Pro).await;
     settle(&app, &s2).await;
     for email in ["a@t.test", "b@t.test", "c@t.test"] {
-        post_json(&app, "/v1/auth/signup", json!({"project_id": s2.project.id, "email": email, "password": PASSWORD}))
-            .await;
+        crate::identity::sign_up(&app, s2.project.id, email).await;
     }
     assert_eq!(app.control.verify_audit(&s2.tenant, None).await.unwrap()[0].first_broken, None);
     admin
@@ -367,13 +360,7 @@ async fn purge_keeps_retention_and_a_sealed_checkpoint_so_the_rest_still_verifie
     let s = seed_tenant(&app.shared, "purgy", TenantKind::Customer, Plan::Pro).await;
     settle(&app, &s).await;
     for email in ["a@p.test", "b@p.test", "c@p.test", "d@p.test"] {
-        let (st, _) = post_json(
-            &app,
-            "/v1/auth/signup",
-            json!({"project_id": s.project.id, "email": email, "password": PASSWORD}),
-        )
-        .await;
-        assert_eq!(st, StatusCode::CREATED);
+        crate::identity::sign_up(&app, s.project.id, email).await;
     }
     let key = test_master_key();
     // Nothing is past the Pro plan's 90 days yet.
@@ -631,13 +618,7 @@ async fn a_chain_rewritten_consistently_is_caught_by_its_sealed_anchor() {
     let s = seed_tenant(&app.shared, "rewritten", TenantKind::Customer, Plan::Pro).await;
     settle(&app, &s).await;
     for email in ["a@r.test", "b@r.test", "c@r.test"] {
-        let (st, _) = post_json(
-            &app,
-            "/v1/auth/signup",
-            json!({"project_id": s.project.id, "email": email, "password": PASSWORD}),
-        )
-        .await;
-        assert_eq!(st, StatusCode::CREATED);
+        crate::identity::sign_up(&app, s.project.id, email).await;
     }
     let key = test_master_key();
     assert_eq!(app.control.anchor_audit(&s.tenant, &key).await.unwrap(), 1);

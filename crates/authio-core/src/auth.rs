@@ -40,6 +40,15 @@ pub struct Limits {
     /// Failed client authentications per IP per window at the token endpoint.
     pub client_failures_per_ip: i32,
     pub client_ip_window_secs: i32,
+    /// Checks of one-time links, codes, sign-in codes and upstream callbacks per IP per window.
+    pub verify_per_ip: i32,
+    pub verify_ip_window_secs: i32,
+    /// Emails (links, codes, resets) asked for per IP per window ...
+    pub sends_per_ip: i32,
+    pub send_ip_window_secs: i32,
+    /// ... and per recipient (project and address, known or not) per window.
+    pub sends_per_email: i32,
+    pub send_email_window_secs: i32,
 }
 
 impl Default for Limits {
@@ -53,6 +62,12 @@ impl Default for Limits {
             signup_ip_window_secs: 3600,
             client_failures_per_ip: 30,
             client_ip_window_secs: 300,
+            verify_per_ip: 60,
+            verify_ip_window_secs: 60,
+            sends_per_ip: 30,
+            send_ip_window_secs: 600,
+            sends_per_email: 5,
+            send_email_window_secs: 900,
         }
     }
 }
@@ -68,6 +83,24 @@ pub struct IdentitySettings {
     /// Keep M2M client and API-key records in the node (invalidated by NOTIFY). Off: one
     /// database lookup per request that presents one.
     pub credential_cache: bool,
+    /// Lifetimes and attempts of one-time tokens.
+    pub one_time: crate::signin::OneTimeSettings,
+    /// Let upstream providers be reached over plain http (development and tests only).
+    pub allow_http_upstreams: bool,
+}
+
+/// A password that checked out, and what the sign-in needs next.
+struct PasswordChecked {
+    profile: Arc<ProjectProfile>,
+    scope: Scope,
+    user_id: Uuid,
+    role: Option<String>,
+    /// A new hash when the stored one used old parameters.
+    rehash: Option<String>,
+    /// The account's throttle key (reset on success).
+    account: String,
+    email: Email,
+    now: DateTime<Utc>,
 }
 
 /// Tokens handed to a signed-in user.
@@ -131,15 +164,21 @@ pub struct Caller {
 
 #[derive(Clone)]
 pub struct Identity {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    router: Router,
-    clock: Arc<dyn Clock>,
-    passwords: Passwords,
-    keys: KeyService,
-    settings: IdentitySettings,
+pub(crate) struct Inner {
+    pub(crate) router: Router,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) passwords: Passwords,
+    pub(crate) keys: KeyService,
+    pub(crate) settings: IdentitySettings,
+    /// Seals outbox mail, upstream secrets and PKCE verifiers; keys the email-code MACs.
+    pub(crate) master_key: authio_db::MasterKey,
+    /// Calls upstream providers (no redirects followed, bounded time).
+    pub(crate) http: reqwest::Client,
+    pub(crate) upstream_keys: crate::upstream::JwksCache,
+    pub(crate) presentations: NodeCache<crate::signin::Presentation>,
     profiles: NodeCache<ProjectProfile>,
     clients: NodeCache<M2mClientRecord>,
     api_keys: NodeCache<ApiKeyRecord>,
@@ -151,7 +190,7 @@ struct Inner {
 }
 
 /// A node's copy of credential records by their public id, dropped on NOTIFY and after a TTL.
-struct NodeCache<V> {
+pub(crate) struct NodeCache<V> {
     entries: RwLock<HashMap<String, (Instant, Arc<V>)>>,
     /// Bumped on every change notified; a lookup that raced one is not cached.
     generation: AtomicU64,
@@ -165,18 +204,18 @@ impl<V> NodeCache<V> {
         NodeCache { entries: RwLock::new(HashMap::new()), generation: AtomicU64::new(0) }
     }
 
-    fn get(&self, key: &str, ttl: StdDuration) -> Option<Arc<V>> {
+    pub(crate) fn get(&self, key: &str, ttl: StdDuration) -> Option<Arc<V>> {
         let entries = self.entries.read().ok()?;
         entries.get(key).filter(|(at, _)| at.elapsed() < ttl).map(|(_, v)| v.clone())
     }
 
-    fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
     }
 
     /// Keep `value` unless a change was notified since `generation` was read. The check and
     /// the insert happen under the lock that `forget` takes to bump the generation.
-    fn put(&self, key: &str, value: Arc<V>, generation: u64) {
+    pub(crate) fn put(&self, key: &str, value: Arc<V>, generation: u64) {
         if let Ok(mut e) = self.entries.write() {
             if self.generation() != generation {
                 return;
@@ -201,7 +240,7 @@ impl<V> NodeCache<V> {
     }
 }
 
-fn policy(p: &ProjectProfile) -> SessionPolicy {
+pub(crate) fn policy(p: &ProjectProfile) -> SessionPolicy {
     SessionPolicy {
         idle: Duration::seconds(p.session_idle_timeout_secs.into()),
         absolute: Duration::seconds(p.session_absolute_timeout_secs.into()),
@@ -209,13 +248,13 @@ fn policy(p: &ProjectProfile) -> SessionPolicy {
     }
 }
 
-fn scope_of(p: &ProjectProfile) -> Scope {
+pub(crate) fn scope_of(p: &ProjectProfile) -> Scope {
     Scope::project(p.tenant_id, p.project_id, p.tenant_kind)
 }
 
 /// The key an address is counted under: an IPv4 address, or an IPv6 address's /64 (one host
 /// commonly holds a whole /64).
-fn ip_key(ip: IpAddr) -> String {
+pub(crate) fn ip_key(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -228,7 +267,7 @@ fn ip_key(ip: IpAddr) -> String {
     }
 }
 
-fn retry_after(window_ends: DateTime<Utc>, now: DateTime<Utc>) -> u32 {
+pub(crate) fn retry_after(window_ends: DateTime<Utc>, now: DateTime<Utc>) -> u32 {
     u32::try_from((window_ends - now).num_seconds().max(1)).unwrap_or(u32::MAX)
 }
 
@@ -238,8 +277,14 @@ impl Identity {
         clock: Arc<dyn Clock>,
         passwords: Passwords,
         keys: KeyService,
+        master_key: authio_db::MasterKey,
         settings: IdentitySettings,
-    ) -> Self {
+    ) -> Result<Self, CoreError> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(StdDuration::from_secs(10))
+            .build()
+            .map_err(|e| CoreError::Config(format!("http client: {e}")))?;
         let events = router.cache_events();
         let issued = Arc::new(crate::issuance_log::IssuanceLog::default());
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -252,6 +297,10 @@ impl Identity {
                 passwords,
                 keys,
                 settings,
+                master_key,
+                http,
+                upstream_keys: Default::default(),
+                presentations: NodeCache::new(),
                 profiles: NodeCache::new(),
                 clients: NodeCache::new(),
                 api_keys: NodeCache::new(),
@@ -262,7 +311,7 @@ impl Identity {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(follow_cache_events(Arc::downgrade(&identity.inner), events));
         }
-        identity
+        Ok(identity)
     }
 
     /// Drop what this node caches for a changed row (or everything).
@@ -272,6 +321,7 @@ impl Identity {
                 self.inner.clients.forget(None);
                 self.inner.api_keys.forget(None);
                 self.inner.profiles.forget(None);
+                self.inner.presentations.forget(None);
                 self.inner.keys.invalidate_all();
             }
             CacheEvent::Changed { kind, key } => match kind.as_str() {
@@ -413,7 +463,7 @@ impl Identity {
         tokens::issuer(&self.inner.settings.public_url, project)
     }
 
-    fn now(&self) -> DateTime<Utc> {
+    pub(crate) fn now(&self) -> DateTime<Utc> {
         self.inner.clock.now()
     }
 
@@ -434,15 +484,7 @@ impl Identity {
     /// Forget a project's cached profile on this node (after changing its settings here).
     pub fn forget_profile(&self, project: Uuid) {
         self.inner.profiles.forget(Some(&project.to_string()));
-    }
-
-    async fn limit(&self, bucket: &str, key: &str, limit: i32, window: i32) -> Result<(), CoreError> {
-        let now = self.now();
-        let w = preresolve::rate_hit(&self.inner.router, bucket, key, window, now).await?;
-        if w.hits > limit {
-            return Err(CoreError::RateLimited { retry_after: retry_after(w.window_ends, now) });
-        }
-        Ok(())
+        self.inner.presentations.forget(Some(&project.to_string()));
     }
 
     /// Create a user with a password and sign them in.
@@ -518,6 +560,87 @@ impl Identity {
         client: &ClientInfo,
         ip: Option<IpAddr>,
     ) -> Result<UserTokens, CoreError> {
+        let checked = self.check_password(project, email, password, client, ip).await?;
+        let PasswordChecked { profile, scope, user_id, role, rehash, account, email, now } = checked;
+        // Keys first: no session is written unless a token can be signed for it.
+        let keys = self.inner.keys.keyset(&profile).await?;
+        let reset = preresolve::rate_reset(&self.inner.router, "signin:account", &account);
+        let session = NewSession::new(&scope, user_id, &["pwd"], client, &policy(&profile), now)?;
+        let event = audit::EventRow::new(
+            &scope,
+            audit::Event {
+                action: "user.signed_in",
+                actor: audit::Actor::user(user_id, Some(email.as_str())),
+                target: Some(("user", user_id.to_string())),
+                client,
+                metadata: serde_json::json!({"session_id": session.id, "amr": ["pwd"], "rehashed": rehash.is_some()}),
+            },
+            now,
+        )?;
+        match &rehash {
+            // The common case: the session and its event, in one pipelined round trip (beside
+            // the reset of the account's count, on the shared database).
+            None => {
+                let (session_params, event_params) = (session.params(), event.params());
+                let statements = [(sessions::START_SQL, &session_params[..]), (audit::INSERT_SQL, &event_params[..])];
+                let write = self.inner.router.write(&scope, &statements);
+                let (written, reset) = futures_util::join!(write, reset);
+                reset?;
+                written?;
+            }
+            Some(h) => {
+                reset.await?;
+                let tx = self.inner.router.begin(&scope).await?;
+                tx.query(
+                    "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1",
+                    &[(&user_id, Type::UUID), (h, Type::TEXT), (&now, Type::TIMESTAMPTZ)],
+                )
+                .await?;
+                session.write_in(&tx).await?;
+                tx.query(audit::INSERT_SQL, &event.params()).await?;
+                tx.commit().await?;
+            }
+        }
+        self.user_tokens(&keys, &profile, user_id, session.id, &["pwd".to_owned()], role, session.refresh_token)
+    }
+
+    /// A password sign-in that hands over a user rather than a session (the hosted pages:
+    /// the session starts when the app exchanges its sign-in code).
+    pub async fn password_user(
+        &self,
+        project: Uuid,
+        email: &str,
+        password: &str,
+        client: &ClientInfo,
+        ip: Option<IpAddr>,
+    ) -> Result<(Scope, crate::signin::SignedInUser), CoreError> {
+        let c = self.check_password(project, email, password, client, ip).await?;
+        preresolve::rate_reset(&self.inner.router, "signin:account", &c.account).await?;
+        if let Some(h) = &c.rehash {
+            self.inner
+                .router
+                .write(
+                    &c.scope,
+                    &[(
+                        "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1",
+                        &[(&c.user_id, Type::UUID), (h, Type::TEXT), (&c.now, Type::TIMESTAMPTZ)],
+                    )],
+                )
+                .await?;
+        }
+        Ok((c.scope, crate::signin::SignedInUser { user_id: c.user_id, role: c.role, created: false }))
+    }
+
+    /// Check an email and password, with the throttles and the failure's audit event; writes
+    /// nothing on success (the caller starts the session and resets the account's count).
+    async fn check_password(
+        &self,
+        project: Uuid,
+        email: &str,
+        password: &str,
+        client: &ClientInfo,
+        ip: Option<IpAddr>,
+    ) -> Result<PasswordChecked, CoreError> {
         let email = Email::parse(email)?;
         if password.len() > 4096 {
             return Err(CoreError::InvalidCredentials);
@@ -598,46 +721,7 @@ impl Identity {
         } else {
             None
         };
-        // Keys first: no session is written unless a token can be signed for it.
-        let keys = self.inner.keys.keyset(&profile).await?;
-        let reset = preresolve::rate_reset(&self.inner.router, "signin:account", &account);
-        let session = NewSession::new(&scope, user_id, &["pwd"], client, &policy(&profile), now)?;
-        let event = audit::EventRow::new(
-            &scope,
-            audit::Event {
-                action: "user.signed_in",
-                actor: audit::Actor::user(user_id, Some(email.as_str())),
-                target: Some(("user", user_id.to_string())),
-                client,
-                metadata: serde_json::json!({"session_id": session.id, "amr": ["pwd"], "rehashed": rehash.is_some()}),
-            },
-            now,
-        )?;
-        match &rehash {
-            // The common case: the session and its event, in one pipelined round trip (beside
-            // the reset of the account's count, on the shared database).
-            None => {
-                let (session_params, event_params) = (session.params(), event.params());
-                let statements = [(sessions::START_SQL, &session_params[..]), (audit::INSERT_SQL, &event_params[..])];
-                let write = self.inner.router.write(&scope, &statements);
-                let (written, reset) = futures_util::join!(write, reset);
-                reset?;
-                written?;
-            }
-            Some(h) => {
-                reset.await?;
-                let tx = self.inner.router.begin(&scope).await?;
-                tx.query(
-                    "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1",
-                    &[(&user_id, Type::UUID), (h, Type::TEXT), (&now, Type::TIMESTAMPTZ)],
-                )
-                .await?;
-                session.write_in(&tx).await?;
-                tx.query(audit::INSERT_SQL, &event.params()).await?;
-                tx.commit().await?;
-            }
-        }
-        self.user_tokens(&keys, &profile, user_id, session.id, &["pwd".to_owned()], role, session.refresh_token)
+        Ok(PasswordChecked { profile, scope, user_id, role, rehash, account, email, now })
     }
 
     /// Rotate a refresh token (`grant_type=refresh_token`).
@@ -664,7 +748,7 @@ impl Identity {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn user_tokens(
+    pub(crate) fn user_tokens(
         &self,
         keys: &KeySet,
         profile: &ProjectProfile,

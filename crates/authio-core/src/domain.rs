@@ -138,6 +138,115 @@ impl DisplayName {
 }
 
 /// The project a project-level operation acts on: a tenant-level scope has none.
+fn is_loopback_host(host: &str) -> bool {
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+}
+
+/// A redirect URI as registered: absolute `https` (or `http` on a loopback host), no
+/// fragment, no wildcard, at most 2048 characters. Compared as exact strings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RedirectUri(String);
+
+impl RedirectUri {
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        let bad = ValidationError::Field("redirect_uri (absolute https URL, or http on localhost; no fragment or *)");
+        if raw.len() > 2048 || raw.contains('*') || raw.contains('#') || raw.trim() != raw {
+            return Err(bad);
+        }
+        let url = url::Url::parse(raw).map_err(|_| bad.clone())?;
+        let host = url.host_str().ok_or(bad.clone())?.to_owned();
+        let ok = match url.scheme() {
+            "https" => true,
+            "http" => is_loopback_host(&host),
+            _ => false,
+        };
+        // The parsed form must be what was given: no normalisation hides a mismatch later.
+        if !ok || url.as_str() != raw && format!("{raw}/") != url.as_str() || !url.username().is_empty() {
+            return Err(bad);
+        }
+        Ok(RedirectUri(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `self` (a URI a request presents) is one of `registered`: exact string match;
+    /// in development projects a loopback `http` URI matches whatever its port (RFC 8252 7.3:
+    /// native apps listen on an ephemeral port).
+    pub fn is_registered(&self, registered: &[String], development: bool) -> bool {
+        if registered.iter().any(|r| r == &self.0) {
+            return true;
+        }
+        if !development {
+            return false;
+        }
+        let Some(mine) = url::Url::parse(&self.0).ok().filter(|u| u.scheme() == "http") else { return false };
+        let strip = |u: &url::Url| {
+            let mut u = u.clone();
+            let _ = u.set_port(None);
+            u.to_string()
+        };
+        registered
+            .iter()
+            .filter_map(|r| url::Url::parse(r).ok())
+            .any(|r| r.scheme() == "http" && r.host_str().is_some_and(is_loopback_host) && strip(&r) == strip(&mine))
+    }
+}
+
+/// A web origin (`scheme://host[:port]`), as browsers send it in `Origin`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WebOrigin(String);
+
+impl WebOrigin {
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        let bad = ValidationError::Field("origin (scheme://host[:port], https or http on localhost, no path)");
+        let url = url::Url::parse(raw).map_err(|_| bad.clone())?;
+        let host = url.host_str().ok_or(bad.clone())?;
+        let ok = match url.scheme() {
+            "https" => true,
+            "http" => is_loopback_host(host),
+            _ => false,
+        };
+        let origin = url.origin().ascii_serialization();
+        if !ok || origin != raw || raw.contains('*') {
+            return Err(bad);
+        }
+        Ok(WebOrigin(origin))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A host name a project may answer on (lower-case, dot-separated labels, no port).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DomainName(String);
+
+impl DomainName {
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        let s = raw.trim().trim_end_matches('.').to_ascii_lowercase();
+        let labels: Vec<&str> = s.split('.').collect();
+        let label_ok = |l: &&str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
+        if s.len() > 253 || labels.len() < 2 || !labels.iter().all(label_ok) || s.parse::<std::net::Ipv4Addr>().is_ok()
+        {
+            return Err(ValidationError::Field("domain (a host name such as login.example.com)"));
+        }
+        Ok(DomainName(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 pub(crate) fn project_of(scope: &authio_db::Scope) -> Result<uuid::Uuid, crate::CoreError> {
     scope.project_id.ok_or(crate::CoreError::NotFound("project"))
 }
@@ -146,6 +255,51 @@ pub(crate) fn project_of(scope: &authio_db::Scope) -> Result<uuid::Uuid, crate::
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirect_uris_are_exact_https_or_loopback() {
+        for ok in [
+            "https://app.example.com/cb",
+            "https://app.example.com/cb?x=1",
+            "http://localhost:3000/cb",
+            "http://127.0.0.1/cb",
+        ] {
+            assert!(RedirectUri::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://app.example.com/cb",
+            "https://*.example.com/cb",
+            "https://app.example.com/cb#frag",
+            "javascript:alert(1)",
+            "https://user@app.example.com/cb",
+            "/relative",
+            " https://app.example.com/cb",
+            "https://APP.example.com/cb",
+        ] {
+            assert!(RedirectUri::parse(bad).is_err(), "{bad}");
+        }
+        let reg = vec!["https://app.example.com/cb".to_owned(), "http://localhost:3000/cb".to_owned()];
+        let u = |s: &str| RedirectUri::parse(s).unwrap();
+        assert!(u("https://app.example.com/cb").is_registered(&reg, false));
+        assert!(!u("https://app.example.com/cb/").is_registered(&reg, false));
+        assert!(!u("https://app.example.com/cb?x=1").is_registered(&reg, false));
+        assert!(!u("http://localhost:4000/cb").is_registered(&reg, false));
+        assert!(u("http://localhost:4000/cb").is_registered(&reg, true));
+        assert!(!u("http://localhost:4000/other").is_registered(&reg, true));
+    }
+
+    #[test]
+    fn origins_and_domains_are_normalised_or_refused() {
+        assert_eq!(WebOrigin::parse("https://app.example.com").unwrap().as_str(), "https://app.example.com");
+        assert!(WebOrigin::parse("http://localhost:5173").is_ok());
+        for bad in ["https://app.example.com/", "https://app.example.com/x", "http://app.example.com", "*", "null"] {
+            assert!(WebOrigin::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(DomainName::parse("Login.Example.com.").unwrap().as_str(), "login.example.com");
+        for bad in ["localhost", "a..b", "-a.com", "1.2.3.4", "a_b.com", "host.com:443"] {
+            assert!(DomainName::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn email_normalises_and_validates() {

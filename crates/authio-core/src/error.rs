@@ -45,6 +45,21 @@ pub enum CoreError {
     /// Every hashing slot is taken for longer than the configured wait.
     #[error("busy; retry shortly")]
     Busy,
+    /// A redirect URI that is malformed or not registered for the project.
+    #[error("the redirect URI is not registered for this project")]
+    InvalidRedirectUri,
+    /// An email code challenge that had its allowed attempts.
+    #[error("too many wrong codes: ask for a new one")]
+    ChallengeLocked,
+    /// An upstream provider (or DNS) could not be reached or answered nonsense.
+    #[error("upstream provider error: {0}")]
+    Upstream(String),
+    /// An upstream sign-in that must not complete (state, nonce, signature, unverified email).
+    #[error("{0}")]
+    UpstreamRefused(&'static str),
+    /// The domain's TXT record was not found: (record name, expected value).
+    #[error("TXT record {0} with value {1} not found")]
+    DomainNotVerified(String, String),
     #[error("configuration or internal error: {0}")]
     Config(String),
     #[error(transparent)]

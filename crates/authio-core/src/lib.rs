@@ -14,11 +14,15 @@ mod error;
 pub mod issuance_log;
 pub mod keys;
 pub mod m2m;
+pub mod mail;
 pub mod moves;
 pub mod passwords;
+pub mod project_config;
 pub mod projects;
 pub mod sessions;
+pub mod signin;
 pub mod tokens;
+pub mod upstream;
 pub mod users;
 
 pub use clock::{Clock, FixedClock, SystemClock};

@@ -34,6 +34,7 @@ pub struct HomeTable {
 }
 
 pub const HOME_TABLES: &[HomeTable] = &[
+    HomeTable { name: "user_identities", key: "tenant_id, id" },
     HomeTable { name: "refresh_tokens", key: "tenant_id, token_hash" },
     HomeTable { name: "revoked_access_tokens", key: "tenant_id, jti" },
     HomeTable { name: "sessions", key: "tenant_id, id" },

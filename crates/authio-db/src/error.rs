@@ -31,7 +31,7 @@ pub enum RouterError {
 pub enum DbError {
     #[error(transparent)]
     Router(#[from] RouterError),
-    #[error("database error: {0}")]
+    #[error("database error: {}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("connection pool error: {0}")]
     Pool(String),
@@ -67,5 +67,13 @@ impl DbError {
 impl From<deadpool_postgres::PoolError> for DbError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         DbError::Pool(e.to_string())
+    }
+}
+
+/// tokio-postgres shows a server error as "db error": say what the server said.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} ({}): {}", d.severity(), d.code().code(), d.message()),
+        None => e.to_string(),
     }
 }

@@ -15,6 +15,11 @@
 //! | `resolve_m2m_client` | client id  | `/v1/auth/token` resolves the project from the client id |
 //! | `audit_outbox_take`, `audit_outbox_done` | (the relay) | events about pinned rows wait on shared until delivered to the tenant's home |
 //! | `rate_hit`, `rate_hit_both`, `rate_reset`, `rate_gc` | bucket and key | counters run before the home is known and hold across nodes |
+//! | `project_presentation` | project id | the control plane (projects): hosted pages and emails name a project |
+//! | `project_redirect_uris`, `origin_allowed`, `origin_known` | project id, origin | they say which project owns an origin; a CORS preflight names no project |
+//! | `resolve_domain` | host | host -> project resolution comes first |
+//! | `email_link_use`, `email_link_live`, `email_code_attempt`, `email_code_use`, `oauth_state_use`, `signin_code_use`, `one_time_gc` | token hash or challenge id | one-time tokens: the token is the only context |
+//! | `mail_take`, `mail_sent`, `mail_failed` | (the mail sender) | the outbox is written with the one-time token it carries |
 use chrono::{DateTime, Utc};
 use tokio_postgres::types::Type;
 use uuid::Uuid;
@@ -258,5 +263,149 @@ pub async fn rate_reset(router: &Router, bucket: &str, key: &str) -> Result<(), 
 /// Drop counters whose window ended over a day ago; returns how many.
 pub async fn rate_gc(router: &Router, now: DateTime<Utc>) -> Result<i32, DbError> {
     let rows = router.read_shared_unscoped("SELECT authio_rate_gc($1)", &[(&now, Type::TIMESTAMPTZ)]).await?;
+    rows.first().map(|r| r.try_get(0)).transpose().map(|v| v.unwrap_or(0))
+}
+
+/// The rows of a pre-resolution function, for the core layer to decode. Each call names one
+/// of the narrow functions of migration 0011 and the one key it resolves from.
+async fn call(router: &Router, sql: &str, params: &[crate::Param<'_>]) -> Result<Vec<crate::PgRow>, DbError> {
+    router.read_shared_unscoped(sql, params).await
+}
+
+/// tenant_id, name, display_name, logo_url, brand_color, email_sender_name, signin_methods, environment
+pub async fn project_presentation(router: &Router, project: Uuid) -> Result<Option<crate::PgRow>, DbError> {
+    let sql = "SELECT tenant_id, name, display_name, logo_url, brand_color, email_sender_name, signin_methods, \
+               environment FROM authio_project_presentation($1)";
+    Ok(call(router, sql, &[(&project, Type::UUID)]).await?.into_iter().next())
+}
+
+pub async fn project_redirect_uris(router: &Router, project: Uuid) -> Result<Vec<String>, DbError> {
+    let rows = call(router, "SELECT authio_project_redirect_uris($1)", &[(&project, Type::UUID)]).await?;
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+}
+
+pub async fn origin_allowed(router: &Router, project: Uuid, origin: &str) -> Result<bool, DbError> {
+    let rows =
+        call(router, "SELECT authio_origin_allowed($1, $2)", &[(&project, Type::UUID), (&origin, Type::TEXT)]).await?;
+    Ok(rows.first().map(|r| r.try_get(0)).transpose()?.unwrap_or(false))
+}
+
+pub async fn origin_known(router: &Router, origin: &str) -> Result<bool, DbError> {
+    let rows = call(router, "SELECT authio_origin_known($1)", &[(&origin, Type::TEXT)]).await?;
+    Ok(rows.first().map(|r| r.try_get(0)).transpose()?.unwrap_or(false))
+}
+
+/// A verified custom domain's (tenant, project).
+pub async fn resolve_domain(router: &Router, host: &str) -> Result<Option<(Uuid, Uuid)>, DbError> {
+    let rows =
+        call(router, "SELECT tenant_id, project_id FROM authio_resolve_domain($1)", &[(&host, Type::TEXT)]).await?;
+    rows.first().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+}
+
+/// Use an email link: tenant_id, project_id, email, redirect_uri, app_state, code_challenge.
+pub async fn email_link_use(
+    router: &Router,
+    hash: &[u8],
+    purpose: &str,
+    binding: Option<&[u8]>,
+    now: DateTime<Utc>,
+) -> Result<Option<crate::PgRow>, DbError> {
+    let sql = "SELECT tenant_id, project_id, email, redirect_uri, app_state, code_challenge \
+               FROM authio_email_link_use($1, $2, $3, $4)";
+    let params: [crate::Param<'_>; 4] =
+        [(&hash, Type::BYTEA), (&purpose, Type::TEXT), (&binding, Type::BYTEA), (&now, Type::TIMESTAMPTZ)];
+    Ok(call(router, sql, &params).await?.into_iter().next())
+}
+
+/// Whether an email link is live: its project and email.
+pub async fn email_link_live(
+    router: &Router,
+    hash: &[u8],
+    purpose: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<(Uuid, String)>, DbError> {
+    let sql = "SELECT project_id, email FROM authio_email_link_live($1, $2, $3)";
+    let rows = call(router, sql, &[(&hash, Type::BYTEA), (&purpose, Type::TEXT), (&now, Type::TIMESTAMPTZ)]).await?;
+    rows.first().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+}
+
+/// Count an attempt at an email code: status, tenant_id, project_id, email, code_mac,
+/// redirect_uri, app_state, code_challenge.
+pub async fn email_code_attempt(
+    router: &Router,
+    id: Uuid,
+    max: i32,
+    now: DateTime<Utc>,
+) -> Result<Option<crate::PgRow>, DbError> {
+    let sql = "SELECT status, tenant_id, project_id, email, code_mac, redirect_uri, app_state, code_challenge \
+               FROM authio_email_code_attempt($1, $2, $3)";
+    Ok(call(router, sql, &[(&id, Type::UUID), (&max, Type::INT4), (&now, Type::TIMESTAMPTZ)]).await?.into_iter().next())
+}
+
+pub async fn email_code_use(router: &Router, id: Uuid, now: DateTime<Utc>) -> Result<bool, DbError> {
+    let rows =
+        call(router, "SELECT authio_email_code_use($1, $2)", &[(&id, Type::UUID), (&now, Type::TIMESTAMPTZ)]).await?;
+    Ok(rows.first().map(|r| r.try_get(0)).transpose()?.unwrap_or(false))
+}
+
+/// Use an upstream state: tenant_id, project_id, connection_id, nonce, pkce_verifier_enc,
+/// browser_binding, redirect_uri, app_state, code_challenge.
+pub async fn oauth_state_use(
+    router: &Router,
+    hash: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Option<crate::PgRow>, DbError> {
+    let sql = "SELECT tenant_id, project_id, connection_id, nonce, pkce_verifier_enc, browser_binding, redirect_uri, \
+               app_state, code_challenge FROM authio_oauth_state_use($1, $2)";
+    Ok(call(router, sql, &[(&hash, Type::BYTEA), (&now, Type::TIMESTAMPTZ)]).await?.into_iter().next())
+}
+
+/// Use a sign-in code: tenant_id, project_id, user_id, amr, redirect_uri, code_challenge.
+pub async fn signin_code_use(
+    router: &Router,
+    hash: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Option<crate::PgRow>, DbError> {
+    let sql =
+        "SELECT tenant_id, project_id, user_id, amr, redirect_uri, code_challenge FROM authio_signin_code_use($1, $2)";
+    Ok(call(router, sql, &[(&hash, Type::BYTEA), (&now, Type::TIMESTAMPTZ)]).await?.into_iter().next())
+}
+
+/// Take due outbox mail under a lease: id, message_enc, attempts.
+pub async fn mail_take(
+    router: &Router,
+    limit: i32,
+    now: DateTime<Utc>,
+    lease_secs: i32,
+) -> Result<Vec<crate::PgRow>, DbError> {
+    let sql = "SELECT id, message_enc, attempts FROM authio_mail_take($1, $2, $3)";
+    call(router, sql, &[(&limit, Type::INT4), (&now, Type::TIMESTAMPTZ), (&lease_secs, Type::INT4)]).await
+}
+
+pub async fn mail_sent(router: &Router, id: Uuid) -> Result<(), DbError> {
+    call(router, "SELECT authio_mail_sent($1)", &[(&id, Type::UUID)]).await.map(|_| ())
+}
+
+pub async fn mail_failed(
+    router: &Router,
+    id: Uuid,
+    error: &str,
+    next: DateTime<Utc>,
+    give_up: bool,
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    let params: [crate::Param<'_>; 5] = [
+        (&id, Type::UUID),
+        (&error, Type::TEXT),
+        (&next, Type::TIMESTAMPTZ),
+        (&give_up, Type::BOOL),
+        (&now, Type::TIMESTAMPTZ),
+    ];
+    call(router, "SELECT authio_mail_failed($1, $2, $3, $4, $5)", &params).await.map(|_| ())
+}
+
+/// Drop one-time tokens a day past their end; returns how many.
+pub async fn one_time_gc(router: &Router, now: DateTime<Utc>) -> Result<i32, DbError> {
+    let rows = call(router, "SELECT authio_one_time_gc($1)", &[(&now, Type::TIMESTAMPTZ)]).await?;
     rows.first().map(|r| r.try_get(0)).transpose().map(|v| v.unwrap_or(0))
 }

@@ -4,7 +4,9 @@ use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use hmac::{Hmac, Mac};
 use rand::RngCore;
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -18,7 +20,7 @@ pub enum SecretBoxError {
 }
 
 #[derive(Clone)]
-pub struct MasterKey(Aes256Gcm);
+pub struct MasterKey(Aes256Gcm, [u8; 32]);
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -32,7 +34,20 @@ impl MasterKey {
         if bytes.len() != 32 {
             return Err(SecretBoxError::BadKey);
         }
-        Aes256Gcm::new_from_slice(&bytes).map(MasterKey).map_err(|_| SecretBoxError::BadKey)
+        // A separate key for MACs, derived so that it never doubles as the encryption key.
+        let mac_key: [u8; 32] =
+            Sha256::new().chain_update(b"authio mac key v1\0").chain_update(&bytes).finalize().into();
+        Aes256Gcm::new_from_slice(&bytes).map(|k| MasterKey(k, mac_key)).map_err(|_| SecretBoxError::BadKey)
+    }
+
+    /// HMAC-SHA256 under a key derived from the master key, for values too short to store as
+    /// a plain hash (six-digit codes): the label separates uses.
+    pub fn mac(&self, label: &str, data: &[u8]) -> [u8; 32] {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.1).unwrap_or_else(|_| unreachable!("any length"));
+        m.update(label.as_bytes());
+        m.update(&[0]);
+        m.update(data);
+        m.finalize().into_bytes().into()
     }
 
     /// A fresh random key, base64-encoded (for `authio dev` and tests).

@@ -115,6 +115,18 @@ impl From<CoreError> for ApiError {
             CoreError::Busy => Self::unavailable("busy", "the server is busy; retry shortly".into(), 1),
             CoreError::TooSoon(m) => ApiError::new(StatusCode::CONFLICT, "too_soon", m),
             CoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            CoreError::InvalidRedirectUri => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_redirect_uri", e.to_string())
+            }
+            CoreError::ChallengeLocked => ApiError::new(StatusCode::BAD_REQUEST, "challenge_locked", e.to_string()),
+            CoreError::Upstream(m) => {
+                tracing::warn!(error = %m, "upstream failure");
+                ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", "the upstream provider could not be used")
+            }
+            CoreError::UpstreamRefused(m) => ApiError::new(StatusCode::BAD_REQUEST, "upstream_refused", m),
+            CoreError::DomainNotVerified(..) => {
+                ApiError::new(StatusCode::CONFLICT, "domain_not_verified", e.to_string())
+            }
             CoreError::Config(m) => {
                 tracing::error!(error = %m, "internal error");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
@@ -132,6 +144,10 @@ fn not_found_code(what: &str) -> &'static str {
         "api key" => "api_key_not_found",
         "client" => "client_not_found",
         "session" => "session_not_found",
+        "connection" => "connection_not_found",
+        "domain" => "domain_not_found",
+        "redirect URI" => "redirect_uri_not_found",
+        "origin" => "origin_not_found",
         _ => "not_found",
     }
 }
@@ -182,7 +198,7 @@ impl OAuthError {
         OAuthError {
             status: StatusCode::BAD_REQUEST,
             error: "unsupported_grant_type",
-            description: "supported: client_credentials, refresh_token".into(),
+            description: "supported: client_credentials, refresh_token, authorization_code".into(),
             retry_after: None,
         }
     }

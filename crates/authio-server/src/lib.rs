@@ -7,6 +7,7 @@
 pub mod context;
 pub mod error;
 mod extract;
+pub mod mailcatcher;
 pub mod metrics;
 mod openapi;
 mod routes;
@@ -36,6 +37,15 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// Proxies whose `X-Forwarded-For` is believed (see [`routes::auth::client_ip`]).
     pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
+    /// The deployment's public base URL (no trailing slash), its scheme, host and origin.
+    pub public_url: Arc<str>,
+    pub public_scheme: &'static str,
+    pub public_host: Arc<str>,
+    pub public_origin: Arc<str>,
+    /// Looks up the TXT records that prove custom domains.
+    pub dns: Arc<dyn authio_core::project_config::TxtLookup>,
+    /// `authio dev`'s mail catcher, shown on `/dev/mailbox` (absent otherwise).
+    pub mailbox: Option<mailcatcher::MailCatcher>,
 }
 
 /// How the identity side is set up.
@@ -56,6 +66,14 @@ pub struct AuthSettings {
     /// Address ranges of the proxies in front of Authio: only from them is `X-Forwarded-For`
     /// read (empty: the peer address is the client, the header is ignored).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Lifetimes and attempts of one-time tokens (links, codes, states).
+    pub one_time: authio_core::signin::OneTimeSettings,
+    /// Reach upstream providers over plain http (development and tests only).
+    pub allow_http_upstreams: bool,
+    /// Custom-domain TXT lookups (default: the system resolver).
+    pub dns: Option<Arc<dyn authio_core::project_config::TxtLookup>>,
+    /// Serve this mail catcher's messages on `/dev/mailbox` (development only).
+    pub mailbox: Option<mailcatcher::MailCatcher>,
 }
 
 impl AuthSettings {
@@ -69,28 +87,50 @@ impl AuthSettings {
             cache_ttl: Duration::from_secs(30),
             credential_cache: true,
             trusted_proxies: Vec::new(),
+            one_time: Default::default(),
+            allow_http_upstreams: false,
+            dns: None,
+            mailbox: None,
         }
     }
 }
 
 impl AppState {
     pub fn new(router: Router, clock: Arc<dyn Clock>, auth: AuthSettings) -> Result<Self, CoreError> {
-        let trusted_proxies = auth.trusted_proxies;
+        let trusted_proxies = auth.trusted_proxies.clone();
+        let public_url = auth.public_url.trim_end_matches('/').to_owned();
+        let parsed = url::Url::parse(&public_url).map_err(|e| CoreError::Config(format!("public_url: {e}")))?;
+        let public_scheme = if parsed.scheme() == "https" { "https" } else { "http" };
+        let public_host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
+        let public_origin = parsed.origin().ascii_serialization();
+        let dns: Arc<dyn authio_core::project_config::TxtLookup> = match auth.dns.clone() {
+            Some(d) => d,
+            None => Arc::new(authio_core::project_config::SystemDns::new()?),
+        };
+        let mailbox = auth.mailbox.clone();
         let passwords = Passwords::new(auth.password_params, auth.hash_concurrency)?;
-        let keys = KeyService::new(router.clone(), auth.master_key, clock.clone(), auth.cache_ttl);
+        let keys = KeyService::new(router.clone(), auth.master_key.clone(), clock.clone(), auth.cache_ttl);
         let settings = IdentitySettings {
-            public_url: auth.public_url,
+            public_url: auth.public_url.clone(),
             limits: auth.limits,
             profile_ttl: auth.cache_ttl,
             credential_cache: auth.credential_cache,
+            one_time: auth.one_time,
+            allow_http_upstreams: auth.allow_http_upstreams,
         };
-        let identity = Identity::new(router.clone(), clock.clone(), passwords, keys, settings);
+        let identity = Identity::new(router.clone(), clock.clone(), passwords, keys, auth.master_key, settings)?;
         Ok(AppState {
             router,
             clock,
             identity,
             metrics: Arc::new(metrics::Metrics::default()),
             trusted_proxies: Arc::new(trusted_proxies),
+            public_url: public_url.into(),
+            public_scheme,
+            public_host: public_host.into(),
+            public_origin: public_origin.into(),
+            dns,
+            mailbox,
         })
     }
 }
@@ -103,8 +143,12 @@ pub fn build_app(state: AppState) -> axum::Router {
         let request_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
         tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %request_id)
     });
-    routes::router(state.clone())
-        .layer(axum::middleware::from_fn_with_state(state, metrics::track))
+    let routed =
+        routes::router(state.clone()).layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track));
+    // Custom domains rewrite the path, so they run before the routes are matched.
+    axum::Router::new()
+        .fallback_service(routed)
+        .layer(axum::middleware::from_fn_with_state(state, routes::hosted::custom_domains))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(trace)
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))

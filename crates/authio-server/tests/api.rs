@@ -7,6 +7,8 @@ mod audit;
 mod identity;
 #[path = "api/moves.rs"]
 mod moves;
+#[path = "api/signin_methods.rs"]
+mod signin_methods;
 
 use std::sync::Arc;
 

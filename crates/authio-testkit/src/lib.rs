@@ -263,6 +263,10 @@ impl Default for AppOptions {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The SMTP receiver this app's mail is delivered to.
+    pub mail: authio_server::mailcatcher::MailCatcher,
+    /// TXT records the app's custom-domain checks see.
+    pub dns: Arc<authio_core::project_config::StaticTxt>,
     pub base_url: String,
     pub http: reqwest::Client,
     pub router: Router,
@@ -272,6 +276,8 @@ pub struct TestApp {
     pub identity: authio_core::auth::Identity,
     server: tokio::task::JoinHandle<()>,
     relay: tokio::task::JoinHandle<()>,
+    mailer: tokio::task::JoinHandle<()>,
+    smtp: tokio::task::JoinHandle<()>,
 }
 
 impl TestApp {
@@ -284,6 +290,8 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.server.abort();
         self.relay.abort();
+        self.mailer.abort();
+        self.smtp.abort();
         self.router.shutdown();
     }
 }
@@ -293,6 +301,10 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
+    // `AUTHIO_TEST_LOG=debug` shows the app's logs (once per test process).
+    if let Ok(filter) = std::env::var("AUTHIO_TEST_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    }
     let shared = match opts.shared {
         Some(db) => db,
         None => fresh_shared_db().await,
@@ -303,7 +315,19 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let mut auth = authio_server::AuthSettings::new(format!("http://{addr}"), test_master_key());
+    let dns = Arc::new(authio_core::project_config::StaticTxt::default());
+    auth.dns = Some(dns.clone());
+    auth.allow_http_upstreams = true;
     (opts.tune_auth)(&mut auth);
+    // A real SMTP receiver on loopback, and the mail sender delivering to it.
+    let mail = authio_server::mailcatcher::MailCatcher::default();
+    let smtp_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind smtp");
+    let smtp_url = format!("smtp://{}", smtp_listener.local_addr().expect("smtp addr"));
+    let smtp = mail.serve(smtp_listener);
+    let mut mail_settings = authio_core::mail::MailSettings::new(smtp_url, "no-reply@authio.test");
+    mail_settings.poll_every = Duration::from_millis(50);
+    let mailer =
+        authio_core::mail::Mailer::new(router.clone(), test_master_key(), mail_settings).expect("mailer").spawn();
     let state = authio_server::AppState::new(router.clone(), Arc::new(SystemClock), auth).expect("app state");
     let identity = state.identity.clone();
     let app = authio_server::build_app(state);
@@ -313,6 +337,10 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
     });
     TestApp {
         addr,
+        mail,
+        dns,
+        mailer,
+        smtp,
         base_url: format!("http://{addr}"),
         http: reqwest::Client::new(),
         router,

@@ -59,6 +59,13 @@ pub struct Config {
     pub audit_anchor_interval_mins: u64,
     /// Address ranges (CIDR) of the proxies in front of Authio, whose `X-Forwarded-For` is read.
     pub trusted_proxies: Vec<String>,
+    /// Where email goes: `smtp://host:25` (plain, local relays), `smtp://user:pass@host:587?tls=required`
+    /// (STARTTLS), `smtps://user:pass@host:465` (TLS). Unset: mail waits in the outbox.
+    pub smtp_url: Option<String>,
+    /// The `From` address of every email (the display name is the project's sender name).
+    pub mail_from: String,
+    /// Let upstream OAuth/OIDC providers be plain http (development only).
+    pub allow_http_upstreams: bool,
 }
 
 impl Default for Config {
@@ -88,6 +95,9 @@ impl Default for Config {
             audit_purge_interval_mins: 0,
             audit_anchor_interval_mins: 15,
             trusted_proxies: Vec::new(),
+            smtp_url: None,
+            mail_from: "no-reply@localhost".into(),
+            allow_http_upstreams: false,
         }
     }
 }
@@ -168,6 +178,15 @@ impl Config {
         if let Some(v) = get("AUTHIO_AUDIT_ANCHOR_INTERVAL_MINS") {
             self.audit_anchor_interval_mins = num("AUTHIO_AUDIT_ANCHOR_INTERVAL_MINS", v)?;
         }
+        if let Some(v) = get("AUTHIO_SMTP_URL") {
+            self.smtp_url = Some(v);
+        }
+        if let Some(v) = get("AUTHIO_MAIL_FROM") {
+            self.mail_from = v;
+        }
+        if let Some(v) = get("AUTHIO_ALLOW_HTTP_UPSTREAMS") {
+            self.allow_http_upstreams = matches!(v.as_str(), "1" | "true" | "yes" | "on");
+        }
         if let Some(v) = get("AUTHIO_CACHE_TTL_MS") {
             self.cache_ttl_ms = num("AUTHIO_CACHE_TTL_MS", v)?;
         }
@@ -216,7 +235,13 @@ impl Config {
         auth.cache_ttl = Duration::from_millis(self.cache_ttl_ms.clamp(100, 60_000));
         // Checked when the configuration was loaded.
         auth.trusted_proxies = self.proxy_ranges().unwrap_or_default();
+        auth.allow_http_upstreams = self.allow_http_upstreams;
         auth
+    }
+
+    /// How mail leaves, when `smtp_url` is set.
+    pub fn mail_settings(&self) -> Option<authio_core::mail::MailSettings> {
+        self.smtp_url.as_ref().map(|u| authio_core::mail::MailSettings::new(u.clone(), self.mail_from.clone()))
     }
 }
 

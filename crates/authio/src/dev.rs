@@ -42,6 +42,11 @@ pub async fn run(args: DevArgs) -> Result<()> {
 
     ensure_database(&shared, "authio").await?;
     ensure_database(&dedicated, "postgres").await?;
+    // A local mail catcher: every email the flows send shows on /dev/mailbox.
+    let catcher = authio_server::mailcatcher::MailCatcher::default();
+    let smtp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let smtp_url = format!("smtp://{}", smtp.local_addr()?);
+    let _catching = catcher.serve(smtp);
     let cfg = Config {
         listen: args.listen.clone(),
         public_url: format!("http://{}", args.listen),
@@ -50,13 +55,16 @@ pub async fn run(args: DevArgs) -> Result<()> {
         master_key: Some(master_key(&dir)?),
         pool_size: 16,
         log_format: "pretty".into(),
+        smtp_url: Some(smtp_url),
+        mail_from: "no-reply@authio.localhost".into(),
+        allow_http_upstreams: true,
         ..Config::default()
     };
     authio_db::migrate::migrate(&cfg.admin_url).await.context("migrating the shared database")?;
 
     let creds_path = dir.join("credentials.txt");
     let router = crate::build_router(&cfg)?;
-    let state = crate::app_state(&cfg, &router)?;
+    let state = crate::app_state(&cfg, &router, Some(catcher))?;
     if !creds_path.exists() {
         let creds = seed(&cfg, &state, &dedicated, &dir).await?;
         write_private(&creds_path, &creds)?;
@@ -64,14 +72,14 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let creds = std::fs::read_to_string(&creds_path)?;
     let listener = crate::bind(&cfg.listen).await?;
     println!(
-        "\nAuthio is running at {url}\n\n  API reference   {url}/docs\n  OpenAPI         {url}/openapi.json\n  health          {url}/healthz  {url}/readyz\n  metrics         {url}/metrics\n\n\
+        "\nAuthio is running at {url}\n\n  API reference   {url}/docs\n  OpenAPI         {url}/openapi.json\n  health          {url}/healthz  {url}/readyz\n  metrics         {url}/metrics\n  mailbox         {url}/dev/mailbox  (every email sent)\n\n\
          shared Postgres     {}\ndedicated Postgres  {}\n\n{creds}\nCtrl-C stops the server and both clusters.\n",
         shared.admin_url("authio"),
         dedicated.admin_url("postgres"),
         url = cfg.public_url,
     );
     let outbox = authio_db::OutboxReader::new(&shared.url("authio_relay", "authio"))?;
-    let served = crate::serve_state(state, outbox, listener, shutdown).await;
+    let served = crate::serve_state(state, outbox, &cfg, listener, shutdown).await;
     tracing::info!("stopping PostgreSQL clusters");
     drop(shared);
     drop(dedicated);
@@ -167,6 +175,10 @@ async fn seed(cfg: &Config, state: &authio_server::AppState, dedicated: &LocalCl
                 &ClientInfo::default(),
             )
             .await?;
+            out.push_str(&format!(
+                "    hosted   {url}/p/{pid}/signin  (sign-in page; emails on {url}/dev/mailbox)\n",
+                pid = p.id
+            ));
             out.push_str(&format!(
                 "    M2M      client {id}  secret {secret}\n    try      curl -u {id}:{secret} -d grant_type=client_credentials {url}/v1/auth/token\n",
                 id = c.info.client_id,

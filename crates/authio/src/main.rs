@@ -388,14 +388,14 @@ pub(crate) async fn serve_with(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let state = app_state(cfg, &router)?;
+    let state = app_state(cfg, &router, None)?;
     if cfg.audit_purge_interval_mins > 0 {
         spawn_audit_purge(cfg.clone());
     }
     if cfg.audit_anchor_interval_mins > 0 {
         spawn_audit_anchor(cfg.clone());
     }
-    serve_state(state, authio_db::OutboxReader::new(&cfg.relay_url()?)?, listener, shutdown).await
+    serve_state(state, authio_db::OutboxReader::new(&cfg.relay_url()?)?, cfg, listener, shutdown).await
 }
 
 /// The periodic audit purge (an operator's job, with the admin connection; off unless
@@ -414,21 +414,38 @@ fn spawn_audit_purge(cfg: Config) {
     });
 }
 
-pub(crate) fn app_state(cfg: &Config, router: &Router) -> Result<authio_server::AppState> {
+pub(crate) fn app_state(
+    cfg: &Config,
+    router: &Router,
+    mailbox: Option<authio_server::mailcatcher::MailCatcher>,
+) -> Result<authio_server::AppState> {
     let key =
         master_key(cfg)?.context("a master key is required to serve (AUTHIO_MASTER_KEY): it encrypts signing keys")?;
-    Ok(authio_server::AppState::new(router.clone(), Arc::new(SystemClock), cfg.auth_settings(key))?)
+    let mut auth = cfg.auth_settings(key);
+    auth.mailbox = mailbox;
+    Ok(authio_server::AppState::new(router.clone(), Arc::new(SystemClock), auth)?)
 }
 
 pub(crate) async fn serve_state(
     state: authio_server::AppState,
     outbox: authio_db::OutboxReader,
+    cfg: &Config,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let router = state.router.clone();
     let identity = state.identity.clone();
-    spawn_housekeeping(router.clone());
+    spawn_housekeeping(router.clone(), identity.clone());
+    let mailer = match cfg.mail_settings() {
+        Some(settings) => {
+            let key = master_key(cfg)?.context("a master key is required to send mail")?;
+            Some(authio_core::mail::Mailer::new(router.clone(), key, settings)?.spawn())
+        }
+        None => {
+            tracing::warn!("smtp_url is not set: emails wait in the outbox until it is");
+            None
+        }
+    };
     let relay = authio_server::spawn_audit_relay(router.clone(), outbox, Duration::from_millis(500));
     let app = authio_server::build_app(state);
     tracing::info!(listen = %listener.local_addr()?, "serving");
@@ -437,6 +454,9 @@ pub(crate) async fn serve_state(
     let written = identity.flush_issuance_events().await;
     tracing::info!(written, "token issuance events flushed");
     relay.abort();
+    if let Some(m) = mailer {
+        m.abort();
+    }
     router.shutdown();
     Ok(())
 }
@@ -512,8 +532,8 @@ async fn purge_audit(cfg: &Config, key: &MasterKey, only: Option<&str>) -> Resul
     Ok(deleted)
 }
 
-/// Periodic clean-up: rate-limit windows that ended a day ago.
-fn spawn_housekeeping(router: Router) {
+/// Periodic clean-up: rate-limit windows and one-time tokens that ended a day ago.
+fn spawn_housekeeping(router: Router, identity: authio_core::auth::Identity) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
@@ -522,6 +542,11 @@ fn spawn_housekeeping(router: Router) {
                 Ok(n) if n > 0 => tracing::info!(removed = n, "old rate-limit windows removed"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "rate-limit clean-up failed"),
+            }
+            match identity.one_time_gc(chrono::Utc::now()).await {
+                Ok(n) if n > 0 => tracing::info!(removed = n, "spent one-time tokens removed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "one-time token clean-up failed"),
             }
         }
     });

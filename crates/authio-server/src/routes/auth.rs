@@ -143,7 +143,7 @@ pub(crate) fn client_info(headers: &HeaderMap, ip: Option<IpAddr>) -> ClientInfo
     ClientInfo { ip: ip.map(|i| i.to_string()), user_agent: text("user-agent"), request_id: text("x-request-id") }
 }
 
-fn no_store<T: IntoResponse>(status: StatusCode, body: T) -> Response {
+pub(crate) fn no_store<T: IntoResponse>(status: StatusCode, body: T) -> Response {
     let mut resp = (status, body).into_response();
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
@@ -166,6 +166,7 @@ pub async fn sign_up(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: PasswordRequest = json_body(&headers, &body)?;
+    crate::routes::passwordless::check_origin(&state, &headers, req.project_id).await?;
     let ip = client_ip(&state, connect.as_ref(), &headers);
     let (user, tokens) =
         state.identity.sign_up(req.project_id, &req.email, &req.password, &client_info(&headers, ip), ip).await?;
@@ -186,6 +187,7 @@ pub async fn sign_in(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: PasswordRequest = json_body(&headers, &body)?;
+    crate::routes::passwordless::check_origin(&state, &headers, req.project_id).await?;
     let ip = client_ip(&state, connect.as_ref(), &headers);
     let tokens =
         state.identity.sign_in(req.project_id, &req.email, &req.password, &client_info(&headers, ip), ip).await?;
@@ -272,7 +274,9 @@ impl From<ClientToken> for ClientTokenResponse {
 }
 
 /// The token endpoint: `grant_type=client_credentials` (M2M; `client_secret_basic` or
-/// `client_secret_post`) or `grant_type=refresh_token` (rotates the refresh token).
+/// `client_secret_post`), `grant_type=refresh_token` (rotates the refresh token), or
+/// `grant_type=authorization_code` (a hosted sign-in's code, with `redirect_uri` and the PKCE
+/// `code_verifier`).
 #[utoipa::path(post, path = "/v1/auth/token", tag = "auth",
     request_body(content_type = "application/x-www-form-urlencoded", description = "grant_type, scope, client_id, client_secret, refresh_token"),
     responses(
@@ -302,6 +306,20 @@ pub async fn token(
             let t = state
                 .identity
                 .refresh(presented, &client_info(&headers, client_ip(&state, connect.as_ref(), &headers)))
+                .await?;
+            Ok(no_store(StatusCode::OK, Json(TokenResponse::from(t))))
+        }
+        Some("authorization_code") => {
+            // The code a hosted sign-in handed to the app, with the verifier of its PKCE challenge.
+            let code = form.get("code").ok_or_else(|| OAuthError::invalid_request("code is required"))?;
+            let redirect_uri =
+                form.get("redirect_uri").ok_or_else(|| OAuthError::invalid_request("redirect_uri is required"))?;
+            let verifier =
+                form.get("code_verifier").ok_or_else(|| OAuthError::invalid_request("code_verifier is required"))?;
+            let ip = client_ip(&state, connect.as_ref(), &headers);
+            let t = state
+                .identity
+                .exchange_signin_code(code, redirect_uri, verifier, &client_info(&headers, ip), ip)
                 .await?;
             Ok(no_store(StatusCode::OK, Json(TokenResponse::from(t))))
         }

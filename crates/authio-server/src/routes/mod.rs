@@ -1,8 +1,11 @@
 //! The route table.
 pub mod api_keys;
 pub mod auth;
+pub mod config;
 pub mod health;
+pub mod hosted;
 pub mod manage;
+pub mod passwordless;
 pub mod users;
 
 use axum::http::StatusCode;
@@ -22,6 +25,27 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/v1/projects/{project_id}/settings", get(manage::get_settings).patch(manage::update_settings))
         .route("/v1/projects/{project_id}/audit-events", get(manage::list_audit_events))
         .route("/v1/projects/{project_id}/audit-events/export", get(manage::export_audit_events))
+        .route(
+            "/v1/projects/{project_id}/redirect-uris",
+            get(config::list_redirect_uris).post(config::add_redirect_uri).delete(config::remove_redirect_uri),
+        )
+        .route(
+            "/v1/projects/{project_id}/allowed-origins",
+            get(config::list_origins).post(config::add_origin).delete(config::remove_origin),
+        )
+        .route("/v1/projects/{project_id}/domains", get(config::list_domains).post(config::add_domain))
+        .route("/v1/projects/{project_id}/domains/{id}", axum::routing::delete(config::delete_domain))
+        .route("/v1/projects/{project_id}/domains/{id}/verify", post(config::verify_domain))
+        .route(
+            "/v1/projects/{project_id}/oauth-connections",
+            get(config::list_connections).post(config::create_connection),
+        )
+        .route("/v1/projects/{project_id}/oauth-connections/{id}", axum::routing::delete(config::delete_connection))
+        .route(
+            "/v1/projects/{project_id}/presentation",
+            get(config::get_presentation).patch(config::update_presentation),
+        )
+        .route("/v1/projects/{project_id}/email-templates/{kind}", axum::routing::put(config::set_template))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), context::require_management));
     let auth = axum::Router::new()
         .route("/v1/auth/signup", post(auth::sign_up))
@@ -29,7 +53,25 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/v1/auth/token", post(auth::token))
         .route("/v1/auth/introspect", post(auth::introspect))
         .route("/v1/auth/revoke", post(auth::revoke))
+        .route("/v1/auth/magic-link", post(passwordless::request_magic_link))
+        .route("/v1/auth/magic-link/verify", post(passwordless::verify_magic_link))
+        .route("/v1/auth/email-code", post(passwordless::request_email_code))
+        .route("/v1/auth/email-code/verify", post(passwordless::verify_email_code))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), passwordless::cors))
         .route("/p/{project_id}/.well-known/jwks.json", get(auth::jwks));
+    let hosted = axum::Router::new()
+        .route("/p/{project_id}/signin", get(hosted::signin_page).post(hosted::password_post))
+        .route("/p/{project_id}/signup", get(hosted::signin_page).post(hosted::password_post))
+        .route("/p/{project_id}/magic-link", post(hosted::magic_link_post))
+        .route("/p/{project_id}/magic", get(hosted::magic_page).post(hosted::magic_post))
+        .route("/p/{project_id}/code", post(hosted::code_post))
+        .route("/p/{project_id}/code/verify", post(hosted::code_verify_post))
+        .route("/p/{project_id}/oauth/{slug}", get(hosted::oauth_start))
+        .route("/p/{project_id}/reset", get(hosted::reset_page).post(hosted::reset_post))
+        .route("/p/{project_id}/reset/confirm", get(hosted::reset_confirm_page).post(hosted::reset_confirm_post))
+        .route("/p/{project_id}/verify-email", get(hosted::verify_email_page).post(hosted::verify_email_post))
+        .route("/oauth/callback", get(hosted::oauth_callback))
+        .route("/dev/mailbox", get(hosted::dev_mailbox));
     axum::Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -38,6 +80,7 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/docs", get(health::docs))
         .merge(api)
         .merge(auth)
+        .merge(hosted)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)
 }

@@ -338,8 +338,18 @@ async fn every_table_with_tenant_rows_either_moves_or_is_pinned_to_shared() {
     .await;
     // The pre-resolution matrix (DESIGN.md) plus the control plane: these stay on shared.
     let pinned = [
+        "allowed_origins",
         "api_keys",
         "audit_anchors",
+        "custom_domains",
+        "email_codes",
+        "email_links",
+        "email_outbox",
+        "email_templates",
+        "oauth_connections",
+        "oauth_states",
+        "redirect_uris",
+        "signin_codes",
         "audit_outbox",
         "dedicated_databases",
         "m2m_clients",

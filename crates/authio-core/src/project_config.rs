@@ -1,0 +1,596 @@
+//! A project's sign-in configuration, pinned to the shared database: redirect URIs, allowed
+//! origins, custom domains (live once a DNS TXT record proves ownership), presentation
+//! (branding, sign-in methods, environment) and email templates. Edited in scoped
+//! transactions on shared, each change audited through the outbox.
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::RwLock;
+
+use authio_db::{Router, Scope, Type};
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::audit::{self, Actor};
+use crate::domain::{project_of, DomainName, RedirectUri, ValidationError, WebOrigin};
+use crate::mail::{MailKind, Template};
+use crate::sessions::ClientInfo;
+use crate::{Clock, CoreError};
+
+/// One audited change on shared: run `sql` with `params` in a pinned transaction, record the
+/// event, commit; returns the rows.
+async fn change(
+    router: &Router,
+    clock: &dyn Clock,
+    scope: &Scope,
+    sql: &str,
+    params: &[authio_db::Param<'_>],
+    event: (&'static str, &Actor, &ClientInfo, (&'static str, String), serde_json::Value),
+) -> Result<Vec<authio_db::Row>, CoreError> {
+    let now = crate::clock::now_as_stored(clock);
+    let tx = router.begin_pinned(scope).await?;
+    let rows = tx.query(sql, params).await?;
+    let (action, actor, client, target, metadata) = event;
+    let e = audit::Event { action, actor: actor.clone(), target: Some(target), client, metadata };
+    audit::record_pinned(&tx, scope, e, now).await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+async fn list_column(router: &Router, scope: &Scope, sql: &str) -> Result<Vec<String>, CoreError> {
+    project_of(scope)?;
+    let tx = router.begin_pinned(scope).await?;
+    let rows = tx.query(sql, &[]).await?;
+    tx.commit().await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+pub async fn list_redirect_uris(router: &Router, scope: &Scope) -> Result<Vec<String>, CoreError> {
+    list_column(router, scope, "SELECT uri FROM redirect_uris ORDER BY uri").await
+}
+
+pub async fn add_redirect_uri(
+    router: &Router,
+    clock: &dyn Clock,
+    scope: &Scope,
+    uri: &RedirectUri,
+    actor: &Actor,
+    client: &ClientInfo,
+) -> Result<(), CoreError> {
+    let project = project_of(scope)?;
+    let now = clock.now();
+    let rows = change(
+        router,
+        clock,
+        scope,
+        "INSERT INTO redirect_uris (tenant_id, project_id, uri, created_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT DO NOTHING RETURNING uri",
+        &[
+            (&scope.tenant_id, Type::UUID),
+            (&project, Type::UUID),
+            (&uri.as_str(), Type::TEXT),
+            (&now, Type::TIMESTAMPTZ),
+        ],
+        (
+            "project.redirect_uri_added",
+            actor,
+            client,
+            ("project", project.to_string()),
+            serde_json::json!({"uri": uri.as_str()}),
+        ),
+    )
+    .await?;
+    if rows.is_empty() {
+        return Err(CoreError::Conflict("this redirect URI is registered already".into()));
+    }
+    Ok(())
+}
+
+pub async fn remove_redirect_uri(
+    router: &Router,
+    clock: &dyn Clock,
+    scope: &Scope,
+    uri: &str,
+    actor: &Actor,
+    client: &ClientInfo,
+) -> Result<(), CoreError> {
+    let project = project_of(scope)?;
+    let rows = change(
+        router,
+        clock,
+        scope,
+        "DELETE FROM redirect_uris WHERE uri = $1 RETURNING uri",
+        &[(&uri, Type::TEXT)],
+        (
+            "project.redirect_uri_removed",
+            actor,
+            client,
+            ("project", project.to_string()),
+            serde_json::json!({"uri": uri}),
+        ),
+    )
+    .await?;
+    if rows.is_empty() {
+        return Err(CoreError::NotFound("redirect URI"));
+    }
+    Ok(())
+}
+
+pub async fn list_origins(router: &Router, scope: &Scope) -> Result<Vec<String>, CoreError> {
+    list_column(router, scope, "SELECT origin FROM allowed_origins ORDER BY origin").await
+}
+
+pub async fn add_origin(
+    router: &Router,
+    clock: &dyn Clock,
+    scope: &Scope,
+    origin: &WebOrigin,
+    actor: &Actor,
+    client: &ClientInfo,
+) -> Result<(), CoreError> {
+    let project = project_of(scope)?;
+    let now = clock.now();
+    let rows = change(
+        router,
+        clock,
+        scope,
+        "INSERT INTO allowed_origins (tenant_id, project_id, origin, created_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT DO NOTHING RETURNING origin",
+        &[
+            (&scope.tenant_id, Type::UUID),
+            (&project, Type::UUID),
+            (&origin.as_str(), Type::TEXT),
+            (&now, Type::TIMESTAMPTZ),
+        ],
+        (
+            "project.origin_added",
+            actor,
+            client,
+            ("project", project.to_string()),
+            serde_json::json!({"origin": origin.as_str()}),
+        ),
+    )
+    .await?;
+    if rows.is_empty() {
+        return Err(CoreError::Conflict("this origin is allowed already".into()));
+    }
+    Ok(())
+}
+
+pub async fn remove_origin(
+    router: &Router,
+    clock: &dyn Clock,
+    scope: &Scope,
+    origin: &str,
+    actor: &Actor,
+    client: &ClientInfo,
+) -> Result<(), CoreError> {
+    let project = project_of(scope)?;
+    let rows = change(
+        router,
+        clock,
+        scope,
+        "DELETE FROM allowed_origins WHERE origin = $1 RETURNING origin",
+        &[(&origin, Type::TEXT)],
+        (
+            "project.origin_removed",
+            actor,
+            client,
+            ("project", project.to_string()),
+            serde_json::json!({"origin": origin}),
+        ),
+    )
+    .await?;
+    if rows.is_empty() {
+        return Err(CoreError::NotFound("origin"));
+    }
+    Ok(())
+}
+
+/// Looks up DNS TXT records. The system resolver in production; tests and `authio dev`
+/// drive [`StaticTxt`].
+pub trait TxtLookup: Send + Sync {
+    fn txt<'a>(&'a self, name: &'a str) -> Pin<Box<dyn Future<Output = Result<Vec<String>, String>> + Send + 'a>>;
+}
+
+/// The system's resolver (`/etc/resolv.conf`).
+pub struct SystemDns(hickory_resolver::TokioResolver);
+
+impl SystemDns {
+    pub fn new() -> Result<Self, CoreError> {
+        let r = hickory_resolver::TokioResolver::builder_tokio()
+            .map_err(|e| CoreError::Config(format!("dns resolver: {e}")))?
+            .build()
+            .map_err(|e| CoreError::Config(format!("dns resolver: {e}")))?;
+        Ok(SystemDns(r))
+    }
+}
+
+impl TxtLookup for SystemDns {
+    fn txt<'a>(&'a self, name: &'a str) -> Pin<Box<dyn Future<Output = Result<Vec<String>, String>> + Send + 'a>> {
+        Box::pin(async move {
+            match self.0.txt_lookup(name).await {
+                Ok(answer) => Ok(answer
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        hickory_resolver::proto::rr::RData::TXT(t) => Some(t.to_string()),
+                        _ => None,
+                    })
+                    .collect()),
+                Err(e) if e.is_no_records_found() => Ok(Vec::new()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+}
+
+/// TXT records held in memory: what tests (and `authio dev`) publish.
+#[derive(Default)]
+pub struct StaticTxt(RwLock<HashMap<String, Vec<String>>>);
+
+impl StaticTxt {
+    pub fn publish(&self, name: &str, value: &str) {
+        if let Ok(mut m) = self.0.write() {
+            m.entry(name.to_ascii_lowercase()).or_default().push(value.to_owned());
+        }
+    }
+}
+
+impl TxtLookup for StaticTxt {
+    fn txt<'a>(&'a self, name: &'a str) -> Pin<Box<dyn Future<Output = Result<Vec<String>, String>> + Send + 'a>> {
+        let found = match self.0.read() {
+            Ok(m) => Ok(m.get(&name.to_ascii_lowercase()).cloned().unwrap_or_default()),
+            Err(_) => Err("poisoned".to_owned()),
+        };
+        Box::pin(async move { found })
+    }
+}
+
+/// A custom domain and how to prove it.
+#[derive(Clone, Debug, Serialize)]
+pub struct DomainInfo {
+    pub id: Uuid,
+    pub host: String,
+    pub verified: bool,
+    pub verified_at: Option<DateTime<Utc>>,
+    pub last_checked_at: Option<DateTime<Utc>>,
+    /// Publish a TXT record at this name ...
+    pub txt_name: String,
+    /// ... with this value, then ask for verification.
+    pub txt_value: String,
+    pub created_at: DateTime<Utc>,
+}
+
+const DOMAIN_COLS: &str = "id, host, verification_token, verified_at, last_checked_at, created_at";
+
+impl DomainInfo {
+    fn from_row(r: &authio_db::Row) -> Self {
+        let host: String = r.get(1);
+        let token: String = r.get(2);
+        let verified_at: Option<DateTime<Utc>> = r.get(3);
+        DomainInfo {
+            id: r.get(0),
+            txt_name: format!("_authio-challenge.{host}"),
+            txt_value: format!("authio-verification={token}"),
+            host,
+            verified: verified_at.is_some(),
+            verified_at,
+            last_checked_at: r.get(4),
+            created_at: r.get(5),
+        }
+    }
+}
+
+pub async fn add_domain(
+    router: &Router,
+    clock: &dyn Clock,
+    scope: &Scope,
+    host: &DomainName,
+    actor: &Actor,
+    client: &ClientInfo,
+) -> Result<DomainInfo, CoreError> {
+    let project = project_of(scope)?;
+    let mut raw = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let now = crate::clock::now_as_stored(clock);
+    let rows = change(
+        router,
+        clock,
+        scope,
+        &format!(
+            "INSERT INTO custom_domains (tenant_id, project_id, id, host, verification_token, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (host) DO NOTHING RETURNING {DOMAIN_COLS}"
+        ),
+        &[
+            (&scope.tenant_id, Type::UUID),
+            (&project, Type::UUID),
+            (&Uuid::now_v7(), Type::UUID),
+            (&host.as_str(), Type::TEXT),
+            (&token, Type::TEXT),
+            (&now, Type::TIMESTAMPTZ),
+        ],
+        ("project.domain_added", actor, client, ("domain", host.as_str().to_owned()), serde_json::json!({})),
+    )
+    .await?;
+    let row = rows.first().ok_or_else(|| CoreError::Conflict("this domain is registered already".into()))?;
+    Ok(DomainInfo::from_row(row))
+}
+
+pub async fn list_domains(router: &Router, scope: &Scope) -> Result<Vec<DomainInfo>, CoreError> {
+    project_of(scope)?;
+    let tx = router.begin_pinned(scope).await?;
+    let rows = tx.query(&format!("SELECT {DOMAIN_COLS} FROM custom_domains ORDER BY host"), &[]).await?;
+    tx.commit().await?;
+    Ok(rows.iter().map(DomainInfo::from_row).collect())
+}
+
+/// Look for the domain's TXT record; the domain goes live when it is there.
+pub async fn verify_domain(
+    router: &Router,
+    clock: &dyn Clock,
+    scope: &Scope,
+    id: Uuid,
+    dns: &dyn TxtLookup,
+    actor: &Actor,
+    client: &ClientInfo,
+) -> Result<DomainInfo, CoreError> {
+    project_of(scope)?;
+    let tx = router.begin_pinned(scope).await?;
+    let row = tx
+        .query_opt(&format!("SELECT {DOMAIN_COLS} FROM custom_domains WHERE id = $1"), &[(&id, Type::UUID)])
+        .await?
+        .ok_or(CoreError::NotFound("domain"))?;
+    tx.commit().await?;
+    let info = DomainInfo::from_row(&row);
+    if info.verified {
+        return Ok(info);
+    }
+    let records = dns.txt(&info.txt_name).await.map_err(|e| CoreError::Upstream(format!("DNS: {e}")))?;
+    let found = records.iter().any(|r| r.trim().trim_matches('"') == info.txt_value);
+    let now = crate::clock::now_as_stored(clock);
+    let rows = if found {
+        change(
+            router,
+            clock,
+            scope,
+            &format!("UPDATE custom_domains SET verified_at = $2, last_checked_at = $2 WHERE id = $1 RETURNING {DOMAIN_COLS}"),
+            &[(&id, Type::UUID), (&now, Type::TIMESTAMPTZ)],
+            ("project.domain_verified", actor, client, ("domain", info.host.clone()), serde_json::json!({})),
+        )
+        .await?
+    } else {
+        let tx = router.begin_pinned(scope).await?;
+        let rows = tx
+            .query(
+                &format!("UPDATE custom_domains SET last_checked_at = $2 WHERE id = $1 RETURNING {DOMAIN_COLS}"),
+                &[(&id, Type::UUID), (&now, Type::TIMESTAMPTZ)],
+            )
+            .await?;
+        tx.commit().await?;
+        rows
+    };
+    let info = rows.first().map(DomainInfo::from_row).ok_or(CoreError::NotFound("domain"))?;
+    if !info.verified {
+        return Err(CoreError::DomainNotVerified(info.txt_name.clone(), info.txt_value.clone()));
+    }
+    Ok(info)
+}
+
+pub async fn delete_domain(
+    router: &Router,
+    clock: &dyn Clock,
+    scope: &Scope,
+    id: Uuid,
+    actor: &Actor,
+    client: &ClientInfo,
+) -> Result<(), CoreError> {
+    project_of(scope)?;
+    let now = clock.now();
+    let tx = router.begin_pinned(scope).await?;
+    let row = tx
+        .query_opt("DELETE FROM custom_domains WHERE id = $1 RETURNING host", &[(&id, Type::UUID)])
+        .await?
+        .ok_or(CoreError::NotFound("domain"))?;
+    let host: String = row.get(0);
+    let e = audit::Event {
+        action: "project.domain_removed",
+        actor: actor.clone(),
+        target: Some(("domain", host)),
+        client,
+        metadata: serde_json::json!({}),
+    };
+    audit::record_pinned(&tx, scope, e, now).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// How a project looks and which sign-in methods it offers.
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct PresentationSettings {
+    pub environment: String,
+    pub display_name: Option<String>,
+    pub logo_url: Option<String>,
+    pub brand_color: String,
+    pub email_sender_name: Option<String>,
+    pub signin_methods: Vec<String>,
+}
+
+/// A change to it: absent fields stay; `null` clears an optional one.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PresentationPatch {
+    pub environment: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub display_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub logo_url: Option<Option<String>>,
+    pub brand_color: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub email_sender_name: Option<Option<String>>,
+    pub signin_methods: Option<Vec<String>>,
+}
+
+fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Ok(Some(Option::<String>::deserialize(d)?))
+}
+
+pub const METHODS: [&str; 4] = ["password", "magic_link", "email_code", "oauth"];
+
+impl PresentationPatch {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if let Some(e) = &self.environment {
+            if e != "production" && e != "development" {
+                return Err(ValidationError::Field("environment (production or development)"));
+            }
+        }
+        let text = |v: &Option<Option<String>>, field| match v {
+            Some(Some(s)) if s.trim().is_empty() || s.chars().count() > 100 || s.chars().any(char::is_control) => {
+                Err(ValidationError::Field(field))
+            }
+            _ => Ok(()),
+        };
+        text(&self.display_name, "display_name (1-100 characters)")?;
+        text(&self.email_sender_name, "email_sender_name (1-100 characters)")?;
+        if let Some(Some(u)) = &self.logo_url {
+            let ok = u.len() <= 2048
+                && url::Url::parse(u).is_ok_and(|p| p.scheme() == "https")
+                && !u.contains(['"', '<', '>']);
+            if !ok {
+                return Err(ValidationError::Field("logo_url (an https URL)"));
+            }
+        }
+        if let Some(c) = &self.brand_color {
+            let ok = c.len() == 7
+                && c.starts_with('#')
+                && c[1..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !ok {
+                return Err(ValidationError::Field("brand_color (#rrggbb, lower case)"));
+            }
+        }
+        if let Some(m) = &self.signin_methods {
+            if m.is_empty() || m.iter().any(|x| !METHODS.contains(&x.as_str())) {
+                return Err(ValidationError::Field("signin_methods (password, magic_link, email_code, oauth)"));
+            }
+        }
+        Ok(())
+    }
+}
+
+const PRESENTATION_COLS: &str = "environment, display_name, logo_url, brand_color, email_sender_name, signin_methods";
+
+fn presentation_from(r: &authio_db::Row) -> PresentationSettings {
+    PresentationSettings {
+        environment: r.get(0),
+        display_name: r.get(1),
+        logo_url: r.get(2),
+        brand_color: r.get(3),
+        email_sender_name: r.get(4),
+        signin_methods: r.get(5),
+    }
+}
+
+pub async fn presentation(router: &Router, scope: &Scope) -> Result<PresentationSettings, CoreError> {
+    let project = project_of(scope)?;
+    let tx = router.begin_pinned(scope).await?;
+    let row = tx
+        .query_opt(&format!("SELECT {PRESENTATION_COLS} FROM projects WHERE id = $1"), &[(&project, Type::UUID)])
+        .await?
+        .ok_or(CoreError::NotFound("project"))?;
+    tx.commit().await?;
+    Ok(presentation_from(&row))
+}
+
+pub async fn update_presentation(
+    router: &Router,
+    clock: &dyn Clock,
+    scope: &Scope,
+    patch: &PresentationPatch,
+    actor: &Actor,
+    client: &ClientInfo,
+) -> Result<PresentationSettings, CoreError> {
+    patch.validate()?;
+    let project = project_of(scope)?;
+    let set = |v: &Option<Option<String>>| v.is_some();
+    let rows = change(
+        router,
+        clock,
+        scope,
+        &format!(
+            "UPDATE projects SET
+                environment = coalesce($2, environment),
+                display_name = CASE WHEN $3 THEN $4 ELSE display_name END,
+                logo_url = CASE WHEN $5 THEN $6 ELSE logo_url END,
+                brand_color = coalesce($7, brand_color),
+                email_sender_name = CASE WHEN $8 THEN $9 ELSE email_sender_name END,
+                signin_methods = coalesce($10, signin_methods)
+             WHERE id = $1 RETURNING {PRESENTATION_COLS}"
+        ),
+        &[
+            (&project, Type::UUID),
+            (&patch.environment, Type::TEXT),
+            (&set(&patch.display_name), Type::BOOL),
+            (&patch.display_name.clone().flatten(), Type::TEXT),
+            (&set(&patch.logo_url), Type::BOOL),
+            (&patch.logo_url.clone().flatten(), Type::TEXT),
+            (&patch.brand_color, Type::TEXT),
+            (&set(&patch.email_sender_name), Type::BOOL),
+            (&patch.email_sender_name.clone().flatten(), Type::TEXT),
+            (&patch.signin_methods, Type::TEXT_ARRAY),
+        ],
+        (
+            "project.presentation_changed",
+            actor,
+            client,
+            ("project", project.to_string()),
+            serde_json::json!({"environment": patch.environment, "signin_methods": patch.signin_methods}),
+        ),
+    )
+    .await?;
+    rows.first().map(presentation_from).ok_or(CoreError::NotFound("project"))
+}
+
+pub async fn set_template(
+    router: &Router,
+    clock: &dyn Clock,
+    scope: &Scope,
+    kind: MailKind,
+    template: &Template,
+    actor: &Actor,
+    client: &ClientInfo,
+) -> Result<(), CoreError> {
+    template.validate(kind)?;
+    let project = project_of(scope)?;
+    let now = clock.now();
+    change(
+        router,
+        clock,
+        scope,
+        "INSERT INTO email_templates (tenant_id, project_id, kind, subject, text_body, html_body, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (tenant_id, project_id, kind) DO UPDATE
+            SET subject = EXCLUDED.subject, text_body = EXCLUDED.text_body, html_body = EXCLUDED.html_body,
+                updated_at = EXCLUDED.updated_at",
+        &[
+            (&scope.tenant_id, Type::UUID),
+            (&project, Type::UUID),
+            (&kind.as_str(), Type::TEXT),
+            (&template.subject, Type::TEXT),
+            (&template.text, Type::TEXT),
+            (&template.html, Type::TEXT),
+            (&now, Type::TIMESTAMPTZ),
+        ],
+        (
+            "project.email_template_set",
+            actor,
+            client,
+            ("project", project.to_string()),
+            serde_json::json!({"kind": kind.as_str()}),
+        ),
+    )
+    .await?;
+    Ok(())
+}

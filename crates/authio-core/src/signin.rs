@@ -1,0 +1,904 @@
+//! Sign-in without passwords and the hosted flow's hand-off: magic links, email codes,
+//! password resets, email verification, and the single-use sign-in codes a hosted sign-in
+//! hands to the app (exchanged at the token endpoint with the PKCE verifier).
+//!
+//! Every one-time token lives on the shared database (the token is the only context) and is
+//! used through one narrow function that checks expiry and single use in the same statement.
+//! Users, sessions and the audit log stay at the tenant's home.
+use std::net::IpAddr;
+
+use authio_db::{preresolve, PgRow, Scope, TenantKind, Type};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::{DateTime, Duration, Utc};
+use rand::{Rng, RngCore};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::auth::{ip_key, policy, retry_after, scope_of, Identity, UserTokens};
+use crate::domain::{Email, RedirectUri};
+use crate::mail::{self, MailKind};
+use crate::passwords::NewPassword;
+use crate::sessions::{ClientInfo, NewSession};
+use crate::{audit, CoreError};
+
+/// Lifetimes and attempt limits of the one-time tokens.
+#[derive(Clone, Debug)]
+pub struct OneTimeSettings {
+    pub magic_link_ttl_secs: i64,
+    pub email_code_ttl_secs: i64,
+    pub email_code_max_attempts: i32,
+    pub password_reset_ttl_secs: i64,
+    pub email_verification_ttl_secs: i64,
+    /// A sign-in code is exchanged by the app right after the redirect.
+    pub signin_code_ttl_secs: i64,
+    pub oauth_state_ttl_secs: i64,
+}
+
+impl Default for OneTimeSettings {
+    fn default() -> Self {
+        OneTimeSettings {
+            magic_link_ttl_secs: 15 * 60,
+            email_code_ttl_secs: 10 * 60,
+            email_code_max_attempts: 5,
+            password_reset_ttl_secs: 30 * 60,
+            email_verification_ttl_secs: 24 * 3600,
+            signin_code_ttl_secs: 60,
+            oauth_state_ttl_secs: 10 * 60,
+        }
+    }
+}
+
+/// How a project presents itself (hosted pages, emails) and which methods it offers.
+#[derive(Clone, Debug)]
+pub struct Presentation {
+    pub tenant_id: Uuid,
+    pub project_id: Uuid,
+    pub name: String,
+    pub display_name: Option<String>,
+    pub logo_url: Option<String>,
+    pub brand_color: String,
+    pub email_sender_name: Option<String>,
+    pub methods: Vec<String>,
+    pub development: bool,
+}
+
+impl Presentation {
+    pub fn title(&self) -> &str {
+        self.display_name.as_deref().unwrap_or(&self.name)
+    }
+
+    pub fn offers(&self, method: &str) -> bool {
+        self.methods.iter().any(|m| m == method)
+    }
+
+    fn require(&self, method: &'static str) -> Result<(), CoreError> {
+        if self.offers(method) {
+            Ok(())
+        } else {
+            Err(CoreError::Forbidden("this sign-in method is not enabled for the project"))
+        }
+    }
+
+    fn sender(&self) -> &str {
+        self.email_sender_name.as_deref().unwrap_or_else(|| self.title())
+    }
+
+    fn from_row(project_id: Uuid, r: &PgRow) -> Result<Self, CoreError> {
+        Ok(Presentation {
+            tenant_id: r.try_get(0)?,
+            project_id,
+            name: r.try_get(1)?,
+            display_name: r.try_get(2)?,
+            logo_url: r.try_get(3)?,
+            brand_color: r.try_get(4)?,
+            email_sender_name: r.try_get(5)?,
+            methods: r.try_get(6)?,
+            development: r.try_get::<String>(7)? == "development",
+        })
+    }
+}
+
+/// Where a hosted sign-in returns: a registered redirect URI, the app's `state`, and the PKCE
+/// S256 challenge the code will be exchanged against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Return {
+    pub redirect_uri: String,
+    pub app_state: Option<String>,
+    pub code_challenge: String,
+}
+
+/// An email address proved by a link or code, and where its flow returns.
+#[derive(Debug)]
+pub struct ProvedEmail {
+    pub scope: Scope,
+    pub email: Email,
+    pub ret: Option<Return>,
+}
+
+/// A user resolved for a sign-in.
+#[derive(Clone, Debug)]
+pub struct SignedInUser {
+    pub user_id: Uuid,
+    pub role: Option<String>,
+    pub created: bool,
+}
+
+/// A fresh random token with a prefix, and the SHA-256 of the whole string.
+pub(crate) fn new_token(prefix: &str) -> (String, [u8; 32]) {
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    let token = format!("{prefix}{}", URL_SAFE_NO_PAD.encode(raw));
+    let hash = Sha256::digest(token.as_bytes()).into();
+    (token, hash)
+}
+
+pub(crate) fn token_hash(presented: &str) -> [u8; 32] {
+    Sha256::digest(presented.as_bytes()).into()
+}
+
+/// The S256 challenge of a verifier (RFC 7636 4.2).
+pub fn s256(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+}
+
+/// Whether `verifier` is a valid RFC 7636 verifier whose S256 challenge is `challenge`
+/// (compared in constant time).
+pub fn pkce_matches(challenge: &str, verifier: &str) -> bool {
+    let shaped = (43..=128).contains(&verifier.len())
+        && verifier.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+    shaped && bool::from(s256(verifier).as_bytes().ct_eq(challenge.as_bytes()))
+}
+
+/// A PKCE challenge as given: S256 only (`plain` is refused), 43 base64url characters.
+pub fn check_challenge(challenge: &str, method: Option<&str>) -> Result<(), CoreError> {
+    if method != Some("S256") {
+        return Err(CoreError::Invalid(crate::domain::ValidationError::Field(
+            "code_challenge_method (S256 is required)",
+        )));
+    }
+    let ok = challenge.len() == 43 && challenge.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !ok {
+        return Err(CoreError::Invalid(crate::domain::ValidationError::Field("code_challenge")));
+    }
+    Ok(())
+}
+
+/// Append query parameters to a URI that may already have some.
+pub fn with_query(uri: &str, params: &[(&str, &str)]) -> String {
+    let encoded = serde_urlencoded::to_string(params).unwrap_or_default();
+    let sep = if uri.contains('?') { '&' } else { '?' };
+    format!("{uri}{sep}{encoded}")
+}
+
+fn ret_from_row(r: &PgRow, redirect: usize) -> Result<Option<Return>, CoreError> {
+    let uri: Option<String> = r.try_get(redirect)?;
+    let challenge: Option<String> = r.try_get(redirect + 2)?;
+    Ok(match (uri, challenge) {
+        (Some(redirect_uri), Some(code_challenge)) => {
+            Some(Return { redirect_uri, app_state: r.try_get(redirect + 1)?, code_challenge })
+        }
+        _ => None,
+    })
+}
+
+/// Where project, email and the return are in `email_link_use`'s and `email_code_attempt`'s rows.
+const LINK_COLUMNS: (usize, usize, usize) = (1, 2, 3);
+const CODE_COLUMNS: (usize, usize, usize) = (2, 3, 5);
+
+const INVALID_LINK: CoreError = CoreError::InvalidGrant("this link is invalid, used or expired");
+const INVALID_CODE: CoreError = CoreError::InvalidGrant("the code is wrong or expired");
+
+impl Identity {
+    /// A project's presentation (cached per node like its profile, dropped on NOTIFY).
+    pub async fn presentation(&self, project: Uuid) -> Result<std::sync::Arc<Presentation>, CoreError> {
+        let key = project.to_string();
+        let cache = &self.inner.presentations;
+        if let Some(p) = cache.get(&key, self.inner.settings.profile_ttl) {
+            return Ok(p);
+        }
+        let generation = cache.generation();
+        let row = preresolve::project_presentation(&self.inner.router, project)
+            .await?
+            .ok_or(CoreError::NotFound("project"))?;
+        let p = std::sync::Arc::new(Presentation::from_row(project, &row)?);
+        cache.put(&key, p.clone(), generation);
+        Ok(p)
+    }
+
+    /// Check where a hosted flow may return: the redirect URI registered for the project
+    /// (exact match), a PKCE S256 challenge, a bounded state.
+    pub async fn check_return(
+        &self,
+        project: Uuid,
+        redirect_uri: &str,
+        app_state: Option<&str>,
+        code_challenge: Option<&str>,
+        code_challenge_method: Option<&str>,
+    ) -> Result<Return, CoreError> {
+        let uri = RedirectUri::parse(redirect_uri).map_err(|_| CoreError::InvalidRedirectUri)?;
+        let presentation = self.presentation(project).await?;
+        let registered = preresolve::project_redirect_uris(&self.inner.router, project).await?;
+        if !uri.is_registered(&registered, presentation.development) {
+            return Err(CoreError::InvalidRedirectUri);
+        }
+        let challenge = code_challenge.ok_or(CoreError::Invalid(crate::domain::ValidationError::Field(
+            "code_challenge (PKCE S256 is required)",
+        )))?;
+        check_challenge(challenge, code_challenge_method)?;
+        if app_state.is_some_and(|s| s.len() > 512) {
+            return Err(CoreError::Invalid(crate::domain::ValidationError::Field("state (at most 512 characters)")));
+        }
+        Ok(Return {
+            redirect_uri: uri.as_str().to_owned(),
+            app_state: app_state.map(str::to_owned),
+            code_challenge: challenge.to_owned(),
+        })
+    }
+
+    /// Whether a browser origin may call a project's endpoints.
+    pub async fn origin_allowed(&self, project: Uuid, origin: &str) -> Result<bool, CoreError> {
+        Ok(preresolve::origin_allowed(&self.inner.router, project, origin).await?)
+    }
+
+    /// Whether any project allows the origin (a CORS preflight names no project).
+    pub async fn origin_known(&self, origin: &str) -> Result<bool, CoreError> {
+        Ok(preresolve::origin_known(&self.inner.router, origin).await?)
+    }
+
+    /// Count a hit against a limit; past it, `RateLimited` with the seconds to wait.
+    pub(crate) async fn limit(&self, bucket: &str, key: &str, limit: i32, window: i32) -> Result<(), CoreError> {
+        let now = self.now();
+        let w = preresolve::rate_hit(&self.inner.router, bucket, key, window, now).await?;
+        if w.hits > limit {
+            return Err(CoreError::RateLimited { retry_after: retry_after(w.window_ends, now) });
+        }
+        Ok(())
+    }
+
+    /// The per-address limit on endpoints that check one-time tokens and codes.
+    pub async fn limit_verifications(&self, ip: Option<IpAddr>) -> Result<(), CoreError> {
+        let l = &self.inner.settings.limits;
+        match ip {
+            Some(ip) => self.limit("verify:ip", &ip_key(ip), l.verify_per_ip, l.verify_ip_window_secs).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The limits on sending email: per address and per recipient (known or not, so the
+    /// answer says nothing about accounts).
+    async fn limit_sends(&self, project: Uuid, email: &Email, ip: Option<IpAddr>) -> Result<(), CoreError> {
+        let l = &self.inner.settings.limits;
+        if let Some(ip) = ip {
+            self.limit("send:ip", &ip_key(ip), l.sends_per_ip, l.send_ip_window_secs).await?;
+        }
+        let recipient = format!("{project}:{:x}", Sha256::digest(email.as_str().as_bytes()));
+        self.limit("send:email", &recipient, l.sends_per_email, l.send_email_window_secs).await
+    }
+
+    /// Look a user up by email at the home: (id, disabled, role, has password).
+    async fn user_by_email(
+        &self,
+        scope: &Scope,
+        email: &Email,
+    ) -> Result<Option<(Uuid, bool, Option<String>, bool)>, CoreError> {
+        let rows = self
+            .inner
+            .router
+            .read(
+                scope,
+                "SELECT id, disabled, role, password_hash IS NOT NULL FROM users WHERE email = $1",
+                &[(&email.as_str(), Type::TEXT)],
+            )
+            .await?;
+        rows.first().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))).transpose()
+    }
+
+    /// The user an email just proved (by link, code or upstream provider) signs in as: the
+    /// existing one (its email now verified), or a new one on customer projects. Disabled
+    /// accounts are refused; the platform tenant never signs up this way.
+    pub(crate) async fn resolve_user(
+        &self,
+        scope: &Scope,
+        email: &Email,
+        method: &str,
+        client: &ClientInfo,
+    ) -> Result<SignedInUser, CoreError> {
+        let now = self.now();
+        let tx = self.inner.router.begin(scope).await?;
+        let found = tx
+            .query_opt(
+                "UPDATE users SET email_verified = true, updated_at = CASE WHEN email_verified THEN updated_at ELSE $2 END
+                 WHERE email = $1 RETURNING id, disabled, role",
+                &[(&email.as_str(), Type::TEXT), (&now, Type::TIMESTAMPTZ)],
+            )
+            .await?;
+        if let Some(r) = found {
+            let disabled: bool = r.get(1);
+            if disabled {
+                return Err(CoreError::Forbidden("this account is disabled"));
+            }
+            tx.commit().await?;
+            return Ok(SignedInUser { user_id: r.get(0), role: r.get(2), created: false });
+        }
+        if scope.tenant_kind == TenantKind::Platform {
+            return Err(CoreError::Forbidden("sign-up is closed on the platform tenant"));
+        }
+        let user = crate::users::insert(&tx, scope, email, None, now).await?;
+        tx.query("UPDATE users SET email_verified = true WHERE id = $1", &[(&user.id, Type::UUID)]).await?;
+        let event = audit::Event {
+            action: "user.signed_up",
+            actor: audit::Actor::user(user.id, Some(email.as_str())),
+            target: Some(("user", user.id.to_string())),
+            client,
+            metadata: serde_json::json!({"method": method}),
+        };
+        audit::record_and_commit(tx, scope, event, now).await?;
+        Ok(SignedInUser { user_id: user.id, role: None, created: true })
+    }
+
+    /// Start a session for a signed-in user at the home, with its event, and sign its tokens.
+    pub(crate) async fn start_session(
+        &self,
+        scope: &Scope,
+        user: &SignedInUser,
+        amr: &[&str],
+        client: &ClientInfo,
+    ) -> Result<UserTokens, CoreError> {
+        let project = crate::domain::project_of(scope)?;
+        let profile = self.profile(project).await?;
+        let keys = self.inner.keys.keyset(&profile).await?;
+        let now = self.now();
+        let session = NewSession::new(scope, user.user_id, amr, client, &policy(&profile), now)?;
+        let event = audit::EventRow::new(
+            scope,
+            audit::Event {
+                action: "user.signed_in",
+                actor: audit::Actor::user(user.user_id, None),
+                target: Some(("user", user.user_id.to_string())),
+                client,
+                metadata: serde_json::json!({"session_id": session.id, "amr": amr}),
+            },
+            now,
+        )?;
+        let (session_params, event_params) = (session.params(), event.params());
+        let statements = [(crate::sessions::START_SQL, &session_params[..]), (audit::INSERT_SQL, &event_params[..])];
+        self.inner.router.write(scope, &statements).await?;
+        let amr: Vec<String> = amr.iter().map(|s| (*s).to_owned()).collect();
+        self.user_tokens(&keys, &profile, user.user_id, session.id, &amr, user.role.clone(), session.refresh_token)
+    }
+
+    /// Email a magic link. `link_base` is where the link points (the app's registered
+    /// redirect URI for API callers, the hosted page otherwise): the token is added as
+    /// `token`. Answers the same whether or not the account exists; returns the token when
+    /// one was sent (the caller mails nothing itself; tools and benchmarks use it).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn request_magic_link(
+        &self,
+        project: Uuid,
+        email: &str,
+        link_base: &str,
+        ret: Option<&Return>,
+        browser_binding: Option<[u8; 32]>,
+        ip: Option<IpAddr>,
+        client: &ClientInfo,
+    ) -> Result<Option<String>, CoreError> {
+        let email = Email::parse(email)?;
+        let presentation = self.presentation(project).await?;
+        presentation.require("magic_link")?;
+        self.limit_sends(project, &email, ip).await?;
+        let profile = self.profile(project).await?;
+        let scope = scope_of(&profile);
+        if scope.tenant_kind == TenantKind::Platform && self.user_by_email(&scope, &email).await?.is_none() {
+            return Ok(None);
+        }
+        let ttl = self.inner.settings.one_time.magic_link_ttl_secs;
+        let (token, hash) = new_token("ml_");
+        let link = with_query(link_base, &[("token", &token)]);
+        self.write_link(
+            &scope,
+            &presentation,
+            LinkWrite {
+                purpose: "magic_link",
+                kind: MailKind::MagicLink,
+                email: &email,
+                hash,
+                link: &link,
+                ttl,
+                ret,
+                binding: browser_binding,
+            },
+        )
+        .await?;
+        let _ = client;
+        Ok(Some(token))
+    }
+
+    async fn write_link(&self, scope: &Scope, presentation: &Presentation, w: LinkWrite<'_>) -> Result<(), CoreError> {
+        let now = self.now();
+        let expires = now + Duration::seconds(w.ttl);
+        let project = crate::domain::project_of(scope)?;
+        let hash = w.hash.to_vec();
+        let binding = w.binding.map(|b| b.to_vec());
+        let tx = self.inner.router.begin_pinned(scope).await?;
+        tx.query(
+            "INSERT INTO email_links (tenant_id, project_id, token_hash, purpose, email, redirect_uri, app_state,
+                                      code_challenge, browser_binding, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[
+                (&scope.tenant_id, Type::UUID),
+                (&project, Type::UUID),
+                (&hash, Type::BYTEA),
+                (&w.purpose, Type::TEXT),
+                (&w.email.as_str(), Type::TEXT),
+                (&w.ret.map(|r| r.redirect_uri.as_str()), Type::TEXT),
+                (&w.ret.and_then(|r| r.app_state.as_deref()), Type::TEXT),
+                (&w.ret.map(|r| r.code_challenge.as_str()), Type::TEXT),
+                (&binding, Type::BYTEA),
+                (&now, Type::TIMESTAMPTZ),
+                (&expires, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+        let values =
+            mail::Values { project: presentation.title(), link: Some(w.link), code: None, minutes: w.ttl / 60 };
+        mail::enqueue(
+            &tx,
+            scope,
+            &self.inner.master_key,
+            w.kind,
+            w.email.as_str(),
+            presentation.sender(),
+            &values,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Use a magic link (once): the email it proves. A link bound to a browser needs that
+    /// browser's verifier.
+    pub async fn use_magic_link(
+        &self,
+        token: &str,
+        verifier: Option<&str>,
+        ip: Option<IpAddr>,
+    ) -> Result<ProvedEmail, CoreError> {
+        self.limit_verifications(ip).await?;
+        let binding = verifier.map(token_hash);
+        let row = preresolve::email_link_use(
+            &self.inner.router,
+            &token_hash(token),
+            "magic_link",
+            binding.as_ref().map(|b| &b[..]),
+            self.now(),
+        )
+        .await?
+        .ok_or(INVALID_LINK)?;
+        self.proved(&row, LINK_COLUMNS).await
+    }
+
+    /// The email a used link or code proved: `columns` are the row's (project, email, first
+    /// of the return's three) positions.
+    async fn proved(&self, r: &PgRow, columns: (usize, usize, usize)) -> Result<ProvedEmail, CoreError> {
+        let (project, email, ret) = columns;
+        let project: Uuid = r.try_get(project)?;
+        let profile = self.profile(project).await?;
+        let email = Email::parse(&r.try_get::<String>(email)?)?;
+        Ok(ProvedEmail { scope: scope_of(&profile), email, ret: ret_from_row(r, ret)? })
+    }
+
+    /// Whether an email link is live, and for which project (a hosted page asks before it
+    /// shows the button that uses it: mail scanners follow links, they do not press buttons).
+    pub async fn link_live(&self, token: &str, purpose: &str) -> Result<Option<(Uuid, String)>, CoreError> {
+        Ok(preresolve::email_link_live(&self.inner.router, &token_hash(token), purpose, self.now()).await?)
+    }
+
+    /// Email a six-digit code. Returns the challenge id (the same shape whether or not the
+    /// account exists) and the code when one was sent.
+    pub async fn request_email_code(
+        &self,
+        project: Uuid,
+        email: &str,
+        ret: Option<&Return>,
+        ip: Option<IpAddr>,
+    ) -> Result<(Uuid, Option<String>), CoreError> {
+        let email = Email::parse(email)?;
+        let presentation = self.presentation(project).await?;
+        presentation.require("email_code")?;
+        self.limit_sends(project, &email, ip).await?;
+        let profile = self.profile(project).await?;
+        let scope = scope_of(&profile);
+        let send = scope.tenant_kind != TenantKind::Platform || self.user_by_email(&scope, &email).await?.is_some();
+        let id = Uuid::now_v7();
+        let code = format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000u32));
+        let mac = self.code_mac(id, &code).to_vec();
+        let now = self.now();
+        let ttl = self.inner.settings.one_time.email_code_ttl_secs;
+        let expires = now + Duration::seconds(ttl);
+        let tx = self.inner.router.begin_pinned(&scope).await?;
+        // A new code replaces the live one.
+        tx.query("DELETE FROM email_codes WHERE email = $1", &[(&email.as_str(), Type::TEXT)]).await?;
+        tx.query(
+            "INSERT INTO email_codes (tenant_id, project_id, id, email, code_mac, redirect_uri, app_state,
+                                      code_challenge, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                (&scope.tenant_id, Type::UUID),
+                (&project, Type::UUID),
+                (&id, Type::UUID),
+                (&email.as_str(), Type::TEXT),
+                (&mac, Type::BYTEA),
+                (&ret.map(|r| r.redirect_uri.as_str()), Type::TEXT),
+                (&ret.and_then(|r| r.app_state.as_deref()), Type::TEXT),
+                (&ret.map(|r| r.code_challenge.as_str()), Type::TEXT),
+                (&now, Type::TIMESTAMPTZ),
+                (&expires, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+        if send {
+            let values =
+                mail::Values { project: presentation.title(), link: None, code: Some(&code), minutes: ttl / 60 };
+            mail::enqueue(
+                &tx,
+                &scope,
+                &self.inner.master_key,
+                MailKind::EmailCode,
+                email.as_str(),
+                presentation.sender(),
+                &values,
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok((id, send.then_some(code)))
+    }
+
+    fn code_mac(&self, challenge: Uuid, code: &str) -> [u8; 32] {
+        let mut data = challenge.as_bytes().to_vec();
+        data.extend_from_slice(code.as_bytes());
+        self.inner.master_key.mac("email_code", &data)
+    }
+
+    /// Check an email code: every attempt is counted first; after the last allowed attempt
+    /// the challenge is locked, right code or not. A right code is used once.
+    pub async fn verify_email_code(
+        &self,
+        challenge: Uuid,
+        code: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<ProvedEmail, CoreError> {
+        self.limit_verifications(ip).await?;
+        let now = self.now();
+        let max = self.inner.settings.one_time.email_code_max_attempts;
+        let row = preresolve::email_code_attempt(&self.inner.router, challenge, max, now).await?.ok_or(INVALID_CODE)?;
+        let status: String = row.try_get(0)?;
+        if status == "locked" {
+            return Err(CoreError::ChallengeLocked);
+        }
+        let stored: Vec<u8> = row.try_get(4)?;
+        let shaped = code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit());
+        let given = self.code_mac(challenge, if shaped { code } else { "------" });
+        if !(shaped && bool::from(given.ct_eq(&stored[..]))) {
+            return Err(INVALID_CODE);
+        }
+        if !preresolve::email_code_use(&self.inner.router, challenge, now).await? {
+            return Err(INVALID_CODE);
+        }
+        self.proved(&row, CODE_COLUMNS).await
+    }
+
+    /// The hosted flow's hand-off: a single-use code for the signed-in user, and the URI to
+    /// send the browser to (`code` and `state` added).
+    pub async fn issue_signin_code(
+        &self,
+        scope: &Scope,
+        user: &SignedInUser,
+        amr: &[&str],
+        ret: &Return,
+    ) -> Result<String, CoreError> {
+        let project = crate::domain::project_of(scope)?;
+        let (code, hash) = new_token("sc_");
+        let hash = hash.to_vec();
+        let now = self.now();
+        let expires = now + Duration::seconds(self.inner.settings.one_time.signin_code_ttl_secs);
+        let amr: Vec<String> = amr.iter().map(|s| (*s).to_owned()).collect();
+        let tx = self.inner.router.begin_pinned(scope).await?;
+        tx.query(
+            "INSERT INTO signin_codes (tenant_id, project_id, code_hash, user_id, amr, redirect_uri, code_challenge,
+                                       created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                (&scope.tenant_id, Type::UUID),
+                (&project, Type::UUID),
+                (&hash, Type::BYTEA),
+                (&user.user_id, Type::UUID),
+                (&amr, Type::TEXT_ARRAY),
+                (&ret.redirect_uri.as_str(), Type::TEXT),
+                (&ret.code_challenge.as_str(), Type::TEXT),
+                (&now, Type::TIMESTAMPTZ),
+                (&expires, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        let mut params = vec![("code", code.as_str())];
+        if let Some(s) = &ret.app_state {
+            params.push(("state", s.as_str()));
+        }
+        Ok(with_query(&ret.redirect_uri, &params))
+    }
+
+    /// Exchange a sign-in code (`grant_type=authorization_code`): once, with the same
+    /// redirect URI and the PKCE verifier; a session starts at the home.
+    pub async fn exchange_signin_code(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        verifier: &str,
+        client: &ClientInfo,
+        ip: Option<IpAddr>,
+    ) -> Result<UserTokens, CoreError> {
+        const BAD: CoreError = CoreError::InvalidGrant("the code is invalid, used, expired or not for this request");
+        self.limit_verifications(ip).await?;
+        let row = preresolve::signin_code_use(&self.inner.router, &token_hash(code), self.now()).await?.ok_or(BAD)?;
+        let project: Uuid = row.try_get(1)?;
+        let user_id: Uuid = row.try_get(2)?;
+        let amr: Vec<String> = row.try_get(3)?;
+        let stored_uri: String = row.try_get(4)?;
+        let challenge: Option<String> = row.try_get(5)?;
+        if stored_uri != redirect_uri || !challenge.is_some_and(|c| pkce_matches(&c, verifier)) {
+            return Err(BAD);
+        }
+        let profile = self.profile(project).await?;
+        let scope = scope_of(&profile);
+        let rows = self
+            .inner
+            .router
+            .read(&scope, "SELECT disabled, role FROM users WHERE id = $1", &[(&user_id, Type::UUID)])
+            .await?;
+        let r = rows.first().ok_or(BAD)?;
+        if r.try_get::<bool>(0)? {
+            return Err(BAD);
+        }
+        let user = SignedInUser { user_id, role: r.try_get(1)?, created: false };
+        let amr: Vec<&str> = amr.iter().map(String::as_str).collect();
+        self.start_session(&scope, &user, &amr, client).await
+    }
+
+    /// Email a password-reset link if the account exists and has a password (the answer is
+    /// the same either way).
+    pub async fn request_password_reset(
+        &self,
+        project: Uuid,
+        email: &str,
+        link_base: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<Option<String>, CoreError> {
+        let email = Email::parse(email)?;
+        let presentation = self.presentation(project).await?;
+        presentation.require("password")?;
+        self.limit_sends(project, &email, ip).await?;
+        let profile = self.profile(project).await?;
+        let scope = scope_of(&profile);
+        match self.user_by_email(&scope, &email).await? {
+            Some((_, false, _, _)) => {}
+            _ => return Ok(None),
+        }
+        let (token, hash) = new_token("pr_");
+        let link = with_query(link_base, &[("token", &token)]);
+        let ttl = self.inner.settings.one_time.password_reset_ttl_secs;
+        let w = LinkWrite {
+            purpose: "password_reset",
+            kind: MailKind::PasswordReset,
+            email: &email,
+            hash,
+            link: &link,
+            ttl,
+            ret: None,
+            binding: None,
+        };
+        self.write_link(&scope, &presentation, w).await?;
+        Ok(Some(token))
+    }
+
+    /// Set a new password with a reset link (once): the email counts as verified, and every
+    /// session of the user ends.
+    pub async fn reset_password(
+        &self,
+        token: &str,
+        new_password: &str,
+        client: &ClientInfo,
+        ip: Option<IpAddr>,
+    ) -> Result<Uuid, CoreError> {
+        let password = NewPassword::parse(new_password)?;
+        self.limit_verifications(ip).await?;
+        let hash = self.inner.passwords.hash(&password).await?;
+        let now = self.now();
+        let row = preresolve::email_link_use(&self.inner.router, &token_hash(token), "password_reset", None, now)
+            .await?
+            .ok_or(INVALID_LINK)?;
+        let proved = self.proved(&row, LINK_COLUMNS).await?;
+        let scope = proved.scope;
+        let tx = self.inner.router.begin(&scope).await?;
+        let user = tx
+            .query_opt(
+                "UPDATE users SET password_hash = $2, email_verified = true, updated_at = $3
+                 WHERE email = $1 AND NOT disabled RETURNING id",
+                &[(&proved.email.as_str(), Type::TEXT), (&hash, Type::TEXT), (&now, Type::TIMESTAMPTZ)],
+            )
+            .await?
+            .ok_or(INVALID_LINK)?;
+        let user_id: Uuid = user.get(0);
+        let ended = tx
+            .query(
+                "UPDATE sessions SET revoked_at = $2, revoked_reason = 'password_reset'
+                 WHERE user_id = $1 AND revoked_at IS NULL RETURNING id",
+                &[(&user_id, Type::UUID), (&now, Type::TIMESTAMPTZ)],
+            )
+            .await?
+            .len();
+        let event = audit::Event {
+            action: "user.password_reset",
+            actor: audit::Actor::user(user_id, Some(proved.email.as_str())),
+            target: Some(("user", user_id.to_string())),
+            client,
+            metadata: serde_json::json!({"sessions_ended": ended}),
+        };
+        audit::record_and_commit(tx, &scope, event, now).await?;
+        Ok(user_id)
+    }
+
+    /// Email a link that confirms the address of a user who signed up with a password.
+    pub async fn send_email_verification(&self, project: Uuid, email: &str, link_base: &str) -> Result<(), CoreError> {
+        let email = Email::parse(email)?;
+        let presentation = self.presentation(project).await?;
+        let profile = self.profile(project).await?;
+        let (token, hash) = new_token("ev_");
+        let link = with_query(link_base, &[("token", &token)]);
+        let w = LinkWrite {
+            purpose: "email_verification",
+            kind: MailKind::EmailVerification,
+            email: &email,
+            hash,
+            link: &link,
+            ttl: self.inner.settings.one_time.email_verification_ttl_secs,
+            ret: None,
+            binding: None,
+        };
+        self.write_link(&scope_of(&profile), &presentation, w).await
+    }
+
+    /// Confirm an address with its link (once).
+    pub async fn verify_email(&self, token: &str, client: &ClientInfo, ip: Option<IpAddr>) -> Result<(), CoreError> {
+        self.limit_verifications(ip).await?;
+        let now = self.now();
+        let row = preresolve::email_link_use(&self.inner.router, &token_hash(token), "email_verification", None, now)
+            .await?
+            .ok_or(INVALID_LINK)?;
+        let proved = self.proved(&row, LINK_COLUMNS).await?;
+        let tx = self.inner.router.begin(&proved.scope).await?;
+        let user = tx
+            .query_opt(
+                "UPDATE users SET email_verified = true, updated_at = $2 WHERE email = $1 RETURNING id",
+                &[(&proved.email.as_str(), Type::TEXT), (&now, Type::TIMESTAMPTZ)],
+            )
+            .await?
+            .ok_or(INVALID_LINK)?;
+        let user_id: Uuid = user.get(0);
+        let event = audit::Event {
+            action: "user.email_verified",
+            actor: audit::Actor::user(user_id, Some(proved.email.as_str())),
+            target: Some(("user", user_id.to_string())),
+            client,
+            metadata: serde_json::json!({}),
+        };
+        audit::record_and_commit(tx, &proved.scope, event, now).await
+    }
+
+    /// The user an email just proved signs in as (the hosted pages' path: the session starts
+    /// when the app exchanges its sign-in code).
+    pub async fn resolve_signin(
+        &self,
+        proved: &ProvedEmail,
+        method: &str,
+        client: &ClientInfo,
+    ) -> Result<SignedInUser, CoreError> {
+        self.resolve_user(&proved.scope, &proved.email, method, client).await
+    }
+
+    /// Sign in a user an email just proved and start a session (the JSON API's path).
+    pub async fn sign_in_proved(
+        &self,
+        proved: &ProvedEmail,
+        method: &str,
+        client: &ClientInfo,
+    ) -> Result<UserTokens, CoreError> {
+        let user = self.resolve_user(&proved.scope, &proved.email, method, client).await?;
+        self.start_session(&proved.scope, &user, &["otp"], client).await
+    }
+
+    /// The lifetimes and attempt limits in force.
+    pub fn one_time(&self) -> &OneTimeSettings {
+        &self.inner.settings.one_time
+    }
+
+    /// Create an account with a password from a hosted sign-up page: no session yet (the app
+    /// gets one by exchanging its sign-in code), the event written with the user.
+    pub async fn register(
+        &self,
+        project: Uuid,
+        email: &str,
+        password: &str,
+        client: &ClientInfo,
+        ip: Option<IpAddr>,
+    ) -> Result<(Scope, SignedInUser), CoreError> {
+        let email = Email::parse(email)?;
+        let password = NewPassword::parse(password)?;
+        self.presentation(project).await?.require("password")?;
+        let profile = self.profile(project).await?;
+        if profile.tenant_kind == TenantKind::Platform {
+            return Err(CoreError::Forbidden("sign-up is closed on the platform tenant"));
+        }
+        let l = &self.inner.settings.limits;
+        if let Some(ip) = ip {
+            self.limit("signup:ip", &ip_key(ip), l.signup_per_ip, l.signup_ip_window_secs).await?;
+        }
+        let hash = self.inner.passwords.hash(&password).await?;
+        let scope = scope_of(&profile);
+        let now = self.now();
+        let tx = self.inner.router.begin(&scope).await?;
+        let user = crate::users::insert(&tx, &scope, &email, Some(&hash), now).await?;
+        let event = audit::Event {
+            action: "user.signed_up",
+            actor: audit::Actor::user(user.id, Some(email.as_str())),
+            target: Some(("user", user.id.to_string())),
+            client,
+            metadata: serde_json::json!({"method": "password", "hosted": true}),
+        };
+        audit::record_and_commit(tx, &scope, event, now).await?;
+        Ok((scope, SignedInUser { user_id: user.id, role: None, created: true }))
+    }
+
+    /// Drop one-time tokens a day past their end.
+    pub async fn one_time_gc(&self, now: DateTime<Utc>) -> Result<i32, CoreError> {
+        Ok(preresolve::one_time_gc(&self.inner.router, now).await?)
+    }
+}
+
+struct LinkWrite<'a> {
+    purpose: &'static str,
+    kind: MailKind,
+    email: &'a Email,
+    hash: [u8; 32],
+    link: &'a str,
+    ttl: i64,
+    ret: Option<&'a Return>,
+    binding: Option<[u8; 32]>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pkce_s256_matches_rfc7636_appendix_b() {
+        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        assert_eq!(s256(verifier), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
+        assert!(pkce_matches("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", verifier));
+        assert!(!pkce_matches("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", "short"));
+        assert!(check_challenge("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", Some("plain")).is_err());
+        assert!(check_challenge("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", Some("S256")).is_ok());
+        assert!(check_challenge("too-short", Some("S256")).is_err());
+    }
+
+    #[test]
+    fn query_parameters_are_appended_and_encoded() {
+        assert_eq!(with_query("https://a.test/cb", &[("code", "x y")]), "https://a.test/cb?code=x+y");
+        assert_eq!(with_query("https://a.test/cb?k=1", &[("state", "&")]), "https://a.test/cb?k=1&state=%26");
+    }
+}

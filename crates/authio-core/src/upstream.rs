@@ -1,0 +1,771 @@
+//! Upstream OAuth 2.0 / OpenID Connect providers a project's users sign in with: generic OIDC
+//! (by discovery) and the Google, Microsoft and GitHub presets. Authorization-code flow with
+//! PKCE S256, `state` and `nonce` kept on the shared database (single use, bound to the
+//! browser that started), id_tokens checked against the provider's JWKS, and accounts linked
+//! by verified email only, each decision in the audit log.
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration as StdDuration, Instant};
+
+use authio_db::{preresolve, Scope, Type};
+use chrono::{DateTime, Duration, Utc};
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::auth::{scope_of, Identity};
+use crate::domain::{project_of, Email, ValidationError};
+use crate::sessions::ClientInfo;
+use crate::signin::{new_token, s256, token_hash, with_query, Return, SignedInUser};
+use crate::{audit, CoreError};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Oidc,
+    Google,
+    Microsoft,
+    Github,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Oidc => "oidc",
+            ProviderKind::Google => "google",
+            ProviderKind::Microsoft => "microsoft",
+            ProviderKind::Github => "github",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [ProviderKind::Oidc, ProviderKind::Google, ProviderKind::Microsoft, ProviderKind::Github]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// A connection to create.
+#[derive(Clone, Debug, Deserialize)]
+pub struct NewConnection {
+    /// In URLs: `/p/{project}/oauth/{slug}`.
+    pub slug: String,
+    pub kind: ProviderKind,
+    pub display_name: Option<String>,
+    pub client_id: String,
+    pub client_secret: String,
+    /// Generic OIDC: the issuer (discovery at `{issuer}/.well-known/openid-configuration`).
+    /// Microsoft: `https://login.microsoftonline.com/{tenant id}/v2.0`. Google: implied.
+    pub issuer: Option<String>,
+    /// Default `openid email profile` (GitHub: `read:user user:email`).
+    pub scopes: Option<Vec<String>>,
+}
+
+/// A connection as listed (never its secret).
+#[derive(Clone, Debug, Serialize)]
+pub struct ConnectionInfo {
+    pub id: Uuid,
+    pub slug: String,
+    pub kind: ProviderKind,
+    pub display_name: String,
+    pub client_id: String,
+    pub issuer: Option<String>,
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub userinfo_endpoint: Option<String>,
+    pub jwks_uri: Option<String>,
+    pub scopes: Vec<String>,
+    pub enabled: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+const COLS: &str = "id, slug, kind, display_name, client_id, issuer, authorization_endpoint, token_endpoint, \
+                    userinfo_endpoint, jwks_uri, scopes, enabled, created_at";
+
+impl ConnectionInfo {
+    fn from_row(r: &authio_db::Row) -> Result<Self, CoreError> {
+        let kind: String = r.get(2);
+        Ok(ConnectionInfo {
+            id: r.get(0),
+            slug: r.get(1),
+            kind: ProviderKind::parse(&kind).ok_or_else(|| CoreError::Config(format!("provider kind {kind}")))?,
+            display_name: r.get(3),
+            client_id: r.get(4),
+            issuer: r.get(5),
+            authorization_endpoint: r.get(6),
+            token_endpoint: r.get(7),
+            userinfo_endpoint: r.get(8),
+            jwks_uri: r.get(9),
+            scopes: r.get(10),
+            enabled: r.get(11),
+            created_at: r.get(12),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct Discovery {
+    issuer: String,
+    authorization_endpoint: String,
+    token_endpoint: String,
+    userinfo_endpoint: Option<String>,
+    jwks_uri: String,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: Option<String>,
+    id_token: Option<String>,
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct IdClaims {
+    sub: String,
+    nonce: Option<String>,
+    email: Option<String>,
+    #[serde(default)]
+    email_verified: EmailVerified,
+    azp: Option<String>,
+    aud: serde_json::Value,
+}
+
+/// Providers send `email_verified` as a boolean, some as the string "true".
+#[derive(Deserialize, Default)]
+#[serde(untagged)]
+enum EmailVerified {
+    Bool(bool),
+    Text(String),
+    #[default]
+    Absent,
+}
+
+impl EmailVerified {
+    fn is_true(&self) -> bool {
+        matches!(self, EmailVerified::Bool(true)) || matches!(self, EmailVerified::Text(s) if s == "true")
+    }
+}
+
+/// What the provider said about the user.
+#[derive(Debug)]
+struct UpstreamUser {
+    subject: String,
+    email: Option<String>,
+    email_verified: bool,
+}
+
+/// Key sets fetched from providers, per `jwks_uri`.
+#[derive(Default)]
+pub(crate) struct JwksCache {
+    sets: std::sync::RwLock<HashMap<String, (Instant, Arc<JwkSet>)>>,
+}
+
+const JWKS_TTL: StdDuration = StdDuration::from_secs(300);
+/// A key id not in the cached set triggers a refetch, at most this often.
+const JWKS_REFETCH_AFTER: StdDuration = StdDuration::from_secs(10);
+
+fn bad(field: &'static str) -> CoreError {
+    CoreError::Invalid(ValidationError::Field(field))
+}
+
+fn upstream_err(what: impl std::fmt::Display) -> CoreError {
+    CoreError::Upstream(what.to_string())
+}
+
+impl Identity {
+    fn check_upstream_url(&self, raw: &str, field: &'static str) -> Result<(), CoreError> {
+        let url = url::Url::parse(raw).map_err(|_| bad(field))?;
+        let ok = url.scheme() == "https" || (url.scheme() == "http" && self.inner.settings.allow_http_upstreams);
+        if !ok || url.host_str().is_none() || raw.len() > 2048 {
+            return Err(bad(field));
+        }
+        Ok(())
+    }
+
+    /// Register an upstream provider for the scope's project (discovering an OIDC
+    /// provider's endpoints now; its secret sealed with the master key).
+    pub async fn create_connection(
+        &self,
+        scope: &Scope,
+        new: &NewConnection,
+        actor: &audit::Actor,
+        client: &ClientInfo,
+    ) -> Result<ConnectionInfo, CoreError> {
+        let project = project_of(scope)?;
+        let slug = crate::domain::Slug::parse(&new.slug)?;
+        if slug.as_str().len() > 32 {
+            return Err(bad("slug (at most 32 characters)"));
+        }
+        if new.client_id.is_empty() || new.client_id.len() > 512 || new.client_secret.is_empty() {
+            return Err(bad("client_id and client_secret"));
+        }
+        let display_name = new.display_name.clone().unwrap_or_else(|| match new.kind {
+            ProviderKind::Google => "Google".into(),
+            ProviderKind::Microsoft => "Microsoft".into(),
+            ProviderKind::Github => "GitHub".into(),
+            ProviderKind::Oidc => new.slug.clone(),
+        });
+        if display_name.is_empty() || display_name.chars().count() > 100 {
+            return Err(bad("display_name (1-100 characters)"));
+        }
+        let (issuer, authz, token, userinfo, jwks, default_scopes): (
+            Option<String>,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            &[&str],
+        ) = match new.kind {
+            ProviderKind::Github => (
+                None,
+                "https://github.com/login/oauth/authorize".into(),
+                "https://github.com/login/oauth/access_token".into(),
+                Some("https://api.github.com/user".into()),
+                None,
+                &["read:user", "user:email"],
+            ),
+            kind => {
+                let issuer = match (kind, new.issuer.as_deref()) {
+                    (ProviderKind::Google, None) => "https://accounts.google.com".to_owned(),
+                    (ProviderKind::Microsoft, Some(i)) if !i.starts_with("https://login.microsoftonline.com/") => {
+                        return Err(bad("issuer (https://login.microsoftonline.com/{tenant id}/v2.0)"))
+                    }
+                    (_, Some(i)) => i.to_owned(),
+                    (_, None) => return Err(bad("issuer")),
+                };
+                self.check_upstream_url(&issuer, "issuer")?;
+                let d = self.discover(&issuer).await?;
+                (
+                    Some(issuer),
+                    d.authorization_endpoint,
+                    d.token_endpoint,
+                    d.userinfo_endpoint,
+                    Some(d.jwks_uri),
+                    &["openid", "email", "profile"],
+                )
+            }
+        };
+        for (u, f) in [(&authz, "authorization_endpoint"), (&token, "token_endpoint")] {
+            self.check_upstream_url(u, f)?;
+        }
+        if let Some(j) = &jwks {
+            self.check_upstream_url(j, "jwks_uri")?;
+        }
+        let scopes = new.scopes.clone().unwrap_or_else(|| default_scopes.iter().map(|s| (*s).to_owned()).collect());
+        if new.kind != ProviderKind::Github && !scopes.iter().any(|s| s == "openid") {
+            return Err(bad("scopes (must include openid)"));
+        }
+        let sealed = self.inner.master_key.encrypt(&new.client_secret).map_err(|e| CoreError::Config(e.to_string()))?;
+        let now = crate::clock::now_as_stored(self.inner.clock.as_ref());
+        let tx = self.inner.router.begin_pinned(scope).await?;
+        let row = tx
+            .query_opt(
+                &format!(
+                    "INSERT INTO oauth_connections (tenant_id, project_id, id, slug, kind, display_name, client_id,
+                         client_secret_enc, issuer, authorization_endpoint, token_endpoint, userinfo_endpoint, jwks_uri,
+                         scopes, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                     ON CONFLICT (project_id, slug) DO NOTHING RETURNING {COLS}"
+                ),
+                &[
+                    (&scope.tenant_id, Type::UUID),
+                    (&project, Type::UUID),
+                    (&Uuid::now_v7(), Type::UUID),
+                    (&slug.as_str(), Type::TEXT),
+                    (&new.kind.as_str(), Type::TEXT),
+                    (&display_name, Type::TEXT),
+                    (&new.client_id, Type::TEXT),
+                    (&sealed, Type::TEXT),
+                    (&issuer, Type::TEXT),
+                    (&authz, Type::TEXT),
+                    (&token, Type::TEXT),
+                    (&userinfo, Type::TEXT),
+                    (&jwks, Type::TEXT),
+                    (&scopes, Type::TEXT_ARRAY),
+                    (&now, Type::TIMESTAMPTZ),
+                ],
+            )
+            .await?
+            .ok_or_else(|| CoreError::Conflict("a connection with this slug exists".into()))?;
+        let info = ConnectionInfo::from_row(&row)?;
+        let event = audit::Event {
+            action: "oauth_connection.created",
+            actor: actor.clone(),
+            target: Some(("oauth_connection", info.id.to_string())),
+            client,
+            metadata: serde_json::json!({"slug": info.slug, "kind": info.kind, "issuer": info.issuer}),
+        };
+        audit::record_pinned(&tx, scope, event, now).await?;
+        tx.commit().await?;
+        Ok(info)
+    }
+
+    pub async fn list_connections(&self, scope: &Scope) -> Result<Vec<ConnectionInfo>, CoreError> {
+        let tx = self.inner.router.begin_pinned(scope).await?;
+        let rows = tx.query(&format!("SELECT {COLS} FROM oauth_connections ORDER BY slug"), &[]).await?;
+        tx.commit().await?;
+        rows.iter().map(ConnectionInfo::from_row).collect()
+    }
+
+    pub async fn delete_connection(
+        &self,
+        scope: &Scope,
+        id: Uuid,
+        actor: &audit::Actor,
+        client: &ClientInfo,
+    ) -> Result<(), CoreError> {
+        let now = self.now();
+        let tx = self.inner.router.begin_pinned(scope).await?;
+        let gone = tx
+            .query_opt("DELETE FROM oauth_connections WHERE id = $1 RETURNING slug", &[(&id, Type::UUID)])
+            .await?
+            .ok_or(CoreError::NotFound("connection"))?;
+        let slug: String = gone.get(0);
+        let event = audit::Event {
+            action: "oauth_connection.deleted",
+            actor: actor.clone(),
+            target: Some(("oauth_connection", id.to_string())),
+            client,
+            metadata: serde_json::json!({"slug": slug}),
+        };
+        audit::record_pinned(&tx, scope, event, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn discover(&self, issuer: &str) -> Result<Discovery, CoreError> {
+        let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
+        let d: Discovery = self
+            .inner
+            .http
+            .get(&url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(upstream_err)?
+            .json()
+            .await
+            .map_err(upstream_err)?;
+        // OIDC Discovery 4.3: the document's issuer must be the one asked for.
+        if d.issuer != issuer {
+            return Err(upstream_err(format!("discovery issuer {:?} is not {issuer:?}", d.issuer)));
+        }
+        Ok(d)
+    }
+
+    async fn connection_by(
+        &self,
+        scope: &Scope,
+        sql: &str,
+        key: &(dyn tokio_postgres::types::ToSql + Sync),
+        ty: Type,
+    ) -> Result<(ConnectionInfo, String), CoreError> {
+        let tx = self.inner.router.begin_pinned(scope).await?;
+        let row = tx
+            .query_opt(&format!("SELECT {COLS}, client_secret_enc FROM oauth_connections WHERE {sql}"), &[(key, ty)])
+            .await?
+            .ok_or(CoreError::NotFound("connection"))?;
+        tx.commit().await?;
+        let info = ConnectionInfo::from_row(&row)?;
+        let secret = self
+            .inner
+            .master_key
+            .decrypt(row.get::<_, &str>(13))
+            .map_err(|e| CoreError::Config(format!("connection secret: {e}")))?;
+        Ok((info, secret))
+    }
+
+    /// The enabled connections a project's hosted page offers.
+    pub async fn sign_in_buttons(&self, project: Uuid) -> Result<Vec<(String, String)>, CoreError> {
+        let profile = self.profile(project).await?;
+        let list = self.list_connections(&scope_of(&profile)).await?;
+        Ok(list.into_iter().filter(|c| c.enabled).map(|c| (c.slug, c.display_name)).collect())
+    }
+
+    /// Start an upstream sign-in: the provider's authorization URL, and a verifier the
+    /// browser keeps (in a cookie) and presents at the callback.
+    pub async fn upstream_start(
+        &self,
+        project: Uuid,
+        slug: &str,
+        ret: Option<&Return>,
+        callback_url: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<(String, String), CoreError> {
+        self.limit_verifications(ip).await?;
+        let presentation = self.presentation(project).await?;
+        if !presentation.offers("oauth") {
+            return Err(CoreError::Forbidden("this sign-in method is not enabled for the project"));
+        }
+        let profile = self.profile(project).await?;
+        let scope = scope_of(&profile);
+        let (conn, _) = self.connection_by(&scope, "slug = $1", &slug, Type::TEXT).await?;
+        if !conn.enabled {
+            return Err(CoreError::NotFound("connection"));
+        }
+        let (state, state_hash) = new_token("");
+        let (nonce, _) = new_token("");
+        let (pkce_verifier, _) = new_token("");
+        let (browser, browser_hash) = new_token("");
+        let sealed = self.inner.master_key.encrypt(&pkce_verifier).map_err(|e| CoreError::Config(e.to_string()))?;
+        let now = self.now();
+        let expires = now + Duration::seconds(self.inner.settings.one_time.oauth_state_ttl_secs);
+        let tx = self.inner.router.begin_pinned(&scope).await?;
+        tx.query(
+            "INSERT INTO oauth_states (tenant_id, project_id, state_hash, connection_id, nonce, pkce_verifier_enc,
+                                       browser_binding, redirect_uri, app_state, code_challenge, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            &[
+                (&scope.tenant_id, Type::UUID),
+                (&project, Type::UUID),
+                (&state_hash.to_vec(), Type::BYTEA),
+                (&conn.id, Type::UUID),
+                (&nonce, Type::TEXT),
+                (&sealed, Type::TEXT),
+                (&browser_hash.to_vec(), Type::BYTEA),
+                (&ret.map(|r| r.redirect_uri.as_str()), Type::TEXT),
+                (&ret.and_then(|r| r.app_state.as_deref()), Type::TEXT),
+                (&ret.map(|r| r.code_challenge.as_str()), Type::TEXT),
+                (&now, Type::TIMESTAMPTZ),
+                (&expires, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        let scope_param = conn.scopes.join(" ");
+        let challenge = s256(&pkce_verifier);
+        let mut params: Vec<(&str, &str)> = vec![
+            ("response_type", "code"),
+            ("client_id", &conn.client_id),
+            ("redirect_uri", callback_url),
+            ("scope", &scope_param),
+            ("state", &state),
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+        ];
+        if conn.kind != ProviderKind::Github {
+            params.push(("nonce", &nonce));
+        }
+        Ok((with_query(&conn.authorization_endpoint, &params), browser))
+    }
+
+    /// Finish an upstream sign-in at the callback: the state used once and by the browser
+    /// that started, the code exchanged with the PKCE verifier, the id_token checked
+    /// (signature by the provider's JWKS, issuer, audience, expiry, nonce), then the user
+    /// found by this identity, linked by verified email, or created.
+    pub async fn upstream_finish(
+        &self,
+        state: &str,
+        code: &str,
+        browser_verifier: Option<&str>,
+        callback_url: &str,
+        client: &ClientInfo,
+        ip: Option<IpAddr>,
+    ) -> Result<(Scope, SignedInUser, Option<Return>), CoreError> {
+        self.limit_verifications(ip).await?;
+        let now = self.now();
+        let row = preresolve::oauth_state_use(&self.inner.router, &token_hash(state), now)
+            .await?
+            .ok_or(CoreError::UpstreamRefused("the sign-in request is unknown, used or expired (state)"))?;
+        let binding: Vec<u8> = row.try_get(5)?;
+        let presented = browser_verifier.map(token_hash);
+        let same_browser = presented.is_some_and(|p| bool::from(subtle::ConstantTimeEq::ct_eq(&p[..], &binding[..])));
+        if !same_browser {
+            return Err(CoreError::UpstreamRefused("the sign-in was started in another browser (state)"));
+        }
+        let project: Uuid = row.try_get(1)?;
+        let connection_id: Uuid = row.try_get(2)?;
+        let nonce: String = row.try_get(3)?;
+        let verifier = self
+            .inner
+            .master_key
+            .decrypt(&row.try_get::<String>(4)?)
+            .map_err(|e| CoreError::Config(format!("pkce verifier: {e}")))?;
+        let uri: Option<String> = row.try_get(6)?;
+        let challenge: Option<String> = row.try_get(8)?;
+        let ret = match (uri, challenge) {
+            (Some(redirect_uri), Some(code_challenge)) => {
+                Some(Return { redirect_uri, app_state: row.try_get(7)?, code_challenge })
+            }
+            _ => None,
+        };
+        let profile = self.profile(project).await?;
+        let scope = scope_of(&profile);
+        let (conn, secret) = self.connection_by(&scope, "id = $1", &connection_id, Type::UUID).await?;
+        let tokens = self.redeem(&conn, &secret, code, &verifier, callback_url).await?;
+        let who = match conn.kind {
+            ProviderKind::Github => self.github_user(tokens.access_token.as_deref()).await?,
+            _ => {
+                let id_token = tokens.id_token.ok_or(CoreError::UpstreamRefused("the provider sent no id_token"))?;
+                self.check_id_token(&conn, &id_token, &nonce).await?
+            }
+        };
+        let user = self.link_upstream(&scope, &conn, &who, client).await?;
+        Ok((scope, user, ret))
+    }
+
+    async fn redeem(
+        &self,
+        conn: &ConnectionInfo,
+        secret: &str,
+        code: &str,
+        verifier: &str,
+        callback_url: &str,
+    ) -> Result<TokenResponse, CoreError> {
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", callback_url),
+            ("code_verifier", verifier),
+        ];
+        let resp = self
+            .inner
+            .http
+            .post(&conn.token_endpoint)
+            .basic_auth(form_encode(&conn.client_id), Some(form_encode(secret)))
+            .header("accept", "application/json")
+            .form(&form)
+            .send()
+            .await
+            .map_err(upstream_err)?;
+        let status = resp.status();
+        let body: TokenResponse = resp.json().await.map_err(upstream_err)?;
+        if !status.is_success() || body.error.is_some() {
+            tracing::info!(status = %status, error = ?body.error, "upstream token exchange refused");
+            return Err(CoreError::UpstreamRefused("the provider refused the code"));
+        }
+        Ok(body)
+    }
+
+    async fn jwks(&self, uri: &str, refresh: bool) -> Result<Arc<JwkSet>, CoreError> {
+        if let Ok(sets) = self.inner.upstream_keys.sets.read() {
+            if let Some((at, set)) = sets.get(uri) {
+                let fresh = at.elapsed() < JWKS_TTL && !(refresh && at.elapsed() > JWKS_REFETCH_AFTER);
+                if fresh {
+                    return Ok(set.clone());
+                }
+            }
+        }
+        let set: JwkSet = self
+            .inner
+            .http
+            .get(uri)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(upstream_err)?
+            .json()
+            .await
+            .map_err(upstream_err)?;
+        let set = Arc::new(set);
+        if let Ok(mut sets) = self.inner.upstream_keys.sets.write() {
+            if sets.len() > 10_000 {
+                sets.clear();
+            }
+            sets.insert(uri.to_owned(), (Instant::now(), set.clone()));
+        }
+        Ok(set)
+    }
+
+    async fn check_id_token(
+        &self,
+        conn: &ConnectionInfo,
+        id_token: &str,
+        nonce: &str,
+    ) -> Result<UpstreamUser, CoreError> {
+        const BAD: CoreError = CoreError::UpstreamRefused("the provider's id_token does not verify");
+        let header = jsonwebtoken::decode_header(id_token).map_err(|_| BAD)?;
+        let allowed = [
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+            Algorithm::ES256,
+            Algorithm::ES384,
+            Algorithm::EdDSA,
+        ];
+        if !allowed.contains(&header.alg) {
+            return Err(BAD);
+        }
+        let jwks_uri = conn.jwks_uri.as_deref().ok_or(BAD)?;
+        let find = |set: &JwkSet| -> Option<Jwk> {
+            match &header.kid {
+                Some(kid) => set.find(kid).cloned(),
+                None if set.keys.len() == 1 => set.keys.first().cloned(),
+                None => None,
+            }
+        };
+        let mut jwk = find(&*self.jwks(jwks_uri, false).await?);
+        if jwk.is_none() {
+            // A rotated key: fetch the set again (bounded by JWKS_REFETCH_AFTER).
+            jwk = find(&*self.jwks(jwks_uri, true).await?);
+        }
+        let key = DecodingKey::from_jwk(&jwk.ok_or(BAD)?).map_err(|_| BAD)?;
+        let issuer = conn.issuer.as_deref().ok_or(BAD)?;
+        let mut v = Validation::new(header.alg);
+        v.set_issuer(&[issuer]);
+        v.set_audience(&[&conn.client_id]);
+        v.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+        v.leeway = 60;
+        let claims = jsonwebtoken::decode::<IdClaims>(id_token, &key, &v).map_err(|e| {
+            tracing::info!(error = %e, connection = %conn.id, "upstream id_token refused");
+            BAD
+        })?;
+        let c = claims.claims;
+        // OIDC Core 3.1.3.7: with several audiences, azp must be us.
+        if c.aud.is_array() && c.azp.as_deref() != Some(conn.client_id.as_str()) {
+            return Err(BAD);
+        }
+        let nonce_ok = c
+            .nonce
+            .as_deref()
+            .is_some_and(|n| bool::from(subtle::ConstantTimeEq::ct_eq(n.as_bytes(), nonce.as_bytes())));
+        if !nonce_ok {
+            return Err(CoreError::UpstreamRefused("the id_token's nonce is not this sign-in's"));
+        }
+        Ok(UpstreamUser { subject: c.sub, email: c.email, email_verified: c.email_verified.is_true() })
+    }
+
+    /// GitHub is OAuth 2.0 without OIDC: the user and its primary verified email from its API.
+    async fn github_user(&self, access_token: Option<&str>) -> Result<UpstreamUser, CoreError> {
+        #[derive(Deserialize)]
+        struct GhUser {
+            id: i64,
+        }
+        #[derive(Deserialize)]
+        struct GhEmail {
+            email: String,
+            primary: bool,
+            verified: bool,
+        }
+        let token = access_token.ok_or(CoreError::UpstreamRefused("the provider sent no access token"))?;
+        let get = |url: &'static str| {
+            self.inner
+                .http
+                .get(url)
+                .bearer_auth(token)
+                .header("accept", "application/vnd.github+json")
+                .header("user-agent", "authio")
+                .send()
+        };
+        let user: GhUser = get("https://api.github.com/user")
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(upstream_err)?
+            .json()
+            .await
+            .map_err(upstream_err)?;
+        let emails: Vec<GhEmail> = get("https://api.github.com/user/emails")
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(upstream_err)?
+            .json()
+            .await
+            .map_err(upstream_err)?;
+        let primary = emails.into_iter().find(|e| e.primary);
+        Ok(UpstreamUser {
+            subject: user.id.to_string(),
+            email_verified: primary.as_ref().is_some_and(|e| e.verified),
+            email: primary.map(|e| e.email),
+        })
+    }
+
+    /// The user an upstream identity signs in as, in one transaction at the home: the one
+    /// already linked; else the account with the same email if the provider verified it
+    /// (linked now); else a new account (verified email only). Every decision is audited.
+    async fn link_upstream(
+        &self,
+        scope: &Scope,
+        conn: &ConnectionInfo,
+        who: &UpstreamUser,
+        client: &ClientInfo,
+    ) -> Result<SignedInUser, CoreError> {
+        let now = self.now();
+        let project = project_of(scope)?;
+        let tx = self.inner.router.begin(scope).await?;
+        let linked = tx
+            .query_opt(
+                "UPDATE user_identities i SET last_used_at = $3 FROM users u
+                 WHERE i.connection_id = $1 AND i.subject = $2 AND u.tenant_id = i.tenant_id AND u.id = i.user_id
+                 RETURNING u.id, u.disabled, u.role",
+                &[(&conn.id, Type::UUID), (&who.subject, Type::TEXT), (&now, Type::TIMESTAMPTZ)],
+            )
+            .await?;
+        if let Some(r) = linked {
+            if r.get::<_, bool>(1) {
+                return Err(CoreError::Forbidden("this account is disabled"));
+            }
+            tx.commit().await?;
+            return Ok(SignedInUser { user_id: r.get(0), role: r.get(2), created: false });
+        }
+        let email = who.email.as_deref().map(Email::parse).transpose().ok().flatten();
+        let refuse = |reason: &'static str| {
+            let event = audit::Event {
+                action: "user.identity_link_refused",
+                actor: audit::Actor::anonymous(),
+                target: Some(("oauth_connection", conn.id.to_string())),
+                client,
+                metadata: serde_json::json!({"connection": conn.slug, "subject": who.subject, "reason": reason}),
+            };
+            audit::EventRow::new(scope, event, now)
+        };
+        let Some(email) = email.filter(|_| who.email_verified) else {
+            let row = refuse("email_not_verified")?;
+            tx.query(audit::INSERT_SQL, &row.params()).await?;
+            tx.commit().await?;
+            return Err(CoreError::UpstreamRefused("the provider did not verify this account's email"));
+        };
+        let existing = tx
+            .query_opt("SELECT id, disabled, role FROM users WHERE email = $1", &[(&email.as_str(), Type::TEXT)])
+            .await?;
+        let (user, action) = match existing {
+            Some(r) if r.get::<_, bool>(1) => return Err(CoreError::Forbidden("this account is disabled")),
+            Some(r) => (SignedInUser { user_id: r.get(0), role: r.get(2), created: false }, "user.identity_linked"),
+            None if scope.tenant_kind == authio_db::TenantKind::Platform => {
+                return Err(CoreError::Forbidden("sign-up is closed on the platform tenant"))
+            }
+            None => {
+                let u = crate::users::insert(&tx, scope, &email, None, now).await?;
+                tx.query("UPDATE users SET email_verified = true WHERE id = $1", &[(&u.id, Type::UUID)]).await?;
+                (SignedInUser { user_id: u.id, role: None, created: true }, "user.signed_up")
+            }
+        };
+        tx.query(
+            "INSERT INTO user_identities (tenant_id, project_id, id, user_id, connection_id, subject, email, created_at,
+                                          last_used_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+            &[
+                (&scope.tenant_id, Type::UUID),
+                (&project, Type::UUID),
+                (&Uuid::now_v7(), Type::UUID),
+                (&user.user_id, Type::UUID),
+                (&conn.id, Type::UUID),
+                (&who.subject, Type::TEXT),
+                (&email.as_str(), Type::TEXT),
+                (&now, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+        let decision = if user.created { "created_with_verified_email" } else { "linked_by_verified_email" };
+        let event = audit::Event {
+            action,
+            actor: audit::Actor::user(user.user_id, Some(email.as_str())),
+            target: Some(("user", user.user_id.to_string())),
+            client,
+            metadata: serde_json::json!({
+                "method": "oauth", "connection": conn.slug, "subject": who.subject, "decision": decision,
+            }),
+        };
+        audit::record_and_commit(tx, scope, event, now).await?;
+        Ok(user)
+    }
+}
+
+/// RFC 6749 2.3.1: client id and secret are form-encoded before HTTP Basic.
+fn form_encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}

@@ -1,0 +1,1042 @@
+//! Hosted sign-in pages per project (`/p/{project}/...`, or `/...` on a verified custom
+//! domain): sign-in, sign-up, magic link, email code, upstream providers, password reset and
+//! email verification. Server-rendered, working without JavaScript, every form CSRF-protected
+//! (a double-submit cookie), links in emails confirmed by a button (mail scanners follow links,
+//! they do not press buttons). A finished sign-in returns to the app's registered redirect URI
+//! with a single-use `code` (PKCE S256), or shows who is signed in when no app asked.
+use std::net::SocketAddr;
+
+use askama::Template;
+use authio_core::signin::{Return, SignedInUser};
+use authio_core::CoreError;
+use authio_db::Scope;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Form};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand::RngCore;
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::routes::auth::{client_info, client_ip};
+use crate::AppState;
+
+const CSRF_COOKIE: &str = "authio_csrf";
+const OAUTH_COOKIE: &str = "authio_oauth";
+
+/// The host a request came in on, when it is a verified custom domain (set by
+/// [`custom_domains`]).
+#[derive(Clone, Debug)]
+pub struct CustomHost(pub String);
+
+/// Requests for a verified custom domain reach their project's hosted pages: `/signin` on
+/// `login.example.com` is `/p/{project}/signin`. Other hosts (the deployment's own, addresses,
+/// unknown or unverified domains) pass through unchanged, where no bare `/signin` exists.
+pub async fn custom_domains(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(|h| h.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(h, |(n, _)| n))
+        .map(str::to_ascii_lowercase);
+    let candidate = |h: &String| {
+        h.contains('.') && h.parse::<std::net::IpAddr>().is_err() && !h.starts_with('[') && h != &*state.public_host
+    };
+    let Some(host) = host.filter(candidate) else {
+        return next.run(req).await;
+    };
+    let project = match authio_db::preresolve::resolve_domain(&state.router, &host).await {
+        Ok(Some((_, project))) => project,
+        Ok(None) => return next.run(req).await,
+        Err(e) => return crate::ApiError::from(e).into_response(),
+    };
+    let path = req.uri().path();
+    let hosted = ["/signin", "/signup", "/magic-link", "/magic", "/code", "/reset", "/verify-email", "/oauth/"]
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")) || (p.ends_with('/') && path.starts_with(p)));
+    if path == "/oauth/callback" {
+        // One callback per host: the state names the project.
+    } else if hosted || path == "/" {
+        let rest = if path == "/" { "/signin" } else { path };
+        let pq = match req.uri().query() {
+            Some(q) => format!("/p/{project}{rest}?{q}"),
+            None => format!("/p/{project}{rest}"),
+        };
+        match pq.parse::<Uri>() {
+            Ok(u) => *req.uri_mut() = u,
+            Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+        }
+    } else if !path.starts_with("/.well-known/") && !path.starts_with("/p/") {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    }
+    req.extensions_mut().insert(CustomHost(host));
+    next.run(req).await
+}
+
+/// Where links in emails and the upstream callback point for this request.
+struct Site {
+    /// `/p/{project}` on the deployment's host, empty on a custom domain.
+    prefix: String,
+    /// Absolute base of the project's pages.
+    base: String,
+    /// Absolute root of the host (for `/oauth/callback`).
+    root: String,
+}
+
+fn site(state: &AppState, project: Uuid, custom: Option<&Extension<CustomHost>>) -> Site {
+    match custom {
+        Some(Extension(CustomHost(host))) => {
+            let root = format!("{}://{host}", state.public_scheme);
+            Site { prefix: String::new(), base: root.clone(), root }
+        }
+        None => Site {
+            prefix: format!("/p/{project}"),
+            base: format!("{}/p/{project}", state.public_url),
+            root: state.public_url.to_string(),
+        },
+    }
+}
+
+#[derive(Deserialize, Default, Clone)]
+pub struct FlowParams {
+    redirect_uri: Option<String>,
+    state: Option<String>,
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
+}
+
+#[derive(Default)]
+struct FlowFields {
+    redirect_uri: Option<String>,
+    state: Option<String>,
+    code_challenge: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "page.html")]
+struct Page {
+    title: String,
+    brand: String,
+    logo: Option<String>,
+    page: &'static str,
+    heading: String,
+    error: Option<String>,
+    notice: Option<String>,
+    csrf: String,
+    prefix: String,
+    flow: FlowFields,
+    flow_query: String,
+    password: bool,
+    magic_link: bool,
+    email_code: bool,
+    providers: Vec<(String, String)>,
+    email: String,
+    challenge_id: String,
+    token: String,
+    action: String,
+    button: String,
+    mails: Vec<MailView>,
+}
+
+struct MailView {
+    subject: String,
+    to: String,
+    at: String,
+    text: String,
+}
+
+/// A page under way: the project's look and the request's CSRF token.
+struct Ctx {
+    site: Site,
+    presentation: std::sync::Arc<authio_core::signin::Presentation>,
+    csrf: String,
+    set_csrf: bool,
+    secure: bool,
+}
+
+impl Ctx {
+    async fn new(
+        state: &AppState,
+        project: Uuid,
+        headers: &HeaderMap,
+        custom: Option<&Extension<CustomHost>>,
+    ) -> Result<Self, Response> {
+        let presentation = state.identity.presentation(project).await.map_err(|e| plain_error(e))?;
+        let (csrf, set_csrf) = match cookie(headers, CSRF_COOKIE) {
+            Some(c) if c.len() == 43 => (c, false),
+            _ => (random_token(), true),
+        };
+        Ok(Ctx {
+            site: site(state, project, custom),
+            presentation,
+            csrf,
+            set_csrf,
+            secure: state.public_scheme == "https",
+        })
+    }
+
+    fn page(&self, page: &'static str, heading: &str) -> Page {
+        let p = &self.presentation;
+        Page {
+            title: p.title().to_owned(),
+            brand: p.brand_color.clone(),
+            logo: p.logo_url.clone(),
+            page,
+            heading: heading.to_owned(),
+            error: None,
+            notice: None,
+            csrf: self.csrf.clone(),
+            prefix: self.site.prefix.clone(),
+            flow: FlowFields::default(),
+            flow_query: String::new(),
+            password: p.offers("password"),
+            magic_link: p.offers("magic_link"),
+            email_code: p.offers("email_code"),
+            providers: Vec::new(),
+            email: String::new(),
+            challenge_id: String::new(),
+            token: String::new(),
+            action: String::new(),
+            button: String::new(),
+            mails: Vec::new(),
+        }
+    }
+
+    fn render(&self, status: StatusCode, page: Page) -> Response {
+        let body = match page.render() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "page render failed");
+                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            }
+        };
+        let mut resp = (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response();
+        secure_headers(resp.headers_mut());
+        if self.set_csrf {
+            set_cookie(resp.headers_mut(), CSRF_COOKIE, &self.csrf, self.secure, 86400);
+        }
+        resp
+    }
+
+    /// A page that says what went wrong (the redirect URI is not trusted with errors it did
+    /// not ask for), with the status the API would give.
+    fn error(&self, e: CoreError, page: &'static str, heading: &str, mut p: Page) -> Response {
+        let (status, message, retry) = describe(&e);
+        p.page = page;
+        p.heading = heading.to_owned();
+        p.error = Some(message);
+        let mut resp = self.render(status, p);
+        if let Some(secs) = retry {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+
+    fn with_flow(&self, mut p: Page, f: &FlowParams) -> Page {
+        p.flow = FlowFields {
+            redirect_uri: f.redirect_uri.clone(),
+            state: f.state.clone(),
+            code_challenge: f.code_challenge.clone(),
+        };
+        let pairs: Vec<(&str, &str)> = [
+            ("redirect_uri", f.redirect_uri.as_deref()),
+            ("state", f.state.as_deref()),
+            ("code_challenge", f.code_challenge.as_deref()),
+            ("code_challenge_method", f.code_challenge.as_ref().map(|_| "S256")),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
+        if !pairs.is_empty() {
+            p.flow_query = format!("?{}", serde_urlencoded::to_string(&pairs).unwrap_or_default());
+        }
+        p
+    }
+}
+
+fn describe(e: &CoreError) -> (StatusCode, String, Option<u32>) {
+    let api = crate::ApiError::from(match e {
+        CoreError::RateLimited { retry_after } => CoreError::RateLimited { retry_after: *retry_after },
+        CoreError::InvalidCredentials => CoreError::InvalidCredentials,
+        CoreError::InvalidGrant(m) => CoreError::InvalidGrant(m),
+        CoreError::ChallengeLocked => CoreError::ChallengeLocked,
+        CoreError::UpstreamRefused(m) => CoreError::UpstreamRefused(m),
+        CoreError::Forbidden(m) => CoreError::Forbidden(m),
+        CoreError::InvalidRedirectUri => CoreError::InvalidRedirectUri,
+        CoreError::EmailTaken => CoreError::EmailTaken,
+        CoreError::NotFound(w) => CoreError::NotFound(w),
+        CoreError::Invalid(v) => CoreError::Invalid(v.clone()),
+        CoreError::Upstream(m) => CoreError::Upstream(m.clone()),
+        other => CoreError::Config(other.to_string()),
+    });
+    let message = match e {
+        CoreError::RateLimited { retry_after } => format!("Too many attempts. Try again in {retry_after} seconds."),
+        CoreError::EmailTaken => "An account with this email exists: sign in instead.".into(),
+        _ if api.status.is_server_error() => "Something went wrong on our side. Try again shortly.".into(),
+        _ => api.message.clone(),
+    };
+    (api.status, message, api.retry_after)
+}
+
+fn plain_error(e: CoreError) -> Response {
+    let (status, message, _) = describe(&e);
+    let mut resp = (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message).into_response();
+    secure_headers(resp.headers_mut());
+    resp
+}
+
+fn secure_headers(h: &mut HeaderMap) {
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+}
+
+fn random_token() -> String {
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+fn set_cookie(h: &mut HeaderMap, name: &str, value: &str, secure: bool, max_age: i64) {
+    let secure = if secure { "; Secure" } else { "" };
+    let v = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}");
+    if let Ok(v) = HeaderValue::from_str(&v) {
+        h.append(header::SET_COOKIE, v);
+    }
+}
+
+/// A posted form's CSRF token must be the cookie's (compared in constant time).
+fn csrf_ok(headers: &HeaderMap, form: &FormFields) -> bool {
+    match (cookie(headers, CSRF_COOKIE), form.csrf.as_deref()) {
+        (Some(c), Some(f)) => c.len() == 43 && bool::from(c.as_bytes().ct_eq(f.as_bytes())),
+        _ => false,
+    }
+}
+
+fn refuse_csrf() -> Response {
+    let mut resp = (
+        StatusCode::FORBIDDEN,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "This form has expired or was not sent from this site. Go back, reload the page and try again.",
+    )
+        .into_response();
+    secure_headers(resp.headers_mut());
+    resp
+}
+
+/// Every field any hosted form posts.
+#[derive(Deserialize, Default)]
+pub struct FormFields {
+    csrf: Option<String>,
+    email: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+    challenge_id: Option<String>,
+    code: Option<String>,
+    #[serde(flatten)]
+    flow: FlowParamsForm,
+}
+
+/// The flow's fields as posted (flattened forms cannot hold `Option` of a struct).
+#[derive(Deserialize, Default)]
+struct FlowParamsForm {
+    redirect_uri: Option<String>,
+    state: Option<String>,
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
+}
+
+impl FlowParamsForm {
+    fn params(&self) -> FlowParams {
+        FlowParams {
+            redirect_uri: self.redirect_uri.clone().filter(|s| !s.is_empty()),
+            state: self.state.clone().filter(|s| !s.is_empty()),
+            code_challenge: self.code_challenge.clone().filter(|s| !s.is_empty()),
+            code_challenge_method: self.code_challenge_method.clone().filter(|s| !s.is_empty()),
+        }
+    }
+}
+
+async fn flow_return(state: &AppState, project: Uuid, f: &FlowParams) -> Result<Option<Return>, CoreError> {
+    match &f.redirect_uri {
+        None => Ok(None),
+        Some(uri) => state
+            .identity
+            .check_return(
+                project,
+                uri,
+                f.state.as_deref(),
+                f.code_challenge.as_deref(),
+                f.code_challenge_method.as_deref(),
+            )
+            .await
+            .map(Some),
+    }
+}
+
+fn project_id(raw: &str) -> Result<Uuid, Response> {
+    Uuid::parse_str(raw).map_err(|_| plain_error(CoreError::NotFound("project")))
+}
+
+/// The end of every successful sign-in: back to the app with a code, or a page saying who
+/// is signed in.
+async fn finish(
+    state: &AppState,
+    ctx: &Ctx,
+    scope: &Scope,
+    user: &SignedInUser,
+    amr: &[&str],
+    ret: Option<&Return>,
+    email: &str,
+) -> Response {
+    match ret {
+        Some(r) => match state.identity.issue_signin_code(scope, user, amr, r).await {
+            Ok(location) => {
+                let mut resp = StatusCode::SEE_OTHER.into_response();
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+                secure_headers(resp.headers_mut());
+                resp
+            }
+            Err(e) => ctx.error(e, "done", "Sign-in failed", ctx.page("done", "")),
+        },
+        None => {
+            let mut p = ctx.page("done", "You are signed in");
+            p.notice = Some(format!("Signed in as {email}. You can close this page."));
+            ctx.render(StatusCode::OK, p)
+        }
+    }
+}
+
+fn ip_of(
+    state: &AppState,
+    connect: Option<&Extension<ConnectInfo<SocketAddr>>>,
+    headers: &HeaderMap,
+) -> Option<std::net::IpAddr> {
+    client_ip(state, connect, headers)
+}
+
+/// The sign-in page (and the sign-up page): every method the project offers.
+pub async fn signin_page(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+    Query(flow): Query<FlowParams>,
+    custom: Option<Extension<CustomHost>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let project = match project_id(&project) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let ctx = match Ctx::new(&state, project, &headers, custom.as_ref()).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let signup = uri.path().ends_with("/signup");
+    let (page, heading) = if signup { ("signup", "Create your account") } else { ("signin", "Sign in") };
+    let mut p = ctx.with_flow(ctx.page(page, heading), &flow);
+    if let Err(e) = flow_return(&state, project, &flow).await {
+        return ctx.error(e, "done", "This sign-in link is not valid", ctx.page("done", ""));
+    }
+    if ctx.presentation.offers("oauth") {
+        p.providers = state.identity.sign_in_buttons(project).await.unwrap_or_default();
+    }
+    ctx.render(StatusCode::OK, p)
+}
+
+/// Sign in (or sign up) with a password.
+pub async fn password_post(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+    custom: Option<Extension<CustomHost>>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    uri: Uri,
+    headers: HeaderMap,
+    Form(form): Form<FormFields>,
+) -> Response {
+    let project = match project_id(&project) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&headers, &form) {
+        return refuse_csrf();
+    }
+    let ctx = match Ctx::new(&state, project, &headers, custom.as_ref()).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let flow = form.flow.params();
+    let signup = uri.path().ends_with("/signup");
+    let (page, heading) = if signup { ("signup", "Create your account") } else { ("signin", "Sign in") };
+    let mut again = ctx.with_flow(ctx.page(page, heading), &flow);
+    again.email = form.email.clone().unwrap_or_default();
+    let ret = match flow_return(&state, project, &flow).await {
+        Ok(r) => r,
+        Err(e) => return ctx.error(e, "done", "This sign-in link is not valid", ctx.page("done", "")),
+    };
+    let ip = ip_of(&state, connect.as_ref(), &headers);
+    let client = client_info(&headers, ip);
+    let (email, password) = (form.email.unwrap_or_default(), form.password.unwrap_or_default());
+    let result = if signup {
+        let r = state.identity.register(project, &email, &password, &client, ip).await;
+        if r.is_ok() {
+            let link_base = format!("{}/verify-email", ctx.site.base);
+            if let Err(e) = state.identity.send_email_verification(project, &email, &link_base).await {
+                tracing::warn!(error = %e, "email verification not queued");
+            }
+        }
+        r
+    } else {
+        state.identity.password_user(project, &email, &password, &client, ip).await
+    };
+    match result {
+        Ok((scope, user)) => finish(&state, &ctx, &scope, &user, &["pwd"], ret.as_ref(), &email).await,
+        Err(e) => ctx.error(e, page, heading, again),
+    }
+}
+
+/// Ask for a magic link.
+pub async fn magic_link_post(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+    custom: Option<Extension<CustomHost>>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    Form(form): Form<FormFields>,
+) -> Response {
+    let project = match project_id(&project) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&headers, &form) {
+        return refuse_csrf();
+    }
+    let ctx = match Ctx::new(&state, project, &headers, custom.as_ref()).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let flow = form.flow.params();
+    let mut again = ctx.with_flow(ctx.page("signin", "Sign in"), &flow);
+    again.email = form.email.clone().unwrap_or_default();
+    let ret = match flow_return(&state, project, &flow).await {
+        Ok(r) => r,
+        Err(e) => return ctx.error(e, "done", "This sign-in link is not valid", ctx.page("done", "")),
+    };
+    let ip = ip_of(&state, connect.as_ref(), &headers);
+    let email = form.email.unwrap_or_default();
+    let link_base = format!("{}/magic", ctx.site.base);
+    match state
+        .identity
+        .request_magic_link(project, &email, &link_base, ret.as_ref(), None, ip, &client_info(&headers, ip))
+        .await
+    {
+        Ok(_) => {
+            let mut p = ctx.page("done", "Check your email");
+            p.notice = Some(format!(
+                "If {email} can sign in here, a link is on its way. It works once, for {} minutes.",
+                state.identity.one_time().magic_link_ttl_secs / 60
+            ));
+            ctx.render(StatusCode::OK, p)
+        }
+        Err(e) => ctx.error(e, "signin", "Sign in", again),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct TokenQuery {
+    token: Option<String>,
+}
+
+/// The page an emailed link opens: a button that uses it (links are not used by a GET).
+async fn confirm_page(
+    state: &AppState,
+    project: &str,
+    custom: Option<&Extension<CustomHost>>,
+    headers: &HeaderMap,
+    token: Option<String>,
+    (purpose, action, heading, button): (&str, &str, &str, &str),
+) -> Response {
+    let project = match project_id(project) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let ctx = match Ctx::new(state, project, headers, custom).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let token = token.unwrap_or_default();
+    let live = match state.identity.link_live(&token, purpose).await {
+        Ok(l) => l,
+        Err(e) => return ctx.error(e, "done", heading, ctx.page("done", heading)),
+    };
+    match live {
+        Some((p, _)) if p == project => {
+            let mut page = ctx.page(if purpose == "password_reset" { "new-password" } else { "confirm" }, heading);
+            page.token = token;
+            page.action = action.to_owned();
+            page.button = button.to_owned();
+            ctx.render(StatusCode::OK, page)
+        }
+        _ => ctx.error(
+            CoreError::InvalidGrant("this link is invalid, used or expired"),
+            "done",
+            heading,
+            ctx.page("done", heading),
+        ),
+    }
+}
+
+pub async fn magic_page(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+    custom: Option<Extension<CustomHost>>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Response {
+    confirm_page(&state, &project, custom.as_ref(), &headers, q.token, ("magic_link", "magic", "Sign in", "Sign in"))
+        .await
+}
+
+/// Use a magic link.
+pub async fn magic_post(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+    custom: Option<Extension<CustomHost>>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    Form(form): Form<FormFields>,
+) -> Response {
+    let project = match project_id(&project) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&headers, &form) {
+        return refuse_csrf();
+    }
+    let ctx = match Ctx::new(&state, project, &headers, custom.as_ref()).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let ip = ip_of(&state, connect.as_ref(), &headers);
+    let client = client_info(&headers, ip);
+    let token = form.token.unwrap_or_default();
+    let proved = match state.identity.use_magic_link(&token, None, ip).await {
+        Ok(p) if p.scope.project_id == Some(project) => p,
+        Ok(_) => {
+            return ctx.error(
+                CoreError::InvalidGrant("this link is for another project"),
+                "done",
+                "Sign in",
+                ctx.page("done", ""),
+            )
+        }
+        Err(e) => return ctx.error(e, "done", "Sign in", ctx.page("done", "")),
+    };
+    match state.identity.resolve_signin(&proved, "magic_link", &client).await {
+        Ok(user) => {
+            finish(&state, &ctx, &proved.scope, &user, &["email"], proved.ret.as_ref(), proved.email.as_str()).await
+        }
+        Err(e) => ctx.error(e, "done", "Sign in", ctx.page("done", "")),
+    }
+}
+
+/// Ask for an email code; shows the page to enter it.
+pub async fn code_post(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+    custom: Option<Extension<CustomHost>>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    Form(form): Form<FormFields>,
+) -> Response {
+    let project = match project_id(&project) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&headers, &form) {
+        return refuse_csrf();
+    }
+    let ctx = match Ctx::new(&state, project, &headers, custom.as_ref()).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let flow = form.flow.params();
+    let mut again = ctx.with_flow(ctx.page("signin", "Sign in"), &flow);
+    again.email = form.email.clone().unwrap_or_default();
+    let ret = match flow_return(&state, project, &flow).await {
+        Ok(r) => r,
+        Err(e) => return ctx.error(e, "done", "This sign-in link is not valid", ctx.page("done", "")),
+    };
+    let ip = ip_of(&state, connect.as_ref(), &headers);
+    let email = form.email.unwrap_or_default();
+    match state.identity.request_email_code(project, &email, ret.as_ref(), ip).await {
+        Ok((challenge, _)) => {
+            let mut p = ctx.page("code", "Enter your code");
+            p.challenge_id = challenge.to_string();
+            p.email = email;
+            ctx.render(StatusCode::OK, p)
+        }
+        Err(e) => ctx.error(e, "signin", "Sign in", again),
+    }
+}
+
+/// Check an email code.
+pub async fn code_verify_post(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+    custom: Option<Extension<CustomHost>>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    Form(form): Form<FormFields>,
+) -> Response {
+    let project = match project_id(&project) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&headers, &form) {
+        return refuse_csrf();
+    }
+    let ctx = match Ctx::new(&state, project, &headers, custom.as_ref()).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let ip = ip_of(&state, connect.as_ref(), &headers);
+    let client = client_info(&headers, ip);
+    let raw_challenge = form.challenge_id.unwrap_or_default();
+    let mut again = ctx.page("code", "Enter your code");
+    again.challenge_id = raw_challenge.clone();
+    let Ok(challenge) = Uuid::parse_str(&raw_challenge) else {
+        return ctx.error(CoreError::InvalidGrant("the code is wrong or expired"), "code", "Enter your code", again);
+    };
+    let code = form.code.unwrap_or_default();
+    let proved = match state.identity.verify_email_code(challenge, code.trim(), ip).await {
+        Ok(p) if p.scope.project_id == Some(project) => p,
+        Ok(_) => {
+            return ctx.error(CoreError::InvalidGrant("the code is wrong or expired"), "code", "Enter your code", again)
+        }
+        Err(e @ CoreError::ChallengeLocked) => {
+            return ctx.error(e, "done", "Too many wrong codes", ctx.page("done", ""))
+        }
+        Err(e) => return ctx.error(e, "code", "Enter your code", again),
+    };
+    match state.identity.resolve_signin(&proved, "email_code", &client).await {
+        Ok(user) => {
+            finish(&state, &ctx, &proved.scope, &user, &["otp"], proved.ret.as_ref(), proved.email.as_str()).await
+        }
+        Err(e) => ctx.error(e, "done", "Sign in", ctx.page("done", "")),
+    }
+}
+
+/// Start signing in with an upstream provider.
+pub async fn oauth_start(
+    State(state): State<AppState>,
+    Path((project, slug)): Path<(String, String)>,
+    Query(flow): Query<FlowParams>,
+    custom: Option<Extension<CustomHost>>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+) -> Response {
+    let project = match project_id(&project) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let ctx = match Ctx::new(&state, project, &headers, custom.as_ref()).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let ret = match flow_return(&state, project, &flow).await {
+        Ok(r) => r,
+        Err(e) => return ctx.error(e, "done", "This sign-in link is not valid", ctx.page("done", "")),
+    };
+    let ip = ip_of(&state, connect.as_ref(), &headers);
+    let callback = format!("{}/oauth/callback", ctx.site.root);
+    match state.identity.upstream_start(project, &slug, ret.as_ref(), &callback, ip).await {
+        Ok((location, browser)) => {
+            let mut resp = StatusCode::SEE_OTHER.into_response();
+            let h = resp.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                h.insert(header::LOCATION, v);
+            }
+            secure_headers(h);
+            // Lax: the cookie comes back on the provider's top-level redirect to us.
+            let max_age = state.identity.one_time().oauth_state_ttl_secs;
+            set_cookie(h, OAUTH_COOKIE, &browser, ctx.secure, max_age);
+            resp
+        }
+        Err(e) => ctx.error(e, "done", "Sign in", ctx.page("done", "")),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// The upstream provider's redirect back.
+pub async fn oauth_callback(
+    State(state): State<AppState>,
+    Query(q): Query<CallbackQuery>,
+    custom: Option<Extension<CustomHost>>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+) -> Response {
+    let refused = |m: String| {
+        let mut resp =
+            (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], m).into_response();
+        secure_headers(resp.headers_mut());
+        resp
+    };
+    if let Some(err) = q.error {
+        let d = q.error_description.unwrap_or_default();
+        return refused(format!("The provider did not sign you in ({err}). {d}"));
+    }
+    let (Some(code), Some(st)) = (q.code, q.state) else {
+        return refused("The provider's answer is incomplete.".into());
+    };
+    let root = match &custom {
+        Some(Extension(CustomHost(h))) => format!("{}://{h}", state.public_scheme),
+        None => state.public_url.to_string(),
+    };
+    let callback = format!("{root}/oauth/callback");
+    let ip = ip_of(&state, connect.as_ref(), &headers);
+    let client = client_info(&headers, ip);
+    let browser = cookie(&headers, OAUTH_COOKIE);
+    match state.identity.upstream_finish(&st, &code, browser.as_deref(), &callback, &client, ip).await {
+        Ok((scope, user, ret)) => {
+            let Some(project) = scope.project_id else { return refused("no project".into()) };
+            let ctx = match Ctx::new(&state, project, &headers, custom.as_ref()).await {
+                Ok(c) => c,
+                Err(r) => return r,
+            };
+            let mut resp = finish(&state, &ctx, &scope, &user, &["oauth"], ret.as_ref(), "your account").await;
+            set_cookie(resp.headers_mut(), OAUTH_COOKIE, "", ctx.secure, 0);
+            resp
+        }
+        Err(e) => {
+            let (status, message, retry) = describe(&e);
+            let mut resp = refused(message);
+            *resp.status_mut() = status;
+            if let Some(s) = retry {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            }
+            resp
+        }
+    }
+}
+
+pub async fn reset_page(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+    custom: Option<Extension<CustomHost>>,
+    headers: HeaderMap,
+) -> Response {
+    let project = match project_id(&project) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    match Ctx::new(&state, project, &headers, custom.as_ref()).await {
+        Ok(ctx) => ctx.render(StatusCode::OK, ctx.page("reset", "Reset your password")),
+        Err(r) => r,
+    }
+}
+
+/// Ask for a password-reset link (the answer does not say whether the account exists).
+pub async fn reset_post(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+    custom: Option<Extension<CustomHost>>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    Form(form): Form<FormFields>,
+) -> Response {
+    let project = match project_id(&project) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&headers, &form) {
+        return refuse_csrf();
+    }
+    let ctx = match Ctx::new(&state, project, &headers, custom.as_ref()).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let ip = ip_of(&state, connect.as_ref(), &headers);
+    let email = form.email.unwrap_or_default();
+    let link_base = format!("{}/reset/confirm", ctx.site.base);
+    match state.identity.request_password_reset(project, &email, &link_base, ip).await {
+        Ok(_) => {
+            let mut p = ctx.page("done", "Check your email");
+            p.notice = Some(format!("If {email} has an account here, a reset link is on its way."));
+            ctx.render(StatusCode::OK, p)
+        }
+        Err(e) => ctx.error(e, "reset", "Reset your password", ctx.page("reset", "")),
+    }
+}
+
+pub async fn reset_confirm_page(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+    custom: Option<Extension<CustomHost>>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let what = ("password_reset", "reset/confirm", "Choose a new password", "Set password");
+    confirm_page(&state, &project, custom.as_ref(), &headers, q.token, what).await
+}
+
+/// Set the new password; every session of the account ends.
+pub async fn reset_confirm_post(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+    custom: Option<Extension<CustomHost>>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    Form(form): Form<FormFields>,
+) -> Response {
+    let project = match project_id(&project) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&headers, &form) {
+        return refuse_csrf();
+    }
+    let ctx = match Ctx::new(&state, project, &headers, custom.as_ref()).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let ip = ip_of(&state, connect.as_ref(), &headers);
+    let token = form.token.unwrap_or_default();
+    let mut again = ctx.page("new-password", "Choose a new password");
+    again.token = token.clone();
+    match state
+        .identity
+        .reset_password(&token, &form.password.unwrap_or_default(), &client_info(&headers, ip), ip)
+        .await
+    {
+        Ok(_) => {
+            let mut p = ctx.page("done", "Password changed");
+            p.notice = Some("Your password is changed and every session signed out. Sign in with the new one.".into());
+            ctx.render(StatusCode::OK, p)
+        }
+        Err(e @ CoreError::Invalid(_)) => ctx.error(e, "new-password", "Choose a new password", again),
+        Err(e) => ctx.error(e, "done", "Choose a new password", ctx.page("done", "")),
+    }
+}
+
+pub async fn verify_email_page(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+    custom: Option<Extension<CustomHost>>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let what = ("email_verification", "verify-email", "Confirm your email", "Confirm");
+    confirm_page(&state, &project, custom.as_ref(), &headers, q.token, what).await
+}
+
+pub async fn verify_email_post(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+    custom: Option<Extension<CustomHost>>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    Form(form): Form<FormFields>,
+) -> Response {
+    let project = match project_id(&project) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&headers, &form) {
+        return refuse_csrf();
+    }
+    let ctx = match Ctx::new(&state, project, &headers, custom.as_ref()).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let ip = ip_of(&state, connect.as_ref(), &headers);
+    match state.identity.verify_email(&form.token.unwrap_or_default(), &client_info(&headers, ip), ip).await {
+        Ok(()) => {
+            let mut p = ctx.page("done", "Email confirmed");
+            p.notice = Some("Thank you: your email address is confirmed.".into());
+            ctx.render(StatusCode::OK, p)
+        }
+        Err(e) => ctx.error(e, "done", "Confirm your email", ctx.page("done", "")),
+    }
+}
+
+/// `authio dev`'s mailbox: what the built-in mail catcher received, newest first.
+pub async fn dev_mailbox(State(state): State<AppState>) -> Response {
+    let Some(catcher) = state.mailbox.as_ref() else {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    };
+    let mails = catcher
+        .all()
+        .into_iter()
+        .rev()
+        .take(50)
+        .map(|m| MailView {
+            subject: m.header("subject").unwrap_or_default(),
+            to: m.to.join(", "),
+            at: m.received_at.format("%H:%M:%S").to_string(),
+            text: m.text(),
+        })
+        .collect();
+    let page = Page {
+        title: "Authio".into(),
+        brand: "#3554d1".into(),
+        logo: None,
+        page: "mailbox",
+        heading: "Development mailbox".into(),
+        error: None,
+        notice: None,
+        csrf: String::new(),
+        prefix: String::new(),
+        flow: FlowFields::default(),
+        flow_query: String::new(),
+        password: false,
+        magic_link: false,
+        email_code: false,
+        providers: Vec::new(),
+        email: String::new(),
+        challenge_id: String::new(),
+        token: String::new(),
+        action: String::new(),
+        button: String::new(),
+        mails,
+    };
+    match page.render() {
+        Ok(b) => {
+            let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], b).into_response();
+            secure_headers(resp.headers_mut());
+            resp
+        }
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}

@@ -1,0 +1,732 @@
+//! Sign-in without passwords, hosted pages, redirect URIs, origins, custom domains and rate
+//! limits: over real HTTP, with the mail really delivered over SMTP to a receiver the test runs.
+use std::collections::HashMap;
+use std::time::Duration;
+
+use authio_core::domain::Plan;
+use authio_db::TenantKind;
+use authio_testkit::{
+    admin_query_strings, make_dedicated, seed_tenant, spawn_app, spawn_app_with, AppOptions, Seeded, TestApp,
+};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const APP_CB: &str = "https://app.example.com/callback";
+const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+
+fn challenge() -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(VERIFIER.as_bytes()))
+}
+
+async fn register_redirect(app: &TestApp, s: &Seeded, uri: &str) {
+    let r = app
+        .http
+        .post(app.url(&format!("/v1/projects/{}/redirect-uris", s.project.id)))
+        .bearer_auth(&s.api_key.plaintext)
+        .json(&json!({"uri": uri}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+}
+
+/// The newest message to `to` after `seen` earlier ones, as decoded text.
+async fn next_mail(app: &TestApp, to: &str, seen: usize) -> (String, String) {
+    let m = app.mail.wait_for(to, seen, Duration::from_secs(10)).await.expect("the email arrives over SMTP");
+    (m.header("subject").unwrap_or_default(), m.text())
+}
+
+/// The value after `key=` up to the first character that cannot be in a token.
+fn param_in(text: &str, key: &str) -> String {
+    let at = text.find(&format!("{key}=")).unwrap_or_else(|| panic!("{key} in {text}")) + key.len() + 1;
+    text[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-')).collect()
+}
+
+fn six_digits(text: &str) -> String {
+    let bytes: Vec<char> = text.chars().collect();
+    for w in bytes.windows(8) {
+        if !w[0].is_ascii_digit() && w[1..7].iter().all(char::is_ascii_digit) && !w[7].is_ascii_digit() {
+            return w[1..7].iter().collect();
+        }
+    }
+    panic!("no code in {text}");
+}
+
+async fn post_json(app: &TestApp, path: &str, body: Value) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    let r = app.http.post(app.url(path)).json(&body).send().await.unwrap();
+    let (status, headers) = (r.status(), r.headers().clone());
+    (status, r.json().await.unwrap_or(Value::Null), headers)
+}
+
+async fn row_count(url: &str, sql: &str) -> i64 {
+    admin_query_strings(url, sql).await[0].parse().unwrap()
+}
+
+#[tokio::test]
+async fn magic_links_arrive_by_smtp_sign_in_once_and_expire() {
+    let app =
+        spawn_app_with(AppOptions { tune_auth: |a| a.one_time.magic_link_ttl_secs = 2, ..AppOptions::default() }).await;
+    let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    register_redirect(&app, &s, APP_CB).await;
+    let pid = s.project.id;
+
+    // An unregistered redirect URI is refused, and nothing is sent.
+    let (st, body, _) = post_json(
+        &app,
+        "/v1/auth/magic-link",
+        json!({"project_id": pid, "email": "new@example.com", "redirect_uri": "https://evil.example.com/cb"}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "invalid_redirect_uri");
+
+    // A new address: the link signs the user up and in.
+    let (st, body, _) = post_json(
+        &app,
+        "/v1/auth/magic-link",
+        json!({"project_id": pid, "email": "New@Example.com", "redirect_uri": APP_CB}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    let (subject, text) = next_mail(&app, "new@example.com", 0).await;
+    assert!(subject.contains("sign-in link"), "{subject}");
+    assert!(text.contains(&format!("{APP_CB}?token=ml_")), "{text}");
+    let token = param_in(&text, "token");
+    // The mail left the outbox: nothing sealed lingers with the link.
+    assert_eq!(row_count(&app.shared.admin_url, "SELECT count(*) FROM email_outbox").await, 0);
+    // Only a hash of the token is stored.
+    assert_eq!(
+        row_count(
+            &app.shared.admin_url,
+            &format!("SELECT count(*) FROM email_links WHERE token_hash = sha256('{token}'::bytea)")
+        )
+        .await,
+        1
+    );
+
+    let (st, tokens, _) = post_json(&app, "/v1/auth/magic-link/verify", json!({"token": token})).await;
+    assert_eq!(st, StatusCode::OK, "{tokens}");
+    assert!(tokens["access_token"].as_str().unwrap().split('.').count() == 3);
+    let claims = crate::identity::claims_of(tokens["access_token"].as_str().unwrap());
+    assert_eq!(claims["amr"], json!(["otp"]));
+    // Signed up with a verified address.
+    let users = admin_query_strings(&app.shared.admin_url, "SELECT email || ':' || email_verified FROM users").await;
+    assert_eq!(users, vec!["new@example.com:true"]);
+
+    // Second use fails.
+    let (st, body, _) = post_json(&app, "/v1/auth/magic-link/verify", json!({"token": token})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "invalid_grant");
+
+    // An expired link fails.
+    post_json(
+        &app,
+        "/v1/auth/magic-link",
+        json!({"project_id": pid, "email": "new@example.com", "redirect_uri": APP_CB}),
+    )
+    .await;
+    let (_, text) = next_mail(&app, "new@example.com", 1).await;
+    let late = param_in(&text, "token");
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let (st, _, _) = post_json(&app, "/v1/auth/magic-link/verify", json!({"token": late})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+
+    // Bound to a browser: only the verifier's holder may use it.
+    post_json(
+        &app,
+        "/v1/auth/magic-link",
+        json!({"project_id": pid, "email": "new@example.com", "redirect_uri": APP_CB, "code_challenge": challenge()}),
+    )
+    .await;
+    let (_, text) = next_mail(&app, "new@example.com", 2).await;
+    let bound = param_in(&text, "token");
+    let (st, _, _) =
+        post_json(&app, "/v1/auth/magic-link/verify", json!({"token": bound, "code_verifier": "x".repeat(43)})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, _, _) = post_json(&app, "/v1/auth/magic-link/verify", json!({"token": bound})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, body, _) =
+        post_json(&app, "/v1/auth/magic-link/verify", json!({"token": bound, "code_verifier": VERIFIER})).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn email_codes_sign_in_once_replace_each_other_and_lock_after_five_wrong_tries() {
+    let app =
+        spawn_app_with(AppOptions { tune_auth: |a| a.one_time.email_code_ttl_secs = 2, ..AppOptions::default() }).await;
+    let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    let pid = s.project.id;
+    let to = "carol@example.com";
+
+    let (st, first, _) = post_json(&app, "/v1/auth/email-code", json!({"project_id": pid, "email": to})).await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    let (_, text) = next_mail(&app, to, 0).await;
+    let code = six_digits(&text);
+    // Stored as a MAC, not the code.
+    let stored = admin_query_strings(&app.shared.admin_url, "SELECT encode(code_mac, 'hex') FROM email_codes").await;
+    assert_eq!(stored.len(), 1);
+    assert_ne!(stored[0], hex_of(code.as_bytes()));
+
+    // Five wrong codes lock the challenge: the right one is refused after that.
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    for _ in 0..5 {
+        let (st, body, _) = post_json(
+            &app,
+            "/v1/auth/email-code/verify",
+            json!({"challenge_id": first["challenge_id"], "code": wrong}),
+        )
+        .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"]["code"], "invalid_grant");
+    }
+    let (st, body, _) =
+        post_json(&app, "/v1/auth/email-code/verify", json!({"challenge_id": first["challenge_id"], "code": code}))
+            .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "challenge_locked");
+
+    // A new code replaces the old challenge; it signs in once.
+    let (_, second, _) = post_json(&app, "/v1/auth/email-code", json!({"project_id": pid, "email": to})).await;
+    let (_, text) = next_mail(&app, to, 1).await;
+    let code2 = six_digits(&text);
+    assert_eq!(row_count(&app.shared.admin_url, "SELECT count(*) FROM email_codes").await, 1);
+    let (st, tokens, _) =
+        post_json(&app, "/v1/auth/email-code/verify", json!({"challenge_id": second["challenge_id"], "code": code2}))
+            .await;
+    assert_eq!(st, StatusCode::OK, "{tokens}");
+    let (st, _, _) =
+        post_json(&app, "/v1/auth/email-code/verify", json!({"challenge_id": second["challenge_id"], "code": code2}))
+            .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+
+    // An expired code fails.
+    let (_, third, _) = post_json(&app, "/v1/auth/email-code", json!({"project_id": pid, "email": to})).await;
+    let (_, text) = next_mail(&app, to, 2).await;
+    let code3 = six_digits(&text);
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let (st, _, _) =
+        post_json(&app, "/v1/auth/email-code/verify", json!({"challenge_id": third["challenge_id"], "code": code3}))
+            .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+
+    // The audit log has the sign-up and the sign-in at the home.
+    let actions = admin_query_strings(&app.shared.admin_url, "SELECT action FROM audit_events ORDER BY seq").await;
+    assert!(
+        actions.contains(&"user.signed_up".to_owned()) && actions.contains(&"user.signed_in".to_owned()),
+        "{actions:?}"
+    );
+}
+
+fn as_refs(v: &[(String, String)]) -> Vec<(&str, &str)> {
+    v.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A browser without JavaScript: keeps cookies, does not follow redirects.
+struct Browser {
+    http: reqwest::Client,
+    cookies: HashMap<String, String>,
+    host: Option<String>,
+}
+
+impl Browser {
+    fn new() -> Self {
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        Browser { http, cookies: HashMap::new(), host: None }
+    }
+
+    fn keep(&mut self, r: &reqwest::Response) {
+        for v in r.headers().get_all("set-cookie") {
+            let (kv, _) = v.to_str().unwrap().split_once(';').unwrap();
+            let (k, v) = kv.split_once('=').unwrap();
+            self.cookies.insert(k.to_owned(), v.to_owned());
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
+    }
+
+    async fn get(&mut self, url: &str) -> (StatusCode, String, reqwest::header::HeaderMap) {
+        let mut req = self.http.get(url).header("cookie", self.cookie_header());
+        if let Some(h) = &self.host {
+            req = req.header("host", h);
+        }
+        let r = req.send().await.unwrap();
+        self.keep(&r);
+        let (st, h) = (r.status(), r.headers().clone());
+        (st, r.text().await.unwrap(), h)
+    }
+
+    async fn post(&mut self, url: &str, form: &[(&str, &str)]) -> (StatusCode, String, reqwest::header::HeaderMap) {
+        let mut req = self.http.post(url).header("cookie", self.cookie_header()).form(form);
+        if let Some(h) = &self.host {
+            req = req.header("host", h);
+        }
+        let r = req.send().await.unwrap();
+        self.keep(&r);
+        let (st, h) = (r.status(), r.headers().clone());
+        (st, r.text().await.unwrap(), h)
+    }
+}
+
+fn hidden(html: &str, name: &str) -> String {
+    let at = html.find(&format!("name=\"{name}\" value=\"")).unwrap_or_else(|| panic!("{name} in {html}"));
+    let rest = &html[at + name.len() + 15..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+/// Follow a hosted sign-in's redirect back to the app and exchange the code like the app does.
+async fn exchange(app: &TestApp, location: &str) -> (StatusCode, Value) {
+    assert!(location.starts_with(&format!("{APP_CB}?code=sc_")), "{location}");
+    assert!(location.contains("state=xyz"), "{location}");
+    let code = param_in(location, "code");
+    let r = app
+        .http
+        .post(app.url("/v1/auth/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", APP_CB),
+            ("code_verifier", VERIFIER),
+        ])
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.json().await.unwrap())
+}
+
+fn flow_query() -> String {
+    format!("?redirect_uri={}&state=xyz&code_challenge={}&code_challenge_method=S256", url_encode(APP_CB), challenge())
+}
+
+fn url_encode(s: &str) -> String {
+    serde_urlencoded::to_string([("v", s)]).unwrap()[2..].to_owned()
+}
+
+#[tokio::test]
+async fn hosted_pages_sign_in_by_link_code_password_and_reset_with_csrf_and_exact_redirects() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    register_redirect(&app, &s, APP_CB).await;
+    let base = app.url(&format!("/p/{}", s.project.id));
+    let mut b = Browser::new();
+
+    // Branding shows on the page.
+    let r = app
+        .http
+        .patch(app.url(&format!("/v1/projects/{}/presentation", s.project.id)))
+        .bearer_auth(&s.api_key.plaintext)
+        .json(&json!({"display_name": "Acme <Login>", "brand_color": "#aa0011"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // The sign-in page: every method, labelled fields, a CSRF token in a cookie and the form.
+    let (st, html, headers) = b.get(&format!("{base}/signin{}", flow_query())).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(html.contains("Acme &#60;Login&#62;") || html.contains("Acme &lt;Login&gt;"), "escaped name: {html}");
+    assert!(html.contains("--brand: #aa0011"));
+    assert!(html.contains("<label for=\"email\">") && html.contains("id=\"email\""));
+    assert!(html.contains("Email me a sign-in link") && html.contains("Email me a code"));
+    assert_eq!(headers["x-frame-options"], "DENY");
+    let csrf = hidden(&html, "csrf");
+    assert_eq!(b.cookies["authio_csrf"], csrf);
+
+    // An unregistered redirect URI gets an error page, never a redirect.
+    let (st, html, headers) = b
+        .get(&format!(
+            "{base}/signin?redirect_uri={}&code_challenge={}&code_challenge_method=S256",
+            url_encode("https://evil.example.com/cb"),
+            challenge()
+        ))
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(headers.get("location").is_none());
+    assert!(html.contains("not registered"));
+    // PKCE plain is refused.
+    let (st, _, _) = b
+        .get(&format!(
+            "{base}/signin?redirect_uri={}&code_challenge={}&code_challenge_method=plain",
+            url_encode(APP_CB),
+            challenge()
+        ))
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let flow = [
+        ("redirect_uri", APP_CB),
+        ("state", "xyz"),
+        ("code_challenge", &challenge()),
+        ("code_challenge_method", "S256"),
+    ];
+    let with = |extra: &[(&'static str, String)]| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = flow.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        v.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        v
+    };
+
+    // A form posted without its CSRF token is refused, and sends nothing.
+    let f = with(&[("email", "dana@example.com".into())]);
+    let (st, _, _) = b.post(&format!("{base}/magic-link"), &as_refs(&f)).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let f = with(&[("email", "dana@example.com".into()), ("csrf", "A".repeat(43))]);
+    let (st, _, _) = b.post(&format!("{base}/magic-link"), &as_refs(&f)).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert!(app.mail.to("dana@example.com").is_empty());
+
+    // Magic link: the email's link opens a page with a button (a GET uses nothing) ...
+    let f = with(&[("email", "dana@example.com".into()), ("csrf", csrf.clone())]);
+    let (st, html, _) = b.post(&format!("{base}/magic-link"), &as_refs(&f)).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(html.contains("Check your email"));
+    let (_, text) = next_mail(&app, "dana@example.com", 0).await;
+    assert!(text.contains(&format!("{base}/magic?token=ml_")), "{text}");
+    let token = param_in(&text, "token");
+    let (st, html, _) = b.get(&format!("{base}/magic?token={token}")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(html.contains("name=\"token\""));
+    // ... whose press returns to the app with a code the app exchanges once, with its verifier.
+    let (st, _, headers) = b.post(&format!("{base}/magic"), &[("csrf", &csrf), ("token", &token)]).await;
+    assert_eq!(st, StatusCode::SEE_OTHER);
+    let location = headers["location"].to_str().unwrap().to_owned();
+    let code = param_in(&location, "code");
+    let bad = app
+        .http
+        .post(app.url("/v1/auth/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", APP_CB),
+            ("code_verifier", &"y".repeat(43)),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST, "a wrong verifier burns the code");
+    // Start over: a fresh link, the right verifier.
+    let f = with(&[("email", "dana@example.com".into()), ("csrf", csrf.clone())]);
+    b.post(&format!("{base}/magic-link"), &as_refs(&f)).await;
+    let (_, text) = next_mail(&app, "dana@example.com", 1).await;
+    let token = param_in(&text, "token");
+    let (_, _, headers) = b.post(&format!("{base}/magic"), &[("csrf", &csrf), ("token", &token)]).await;
+    let location = headers["location"].to_str().unwrap().to_owned();
+    let (st, tokens) = exchange(&app, &location).await;
+    assert_eq!(st, StatusCode::OK, "{tokens}");
+    assert_eq!(crate::identity::claims_of(tokens["access_token"].as_str().unwrap())["amr"], json!(["email"]));
+    let (st, _) = exchange(&app, &location).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "a code is exchanged once");
+    // The used link's page now says so.
+    let (st, _, _) = b.get(&format!("{base}/magic?token={token}")).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+
+    // Email code through the pages.
+    let f = with(&[("email", "erin@example.com".into()), ("csrf", csrf.clone())]);
+    let (st, html, _) = b.post(&format!("{base}/code"), &as_refs(&f)).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(html.contains("autocomplete=\"one-time-code\""));
+    let challenge_id = hidden(&html, "challenge_id");
+    let (_, text) = next_mail(&app, "erin@example.com", 0).await;
+    let code = six_digits(&text);
+    let (st, html, _) = b
+        .post(&format!("{base}/code/verify"), &[("csrf", &csrf), ("challenge_id", &challenge_id), ("code", "999999")])
+        .await;
+    assert!(st == StatusCode::BAD_REQUEST && html.contains("role=\"alert\""), "{st}");
+    let (st, _, headers) = b
+        .post(&format!("{base}/code/verify"), &[("csrf", &csrf), ("challenge_id", &challenge_id), ("code", &code)])
+        .await;
+    assert_eq!(st, StatusCode::SEE_OTHER);
+    let (st, _) = exchange(&app, headers["location"].to_str().unwrap()).await;
+    assert_eq!(st, StatusCode::OK);
+
+    // Password sign-up, then a reset that ends its sessions, then sign-in with the new one.
+    let f =
+        with(&[("email", "finn@example.com".into()), ("password", "first-password-1".into()), ("csrf", csrf.clone())]);
+    let (st, _, headers) = b.post(&format!("{base}/signup"), &as_refs(&f)).await;
+    assert_eq!(st, StatusCode::SEE_OTHER);
+    let (st, _) = exchange(&app, headers["location"].to_str().unwrap()).await;
+    assert_eq!(st, StatusCode::OK);
+    let (subject, _) = next_mail(&app, "finn@example.com", 0).await;
+    assert!(subject.contains("Confirm your email"), "{subject}");
+    let (st, html, _) = b.post(&format!("{base}/reset"), &[("csrf", &csrf), ("email", "finn@example.com")]).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(html.contains("Check your email"));
+    // An unknown account gets the same answer and no email.
+    let (st, html2, _) = b.post(&format!("{base}/reset"), &[("csrf", &csrf), ("email", "nobody@example.com")]).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(html.replace("finn@example.com", "X"), html2.replace("nobody@example.com", "X"));
+    let (_, text) = next_mail(&app, "finn@example.com", 1).await;
+    let reset = param_in(&text, "token");
+    let (st, html, _) = b.get(&format!("{base}/reset/confirm?token={reset}")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(html.contains("autocomplete=\"new-password\""));
+    let (st, _, _) = b
+        .post(
+            &format!("{base}/reset/confirm"),
+            &[("csrf", &csrf), ("token", &reset), ("password", "second-password-2")],
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let live = admin_query_strings(&app.shared.admin_url, "SELECT count(*) FROM sessions s JOIN users u ON u.id = s.user_id WHERE u.email = 'finn@example.com' AND s.revoked_at IS NULL").await;
+    assert_eq!(live, vec!["0"]);
+    let f =
+        with(&[("email", "finn@example.com".into()), ("password", "first-password-1".into()), ("csrf", csrf.clone())]);
+    let (st, _, _) = b.post(&format!("{base}/signin"), &as_refs(&f)).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let f =
+        with(&[("email", "finn@example.com".into()), ("password", "second-password-2".into()), ("csrf", csrf.clone())]);
+    let (st, _, headers) = b.post(&format!("{base}/signin"), &as_refs(&f)).await;
+    assert_eq!(st, StatusCode::SEE_OTHER);
+    let (st, _) = exchange(&app, headers["location"].to_str().unwrap()).await;
+    assert_eq!(st, StatusCode::OK);
+    // The reset link is single-use.
+    let (st, _, _) = b
+        .post(&format!("{base}/reset/confirm"), &[("csrf", &csrf), ("token", &reset), ("password", "third-password-3")])
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn origins_are_allowed_per_project_and_custom_domains_answer_once_verified() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    let other = seed_tenant(&app.shared, "globex", TenantKind::Customer, Plan::Pro).await;
+    let r = app
+        .http
+        .post(app.url(&format!("/v1/projects/{}/allowed-origins", s.project.id)))
+        .bearer_auth(&s.api_key.plaintext)
+        .json(&json!({"origin": "https://app.acme.test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // Wildcards and paths are refused.
+    let r = app
+        .http
+        .post(app.url(&format!("/v1/projects/{}/allowed-origins", s.project.id)))
+        .bearer_auth(&s.api_key.plaintext)
+        .json(&json!({"origin": "https://*.acme.test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(reqwest::Method::OPTIONS, app.url("/v1/auth/email-code"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .send()
+    };
+    let r = preflight("https://app.acme.test").await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(r.headers()["access-control-allow-origin"], "https://app.acme.test");
+    let r = preflight("https://evil.test").await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+
+    let from = |origin: &'static str, project: uuid::Uuid| {
+        app.http
+            .post(app.url("/v1/auth/email-code"))
+            .header("origin", origin)
+            .json(&json!({"project_id": project, "email": "o@example.com"}))
+            .send()
+    };
+    let r = from("https://app.acme.test", s.project.id).await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(r.headers()["access-control-allow-origin"], "https://app.acme.test");
+    // Allowed for Acme, not for Globex: refused for Globex's project.
+    let r = from("https://app.acme.test", other.project.id).await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "origin_not_allowed");
+    let r = from("https://evil.test", s.project.id).await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // A custom domain: not live until its TXT record is there.
+    let r = app
+        .http
+        .post(app.url(&format!("/v1/projects/{}/domains", s.project.id)))
+        .bearer_auth(&s.api_key.plaintext)
+        .json(&json!({"host": "Login.Acme.test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let d: Value = r.json().await.unwrap();
+    assert_eq!(d["host"], "login.acme.test");
+    assert_eq!(d["verified"], false);
+    // Nobody else may claim it.
+    let r = app
+        .http
+        .post(app.url(&format!("/v1/projects/{}/domains", other.project.id)))
+        .bearer_auth(&other.api_key.plaintext)
+        .json(&json!({"host": "login.acme.test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+
+    let mut b = Browser::new();
+    b.host = Some("login.acme.test".into());
+    let (st, _, _) = b.get(&app.url("/signin")).await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "an unverified domain does not resolve");
+    let verify = app.url(&format!("/v1/projects/{}/domains/{}/verify", s.project.id, d["id"].as_str().unwrap()));
+    let r = app.http.post(&verify).bearer_auth(&s.api_key.plaintext).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "domain_not_verified");
+    app.dns.publish(d["txt_name"].as_str().unwrap(), "unrelated");
+    let r = app.http.post(&verify).bearer_auth(&s.api_key.plaintext).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    app.dns.publish(d["txt_name"].as_str().unwrap(), d["txt_value"].as_str().unwrap());
+    let r = app.http.post(&verify).bearer_auth(&s.api_key.plaintext).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["verified"], true);
+
+    // Now the host answers with Acme's pages, and links in its emails use the host.
+    let (st, html, _) = b.get(&app.url("/")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(html.contains("action=\"/magic-link\""), "paths are the domain's own");
+    let csrf = hidden(&html, "csrf");
+    let (st, _, _) = b.post(&app.url("/magic-link"), &[("csrf", &csrf), ("email", "dom@example.com")]).await;
+    assert_eq!(st, StatusCode::OK);
+    let (_, text) = next_mail(&app, "dom@example.com", 0).await;
+    assert!(text.contains("http://login.acme.test/magic?token=ml_"), "{text}");
+    // Other paths of the deployment are not served on the customer's host.
+    let (st, _, _) = b.get(&app.url("/v1/projects")).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn rate_limits_hold_across_two_instances_and_answer_429_with_retry_after() {
+    let tune = |a: &mut authio_server::AuthSettings| {
+        a.limits.verify_per_ip = 6;
+        a.limits.sends_per_email = 3;
+    };
+    let one = spawn_app_with(AppOptions { tune_auth: tune, ..AppOptions::default() }).await;
+    let two =
+        spawn_app_with(AppOptions { shared: Some(one.shared.clone()), tune_auth: tune, ..AppOptions::default() }).await;
+    let s = seed_tenant(&one.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+
+    // Code checks from one address, alternating between the instances: the 7th is refused.
+    let bogus = json!({"challenge_id": uuid::Uuid::now_v7(), "code": "123456"});
+    for i in 0..6 {
+        let app = if i % 2 == 0 { &one } else { &two };
+        let (st, _, _) = post_json(app, "/v1/auth/email-code/verify", bogus.clone()).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "attempt {i}");
+    }
+    for app in [&one, &two] {
+        let (st, body, headers) = post_json(app, "/v1/auth/email-code/verify", bogus.clone()).await;
+        assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(body["error"]["code"], "too_many_attempts");
+        assert!(headers["retry-after"].to_str().unwrap().parse::<u32>().unwrap() >= 1);
+    }
+    // Magic-link checks share the address's budget.
+    let (st, _, _) = post_json(&one, "/v1/auth/magic-link/verify", json!({"token": "ml_nope"})).await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
+
+    // Sends per recipient, across instances, whether or not the account exists.
+    for i in 0..3 {
+        let app = if i % 2 == 0 { &one } else { &two };
+        let (st, _, _) =
+            post_json(app, "/v1/auth/email-code", json!({"project_id": s.project.id, "email": "ghost@example.com"}))
+                .await;
+        assert_eq!(st, StatusCode::ACCEPTED);
+    }
+    let (st, _, headers) =
+        post_json(&two, "/v1/auth/email-code", json!({"project_id": s.project.id, "email": "ghost@example.com"})).await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
+    assert!(headers.contains_key("retry-after"));
+    // Another recipient is not affected.
+    let (st, _, _) =
+        post_json(&two, "/v1/auth/email-code", json!({"project_id": s.project.id, "email": "other@example.com"})).await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn a_dedicated_tenants_flows_work_with_its_users_at_home_and_one_time_rows_on_shared() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "globex", TenantKind::Customer, Plan::Enterprise).await;
+    let dedicated = make_dedicated(&app.shared, &s.tenant).await;
+    // Registered by the operator directly (through the API its audit event would be relayed to
+    // the home, opening the pool before the lookups are watched).
+    admin_query_strings(
+        &app.shared.admin_url,
+        &format!("INSERT INTO redirect_uris VALUES ('{}', '{}', '{APP_CB}', now())", s.tenant.id, s.project.id),
+    )
+    .await;
+    // Seeding wrote an operator event (the API key) that the relay delivers to the home, which
+    // opens a pool: let it, then watch a fresh node that has nothing to deliver.
+    for _ in 0..100 {
+        if row_count(&app.shared.admin_url, "SELECT count(*) FROM audit_outbox").await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let shared = app.shared.clone();
+    drop(app);
+    let app = spawn_app_with(AppOptions { shared: Some(shared), ..AppOptions::default() }).await;
+    let opened = app.router.dedicated_pools_opened();
+    assert_eq!(opened, 0);
+    let pid = s.project.id;
+
+    // Everything before a user is known runs on shared: no dedicated pool opens.
+    let mut b = Browser::new();
+    let (st, html, _) = b.get(&app.url(&format!("/p/{pid}/signin{}", flow_query()))).await;
+    assert_eq!(st, StatusCode::OK);
+    let csrf = hidden(&html, "csrf");
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("email", "gus@globex.test"),
+        ("redirect_uri", APP_CB),
+        ("state", "xyz"),
+        ("code_challenge", &challenge()),
+        ("code_challenge_method", "S256"),
+    ];
+    let (st, _, _) = b.post(&app.url(&format!("/p/{pid}/magic-link")), &form).await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, challenge, _) =
+        post_json(&app, "/v1/auth/email-code", json!({"project_id": pid, "email": "gus@globex.test"})).await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    let (_, text) = next_mail(&app, "gus@globex.test", 0).await;
+    let token = param_in(&text, "token");
+    let (st, _, _) = b.get(&app.url(&format!("/p/{pid}/magic?token={token}"))).await;
+    assert_eq!(st, StatusCode::OK);
+    let r = app
+        .http
+        .request(reqwest::Method::OPTIONS, app.url("/v1/auth/email-code"))
+        .header("origin", "https://unknown.test")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(app.router.dedicated_pools_opened(), opened, "pre-resolution lookups stay on shared");
+
+    // The link signs in: the user is written at the dedicated home.
+    let (st, _, headers) = b.post(&app.url(&format!("/p/{pid}/magic")), &[("csrf", &csrf), ("token", &token)]).await;
+    assert_eq!(st, StatusCode::SEE_OTHER);
+    let (st, tokens) = exchange(&app, headers["location"].to_str().unwrap()).await;
+    assert_eq!(st, StatusCode::OK, "{tokens}");
+    let (_, text) = next_mail(&app, "gus@globex.test", 1).await;
+    let code = six_digits(&text);
+    let (st, _, _) =
+        post_json(&app, "/v1/auth/email-code/verify", json!({"challenge_id": challenge["challenge_id"], "code": code}))
+            .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(app.router.dedicated_pools_opened(), opened + 1, "the sign-in itself goes home");
+
+    assert_eq!(admin_query_strings(&dedicated.admin_url, "SELECT email FROM users").await, vec!["gus@globex.test"]);
+    assert_eq!(row_count(&app.shared.admin_url, "SELECT count(*) FROM users").await, 0);
+    assert!(row_count(&dedicated.admin_url, "SELECT count(*) FROM sessions").await >= 2);
+    for t in ["email_links", "email_codes", "signin_codes", "redirect_uris"] {
+        assert!(row_count(&app.shared.admin_url, &format!("SELECT count(*) FROM {t}")).await >= 1, "{t} on shared");
+        assert_eq!(row_count(&dedicated.admin_url, &format!("SELECT count(*) FROM {t}")).await, 0, "{t} not at home");
+    }
+}

@@ -9,6 +9,8 @@ mod identity;
 mod moves;
 #[path = "api/signin_methods.rs"]
 mod signin_methods;
+#[path = "api/upstream.rs"]
+mod upstream;
 
 use std::sync::Arc;
 

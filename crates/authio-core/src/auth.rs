@@ -40,8 +40,9 @@ pub struct Limits {
     /// Failed client authentications per IP per window at the token endpoint.
     pub client_failures_per_ip: i32,
     pub client_ip_window_secs: i32,
-    /// Checks of one-time links, codes, sign-in codes and upstream callbacks per IP per window.
-    pub verify_per_ip: i32,
+    /// Failed checks of one-time links, codes, sign-in codes, refresh tokens and upstream
+    /// callbacks per IP per window; past it the address is refused until the window ends.
+    pub verify_failures_per_ip: i32,
     pub verify_ip_window_secs: i32,
     /// Emails (links, codes, resets) asked for per IP per window ...
     pub sends_per_ip: i32,
@@ -62,8 +63,8 @@ impl Default for Limits {
             signup_ip_window_secs: 3600,
             client_failures_per_ip: 30,
             client_ip_window_secs: 300,
-            verify_per_ip: 60,
-            verify_ip_window_secs: 60,
+            verify_failures_per_ip: 30,
+            verify_ip_window_secs: 300,
             sends_per_ip: 30,
             send_ip_window_secs: 600,
             sends_per_email: 5,
@@ -725,7 +726,14 @@ impl Identity {
     }
 
     /// Rotate a refresh token (`grant_type=refresh_token`).
-    pub async fn refresh(&self, presented: &str, client: &ClientInfo) -> Result<UserTokens, CoreError> {
+    /// Failures count against the caller's address like other one-time secrets.
+    pub async fn refresh(&self, presented: &str, client: &ClientInfo, ip: Option<IpAddr>) -> Result<UserTokens, CoreError> {
+        self.refuse_guesser(ip).await?;
+        let result = self.refresh_unjudged(presented, client).await;
+        self.judge(ip, result).await
+    }
+
+    async fn refresh_unjudged(&self, presented: &str, client: &ClientInfo) -> Result<UserTokens, CoreError> {
         let (project, hash) =
             sessions::parse_refresh_token(presented).ok_or(CoreError::InvalidGrant("the refresh token is invalid"))?;
         let profile = match self.profile(project).await {

@@ -257,11 +257,46 @@ impl Identity {
         Ok(())
     }
 
-    /// The per-address limit on endpoints that check one-time tokens and codes.
-    pub async fn limit_verifications(&self, ip: Option<IpAddr>) -> Result<(), CoreError> {
+    /// Before a one-time token, code or upstream answer is judged: an address whose failures
+    /// are over the limit is refused (the count is read on the shared database, so it holds
+    /// across nodes). Successes are not counted: one backend may verify for all its users.
+    pub async fn refuse_guesser(&self, ip: Option<IpAddr>) -> Result<(), CoreError> {
+        let Some(ip) = ip else { return Ok(()) };
+        let l = &self.inner.settings.limits;
+        let now = self.now();
+        let w = preresolve::rate_peek(&self.inner.router, "verify:ip", &ip_key(ip), l.verify_ip_window_secs, now).await?;
+        match w {
+            Some(w) if w.hits >= l.verify_failures_per_ip => {
+                Err(CoreError::RateLimited { retry_after: retry_after(w.window_ends, now) })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// After judging: a failure that could be a guess is counted against the address; the one
+    /// that reaches the limit is answered with `RateLimited`.
+    pub(crate) async fn judge<T>(&self, ip: Option<IpAddr>, result: Result<T, CoreError>) -> Result<T, CoreError> {
+        let guess = matches!(
+            &result,
+            Err(CoreError::InvalidGrant(_) | CoreError::ChallengeLocked | CoreError::UpstreamRefused(_))
+        );
+        if let (true, Some(ip)) = (guess, ip) {
+            let l = &self.inner.settings.limits;
+            let now = self.now();
+            let w = preresolve::rate_hit(&self.inner.router, "verify:ip", &ip_key(ip), l.verify_ip_window_secs, now).await?;
+            if w.hits > l.verify_failures_per_ip {
+                return Err(CoreError::RateLimited { retry_after: retry_after(w.window_ends, now) });
+            }
+        }
+        result
+    }
+
+    /// Sign-in attempts that start something (upstream redirects) count against the address
+    /// like password attempts.
+    pub(crate) async fn limit_attempts(&self, ip: Option<IpAddr>) -> Result<(), CoreError> {
         let l = &self.inner.settings.limits;
         match ip {
-            Some(ip) => self.limit("verify:ip", &ip_key(ip), l.verify_per_ip, l.verify_ip_window_secs).await,
+            Some(ip) => self.limit("signin:ip", &ip_key(ip), l.signin_per_ip, l.signin_ip_window_secs).await,
             None => Ok(()),
         }
     }
@@ -466,18 +501,22 @@ impl Identity {
         verifier: Option<&str>,
         ip: Option<IpAddr>,
     ) -> Result<ProvedEmail, CoreError> {
-        self.limit_verifications(ip).await?;
-        let binding = verifier.map(token_hash);
-        let row = preresolve::email_link_use(
-            &self.inner.router,
-            &token_hash(token),
-            "magic_link",
-            binding.as_ref().map(|b| &b[..]),
-            self.now(),
-        )
-        .await?
-        .ok_or(INVALID_LINK)?;
-        self.proved(&row, LINK_COLUMNS).await
+        self.refuse_guesser(ip).await?;
+        let result: Result<ProvedEmail, CoreError> = async {
+            let binding = verifier.map(token_hash);
+            let row = preresolve::email_link_use(
+                &self.inner.router,
+                &token_hash(token),
+                "magic_link",
+                binding.as_ref().map(|b| &b[..]),
+                self.now(),
+            )
+            .await?
+            .ok_or(INVALID_LINK)?;
+            self.proved(&row, LINK_COLUMNS).await
+        }
+        .await;
+        self.judge(ip, result).await
     }
 
     /// The email a used link or code proved: `columns` are the row's (project, email, first
@@ -572,24 +611,28 @@ impl Identity {
         code: &str,
         ip: Option<IpAddr>,
     ) -> Result<ProvedEmail, CoreError> {
-        self.limit_verifications(ip).await?;
-        let now = self.now();
-        let max = self.inner.settings.one_time.email_code_max_attempts;
-        let row = preresolve::email_code_attempt(&self.inner.router, challenge, max, now).await?.ok_or(INVALID_CODE)?;
-        let status: String = row.try_get(0)?;
-        if status == "locked" {
-            return Err(CoreError::ChallengeLocked);
+        self.refuse_guesser(ip).await?;
+        let result: Result<ProvedEmail, CoreError> = async {
+            let now = self.now();
+            let max = self.inner.settings.one_time.email_code_max_attempts;
+            let row = preresolve::email_code_attempt(&self.inner.router, challenge, max, now).await?.ok_or(INVALID_CODE)?;
+            let status: String = row.try_get(0)?;
+            if status == "locked" {
+                return Err(CoreError::ChallengeLocked);
+            }
+            let stored: Vec<u8> = row.try_get(4)?;
+            let shaped = code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit());
+            let given = self.code_mac(challenge, if shaped { code } else { "------" });
+            if !(shaped && bool::from(given.ct_eq(&stored[..]))) {
+                return Err(INVALID_CODE);
+            }
+            if !preresolve::email_code_use(&self.inner.router, challenge, now).await? {
+                return Err(INVALID_CODE);
+            }
+            self.proved(&row, CODE_COLUMNS).await
         }
-        let stored: Vec<u8> = row.try_get(4)?;
-        let shaped = code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit());
-        let given = self.code_mac(challenge, if shaped { code } else { "------" });
-        if !(shaped && bool::from(given.ct_eq(&stored[..]))) {
-            return Err(INVALID_CODE);
-        }
-        if !preresolve::email_code_use(&self.inner.router, challenge, now).await? {
-            return Err(INVALID_CODE);
-        }
-        self.proved(&row, CODE_COLUMNS).await
+        .await;
+        self.judge(ip, result).await
     }
 
     /// The hosted flow's hand-off: a single-use code for the signed-in user, and the URI to
@@ -644,30 +687,34 @@ impl Identity {
         ip: Option<IpAddr>,
     ) -> Result<UserTokens, CoreError> {
         const BAD: CoreError = CoreError::InvalidGrant("the code is invalid, used, expired or not for this request");
-        self.limit_verifications(ip).await?;
-        let row = preresolve::signin_code_use(&self.inner.router, &token_hash(code), self.now()).await?.ok_or(BAD)?;
-        let project: Uuid = row.try_get(1)?;
-        let user_id: Uuid = row.try_get(2)?;
-        let amr: Vec<String> = row.try_get(3)?;
-        let stored_uri: String = row.try_get(4)?;
-        let challenge: Option<String> = row.try_get(5)?;
-        if stored_uri != redirect_uri || !challenge.is_some_and(|c| pkce_matches(&c, verifier)) {
-            return Err(BAD);
+        self.refuse_guesser(ip).await?;
+        let result: Result<UserTokens, CoreError> = async {
+            let row = preresolve::signin_code_use(&self.inner.router, &token_hash(code), self.now()).await?.ok_or(BAD)?;
+            let project: Uuid = row.try_get(1)?;
+            let user_id: Uuid = row.try_get(2)?;
+            let amr: Vec<String> = row.try_get(3)?;
+            let stored_uri: String = row.try_get(4)?;
+            let challenge: Option<String> = row.try_get(5)?;
+            if stored_uri != redirect_uri || !challenge.is_some_and(|c| pkce_matches(&c, verifier)) {
+                return Err(BAD);
+            }
+            let profile = self.profile(project).await?;
+            let scope = scope_of(&profile);
+            let rows = self
+                .inner
+                .router
+                .read(&scope, "SELECT disabled, role FROM users WHERE id = $1", &[(&user_id, Type::UUID)])
+                .await?;
+            let r = rows.first().ok_or(BAD)?;
+            if r.try_get::<bool>(0)? {
+                return Err(BAD);
+            }
+            let user = SignedInUser { user_id, role: r.try_get(1)?, created: false };
+            let amr: Vec<&str> = amr.iter().map(String::as_str).collect();
+            self.start_session(&scope, &user, &amr, client).await
         }
-        let profile = self.profile(project).await?;
-        let scope = scope_of(&profile);
-        let rows = self
-            .inner
-            .router
-            .read(&scope, "SELECT disabled, role FROM users WHERE id = $1", &[(&user_id, Type::UUID)])
-            .await?;
-        let r = rows.first().ok_or(BAD)?;
-        if r.try_get::<bool>(0)? {
-            return Err(BAD);
-        }
-        let user = SignedInUser { user_id, role: r.try_get(1)?, created: false };
-        let amr: Vec<&str> = amr.iter().map(String::as_str).collect();
-        self.start_session(&scope, &user, &amr, client).await
+        .await;
+        self.judge(ip, result).await
     }
 
     /// Email a password-reset link if the account exists and has a password (the answer is
@@ -716,41 +763,45 @@ impl Identity {
         ip: Option<IpAddr>,
     ) -> Result<Uuid, CoreError> {
         let password = NewPassword::parse(new_password)?;
-        self.limit_verifications(ip).await?;
-        let hash = self.inner.passwords.hash(&password).await?;
-        let now = self.now();
-        let row = preresolve::email_link_use(&self.inner.router, &token_hash(token), "password_reset", None, now)
-            .await?
-            .ok_or(INVALID_LINK)?;
-        let proved = self.proved(&row, LINK_COLUMNS).await?;
-        let scope = proved.scope;
-        let tx = self.inner.router.begin(&scope).await?;
-        let user = tx
-            .query_opt(
-                "UPDATE users SET password_hash = $2, email_verified = true, updated_at = $3
-                 WHERE email = $1 AND NOT disabled RETURNING id",
-                &[(&proved.email.as_str(), Type::TEXT), (&hash, Type::TEXT), (&now, Type::TIMESTAMPTZ)],
-            )
-            .await?
-            .ok_or(INVALID_LINK)?;
-        let user_id: Uuid = user.get(0);
-        let ended = tx
-            .query(
-                "UPDATE sessions SET revoked_at = $2, revoked_reason = 'password_reset'
-                 WHERE user_id = $1 AND revoked_at IS NULL RETURNING id",
-                &[(&user_id, Type::UUID), (&now, Type::TIMESTAMPTZ)],
-            )
-            .await?
-            .len();
-        let event = audit::Event {
-            action: "user.password_reset",
-            actor: audit::Actor::user(user_id, Some(proved.email.as_str())),
-            target: Some(("user", user_id.to_string())),
-            client,
-            metadata: serde_json::json!({"sessions_ended": ended}),
-        };
-        audit::record_and_commit(tx, &scope, event, now).await?;
-        Ok(user_id)
+        self.refuse_guesser(ip).await?;
+        let result: Result<Uuid, CoreError> = async {
+            let hash = self.inner.passwords.hash(&password).await?;
+            let now = self.now();
+            let row = preresolve::email_link_use(&self.inner.router, &token_hash(token), "password_reset", None, now)
+                .await?
+                .ok_or(INVALID_LINK)?;
+            let proved = self.proved(&row, LINK_COLUMNS).await?;
+            let scope = proved.scope;
+            let tx = self.inner.router.begin(&scope).await?;
+            let user = tx
+                .query_opt(
+                    "UPDATE users SET password_hash = $2, email_verified = true, updated_at = $3
+                     WHERE email = $1 AND NOT disabled RETURNING id",
+                    &[(&proved.email.as_str(), Type::TEXT), (&hash, Type::TEXT), (&now, Type::TIMESTAMPTZ)],
+                )
+                .await?
+                .ok_or(INVALID_LINK)?;
+            let user_id: Uuid = user.get(0);
+            let ended = tx
+                .query(
+                    "UPDATE sessions SET revoked_at = $2, revoked_reason = 'password_reset'
+                     WHERE user_id = $1 AND revoked_at IS NULL RETURNING id",
+                    &[(&user_id, Type::UUID), (&now, Type::TIMESTAMPTZ)],
+                )
+                .await?
+                .len();
+            let event = audit::Event {
+                action: "user.password_reset",
+                actor: audit::Actor::user(user_id, Some(proved.email.as_str())),
+                target: Some(("user", user_id.to_string())),
+                client,
+                metadata: serde_json::json!({"sessions_ended": ended}),
+            };
+            audit::record_and_commit(tx, &scope, event, now).await?;
+            Ok(user_id)
+        }
+        .await;
+        self.judge(ip, result).await
     }
 
     /// Email a link that confirms the address of a user who signed up with a password.
@@ -775,29 +826,33 @@ impl Identity {
 
     /// Confirm an address with its link (once).
     pub async fn verify_email(&self, token: &str, client: &ClientInfo, ip: Option<IpAddr>) -> Result<(), CoreError> {
-        self.limit_verifications(ip).await?;
-        let now = self.now();
-        let row = preresolve::email_link_use(&self.inner.router, &token_hash(token), "email_verification", None, now)
-            .await?
-            .ok_or(INVALID_LINK)?;
-        let proved = self.proved(&row, LINK_COLUMNS).await?;
-        let tx = self.inner.router.begin(&proved.scope).await?;
-        let user = tx
-            .query_opt(
-                "UPDATE users SET email_verified = true, updated_at = $2 WHERE email = $1 RETURNING id",
-                &[(&proved.email.as_str(), Type::TEXT), (&now, Type::TIMESTAMPTZ)],
-            )
-            .await?
-            .ok_or(INVALID_LINK)?;
-        let user_id: Uuid = user.get(0);
-        let event = audit::Event {
-            action: "user.email_verified",
-            actor: audit::Actor::user(user_id, Some(proved.email.as_str())),
-            target: Some(("user", user_id.to_string())),
-            client,
-            metadata: serde_json::json!({}),
-        };
-        audit::record_and_commit(tx, &proved.scope, event, now).await
+        self.refuse_guesser(ip).await?;
+        let result: Result<(), CoreError> = async {
+            let now = self.now();
+            let row = preresolve::email_link_use(&self.inner.router, &token_hash(token), "email_verification", None, now)
+                .await?
+                .ok_or(INVALID_LINK)?;
+            let proved = self.proved(&row, LINK_COLUMNS).await?;
+            let tx = self.inner.router.begin(&proved.scope).await?;
+            let user = tx
+                .query_opt(
+                    "UPDATE users SET email_verified = true, updated_at = $2 WHERE email = $1 RETURNING id",
+                    &[(&proved.email.as_str(), Type::TEXT), (&now, Type::TIMESTAMPTZ)],
+                )
+                .await?
+                .ok_or(INVALID_LINK)?;
+            let user_id: Uuid = user.get(0);
+            let event = audit::Event {
+                action: "user.email_verified",
+                actor: audit::Actor::user(user_id, Some(proved.email.as_str())),
+                target: Some(("user", user_id.to_string())),
+                client,
+                metadata: serde_json::json!({}),
+            };
+            audit::record_and_commit(tx, &proved.scope, event, now).await
+        }
+        .await;
+        self.judge(ip, result).await
     }
 
     /// The user an email just proved signs in as (the hosted pages' path: the session starts

@@ -394,7 +394,7 @@ impl Identity {
         callback_url: &str,
         ip: Option<IpAddr>,
     ) -> Result<(String, String), CoreError> {
-        self.limit_verifications(ip).await?;
+        self.limit_attempts(ip).await?;
         let presentation = self.presentation(project).await?;
         if !presentation.offers("oauth") {
             return Err(CoreError::Forbidden("this sign-in method is not enabled for the project"));
@@ -464,46 +464,50 @@ impl Identity {
         client: &ClientInfo,
         ip: Option<IpAddr>,
     ) -> Result<(Scope, SignedInUser, Option<Return>), CoreError> {
-        self.limit_verifications(ip).await?;
-        let now = self.now();
-        let row = preresolve::oauth_state_use(&self.inner.router, &token_hash(state), now)
-            .await?
-            .ok_or(CoreError::UpstreamRefused("the sign-in request is unknown, used or expired (state)"))?;
-        let binding: Vec<u8> = row.try_get(5)?;
-        let presented = browser_verifier.map(token_hash);
-        let same_browser = presented.is_some_and(|p| bool::from(subtle::ConstantTimeEq::ct_eq(&p[..], &binding[..])));
-        if !same_browser {
-            return Err(CoreError::UpstreamRefused("the sign-in was started in another browser (state)"));
+        self.refuse_guesser(ip).await?;
+        let result: Result<(Scope, SignedInUser, Option<Return>), CoreError> = async {
+            let now = self.now();
+            let row = preresolve::oauth_state_use(&self.inner.router, &token_hash(state), now)
+                .await?
+                .ok_or(CoreError::UpstreamRefused("the sign-in request is unknown, used or expired (state)"))?;
+            let binding: Vec<u8> = row.try_get(5)?;
+            let presented = browser_verifier.map(token_hash);
+            let same_browser = presented.is_some_and(|p| bool::from(subtle::ConstantTimeEq::ct_eq(&p[..], &binding[..])));
+            if !same_browser {
+                return Err(CoreError::UpstreamRefused("the sign-in was started in another browser (state)"));
+            }
+            let project: Uuid = row.try_get(1)?;
+            let connection_id: Uuid = row.try_get(2)?;
+            let nonce: String = row.try_get(3)?;
+            let verifier = self
+                .inner
+                .master_key
+                .decrypt(&row.try_get::<String>(4)?)
+                .map_err(|e| CoreError::Config(format!("pkce verifier: {e}")))?;
+            let uri: Option<String> = row.try_get(6)?;
+            let challenge: Option<String> = row.try_get(8)?;
+            let ret = match (uri, challenge) {
+                (Some(redirect_uri), Some(code_challenge)) => {
+                    Some(Return { redirect_uri, app_state: row.try_get(7)?, code_challenge })
+                }
+                _ => None,
+            };
+            let profile = self.profile(project).await?;
+            let scope = scope_of(&profile);
+            let (conn, secret) = self.connection_by(&scope, "id = $1", &connection_id, Type::UUID).await?;
+            let tokens = self.redeem(&conn, &secret, code, &verifier, callback_url).await?;
+            let who = match conn.kind {
+                ProviderKind::Github => self.github_user(tokens.access_token.as_deref()).await?,
+                _ => {
+                    let id_token = tokens.id_token.ok_or(CoreError::UpstreamRefused("the provider sent no id_token"))?;
+                    self.check_id_token(&conn, &id_token, &nonce).await?
+                }
+            };
+            let user = self.link_upstream(&scope, &conn, &who, client).await?;
+            Ok((scope, user, ret))
         }
-        let project: Uuid = row.try_get(1)?;
-        let connection_id: Uuid = row.try_get(2)?;
-        let nonce: String = row.try_get(3)?;
-        let verifier = self
-            .inner
-            .master_key
-            .decrypt(&row.try_get::<String>(4)?)
-            .map_err(|e| CoreError::Config(format!("pkce verifier: {e}")))?;
-        let uri: Option<String> = row.try_get(6)?;
-        let challenge: Option<String> = row.try_get(8)?;
-        let ret = match (uri, challenge) {
-            (Some(redirect_uri), Some(code_challenge)) => {
-                Some(Return { redirect_uri, app_state: row.try_get(7)?, code_challenge })
-            }
-            _ => None,
-        };
-        let profile = self.profile(project).await?;
-        let scope = scope_of(&profile);
-        let (conn, secret) = self.connection_by(&scope, "id = $1", &connection_id, Type::UUID).await?;
-        let tokens = self.redeem(&conn, &secret, code, &verifier, callback_url).await?;
-        let who = match conn.kind {
-            ProviderKind::Github => self.github_user(tokens.access_token.as_deref()).await?,
-            _ => {
-                let id_token = tokens.id_token.ok_or(CoreError::UpstreamRefused("the provider sent no id_token"))?;
-                self.check_id_token(&conn, &id_token, &nonce).await?
-            }
-        };
-        let user = self.link_upstream(&scope, &conn, &who, client).await?;
-        Ok((scope, user, ret))
+        .await;
+        self.judge(ip, result).await
     }
 
     async fn redeem(

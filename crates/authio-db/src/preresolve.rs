@@ -14,7 +14,7 @@
 //! | `project_signing_keys` | project id | signing keys: platform-level, never move        |
 //! | `resolve_m2m_client` | client id  | `/v1/auth/token` resolves the project from the client id |
 //! | `audit_outbox_take`, `audit_outbox_done` | (the relay) | events about pinned rows wait on shared until delivered to the tenant's home |
-//! | `rate_hit`, `rate_hit_both`, `rate_reset`, `rate_gc` | bucket and key | counters run before the home is known and hold across nodes |
+//! | `rate_hit`, `rate_hit_both`, `rate_peek`, `rate_reset`, `rate_gc` | bucket and key | counters run before the home is known and hold across nodes |
 //! | `project_presentation` | project id | the control plane (projects): hosted pages and emails name a project |
 //! | `project_redirect_uris`, `origin_allowed`, `origin_known` | project id, origin | they say which project owns an origin; a CORS preflight names no project |
 //! | `resolve_domain` | host | host -> project resolution comes first |
@@ -223,6 +223,23 @@ pub async fn rate_hit(
         .await?;
     let r = rows.first().ok_or_else(|| DbError::Decode("authio_rate_hit returned no row".into()))?;
     Ok(RateWindow { hits: r.try_get(0)?, window_ends: r.try_get(1)? })
+}
+
+/// The hits in the current window, without counting one (none when no window is open).
+pub async fn rate_peek(
+    router: &Router,
+    bucket: &str,
+    key: &str,
+    window_secs: i32,
+    now: DateTime<Utc>,
+) -> Result<Option<RateWindow>, DbError> {
+    let rows = router
+        .read_shared_unscoped(
+            "SELECT hits, window_ends FROM authio_rate_peek($1, $2, $3, $4)",
+            &[(&bucket, Type::TEXT), (&key, Type::TEXT), (&window_secs, Type::INT4), (&now, Type::TIMESTAMPTZ)],
+        )
+        .await?;
+    rows.first().map(|r| Ok(RateWindow { hits: r.try_get(0)?, window_ends: r.try_get(1)? })).transpose()
 }
 
 /// Count a hit on two keys in one round trip (a sign-in: the IP's attempts and the account's).

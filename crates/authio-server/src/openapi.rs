@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{api_keys, auth, manage, users};
+use crate::routes::{api_keys, auth, config, manage, passwordless, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -12,18 +12,29 @@ use crate::routes::{api_keys, auth, manage, users};
           manage::create_client, manage::list_clients, manage::revoke_client, manage::list_sessions, manage::revoke_session,
           manage::get_settings, manage::update_settings, manage::list_audit_events, manage::export_audit_events,
           auth::sign_up, auth::sign_in, auth::token, auth::introspect, auth::revoke, auth::jwks,
+          passwordless::request_magic_link, passwordless::verify_magic_link, passwordless::request_email_code,
+          passwordless::verify_email_code,
+          config::list_redirect_uris, config::add_redirect_uri, config::remove_redirect_uri, config::list_origins,
+          config::add_origin, config::remove_origin, config::list_domains, config::add_domain, config::verify_domain,
+          config::delete_domain, config::list_connections, config::create_connection, config::delete_connection,
+          config::get_presentation, config::update_presentation, config::set_template,
           crate::routes::health::healthz, crate::routes::health::readyz),
     components(schemas(api_keys::CreateApiKeyRequest, api_keys::ApiKeyResponse, api_keys::CreatedApiKeyResponse, api_keys::ApiKeyList,
                        users::CreateUserRequest, users::UserResponse, users::UserList,
                        manage::CreateClientRequest, manage::ClientResponse, manage::CreatedClientResponse, manage::ClientList,
                        manage::SessionResponse, manage::SessionList, manage::SettingsBody, manage::AuditEventList,
                        auth::PasswordRequest, auth::TokenResponse, auth::SignUpResponse, auth::ClientTokenResponse,
+                       passwordless::MagicLinkRequest, passwordless::Accepted, passwordless::MagicLinkVerify,
+                       passwordless::EmailCodeRequest, passwordless::EmailCodeChallenge, passwordless::EmailCodeVerify,
+                       config::UriBody, config::OriginBody, config::StringList, config::DomainBody, config::DomainResponse,
+                       config::DomainList, config::ConnectionList, config::PresentationBody,
                        crate::error::ErrorBody, crate::error::ErrorDetail, crate::error::OAuthErrorBody)),
     modifiers(&ApiKeyAuth),
     tags((name = "auth", description = "Sign-up, sign-in, tokens (RFC 6749), introspection (RFC 7662), revocation (RFC 7009), JWKS"),
          (name = "users", description = "End users of a project"), (name = "sessions", description = "Users' sessions"),
          (name = "m2m", description = "Machine-to-machine clients"), (name = "projects", description = "Project settings"), (name = "audit", description = "The audit log"),
-         (name = "api-keys", description = "Project secret API keys"), (name = "operations", description = "Health"))
+         (name = "api-keys", description = "Project secret API keys"),
+         (name = "sign-in config", description = "Redirect URIs, allowed origins, custom domains, upstream providers, branding, email templates"), (name = "operations", description = "Health"))
 )]
 pub struct ApiDoc;
 

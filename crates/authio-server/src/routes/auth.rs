@@ -303,10 +303,8 @@ pub async fn token(
         Some("refresh_token") => {
             let presented =
                 form.get("refresh_token").ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
-            let t = state
-                .identity
-                .refresh(presented, &client_info(&headers, client_ip(&state, connect.as_ref(), &headers)))
-                .await?;
+            let ip = client_ip(&state, connect.as_ref(), &headers);
+            let t = state.identity.refresh(presented, &client_info(&headers, ip), ip).await?;
             Ok(no_store(StatusCode::OK, Json(TokenResponse::from(t))))
         }
         Some("authorization_code") => {

@@ -606,7 +606,7 @@ async fn origins_are_allowed_per_project_and_custom_domains_answer_once_verified
 #[tokio::test]
 async fn rate_limits_hold_across_two_instances_and_answer_429_with_retry_after() {
     let tune = |a: &mut authio_server::AuthSettings| {
-        a.limits.verify_per_ip = 6;
+        a.limits.verify_failures_per_ip = 6;
         a.limits.sends_per_email = 3;
     };
     let one = spawn_app_with(AppOptions { tune_auth: tune, ..AppOptions::default() }).await;

@@ -54,7 +54,13 @@ async fn app(env: &Env, addresses: bool) -> Result<(String, authio_server::AppSt
 }
 
 /// `n` request bodies, each with a fresh token or code for a distinct user.
-async fn bodies(state: &authio_server::AppState, project: uuid::Uuid, kind: Kind, first: usize, n: usize) -> Result<Vec<String>> {
+async fn bodies(
+    state: &authio_server::AppState,
+    project: uuid::Uuid,
+    kind: Kind,
+    first: usize,
+    n: usize,
+) -> Result<Vec<String>> {
     let made: Vec<Result<String>> = futures_util::stream::iter(first..first + n)
         .map(|i| {
             let identity = state.identity.clone();
@@ -132,16 +138,19 @@ pub async fn otp(env: &Env, secs: u64, rounds: usize) -> Result<()> {
     let t = seed_tenant(&env.shared, "bench-otp", TenantKind::Customer, Plan::Enterprise).await;
     insert_users(&env.shared.admin_url, t.tenant.id, t.project.id, OTP_USERS, "o").await?;
     let c = authio_db::pool::connect(&env.shared.admin_url, "bench").await?;
-    c.execute(
-        "INSERT INTO redirect_uris VALUES ($1, $2, $3, now())",
-        &[&t.tenant.id, &t.project.id, &REDIRECT],
-    )
-    .await?;
+    c.execute("INSERT INTO redirect_uris VALUES ($1, $2, $3, now())", &[&t.tenant.id, &t.project.id, &REDIRECT])
+        .await?;
     let project = t.project.id;
     let (checked, state) = app(env, true).await?;
     let (unchecked, _) = app(env, false).await?;
     let mut sides = [
-        Side { label: "POST /v1/auth/magic-link/verify", kind: Kind::Link, base: checked.clone(), rps: vec![], p99: vec![] },
+        Side {
+            label: "POST /v1/auth/magic-link/verify",
+            kind: Kind::Link,
+            base: checked.clone(),
+            rps: vec![],
+            p99: vec![],
+        },
         Side { label: "POST /v1/auth/email-code/verify", kind: Kind::Code, base: checked, rps: vec![], p99: vec![] },
         Side {
             label: "POST /v1/auth/email-code/verify, no client address (no per-address check)",
@@ -153,17 +162,25 @@ pub async fn otp(env: &Env, secs: u64, rounds: usize) -> Result<()> {
     ];
     let mut next_user = 0usize;
     let file = std::env::temp_dir().join(format!("authio-bench-otp-{}.bodies", std::process::id()));
-    let mut estimate = 3000.0f64;
+    // Tokens per run: what the side served last time, with a margin (the warm-up starts low).
+    let mut estimate = [1500.0f64; 3];
     for round in 0..=rounds {
         let warmup = round == 0;
         let run_secs = if warmup { 1 } else { secs };
         let order: Vec<usize> = if round % 2 == 0 { vec![0, 1, 2] } else { vec![2, 1, 0] };
         for i in order {
-            let need = ((estimate * run_secs as f64) * 1.6) as usize + 2000;
+            let need = ((estimate[i] * run_secs as f64) * 1.4) as usize + 1000;
             if next_user + need > OTP_USERS as usize {
                 bail!("out of bench users: lower BENCH_SECS or BENCH_ROUNDS");
             }
+            let started = Instant::now();
             let made = bodies(&state, project, sides[i].kind, next_user, need).await?;
+            eprintln!(
+                "round {round}: {} tokens for {} in {:.1} s",
+                need,
+                sides[i].label,
+                started.elapsed().as_secs_f64()
+            );
             next_user += need;
             std::fs::write(&file, made.join("\n"))?;
             let url = match sides[i].kind {
@@ -174,7 +191,7 @@ pub async fn otp(env: &Env, secs: u64, rounds: usize) -> Result<()> {
             if non2xx > 0 {
                 bail!("{}: {non2xx} non-2xx responses (tokens ran out or were refused)", sides[i].label);
             }
-            estimate = estimate.max(rps);
+            estimate[i] = rps;
             if !warmup {
                 sides[i].rps.push(rps);
                 sides[i].p99.push(p99);
@@ -205,7 +222,9 @@ pub async fn otp(env: &Env, secs: u64, rounds: usize) -> Result<()> {
     // first) and a counted hit (what a failure or a send adds), 32 at a time.
     println!("\n## Rate-limit check alone (shared database, 32 concurrent callers, {} calls each)\n", 20_000);
     println!("| call | calls/s | median us | p99 us |\n|---|---:|---:|---:|");
-    for (label, hit) in [("authio_rate_peek (a verification's check)", false), ("authio_rate_hit (a counted attempt)", true)] {
+    for (label, hit) in
+        [("authio_rate_peek (a verification's check)", false), ("authio_rate_hit (a counted attempt)", true)]
+    {
         let started = Instant::now();
         let lat: Vec<f64> = futures_util::stream::iter(0..20_000u32)
             .map(|i| {

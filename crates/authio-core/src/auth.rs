@@ -727,7 +727,12 @@ impl Identity {
 
     /// Rotate a refresh token (`grant_type=refresh_token`).
     /// Failures count against the caller's address like other one-time secrets.
-    pub async fn refresh(&self, presented: &str, client: &ClientInfo, ip: Option<IpAddr>) -> Result<UserTokens, CoreError> {
+    pub async fn refresh(
+        &self,
+        presented: &str,
+        client: &ClientInfo,
+        ip: Option<IpAddr>,
+    ) -> Result<UserTokens, CoreError> {
         self.refuse_guesser(ip).await?;
         let result = self.refresh_unjudged(presented, client).await;
         self.judge(ip, result).await

@@ -163,6 +163,7 @@ pub async fn template_for(tx: &ScopedTx, kind: MailKind) -> Result<Template, Cor
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Render and write a message to the outbox inside `tx` (a pinned transaction of the scope):
 /// it is sent once that transaction commits, and never if it rolls back.
 pub async fn enqueue(

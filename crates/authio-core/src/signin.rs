@@ -264,7 +264,8 @@ impl Identity {
         let Some(ip) = ip else { return Ok(()) };
         let l = &self.inner.settings.limits;
         let now = self.now();
-        let w = preresolve::rate_peek(&self.inner.router, "verify:ip", &ip_key(ip), l.verify_ip_window_secs, now).await?;
+        let w =
+            preresolve::rate_peek(&self.inner.router, "verify:ip", &ip_key(ip), l.verify_ip_window_secs, now).await?;
         match w {
             Some(w) if w.hits >= l.verify_failures_per_ip => {
                 Err(CoreError::RateLimited { retry_after: retry_after(w.window_ends, now) })
@@ -283,7 +284,8 @@ impl Identity {
         if let (true, Some(ip)) = (guess, ip) {
             let l = &self.inner.settings.limits;
             let now = self.now();
-            let w = preresolve::rate_hit(&self.inner.router, "verify:ip", &ip_key(ip), l.verify_ip_window_secs, now).await?;
+            let w = preresolve::rate_hit(&self.inner.router, "verify:ip", &ip_key(ip), l.verify_ip_window_secs, now)
+                .await?;
             if w.hits > l.verify_failures_per_ip {
                 return Err(CoreError::RateLimited { retry_after: retry_after(w.window_ends, now) });
             }
@@ -615,7 +617,8 @@ impl Identity {
         let result: Result<ProvedEmail, CoreError> = async {
             let now = self.now();
             let max = self.inner.settings.one_time.email_code_max_attempts;
-            let row = preresolve::email_code_attempt(&self.inner.router, challenge, max, now).await?.ok_or(INVALID_CODE)?;
+            let row =
+                preresolve::email_code_attempt(&self.inner.router, challenge, max, now).await?.ok_or(INVALID_CODE)?;
             let status: String = row.try_get(0)?;
             if status == "locked" {
                 return Err(CoreError::ChallengeLocked);
@@ -689,7 +692,8 @@ impl Identity {
         const BAD: CoreError = CoreError::InvalidGrant("the code is invalid, used, expired or not for this request");
         self.refuse_guesser(ip).await?;
         let result: Result<UserTokens, CoreError> = async {
-            let row = preresolve::signin_code_use(&self.inner.router, &token_hash(code), self.now()).await?.ok_or(BAD)?;
+            let row =
+                preresolve::signin_code_use(&self.inner.router, &token_hash(code), self.now()).await?.ok_or(BAD)?;
             let project: Uuid = row.try_get(1)?;
             let user_id: Uuid = row.try_get(2)?;
             let amr: Vec<String> = row.try_get(3)?;
@@ -829,9 +833,10 @@ impl Identity {
         self.refuse_guesser(ip).await?;
         let result: Result<(), CoreError> = async {
             let now = self.now();
-            let row = preresolve::email_link_use(&self.inner.router, &token_hash(token), "email_verification", None, now)
-                .await?
-                .ok_or(INVALID_LINK)?;
+            let row =
+                preresolve::email_link_use(&self.inner.router, &token_hash(token), "email_verification", None, now)
+                    .await?
+                    .ok_or(INVALID_LINK)?;
             let proved = self.proved(&row, LINK_COLUMNS).await?;
             let tx = self.inner.router.begin(&proved.scope).await?;
             let user = tx

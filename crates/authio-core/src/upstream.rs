@@ -105,6 +105,16 @@ impl ConnectionInfo {
     }
 }
 
+/// A provider's endpoints, from its preset or its discovery document.
+struct Endpoints {
+    issuer: Option<String>,
+    authorization: String,
+    token: String,
+    userinfo: Option<String>,
+    jwks: Option<String>,
+    default_scopes: &'static [&'static str],
+}
+
 #[derive(Deserialize)]
 struct Discovery {
     issuer: String,
@@ -210,22 +220,15 @@ impl Identity {
         if display_name.is_empty() || display_name.chars().count() > 100 {
             return Err(bad("display_name (1-100 characters)"));
         }
-        let (issuer, authz, token, userinfo, jwks, default_scopes): (
-            Option<String>,
-            String,
-            String,
-            Option<String>,
-            Option<String>,
-            &[&str],
-        ) = match new.kind {
-            ProviderKind::Github => (
-                None,
-                "https://github.com/login/oauth/authorize".into(),
-                "https://github.com/login/oauth/access_token".into(),
-                Some("https://api.github.com/user".into()),
-                None,
-                &["read:user", "user:email"],
-            ),
+        let e = match new.kind {
+            ProviderKind::Github => Endpoints {
+                issuer: None,
+                authorization: "https://github.com/login/oauth/authorize".into(),
+                token: "https://github.com/login/oauth/access_token".into(),
+                userinfo: Some("https://api.github.com/user".into()),
+                jwks: None,
+                default_scopes: &["read:user", "user:email"],
+            },
             kind => {
                 let issuer = match (kind, new.issuer.as_deref()) {
                     (ProviderKind::Google, None) => "https://accounts.google.com".to_owned(),
@@ -237,16 +240,17 @@ impl Identity {
                 };
                 self.check_upstream_url(&issuer, "issuer")?;
                 let d = self.discover(&issuer).await?;
-                (
-                    Some(issuer),
-                    d.authorization_endpoint,
-                    d.token_endpoint,
-                    d.userinfo_endpoint,
-                    Some(d.jwks_uri),
-                    &["openid", "email", "profile"],
-                )
+                Endpoints {
+                    issuer: Some(issuer),
+                    authorization: d.authorization_endpoint,
+                    token: d.token_endpoint,
+                    userinfo: d.userinfo_endpoint,
+                    jwks: Some(d.jwks_uri),
+                    default_scopes: &["openid", "email", "profile"],
+                }
             }
         };
+        let Endpoints { issuer, authorization: authz, token, userinfo, jwks, default_scopes } = e;
         for (u, f) in [(&authz, "authorization_endpoint"), (&token, "token_endpoint")] {
             self.check_upstream_url(u, f)?;
         }
@@ -472,7 +476,8 @@ impl Identity {
                 .ok_or(CoreError::UpstreamRefused("the sign-in request is unknown, used or expired (state)"))?;
             let binding: Vec<u8> = row.try_get(5)?;
             let presented = browser_verifier.map(token_hash);
-            let same_browser = presented.is_some_and(|p| bool::from(subtle::ConstantTimeEq::ct_eq(&p[..], &binding[..])));
+            let same_browser =
+                presented.is_some_and(|p| bool::from(subtle::ConstantTimeEq::ct_eq(&p[..], &binding[..])));
             if !same_browser {
                 return Err(CoreError::UpstreamRefused("the sign-in was started in another browser (state)"));
             }
@@ -499,7 +504,8 @@ impl Identity {
             let who = match conn.kind {
                 ProviderKind::Github => self.github_user(tokens.access_token.as_deref()).await?,
                 _ => {
-                    let id_token = tokens.id_token.ok_or(CoreError::UpstreamRefused("the provider sent no id_token"))?;
+                    let id_token =
+                        tokens.id_token.ok_or(CoreError::UpstreamRefused("the provider sent no id_token"))?;
                     self.check_id_token(&conn, &id_token, &nonce).await?
                 }
             };

@@ -298,7 +298,7 @@ pub async fn project_presentation(router: &Router, project: Uuid) -> Result<Opti
 
 pub async fn project_redirect_uris(router: &Router, project: Uuid) -> Result<Vec<String>, DbError> {
     let rows = call(router, "SELECT authio_project_redirect_uris($1)", &[(&project, Type::UUID)]).await?;
-    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    rows.iter().map(|r| r.try_get(0)).collect()
 }
 
 pub async fn origin_allowed(router: &Router, project: Uuid, origin: &str) -> Result<bool, DbError> {

@@ -253,11 +253,19 @@ pub struct AppOptions {
     pub router: RouterSettings,
     /// Adjust the identity settings (limits, cache times) before the app starts.
     pub tune_auth: fn(&mut authio_server::AuthSettings),
+    /// Serve the mail catcher's messages on `/dev/mailbox`, as `authio dev` does.
+    pub mailbox_page: bool,
 }
 
 impl Default for AppOptions {
     fn default() -> Self {
-        AppOptions { shared: None, via_pgbouncer: false, router: router_settings(), tune_auth: |_| {} }
+        AppOptions {
+            shared: None,
+            via_pgbouncer: false,
+            router: router_settings(),
+            tune_auth: |_| {},
+            mailbox_page: false,
+        }
     }
 }
 
@@ -324,6 +332,9 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
     let smtp_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind smtp");
     let smtp_url = format!("smtp://{}", smtp_listener.local_addr().expect("smtp addr"));
     let smtp = mail.serve(smtp_listener);
+    if opts.mailbox_page {
+        auth.mailbox = Some(mail.clone());
+    }
     let mut mail_settings = authio_core::mail::MailSettings::new(smtp_url, "no-reply@authio.test");
     mail_settings.poll_every = Duration::from_millis(50);
     let mailer =

@@ -25,6 +25,16 @@ use uuid::Uuid;
 use crate::routes::auth::{client_info, client_ip};
 use crate::AppState;
 
+/// The value, or return the page that says why not (a hosted page's failure is a page).
+macro_rules! attempt {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(page) => return *page,
+        }
+    };
+}
+
 const CSRF_COOKIE: &str = "authio_csrf";
 const OAUTH_COOKIE: &str = "authio_oauth";
 
@@ -164,8 +174,8 @@ impl Ctx {
         project: Uuid,
         headers: &HeaderMap,
         custom: Option<&Extension<CustomHost>>,
-    ) -> Result<Self, Response> {
-        let presentation = state.identity.presentation(project).await.map_err(|e| plain_error(e))?;
+    ) -> Result<Self, Box<Response>> {
+        let presentation = state.identity.presentation(project).await.map_err(|e| Box::new(plain_error(e)))?;
         let (csrf, set_csrf) = match cookie(headers, CSRF_COOKIE) {
             Some(c) if c.len() == 43 => (c, false),
             _ => (random_token(), true),
@@ -396,8 +406,8 @@ async fn flow_return(state: &AppState, project: Uuid, f: &FlowParams) -> Result<
     }
 }
 
-fn project_id(raw: &str) -> Result<Uuid, Response> {
-    Uuid::parse_str(raw).map_err(|_| plain_error(CoreError::NotFound("project")))
+fn project_id(raw: &str) -> Result<Uuid, Box<Response>> {
+    Uuid::parse_str(raw).map_err(|_| Box::new(plain_error(CoreError::NotFound("project"))))
 }
 
 /// The end of every successful sign-in: back to the app with a code, or a page saying who
@@ -448,14 +458,8 @@ pub async fn signin_page(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let project = match project_id(&project) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let ctx = match Ctx::new(&state, project, &headers, custom.as_ref()).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+    let project = attempt!(project_id(&project));
+    let ctx = attempt!(Ctx::new(&state, project, &headers, custom.as_ref()).await);
     let signup = uri.path().ends_with("/signup");
     let (page, heading) = if signup { ("signup", "Create your account") } else { ("signin", "Sign in") };
     let mut p = ctx.with_flow(ctx.page(page, heading), &flow);
@@ -478,17 +482,11 @@ pub async fn password_post(
     headers: HeaderMap,
     Form(form): Form<FormFields>,
 ) -> Response {
-    let project = match project_id(&project) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
+    let project = attempt!(project_id(&project));
     if !csrf_ok(&headers, &form) {
         return refuse_csrf();
     }
-    let ctx = match Ctx::new(&state, project, &headers, custom.as_ref()).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+    let ctx = attempt!(Ctx::new(&state, project, &headers, custom.as_ref()).await);
     let flow = form.flow.params();
     let signup = uri.path().ends_with("/signup");
     let (page, heading) = if signup { ("signup", "Create your account") } else { ("signin", "Sign in") };
@@ -528,17 +526,11 @@ pub async fn magic_link_post(
     headers: HeaderMap,
     Form(form): Form<FormFields>,
 ) -> Response {
-    let project = match project_id(&project) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
+    let project = attempt!(project_id(&project));
     if !csrf_ok(&headers, &form) {
         return refuse_csrf();
     }
-    let ctx = match Ctx::new(&state, project, &headers, custom.as_ref()).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+    let ctx = attempt!(Ctx::new(&state, project, &headers, custom.as_ref()).await);
     let flow = form.flow.params();
     let mut again = ctx.with_flow(ctx.page("signin", "Sign in"), &flow);
     again.email = form.email.clone().unwrap_or_default();
@@ -580,14 +572,8 @@ async fn confirm_page(
     token: Option<String>,
     (purpose, action, heading, button): (&str, &str, &str, &str),
 ) -> Response {
-    let project = match project_id(project) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let ctx = match Ctx::new(state, project, headers, custom).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+    let project = attempt!(project_id(project));
+    let ctx = attempt!(Ctx::new(state, project, headers, custom).await);
     let token = token.unwrap_or_default();
     let live = match state.identity.link_live(&token, purpose).await {
         Ok(l) => l,
@@ -630,17 +616,11 @@ pub async fn magic_post(
     headers: HeaderMap,
     Form(form): Form<FormFields>,
 ) -> Response {
-    let project = match project_id(&project) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
+    let project = attempt!(project_id(&project));
     if !csrf_ok(&headers, &form) {
         return refuse_csrf();
     }
-    let ctx = match Ctx::new(&state, project, &headers, custom.as_ref()).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+    let ctx = attempt!(Ctx::new(&state, project, &headers, custom.as_ref()).await);
     let ip = ip_of(&state, connect.as_ref(), &headers);
     let client = client_info(&headers, ip);
     let token = form.token.unwrap_or_default();
@@ -673,17 +653,11 @@ pub async fn code_post(
     headers: HeaderMap,
     Form(form): Form<FormFields>,
 ) -> Response {
-    let project = match project_id(&project) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
+    let project = attempt!(project_id(&project));
     if !csrf_ok(&headers, &form) {
         return refuse_csrf();
     }
-    let ctx = match Ctx::new(&state, project, &headers, custom.as_ref()).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+    let ctx = attempt!(Ctx::new(&state, project, &headers, custom.as_ref()).await);
     let flow = form.flow.params();
     let mut again = ctx.with_flow(ctx.page("signin", "Sign in"), &flow);
     again.email = form.email.clone().unwrap_or_default();
@@ -713,17 +687,11 @@ pub async fn code_verify_post(
     headers: HeaderMap,
     Form(form): Form<FormFields>,
 ) -> Response {
-    let project = match project_id(&project) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
+    let project = attempt!(project_id(&project));
     if !csrf_ok(&headers, &form) {
         return refuse_csrf();
     }
-    let ctx = match Ctx::new(&state, project, &headers, custom.as_ref()).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+    let ctx = attempt!(Ctx::new(&state, project, &headers, custom.as_ref()).await);
     let ip = ip_of(&state, connect.as_ref(), &headers);
     let client = client_info(&headers, ip);
     let raw_challenge = form.challenge_id.unwrap_or_default();
@@ -760,14 +728,8 @@ pub async fn oauth_start(
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
 ) -> Response {
-    let project = match project_id(&project) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let ctx = match Ctx::new(&state, project, &headers, custom.as_ref()).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+    let project = attempt!(project_id(&project));
+    let ctx = attempt!(Ctx::new(&state, project, &headers, custom.as_ref()).await);
     let ret = match flow_return(&state, project, &flow).await {
         Ok(r) => r,
         Err(e) => return ctx.error(e, "done", "This sign-in link is not valid", ctx.page("done", "")),
@@ -831,10 +793,7 @@ pub async fn oauth_callback(
     match state.identity.upstream_finish(&st, &code, browser.as_deref(), &callback, &client, ip).await {
         Ok((scope, user, ret)) => {
             let Some(project) = scope.project_id else { return refused("no project".into()) };
-            let ctx = match Ctx::new(&state, project, &headers, custom.as_ref()).await {
-                Ok(c) => c,
-                Err(r) => return r,
-            };
+            let ctx = attempt!(Ctx::new(&state, project, &headers, custom.as_ref()).await);
             let mut resp = finish(&state, &ctx, &scope, &user, &["oauth"], ret.as_ref(), "your account").await;
             set_cookie(resp.headers_mut(), OAUTH_COOKIE, "", ctx.secure, 0);
             resp
@@ -857,14 +816,9 @@ pub async fn reset_page(
     custom: Option<Extension<CustomHost>>,
     headers: HeaderMap,
 ) -> Response {
-    let project = match project_id(&project) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    match Ctx::new(&state, project, &headers, custom.as_ref()).await {
-        Ok(ctx) => ctx.render(StatusCode::OK, ctx.page("reset", "Reset your password")),
-        Err(r) => r,
-    }
+    let project = attempt!(project_id(&project));
+    let ctx = attempt!(Ctx::new(&state, project, &headers, custom.as_ref()).await);
+    ctx.render(StatusCode::OK, ctx.page("reset", "Reset your password"))
 }
 
 /// Ask for a password-reset link (the answer does not say whether the account exists).
@@ -876,17 +830,11 @@ pub async fn reset_post(
     headers: HeaderMap,
     Form(form): Form<FormFields>,
 ) -> Response {
-    let project = match project_id(&project) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
+    let project = attempt!(project_id(&project));
     if !csrf_ok(&headers, &form) {
         return refuse_csrf();
     }
-    let ctx = match Ctx::new(&state, project, &headers, custom.as_ref()).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+    let ctx = attempt!(Ctx::new(&state, project, &headers, custom.as_ref()).await);
     let ip = ip_of(&state, connect.as_ref(), &headers);
     let email = form.email.unwrap_or_default();
     let link_base = format!("{}/reset/confirm", ctx.site.base);
@@ -920,17 +868,11 @@ pub async fn reset_confirm_post(
     headers: HeaderMap,
     Form(form): Form<FormFields>,
 ) -> Response {
-    let project = match project_id(&project) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
+    let project = attempt!(project_id(&project));
     if !csrf_ok(&headers, &form) {
         return refuse_csrf();
     }
-    let ctx = match Ctx::new(&state, project, &headers, custom.as_ref()).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+    let ctx = attempt!(Ctx::new(&state, project, &headers, custom.as_ref()).await);
     let ip = ip_of(&state, connect.as_ref(), &headers);
     let token = form.token.unwrap_or_default();
     let mut again = ctx.page("new-password", "Choose a new password");
@@ -969,17 +911,11 @@ pub async fn verify_email_post(
     headers: HeaderMap,
     Form(form): Form<FormFields>,
 ) -> Response {
-    let project = match project_id(&project) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
+    let project = attempt!(project_id(&project));
     if !csrf_ok(&headers, &form) {
         return refuse_csrf();
     }
-    let ctx = match Ctx::new(&state, project, &headers, custom.as_ref()).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+    let ctx = attempt!(Ctx::new(&state, project, &headers, custom.as_ref()).await);
     let ip = ip_of(&state, connect.as_ref(), &headers);
     match state.identity.verify_email(&form.token.unwrap_or_default(), &client_info(&headers, ip), ip).await {
         Ok(()) => {

@@ -154,6 +154,21 @@ async fn magic_links_arrive_by_smtp_sign_in_once_and_expire() {
 }
 
 #[tokio::test]
+async fn the_development_mailbox_shows_what_was_sent_and_exists_only_when_asked_for() {
+    let app = spawn_app_with(AppOptions { mailbox_page: true, ..AppOptions::default() }).await;
+    let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    post_json(&app, "/v1/auth/email-code", json!({"project_id": s.project.id, "email": "mia@example.com"})).await;
+    let (_, text) = next_mail(&app, "mia@example.com", 0).await;
+    let code = six_digits(&text);
+    let page = app.http.get(app.url("/dev/mailbox")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("mia@example.com") && html.contains(&code), "{html}");
+    let plain = spawn_app().await;
+    assert_eq!(plain.http.get(plain.url("/dev/mailbox")).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
 async fn email_codes_sign_in_once_replace_each_other_and_lock_after_five_wrong_tries() {
     let app =
         spawn_app_with(AppOptions { tune_auth: |a| a.one_time.email_code_ttl_secs = 2, ..AppOptions::default() }).await;
@@ -453,8 +468,23 @@ async fn hosted_pages_sign_in_by_link_code_password_and_reset_with_csrf_and_exac
     assert_eq!(st, StatusCode::SEE_OTHER);
     let (st, _) = exchange(&app, headers["location"].to_str().unwrap()).await;
     assert_eq!(st, StatusCode::OK);
-    let (subject, _) = next_mail(&app, "finn@example.com", 0).await;
+    let (subject, text) = next_mail(&app, "finn@example.com", 0).await;
     assert!(subject.contains("Confirm your email"), "{subject}");
+    let verify = param_in(&text, "token");
+    let verified = || {
+        admin_query_strings(
+            &app.shared.admin_url,
+            "SELECT email_verified::text FROM users WHERE email = 'finn@example.com'",
+        )
+    };
+    assert_eq!(verified().await, vec!["false"]);
+    let (st, html, _) = b.get(&format!("{base}/verify-email?token={verify}")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(verified().await, vec!["false"], "opening the link changes nothing");
+    assert!(html.contains("Confirm"));
+    let (st, _, _) = b.post(&format!("{base}/verify-email"), &[("csrf", &csrf), ("token", &verify)]).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(verified().await, vec!["true"]);
     let (st, html, _) = b.post(&format!("{base}/reset"), &[("csrf", &csrf), ("email", "finn@example.com")]).await;
     assert_eq!(st, StatusCode::OK);
     assert!(html.contains("Check your email"));

@@ -99,7 +99,10 @@ impl Browser {
             let (k, v) = kv.split_once('=').unwrap();
             jar.insert(k.to_owned(), v.to_owned());
         }
-        let location = r.headers().get("location").map(|l| url::Url::parse(url).unwrap().join(l.to_str().unwrap()).unwrap().to_string());
+        let location = r
+            .headers()
+            .get("location")
+            .map(|l| url::Url::parse(url).unwrap().join(l.to_str().unwrap()).unwrap().to_string());
         (r.status(), location, r.text().await.unwrap())
     }
 
@@ -156,7 +159,12 @@ async fn exchange(app: &TestApp, location: &str) -> (StatusCode, Value) {
     let r = app
         .http
         .post(app.url("/v1/auth/token"))
-        .form(&[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", APP_CB), ("code_verifier", VERIFIER)])
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", APP_CB),
+            ("code_verifier", VERIFIER),
+        ])
         .send()
         .await
         .unwrap();
@@ -173,7 +181,11 @@ async fn upstream_oidc_sign_in_creates_links_and_refuses_bad_state_nonce_signatu
     let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
     let callback = app.url("/oauth/callback");
     let op = Op::start(&callback).await;
-    admin_query_strings(&app.shared.admin_url, &format!("INSERT INTO redirect_uris VALUES ('{}', '{}', '{APP_CB}', now())", s.tenant.id, s.project.id)).await;
+    admin_query_strings(
+        &app.shared.admin_url,
+        &format!("INSERT INTO redirect_uris VALUES ('{}', '{}', '{APP_CB}', now())", s.tenant.id, s.project.id),
+    )
+    .await;
     let conn = connect(&app, &s, &op).await;
     assert_eq!(conn["authorization_endpoint"], format!("{}/auth", op.issuer), "discovered");
     assert!(conn.get("client_secret").is_none() && conn.get("client_secret_enc").is_none());
@@ -216,9 +228,14 @@ async fn upstream_oidc_sign_in_creates_links_and_refuses_bad_state_nonce_signatu
     assert_eq!(st, StatusCode::SEE_OTHER);
     let (st, tokens) = exchange(&app, &location.unwrap()).await;
     assert_eq!(st, StatusCode::OK);
-    let user_of_old = admin_query_strings(&app.shared.admin_url, "SELECT id::text FROM users WHERE email = 'old@example.com'").await;
+    let user_of_old =
+        admin_query_strings(&app.shared.admin_url, "SELECT id::text FROM users WHERE email = 'old@example.com'").await;
     assert_eq!(crate::identity::claims_of(tokens["access_token"].as_str().unwrap())["sub"], user_of_old[0]);
-    let links = admin_query_strings(&app.shared.admin_url, "SELECT subject || '>' || email FROM user_identities ORDER BY subject").await;
+    let links = admin_query_strings(
+        &app.shared.admin_url,
+        "SELECT subject || '>' || email FROM user_identities ORDER BY subject",
+    )
+    .await;
     assert_eq!(links, vec!["sub-new>new.upstream@example.com", "sub-old>old@example.com"]);
 
     // An unverified email is refused (no account, no link), and the refusal audited.
@@ -243,13 +260,18 @@ async fn upstream_oidc_sign_in_creates_links_and_refuses_bad_state_nonce_signatu
     // A nonce that is not this sign-in's is refused.
     let mut b5 = Browser::new();
     let cb = to_callback(&app, &s, &mut b5).await;
-    admin_query_strings(&app.shared.admin_url, "UPDATE oauth_states SET nonce = 'another-nonce' WHERE used_at IS NULL").await;
+    admin_query_strings(&app.shared.admin_url, "UPDATE oauth_states SET nonce = 'another-nonce' WHERE used_at IS NULL")
+        .await;
     let (st, _, body) = b5.get(&cb).await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     assert!(body.contains("nonce"), "{body}");
 
     // An id_token whose signature was tampered with is refused.
-    admin_query_strings(&app.shared.admin_url, &format!("UPDATE oauth_connections SET token_endpoint = '{}/__tamper/token'", op.issuer)).await;
+    admin_query_strings(
+        &app.shared.admin_url,
+        &format!("UPDATE oauth_connections SET token_endpoint = '{}/__tamper/token'", op.issuer),
+    )
+    .await;
     let mut b6 = Browser::new();
     let cb = to_callback(&app, &s, &mut b6).await;
     let (st, _, body) = b6.get(&cb).await;

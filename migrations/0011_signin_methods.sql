@@ -378,15 +378,6 @@ AS $$
               s.redirect_uri, s.app_state, s.code_challenge
 $$;
 
-CREATE FUNCTION authio_signin_code_use(p_hash bytea, p_now timestamptz)
-RETURNS TABLE (tenant_id uuid, project_id uuid, user_id uuid, amr text[], redirect_uri text, code_challenge text)
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public
-AS $$
-    UPDATE public.signin_codes c SET used_at = p_now
-    WHERE c.code_hash = p_hash AND c.used_at IS NULL AND c.expires_at > p_now
-    RETURNING c.tenant_id, c.project_id, c.user_id, c.amr, c.redirect_uri, c.code_challenge
-$$;
-
 -- The mail sender: take due messages under a lease (a sender that dies leaves them due again
 -- when the lease ends), then mark each sent (deleted) or failed (retried with backoff, or
 -- given up after the last attempt: the sealed message is dropped, the row kept as a record).
@@ -447,13 +438,13 @@ REVOKE EXECUTE ON FUNCTION authio_project_presentation(uuid), authio_project_red
     authio_origin_allowed(uuid, text), authio_origin_known(text), authio_resolve_domain(text),
     authio_email_link_use(bytea, text, bytea, timestamptz), authio_email_link_live(bytea, text, timestamptz),
     authio_email_code_attempt(uuid, integer, timestamptz), authio_email_code_use(uuid, timestamptz),
-    authio_oauth_state_use(bytea, timestamptz), authio_signin_code_use(bytea, timestamptz),
+    authio_oauth_state_use(bytea, timestamptz),
     authio_mail_take(integer, timestamptz, integer), authio_mail_sent(uuid),
     authio_mail_failed(uuid, text, timestamptz, boolean, timestamptz), authio_one_time_gc(timestamptz) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION authio_project_presentation(uuid), authio_project_redirect_uris(uuid),
     authio_origin_allowed(uuid, text), authio_origin_known(text), authio_resolve_domain(text),
     authio_email_link_use(bytea, text, bytea, timestamptz), authio_email_link_live(bytea, text, timestamptz),
     authio_email_code_attempt(uuid, integer, timestamptz), authio_email_code_use(uuid, timestamptz),
-    authio_oauth_state_use(bytea, timestamptz), authio_signin_code_use(bytea, timestamptz),
+    authio_oauth_state_use(bytea, timestamptz),
     authio_mail_take(integer, timestamptz, integer), authio_mail_sent(uuid),
     authio_mail_failed(uuid, text, timestamptz, boolean, timestamptz), authio_one_time_gc(timestamptz) TO authio_app;

@@ -368,7 +368,7 @@ impl Identity {
 
     /// An address over the failed-credential limit is refused until its window ends, before
     /// any secret it sends is judged.
-    fn refuse_if_blocked(&self, key: Option<&str>, now: DateTime<Utc>) -> Result<(), CoreError> {
+    pub(crate) fn refuse_if_blocked(&self, key: Option<&str>, now: DateTime<Utc>) -> Result<(), CoreError> {
         if let Some(k) = key {
             let blocked = self.inner.blocked_ips.read().ok().and_then(|b| b.get(k).copied());
             if let Some(until) = blocked.filter(|u| *u > now) {
@@ -381,7 +381,7 @@ impl Identity {
     /// Count a failed client or API-key authentication against the address (on the shared
     /// database, so across nodes); past the limit the address is blocked on this node for the
     /// rest of the window and the caller is told to wait.
-    async fn count_credential_failure(
+    pub(crate) async fn count_credential_failure(
         &self,
         bucket: &str,
         key: Option<String>,
@@ -525,8 +525,16 @@ impl Identity {
             client,
             metadata: serde_json::json!({"session_id": session.id, "amr": ["pwd"]}),
         };
-        let tokens =
-            self.user_tokens(&keys, &profile, user.id, session.id, &["pwd".to_owned()], None, session.refresh_token)?;
+        let tokens = self.user_tokens(
+            &keys,
+            &profile,
+            user.id,
+            session.id,
+            &["pwd".to_owned()],
+            None,
+            session.refresh_token,
+            None,
+        )?;
         audit::record_and_commit(tx, &scope, event, now).await?;
         Ok((user, tokens))
     }
@@ -602,7 +610,7 @@ impl Identity {
                 tx.commit().await?;
             }
         }
-        self.user_tokens(&keys, &profile, user_id, session.id, &["pwd".to_owned()], role, session.refresh_token)
+        self.user_tokens(&keys, &profile, user_id, session.id, &["pwd".to_owned()], role, session.refresh_token, None)
     }
 
     /// A password sign-in that hands over a user rather than a session (the hosted pages:
@@ -733,12 +741,29 @@ impl Identity {
         client: &ClientInfo,
         ip: Option<IpAddr>,
     ) -> Result<UserTokens, CoreError> {
+        self.refresh_for(presented, None, client, ip).await
+    }
+
+    /// Rotate a refresh token for the OpenID client it was issued to (`None`: tokens of the
+    /// sign-in API and hosted sign-ins, which belong to no client).
+    pub async fn refresh_for(
+        &self,
+        presented: &str,
+        oidc_client: Option<&str>,
+        client: &ClientInfo,
+        ip: Option<IpAddr>,
+    ) -> Result<UserTokens, CoreError> {
         self.refuse_guesser(ip).await?;
-        let result = self.refresh_unjudged(presented, client).await;
+        let result = self.refresh_unjudged(presented, oidc_client, client).await;
         self.judge(ip, result).await
     }
 
-    async fn refresh_unjudged(&self, presented: &str, client: &ClientInfo) -> Result<UserTokens, CoreError> {
+    async fn refresh_unjudged(
+        &self,
+        presented: &str,
+        oidc_client: Option<&str>,
+        client: &ClientInfo,
+    ) -> Result<UserTokens, CoreError> {
         let (project, hash) =
             sessions::parse_refresh_token(presented).ok_or(CoreError::InvalidGrant("the refresh token is invalid"))?;
         let profile = match self.profile(project).await {
@@ -755,9 +780,11 @@ impl Identity {
             &policy(&profile),
             &hash,
             client,
+            oidc_client,
         )
         .await?;
-        self.user_tokens(&keys, &profile, r.user_id, r.session_id, &r.amr, r.role, r.refresh_token)
+        let oidc = r.client_id.as_deref().map(|c| (c, r.scope.as_deref().unwrap_or("")));
+        self.user_tokens(&keys, &profile, r.user_id, r.session_id, &r.amr, r.role, r.refresh_token, oidc)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -770,6 +797,7 @@ impl Identity {
         amr: &[String],
         role: Option<String>,
         refresh_token: String,
+        oidc: Option<(&str, &str)>,
     ) -> Result<UserTokens, CoreError> {
         let now = self.now().timestamp();
         let ttl = i64::from(profile.access_token_ttl_secs);
@@ -787,8 +815,9 @@ impl Identity {
             pid: profile.project_id.to_string(),
             amr: Some(amr.to_vec()),
             role,
-            scope: None,
-            client_id: None,
+            // An OpenID client's session: its id and granted scope (RFC 9068).
+            scope: oidc.map(|(_, s)| s.to_owned()),
+            client_id: oidc.map(|(c, _)| c.to_owned()),
         };
         Ok(UserTokens {
             access_token: keys.sign(&claims)?,

@@ -215,7 +215,11 @@ impl Signer {
 
 /// The key that signs, with its JWS header already encoded.
 struct ActiveKey {
+    /// `typ: at+jwt` (RFC 9068): access tokens.
     header_b64: String,
+    /// `typ: JWT`: ID tokens, which must never pass for access tokens nor the reverse.
+    id_header_b64: String,
+    alg: Alg,
     signer: Signer,
 }
 
@@ -259,8 +263,11 @@ impl KeySet {
                     .map_err(|e| CoreError::Config(format!("decrypting signing key {}: {e}", r.kid)))?;
                 let der = URL_SAFE_NO_PAD.decode(b64).map_err(|_| crypto_err("stored key encoding"))?;
                 let header = json!({"alg": alg.as_str(), "kid": r.kid, "typ": "at+jwt"});
+                let id_header = json!({"alg": alg.as_str(), "kid": r.kid, "typ": "JWT"});
                 active = Some(ActiveKey {
                     header_b64: URL_SAFE_NO_PAD.encode(header.to_string()),
+                    id_header_b64: URL_SAFE_NO_PAD.encode(id_header.to_string()),
+                    alg,
                     signer: Signer::from_pkcs8(alg, &der)?,
                 });
             }
@@ -270,12 +277,27 @@ impl KeySet {
         Ok(KeySet { project_id, active, verifiers, jwks: jwks.into(), etag, loaded_at: Instant::now() })
     }
 
-    /// Sign `claims` with the current key: a compact JWS.
+    /// Sign `claims` with the current key: a compact JWS typed `at+jwt` (an access token).
     pub fn sign(&self, claims: &impl serde::Serialize) -> Result<String, CoreError> {
+        self.sign_with(claims, false)
+    }
+
+    /// Sign an ID token (typed `JWT`).
+    pub fn sign_id_token(&self, claims: &impl serde::Serialize) -> Result<String, CoreError> {
+        self.sign_with(claims, true)
+    }
+
+    /// The algorithm the current key signs with.
+    pub fn alg(&self) -> Option<Alg> {
+        self.active.as_ref().map(|a| a.alg)
+    }
+
+    fn sign_with(&self, claims: &impl serde::Serialize, id_token: bool) -> Result<String, CoreError> {
         let active = self.active.as_ref().ok_or(CoreError::Config("project has no current signing key".into()))?;
         let payload = serde_json::to_vec(claims).map_err(|e| CoreError::Config(format!("claims: {e}")))?;
-        let mut out = String::with_capacity(active.header_b64.len() + payload.len() * 4 / 3 + 120);
-        out.push_str(&active.header_b64);
+        let header = if id_token { &active.id_header_b64 } else { &active.header_b64 };
+        let mut out = String::with_capacity(header.len() + payload.len() * 4 / 3 + 120);
+        out.push_str(header);
         out.push('.');
         URL_SAFE_NO_PAD.encode_string(&payload, &mut out);
         let sig = active.signer.sign(out.as_bytes())?;

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod m2m;
 pub mod mail;
 pub mod moves;
+pub mod oidc;
 pub mod passwords;
 pub mod project_config;
 pub mod projects;

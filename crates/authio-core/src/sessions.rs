@@ -94,8 +94,8 @@ impl SessionInfo {
 /// is checked at the end of the statement, when both rows exist.
 pub const START_SQL: &str = "WITH s AS (
         INSERT INTO sessions (tenant_id, project_id, id, user_id, amr, ip, user_agent, created_at, last_active_at,
-                              idle_expires_at, absolute_expires_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10))
+                              idle_expires_at, absolute_expires_at, client_id, scope)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $12, $13))
     INSERT INTO refresh_tokens (tenant_id, project_id, token_hash, session_id, created_at)
     VALUES ($1, $2, $11, $3, $8)";
 
@@ -114,6 +114,8 @@ pub struct NewSession {
     idle: DateTime<Utc>,
     absolute: DateTime<Utc>,
     hash: Vec<u8>,
+    client_id: Option<String>,
+    scope: Option<String>,
 }
 
 impl NewSession {
@@ -141,10 +143,19 @@ impl NewSession {
             idle: (now + policy.idle).min(absolute),
             absolute,
             hash: hash.to_vec(),
+            client_id: None,
+            scope: None,
         })
     }
 
-    pub fn params(&self) -> [authio_db::Param<'_>; 11] {
+    /// A session an OpenID client starts: its refresh tokens are that client's alone.
+    pub fn for_client(mut self, client_id: &str, scope: &str) -> Self {
+        self.client_id = Some(client_id.to_owned());
+        self.scope = Some(scope.to_owned());
+        self
+    }
+
+    pub fn params(&self) -> [authio_db::Param<'_>; 13] {
         [
             (&self.tenant, Type::UUID),
             (&self.project, Type::UUID),
@@ -157,6 +168,8 @@ impl NewSession {
             (&self.idle, Type::TIMESTAMPTZ),
             (&self.absolute, Type::TIMESTAMPTZ),
             (&self.hash, Type::BYTEA),
+            (&self.client_id, Type::TEXT),
+            (&self.scope, Type::TEXT),
         ]
     }
 
@@ -199,6 +212,9 @@ pub struct Refreshed {
     pub amr: Vec<String>,
     pub role: Option<String>,
     pub refresh_token: String,
+    /// The OpenID client that started the session, and the scope it was granted.
+    pub client_id: Option<String>,
+    pub scope: Option<String>,
 }
 
 /// Rotate a refresh token (see the module documentation for reuse and the grace window).
@@ -209,6 +225,7 @@ pub async fn refresh(
     policy: &SessionPolicy,
     token_hash: &[u8; 32],
     client: &ClientInfo,
+    expected_client: Option<&str>,
 ) -> Result<Refreshed, CoreError> {
     let now = clock.now();
     let hash = token_hash.to_vec();
@@ -216,7 +233,7 @@ pub async fn refresh(
     let row = tx
         .query_opt(
             "SELECT rt.session_id, rt.used_at, s.user_id, s.amr, s.revoked_at, s.idle_expires_at,
-                    s.absolute_expires_at, u.disabled, u.role
+                    s.absolute_expires_at, u.disabled, u.role, s.client_id, s.scope
              FROM refresh_tokens rt
              JOIN sessions s ON s.tenant_id = rt.tenant_id AND s.id = rt.session_id
              JOIN users u ON u.tenant_id = s.tenant_id AND u.id = s.user_id
@@ -232,6 +249,11 @@ pub async fn refresh(
     let idle_expires: DateTime<Utc> = row.get(5);
     let absolute_expires: DateTime<Utc> = row.get(6);
     let disabled: bool = row.get(7);
+    let session_client: Option<String> = row.get(9);
+    if session_client.as_deref() != expected_client {
+        // RFC 6749 6: a refresh token is bound to the client it was issued to.
+        return Err(CoreError::InvalidGrant("the refresh token was not issued to this client"));
+    }
     if revoked_at.is_some() || now >= idle_expires || now >= absolute_expires || disabled {
         return Err(CoreError::InvalidGrant("the session has ended"));
     }
@@ -274,7 +296,15 @@ pub async fn refresh(
         metadata: serde_json::json!({"within_grace": used_at.is_some()}),
     };
     audit::record_and_commit(tx, scope, event, now).await?;
-    Ok(Refreshed { session_id: sid, user_id: row.get(2), amr: row.get(3), role: row.get(8), refresh_token })
+    Ok(Refreshed {
+        session_id: sid,
+        user_id: row.get(2),
+        amr: row.get(3),
+        role: row.get(8),
+        refresh_token,
+        client_id: session_client,
+        scope: row.get(10),
+    })
 }
 
 async fn revoke_in(tx: &ScopedTx, sid: Uuid, now: DateTime<Utc>, reason: &str) -> Result<Option<Row>, CoreError> {

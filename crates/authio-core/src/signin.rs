@@ -100,13 +100,54 @@ impl Presentation {
     }
 }
 
-/// Where a hosted sign-in returns: a registered redirect URI, the app's `state`, and the PKCE
-/// S256 challenge the code will be exchanged against.
+/// Where a hosted sign-in goes when it succeeds.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Return {
-    pub redirect_uri: String,
-    pub app_state: Option<String>,
-    pub code_challenge: String,
+pub enum Return {
+    /// To the app: a registered redirect URI with a single-use code for its PKCE S256
+    /// challenge, and the app's `state`.
+    App { redirect_uri: String, app_state: Option<String>, code_challenge: String },
+    /// Back to the project's OpenID authorization endpoint (a path on the same host), which
+    /// now finds the browser signed in.
+    Authorize { return_to: String },
+}
+
+impl Return {
+    /// The columns a one-time token row keeps it in: (redirect_uri, app_state, code_challenge).
+    pub(crate) fn columns(ret: Option<&Return>) -> (Option<&str>, Option<&str>, Option<&str>) {
+        match ret {
+            None => (None, None, None),
+            Some(Return::App { redirect_uri, app_state, code_challenge }) => {
+                (Some(redirect_uri.as_str()), app_state.as_deref(), Some(code_challenge.as_str()))
+            }
+            Some(Return::Authorize { return_to }) => (Some(return_to.as_str()), None, None),
+        }
+    }
+
+    pub(crate) fn from_columns(
+        uri: Option<String>,
+        app_state: Option<String>,
+        challenge: Option<String>,
+    ) -> Option<Self> {
+        match (uri, challenge) {
+            (Some(redirect_uri), Some(code_challenge)) => Some(Return::App { redirect_uri, app_state, code_challenge }),
+            (Some(return_to), None) if return_to.starts_with('/') => Some(Return::Authorize { return_to }),
+            _ => None,
+        }
+    }
+
+    /// A return to the authorization endpoint: only that endpoint's path on this host, for
+    /// this project (`/p/{project}/oauth2/authorize?...`, or `/oauth2/authorize?...` on the
+    /// project's custom domain).
+    pub fn authorize(project: Uuid, return_to: &str) -> Result<Self, CoreError> {
+        let ok = (return_to.starts_with(&format!("/p/{project}/oauth2/authorize?"))
+            || return_to.starts_with("/oauth2/authorize?"))
+            && return_to.len() <= 4096
+            && !return_to.contains(['\r', '\n']);
+        if !ok {
+            return Err(CoreError::InvalidRedirectUri);
+        }
+        Ok(Return::Authorize { return_to: return_to.to_owned() })
+    }
 }
 
 /// An email address proved by a link or code, and where its flow returns.
@@ -173,14 +214,7 @@ pub fn with_query(uri: &str, params: &[(&str, &str)]) -> String {
 }
 
 fn ret_from_row(r: &PgRow, redirect: usize) -> Result<Option<Return>, CoreError> {
-    let uri: Option<String> = r.try_get(redirect)?;
-    let challenge: Option<String> = r.try_get(redirect + 2)?;
-    Ok(match (uri, challenge) {
-        (Some(redirect_uri), Some(code_challenge)) => {
-            Some(Return { redirect_uri, app_state: r.try_get(redirect + 1)?, code_challenge })
-        }
-        _ => None,
-    })
+    Ok(Return::from_columns(r.try_get(redirect)?, r.try_get(redirect + 1)?, r.try_get(redirect + 2)?))
 }
 
 /// Where project, email and the return are in `email_link_use`'s and `email_code_attempt`'s rows.
@@ -230,7 +264,7 @@ impl Identity {
         if app_state.is_some_and(|s| s.len() > 512) {
             return Err(CoreError::Invalid(crate::domain::ValidationError::Field("state (at most 512 characters)")));
         }
-        Ok(Return {
+        Ok(Return::App {
             redirect_uri: uri.as_str().to_owned(),
             app_state: app_state.map(str::to_owned),
             code_challenge: challenge.to_owned(),
@@ -383,11 +417,27 @@ impl Identity {
         amr: &[&str],
         client: &ClientInfo,
     ) -> Result<UserTokens, CoreError> {
+        self.start_session_for(scope, user, amr, client, None).await
+    }
+
+    /// [`Identity::start_session`] for an OpenID client: its id and the granted scope go in
+    /// the access token (`client_id`, `scope`).
+    pub(crate) async fn start_session_for(
+        &self,
+        scope: &Scope,
+        user: &SignedInUser,
+        amr: &[&str],
+        client: &ClientInfo,
+        oidc: Option<(&str, &str)>,
+    ) -> Result<UserTokens, CoreError> {
         let project = crate::domain::project_of(scope)?;
         let profile = self.profile(project).await?;
         let keys = self.inner.keys.keyset(&profile).await?;
         let now = self.now();
-        let session = NewSession::new(scope, user.user_id, amr, client, &policy(&profile), now)?;
+        let mut session = NewSession::new(scope, user.user_id, amr, client, &policy(&profile), now)?;
+        if let Some((client_id, granted)) = oidc {
+            session = session.for_client(client_id, granted);
+        }
         let event = audit::EventRow::new(
             scope,
             audit::Event {
@@ -403,7 +453,16 @@ impl Identity {
         let statements = [(crate::sessions::START_SQL, &session_params[..]), (audit::INSERT_SQL, &event_params[..])];
         self.inner.router.write(scope, &statements).await?;
         let amr: Vec<String> = amr.iter().map(|s| (*s).to_owned()).collect();
-        self.user_tokens(&keys, &profile, user.user_id, session.id, &amr, user.role.clone(), session.refresh_token)
+        self.user_tokens(
+            &keys,
+            &profile,
+            user.user_id,
+            session.id,
+            &amr,
+            user.role.clone(),
+            session.refresh_token,
+            oidc,
+        )
     }
 
     /// Email a magic link. `link_base` is where the link points (the app's registered
@@ -458,6 +517,7 @@ impl Identity {
         let project = crate::domain::project_of(scope)?;
         let hash = w.hash.to_vec();
         let binding = w.binding.map(|b| b.to_vec());
+        let (ret_uri, ret_state, ret_challenge) = Return::columns(w.ret);
         let tx = self.inner.router.begin_pinned(scope).await?;
         tx.query(
             "INSERT INTO email_links (tenant_id, project_id, token_hash, purpose, email, redirect_uri, app_state,
@@ -469,9 +529,9 @@ impl Identity {
                 (&hash, Type::BYTEA),
                 (&w.purpose, Type::TEXT),
                 (&w.email.as_str(), Type::TEXT),
-                (&w.ret.map(|r| r.redirect_uri.as_str()), Type::TEXT),
-                (&w.ret.and_then(|r| r.app_state.as_deref()), Type::TEXT),
-                (&w.ret.map(|r| r.code_challenge.as_str()), Type::TEXT),
+                (&ret_uri, Type::TEXT),
+                (&ret_state, Type::TEXT),
+                (&ret_challenge, Type::TEXT),
                 (&binding, Type::BYTEA),
                 (&now, Type::TIMESTAMPTZ),
                 (&expires, Type::TIMESTAMPTZ),
@@ -559,6 +619,7 @@ impl Identity {
         let now = self.now();
         let ttl = self.inner.settings.one_time.email_code_ttl_secs;
         let expires = now + Duration::seconds(ttl);
+        let (ret_uri, ret_state, ret_challenge) = Return::columns(ret);
         let tx = self.inner.router.begin_pinned(&scope).await?;
         // A new code replaces the live one.
         tx.query("DELETE FROM email_codes WHERE email = $1", &[(&email.as_str(), Type::TEXT)]).await?;
@@ -572,9 +633,9 @@ impl Identity {
                 (&id, Type::UUID),
                 (&email.as_str(), Type::TEXT),
                 (&mac, Type::BYTEA),
-                (&ret.map(|r| r.redirect_uri.as_str()), Type::TEXT),
-                (&ret.and_then(|r| r.app_state.as_deref()), Type::TEXT),
-                (&ret.map(|r| r.code_challenge.as_str()), Type::TEXT),
+                (&ret_uri, Type::TEXT),
+                (&ret_state, Type::TEXT),
+                (&ret_challenge, Type::TEXT),
                 (&now, Type::TIMESTAMPTZ),
                 (&expires, Type::TIMESTAMPTZ),
             ],
@@ -647,6 +708,9 @@ impl Identity {
         amr: &[&str],
         ret: &Return,
     ) -> Result<String, CoreError> {
+        let Return::App { redirect_uri, app_state, code_challenge } = ret else {
+            return Err(CoreError::Config("a sign-in code is for an app's redirect URI".into()));
+        };
         let project = crate::domain::project_of(scope)?;
         let (code, hash) = new_token("sc_");
         let hash = hash.to_vec();
@@ -664,8 +728,8 @@ impl Identity {
                 (&hash, Type::BYTEA),
                 (&user.user_id, Type::UUID),
                 (&amr, Type::TEXT_ARRAY),
-                (&ret.redirect_uri.as_str(), Type::TEXT),
-                (&ret.code_challenge.as_str(), Type::TEXT),
+                (&redirect_uri.as_str(), Type::TEXT),
+                (&code_challenge.as_str(), Type::TEXT),
                 (&now, Type::TIMESTAMPTZ),
                 (&expires, Type::TIMESTAMPTZ),
             ],
@@ -673,52 +737,10 @@ impl Identity {
         .await?;
         tx.commit().await?;
         let mut params = vec![("code", code.as_str())];
-        if let Some(s) = &ret.app_state {
+        if let Some(s) = app_state {
             params.push(("state", s.as_str()));
         }
-        Ok(with_query(&ret.redirect_uri, &params))
-    }
-
-    /// Exchange a sign-in code (`grant_type=authorization_code`): once, with the same
-    /// redirect URI and the PKCE verifier; a session starts at the home.
-    pub async fn exchange_signin_code(
-        &self,
-        code: &str,
-        redirect_uri: &str,
-        verifier: &str,
-        client: &ClientInfo,
-        ip: Option<IpAddr>,
-    ) -> Result<UserTokens, CoreError> {
-        const BAD: CoreError = CoreError::InvalidGrant("the code is invalid, used, expired or not for this request");
-        self.refuse_guesser(ip).await?;
-        let result: Result<UserTokens, CoreError> = async {
-            let row =
-                preresolve::signin_code_use(&self.inner.router, &token_hash(code), self.now()).await?.ok_or(BAD)?;
-            let project: Uuid = row.try_get(1)?;
-            let user_id: Uuid = row.try_get(2)?;
-            let amr: Vec<String> = row.try_get(3)?;
-            let stored_uri: String = row.try_get(4)?;
-            let challenge: Option<String> = row.try_get(5)?;
-            if stored_uri != redirect_uri || !challenge.is_some_and(|c| pkce_matches(&c, verifier)) {
-                return Err(BAD);
-            }
-            let profile = self.profile(project).await?;
-            let scope = scope_of(&profile);
-            let rows = self
-                .inner
-                .router
-                .read(&scope, "SELECT disabled, role FROM users WHERE id = $1", &[(&user_id, Type::UUID)])
-                .await?;
-            let r = rows.first().ok_or(BAD)?;
-            if r.try_get::<bool>(0)? {
-                return Err(BAD);
-            }
-            let user = SignedInUser { user_id, role: r.try_get(1)?, created: false };
-            let amr: Vec<&str> = amr.iter().map(String::as_str).collect();
-            self.start_session(&scope, &user, &amr, client).await
-        }
-        .await;
-        self.judge(ip, result).await
+        Ok(with_query(redirect_uri, &params))
     }
 
     /// Email a password-reset link if the account exists and has a password (the answer is

@@ -69,6 +69,18 @@ pub fn unverified_issuer(token: &str) -> Option<String> {
     serde_json::from_slice::<Iss>(&bytes).ok().map(|i| i.iss)
 }
 
+/// The `scope` of a token this deployment just signed (read without verifying: for echoing
+/// it in a token response).
+pub fn unverified_scope(token: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Scope {
+        scope: Option<String>,
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice::<Scope>(&bytes).ok().and_then(|s| s.scope)
+}
+
 /// Verify a token against a project's key set: a known `kid`, the algorithm that key was made
 /// for (never the header's choice alone, never `none`), the signature, `typ`, the issuer,
 /// `exp` and `nbf` against `now`.
@@ -106,6 +118,35 @@ pub fn verify(set: &KeySet, token: &str, expected_iss: &str, now: DateTime<Utc>)
         return Err(CoreError::InvalidToken("not yet valid"));
     }
     Ok(claims)
+}
+
+/// What logout needs from an ID token it is handed as a hint.
+#[derive(Debug, Deserialize)]
+pub struct IdTokenHint {
+    pub aud: String,
+    pub sub: String,
+    pub sid: Option<String>,
+}
+
+/// Verify an `id_token_hint` (OIDC RP-Initiated Logout 1.0): signed by the project's key for
+/// its algorithm, typed `JWT`, from this issuer. It may have expired: it names, it does not
+/// authorise.
+pub fn verify_id_token_hint(set: &KeySet, token: &str, expected_iss: &str) -> Result<IdTokenHint, CoreError> {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| CoreError::InvalidToken("malformed"))?;
+    let kid = header.kid.as_deref().ok_or(CoreError::InvalidToken("no key id"))?;
+    let verifier = set.verifier(kid).ok_or(CoreError::InvalidToken("unknown signing key"))?;
+    if header.alg != verifier.alg.jsonwebtoken() || header.typ.as_deref() != Some("JWT") {
+        return Err(CoreError::InvalidToken("not an ID token of this provider"));
+    }
+    let mut validation = jsonwebtoken::Validation::new(verifier.alg.jsonwebtoken());
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    validation.set_issuer(&[expected_iss]);
+    jsonwebtoken::decode::<IdTokenHint>(token, &verifier.key, &validation)
+        .map(|d| d.claims)
+        .map_err(|_| CoreError::InvalidToken("the ID token does not verify"))
 }
 
 #[cfg(test)]

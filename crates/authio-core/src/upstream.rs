@@ -414,6 +414,7 @@ impl Identity {
         let (pkce_verifier, _) = new_token("");
         let (browser, browser_hash) = new_token("");
         let sealed = self.inner.master_key.encrypt(&pkce_verifier).map_err(|e| CoreError::Config(e.to_string()))?;
+        let (ret_uri, ret_state, ret_challenge) = Return::columns(ret);
         let now = self.now();
         let expires = now + Duration::seconds(self.inner.settings.one_time.oauth_state_ttl_secs);
         let tx = self.inner.router.begin_pinned(&scope).await?;
@@ -429,9 +430,9 @@ impl Identity {
                 (&nonce, Type::TEXT),
                 (&sealed, Type::TEXT),
                 (&browser_hash.to_vec(), Type::BYTEA),
-                (&ret.map(|r| r.redirect_uri.as_str()), Type::TEXT),
-                (&ret.and_then(|r| r.app_state.as_deref()), Type::TEXT),
-                (&ret.map(|r| r.code_challenge.as_str()), Type::TEXT),
+                (&ret_uri, Type::TEXT),
+                (&ret_state, Type::TEXT),
+                (&ret_challenge, Type::TEXT),
                 (&now, Type::TIMESTAMPTZ),
                 (&expires, Type::TIMESTAMPTZ),
             ],
@@ -489,14 +490,7 @@ impl Identity {
                 .master_key
                 .decrypt(&row.try_get::<String>(4)?)
                 .map_err(|e| CoreError::Config(format!("pkce verifier: {e}")))?;
-            let uri: Option<String> = row.try_get(6)?;
-            let challenge: Option<String> = row.try_get(8)?;
-            let ret = match (uri, challenge) {
-                (Some(redirect_uri), Some(code_challenge)) => {
-                    Some(Return { redirect_uri, app_state: row.try_get(7)?, code_challenge })
-                }
-                _ => None,
-            };
+            let ret = Return::from_columns(row.try_get(6)?, row.try_get(7)?, row.try_get(8)?);
             let profile = self.profile(project).await?;
             let scope = scope_of(&profile);
             let (conn, secret) = self.connection_by(&scope, "id = $1", &connection_id, Type::UUID).await?;

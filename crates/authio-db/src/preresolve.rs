@@ -18,7 +18,8 @@
 //! | `project_presentation` | project id | the control plane (projects): hosted pages and emails name a project |
 //! | `project_redirect_uris`, `origin_allowed`, `origin_known` | project id, origin | they say which project owns an origin; a CORS preflight names no project |
 //! | `resolve_domain` | host | host -> project resolution comes first |
-//! | `email_link_use`, `email_link_live`, `email_code_attempt`, `email_code_use`, `oauth_state_use`, `signin_code_use`, `one_time_gc` | token hash or challenge id | one-time tokens: the token is the only context |
+//! | `email_link_use`, `email_link_live`, `email_code_attempt`, `email_code_use`, `oauth_state_use`, `authorization_code_use`, `authorization_code_started`, `one_time_gc` | token hash or challenge id | one-time tokens: the token is the only context |
+//! | `resolve_oidc_client` | client id | the OpenID provider's endpoints resolve the project from the client id |
 //! | `mail_take`, `mail_sent`, `mail_failed` | (the mail sender) | the outbox is written with the one-time token it carries |
 use chrono::{DateTime, Utc};
 use tokio_postgres::types::Type;
@@ -377,15 +378,31 @@ pub async fn oauth_state_use(
     Ok(call(router, sql, &[(&hash, Type::BYTEA), (&now, Type::TIMESTAMPTZ)]).await?.into_iter().next())
 }
 
-/// Use a sign-in code: tenant_id, project_id, user_id, amr, redirect_uri, code_challenge.
-pub async fn signin_code_use(
+/// Use an authorization code (or a hosted sign-in's code): first_use, tenant_id, project_id,
+/// user_id, amr, redirect_uri, code_challenge, client_id, scope, nonce, auth_time, session_id.
+/// A code used before comes back with `first_use` false (a replay).
+pub async fn authorization_code_use(
     router: &Router,
     hash: &[u8],
     now: DateTime<Utc>,
 ) -> Result<Option<crate::PgRow>, DbError> {
-    let sql =
-        "SELECT tenant_id, project_id, user_id, amr, redirect_uri, code_challenge FROM authio_signin_code_use($1, $2)";
+    let sql = "SELECT first_use, tenant_id, project_id, user_id, amr, redirect_uri, code_challenge, client_id, scope, \
+               nonce, auth_time, session_id FROM authio_authorization_code_use($1, $2)";
     Ok(call(router, sql, &[(&hash, Type::BYTEA), (&now, Type::TIMESTAMPTZ)]).await?.into_iter().next())
+}
+
+/// Record the session a code's exchange started.
+pub async fn authorization_code_started(router: &Router, hash: &[u8], session: Uuid) -> Result<(), DbError> {
+    let sql = "SELECT authio_authorization_code_started($1, $2)";
+    call(router, sql, &[(&hash, Type::BYTEA), (&session, Type::UUID)]).await.map(|_| ())
+}
+
+/// An OpenID Connect client: tenant_id, project_id, tenant_kind, secret_hash, client_type,
+/// token_endpoint_auth_method, redirect_uris, post_logout_redirect_uris, scopes, grant_types, name.
+pub async fn resolve_oidc_client(router: &Router, client_id: &str) -> Result<Option<crate::PgRow>, DbError> {
+    let sql = "SELECT tenant_id, project_id, tenant_kind, secret_hash, client_type, token_endpoint_auth_method, \
+               redirect_uris, post_logout_redirect_uris, scopes, grant_types, name FROM authio_resolve_oidc_client($1)";
+    Ok(call(router, sql, &[(&client_id, Type::TEXT)]).await?.into_iter().next())
 }
 
 /// Take due outbox mail under a lease: id, message_enc, attempts.

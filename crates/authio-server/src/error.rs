@@ -203,6 +203,15 @@ impl OAuthError {
         }
     }
 
+    pub fn unauthorized_client() -> Self {
+        OAuthError {
+            status: StatusCode::BAD_REQUEST,
+            error: "unauthorized_client",
+            description: "this client may not use this grant type".into(),
+            retry_after: None,
+        }
+    }
+
     pub fn invalid_client() -> Self {
         OAuthError {
             status: StatusCode::UNAUTHORIZED,

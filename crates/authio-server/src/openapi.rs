@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{api_keys, auth, config, manage, passwordless, users};
+use crate::routes::{api_keys, auth, config, manage, oidc, passwordless, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,6 +18,8 @@ use crate::routes::{api_keys, auth, config, manage, passwordless, users};
           config::add_origin, config::remove_origin, config::list_domains, config::add_domain, config::verify_domain,
           config::delete_domain, config::list_connections, config::create_connection, config::delete_connection,
           config::get_presentation, config::update_presentation, config::set_template,
+          oidc::discovery, oidc::authorize, oidc::token, oidc::userinfo, oidc::revoke, oidc::introspect, oidc::logout,
+          oidc::create_client, oidc::list_clients, oidc::revoke_client,
           crate::routes::health::healthz, crate::routes::health::readyz),
     components(schemas(api_keys::CreateApiKeyRequest, api_keys::ApiKeyResponse, api_keys::CreatedApiKeyResponse, api_keys::ApiKeyList,
                        users::CreateUserRequest, users::UserResponse, users::UserList,
@@ -28,12 +30,14 @@ use crate::routes::{api_keys, auth, config, manage, passwordless, users};
                        passwordless::EmailCodeRequest, passwordless::EmailCodeChallenge, passwordless::EmailCodeVerify,
                        config::UriBody, config::OriginBody, config::StringList, config::DomainBody, config::DomainResponse,
                        config::DomainList, config::ConnectionList, config::PresentationBody,
+                       oidc::OidcTokenResponse, oidc::OidcClientList, oidc::CreatedOidcClient,
                        crate::error::ErrorBody, crate::error::ErrorDetail, crate::error::OAuthErrorBody)),
     modifiers(&ApiKeyAuth),
     tags((name = "auth", description = "Sign-up, sign-in, tokens (RFC 6749), introspection (RFC 7662), revocation (RFC 7009), JWKS"),
          (name = "users", description = "End users of a project"), (name = "sessions", description = "Users' sessions"),
          (name = "m2m", description = "Machine-to-machine clients"), (name = "projects", description = "Project settings"), (name = "audit", description = "The audit log"),
          (name = "api-keys", description = "Project secret API keys"),
+         (name = "openid", description = "Each project as an OpenID Provider: discovery, authorize, token, userinfo, revoke, introspect, logout; client registration"),
          (name = "sign-in config", description = "Redirect URIs, allowed origins, custom domains, upstream providers, branding, email templates"), (name = "operations", description = "Health"))
 )]
 pub struct ApiDoc;

@@ -7,6 +7,8 @@ mod audit;
 mod identity;
 #[path = "api/moves.rs"]
 mod moves;
+#[path = "api/oidc_provider.rs"]
+mod oidc_provider;
 #[path = "api/signin_methods.rs"]
 mod signin_methods;
 #[path = "api/upstream.rs"]

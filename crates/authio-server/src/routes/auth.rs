@@ -196,10 +196,10 @@ pub async fn sign_in(
 
 /// A form body as name/value pairs: `application/x-www-form-urlencoded` only, each parameter
 /// at most once (RFC 6749 section 3.2), empty values treated as absent.
-struct Form(Vec<(String, String)>);
+pub(crate) struct Form(Vec<(String, String)>);
 
 impl Form {
-    fn parse(headers: &HeaderMap, body: &Bytes) -> Result<Self, OAuthError> {
+    pub(crate) fn parse(headers: &HeaderMap, body: &Bytes) -> Result<Self, OAuthError> {
         let is_form = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -218,13 +218,13 @@ impl Form {
         Ok(Form(pairs.into_iter().filter(|(_, v)| !v.is_empty()).collect()))
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }
 
 /// Client credentials from `client_secret_basic` or `client_secret_post` (never both).
-fn client_credentials(headers: &HeaderMap, form: &Form) -> Result<Option<(String, String)>, OAuthError> {
+pub(crate) fn client_credentials(headers: &HeaderMap, form: &Form) -> Result<Option<(String, String)>, OAuthError> {
     let basic = match headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         Some(v) if v.len() > 6 && v[..6].eq_ignore_ascii_case("basic ") => {
             let raw = STANDARD.decode(v[6..].trim()).map_err(|_| OAuthError::invalid_client())?;
@@ -317,9 +317,9 @@ pub async fn token(
             let ip = client_ip(&state, connect.as_ref(), &headers);
             let t = state
                 .identity
-                .exchange_signin_code(code, redirect_uri, verifier, &client_info(&headers, ip), ip)
+                .exchange_code(code, redirect_uri, Some(verifier), None, &client_info(&headers, ip), ip)
                 .await?;
-            Ok(no_store(StatusCode::OK, Json(TokenResponse::from(t))))
+            Ok(no_store(StatusCode::OK, Json(TokenResponse::from(t.tokens))))
         }
         Some(_) => Err(OAuthError::unsupported_grant_type()),
     }

@@ -65,9 +65,10 @@ pub async fn custom_domains(State(state): State<AppState>, mut req: Request, nex
         Err(e) => return crate::ApiError::from(e).into_response(),
     };
     let path = req.uri().path();
-    let hosted = ["/signin", "/signup", "/magic-link", "/magic", "/code", "/reset", "/verify-email", "/oauth/"]
-        .iter()
-        .any(|p| path == *p || path.starts_with(&format!("{p}/")) || (p.ends_with('/') && path.starts_with(p)));
+    let hosted =
+        ["/signin", "/signup", "/magic-link", "/magic", "/code", "/reset", "/verify-email", "/oauth/", "/oauth2/"]
+            .iter()
+            .any(|p| path == *p || path.starts_with(&format!("{p}/")) || (p.ends_with('/') && path.starts_with(p)));
     if path == "/oauth/callback" {
         // One callback per host: the state names the project.
     } else if hosted || path == "/" {
@@ -80,7 +81,8 @@ pub async fn custom_domains(State(state): State<AppState>, mut req: Request, nex
             Ok(u) => *req.uri_mut() = u,
             Err(_) => return StatusCode::BAD_REQUEST.into_response(),
         }
-    } else if !path.starts_with("/.well-known/") && !path.starts_with("/p/") {
+    } else {
+        // Nothing else of the deployment (other projects, the API) answers on a customer's host.
         return (StatusCode::NOT_FOUND, "not found").into_response();
     }
     req.extensions_mut().insert(CustomHost(host));
@@ -117,6 +119,10 @@ pub struct FlowParams {
     state: Option<String>,
     code_challenge: Option<String>,
     code_challenge_method: Option<String>,
+    /// An OpenID authorization request waiting for this sign-in (its path on this host).
+    return_to: Option<String>,
+    /// The address to fill in (OIDC `login_hint`).
+    login_hint: Option<String>,
 }
 
 #[derive(Default)]
@@ -124,6 +130,7 @@ struct FlowFields {
     redirect_uri: Option<String>,
     state: Option<String>,
     code_challenge: Option<String>,
+    return_to: Option<String>,
 }
 
 #[derive(Template)]
@@ -251,12 +258,14 @@ impl Ctx {
             redirect_uri: f.redirect_uri.clone(),
             state: f.state.clone(),
             code_challenge: f.code_challenge.clone(),
+            return_to: f.return_to.clone(),
         };
         let pairs: Vec<(&str, &str)> = [
             ("redirect_uri", f.redirect_uri.as_deref()),
             ("state", f.state.as_deref()),
             ("code_challenge", f.code_challenge.as_deref()),
             ("code_challenge_method", f.code_challenge.as_ref().map(|_| "S256")),
+            ("return_to", f.return_to.as_deref()),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))
@@ -299,7 +308,7 @@ fn plain_error(e: CoreError) -> Response {
     resp
 }
 
-fn secure_headers(h: &mut HeaderMap) {
+pub(crate) fn secure_headers(h: &mut HeaderMap) {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
@@ -318,7 +327,7 @@ fn random_token() -> String {
     URL_SAFE_NO_PAD.encode(raw)
 }
 
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -327,6 +336,23 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_owned())
+}
+
+fn project_of_scope(scope: &Scope) -> Uuid {
+    scope.project_id.unwrap_or_default()
+}
+
+/// The provider-session cookie: per project (its path), HttpOnly, SameSite=Lax (it must come
+/// along on the top-level navigation from the client to the authorization endpoint).
+pub(crate) const OP_COOKIE: &str = "authio_op";
+
+pub(crate) fn set_op_cookie(h: &mut HeaderMap, prefix: &str, value: &str, secure: bool, max_age: i64) {
+    let secure = if secure { "; Secure" } else { "" };
+    let path = if prefix.is_empty() { "/" } else { prefix };
+    let v = format!("{OP_COOKIE}={value}; Path={path}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}");
+    if let Ok(v) = HeaderValue::from_str(&v) {
+        h.append(header::SET_COOKIE, v);
+    }
 }
 
 fn set_cookie(h: &mut HeaderMap, name: &str, value: &str, secure: bool, max_age: i64) {
@@ -376,6 +402,7 @@ struct FlowParamsForm {
     state: Option<String>,
     code_challenge: Option<String>,
     code_challenge_method: Option<String>,
+    return_to: Option<String>,
 }
 
 impl FlowParamsForm {
@@ -385,11 +412,16 @@ impl FlowParamsForm {
             state: self.state.clone().filter(|s| !s.is_empty()),
             code_challenge: self.code_challenge.clone().filter(|s| !s.is_empty()),
             code_challenge_method: self.code_challenge_method.clone().filter(|s| !s.is_empty()),
+            return_to: self.return_to.clone().filter(|s| !s.is_empty()),
+            login_hint: None,
         }
     }
 }
 
 async fn flow_return(state: &AppState, project: Uuid, f: &FlowParams) -> Result<Option<Return>, CoreError> {
+    if let Some(r) = &f.return_to {
+        return Return::authorize(project, r).map(Some);
+    }
     match &f.redirect_uri {
         None => Ok(None),
         Some(uri) => state
@@ -422,6 +454,22 @@ async fn finish(
     email: &str,
 ) -> Response {
     match ret {
+        Some(Return::Authorize { return_to }) => {
+            // Signed in at the provider: the browser keeps that (a signed cookie for this
+            // project's pages) and goes back to the authorization request.
+            let lifetime = match state.identity.profile(project_of_scope(scope)).await {
+                Ok(p) => i64::from(p.session_absolute_timeout_secs),
+                Err(e) => return ctx.error(e, "done", "Sign-in failed", ctx.page("done", "")),
+            };
+            let cookie = state.identity.op_session_cookie(project_of_scope(scope), user, amr, lifetime);
+            let mut resp = StatusCode::SEE_OTHER.into_response();
+            if let Ok(v) = HeaderValue::from_str(return_to) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            secure_headers(resp.headers_mut());
+            set_op_cookie(resp.headers_mut(), &ctx.site.prefix, &cookie, ctx.secure, lifetime);
+            resp
+        }
         Some(r) => match state.identity.issue_signin_code(scope, user, amr, r).await {
             Ok(location) => {
                 let mut resp = StatusCode::SEE_OTHER.into_response();
@@ -463,6 +511,7 @@ pub async fn signin_page(
     let signup = uri.path().ends_with("/signup");
     let (page, heading) = if signup { ("signup", "Create your account") } else { ("signin", "Sign in") };
     let mut p = ctx.with_flow(ctx.page(page, heading), &flow);
+    p.email = flow.login_hint.clone().filter(|h| h.len() <= 254).unwrap_or_default();
     if let Err(e) = flow_return(&state, project, &flow).await {
         return ctx.error(e, "done", "This sign-in link is not valid", ctx.page("done", ""));
     }

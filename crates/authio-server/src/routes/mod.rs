@@ -5,6 +5,7 @@ pub mod config;
 pub mod health;
 pub mod hosted;
 pub mod manage;
+pub mod oidc;
 pub mod passwordless;
 pub mod users;
 
@@ -46,6 +47,8 @@ pub fn router(state: AppState) -> axum::Router {
             get(config::get_presentation).patch(config::update_presentation),
         )
         .route("/v1/projects/{project_id}/email-templates/{kind}", axum::routing::put(config::set_template))
+        .route("/v1/projects/{project_id}/oidc-clients", get(oidc::list_clients).post(oidc::create_client))
+        .route("/v1/projects/{project_id}/oidc-clients/{id}", axum::routing::delete(oidc::revoke_client))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), context::require_management));
     let auth = axum::Router::new()
         .route("/v1/auth/signup", post(auth::sign_up))
@@ -71,7 +74,14 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/p/{project_id}/reset/confirm", get(hosted::reset_confirm_page).post(hosted::reset_confirm_post))
         .route("/p/{project_id}/verify-email", get(hosted::verify_email_page).post(hosted::verify_email_post))
         .route("/oauth/callback", get(hosted::oauth_callback))
-        .route("/dev/mailbox", get(hosted::dev_mailbox));
+        .route("/dev/mailbox", get(hosted::dev_mailbox))
+        .route("/p/{project_id}/.well-known/openid-configuration", get(oidc::discovery))
+        .route("/p/{project_id}/oauth2/authorize", get(oidc::authorize))
+        .route("/p/{project_id}/oauth2/token", post(oidc::token))
+        .route("/p/{project_id}/oauth2/userinfo", get(oidc::userinfo).post(oidc::userinfo))
+        .route("/p/{project_id}/oauth2/revoke", post(oidc::revoke))
+        .route("/p/{project_id}/oauth2/introspect", post(oidc::introspect))
+        .route("/p/{project_id}/oauth2/logout", get(oidc::logout));
     axum::Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -1,0 +1,783 @@
+//! Every project as an OpenID Provider: registered clients, the authorization request, the
+//! browser's sign-in at the provider (a signed cookie), authorization codes exchanged for ID,
+//! access and refresh tokens, userinfo, and RP-initiated logout.
+//!
+//! Clients are pinned to the shared database (the token endpoint resolves the project from the
+//! client id); codes are one-time tokens on shared (`signin_codes`, with the request's client,
+//! scope, nonce and authentication time); sessions, users and the audit log are at the home.
+use std::net::IpAddr;
+
+use authio_db::{preresolve, PgRow, Router, Scope, TenantKind, Type};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::{DateTime, Duration, Utc};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256, Sha512};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::audit::{self, Actor};
+use crate::auth::{ip_key, scope_of, Identity, UserTokens};
+use crate::domain::{project_of, DisplayName, RedirectUri, ValidationError};
+use crate::keys::Alg;
+use crate::sessions::ClientInfo;
+use crate::signin::{new_token, pkce_matches, token_hash, with_query, SignedInUser};
+use crate::{Clock, CoreError};
+
+/// The scopes a project's provider knows.
+pub const SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
+pub const GRANTS: [&str; 2] = ["authorization_code", "refresh_token"];
+
+/// A registered client as resolved by its id.
+#[derive(Clone, Debug)]
+pub struct OidcClient {
+    pub client_id: String,
+    pub tenant_id: Uuid,
+    pub project_id: Uuid,
+    pub tenant_kind: TenantKind,
+    secret_hash: Option<Vec<u8>>,
+    pub public: bool,
+    pub auth_method: String,
+    pub redirect_uris: Vec<String>,
+    pub post_logout_redirect_uris: Vec<String>,
+    pub scopes: Vec<String>,
+    pub grant_types: Vec<String>,
+    pub name: String,
+}
+
+impl OidcClient {
+    fn from_row(client_id: &str, r: &PgRow) -> Result<Self, CoreError> {
+        let kind: String = r.try_get(2)?;
+        Ok(OidcClient {
+            client_id: client_id.to_owned(),
+            tenant_id: r.try_get(0)?,
+            project_id: r.try_get(1)?,
+            tenant_kind: TenantKind::parse(&kind).ok_or_else(|| CoreError::Config(format!("tenant kind {kind}")))?,
+            secret_hash: r.try_get(3)?,
+            public: r.try_get::<String>(4)? == "public",
+            auth_method: r.try_get(5)?,
+            redirect_uris: r.try_get(6)?,
+            post_logout_redirect_uris: r.try_get(7)?,
+            scopes: r.try_get(8)?,
+            grant_types: r.try_get(9)?,
+            name: r.try_get(10)?,
+        })
+    }
+
+    pub fn allows_grant(&self, grant: &str) -> bool {
+        self.grant_types.iter().any(|g| g == grant)
+    }
+}
+
+/// A client to register.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewOidcClient {
+    pub name: String,
+    /// `confidential` (a secret, `client_secret_basic` or `client_secret_post`) or `public`
+    /// (no secret, PKCE required).
+    pub client_type: String,
+    pub redirect_uris: Vec<String>,
+    #[serde(default)]
+    pub post_logout_redirect_uris: Vec<String>,
+    pub token_endpoint_auth_method: Option<String>,
+    /// Default: all of `openid profile email offline_access`.
+    pub scopes: Option<Vec<String>>,
+    /// Default: `authorization_code` and `refresh_token`.
+    pub grant_types: Option<Vec<String>>,
+}
+
+/// A registered client as listed (never its secret).
+#[derive(Clone, Debug, Serialize)]
+pub struct OidcClientInfo {
+    pub id: Uuid,
+    pub client_id: String,
+    pub name: String,
+    pub client_type: String,
+    pub token_endpoint_auth_method: String,
+    pub redirect_uris: Vec<String>,
+    pub post_logout_redirect_uris: Vec<String>,
+    pub scopes: Vec<String>,
+    pub grant_types: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+const COLS: &str = "id, client_id, name, client_type, token_endpoint_auth_method, redirect_uris, \
+                    post_logout_redirect_uris, scopes, grant_types, created_at, revoked_at";
+
+impl OidcClientInfo {
+    fn from_row(r: &authio_db::Row) -> Self {
+        OidcClientInfo {
+            id: r.get(0),
+            client_id: r.get(1),
+            name: r.get(2),
+            client_type: r.get(3),
+            token_endpoint_auth_method: r.get(4),
+            redirect_uris: r.get(5),
+            post_logout_redirect_uris: r.get(6),
+            scopes: r.get(7),
+            grant_types: r.get(8),
+            created_at: r.get(9),
+            revoked_at: r.get(10),
+        }
+    }
+}
+
+fn bad(field: &'static str) -> CoreError {
+    CoreError::Invalid(ValidationError::Field(field))
+}
+
+/// Register a client for the scope's project: its secret (confidential clients) is shown once.
+pub async fn create_client(
+    router: &Router,
+    clock: &dyn Clock,
+    scope: &Scope,
+    new: &NewOidcClient,
+    actor: &Actor,
+    info: &ClientInfo,
+) -> Result<(OidcClientInfo, Option<String>), CoreError> {
+    let project = project_of(scope)?;
+    let name = DisplayName::parse(&new.name)?;
+    let public = match new.client_type.as_str() {
+        "public" => true,
+        "confidential" => false,
+        _ => return Err(bad("client_type (confidential or public)")),
+    };
+    let method = match (public, new.token_endpoint_auth_method.as_deref()) {
+        (true, None | Some("none")) => "none",
+        (false, None | Some("client_secret_basic")) => "client_secret_basic",
+        (false, Some("client_secret_post")) => "client_secret_post",
+        _ => {
+            return Err(bad(
+                "token_endpoint_auth_method (client_secret_basic or client_secret_post; none for public clients)",
+            ))
+        }
+    };
+    if new.redirect_uris.is_empty() || new.redirect_uris.len() > 20 || new.post_logout_redirect_uris.len() > 20 {
+        return Err(bad("redirect_uris (1-20)"));
+    }
+    for u in new.redirect_uris.iter().chain(&new.post_logout_redirect_uris) {
+        RedirectUri::parse(u)?;
+    }
+    let scopes = new.scopes.clone().unwrap_or_else(|| SCOPES.iter().map(|s| (*s).to_owned()).collect());
+    if !scopes.iter().any(|s| s == "openid") || scopes.iter().any(|s| !SCOPES.contains(&s.as_str())) {
+        return Err(bad("scopes (openid, and any of profile, email, offline_access)"));
+    }
+    let grants = new.grant_types.clone().unwrap_or_else(|| GRANTS.iter().map(|s| (*s).to_owned()).collect());
+    if !grants.iter().any(|g| g == "authorization_code") || grants.iter().any(|g| !GRANTS.contains(&g.as_str())) {
+        return Err(bad("grant_types (authorization_code, and refresh_token)"));
+    }
+    let mut id_bytes = [0u8; 12];
+    rand::rngs::OsRng.fill_bytes(&mut id_bytes);
+    let client_id = format!("oc_{}", id_bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let secret = (!public).then(|| new_token("ocs_").0);
+    let hash = secret.as_deref().map(|s| crate::api_keys::hash_secret(s).to_vec());
+    let now = crate::clock::now_as_stored(clock);
+    let tx = router.begin_pinned(scope).await?;
+    let row = tx
+        .query_one(
+            &format!(
+                "INSERT INTO oidc_clients (tenant_id, project_id, id, client_id, secret_hash, name, client_type,
+                     token_endpoint_auth_method, redirect_uris, post_logout_redirect_uris, scopes, grant_types, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {COLS}"
+            ),
+            &[
+                (&scope.tenant_id, Type::UUID),
+                (&project, Type::UUID),
+                (&Uuid::now_v7(), Type::UUID),
+                (&client_id, Type::TEXT),
+                (&hash, Type::BYTEA),
+                (&name.as_str(), Type::TEXT),
+                (&new.client_type.as_str(), Type::TEXT),
+                (&method, Type::TEXT),
+                (&new.redirect_uris, Type::TEXT_ARRAY),
+                (&new.post_logout_redirect_uris, Type::TEXT_ARRAY),
+                (&scopes, Type::TEXT_ARRAY),
+                (&grants, Type::TEXT_ARRAY),
+                (&now, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+    let event = audit::Event {
+        action: "oidc_client.created",
+        actor: actor.clone(),
+        target: Some(("oidc_client", client_id.clone())),
+        client: info,
+        metadata: serde_json::json!({"name": name.as_str(), "client_type": new.client_type, "redirect_uris": new.redirect_uris}),
+    };
+    audit::record_pinned(&tx, scope, event, now).await?;
+    tx.commit().await?;
+    Ok((OidcClientInfo::from_row(&row), secret))
+}
+
+pub async fn list_clients(router: &Router, scope: &Scope) -> Result<Vec<OidcClientInfo>, CoreError> {
+    project_of(scope)?;
+    let tx = router.begin_pinned(scope).await?;
+    let rows = tx.query(&format!("SELECT {COLS} FROM oidc_clients ORDER BY id"), &[]).await?;
+    tx.commit().await?;
+    Ok(rows.iter().map(OidcClientInfo::from_row).collect())
+}
+
+pub async fn revoke_client(
+    router: &Router,
+    clock: &dyn Clock,
+    scope: &Scope,
+    id: Uuid,
+    actor: &Actor,
+    info: &ClientInfo,
+) -> Result<OidcClientInfo, CoreError> {
+    project_of(scope)?;
+    let now = crate::clock::now_as_stored(clock);
+    let tx = router.begin_pinned(scope).await?;
+    let row = tx
+        .query_opt(
+            &format!("UPDATE oidc_clients SET revoked_at = coalesce(revoked_at, $2) WHERE id = $1 RETURNING {COLS}"),
+            &[(&id, Type::UUID), (&now, Type::TIMESTAMPTZ)],
+        )
+        .await?
+        .ok_or(CoreError::NotFound("client"))?;
+    let c = OidcClientInfo::from_row(&row);
+    if c.revoked_at == Some(now) {
+        let event = audit::Event {
+            action: "oidc_client.revoked",
+            actor: actor.clone(),
+            target: Some(("oidc_client", c.client_id.clone())),
+            client: info,
+            metadata: serde_json::json!({}),
+        };
+        audit::record_pinned(&tx, scope, event, now).await?;
+    }
+    tx.commit().await?;
+    Ok(c)
+}
+
+/// An authorization request's parameters as received.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct AuthorizeParams {
+    pub client_id: Option<String>,
+    pub redirect_uri: Option<String>,
+    pub response_type: Option<String>,
+    pub scope: Option<String>,
+    pub state: Option<String>,
+    pub nonce: Option<String>,
+    pub code_challenge: Option<String>,
+    pub code_challenge_method: Option<String>,
+    pub prompt: Option<String>,
+    pub max_age: Option<String>,
+    pub login_hint: Option<String>,
+    pub response_mode: Option<String>,
+}
+
+/// A request that checked out.
+#[derive(Clone, Debug)]
+pub struct AuthzRequest {
+    pub client: OidcClient,
+    pub redirect_uri: String,
+    pub scope: Vec<String>,
+    pub state: Option<String>,
+    pub nonce: Option<String>,
+    pub code_challenge: Option<String>,
+    pub prompt_login: bool,
+    pub prompt_none: bool,
+    pub max_age: Option<i64>,
+    pub login_hint: Option<String>,
+}
+
+/// Why a request cannot go on: shown on a page when the redirect URI cannot be trusted
+/// (unknown client, unregistered URI), else returned to the client (RFC 6749 4.1.2.1).
+#[derive(Debug)]
+pub enum AuthzError {
+    Page(&'static str),
+    Redirect { redirect_uri: String, error: &'static str, description: &'static str, state: Option<String> },
+}
+
+impl AuthzError {
+    /// The redirect's location, with `error`, `error_description`, `state` and `iss`
+    /// (RFC 9207).
+    pub fn location(&self, issuer: &str) -> Option<String> {
+        match self {
+            AuthzError::Page(_) => None,
+            AuthzError::Redirect { redirect_uri, error, description, state } => {
+                let mut p = vec![("error", *error), ("error_description", *description)];
+                if let Some(s) = state {
+                    p.push(("state", s.as_str()));
+                }
+                p.push(("iss", issuer));
+                Some(with_query(redirect_uri, &p))
+            }
+        }
+    }
+}
+
+/// The browser's sign-in at a project's provider: a cookie signed with a key derived from
+/// the master key, naming the user and when and how they authenticated.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OpSession {
+    pub project_id: Uuid,
+    pub user_id: Uuid,
+    pub auth_time: i64,
+    pub amr: Vec<String>,
+    pub expires: i64,
+}
+
+/// Tokens from the token endpoint.
+#[derive(Debug)]
+pub struct OidcTokens {
+    pub tokens: UserTokens,
+    pub id_token: Option<String>,
+    pub scope: String,
+    /// Whether the refresh token is handed out (`offline_access`).
+    pub offline: bool,
+}
+
+#[derive(Serialize)]
+struct IdClaims<'a> {
+    iss: &'a str,
+    sub: String,
+    aud: &'a str,
+    azp: &'a str,
+    exp: i64,
+    iat: i64,
+    auth_time: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nonce: Option<&'a str>,
+    at_hash: String,
+    amr: &'a [String],
+    sid: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email_verified: Option<bool>,
+}
+
+/// OIDC Core 3.1.3.6: the left half of the hash of the access token, with the hash of the
+/// ID token's algorithm (SHA-512 for Ed25519).
+fn at_hash(alg: Alg, access_token: &str) -> String {
+    let digest: Vec<u8> = match alg {
+        Alg::EdDSA => Sha512::digest(access_token.as_bytes()).to_vec(),
+        Alg::ES256 | Alg::RS256 => Sha256::digest(access_token.as_bytes()).to_vec(),
+    };
+    URL_SAFE_NO_PAD.encode(&digest[..digest.len() / 2])
+}
+
+const BAD_CODE: CoreError = CoreError::InvalidGrant("the code is invalid, used, expired or not for this request");
+
+impl Identity {
+    /// Resolve a client by id (a pre-resolution lookup on shared).
+    pub async fn oidc_client(&self, client_id: &str) -> Result<Option<OidcClient>, CoreError> {
+        let shaped = client_id.len() == 27 && client_id.starts_with("oc_");
+        if !shaped {
+            return Ok(None);
+        }
+        let row = preresolve::resolve_oidc_client(&self.inner.router, client_id).await?;
+        row.map(|r| OidcClient::from_row(client_id, &r)).transpose()
+    }
+
+    /// Authenticate a client at the token, revocation or introspection endpoint: by its
+    /// registered method (a secret compared in constant time), public clients by id alone.
+    /// Failures count against the address like other client failures.
+    pub async fn authenticate_oidc_client(
+        &self,
+        client_id: &str,
+        secret: Option<&str>,
+        method: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<OidcClient, CoreError> {
+        let now = self.now();
+        let key = ip.map(ip_key);
+        self.refuse_if_blocked(key.as_deref(), now)?;
+        let client = self.oidc_client(client_id).await?;
+        let ok = match (&client, secret) {
+            (Some(c), None) => c.public && method == "none",
+            (Some(c), Some(s)) => {
+                let presented = crate::api_keys::hash_secret(s);
+                let expected = c.secret_hash.as_deref().unwrap_or(&[0u8; 32]);
+                bool::from(presented.ct_eq(expected)) && c.secret_hash.is_some() && c.auth_method == method
+            }
+            (None, _) => {
+                // Same work for unknown clients.
+                let _ = secret.map(crate::api_keys::hash_secret);
+                false
+            }
+        };
+        match client {
+            Some(c) if ok => Ok(c),
+            _ => {
+                self.count_credential_failure("oidc_client:ip", key, now).await?;
+                Err(CoreError::InvalidClient)
+            }
+        }
+    }
+
+    /// Check an authorization request (OIDC Core 3.1.2.1, RFC 7636).
+    pub async fn authorization_request(&self, project: Uuid, p: &AuthorizeParams) -> Result<AuthzRequest, AuthzError> {
+        const NO_CLIENT: AuthzError = AuthzError::Page("unknown client");
+        let client_id = p.client_id.as_deref().ok_or(AuthzError::Page("client_id is missing"))?;
+        let client = match self.oidc_client(client_id).await {
+            Ok(Some(c)) if c.project_id == project => c,
+            Ok(_) => return Err(NO_CLIENT),
+            Err(e) => {
+                tracing::warn!(error = %e, "authorization request: client lookup failed");
+                return Err(AuthzError::Page("the request cannot be served right now"));
+            }
+        };
+        let redirect_uri = p.redirect_uri.clone().ok_or(AuthzError::Page("redirect_uri is missing"))?;
+        if !client.redirect_uris.iter().any(|r| r == &redirect_uri) {
+            return Err(AuthzError::Page("the redirect_uri is not registered for this client"));
+        }
+        let state = p.state.clone();
+        let fail = |error, description| AuthzError::Redirect {
+            redirect_uri: redirect_uri.clone(),
+            error,
+            description,
+            state: state.clone(),
+        };
+        if state.as_deref().is_some_and(|s| s.len() > 512) || p.nonce.as_deref().is_some_and(|n| n.len() > 512) {
+            return Err(fail("invalid_request", "state and nonce are at most 512 characters"));
+        }
+        if p.response_type.as_deref() != Some("code") {
+            return Err(fail("unsupported_response_type", "only response_type=code is supported"));
+        }
+        if p.response_mode.as_deref().is_some_and(|m| m != "query") {
+            return Err(fail("invalid_request", "only response_mode=query is supported"));
+        }
+        let scope: Vec<String> =
+            p.scope.as_deref().unwrap_or("").split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        if !scope.iter().any(|s| s == "openid") {
+            return Err(fail("invalid_scope", "the openid scope is required"));
+        }
+        if scope.iter().any(|s| !client.scopes.contains(s)) {
+            return Err(fail("invalid_scope", "a requested scope is unknown or not allowed for this client"));
+        }
+        let code_challenge = match (p.code_challenge.as_deref(), p.code_challenge_method.as_deref()) {
+            (None, _) if client.public => {
+                return Err(fail("invalid_request", "PKCE (code_challenge with S256) is required for public clients"))
+            }
+            (None, _) => None,
+            (Some(c), m) => {
+                if crate::signin::check_challenge(c, m).is_err() {
+                    return Err(fail(
+                        "invalid_request",
+                        "code_challenge_method must be S256 with a 43-character challenge",
+                    ));
+                }
+                Some(c.to_owned())
+            }
+        };
+        let prompts: Vec<&str> = p.prompt.as_deref().unwrap_or("").split(' ').filter(|s| !s.is_empty()).collect();
+        if prompts.iter().any(|x| !["none", "login", "consent", "select_account"].contains(x))
+            || (prompts.contains(&"none") && prompts.len() > 1)
+        {
+            return Err(fail("invalid_request", "prompt is none, or any of login, consent, select_account"));
+        }
+        let max_age = match p.max_age.as_deref() {
+            None => None,
+            Some(m) => Some(
+                m.parse::<i64>()
+                    .ok()
+                    .filter(|v| *v >= 0)
+                    .ok_or_else(|| fail("invalid_request", "max_age is a number of seconds"))?,
+            ),
+        };
+        Ok(AuthzRequest {
+            client,
+            redirect_uri,
+            scope,
+            state,
+            nonce: p.nonce.clone(),
+            code_challenge,
+            prompt_login: prompts.contains(&"login"),
+            prompt_none: prompts.contains(&"none"),
+            max_age,
+            login_hint: p.login_hint.clone(),
+        })
+    }
+
+    /// Whether a browser's provider session may answer this request without a new sign-in.
+    pub async fn usable_op_session(
+        &self,
+        req: &AuthzRequest,
+        session: Option<&OpSession>,
+    ) -> Result<Option<OpSession>, CoreError> {
+        let Some(s) = session else { return Ok(None) };
+        let now = self.now().timestamp();
+        if s.project_id != req.client.project_id || s.expires <= now || req.prompt_login {
+            return Ok(None);
+        }
+        if req.max_age.is_some_and(|m| s.auth_time + m < now) {
+            return Ok(None);
+        }
+        // The user must still be allowed in.
+        let profile = self.profile(s.project_id).await?;
+        let rows = self
+            .inner
+            .router
+            .read(&scope_of(&profile), "SELECT disabled FROM users WHERE id = $1", &[(&s.user_id, Type::UUID)])
+            .await?;
+        match rows.first() {
+            Some(r) if !r.try_get::<bool>(0)? => Ok(Some(s.clone())),
+            _ => Ok(None),
+        }
+    }
+
+    /// The signed cookie value of a provider session for a user who just signed in.
+    pub fn op_session_cookie(&self, project: Uuid, user: &SignedInUser, amr: &[&str], lifetime_secs: i64) -> String {
+        let now = self.now().timestamp();
+        let s = OpSession {
+            project_id: project,
+            user_id: user.user_id,
+            auth_time: now,
+            amr: amr.iter().map(|a| (*a).to_owned()).collect(),
+            expires: now + lifetime_secs,
+        };
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&s).unwrap_or_default());
+        let mac = URL_SAFE_NO_PAD.encode(self.inner.master_key.mac("op_session", payload.as_bytes()));
+        format!("{payload}.{mac}")
+    }
+
+    /// Read a provider session cookie: its signature checked in constant time.
+    pub fn read_op_session(&self, cookie: &str) -> Option<OpSession> {
+        let (payload, mac) = cookie.split_once('.')?;
+        let expected = URL_SAFE_NO_PAD.encode(self.inner.master_key.mac("op_session", payload.as_bytes()));
+        if !bool::from(expected.as_bytes().ct_eq(mac.as_bytes())) {
+            return None;
+        }
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
+    }
+
+    /// Issue a code for a checked request and a signed-in browser: the redirect back to the
+    /// client with `code`, `state` and `iss`.
+    pub async fn issue_authorization_code(&self, req: &AuthzRequest, session: &OpSession) -> Result<String, CoreError> {
+        let profile = self.profile(req.client.project_id).await?;
+        let scope = scope_of(&profile);
+        let (code, hash) = new_token("ac_");
+        let now = self.now();
+        let expires = now + Duration::seconds(self.inner.settings.one_time.signin_code_ttl_secs);
+        let auth_time = DateTime::from_timestamp(session.auth_time, 0).unwrap_or(now);
+        let scope_text = req.scope.join(" ");
+        let tx = self.inner.router.begin_pinned(&scope).await?;
+        tx.query(
+            "INSERT INTO signin_codes (tenant_id, project_id, code_hash, user_id, amr, redirect_uri, code_challenge,
+                                       created_at, expires_at, client_id, scope, nonce, auth_time)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            &[
+                (&scope.tenant_id, Type::UUID),
+                (&req.client.project_id, Type::UUID),
+                (&hash.to_vec(), Type::BYTEA),
+                (&session.user_id, Type::UUID),
+                (&session.amr, Type::TEXT_ARRAY),
+                (&req.redirect_uri, Type::TEXT),
+                (&req.code_challenge, Type::TEXT),
+                (&now, Type::TIMESTAMPTZ),
+                (&expires, Type::TIMESTAMPTZ),
+                (&req.client.client_id, Type::TEXT),
+                (&scope_text, Type::TEXT),
+                (&req.nonce, Type::TEXT),
+                (&auth_time, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        let iss = self.issuer(req.client.project_id);
+        let mut p = vec![("code", code.as_str())];
+        if let Some(s) = &req.state {
+            p.push(("state", s.as_str()));
+        }
+        p.push(("iss", iss.as_str()));
+        Ok(with_query(&req.redirect_uri, &p))
+    }
+
+    /// Exchange a code: once, by the client it was issued to (none for a hosted sign-in's
+    /// code), with the same redirect URI and the PKCE verifier when a challenge was sent. A
+    /// code presented again ends the session its first exchange started.
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        verifier: Option<&str>,
+        client: Option<&OidcClient>,
+        info: &ClientInfo,
+        ip: Option<IpAddr>,
+    ) -> Result<OidcTokens, CoreError> {
+        self.refuse_guesser(ip).await?;
+        let result = self.exchange_code_unjudged(code, redirect_uri, verifier, client, info).await;
+        self.judge(ip, result).await
+    }
+
+    async fn exchange_code_unjudged(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        verifier: Option<&str>,
+        client: Option<&OidcClient>,
+        info: &ClientInfo,
+    ) -> Result<OidcTokens, CoreError> {
+        let hash = token_hash(code);
+        let row = preresolve::authorization_code_use(&self.inner.router, &hash, self.now()).await?.ok_or(BAD_CODE)?;
+        let first_use: bool = row.try_get(0)?;
+        let project: Uuid = row.try_get(2)?;
+        let profile = self.profile(project).await?;
+        let scope = scope_of(&profile);
+        if !first_use {
+            // RFC 6749 4.1.2: a replayed code revokes what it granted.
+            if let Some(sid) = row.try_get::<Option<Uuid>>(11)? {
+                let _ = crate::sessions::revoke(
+                    &self.inner.router,
+                    self.inner.clock.as_ref(),
+                    &scope,
+                    sid,
+                    Actor::anonymous(),
+                    info,
+                )
+                .await;
+            }
+            return Err(BAD_CODE);
+        }
+        let user_id: Uuid = row.try_get(3)?;
+        let amr: Vec<String> = row.try_get(4)?;
+        let stored_uri: String = row.try_get(5)?;
+        let challenge: Option<String> = row.try_get(6)?;
+        let code_client: Option<String> = row.try_get(7)?;
+        let scope_text: Option<String> = row.try_get(8)?;
+        let nonce: Option<String> = row.try_get(9)?;
+        let auth_time: Option<DateTime<Utc>> = row.try_get(10)?;
+        if code_client.as_deref() != client.map(|c| c.client_id.as_str()) || stored_uri != redirect_uri {
+            return Err(BAD_CODE);
+        }
+        let pkce_ok = match (challenge.as_deref(), verifier) {
+            (Some(c), Some(v)) => pkce_matches(c, v),
+            (None, None) => client.is_some_and(|c| !c.public),
+            _ => false,
+        };
+        if !pkce_ok {
+            return Err(BAD_CODE);
+        }
+        let rows = self
+            .inner
+            .router
+            .read(
+                &scope,
+                "SELECT disabled, role, email, email_verified FROM users WHERE id = $1",
+                &[(&user_id, Type::UUID)],
+            )
+            .await?;
+        let u = rows.first().ok_or(BAD_CODE)?;
+        if u.try_get::<bool>(0)? {
+            return Err(BAD_CODE);
+        }
+        let user = SignedInUser { user_id, role: u.try_get(1)?, created: false };
+        let amr_refs: Vec<&str> = amr.iter().map(String::as_str).collect();
+        let scopes: Vec<&str> = scope_text.as_deref().unwrap_or("").split(' ').filter(|s| !s.is_empty()).collect();
+        let Some(client) = client else {
+            // A hosted sign-in's hand-off: the app's own tokens, no ID token.
+            let tokens = self.start_session(&scope, &user, &amr_refs, info).await?;
+            preresolve::authorization_code_started(&self.inner.router, &hash, tokens.session_id).await?;
+            return Ok(OidcTokens { tokens, id_token: None, scope: String::new(), offline: true });
+        };
+        let scope_claim = scope_text.clone().unwrap_or_default();
+        let tokens =
+            self.start_session_for(&scope, &user, &amr_refs, info, Some((&client.client_id, &scope_claim))).await?;
+        preresolve::authorization_code_started(&self.inner.router, &hash, tokens.session_id).await?;
+        let keys = self.inner.keys.keyset(&profile).await?;
+        let iss = self.issuer(project);
+        let now = self.now().timestamp();
+        let email_scope = scopes.contains(&"email");
+        let id = IdClaims {
+            iss: &iss,
+            sub: user_id.to_string(),
+            aud: &client.client_id,
+            azp: &client.client_id,
+            exp: now + i64::from(profile.access_token_ttl_secs),
+            iat: now,
+            auth_time: auth_time.map(|t| t.timestamp()).unwrap_or(now),
+            nonce: nonce.as_deref(),
+            at_hash: at_hash(keys.alg().unwrap_or(Alg::EdDSA), &tokens.access_token),
+            amr: &amr,
+            sid: tokens.session_id.to_string(),
+            email: email_scope.then(|| u.try_get(2)).transpose()?,
+            email_verified: email_scope.then(|| u.try_get(3)).transpose()?,
+        };
+        let id_token = keys.sign_id_token(&id)?;
+        Ok(OidcTokens {
+            tokens,
+            id_token: Some(id_token),
+            scope: scope_claim,
+            offline: scopes.contains(&"offline_access"),
+        })
+    }
+
+    /// OIDC Core 5.3: the claims the access token's scopes allow.
+    pub async fn userinfo(&self, project: Uuid, access_token: &str) -> Result<serde_json::Value, CoreError> {
+        let (claims, profile) = self.verify_access_token(access_token).await?;
+        if profile.project_id != project {
+            return Err(CoreError::InvalidToken("another project's token"));
+        }
+        let scopes: Vec<&str> = claims.scope.as_deref().unwrap_or("").split(' ').collect();
+        if claims.client_id.is_none() || claims.sid.is_none() || !scopes.contains(&"openid") {
+            return Err(CoreError::InvalidToken("not an OpenID Connect access token"));
+        }
+        if !self.access_token_live(&claims, &profile).await? {
+            return Err(CoreError::InvalidToken("revoked"));
+        }
+        let user = Uuid::parse_str(&claims.sub).map_err(|_| CoreError::InvalidToken("sub"))?;
+        let rows = self
+            .inner
+            .router
+            .read(
+                &scope_of(&profile),
+                "SELECT email, email_verified, updated_at FROM users WHERE id = $1 AND NOT disabled",
+                &[(&user, Type::UUID)],
+            )
+            .await?;
+        let r = rows.first().ok_or(CoreError::InvalidToken("the user is gone"))?;
+        let mut out = serde_json::json!({"sub": claims.sub});
+        if scopes.contains(&"email") {
+            out["email"] = serde_json::Value::String(r.try_get(0)?);
+            out["email_verified"] = serde_json::Value::Bool(r.try_get(1)?);
+        }
+        if scopes.contains(&"profile") {
+            out["updated_at"] = serde_json::json!(r.try_get::<DateTime<Utc>>(2)?.timestamp());
+        }
+        Ok(out)
+    }
+
+    /// RP-initiated logout: the session named by the ID token ends. The hint may be expired
+    /// but must be signed by this project for `client`'s audience.
+    pub async fn end_session(
+        &self,
+        project: Uuid,
+        id_token_hint: &str,
+        info: &ClientInfo,
+    ) -> Result<Option<String>, CoreError> {
+        let profile = self.profile(project).await?;
+        let keys = self.inner.keys.keyset(&profile).await?;
+        let claims = crate::tokens::verify_id_token_hint(&keys, id_token_hint, &self.issuer(project))?;
+        if let Some(sid) = claims.sid.as_deref().and_then(|s| Uuid::parse_str(s).ok()) {
+            let _ = crate::sessions::revoke(
+                &self.inner.router,
+                self.inner.clock.as_ref(),
+                &scope_of(&profile),
+                sid,
+                Actor::anonymous(),
+                info,
+            )
+            .await;
+        }
+        Ok(Some(claims.aud))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_hash_is_the_left_half_of_the_algs_hash() {
+        // OIDC Core A.3's example token and at_hash (RS256).
+        let token = "jHkWEdUXMU1BwAsC4vtUsZwnNvTIxEl0z9K3vx5KF0Y";
+        assert_eq!(at_hash(Alg::RS256, token), "77QmUPtjPfzWtF2AnpK9RQ");
+        assert_eq!(at_hash(Alg::EdDSA, token).len(), 43);
+    }
+}

@@ -6,6 +6,7 @@
 //!   cargo run --release -p authio-bench -- signin     # password sign-in vs raw Argon2id; failure timing
 //!   cargo run --release -p authio-bench -- audit      # a sign-in's database write with and without its audit event
 //!   cargo run --release -p authio-bench -- otp        # magic-link and email-code verification; the rate-limit check's cost
+//!   cargo run --release -p authio-bench -- oidc       # the OpenID Provider's code exchanges and refreshes
 //!   cargo run --release -p authio-bench -- all
 //!   cargo run --release -p authio-bench -- move           # a 1,000,000-user tenant moved online under 500 writes/s
 //!   cargo run --release -p authio-bench -- routing-memory # a node routing to 1,000 dedicated tenants
@@ -28,6 +29,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 mod moves;
+mod oidc;
 mod otp;
 
 const USERS_PER_TENANT: i64 = 1_000;
@@ -67,6 +69,7 @@ async fn main() -> Result<()> {
         "signin" => signin(&env, secs, rounds).await?,
         "audit" => audit_cost(&env, secs, rounds).await?,
         "otp" => otp::otp(&env, secs, rounds).await?,
+        "oidc" => oidc::oidc(&env, secs, rounds).await?,
         "all" => {
             tiers(&env, secs, rounds).await?;
             scoped(&env, secs, rounds).await?;
@@ -74,9 +77,10 @@ async fn main() -> Result<()> {
             signin(&env, secs, rounds).await?;
             audit_cost(&env, secs, rounds).await?;
             otp::otp(&env, secs, rounds).await?;
+            oidc::oidc(&env, secs, rounds).await?;
         }
         other => {
-            bail!("unknown benchmark {other:?}: tiers | scoped | tokens | signin | audit | otp | all | move | routing-memory")
+            bail!("unknown benchmark {other:?}: tiers | scoped | tokens | signin | audit | otp | oidc | all | move | routing-memory")
         }
     }
     Ok(())

@@ -98,14 +98,26 @@ function init(args)
   for line in io.lines(os.getenv("AUTHIO_BENCH_BODIES")) do items[#items + 1] = line end
   n = 0
 end
+local headers = {["Content-Type"] = os.getenv("AUTHIO_BENCH_CT")}
+if os.getenv("AUTHIO_BENCH_AUTH") ~= "" then headers["Authorization"] = os.getenv("AUTHIO_BENCH_AUTH") end
 function request()
   local body = items[n * 2 + id + 1]
   n = n + 1
-  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, body)
+  return wrk.format("POST", nil, headers, body)
+end
+function response(status, headers, body)
+  if status >= 300 then io.stderr:write(status .. " " .. body .. "\n") end
 end
 "#;
 
-fn run_wrk(url: &str, bodies_file: &std::path::Path, secs: u64) -> Result<(f64, f64, u64)> {
+/// Run wrk against `url` with one body per request from `bodies_file` (a line each).
+pub(crate) fn run_wrk(
+    url: &str,
+    bodies_file: &std::path::Path,
+    secs: u64,
+    content_type: &str,
+    authorization: Option<&str>,
+) -> Result<(f64, f64, u64)> {
     let script = std::env::temp_dir().join(format!("authio-bench-otp-{}.lua", std::process::id()));
     std::fs::write(&script, LUA)?;
     let out = Command::new("wrk")
@@ -113,9 +125,14 @@ fn run_wrk(url: &str, bodies_file: &std::path::Path, secs: u64) -> Result<(f64, 
         .arg(&script)
         .arg(url)
         .env("AUTHIO_BENCH_BODIES", bodies_file)
+        .env("AUTHIO_BENCH_CT", content_type)
+        .env("AUTHIO_BENCH_AUTH", authorization.unwrap_or(""))
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
+    for line in String::from_utf8_lossy(&out.stderr).lines().take(5) {
+        eprintln!("refused: {line}");
+    }
     let rps = text
         .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
@@ -187,7 +204,8 @@ pub async fn otp(env: &Env, secs: u64, rounds: usize) -> Result<()> {
                 Kind::Link => format!("{}/v1/auth/magic-link/verify", sides[i].base),
                 Kind::Code => format!("{}/v1/auth/email-code/verify", sides[i].base),
             };
-            let (rps, p99, non2xx) = tokio::task::block_in_place(|| run_wrk(&url, &file, run_secs))?;
+            let (rps, p99, non2xx) =
+                tokio::task::block_in_place(|| run_wrk(&url, &file, run_secs, "application/json", None))?;
             if non2xx > 0 {
                 bail!("{}: {non2xx} non-2xx responses (tokens ran out or were refused)", sides[i].label);
             }

@@ -179,6 +179,31 @@ async fn seed(cfg: &Config, state: &authio_server::AppState, dedicated: &LocalCl
                 "    hosted   {url}/p/{pid}/signin  (sign-in page; emails on {url}/dev/mailbox)\n",
                 pid = p.id
             ));
+            // An OpenID client for trying the provider with any OIDC library on localhost.
+            let rp = authio_core::oidc::NewOidcClient {
+                name: "demo web app".into(),
+                client_type: "confidential".into(),
+                redirect_uris: vec!["http://localhost:3000/callback".into()],
+                post_logout_redirect_uris: vec!["http://localhost:3000/".into()],
+                token_endpoint_auth_method: None,
+                scopes: None,
+                grant_types: None,
+            };
+            let (rp, rp_secret) = authio_core::oidc::create_client(
+                &state.router,
+                &SystemClock,
+                &scope,
+                &rp,
+                &actor,
+                &ClientInfo::default(),
+            )
+            .await?;
+            out.push_str(&format!(
+                "    OpenID   issuer {iss}  client {cid}  secret {cs}  redirect http://localhost:3000/callback\n",
+                iss = state.identity.issuer(p.id),
+                cid = rp.client_id,
+                cs = rp_secret.unwrap_or_default(),
+            ));
             out.push_str(&format!(
                 "    M2M      client {id}  secret {secret}\n    try      curl -u {id}:{secret} -d grant_type=client_credentials {url}/v1/auth/token\n",
                 id = c.info.client_id,

@@ -102,3 +102,58 @@ GRANT EXECUTE ON FUNCTION authio_resolve_oidc_client(text), authio_authorization
 ALTER TABLE sessions
     ADD COLUMN client_id text CHECK (client_id IS NULL OR length(client_id) <= 64),
     ADD COLUMN scope text CHECK (scope IS NULL OR length(scope) <= 512);
+
+-- A refresh token's rotation in one call (plans cached per connection), inside the caller's
+-- scoped transaction (RLS and the home fence apply: SECURITY INVOKER). Status: `ok`,
+-- `invalid` (unknown), `wrong_client`, `ended` (revoked, idle, past its end, user disabled),
+-- `reused` (used before, past the grace window: the session is revoked here).
+CREATE FUNCTION authio_refresh_rotate(p_tenant uuid, p_project uuid, p_hash bytea, p_new_hash bytea,
+                                      p_now timestamptz, p_idle_secs integer, p_grace_secs integer, p_client text)
+RETURNS TABLE (status text, session_id uuid, user_id uuid, amr text[], role text, client_id text, scope text,
+               within_grace boolean)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public
+AS $$
+DECLARE
+    r record;
+BEGIN
+    SELECT rt.session_id AS sid, rt.used_at, s.user_id AS uid, s.amr AS s_amr, s.revoked_at, s.idle_expires_at,
+           s.absolute_expires_at, u.disabled, u.role AS u_role, s.client_id AS s_client, s.scope AS s_scope
+      INTO r
+      FROM public.refresh_tokens rt
+      JOIN public.sessions s ON s.tenant_id = rt.tenant_id AND s.id = rt.session_id
+      JOIN public.users u ON u.tenant_id = s.tenant_id AND u.id = s.user_id
+     WHERE rt.tenant_id = p_tenant AND rt.token_hash = p_hash
+       FOR UPDATE OF rt, s;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'invalid'::text, NULL::uuid, NULL::uuid, NULL::text[], NULL::text, NULL::text, NULL::text, false;
+        RETURN;
+    END IF;
+    IF r.s_client IS DISTINCT FROM p_client THEN
+        RETURN QUERY SELECT 'wrong_client'::text, NULL::uuid, NULL::uuid, NULL::text[], NULL::text, NULL::text, NULL::text, false;
+        RETURN;
+    END IF;
+    IF r.revoked_at IS NOT NULL OR p_now >= r.idle_expires_at OR p_now >= r.absolute_expires_at OR r.disabled THEN
+        RETURN QUERY SELECT 'ended'::text, r.sid, r.uid, NULL::text[], NULL::text, NULL::text, NULL::text, false;
+        RETURN;
+    END IF;
+    IF r.used_at IS NOT NULL AND p_now - r.used_at > make_interval(secs => p_grace_secs) THEN
+        UPDATE public.sessions s SET revoked_at = coalesce(s.revoked_at, p_now),
+                                     revoked_reason = coalesce(s.revoked_reason, 'refresh_token_reused')
+         WHERE s.tenant_id = p_tenant AND s.id = r.sid;
+        RETURN QUERY SELECT 'reused'::text, r.sid, r.uid, NULL::text[], NULL::text, NULL::text, NULL::text, false;
+        RETURN;
+    END IF;
+    IF r.used_at IS NULL THEN
+        UPDATE public.refresh_tokens t SET used_at = p_now WHERE t.tenant_id = p_tenant AND t.token_hash = p_hash;
+    END IF;
+    UPDATE public.sessions s
+       SET last_active_at = p_now,
+           idle_expires_at = least(p_now + make_interval(secs => p_idle_secs), r.absolute_expires_at)
+     WHERE s.tenant_id = p_tenant AND s.id = r.sid;
+    INSERT INTO public.refresh_tokens (tenant_id, project_id, token_hash, session_id, created_at)
+    VALUES (p_tenant, p_project, p_new_hash, r.sid, p_now);
+    RETURN QUERY SELECT 'ok'::text, r.sid, r.uid, r.s_amr, r.u_role, r.s_client, r.s_scope, r.used_at IS NOT NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION authio_refresh_rotate(uuid, uuid, bytea, bytea, timestamptz, integer, integer, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION authio_refresh_rotate(uuid, uuid, bytea, bytea, timestamptz, integer, integer, text) TO authio_app;

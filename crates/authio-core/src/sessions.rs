@@ -180,30 +180,6 @@ impl NewSession {
     }
 }
 
-async fn insert_refresh_token(
-    tx: &ScopedTx,
-    scope: &Scope,
-    sid: Uuid,
-    now: DateTime<Utc>,
-) -> Result<String, CoreError> {
-    let project = project_of(scope)?;
-    let (plaintext, hash) = new_refresh_token(project);
-    let hash = hash.to_vec();
-    tx.query(
-        "INSERT INTO refresh_tokens (tenant_id, project_id, token_hash, session_id, created_at)
-         VALUES ($1, $2, $3, $4, $5)",
-        &[
-            (&scope.tenant_id, Type::UUID),
-            (&project, Type::UUID),
-            (&hash, Type::BYTEA),
-            (&sid, Type::UUID),
-            (&now, Type::TIMESTAMPTZ),
-        ],
-    )
-    .await?;
-    Ok(plaintext)
-}
-
 /// A successful refresh: what the new access token needs.
 #[derive(Debug)]
 pub struct Refreshed {
@@ -217,7 +193,8 @@ pub struct Refreshed {
     pub scope: Option<String>,
 }
 
-/// Rotate a refresh token (see the module documentation for reuse and the grace window).
+/// Rotate a refresh token (see the module documentation for reuse and the grace window): the
+/// checks and writes in one call (`authio_refresh_rotate`), its event with the commit.
 pub async fn refresh(
     router: &Router,
     clock: &dyn Clock,
@@ -227,40 +204,35 @@ pub async fn refresh(
     client: &ClientInfo,
     expected_client: Option<&str>,
 ) -> Result<Refreshed, CoreError> {
+    let project = project_of(scope)?;
     let now = clock.now();
     let hash = token_hash.to_vec();
+    let (refresh_token, new_hash) = new_refresh_token(project);
+    let new_hash = new_hash.to_vec();
+    let idle = i32::try_from(policy.idle.num_seconds()).unwrap_or(i32::MAX);
+    let grace = i32::try_from(policy.grace.num_seconds()).unwrap_or(i32::MAX);
     let tx = router.begin(scope).await?;
     let row = tx
-        .query_opt(
-            "SELECT rt.session_id, rt.used_at, s.user_id, s.amr, s.revoked_at, s.idle_expires_at,
-                    s.absolute_expires_at, u.disabled, u.role, s.client_id, s.scope
-             FROM refresh_tokens rt
-             JOIN sessions s ON s.tenant_id = rt.tenant_id AND s.id = rt.session_id
-             JOIN users u ON u.tenant_id = s.tenant_id AND u.id = s.user_id
-             WHERE rt.tenant_id = $1 AND rt.token_hash = $2
-             FOR UPDATE OF rt, s",
-            &[(&scope.tenant_id, Type::UUID), (&hash, Type::BYTEA)],
+        .query_one(
+            "SELECT status, session_id, user_id, amr, role, client_id, scope, within_grace
+             FROM authio_refresh_rotate($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                (&scope.tenant_id, Type::UUID),
+                (&project, Type::UUID),
+                (&hash, Type::BYTEA),
+                (&new_hash, Type::BYTEA),
+                (&now, Type::TIMESTAMPTZ),
+                (&idle, Type::INT4),
+                (&grace, Type::INT4),
+                (&expected_client, Type::TEXT),
+            ],
         )
-        .await?
-        .ok_or(CoreError::InvalidGrant("the refresh token is invalid"))?;
-    let sid: Uuid = row.get(0);
-    let used_at: Option<DateTime<Utc>> = row.get(1);
-    let revoked_at: Option<DateTime<Utc>> = row.get(4);
-    let idle_expires: DateTime<Utc> = row.get(5);
-    let absolute_expires: DateTime<Utc> = row.get(6);
-    let disabled: bool = row.get(7);
-    let session_client: Option<String> = row.get(9);
-    if session_client.as_deref() != expected_client {
-        // RFC 6749 6: a refresh token is bound to the client it was issued to.
-        return Err(CoreError::InvalidGrant("the refresh token was not issued to this client"));
-    }
-    if revoked_at.is_some() || now >= idle_expires || now >= absolute_expires || disabled {
-        return Err(CoreError::InvalidGrant("the session has ended"));
-    }
-    if let Some(used) = used_at {
-        if now - used > policy.grace {
-            revoke_in(&tx, sid, now, "refresh_token_reused").await?;
-            let user: Uuid = row.get(2);
+        .await?;
+    let status: String = row.get(0);
+    match status.as_str() {
+        "ok" => {}
+        "reused" => {
+            let (sid, user): (Uuid, Uuid) = (row.get(1), row.get(2));
             let event = audit::Event {
                 action: "session.revoked",
                 actor: audit::Actor { kind: "system", id: None, name: None },
@@ -272,39 +244,31 @@ pub async fn refresh(
             tracing::warn!(tenant = %scope.tenant_id, session = %sid, "refresh token reused; session revoked");
             return Err(CoreError::InvalidGrant("the refresh token was already used; the session is revoked"));
         }
-        // Within the grace window: a sibling token, the token already used stays used.
-    } else {
-        tx.query(
-            "UPDATE refresh_tokens SET used_at = $3 WHERE tenant_id = $1 AND token_hash = $2",
-            &[(&scope.tenant_id, Type::UUID), (&hash, Type::BYTEA), (&now, Type::TIMESTAMPTZ)],
-        )
-        .await?;
+        "ended" => return Err(CoreError::InvalidGrant("the session has ended")),
+        // RFC 6749 6: a refresh token is bound to the client it was issued to.
+        "wrong_client" => return Err(CoreError::InvalidGrant("the refresh token was not issued to this client")),
+        _ => return Err(CoreError::InvalidGrant("the refresh token is invalid")),
     }
-    let idle = (now + policy.idle).min(absolute_expires);
-    tx.query(
-        "UPDATE sessions SET last_active_at = $3, idle_expires_at = $4 WHERE tenant_id = $1 AND id = $2",
-        &[(&scope.tenant_id, Type::UUID), (&sid, Type::UUID), (&now, Type::TIMESTAMPTZ), (&idle, Type::TIMESTAMPTZ)],
-    )
-    .await?;
-    let refresh_token = insert_refresh_token(&tx, scope, sid, now).await?;
-    let user: Uuid = row.get(2);
+    let (sid, user): (Uuid, Uuid) = (row.get(1), row.get(2));
+    let within_grace: bool = row.get(7);
+    let refreshed = Refreshed {
+        session_id: sid,
+        user_id: user,
+        amr: row.get(3),
+        role: row.get(4),
+        refresh_token,
+        client_id: row.get(5),
+        scope: row.get(6),
+    };
     let event = audit::Event {
         action: "token.refreshed",
         actor: audit::Actor::user(user, None),
         target: Some(("session", sid.to_string())),
         client,
-        metadata: serde_json::json!({"within_grace": used_at.is_some()}),
+        metadata: serde_json::json!({"within_grace": within_grace}),
     };
     audit::record_and_commit(tx, scope, event, now).await?;
-    Ok(Refreshed {
-        session_id: sid,
-        user_id: row.get(2),
-        amr: row.get(3),
-        role: row.get(8),
-        refresh_token,
-        client_id: session_client,
-        scope: row.get(10),
-    })
+    Ok(refreshed)
 }
 
 async fn revoke_in(tx: &ScopedTx, sid: Uuid, now: DateTime<Utc>, reason: &str) -> Result<Option<Row>, CoreError> {

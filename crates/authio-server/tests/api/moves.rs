@@ -348,6 +348,7 @@ async fn every_table_with_tenant_rows_either_moves_or_is_pinned_to_shared() {
         "email_templates",
         "oauth_connections",
         "oauth_states",
+        "oidc_clients",
         "redirect_uris",
         "signin_codes",
         "audit_outbox",

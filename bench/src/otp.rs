@@ -69,7 +69,7 @@ async fn bodies(
                 Ok(match kind {
                     Kind::Link => {
                         let t = identity
-                            .request_magic_link(project, &email, REDIRECT, None, None, None, &Default::default())
+                            .request_magic_link(project, &email, REDIRECT, None, None, None)
                             .await?
                             .context("a link")?;
                         serde_json::json!({"token": t}).to_string()

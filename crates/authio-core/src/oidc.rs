@@ -744,13 +744,13 @@ impl Identity {
     }
 
     /// RP-initiated logout: the session named by the ID token ends. The hint may be expired
-    /// but must be signed by this project for `client`'s audience.
+    /// but must be signed by this project. Returns the client it was issued to.
     pub async fn end_session(
         &self,
         project: Uuid,
         id_token_hint: &str,
         info: &ClientInfo,
-    ) -> Result<Option<String>, CoreError> {
+    ) -> Result<String, CoreError> {
         let profile = self.profile(project).await?;
         let keys = self.inner.keys.keyset(&profile).await?;
         let claims = crate::tokens::verify_id_token_hint(&keys, id_token_hint, &self.issuer(project))?;
@@ -765,7 +765,7 @@ impl Identity {
             )
             .await;
         }
-        Ok(Some(claims.aud))
+        Ok(claims.aud)
     }
 }
 

@@ -251,12 +251,7 @@ impl Identity {
         code_challenge: Option<&str>,
         code_challenge_method: Option<&str>,
     ) -> Result<Return, CoreError> {
-        let uri = RedirectUri::parse(redirect_uri).map_err(|_| CoreError::InvalidRedirectUri)?;
-        let presentation = self.presentation(project).await?;
-        let registered = preresolve::project_redirect_uris(&self.inner.router, project).await?;
-        if !uri.is_registered(&registered, presentation.development) {
-            return Err(CoreError::InvalidRedirectUri);
-        }
+        let uri = self.registered_redirect(project, redirect_uri).await?;
         let challenge = code_challenge.ok_or(CoreError::Invalid(crate::domain::ValidationError::Field(
             "code_challenge (PKCE S256 is required)",
         )))?;
@@ -269,6 +264,18 @@ impl Identity {
             app_state: app_state.map(str::to_owned),
             code_challenge: challenge.to_owned(),
         })
+    }
+
+    /// A redirect URI the project registered (exact; in development projects a loopback URI
+    /// on any port), else `InvalidRedirectUri`.
+    pub async fn registered_redirect(&self, project: Uuid, raw: &str) -> Result<RedirectUri, CoreError> {
+        let uri = RedirectUri::parse(raw).map_err(|_| CoreError::InvalidRedirectUri)?;
+        let presentation = self.presentation(project).await?;
+        let registered = preresolve::project_redirect_uris(&self.inner.router, project).await?;
+        if !uri.is_registered(&registered, presentation.development) {
+            return Err(CoreError::InvalidRedirectUri);
+        }
+        Ok(uri)
     }
 
     /// Whether a browser origin may call a project's endpoints.
@@ -478,7 +485,6 @@ impl Identity {
         ret: Option<&Return>,
         browser_binding: Option<[u8; 32]>,
         ip: Option<IpAddr>,
-        client: &ClientInfo,
     ) -> Result<Option<String>, CoreError> {
         let email = Email::parse(email)?;
         let presentation = self.presentation(project).await?;
@@ -507,7 +513,6 @@ impl Identity {
             },
         )
         .await?;
-        let _ = client;
         Ok(Some(token))
     }
 

@@ -590,11 +590,7 @@ pub async fn magic_link_post(
     let ip = ip_of(&state, connect.as_ref(), &headers);
     let email = form.email.unwrap_or_default();
     let link_base = format!("{}/magic", ctx.site.base);
-    match state
-        .identity
-        .request_magic_link(project, &email, &link_base, ret.as_ref(), None, ip, &client_info(&headers, ip))
-        .await
-    {
+    match state.identity.request_magic_link(project, &email, &link_base, ret.as_ref(), None, ip).await {
         Ok(_) => {
             let mut p = ctx.page("done", "Check your email");
             p.notice = Some(format!(

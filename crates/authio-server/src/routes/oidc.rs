@@ -382,7 +382,7 @@ pub async fn logout(
     let mut audience = p.client_id.clone();
     if let Some(hint) = &p.id_token_hint {
         match state.identity.end_session(project, hint, &client_info(&headers, ip)).await {
-            Ok(aud) => audience = aud.or(audience),
+            Ok(aud) => audience = Some(aud),
             Err(CoreError::InvalidToken(_)) => {
                 return text_page(StatusCode::BAD_REQUEST, "The logout request's id_token_hint is not valid.")
             }

@@ -109,19 +109,10 @@ pub async fn request_magic_link(
 ) -> Result<Response, ApiError> {
     let req: MagicLinkRequest = json_body(&headers, &body)?;
     check_origin(&state, &headers, req.project_id).await?;
-    let uri = authio_core::domain::RedirectUri::parse(&req.redirect_uri)
-        .map_err(|_| ApiError::from(authio_core::CoreError::InvalidRedirectUri))?;
-    let registered = authio_db::preresolve::project_redirect_uris(&state.router, req.project_id).await?;
-    let development = state.identity.presentation(req.project_id).await?.development;
-    if !uri.is_registered(&registered, development) {
-        return Err(authio_core::CoreError::InvalidRedirectUri.into());
-    }
+    let uri = state.identity.registered_redirect(req.project_id, &req.redirect_uri).await?;
     let binding = binding_of(req.code_challenge.as_deref())?;
     let ip = client_ip(&state, connect.as_ref(), &headers);
-    state
-        .identity
-        .request_magic_link(req.project_id, &req.email, uri.as_str(), None, binding, ip, &client_info(&headers, ip))
-        .await?;
+    state.identity.request_magic_link(req.project_id, &req.email, uri.as_str(), None, binding, ip).await?;
     Ok(no_store(StatusCode::ACCEPTED, Json(Accepted { accepted: true })))
 }
 

@@ -114,16 +114,26 @@ RETURNS TABLE (status text, session_id uuid, user_id uuid, amr text[], role text
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public
 AS $$
 DECLARE
+    tok record;
     r record;
 BEGIN
-    SELECT rt.session_id AS sid, rt.used_at, s.user_id AS uid, s.amr AS s_amr, s.revoked_at, s.idle_expires_at,
-           s.absolute_expires_at, u.disabled, u.role AS u_role, s.client_id AS s_client, s.scope AS s_scope
-      INTO r
+    -- Token, then session, then user, each by its primary key: one join would let a stale
+    -- row estimate drive the lookup from the wrong side (seen: a scan of every session).
+    SELECT rt.session_id, rt.used_at INTO tok
       FROM public.refresh_tokens rt
-      JOIN public.sessions s ON s.tenant_id = rt.tenant_id AND s.id = rt.session_id
-      JOIN public.users u ON u.tenant_id = s.tenant_id AND u.id = s.user_id
      WHERE rt.tenant_id = p_tenant AND rt.token_hash = p_hash
-       FOR UPDATE OF rt, s;
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'invalid'::text, NULL::uuid, NULL::uuid, NULL::text[], NULL::text, NULL::text, NULL::text, false;
+        RETURN;
+    END IF;
+    SELECT s.id AS sid, tok.used_at AS used_at, s.user_id AS uid, s.amr AS s_amr, s.revoked_at, s.idle_expires_at,
+           s.absolute_expires_at, s.client_id AS s_client, s.scope AS s_scope, u.disabled, u.role AS u_role
+      INTO r
+      FROM public.sessions s, LATERAL (SELECT x.disabled, x.role FROM public.users x
+                                       WHERE x.tenant_id = p_tenant AND x.id = s.user_id) u
+     WHERE s.tenant_id = p_tenant AND s.id = tok.session_id
+       FOR UPDATE OF s;
     IF NOT FOUND THEN
         RETURN QUERY SELECT 'invalid'::text, NULL::uuid, NULL::uuid, NULL::text[], NULL::text, NULL::text, NULL::text, false;
         RETURN;
@@ -144,7 +154,7 @@ BEGIN
         RETURN;
     END IF;
     IF r.used_at IS NULL THEN
-        UPDATE public.refresh_tokens t SET used_at = p_now WHERE t.tenant_id = p_tenant AND t.token_hash = p_hash;
+        UPDATE public.refresh_tokens x SET used_at = p_now WHERE x.tenant_id = p_tenant AND x.token_hash = p_hash;
     END IF;
     UPDATE public.sessions s
        SET last_active_at = p_now,

@@ -122,7 +122,7 @@ pub async fn oidc(env: &Env, secs: u64, rounds: usize) -> Result<()> {
         let run_secs = if warmup { 1 } else { secs };
         let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for side in order {
-            let need = ((estimate[side] * run_secs as f64) * 1.4) as usize + 500;
+            let need = ((estimate[side] * run_secs as f64) * 2.0) as usize + 1000;
             let started = Instant::now();
             let bodies = if side == 0 {
                 codes(need).await?

@@ -385,12 +385,14 @@ pub async fn refresh_token_state(
     let tx = router.begin(scope).await?;
     let row = tx
         .query_opt(
-            "SELECT rt.session_id, s.user_id, rt.created_at, rt.used_at, s.revoked_at,
+            // Driven from the token's primary key (`OFFSET 0` keeps the planner from turning
+            // the lookup around on stale statistics: see `authio_refresh_rotate`).
+            "SELECT t.session_id, s.user_id, t.created_at, t.used_at, s.revoked_at,
                     least(s.idle_expires_at, s.absolute_expires_at), u.disabled
-             FROM refresh_tokens rt
-             JOIN sessions s ON s.tenant_id = rt.tenant_id AND s.id = rt.session_id
-             JOIN users u ON u.tenant_id = s.tenant_id AND u.id = s.user_id
-             WHERE rt.tenant_id = $1 AND rt.token_hash = $2",
+             FROM (SELECT rt.tenant_id, rt.session_id, rt.created_at, rt.used_at FROM refresh_tokens rt
+                   WHERE rt.tenant_id = $1 AND rt.token_hash = $2 OFFSET 0) t
+             JOIN sessions s ON s.tenant_id = t.tenant_id AND s.id = t.session_id
+             JOIN users u ON u.tenant_id = s.tenant_id AND u.id = s.user_id",
             &[(&scope.tenant_id, Type::UUID), (&hash, Type::BYTEA)],
         )
         .await?;

@@ -191,7 +191,11 @@ fn wrk(t: &Target, secs: u64, connections: u32) -> Result<WrkResult> {
         cmd.arg("-s").arg(&script);
     }
     let out = cmd.arg(&t.url).output().context("running wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    parse_wrk(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Requests per second, p99 latency and the count of non-2xx answers from wrk's report.
+fn parse_wrk(text: &str) -> Result<WrkResult> {
     let rps = text
         .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))

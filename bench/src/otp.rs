@@ -13,7 +13,7 @@ use authio_db::TenantKind;
 use authio_testkit::seed_tenant;
 use futures_util::StreamExt;
 
-use crate::{insert_users, median, parse_latency, Env};
+use crate::{insert_users, median, parse_wrk, Env};
 
 const OTP_USERS: i64 = 300_000;
 const REDIRECT: &str = "https://app.bench.test/callback";
@@ -129,26 +129,11 @@ pub(crate) fn run_wrk(
         .env("AUTHIO_BENCH_AUTH", authorization.unwrap_or(""))
         .output()
         .context("running wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout);
     for line in String::from_utf8_lossy(&out.stderr).lines().take(5) {
         eprintln!("refused: {line}");
     }
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("wrk output: {text}"))?;
-    let p99 = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("99%"))
-        .and_then(|l| parse_latency(l.split_whitespace().nth(1)?))
-        .unwrap_or(f64::NAN);
-    let non2xx = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    Ok((rps, p99, non2xx))
+    let r = parse_wrk(&String::from_utf8_lossy(&out.stdout))?;
+    Ok((r.rps, r.p99_ms, r.non2xx))
 }
 
 pub async fn otp(env: &Env, secs: u64, rounds: usize) -> Result<()> {

@@ -113,6 +113,9 @@ pub struct UserTokens {
     pub refresh_token: String,
     pub session_id: Uuid,
     pub user_id: Uuid,
+    /// The scope granted to an OpenID client's session (none otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 /// A client-credentials grant.
@@ -820,6 +823,7 @@ impl Identity {
             client_id: oidc.map(|(c, _)| c.to_owned()),
         };
         Ok(UserTokens {
+            scope: claims.scope.clone(),
             access_token: keys.sign(&claims)?,
             token_type: "Bearer",
             expires_in: ttl,

@@ -39,16 +39,104 @@ async fn change(
     Ok(rows)
 }
 
-async fn list_column(router: &Router, scope: &Scope, sql: &str) -> Result<Vec<String>, CoreError> {
-    project_of(scope)?;
-    let tx = router.begin_pinned(scope).await?;
-    let rows = tx.query(sql, &[]).await?;
-    tx.commit().await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+/// A project's list of strings on shared: redirect URIs or allowed origins (same shape, same
+/// rules: unique per project, audited on change).
+#[derive(Clone, Copy)]
+struct List {
+    table: &'static str,
+    column: &'static str,
+    added: &'static str,
+    removed: &'static str,
+    /// For `NotFound` and `Conflict`.
+    what: &'static str,
+}
+
+const REDIRECT_URIS: List = List {
+    table: "redirect_uris",
+    column: "uri",
+    added: "project.redirect_uri_added",
+    removed: "project.redirect_uri_removed",
+    what: "redirect URI",
+};
+
+const ORIGINS: List = List {
+    table: "allowed_origins",
+    column: "origin",
+    added: "project.origin_added",
+    removed: "project.origin_removed",
+    what: "origin",
+};
+
+impl List {
+    async fn entries(self, router: &Router, scope: &Scope) -> Result<Vec<String>, CoreError> {
+        project_of(scope)?;
+        let tx = router.begin_pinned(scope).await?;
+        let rows = tx.query(&format!("SELECT {c} FROM {t} ORDER BY {c}", c = self.column, t = self.table), &[]).await?;
+        tx.commit().await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn add(
+        self,
+        router: &Router,
+        clock: &dyn Clock,
+        scope: &Scope,
+        value: &str,
+        actor: &Actor,
+        client: &ClientInfo,
+    ) -> Result<(), CoreError> {
+        let project = project_of(scope)?;
+        let now = clock.now();
+        let sql = format!(
+            "INSERT INTO {t} (tenant_id, project_id, {c}, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING RETURNING {c}",
+            t = self.table,
+            c = self.column
+        );
+        let rows = change(
+            router,
+            clock,
+            scope,
+            &sql,
+            &[(&scope.tenant_id, Type::UUID), (&project, Type::UUID), (&value, Type::TEXT), (&now, Type::TIMESTAMPTZ)],
+            (self.added, actor, client, ("project", project.to_string()), serde_json::json!({ self.column: value })),
+        )
+        .await?;
+        if rows.is_empty() {
+            return Err(CoreError::Conflict(format!("this {} is registered already", self.what)));
+        }
+        Ok(())
+    }
+
+    async fn remove(
+        self,
+        router: &Router,
+        clock: &dyn Clock,
+        scope: &Scope,
+        value: &str,
+        actor: &Actor,
+        client: &ClientInfo,
+    ) -> Result<(), CoreError> {
+        let project = project_of(scope)?;
+        let sql = format!("DELETE FROM {t} WHERE {c} = $1 RETURNING {c}", t = self.table, c = self.column);
+        let rows = change(
+            router,
+            clock,
+            scope,
+            &sql,
+            &[(&value, Type::TEXT)],
+            (self.removed, actor, client, ("project", project.to_string()), serde_json::json!({ self.column: value })),
+        )
+        .await?;
+        if rows.is_empty() {
+            return Err(CoreError::NotFound(self.what));
+        }
+        Ok(())
+    }
 }
 
 pub async fn list_redirect_uris(router: &Router, scope: &Scope) -> Result<Vec<String>, CoreError> {
-    list_column(router, scope, "SELECT uri FROM redirect_uris ORDER BY uri").await
+    REDIRECT_URIS.entries(router, scope).await
 }
 
 pub async fn add_redirect_uri(
@@ -59,33 +147,7 @@ pub async fn add_redirect_uri(
     actor: &Actor,
     client: &ClientInfo,
 ) -> Result<(), CoreError> {
-    let project = project_of(scope)?;
-    let now = clock.now();
-    let rows = change(
-        router,
-        clock,
-        scope,
-        "INSERT INTO redirect_uris (tenant_id, project_id, uri, created_at) VALUES ($1, $2, $3, $4)
-         ON CONFLICT DO NOTHING RETURNING uri",
-        &[
-            (&scope.tenant_id, Type::UUID),
-            (&project, Type::UUID),
-            (&uri.as_str(), Type::TEXT),
-            (&now, Type::TIMESTAMPTZ),
-        ],
-        (
-            "project.redirect_uri_added",
-            actor,
-            client,
-            ("project", project.to_string()),
-            serde_json::json!({"uri": uri.as_str()}),
-        ),
-    )
-    .await?;
-    if rows.is_empty() {
-        return Err(CoreError::Conflict("this redirect URI is registered already".into()));
-    }
-    Ok(())
+    REDIRECT_URIS.add(router, clock, scope, uri.as_str(), actor, client).await
 }
 
 pub async fn remove_redirect_uri(
@@ -96,30 +158,11 @@ pub async fn remove_redirect_uri(
     actor: &Actor,
     client: &ClientInfo,
 ) -> Result<(), CoreError> {
-    let project = project_of(scope)?;
-    let rows = change(
-        router,
-        clock,
-        scope,
-        "DELETE FROM redirect_uris WHERE uri = $1 RETURNING uri",
-        &[(&uri, Type::TEXT)],
-        (
-            "project.redirect_uri_removed",
-            actor,
-            client,
-            ("project", project.to_string()),
-            serde_json::json!({"uri": uri}),
-        ),
-    )
-    .await?;
-    if rows.is_empty() {
-        return Err(CoreError::NotFound("redirect URI"));
-    }
-    Ok(())
+    REDIRECT_URIS.remove(router, clock, scope, uri, actor, client).await
 }
 
 pub async fn list_origins(router: &Router, scope: &Scope) -> Result<Vec<String>, CoreError> {
-    list_column(router, scope, "SELECT origin FROM allowed_origins ORDER BY origin").await
+    ORIGINS.entries(router, scope).await
 }
 
 pub async fn add_origin(
@@ -130,33 +173,7 @@ pub async fn add_origin(
     actor: &Actor,
     client: &ClientInfo,
 ) -> Result<(), CoreError> {
-    let project = project_of(scope)?;
-    let now = clock.now();
-    let rows = change(
-        router,
-        clock,
-        scope,
-        "INSERT INTO allowed_origins (tenant_id, project_id, origin, created_at) VALUES ($1, $2, $3, $4)
-         ON CONFLICT DO NOTHING RETURNING origin",
-        &[
-            (&scope.tenant_id, Type::UUID),
-            (&project, Type::UUID),
-            (&origin.as_str(), Type::TEXT),
-            (&now, Type::TIMESTAMPTZ),
-        ],
-        (
-            "project.origin_added",
-            actor,
-            client,
-            ("project", project.to_string()),
-            serde_json::json!({"origin": origin.as_str()}),
-        ),
-    )
-    .await?;
-    if rows.is_empty() {
-        return Err(CoreError::Conflict("this origin is allowed already".into()));
-    }
-    Ok(())
+    ORIGINS.add(router, clock, scope, origin.as_str(), actor, client).await
 }
 
 pub async fn remove_origin(
@@ -167,26 +184,7 @@ pub async fn remove_origin(
     actor: &Actor,
     client: &ClientInfo,
 ) -> Result<(), CoreError> {
-    let project = project_of(scope)?;
-    let rows = change(
-        router,
-        clock,
-        scope,
-        "DELETE FROM allowed_origins WHERE origin = $1 RETURNING origin",
-        &[(&origin, Type::TEXT)],
-        (
-            "project.origin_removed",
-            actor,
-            client,
-            ("project", project.to_string()),
-            serde_json::json!({"origin": origin}),
-        ),
-    )
-    .await?;
-    if rows.is_empty() {
-        return Err(CoreError::NotFound("origin"));
-    }
-    Ok(())
+    ORIGINS.remove(router, clock, scope, origin, actor, client).await
 }
 
 /// Looks up DNS TXT records. The system resolver in production; tests and `authio dev`

@@ -69,18 +69,6 @@ pub fn unverified_issuer(token: &str) -> Option<String> {
     serde_json::from_slice::<Iss>(&bytes).ok().map(|i| i.iss)
 }
 
-/// The `scope` of a token this deployment just signed (read without verifying: for echoing
-/// it in a token response).
-pub fn unverified_scope(token: &str) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Scope {
-        scope: Option<String>,
-    }
-    let payload = token.split('.').nth(1)?;
-    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
-    serde_json::from_slice::<Scope>(&bytes).ok().and_then(|s| s.scope)
-}
-
 /// Verify a token against a project's key set: a known `kid`, the algorithm that key was made
 /// for (never the header's choice alone, never `none`), the signature, `typ`, the issuer,
 /// `exp` and `nbf` against `now`.

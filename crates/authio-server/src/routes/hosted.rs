@@ -133,7 +133,7 @@ struct FlowFields {
     return_to: Option<String>,
 }
 
-#[derive(Template)]
+#[derive(Template, Default)]
 #[template(path = "page.html")]
 struct Page {
     title: String,
@@ -168,6 +168,7 @@ struct MailView {
 
 /// A page under way: the project's look and the request's CSRF token.
 struct Ctx {
+    project: Uuid,
     site: Site,
     presentation: std::sync::Arc<authio_core::signin::Presentation>,
     csrf: String,
@@ -188,6 +189,7 @@ impl Ctx {
             _ => (random_token(), true),
         };
         Ok(Ctx {
+            project,
             site: site(state, project, custom),
             presentation,
             csrf,
@@ -204,22 +206,12 @@ impl Ctx {
             logo: p.logo_url.clone(),
             page,
             heading: heading.to_owned(),
-            error: None,
-            notice: None,
             csrf: self.csrf.clone(),
             prefix: self.site.prefix.clone(),
-            flow: FlowFields::default(),
-            flow_query: String::new(),
             password: p.offers("password"),
             magic_link: p.offers("magic_link"),
             email_code: p.offers("email_code"),
-            providers: Vec::new(),
-            email: String::new(),
-            challenge_id: String::new(),
-            token: String::new(),
-            action: String::new(),
-            button: String::new(),
-            mails: Vec::new(),
+            ..Page::default()
         }
     }
 
@@ -242,7 +234,7 @@ impl Ctx {
     /// A page that says what went wrong (the redirect URI is not trusted with errors it did
     /// not ask for), with the status the API would give.
     fn error(&self, e: CoreError, page: &'static str, heading: &str, mut p: Page) -> Response {
-        let (status, message, retry) = describe(&e);
+        let (status, message, retry) = describe(e);
         p.page = page;
         p.heading = heading.to_owned();
         p.error = Some(message);
@@ -277,32 +269,29 @@ impl Ctx {
     }
 }
 
-fn describe(e: &CoreError) -> (StatusCode, String, Option<u32>) {
-    let api = crate::ApiError::from(match e {
-        CoreError::RateLimited { retry_after } => CoreError::RateLimited { retry_after: *retry_after },
-        CoreError::InvalidCredentials => CoreError::InvalidCredentials,
-        CoreError::InvalidGrant(m) => CoreError::InvalidGrant(m),
-        CoreError::ChallengeLocked => CoreError::ChallengeLocked,
-        CoreError::UpstreamRefused(m) => CoreError::UpstreamRefused(m),
-        CoreError::Forbidden(m) => CoreError::Forbidden(m),
-        CoreError::InvalidRedirectUri => CoreError::InvalidRedirectUri,
-        CoreError::EmailTaken => CoreError::EmailTaken,
-        CoreError::NotFound(w) => CoreError::NotFound(w),
-        CoreError::Invalid(v) => CoreError::Invalid(v.clone()),
-        CoreError::Upstream(m) => CoreError::Upstream(m.clone()),
-        other => CoreError::Config(other.to_string()),
-    });
-    let message = match e {
-        CoreError::RateLimited { retry_after } => format!("Too many attempts. Try again in {retry_after} seconds."),
-        CoreError::EmailTaken => "An account with this email exists: sign in instead.".into(),
-        _ if api.status.is_server_error() => "Something went wrong on our side. Try again shortly.".into(),
-        _ => api.message.clone(),
+/// The status, the sentence to show, and `Retry-After`: the API's mapping of the error, in
+/// words for a person.
+fn describe(e: CoreError) -> (StatusCode, String, Option<u32>) {
+    let special = match &e {
+        CoreError::RateLimited { retry_after } => {
+            Some(format!("Too many attempts. Try again in {retry_after} seconds."))
+        }
+        CoreError::EmailTaken => Some("An account with this email exists: sign in instead.".to_owned()),
+        _ => None,
     };
+    let api = crate::ApiError::from(e);
+    let message = special.unwrap_or_else(|| {
+        if api.status.is_server_error() {
+            "Something went wrong on our side. Try again shortly.".into()
+        } else {
+            api.message.clone()
+        }
+    });
     (api.status, message, api.retry_after)
 }
 
 fn plain_error(e: CoreError) -> Response {
-    let (status, message, _) = describe(&e);
+    let (status, message, _) = describe(e);
     let mut resp = (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message).into_response();
     secure_headers(resp.headers_mut());
     resp
@@ -369,6 +358,22 @@ fn csrf_ok(headers: &HeaderMap, form: &FormFields) -> bool {
         (Some(c), Some(f)) => c.len() == 43 && bool::from(c.as_bytes().ct_eq(f.as_bytes())),
         _ => false,
     }
+}
+
+/// The start of every form post: the project, the CSRF check (nothing runs without it), the
+/// page context.
+async fn posted(
+    state: &AppState,
+    project: &str,
+    headers: &HeaderMap,
+    form: &FormFields,
+    custom: Option<&Extension<CustomHost>>,
+) -> Result<Ctx, Box<Response>> {
+    let project = project_id(project)?;
+    if !csrf_ok(headers, form) {
+        return Err(Box::new(refuse_csrf()));
+    }
+    Ctx::new(state, project, headers, custom).await
 }
 
 fn refuse_csrf() -> Response {
@@ -489,14 +494,6 @@ async fn finish(
     }
 }
 
-fn ip_of(
-    state: &AppState,
-    connect: Option<&Extension<ConnectInfo<SocketAddr>>>,
-    headers: &HeaderMap,
-) -> Option<std::net::IpAddr> {
-    client_ip(state, connect, headers)
-}
-
 /// The sign-in page (and the sign-up page): every method the project offers.
 pub async fn signin_page(
     State(state): State<AppState>,
@@ -531,11 +528,8 @@ pub async fn password_post(
     headers: HeaderMap,
     Form(form): Form<FormFields>,
 ) -> Response {
-    let project = attempt!(project_id(&project));
-    if !csrf_ok(&headers, &form) {
-        return refuse_csrf();
-    }
-    let ctx = attempt!(Ctx::new(&state, project, &headers, custom.as_ref()).await);
+    let ctx = attempt!(posted(&state, &project, &headers, &form, custom.as_ref()).await);
+    let project = ctx.project;
     let flow = form.flow.params();
     let signup = uri.path().ends_with("/signup");
     let (page, heading) = if signup { ("signup", "Create your account") } else { ("signin", "Sign in") };
@@ -545,7 +539,7 @@ pub async fn password_post(
         Ok(r) => r,
         Err(e) => return ctx.error(e, "done", "This sign-in link is not valid", ctx.page("done", "")),
     };
-    let ip = ip_of(&state, connect.as_ref(), &headers);
+    let ip = client_ip(&state, connect.as_ref(), &headers);
     let client = client_info(&headers, ip);
     let (email, password) = (form.email.unwrap_or_default(), form.password.unwrap_or_default());
     let result = if signup {
@@ -575,11 +569,8 @@ pub async fn magic_link_post(
     headers: HeaderMap,
     Form(form): Form<FormFields>,
 ) -> Response {
-    let project = attempt!(project_id(&project));
-    if !csrf_ok(&headers, &form) {
-        return refuse_csrf();
-    }
-    let ctx = attempt!(Ctx::new(&state, project, &headers, custom.as_ref()).await);
+    let ctx = attempt!(posted(&state, &project, &headers, &form, custom.as_ref()).await);
+    let project = ctx.project;
     let flow = form.flow.params();
     let mut again = ctx.with_flow(ctx.page("signin", "Sign in"), &flow);
     again.email = form.email.clone().unwrap_or_default();
@@ -587,7 +578,7 @@ pub async fn magic_link_post(
         Ok(r) => r,
         Err(e) => return ctx.error(e, "done", "This sign-in link is not valid", ctx.page("done", "")),
     };
-    let ip = ip_of(&state, connect.as_ref(), &headers);
+    let ip = client_ip(&state, connect.as_ref(), &headers);
     let email = form.email.unwrap_or_default();
     let link_base = format!("{}/magic", ctx.site.base);
     match state.identity.request_magic_link(project, &email, &link_base, ret.as_ref(), None, ip).await {
@@ -661,12 +652,9 @@ pub async fn magic_post(
     headers: HeaderMap,
     Form(form): Form<FormFields>,
 ) -> Response {
-    let project = attempt!(project_id(&project));
-    if !csrf_ok(&headers, &form) {
-        return refuse_csrf();
-    }
-    let ctx = attempt!(Ctx::new(&state, project, &headers, custom.as_ref()).await);
-    let ip = ip_of(&state, connect.as_ref(), &headers);
+    let ctx = attempt!(posted(&state, &project, &headers, &form, custom.as_ref()).await);
+    let project = ctx.project;
+    let ip = client_ip(&state, connect.as_ref(), &headers);
     let client = client_info(&headers, ip);
     let token = form.token.unwrap_or_default();
     let proved = match state.identity.use_magic_link(&token, None, ip).await {
@@ -698,11 +686,8 @@ pub async fn code_post(
     headers: HeaderMap,
     Form(form): Form<FormFields>,
 ) -> Response {
-    let project = attempt!(project_id(&project));
-    if !csrf_ok(&headers, &form) {
-        return refuse_csrf();
-    }
-    let ctx = attempt!(Ctx::new(&state, project, &headers, custom.as_ref()).await);
+    let ctx = attempt!(posted(&state, &project, &headers, &form, custom.as_ref()).await);
+    let project = ctx.project;
     let flow = form.flow.params();
     let mut again = ctx.with_flow(ctx.page("signin", "Sign in"), &flow);
     again.email = form.email.clone().unwrap_or_default();
@@ -710,7 +695,7 @@ pub async fn code_post(
         Ok(r) => r,
         Err(e) => return ctx.error(e, "done", "This sign-in link is not valid", ctx.page("done", "")),
     };
-    let ip = ip_of(&state, connect.as_ref(), &headers);
+    let ip = client_ip(&state, connect.as_ref(), &headers);
     let email = form.email.unwrap_or_default();
     match state.identity.request_email_code(project, &email, ret.as_ref(), ip).await {
         Ok((challenge, _)) => {
@@ -732,12 +717,9 @@ pub async fn code_verify_post(
     headers: HeaderMap,
     Form(form): Form<FormFields>,
 ) -> Response {
-    let project = attempt!(project_id(&project));
-    if !csrf_ok(&headers, &form) {
-        return refuse_csrf();
-    }
-    let ctx = attempt!(Ctx::new(&state, project, &headers, custom.as_ref()).await);
-    let ip = ip_of(&state, connect.as_ref(), &headers);
+    let ctx = attempt!(posted(&state, &project, &headers, &form, custom.as_ref()).await);
+    let project = ctx.project;
+    let ip = client_ip(&state, connect.as_ref(), &headers);
     let client = client_info(&headers, ip);
     let raw_challenge = form.challenge_id.unwrap_or_default();
     let mut again = ctx.page("code", "Enter your code");
@@ -779,7 +761,7 @@ pub async fn oauth_start(
         Ok(r) => r,
         Err(e) => return ctx.error(e, "done", "This sign-in link is not valid", ctx.page("done", "")),
     };
-    let ip = ip_of(&state, connect.as_ref(), &headers);
+    let ip = client_ip(&state, connect.as_ref(), &headers);
     let callback = format!("{}/oauth/callback", ctx.site.root);
     match state.identity.upstream_start(project, &slug, ret.as_ref(), &callback, ip).await {
         Ok((location, browser)) => {
@@ -832,7 +814,7 @@ pub async fn oauth_callback(
         None => state.public_url.to_string(),
     };
     let callback = format!("{root}/oauth/callback");
-    let ip = ip_of(&state, connect.as_ref(), &headers);
+    let ip = client_ip(&state, connect.as_ref(), &headers);
     let client = client_info(&headers, ip);
     let browser = cookie(&headers, OAUTH_COOKIE);
     match state.identity.upstream_finish(&st, &code, browser.as_deref(), &callback, &client, ip).await {
@@ -844,7 +826,7 @@ pub async fn oauth_callback(
             resp
         }
         Err(e) => {
-            let (status, message, retry) = describe(&e);
+            let (status, message, retry) = describe(e);
             let mut resp = refused(message);
             *resp.status_mut() = status;
             if let Some(s) = retry {
@@ -875,12 +857,9 @@ pub async fn reset_post(
     headers: HeaderMap,
     Form(form): Form<FormFields>,
 ) -> Response {
-    let project = attempt!(project_id(&project));
-    if !csrf_ok(&headers, &form) {
-        return refuse_csrf();
-    }
-    let ctx = attempt!(Ctx::new(&state, project, &headers, custom.as_ref()).await);
-    let ip = ip_of(&state, connect.as_ref(), &headers);
+    let ctx = attempt!(posted(&state, &project, &headers, &form, custom.as_ref()).await);
+    let project = ctx.project;
+    let ip = client_ip(&state, connect.as_ref(), &headers);
     let email = form.email.unwrap_or_default();
     let link_base = format!("{}/reset/confirm", ctx.site.base);
     match state.identity.request_password_reset(project, &email, &link_base, ip).await {
@@ -913,12 +892,8 @@ pub async fn reset_confirm_post(
     headers: HeaderMap,
     Form(form): Form<FormFields>,
 ) -> Response {
-    let project = attempt!(project_id(&project));
-    if !csrf_ok(&headers, &form) {
-        return refuse_csrf();
-    }
-    let ctx = attempt!(Ctx::new(&state, project, &headers, custom.as_ref()).await);
-    let ip = ip_of(&state, connect.as_ref(), &headers);
+    let ctx = attempt!(posted(&state, &project, &headers, &form, custom.as_ref()).await);
+    let ip = client_ip(&state, connect.as_ref(), &headers);
     let token = form.token.unwrap_or_default();
     let mut again = ctx.page("new-password", "Choose a new password");
     again.token = token.clone();
@@ -956,12 +931,8 @@ pub async fn verify_email_post(
     headers: HeaderMap,
     Form(form): Form<FormFields>,
 ) -> Response {
-    let project = attempt!(project_id(&project));
-    if !csrf_ok(&headers, &form) {
-        return refuse_csrf();
-    }
-    let ctx = attempt!(Ctx::new(&state, project, &headers, custom.as_ref()).await);
-    let ip = ip_of(&state, connect.as_ref(), &headers);
+    let ctx = attempt!(posted(&state, &project, &headers, &form, custom.as_ref()).await);
+    let ip = client_ip(&state, connect.as_ref(), &headers);
     match state.identity.verify_email(&form.token.unwrap_or_default(), &client_info(&headers, ip), ip).await {
         Ok(()) => {
             let mut p = ctx.page("done", "Email confirmed");
@@ -992,25 +963,10 @@ pub async fn dev_mailbox(State(state): State<AppState>) -> Response {
     let page = Page {
         title: "Authio".into(),
         brand: "#3554d1".into(),
-        logo: None,
         page: "mailbox",
         heading: "Development mailbox".into(),
-        error: None,
-        notice: None,
-        csrf: String::new(),
-        prefix: String::new(),
-        flow: FlowFields::default(),
-        flow_query: String::new(),
-        password: false,
-        magic_link: false,
-        email_code: false,
-        providers: Vec::new(),
-        email: String::new(),
-        challenge_id: String::new(),
-        token: String::new(),
-        action: String::new(),
-        button: String::new(),
         mails,
+        ..Page::default()
     };
     match page.render() {
         Ok(b) => {

@@ -258,7 +258,6 @@ pub async fn token(
             let presented =
                 form.get("refresh_token").ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
             let t = state.identity.refresh_for(presented, Some(&client.client_id), &info, ip).await?;
-            let scope = authio_core::tokens::unverified_scope(&t.access_token).unwrap_or_default();
             Ok(no_store(
                 StatusCode::OK,
                 Json(OidcTokenResponse {
@@ -267,7 +266,7 @@ pub async fn token(
                     expires_in: t.expires_in,
                     id_token: None,
                     refresh_token: Some(t.refresh_token),
-                    scope,
+                    scope: t.scope.unwrap_or_default(),
                 }),
             ))
         }

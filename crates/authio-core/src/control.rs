@@ -28,7 +28,7 @@ pub struct Tenant {
 }
 
 impl Tenant {
-    fn from_row(r: &Row) -> Self {
+    pub(crate) fn from_row(r: &Row) -> Self {
         Tenant {
             id: r.get("id"),
             slug: r.get("slug"),
@@ -67,7 +67,7 @@ fn operator_actor() -> audit::Actor {
     audit::Actor { kind: "operator", id: None, name: Some("authio CLI".into()) }
 }
 
-const TENANT_COLS: &str = "id, slug, name, kind, plan, db_strategy, route_epoch, created_at";
+pub(crate) const TENANT_COLS: &str = "id, slug, name, kind, plan, db_strategy, route_epoch, created_at";
 
 pub struct ControlPlane {
     pub(crate) admin_url: String,

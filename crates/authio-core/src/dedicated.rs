@@ -79,12 +79,24 @@ pub(crate) async fn record_for_tenant(
     actor: &str,
     metadata: serde_json::Value,
 ) -> Result<(), CoreError> {
+    let actor = audit::Actor { kind: "operator", id: None, name: Some(actor.to_owned()) };
+    record_for_tenant_by(tx, tenant, action, actor, metadata).await
+}
+
+/// [`record_for_tenant`] with any actor (a dashboard member, an operator in the console).
+pub(crate) async fn record_for_tenant_by(
+    tx: &OwnerTx<'_>,
+    tenant: Uuid,
+    action: &'static str,
+    actor: audit::Actor,
+    metadata: serde_json::Value,
+) -> Result<(), CoreError> {
     let projects = tx.query("SELECT id FROM projects WHERE tenant_id = $1", &[(&tenant, Type::UUID)]).await?;
     for p in projects {
         let scope = Scope::project(tenant, p.get(0), TenantKind::Customer);
         let event = audit::Event {
             action,
-            actor: audit::Actor { kind: "operator", id: None, name: Some(actor.to_owned()) },
+            actor: actor.clone(),
             target: Some(("tenant", tenant.to_string())),
             client: &crate::sessions::ClientInfo::default(),
             metadata: metadata.clone(),

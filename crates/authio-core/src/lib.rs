@@ -7,6 +7,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod auth;
 pub mod clock;
+pub mod console;
 pub mod control;
 pub mod dedicated;
 pub mod domain;

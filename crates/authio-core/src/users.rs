@@ -127,6 +127,117 @@ pub async fn list(router: &Router, scope: &Scope, limit: i64, after: Option<Uuid
     rows.iter().map(User::from_read_row).collect()
 }
 
+/// Users whose email contains `query` (case-insensitive), in creation order, at most `limit`.
+pub async fn search(router: &Router, scope: &Scope, query: &str, limit: i64) -> Result<Vec<User>, CoreError> {
+    let project = project_of(scope)?;
+    let limit = limit.clamp(1, 200);
+    // LIKE's own characters are matched literally.
+    let pattern = format!("%{}%", query.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+    let rows = router
+        .read(
+            scope,
+            &format!(
+                "SELECT {COLS} FROM users WHERE tenant_id = $1 AND project_id = $2 AND email ILIKE $3
+                 ORDER BY id LIMIT $4"
+            ),
+            &[(&scope.tenant_id, Type::UUID), (&project, Type::UUID), (&pattern, Type::TEXT), (&limit, Type::INT8)],
+        )
+        .await?;
+    rows.iter().map(User::from_read_row).collect()
+}
+
+/// One user of the scope's project.
+pub async fn get(router: &Router, scope: &Scope, id: Uuid) -> Result<User, CoreError> {
+    let project = project_of(scope)?;
+    let rows = router
+        .read(
+            scope,
+            &format!("SELECT {COLS} FROM users WHERE tenant_id = $1 AND project_id = $2 AND id = $3"),
+            &[(&scope.tenant_id, Type::UUID), (&project, Type::UUID), (&id, Type::UUID)],
+        )
+        .await?;
+    rows.first().map(User::from_read_row).transpose()?.ok_or(CoreError::NotFound("user"))
+}
+
+/// Disable a user (every session ends with it; signing in is refused) or enable it again.
+pub async fn set_disabled(
+    router: &Router,
+    clock: &dyn Clock,
+    scope: &Scope,
+    id: Uuid,
+    disabled: bool,
+    actor: &audit::Actor,
+    client: &ClientInfo,
+) -> Result<User, CoreError> {
+    let project = project_of(scope)?;
+    let now = crate::clock::now_as_stored(clock);
+    let tx = router.begin(scope).await?;
+    let row = tx
+        .query_opt(
+            &format!(
+                "UPDATE users SET disabled = $4, updated_at = $5
+                 WHERE tenant_id = $1 AND project_id = $2 AND id = $3 RETURNING {COLS}"
+            ),
+            &[
+                (&scope.tenant_id, Type::UUID),
+                (&project, Type::UUID),
+                (&id, Type::UUID),
+                (&disabled, Type::BOOL),
+                (&now, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?
+        .ok_or(CoreError::NotFound("user"))?;
+    if disabled {
+        tx.query(
+            "UPDATE sessions SET revoked_at = $3, revoked_reason = 'user_disabled'
+             WHERE tenant_id = $1 AND user_id = $2 AND revoked_at IS NULL",
+            &[(&scope.tenant_id, Type::UUID), (&id, Type::UUID), (&now, Type::TIMESTAMPTZ)],
+        )
+        .await?;
+    }
+    let event = audit::Event {
+        action: if disabled { "user.disabled" } else { "user.enabled" },
+        actor: actor.clone(),
+        target: Some(("user", id.to_string())),
+        client,
+        metadata: serde_json::json!({}),
+    };
+    audit::record_and_commit(tx, scope, event, now).await?;
+    Ok(User::from_row(&row))
+}
+
+/// Delete a user with its sessions and identities (the audit log keeps what they did).
+pub async fn delete(
+    router: &Router,
+    clock: &dyn Clock,
+    scope: &Scope,
+    id: Uuid,
+    actor: &audit::Actor,
+    client: &ClientInfo,
+) -> Result<(), CoreError> {
+    let project = project_of(scope)?;
+    let now = crate::clock::now_as_stored(clock);
+    let tx = router.begin(scope).await?;
+    let row = tx
+        .query_opt(
+            "DELETE FROM users WHERE tenant_id = $1 AND project_id = $2 AND id = $3 RETURNING email",
+            &[(&scope.tenant_id, Type::UUID), (&project, Type::UUID), (&id, Type::UUID)],
+        )
+        .await?
+        .ok_or(CoreError::NotFound("user"))?;
+    let email: String = row.get(0);
+    let event = audit::Event {
+        action: "user.deleted",
+        actor: actor.clone(),
+        target: Some(("user", id.to_string())),
+        client,
+        metadata: serde_json::json!({"email": email}),
+    };
+    audit::record_and_commit(tx, scope, event, now).await?;
+    Ok(())
+}
+
 impl TryFrom<&PgRow> for User {
     type Error = CoreError;
 

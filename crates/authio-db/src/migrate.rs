@@ -36,6 +36,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 10, name: "audit_anchors", sql: include_str!("../../../migrations/0010_audit_anchors.sql") },
     Migration { version: 11, name: "signin_methods", sql: include_str!("../../../migrations/0011_signin_methods.sql") },
     Migration { version: 12, name: "oidc_provider", sql: include_str!("../../../migrations/0012_oidc_provider.sql") },
+    Migration { version: 13, name: "console", sql: include_str!("../../../migrations/0013_console.sql") },
 ];
 
 const BOOTSTRAP_ROLES: &str = r#"

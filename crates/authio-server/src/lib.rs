@@ -4,6 +4,7 @@
 //! are chosen in one place, [`error::ApiError`].
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod console;
 pub mod context;
 pub mod error;
 mod extract;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub dns: Arc<dyn authio_core::project_config::TxtLookup>,
     /// `authio dev`'s mail catcher, shown on `/dev/mailbox` (absent otherwise).
     pub mailbox: Option<mailcatcher::MailCatcher>,
+    /// The web console (absent when no administrative connection is configured).
+    pub console: Option<Arc<console::Console>>,
 }
 
 /// How the identity side is set up.
@@ -74,6 +77,8 @@ pub struct AuthSettings {
     pub dns: Option<Arc<dyn authio_core::project_config::TxtLookup>>,
     /// Serve this mail catcher's messages on `/dev/mailbox` (development only).
     pub mailbox: Option<mailcatcher::MailCatcher>,
+    /// The control plane's administrative URL (as `authio_owner`): enables the web console.
+    pub admin_url: Option<String>,
 }
 
 impl AuthSettings {
@@ -91,6 +96,7 @@ impl AuthSettings {
             allow_http_upstreams: false,
             dns: None,
             mailbox: None,
+            admin_url: None,
         }
     }
 }
@@ -108,6 +114,8 @@ impl AppState {
             None => Arc::new(authio_core::project_config::SystemDns::new()?),
         };
         let mailbox = auth.mailbox.clone();
+        let console =
+            auth.admin_url.as_ref().map(|url| Arc::new(console::Console::new(url.clone(), auth.master_key.clone())));
         let passwords = Passwords::new(auth.password_params, auth.hash_concurrency)?;
         let keys = KeyService::new(router.clone(), auth.master_key.clone(), clock.clone(), auth.cache_ttl);
         let settings = IdentitySettings {
@@ -131,6 +139,7 @@ impl AppState {
             public_origin: public_origin.into(),
             dns,
             mailbox,
+            console,
         })
     }
 }

@@ -236,6 +236,8 @@ impl Config {
         // Checked when the configuration was loaded.
         auth.trusted_proxies = self.proxy_ranges().unwrap_or_default();
         auth.allow_http_upstreams = self.allow_http_upstreams;
+        // The console's operator pages and billing act on the control plane.
+        auth.admin_url = Some(self.admin_url.clone());
         auth
     }
 

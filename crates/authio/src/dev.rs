@@ -2,6 +2,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use authio_core::console::MemberRole;
 use authio_core::control::ControlPlane;
 use authio_core::domain::{DisplayName, Email, Plan, Slug};
 use authio_core::m2m::{self, NewClient};
@@ -129,6 +130,7 @@ async fn seed(cfg: &Config, state: &authio_server::AppState, dedicated: &LocalCl
         ("globex", "Globex (dedicated DB)", TenantKind::Customer, "production", "hank@globex.test", true),
     ];
     let url = &cfg.public_url;
+    let mut console_project = None;
     for (slug, name, kind, project_slug, email, on_dedicated) in demos {
         let t = cp.create_tenant(&Slug::parse(slug)?, &DisplayName::parse(name)?, kind, Plan::Enterprise).await?;
         let p = cp.create_project(t.id, &Slug::parse(project_slug)?, &DisplayName::parse(project_slug)?).await?;
@@ -144,6 +146,7 @@ async fn seed(cfg: &Config, state: &authio_server::AppState, dedicated: &LocalCl
             // Sign-up is closed on the platform tenant: operators are made, not self-served.
             state.identity.create_user_with_password(p.id, email, &password).await?;
             cp.grant_operator(&Email::parse(email)?).await?;
+            console_project = Some(p.id);
         } else {
             state.identity.sign_up(p.id, email, &password, &ClientInfo::default(), None).await?;
         }
@@ -208,6 +211,19 @@ async fn seed(cfg: &Config, state: &authio_server::AppState, dedicated: &LocalCl
                 "    M2M      client {id}  secret {secret}\n    try      curl -u {id}:{secret} -d grant_type=client_credentials {url}/v1/auth/token\n",
                 id = c.info.client_id,
                 secret = c.client_secret,
+            ));
+        }
+    }
+    // Dashboard users of Acme: platform identities who are members of the customer tenant.
+    if let Some(console) = console_project {
+        out.push_str(&format!("\n  Console      {url}/console  (operator above: every tenant)\n"));
+        for (email, role) in [("admin@acme.test", MemberRole::Admin), ("viewer@acme.test", MemberRole::Viewer)] {
+            let password = demo_password();
+            state.identity.create_user_with_password(console, email, &password).await?;
+            cp.add_member("acme", &Email::parse(email)?, role).await?;
+            out.push_str(&format!(
+                "    dashboard  {email}  password {password}  ({} of Acme: {url}/dashboard, {url}/billing)\n",
+                role.as_str()
             ));
         }
     }

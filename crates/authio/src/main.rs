@@ -140,6 +140,17 @@ enum TenantCommand {
     },
     /// List tenants with kind, plan, database strategy and route epoch.
     List,
+    /// Let a platform user (by email) manage a customer tenant in the dashboard, as owner,
+    /// admin or viewer (run again to change the role).
+    AddMember {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        email: String,
+        /// owner, admin or viewer.
+        #[arg(long, default_value = "admin")]
+        role: String,
+    },
     /// Show one tenant, its projects and its moves.
     Show {
         /// The tenant's slug.
@@ -594,6 +605,16 @@ async fn tenant(cfg: &Config, command: TenantCommand) -> Result<()> {
                     t.slug, t.kind, t.plan, t.db_strategy, t.route_epoch, t.id
                 );
             }
+        }
+        TenantCommand::AddMember { tenant, email, role } => {
+            let email = authio_core::domain::Email::parse(&email)?;
+            let role = authio_core::console::MemberRole::parse(&role)?;
+            cp.add_member(&tenant, &email, role).await.map_err(explain)?;
+            println!(
+                "{email} is now {} of {tenant}; they sign in at {}/console (by email link or code, or a password set with \"forgot password\")",
+                role.as_str(),
+                cfg.public_url
+            );
         }
         TenantCommand::Show { slug } => {
             let Some(t) = cp.tenant_by_slug(&slug).await? else { bail!("no tenant with slug {slug:?}") };

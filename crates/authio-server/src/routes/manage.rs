@@ -419,8 +419,7 @@ pub async fn export_audit_events(
     Path(project_id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse;
-    check_project(&ctx, &project_id)?;
+        check_project(&ctx, &project_id)?;
     let q: ExportQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("bad query: {e}")))?;
     check_filter(&q.action, "action")?;
@@ -438,11 +437,23 @@ pub async fn export_audit_events(
         since: q.since,
         until: q.until,
     };
+    Ok(audit_export(state, ctx.scope, filter, csv))
+}
+
+/// A project's audit events matching `filter`, streamed as NDJSON or CSV (the API's export
+/// and the dashboard's).
+pub(crate) fn audit_export(
+    state: AppState,
+    scope: authio_db::Scope,
+    filter: authio_core::audit::Filter,
+    csv: bool,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     const PAGE: i64 = 500;
     // (cursor, done, header sent)
     let start: (Option<i64>, bool, bool) = (None, false, !csv);
     let stream = futures_util::stream::unfold(start, move |(cursor, done, header_sent)| {
-        let (router, scope, filter) = (state.router.clone(), ctx.scope, filter.clone());
+        let (router, scope, filter) = (state.router.clone(), scope, filter.clone());
         async move {
             if !header_sent {
                 return Some((
@@ -473,14 +484,14 @@ pub async fn export_audit_events(
     });
     let content_type = if csv { "text/csv; charset=utf-8" } else { "application/x-ndjson" };
     let name = if csv { "audit-events.csv" } else { "audit-events.ndjson" };
-    Ok((
+    (
         [
             (axum::http::header::CONTENT_TYPE, content_type.to_owned()),
             (axum::http::header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
         ],
         axum::body::Body::from_stream(stream),
     )
-        .into_response())
+        .into_response()
 }
 
 #[cfg(test)]

@@ -358,6 +358,8 @@ async fn every_table_with_tenant_rows_either_moves_or_is_pinned_to_shared() {
         "signing_keys",
         "tenant_homes",
         "tenant_moves",
+        "tenant_members",
+        "dedicated_db_requests",
         "database_identity",
     ];
     for t in &with_tenant {

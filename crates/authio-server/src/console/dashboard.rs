@@ -1,0 +1,1057 @@
+//! Customers' dashboard: a member's tenants and projects; per project its users (search, view,
+//! disable, delete, sessions), credentials (M2M clients and API keys: created with the secret
+//! shown once, revoked), redirect URIs, allowed origins and custom domains, sign-in methods
+//! and branding, signing keys (rotate), and the audit log (filters, export); and billing, with
+//! the Enterprise plan's "Request dedicated DB" switch.
+//!
+//! Every change goes through the same core functions as the management API, under the
+//! project's scope (row-level security as always); members act as themselves in the audit log.
+use authio_core::audit::Actor;
+use authio_core::console::{DedicatedState, MemberRole, Membership};
+use authio_core::control::{Project, Tenant};
+use authio_core::domain::{DisplayName, DomainName, RedirectUri, WebOrigin};
+use authio_core::{api_keys, m2m, project_config, sessions, users, CoreError};
+use authio_db::{Scope, TenantKind};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Form;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::operator::page_try;
+use super::{check_csrf, console_of, core_error_page, error_page, memberships, ConsoleUser, SignedIn};
+use super::{Block, Cell, Field, FormView, Live, LiveView, PageView, PlanView};
+use crate::AppState;
+
+pub fn routes() -> axum::Router<AppState> {
+    let p = "/dashboard/{slug}/p/{pid}";
+    axum::Router::new()
+        .route("/dashboard", get(tenants))
+        .route("/billing", get(billing_home))
+        .route("/dashboard/{slug}", get(projects))
+        .route("/dashboard/{slug}/billing", get(billing))
+        .route("/dashboard/{slug}/billing/live", get(billing_live))
+        .route("/dashboard/{slug}/billing/dedicated", post(toggle_dedicated))
+        .route(p, get(project_home))
+        .route(&format!("{p}/users"), get(users_page))
+        .route(&format!("{p}/users/{{uid}}"), get(user_page))
+        .route(&format!("{p}/users/{{uid}}/{{act}}"), post(user_action))
+        .route(&format!("{p}/credentials"), get(credentials))
+        .route(&format!("{p}/credentials/{{kind}}"), post(create_credential))
+        .route(&format!("{p}/credentials/{{kind}}/{{id}}/revoke"), post(revoke_credential))
+        .route(&format!("{p}/urls"), get(urls))
+        .route(&format!("{p}/urls/{{act}}"), post(url_action))
+        .route(&format!("{p}/signin"), get(signin_page).post(signin_save))
+        .route(&format!("{p}/keys"), get(keys_page))
+        .route(&format!("{p}/keys/rotate"), post(rotate_keys))
+        .route(&format!("{p}/audit"), get(audit_page))
+        .route(&format!("{p}/audit/export"), get(audit_export))
+}
+
+/// A member acting in one of its tenants.
+struct Member {
+    user: ConsoleUser,
+    tenant: Tenant,
+    role: MemberRole,
+}
+
+impl Member {
+    fn actor(&self) -> Actor {
+        Actor { kind: "user", id: Some(self.user.id.to_string()), name: Some(format!("{} (dashboard)", self.user.email)) }
+    }
+
+    /// Viewers look and change nothing.
+    fn may_change(&self) -> Result<(), Box<Response>> {
+        if self.role.may_change() {
+            return Ok(());
+        }
+        Err(Box::new(error_page(
+            StatusCode::FORBIDDEN,
+            "Viewers can look but not change anything. Ask an owner or admin of this tenant.",
+            Some(&self.user),
+        )))
+    }
+
+    fn page(&self, title: impl Into<String>) -> PageView {
+        PageView::new(title, Some(&self.user)).at("/dashboard")
+    }
+}
+
+/// The member behind `slug`: the same 404 for a tenant that does not exist and one the user
+/// is not a member of (tenants are not enumerable from the dashboard).
+async fn member(state: &AppState, user: ConsoleUser, slug: &str) -> Result<Member, Box<Response>> {
+    let all = memberships(state, &user).await?;
+    match all.into_iter().find(|m| m.tenant.slug == slug) {
+        Some(Membership { tenant, role }) => Ok(Member { user, tenant, role }),
+        None => Err(Box::new(error_page(StatusCode::NOT_FOUND, "No such tenant.", Some(&user)))),
+    }
+}
+
+/// A project of the member's tenant, with its scope.
+async fn project(state: &AppState, m: &Member, pid: &str) -> Result<(Project, Scope), Box<Response>> {
+    let console = console_of(state)?;
+    let not_found = || Box::new(error_page(StatusCode::NOT_FOUND, "No such project.", Some(&m.user)));
+    let pid = Uuid::parse_str(pid).map_err(|_| not_found())?;
+    let all = console.control.projects(m.tenant.id).await.map_err(|e| Box::new(core_error_page(e, Some(&m.user))))?;
+    let p = all.into_iter().find(|p| p.id == pid).ok_or_else(not_found)?;
+    let scope = Scope::project(m.tenant.id, p.id, TenantKind::Customer);
+    Ok((p, scope))
+}
+
+/// The project's pages, for its sub-navigation.
+fn project_page(m: &Member, p: &Project, title: &str, current: &str) -> PageView {
+    let base = format!("/dashboard/{}/p/{}", m.tenant.slug, p.id);
+    let items = vec![
+        (format!("{base}/users"), "Users"),
+        (format!("{base}/credentials"), "M2M clients & API keys"),
+        (format!("{base}/urls"), "Redirect URIs, origins & domains"),
+        (format!("{base}/signin"), "Sign-in & branding"),
+        (format!("{base}/keys"), "Signing keys"),
+        (format!("{base}/audit"), "Audit log"),
+    ];
+    let mut page = m.page(format!("{title} · {}", p.name)).subnav("Project", items, &format!("{base}/{current}"));
+    if !m.role.may_change() {
+        page = page.block(Block::notice("info", "You are a viewer of this tenant: you can look, not change."));
+    }
+    page
+}
+
+fn base(m: &Member, p: &Project) -> String {
+    format!("/dashboard/{}/p/{}", m.tenant.slug, p.id)
+}
+
+#[derive(Deserialize, Default)]
+struct Flash {
+    done: Option<String>,
+}
+
+fn flash(page: PageView, f: &Flash) -> PageView {
+    let text = match f.done.as_deref() {
+        Some("disabled") => "User disabled; their sessions have ended.",
+        Some("enabled") => "User enabled.",
+        Some("deleted") => "User deleted.",
+        Some("revoked") => "Revoked.",
+        Some("saved") => "Saved.",
+        Some("removed") => "Removed.",
+        Some("verified") => "Domain verified.",
+        Some("rotated") => "Keys rotated: the next key is now current, and a new next key is published.",
+        Some("requested") => "Request filed. An operator will review it; this page shows its progress.",
+        Some("withdrawn") => "Request withdrawn.",
+        _ => return page,
+    };
+    page.block(Block::notice("ok", text))
+}
+
+fn client_info(headers: &axum::http::HeaderMap) -> sessions::ClientInfo {
+    crate::routes::auth::client_info(headers, None)
+}
+
+async fn tenants(State(state): State<AppState>, SignedIn(user): SignedIn) -> Response {
+    let all = page_try!(memberships(&state, &user).await);
+    if let [only] = all.as_slice() {
+        return Redirect::to(&format!("/dashboard/{}", only.tenant.slug)).into_response();
+    }
+    PageView::new("Your tenants", Some(&user))
+        .at("/dashboard")
+        .block(Block::table(
+            "Tenants you are a member of",
+            vec!["Tenant", "Plan", "Your role"],
+            all.iter()
+                .map(|m| {
+                    vec![
+                        Cell::Link(format!("/dashboard/{}", m.tenant.slug), m.tenant.name.clone()),
+                        Cell::Text(m.tenant.plan.clone()),
+                        Cell::Text(m.role.as_str().into()),
+                    ]
+                })
+                .collect(),
+            "You are not a member of any tenant yet.",
+        ))
+        .ok()
+}
+
+async fn projects(State(state): State<AppState>, SignedIn(user): SignedIn, Path(slug): Path<String>) -> Response {
+    let m = page_try!(member(&state, user, &slug).await);
+    let console = page_try!(console_of(&state));
+    let all = match console.control.projects(m.tenant.id).await {
+        Ok(p) => p,
+        Err(e) => return core_error_page(e, Some(&m.user)),
+    };
+    m.page(m.tenant.name.clone())
+        .block(Block::Facts(vec![
+            ("Plan".into(), m.tenant.plan.clone()),
+            ("Database".into(), m.tenant.db_strategy.clone()),
+            ("Your role".into(), m.role.as_str().into()),
+        ]))
+        .block(Block::table(
+            "Projects",
+            vec!["Project", "Slug", "Issuer"],
+            all.iter()
+                .map(|p| {
+                    vec![
+                        Cell::Link(format!("/dashboard/{}/p/{}/users", slug, p.id), p.name.clone()),
+                        Cell::Text(p.slug.clone()),
+                        Cell::Code(state.identity.issuer(p.id)),
+                    ]
+                })
+                .collect(),
+            "No projects yet.",
+        ))
+        .block(Block::Para(format!("Plan and dedicated database: see /dashboard/{slug}/billing.")))
+        .ok()
+}
+
+async fn project_home(Path((slug, pid)): Path<(String, String)>) -> Response {
+    Redirect::to(&format!("/dashboard/{slug}/p/{pid}/users")).into_response()
+}
+
+#[derive(Deserialize)]
+struct UsersQuery {
+    q: Option<String>,
+    done: Option<String>,
+}
+
+async fn users_page(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    Path((slug, pid)): Path<(String, String)>,
+    Query(q): Query<UsersQuery>,
+) -> Response {
+    let m = page_try!(member(&state, user, &slug).await);
+    let (p, scope) = page_try!(project(&state, &m, &pid).await);
+    let query = q.q.unwrap_or_default();
+    let found = if query.trim().is_empty() {
+        users::list(&state.router, &scope, 100, None).await
+    } else {
+        users::search(&state.router, &scope, query.trim(), 100).await
+    };
+    let found = match found {
+        Ok(u) => u,
+        Err(e) => return core_error_page(e, Some(&m.user)),
+    };
+    let b = base(&m, &p);
+    let page = flash(project_page(&m, &p, "Users", "users"), &Flash { done: q.done });
+    page.block(Block::Form(
+        FormView::get(format!("{b}/users"), "Search").field(Field::text("search", "q", "Email contains", &query)),
+    ))
+    .block(Block::table(
+        if query.is_empty() { "Users (first 100)".to_owned() } else { format!("Users matching \"{query}\"") },
+        vec!["Email", "Verified", "Status", "Created"],
+        found
+            .iter()
+            .map(|u| {
+                vec![
+                    Cell::Link(format!("{b}/users/{}", u.id), u.email.clone()),
+                    Cell::Text(if u.email_verified { "yes" } else { "no" }.into()),
+                    if u.disabled { Cell::Badge("bad", "disabled".into()) } else { Cell::Badge("ok", "active".into()) },
+                    Cell::Text(u.created_at.format("%Y-%m-%d").to_string()),
+                ]
+            })
+            .collect(),
+        "No users.",
+    ))
+    .ok()
+}
+
+async fn user_page(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    Path((slug, pid, uid)): Path<(String, String, Uuid)>,
+    Query(f): Query<Flash>,
+) -> Response {
+    let m = page_try!(member(&state, user, &slug).await);
+    let (p, scope) = page_try!(project(&state, &m, &pid).await);
+    let (u, list) = match tokio::try_join!(
+        users::get(&state.router, &scope, uid),
+        sessions::list_for_user(&state.router, &scope, uid)
+    ) {
+        Ok(v) => v,
+        Err(e) => return core_error_page(e, Some(&m.user)),
+    };
+    let b = format!("{}/users/{uid}", base(&m, &p));
+    let read_only = !m.role.may_change();
+    let toggle = if u.disabled { ("enable", "Enable user", false) } else { ("disable", "Disable user", true) };
+    let now = state.clock.now();
+    flash(project_page(&m, &p, &u.email, "users"), &f)
+        .block(Block::Facts(vec![
+            ("Email".into(), u.email.clone()),
+            ("Verified".into(), if u.email_verified { "yes" } else { "no" }.into()),
+            ("Status".into(), if u.disabled { "disabled" } else { "active" }.into()),
+            ("Created".into(), u.created_at.format("%Y-%m-%d %H:%M UTC").to_string()),
+            ("Id".into(), u.id.to_string()),
+        ]))
+        .block(Block::Form(
+            FormView::button(format!("{b}/{}", toggle.0), toggle.1, toggle.2).disabled_if(read_only),
+        ))
+        .block(Block::Form(FormView::button(format!("{b}/delete"), "Delete user", true).disabled_if(read_only)))
+        .block(Block::table(
+            "Sessions",
+            vec!["Started", "Last active", "From", "State", ""],
+            list.iter()
+                .map(|s| {
+                    let live = s.revoked_at.is_none() && s.absolute_expires_at > now && s.idle_expires_at > now;
+                    vec![
+                        Cell::Text(s.created_at.format("%Y-%m-%d %H:%M").to_string()),
+                        Cell::Text(s.last_active_at.format("%Y-%m-%d %H:%M").to_string()),
+                        Cell::Text(format!(
+                            "{} {}",
+                            s.ip.clone().unwrap_or_default(),
+                            s.user_agent.clone().unwrap_or_default()
+                        )),
+                        if live { Cell::Badge("ok", "live".into()) } else { Cell::Badge("", "ended".into()) },
+                        if live {
+                            Cell::Action(
+                                FormView::button(format!("{b}/revoke"), "Revoke", true)
+                                    .field(Field::hidden("session", &s.id.to_string()))
+                                    .disabled_if(read_only),
+                            )
+                        } else {
+                            Cell::Text(String::new())
+                        },
+                    ]
+                })
+                .collect(),
+            "No sessions.",
+        ))
+        .ok()
+}
+
+#[derive(Deserialize)]
+struct UserActionForm {
+    csrf: Option<String>,
+    session: Option<Uuid>,
+}
+
+async fn user_action(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    headers: axum::http::HeaderMap,
+    Path((slug, pid, uid, act)): Path<(String, String, Uuid, String)>,
+    Form(f): Form<UserActionForm>,
+) -> Response {
+    page_try!(check_csrf(&user, f.csrf.as_deref()));
+    let m = page_try!(member(&state, user, &slug).await);
+    page_try!(m.may_change());
+    let (p, scope) = page_try!(project(&state, &m, &pid).await);
+    let (router, clock, info, actor) = (&state.router, state.clock.as_ref(), client_info(&headers), m.actor());
+    let b = base(&m, &p);
+    let result = match act.as_str() {
+        "disable" | "enable" => users::set_disabled(router, clock, &scope, uid, act == "disable", &actor, &info)
+            .await
+            .map(|_| format!("{b}/users/{uid}?done={act}d")),
+        "delete" => users::delete(router, clock, &scope, uid, &actor, &info).await.map(|_| format!("{b}/users?done=deleted")),
+        "revoke" => {
+            let Some(sid) = f.session else {
+                return error_page(StatusCode::UNPROCESSABLE_ENTITY, "Which session?", Some(&m.user));
+            };
+            // The session must be this user's (the list it came from), not any of the project.
+            match sessions::list_for_user(router, &scope, uid).await {
+                Ok(list) if list.iter().any(|s| s.id == sid) => {
+                    sessions::revoke(router, clock, &scope, sid, actor, &info).await.map(|_| format!("{b}/users/{uid}?done=revoked"))
+                }
+                Ok(_) => Err(CoreError::NotFound("session")),
+                Err(e) => Err(e),
+            }
+        }
+        _ => return error_page(StatusCode::NOT_FOUND, "No such action.", Some(&m.user)),
+    };
+    match result {
+        Ok(to) => Redirect::to(&to).into_response(),
+        Err(e) => core_error_page(e, Some(&m.user)),
+    }
+}
+
+async fn credentials_page(state: &AppState, m: &Member, p: &Project, scope: &Scope, secret: Option<Block>, f: &Flash) -> Response {
+    let (clients, keys) = match tokio::try_join!(m2m::list(&state.router, scope), api_keys::list(&state.router, scope)) {
+        Ok(v) => v,
+        Err(e) => return core_error_page(e, Some(&m.user)),
+    };
+    let b = format!("{}/credentials", base(m, p));
+    let read_only = !m.role.may_change();
+    let mut page = flash(project_page(m, p, "M2M clients & API keys", "credentials"), f);
+    if let Some(s) = secret {
+        page = page.block(s);
+    }
+    page.block(Block::heading("M2M clients"))
+        .block(Block::Para("Services get tokens with these at POST /v1/auth/token (client credentials).".into()))
+        .block(Block::Form(
+            FormView::post(format!("{b}/m2m"), "Create M2M client")
+                .field(Field::text("text", "name", "Name", "").required())
+                .field(Field::text("text", "scopes", "Scopes (space-separated)", "").placeholder("read:users"))
+                .disabled_if(read_only),
+        ))
+        .block(Block::table(
+            "M2M clients",
+            vec!["Name", "Client id", "Scopes", "Created", "State", ""],
+            clients
+                .iter()
+                .map(|c| {
+                    vec![
+                        Cell::Text(c.name.clone()),
+                        Cell::Code(c.client_id.clone()),
+                        Cell::Text(c.scopes.join(" ")),
+                        Cell::Text(c.created_at.format("%Y-%m-%d").to_string()),
+                        if c.revoked_at.is_some() { Cell::Badge("bad", "revoked".into()) } else { Cell::Badge("ok", "active".into()) },
+                        if c.revoked_at.is_none() {
+                            Cell::Action(FormView::button(format!("{b}/m2m/{}/revoke", c.id), "Revoke", true).disabled_if(read_only))
+                        } else {
+                            Cell::Text(String::new())
+                        },
+                    ]
+                })
+                .collect(),
+            "No M2M clients yet.",
+        ))
+        .block(Block::heading("API keys"))
+        .block(Block::Para("Secret keys for the management API of this project (Authorization: Bearer sk_...).".into()))
+        .block(Block::Form(
+            FormView::post(format!("{b}/api-key"), "Create API key")
+                .field(Field::text("text", "name", "Name", "").required())
+                .disabled_if(read_only),
+        ))
+        .block(Block::table(
+            "API keys",
+            vec!["Name", "Key id", "Created", "State", ""],
+            keys.iter()
+                .map(|k| {
+                    vec![
+                        Cell::Text(k.name.clone()),
+                        Cell::Code(k.key_id.clone()),
+                        Cell::Text(k.created_at.format("%Y-%m-%d").to_string()),
+                        if k.revoked_at.is_some() { Cell::Badge("bad", "revoked".into()) } else { Cell::Badge("ok", "active".into()) },
+                        if k.revoked_at.is_none() {
+                            Cell::Action(FormView::button(format!("{b}/api-key/{}/revoke", k.id), "Revoke", true).disabled_if(read_only))
+                        } else {
+                            Cell::Text(String::new())
+                        },
+                    ]
+                })
+                .collect(),
+            "No API keys yet.",
+        ))
+        .ok()
+}
+
+async fn credentials(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    Path((slug, pid)): Path<(String, String)>,
+    Query(f): Query<Flash>,
+) -> Response {
+    let m = page_try!(member(&state, user, &slug).await);
+    let (p, scope) = page_try!(project(&state, &m, &pid).await);
+    credentials_page(&state, &m, &p, &scope, None, &f).await
+}
+
+#[derive(Deserialize)]
+struct CredentialForm {
+    csrf: Option<String>,
+    name: String,
+    #[serde(default)]
+    scopes: String,
+}
+
+/// Create an M2M client or an API key; the page that answers shows its secret, once.
+async fn create_credential(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    headers: axum::http::HeaderMap,
+    Path((slug, pid, kind)): Path<(String, String, String)>,
+    Form(f): Form<CredentialForm>,
+) -> Response {
+    page_try!(check_csrf(&user, f.csrf.as_deref()));
+    let m = page_try!(member(&state, user, &slug).await);
+    page_try!(m.may_change());
+    let (p, scope) = page_try!(project(&state, &m, &pid).await);
+    let name = match DisplayName::parse(&f.name) {
+        Ok(n) => n,
+        Err(e) => return core_error_page(e.into(), Some(&m.user)),
+    };
+    let (router, clock, info, actor) = (&state.router, state.clock.as_ref(), client_info(&headers), m.actor());
+    let secret = match kind.as_str() {
+        "m2m" => {
+            let new = m2m::NewClient {
+                name,
+                scopes: f.scopes.split_whitespace().map(str::to_owned).collect(),
+                audience: None,
+                token_ttl_secs: None,
+            };
+            m2m::create(router, clock, &scope, &state.identity.issuer(p.id), &new, &actor, &info).await.map(|c| {
+                let label = format!("Client secret of {} (client id {})", c.info.name, c.info.client_id);
+                Block::Secret(super::Secret { label, value: c.client_secret })
+            })
+        }
+        "api-key" => api_keys::create(router, clock, &scope, &name, &actor, &info).await.map(|k| {
+            Block::Secret(super::Secret { label: format!("API key {}", k.info.name), value: k.plaintext })
+        }),
+        _ => return error_page(StatusCode::NOT_FOUND, "No such kind of credential.", Some(&m.user)),
+    };
+    match secret {
+        Ok(s) => credentials_page(&state, &m, &p, &scope, Some(s), &Flash::default()).await,
+        Err(e) => core_error_page(e, Some(&m.user)),
+    }
+}
+
+async fn revoke_credential(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    headers: axum::http::HeaderMap,
+    Path((slug, pid, kind, id)): Path<(String, String, String, Uuid)>,
+    Form(f): Form<super::CsrfOnly>,
+) -> Response {
+    page_try!(check_csrf(&user, f.csrf.as_deref()));
+    let m = page_try!(member(&state, user, &slug).await);
+    page_try!(m.may_change());
+    let (p, scope) = page_try!(project(&state, &m, &pid).await);
+    let (router, clock, info, actor) = (&state.router, state.clock.as_ref(), client_info(&headers), m.actor());
+    let result = match kind.as_str() {
+        "m2m" => m2m::revoke(router, clock, &scope, id, &actor, &info)
+            .await
+            .map(|c| state.identity.forget_credential("client", &c.client_id)),
+        "api-key" => api_keys::revoke(router, clock, &scope, id, &actor, &info)
+            .await
+            .map(|k| state.identity.forget_credential("apikey", &k.key_id)),
+        _ => return error_page(StatusCode::NOT_FOUND, "No such kind of credential.", Some(&m.user)),
+    };
+    match result {
+        Ok(()) => Redirect::to(&format!("{}/credentials?done=revoked", base(&m, &p))).into_response(),
+        Err(e) => core_error_page(e, Some(&m.user)),
+    }
+}
+
+async fn urls(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    Path((slug, pid)): Path<(String, String)>,
+    Query(f): Query<Flash>,
+) -> Response {
+    let m = page_try!(member(&state, user, &slug).await);
+    let (p, scope) = page_try!(project(&state, &m, &pid).await);
+    let (uris, origins, domains) = match tokio::try_join!(
+        project_config::list_redirect_uris(&state.router, &scope),
+        project_config::list_origins(&state.router, &scope),
+        project_config::list_domains(&state.router, &scope)
+    ) {
+        Ok(v) => v,
+        Err(e) => return core_error_page(e, Some(&m.user)),
+    };
+    let b = format!("{}/urls", base(&m, &p));
+    let read_only = !m.role.may_change();
+    let list = |caption: &str, values: &[String], act: &str, empty: &str| {
+        Block::table(
+            caption,
+            vec!["Value", ""],
+            values
+                .iter()
+                .map(|v| {
+                    vec![
+                        Cell::Code(v.clone()),
+                        Cell::Action(
+                            FormView::button(format!("{b}/{act}"), "Remove", true)
+                                .field(Field::hidden("value", v))
+                                .disabled_if(read_only),
+                        ),
+                    ]
+                })
+                .collect(),
+            empty,
+        )
+    };
+    flash(project_page(&m, &p, "Redirect URIs, origins & domains", "urls"), &f)
+        .block(Block::heading("Redirect URIs"))
+        .block(Block::Para("Hosted sign-in and the OpenID provider return only to these, matched exactly.".into()))
+        .block(Block::Form(
+            FormView::post(format!("{b}/add-redirect-uri"), "Add")
+                .field(Field::text("url", "value", "Redirect URI", "").required().placeholder("https://app.example.com/callback"))
+                .disabled_if(read_only),
+        ))
+        .block(list("Redirect URIs", &uris, "remove-redirect-uri", "None yet."))
+        .block(Block::heading("Allowed origins"))
+        .block(Block::Para("Browsers on these origins may call the sign-in API directly (CORS).".into()))
+        .block(Block::Form(
+            FormView::post(format!("{b}/add-origin"), "Add")
+                .field(Field::text("url", "value", "Origin", "").required().placeholder("https://app.example.com"))
+                .disabled_if(read_only),
+        ))
+        .block(list("Allowed origins", &origins, "remove-origin", "None yet."))
+        .block(Block::heading("Custom domains"))
+        .block(Block::Form(
+            FormView::post(format!("{b}/add-domain"), "Add domain")
+                .field(Field::text("text", "value", "Host", "").required().placeholder("login.example.com"))
+                .disabled_if(read_only),
+        ))
+        .block(Block::table(
+            "Custom domains",
+            vec!["Host", "Verification", "TXT record to publish", "", ""],
+            domains
+                .iter()
+                .map(|d| {
+                    vec![
+                        Cell::Text(d.host.clone()),
+                        if d.verified { Cell::Badge("ok", "verified".into()) } else { Cell::Badge("warn", "pending".into()) },
+                        Cell::Code(format!("{} TXT \"{}\"", d.txt_name, d.txt_value)),
+                        if d.verified {
+                            Cell::Text(String::new())
+                        } else {
+                            Cell::Action(
+                                FormView::button(format!("{b}/verify-domain"), "Verify now", false)
+                                    .field(Field::hidden("value", &d.id.to_string()))
+                                    .disabled_if(read_only),
+                            )
+                        },
+                        Cell::Action(
+                            FormView::button(format!("{b}/delete-domain"), "Delete", true)
+                                .field(Field::hidden("value", &d.id.to_string()))
+                                .disabled_if(read_only),
+                        ),
+                    ]
+                })
+                .collect(),
+            "No custom domains.",
+        ))
+        .ok()
+}
+
+#[derive(Deserialize)]
+struct ValueForm {
+    csrf: Option<String>,
+    value: String,
+}
+
+async fn url_action(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    headers: axum::http::HeaderMap,
+    Path((slug, pid, act)): Path<(String, String, String)>,
+    Form(f): Form<ValueForm>,
+) -> Response {
+    page_try!(check_csrf(&user, f.csrf.as_deref()));
+    let m = page_try!(member(&state, user, &slug).await);
+    page_try!(m.may_change());
+    let (p, scope) = page_try!(project(&state, &m, &pid).await);
+    let (router, clock, info, actor) = (&state.router, state.clock.as_ref(), client_info(&headers), m.actor());
+    let value = f.value.trim();
+    let id = || Uuid::parse_str(value).map_err(|_| CoreError::NotFound("domain"));
+    let result: Result<&str, CoreError> = async {
+        match act.as_str() {
+            "add-redirect-uri" => {
+                project_config::add_redirect_uri(router, clock, &scope, &RedirectUri::parse(value)?, &actor, &info).await?;
+                Ok("saved")
+            }
+            "remove-redirect-uri" => {
+                project_config::remove_redirect_uri(router, clock, &scope, value, &actor, &info).await?;
+                Ok("removed")
+            }
+            "add-origin" => {
+                project_config::add_origin(router, clock, &scope, &WebOrigin::parse(value)?, &actor, &info).await?;
+                Ok("saved")
+            }
+            "remove-origin" => {
+                project_config::remove_origin(router, clock, &scope, value, &actor, &info).await?;
+                Ok("removed")
+            }
+            "add-domain" => {
+                project_config::add_domain(router, clock, &scope, &DomainName::parse(value)?, &actor, &info).await?;
+                Ok("saved")
+            }
+            "verify-domain" => {
+                project_config::verify_domain(router, clock, &scope, id()?, state.dns.as_ref(), &actor, &info).await?;
+                Ok("verified")
+            }
+            "delete-domain" => {
+                project_config::delete_domain(router, clock, &scope, id()?, &actor, &info).await?;
+                Ok("removed")
+            }
+            _ => Err(CoreError::NotFound("action")),
+        }
+    }
+    .await;
+    match result {
+        Ok(done) => Redirect::to(&format!("{}/urls?done={done}", base(&m, &p))).into_response(),
+        Err(e) => core_error_page(e, Some(&m.user)),
+    }
+}
+
+async fn signin_page(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    Path((slug, pid)): Path<(String, String)>,
+    Query(f): Query<Flash>,
+) -> Response {
+    let m = page_try!(member(&state, user, &slug).await);
+    let (p, scope) = page_try!(project(&state, &m, &pid).await);
+    let s = match project_config::presentation(&state.router, &scope).await {
+        Ok(s) => s,
+        Err(e) => return core_error_page(e, Some(&m.user)),
+    };
+    let mut form = FormView::post(format!("{}/signin", base(&m, &p)), "Save").disabled_if(!m.role.may_change());
+    for method in project_config::METHODS {
+        let label = match method {
+            "password" => "Password",
+            "magic_link" => "Magic link",
+            "email_code" => "Email code",
+            _ => "Upstream providers (OAuth / OpenID Connect)",
+        };
+        form = form.field(Field::check("method", label, method, s.signin_methods.iter().any(|x| x == method)));
+    }
+    form = form
+        .field(Field::text("text", "display_name", "Display name", s.display_name.as_deref().unwrap_or_default()))
+        .field(Field::text("url", "logo_url", "Logo URL (https)", s.logo_url.as_deref().unwrap_or_default()))
+        .field(Field::text("text", "brand_color", "Brand colour (#rrggbb)", &s.brand_color))
+        .field(Field::text("text", "email_sender_name", "Email sender name", s.email_sender_name.as_deref().unwrap_or_default()));
+    flash(project_page(&m, &p, "Sign-in & branding", "signin"), &f)
+        .block(Block::Para(format!("Hosted sign-in page: {}/p/{}/signin", state.public_url, p.id)))
+        .block(Block::Form(form))
+        .ok()
+}
+
+/// The sign-in form: several `method` values, so it is parsed by hand (serde_urlencoded
+/// keeps only one value per name).
+async fn signin_save(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    headers: axum::http::HeaderMap,
+    Path((slug, pid)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.trim().to_owned());
+    page_try!(check_csrf(&user, get("csrf").as_deref()));
+    let m = page_try!(member(&state, user, &slug).await);
+    page_try!(m.may_change());
+    let (p, scope) = page_try!(project(&state, &m, &pid).await);
+    let optional = |k: &str| Some(get(k).filter(|v| !v.is_empty()));
+    let patch = project_config::PresentationPatch {
+        environment: None,
+        display_name: optional("display_name"),
+        logo_url: optional("logo_url"),
+        brand_color: get("brand_color").filter(|v| !v.is_empty()),
+        email_sender_name: optional("email_sender_name"),
+        signin_methods: Some(pairs.iter().filter(|(n, _)| n == "method").map(|(_, v)| v.clone()).collect()),
+    };
+    let info = client_info(&headers);
+    match project_config::update_presentation(&state.router, state.clock.as_ref(), &scope, &patch, &m.actor(), &info).await {
+        Ok(_) => {
+            state.identity.forget_profile(p.id);
+            Redirect::to(&format!("{}/signin?done=saved", base(&m, &p))).into_response()
+        }
+        Err(e) => core_error_page(e, Some(&m.user)),
+    }
+}
+
+async fn keys_page(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    Path((slug, pid)): Path<(String, String)>,
+    Query(f): Query<Flash>,
+) -> Response {
+    let m = page_try!(member(&state, user, &slug).await);
+    let (p, _) = page_try!(project(&state, &m, &pid).await);
+    let console = page_try!(console_of(&state));
+    let keys = match console.control.signing_keys(p.id).await {
+        Ok(k) => k,
+        Err(e) => return core_error_page(e, Some(&m.user)),
+    };
+    flash(project_page(&m, &p, "Signing keys", "keys"), &f)
+        .block(Block::Para(format!(
+            "Published at {}/p/{}/.well-known/jwks.json. Rotating makes the next key current (verifiers already know it) and publishes a new next key; the old key stays published until tokens it signed have expired.",
+            state.public_url, p.id
+        )))
+        .block(Block::table(
+            "Keys",
+            vec!["Key id", "Algorithm", "State", "Created", "Published until"],
+            keys.iter()
+                .map(|k| {
+                    vec![
+                        Cell::Code(k.kid.clone()),
+                        Cell::Text(k.alg.clone()),
+                        Cell::Badge(if k.state == "current" { "ok" } else { "" }, k.state.clone()),
+                        Cell::Text(k.created_at.format("%Y-%m-%d %H:%M").to_string()),
+                        Cell::Text(k.publish_until.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_default()),
+                    ]
+                })
+                .collect(),
+            "No keys yet: the first token signed creates them.",
+        ))
+        .block(Block::Form(
+            FormView::post(format!("{}/keys/rotate", base(&m, &p)), "Rotate keys").disabled_if(!m.role.may_change()),
+        ))
+        .ok()
+}
+
+async fn rotate_keys(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    Path((slug, pid)): Path<(String, String)>,
+    Form(f): Form<super::CsrfOnly>,
+) -> Response {
+    page_try!(check_csrf(&user, f.csrf.as_deref()));
+    let m = page_try!(member(&state, user, &slug).await);
+    page_try!(m.may_change());
+    let (p, _) = page_try!(project(&state, &m, &pid).await);
+    let console = page_try!(console_of(&state));
+    match console.control.rotate_keys(p.id, None, &console.key, state.clock.now(), false).await {
+        Ok(_) => {
+            state.identity.forget_profile(p.id);
+            Redirect::to(&format!("{}/keys?done=rotated", base(&m, &p))).into_response()
+        }
+        Err(e) => core_error_page(e, Some(&m.user)),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct AuditQuery {
+    action: Option<String>,
+    actor_id: Option<String>,
+    target_id: Option<String>,
+    format: Option<String>,
+}
+
+impl AuditQuery {
+    fn filter(&self) -> authio_core::audit::Filter {
+        let some = |v: &Option<String>| v.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
+        authio_core::audit::Filter {
+            action: some(&self.action),
+            actor_id: some(&self.actor_id),
+            target_id: some(&self.target_id),
+            since: None,
+            until: None,
+        }
+    }
+}
+
+async fn audit_page(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    Path((slug, pid)): Path<(String, String)>,
+    Query(q): Query<AuditQuery>,
+) -> Response {
+    let m = page_try!(member(&state, user, &slug).await);
+    let (p, scope) = page_try!(project(&state, &m, &pid).await);
+    let filter = q.filter();
+    let events = match authio_core::audit::list(&state.router, &scope, &filter, 200, None).await {
+        Ok(e) => e,
+        Err(e) => return core_error_page(e, Some(&m.user)),
+    };
+    let b = format!("{}/audit", base(&m, &p));
+    let export_query = serde_urlencoded::to_string([
+        ("action", filter.action.clone().unwrap_or_default()),
+        ("actor_id", filter.actor_id.clone().unwrap_or_default()),
+        ("target_id", filter.target_id.clone().unwrap_or_default()),
+    ])
+    .unwrap_or_default();
+    project_page(&m, &p, "Audit log", "audit")
+        .block(Block::Form(
+            FormView::get(&b, "Filter")
+                .field(Field::text("text", "action", "Action", filter.action.as_deref().unwrap_or_default()).placeholder("user.signed_in"))
+                .field(Field::text("text", "actor_id", "Actor id", filter.actor_id.as_deref().unwrap_or_default()))
+                .field(Field::text("text", "target_id", "Target id", filter.target_id.as_deref().unwrap_or_default())),
+        ))
+        .block(Block::table(
+            "Export",
+            vec!["Format", "Download (all matching events)"],
+            vec![
+                vec![Cell::Text("CSV".into()), Cell::Link(format!("{b}/export?format=csv&{export_query}"), "audit-events.csv".into())],
+                vec![
+                    Cell::Text("NDJSON".into()),
+                    Cell::Link(format!("{b}/export?format=ndjson&{export_query}"), "audit-events.ndjson".into()),
+                ],
+            ],
+            "",
+        ))
+        .block(Block::table(
+            "The newest 200 matching events",
+            vec!["#", "When", "Action", "Actor", "Target", "IP"],
+            events
+                .iter()
+                .map(|e| {
+                    vec![
+                        Cell::Text(e.seq.to_string()),
+                        Cell::Text(e.occurred_at.format("%Y-%m-%d %H:%M:%S").to_string()),
+                        Cell::Code(e.action.clone()),
+                        Cell::Text(format!(
+                            "{} {}",
+                            e.actor.kind,
+                            e.actor.name.clone().or_else(|| e.actor.id.clone()).unwrap_or_default()
+                        )),
+                        Cell::Text(
+                            e.target.as_ref().map(|t| format!("{} {}", t.kind, t.id.clone().unwrap_or_default())).unwrap_or_default(),
+                        ),
+                        Cell::Text(e.context.ip.clone().unwrap_or_default()),
+                    ]
+                })
+                .collect(),
+            "No events match.",
+        ))
+        .ok()
+}
+
+async fn audit_export(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    Path((slug, pid)): Path<(String, String)>,
+    Query(q): Query<AuditQuery>,
+) -> Response {
+    let m = page_try!(member(&state, user, &slug).await);
+    let (_, scope) = page_try!(project(&state, &m, &pid).await);
+    let csv = match q.format.as_deref() {
+        Some("csv") => true,
+        None | Some("ndjson") => false,
+        Some(_) => return error_page(StatusCode::BAD_REQUEST, "format: csv or ndjson", Some(&m.user)),
+    };
+    crate::routes::manage::audit_export(state.clone(), scope, q.filter(), csv)
+}
+
+const PLANS: [(&str, &str, [&str; 4]); 3] = [
+    (
+        "free",
+        "Free",
+        [
+            "Shared database, row-level security per tenant",
+            "Password, magic link, email code, upstream providers",
+            "Audit log kept 30 days",
+            "Community support",
+        ],
+    ),
+    (
+        "pro",
+        "Pro",
+        [
+            "Everything in Free",
+            "Custom domains and branding",
+            "Audit log kept 90 days, export",
+            "Email support",
+        ],
+    ),
+    (
+        "enterprise",
+        "Enterprise",
+        [
+            "Everything in Pro",
+            "Dedicated database: your data in its own PostgreSQL, moved there online",
+            "Audit log kept 365 days",
+            "Priority support and SLA",
+        ],
+    ),
+];
+
+fn plans_block(current: &str) -> Block {
+    Block::Plans(
+        PLANS
+            .iter()
+            .map(|(id, name, includes)| PlanView { name, current: *id == current, includes: includes.to_vec() })
+            .collect(),
+    )
+}
+
+/// `/billing`: the member's tenant's billing (the list of tenants when there are several).
+async fn billing_home(State(state): State<AppState>, SignedIn(user): SignedIn) -> Response {
+    let all = page_try!(memberships(&state, &user).await);
+    match all.as_slice() {
+        [] => error_page(StatusCode::FORBIDDEN, "This account is not a member of any tenant.", Some(&user)),
+        [only] => Redirect::to(&format!("/dashboard/{}/billing", only.tenant.slug)).into_response(),
+        several => PageView::new("Billing", Some(&user))
+            .at("/billing")
+            .block(Block::table(
+                "Choose a tenant",
+                vec!["Tenant", "Plan"],
+                several
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            Cell::Link(format!("/dashboard/{}/billing", m.tenant.slug), m.tenant.name.clone()),
+                            Cell::Text(m.tenant.plan.clone()),
+                        ]
+                    })
+                    .collect(),
+                "",
+            ))
+            .ok(),
+    }
+}
+
+async fn dedicated_view(state: &AppState, m: &Member) -> Result<(LiveView, DedicatedState), Box<Response>> {
+    let console = console_of(state)?;
+    let fail = |e: CoreError| Box::new(core_error_page(e, Some(&m.user)));
+    // Re-read the tenant: its strategy changes under the page.
+    let tenant = console.control.tenant(m.tenant.id).await.map_err(fail)?.ok_or_else(|| fail(CoreError::NotFound("tenant")))?;
+    let request = console.control.latest_request(tenant.id).await.map_err(fail)?;
+    let st = DedicatedState::of(&tenant, request.as_ref());
+    let mut lines = vec![format!("Your data lives on the {} database.", if tenant.db_strategy == "dedicated" { "dedicated" } else { "shared" })];
+    if let Some(r) = request.as_ref().filter(|r| r.is_open()) {
+        lines.push(format!("Requested by {} on {}.", r.requested_by, r.created_at.format("%Y-%m-%d %H:%M UTC")));
+    }
+    let open = request.as_ref().is_some_and(|r| r.is_open());
+    let view = LiveView { title: "Dedicated database".into(), state: st.label().into(), percent: None, lines, finished: !open };
+    Ok((view, st))
+}
+
+async fn billing(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    Path(slug): Path<String>,
+    Query(f): Query<Flash>,
+) -> Response {
+    let m = page_try!(member(&state, user, &slug).await);
+    let (view, st) = page_try!(dedicated_view(&state, &m).await);
+    let mut page = flash(PageView::new(format!("Billing · {}", m.tenant.name), Some(&m.user)).at("/billing"), &f)
+        .block(Block::Facts(vec![("Your plan".into(), m.tenant.plan.clone()), ("Your role".into(), m.role.as_str().into())]))
+        .block(plans_block(&m.tenant.plan))
+        .block(Block::heading("Dedicated database"));
+    if m.tenant.plan == "enterprise" || m.tenant.db_strategy == "dedicated" {
+        let mut form = FormView::post(format!("/dashboard/{slug}/billing/dedicated"), "Save")
+            .field(Field::switch("dedicated", "Request dedicated DB", st.toggle_on()))
+            .disabled_if(!m.role.may_change());
+        form.autosubmit = true;
+        page = page
+            .block(Block::Para(
+                "Turn this on to ask for your own PostgreSQL database. An operator approves it, provisions it and moves your data there online: sign-ins and tokens keep working throughout. Turn it off on a dedicated database to move back to the shared one.".into(),
+            ))
+            .block(Block::Form(form))
+            .block(Block::Live(Live { url: format!("/dashboard/{slug}/billing/live"), view }));
+    } else {
+        page = page.block(Block::Para(
+            "Upgrade to Enterprise to get a dedicated database: your tenant's data in its own PostgreSQL, moved there online with nothing lost, on the same code path as everyone else. Contact us to upgrade.".into(),
+        ));
+    }
+    page.ok()
+}
+
+async fn billing_live(State(state): State<AppState>, SignedIn(user): SignedIn, Path(slug): Path<String>) -> Response {
+    let m = page_try!(member(&state, user, &slug).await);
+    let (view, _) = page_try!(dedicated_view(&state, &m).await);
+    view.fragment()
+}
+
+#[derive(Deserialize)]
+struct ToggleForm {
+    csrf: Option<String>,
+    dedicated: Option<String>,
+}
+
+async fn toggle_dedicated(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    Path(slug): Path<String>,
+    Form(f): Form<ToggleForm>,
+) -> Response {
+    page_try!(check_csrf(&user, f.csrf.as_deref()));
+    let m = page_try!(member(&state, user, &slug).await);
+    page_try!(m.may_change());
+    let console = page_try!(console_of(&state));
+    let on = f.dedicated.as_deref() == Some("on");
+    match console.control.toggle_dedicated(m.tenant.id, on, m.actor()).await {
+        Ok(r) => {
+            let done = match r {
+                Some(r) if r.state == "withdrawn" => "withdrawn",
+                Some(_) => "requested",
+                None => "saved",
+            };
+            Redirect::to(&format!("/dashboard/{slug}/billing?done={done}")).into_response()
+        }
+        Err(e) => core_error_page(e, Some(&m.user)),
+    }
+}

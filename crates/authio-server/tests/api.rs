@@ -3,6 +3,8 @@
 
 #[path = "api/audit.rs"]
 mod audit;
+#[path = "api/console.rs"]
+mod console;
 #[path = "api/identity.rs"]
 mod identity;
 #[path = "api/moves.rs"]

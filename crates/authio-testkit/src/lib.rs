@@ -326,6 +326,8 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
     let dns = Arc::new(authio_core::project_config::StaticTxt::default());
     auth.dns = Some(dns.clone());
     auth.allow_http_upstreams = true;
+    // The console acts on the control plane, as in `authio serve`.
+    auth.admin_url = Some(shared.admin_url.clone());
     (opts.tune_auth)(&mut auth);
     // A real SMTP receiver on loopback, and the mail sender delivering to it.
     let mail = authio_server::mailcatcher::MailCatcher::default();

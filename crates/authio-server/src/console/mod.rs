@@ -274,8 +274,10 @@ async fn login(State(state): State<AppState>, Query(q): Query<LoginQuery>) -> Re
         )
         .await
     };
-    if let Err(e) = registered.await {
-        return core_error_page(e, None);
+    match registered.await {
+        // Registered by an earlier sign-in.
+        Ok(()) | Err(CoreError::Conflict(_)) => {}
+        Err(e) => return core_error_page(e, None),
     }
     let (verifier, login_state) = (random_token(), random_token());
     let challenge = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));

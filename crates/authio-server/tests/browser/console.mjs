@@ -1,0 +1,219 @@
+// The web console, driven in headless Chromium by the Rust test `console::...` (which starts
+// Authio, seeds the tenants and users, keeps the tenant's API busy meanwhile, and checks what
+// this script reports). Every step asserts what a person would see; any failure exits 1.
+//
+// Input: AUTHIO_CONSOLE_TEST (JSON): base, shots, operator/admin/viewer {email, password},
+// acme/globex {slug, project}. Output: one JSON line on stdout, what the Rust side checks next.
+import { chromium } from "playwright-core";
+import assert from "node:assert/strict";
+import path from "node:path";
+
+const cfg = JSON.parse(process.env.AUTHIO_CONSOLE_TEST);
+const base = cfg.base;
+const log = (...a) => console.error("[console test]", ...a);
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-dev-shm-usage"],
+});
+
+async function shot(page, name) {
+  await page.screenshot({ path: path.join(cfg.shots, `${name}.png`), fullPage: true });
+}
+
+// A fresh browser profile per person: cookies are theirs alone.
+async function signIn(who, phone = false) {
+  const context = await browser.newContext(
+    phone ? { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true } : { viewport: { width: 1280, height: 900 } },
+  );
+  const page = await context.newPage();
+  page.setDefaultTimeout(20000);
+  const resp = await page.goto(`${base}/console`);
+  assert.ok(resp.ok(), `the sign-in page answers (${resp.status()})`);
+  assert.match(page.url(), /\/p\/[0-9a-f-]+\/signin\?/, "an anonymous visit to /console goes to the hosted sign-in");
+  await page.fill("#email", who.email);
+  await page.fill("#password", who.password);
+  await Promise.all([page.waitForURL((u) => !u.pathname.includes("/signin")), page.click("button[type=submit]")]);
+  return { context, page };
+}
+
+async function expectRefused(page, url, status, text) {
+  const r = await page.goto(url);
+  assert.equal(r.status(), status, `${url} answers ${status}`);
+  if (text) assert.match(await page.textContent("main"), text);
+}
+
+const out = {};
+try {
+  // ---- The customer's admin: credentials, then the dedicated database request. ----
+  const admin = await signIn(cfg.admin);
+  let page = admin.page;
+  assert.match(page.url(), new RegExp(`/dashboard/${cfg.acme.slug}$`), "a member lands on their tenant");
+  assert.match(await page.textContent("main"), /Projects/);
+  await shot(page, "dashboard-projects");
+
+  await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/credentials`);
+  await page.fill("form[action$='/credentials/m2m'] input[name=name]", "billing worker");
+  await page.fill("form[action$='/credentials/m2m'] input[name=scopes]", "read:users");
+  await page.click("form[action$='/credentials/m2m'] button[type=submit]");
+  const secret = (await page.textContent("[data-secret]")).trim();
+  assert.ok(secret.length >= 40, "the client secret is shown");
+  const label = await page.textContent(".secret strong");
+  out.client_id = /client id (\S+)\)/.exec(label)[1];
+  out.client_secret = secret;
+  assert.match(await page.textContent("table"), /billing worker/);
+  await shot(page, "dashboard-m2m-secret-once");
+  await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/credentials`);
+  assert.ok(!(await page.content()).includes(secret), "the secret is never shown again");
+  assert.equal(await page.locator("[data-secret]").count(), 0);
+
+  // Users: the seeded end user is found by search and viewed.
+  await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/users?q=${encodeURIComponent(cfg.acme.user)}`);
+  await Promise.all([page.waitForURL(/\/users\/[0-9a-f-]+$/), page.click(`main a:has-text("${cfg.acme.user}")`)]);
+  assert.match(await page.textContent("main"), /Sessions/);
+  await shot(page, "dashboard-user");
+
+  // Billing: Enterprise, the switch is off, flip it (the script submits on change).
+  await page.goto(`${base}/billing`);
+  assert.match(page.url(), new RegExp(`/dashboard/${cfg.acme.slug}/billing$`));
+  assert.match(await page.textContent("main"), /Enterprise/);
+  assert.match(await page.textContent("[data-state]"), /Shared database/);
+  const toggle = page.locator("input[name=dedicated]");
+  assert.equal(await toggle.isChecked(), false);
+  await Promise.all([page.waitForURL(/done=requested/), toggle.check()]);
+  assert.equal(await page.locator("input[name=dedicated]").isChecked(), true);
+  assert.match(await page.textContent("[data-state]"), /Requested/);
+  await shot(page, "billing-requested");
+
+  // ---- A form posted without its CSRF token is refused (the browser's own cookies). ----
+  const noCsrf = await page.request.post(`${base}/dashboard/${cfg.acme.slug}/billing/dedicated`, {
+    form: { dedicated: "" },
+    maxRedirects: 0,
+  });
+  assert.equal(noCsrf.status(), 403, "a post without the CSRF token is refused");
+  const wrongCsrf = await page.request.post(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/credentials/m2m`, {
+    form: { csrf: "x".repeat(43), name: "sneaky" },
+    maxRedirects: 0,
+  });
+  assert.equal(wrongCsrf.status(), 403, "a post with another token is refused");
+
+  // ---- The customer cannot reach the operator console or another tenant. ----
+  await expectRefused(page, `${base}/console/tenants`, 403, /operators/);
+  await expectRefused(page, `${base}/console/requests`, 403);
+  await expectRefused(page, `${base}/dashboard/${cfg.globex.slug}`, 404);
+  await expectRefused(page, `${base}/dashboard/${cfg.globex.slug}/p/${cfg.globex.project}/users`, 404);
+  await expectRefused(page, `${base}/dashboard/${cfg.acme.slug}/p/${cfg.globex.project}/users`, 404);
+  await shot(page, "customer-refused-operator-console");
+
+  // ---- A viewer looks and cannot change anything. ----
+  const viewer = await signIn(cfg.viewer, true);
+  const vp = viewer.page;
+  await vp.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/credentials`);
+  assert.match(await vp.textContent("main"), /viewer/);
+  assert.ok(await vp.locator("form[action$='/credentials/m2m'] button[type=submit]").isDisabled(), "viewers see disabled forms");
+  await shot(vp, "phone-viewer-credentials");
+  const csrf = await vp.locator("input[name=csrf]").first().inputValue();
+  const viewerPost = await vp.request.post(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/credentials/m2m`, {
+    form: { csrf, name: "viewer made this" },
+    maxRedirects: 0,
+  });
+  assert.equal(viewerPost.status(), 403, "the server refuses a viewer's change");
+  const viewerToggle = await vp.request.post(`${base}/dashboard/${cfg.acme.slug}/billing/dedicated`, {
+    form: { csrf },
+    maxRedirects: 0,
+  });
+  assert.equal(viewerToggle.status(), 403);
+  await vp.goto(`${base}/dashboard/${cfg.acme.slug}/billing`);
+  assert.ok(await vp.locator("input[name=dedicated]").isDisabled());
+  assert.match(await vp.textContent("[data-state]"), /Requested/, "the viewer sees the request, unchanged");
+  // Readable on a phone: nothing wider than the screen but the scrolling tables.
+  const overflow = await vp.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 1, `the billing page fits a phone (overflow ${overflow}px)`);
+  await shot(vp, "phone-viewer-billing");
+
+  // ---- The operator: tenants, the request, approve, start the move, watch it. ----
+  const op = await signIn(cfg.operator);
+  const opp = op.page;
+  assert.match(opp.url(), /\/console\/tenants$/);
+  const tenantsText = await opp.textContent("main");
+  for (const t of [cfg.acme.slug, cfg.globex.slug, "enterprise", "shared", "Route epoch"]) assert.match(tenantsText, new RegExp(t));
+  await shot(opp, "operator-tenants");
+  await opp.goto(`${base}/console/hosts`);
+  assert.match(await opp.textContent("main"), /test-dedicated/);
+  await opp.goto(`${base}/console/requests`);
+  const row = opp.locator("tr", { hasText: cfg.acme.slug });
+  assert.match(await row.textContent(), /to dedicated requested/);
+  await shot(opp, "operator-requests");
+  // Keyboard: focus the Approve button with Tab from the host choice, press Enter.
+  await row.locator("select[name=host]").focus();
+  await opp.keyboard.press("Tab");
+  assert.equal(await opp.evaluate(() => document.activeElement.textContent), "Approve");
+  await Promise.all([opp.waitForURL(/done=approved/), opp.keyboard.press("Enter")]);
+  // Provisioning runs in the background: wait until the move can start.
+  const startMove = opp.locator("tr", { hasText: cfg.acme.slug }).locator("button", { hasText: "Start move" });
+  for (let i = 0; i < 120 && !(await startMove.count()); i++) {
+    await new Promise((r) => setTimeout(r, 500));
+    await opp.reload();
+  }
+  assert.equal(await startMove.count(), 1, "the request reaches provisioned");
+  await admin.page.goto(`${base}/dashboard/${cfg.acme.slug}/billing`);
+  out.customer_saw_while_provisioned = (await admin.page.textContent("[data-state]")).trim();
+  await Promise.all([opp.waitForURL(/\/console\/moves\//), startMove.click()]);
+  // The live region refreshes itself until the move is done.
+  const phases = new Set();
+  for (let i = 0; i < 240; i++) {
+    const s = (await opp.textContent("[data-state]")).trim();
+    phases.add(s);
+    if (/^done/.test(s)) break;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  out.phases_seen = [...phases];
+  assert.match(await opp.textContent("[data-state]"), /^done \(to dedicated\)/, `the move finished (saw ${[...phases]})`);
+  assert.match(await opp.textContent(".live"), /write pause/);
+  await shot(opp, "operator-move-done");
+  await opp.goto(`${base}/console/tenants`);
+  assert.match(await opp.locator("tr", { hasText: cfg.acme.slug }).textContent(), /dedicated/);
+  await opp.goto(`${base}/console/audit?tenant=${cfg.acme.slug}`);
+  assert.match(await opp.textContent("main"), /dedicated_db\.done/);
+  await shot(opp, "operator-audit");
+
+  // ---- The customer's billing says Dedicated (the open page refreshed itself). ----
+  await admin.page.waitForFunction(() => /Dedicated/.test(document.querySelector("[data-state]").textContent), null, {
+    timeout: 20000,
+  });
+  await admin.page.goto(`${base}/billing`);
+  assert.equal((await admin.page.textContent("[data-state]")).trim(), "Dedicated");
+  assert.equal(await admin.page.locator("input[name=dedicated]").isChecked(), true);
+  await shot(admin.page, "billing-dedicated");
+
+  // The audit page of the project has the request's story, and the export downloads it.
+  await admin.page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/audit?action=dedicated_db.requested`);
+  assert.match(await admin.page.textContent("main"), /dedicated_db\.requested/);
+  const exp = await admin.page.request.get(
+    `${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/audit/export?format=csv&action=m2m_client.created`,
+  );
+  assert.equal(exp.status(), 200);
+  assert.match(await exp.text(), /m2m_client\.created/);
+  await shot(admin.page, "dashboard-audit");
+
+  // Signing out ends the session: the cookie no longer opens the dashboard.
+  await admin.page.goto(`${base}/dashboard/${cfg.acme.slug}`);
+  await Promise.all([admin.page.waitForURL(/signin/), admin.page.click("form.signout button")]);
+  const after = await admin.page.request.get(`${base}/dashboard/${cfg.acme.slug}`, { maxRedirects: 0 });
+  assert.equal(after.status(), 303, "signed out: back to sign-in");
+  out.ok = true;
+} catch (e) {
+  log("FAILED:", e && e.stack ? e.stack : e);
+  for (const c of browser.contexts()) {
+    for (const p of c.pages()) {
+      try {
+        await p.screenshot({ path: path.join(cfg.shots, `failure-${Date.now()}.png`), fullPage: true });
+        log("page at failure:", p.url());
+      } catch {}
+    }
+  }
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+  console.log(JSON.stringify(out));
+}

@@ -224,7 +224,8 @@ impl ControlPlane {
     pub async fn tenant(&self, id: Uuid) -> Result<Option<Tenant>, CoreError> {
         let mut c = self.client().await?;
         let tx = OwnerTx::begin(&mut c).await?;
-        let row = tx.query_opt(&format!("SELECT {TENANT_COLS} FROM tenants WHERE id = $1"), &[(&id, Type::UUID)]).await?;
+        let row =
+            tx.query_opt(&format!("SELECT {TENANT_COLS} FROM tenants WHERE id = $1"), &[(&id, Type::UUID)]).await?;
         Ok(row.as_ref().map(Tenant::from_row))
     }
 
@@ -481,7 +482,8 @@ impl ControlPlane {
         match self.provision_dedicated(&tenant, ProvisionTarget::Host(host), key).await {
             Ok(p) => {
                 let meta = serde_json::json!({"database": p.database_name, "host": host});
-                self.step_with(id, &["provisioning"], "provisioned", "dedicated_db.provisioned", system, None, meta).await
+                self.step_with(id, &["provisioning"], "provisioned", "dedicated_db.provisioned", system, None, meta)
+                    .await
             }
             Err(e) => self.fail(id, system, &e).await,
         }
@@ -512,7 +514,8 @@ impl ControlPlane {
         };
         match outcome {
             Ok(o) => {
-                let meta = serde_json::json!({"move_id": o.record.id, "pause_ms": o.pause_ms, "verified": o.record.verified});
+                let meta =
+                    serde_json::json!({"move_id": o.record.id, "pause_ms": o.pause_ms, "verified": o.record.verified});
                 self.step_with(id, &["moving"], "done", "dedicated_db.done", system, Some(o.record.id), meta).await
             }
             Err(e) => self.fail(id, system, &e).await,
@@ -771,7 +774,8 @@ async fn transition(
     match row {
         Some(r) => Ok(DbRequest::from_row(&r)),
         None => {
-            let now = tx.query_opt("SELECT state FROM dedicated_db_requests WHERE id = $1", &[(&id, Type::UUID)]).await?;
+            let now =
+                tx.query_opt("SELECT state FROM dedicated_db_requests WHERE id = $1", &[(&id, Type::UUID)]).await?;
             match now {
                 None => Err(CoreError::NotFound("request")),
                 Some(r) => Err(conflict(format!("the request is {} now", r.get::<_, String>(0)))),

@@ -60,7 +60,11 @@ struct Member {
 
 impl Member {
     fn actor(&self) -> Actor {
-        Actor { kind: "user", id: Some(self.user.id.to_string()), name: Some(format!("{} (dashboard)", self.user.email)) }
+        Actor {
+            kind: "user",
+            id: Some(self.user.id.to_string()),
+            name: Some(format!("{} (dashboard)", self.user.email)),
+        }
     }
 
     /// Viewers look and change nothing.
@@ -234,9 +238,12 @@ async fn users_page(
     };
     let b = base(&m, &p);
     let page = flash(project_page(&m, &p, "Users", "users"), &Flash { done: q.done });
-    page.block(Block::Form(
-        FormView::get(format!("{b}/users"), "Search").field(Field::text("search", "q", "Email contains", &query)),
-    ))
+    page.block(Block::Form(FormView::get(format!("{b}/users"), "Search").field(Field::text(
+        "search",
+        "q",
+        "Email contains",
+        &query,
+    ))))
     .block(Block::table(
         if query.is_empty() { "Users (first 100)".to_owned() } else { format!("Users matching \"{query}\"") },
         vec!["Email", "Verified", "Status", "Created"],
@@ -283,9 +290,7 @@ async fn user_page(
             ("Created".into(), u.created_at.format("%Y-%m-%d %H:%M UTC").to_string()),
             ("Id".into(), u.id.to_string()),
         ]))
-        .block(Block::Form(
-            FormView::button(format!("{b}/{}", toggle.0), toggle.1, toggle.2).disabled_if(read_only),
-        ))
+        .block(Block::Form(FormView::button(format!("{b}/{}", toggle.0), toggle.1, toggle.2).disabled_if(read_only)))
         .block(Block::Form(FormView::button(format!("{b}/delete"), "Delete user", true).disabled_if(read_only)))
         .block(Block::table(
             "Sessions",
@@ -342,7 +347,9 @@ async fn user_action(
         "disable" | "enable" => users::set_disabled(router, clock, &scope, uid, act == "disable", &actor, &info)
             .await
             .map(|_| format!("{b}/users/{uid}?done={act}d")),
-        "delete" => users::delete(router, clock, &scope, uid, &actor, &info).await.map(|_| format!("{b}/users?done=deleted")),
+        "delete" => {
+            users::delete(router, clock, &scope, uid, &actor, &info).await.map(|_| format!("{b}/users?done=deleted"))
+        }
         "revoke" => {
             let Some(sid) = f.session else {
                 return error_page(StatusCode::UNPROCESSABLE_ENTITY, "Which session?", Some(&m.user));
@@ -350,7 +357,9 @@ async fn user_action(
             // The session must be this user's (the list it came from), not any of the project.
             match sessions::list_for_user(router, &scope, uid).await {
                 Ok(list) if list.iter().any(|s| s.id == sid) => {
-                    sessions::revoke(router, clock, &scope, sid, actor, &info).await.map(|_| format!("{b}/users/{uid}?done=revoked"))
+                    sessions::revoke(router, clock, &scope, sid, actor, &info)
+                        .await
+                        .map(|_| format!("{b}/users/{uid}?done=revoked"))
                 }
                 Ok(_) => Err(CoreError::NotFound("session")),
                 Err(e) => Err(e),
@@ -364,8 +373,16 @@ async fn user_action(
     }
 }
 
-async fn credentials_page(state: &AppState, m: &Member, p: &Project, scope: &Scope, secret: Option<Block>, f: &Flash) -> Response {
-    let (clients, keys) = match tokio::try_join!(m2m::list(&state.router, scope), api_keys::list(&state.router, scope)) {
+async fn credentials_page(
+    state: &AppState,
+    m: &Member,
+    p: &Project,
+    scope: &Scope,
+    secret: Option<Block>,
+    f: &Flash,
+) -> Response {
+    let (clients, keys) = match tokio::try_join!(m2m::list(&state.router, scope), api_keys::list(&state.router, scope))
+    {
         Ok(v) => v,
         Err(e) => return core_error_page(e, Some(&m.user)),
     };
@@ -394,9 +411,16 @@ async fn credentials_page(state: &AppState, m: &Member, p: &Project, scope: &Sco
                         Cell::Code(c.client_id.clone()),
                         Cell::Text(c.scopes.join(" ")),
                         Cell::Text(c.created_at.format("%Y-%m-%d").to_string()),
-                        if c.revoked_at.is_some() { Cell::Badge("bad", "revoked".into()) } else { Cell::Badge("ok", "active".into()) },
+                        if c.revoked_at.is_some() {
+                            Cell::Badge("bad", "revoked".into())
+                        } else {
+                            Cell::Badge("ok", "active".into())
+                        },
                         if c.revoked_at.is_none() {
-                            Cell::Action(FormView::button(format!("{b}/m2m/{}/revoke", c.id), "Revoke", true).disabled_if(read_only))
+                            Cell::Action(
+                                FormView::button(format!("{b}/m2m/{}/revoke", c.id), "Revoke", true)
+                                    .disabled_if(read_only),
+                            )
                         } else {
                             Cell::Text(String::new())
                         },
@@ -421,9 +445,16 @@ async fn credentials_page(state: &AppState, m: &Member, p: &Project, scope: &Sco
                         Cell::Text(k.name.clone()),
                         Cell::Code(k.key_id.clone()),
                         Cell::Text(k.created_at.format("%Y-%m-%d").to_string()),
-                        if k.revoked_at.is_some() { Cell::Badge("bad", "revoked".into()) } else { Cell::Badge("ok", "active".into()) },
+                        if k.revoked_at.is_some() {
+                            Cell::Badge("bad", "revoked".into())
+                        } else {
+                            Cell::Badge("ok", "active".into())
+                        },
                         if k.revoked_at.is_none() {
-                            Cell::Action(FormView::button(format!("{b}/api-key/{}/revoke", k.id), "Revoke", true).disabled_if(read_only))
+                            Cell::Action(
+                                FormView::button(format!("{b}/api-key/{}/revoke", k.id), "Revoke", true)
+                                    .disabled_if(read_only),
+                            )
                         } else {
                             Cell::Text(String::new())
                         },
@@ -484,9 +515,9 @@ async fn create_credential(
                 Block::Secret(super::Secret { label, value: c.client_secret })
             })
         }
-        "api-key" => api_keys::create(router, clock, &scope, &name, &actor, &info).await.map(|k| {
-            Block::Secret(super::Secret { label: format!("API key {}", k.info.name), value: k.plaintext })
-        }),
+        "api-key" => api_keys::create(router, clock, &scope, &name, &actor, &info)
+            .await
+            .map(|k| Block::Secret(super::Secret { label: format!("API key {}", k.info.name), value: k.plaintext })),
         _ => return error_page(StatusCode::NOT_FOUND, "No such kind of credential.", Some(&m.user)),
     };
     match secret {
@@ -565,7 +596,11 @@ async fn urls(
         .block(Block::Para("Hosted sign-in and the OpenID provider return only to these, matched exactly.".into()))
         .block(Block::Form(
             FormView::post(format!("{b}/add-redirect-uri"), "Add")
-                .field(Field::text("url", "value", "Redirect URI", "").required().placeholder("https://app.example.com/callback"))
+                .field(
+                    Field::text("url", "value", "Redirect URI", "")
+                        .required()
+                        .placeholder("https://app.example.com/callback"),
+                )
                 .disabled_if(read_only),
         ))
         .block(list("Redirect URIs", &uris, "remove-redirect-uri", "None yet."))
@@ -591,7 +626,11 @@ async fn urls(
                 .map(|d| {
                     vec![
                         Cell::Text(d.host.clone()),
-                        if d.verified { Cell::Badge("ok", "verified".into()) } else { Cell::Badge("warn", "pending".into()) },
+                        if d.verified {
+                            Cell::Badge("ok", "verified".into())
+                        } else {
+                            Cell::Badge("warn", "pending".into())
+                        },
                         Cell::Code(format!("{} TXT \"{}\"", d.txt_name, d.txt_value)),
                         if d.verified {
                             Cell::Text(String::new())
@@ -638,7 +677,8 @@ async fn url_action(
     let result: Result<&str, CoreError> = async {
         match act.as_str() {
             "add-redirect-uri" => {
-                project_config::add_redirect_uri(router, clock, &scope, &RedirectUri::parse(value)?, &actor, &info).await?;
+                project_config::add_redirect_uri(router, clock, &scope, &RedirectUri::parse(value)?, &actor, &info)
+                    .await?;
                 Ok("saved")
             }
             "remove-redirect-uri" => {
@@ -701,7 +741,12 @@ async fn signin_page(
         .field(Field::text("text", "display_name", "Display name", s.display_name.as_deref().unwrap_or_default()))
         .field(Field::text("url", "logo_url", "Logo URL (https)", s.logo_url.as_deref().unwrap_or_default()))
         .field(Field::text("text", "brand_color", "Brand colour (#rrggbb)", &s.brand_color))
-        .field(Field::text("text", "email_sender_name", "Email sender name", s.email_sender_name.as_deref().unwrap_or_default()));
+        .field(Field::text(
+            "text",
+            "email_sender_name",
+            "Email sender name",
+            s.email_sender_name.as_deref().unwrap_or_default(),
+        ));
     flash(project_page(&m, &p, "Sign-in & branding", "signin"), &f)
         .block(Block::Para(format!("Hosted sign-in page: {}/p/{}/signin", state.public_url, p.id)))
         .block(Block::Form(form))
@@ -733,7 +778,9 @@ async fn signin_save(
         signin_methods: Some(pairs.iter().filter(|(n, _)| n == "method").map(|(_, v)| v.clone()).collect()),
     };
     let info = client_info(&headers);
-    match project_config::update_presentation(&state.router, state.clock.as_ref(), &scope, &patch, &m.actor(), &info).await {
+    match project_config::update_presentation(&state.router, state.clock.as_ref(), &scope, &patch, &m.actor(), &info)
+        .await
+    {
         Ok(_) => {
             state.identity.forget_profile(p.id);
             Redirect::to(&format!("{}/signin?done=saved", base(&m, &p))).into_response()
@@ -846,7 +893,10 @@ async fn audit_page(
     project_page(&m, &p, "Audit log", "audit")
         .block(Block::Form(
             FormView::get(&b, "Filter")
-                .field(Field::text("text", "action", "Action", filter.action.as_deref().unwrap_or_default()).placeholder("user.signed_in"))
+                .field(
+                    Field::text("text", "action", "Action", filter.action.as_deref().unwrap_or_default())
+                        .placeholder("user.signed_in"),
+                )
                 .field(Field::text("text", "actor_id", "Actor id", filter.actor_id.as_deref().unwrap_or_default()))
                 .field(Field::text("text", "target_id", "Target id", filter.target_id.as_deref().unwrap_or_default())),
         ))
@@ -854,7 +904,10 @@ async fn audit_page(
             "Export",
             vec!["Format", "Download (all matching events)"],
             vec![
-                vec![Cell::Text("CSV".into()), Cell::Link(format!("{b}/export?format=csv&{export_query}"), "audit-events.csv".into())],
+                vec![
+                    Cell::Text("CSV".into()),
+                    Cell::Link(format!("{b}/export?format=csv&{export_query}"), "audit-events.csv".into()),
+                ],
                 vec![
                     Cell::Text("NDJSON".into()),
                     Cell::Link(format!("{b}/export?format=ndjson&{export_query}"), "audit-events.ndjson".into()),
@@ -878,7 +931,10 @@ async fn audit_page(
                             e.actor.name.clone().or_else(|| e.actor.id.clone()).unwrap_or_default()
                         )),
                         Cell::Text(
-                            e.target.as_ref().map(|t| format!("{} {}", t.kind, t.id.clone().unwrap_or_default())).unwrap_or_default(),
+                            e.target
+                                .as_ref()
+                                .map(|t| format!("{} {}", t.kind, t.id.clone().unwrap_or_default()))
+                                .unwrap_or_default(),
                         ),
                         Cell::Text(e.context.ip.clone().unwrap_or_default()),
                     ]
@@ -905,27 +961,19 @@ async fn audit_export(
     crate::routes::manage::audit_export(state.clone(), scope, q.filter(), csv)
 }
 
+/// What each plan includes (docs/concepts/pricing-tiers.md says the same).
 const PLANS: [(&str, &str, [&str; 4]); 3] = [
     (
         "free",
         "Free",
         [
-            "Shared database, row-level security per tenant",
-            "Password, magic link, email code, upstream providers",
+            "Shared database, isolated by row-level security",
+            "Every sign-in method, hosted pages, OpenID provider, custom domains",
             "Audit log kept 30 days",
             "Community support",
         ],
     ),
-    (
-        "pro",
-        "Pro",
-        [
-            "Everything in Free",
-            "Custom domains and branding",
-            "Audit log kept 90 days, export",
-            "Email support",
-        ],
-    ),
+    ("pro", "Pro", ["Everything in Free", "Audit log kept 90 days", "Email support", "Move to Enterprise at any time"]),
     (
         "enterprise",
         "Enterprise",
@@ -977,15 +1025,25 @@ async fn dedicated_view(state: &AppState, m: &Member) -> Result<(LiveView, Dedic
     let console = console_of(state)?;
     let fail = |e: CoreError| Box::new(core_error_page(e, Some(&m.user)));
     // Re-read the tenant: its strategy changes under the page.
-    let tenant = console.control.tenant(m.tenant.id).await.map_err(fail)?.ok_or_else(|| fail(CoreError::NotFound("tenant")))?;
+    let tenant =
+        console.control.tenant(m.tenant.id).await.map_err(fail)?.ok_or_else(|| fail(CoreError::NotFound("tenant")))?;
     let request = console.control.latest_request(tenant.id).await.map_err(fail)?;
     let st = DedicatedState::of(&tenant, request.as_ref());
-    let mut lines = vec![format!("Your data lives on the {} database.", if tenant.db_strategy == "dedicated" { "dedicated" } else { "shared" })];
+    let mut lines = vec![format!(
+        "Your data lives on the {} database.",
+        if tenant.db_strategy == "dedicated" { "dedicated" } else { "shared" }
+    )];
     if let Some(r) = request.as_ref().filter(|r| r.is_open()) {
         lines.push(format!("Requested by {} on {}.", r.requested_by, r.created_at.format("%Y-%m-%d %H:%M UTC")));
     }
     let open = request.as_ref().is_some_and(|r| r.is_open());
-    let view = LiveView { title: "Dedicated database".into(), state: st.label().into(), percent: None, lines, finished: !open };
+    let view = LiveView {
+        title: "Dedicated database".into(),
+        state: st.label().into(),
+        percent: None,
+        lines,
+        finished: !open,
+    };
     Ok((view, st))
 }
 
@@ -998,7 +1056,10 @@ async fn billing(
     let m = page_try!(member(&state, user, &slug).await);
     let (view, st) = page_try!(dedicated_view(&state, &m).await);
     let mut page = flash(PageView::new(format!("Billing · {}", m.tenant.name), Some(&m.user)).at("/billing"), &f)
-        .block(Block::Facts(vec![("Your plan".into(), m.tenant.plan.clone()), ("Your role".into(), m.role.as_str().into())]))
+        .block(Block::Facts(vec![
+            ("Your plan".into(), m.tenant.plan.clone()),
+            ("Your role".into(), m.role.as_str().into()),
+        ]))
         .block(plans_block(&m.tenant.plan))
         .block(Block::heading("Dedicated database"));
     if m.tenant.plan == "enterprise" || m.tenant.db_strategy == "dedicated" {

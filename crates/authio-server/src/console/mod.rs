@@ -178,7 +178,12 @@ fn open_session_cookie(console: &Console, value: &str) -> Option<(Uuid, Uuid)> {
 }
 
 /// The session's user, if the session is live and the user may still sign in.
-async fn live_user(state: &AppState, console: &Console, sid: Uuid, uid: Uuid) -> Result<Option<ConsoleUser>, CoreError> {
+async fn live_user(
+    state: &AppState,
+    console: &Console,
+    sid: Uuid,
+    uid: Uuid,
+) -> Result<Option<ConsoleUser>, CoreError> {
     let scope = console.platform_scope().await?;
     let now = state.clock.now();
     let rows = state
@@ -317,10 +322,18 @@ async fn callback(
     let started = cookie(&headers, LOGIN_COOKIE);
     let parts: Vec<&str> = started.as_deref().map(|s| s.split('.').collect()).unwrap_or_default();
     let (Some(code), Some(returned), [login_state, verifier, next]) = (q.code, q.state, parts.as_slice()) else {
-        return error_page(StatusCode::BAD_REQUEST, "This sign-in was not started here, or took too long. Sign in again.", None);
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "This sign-in was not started here, or took too long. Sign in again.",
+            None,
+        );
     };
     if !bool::from(returned.as_bytes().ct_eq(login_state.as_bytes())) {
-        return error_page(StatusCode::BAD_REQUEST, "This sign-in was not started in this browser. Sign in again.", None);
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "This sign-in was not started in this browser. Sign in again.",
+            None,
+        );
     }
     let next = URL_SAFE_NO_PAD.decode(next).ok().and_then(|b| String::from_utf8(b).ok());
     let ip = crate::routes::auth::client_ip(&state, connect.as_ref(), &headers);

@@ -51,7 +51,11 @@ pub fn routes() -> axum::Router<AppState> {
 fn operator<'a>(state: &'a AppState, user: &ConsoleUser) -> Result<&'a Arc<Console>, Box<Response>> {
     let console = console_of(state)?;
     if !user.operator {
-        return Err(Box::new(error_page(StatusCode::FORBIDDEN, "The operator console is for Authio's operators.", Some(user))));
+        return Err(Box::new(error_page(
+            StatusCode::FORBIDDEN,
+            "The operator console is for Authio's operators.",
+            Some(user),
+        )));
     }
     Ok(console)
 }
@@ -93,9 +97,10 @@ async fn tenants(State(state): State<AppState>, SignedIn(user): SignedIn) -> Res
                 Cell::Code(t.home.clone()),
                 Cell::Text(t.tenant.route_epoch.to_string()),
                 match (&t.move_phase, &t.request) {
-                    (_, Some(r)) if r.state == "moving" => {
-                        Cell::Link(format!("/console/moves/{}", t.tenant.slug), format!("moving ({})", t.move_phase.as_deref().unwrap_or("starting")))
-                    }
+                    (_, Some(r)) if r.state == "moving" => Cell::Link(
+                        format!("/console/moves/{}", t.tenant.slug),
+                        format!("moving ({})", t.move_phase.as_deref().unwrap_or("starting")),
+                    ),
                     (Some(p), _) => Cell::Text(format!("last move {p}")),
                     (None, _) => Cell::Text("never moved".into()),
                 },
@@ -187,7 +192,10 @@ async fn tenant_detail(
     page.block(Block::table(
         "Projects",
         vec!["Project", "Slug", "Id"],
-        projects.iter().map(|p| vec![Cell::Text(p.name.clone()), Cell::Text(p.slug.clone()), Cell::Code(p.id.to_string())]).collect(),
+        projects
+            .iter()
+            .map(|p| vec![Cell::Text(p.name.clone()), Cell::Text(p.slug.clone()), Cell::Code(p.id.to_string())])
+            .collect(),
         "No projects.",
     ))
     .block(Block::table(
@@ -197,7 +205,10 @@ async fn tenant_detail(
             .iter()
             .map(|m| {
                 vec![
-                    Cell::Link(format!("/console/moves/{}", t.slug), m.started_at.format("%Y-%m-%d %H:%M:%S").to_string()),
+                    Cell::Link(
+                        format!("/console/moves/{}", t.slug),
+                        m.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    ),
                     Cell::Text(m.direction.as_str().replace('_', " ")),
                     Cell::Text(m.phase.clone()),
                     Cell::Text(m.pause_ms.map(|p| format!("{p:.1} ms")).unwrap_or_default()),
@@ -264,10 +275,11 @@ async fn hosts(State(state): State<AppState>, SignedIn(user): SignedIn) -> Respo
 
 async fn requests(State(state): State<AppState>, SignedIn(user): SignedIn, Query(f): Query<Flash>) -> Response {
     let console = page_try!(operator(&state, &user));
-    let (all, hosts) = match tokio::try_join!(console.control.db_requests(false), console.control.list_dedicated_hosts()) {
-        Ok(v) => v,
-        Err(e) => return core_error_page(e, Some(&user)),
-    };
+    let (all, hosts) =
+        match tokio::try_join!(console.control.db_requests(false), console.control.list_dedicated_hosts()) {
+            Ok(v) => v,
+            Err(e) => return core_error_page(e, Some(&user)),
+        };
     let host_options: Vec<(String, String)> = hosts.iter().map(|h| (h.name.clone(), h.name.clone())).collect();
     let first_host = host_options.first().map(|h| h.0.clone()).unwrap_or_default();
     let rows = all
@@ -440,7 +452,9 @@ async fn move_view(console: &Console, t: &Tenant) -> Result<LiveView, authio_cor
     let running = matches!(request_state.as_deref(), Some("moving" | "provisioning"));
     let state = match (newest, request_state.as_deref()) {
         (_, Some("provisioning")) => "provisioning the dedicated database".to_owned(),
-        (Some(m), Some("moving")) if m.finished_at.is_none() => format!("{} ({})", m.phase, m.direction.as_str().replace('_', " ")),
+        (Some(m), Some("moving")) if m.finished_at.is_none() => {
+            format!("{} ({})", m.phase, m.direction.as_str().replace('_', " "))
+        }
         (_, Some("moving")) => "starting".to_owned(),
         (Some(m), _) => {
             percent = percent.or(Some(100).filter(|_| m.phase == "done"));
@@ -510,7 +524,10 @@ async fn audit(State(state): State<AppState>, SignedIn(user): SignedIn, Query(q)
         .block(Block::Form(
             FormView::get("/console/audit", "Filter")
                 .field(Field::text("text", "tenant", "Tenant slug", tenant.as_deref().unwrap_or_default()))
-                .field(Field::text("text", "action", "Action", action.as_deref().unwrap_or_default()).placeholder("user.signed_in")),
+                .field(
+                    Field::text("text", "action", "Action", action.as_deref().unwrap_or_default())
+                        .placeholder("user.signed_in"),
+                ),
         ))
         .block(Block::table(
             "The newest 200 events, each read at its tenant's home",

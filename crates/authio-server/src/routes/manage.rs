@@ -419,7 +419,7 @@ pub async fn export_audit_events(
     Path(project_id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<axum::response::Response, ApiError> {
-        check_project(&ctx, &project_id)?;
+    check_project(&ctx, &project_id)?;
     let q: ExportQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("bad query: {e}")))?;
     check_filter(&q.action, "action")?;

@@ -30,7 +30,10 @@ async fn the_console_in_a_real_browser_from_request_to_dedicated_while_the_api_k
         browser_dir.display()
     );
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(std::path::Path::new(&chromium).exists(), "{chromium} is missing: apt-get install chromium (scripts/test does)");
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "{chromium} is missing: apt-get install chromium (scripts/test does)"
+    );
 
     let app = spawn_app().await;
     let platform = seed_tenant(&app.shared, "authio", TenantKind::Platform, Plan::Enterprise).await;
@@ -72,12 +75,19 @@ async fn the_console_in_a_real_browser_from_request_to_dedicated_while_the_api_k
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
-                let w = http.post(&users).bearer_auth(&key).json(&json!({"email": format!("load{i}@acme.test")})).send().await;
+                let w = http
+                    .post(&users)
+                    .bearer_auth(&key)
+                    .json(&json!({"email": format!("load{i}@acme.test")}))
+                    .send()
+                    .await;
                 let r = http.get(&users).bearer_auth(&key).send().await;
                 for (what, res) in [("create", w), ("list", r)] {
                     match res {
                         Ok(r) if r.status().is_success() => ok += 1,
-                        Ok(r) => failures.push(format!("{what} {i}: {} {}", r.status(), r.text().await.unwrap_or_default())),
+                        Ok(r) => {
+                            failures.push(format!("{what} {i}: {} {}", r.status(), r.text().await.unwrap_or_default()))
+                        }
                         Err(e) => failures.push(format!("{what} {i}: {e}")),
                     }
                 }
@@ -88,6 +98,7 @@ async fn the_console_in_a_real_browser_from_request_to_dedicated_while_the_api_k
     };
 
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    let _ = std::fs::remove_dir_all(&shots);
     std::fs::create_dir_all(&shots).unwrap();
     let cfg = json!({
         "base": app.base_url,
@@ -120,7 +131,13 @@ async fn the_console_in_a_real_browser_from_request_to_dedicated_while_the_api_k
     // While provisioned, before the move, the customer saw it as provisioning.
     assert_eq!(report["customer_saw_while_provisioned"], "Provisioning");
     // The screenshots of the main pages exist.
-    for name in ["dashboard-m2m-secret-once", "billing-requested", "operator-requests", "operator-move-done", "billing-dedicated"] {
+    for name in [
+        "dashboard-m2m-secret-once",
+        "billing-requested",
+        "operator-requests",
+        "operator-move-done",
+        "billing-dedicated",
+    ] {
         let f = shots.join(format!("{name}.png"));
         assert!(std::fs::metadata(&f).map(|m| m.len() > 1000).unwrap_or(false), "{} missing", f.display());
     }
@@ -177,7 +194,120 @@ async fn the_console_in_a_real_browser_from_request_to_dedicated_while_the_api_k
             .json()
             .await
             .unwrap();
-        let by: Vec<&str> = events["data"].as_array().unwrap().iter().map(|e| e["actor"]["name"].as_str().unwrap_or("")).collect();
+        let by: Vec<&str> =
+            events["data"].as_array().unwrap().iter().map(|e| e["actor"]["name"].as_str().unwrap_or("")).collect();
         assert_eq!(by, vec![who], "{action}");
     }
+}
+
+fn member_actor() -> authio_core::audit::Actor {
+    authio_core::audit::Actor { kind: "user", id: None, name: Some("owner@test (dashboard)".into()) }
+}
+
+#[tokio::test]
+async fn dedicated_requests_withdraw_decline_and_refuse_what_the_plan_or_state_forbids() {
+    let app = spawn_app().await;
+    let ent = seed_tenant(&app.shared, "ent", TenantKind::Customer, Plan::Enterprise).await;
+    let pro = seed_tenant(&app.shared, "pro", TenantKind::Customer, Plan::Pro).await;
+    let cp = &app.control;
+    // Not on Enterprise: refused, nothing filed.
+    let e = cp.toggle_dedicated(pro.tenant.id, true, member_actor()).await.unwrap_err();
+    assert!(matches!(e, authio_core::CoreError::Invalid(_)), "{e:?}");
+    assert!(cp.latest_request(pro.tenant.id).await.unwrap().is_none());
+    // Filed once (a second click returns the same request), withdrawn by turning it off.
+    let r = cp.toggle_dedicated(ent.tenant.id, true, member_actor()).await.unwrap().unwrap();
+    let again = cp.toggle_dedicated(ent.tenant.id, true, member_actor()).await.unwrap().unwrap();
+    assert_eq!((r.id, r.state.as_str()), (again.id, "requested"));
+    let w = cp.toggle_dedicated(ent.tenant.id, false, member_actor()).await.unwrap().unwrap();
+    assert_eq!((w.id, w.state.as_str()), (r.id, "withdrawn"));
+    // Off on a shared tenant with nothing open: nothing to do.
+    assert!(cp.toggle_dedicated(ent.tenant.id, false, member_actor()).await.unwrap().is_none());
+    // Declined requests cannot be approved afterwards; a fresh one can be filed.
+    let r2 = cp.toggle_dedicated(ent.tenant.id, true, member_actor()).await.unwrap().unwrap();
+    assert_ne!(r2.id, r.id);
+    let op = authio_core::audit::Actor { kind: "operator", id: None, name: Some("op".into()) };
+    assert_eq!(cp.decline_request(r2.id, op.clone()).await.unwrap().state, "declined");
+    assert!(matches!(cp.approve_request(r2.id, op.clone()).await, Err(authio_core::CoreError::Conflict(_))));
+    assert!(matches!(cp.begin_request_move(r2.id, op.clone()).await, Err(authio_core::CoreError::Conflict(_))));
+    // An approved request cannot be withdrawn from the billing page any more.
+    let r3 = cp.toggle_dedicated(ent.tenant.id, true, member_actor()).await.unwrap().unwrap();
+    assert_eq!(cp.approve_request(r3.id, op.clone()).await.unwrap().state, "provisioning");
+    assert!(matches!(
+        cp.toggle_dedicated(ent.tenant.id, false, member_actor()).await,
+        Err(authio_core::CoreError::Conflict(_))
+    ));
+    // A failed provisioning (no such host) leaves the request failed with its reason.
+    let failed = cp.provision_for_request(r3.id, "no-such-host", &test_master_key()).await.unwrap();
+    assert_eq!(failed.state, "failed");
+    assert!(failed.error.is_some());
+    // Plans: an operator changes them; a dedicated tenant cannot leave Enterprise.
+    assert_eq!(cp.set_plan(pro.tenant.id, Plan::Free, op.clone()).await.unwrap().plan, "free");
+    authio_testkit::make_dedicated(&app.shared, &ent.tenant).await;
+    assert!(matches!(cp.set_plan(ent.tenant.id, Plan::Pro, op).await, Err(authio_core::CoreError::Conflict(_))));
+    // Every step is in the tenant's audit log.
+    let actions = admin_query_strings(
+        &app.shared.admin_url,
+        &format!(
+            "SELECT action FROM audit_outbox WHERE tenant_id = '{}' AND action LIKE 'dedicated_db.%' ORDER BY occurred_at",
+            ent.tenant.id
+        ),
+    )
+    .await;
+    let in_log = admin_query_strings(
+        &app.shared.admin_url,
+        &format!(
+            "SELECT action FROM audit_events WHERE tenant_id = '{}' AND action LIKE 'dedicated_db.%' ORDER BY seq",
+            ent.tenant.id
+        ),
+    )
+    .await;
+    let all: Vec<String> = in_log.into_iter().chain(actions).collect();
+    for a in [
+        "dedicated_db.requested",
+        "dedicated_db.request_withdrawn",
+        "dedicated_db.declined",
+        "dedicated_db.approved",
+        "dedicated_db.failed",
+    ] {
+        assert!(all.iter().any(|x| x == a), "{a} missing from {all:?}");
+    }
+}
+
+#[tokio::test]
+async fn console_sign_in_refuses_foreign_callbacks_and_unknown_sessions() {
+    let app = spawn_app().await;
+    seed_tenant(&app.shared, "authio", TenantKind::Platform, Plan::Enterprise).await;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    // Anonymous: every console page sends the browser to sign in, keeping where it was going.
+    for path in ["/console", "/console/tenants", "/dashboard/acme", "/billing"] {
+        let r = http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "{path}");
+        assert!(r.headers()["location"].to_str().unwrap().starts_with("/console/login?next="), "{path}");
+    }
+    // A forged session cookie is no session.
+    let r = http.get(app.url("/console/tenants")).header("cookie", "authio_console=AAAA.BBBB").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    // The login redirects to the platform's hosted page with PKCE S256 and a browser-bound state.
+    let r = http.get(app.url("/console/login?next=//evil.example")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let to = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(to.contains("/signin?") && to.contains("code_challenge_method=S256"), "{to}");
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
+    // A callback without the browser's login cookie, or with another state, is refused.
+    let r = http.get(app.url("/console/callback?code=ac_x&state=y")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let login = cookie.split(';').next().unwrap();
+    let r = http.get(app.url("/console/callback?code=ac_x&state=other")).header("cookie", login).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // The right state with a made-up code: the code exchange refuses it.
+    let state = login.split_once('=').unwrap().1.split('.').next().unwrap();
+    let r = http
+        .get(app.url(&format!("/console/callback?code=ac_madeup&state={state}")))
+        .header("cookie", login)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+    assert!(r.headers().get("set-cookie").is_none_or(|c| !c.to_str().unwrap().starts_with("authio_console=")));
 }

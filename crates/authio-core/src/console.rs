@@ -655,7 +655,7 @@ impl ControlPlane {
         Ok(events)
     }
 
-    async fn request(&self, id: Uuid) -> Result<DbRequest, CoreError> {
+    pub async fn request(&self, id: Uuid) -> Result<DbRequest, CoreError> {
         let mut c = self.client().await?;
         let tx = OwnerTx::begin(&mut c).await?;
         let row = tx

@@ -9,7 +9,8 @@
 //! an HttpOnly, SameSite=Lax cookie (Secure when the deployment is https) sealed with a MAC
 //! under the master key, and checked against the session row on every request, so revoking
 //! it or disabling the user ends it at once. Every form carries a CSRF token derived from the
-//! session (a MAC of its id), compared in constant time.
+//! session (a MAC of its id), compared in constant time. Using the console slides the session's
+//! idle window, as refreshing tokens does for an app.
 //!
 //! Operators (platform users with the `operator` role) see every tenant; customers' dashboard
 //! users see the tenants they are members of, as owner, admin (both change things) or viewer
@@ -177,7 +178,8 @@ fn open_session_cookie(console: &Console, value: &str) -> Option<(Uuid, Uuid)> {
     Some((Uuid::from_slice(&raw[..16]).ok()?, Uuid::from_slice(&raw[16..]).ok()?))
 }
 
-/// The session's user, if the session is live and the user may still sign in.
+/// The session's user, if the session is live (not revoked, idle or past its absolute expiry)
+/// and the user may still sign in.
 async fn live_user(
     state: &AppState,
     console: &Console,
@@ -190,14 +192,29 @@ async fn live_user(
         .router
         .read(
             &scope,
-            "SELECT u.email, u.role FROM sessions s JOIN users u ON u.tenant_id = s.tenant_id AND u.id = s.user_id
+            "SELECT u.email, u.role, s.last_active_at, s.idle_expires_at
+             FROM sessions s JOIN users u ON u.tenant_id = s.tenant_id AND u.id = s.user_id
              WHERE s.tenant_id = $1 AND s.id = $2 AND s.user_id = $3 AND s.revoked_at IS NULL
-               AND s.absolute_expires_at > $4 AND NOT u.disabled",
+               AND s.absolute_expires_at > $4 AND s.idle_expires_at > $4 AND NOT u.disabled",
             &[(&scope.tenant_id, Type::UUID), (&sid, Type::UUID), (&uid, Type::UUID), (&now, Type::TIMESTAMPTZ)],
         )
         .await?;
     let Some(r) = rows.first() else { return Ok(None) };
     let role: Option<String> = r.try_get(1)?;
+    // Activity keeps the session from idling out: past half its idle window, slide the window
+    // (at most to the absolute expiry). A write at most every half window, not every page.
+    let (last, idle): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) = (r.try_get(2)?, r.try_get(3)?);
+    if idle - now < (idle - last) / 2 {
+        let tx = state.router.begin(&scope).await?;
+        tx.query(
+            "UPDATE sessions SET last_active_at = $3,
+                    idle_expires_at = least($3 + (idle_expires_at - last_active_at), absolute_expires_at)
+             WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL",
+            &[(&scope.tenant_id, Type::UUID), (&sid, Type::UUID), (&now, Type::TIMESTAMPTZ)],
+        )
+        .await?;
+        tx.commit().await?;
+    }
     Ok(Some(ConsoleUser {
         id: uid,
         email: r.try_get(0)?,

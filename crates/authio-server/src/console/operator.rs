@@ -345,14 +345,26 @@ async fn approve(
 ) -> Response {
     page_try!(check_csrf(&user, f.csrf.as_deref()));
     let console = page_try!(operator(&state, &user)).clone();
+    // Check the host before anything changes: a refused approval writes nothing.
+    let wanted = match console.control.request(id).await {
+        Ok(r) => r,
+        Err(e) => return core_error_page(e, Some(&user)),
+    };
+    let host = f.host.filter(|h| !h.is_empty());
+    if wanted.direction == "to_dedicated" {
+        let known = match console.control.list_dedicated_hosts().await {
+            Ok(hosts) => hosts.iter().any(|h| Some(&h.name) == host.as_ref()),
+            Err(e) => return core_error_page(e, Some(&user)),
+        };
+        if !known {
+            return error_page(StatusCode::UNPROCESSABLE_ENTITY, "Choose a registered dedicated host.", Some(&user));
+        }
+    }
     let r = match console.control.approve_request(id, actor(&user)).await {
         Ok(r) => r,
         Err(e) => return core_error_page(e, Some(&user)),
     };
-    if r.state == "provisioning" {
-        let Some(host) = f.host.filter(|h| !h.is_empty()) else {
-            return error_page(StatusCode::UNPROCESSABLE_ENTITY, "Choose a dedicated host.", Some(&user));
-        };
+    if let (true, Some(host)) = (r.state == "provisioning", host) {
         spawn_tracked(console.clone(), id, async move {
             if let Err(e) = console.control.provision_for_request(id, &host, &console.key).await {
                 tracing::error!(request = %id, error = %e, "provisioning for a request failed");

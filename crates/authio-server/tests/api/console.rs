@@ -55,15 +55,27 @@ async fn the_console_in_a_real_browser_from_request_to_dedicated_while_the_api_k
         .await
         .unwrap();
     let users = app.url(&format!("/v1/projects/{}/users", acme.project.id));
+    // An end user with a live session (signed up through the API).
     let r = app
         .http
-        .post(&users)
-        .bearer_auth(&acme.api_key.plaintext)
-        .json(&json!({"email": "enduser@acme.test"}))
+        .post(app.url("/v1/auth/signup"))
+        .json(&json!({"project_id": acme.project.id, "email": "enduser@acme.test", "password": PASSWORD}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
+    let end_user: Value = r.json().await.unwrap();
+    // Enough rows that the move's copy takes a moment to watch.
+    admin_query_strings(
+        &app.shared.admin_url,
+        &format!(
+            "INSERT INTO users (tenant_id, project_id, id, email, created_at, updated_at)
+             SELECT '{}', '{}', gen_random_uuid(), 'bulk' || g || '@acme.test', now(), now()
+             FROM generate_series(1, 300000) g",
+            acme.tenant.id, acme.project.id
+        ),
+    )
+    .await;
 
     // The tenant's API, busy throughout: every request must succeed (a move pauses writes; it
     // must not fail them).
@@ -162,6 +174,60 @@ async fn the_console_in_a_real_browser_from_request_to_dedicated_while_the_api_k
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap_or_default());
+    // What the admin did in the dashboard took effect: the revoked session's refresh token
+    // is dead, the disabled user cannot sign in, the deleted one is gone, the settings stand.
+    let r = app
+        .http
+        .post(app.url("/v1/auth/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", end_user["refresh_token"].as_str().unwrap()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "the revoked session refreshes no more: {}", r.status());
+    let r = app
+        .http
+        .post(app.url("/v1/auth/signin"))
+        .json(&json!({"project_id": acme.project.id, "email": "enduser@acme.test", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "the disabled user cannot sign in");
+    assert_eq!(
+        admin_query_strings(
+            &ded,
+            "SELECT count(*)::text FROM users WHERE email IN ('bulk7@acme.test', 'bulk8@acme.test')"
+        )
+        .await,
+        vec!["1"]
+    );
+    let presentation: Value = app
+        .http
+        .get(app.url(&format!("/v1/projects/{}/presentation", acme.project.id)))
+        .bearer_auth(&acme.api_key.plaintext)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(!presentation["signin_methods"].as_array().unwrap().iter().any(|m| m == "magic_link"), "{presentation}");
+    let uris: Value = app
+        .http
+        .get(app.url(&format!("/v1/projects/{}/redirect-uris", acme.project.id)))
+        .bearer_auth(&acme.api_key.plaintext)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        uris.to_string().contains("https://app.acme.test/callback") && !uris.to_string().contains("http://app."),
+        "{uris}"
+    );
     // The viewer made nothing; the refused CSRF-less post changed nothing.
     let clients: Value = app
         .http

@@ -72,6 +72,42 @@ try {
   await Promise.all([page.waitForURL(/\/users\/[0-9a-f-]+$/), page.click(`main a:has-text("${cfg.acme.user}")`)]);
   assert.match(await page.textContent("main"), /Sessions/);
   await shot(page, "dashboard-user");
+  // Their one live session is revoked, then the user is disabled.
+  const revoke = page.locator("form[action$='/revoke'] button");
+  assert.equal(await revoke.count(), 1, "the end user has one live session");
+  await Promise.all([page.waitForURL(/done=revoked/), revoke.click()]);
+  assert.match(await page.textContent("table"), /ended/);
+  assert.equal(await page.locator("form[action$='/revoke'] button").count(), 0);
+  await Promise.all([page.waitForURL(/done=disabled/), page.click("button:has-text('Disable user')")]);
+  assert.match(await page.textContent(".facts"), /disabled/);
+  // Another user is found and deleted.
+  await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/users?q=bulk7@acme.test`);
+  await Promise.all([page.waitForURL(/\/users\/[0-9a-f-]+$/), page.click(`main a:has-text("bulk7@acme.test")`)]);
+  await Promise.all([page.waitForURL(/done=deleted/), page.click("button:has-text('Delete user')")]);
+  assert.match(await page.textContent("main"), /User deleted/);
+
+  // Redirect URIs and custom domains (with the TXT record to publish), sign-in methods.
+  await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/urls`);
+  await page.fill("form[action$='/add-redirect-uri'] input[name=value]", "https://app.acme.test/callback");
+  await Promise.all([page.waitForURL(/done=saved/), page.click("form[action$='/add-redirect-uri'] button")]);
+  await page.fill("form[action$='/add-domain'] input[name=value]", "login.acme.test");
+  await Promise.all([page.waitForURL(/done=saved/), page.click("form[action$='/add-domain'] button")]);
+  const urlsText = await page.textContent("main");
+  assert.match(urlsText, /https:\/\/app\.acme\.test\/callback/);
+  assert.match(urlsText, /login\.acme\.test\s*pending\s*_authio-challenge\.login\.acme\.test TXT/);
+  await page.fill("form[action$='/add-redirect-uri'] input[name=value]", "http://app.acme.test/callback");
+  const refused = await Promise.all([page.waitForNavigation(), page.click("form[action$='/add-redirect-uri'] button")]);
+  assert.equal(refused[0].status(), 422, "a plain-http redirect URI is refused with a 4xx page");
+  await shot(page, "dashboard-refused-redirect-uri");
+  await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/urls`);
+  await shot(page, "dashboard-urls");
+  await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/signin`);
+  await page.uncheck("input[name=method][value=magic_link]");
+  await Promise.all([page.waitForURL(/done=saved/), page.click("main form button[type=submit]")]);
+  assert.equal(await page.locator("input[name=method][value=magic_link]").isChecked(), false);
+  assert.equal(await page.locator("input[name=method][value=password]").isChecked(), true);
+  await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/keys`);
+  assert.match(await page.textContent("main"), /current/);
 
   // Billing: Enterprise, the switch is off, flip it (the script submits on change).
   await page.goto(`${base}/billing`);
@@ -163,11 +199,13 @@ try {
   const phases = new Set();
   for (let i = 0; i < 240; i++) {
     const s = (await opp.textContent("[data-state]")).trim();
+    if (/^copying/.test(s) && !phases.has(s)) await shot(opp, "operator-move-copying");
     phases.add(s);
     if (/^done/.test(s)) break;
     await new Promise((r) => setTimeout(r, 250));
   }
   out.phases_seen = [...phases];
+  assert.ok([...phases].some((p) => /^(copying|cutover|cleanup) /.test(p)), `a phase of the move was seen live (${[...phases]})`);
   assert.match(await opp.textContent("[data-state]"), /^done \(to dedicated\)/, `the move finished (saw ${[...phases]})`);
   assert.match(await opp.textContent(".live"), /write pause/);
   await shot(opp, "operator-move-done");

@@ -31,7 +31,7 @@ pub fn routes() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/dashboard", get(tenants))
         .route("/billing", get(billing_home))
-        .route("/dashboard/{slug}", get(projects))
+        .route("/dashboard/{slug}", get(projects).post(create_project))
         .route("/dashboard/{slug}/billing", get(billing))
         .route("/dashboard/{slug}/billing/live", get(billing_live))
         .route("/dashboard/{slug}/billing/dedicated", post(toggle_dedicated))
@@ -204,8 +204,58 @@ async fn projects(State(state): State<AppState>, SignedIn(user): SignedIn, Path(
                 .collect(),
             "No projects yet.",
         ))
+        .block(Block::Form(
+            FormView::post(format!("/dashboard/{slug}"), "Create project")
+                .field(Field::text("text", "name", "Name", "").required())
+                .field(Field::text("text", "slug", "Slug", "").required().placeholder("staging"))
+                .disabled_if(!m.role.may_change()),
+        ))
         .block(Block::Para(format!("Plan and dedicated database: see /dashboard/{slug}/billing.")))
         .ok()
+}
+
+#[derive(Deserialize)]
+struct ProjectForm {
+    csrf: Option<String>,
+    name: String,
+    slug: String,
+}
+
+/// A new project in the member's tenant (its own issuer, keys, users and settings).
+async fn create_project(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    headers: axum::http::HeaderMap,
+    Path(slug): Path<String>,
+    Form(f): Form<ProjectForm>,
+) -> Response {
+    page_try!(check_csrf(&user, f.csrf.as_deref()));
+    let m = page_try!(member(&state, user, &slug).await);
+    page_try!(m.may_change());
+    let console = page_try!(console_of(&state));
+    let parsed = authio_core::domain::Slug::parse(f.slug.trim())
+        .and_then(|s| DisplayName::parse(&f.name).map(|n| (s, n)))
+        .map_err(CoreError::from);
+    let created = match parsed {
+        Ok((s, n)) => console.control.create_project(m.tenant.id, &s, &n).await,
+        Err(e) => Err(e),
+    };
+    let p = match created {
+        Ok(p) => p,
+        Err(e) => return core_error_page(e, Some(&m.user)),
+    };
+    let scope = Scope::project(m.tenant.id, p.id, TenantKind::Customer);
+    let event = authio_core::audit::Event {
+        action: "project.created",
+        actor: m.actor(),
+        target: Some(("project", p.id.to_string())),
+        client: &client_info(&headers),
+        metadata: serde_json::json!({"slug": p.slug, "name": p.name}),
+    };
+    if let Err(e) = authio_core::audit::record(&state.router, &scope, event, state.clock.now()).await {
+        return core_error_page(e, Some(&m.user));
+    }
+    Redirect::to(&format!("/dashboard/{slug}/p/{}/users", p.id)).into_response()
 }
 
 async fn project_home(Path((slug, pid)): Path<(String, String)>) -> Response {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use authio_core::console::MemberRole;
+use authio_core::console::{DedicatedState, MemberRole};
 use authio_core::domain::{Email, Plan, Slug};
 use authio_db::TenantKind;
 use authio_testkit::{admin_query_strings, clusters, seed_tenant, spawn_app, test_master_key, TestApp};
@@ -179,10 +179,7 @@ async fn the_console_in_a_real_browser_from_request_to_dedicated_while_the_api_k
     let r = app
         .http
         .post(app.url("/v1/auth/token"))
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", end_user["refresh_token"].as_str().unwrap()),
-        ])
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", end_user["refresh_token"].as_str().unwrap())])
         .send()
         .await
         .unwrap();
@@ -306,6 +303,19 @@ async fn dedicated_requests_withdraw_decline_and_refuse_what_the_plan_or_state_f
     let failed = cp.provision_for_request(r3.id, "no-such-host", &test_master_key()).await.unwrap();
     assert_eq!(failed.state, "failed");
     assert!(failed.error.is_some());
+    // Off on a dedicated tenant files a move back; on again withdraws it before it starts.
+    let ded = seed_tenant(&app.shared, "ded", TenantKind::Customer, Plan::Enterprise).await;
+    authio_testkit::make_dedicated(&app.shared, &ded.tenant).await;
+    let back = cp.toggle_dedicated(ded.tenant.id, false, member_actor()).await.unwrap().unwrap();
+    assert_eq!((back.direction.as_str(), back.state.as_str()), ("to_shared", "requested"));
+    let t = cp.tenant(ded.tenant.id).await.unwrap().unwrap();
+    assert_eq!(DedicatedState::of(&t, Some(&back)), DedicatedState::MoveBackRequested);
+    let undo = cp.toggle_dedicated(ded.tenant.id, true, member_actor()).await.unwrap().unwrap();
+    assert_eq!((undo.id, undo.state.as_str()), (back.id, "withdrawn"));
+    assert_eq!(DedicatedState::of(&t, Some(&undo)), DedicatedState::Dedicated);
+    // Approved, a move back needs nothing provisioned: it is ready to move.
+    let back = cp.toggle_dedicated(ded.tenant.id, false, member_actor()).await.unwrap().unwrap();
+    assert_eq!(cp.approve_request(back.id, op.clone()).await.unwrap().state, "provisioned");
     // Plans: an operator changes them; a dedicated tenant cannot leave Enterprise.
     assert_eq!(cp.set_plan(pro.tenant.id, Plan::Free, op.clone()).await.unwrap().plan, "free");
     authio_testkit::make_dedicated(&app.shared, &ent.tenant).await;

@@ -50,6 +50,11 @@ try {
   let page = admin.page;
   assert.match(page.url(), new RegExp(`/dashboard/${cfg.acme.slug}$`), "a member lands on their tenant");
   assert.match(await page.textContent("main"), /Projects/);
+  await page.fill("main form input[name=name]", "Staging");
+  await page.fill("main form input[name=slug]", "staging");
+  await Promise.all([page.waitForURL(/\/p\/[0-9a-f-]+\/users$/), page.click("main form button[type=submit]")]);
+  await page.goto(`${base}/dashboard/${cfg.acme.slug}`);
+  assert.match(await page.textContent("table"), /Staging/);
   await shot(page, "dashboard-projects");
 
   await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/credentials`);
@@ -174,6 +179,12 @@ try {
   const tenantsText = await opp.textContent("main");
   for (const t of [cfg.acme.slug, cfg.globex.slug, "enterprise", "shared", "Route epoch"]) assert.match(tenantsText, new RegExp(t));
   await shot(opp, "operator-tenants");
+  // Plans: the operator moves globex from Pro to Enterprise.
+  await opp.goto(`${base}/console/tenants/${cfg.globex.slug}`);
+  await opp.selectOption("select[name=plan]", "enterprise");
+  await Promise.all([opp.waitForURL(/done=plan/), opp.click("button:has-text('Change plan')")]);
+  assert.match(await opp.textContent(".facts"), /Planenterprise/);
+  await shot(opp, "operator-tenant-detail");
   await opp.goto(`${base}/console/hosts`);
   assert.match(await opp.textContent("main"), /test-dedicated/);
   await opp.goto(`${base}/console/requests`);

@@ -477,6 +477,7 @@ impl ControlPlane {
         if r.state != "provisioning" {
             return Err(conflict(format!("the request is {}, not provisioning", r.state)));
         }
+        let _held = self.hold(id).await?;
         let tenant = self.tenant(r.tenant_id).await?.ok_or(CoreError::NotFound("tenant"))?;
         let system = Actor { kind: "system", id: None, name: Some("console".into()) };
         match self.provision_dedicated(&tenant, ProvisionTarget::Host(host), key).await {
@@ -505,6 +506,7 @@ impl ControlPlane {
         if r.state != "moving" {
             return Err(conflict(format!("the request is {}, not moving", r.state)));
         }
+        let _held = self.hold(id).await?;
         let tenant = self.tenant(r.tenant_id).await?.ok_or(CoreError::NotFound("tenant"))?;
         let direction = if r.direction == "to_dedicated" { Direction::ToDedicated } else { Direction::ToShared };
         let system = Actor { kind: "system", id: None, name: Some("console".into()) };
@@ -653,6 +655,22 @@ impl ControlPlane {
         events.sort_by(|a, b| b.occurred_at.cmp(&a.occurred_at).then(b.seq.cmp(&a.seq)));
         events.truncate(usize::try_from(limit).unwrap_or(500));
         Ok(events)
+    }
+
+    /// Claim a request's background work for as long as the returned connection lives: one
+    /// node at a time provisions or moves for it (a session advisory lock, released when the
+    /// connection closes, also when the process dies).
+    async fn hold(&self, id: Uuid) -> Result<tokio_postgres::Client, CoreError> {
+        let c = self.client().await?;
+        let key = id.to_string();
+        let got: bool = c
+            .query_one("SELECT pg_try_advisory_lock(hashtextextended('authio_db_request:' || $1, 0))", &[&key])
+            .await?
+            .get(0);
+        if !got {
+            return Err(conflict("another node is already working on this request"));
+        }
+        Ok(c)
     }
 
     pub async fn request(&self, id: Uuid) -> Result<DbRequest, CoreError> {

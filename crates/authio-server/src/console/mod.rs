@@ -248,11 +248,17 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 fn set_cookie(h: &mut HeaderMap, state: &AppState, name: &str, value: &str, path: &str, max_age: i64) {
-    let secure = if state.public_scheme == "https" { "; Secure" } else { "" };
-    let v = format!("{name}={value}; Path={path}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}");
-    if let Ok(v) = HeaderValue::from_str(&v) {
+    let line = cookie_line(name, value, path, max_age, state.public_scheme == "https");
+    if let Ok(v) = HeaderValue::from_str(&line) {
         h.append(header::SET_COOKIE, v);
     }
+}
+
+/// Console cookies: never readable by script, sent on top-level navigations only from this
+/// site, and only over TLS when the deployment is https (plain http is development).
+fn cookie_line(name: &str, value: &str, path: &str, max_age: i64, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{name}={value}; Path={path}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
 }
 
 /// Only paths on this host are places to return to after signing in.
@@ -452,4 +458,45 @@ pub(crate) fn error_page(status: StatusCode, message: &str, user: Option<&Consol
     .block(Block::notice("error", message))
     .block(Block::Para("Use the navigation above, or go back.".into()));
     page.render(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_http_only_same_site_and_secure_over_https() {
+        let https = cookie_line(SESSION_COOKIE, "v", "/", 60, true);
+        assert_eq!(https, "authio_console=v; Path=/; HttpOnly; SameSite=Lax; Max-Age=60; Secure");
+        assert!(!cookie_line(SESSION_COOKIE, "v", "/", 60, false).contains("Secure"));
+    }
+
+    #[test]
+    fn only_local_paths_are_returned_to() {
+        assert_eq!(safe_next(Some("/dashboard/acme?x=1")), "/dashboard/acme?x=1");
+        for bad in ["//evil.example", "https://evil.example", "/\\evil.example", "evil", "/console/callback?code=x"] {
+            assert_eq!(safe_next(Some(bad)), "/console", "{bad}");
+        }
+        assert_eq!(safe_next(None), "/console");
+    }
+
+    #[test]
+    fn session_cookies_open_only_with_their_mac() {
+        let key = MasterKey::from_base64(&MasterKey::generate_base64()).unwrap_or_else(|_| unreachable!());
+        let console = Console::new("postgres://unused", key);
+        let (sid, uid) = (Uuid::now_v7(), Uuid::now_v7());
+        let value = session_cookie_value(&console, sid, uid);
+        assert_eq!(open_session_cookie(&console, &value), Some((sid, uid)));
+        // Another user's id under this MAC, a truncated MAC, another key: all refused.
+        let (body, mac) = value.split_once('.').unwrap_or_default();
+        let mut raw = URL_SAFE_NO_PAD.decode(body).unwrap_or_default();
+        raw[20] ^= 1;
+        assert_eq!(open_session_cookie(&console, &format!("{}.{mac}", URL_SAFE_NO_PAD.encode(&raw))), None);
+        assert_eq!(open_session_cookie(&console, &value[..value.len() - 2]), None);
+        let other = Console::new(
+            "postgres://unused",
+            MasterKey::from_base64(&MasterKey::generate_base64()).unwrap_or_else(|_| unreachable!()),
+        );
+        assert_eq!(open_session_cookie(&other, &value), None);
+    }
 }

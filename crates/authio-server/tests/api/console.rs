@@ -65,6 +65,15 @@ async fn the_console_in_a_real_browser_from_request_to_dedicated_while_the_api_k
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let end_user: Value = r.json().await.unwrap();
+    // Keys old enough to rotate (verifiers have had the next key for a while).
+    admin_query_strings(
+        &app.shared.admin_url,
+        &format!(
+            "UPDATE signing_keys SET created_at = now() - interval '1 day' WHERE project_id = '{}'",
+            acme.project.id
+        ),
+    )
+    .await;
     // Enough rows that the move's copy takes a moment to watch.
     admin_query_strings(
         &app.shared.admin_url,
@@ -225,6 +234,13 @@ async fn the_console_in_a_real_browser_from_request_to_dedicated_while_the_api_k
         uris.to_string().contains("https://app.acme.test/callback") && !uris.to_string().contains("http://app."),
         "{uris}"
     );
+    // The rotation took: the JWKS publishes the new current key, and tokens are signed with it.
+    let current = admin_query_strings(
+        &app.shared.admin_url,
+        &format!("SELECT kid FROM signing_keys WHERE project_id = '{}' AND state = 'current'", acme.project.id),
+    )
+    .await;
+    assert_eq!(current, vec![report["rotated_to"].as_str().unwrap().to_owned()]);
     // The viewer made nothing; the refused CSRF-less post changed nothing.
     let clients: Value = app
         .http
@@ -299,6 +315,23 @@ async fn dedicated_requests_withdraw_decline_and_refuse_what_the_plan_or_state_f
         cp.toggle_dedicated(ent.tenant.id, false, member_actor()).await,
         Err(authio_core::CoreError::Conflict(_))
     ));
+    // One node at a time works on a request: while another holds it, this one is refused and
+    // changes nothing.
+    let other_node = authio_db::pool::connect(&app.shared.admin_url, "other-node").await.unwrap();
+    other_node
+        .execute("SELECT pg_advisory_lock(hashtextextended('authio_db_request:' || $1, 0))", &[&r3.id.to_string()])
+        .await
+        .unwrap();
+    let busy = cp.provision_for_request(r3.id, "no-such-host", &test_master_key()).await;
+    assert!(matches!(busy, Err(authio_core::CoreError::Conflict(_))), "{busy:?}");
+    assert_eq!(cp.request(r3.id).await.unwrap().state, "provisioning");
+    other_node
+        .execute(
+            "SELECT pg_advisory_unlock(hashtextextended('authio_db_request:' || $1, 0))",
+            &[&r3.id.to_string()],
+        )
+        .await
+        .unwrap();
     // A failed provisioning (no such host) leaves the request failed with its reason.
     let failed = cp.provision_for_request(r3.id, "no-such-host", &test_master_key()).await.unwrap();
     assert_eq!(failed.state, "failed");

@@ -112,7 +112,13 @@ try {
   assert.equal(await page.locator("input[name=method][value=magic_link]").isChecked(), false);
   assert.equal(await page.locator("input[name=method][value=password]").isChecked(), true);
   await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/keys`);
-  assert.match(await page.textContent("main"), /current/);
+  const currentBefore = (await page.locator("tr", { hasText: "current" }).locator("code").textContent()).trim();
+  await Promise.all([page.waitForURL(/done=rotated/), page.click("button:has-text('Rotate keys')")]);
+  const currentAfter = (await page.locator("tr", { hasText: "current" }).locator("code").textContent()).trim();
+  assert.notEqual(currentAfter, currentBefore, "rotation made the next key current");
+  assert.match(await page.locator("tr", { hasText: currentBefore }).textContent(), /retired/);
+  out.rotated_to = currentAfter;
+  await shot(page, "dashboard-keys-rotated");
 
   // Billing: Enterprise, the switch is off, flip it (the script submits on change).
   await page.goto(`${base}/billing`);

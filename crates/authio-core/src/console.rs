@@ -302,6 +302,22 @@ impl ControlPlane {
         Ok(user)
     }
 
+    /// A tenant's dashboard members: email and role, by email.
+    pub async fn members(&self, tenant: Uuid) -> Result<Vec<(String, MemberRole)>, CoreError> {
+        let mut c = self.client().await?;
+        let tx = OwnerTx::begin(&mut c).await?;
+        let rows = tx
+            .query(
+                "SELECT u.email, m.role FROM tenant_members m
+                 JOIN users u ON u.id = m.user_id
+                 JOIN tenants p ON p.id = u.tenant_id AND p.kind = 'platform'
+                 WHERE m.tenant_id = $1 ORDER BY u.email",
+                &[(&tenant, Type::UUID)],
+            )
+            .await?;
+        rows.iter().map(|r| Ok((r.get(0), MemberRole::parse(r.get(1))?))).collect()
+    }
+
     /// The customer tenants a platform identity is a member of, by slug.
     pub async fn memberships(&self, user: Uuid) -> Result<Vec<Membership>, CoreError> {
         let mut c = self.client().await?;

@@ -152,10 +152,11 @@ async fn tenant_detail(
 ) -> Response {
     let console = page_try!(operator(&state, &user));
     let t = page_try!(tenant_by_slug(console, &slug, &user).await);
-    let (projects, moves, request) = match tokio::try_join!(
+    let (projects, moves, request, members) = match tokio::try_join!(
         console.control.projects(t.id),
         console.control.moves(t.id),
-        console.control.latest_request(t.id)
+        console.control.latest_request(t.id),
+        console.control.members(t.id)
     ) {
         Ok(v) => v,
         Err(e) => return core_error_page(e, Some(&user)),
@@ -197,6 +198,12 @@ async fn tenant_detail(
             .map(|p| vec![Cell::Text(p.name.clone()), Cell::Text(p.slug.clone()), Cell::Code(p.id.to_string())])
             .collect(),
         "No projects.",
+    ))
+    .block(Block::table(
+        "Dashboard members",
+        vec!["Email", "Role"],
+        members.into_iter().map(|(email, role)| vec![Cell::Text(email), Cell::Text(role.as_str().into())]).collect(),
+        "No members: add one with `authio tenant add-member`.",
     ))
     .block(Block::table(
         "Moves",

@@ -326,10 +326,7 @@ async fn dedicated_requests_withdraw_decline_and_refuse_what_the_plan_or_state_f
     assert!(matches!(busy, Err(authio_core::CoreError::Conflict(_))), "{busy:?}");
     assert_eq!(cp.request(r3.id).await.unwrap().state, "provisioning");
     other_node
-        .execute(
-            "SELECT pg_advisory_unlock(hashtextextended('authio_db_request:' || $1, 0))",
-            &[&r3.id.to_string()],
-        )
+        .execute("SELECT pg_advisory_unlock(hashtextextended('authio_db_request:' || $1, 0))", &[&r3.id.to_string()])
         .await
         .unwrap();
     // A failed provisioning (no such host) leaves the request failed with its reason.

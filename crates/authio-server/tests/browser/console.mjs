@@ -18,6 +18,7 @@ const browser = await chromium.launch({
 });
 
 async function shot(page, name) {
+  if (!name.startsWith("failure")) await checkAccessible(page);
   await page.screenshot({ path: path.join(cfg.shots, `${name}.png`), fullPage: true });
 }
 
@@ -35,6 +36,24 @@ async function signIn(who, phone = false) {
   await page.fill("#password", who.password);
   await Promise.all([page.waitForURL((u) => !u.pathname.includes("/signin")), page.click("button[type=submit]")]);
   return { context, page };
+}
+
+// What keyboard and screen-reader users need of every page: a language, one h1, a skip link
+// as the first stop, every visible control labelled and every button named.
+async function checkAccessible(page) {
+  const problems = await page.evaluate(() => {
+    const out = [];
+    if (!document.documentElement.lang) out.push("no lang");
+    if (document.querySelectorAll("h1").length !== 1) out.push("not exactly one h1");
+    const first = document.querySelector("a, button, input, select, textarea");
+    if (!first || !first.classList.contains("skip")) out.push("the skip link is not the first stop");
+    for (const el of document.querySelectorAll("input:not([type=hidden]), select, textarea")) {
+      if (!el.labels || el.labels.length === 0) out.push(`unlabelled ${el.outerHTML}`);
+    }
+    for (const b of document.querySelectorAll("button")) if (!b.textContent.trim()) out.push(`unnamed ${b.outerHTML}`);
+    return out;
+  });
+  assert.deepEqual(problems, [], `${page.url()}: ${problems.join("; ")}`);
 }
 
 async function expectRefused(page, url, status, text) {
@@ -178,6 +197,15 @@ try {
   assert.ok(overflow <= 1, `the billing page fits a phone (overflow ${overflow}px)`);
   await shot(vp, "phone-viewer-billing");
 
+  // ---- Without JavaScript the same pages work: a Save button, a Refresh link. ----
+  const plain = await browser.newContext({ javaScriptEnabled: false, storageState: await admin.context.storageState() });
+  const pp = await plain.newPage();
+  await pp.goto(`${base}/dashboard/${cfg.acme.slug}/billing`);
+  assert.ok(await pp.locator("main form button[type=submit]", { hasText: "Save" }).isVisible(), "Save shows without script");
+  assert.match(await pp.textContent("[data-state]"), /Requested/);
+  assert.equal(await pp.locator(".live noscript").count(), 1);
+  await plain.close();
+
   // ---- The operator: tenants, the request, approve, start the move, watch it. ----
   const op = await signIn(cfg.operator);
   const opp = op.page;
@@ -186,6 +214,8 @@ try {
   for (const t of [cfg.acme.slug, cfg.globex.slug, "enterprise", "shared", "Route epoch"]) assert.match(tenantsText, new RegExp(t));
   await shot(opp, "operator-tenants");
   // Plans: the operator moves globex from Pro to Enterprise.
+  await opp.goto(`${base}/console/tenants/${cfg.acme.slug}`);
+  assert.match(await opp.locator("table", { hasText: "Dashboard members" }).textContent(), /viewer@acme\.test\s*viewer/);
   await opp.goto(`${base}/console/tenants/${cfg.globex.slug}`);
   await opp.selectOption("select[name=plan]", "enterprise");
   await Promise.all([opp.waitForURL(/done=plan/), opp.click("button:has-text('Change plan')")]);

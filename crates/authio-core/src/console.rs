@@ -302,6 +302,29 @@ impl ControlPlane {
         Ok(user)
     }
 
+    /// Take a platform identity's membership of a customer tenant away (their console session
+    /// no longer reaches the tenant from the next request on).
+    pub async fn remove_member(&self, tenant_slug: &str, email: &Email) -> Result<(), CoreError> {
+        let mut c = self.client().await?;
+        let tx = OwnerTx::begin(&mut c).await?;
+        let row = tx
+            .query_opt(
+                "DELETE FROM tenant_members m USING tenants t, users u, tenants p
+                 WHERE t.id = m.tenant_id AND t.slug = $1 AND u.id = m.user_id AND u.email = $2
+                   AND p.id = u.tenant_id AND p.kind = 'platform'
+                 RETURNING m.tenant_id, m.user_id, m.role",
+                &[(&tenant_slug, Type::TEXT), (&email.as_str(), Type::TEXT)],
+            )
+            .await?
+            .ok_or(CoreError::NotFound("membership"))?;
+        let (tenant, user, role): (Uuid, Uuid, String) = (row.get(0), row.get(1), row.get(2));
+        let actor = Actor { kind: "operator", id: None, name: Some("authio tenant remove-member".into()) };
+        let meta = serde_json::json!({"user_id": user, "email": email.as_str(), "role": role});
+        record_for_tenant_by(&tx, tenant, "tenant.member_removed", actor, meta).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// A tenant's dashboard members: email and role, by email.
     pub async fn members(&self, tenant: Uuid) -> Result<Vec<(String, MemberRole)>, CoreError> {
         let mut c = self.client().await?;
@@ -475,6 +498,13 @@ impl ControlPlane {
 
     /// Decline a request not yet started.
     pub async fn decline_request(&self, id: Uuid, actor: Actor) -> Result<DbRequest, CoreError> {
+        let r = self.request(id).await?;
+        if let Some(m) = self.open_move(r.tenant_id).await? {
+            return Err(conflict(format!(
+                "move {} of this tenant is unfinished (phase {}): resume it, or roll it back with `authio tenant move --abort`",
+                m.id, m.phase
+            )));
+        }
         self.step(id, &["requested", "failed"], "declined", "dedicated_db.declined", actor, None).await
     }
 
@@ -483,7 +513,9 @@ impl ControlPlane {
     pub async fn approve_request(&self, id: Uuid, actor: Actor) -> Result<DbRequest, CoreError> {
         let r = self.request(id).await?;
         let to = if r.direction == "to_dedicated" { "provisioning" } else { "provisioned" };
-        self.step(id, &["requested", "failed"], to, "dedicated_db.approved", actor, None).await
+        // From `provisioning` too: a node that died while provisioning left it there, and
+        // provisioning is idempotent (the advisory lock keeps two nodes from racing).
+        self.step(id, &["requested", "failed", "provisioning"], to, "dedicated_db.approved", actor, None).await
     }
 
     /// Provision the approved request's database on a registered host; the request becomes
@@ -494,15 +526,18 @@ impl ControlPlane {
             return Err(conflict(format!("the request is {}, not provisioning", r.state)));
         }
         let _held = self.hold(id).await?;
-        let tenant = self.tenant(r.tenant_id).await?.ok_or(CoreError::NotFound("tenant"))?;
         let system = Actor { kind: "system", id: None, name: Some("console".into()) };
-        match self.provision_dedicated(&tenant, ProvisionTarget::Host(host), key).await {
+        let provisioned = async {
+            let tenant = self.tenant(r.tenant_id).await?.ok_or(CoreError::NotFound("tenant"))?;
+            self.provision_dedicated(&tenant, ProvisionTarget::Host(host), key).await
+        };
+        match provisioned.await {
             Ok(p) => {
                 let meta = serde_json::json!({"database": p.database_name, "host": host});
                 self.step_with(id, &["provisioning"], "provisioned", "dedicated_db.provisioned", system, None, meta)
                     .await
             }
-            Err(e) => self.fail(id, system, &e).await,
+            Err(e) => self.fail(id, system, "provisioning", &e).await,
         }
     }
 
@@ -523,20 +558,30 @@ impl ControlPlane {
             return Err(conflict(format!("the request is {}, not moving", r.state)));
         }
         let _held = self.hold(id).await?;
-        let tenant = self.tenant(r.tenant_id).await?.ok_or(CoreError::NotFound("tenant"))?;
         let direction = if r.direction == "to_dedicated" { Direction::ToDedicated } else { Direction::ToShared };
+        let target = if r.direction == "to_dedicated" { "dedicated" } else { "shared" };
         let system = Actor { kind: "system", id: None, name: Some("console".into()) };
-        let outcome = match self.open_move(tenant.id).await? {
-            Some(_) => self.resume_move(&tenant, key, run).await,
-            None => self.start_move(&tenant, direction, key, run).await,
+        let outcome = async {
+            let tenant = self.tenant(r.tenant_id).await?.ok_or(CoreError::NotFound("tenant"))?;
+            let o = match self.open_move(tenant.id).await? {
+                Some(_) => self.resume_move(&tenant, key, run).await?,
+                // Already there: an earlier run finished the move but not the request.
+                None if tenant.db_strategy == target => return Ok(None),
+                None => self.start_move(&tenant, direction, key, run).await?,
+            };
+            Ok::<_, CoreError>(Some(o))
         };
-        match outcome {
+        match outcome.await {
             Ok(o) => {
-                let meta =
-                    serde_json::json!({"move_id": o.record.id, "pause_ms": o.pause_ms, "verified": o.record.verified});
-                self.step_with(id, &["moving"], "done", "dedicated_db.done", system, Some(o.record.id), meta).await
+                let move_id = o.as_ref().map(|o| o.record.id);
+                let meta = serde_json::json!({
+                    "move_id": move_id,
+                    "pause_ms": o.as_ref().and_then(|o| o.pause_ms),
+                    "verified": o.as_ref().and_then(|o| o.record.verified),
+                });
+                self.step_with(id, &["moving"], "done", "dedicated_db.done", system, move_id, meta).await
             }
-            Err(e) => self.fail(id, system, &e).await,
+            Err(e) => self.fail(id, system, "move", &e).await,
         }
     }
 
@@ -552,8 +597,22 @@ impl ControlPlane {
         if before.plan == plan.as_str() {
             return Ok(before);
         }
-        if plan != Plan::Enterprise && before.db_strategy == "dedicated" {
-            return Err(conflict("the tenant lives on a dedicated database: move it back to shared first"));
+        if plan != Plan::Enterprise {
+            if before.db_strategy == "dedicated" {
+                return Err(conflict("the tenant lives on a dedicated database: move it back to shared first"));
+            }
+            let busy = tx
+                .query_opt(
+                    "SELECT 1 FROM dedicated_db_requests WHERE tenant_id = $1 AND direction = 'to_dedicated'
+                       AND state IN ('provisioning', 'provisioned', 'moving')
+                     UNION ALL SELECT 1 FROM tenant_moves WHERE tenant_id = $1 AND phase NOT IN ('done', 'aborted')
+                     LIMIT 1",
+                    &[(&tenant, Type::UUID)],
+                )
+                .await?;
+            if busy.is_some() {
+                return Err(conflict("a move to a dedicated database is under way: finish or decline it first"));
+            }
         }
         let row = tx
             .query_opt(
@@ -624,7 +683,7 @@ impl ControlPlane {
         tenant_slug: Option<&str>,
         action: Option<&str>,
         limit: i64,
-    ) -> Result<Vec<TenantEvent>, CoreError> {
+    ) -> Result<(Vec<TenantEvent>, Vec<String>), CoreError> {
         let limit = limit.clamp(1, 500);
         let mut c = self.client().await?;
         let tx = OwnerTx::begin(&mut c).await?;
@@ -652,25 +711,36 @@ impl ControlPlane {
             )
             .await?;
         drop(tx);
+        // A dedicated database that cannot be read is reported, not fatal to the whole log.
+        let mut unreachable = Vec::new();
         for d in dedicated {
             let (tenant, slug, enc): (Uuid, String, String) = (d.get(0), d.get(1), d.get(2));
-            let dsn = key.decrypt(&enc).map_err(|e| CoreError::Config(format!("dedicated DSN: {e}")))?;
-            let mut dc = connect(&dsn, "authio-console").await?;
-            let dtx = OwnerTx::begin(&mut dc).await?;
-            let rows = dtx
-                .query(
-                    "SELECT $1::text, e.project_id, e.seq, e.occurred_at, e.action, e.actor_type, e.actor_name,
-                            e.actor_id, e.target_type || ':' || coalesce(e.target_id, '')
-                     FROM audit_events e WHERE e.tenant_id = $2 AND ($3::text IS NULL OR e.action = $3)
-                     ORDER BY e.occurred_at DESC LIMIT $4",
-                    &[(&slug, Type::TEXT), (&tenant, Type::UUID), (&action, Type::TEXT), (&limit, Type::INT8)],
-                )
-                .await?;
-            events.extend(rows.iter().map(tenant_event));
+            let read = async {
+                let dsn = key.decrypt(&enc).map_err(|e| CoreError::Config(format!("dedicated DSN: {e}")))?;
+                let mut dc = connect(&dsn, "authio-console").await?;
+                let dtx = OwnerTx::begin(&mut dc).await?;
+                let rows = dtx
+                    .query(
+                        "SELECT $1::text, e.project_id, e.seq, e.occurred_at, e.action, e.actor_type, e.actor_name,
+                                e.actor_id, e.target_type || ':' || coalesce(e.target_id, '')
+                         FROM audit_events e WHERE e.tenant_id = $2 AND ($3::text IS NULL OR e.action = $3)
+                         ORDER BY e.occurred_at DESC LIMIT $4",
+                        &[(&slug, Type::TEXT), (&tenant, Type::UUID), (&action, Type::TEXT), (&limit, Type::INT8)],
+                    )
+                    .await?;
+                Ok::<_, CoreError>(rows)
+            };
+            match read.await {
+                Ok(rows) => events.extend(rows.iter().map(tenant_event)),
+                Err(e) => {
+                    tracing::warn!(tenant = %slug, error = %e, "a dedicated database's audit log could not be read");
+                    unreachable.push(slug);
+                }
+            }
         }
         events.sort_by(|a, b| b.occurred_at.cmp(&a.occurred_at).then(b.seq.cmp(&a.seq)));
         events.truncate(usize::try_from(limit).unwrap_or(500));
-        Ok(events)
+        Ok((events, unreachable))
     }
 
     /// Claim a request's background work for as long as the returned connection lives: one
@@ -710,7 +780,7 @@ impl ControlPlane {
         let tx = OwnerTx::begin(&mut c).await?;
         let row = tx
             .query_opt(
-                "SELECT 1 FROM dedicated_databases WHERE tenant_id = $1 AND status <> 'retired'",
+                "SELECT 1 FROM dedicated_databases WHERE tenant_id = $1 AND status = 'ready'",
                 &[(&tenant, Type::UUID)],
             )
             .await?;
@@ -753,7 +823,9 @@ impl ControlPlane {
         Ok(r)
     }
 
-    async fn fail(&self, id: Uuid, actor: Actor, error: &CoreError) -> Result<DbRequest, CoreError> {
+    /// Mark the request failed. The error's text (hosts, SQL) stays on the request, for
+    /// operators; the tenant's audit log, which customers export, names only the step.
+    async fn fail(&self, id: Uuid, actor: Actor, step: &str, error: &CoreError) -> Result<DbRequest, CoreError> {
         let message: String = error.to_string().chars().take(2000).collect();
         let mut c = self.client().await?;
         let tx = OwnerTx::begin(&mut c).await?;
@@ -769,7 +841,7 @@ impl ControlPlane {
             .await?
             .ok_or(CoreError::NotFound("request"))?;
         let r = DbRequest::from_row(&row);
-        let meta = serde_json::json!({"request_id": id, "error": message});
+        let meta = serde_json::json!({"request_id": id, "failed_step": step});
         record_for_tenant_by(&tx, r.tenant_id, "dedicated_db.failed", actor, meta).await?;
         tx.commit().await?;
         Ok(r)

@@ -155,6 +155,28 @@ impl ControlPlane {
     }
 
     pub async fn create_project(&self, tenant: Uuid, slug: &Slug, name: &DisplayName) -> Result<Project, CoreError> {
+        self.create_project_audited(tenant, slug, name, None).await
+    }
+
+    /// Create a project and record `project.created` by `actor` in its log, in one
+    /// transaction (the dashboard's way; the CLI's projects are not audited).
+    pub async fn create_project_by(
+        &self,
+        tenant: Uuid,
+        slug: &Slug,
+        name: &DisplayName,
+        actor: audit::Actor,
+    ) -> Result<Project, CoreError> {
+        self.create_project_audited(tenant, slug, name, Some(actor)).await
+    }
+
+    async fn create_project_audited(
+        &self,
+        tenant: Uuid,
+        slug: &Slug,
+        name: &DisplayName,
+        actor: Option<audit::Actor>,
+    ) -> Result<Project, CoreError> {
         let mut c = self.client().await?;
         let tx = OwnerTx::begin(&mut c).await?;
         let id = Uuid::now_v7();
@@ -173,6 +195,17 @@ impl ControlPlane {
             return Err(CoreError::Invalid(crate::domain::ValidationError::Field(
                 "project slug: already taken in this tenant",
             )));
+        }
+        if let Some(actor) = actor {
+            let event = audit::Event {
+                action: "project.created",
+                actor,
+                target: Some(("project", id.to_string())),
+                client: &crate::sessions::ClientInfo::default(),
+                metadata: serde_json::json!({"slug": slug.as_str(), "name": name.as_str()}),
+            };
+            let scope = authio_db::Scope::project(tenant, id, TenantKind::Customer);
+            audit::record_pinned_as_owner(&tx, &scope, event, Utc::now()).await?;
         }
         tx.commit().await?;
         Ok(Project { id, tenant_id: tenant, slug: slug.to_string(), name: name.as_str().to_owned() })
@@ -340,6 +373,20 @@ impl ControlPlane {
         now: DateTime<Utc>,
         force: bool,
     ) -> Result<Rotation, CoreError> {
+        let cli = audit::Actor { kind: "operator", id: None, name: Some("authio keys rotate".into()) };
+        self.rotate_keys_by(project, alg, master_key, now, force, cli).await
+    }
+
+    /// [`Self::rotate_keys`], recorded as done by `actor` (a dashboard member, say).
+    pub async fn rotate_keys_by(
+        &self,
+        project: Uuid,
+        alg: Option<Alg>,
+        master_key: &MasterKey,
+        now: DateTime<Utc>,
+        force: bool,
+        actor: audit::Actor,
+    ) -> Result<Rotation, CoreError> {
         let mut c = self.client().await?;
         let tx = OwnerTx::begin(&mut c).await?;
         let row = tx
@@ -409,7 +456,7 @@ impl ControlPlane {
         let retired_kid: Option<String> = retired.as_ref().map(|r| r.get(0));
         let event = audit::Event {
             action: "signing_key.rotated",
-            actor: audit::Actor { kind: "operator", id: None, name: Some("authio keys rotate".into()) },
+            actor,
             target: Some(("project", project.to_string())),
             client: &crate::sessions::ClientInfo::default(),
             metadata: serde_json::json!({

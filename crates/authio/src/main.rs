@@ -151,6 +151,13 @@ enum TenantCommand {
         #[arg(long, default_value = "admin")]
         role: String,
     },
+    /// Take a platform user's dashboard access to a customer tenant away.
+    RemoveMember {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        email: String,
+    },
     /// Show one tenant, its projects and its moves.
     Show {
         /// The tenant's slug.
@@ -615,6 +622,11 @@ async fn tenant(cfg: &Config, command: TenantCommand) -> Result<()> {
                 role.as_str(),
                 cfg.public_url
             );
+        }
+        TenantCommand::RemoveMember { tenant, email } => {
+            let email = authio_core::domain::Email::parse(&email)?;
+            cp.remove_member(&tenant, &email).await.map_err(explain)?;
+            println!("{email} is no longer a member of {tenant}");
         }
         TenantCommand::Show { slug } => {
             let Some(t) = cp.tenant_by_slug(&slug).await? else { bail!("no tenant with slug {slug:?}") };

@@ -225,7 +225,6 @@ struct ProjectForm {
 async fn create_project(
     State(state): State<AppState>,
     SignedIn(user): SignedIn,
-    headers: axum::http::HeaderMap,
     Path(slug): Path<String>,
     Form(f): Form<ProjectForm>,
 ) -> Response {
@@ -237,24 +236,13 @@ async fn create_project(
         .and_then(|s| DisplayName::parse(&f.name).map(|n| (s, n)))
         .map_err(CoreError::from);
     let created = match parsed {
-        Ok((s, n)) => console.control.create_project(m.tenant.id, &s, &n).await,
+        Ok((s, n)) => console.control.create_project_by(m.tenant.id, &s, &n, m.actor()).await,
         Err(e) => Err(e),
     };
     let p = match created {
         Ok(p) => p,
         Err(e) => return core_error_page(e, Some(&m.user)),
     };
-    let scope = Scope::project(m.tenant.id, p.id, TenantKind::Customer);
-    let event = authio_core::audit::Event {
-        action: "project.created",
-        actor: m.actor(),
-        target: Some(("project", p.id.to_string())),
-        client: &client_info(&headers),
-        metadata: serde_json::json!({"slug": p.slug, "name": p.name}),
-    };
-    if let Err(e) = authio_core::audit::record(&state.router, &scope, event, state.clock.now()).await {
-        return core_error_page(e, Some(&m.user));
-    }
     Redirect::to(&format!("/dashboard/{slug}/p/{}/users", p.id)).into_response()
 }
 
@@ -890,7 +878,7 @@ async fn rotate_keys(
     page_try!(m.may_change());
     let (p, _) = page_try!(project(&state, &m, &pid).await);
     let console = page_try!(console_of(&state));
-    match console.control.rotate_keys(p.id, None, &console.key, state.clock.now(), false).await {
+    match console.control.rotate_keys_by(p.id, None, &console.key, state.clock.now(), false, m.actor()).await {
         Ok(_) => {
             state.identity.forget_profile(p.id);
             Redirect::to(&format!("{}/keys?done=rotated", base(&m, &p))).into_response()

@@ -58,7 +58,14 @@ pub struct Console {
     progress: Mutex<HashMap<Uuid, Progress>>,
     /// Requests with a provisioning or move task running in this node.
     running: Mutex<HashSet<Uuid>>,
+    /// Console requests served at once by this node: each opens administrative connections
+    /// (not pooled), so their number is bounded here rather than by `max_connections`.
+    gate: tokio::sync::Semaphore,
 }
+
+/// Console requests one node serves at once; more wait (up to [`GATE_WAIT`]), then get 503.
+const GATE_PERMITS: usize = 8;
+const GATE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Console {
     pub fn new(admin_url: impl Into<String>, key: MasterKey) -> Self {
@@ -68,6 +75,7 @@ impl Console {
             platform: tokio::sync::OnceCell::new(),
             progress: Mutex::new(HashMap::new()),
             running: Mutex::new(HashSet::new()),
+            gate: tokio::sync::Semaphore::new(GATE_PERMITS),
         }
     }
 
@@ -86,16 +94,35 @@ impl Console {
     }
 }
 
-pub fn routes() -> axum::Router<AppState> {
+pub fn routes(state: AppState) -> axum::Router<AppState> {
     axum::Router::new()
         .route("/console", get(home))
         .route("/console/login", get(login))
         .route(CALLBACK_PATH, get(callback))
         .route("/console/logout", post(logout))
-        .route("/console/assets/console.css", get(css))
-        .route("/console/assets/console.js", get(js))
         .merge(operator::routes())
         .merge(dashboard::routes())
+        .route_layer(axum::middleware::from_fn_with_state(state, gate))
+        .route("/console/assets/console.css", get(css))
+        .route("/console/assets/console.js", get(js))
+}
+
+/// Bound the console requests in flight (see [`Console::gate`]).
+async fn gate(State(state): State<AppState>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let Some(console) = state.console.clone() else {
+        return next.run(req).await;
+    };
+    let permit = tokio::time::timeout(GATE_WAIT, console.gate.acquire()).await;
+    let resp = match permit {
+        Ok(Ok(_held)) => next.run(req).await,
+        _ => {
+            let mut resp =
+                error_page(StatusCode::SERVICE_UNAVAILABLE, "The console is busy. Try again in a moment.", None);
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            resp
+        }
+    };
+    resp
 }
 
 async fn css() -> Response {
@@ -264,7 +291,15 @@ fn cookie_line(name: &str, value: &str, path: &str, max_age: i64, secure: bool) 
 /// Only paths on this host are places to return to after signing in.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') && !n.starts_with(CALLBACK_PATH) => {
+        // No control characters or spaces either: browsers drop tabs and newlines from a
+        // Location, which would turn "/\t/evil.example" into "//evil.example".
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.contains('\\')
+                && !n.chars().any(|c| c.is_control() || c.is_whitespace())
+                && !n.starts_with(CALLBACK_PATH) =>
+        {
             n.to_owned()
         }
         _ => "/console".to_owned(),
@@ -474,7 +509,16 @@ mod tests {
     #[test]
     fn only_local_paths_are_returned_to() {
         assert_eq!(safe_next(Some("/dashboard/acme?x=1")), "/dashboard/acme?x=1");
-        for bad in ["//evil.example", "https://evil.example", "/\\evil.example", "evil", "/console/callback?code=x"] {
+        for bad in [
+            "//evil.example",
+            "https://evil.example",
+            "/\\evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/ /evil.example",
+            "evil",
+            "/console/callback?code=x",
+        ] {
             assert_eq!(safe_next(Some(bad)), "/console", "{bad}");
         }
         assert_eq!(safe_next(None), "/console");

@@ -295,19 +295,25 @@ async fn requests(State(state): State<AppState>, SignedIn(user): SignedIn, Query
             let mut actions = Vec::new();
             let base = format!("/console/requests/{}", r.id);
             let provisioned_here = r.direction == "to_shared";
-            if matches!(r.state.as_str(), "requested" | "failed") {
-                let mut approve = FormView::post(format!("{base}/approve"), "Approve").inline();
+            let here = console.running.lock().map(|s| s.contains(&r.id)).unwrap_or(false);
+            if matches!(r.state.as_str(), "requested" | "failed") || (r.state == "provisioning" && !here) {
+                // A provisioning that no task of this node runs may have died with its node:
+                // approving again retries it (another node still at it keeps the lock).
+                let label = if r.state == "provisioning" { "Retry provisioning" } else { "Approve" };
+                let mut approve = FormView::post(format!("{base}/approve"), label).inline();
                 if !provisioned_here {
                     approve = approve.field(Field::select("host", "on host", host_options.clone(), &first_host));
                 }
                 actions.push(Cell::Action(approve));
-                actions.push(Cell::Action(FormView::button(format!("{base}/decline"), "Decline", true)));
+                if r.state != "provisioning" {
+                    actions.push(Cell::Action(FormView::button(format!("{base}/decline"), "Decline", true)));
+                }
             }
             if matches!(r.state.as_str(), "provisioned" | "failed") {
                 actions.push(Cell::Action(FormView::button(format!("{base}/move"), "Start move", false)));
             }
             if r.state == "moving" {
-                if !console.running.lock().map(|s| s.contains(&r.id)).unwrap_or(false) {
+                if !here {
                     // No task runs it in this node (a restart): resuming finishes the move.
                     actions.push(Cell::Action(FormView::button(format!("{base}/move"), "Resume move", false)));
                 }
@@ -372,11 +378,15 @@ async fn approve(
         Err(e) => return core_error_page(e, Some(&user)),
     };
     if let (true, Some(host)) = (r.state == "provisioning", host) {
-        spawn_tracked(console.clone(), id, async move {
-            if let Err(e) = console.control.provision_for_request(id, &host, &console.key).await {
+        let task_console = console.clone();
+        let started = spawn_tracked(console.clone(), id, async move {
+            if let Err(e) = task_console.control.provision_for_request(id, &host, &task_console.key).await {
                 tracing::error!(request = %id, error = %e, "provisioning for a request failed");
             }
         });
+        if !started {
+            return error_page(StatusCode::CONFLICT, "This request is already being provisioned here.", Some(&user));
+        }
     }
     Redirect::to("/console/requests?done=approved").into_response()
 }
@@ -404,20 +414,29 @@ async fn start_move(
 ) -> Response {
     page_try!(check_csrf(&user, f.csrf.as_deref()));
     let console = page_try!(operator(&state, &user)).clone();
-    if console.running.lock().map(|s| s.contains(&id)).unwrap_or(true) {
+    // Claimed here, in one step (two quick clicks start one task); released by the task.
+    if !console.running.lock().map(|mut s| s.insert(id)).unwrap_or(false) {
         return error_page(StatusCode::CONFLICT, "This request's move is already running.", Some(&user));
     }
+    let release = |console: &Console| {
+        if let Ok(mut s) = console.running.lock() {
+            s.remove(&id);
+        }
+    };
     let current = console.control.db_requests(true).await.ok().and_then(|all| all.into_iter().find(|r| r.id == id));
     let r = match current {
         Some(r) if r.state == "moving" => r,
         _ => match console.control.begin_request_move(id, actor(&user)).await {
             Ok(r) => r,
-            Err(e) => return core_error_page(e, Some(&user)),
+            Err(e) => {
+                release(&console);
+                return core_error_page(e, Some(&user));
+            }
         },
     };
     let tenant = r.tenant_id;
     let slug = r.tenant_slug.clone();
-    spawn_tracked(console.clone(), id, async move {
+    spawn_claimed(console.clone(), id, async move {
         let reporter = console.clone();
         let progress = move |p: &Progress| {
             if let Ok(mut m) = reporter.progress.lock() {
@@ -435,11 +454,22 @@ async fn start_move(
     Redirect::to(&format!("/console/moves/{slug}")).into_response()
 }
 
-/// Run a request's task in the background, remembered as running in this node meanwhile.
-fn spawn_tracked(console: Arc<Console>, id: Uuid, task: impl std::future::Future<Output = ()> + Send + 'static) {
-    if let Ok(mut r) = console.running.lock() {
-        r.insert(id);
+/// Run a request's task in the background, remembered as running in this node meanwhile
+/// (refused, returning false, when it already runs here).
+fn spawn_tracked(
+    console: Arc<Console>,
+    id: Uuid,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) -> bool {
+    if !console.running.lock().map(|mut r| r.insert(id)).unwrap_or(false) {
+        return false;
     }
+    spawn_claimed(console, id, task);
+    true
+}
+
+/// Run a task already claimed in `running`; the claim ends with it.
+fn spawn_claimed(console: Arc<Console>, id: Uuid, task: impl std::future::Future<Output = ()> + Send + 'static) {
     tokio::spawn(async move {
         task.await;
         if let Ok(mut r) = console.running.lock() {
@@ -534,41 +564,47 @@ async fn audit(State(state): State<AppState>, SignedIn(user): SignedIn, Query(q)
     let console = page_try!(operator(&state, &user));
     let tenant = q.tenant.filter(|s| !s.is_empty());
     let action = q.action.filter(|s| !s.is_empty());
-    let events = match console.control.audit_across(&console.key, tenant.as_deref(), action.as_deref(), 200).await {
-        Ok(e) => e,
-        Err(e) => return core_error_page(e, Some(&user)),
-    };
-    PageView::new("Audit log across tenants", Some(&user))
-        .at("/console/audit")
-        .block(Block::Form(
-            FormView::get("/console/audit", "Filter")
-                .field(Field::text("text", "tenant", "Tenant slug", tenant.as_deref().unwrap_or_default()))
-                .field(
-                    Field::text("text", "action", "Action", action.as_deref().unwrap_or_default())
-                        .placeholder("user.signed_in"),
-                ),
-        ))
-        .block(Block::table(
-            "The newest 200 events, each read at its tenant's home",
-            vec!["When", "Tenant", "Action", "Actor", "Target", "Project"],
-            events
-                .iter()
-                .map(|e| {
-                    vec![
-                        Cell::Text(e.occurred_at.format("%Y-%m-%d %H:%M:%S").to_string()),
-                        Cell::Text(e.tenant_slug.clone()),
-                        Cell::Code(e.action.clone()),
-                        Cell::Text(format!(
-                            "{} {}",
-                            e.actor_type,
-                            e.actor_name.clone().or_else(|| e.actor_id.clone()).unwrap_or_default()
-                        )),
-                        Cell::Text(e.target.clone().unwrap_or_default()),
-                        Cell::Code(e.project_id.to_string()),
-                    ]
-                })
-                .collect(),
-            "No events match.",
-        ))
-        .ok()
+    let (events, unreachable) =
+        match console.control.audit_across(&console.key, tenant.as_deref(), action.as_deref(), 200).await {
+            Ok(e) => e,
+            Err(e) => return core_error_page(e, Some(&user)),
+        };
+    let mut page = PageView::new("Audit log across tenants", Some(&user)).at("/console/audit");
+    if !unreachable.is_empty() {
+        page = page.block(Block::notice(
+            "error",
+            format!("Not included (their dedicated databases could not be read): {}", unreachable.join(", ")),
+        ));
+    }
+    page.block(Block::Form(
+        FormView::get("/console/audit", "Filter")
+            .field(Field::text("text", "tenant", "Tenant slug", tenant.as_deref().unwrap_or_default()))
+            .field(
+                Field::text("text", "action", "Action", action.as_deref().unwrap_or_default())
+                    .placeholder("user.signed_in"),
+            ),
+    ))
+    .block(Block::table(
+        "The newest 200 events, each read at its tenant's home",
+        vec!["When", "Tenant", "Action", "Actor", "Target", "Project"],
+        events
+            .iter()
+            .map(|e| {
+                vec![
+                    Cell::Text(e.occurred_at.format("%Y-%m-%d %H:%M:%S").to_string()),
+                    Cell::Text(e.tenant_slug.clone()),
+                    Cell::Code(e.action.clone()),
+                    Cell::Text(format!(
+                        "{} {}",
+                        e.actor_type,
+                        e.actor_name.clone().or_else(|| e.actor_id.clone()).unwrap_or_default()
+                    )),
+                    Cell::Text(e.target.clone().unwrap_or_default()),
+                    Cell::Code(e.project_id.to_string()),
+                ]
+            })
+            .collect(),
+        "No events match.",
+    ))
+    .ok()
 }

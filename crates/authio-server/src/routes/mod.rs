@@ -91,7 +91,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(api)
         .merge(auth)
         .merge(hosted)
-        .merge(crate::console::routes())
+        .merge(crate::console::routes(state.clone()))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)
 }

@@ -325,6 +325,14 @@ async fn dedicated_requests_withdraw_decline_and_refuse_what_the_plan_or_state_f
     let busy = cp.provision_for_request(r3.id, "no-such-host", &test_master_key()).await;
     assert!(matches!(busy, Err(authio_core::CoreError::Conflict(_))), "{busy:?}");
     assert_eq!(cp.request(r3.id).await.unwrap().state, "provisioning");
+    // While it is being provisioned the tenant cannot leave Enterprise (it would land on a
+    // dedicated database on a plan without one).
+    assert!(matches!(
+        cp.set_plan(ent.tenant.id, Plan::Pro, op.clone()).await,
+        Err(authio_core::CoreError::Conflict(_))
+    ));
+    // A provisioning whose node died can be approved again (a retry).
+    assert_eq!(cp.approve_request(r3.id, op.clone()).await.unwrap().state, "provisioning");
     other_node
         .execute("SELECT pg_advisory_unlock(hashtextextended('authio_db_request:' || $1, 0))", &[&r3.id.to_string()])
         .await
@@ -332,7 +340,21 @@ async fn dedicated_requests_withdraw_decline_and_refuse_what_the_plan_or_state_f
     // A failed provisioning (no such host) leaves the request failed with its reason.
     let failed = cp.provision_for_request(r3.id, "no-such-host", &test_master_key()).await.unwrap();
     assert_eq!(failed.state, "failed");
-    assert!(failed.error.is_some());
+    assert!(failed.error.as_deref().is_some_and(|e| e.contains("host")), "{failed:?}");
+    // The tenant's log (which customers export) names the step, not the operator's detail.
+    let meta = admin_query_strings(
+        &app.shared.admin_url,
+        &format!(
+            "SELECT metadata::text FROM audit_outbox WHERE tenant_id = '{}' AND action = 'dedicated_db.failed'
+             UNION ALL SELECT metadata::text FROM audit_events WHERE tenant_id = '{}' AND action = 'dedicated_db.failed'",
+            ent.tenant.id, ent.tenant.id
+        ),
+    )
+    .await;
+    assert!(
+        !meta.is_empty() && meta.iter().all(|m| m.contains("provisioning") && !m.contains("not found")),
+        "{meta:?}"
+    );
     // Off on a dedicated tenant files a move back; on again withdraws it before it starts.
     let ded = seed_tenant(&app.shared, "ded", TenantKind::Customer, Plan::Enterprise).await;
     authio_testkit::make_dedicated(&app.shared, &ded.tenant).await;
@@ -416,4 +438,38 @@ async fn console_sign_in_refuses_foreign_callbacks_and_unknown_sessions() {
         .unwrap();
     assert!(r.status().is_client_error(), "{}", r.status());
     assert!(r.headers().get("set-cookie").is_none_or(|c| !c.to_str().unwrap().starts_with("authio_console=")));
+}
+
+#[tokio::test]
+async fn members_are_added_with_a_role_changed_and_removed() {
+    let app = spawn_app().await;
+    let platform = seed_tenant(&app.shared, "authio", TenantKind::Platform, Plan::Enterprise).await;
+    let acme = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Free).await;
+    let email = Email::parse("new.person@acme.test").unwrap();
+    // A new address becomes a password-less platform identity, member as viewer.
+    let user = app.control.add_member("acme", &email, MemberRole::Viewer).await.unwrap();
+    let owner_of = admin_query_strings(
+        &app.shared.admin_url,
+        &format!("SELECT project_id::text || ' ' || (password_hash IS NULL)::text FROM users WHERE id = '{user}'"),
+    )
+    .await;
+    assert_eq!(owner_of, vec![format!("{} true", platform.project.id)]);
+    let m = app.control.memberships(user).await.unwrap();
+    assert_eq!((m.len(), m[0].tenant.id, m[0].role), (1, acme.tenant.id, MemberRole::Viewer));
+    // Run again: the role changes, no second identity.
+    assert_eq!(app.control.add_member("acme", &email, MemberRole::Owner).await.unwrap(), user);
+    assert_eq!(app.control.memberships(user).await.unwrap()[0].role, MemberRole::Owner);
+    assert_eq!(
+        app.control.members(acme.tenant.id).await.unwrap(),
+        vec![("new.person@acme.test".to_owned(), MemberRole::Owner)]
+    );
+    // Not for the platform tenant itself, nor unknown tenants.
+    assert!(app.control.add_member("authio", &email, MemberRole::Admin).await.is_err());
+    assert!(matches!(
+        app.control.add_member("nope", &email, MemberRole::Admin).await,
+        Err(authio_core::CoreError::NotFound(_))
+    ));
+    app.control.remove_member("acme", &email).await.unwrap();
+    assert!(app.control.memberships(user).await.unwrap().is_empty());
+    assert!(matches!(app.control.remove_member("acme", &email).await, Err(authio_core::CoreError::NotFound(_))));
 }

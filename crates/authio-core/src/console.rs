@@ -74,6 +74,9 @@ pub struct DbRequest {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Requests are read with their tenant's slug.
+const REQUEST_FROM: &str = "FROM dedicated_db_requests r JOIN tenants t ON t.id = r.tenant_id";
+
 const REQUEST_COLS: &str = "r.id, r.tenant_id, t.slug, r.direction, r.state, r.requested_by, r.decided_by, r.move_id, \
      r.error, r.created_at, r.updated_at";
 
@@ -198,6 +201,11 @@ pub struct SigningKeyInfo {
     pub state: String,
     pub created_at: DateTime<Utc>,
     pub publish_until: Option<DateTime<Utc>>,
+}
+
+/// [`TENANT_COLS`] of a joined `tenants` table called `alias`.
+fn tenant_cols(alias: &str) -> String {
+    TENANT_COLS.split(", ").map(|c| format!("{alias}.{c}")).collect::<Vec<_>>().join(", ")
 }
 
 fn conflict(msg: impl Into<String>) -> CoreError {
@@ -345,7 +353,7 @@ impl ControlPlane {
     pub async fn memberships(&self, user: Uuid) -> Result<Vec<Membership>, CoreError> {
         let mut c = self.client().await?;
         let tx = OwnerTx::begin(&mut c).await?;
-        let cols = TENANT_COLS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ");
+        let cols = tenant_cols("t");
         let rows = tx
             .query(
                 &format!(
@@ -394,7 +402,7 @@ impl ControlPlane {
         let row = tx
             .query_opt(
                 &format!(
-                    "SELECT {REQUEST_COLS} FROM dedicated_db_requests r JOIN tenants t ON t.id = r.tenant_id
+                    "SELECT {REQUEST_COLS} {REQUEST_FROM}
                      WHERE r.tenant_id = $1
                      ORDER BY (r.state NOT IN ('declined', 'withdrawn', 'done')) DESC, r.created_at DESC LIMIT 1"
                 ),
@@ -408,17 +416,7 @@ impl ControlPlane {
     pub async fn db_requests(&self, open_only: bool) -> Result<Vec<DbRequest>, CoreError> {
         let mut c = self.client().await?;
         let tx = OwnerTx::begin(&mut c).await?;
-        let rows = tx
-            .query(
-                &format!(
-                    "SELECT {REQUEST_COLS} FROM dedicated_db_requests r JOIN tenants t ON t.id = r.tenant_id
-                     WHERE NOT $1 OR r.state NOT IN ('declined', 'withdrawn', 'done')
-                     ORDER BY r.created_at DESC LIMIT 200"
-                ),
-                &[(&open_only, Type::BOOL)],
-            )
-            .await?;
-        Ok(rows.iter().map(DbRequest::from_row).collect())
+        requests_in(&tx, open_only).await
     }
 
     /// The billing page's toggle. On: file a request for a dedicated database (Enterprise
@@ -437,7 +435,7 @@ impl ControlPlane {
         let open = tx
             .query_opt(
                 &format!(
-                    "SELECT {REQUEST_COLS} FROM dedicated_db_requests r JOIN tenants t ON t.id = r.tenant_id
+                    "SELECT {REQUEST_COLS} {REQUEST_FROM}
                      WHERE r.tenant_id = $1 AND r.state NOT IN ('declined', 'withdrawn', 'done')"
                 ),
                 &[(&tenant, Type::UUID)],
@@ -629,8 +627,8 @@ impl ControlPlane {
 
     /// Every tenant with its home, newest move, open request and size at home.
     pub async fn tenant_overview(&self, key: &MasterKey) -> Result<Vec<TenantOverview>, CoreError> {
-        let cols = TENANT_COLS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ");
-        let (rows, shared_sizes) = {
+        let cols = tenant_cols("t");
+        let (rows, shared_sizes, requests) = {
             let mut c = self.client().await?;
             let tx = OwnerTx::begin(&mut c).await?;
             let rows = tx
@@ -646,9 +644,8 @@ impl ControlPlane {
                 )
                 .await?;
             let sizes = tx.query(SIZES_SQL, &[]).await?;
-            (rows, sizes)
+            (rows, sizes, requests_in(&tx, true).await?)
         };
-        let requests = self.db_requests(true).await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let tenant = Tenant::from_row(r);
@@ -765,7 +762,7 @@ impl ControlPlane {
         let row = tx
             .query_opt(
                 &format!(
-                    "SELECT {REQUEST_COLS} FROM dedicated_db_requests r JOIN tenants t ON t.id = r.tenant_id
+                    "SELECT {REQUEST_COLS} {REQUEST_FROM}
                      WHERE r.id = $1"
                 ),
                 &[(&id, Type::UUID)],
@@ -846,6 +843,20 @@ impl ControlPlane {
         tx.commit().await?;
         Ok(r)
     }
+}
+
+async fn requests_in(tx: &OwnerTx<'_>, open_only: bool) -> Result<Vec<DbRequest>, CoreError> {
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT {REQUEST_COLS} {REQUEST_FROM}
+                 WHERE NOT $1 OR r.state NOT IN ('declined', 'withdrawn', 'done')
+                 ORDER BY r.created_at DESC LIMIT 200"
+            ),
+            &[(&open_only, Type::BOOL)],
+        )
+        .await?;
+    Ok(rows.iter().map(DbRequest::from_row).collect())
 }
 
 /// Move a request from one of `from` to `to` (a conflict if it is elsewhere: someone else

@@ -29,6 +29,11 @@ use authio_testkit::{
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+/// GET a management endpoint with a key and read its JSON (whatever the status).
+async fn get_json(app: &TestApp, path: &str, key: &str) -> Value {
+    app.http.get(app.url(path)).bearer_auth(key).send().await.unwrap().json().await.unwrap()
+}
+
 fn users_url(app: &TestApp, s: &Seeded) -> String {
     app.url(&format!("/v1/projects/{}/users", s.project.id))
 }

@@ -21,8 +21,7 @@ use axum::Form;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::operator::page_try;
-use super::{check_csrf, console_of, core_error_page, error_page, memberships, ConsoleUser, SignedIn};
+use super::{check_csrf, console_of, core_error_page, error_page, memberships, ConsoleUser, Flash, SignedIn};
 use super::{Block, Cell, Field, FormView, Live, LiveView, PageView, PlanView};
 use crate::AppState;
 
@@ -95,14 +94,24 @@ async fn member(state: &AppState, user: ConsoleUser, slug: &str) -> Result<Membe
 }
 
 /// A project of the member's tenant, with its scope.
+/// Read on the shared database as the app role, under the tenant's scope: row-level security
+/// hides any other tenant's project, so an id from elsewhere is simply not found.
 async fn project(state: &AppState, m: &Member, pid: &str) -> Result<(Project, Scope), Box<Response>> {
-    let console = console_of(state)?;
     let not_found = || Box::new(error_page(StatusCode::NOT_FOUND, "No such project.", Some(&m.user)));
     let pid = Uuid::parse_str(pid).map_err(|_| not_found())?;
-    let all = console.control.projects(m.tenant.id).await.map_err(|e| Box::new(core_error_page(e, Some(&m.user))))?;
-    let p = all.into_iter().find(|p| p.id == pid).ok_or_else(not_found)?;
-    let scope = Scope::project(m.tenant.id, p.id, TenantKind::Customer);
-    Ok((p, scope))
+    let scope = Scope::project(m.tenant.id, pid, TenantKind::Customer);
+    let read = async {
+        let tx = state.router.begin_pinned(&scope).await?;
+        let row =
+            tx.query_opt("SELECT slug, name FROM projects WHERE id = $1", &[(&pid, authio_db::Type::UUID)]).await?;
+        tx.commit().await?;
+        Ok::<_, authio_db::DbError>(row)
+    };
+    match read.await {
+        Ok(Some(r)) => Ok((Project { id: pid, tenant_id: m.tenant.id, slug: r.get(0), name: r.get(1) }, scope)),
+        Ok(None) => Err(not_found()),
+        Err(e) => Err(Box::new(core_error_page(e.into(), Some(&m.user)))),
+    }
 }
 
 /// The project's pages, for its sub-navigation.
@@ -127,26 +136,22 @@ fn base(m: &Member, p: &Project) -> String {
     format!("/dashboard/{}/p/{}", m.tenant.slug, p.id)
 }
 
-#[derive(Deserialize, Default)]
-struct Flash {
-    done: Option<String>,
-}
+/// What `?done=` says on the dashboard's pages.
+const DONE: &[(&str, &str)] = &[
+    ("disabled", "User disabled; their sessions have ended."),
+    ("enabled", "User enabled."),
+    ("deleted", "User deleted."),
+    ("revoked", "Revoked."),
+    ("saved", "Saved."),
+    ("removed", "Removed."),
+    ("verified", "Domain verified."),
+    ("rotated", "Keys rotated: the next key is now current, and a new next key is published."),
+    ("requested", "Request filed. An operator will review it; this page shows its progress."),
+    ("withdrawn", "Request withdrawn."),
+];
 
 fn flash(page: PageView, f: &Flash) -> PageView {
-    let text = match f.done.as_deref() {
-        Some("disabled") => "User disabled; their sessions have ended.",
-        Some("enabled") => "User enabled.",
-        Some("deleted") => "User deleted.",
-        Some("revoked") => "Revoked.",
-        Some("saved") => "Saved.",
-        Some("removed") => "Removed.",
-        Some("verified") => "Domain verified.",
-        Some("rotated") => "Keys rotated: the next key is now current, and a new next key is published.",
-        Some("requested") => "Request filed. An operator will review it; this page shows its progress.",
-        Some("withdrawn") => "Request withdrawn.",
-        _ => return page,
-    };
-    page.block(Block::notice("ok", text))
+    f.onto(page, DONE)
 }
 
 fn client_info(headers: &axum::http::HeaderMap) -> sessions::ClientInfo {
@@ -180,10 +185,7 @@ async fn tenants(State(state): State<AppState>, SignedIn(user): SignedIn) -> Res
 async fn projects(State(state): State<AppState>, SignedIn(user): SignedIn, Path(slug): Path<String>) -> Response {
     let m = page_try!(member(&state, user, &slug).await);
     let console = page_try!(console_of(&state));
-    let all = match console.control.projects(m.tenant.id).await {
-        Ok(p) => p,
-        Err(e) => return core_error_page(e, Some(&m.user)),
-    };
+    let all = core_try!(console.control.projects(m.tenant.id).await, &m.user);
     m.page(m.tenant.name.clone())
         .block(Block::Facts(vec![
             ("Plan".into(), m.tenant.plan.clone()),
@@ -239,10 +241,7 @@ async fn create_project(
         Ok((s, n)) => console.control.create_project_by(m.tenant.id, &s, &n, m.actor()).await,
         Err(e) => Err(e),
     };
-    let p = match created {
-        Ok(p) => p,
-        Err(e) => return core_error_page(e, Some(&m.user)),
-    };
+    let p = core_try!(created, &m.user);
     Redirect::to(&format!("/dashboard/{slug}/p/{}/users", p.id)).into_response()
 }
 
@@ -270,10 +269,7 @@ async fn users_page(
     } else {
         users::search(&state.router, &scope, query.trim(), 100).await
     };
-    let found = match found {
-        Ok(u) => u,
-        Err(e) => return core_error_page(e, Some(&m.user)),
-    };
+    let found = core_try!(found, &m.user);
     let b = base(&m, &p);
     let page = flash(project_page(&m, &p, "Users", "users"), &Flash { done: q.done });
     page.block(Block::Form(FormView::get(format!("{b}/users"), "Search").field(Field::text(
@@ -309,13 +305,10 @@ async fn user_page(
 ) -> Response {
     let m = page_try!(member(&state, user, &slug).await);
     let (p, scope) = page_try!(project(&state, &m, &pid).await);
-    let (u, list) = match tokio::try_join!(
-        users::get(&state.router, &scope, uid),
-        sessions::list_for_user(&state.router, &scope, uid)
-    ) {
-        Ok(v) => v,
-        Err(e) => return core_error_page(e, Some(&m.user)),
-    };
+    let (u, list) = core_try!(
+        tokio::try_join!(users::get(&state.router, &scope, uid), sessions::list_for_user(&state.router, &scope, uid)),
+        &m.user
+    );
     let b = format!("{}/users/{uid}", base(&m, &p));
     let read_only = !m.role.may_change();
     let toggle = if u.disabled { ("enable", "Enable user", false) } else { ("disable", "Disable user", true) };
@@ -419,13 +412,21 @@ async fn credentials_page(
     secret: Option<Block>,
     f: &Flash,
 ) -> Response {
-    let (clients, keys) = match tokio::try_join!(m2m::list(&state.router, scope), api_keys::list(&state.router, scope))
-    {
-        Ok(v) => v,
-        Err(e) => return core_error_page(e, Some(&m.user)),
-    };
+    let (clients, keys) =
+        core_try!(tokio::try_join!(m2m::list(&state.router, scope), api_keys::list(&state.router, scope)), &m.user);
     let b = format!("{}/credentials", base(m, p));
     let read_only = !m.role.may_change();
+    // A credential's state and, while it is live, its revoke button.
+    let state_cells = |revoked: bool, revoke_url: String| {
+        if revoked {
+            [Cell::Badge("bad", "revoked".into()), Cell::Text(String::new())]
+        } else {
+            [
+                Cell::Badge("ok", "active".into()),
+                Cell::Action(FormView::button(revoke_url, "Revoke", true).disabled_if(read_only)),
+            ]
+        }
+    };
     let mut page = flash(project_page(m, p, "M2M clients & API keys", "credentials"), f);
     if let Some(s) = secret {
         page = page.block(s);
@@ -444,25 +445,14 @@ async fn credentials_page(
             clients
                 .iter()
                 .map(|c| {
-                    vec![
+                    let mut row = vec![
                         Cell::Text(c.name.clone()),
                         Cell::Code(c.client_id.clone()),
                         Cell::Text(c.scopes.join(" ")),
                         Cell::Text(c.created_at.format("%Y-%m-%d").to_string()),
-                        if c.revoked_at.is_some() {
-                            Cell::Badge("bad", "revoked".into())
-                        } else {
-                            Cell::Badge("ok", "active".into())
-                        },
-                        if c.revoked_at.is_none() {
-                            Cell::Action(
-                                FormView::button(format!("{b}/m2m/{}/revoke", c.id), "Revoke", true)
-                                    .disabled_if(read_only),
-                            )
-                        } else {
-                            Cell::Text(String::new())
-                        },
-                    ]
+                    ];
+                    row.extend(state_cells(c.revoked_at.is_some(), format!("{b}/m2m/{}/revoke", c.id)));
+                    row
                 })
                 .collect(),
             "No M2M clients yet.",
@@ -479,24 +469,13 @@ async fn credentials_page(
             vec!["Name", "Key id", "Created", "State", ""],
             keys.iter()
                 .map(|k| {
-                    vec![
+                    let mut row = vec![
                         Cell::Text(k.name.clone()),
                         Cell::Code(k.key_id.clone()),
                         Cell::Text(k.created_at.format("%Y-%m-%d").to_string()),
-                        if k.revoked_at.is_some() {
-                            Cell::Badge("bad", "revoked".into())
-                        } else {
-                            Cell::Badge("ok", "active".into())
-                        },
-                        if k.revoked_at.is_none() {
-                            Cell::Action(
-                                FormView::button(format!("{b}/api-key/{}/revoke", k.id), "Revoke", true)
-                                    .disabled_if(read_only),
-                            )
-                        } else {
-                            Cell::Text(String::new())
-                        },
-                    ]
+                    ];
+                    row.extend(state_cells(k.revoked_at.is_some(), format!("{b}/api-key/{}/revoke", k.id)));
+                    row
                 })
                 .collect(),
             "No API keys yet.",
@@ -599,14 +578,14 @@ async fn urls(
 ) -> Response {
     let m = page_try!(member(&state, user, &slug).await);
     let (p, scope) = page_try!(project(&state, &m, &pid).await);
-    let (uris, origins, domains) = match tokio::try_join!(
-        project_config::list_redirect_uris(&state.router, &scope),
-        project_config::list_origins(&state.router, &scope),
-        project_config::list_domains(&state.router, &scope)
-    ) {
-        Ok(v) => v,
-        Err(e) => return core_error_page(e, Some(&m.user)),
-    };
+    let (uris, origins, domains) = core_try!(
+        tokio::try_join!(
+            project_config::list_redirect_uris(&state.router, &scope),
+            project_config::list_origins(&state.router, &scope),
+            project_config::list_domains(&state.router, &scope)
+        ),
+        &m.user
+    );
     let b = format!("{}/urls", base(&m, &p));
     let read_only = !m.role.may_change();
     let list = |caption: &str, values: &[String], act: &str, empty: &str| {
@@ -761,10 +740,7 @@ async fn signin_page(
 ) -> Response {
     let m = page_try!(member(&state, user, &slug).await);
     let (p, scope) = page_try!(project(&state, &m, &pid).await);
-    let s = match project_config::presentation(&state.router, &scope).await {
-        Ok(s) => s,
-        Err(e) => return core_error_page(e, Some(&m.user)),
-    };
+    let s = core_try!(project_config::presentation(&state.router, &scope).await, &m.user);
     let mut form = FormView::post(format!("{}/signin", base(&m, &p)), "Save").disabled_if(!m.role.may_change());
     for method in project_config::METHODS {
         let label = match method {
@@ -836,10 +812,7 @@ async fn keys_page(
     let m = page_try!(member(&state, user, &slug).await);
     let (p, _) = page_try!(project(&state, &m, &pid).await);
     let console = page_try!(console_of(&state));
-    let keys = match console.control.signing_keys(p.id).await {
-        Ok(k) => k,
-        Err(e) => return core_error_page(e, Some(&m.user)),
-    };
+    let keys = core_try!(console.control.signing_keys(p.id).await, &m.user);
     flash(project_page(&m, &p, "Signing keys", "keys"), &f)
         .block(Block::Para(format!(
             "Published at {}/p/{}/.well-known/jwks.json. Rotating makes the next key current (verifiers already know it) and publishes a new next key; the old key stays published until tokens it signed have expired.",
@@ -917,10 +890,7 @@ async fn audit_page(
     let m = page_try!(member(&state, user, &slug).await);
     let (p, scope) = page_try!(project(&state, &m, &pid).await);
     let filter = q.filter();
-    let events = match authio_core::audit::list(&state.router, &scope, &filter, 200, None).await {
-        Ok(e) => e,
-        Err(e) => return core_error_page(e, Some(&m.user)),
-    };
+    let events = core_try!(authio_core::audit::list(&state.router, &scope, &filter, 200, None).await, &m.user);
     let b = format!("{}/audit", base(&m, &p));
     let export_query = serde_urlencoded::to_string([
         ("action", filter.action.clone().unwrap_or_default()),

@@ -15,6 +15,26 @@
 //! Operators (platform users with the `operator` role) see every tenant; customers' dashboard
 //! users see the tenants they are members of, as owner, admin (both change things) or viewer
 //! (looks only).
+/// `?` for handlers whose failures are pages.
+macro_rules! page_try {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(r) => return *r,
+        }
+    };
+}
+
+/// The value, or the page for the core's error (its API status and message).
+macro_rules! core_try {
+    ($e:expr, $user:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return core_error_page(e, Some($user)),
+        }
+    };
+}
+
 pub mod dashboard;
 pub mod operator;
 mod view;
@@ -35,12 +55,11 @@ use axum::routing::{get, post};
 use axum::Form;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use rand::RngCore;
 use serde::Deserialize;
-use sha2::Digest;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+use crate::routes::hosted::{append_cookie, cookie, random_token};
 use crate::AppState;
 pub use view::*;
 
@@ -263,29 +282,8 @@ pub(crate) fn check_csrf(user: &ConsoleUser, posted: Option<&str>) -> Result<(),
     }
 }
 
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
-}
-
 fn set_cookie(h: &mut HeaderMap, state: &AppState, name: &str, value: &str, path: &str, max_age: i64) {
-    let line = cookie_line(name, value, path, max_age, state.public_scheme == "https");
-    if let Ok(v) = HeaderValue::from_str(&line) {
-        h.append(header::SET_COOKIE, v);
-    }
-}
-
-/// Console cookies: never readable by script, sent on top-level navigations only from this
-/// site, and only over TLS when the deployment is https (plain http is development).
-fn cookie_line(name: &str, value: &str, path: &str, max_age: i64, secure: bool) -> String {
-    let secure = if secure { "; Secure" } else { "" };
-    format!("{name}={value}; Path={path}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
+    append_cookie(h, name, value, path, max_age, state.public_scheme == "https");
 }
 
 /// Only paths on this host are places to return to after signing in.
@@ -343,7 +341,7 @@ async fn login(State(state): State<AppState>, Query(q): Query<LoginQuery>) -> Re
         Err(e) => return core_error_page(e, None),
     }
     let (verifier, login_state) = (random_token(), random_token());
-    let challenge = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));
+    let challenge = authio_core::signin::s256(&verifier);
     let next = safe_next(q.next.as_deref());
     let query = serde_urlencoded::to_string([
         ("redirect_uri", redirect_uri.as_str()),
@@ -465,10 +463,20 @@ pub(crate) async fn memberships(state: &AppState, user: &ConsoleUser) -> Result<
     console.control.memberships(user.id).await.map_err(|e| Box::new(core_error_page(e, Some(user))))
 }
 
-pub(crate) fn random_token() -> String {
-    let mut raw = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut raw);
-    URL_SAFE_NO_PAD.encode(raw)
+/// `?done=...` after a redirect: which change just went through.
+#[derive(Deserialize, Default)]
+pub(crate) struct Flash {
+    done: Option<String>,
+}
+
+impl Flash {
+    /// The page, with the notice `messages` has for this flash (none for an unknown one).
+    pub(crate) fn onto(&self, page: PageView, messages: &[(&str, &str)]) -> PageView {
+        match messages.iter().find(|(k, _)| Some(*k) == self.done.as_deref()) {
+            Some((_, text)) => page.block(Block::notice("ok", *text)),
+            None => page,
+        }
+    }
 }
 
 /// A page for an error of the core: the API's status and message, as a page.
@@ -498,6 +506,7 @@ pub(crate) fn error_page(status: StatusCode, message: &str, user: Option<&Consol
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routes::hosted::cookie_line;
 
     #[test]
     fn cookies_are_http_only_same_site_and_secure_over_https() {

@@ -17,20 +17,9 @@ use axum::Form;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{check_csrf, console_of, core_error_page, error_page, Console, ConsoleUser, SignedIn};
+use super::{check_csrf, console_of, core_error_page, error_page, Console, ConsoleUser, Flash, SignedIn};
 use super::{Block, Cell, Field, FormView, Live, LiveView, PageView};
 use crate::AppState;
-
-/// `?` for handlers whose failures are pages.
-macro_rules! page_try {
-    ($e:expr) => {
-        match $e {
-            Ok(v) => v,
-            Err(r) => return *r,
-        }
-    };
-}
-pub(crate) use page_try;
 
 pub fn routes() -> axum::Router<AppState> {
     axum::Router::new()
@@ -82,10 +71,7 @@ fn request_badge(r: &DbRequest) -> Cell {
 
 async fn tenants(State(state): State<AppState>, SignedIn(user): SignedIn) -> Response {
     let console = page_try!(operator(&state, &user));
-    let all = match console.control.tenant_overview(&console.key).await {
-        Ok(t) => t,
-        Err(e) => return core_error_page(e, Some(&user)),
-    };
+    let all = core_try!(console.control.tenant_overview(&console.key).await, &user);
     let rows = all
         .iter()
         .map(|t| {
@@ -128,21 +114,12 @@ async fn tenant_by_slug(console: &Console, slug: &str, user: &ConsoleUser) -> Re
     }
 }
 
-#[derive(Deserialize, Default)]
-struct Flash {
-    done: Option<String>,
-}
-
-fn flash(f: &Flash) -> Option<Block> {
-    let text = match f.done.as_deref()? {
-        "plan" => "Plan changed.",
-        "approved" => "Approved. Provisioning runs in the background; start the move once it is provisioned.",
-        "declined" => "Request declined.",
-        "move" => "The move has started.",
-        _ => return None,
-    };
-    Some(Block::notice("ok", text))
-}
+/// What `?done=` says on the operator's pages.
+const DONE: &[(&str, &str)] = &[
+    ("plan", "Plan changed."),
+    ("approved", "Approved. Provisioning runs in the background; start the move once it is provisioned."),
+    ("declined", "Request declined."),
+];
 
 async fn tenant_detail(
     State(state): State<AppState>,
@@ -152,15 +129,15 @@ async fn tenant_detail(
 ) -> Response {
     let console = page_try!(operator(&state, &user));
     let t = page_try!(tenant_by_slug(console, &slug, &user).await);
-    let (projects, moves, request, members) = match tokio::try_join!(
-        console.control.projects(t.id),
-        console.control.moves(t.id),
-        console.control.latest_request(t.id),
-        console.control.members(t.id)
-    ) {
-        Ok(v) => v,
-        Err(e) => return core_error_page(e, Some(&user)),
-    };
+    let (projects, moves, request, members) = core_try!(
+        tokio::try_join!(
+            console.control.projects(t.id),
+            console.control.moves(t.id),
+            console.control.latest_request(t.id),
+            console.control.members(t.id)
+        ),
+        &user
+    );
     let facts = vec![
         ("Name".into(), t.name.clone()),
         ("Kind".into(), t.kind.clone()),
@@ -172,9 +149,7 @@ async fn tenant_detail(
     ];
     let plans = ["free", "pro", "enterprise"].iter().map(|p| ((*p).to_owned(), (*p).to_owned())).collect();
     let mut page = PageView::new(format!("Tenant {}", t.slug), Some(&user)).at("/console/tenants");
-    if let Some(b) = flash(&f) {
-        page = page.block(b);
-    }
+    page = f.onto(page, DONE);
     page = page.block(Block::Facts(facts)).block(Block::heading("Plan")).block(Block::Form(
         FormView::post(format!("/console/tenants/{}/plan", t.slug), "Change plan")
             .field(Field::select("plan", "Plan", plans, &t.plan)),
@@ -256,10 +231,7 @@ async fn change_plan(
 
 async fn hosts(State(state): State<AppState>, SignedIn(user): SignedIn) -> Response {
     let console = page_try!(operator(&state, &user));
-    let hosts = match console.control.list_dedicated_hosts().await {
-        Ok(h) => h,
-        Err(e) => return core_error_page(e, Some(&user)),
-    };
+    let hosts = core_try!(console.control.list_dedicated_hosts().await, &user);
     PageView::new("Dedicated hosts", Some(&user))
         .at("/console/hosts")
         .block(Block::table(
@@ -283,10 +255,7 @@ async fn hosts(State(state): State<AppState>, SignedIn(user): SignedIn) -> Respo
 async fn requests(State(state): State<AppState>, SignedIn(user): SignedIn, Query(f): Query<Flash>) -> Response {
     let console = page_try!(operator(&state, &user));
     let (all, hosts) =
-        match tokio::try_join!(console.control.db_requests(false), console.control.list_dedicated_hosts()) {
-            Ok(v) => v,
-            Err(e) => return core_error_page(e, Some(&user)),
-        };
+        core_try!(tokio::try_join!(console.control.db_requests(false), console.control.list_dedicated_hosts()), &user);
     let host_options: Vec<(String, String)> = hosts.iter().map(|h| (h.name.clone(), h.name.clone())).collect();
     let first_host = host_options.first().map(|h| h.0.clone()).unwrap_or_default();
     let rows = all
@@ -332,9 +301,7 @@ async fn requests(State(state): State<AppState>, SignedIn(user): SignedIn, Query
         })
         .collect();
     let mut page = PageView::new("Dedicated DB requests", Some(&user)).at("/console/requests");
-    if let Some(b) = flash(&f) {
-        page = page.block(b);
-    }
+    page = f.onto(page, DONE);
     page.block(Block::table(
         "Requests from customers' billing pages, newest first",
         vec!["Tenant", "Request", "Requested by", "Filed", "Decided by", "Error", "Actions"],
@@ -359,10 +326,7 @@ async fn approve(
     page_try!(check_csrf(&user, f.csrf.as_deref()));
     let console = page_try!(operator(&state, &user)).clone();
     // Check the host before anything changes: a refused approval writes nothing.
-    let wanted = match console.control.request(id).await {
-        Ok(r) => r,
-        Err(e) => return core_error_page(e, Some(&user)),
-    };
+    let wanted = core_try!(console.control.request(id).await, &user);
     let host = f.host.filter(|h| !h.is_empty());
     if wanted.direction == "to_dedicated" {
         let known = match console.control.list_dedicated_hosts().await {
@@ -373,10 +337,7 @@ async fn approve(
             return error_page(StatusCode::UNPROCESSABLE_ENTITY, "Choose a registered dedicated host.", Some(&user));
         }
     }
-    let r = match console.control.approve_request(id, actor(&user)).await {
-        Ok(r) => r,
-        Err(e) => return core_error_page(e, Some(&user)),
-    };
+    let r = core_try!(console.control.approve_request(id, actor(&user)).await, &user);
     if let (true, Some(host)) = (r.state == "provisioning", host) {
         let task_console = console.clone();
         let started = spawn_tracked(console.clone(), id, async move {
@@ -423,9 +384,9 @@ async fn start_move(
             s.remove(&id);
         }
     };
-    let current = console.control.db_requests(true).await.ok().and_then(|all| all.into_iter().find(|r| r.id == id));
-    let r = match current {
-        Some(r) if r.state == "moving" => r,
+    let r = match console.control.request(id).await {
+        // Moving already: resume it (a node died with its task).
+        Ok(r) if r.state == "moving" => r,
         _ => match console.control.begin_request_move(id, actor(&user)).await {
             Ok(r) => r,
             Err(e) => {
@@ -532,10 +493,7 @@ async fn move_view(console: &Console, t: &Tenant) -> Result<LiveView, authio_cor
 async fn move_page(State(state): State<AppState>, SignedIn(user): SignedIn, Path(slug): Path<String>) -> Response {
     let console = page_try!(operator(&state, &user));
     let t = page_try!(tenant_by_slug(console, &slug, &user).await);
-    let view = match move_view(console, &t).await {
-        Ok(v) => v,
-        Err(e) => return core_error_page(e, Some(&user)),
-    };
+    let view = core_try!(move_view(console, &t).await, &user);
     PageView::new(format!("Move of {slug}"), Some(&user))
         .at("/console/requests")
         .block(Block::Para(
@@ -565,10 +523,7 @@ async fn audit(State(state): State<AppState>, SignedIn(user): SignedIn, Query(q)
     let tenant = q.tenant.filter(|s| !s.is_empty());
     let action = q.action.filter(|s| !s.is_empty());
     let (events, unreachable) =
-        match console.control.audit_across(&console.key, tenant.as_deref(), action.as_deref(), 200).await {
-            Ok(e) => e,
-            Err(e) => return core_error_page(e, Some(&user)),
-        };
+        core_try!(console.control.audit_across(&console.key, tenant.as_deref(), action.as_deref(), 200).await, &user);
     let mut page = PageView::new("Audit log across tenants", Some(&user)).at("/console/audit");
     if !unreachable.is_empty() {
         page = page.block(Block::notice(

@@ -310,7 +310,7 @@ pub(crate) fn secure_headers(h: &mut HeaderMap) {
     );
 }
 
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     let mut raw = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut raw);
     URL_SAFE_NO_PAD.encode(raw)
@@ -336,18 +336,24 @@ fn project_of_scope(scope: &Scope) -> Uuid {
 pub(crate) const OP_COOKIE: &str = "authio_op";
 
 pub(crate) fn set_op_cookie(h: &mut HeaderMap, prefix: &str, value: &str, secure: bool, max_age: i64) {
-    let secure = if secure { "; Secure" } else { "" };
     let path = if prefix.is_empty() { "/" } else { prefix };
-    let v = format!("{OP_COOKIE}={value}; Path={path}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}");
-    if let Ok(v) = HeaderValue::from_str(&v) {
-        h.append(header::SET_COOKIE, v);
-    }
+    append_cookie(h, OP_COOKIE, value, path, max_age, secure);
 }
 
 fn set_cookie(h: &mut HeaderMap, name: &str, value: &str, secure: bool, max_age: i64) {
+    append_cookie(h, name, value, "/", max_age, secure);
+}
+
+/// Every cookie Authio sets (hosted pages, provider session, console): never readable by
+/// script, sent on top-level navigations only from this site, and only over TLS when the
+/// deployment is https (plain http is development).
+pub(crate) fn cookie_line(name: &str, value: &str, path: &str, max_age: i64, secure: bool) -> String {
     let secure = if secure { "; Secure" } else { "" };
-    let v = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}");
-    if let Ok(v) = HeaderValue::from_str(&v) {
+    format!("{name}={value}; Path={path}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
+}
+
+pub(crate) fn append_cookie(h: &mut HeaderMap, name: &str, value: &str, path: &str, max_age: i64, secure: bool) {
+    if let Ok(v) = HeaderValue::from_str(&cookie_line(name, value, path, max_age, secure)) {
         h.append(header::SET_COOKIE, v);
     }
 }

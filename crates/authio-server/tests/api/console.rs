@@ -209,27 +209,12 @@ async fn the_console_in_a_real_browser_from_request_to_dedicated_while_the_api_k
         .await,
         vec!["1"]
     );
-    let presentation: Value = app
-        .http
-        .get(app.url(&format!("/v1/projects/{}/presentation", acme.project.id)))
-        .bearer_auth(&acme.api_key.plaintext)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let presentation: Value =
+        crate::get_json(&app, &format!("/v1/projects/{}/presentation", acme.project.id), &acme.api_key.plaintext).await;
     assert!(!presentation["signin_methods"].as_array().unwrap().iter().any(|m| m == "magic_link"), "{presentation}");
-    let uris: Value = app
-        .http
-        .get(app.url(&format!("/v1/projects/{}/redirect-uris", acme.project.id)))
-        .bearer_auth(&acme.api_key.plaintext)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let uris: Value =
+        crate::get_json(&app, &format!("/v1/projects/{}/redirect-uris", acme.project.id), &acme.api_key.plaintext)
+            .await;
     assert!(
         uris.to_string().contains("https://app.acme.test/callback") && !uris.to_string().contains("http://app."),
         "{uris}"
@@ -242,16 +227,8 @@ async fn the_console_in_a_real_browser_from_request_to_dedicated_while_the_api_k
     .await;
     assert_eq!(current, vec![report["rotated_to"].as_str().unwrap().to_owned()]);
     // The viewer made nothing; the refused CSRF-less post changed nothing.
-    let clients: Value = app
-        .http
-        .get(app.url(&format!("/v1/projects/{}/m2m-clients", acme.project.id)))
-        .bearer_auth(&acme.api_key.plaintext)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let clients: Value =
+        crate::get_json(&app, &format!("/v1/projects/{}/m2m-clients", acme.project.id), &acme.api_key.plaintext).await;
     let names: Vec<&str> = clients["data"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["billing worker"]);
     // The request's story is in the tenant's audit log, with who did what.
@@ -263,16 +240,12 @@ async fn the_console_in_a_real_browser_from_request_to_dedicated_while_the_api_k
         ("dedicated_db.done", "console"),
         ("m2m_client.created", "admin@acme.test (dashboard)"),
     ] {
-        let events: Value = app
-            .http
-            .get(app.url(&format!("/v1/projects/{}/audit-events?action={action}", acme.project.id)))
-            .bearer_auth(&acme.api_key.plaintext)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let events: Value = crate::get_json(
+            &app,
+            &format!("/v1/projects/{}/audit-events?action={action}", acme.project.id),
+            &acme.api_key.plaintext,
+        )
+        .await;
         let by: Vec<&str> =
             events["data"].as_array().unwrap().iter().map(|e| e["actor"]["name"].as_str().unwrap_or("")).collect();
         assert_eq!(by, vec![who], "{action}");

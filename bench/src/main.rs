@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use authio_core::domain::Plan;
+use authio_core::types::Plan;
 use authio_core::SystemClock;
 use authio_db::{Param, Router, Scope, TenantKind, Type};
 use authio_testkit::{fresh_shared_db, make_dedicated, router_for, router_settings, seed_tenant, Seeded, TestDb};
@@ -332,7 +332,7 @@ impl ScopedBench {
             let rows = self.router.read(&self.scope, PAGE_SQL, &params).await?;
             return rows
                 .iter()
-                .map(|r| Ok(authio_core::users::User::try_from(r)?))
+                .map(|r| Ok(authio_core::identity::users::User::try_from(r)?))
                 .map(|u: Result<_>| Ok(serde_json::to_value(u?)?))
                 .collect();
         }
@@ -340,7 +340,7 @@ impl ScopedBench {
         let mut conn = self.reads.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         let rows = conn.pipeline(&[(PAGE_SQL_NO_RLS, &params)]).await?;
         rows.iter()
-            .map(|r| Ok(authio_core::users::User::try_from(r)?))
+            .map(|r| Ok(authio_core::identity::users::User::try_from(r)?))
             .map(|u: Result<_>| Ok(serde_json::to_value(u?)?))
             .collect()
     }
@@ -539,7 +539,7 @@ async fn identity_app(env: &Env, credential_cache: bool) -> Result<(String, auth
 
 #[derive(Clone)]
 struct BareSigner {
-    keys: Arc<authio_core::keys::KeySet>,
+    keys: Arc<authio_core::crypto::keys::KeySet>,
     iss: String,
     tid: String,
     pid: String,
@@ -550,7 +550,7 @@ struct BareSigner {
 /// (aws-lc-rs), nothing else.
 async fn bare_sign(State(b): State<BareSigner>) -> Result<Json<Value>, axum::http::StatusCode> {
     let now = chrono::Utc::now().timestamp();
-    let claims = authio_core::tokens::AccessClaims {
+    let claims = authio_core::crypto::tokens::AccessClaims {
         iss: b.iss.clone(),
         sub: b.client_id.clone(),
         aud: b.iss.clone(),
@@ -575,15 +575,15 @@ async fn tokens(env: &Env, secs: u64, rounds: usize) -> Result<()> {
     let (uncached_base, _) = identity_app(env, false).await?;
     let scope = Scope::project(env.a.tenant.id, env.a.project.id, TenantKind::Customer);
     let iss = state.identity.issuer(env.a.project.id);
-    let new = authio_core::m2m::NewClient {
-        name: authio_core::domain::DisplayName::parse("bench")?,
+    let new = authio_core::identity::m2m::NewClient {
+        name: authio_core::types::DisplayName::parse("bench")?,
         scopes: vec!["read".into()],
         audience: None,
         token_ttl_secs: None,
     };
-    let actor = authio_core::audit::Actor { kind: "operator", id: None, name: Some("bench".into()) };
+    let auth = authio_core::authz::as_system("bench", authio_core::authz::Permission::CredentialsManage, &scope)?;
     let client =
-        authio_core::m2m::create(&env.router, &SystemClock, &scope, &iss, &new, &actor, &Default::default()).await?;
+        authio_core::identity::m2m::create(&env.router, &SystemClock, &auth, &iss, &new, &Default::default()).await?;
     let profile = state.identity.profile(env.a.project.id).await?;
     let keys = state.identity.keys().keyset(&profile).await?;
     let bare = BareSigner {
@@ -755,13 +755,14 @@ async fn signin(env: &Env, secs: u64, rounds: usize) -> Result<()> {
 /// without its audit event in the same pipeline, by 32 concurrent writers, rounds alternating.
 /// At the HTTP endpoint the difference hides under Argon2id (see `signin`); here it does not.
 async fn audit_cost(env: &Env, secs: u64, rounds: usize) -> Result<()> {
-    use authio_core::sessions::{ClientInfo, NewSession, SessionPolicy, START_SQL};
+    use authio_core::identity::sessions::{NewSession, SessionPolicy, START_SQL};
+    use authio_core::types::ClientInfo;
     let scope = Scope::project(env.a.tenant.id, env.a.project.id, TenantKind::Customer);
-    let user = authio_core::users::create(
+    let user = authio_core::identity::users::create(
         &env.router,
         &SystemClock,
         &scope,
-        &authio_core::domain::Email::parse("audit-bench@bench.test")?,
+        &authio_core::types::Email::parse("audit-bench@bench.test")?,
     )
     .await?
     .id;
@@ -793,7 +794,7 @@ async fn audit_cost(env: &Env, secs: u64, rounds: usize) -> Result<()> {
                         let event = authio_core::audit::EventRow::new(
                             &scope,
                             authio_core::audit::Event {
-                                action: "user.signed_in",
+                                action: authio_core::audit::AuditAction::UserSignedIn,
                                 actor: authio_core::audit::Actor::user(user, Some("audit-bench@bench.test")),
                                 target: Some(("user", user.to_string())),
                                 client: &client,

@@ -4,9 +4,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use authio_core::control::ControlPlane;
-use authio_core::domain::Plan;
-use authio_core::moves::Direction;
+use authio_core::tenancy::control::ControlPlane;
+use authio_core::tenancy::moves::Direction;
+use authio_core::types::Plan;
 use authio_core::SystemClock;
 use authio_db::{RouterSettings, Scope, TenantKind};
 use authio_testkit::{

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use authio_core::domain::Plan;
 use authio_core::oidc::{AuthorizeParams, OpSession};
+use authio_core::types::Plan;
 use authio_core::SystemClock;
 use authio_db::{Scope, TenantKind};
 use base64::Engine;
@@ -43,9 +43,9 @@ pub async fn oidc(env: &Env, secs: u64, rounds: usize) -> Result<()> {
         scopes: None,
         grant_types: None,
     };
-    let actor = authio_core::audit::Actor { kind: "operator", id: None, name: Some("bench".into()) };
+    let auth = authio_core::authz::as_system("bench", authio_core::authz::Permission::CredentialsManage, &scope)?;
     let (client, secret) =
-        authio_core::oidc::create_client(&env.router, &SystemClock, &scope, &new, &actor, &Default::default()).await?;
+        authio_core::oidc::create_client(&env.router, &SystemClock, &auth, &new, &Default::default()).await?;
     let secret = secret.context("a confidential client's secret")?;
     let basic = format!(
         "Basic {}",
@@ -57,7 +57,7 @@ pub async fn oidc(env: &Env, secs: u64, rounds: usize) -> Result<()> {
         response_type: Some("code".into()),
         scope: Some("openid email offline_access".into()),
         nonce: Some("bench-nonce".into()),
-        code_challenge: Some(authio_core::signin::s256(VERIFIER)),
+        code_challenge: Some(authio_core::crypto::pkce::s256(VERIFIER)),
         code_challenge_method: Some("S256".into()),
         ..AuthorizeParams::default()
     };

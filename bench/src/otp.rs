@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use authio_core::domain::Plan;
+use authio_core::types::Plan;
 use authio_core::SystemClock;
 use authio_db::TenantKind;
 use authio_testkit::seed_tenant;

@@ -6,13 +6,13 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum CoreError {
     #[error("{0}")]
-    Invalid(#[from] crate::domain::ValidationError),
+    Invalid(#[from] crate::types::ValidationError),
     #[error("a user with this email already exists in this project")]
     EmailTaken,
     #[error("a tenant with this slug already exists")]
     SlugTaken,
     #[error("{0} not found")]
-    NotFound(&'static str),
+    NotFound(crate::types::Entity),
     #[error("the API key is invalid or revoked")]
     InvalidApiKey,
     /// Wrong email or password; the same for an unknown account.
@@ -60,8 +60,12 @@ pub enum CoreError {
     /// The domain's TXT record was not found: (record name, expected value).
     #[error("TXT record {0} with value {1} not found")]
     DomainNotVerified(String, String),
-    #[error("configuration or internal error: {0}")]
+    /// The deployment's configuration is unusable (a URL, a parameter, a missing key).
+    #[error("configuration error: {0}")]
     Config(String),
+    /// Something that should not happen did (a query without its row, a sealing failure).
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error(transparent)]
     Db(#[from] DbError),
 }

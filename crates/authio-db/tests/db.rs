@@ -4,8 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use authio_core::domain::{Email, Plan};
-use authio_core::{users, SystemClock};
+use authio_core::identity::users;
+use authio_core::types::{Email, Plan};
+use authio_core::SystemClock;
 use authio_db::{DbError, Router, RouterError, RouterSettings, Scope, TenantKind, Type};
 use authio_testkit::{
     admin_query_strings, clusters, fresh_shared_db, make_dedicated, router_for, router_settings, seed_tenant,
@@ -41,7 +42,7 @@ async fn router_pool_for_or_err_platform_tenant_returns_shared_with_err() {
     drop(c);
 
     // The row now says dedicated: still the shared pool, together with the refusal.
-    authio_core::control::ControlPlane::new(shared.admin_url.clone())
+    authio_core::tenancy::control::ControlPlane::new(shared.admin_url.clone())
         .set_db_strategy(platform.tenant.id, "dedicated")
         .await
         .unwrap();
@@ -116,7 +117,7 @@ async fn dedicated_tenant_routes_to_its_own_cluster_and_writes_land_there() {
         admin_query_strings(&ded.admin_url, "SELECT email FROM users ORDER BY email").await,
         vec!["b@bravo.test"]
     );
-    let listed = users::list(&router, &scope_of(&b), 10, None).await.unwrap();
+    let listed = users::list(&router, &read_users(&scope_of(&b)), 10, None).await.unwrap();
     assert_eq!(listed.iter().map(|u| u.email.as_str()).collect::<Vec<_>>(), vec!["b@bravo.test"]);
     assert_eq!(router.open_dedicated_pools(), 1);
 }
@@ -214,7 +215,7 @@ async fn isolation_suite(shared: &TestDb, app_url: &str) {
 
     // Through the pool: after scoped transactions, an unscoped read sees nothing.
     for _ in 0..20 {
-        users::list(&router, &sa, 10, None).await.unwrap();
+        users::list(&router, &read_users(&sa), 10, None).await.unwrap();
     }
     let pool = router.pool_for(&sa).await.unwrap();
     for _ in 0..8 {
@@ -436,7 +437,7 @@ async fn a_stale_instance_cannot_touch_the_old_home() {
     // Its cache still says shared; the fence on shared refuses it, so it re-reads the route
     // and reads the new home (empty: the tenant was attached without its data).
     assert_eq!(stale.cache().get(&t.tenant.id).unwrap().strategy, authio_db::DbStrategy::Shared);
-    assert!(users::list(&stale, &scope, 10, None).await.unwrap().is_empty());
+    assert!(users::list(&stale, &read_users(&scope), 10, None).await.unwrap().is_empty());
     assert_eq!(stale.cache().get(&t.tenant.id).unwrap().strategy, authio_db::DbStrategy::Dedicated);
     assert_eq!(current_db(&stale, &scope).await.0, ded.name);
     users::create(&stale, &SystemClock, &scope, &Email::parse("after@s.test").unwrap()).await.unwrap();
@@ -450,7 +451,7 @@ async fn a_stale_instance_cannot_touch_the_old_home() {
     );
     let t2 = seed_tenant(&shared, "stale-two", TenantKind::Customer, Plan::Enterprise).await;
     let scope2 = scope_of(&t2);
-    assert!(users::list(&stale2, &scope2, 1, None).await.unwrap().is_empty());
+    assert!(users::list(&stale2, &read_users(&scope2), 1, None).await.unwrap().is_empty());
     let ded2 = make_dedicated(&shared, &t2.tenant).await;
     // A write through a stale route is refused by the fence too, and lands at the new home.
     users::create(&stale2, &SystemClock, &scope2, &Email::parse("w@s.test").unwrap()).await.unwrap();
@@ -493,14 +494,14 @@ async fn pre_resolution_lookups_never_open_a_dedicated_pool() {
     let t = seed_tenant(&shared, "pinned", TenantKind::Customer, Plan::Enterprise).await;
     make_dedicated(&shared, &t.tenant).await;
     let router = router_for(&shared, &shared.app_url, router_settings());
-    let (key_id, _) = authio_core::api_keys::parse(&t.api_key.plaintext).unwrap();
+    let (key_id, _) = authio_core::project::api_keys::parse(&t.api_key.plaintext).unwrap();
     let rec = authio_db::preresolve::resolve_api_key(&router, key_id).await.unwrap().expect("key resolves");
     assert_eq!((rec.tenant_id, rec.project_id), (t.tenant.id, t.project.id));
     let route = authio_db::preresolve::tenant_route(&router, t.tenant.id).await.unwrap().unwrap();
     assert_eq!(route.strategy, authio_db::DbStrategy::Dedicated);
     assert_eq!(authio_db::preresolve::route_epochs(&router, &[t.tenant.id]).await.unwrap().len(), 1);
     assert!(authio_db::preresolve::dedicated_app_dsn(&router, t.tenant.id).await.unwrap().is_some());
-    let scope = authio_core::api_keys::authenticate(&router, &t.api_key.plaintext).await.unwrap();
+    let scope = authio_core::project::api_keys::authenticate(&router, &t.api_key.plaintext).await.unwrap();
     assert_eq!(scope.tenant_id, t.tenant.id);
     assert_eq!(router.dedicated_pools_opened(), 0, "a pre-resolution lookup opened a dedicated pool");
     // The API key rows stay on shared, even for a dedicated tenant.
@@ -574,7 +575,7 @@ async fn dedicated_pools_are_bounded_per_node_least_recently_used_first() {
     assert_eq!(router.open_dedicated_pools(), 2);
     // Reads go through the same bounded pools.
     users::create(&router, &SystemClock, &scope_of(first), &Email::parse("x@one.test").unwrap()).await.unwrap();
-    assert_eq!(users::list(&router, &scope_of(first), 10, None).await.unwrap().len(), 1);
+    assert_eq!(users::list(&router, &read_users(&scope_of(first)), 10, None).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -623,6 +624,12 @@ async fn stores_take_time_from_the_clock_they_are_given() {
     clock.advance(chrono::Duration::days(1));
     let v = users::create(&router, &clock, &scope_of(&t), &Email::parse("d@clock.test").unwrap()).await.unwrap();
     assert_eq!(v.created_at, at + chrono::Duration::days(1));
-    let listed = users::list(&router, &scope_of(&t), 10, None).await.unwrap();
+    let listed = users::list(&router, &read_users(&scope_of(&t)), 10, None).await.unwrap();
     assert_eq!(listed.iter().map(|u| u.created_at).collect::<Vec<_>>(), vec![at, at + chrono::Duration::days(1)]);
+}
+
+/// The tests act as the deployment itself (the CLI's principal) on the stores that need an
+/// authorization.
+fn read_users(scope: &Scope) -> authio_core::authz::Authorized {
+    authio_core::authz::as_system("test", authio_core::authz::Permission::UsersRead, scope).unwrap()
 }

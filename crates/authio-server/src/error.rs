@@ -87,17 +87,17 @@ impl From<CoreError> for ApiError {
         match e {
             CoreError::Invalid(v) => {
                 let code = match v {
-                    authio_core::domain::ValidationError::Email(_) => "invalid_email",
-                    authio_core::domain::ValidationError::Slug => "invalid_slug",
-                    authio_core::domain::ValidationError::Plan => "invalid_plan",
-                    authio_core::domain::ValidationError::Name => "invalid_name",
-                    authio_core::domain::ValidationError::Field(_) => "invalid_request",
+                    authio_core::types::ValidationError::Email(_) => "invalid_email",
+                    authio_core::types::ValidationError::Slug => "invalid_slug",
+                    authio_core::types::ValidationError::Plan => "invalid_plan",
+                    authio_core::types::ValidationError::Name => "invalid_name",
+                    authio_core::types::ValidationError::Field(_) => "invalid_request",
                 };
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, v.to_string())
             }
             CoreError::EmailTaken => ApiError::new(StatusCode::CONFLICT, "email_taken", e.to_string()),
             CoreError::SlugTaken => ApiError::new(StatusCode::CONFLICT, "slug_taken", e.to_string()),
-            CoreError::NotFound(what) => ApiError::new(StatusCode::NOT_FOUND, not_found_code(what), e.to_string()),
+            CoreError::NotFound(what) => ApiError::new(StatusCode::NOT_FOUND, what.code(), e.to_string()),
             CoreError::InvalidApiKey => ApiError::unauthorized("invalid_api_key", "the API key is invalid or revoked"),
             CoreError::InvalidCredentials => ApiError::unauthorized("invalid_credentials", &e.to_string()),
             CoreError::InvalidClient => ApiError::unauthorized("invalid_client", &e.to_string()),
@@ -127,28 +127,12 @@ impl From<CoreError> for ApiError {
             CoreError::DomainNotVerified(..) => {
                 ApiError::new(StatusCode::CONFLICT, "domain_not_verified", e.to_string())
             }
-            CoreError::Config(m) => {
+            CoreError::Config(m) | CoreError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
             }
             CoreError::Db(d) => d.into(),
         }
-    }
-}
-
-fn not_found_code(what: &str) -> &'static str {
-    match what {
-        "project" => "project_not_found",
-        "user" => "user_not_found",
-        "tenant" => "tenant_not_found",
-        "api key" => "api_key_not_found",
-        "client" => "client_not_found",
-        "session" => "session_not_found",
-        "connection" => "connection_not_found",
-        "domain" => "domain_not_found",
-        "redirect URI" => "redirect_uri_not_found",
-        "origin" => "origin_not_found",
-        _ => "not_found",
     }
 }
 

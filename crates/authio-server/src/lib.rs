@@ -17,9 +17,10 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use authio_core::auth::{Identity, IdentitySettings, Limits};
-use authio_core::keys::KeyService;
-use authio_core::passwords::{PasswordParams, Passwords};
+use authio_core::crypto::keys::KeyService;
+use authio_core::identity::auth::{Identity, IdentitySettings};
+use authio_core::identity::passwords::{PasswordParams, Passwords};
+use authio_core::throttle::Limits;
 use authio_core::{Clock, CoreError};
 use authio_db::{MasterKey, Router};
 use axum::http::{HeaderName, Request};
@@ -44,7 +45,7 @@ pub struct AppState {
     pub public_host: Arc<str>,
     pub public_origin: Arc<str>,
     /// Looks up the TXT records that prove custom domains.
-    pub dns: Arc<dyn authio_core::project_config::TxtLookup>,
+    pub dns: Arc<dyn authio_core::project::config::TxtLookup>,
     /// `authio dev`'s mail catcher, shown on `/dev/mailbox` (absent otherwise).
     pub mailbox: Option<mailcatcher::MailCatcher>,
     /// The web console (absent when no administrative connection is configured).
@@ -70,11 +71,11 @@ pub struct AuthSettings {
     /// read (empty: the peer address is the client, the header is ignored).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Lifetimes and attempts of one-time tokens (links, codes, states).
-    pub one_time: authio_core::signin::OneTimeSettings,
+    pub one_time: authio_core::identity::signin::OneTimeSettings,
     /// Reach upstream providers over plain http (development and tests only).
     pub allow_http_upstreams: bool,
     /// Custom-domain TXT lookups (default: the system resolver).
-    pub dns: Option<Arc<dyn authio_core::project_config::TxtLookup>>,
+    pub dns: Option<Arc<dyn authio_core::project::config::TxtLookup>>,
     /// Serve this mail catcher's messages on `/dev/mailbox` (development only).
     pub mailbox: Option<mailcatcher::MailCatcher>,
     /// The control plane's administrative URL (as `authio_owner`): enables the web console.
@@ -109,9 +110,9 @@ impl AppState {
         let public_scheme = if parsed.scheme() == "https" { "https" } else { "http" };
         let public_host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
         let public_origin = parsed.origin().ascii_serialization();
-        let dns: Arc<dyn authio_core::project_config::TxtLookup> = match auth.dns.clone() {
+        let dns: Arc<dyn authio_core::project::config::TxtLookup> = match auth.dns.clone() {
             Some(d) => d,
-            None => Arc::new(authio_core::project_config::SystemDns::new()?),
+            None => Arc::new(authio_core::project::config::SystemDns::new()?),
         };
         let mailbox = auth.mailbox.clone();
         let console =

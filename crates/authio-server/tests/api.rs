@@ -18,7 +18,7 @@ mod upstream;
 
 use std::sync::Arc;
 
-use authio_core::domain::Plan;
+use authio_core::types::Plan;
 use authio_core::SystemClock;
 use authio_db::{MasterKey, Router, RouterSettings, Scope, TenantKind};
 use authio_server::{db_pool_from_context, RequestContext};
@@ -64,10 +64,21 @@ async fn db_pool_from_context_platform_tenant_even_with_dedicated_strategy() {
     let platform = seed_tenant(&app.shared, "authio", TenantKind::Platform, Plan::Enterprise).await;
     app.control.set_db_strategy(platform.tenant.id, "dedicated").await.unwrap();
     let ctx = RequestContext {
-        scope: Scope::project(platform.tenant.id, platform.project.id, TenantKind::Platform),
-        actor: authio_core::audit::Actor::api_key("test"),
+        principal: authio_core::authz::Principal::ApiKey {
+            tenant_id: platform.tenant.id,
+            project_id: platform.project.id,
+            tenant_kind: TenantKind::Platform,
+            key_id: "test".into(),
+        },
+        target: authio_core::authz::Target::project(&Scope::project(
+            platform.tenant.id,
+            platform.project.id,
+            TenantKind::Platform,
+        ))
+        .unwrap(),
     };
-    let pool = db_pool_from_context(&app.router, &ctx).await.unwrap();
+    let auth = ctx.authorize(authio_core::authz::Permission::UsersRead).unwrap();
+    let pool = db_pool_from_context(&app.router, &auth).await.unwrap();
     let c = pool.get().await.unwrap();
     let (db, port): (String, i32) = {
         let r = c.query_one("SELECT current_database()::text, inet_server_port()", &[]).await.unwrap();

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use authio_core::control::{ControlPlane, CreatedApiKey, Project, Tenant};
-use authio_core::domain::{DisplayName, Plan, Slug};
+use authio_core::tenancy::control::{ControlPlane, CreatedApiKey, Project, Tenant};
+use authio_core::types::{DisplayName, Plan, Slug};
 use authio_core::SystemClock;
 use authio_db::cluster::{free_port, ClusterOptions, LocalCluster, LocalPgBouncer};
 use authio_db::{MasterKey, Router, RouterSettings, TenantKind};
@@ -225,7 +225,7 @@ pub async fn provision_dedicated(shared: &TestDb, tenant: &Tenant) -> String {
     let p = cp
         .provision_dedicated(
             tenant,
-            authio_core::dedicated::ProvisionTarget::Host("test-dedicated"),
+            authio_core::tenancy::dedicated::ProvisionTarget::Host("test-dedicated"),
             &test_master_key(),
         )
         .await
@@ -241,8 +241,8 @@ pub fn relay_outbox(shared: &TestDb) -> authio_db::OutboxReader {
 }
 
 /// A move run with no progress output and no fault injection.
-pub fn quiet_move() -> authio_core::moves::MoveRun<'static> {
-    authio_core::moves::MoveRun { progress: &|_| {}, kill_at: None, gate_timeout: Duration::from_secs(5) }
+pub fn quiet_move() -> authio_core::tenancy::moves::MoveRun<'static> {
+    authio_core::tenancy::moves::MoveRun { progress: &|_| {}, kill_at: None, gate_timeout: Duration::from_secs(5) }
 }
 
 pub struct AppOptions {
@@ -274,14 +274,14 @@ pub struct TestApp {
     /// The SMTP receiver this app's mail is delivered to.
     pub mail: authio_server::mailcatcher::MailCatcher,
     /// TXT records the app's custom-domain checks see.
-    pub dns: Arc<authio_core::project_config::StaticTxt>,
+    pub dns: Arc<authio_core::project::config::StaticTxt>,
     pub base_url: String,
     pub http: reqwest::Client,
     pub router: Router,
     pub shared: TestDb,
     pub control: ControlPlane,
     /// The app's identity service (to drop cached keys after a rotation, for instance).
-    pub identity: authio_core::auth::Identity,
+    pub identity: authio_core::identity::auth::Identity,
     server: tokio::task::JoinHandle<()>,
     relay: tokio::task::JoinHandle<()>,
     mailer: tokio::task::JoinHandle<()>,
@@ -323,7 +323,7 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let mut auth = authio_server::AuthSettings::new(format!("http://{addr}"), test_master_key());
-    let dns = Arc::new(authio_core::project_config::StaticTxt::default());
+    let dns = Arc::new(authio_core::project::config::StaticTxt::default());
     auth.dns = Some(dns.clone());
     auth.allow_http_upstreams = true;
     // The console acts on the control plane, as in `authio serve`.
@@ -337,10 +337,11 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
     if opts.mailbox_page {
         auth.mailbox = Some(mail.clone());
     }
-    let mut mail_settings = authio_core::mail::MailSettings::new(smtp_url, "no-reply@authio.test");
+    let mut mail_settings = authio_core::project::mail::MailSettings::new(smtp_url, "no-reply@authio.test");
     mail_settings.poll_every = Duration::from_millis(50);
-    let mailer =
-        authio_core::mail::Mailer::new(router.clone(), test_master_key(), mail_settings).expect("mailer").spawn();
+    let mailer = authio_core::project::mail::Mailer::new(router.clone(), test_master_key(), mail_settings)
+        .expect("mailer")
+        .spawn();
     let state = authio_server::AppState::new(router.clone(), Arc::new(SystemClock), auth).expect("app state");
     let identity = state.identity.clone();
     let app = authio_server::build_app(state);

@@ -221,7 +221,7 @@ impl Config {
 
     pub fn auth_settings(&self, master_key: authio_db::MasterKey) -> authio_server::AuthSettings {
         let mut auth = authio_server::AuthSettings::new(self.public_url.clone(), master_key);
-        auth.password_params = authio_core::passwords::PasswordParams {
+        auth.password_params = authio_core::identity::passwords::PasswordParams {
             m_kib: self.password_m_kib,
             t: self.password_t,
             p: self.password_p,
@@ -242,8 +242,8 @@ impl Config {
     }
 
     /// How mail leaves, when `smtp_url` is set.
-    pub fn mail_settings(&self) -> Option<authio_core::mail::MailSettings> {
-        self.smtp_url.as_ref().map(|u| authio_core::mail::MailSettings::new(u.clone(), self.mail_from.clone()))
+    pub fn mail_settings(&self) -> Option<authio_core::project::mail::MailSettings> {
+        self.smtp_url.as_ref().map(|u| authio_core::project::mail::MailSettings::new(u.clone(), self.mail_from.clone()))
     }
 }
 

@@ -2,11 +2,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use authio_core::console::MemberRole;
-use authio_core::control::ControlPlane;
-use authio_core::domain::{DisplayName, Email, Plan, Slug};
-use authio_core::m2m::{self, NewClient};
-use authio_core::sessions::ClientInfo;
+use authio_core::identity::m2m::{self, NewClient};
+use authio_core::tenancy::console::MemberRole;
+use authio_core::tenancy::control::ControlPlane;
+use authio_core::types::ClientInfo;
+use authio_core::types::{DisplayName, Email, Plan, Slug};
 use authio_core::SystemClock;
 use authio_db::cluster::{find_pg_binaries, ClusterOptions, LocalCluster};
 use authio_db::{MasterKey, Scope, TenantKind};
@@ -167,14 +167,14 @@ async fn seed(cfg: &Config, state: &authio_server::AppState, dedicated: &LocalCl
                 audience: None,
                 token_ttl_secs: None,
             };
-            let actor = authio_core::audit::Actor { kind: "operator", id: None, name: Some("authio dev".into()) };
+            let auth =
+                authio_core::authz::as_system("authio dev", authio_core::authz::Permission::CredentialsManage, &scope)?;
             let c = m2m::create(
                 &state.router,
                 &SystemClock,
-                &scope,
+                &auth,
                 &state.identity.issuer(p.id),
                 &new,
-                &actor,
                 &ClientInfo::default(),
             )
             .await?;
@@ -192,15 +192,9 @@ async fn seed(cfg: &Config, state: &authio_server::AppState, dedicated: &LocalCl
                 scopes: None,
                 grant_types: None,
             };
-            let (rp, rp_secret) = authio_core::oidc::create_client(
-                &state.router,
-                &SystemClock,
-                &scope,
-                &rp,
-                &actor,
-                &ClientInfo::default(),
-            )
-            .await?;
+            let (rp, rp_secret) =
+                authio_core::oidc::create_client(&state.router, &SystemClock, &auth, &rp, &ClientInfo::default())
+                    .await?;
             out.push_str(&format!(
                 "    OpenID   issuer {iss}  client {cid}  secret {cs}  redirect http://localhost:3000/callback\n",
                 iss = state.identity.issuer(p.id),

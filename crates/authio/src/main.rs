@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use authio_core::control::ControlPlane;
-use authio_core::dedicated::ProvisionTarget;
-use authio_core::domain::{DisplayName, Plan, Slug};
-use authio_core::moves::{Direction, MoveRun, Progress, TableCheck as MoveCheck};
+use authio_core::tenancy::control::ControlPlane;
+use authio_core::tenancy::dedicated::ProvisionTarget;
+use authio_core::tenancy::moves::{Direction, MoveRun, Progress, TableCheck as MoveCheck};
+use authio_core::types::{DisplayName, Plan, Slug};
 use authio_core::SystemClock;
 use authio_db::{MasterKey, Router, RouterSettings, TenantKind};
 use clap::{Parser, Subcommand};
@@ -330,7 +330,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::GrantOperator { email } => {
             let cfg = Config::load(cli.config.as_deref())?;
-            let email = authio_core::domain::Email::parse(&email)?;
+            let email = authio_core::types::Email::parse(&email)?;
             match ControlPlane::new(cfg.admin_url.clone()).grant_operator(&email).await {
                 Ok(()) => {}
                 Err(authio_core::CoreError::NotFound(_)) => bail!("no platform-tenant user {email}"),
@@ -342,7 +342,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Keys { command: KeysCommand::Rotate { project, alg, force } } => {
             let cfg = Config::load(cli.config.as_deref())?;
             let alg = alg
-                .map(|a| authio_core::keys::Alg::parse(&a).context("--alg must be EdDSA, ES256 or RS256"))
+                .map(|a| authio_core::crypto::keys::Alg::parse(&a).context("--alg must be EdDSA, ES256 or RS256"))
                 .transpose()?;
             let key = master_key(&cfg)?
                 .context("a master key is required (AUTHIO_MASTER_KEY): keys are encrypted with it")?;
@@ -457,7 +457,7 @@ pub(crate) async fn serve_state(
     let mailer = match cfg.mail_settings() {
         Some(settings) => {
             let key = master_key(cfg)?.context("a master key is required to send mail")?;
-            Some(authio_core::mail::Mailer::new(router.clone(), key, settings)?.spawn())
+            Some(authio_core::project::mail::Mailer::new(router.clone(), key, settings)?.spawn())
         }
         None => {
             tracing::warn!("smtp_url is not set: emails wait in the outbox until it is");
@@ -551,7 +551,7 @@ async fn purge_audit(cfg: &Config, key: &MasterKey, only: Option<&str>) -> Resul
 }
 
 /// Periodic clean-up: rate-limit windows and one-time tokens that ended a day ago.
-fn spawn_housekeeping(router: Router, identity: authio_core::auth::Identity) {
+fn spawn_housekeeping(router: Router, identity: authio_core::identity::auth::Identity) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
@@ -614,8 +614,8 @@ async fn tenant(cfg: &Config, command: TenantCommand) -> Result<()> {
             }
         }
         TenantCommand::AddMember { tenant, email, role } => {
-            let email = authio_core::domain::Email::parse(&email)?;
-            let role = authio_core::console::MemberRole::parse(&role)?;
+            let email = authio_core::types::Email::parse(&email)?;
+            let role = authio_core::tenancy::console::MemberRole::parse(&role)?;
             cp.add_member(&tenant, &email, role).await.map_err(explain)?;
             println!(
                 "{email} is now {} of {tenant}; they sign in at {}/console (by email link or code, or a password set with \"forgot password\")",
@@ -624,7 +624,7 @@ async fn tenant(cfg: &Config, command: TenantCommand) -> Result<()> {
             );
         }
         TenantCommand::RemoveMember { tenant, email } => {
-            let email = authio_core::domain::Email::parse(&email)?;
+            let email = authio_core::types::Email::parse(&email)?;
             cp.remove_member(&tenant, &email).await.map_err(explain)?;
             println!("{email} is no longer a member of {tenant}");
         }
@@ -765,7 +765,7 @@ async fn dedicated_host(cfg: &Config, command: DedicatedHostCommand) -> Result<(
     Ok(())
 }
 
-async fn tenant_or_bail(cp: &ControlPlane, slug: &str) -> Result<authio_core::control::Tenant> {
+async fn tenant_or_bail(cp: &ControlPlane, slug: &str) -> Result<authio_core::tenancy::control::Tenant> {
     cp.tenant_by_slug(slug).await?.with_context(|| format!("no tenant with slug {slug:?}"))
 }
 
@@ -808,7 +808,7 @@ fn print_checks(checks: &[MoveCheck]) {
     }
 }
 
-fn describe_tenant(t: &authio_core::control::Tenant) -> String {
+fn describe_tenant(t: &authio_core::tenancy::control::Tenant) -> String {
     format!(
         "slug         {}\nname         {}\nid           {}\nkind         {}\nplan         {}\ndb_strategy  {}\nroute_epoch  {}\ncreated_at   {}",
         t.slug, t.name, t.id, t.kind, t.plan, t.db_strategy, t.route_epoch, t.created_at

@@ -214,7 +214,7 @@ async fn a_move_killed_at_any_step_resumes_or_aborts_into_exactly_one_home() {
     const ROWS: i64 = 300;
     let mut tenants = Vec::new();
     for slug in ["resumed", "aborted"] {
-        let s = seed_tenant(&db, slug, authio_db::TenantKind::Customer, authio_core::domain::Plan::Enterprise).await;
+        let s = seed_tenant(&db, slug, authio_db::TenantKind::Customer, authio_core::types::Plan::Enterprise).await;
         admin_query_strings(
             &db.admin_url,
             &format!(

@@ -6,11 +6,13 @@
 //!
 //! Every change goes through the same core functions as the management API, under the
 //! project's scope (row-level security as always); members act as themselves in the audit log.
-use authio_core::audit::Actor;
-use authio_core::console::{DedicatedState, MemberRole, Membership};
-use authio_core::control::{Project, Tenant};
-use authio_core::domain::{DisplayName, DomainName, RedirectUri, WebOrigin};
-use authio_core::{api_keys, m2m, project_config, sessions, users, CoreError};
+use authio_core::authz::{self, Authorized, Permission, Principal, Target};
+use authio_core::identity::{m2m, sessions, users};
+use authio_core::project::{api_keys, config as project_config};
+use authio_core::tenancy::console::{DedicatedState, MemberRole, Membership};
+use authio_core::tenancy::control::{Project, Tenant};
+use authio_core::types::{DisplayName, DomainName, RedirectUri, WebOrigin};
+use authio_core::CoreError;
 use authio_db::{Scope, TenantKind};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -55,27 +57,36 @@ struct Member {
     user: ConsoleUser,
     tenant: Tenant,
     role: MemberRole,
+    principal: Principal,
 }
 
 impl Member {
-    fn actor(&self) -> Actor {
-        Actor {
-            kind: "user",
-            id: Some(self.user.id.to_string()),
-            name: Some(format!("{} (dashboard)", self.user.email)),
-        }
+    /// The member's permission on `target` (a project of its tenant, or the tenant), as the
+    /// one authorization seam decides it; refusals as pages.
+    fn authorize(&self, permission: Permission, target: &Target) -> Result<Authorized, Box<Response>> {
+        authz::authorize(&self.principal, permission, target).map_err(|e| self.refusal(e))
     }
 
-    /// Viewers look and change nothing.
-    fn may_change(&self) -> Result<(), Box<Response>> {
-        if self.role.may_change() {
-            return Ok(());
+    /// Another permission on the target `auth` was given for.
+    fn also(&self, auth: &Authorized, permission: Permission) -> Result<Authorized, Box<Response>> {
+        auth.also(&self.principal, permission).map_err(|e| self.refusal(e))
+    }
+
+    /// A permission on the member's tenant itself.
+    fn on_tenant(&self, permission: Permission) -> Result<Authorized, Box<Response>> {
+        let target = Target::Tenant { tenant_id: self.tenant.id, tenant_kind: TenantKind::Customer };
+        self.authorize(permission, &target)
+    }
+
+    fn refusal(&self, e: CoreError) -> Box<Response> {
+        match e {
+            CoreError::Forbidden(_) => Box::new(error_page(
+                StatusCode::FORBIDDEN,
+                "Viewers can look but not change anything. Ask an owner or admin of this tenant.",
+                Some(&self.user),
+            )),
+            e => Box::new(core_error_page(e, Some(&self.user))),
         }
-        Err(Box::new(error_page(
-            StatusCode::FORBIDDEN,
-            "Viewers can look but not change anything. Ask an owner or admin of this tenant.",
-            Some(&self.user),
-        )))
     }
 
     fn page(&self, title: impl Into<String>) -> PageView {
@@ -88,15 +99,19 @@ impl Member {
 async fn member(state: &AppState, user: ConsoleUser, slug: &str) -> Result<Member, Box<Response>> {
     let all = memberships(state, &user).await?;
     match all.into_iter().find(|m| m.tenant.slug == slug) {
-        Some(Membership { tenant, role }) => Ok(Member { user, tenant, role }),
+        Some(Membership { tenant, role }) => {
+            let principal =
+                Principal::Member { tenant_id: tenant.id, user_id: user.id, email: user.email.clone(), role };
+            Ok(Member { user, tenant, role, principal })
+        }
         None => Err(Box::new(error_page(StatusCode::NOT_FOUND, "No such tenant.", Some(&user)))),
     }
 }
 
-/// A project of the member's tenant, with its scope.
+/// A project of the member's tenant, as an authorization target.
 /// Read on the shared database as the app role, under the tenant's scope: row-level security
 /// hides any other tenant's project, so an id from elsewhere is simply not found.
-async fn project(state: &AppState, m: &Member, pid: &str) -> Result<(Project, Scope), Box<Response>> {
+async fn project(state: &AppState, m: &Member, pid: &str) -> Result<(Project, Target), Box<Response>> {
     let not_found = || Box::new(error_page(StatusCode::NOT_FOUND, "No such project.", Some(&m.user)));
     let pid = Uuid::parse_str(pid).map_err(|_| not_found())?;
     let scope = Scope::project(m.tenant.id, pid, TenantKind::Customer);
@@ -108,7 +123,10 @@ async fn project(state: &AppState, m: &Member, pid: &str) -> Result<(Project, Sc
         Ok::<_, authio_db::DbError>(row)
     };
     match read.await {
-        Ok(Some(r)) => Ok((Project { id: pid, tenant_id: m.tenant.id, slug: r.get(0), name: r.get(1) }, scope)),
+        Ok(Some(r)) => Ok((
+            Project { id: pid, tenant_id: m.tenant.id, slug: r.get(0), name: r.get(1) },
+            Target::Project { tenant_id: m.tenant.id, project_id: pid, tenant_kind: TenantKind::Customer },
+        )),
         Ok(None) => Err(not_found()),
         Err(e) => Err(Box::new(core_error_page(e.into(), Some(&m.user)))),
     }
@@ -154,7 +172,7 @@ fn flash(page: PageView, f: &Flash) -> PageView {
     f.onto(page, DONE)
 }
 
-fn client_info(headers: &axum::http::HeaderMap) -> sessions::ClientInfo {
+fn client_info(headers: &axum::http::HeaderMap) -> authio_core::types::ClientInfo {
     crate::routes::auth::client_info(headers, None)
 }
 
@@ -232,13 +250,13 @@ async fn create_project(
 ) -> Response {
     page_try!(check_csrf(&user, f.csrf.as_deref()));
     let m = page_try!(member(&state, user, &slug).await);
-    page_try!(m.may_change());
+    let auth = page_try!(m.on_tenant(Permission::TenantManage));
     let console = page_try!(console_of(&state));
-    let parsed = authio_core::domain::Slug::parse(f.slug.trim())
+    let parsed = authio_core::types::Slug::parse(f.slug.trim())
         .and_then(|s| DisplayName::parse(&f.name).map(|n| (s, n)))
         .map_err(CoreError::from);
     let created = match parsed {
-        Ok((s, n)) => console.control.create_project_by(m.tenant.id, &s, &n, m.actor()).await,
+        Ok((s, n)) => console.control.create_project_by(m.tenant.id, &s, &n, auth.actor().clone()).await,
         Err(e) => Err(e),
     };
     let p = core_try!(created, &m.user);
@@ -262,12 +280,13 @@ async fn users_page(
     Query(q): Query<UsersQuery>,
 ) -> Response {
     let m = page_try!(member(&state, user, &slug).await);
-    let (p, scope) = page_try!(project(&state, &m, &pid).await);
+    let (p, target) = page_try!(project(&state, &m, &pid).await);
+    let auth = page_try!(m.authorize(Permission::UsersRead, &target));
     let query = q.q.unwrap_or_default();
     let found = if query.trim().is_empty() {
-        users::list(&state.router, &scope, 100, None).await
+        users::list(&state.router, &auth, 100, None).await
     } else {
-        users::search(&state.router, &scope, query.trim(), 100).await
+        users::search(&state.router, &auth, query.trim(), 100).await
     };
     let found = core_try!(found, &m.user);
     let b = base(&m, &p);
@@ -304,9 +323,10 @@ async fn user_page(
     Query(f): Query<Flash>,
 ) -> Response {
     let m = page_try!(member(&state, user, &slug).await);
-    let (p, scope) = page_try!(project(&state, &m, &pid).await);
+    let (p, target) = page_try!(project(&state, &m, &pid).await);
+    let auth = page_try!(m.authorize(Permission::UsersRead, &target));
     let (u, list) = core_try!(
-        tokio::try_join!(users::get(&state.router, &scope, uid), sessions::list_for_user(&state.router, &scope, uid)),
+        tokio::try_join!(users::get(&state.router, &auth, uid), sessions::list_for_user(&state.router, &auth, uid)),
         &m.user
     );
     let b = format!("{}/users/{uid}", base(&m, &p));
@@ -370,29 +390,27 @@ async fn user_action(
 ) -> Response {
     page_try!(check_csrf(&user, f.csrf.as_deref()));
     let m = page_try!(member(&state, user, &slug).await);
-    page_try!(m.may_change());
-    let (p, scope) = page_try!(project(&state, &m, &pid).await);
-    let (router, clock, info, actor) = (&state.router, state.clock.as_ref(), client_info(&headers), m.actor());
+    let (p, target) = page_try!(project(&state, &m, &pid).await);
+    let auth = page_try!(m.authorize(Permission::UsersManage, &target));
+    let (router, clock, info) = (&state.router, state.clock.as_ref(), client_info(&headers));
     let b = base(&m, &p);
     let result = match act.as_str() {
-        "disable" | "enable" => users::set_disabled(router, clock, &scope, uid, act == "disable", &actor, &info)
+        "disable" | "enable" => users::set_disabled(router, clock, &auth, uid, act == "disable", &info)
             .await
             .map(|_| format!("{b}/users/{uid}?done={act}d")),
-        "delete" => {
-            users::delete(router, clock, &scope, uid, &actor, &info).await.map(|_| format!("{b}/users?done=deleted"))
-        }
+        "delete" => users::delete(router, clock, &auth, uid, &info).await.map(|_| format!("{b}/users?done=deleted")),
         "revoke" => {
             let Some(sid) = f.session else {
                 return error_page(StatusCode::UNPROCESSABLE_ENTITY, "Which session?", Some(&m.user));
             };
             // The session must be this user's (the list it came from), not any of the project.
-            match sessions::list_for_user(router, &scope, uid).await {
+            match sessions::list_for_user(router, &page_try!(m.also(&auth, Permission::UsersRead)), uid).await {
                 Ok(list) if list.iter().any(|s| s.id == sid) => {
-                    sessions::revoke(router, clock, &scope, sid, actor, &info)
+                    sessions::revoke_managed(router, clock, &auth, sid, &info)
                         .await
                         .map(|_| format!("{b}/users/{uid}?done=revoked"))
                 }
-                Ok(_) => Err(CoreError::NotFound("session")),
+                Ok(_) => Err(CoreError::NotFound(authio_core::types::Entity::Session)),
                 Err(e) => Err(e),
             }
         }
@@ -408,12 +426,12 @@ async fn credentials_page(
     state: &AppState,
     m: &Member,
     p: &Project,
-    scope: &Scope,
+    auth: &Authorized,
     secret: Option<Block>,
     f: &Flash,
 ) -> Response {
     let (clients, keys) =
-        core_try!(tokio::try_join!(m2m::list(&state.router, scope), api_keys::list(&state.router, scope)), &m.user);
+        core_try!(tokio::try_join!(m2m::list(&state.router, auth), api_keys::list(&state.router, auth)), &m.user);
     let b = format!("{}/credentials", base(m, p));
     let read_only = !m.role.may_change();
     // A credential's state and, while it is live, its revoke button.
@@ -490,8 +508,9 @@ async fn credentials(
     Query(f): Query<Flash>,
 ) -> Response {
     let m = page_try!(member(&state, user, &slug).await);
-    let (p, scope) = page_try!(project(&state, &m, &pid).await);
-    credentials_page(&state, &m, &p, &scope, None, &f).await
+    let (p, target) = page_try!(project(&state, &m, &pid).await);
+    let auth = page_try!(m.authorize(Permission::ProjectRead, &target));
+    credentials_page(&state, &m, &p, &auth, None, &f).await
 }
 
 #[derive(Deserialize)]
@@ -512,13 +531,13 @@ async fn create_credential(
 ) -> Response {
     page_try!(check_csrf(&user, f.csrf.as_deref()));
     let m = page_try!(member(&state, user, &slug).await);
-    page_try!(m.may_change());
-    let (p, scope) = page_try!(project(&state, &m, &pid).await);
+    let (p, target) = page_try!(project(&state, &m, &pid).await);
+    let auth = page_try!(m.authorize(Permission::CredentialsManage, &target));
     let name = match DisplayName::parse(&f.name) {
         Ok(n) => n,
         Err(e) => return core_error_page(e.into(), Some(&m.user)),
     };
-    let (router, clock, info, actor) = (&state.router, state.clock.as_ref(), client_info(&headers), m.actor());
+    let (router, clock, info) = (&state.router, state.clock.as_ref(), client_info(&headers));
     let secret = match kind.as_str() {
         "m2m" => {
             let new = m2m::NewClient {
@@ -527,18 +546,28 @@ async fn create_credential(
                 audience: None,
                 token_ttl_secs: None,
             };
-            m2m::create(router, clock, &scope, &state.identity.issuer(p.id), &new, &actor, &info).await.map(|c| {
+            m2m::create(router, clock, &auth, &state.identity.issuer(p.id), &new, &info).await.map(|c| {
                 let label = format!("Client secret of {} (client id {})", c.info.name, c.info.client_id);
                 Block::Secret(super::Secret { label, value: c.client_secret })
             })
         }
-        "api-key" => api_keys::create(router, clock, &scope, &name, &actor, &info)
+        "api-key" => api_keys::create(router, clock, &auth, &name, &info)
             .await
             .map(|k| Block::Secret(super::Secret { label: format!("API key {}", k.info.name), value: k.plaintext })),
         _ => return error_page(StatusCode::NOT_FOUND, "No such kind of credential.", Some(&m.user)),
     };
     match secret {
-        Ok(s) => credentials_page(&state, &m, &p, &scope, Some(s), &Flash::default()).await,
+        Ok(s) => {
+            credentials_page(
+                &state,
+                &m,
+                &p,
+                &page_try!(m.also(&auth, Permission::ProjectRead)),
+                Some(s),
+                &Flash::default(),
+            )
+            .await
+        }
         Err(e) => core_error_page(e, Some(&m.user)),
     }
 }
@@ -552,14 +581,14 @@ async fn revoke_credential(
 ) -> Response {
     page_try!(check_csrf(&user, f.csrf.as_deref()));
     let m = page_try!(member(&state, user, &slug).await);
-    page_try!(m.may_change());
-    let (p, scope) = page_try!(project(&state, &m, &pid).await);
-    let (router, clock, info, actor) = (&state.router, state.clock.as_ref(), client_info(&headers), m.actor());
+    let (p, target) = page_try!(project(&state, &m, &pid).await);
+    let auth = page_try!(m.authorize(Permission::CredentialsManage, &target));
+    let (router, clock, info) = (&state.router, state.clock.as_ref(), client_info(&headers));
     let result = match kind.as_str() {
-        "m2m" => m2m::revoke(router, clock, &scope, id, &actor, &info)
+        "m2m" => m2m::revoke(router, clock, &auth, id, &info)
             .await
             .map(|c| state.identity.forget_credential("client", &c.client_id)),
-        "api-key" => api_keys::revoke(router, clock, &scope, id, &actor, &info)
+        "api-key" => api_keys::revoke(router, clock, &auth, id, &info)
             .await
             .map(|k| state.identity.forget_credential("apikey", &k.key_id)),
         _ => return error_page(StatusCode::NOT_FOUND, "No such kind of credential.", Some(&m.user)),
@@ -577,12 +606,13 @@ async fn urls(
     Query(f): Query<Flash>,
 ) -> Response {
     let m = page_try!(member(&state, user, &slug).await);
-    let (p, scope) = page_try!(project(&state, &m, &pid).await);
+    let (p, target) = page_try!(project(&state, &m, &pid).await);
+    let auth = page_try!(m.authorize(Permission::ProjectRead, &target));
     let (uris, origins, domains) = core_try!(
         tokio::try_join!(
-            project_config::list_redirect_uris(&state.router, &scope),
-            project_config::list_origins(&state.router, &scope),
-            project_config::list_domains(&state.router, &scope)
+            project_config::list_redirect_uris(&state.router, &auth),
+            project_config::list_origins(&state.router, &auth),
+            project_config::list_domains(&state.router, &auth)
         ),
         &m.user
     );
@@ -686,43 +716,42 @@ async fn url_action(
 ) -> Response {
     page_try!(check_csrf(&user, f.csrf.as_deref()));
     let m = page_try!(member(&state, user, &slug).await);
-    page_try!(m.may_change());
-    let (p, scope) = page_try!(project(&state, &m, &pid).await);
-    let (router, clock, info, actor) = (&state.router, state.clock.as_ref(), client_info(&headers), m.actor());
+    let (p, target) = page_try!(project(&state, &m, &pid).await);
+    let auth = page_try!(m.authorize(Permission::ProjectConfigure, &target));
+    let (router, clock, info) = (&state.router, state.clock.as_ref(), client_info(&headers));
     let value = f.value.trim();
-    let id = || Uuid::parse_str(value).map_err(|_| CoreError::NotFound("domain"));
+    let id = || Uuid::parse_str(value).map_err(|_| CoreError::NotFound(authio_core::types::Entity::Domain));
     let result: Result<&str, CoreError> = async {
         match act.as_str() {
             "add-redirect-uri" => {
-                project_config::add_redirect_uri(router, clock, &scope, &RedirectUri::parse(value)?, &actor, &info)
-                    .await?;
+                project_config::add_redirect_uri(router, clock, &auth, &RedirectUri::parse(value)?, &info).await?;
                 Ok("saved")
             }
             "remove-redirect-uri" => {
-                project_config::remove_redirect_uri(router, clock, &scope, value, &actor, &info).await?;
+                project_config::remove_redirect_uri(router, clock, &auth, value, &info).await?;
                 Ok("removed")
             }
             "add-origin" => {
-                project_config::add_origin(router, clock, &scope, &WebOrigin::parse(value)?, &actor, &info).await?;
+                project_config::add_origin(router, clock, &auth, &WebOrigin::parse(value)?, &info).await?;
                 Ok("saved")
             }
             "remove-origin" => {
-                project_config::remove_origin(router, clock, &scope, value, &actor, &info).await?;
+                project_config::remove_origin(router, clock, &auth, value, &info).await?;
                 Ok("removed")
             }
             "add-domain" => {
-                project_config::add_domain(router, clock, &scope, &DomainName::parse(value)?, &actor, &info).await?;
+                project_config::add_domain(router, clock, &auth, &DomainName::parse(value)?, &info).await?;
                 Ok("saved")
             }
             "verify-domain" => {
-                project_config::verify_domain(router, clock, &scope, id()?, state.dns.as_ref(), &actor, &info).await?;
+                project_config::verify_domain(router, clock, &auth, id()?, state.dns.as_ref(), &info).await?;
                 Ok("verified")
             }
             "delete-domain" => {
-                project_config::delete_domain(router, clock, &scope, id()?, &actor, &info).await?;
+                project_config::delete_domain(router, clock, &auth, id()?, &info).await?;
                 Ok("removed")
             }
-            _ => Err(CoreError::NotFound("action")),
+            _ => Err(CoreError::NotFound(authio_core::types::Entity::Action)),
         }
     }
     .await;
@@ -739,8 +768,9 @@ async fn signin_page(
     Query(f): Query<Flash>,
 ) -> Response {
     let m = page_try!(member(&state, user, &slug).await);
-    let (p, scope) = page_try!(project(&state, &m, &pid).await);
-    let s = core_try!(project_config::presentation(&state.router, &scope).await, &m.user);
+    let (p, target) = page_try!(project(&state, &m, &pid).await);
+    let auth = page_try!(m.authorize(Permission::ProjectRead, &target));
+    let s = core_try!(project_config::presentation(&state.router, &auth).await, &m.user);
     let mut form = FormView::post(format!("{}/signin", base(&m, &p)), "Save").disabled_if(!m.role.may_change());
     for method in project_config::METHODS {
         let label = match method {
@@ -780,8 +810,8 @@ async fn signin_save(
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.trim().to_owned());
     page_try!(check_csrf(&user, get("csrf").as_deref()));
     let m = page_try!(member(&state, user, &slug).await);
-    page_try!(m.may_change());
-    let (p, scope) = page_try!(project(&state, &m, &pid).await);
+    let (p, target) = page_try!(project(&state, &m, &pid).await);
+    let auth = page_try!(m.authorize(Permission::ProjectConfigure, &target));
     let optional = |k: &str| Some(get(k).filter(|v| !v.is_empty()));
     let patch = project_config::PresentationPatch {
         environment: None,
@@ -792,9 +822,7 @@ async fn signin_save(
         signin_methods: Some(pairs.iter().filter(|(n, _)| n == "method").map(|(_, v)| v.clone()).collect()),
     };
     let info = client_info(&headers);
-    match project_config::update_presentation(&state.router, state.clock.as_ref(), &scope, &patch, &m.actor(), &info)
-        .await
-    {
+    match project_config::update_presentation(&state.router, state.clock.as_ref(), &auth, &patch, &info).await {
         Ok(_) => {
             state.identity.forget_profile(p.id);
             Redirect::to(&format!("{}/signin?done=saved", base(&m, &p))).into_response()
@@ -810,7 +838,8 @@ async fn keys_page(
     Query(f): Query<Flash>,
 ) -> Response {
     let m = page_try!(member(&state, user, &slug).await);
-    let (p, _) = page_try!(project(&state, &m, &pid).await);
+    let (p, target) = page_try!(project(&state, &m, &pid).await);
+    let _auth = page_try!(m.authorize(Permission::ProjectRead, &target));
     let console = page_try!(console_of(&state));
     let keys = core_try!(console.control.signing_keys(p.id).await, &m.user);
     flash(project_page(&m, &p, "Signing keys", "keys"), &f)
@@ -848,10 +877,11 @@ async fn rotate_keys(
 ) -> Response {
     page_try!(check_csrf(&user, f.csrf.as_deref()));
     let m = page_try!(member(&state, user, &slug).await);
-    page_try!(m.may_change());
-    let (p, _) = page_try!(project(&state, &m, &pid).await);
+    let (p, target) = page_try!(project(&state, &m, &pid).await);
+    let auth = page_try!(m.authorize(Permission::KeysRotate, &target));
     let console = page_try!(console_of(&state));
-    match console.control.rotate_keys_by(p.id, None, &console.key, state.clock.now(), false, m.actor()).await {
+    match console.control.rotate_keys_by(p.id, None, &console.key, state.clock.now(), false, auth.actor().clone()).await
+    {
         Ok(_) => {
             state.identity.forget_profile(p.id);
             Redirect::to(&format!("{}/keys?done=rotated", base(&m, &p))).into_response()
@@ -888,9 +918,10 @@ async fn audit_page(
     Query(q): Query<AuditQuery>,
 ) -> Response {
     let m = page_try!(member(&state, user, &slug).await);
-    let (p, scope) = page_try!(project(&state, &m, &pid).await);
+    let (p, target) = page_try!(project(&state, &m, &pid).await);
+    let auth = page_try!(m.authorize(Permission::AuditRead, &target));
     let filter = q.filter();
-    let events = core_try!(authio_core::audit::list(&state.router, &scope, &filter, 200, None).await, &m.user);
+    let events = core_try!(authio_core::audit::list(&state.router, &auth, &filter, 200, None).await, &m.user);
     let b = format!("{}/audit", base(&m, &p));
     let export_query = serde_urlencoded::to_string([
         ("action", filter.action.clone().unwrap_or_default()),
@@ -960,13 +991,14 @@ async fn audit_export(
     Query(q): Query<AuditQuery>,
 ) -> Response {
     let m = page_try!(member(&state, user, &slug).await);
-    let (_, scope) = page_try!(project(&state, &m, &pid).await);
+    let (_, target) = page_try!(project(&state, &m, &pid).await);
+    let auth = page_try!(m.authorize(Permission::AuditRead, &target));
     let csv = match q.format.as_deref() {
         Some("csv") => true,
         None | Some("ndjson") => false,
         Some(_) => return error_page(StatusCode::BAD_REQUEST, "format: csv or ndjson", Some(&m.user)),
     };
-    crate::routes::manage::audit_export(state.clone(), scope, q.filter(), csv)
+    crate::routes::manage::audit_export(state.clone(), auth, q.filter(), csv)
 }
 
 /// What each plan includes (docs/concepts/pricing-tiers.md says the same).
@@ -1033,8 +1065,12 @@ async fn dedicated_view(state: &AppState, m: &Member) -> Result<(LiveView, Dedic
     let console = console_of(state)?;
     let fail = |e: CoreError| Box::new(core_error_page(e, Some(&m.user)));
     // Re-read the tenant: its strategy changes under the page.
-    let tenant =
-        console.control.tenant(m.tenant.id).await.map_err(fail)?.ok_or_else(|| fail(CoreError::NotFound("tenant")))?;
+    let tenant = console
+        .control
+        .tenant(m.tenant.id)
+        .await
+        .map_err(fail)?
+        .ok_or_else(|| fail(CoreError::NotFound(authio_core::types::Entity::Tenant)))?;
     let request = console.control.latest_request(tenant.id).await.map_err(fail)?;
     let st = DedicatedState::of(&tenant, request.as_ref());
     let mut lines = vec![format!(
@@ -1109,10 +1145,10 @@ async fn toggle_dedicated(
 ) -> Response {
     page_try!(check_csrf(&user, f.csrf.as_deref()));
     let m = page_try!(member(&state, user, &slug).await);
-    page_try!(m.may_change());
+    let auth = page_try!(m.on_tenant(Permission::TenantManage));
     let console = page_try!(console_of(&state));
     let on = f.dedicated.as_deref() == Some("on");
-    match console.control.toggle_dedicated(m.tenant.id, on, m.actor()).await {
+    match console.control.toggle_dedicated(m.tenant.id, on, auth.actor().clone()).await {
         Ok(r) => {
             let done = match r {
                 Some(r) if r.state == "withdrawn" => "withdrawn",

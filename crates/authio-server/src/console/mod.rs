@@ -42,9 +42,9 @@ mod view;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use authio_core::console::Membership;
-use authio_core::control::ControlPlane;
-use authio_core::moves::Progress;
+use authio_core::tenancy::console::Membership;
+use authio_core::tenancy::control::ControlPlane;
+use authio_core::tenancy::moves::Progress;
 use authio_core::CoreError;
 use authio_db::{MasterKey, Scope, TenantKind, Type};
 use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
@@ -323,14 +323,13 @@ async fn login(State(state): State<AppState>, Query(q): Query<LoginQuery>) -> Re
     let redirect_uri = format!("{}{CALLBACK_PATH}", state.public_url);
     // The console is the platform project's app: its callback is a registered redirect URI.
     let registered = async {
-        let uri = authio_core::domain::RedirectUri::parse(&redirect_uri)?;
-        let actor = authio_core::audit::Actor { kind: "system", id: None, name: Some("console".into()) };
-        authio_core::project_config::add_redirect_uri(
+        let uri = authio_core::types::RedirectUri::parse(&redirect_uri)?;
+        let auth = authio_core::authz::as_system("console", authio_core::authz::Permission::ProjectConfigure, &scope)?;
+        authio_core::project::config::add_redirect_uri(
             &state.router,
             state.clock.as_ref(),
-            &scope,
+            &auth,
             &uri,
-            &actor,
             &Default::default(),
         )
         .await
@@ -341,7 +340,7 @@ async fn login(State(state): State<AppState>, Query(q): Query<LoginQuery>) -> Re
         Err(e) => return core_error_page(e, None),
     }
     let (verifier, login_state) = (random_token(), random_token());
-    let challenge = authio_core::signin::s256(&verifier);
+    let challenge = authio_core::crypto::pkce::s256(&verifier);
     let next = safe_next(q.next.as_deref());
     let query = serde_urlencoded::to_string([
         ("redirect_uri", redirect_uri.as_str()),
@@ -424,7 +423,7 @@ async fn logout(State(state): State<AppState>, SignedIn(user): SignedIn, Form(f)
     };
     if let Ok(scope) = console.platform_scope().await {
         let actor = authio_core::audit::Actor::user(user.id, Some(&user.email));
-        if let Err(e) = authio_core::sessions::revoke(
+        if let Err(e) = authio_core::identity::sessions::revoke(
             &state.router,
             state.clock.as_ref(),
             &scope,

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use authio_core::audit::Actor;
-use authio_core::console::{DbRequest, TenantOverview};
-use authio_core::control::Tenant;
-use authio_core::domain::Plan;
-use authio_core::moves::{MoveRun, Progress};
+use authio_core::tenancy::console::{DbRequest, TenantOverview};
+use authio_core::tenancy::control::Tenant;
+use authio_core::tenancy::moves::{MoveRun, Progress};
+use authio_core::types::Plan;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -50,7 +50,11 @@ fn operator<'a>(state: &'a AppState, user: &ConsoleUser) -> Result<&'a Arc<Conso
 }
 
 fn actor(user: &ConsoleUser) -> Actor {
-    Actor { kind: "operator", id: Some(user.id.to_string()), name: Some(user.email.clone()) }
+    Actor {
+        kind: authio_core::audit::ActorKind::Operator,
+        id: Some(user.id.to_string()),
+        name: Some(user.email.clone()),
+    }
 }
 
 fn size_text(t: &TenantOverview) -> String {

@@ -1,6 +1,7 @@
 //! `/v1/projects/{project_id}/api-keys`: create (secret shown once), list, revoke.
-use authio_core::api_keys;
-use authio_core::domain::DisplayName;
+use authio_core::authz::Permission;
+use authio_core::project::api_keys;
+use authio_core::types::DisplayName;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -11,7 +12,6 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::extract::json_body;
-use crate::routes::users::check_project;
 use crate::{ApiError, AppState, RequestContext};
 
 #[derive(Deserialize, ToSchema)]
@@ -65,15 +65,15 @@ pub struct ApiKeyList {
 pub async fn create_api_key(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path(project_id): Path<String>,
+    Path(_project_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<CreatedApiKeyResponse>), ApiError> {
-    check_project(&ctx, &project_id)?;
+    let auth = ctx.authorize(Permission::CredentialsManage)?;
     let req: CreateApiKeyRequest = json_body(&headers, &body)?;
     let name = DisplayName::parse(&req.name).map_err(authio_core::CoreError::from)?;
     let client = crate::routes::auth::client_info(&headers, None);
-    let created = api_keys::create(&state.router, state.clock.as_ref(), &ctx.scope, &name, &ctx.actor, &client).await?;
+    let created = api_keys::create(&state.router, state.clock.as_ref(), &auth, &name, &client).await?;
     Ok((StatusCode::CREATED, Json(CreatedApiKeyResponse { key: created.info.into(), secret: created.plaintext })))
 }
 
@@ -89,10 +89,10 @@ pub async fn create_api_key(
 pub async fn list_api_keys(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path(project_id): Path<String>,
+    Path(_project_id): Path<String>,
 ) -> Result<Json<ApiKeyList>, ApiError> {
-    check_project(&ctx, &project_id)?;
-    let keys = api_keys::list(&state.router, &ctx.scope).await?;
+    let auth = ctx.authorize(Permission::ProjectRead)?;
+    let keys = api_keys::list(&state.router, &auth).await?;
     Ok(Json(ApiKeyList { data: keys.into_iter().map(Into::into).collect() }))
 }
 
@@ -109,12 +109,12 @@ pub async fn revoke_api_key(
     State(state): State<AppState>,
     ctx: RequestContext,
     headers: HeaderMap,
-    Path((project_id, id)): Path<(String, String)>,
+    Path((_project_id, id)): Path<(String, String)>,
 ) -> Result<Json<ApiKeyResponse>, ApiError> {
-    check_project(&ctx, &project_id)?;
+    let auth = ctx.authorize(Permission::CredentialsManage)?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("api_key_not_found", "api key not found"))?;
     let client = crate::routes::auth::client_info(&headers, None);
-    let key = api_keys::revoke(&state.router, state.clock.as_ref(), &ctx.scope, id, &ctx.actor, &client).await?;
+    let key = api_keys::revoke(&state.router, state.clock.as_ref(), &auth, id, &client).await?;
     state.identity.forget_credential("apikey", &key.key_id);
     Ok(Json(key.into()))
 }

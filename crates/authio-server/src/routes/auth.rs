@@ -3,8 +3,8 @@
 //! `/v1/auth/introspect` (RFC 7662) and `/v1/auth/revoke` (RFC 7009), form-encoded.
 use std::net::{IpAddr, SocketAddr};
 
-use authio_core::auth::{Caller, ClientToken, Introspection, UserTokens};
-use authio_core::sessions::ClientInfo;
+use authio_core::identity::auth::{Caller, ClientToken, Introspection, UserTokens};
+use authio_core::types::ClientInfo;
 use authio_core::CoreError;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
@@ -417,7 +417,7 @@ pub async fn jwks(
     let profile = state.identity.profile(project).await?;
     let keys = state.identity.keys().keyset(&profile).await?;
     let cache = HeaderValue::from_static("public, max-age=300, stale-while-revalidate=60");
-    let etag = HeaderValue::from_str(&keys.etag).map_err(|_| ApiError::from(CoreError::Config("etag".into())))?;
+    let etag = HeaderValue::from_str(&keys.etag).map_err(|_| ApiError::from(CoreError::Internal("etag".into())))?;
     let unchanged = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())

@@ -1,9 +1,10 @@
 //! A project's sign-in configuration over the management API: redirect URIs, allowed
 //! origins, custom domains, upstream providers, presentation and email templates.
-use authio_core::domain::{DomainName, RedirectUri, WebOrigin};
-use authio_core::mail::{MailKind, Template};
-use authio_core::project_config::{self as config, DomainInfo, PresentationPatch, PresentationSettings};
-use authio_core::upstream::{ConnectionInfo, NewConnection};
+use authio_core::authz::Permission;
+use authio_core::federation::upstream::{ConnectionInfo, NewConnection};
+use authio_core::project::config::{self as config, DomainInfo, PresentationPatch, PresentationSettings};
+use authio_core::project::mail::{MailKind, Template};
+use authio_core::types::{DomainName, RedirectUri, WebOrigin};
 use authio_core::CoreError;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -15,7 +16,6 @@ use uuid::Uuid;
 
 use crate::extract::json_body;
 use crate::routes::auth::client_info;
-use crate::routes::users::check_project;
 use crate::{ApiError, AppState, RequestContext};
 
 #[derive(Deserialize, Serialize, ToSchema)]
@@ -35,7 +35,7 @@ pub struct StringList {
     pub data: Vec<String>,
 }
 
-fn invalid(e: authio_core::domain::ValidationError) -> ApiError {
+fn invalid(e: authio_core::types::ValidationError) -> ApiError {
     CoreError::from(e).into()
 }
 
@@ -46,10 +46,10 @@ fn invalid(e: authio_core::domain::ValidationError) -> ApiError {
 pub async fn list_redirect_uris(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path(project_id): Path<String>,
+    Path(_project_id): Path<String>,
 ) -> Result<Json<StringList>, ApiError> {
-    check_project(&ctx, &project_id)?;
-    Ok(Json(StringList { data: config::list_redirect_uris(&state.router, &ctx.scope).await? }))
+    let auth = ctx.authorize(Permission::ProjectRead)?;
+    Ok(Json(StringList { data: config::list_redirect_uris(&state.router, &auth).await? }))
 }
 
 /// Register a redirect URI: absolute https (http only on localhost), no fragment, no `*`.
@@ -59,15 +59,15 @@ pub async fn list_redirect_uris(
 pub async fn add_redirect_uri(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path(project_id): Path<String>,
+    Path(_project_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<UriBody>), ApiError> {
-    check_project(&ctx, &project_id)?;
+    let auth = ctx.authorize(Permission::ProjectConfigure)?;
     let req: UriBody = json_body(&headers, &body)?;
     let uri = RedirectUri::parse(&req.uri).map_err(invalid)?;
     let client = client_info(&headers, None);
-    config::add_redirect_uri(&state.router, state.clock.as_ref(), &ctx.scope, &uri, &ctx.actor, &client).await?;
+    config::add_redirect_uri(&state.router, state.clock.as_ref(), &auth, &uri, &client).await?;
     Ok((StatusCode::CREATED, Json(req)))
 }
 
@@ -84,14 +84,14 @@ pub struct UriQuery {
 pub async fn remove_redirect_uri(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path(project_id): Path<String>,
+    Path(_project_id): Path<String>,
     Query(q): Query<UriQuery>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    check_project(&ctx, &project_id)?;
+    let auth = ctx.authorize(Permission::ProjectConfigure)?;
     let uri = q.uri.ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", "uri is required"))?;
     let client = client_info(&headers, None);
-    config::remove_redirect_uri(&state.router, state.clock.as_ref(), &ctx.scope, &uri, &ctx.actor, &client).await?;
+    config::remove_redirect_uri(&state.router, state.clock.as_ref(), &auth, &uri, &client).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -102,10 +102,10 @@ pub async fn remove_redirect_uri(
 pub async fn list_origins(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path(project_id): Path<String>,
+    Path(_project_id): Path<String>,
 ) -> Result<Json<StringList>, ApiError> {
-    check_project(&ctx, &project_id)?;
-    Ok(Json(StringList { data: config::list_origins(&state.router, &ctx.scope).await? }))
+    let auth = ctx.authorize(Permission::ProjectRead)?;
+    Ok(Json(StringList { data: config::list_origins(&state.router, &auth).await? }))
 }
 
 /// Allow an origin (`https://app.example.com`; http only on localhost).
@@ -115,15 +115,15 @@ pub async fn list_origins(
 pub async fn add_origin(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path(project_id): Path<String>,
+    Path(_project_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<OriginBody>), ApiError> {
-    check_project(&ctx, &project_id)?;
+    let auth = ctx.authorize(Permission::ProjectConfigure)?;
     let req: OriginBody = json_body(&headers, &body)?;
     let origin = WebOrigin::parse(&req.origin).map_err(invalid)?;
     let client = client_info(&headers, None);
-    config::add_origin(&state.router, state.clock.as_ref(), &ctx.scope, &origin, &ctx.actor, &client).await?;
+    config::add_origin(&state.router, state.clock.as_ref(), &auth, &origin, &client).await?;
     Ok((StatusCode::CREATED, Json(req)))
 }
 
@@ -134,15 +134,15 @@ pub async fn add_origin(
 pub async fn remove_origin(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path(project_id): Path<String>,
+    Path(_project_id): Path<String>,
     Query(q): Query<UriQuery>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    check_project(&ctx, &project_id)?;
+    let auth = ctx.authorize(Permission::ProjectConfigure)?;
     let origin =
         q.origin.ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", "origin is required"))?;
     let client = client_info(&headers, None);
-    config::remove_origin(&state.router, state.clock.as_ref(), &ctx.scope, &origin, &ctx.actor, &client).await?;
+    config::remove_origin(&state.router, state.clock.as_ref(), &auth, &origin, &client).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -189,10 +189,10 @@ pub struct DomainList {
 pub async fn list_domains(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path(project_id): Path<String>,
+    Path(_project_id): Path<String>,
 ) -> Result<Json<DomainList>, ApiError> {
-    check_project(&ctx, &project_id)?;
-    let list = config::list_domains(&state.router, &ctx.scope).await?;
+    let auth = ctx.authorize(Permission::ProjectRead)?;
+    let list = config::list_domains(&state.router, &auth).await?;
     Ok(Json(DomainList { data: list.into_iter().map(Into::into).collect() }))
 }
 
@@ -203,15 +203,15 @@ pub async fn list_domains(
 pub async fn add_domain(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path(project_id): Path<String>,
+    Path(_project_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<DomainResponse>), ApiError> {
-    check_project(&ctx, &project_id)?;
+    let auth = ctx.authorize(Permission::ProjectConfigure)?;
     let req: DomainBody = json_body(&headers, &body)?;
     let host = DomainName::parse(&req.host).map_err(invalid)?;
     let client = client_info(&headers, None);
-    let d = config::add_domain(&state.router, state.clock.as_ref(), &ctx.scope, &host, &ctx.actor, &client).await?;
+    let d = config::add_domain(&state.router, state.clock.as_ref(), &auth, &host, &client).await?;
     Ok((StatusCode::CREATED, Json(d.into())))
 }
 
@@ -226,22 +226,13 @@ fn path_uuid(raw: &str, code: &'static str, what: &str) -> Result<Uuid, ApiError
 pub async fn verify_domain(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path((project_id, id)): Path<(String, String)>,
+    Path((_project_id, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<DomainResponse>, ApiError> {
-    check_project(&ctx, &project_id)?;
+    let auth = ctx.authorize(Permission::ProjectConfigure)?;
     let id = path_uuid(&id, "domain_not_found", "domain")?;
     let client = client_info(&headers, None);
-    let d = config::verify_domain(
-        &state.router,
-        state.clock.as_ref(),
-        &ctx.scope,
-        id,
-        state.dns.as_ref(),
-        &ctx.actor,
-        &client,
-    )
-    .await?;
+    let d = config::verify_domain(&state.router, state.clock.as_ref(), &auth, id, state.dns.as_ref(), &client).await?;
     Ok(Json(d.into()))
 }
 
@@ -252,13 +243,13 @@ pub async fn verify_domain(
 pub async fn delete_domain(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path((project_id, id)): Path<(String, String)>,
+    Path((_project_id, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    check_project(&ctx, &project_id)?;
+    let auth = ctx.authorize(Permission::ProjectConfigure)?;
     let id = path_uuid(&id, "domain_not_found", "domain")?;
     let client = client_info(&headers, None);
-    config::delete_domain(&state.router, state.clock.as_ref(), &ctx.scope, id, &ctx.actor, &client).await?;
+    config::delete_domain(&state.router, state.clock.as_ref(), &auth, id, &client).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -275,10 +266,10 @@ pub struct ConnectionList {
 pub async fn list_connections(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path(project_id): Path<String>,
+    Path(_project_id): Path<String>,
 ) -> Result<Json<ConnectionList>, ApiError> {
-    check_project(&ctx, &project_id)?;
-    Ok(Json(ConnectionList { data: state.identity.list_connections(&ctx.scope).await? }))
+    let auth = ctx.authorize(Permission::ProjectRead)?;
+    Ok(Json(ConnectionList { data: state.identity.list_connections(&auth).await? }))
 }
 
 /// Add an upstream provider: `{"slug", "kind": "oidc|google|microsoft|github", "client_id",
@@ -291,14 +282,14 @@ pub async fn list_connections(
 pub async fn create_connection(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path(project_id): Path<String>,
+    Path(_project_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<ConnectionInfo>), ApiError> {
-    check_project(&ctx, &project_id)?;
+    let auth = ctx.authorize(Permission::ProjectConfigure)?;
     let req: NewConnection = json_body(&headers, &body)?;
     let client = client_info(&headers, None);
-    let c = state.identity.create_connection(&ctx.scope, &req, &ctx.actor, &client).await?;
+    let c = state.identity.create_connection(&auth, &req, &client).await?;
     Ok((StatusCode::CREATED, Json(c)))
 }
 
@@ -309,13 +300,13 @@ pub async fn create_connection(
 pub async fn delete_connection(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path((project_id, id)): Path<(String, String)>,
+    Path((_project_id, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    check_project(&ctx, &project_id)?;
+    let auth = ctx.authorize(Permission::ProjectConfigure)?;
     let id = path_uuid(&id, "connection_not_found", "connection")?;
     let client = client_info(&headers, None);
-    state.identity.delete_connection(&ctx.scope, id, &ctx.actor, &client).await?;
+    state.identity.delete_connection(&auth, id, &client).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -349,10 +340,10 @@ impl From<PresentationSettings> for PresentationBody {
 pub async fn get_presentation(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path(project_id): Path<String>,
+    Path(_project_id): Path<String>,
 ) -> Result<Json<PresentationBody>, ApiError> {
-    check_project(&ctx, &project_id)?;
-    Ok(Json(config::presentation(&state.router, &ctx.scope).await?.into()))
+    let auth = ctx.authorize(Permission::ProjectRead)?;
+    Ok(Json(config::presentation(&state.router, &auth).await?.into()))
 }
 
 /// Change it: `environment` (production|development), `display_name`, `logo_url` (https),
@@ -363,16 +354,15 @@ pub async fn get_presentation(
 pub async fn update_presentation(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path(project_id): Path<String>,
+    Path(_project_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<PresentationBody>, ApiError> {
-    check_project(&ctx, &project_id)?;
+    let auth = ctx.authorize(Permission::ProjectConfigure)?;
     let patch: PresentationPatch = json_body(&headers, &body)?;
     let client = client_info(&headers, None);
-    let p = config::update_presentation(&state.router, state.clock.as_ref(), &ctx.scope, &patch, &ctx.actor, &client)
-        .await?;
-    if let Some(project) = ctx.scope.project_id {
+    let p = config::update_presentation(&state.router, state.clock.as_ref(), &auth, &patch, &client).await?;
+    if let Some(project) = auth.scope()?.project_id {
         state.identity.forget_profile(project);
     }
     Ok(Json(p.into()))
@@ -388,14 +378,14 @@ pub async fn update_presentation(
 pub async fn set_template(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path((project_id, kind)): Path<(String, String)>,
+    Path((_project_id, kind)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    check_project(&ctx, &project_id)?;
+    let auth = ctx.authorize(Permission::ProjectConfigure)?;
     let kind = MailKind::parse(&kind).ok_or_else(|| ApiError::not_found("template_not_found", "no such template"))?;
     let template: Template = json_body(&headers, &body)?;
     let client = client_info(&headers, None);
-    config::set_template(&state.router, state.clock.as_ref(), &ctx.scope, kind, &template, &ctx.actor, &client).await?;
+    config::set_template(&state.router, state.clock.as_ref(), &auth, kind, &template, &client).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 
 use askama::Template;
-use authio_core::signin::{Return, SignedInUser};
+use authio_core::identity::signin::{Return, SignedInUser};
 use authio_core::CoreError;
 use authio_db::Scope;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
@@ -170,7 +170,7 @@ struct MailView {
 struct Ctx {
     project: Uuid,
     site: Site,
-    presentation: std::sync::Arc<authio_core::signin::Presentation>,
+    presentation: std::sync::Arc<authio_core::identity::signin::Presentation>,
     csrf: String,
     set_csrf: bool,
     secure: bool,
@@ -450,7 +450,7 @@ async fn flow_return(state: &AppState, project: Uuid, f: &FlowParams) -> Result<
 }
 
 fn project_id(raw: &str) -> Result<Uuid, Box<Response>> {
-    Uuid::parse_str(raw).map_err(|_| Box::new(plain_error(CoreError::NotFound("project"))))
+    Uuid::parse_str(raw).map_err(|_| Box::new(plain_error(CoreError::NotFound(authio_core::types::Entity::Project))))
 }
 
 /// The end of every successful sign-in: back to the app with a code, or a page saying who

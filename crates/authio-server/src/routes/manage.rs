@@ -1,8 +1,9 @@
 //! Project management beyond users and API keys: M2M clients, sessions, token settings.
-use authio_core::domain::DisplayName;
-use authio_core::m2m::{self, NewClient};
-use authio_core::projects::{self, SettingsPatch};
-use authio_core::sessions::{self, SessionInfo};
+use authio_core::authz::Permission;
+use authio_core::identity::m2m::{self, NewClient};
+use authio_core::identity::sessions::{self, SessionInfo};
+use authio_core::project::settings::{self as projects, SettingsPatch};
+use authio_core::types::DisplayName;
 use axum::body::Bytes;
 use std::net::SocketAddr;
 
@@ -16,7 +17,6 @@ use uuid::Uuid;
 
 use crate::extract::json_body;
 use crate::routes::auth::{client_info, client_ip};
-use crate::routes::users::check_project;
 use crate::{ApiError, AppState, RequestContext};
 
 fn path_id(raw: &str, code: &'static str, what: &str) -> Result<Uuid, ApiError> {
@@ -88,19 +88,18 @@ pub struct ClientList {
 pub async fn create_client(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path(project_id): Path<String>,
+    Path(_project_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<CreatedClientResponse>), ApiError> {
-    check_project(&ctx, &project_id)?;
+    let auth = ctx.authorize(Permission::CredentialsManage)?;
     let req: CreateClientRequest = json_body(&headers, &body)?;
     let name = DisplayName::parse(&req.name).map_err(authio_core::CoreError::from)?;
     let new = NewClient { name, scopes: req.scopes, audience: req.audience, token_ttl_secs: req.token_ttl_secs };
-    let project = ctx.scope.project_id.unwrap_or_default();
+    let project = auth.scope()?.project_id.unwrap_or_default();
     let issuer = state.identity.issuer(project);
     let client = client_info(&headers, None);
-    let created =
-        m2m::create(&state.router, state.clock.as_ref(), &ctx.scope, &issuer, &new, &ctx.actor, &client).await?;
+    let created = m2m::create(&state.router, state.clock.as_ref(), &auth, &issuer, &new, &client).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedClientResponse { client: created.info.into(), client_secret: created.client_secret }),
@@ -114,10 +113,10 @@ pub async fn create_client(
 pub async fn list_clients(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path(project_id): Path<String>,
+    Path(_project_id): Path<String>,
 ) -> Result<Json<ClientList>, ApiError> {
-    check_project(&ctx, &project_id)?;
-    let clients = m2m::list(&state.router, &ctx.scope).await?;
+    let auth = ctx.authorize(Permission::ProjectRead)?;
+    let clients = m2m::list(&state.router, &auth).await?;
     Ok(Json(ClientList { data: clients.into_iter().map(Into::into).collect() }))
 }
 
@@ -133,12 +132,12 @@ pub async fn revoke_client(
     State(state): State<AppState>,
     ctx: RequestContext,
     headers: HeaderMap,
-    Path((project_id, id)): Path<(String, String)>,
+    Path((_project_id, id)): Path<(String, String)>,
 ) -> Result<Json<ClientResponse>, ApiError> {
-    check_project(&ctx, &project_id)?;
+    let auth = ctx.authorize(Permission::CredentialsManage)?;
     let id = path_id(&id, "client_not_found", "client")?;
     let info = client_info(&headers, None);
-    let client = m2m::revoke(&state.router, state.clock.as_ref(), &ctx.scope, id, &ctx.actor, &info).await?;
+    let client = m2m::revoke(&state.router, state.clock.as_ref(), &auth, id, &info).await?;
     state.identity.forget_credential("client", &client.client_id);
     Ok(Json(client.into()))
 }
@@ -189,11 +188,11 @@ pub struct SessionList {
 pub async fn list_sessions(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path((project_id, user_id)): Path<(String, String)>,
+    Path((_project_id, user_id)): Path<(String, String)>,
 ) -> Result<Json<SessionList>, ApiError> {
-    check_project(&ctx, &project_id)?;
+    let auth = ctx.authorize(Permission::UsersRead)?;
     let user = path_id(&user_id, "user_not_found", "user")?;
-    let list = sessions::list_for_user(&state.router, &ctx.scope, user).await?;
+    let list = sessions::list_for_user(&state.router, &auth, user).await?;
     Ok(Json(SessionList { data: list.into_iter().map(Into::into).collect() }))
 }
 
@@ -210,13 +209,12 @@ pub async fn revoke_session(
     ctx: RequestContext,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-    Path((project_id, session_id)): Path<(String, String)>,
+    Path((_project_id, session_id)): Path<(String, String)>,
 ) -> Result<Json<SessionResponse>, ApiError> {
-    check_project(&ctx, &project_id)?;
+    let auth = ctx.authorize(Permission::UsersManage)?;
     let sid = path_id(&session_id, "session_not_found", "session")?;
     let client = client_info(&headers, client_ip(&state, connect.as_ref(), &headers));
-    let revoked =
-        sessions::revoke(&state.router, state.clock.as_ref(), &ctx.scope, sid, ctx.actor.clone(), &client).await?;
+    let revoked = sessions::revoke_managed(&state.router, state.clock.as_ref(), &auth, sid, &client).await?;
     Ok(Json(revoked.into()))
 }
 
@@ -248,10 +246,10 @@ impl From<projects::ProjectSettings> for SettingsBody {
 pub async fn get_settings(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path(project_id): Path<String>,
+    Path(_project_id): Path<String>,
 ) -> Result<Json<SettingsBody>, ApiError> {
-    check_project(&ctx, &project_id)?;
-    Ok(Json(projects::settings(&state.router, &ctx.scope).await?.into()))
+    let auth = ctx.authorize(Permission::ProjectRead)?;
+    Ok(Json(projects::settings(&state.router, &auth).await?.into()))
 }
 
 /// Change token lifetimes, session idle and absolute timeouts, the refresh grace window, or
@@ -266,16 +264,15 @@ pub async fn get_settings(
 pub async fn update_settings(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path(project_id): Path<String>,
+    Path(_project_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<SettingsBody>, ApiError> {
-    check_project(&ctx, &project_id)?;
+    let auth = ctx.authorize(Permission::ProjectConfigure)?;
     let patch: SettingsPatch = json_body(&headers, &body)?;
     let client = client_info(&headers, None);
-    let updated =
-        projects::update_settings(&state.router, state.clock.as_ref(), &ctx.scope, &patch, &ctx.actor, &client).await?;
-    if let Some(p) = ctx.scope.project_id {
+    let updated = projects::update_settings(&state.router, state.clock.as_ref(), &auth, &patch, &client).await?;
+    if let Some(p) = auth.scope()?.project_id {
         state.identity.forget_profile(p);
     }
     Ok(Json(updated.into()))
@@ -331,10 +328,10 @@ fn check_filter(v: &Option<String>, name: &str) -> Result<(), ApiError> {
 pub async fn list_audit_events(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path(project_id): Path<String>,
+    Path(_project_id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<AuditEventList>, ApiError> {
-    check_project(&ctx, &project_id)?;
+    let auth = ctx.authorize(Permission::AuditRead)?;
     let q: AuditQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("bad query: {e}")))?;
     check_filter(&q.action, "action")?;
@@ -351,7 +348,7 @@ pub async fn list_audit_events(
         since: q.since,
         until: q.until,
     };
-    let data = authio_core::audit::list(&state.router, &ctx.scope, &filter, limit, q.before).await?;
+    let data = authio_core::audit::list(&state.router, &auth, &filter, limit, q.before).await?;
     let next_cursor = if data.len() as i64 == limit { data.last().map(|e| e.seq) } else { None };
     Ok(Json(AuditEventList { data, next_cursor }))
 }
@@ -416,10 +413,10 @@ fn csv_line(e: &authio_core::audit::EventView) -> String {
 pub async fn export_audit_events(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path(project_id): Path<String>,
+    Path(_project_id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<axum::response::Response, ApiError> {
-    check_project(&ctx, &project_id)?;
+    let auth = ctx.authorize(Permission::AuditRead)?;
     let q: ExportQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("bad query: {e}")))?;
     check_filter(&q.action, "action")?;
@@ -437,14 +434,14 @@ pub async fn export_audit_events(
         since: q.since,
         until: q.until,
     };
-    Ok(audit_export(state, ctx.scope, filter, csv))
+    Ok(audit_export(state, auth, filter, csv))
 }
 
 /// A project's audit events matching `filter`, streamed as NDJSON or CSV (the API's export
 /// and the dashboard's).
 pub(crate) fn audit_export(
     state: AppState,
-    scope: authio_db::Scope,
+    auth: authio_core::authz::Authorized,
     filter: authio_core::audit::Filter,
     csv: bool,
 ) -> axum::response::Response {
@@ -453,7 +450,7 @@ pub(crate) fn audit_export(
     // (cursor, done, header sent)
     let start: (Option<i64>, bool, bool) = (None, false, !csv);
     let stream = futures_util::stream::unfold(start, move |(cursor, done, header_sent)| {
-        let (router, scope, filter) = (state.router.clone(), scope, filter.clone());
+        let (router, auth, filter) = (state.router.clone(), auth.clone(), filter.clone());
         async move {
             if !header_sent {
                 return Some((
@@ -464,7 +461,7 @@ pub(crate) fn audit_export(
             if done {
                 return None;
             }
-            let page = match authio_core::audit::list(&router, &scope, &filter, PAGE, cursor).await {
+            let page = match authio_core::audit::list(&router, &auth, &filter, PAGE, cursor).await {
                 Ok(p) => p,
                 Err(e) => return Some((Err(std::io::Error::other(e.to_string())), (cursor, true, true))),
             };

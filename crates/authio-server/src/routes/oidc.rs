@@ -1,6 +1,7 @@
 //! Each project as an OpenID Provider, issuer `{public_url}/p/{project}`: discovery,
 //! authorization (the sign-in itself on the hosted pages), token, userinfo, revocation,
 //! introspection and RP-initiated logout; and client registration over the management API.
+use authio_core::authz::Permission;
 use std::net::SocketAddr;
 
 use authio_core::oidc::{self, AuthorizeParams, AuthzError, NewOidcClient, OidcClient, OidcClientInfo};
@@ -18,7 +19,6 @@ use crate::error::OAuthError;
 use crate::extract::json_body;
 use crate::routes::auth::{client_credentials, client_info, client_ip, no_store, Form};
 use crate::routes::hosted::{cookie, secure_headers, set_op_cookie, CustomHost, OP_COOKIE};
-use crate::routes::users::check_project;
 use crate::{ApiError, AppState, RequestContext};
 
 fn project_of(raw: &str) -> Result<Uuid, ApiError> {
@@ -323,7 +323,7 @@ pub async fn revoke(
     let ip = client_ip(&state, connect.as_ref(), &headers);
     authenticate(&state, project, &headers, &form, ip).await?;
     let token = form.get("token").ok_or_else(|| OAuthError::invalid_request("token is required"))?;
-    let caller = authio_core::auth::Caller { project_id: project };
+    let caller = authio_core::identity::auth::Caller { project_id: project };
     state.identity.revoke(Some(caller), token, &client_info(&headers, ip)).await?;
     Ok(no_store(StatusCode::OK, ()))
 }
@@ -348,7 +348,7 @@ pub async fn introspect(
         return Err(OAuthError::invalid_client());
     }
     let token = form.get("token").ok_or_else(|| OAuthError::invalid_request("token is required"))?;
-    let answer = state.identity.introspect(authio_core::auth::Caller { project_id: project }, token).await?;
+    let answer = state.identity.introspect(authio_core::identity::auth::Caller { project_id: project }, token).await?;
     Ok(no_store(StatusCode::OK, Json(answer)))
 }
 
@@ -405,8 +405,11 @@ pub async fn logout(
     let mut resp = match target {
         Some(uri) => {
             let state_param = p.state.as_deref().map(|s| vec![("state", s)]).unwrap_or_default();
-            let location =
-                if state_param.is_empty() { uri } else { authio_core::signin::with_query(&uri, &state_param) };
+            let location = if state_param.is_empty() {
+                uri
+            } else {
+                authio_core::identity::signin::with_query(&uri, &state_param)
+            };
             see_other(&location)
         }
         None => text_page(StatusCode::OK, "You are signed out."),
@@ -440,15 +443,14 @@ pub struct CreatedOidcClient {
 pub async fn create_client(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path(project_id): Path<String>,
+    Path(_project_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<CreatedOidcClient>), ApiError> {
-    check_project(&ctx, &project_id)?;
+    let auth = ctx.authorize(Permission::CredentialsManage)?;
     let req: NewOidcClient = json_body(&headers, &body)?;
     let info = client_info(&headers, None);
-    let (client, client_secret) =
-        oidc::create_client(&state.router, state.clock.as_ref(), &ctx.scope, &req, &ctx.actor, &info).await?;
+    let (client, client_secret) = oidc::create_client(&state.router, state.clock.as_ref(), &auth, &req, &info).await?;
     Ok((StatusCode::CREATED, Json(CreatedOidcClient { client, client_secret })))
 }
 
@@ -459,10 +461,10 @@ pub async fn create_client(
 pub async fn list_clients(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path(project_id): Path<String>,
+    Path(_project_id): Path<String>,
 ) -> Result<Json<OidcClientList>, ApiError> {
-    check_project(&ctx, &project_id)?;
-    Ok(Json(OidcClientList { data: oidc::list_clients(&state.router, &ctx.scope).await? }))
+    let auth = ctx.authorize(Permission::ProjectRead)?;
+    Ok(Json(OidcClientList { data: oidc::list_clients(&state.router, &auth).await? }))
 }
 
 /// Revoke an OpenID client: it can no longer authenticate nor start sign-ins.
@@ -472,11 +474,11 @@ pub async fn list_clients(
 pub async fn revoke_client(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path((project_id, id)): Path<(String, String)>,
+    Path((_project_id, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<OidcClientInfo>, ApiError> {
-    check_project(&ctx, &project_id)?;
+    let auth = ctx.authorize(Permission::CredentialsManage)?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("client_not_found", "client not found"))?;
     let info = client_info(&headers, None);
-    Ok(Json(oidc::revoke_client(&state.router, state.clock.as_ref(), &ctx.scope, id, &ctx.actor, &info).await?))
+    Ok(Json(oidc::revoke_client(&state.router, state.clock.as_ref(), &auth, id, &info).await?))
 }

@@ -1,6 +1,7 @@
 //! `/v1/projects/{project_id}/users`: create and list a project's users (project API key).
-use authio_core::domain::Email;
-use authio_core::users;
+use authio_core::authz::Permission;
+use authio_core::identity::users;
+use authio_core::types::Email;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -52,15 +53,6 @@ pub struct UserList {
     pub next_cursor: Option<Uuid>,
 }
 
-/// The key's project must be the one in the path; anything else is "not found" (a key never
-/// learns whether another project exists).
-pub(crate) fn check_project(ctx: &RequestContext, raw: &str) -> Result<(), ApiError> {
-    match Uuid::parse_str(raw) {
-        Ok(id) if Some(id) == ctx.scope.project_id => Ok(()),
-        _ => Err(ApiError::not_found("project_not_found", "project not found")),
-    }
-}
-
 /// Create a user.
 #[utoipa::path(post, path = "/v1/projects/{project_id}/users", tag = "users",
     params(("project_id" = Uuid, Path, description = "the project")),
@@ -79,15 +71,15 @@ pub(crate) fn check_project(ctx: &RequestContext, raw: &str) -> Result<(), ApiEr
 pub async fn create_user(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path(project_id): Path<String>,
+    Path(_project_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<UserResponse>), ApiError> {
-    check_project(&ctx, &project_id)?;
+    let auth = ctx.authorize(Permission::UsersManage)?;
     let req: CreateUserRequest = json_body(&headers, &body)?;
     let email = Email::parse(&req.email).map_err(authio_core::CoreError::from)?;
     let client = crate::routes::auth::client_info(&headers, None);
-    let user = users::create_by(&state.router, state.clock.as_ref(), &ctx.scope, &email, &ctx.actor, &client).await?;
+    let user = users::create_by(&state.router, state.clock.as_ref(), &auth, &email, &client).await?;
     Ok((StatusCode::CREATED, Json(user.into())))
 }
 
@@ -114,16 +106,16 @@ struct ListQuery {
 pub async fn list_users(
     State(state): State<AppState>,
     ctx: RequestContext,
-    Path(project_id): Path<String>,
+    Path(_project_id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<UserList>, ApiError> {
-    check_project(&ctx, &project_id)?;
+    let auth = ctx.authorize(Permission::UsersRead)?;
     let q: ListQuery = parse_list_query(query.as_deref().unwrap_or(""))?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "limit must be between 1 and 200"));
     }
-    let page = users::list(&state.router, &ctx.scope, limit, q.after).await?;
+    let page = users::list(&state.router, &auth, limit, q.after).await?;
     let next_cursor = if page.len() as i64 == limit { page.last().map(|u| u.id) } else { None };
     Ok(Json(UserList { data: page.into_iter().map(Into::into).collect(), next_cursor }))
 }

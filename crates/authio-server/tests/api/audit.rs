@@ -1,6 +1,6 @@
 //! The audit log over real HTTP and real clusters: one event per act, in the act's
 //! transaction; append-only in the database; tampering caught by verification; isolation.
-use authio_core::domain::Plan;
+use authio_core::types::Plan;
 use authio_db::TenantKind;
 use authio_testkit::{admin_query_strings, make_dedicated, seed_tenant, spawn_app, test_master_key, Seeded, TestApp};
 use reqwest::StatusCode;
@@ -521,15 +521,15 @@ async fn changes_to_pinned_rows_reach_the_home_log_even_on_a_dedicated_database(
 async fn operator_acts_are_recorded_once_and_only_the_relay_role_may_clear_the_outbox() {
     let app = spawn_app().await;
     let s = seed_tenant(&app.shared, "operated", TenantKind::Customer, Plan::Enterprise).await;
-    app.control.set_signing_alg(s.project.id, authio_core::keys::Alg::ES256).await.unwrap();
+    app.control.set_signing_alg(s.project.id, authio_core::crypto::keys::Alg::ES256).await.unwrap();
     app.control.set_audit_retention(s.tenant.id, Some(400)).await.unwrap();
     app.control
-        .create_api_key(s.tenant.id, s.project.id, &authio_core::domain::DisplayName::parse("ci").unwrap())
+        .create_api_key(s.tenant.id, s.project.id, &authio_core::types::DisplayName::parse("ci").unwrap())
         .await
         .unwrap();
     let platform = seed_tenant(&app.shared, "authio", TenantKind::Platform, Plan::Enterprise).await;
     app.identity.create_user_with_password(platform.project.id, "ops@authio.test", PASSWORD).await.unwrap();
-    let email = authio_core::domain::Email::parse("ops@authio.test").unwrap();
+    let email = authio_core::types::Email::parse("ops@authio.test").unwrap();
     app.control.grant_operator(&email).await.unwrap();
     app.control.grant_operator(&email).await.unwrap();
     settle(&app, &s).await;

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use authio_core::console::{DedicatedState, MemberRole};
-use authio_core::domain::{Email, Plan, Slug};
+use authio_core::tenancy::console::{DedicatedState, MemberRole};
+use authio_core::types::{Email, Plan, Slug};
 use authio_db::TenantKind;
 use authio_testkit::{admin_query_strings, clusters, seed_tenant, spawn_app, test_master_key, TestApp};
 use reqwest::StatusCode;
@@ -253,7 +253,11 @@ async fn the_console_in_a_real_browser_from_request_to_dedicated_while_the_api_k
 }
 
 fn member_actor() -> authio_core::audit::Actor {
-    authio_core::audit::Actor { kind: "user", id: None, name: Some("owner@test (dashboard)".into()) }
+    authio_core::audit::Actor {
+        kind: authio_core::audit::ActorKind::User,
+        id: None,
+        name: Some("owner@test (dashboard)".into()),
+    }
 }
 
 #[tokio::test]
@@ -277,7 +281,8 @@ async fn dedicated_requests_withdraw_decline_and_refuse_what_the_plan_or_state_f
     // Declined requests cannot be approved afterwards; a fresh one can be filed.
     let r2 = cp.toggle_dedicated(ent.tenant.id, true, member_actor()).await.unwrap().unwrap();
     assert_ne!(r2.id, r.id);
-    let op = authio_core::audit::Actor { kind: "operator", id: None, name: Some("op".into()) };
+    let op =
+        authio_core::audit::Actor { kind: authio_core::audit::ActorKind::Operator, id: None, name: Some("op".into()) };
     assert_eq!(cp.decline_request(r2.id, op.clone()).await.unwrap().state, "declined");
     assert!(matches!(cp.approve_request(r2.id, op.clone()).await, Err(authio_core::CoreError::Conflict(_))));
     assert!(matches!(cp.begin_request_move(r2.id, op.clone()).await, Err(authio_core::CoreError::Conflict(_))));

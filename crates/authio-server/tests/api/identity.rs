@@ -4,8 +4,8 @@
 //! signed them.
 use std::collections::{BTreeSet, HashSet};
 
-use authio_core::domain::Plan;
-use authio_core::keys::Alg;
+use authio_core::crypto::keys::Alg;
+use authio_core::types::Plan;
 use authio_db::TenantKind;
 use authio_testkit::{make_dedicated, seed_tenant, spawn_app, spawn_app_with, AppOptions, Seeded, TestApp};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -259,7 +259,8 @@ async fn rotation_publishes_the_next_key_before_it_signs_and_keeps_old_tokens_va
         .unwrap_err();
     assert!(matches!(err, authio_core::CoreError::TooSoon(_)), "{err:?}");
     // Once the next key has been published long enough (the clock is passed in).
-    let later = chrono::Utc::now() + chrono::Duration::seconds(authio_core::control::MIN_NEXT_KEY_AGE_SECS + 1);
+    let later =
+        chrono::Utc::now() + chrono::Duration::seconds(authio_core::tenancy::control::MIN_NEXT_KEY_AGE_SECS + 1);
     let rotation = app
         .control
         .rotate_keys(s.project.id, Some(Alg::ES256), &authio_testkit::test_master_key(), later, false)
@@ -563,10 +564,12 @@ async fn sign_up_validates_and_stores_only_an_argon2id_hash_and_rehashes_on_para
     assert!(!stored[0].contains(PASSWORD));
 
     // A hash made with other parameters is replaced on the next successful sign-in.
-    let stronger =
-        authio_core::passwords::Passwords::new(authio_core::passwords::PasswordParams { m_kib: 19456, t: 3, p: 1 }, 1)
-            .unwrap();
-    let old = stronger.hash(&authio_core::passwords::NewPassword::parse(PASSWORD).unwrap()).await.unwrap();
+    let stronger = authio_core::identity::passwords::Passwords::new(
+        authio_core::identity::passwords::PasswordParams { m_kib: 19456, t: 3, p: 1 },
+        1,
+    )
+    .unwrap();
+    let old = stronger.hash(&authio_core::identity::passwords::NewPassword::parse(PASSWORD).unwrap()).await.unwrap();
     authio_testkit::admin_query_strings(
         &app.shared.admin_url,
         &format!("UPDATE users SET password_hash = '{old}' WHERE email = 'hash@example.com'"),
@@ -859,7 +862,7 @@ async fn platform_and_customer_tokens_are_refused_in_each_others_place() {
     for email in ["op@authio.test", "member@authio.test"] {
         app.identity.create_user_with_password(platform.project.id, email, PASSWORD).await.unwrap();
     }
-    app.control.grant_operator(&authio_core::domain::Email::parse("op@authio.test").unwrap()).await.unwrap();
+    app.control.grant_operator(&authio_core::types::Email::parse("op@authio.test").unwrap()).await.unwrap();
     let granted = authio_testkit::admin_query_strings(
         &app.shared.admin_url,
         "SELECT action || ':' || (metadata->>'role') FROM audit_events WHERE action = 'user.role_granted'",
@@ -1056,7 +1059,7 @@ async fn failed_api_keys_count_against_the_address_and_block_it() {
     .await;
     let s = seed_tenant(&app.shared, "keyguess", TenantKind::Customer, Plan::Pro).await;
     let users = app.url(&format!("/v1/projects/{}/users", s.project.id));
-    let (key_id, _) = authio_core::api_keys::parse(&s.api_key.plaintext).unwrap();
+    let (key_id, _) = authio_core::project::api_keys::parse(&s.api_key.plaintext).unwrap();
     let guess = format!("sk_{key_id}_{}", "A".repeat(43));
     let mut statuses = Vec::new();
     for _ in 0..4 {

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use authio_core::domain::Plan;
-use authio_core::moves::{Direction, HOME_TABLES};
+use authio_core::tenancy::moves::{Direction, HOME_TABLES};
+use authio_core::types::Plan;
 use authio_db::{RouterSettings, TenantKind};
 use authio_testkit::{
     admin_query_strings, clusters, provision_dedicated, quiet_move, router_settings, seed_tenant, spawn_app,
@@ -297,7 +297,7 @@ async fn the_platform_tenant_cannot_be_provisioned_or_moved_even_if_its_row_says
     let app = spawn_app().await;
     let platform = seed_tenant(&app.shared, "authio", TenantKind::Platform, Plan::Enterprise).await;
     let key = test_master_key();
-    let host = authio_core::domain::Slug::parse("test-dedicated").unwrap();
+    let host = authio_core::types::Slug::parse("test-dedicated").unwrap();
     app.control
         .add_dedicated_host(&host, &clusters().dedicated.admin_url("postgres"), Some("unused"), &key)
         .await
@@ -310,7 +310,7 @@ async fn the_platform_tenant_cannot_be_provisioned_or_moved_even_if_its_row_says
             )))
         )
     };
-    let target = authio_core::dedicated::ProvisionTarget::Host("test-dedicated");
+    let target = authio_core::tenancy::dedicated::ProvisionTarget::Host("test-dedicated");
     assert!(refused(app.control.provision_dedicated(&platform.tenant, target, &key).await.map(|_| ())));
     assert!(refused(
         app.control.start_move(&platform.tenant, Direction::ToDedicated, &key, &quiet_move()).await.map(|_| ())
@@ -321,7 +321,7 @@ async fn the_platform_tenant_cannot_be_provisioned_or_moved_even_if_its_row_says
     assert!(refused(app.control.resume_move(&t, &key, &quiet_move()).await.map(|_| ())));
     // A customer below Enterprise is refused with the plan named.
     let pro = seed_tenant(&app.shared, "pro-tenant", TenantKind::Customer, Plan::Pro).await;
-    let target = authio_core::dedicated::ProvisionTarget::Host("test-dedicated");
+    let target = authio_core::tenancy::dedicated::ProvisionTarget::Host("test-dedicated");
     let e = app.control.provision_dedicated(&pro.tenant, target, &key).await.unwrap_err();
     assert!(e.to_string().contains("Enterprise"), "{e}");
     assert!(app.control.moves(platform.tenant.id).await.unwrap().is_empty());
@@ -398,7 +398,8 @@ async fn a_stopped_dedicated_cluster_gives_its_tenant_503_and_recovers_without_a
     let app = spawn_app().await;
     let s = seed_tenant(&app.shared, "fragile", TenantKind::Customer, Plan::Enterprise).await;
     let other = seed_tenant(&app.shared, "steady", TenantKind::Customer, Plan::Free).await;
-    let target = authio_core::dedicated::ProvisionTarget::Dsn { admin: &cluster.admin_url("tenant_db"), app: None };
+    let target =
+        authio_core::tenancy::dedicated::ProvisionTarget::Dsn { admin: &cluster.admin_url("tenant_db"), app: None };
     app.control.provision_dedicated(&s.tenant, target, &test_master_key()).await.unwrap();
     app.control.start_move(&s.tenant, Direction::ToDedicated, &test_master_key(), &quiet_move()).await.unwrap();
 

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use authio_core::domain::Plan;
+use authio_core::types::Plan;
 use authio_db::TenantKind;
 use authio_testkit::{
     admin_query_strings, make_dedicated, seed_tenant, spawn_app, spawn_app_with, AppOptions, Seeded, TestApp,
@@ -370,7 +370,7 @@ async fn bad_requests_codes_and_tokens_are_refused() {
     let public_id = public["client_id"].as_str().unwrap().to_owned();
     assert!(public.get("client_secret").is_none());
     let verifier = "v".repeat(50);
-    let challenge = authio_core::signin::s256(&verifier);
+    let challenge = authio_core::crypto::pkce::s256(&verifier);
     let good = |client: &str| -> Vec<(String, String)> {
         [
             ("client_id", client),

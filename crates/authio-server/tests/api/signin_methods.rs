@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use authio_core::domain::Plan;
+use authio_core::types::Plan;
 use authio_db::TenantKind;
 use authio_testkit::{
     admin_query_strings, make_dedicated, seed_tenant, spawn_app, spawn_app_with, AppOptions, Seeded, TestApp,

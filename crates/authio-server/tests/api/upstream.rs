@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use authio_core::domain::Plan;
+use authio_core::types::Plan;
 use authio_db::TenantKind;
 use authio_testkit::{admin_query_strings, seed_tenant, spawn_app, Seeded, TestApp};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -3,10 +3,9 @@
 //! PKCE S256, `state` and `nonce` kept on the shared database (single use, bound to the
 //! browser that started), id_tokens checked against the provider's JWKS, and accounts linked
 //! by verified email only, each decision in the audit log.
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration as StdDuration, Instant};
+use std::time::Duration as StdDuration;
 
 use authio_db::{preresolve, Scope, Type};
 use chrono::{DateTime, Duration, Utc};
@@ -15,10 +14,13 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::auth::{scope_of, Identity};
-use crate::domain::{project_of, Email, ValidationError};
-use crate::sessions::ClientInfo;
-use crate::signin::{new_token, s256, token_hash, with_query, Return, SignedInUser};
+use crate::authz::{Authorized, Permission};
+use crate::crypto::opaque::{hash as token_hash, new_token};
+use crate::crypto::pkce::s256;
+use crate::identity::auth::{scope_of, Identity};
+use crate::identity::signin::{with_query, Return, SignedInUser};
+use crate::types::ClientInfo;
+use crate::types::{project_of, Email, ValidationError};
 use crate::{audit, CoreError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,7 +92,7 @@ impl ConnectionInfo {
         Ok(ConnectionInfo {
             id: r.get(0),
             slug: r.get(1),
-            kind: ProviderKind::parse(&kind).ok_or_else(|| CoreError::Config(format!("provider kind {kind}")))?,
+            kind: ProviderKind::parse(&kind).ok_or_else(|| CoreError::Internal(format!("provider kind {kind}")))?,
             display_name: r.get(3),
             client_id: r.get(4),
             issuer: r.get(5),
@@ -166,12 +168,6 @@ struct UpstreamUser {
     email_verified: bool,
 }
 
-/// Key sets fetched from providers, per `jwks_uri`.
-#[derive(Default)]
-pub(crate) struct JwksCache {
-    sets: std::sync::RwLock<HashMap<String, (Instant, Arc<JwkSet>)>>,
-}
-
 const JWKS_TTL: StdDuration = StdDuration::from_secs(300);
 /// A key id not in the cached set triggers a refetch, at most this often.
 const JWKS_REFETCH_AFTER: StdDuration = StdDuration::from_secs(10);
@@ -198,13 +194,14 @@ impl Identity {
     /// provider's endpoints now; its secret sealed with the master key).
     pub async fn create_connection(
         &self,
-        scope: &Scope,
+        auth: &Authorized,
         new: &NewConnection,
-        actor: &audit::Actor,
         client: &ClientInfo,
     ) -> Result<ConnectionInfo, CoreError> {
+        let scope = auth.require(Permission::ProjectConfigure)?;
+        let actor = auth.actor();
         let project = project_of(scope)?;
-        let slug = crate::domain::Slug::parse(&new.slug)?;
+        let slug = crate::types::Slug::parse(&new.slug)?;
         if slug.as_str().len() > 32 {
             return Err(bad("slug (at most 32 characters)"));
         }
@@ -261,7 +258,8 @@ impl Identity {
         if new.kind != ProviderKind::Github && !scopes.iter().any(|s| s == "openid") {
             return Err(bad("scopes (must include openid)"));
         }
-        let sealed = self.inner.master_key.encrypt(&new.client_secret).map_err(|e| CoreError::Config(e.to_string()))?;
+        let sealed =
+            self.inner.master_key.encrypt(&new.client_secret).map_err(|e| CoreError::Internal(e.to_string()))?;
         let now = crate::clock::now_as_stored(self.inner.clock.as_ref());
         let tx = self.inner.router.begin_pinned(scope).await?;
         let row = tx
@@ -295,7 +293,7 @@ impl Identity {
             .ok_or_else(|| CoreError::Conflict("a connection with this slug exists".into()))?;
         let info = ConnectionInfo::from_row(&row)?;
         let event = audit::Event {
-            action: "oauth_connection.created",
+            action: crate::audit::AuditAction::OauthConnectionCreated,
             actor: actor.clone(),
             target: Some(("oauth_connection", info.id.to_string())),
             client,
@@ -306,29 +304,29 @@ impl Identity {
         Ok(info)
     }
 
-    pub async fn list_connections(&self, scope: &Scope) -> Result<Vec<ConnectionInfo>, CoreError> {
+    pub async fn list_connections(&self, auth: &Authorized) -> Result<Vec<ConnectionInfo>, CoreError> {
+        self.connections(auth.require(Permission::ProjectRead)?).await
+    }
+
+    async fn connections(&self, scope: &Scope) -> Result<Vec<ConnectionInfo>, CoreError> {
         let tx = self.inner.router.begin_pinned(scope).await?;
         let rows = tx.query(&format!("SELECT {COLS} FROM oauth_connections ORDER BY slug"), &[]).await?;
         tx.commit().await?;
         rows.iter().map(ConnectionInfo::from_row).collect()
     }
 
-    pub async fn delete_connection(
-        &self,
-        scope: &Scope,
-        id: Uuid,
-        actor: &audit::Actor,
-        client: &ClientInfo,
-    ) -> Result<(), CoreError> {
+    pub async fn delete_connection(&self, auth: &Authorized, id: Uuid, client: &ClientInfo) -> Result<(), CoreError> {
+        let scope = auth.require(Permission::ProjectConfigure)?;
+        let actor = auth.actor();
         let now = self.now();
         let tx = self.inner.router.begin_pinned(scope).await?;
         let gone = tx
             .query_opt("DELETE FROM oauth_connections WHERE id = $1 RETURNING slug", &[(&id, Type::UUID)])
             .await?
-            .ok_or(CoreError::NotFound("connection"))?;
+            .ok_or(CoreError::NotFound(crate::types::Entity::Connection))?;
         let slug: String = gone.get(0);
         let event = audit::Event {
-            action: "oauth_connection.deleted",
+            action: crate::audit::AuditAction::OauthConnectionDeleted,
             actor: actor.clone(),
             target: Some(("oauth_connection", id.to_string())),
             client,
@@ -370,21 +368,21 @@ impl Identity {
         let row = tx
             .query_opt(&format!("SELECT {COLS}, client_secret_enc FROM oauth_connections WHERE {sql}"), &[(key, ty)])
             .await?
-            .ok_or(CoreError::NotFound("connection"))?;
+            .ok_or(CoreError::NotFound(crate::types::Entity::Connection))?;
         tx.commit().await?;
         let info = ConnectionInfo::from_row(&row)?;
         let secret = self
             .inner
             .master_key
             .decrypt(row.get::<_, &str>(13))
-            .map_err(|e| CoreError::Config(format!("connection secret: {e}")))?;
+            .map_err(|e| CoreError::Internal(format!("connection secret: {e}")))?;
         Ok((info, secret))
     }
 
     /// The enabled connections a project's hosted page offers.
     pub async fn sign_in_buttons(&self, project: Uuid) -> Result<Vec<(String, String)>, CoreError> {
         let profile = self.profile(project).await?;
-        let list = self.list_connections(&scope_of(&profile)).await?;
+        let list = self.connections(&scope_of(&profile)).await?;
         Ok(list.into_iter().filter(|c| c.enabled).map(|c| (c.slug, c.display_name)).collect())
     }
 
@@ -407,13 +405,13 @@ impl Identity {
         let scope = scope_of(&profile);
         let (conn, _) = self.connection_by(&scope, "slug = $1", &slug, Type::TEXT).await?;
         if !conn.enabled {
-            return Err(CoreError::NotFound("connection"));
+            return Err(CoreError::NotFound(crate::types::Entity::Connection));
         }
         let (state, state_hash) = new_token("");
         let (nonce, _) = new_token("");
         let (pkce_verifier, _) = new_token("");
         let (browser, browser_hash) = new_token("");
-        let sealed = self.inner.master_key.encrypt(&pkce_verifier).map_err(|e| CoreError::Config(e.to_string()))?;
+        let sealed = self.inner.master_key.encrypt(&pkce_verifier).map_err(|e| CoreError::Internal(e.to_string()))?;
         let (ret_uri, ret_state, ret_challenge) = Return::columns(ret);
         let now = self.now();
         let expires = now + Duration::seconds(self.inner.settings.one_time.oauth_state_ttl_secs);
@@ -489,7 +487,7 @@ impl Identity {
                 .inner
                 .master_key
                 .decrypt(&row.try_get::<String>(4)?)
-                .map_err(|e| CoreError::Config(format!("pkce verifier: {e}")))?;
+                .map_err(|e| CoreError::Internal(format!("pkce verifier: {e}")))?;
             let ret = Return::from_columns(row.try_get(6)?, row.try_get(7)?, row.try_get(8)?);
             let profile = self.profile(project).await?;
             let scope = scope_of(&profile);
@@ -544,14 +542,11 @@ impl Identity {
     }
 
     async fn jwks(&self, uri: &str, refresh: bool) -> Result<Arc<JwkSet>, CoreError> {
-        if let Ok(sets) = self.inner.upstream_keys.sets.read() {
-            if let Some((at, set)) = sets.get(uri) {
-                let fresh = at.elapsed() < JWKS_TTL && !(refresh && at.elapsed() > JWKS_REFETCH_AFTER);
-                if fresh {
-                    return Ok(set.clone());
-                }
-            }
+        let ttl = if refresh { JWKS_REFETCH_AFTER } else { JWKS_TTL };
+        if let Some(set) = self.inner.upstream_keys.get(uri, ttl) {
+            return Ok(set);
         }
+        let generation = self.inner.upstream_keys.generation();
         let set: JwkSet = self
             .inner
             .http
@@ -564,12 +559,7 @@ impl Identity {
             .await
             .map_err(upstream_err)?;
         let set = Arc::new(set);
-        if let Ok(mut sets) = self.inner.upstream_keys.sets.write() {
-            if sets.len() > 10_000 {
-                sets.clear();
-            }
-            sets.insert(uri.to_owned(), (Instant::now(), set.clone()));
-        }
+        self.inner.upstream_keys.put(uri, set.clone(), generation);
         Ok(set)
     }
 
@@ -709,7 +699,7 @@ impl Identity {
         let email = who.email.as_deref().map(Email::parse).transpose().ok().flatten();
         let refuse = |reason: &'static str| {
             let event = audit::Event {
-                action: "user.identity_link_refused",
+                action: crate::audit::AuditAction::UserIdentityLinkRefused,
                 actor: audit::Actor::anonymous(),
                 target: Some(("oauth_connection", conn.id.to_string())),
                 client,
@@ -728,14 +718,17 @@ impl Identity {
             .await?;
         let (user, action) = match existing {
             Some(r) if r.get::<_, bool>(1) => return Err(CoreError::Forbidden("this account is disabled")),
-            Some(r) => (SignedInUser { user_id: r.get(0), role: r.get(2), created: false }, "user.identity_linked"),
+            Some(r) => (
+                SignedInUser { user_id: r.get(0), role: r.get(2), created: false },
+                crate::audit::AuditAction::UserIdentityLinked,
+            ),
             None if scope.tenant_kind == authio_db::TenantKind::Platform => {
                 return Err(CoreError::Forbidden("sign-up is closed on the platform tenant"))
             }
             None => {
-                let u = crate::users::insert(&tx, scope, &email, None, now).await?;
+                let u = crate::identity::users::insert(&tx, scope, &email, None, now).await?;
                 tx.query("UPDATE users SET email_verified = true WHERE id = $1", &[(&u.id, Type::UUID)]).await?;
-                (SignedInUser { user_id: u.id, role: None, created: true }, "user.signed_up")
+                (SignedInUser { user_id: u.id, role: None, created: true }, crate::audit::AuditAction::UserSignedUp)
             }
         };
         tx.query(

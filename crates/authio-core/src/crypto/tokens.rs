@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::keys::KeySet;
+use crate::crypto::keys::KeySet;
 use crate::CoreError;
 
 /// The JWS `typ` of access tokens (RFC 9068), so an access token is never taken for another

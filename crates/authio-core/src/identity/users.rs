@@ -5,8 +5,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::domain::{project_of, Email};
-use crate::sessions::ClientInfo;
+use crate::authz::{Authorized, Permission};
+use crate::types::ClientInfo;
+use crate::types::{project_of, Email};
 use crate::{audit, Clock, CoreError};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,12 +51,22 @@ impl User {
 
 /// Create a user (no password) on behalf of the system (seeding, tools).
 pub async fn create(router: &Router, clock: &dyn Clock, scope: &Scope, email: &Email) -> Result<User, CoreError> {
-    let system = audit::Actor { kind: "system", id: None, name: None };
-    create_by(router, clock, scope, email, &system, &ClientInfo::default()).await
+    let system = audit::Actor { kind: crate::audit::ActorKind::System, id: None, name: None };
+    create_as(router, clock, scope, email, &system, &ClientInfo::default()).await
 }
 
 /// Create a user (no password), with its `user.created` event in the same transaction.
 pub async fn create_by(
+    router: &Router,
+    clock: &dyn Clock,
+    auth: &Authorized,
+    email: &Email,
+    client: &ClientInfo,
+) -> Result<User, CoreError> {
+    create_as(router, clock, auth.require(Permission::UsersManage)?, email, auth.actor(), client).await
+}
+
+async fn create_as(
     router: &Router,
     clock: &dyn Clock,
     scope: &Scope,
@@ -67,7 +78,7 @@ pub async fn create_by(
     let tx = router.begin(scope).await?;
     let user = insert(&tx, scope, email, None, now).await?;
     let event = audit::Event {
-        action: "user.created",
+        action: crate::audit::AuditAction::UserCreated,
         actor: actor.clone(),
         target: Some(("user", user.id.to_string())),
         client,
@@ -109,7 +120,8 @@ pub(crate) async fn insert(
 }
 
 /// A page of users in id order (UUIDv7, so creation order), after `after` when given.
-pub async fn list(router: &Router, scope: &Scope, limit: i64, after: Option<Uuid>) -> Result<Vec<User>, CoreError> {
+pub async fn list(router: &Router, auth: &Authorized, limit: i64, after: Option<Uuid>) -> Result<Vec<User>, CoreError> {
+    let scope = auth.require(Permission::UsersRead)?;
     let project = project_of(scope)?;
     let limit = limit.clamp(1, 200);
     let after = after.unwrap_or(Uuid::nil());
@@ -128,7 +140,8 @@ pub async fn list(router: &Router, scope: &Scope, limit: i64, after: Option<Uuid
 }
 
 /// Users whose email contains `query` (case-insensitive), in creation order, at most `limit`.
-pub async fn search(router: &Router, scope: &Scope, query: &str, limit: i64) -> Result<Vec<User>, CoreError> {
+pub async fn search(router: &Router, auth: &Authorized, query: &str, limit: i64) -> Result<Vec<User>, CoreError> {
+    let scope = auth.require(Permission::UsersRead)?;
     let project = project_of(scope)?;
     let limit = limit.clamp(1, 200);
     // LIKE's own characters are matched literally.
@@ -147,7 +160,8 @@ pub async fn search(router: &Router, scope: &Scope, query: &str, limit: i64) -> 
 }
 
 /// One user of the scope's project.
-pub async fn get(router: &Router, scope: &Scope, id: Uuid) -> Result<User, CoreError> {
+pub async fn get(router: &Router, auth: &Authorized, id: Uuid) -> Result<User, CoreError> {
+    let scope = auth.require(Permission::UsersRead)?;
     let project = project_of(scope)?;
     let rows = router
         .read(
@@ -156,19 +170,20 @@ pub async fn get(router: &Router, scope: &Scope, id: Uuid) -> Result<User, CoreE
             &[(&scope.tenant_id, Type::UUID), (&project, Type::UUID), (&id, Type::UUID)],
         )
         .await?;
-    rows.first().map(User::from_read_row).transpose()?.ok_or(CoreError::NotFound("user"))
+    rows.first().map(User::from_read_row).transpose()?.ok_or(CoreError::NotFound(crate::types::Entity::User))
 }
 
 /// Disable a user (every session ends with it; signing in is refused) or enable it again.
 pub async fn set_disabled(
     router: &Router,
     clock: &dyn Clock,
-    scope: &Scope,
+    auth: &Authorized,
     id: Uuid,
     disabled: bool,
-    actor: &audit::Actor,
     client: &ClientInfo,
 ) -> Result<User, CoreError> {
+    let scope = auth.require(Permission::UsersManage)?;
+    let actor = auth.actor();
     let project = project_of(scope)?;
     let now = crate::clock::now_as_stored(clock);
     let tx = router.begin(scope).await?;
@@ -187,7 +202,7 @@ pub async fn set_disabled(
             ],
         )
         .await?
-        .ok_or(CoreError::NotFound("user"))?;
+        .ok_or(CoreError::NotFound(crate::types::Entity::User))?;
     if disabled {
         tx.query(
             "UPDATE sessions SET revoked_at = $3, revoked_reason = 'user_disabled'
@@ -197,7 +212,7 @@ pub async fn set_disabled(
         .await?;
     }
     let event = audit::Event {
-        action: if disabled { "user.disabled" } else { "user.enabled" },
+        action: if disabled { crate::audit::AuditAction::UserDisabled } else { crate::audit::AuditAction::UserEnabled },
         actor: actor.clone(),
         target: Some(("user", id.to_string())),
         client,
@@ -211,11 +226,12 @@ pub async fn set_disabled(
 pub async fn delete(
     router: &Router,
     clock: &dyn Clock,
-    scope: &Scope,
+    auth: &Authorized,
     id: Uuid,
-    actor: &audit::Actor,
     client: &ClientInfo,
 ) -> Result<(), CoreError> {
+    let scope = auth.require(Permission::UsersManage)?;
+    let actor = auth.actor();
     let project = project_of(scope)?;
     let now = crate::clock::now_as_stored(clock);
     let tx = router.begin(scope).await?;
@@ -225,10 +241,10 @@ pub async fn delete(
             &[(&scope.tenant_id, Type::UUID), (&project, Type::UUID), (&id, Type::UUID)],
         )
         .await?
-        .ok_or(CoreError::NotFound("user"))?;
+        .ok_or(CoreError::NotFound(crate::types::Entity::User))?;
     let email: String = row.get(0);
     let event = audit::Event {
-        action: "user.deleted",
+        action: crate::audit::AuditAction::UserDeleted,
         actor: actor.clone(),
         target: Some(("user", id.to_string())),
         client,

@@ -123,7 +123,7 @@ impl Template {
     /// A project's template must say what the email is for: links and codes must appear.
     pub fn validate(&self, kind: MailKind) -> Result<(), CoreError> {
         let needs = if kind == MailKind::EmailCode { "{{code}}" } else { "{{link}}" };
-        let bad = |m: &'static str| CoreError::Invalid(crate::domain::ValidationError::Field(m));
+        let bad = |m: &'static str| CoreError::Invalid(crate::types::ValidationError::Field(m));
         if self.subject.trim().is_empty() || self.subject.len() > 200 || self.subject.contains(['\r', '\n']) {
             return Err(bad("template subject (1-200 characters, one line)"));
         }
@@ -176,11 +176,11 @@ pub async fn enqueue(
     values: &Values<'_>,
     now: DateTime<Utc>,
 ) -> Result<(), CoreError> {
-    let project = crate::domain::project_of(scope)?;
+    let project = crate::types::project_of(scope)?;
     let (subject, text, html) = template_for(tx, kind).await?.render(values);
     let message = Message { to: to.to_owned(), from_name: from_name.to_owned(), subject, text, html };
-    let json = serde_json::to_string(&message).map_err(|e| CoreError::Config(e.to_string()))?;
-    let sealed = key.encrypt(&json).map_err(|e| CoreError::Config(e.to_string()))?;
+    let json = serde_json::to_string(&message).map_err(|e| CoreError::Internal(e.to_string()))?;
+    let sealed = key.encrypt(&json).map_err(|e| CoreError::Internal(e.to_string()))?;
     let to_hash = Sha256::digest(to.as_bytes()).to_vec();
     tx.query(
         "INSERT INTO email_outbox (tenant_id, project_id, id, to_hash, message_enc, next_attempt_at, created_at)

@@ -8,19 +8,21 @@
 use std::net::IpAddr;
 
 use authio_db::{preresolve, PgRow, Scope, TenantKind, Type};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
-use rand::{Rng, RngCore};
+use rand::Rng;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use crate::auth::{ip_key, policy, retry_after, scope_of, Identity, UserTokens};
-use crate::domain::{Email, RedirectUri};
-use crate::mail::{self, MailKind};
-use crate::passwords::NewPassword;
-use crate::sessions::{ClientInfo, NewSession};
+use crate::crypto::opaque::{hash as token_hash, new_token};
+use crate::crypto::pkce::check_challenge;
+use crate::identity::auth::{policy, scope_of, Identity, UserTokens};
+use crate::identity::passwords::NewPassword;
+use crate::identity::sessions::NewSession;
+use crate::project::mail::{self, MailKind};
+use crate::throttle::{ip_key, retry_after};
+use crate::types::ClientInfo;
+use crate::types::{Email, RedirectUri};
 use crate::{audit, CoreError};
 
 /// Lifetimes and attempt limits of the one-time tokens.
@@ -166,46 +168,6 @@ pub struct SignedInUser {
     pub created: bool,
 }
 
-/// A fresh random token with a prefix, and the SHA-256 of the whole string.
-pub(crate) fn new_token(prefix: &str) -> (String, [u8; 32]) {
-    let mut raw = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut raw);
-    let token = format!("{prefix}{}", URL_SAFE_NO_PAD.encode(raw));
-    let hash = Sha256::digest(token.as_bytes()).into();
-    (token, hash)
-}
-
-pub(crate) fn token_hash(presented: &str) -> [u8; 32] {
-    Sha256::digest(presented.as_bytes()).into()
-}
-
-/// The S256 challenge of a verifier (RFC 7636 4.2).
-pub fn s256(verifier: &str) -> String {
-    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
-}
-
-/// Whether `verifier` is a valid RFC 7636 verifier whose S256 challenge is `challenge`
-/// (compared in constant time).
-pub fn pkce_matches(challenge: &str, verifier: &str) -> bool {
-    let shaped = (43..=128).contains(&verifier.len())
-        && verifier.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
-    shaped && bool::from(s256(verifier).as_bytes().ct_eq(challenge.as_bytes()))
-}
-
-/// A PKCE challenge as given: S256 only (`plain` is refused), 43 base64url characters.
-pub fn check_challenge(challenge: &str, method: Option<&str>) -> Result<(), CoreError> {
-    if method != Some("S256") {
-        return Err(CoreError::Invalid(crate::domain::ValidationError::Field(
-            "code_challenge_method (S256 is required)",
-        )));
-    }
-    let ok = challenge.len() == 43 && challenge.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if !ok {
-        return Err(CoreError::Invalid(crate::domain::ValidationError::Field("code_challenge")));
-    }
-    Ok(())
-}
-
 /// Append query parameters to a URI that may already have some.
 pub fn with_query(uri: &str, params: &[(&str, &str)]) -> String {
     let encoded = serde_urlencoded::to_string(params).unwrap_or_default();
@@ -235,7 +197,7 @@ impl Identity {
         let generation = cache.generation();
         let row = preresolve::project_presentation(&self.inner.router, project)
             .await?
-            .ok_or(CoreError::NotFound("project"))?;
+            .ok_or(CoreError::NotFound(crate::types::Entity::Project))?;
         let p = std::sync::Arc::new(Presentation::from_row(project, &row)?);
         cache.put(&key, p.clone(), generation);
         Ok(p)
@@ -252,12 +214,12 @@ impl Identity {
         code_challenge_method: Option<&str>,
     ) -> Result<Return, CoreError> {
         let uri = self.registered_redirect(project, redirect_uri).await?;
-        let challenge = code_challenge.ok_or(CoreError::Invalid(crate::domain::ValidationError::Field(
+        let challenge = code_challenge.ok_or(CoreError::Invalid(crate::types::ValidationError::Field(
             "code_challenge (PKCE S256 is required)",
         )))?;
         check_challenge(challenge, code_challenge_method)?;
         if app_state.is_some_and(|s| s.len() > 512) {
-            return Err(CoreError::Invalid(crate::domain::ValidationError::Field("state (at most 512 characters)")));
+            return Err(CoreError::Invalid(crate::types::ValidationError::Field("state (at most 512 characters)")));
         }
         Ok(Return::App {
             redirect_uri: uri.as_str().to_owned(),
@@ -403,10 +365,10 @@ impl Identity {
         if scope.tenant_kind == TenantKind::Platform {
             return Err(CoreError::Forbidden("sign-up is closed on the platform tenant"));
         }
-        let user = crate::users::insert(&tx, scope, email, None, now).await?;
+        let user = crate::identity::users::insert(&tx, scope, email, None, now).await?;
         tx.query("UPDATE users SET email_verified = true WHERE id = $1", &[(&user.id, Type::UUID)]).await?;
         let event = audit::Event {
-            action: "user.signed_up",
+            action: crate::audit::AuditAction::UserSignedUp,
             actor: audit::Actor::user(user.id, Some(email.as_str())),
             target: Some(("user", user.id.to_string())),
             client,
@@ -437,7 +399,7 @@ impl Identity {
         client: &ClientInfo,
         oidc: Option<(&str, &str)>,
     ) -> Result<UserTokens, CoreError> {
-        let project = crate::domain::project_of(scope)?;
+        let project = crate::types::project_of(scope)?;
         let profile = self.profile(project).await?;
         let keys = self.inner.keys.keyset(&profile).await?;
         let now = self.now();
@@ -448,7 +410,7 @@ impl Identity {
         let event = audit::EventRow::new(
             scope,
             audit::Event {
-                action: "user.signed_in",
+                action: crate::audit::AuditAction::UserSignedIn,
                 actor: audit::Actor::user(user.user_id, None),
                 target: Some(("user", user.user_id.to_string())),
                 client,
@@ -457,7 +419,8 @@ impl Identity {
             now,
         )?;
         let (session_params, event_params) = (session.params(), event.params());
-        let statements = [(crate::sessions::START_SQL, &session_params[..]), (audit::INSERT_SQL, &event_params[..])];
+        let statements =
+            [(crate::identity::sessions::START_SQL, &session_params[..]), (audit::INSERT_SQL, &event_params[..])];
         self.inner.router.write(scope, &statements).await?;
         let amr: Vec<String> = amr.iter().map(|s| (*s).to_owned()).collect();
         self.user_tokens(
@@ -519,7 +482,7 @@ impl Identity {
     async fn write_link(&self, scope: &Scope, presentation: &Presentation, w: LinkWrite<'_>) -> Result<(), CoreError> {
         let now = self.now();
         let expires = now + Duration::seconds(w.ttl);
-        let project = crate::domain::project_of(scope)?;
+        let project = crate::types::project_of(scope)?;
         let hash = w.hash.to_vec();
         let binding = w.binding.map(|b| b.to_vec());
         let (ret_uri, ret_state, ret_challenge) = Return::columns(w.ret);
@@ -714,9 +677,9 @@ impl Identity {
         ret: &Return,
     ) -> Result<String, CoreError> {
         let Return::App { redirect_uri, app_state, code_challenge } = ret else {
-            return Err(CoreError::Config("a sign-in code is for an app's redirect URI".into()));
+            return Err(CoreError::Internal("a sign-in code is for an app's redirect URI".into()));
         };
-        let project = crate::domain::project_of(scope)?;
+        let project = crate::types::project_of(scope)?;
         let (code, hash) = new_token("sc_");
         let hash = hash.to_vec();
         let now = self.now();
@@ -822,7 +785,7 @@ impl Identity {
                 .await?
                 .len();
             let event = audit::Event {
-                action: "user.password_reset",
+                action: crate::audit::AuditAction::UserPasswordReset,
                 actor: audit::Actor::user(user_id, Some(proved.email.as_str())),
                 target: Some(("user", user_id.to_string())),
                 client,
@@ -875,7 +838,7 @@ impl Identity {
                 .ok_or(INVALID_LINK)?;
             let user_id: Uuid = user.get(0);
             let event = audit::Event {
-                action: "user.email_verified",
+                action: crate::audit::AuditAction::UserEmailVerified,
                 actor: audit::Actor::user(user_id, Some(proved.email.as_str())),
                 target: Some(("user", user_id.to_string())),
                 client,
@@ -939,9 +902,9 @@ impl Identity {
         let scope = scope_of(&profile);
         let now = self.now();
         let tx = self.inner.router.begin(&scope).await?;
-        let user = crate::users::insert(&tx, &scope, &email, Some(&hash), now).await?;
+        let user = crate::identity::users::insert(&tx, &scope, &email, Some(&hash), now).await?;
         let event = audit::Event {
-            action: "user.signed_up",
+            action: crate::audit::AuditAction::UserSignedUp,
             actor: audit::Actor::user(user.id, Some(email.as_str())),
             target: Some(("user", user.id.to_string())),
             client,
@@ -971,17 +934,6 @@ struct LinkWrite<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pkce_s256_matches_rfc7636_appendix_b() {
-        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
-        assert_eq!(s256(verifier), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
-        assert!(pkce_matches("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", verifier));
-        assert!(!pkce_matches("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", "short"));
-        assert!(check_challenge("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", Some("plain")).is_err());
-        assert!(check_challenge("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", Some("S256")).is_ok());
-        assert!(check_challenge("too-short", Some("S256")).is_err());
-    }
 
     #[test]
     fn query_parameters_are_appended_and_encoded() {

@@ -12,44 +12,14 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::audit::Actor;
-use crate::control::{ControlPlane, Project, Tenant, TENANT_COLS};
-use crate::dedicated::{record_for_tenant_by, ProvisionTarget};
-use crate::domain::{Email, Plan, ValidationError};
-use crate::moves::{Direction, MoveRun};
+use crate::tenancy::control::{ControlPlane, Project, Tenant, TENANT_COLS};
+use crate::tenancy::dedicated::{record_for_tenant_by, ProvisionTarget};
+use crate::tenancy::moves::{Direction, MoveRun};
+use crate::types::{Email, Plan, ValidationError};
 use crate::CoreError;
 
 /// A dashboard member's role in a customer tenant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MemberRole {
-    Owner,
-    Admin,
-    Viewer,
-}
-
-impl MemberRole {
-    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
-        match raw {
-            "owner" => Ok(MemberRole::Owner),
-            "admin" => Ok(MemberRole::Admin),
-            "viewer" => Ok(MemberRole::Viewer),
-            _ => Err(ValidationError::Field("role: owner, admin or viewer")),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MemberRole::Owner => "owner",
-            MemberRole::Admin => "admin",
-            MemberRole::Viewer => "viewer",
-        }
-    }
-
-    /// Viewers look; owners and admins change things.
-    pub fn may_change(self) -> bool {
-        !matches!(self, MemberRole::Viewer)
-    }
-}
+pub use crate::authz::MemberRole;
 
 /// One tenant a platform identity may manage, and how.
 #[derive(Clone, Debug)]
@@ -225,7 +195,7 @@ impl ControlPlane {
                 &[],
             )
             .await?
-            .ok_or(CoreError::NotFound("platform project"))?;
+            .ok_or(CoreError::NotFound(crate::types::Entity::PlatformProject))?;
         Ok(Project { id: row.get(0), tenant_id: row.get(1), slug: row.get(2), name: row.get(3) })
     }
 
@@ -246,7 +216,7 @@ impl ControlPlane {
             .query_opt(&format!("SELECT {TENANT_COLS} FROM tenants WHERE slug = $1"), &[(&tenant_slug, Type::TEXT)])
             .await?
             .map(|r| Tenant::from_row(&r))
-            .ok_or(CoreError::NotFound("tenant"))?;
+            .ok_or(CoreError::NotFound(crate::types::Entity::Tenant))?;
         if tenant.tenant_kind() != TenantKind::Customer {
             return Err(CoreError::Invalid(ValidationError::Field("tenant: members belong to customer tenants")));
         }
@@ -267,7 +237,7 @@ impl ControlPlane {
                         &[],
                     )
                     .await?
-                    .ok_or(CoreError::NotFound("platform project"))?;
+                    .ok_or(CoreError::NotFound(crate::types::Entity::PlatformProject))?;
                 let (platform, project): (Uuid, Uuid) = (console.get(0), console.get(1));
                 let id = Uuid::now_v7();
                 let now = Utc::now();
@@ -284,10 +254,14 @@ impl ControlPlane {
                 .await?;
                 let scope = authio_db::Scope::project(platform, project, TenantKind::Platform);
                 let event = crate::audit::Event {
-                    action: "user.created",
-                    actor: Actor { kind: "operator", id: None, name: Some("authio tenant add-member".into()) },
+                    action: crate::audit::AuditAction::UserCreated,
+                    actor: Actor {
+                        kind: crate::audit::ActorKind::Operator,
+                        id: None,
+                        name: Some("authio tenant add-member".into()),
+                    },
                     target: Some(("user", id.to_string())),
-                    client: &crate::sessions::ClientInfo::default(),
+                    client: &crate::types::ClientInfo::default(),
                     metadata: serde_json::json!({"email": email.as_str(), "member_of": tenant.slug}),
                 };
                 let row = crate::audit::EventRow::new(&scope, event, now)?;
@@ -303,9 +277,10 @@ impl ControlPlane {
             &[(&tenant.id, Type::UUID), (&user, Type::UUID), (&role.as_str(), Type::TEXT)],
         )
         .await?;
-        let actor = Actor { kind: "operator", id: None, name: Some("authio tenant add-member".into()) };
+        let actor =
+            Actor { kind: crate::audit::ActorKind::Operator, id: None, name: Some("authio tenant add-member".into()) };
         let meta = serde_json::json!({"user_id": user, "email": email.as_str(), "role": role.as_str()});
-        record_for_tenant_by(&tx, tenant.id, "tenant.member_set", actor, meta).await?;
+        record_for_tenant_by(&tx, tenant.id, crate::audit::AuditAction::TenantMemberSet, actor, meta).await?;
         tx.commit().await?;
         Ok(user)
     }
@@ -324,11 +299,15 @@ impl ControlPlane {
                 &[(&tenant_slug, Type::TEXT), (&email.as_str(), Type::TEXT)],
             )
             .await?
-            .ok_or(CoreError::NotFound("membership"))?;
+            .ok_or(CoreError::NotFound(crate::types::Entity::Membership))?;
         let (tenant, user, role): (Uuid, Uuid, String) = (row.get(0), row.get(1), row.get(2));
-        let actor = Actor { kind: "operator", id: None, name: Some("authio tenant remove-member".into()) };
+        let actor = Actor {
+            kind: crate::audit::ActorKind::Operator,
+            id: None,
+            name: Some("authio tenant remove-member".into()),
+        };
         let meta = serde_json::json!({"user_id": user, "email": email.as_str(), "role": role});
-        record_for_tenant_by(&tx, tenant, "tenant.member_removed", actor, meta).await?;
+        record_for_tenant_by(&tx, tenant, crate::audit::AuditAction::TenantMemberRemoved, actor, meta).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -431,7 +410,7 @@ impl ControlPlane {
             .query_opt(&format!("SELECT {TENANT_COLS} FROM tenants WHERE id = $1 FOR UPDATE"), &[(&tenant, Type::UUID)])
             .await?
             .map(|r| Tenant::from_row(&r))
-            .ok_or(CoreError::NotFound("tenant"))?;
+            .ok_or(CoreError::NotFound(crate::types::Entity::Tenant))?;
         let open = tx
             .query_opt(
                 &format!(
@@ -442,7 +421,7 @@ impl ControlPlane {
             )
             .await?
             .map(|r| DbRequest::from_row(&r));
-        let by = actor.name.clone().or_else(|| actor.id.clone()).unwrap_or_else(|| actor.kind.to_owned());
+        let by = actor.name.clone().or_else(|| actor.id.clone()).unwrap_or_else(|| actor.kind.as_str().to_owned());
         let wanted_direction = if on { "to_dedicated" } else { "to_shared" };
         let outcome = match open {
             Some(r) if r.direction == wanted_direction => return Ok(Some(r)),
@@ -451,7 +430,7 @@ impl ControlPlane {
                 record_for_tenant_by(
                     &tx,
                     tenant,
-                    "dedicated_db.request_withdrawn",
+                    crate::audit::AuditAction::DedicatedDbRequestWithdrawn,
                     actor,
                     serde_json::json!({"request_id": r.id, "direction": r.direction}),
                 )
@@ -471,7 +450,7 @@ impl ControlPlane {
                     return Ok(None);
                 }
                 if on {
-                    crate::dedicated::check_may_be_dedicated(&t)?;
+                    crate::tenancy::dedicated::check_may_be_dedicated(&t)?;
                 }
                 let id = Uuid::now_v7();
                 let row = tx
@@ -484,8 +463,12 @@ impl ControlPlane {
                         &[(&id, Type::UUID), (&tenant, Type::UUID), (&wanted_direction, Type::TEXT), (&by, Type::TEXT)],
                     )
                     .await?
-                    .ok_or(CoreError::NotFound("request"))?;
-                let action = if on { "dedicated_db.requested" } else { "dedicated_db.move_back_requested" };
+                    .ok_or(CoreError::NotFound(crate::types::Entity::Request))?;
+                let action = if on {
+                    crate::audit::AuditAction::DedicatedDbRequested
+                } else {
+                    crate::audit::AuditAction::DedicatedDbMoveBackRequested
+                };
                 record_for_tenant_by(&tx, tenant, action, actor, serde_json::json!({"request_id": id})).await?;
                 Some(DbRequest::from_row(&row))
             }
@@ -503,7 +486,8 @@ impl ControlPlane {
                 m.id, m.phase
             )));
         }
-        self.step(id, &["requested", "failed"], "declined", "dedicated_db.declined", actor, None).await
+        self.step(id, &["requested", "failed"], "declined", crate::audit::AuditAction::DedicatedDbDeclined, actor, None)
+            .await
     }
 
     /// Approve a request: a move to dedicated goes to `provisioning` (then
@@ -513,7 +497,15 @@ impl ControlPlane {
         let to = if r.direction == "to_dedicated" { "provisioning" } else { "provisioned" };
         // From `provisioning` too: a node that died while provisioning left it there, and
         // provisioning is idempotent (the advisory lock keeps two nodes from racing).
-        self.step(id, &["requested", "failed", "provisioning"], to, "dedicated_db.approved", actor, None).await
+        self.step(
+            id,
+            &["requested", "failed", "provisioning"],
+            to,
+            crate::audit::AuditAction::DedicatedDbApproved,
+            actor,
+            None,
+        )
+        .await
     }
 
     /// Provision the approved request's database on a registered host; the request becomes
@@ -524,16 +516,24 @@ impl ControlPlane {
             return Err(conflict(format!("the request is {}, not provisioning", r.state)));
         }
         let _held = self.hold(id).await?;
-        let system = Actor { kind: "system", id: None, name: Some("console".into()) };
+        let system = Actor { kind: crate::audit::ActorKind::System, id: None, name: Some("console".into()) };
         let provisioned = async {
-            let tenant = self.tenant(r.tenant_id).await?.ok_or(CoreError::NotFound("tenant"))?;
+            let tenant = self.tenant(r.tenant_id).await?.ok_or(CoreError::NotFound(crate::types::Entity::Tenant))?;
             self.provision_dedicated(&tenant, ProvisionTarget::Host(host), key).await
         };
         match provisioned.await {
             Ok(p) => {
                 let meta = serde_json::json!({"database": p.database_name, "host": host});
-                self.step_with(id, &["provisioning"], "provisioned", "dedicated_db.provisioned", system, None, meta)
-                    .await
+                self.step_with(
+                    id,
+                    &["provisioning"],
+                    "provisioned",
+                    crate::audit::AuditAction::DedicatedDbProvisioned,
+                    system,
+                    None,
+                    meta,
+                )
+                .await
             }
             Err(e) => self.fail(id, system, "provisioning", &e).await,
         }
@@ -545,7 +545,15 @@ impl ControlPlane {
         if r.state == "failed" && r.direction == "to_dedicated" && !self.has_dedicated_database(r.tenant_id).await? {
             return Err(conflict("the database was never provisioned: approve the request again"));
         }
-        self.step(id, &["provisioned", "failed"], "moving", "dedicated_db.move_started", actor, None).await
+        self.step(
+            id,
+            &["provisioned", "failed"],
+            "moving",
+            crate::audit::AuditAction::DedicatedDbMoveStarted,
+            actor,
+            None,
+        )
+        .await
     }
 
     /// Run the request's move to the end (or finish one a crash left), then mark the request
@@ -558,9 +566,9 @@ impl ControlPlane {
         let _held = self.hold(id).await?;
         let direction = if r.direction == "to_dedicated" { Direction::ToDedicated } else { Direction::ToShared };
         let target = if r.direction == "to_dedicated" { "dedicated" } else { "shared" };
-        let system = Actor { kind: "system", id: None, name: Some("console".into()) };
+        let system = Actor { kind: crate::audit::ActorKind::System, id: None, name: Some("console".into()) };
         let outcome = async {
-            let tenant = self.tenant(r.tenant_id).await?.ok_or(CoreError::NotFound("tenant"))?;
+            let tenant = self.tenant(r.tenant_id).await?.ok_or(CoreError::NotFound(crate::types::Entity::Tenant))?;
             let o = match self.open_move(tenant.id).await? {
                 Some(_) => self.resume_move(&tenant, key, run).await?,
                 // Already there: an earlier run finished the move but not the request.
@@ -577,7 +585,16 @@ impl ControlPlane {
                     "pause_ms": o.as_ref().and_then(|o| o.pause_ms),
                     "verified": o.as_ref().and_then(|o| o.record.verified),
                 });
-                self.step_with(id, &["moving"], "done", "dedicated_db.done", system, move_id, meta).await
+                self.step_with(
+                    id,
+                    &["moving"],
+                    "done",
+                    crate::audit::AuditAction::DedicatedDbDone,
+                    system,
+                    move_id,
+                    meta,
+                )
+                .await
             }
             Err(e) => self.fail(id, system, "move", &e).await,
         }
@@ -590,7 +607,7 @@ impl ControlPlane {
         let row = tx
             .query_opt(&format!("SELECT {TENANT_COLS} FROM tenants WHERE id = $1 FOR UPDATE"), &[(&tenant, Type::UUID)])
             .await?
-            .ok_or(CoreError::NotFound("tenant"))?;
+            .ok_or(CoreError::NotFound(crate::types::Entity::Tenant))?;
         let before = Tenant::from_row(&row);
         if before.plan == plan.as_str() {
             return Ok(before);
@@ -618,9 +635,9 @@ impl ControlPlane {
                 &[(&tenant, Type::UUID), (&plan.as_str(), Type::TEXT)],
             )
             .await?
-            .ok_or(CoreError::NotFound("tenant"))?;
+            .ok_or(CoreError::NotFound(crate::types::Entity::Tenant))?;
         let meta = serde_json::json!({"from": before.plan, "to": plan.as_str()});
-        record_for_tenant_by(&tx, tenant, "tenant.plan_changed", actor, meta).await?;
+        record_for_tenant_by(&tx, tenant, crate::audit::AuditAction::TenantPlanChanged, actor, meta).await?;
         tx.commit().await?;
         Ok(Tenant::from_row(&row))
     }
@@ -713,7 +730,7 @@ impl ControlPlane {
         for d in dedicated {
             let (tenant, slug, enc): (Uuid, String, String) = (d.get(0), d.get(1), d.get(2));
             let read = async {
-                let dsn = key.decrypt(&enc).map_err(|e| CoreError::Config(format!("dedicated DSN: {e}")))?;
+                let dsn = key.decrypt(&enc).map_err(|e| CoreError::Internal(format!("dedicated DSN: {e}")))?;
                 let mut dc = connect(&dsn, "authio-console").await?;
                 let dtx = OwnerTx::begin(&mut dc).await?;
                 let rows = dtx
@@ -768,7 +785,7 @@ impl ControlPlane {
                 &[(&id, Type::UUID)],
             )
             .await?
-            .ok_or(CoreError::NotFound("request"))?;
+            .ok_or(CoreError::NotFound(crate::types::Entity::Request))?;
         Ok(DbRequest::from_row(&row))
     }
 
@@ -789,7 +806,7 @@ impl ControlPlane {
         id: Uuid,
         from: &[&str],
         to: &str,
-        action: &'static str,
+        action: crate::audit::AuditAction,
         actor: Actor,
         move_id: Option<Uuid>,
     ) -> Result<DbRequest, CoreError> {
@@ -802,14 +819,14 @@ impl ControlPlane {
         id: Uuid,
         from: &[&str],
         to: &str,
-        action: &'static str,
+        action: crate::audit::AuditAction,
         actor: Actor,
         move_id: Option<Uuid>,
         mut meta: serde_json::Value,
     ) -> Result<DbRequest, CoreError> {
         let mut c = self.client().await?;
         let tx = OwnerTx::begin(&mut c).await?;
-        let by = actor.name.clone().or_else(|| actor.id.clone()).unwrap_or_else(|| actor.kind.to_owned());
+        let by = actor.name.clone().or_else(|| actor.id.clone()).unwrap_or_else(|| actor.kind.as_str().to_owned());
         let r = transition(&tx, id, from, to, &by, move_id).await?;
         if let Some(m) = meta.as_object_mut() {
             m.insert("request_id".into(), serde_json::json!(id));
@@ -836,10 +853,10 @@ impl ControlPlane {
                 &[(&id, Type::UUID), (&message, Type::TEXT)],
             )
             .await?
-            .ok_or(CoreError::NotFound("request"))?;
+            .ok_or(CoreError::NotFound(crate::types::Entity::Request))?;
         let r = DbRequest::from_row(&row);
         let meta = serde_json::json!({"request_id": id, "failed_step": step});
-        record_for_tenant_by(&tx, r.tenant_id, "dedicated_db.failed", actor, meta).await?;
+        record_for_tenant_by(&tx, r.tenant_id, crate::audit::AuditAction::DedicatedDbFailed, actor, meta).await?;
         tx.commit().await?;
         Ok(r)
     }
@@ -894,7 +911,7 @@ async fn transition(
             let now =
                 tx.query_opt("SELECT state FROM dedicated_db_requests WHERE id = $1", &[(&id, Type::UUID)]).await?;
             match now {
-                None => Err(CoreError::NotFound("request")),
+                None => Err(CoreError::NotFound(crate::types::Entity::Request)),
                 Some(r) => Err(conflict(format!("the request is {} now", r.get::<_, String>(0)))),
             }
         }

@@ -5,24 +5,20 @@
 //! its grace window is a theft signal: the whole session is revoked. Within the window (two
 //! tabs refreshing at once) the second use gets a sibling token instead of a logout.
 use authio_db::{Router, Row, Scope, ScopedTx, Type};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
-use rand::RngCore;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::domain::project_of;
+use crate::authz::{Authorized, Permission};
+use crate::crypto::opaque;
+use crate::types::{project_of, ClientInfo};
 use crate::{audit, Clock, CoreError};
 
 const PREFIX: &str = "rt_";
 
 pub fn new_refresh_token(project: Uuid) -> (String, [u8; 32]) {
-    let mut secret = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut secret);
-    let secret = URL_SAFE_NO_PAD.encode(secret);
-    let hash = Sha256::digest(secret.as_bytes()).into();
+    let secret = opaque::random_secret();
+    let hash = opaque::hash(&secret);
     (format!("{PREFIX}{}_{secret}", project.simple()), hash)
 }
 
@@ -34,7 +30,7 @@ pub fn parse_refresh_token(presented: &str) -> Option<(Uuid, [u8; 32])> {
         return None;
     }
     let project = Uuid::try_parse(project).ok()?;
-    Some((project, Sha256::digest(secret.as_bytes()).into()))
+    Some((project, opaque::hash(secret)))
 }
 
 /// Timeouts of a project's sessions.
@@ -43,15 +39,6 @@ pub struct SessionPolicy {
     pub idle: Duration,
     pub absolute: Duration,
     pub grace: Duration,
-}
-
-/// Where a session was started from.
-#[derive(Clone, Debug, Default)]
-pub struct ClientInfo {
-    pub ip: Option<String>,
-    pub user_agent: Option<String>,
-    /// The request's `x-request-id`, for the audit log.
-    pub request_id: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -234,8 +221,8 @@ pub async fn refresh(
         "reused" => {
             let (sid, user): (Uuid, Uuid) = (row.get(1), row.get(2));
             let event = audit::Event {
-                action: "session.revoked",
-                actor: audit::Actor { kind: "system", id: None, name: None },
+                action: crate::audit::AuditAction::SessionRevoked,
+                actor: audit::Actor { kind: crate::audit::ActorKind::System, id: None, name: None },
                 target: Some(("session", sid.to_string())),
                 client,
                 metadata: serde_json::json!({"reason": "refresh_token_reused", "user_id": user}),
@@ -261,7 +248,7 @@ pub async fn refresh(
         scope: row.get(6),
     };
     let event = audit::Event {
-        action: "token.refreshed",
+        action: crate::audit::AuditAction::TokenRefreshed,
         actor: audit::Actor::user(user, None),
         target: Some(("session", sid.to_string())),
         client,
@@ -284,6 +271,17 @@ async fn revoke_in(tx: &ScopedTx, sid: Uuid, now: DateTime<Utc>, reason: &str) -
         .await?)
 }
 
+/// Revoke a session on behalf of whoever manages the project's users.
+pub async fn revoke_managed(
+    router: &Router,
+    clock: &dyn Clock,
+    auth: &Authorized,
+    sid: Uuid,
+    client: &ClientInfo,
+) -> Result<SessionInfo, CoreError> {
+    revoke(router, clock, auth.require(Permission::UsersManage)?, sid, auth.actor().clone(), client).await
+}
+
 /// Revoke a session (its refresh tokens stop working at once; its access tokens fail
 /// introspection). Revoking twice is not an error.
 pub async fn revoke(
@@ -297,10 +295,10 @@ pub async fn revoke(
     project_of(scope)?;
     let now = crate::clock::now_as_stored(clock);
     let tx = router.begin(scope).await?;
-    let row = revoke_in(&tx, sid, now, "revoked").await?.ok_or(CoreError::NotFound("session"))?;
+    let row = revoke_in(&tx, sid, now, "revoked").await?.ok_or(CoreError::NotFound(crate::types::Entity::Session))?;
     if row.get::<_, Option<DateTime<Utc>>>(9) == Some(now) {
         let event = audit::Event {
-            action: "session.revoked",
+            action: crate::audit::AuditAction::SessionRevoked,
             actor,
             target: Some(("session", sid.to_string())),
             client,
@@ -335,8 +333,8 @@ pub async fn revoke_by_refresh_token(
         let revoked = revoke_in(&tx, sid, now, "revoked").await?;
         let newly = revoked.is_some_and(|row| row.get::<_, Option<DateTime<Utc>>>(9) == Some(now));
         let event = audit::Event {
-            action: "token.revoked",
-            actor: audit::Actor { kind: "anonymous", id: None, name: None },
+            action: crate::audit::AuditAction::TokenRevoked,
+            actor: audit::Actor { kind: crate::audit::ActorKind::Anonymous, id: None, name: None },
             target: Some(("session", sid.to_string())),
             client,
             metadata: serde_json::json!({"token_type": "refresh_token"}),
@@ -350,7 +348,8 @@ pub async fn revoke_by_refresh_token(
 }
 
 /// A user's sessions, newest first (live and ended).
-pub async fn list_for_user(router: &Router, scope: &Scope, user: Uuid) -> Result<Vec<SessionInfo>, CoreError> {
+pub async fn list_for_user(router: &Router, auth: &Authorized, user: Uuid) -> Result<Vec<SessionInfo>, CoreError> {
+    let scope = auth.require(Permission::UsersRead)?;
     let project = project_of(scope)?;
     let tx = router.begin(scope).await?;
     let rows = tx
@@ -437,7 +436,7 @@ pub async fn access_token_live(
             &[(&scope.tenant_id, Type::UUID), (&jti, Type::UUID), (&sid, Type::UUID), (&now, Type::TIMESTAMPTZ)],
         )
         .await?;
-    let row = rows.first().ok_or(CoreError::Config("liveness query returned no row".into()))?;
+    let row = rows.first().ok_or(CoreError::Internal("liveness query returned no row".into()))?;
     if row.try_get::<Option<bool>>(2)? != Some(true) {
         return Err(authio_db::RouterError::NotAtHome(scope.tenant_id).into());
     }
@@ -470,8 +469,8 @@ pub async fn revoke_access_token(
     // Revoking again changes nothing and records nothing.
     if !fresh.is_empty() {
         let event = audit::Event {
-            action: "token.revoked",
-            actor: audit::Actor { kind: "anonymous", id: None, name: None },
+            action: crate::audit::AuditAction::TokenRevoked,
+            actor: audit::Actor { kind: crate::audit::ActorKind::Anonymous, id: None, name: None },
             target: Some(("access_token", jti.to_string())),
             client,
             metadata: serde_json::json!({"token_type": "access_token"}),

@@ -7,16 +7,13 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::domain::{project_of, DisplayName};
+use crate::authz::{Authorized, Permission};
+use crate::types::{project_of, DisplayName};
 use crate::Clock;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use rand::RngCore;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
-use crate::audit::{self, Actor};
-use crate::sessions::ClientInfo;
+use crate::audit::{self};
+use crate::crypto::opaque;
+use crate::types::ClientInfo;
 use crate::CoreError;
 
 const PREFIX: &str = "sk_";
@@ -29,25 +26,9 @@ pub struct NewApiKey {
 }
 
 pub fn generate() -> NewApiKey {
-    let mut id = [0u8; 8];
-    let mut secret = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut id);
-    rand::rngs::OsRng.fill_bytes(&mut secret);
-    let key_id: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    let secret = URL_SAFE_NO_PAD.encode(secret);
-    NewApiKey { plaintext: format!("{PREFIX}{key_id}_{secret}"), secret_hash: hash_secret(&secret), key_id }
-}
-
-pub(crate) fn hash_secret(secret: &str) -> [u8; 32] {
-    Sha256::digest(secret.as_bytes()).into()
-}
-
-/// Whether `secret` hashes to `stored`, in constant time; with nothing stored (an unknown id)
-/// a hash is still compared, so both paths do the same work.
-pub(crate) fn secret_matches(stored: Option<&[u8]>, secret: &str) -> bool {
-    let stored: [u8; 32] = stored.and_then(|h| <[u8; 32]>::try_from(h).ok()).unwrap_or([0u8; 32]);
-    let matches: bool = hash_secret(secret).ct_eq(&stored).into();
-    matches && stored != [0u8; 32]
+    let key_id = opaque::random_hex::<8>();
+    let secret = opaque::random_secret();
+    NewApiKey { plaintext: format!("{PREFIX}{key_id}_{secret}"), secret_hash: opaque::hash(&secret), key_id }
 }
 
 /// Split a presented key into (key id, secret) without judging the secret yet.
@@ -69,7 +50,7 @@ pub async fn authenticate(router: &Router, presented: &str) -> Result<Scope, Cor
 /// Judge a presented secret against what the lookup found, in constant time; an unknown id is
 /// compared against something too, so both paths do the same work.
 pub fn check_secret(record: Option<&ApiKeyRecord>, secret: &str) -> Result<Scope, CoreError> {
-    let matches = secret_matches(record.map(|r| r.secret_hash.as_slice()), secret);
+    let matches = opaque::matches(record.map(|r| r.secret_hash.as_slice()), secret);
     match record {
         Some(r) if matches => Ok(Scope::project(r.tenant_id, r.project_id, r.tenant_kind)),
         _ => Err(CoreError::InvalidApiKey),
@@ -102,11 +83,12 @@ pub struct CreatedKey {
 pub async fn create(
     router: &Router,
     clock: &dyn Clock,
-    scope: &Scope,
+    auth: &Authorized,
     name: &DisplayName,
-    actor: &Actor,
     client: &ClientInfo,
 ) -> Result<CreatedKey, CoreError> {
+    let scope = auth.require(Permission::CredentialsManage)?;
+    let actor = auth.actor();
     let project = project_of(scope)?;
     let key = generate();
     let id = Uuid::now_v7();
@@ -129,7 +111,7 @@ pub async fn create(
         )
         .await?;
     let event = audit::Event {
-        action: "api_key.created",
+        action: crate::audit::AuditAction::ApiKeyCreated,
         actor: actor.clone(),
         target: Some(("api_key", key.key_id.clone())),
         client,
@@ -140,7 +122,8 @@ pub async fn create(
     Ok(CreatedKey { info: ApiKeyInfo::from_row(&row), plaintext: key.plaintext })
 }
 
-pub async fn list(router: &Router, scope: &Scope) -> Result<Vec<ApiKeyInfo>, CoreError> {
+pub async fn list(router: &Router, auth: &Authorized) -> Result<Vec<ApiKeyInfo>, CoreError> {
+    let scope = auth.require(Permission::ProjectRead)?;
     project_of(scope)?;
     let tx = router.begin_pinned(scope).await?;
     let rows = tx.query("SELECT id, key_id, name, created_at, revoked_at FROM api_keys ORDER BY id", &[]).await?;
@@ -153,11 +136,12 @@ pub async fn list(router: &Router, scope: &Scope) -> Result<Vec<ApiKeyInfo>, Cor
 pub async fn revoke(
     router: &Router,
     clock: &dyn Clock,
-    scope: &Scope,
+    auth: &Authorized,
     id: Uuid,
-    actor: &Actor,
     client: &ClientInfo,
 ) -> Result<ApiKeyInfo, CoreError> {
+    let scope = auth.require(Permission::CredentialsManage)?;
+    let actor = auth.actor();
     project_of(scope)?;
     let now = crate::clock::now_as_stored(clock);
     let tx = router.begin_pinned(scope).await?;
@@ -168,12 +152,12 @@ pub async fn revoke(
             &[(&id, Type::UUID), (&now, Type::TIMESTAMPTZ)],
         )
         .await?
-        .ok_or(CoreError::NotFound("api key"))?;
+        .ok_or(CoreError::NotFound(crate::types::Entity::ApiKey))?;
     let info = ApiKeyInfo::from_row(&row);
     // Revoking again changes nothing and records nothing.
     if info.revoked_at == Some(now) {
         let event = audit::Event {
-            action: "api_key.revoked",
+            action: crate::audit::AuditAction::ApiKeyRevoked,
             actor: actor.clone(),
             target: Some(("api_key", info.key_id.clone())),
             client,
@@ -195,7 +179,7 @@ mod tests {
         let k = generate();
         let (id, secret) = parse(&k.plaintext).unwrap();
         assert_eq!(id, k.key_id);
-        assert_eq!(hash_secret(secret), k.secret_hash);
+        assert_eq!(opaque::hash(secret), k.secret_hash);
         assert_ne!(generate().plaintext, k.plaintext);
     }
 

@@ -248,7 +248,16 @@ impl DomainName {
 }
 
 pub(crate) fn project_of(scope: &authio_db::Scope) -> Result<uuid::Uuid, crate::CoreError> {
-    scope.project_id.ok_or(crate::CoreError::NotFound("project"))
+    scope.project_id.ok_or(crate::CoreError::NotFound(crate::types::Entity::Project))
+}
+
+/// Where a session was started from.
+#[derive(Clone, Debug, Default)]
+pub struct ClientInfo {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// The request's `x-request-id`, for the audit log.
+    pub request_id: Option<String>,
 }
 
 #[cfg(test)]
@@ -337,5 +346,79 @@ mod tests {
         assert!(Plan::parse("gold").is_err());
         assert_eq!(DisplayName::parse("  Acme  ").unwrap().as_str(), "Acme");
         assert!(DisplayName::parse("   ").is_err());
+    }
+}
+
+/// What was not found: names the thing in the message and picks the machine-readable code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entity {
+    Action,
+    ApiKey,
+    Client,
+    Connection,
+    DedicatedDatabase,
+    DedicatedHost,
+    Domain,
+    Membership,
+    Move,
+    OldCopy,
+    Origin,
+    PlatformProject,
+    Project,
+    RedirectUri,
+    Request,
+    Session,
+    Tenant,
+    UnfinishedMove,
+    User,
+}
+
+impl Entity {
+    /// The noun in "... not found".
+    pub fn noun(self) -> &'static str {
+        match self {
+            Entity::Action => "action",
+            Entity::ApiKey => "api key",
+            Entity::Client => "client",
+            Entity::Connection => "connection",
+            Entity::DedicatedDatabase => "dedicated database",
+            Entity::DedicatedHost => "dedicated host",
+            Entity::Domain => "domain",
+            Entity::Membership => "membership",
+            Entity::Move => "move",
+            Entity::OldCopy => "old copy",
+            Entity::Origin => "origin",
+            Entity::PlatformProject => "platform project",
+            Entity::Project => "project",
+            Entity::RedirectUri => "redirect URI",
+            Entity::Request => "request",
+            Entity::Session => "session",
+            Entity::Tenant => "tenant",
+            Entity::UnfinishedMove => "unfinished move",
+            Entity::User => "user",
+        }
+    }
+
+    /// The API's error code for it (stable: clients match on these).
+    pub fn code(self) -> &'static str {
+        match self {
+            Entity::Project => "project_not_found",
+            Entity::User => "user_not_found",
+            Entity::Tenant => "tenant_not_found",
+            Entity::ApiKey => "api_key_not_found",
+            Entity::Client => "client_not_found",
+            Entity::Session => "session_not_found",
+            Entity::Connection => "connection_not_found",
+            Entity::Domain => "domain_not_found",
+            Entity::RedirectUri => "redirect_uri_not_found",
+            Entity::Origin => "origin_not_found",
+            _ => "not_found",
+        }
+    }
+}
+
+impl fmt::Display for Entity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.noun())
     }
 }

@@ -21,8 +21,8 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::audit;
-use crate::control::{ControlPlane, Tenant};
-use crate::dedicated::{check_may_be_dedicated, record_for_tenant};
+use crate::tenancy::control::{ControlPlane, Tenant};
+use crate::tenancy::dedicated::{check_may_be_dedicated, record_for_tenant};
 use crate::CoreError;
 
 /// A table that lives at the tenant's home (and moves with it), with its primary key, in the
@@ -110,7 +110,7 @@ impl MoveRecord {
             id: r.get(0),
             tenant_id: r.get(1),
             direction: Direction::parse(&direction)
-                .ok_or_else(|| CoreError::Config(format!("unknown move direction {direction}")))?,
+                .ok_or_else(|| CoreError::Internal(format!("unknown move direction {direction}")))?,
             phase: r.get(3),
             switched_at: r.get(4),
             pause_ms: r.get(5),
@@ -364,7 +364,7 @@ impl ControlPlane {
                 _ => e.into(),
             })?;
         tx.commit().await?;
-        let record = MoveRecord::from_row(row.first().ok_or(CoreError::NotFound("move"))?)?;
+        let record = MoveRecord::from_row(row.first().ok_or(CoreError::NotFound(crate::types::Entity::Move))?)?;
         run.step("copying");
         self.drive(record, key, run).await
     }
@@ -379,7 +379,8 @@ impl ControlPlane {
         if tenant.tenant_kind() == authio_db::TenantKind::Platform {
             return Err(RouterError::PlatformTenantNoDedicatedPool.into());
         }
-        let record = self.open_move(tenant.id).await?.ok_or(CoreError::NotFound("unfinished move"))?;
+        let record =
+            self.open_move(tenant.id).await?.ok_or(CoreError::NotFound(crate::types::Entity::UnfinishedMove))?;
         self.drive(record, key, run).await
     }
 
@@ -615,10 +616,14 @@ impl ControlPlane {
             for p in &projects {
                 let scope = Scope::project(m.tenant_id, p.id, TenantKind::Customer);
                 let event = audit::Event {
-                    action: "tenant.moved",
-                    actor: audit::Actor { kind: "operator", id: None, name: Some("authio tenant move".into()) },
+                    action: crate::audit::AuditAction::TenantMoved,
+                    actor: audit::Actor {
+                        kind: crate::audit::ActorKind::Operator,
+                        id: None,
+                        name: Some("authio tenant move".into()),
+                    },
                     target: Some(("tenant", m.tenant_id.to_string())),
-                    client: &crate::sessions::ClientInfo::default(),
+                    client: &crate::types::ClientInfo::default(),
                     metadata: serde_json::json!({"move_id": m.id, "to": m.direction.target_strategy()}),
                 };
                 let row = audit::EventRow::new(&scope, event, Utc::now())?;
@@ -714,7 +719,7 @@ impl ControlPlane {
             })
             .collect();
         let verified = checks.iter().all(TableCheck::matches);
-        let report = serde_json::to_value(&checks).map_err(|e| CoreError::Config(e.to_string()))?;
+        let report = serde_json::to_value(&checks).map_err(|e| CoreError::Internal(e.to_string()))?;
         let mut c = self.client().await?;
         let tx = OwnerTx::begin(&mut c).await?;
         tx.query(
@@ -775,7 +780,8 @@ impl ControlPlane {
     /// delete the partial copy on the target. Refused once the target is home (finish the move
     /// with --resume, then move back).
     pub async fn abort_move(&self, tenant: &Tenant, key: &MasterKey) -> Result<MoveRecord, CoreError> {
-        let record = self.open_move(tenant.id).await?.ok_or(CoreError::NotFound("unfinished move"))?;
+        let record =
+            self.open_move(tenant.id).await?.ok_or(CoreError::NotFound(crate::types::Entity::UnfinishedMove))?;
         if record.switched_at.is_some() {
             return Err(conflict(
                 "the target is already the tenant's home; finish with --resume, then move back if needed",
@@ -793,7 +799,14 @@ impl ControlPlane {
             let mut c = self.client().await?;
             let tx = OwnerTx::begin(&mut c).await?;
             let meta = serde_json::json!({"move_id": record.id, "direction": record.direction.as_str()});
-            record_for_tenant(&tx, record.tenant_id, "tenant.move_aborted", "authio tenant move --abort", meta).await?;
+            record_for_tenant(
+                &tx,
+                record.tenant_id,
+                crate::audit::AuditAction::TenantMoveAborted,
+                "authio tenant move --abort",
+                meta,
+            )
+            .await?;
             tx.commit().await?;
         }
         // Requests that waited on the fenced source retry at once.
@@ -862,7 +875,7 @@ impl ControlPlane {
             .into_iter()
             .find(|m| m.phase == "done")
             .filter(|m| m.source_purged_at.is_none())
-            .ok_or(CoreError::NotFound("old copy"))?;
+            .ok_or(CoreError::NotFound(crate::types::Entity::OldCopy))?;
         let finished = last.finished_at.unwrap_or(last.started_at);
         let age = (Utc::now() - finished).to_std().unwrap_or_default();
         if age < rollback_window && !ignore_window {
@@ -880,7 +893,7 @@ impl ControlPlane {
         record_for_tenant(
             &tx,
             tenant.id,
-            "tenant.old_copy_purged",
+            crate::audit::AuditAction::TenantOldCopyPurged,
             "authio tenant purge-source",
             serde_json::json!({"move_id": last.id, "rows": deleted}),
         )

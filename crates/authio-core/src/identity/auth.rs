@@ -4,9 +4,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration as StdDuration, Instant};
-
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration as StdDuration;
 
 use authio_db::preresolve::{self, ApiKeyRecord, M2mClientRecord, ProjectProfile};
 use authio_db::{CacheEvent, Router, Scope, TenantKind, Type};
@@ -15,63 +13,18 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::domain::Email;
-use crate::keys::{KeyService, KeySet};
-use crate::passwords::{NewPassword, Passwords};
-use crate::sessions::{self, ClientInfo, NewSession, SessionPolicy};
-use crate::tokens::{self, AccessClaims};
-use crate::users::User;
-use crate::{api_keys, audit, m2m, Clock, CoreError};
-
-/// Throttles on the credential-guessing surfaces. Counters live on the shared database, so
-/// they hold across nodes.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// Sign-in attempts per IP per window.
-    pub signin_per_ip: i32,
-    pub signin_ip_window_secs: i32,
-    /// Failed sign-ins per account (project and email, known or not) before it is locked
-    /// for the rest of the window.
-    pub account_failures: i32,
-    pub account_window_secs: i32,
-    /// Sign-ups per IP per window.
-    pub signup_per_ip: i32,
-    pub signup_ip_window_secs: i32,
-    /// Failed client authentications per IP per window at the token endpoint.
-    pub client_failures_per_ip: i32,
-    pub client_ip_window_secs: i32,
-    /// Failed checks of one-time links, codes, sign-in codes, refresh tokens and upstream
-    /// callbacks per IP per window; past it the address is refused until the window ends.
-    pub verify_failures_per_ip: i32,
-    pub verify_ip_window_secs: i32,
-    /// Emails (links, codes, resets) asked for per IP per window ...
-    pub sends_per_ip: i32,
-    pub send_ip_window_secs: i32,
-    /// ... and per recipient (project and address, known or not) per window.
-    pub sends_per_email: i32,
-    pub send_email_window_secs: i32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            signin_per_ip: 60,
-            signin_ip_window_secs: 60,
-            account_failures: 10,
-            account_window_secs: 900,
-            signup_per_ip: 20,
-            signup_ip_window_secs: 3600,
-            client_failures_per_ip: 30,
-            client_ip_window_secs: 300,
-            verify_failures_per_ip: 30,
-            verify_ip_window_secs: 300,
-            sends_per_ip: 30,
-            send_ip_window_secs: 600,
-            sends_per_email: 5,
-            send_email_window_secs: 900,
-        }
-    }
-}
+use crate::cache::NodeCache;
+use crate::crypto::keys::{KeyService, KeySet};
+use crate::crypto::tokens::{self, AccessClaims};
+use crate::identity::m2m;
+use crate::identity::passwords::{NewPassword, Passwords};
+use crate::identity::sessions::{self, NewSession, SessionPolicy};
+use crate::identity::users::User;
+use crate::project::api_keys;
+use crate::throttle::{ip_key, retry_after, Limits};
+use crate::types::ClientInfo;
+use crate::types::Email;
+use crate::{audit, Clock, CoreError};
 
 #[derive(Clone)]
 pub struct IdentitySettings {
@@ -85,7 +38,7 @@ pub struct IdentitySettings {
     /// database lookup per request that presents one.
     pub credential_cache: bool,
     /// Lifetimes and attempts of one-time tokens.
-    pub one_time: crate::signin::OneTimeSettings,
+    pub one_time: crate::identity::signin::OneTimeSettings,
     /// Let upstream providers be reached over plain http (development and tests only).
     pub allow_http_upstreams: bool,
 }
@@ -181,8 +134,9 @@ pub(crate) struct Inner {
     pub(crate) master_key: authio_db::MasterKey,
     /// Calls upstream providers (no redirects followed, bounded time).
     pub(crate) http: reqwest::Client,
-    pub(crate) upstream_keys: crate::upstream::JwksCache,
-    pub(crate) presentations: NodeCache<crate::signin::Presentation>,
+    /// Key sets fetched from upstream providers, per `jwks_uri`.
+    pub(crate) upstream_keys: NodeCache<jsonwebtoken::jwk::JwkSet>,
+    pub(crate) presentations: NodeCache<crate::identity::signin::Presentation>,
     profiles: NodeCache<ProjectProfile>,
     clients: NodeCache<M2mClientRecord>,
     api_keys: NodeCache<ApiKeyRecord>,
@@ -190,58 +144,7 @@ pub(crate) struct Inner {
     /// before any secret is judged, at no cost to the token endpoint's hot path.
     blocked_ips: RwLock<HashMap<String, DateTime<Utc>>>,
     /// Token issuance events, written to the home logs in batches.
-    issued: Arc<crate::issuance_log::IssuanceLog>,
-}
-
-/// A node's copy of credential records by their public id, dropped on NOTIFY and after a TTL.
-pub(crate) struct NodeCache<V> {
-    entries: RwLock<HashMap<String, (Instant, Arc<V>)>>,
-    /// Bumped on every change notified; a lookup that raced one is not cached.
-    generation: AtomicU64,
-}
-
-/// Past this many entries a cache starts over (a bound on memory, not an LRU).
-const MAX_CACHED: usize = 100_000;
-
-impl<V> NodeCache<V> {
-    fn new() -> Self {
-        NodeCache { entries: RwLock::new(HashMap::new()), generation: AtomicU64::new(0) }
-    }
-
-    pub(crate) fn get(&self, key: &str, ttl: StdDuration) -> Option<Arc<V>> {
-        let entries = self.entries.read().ok()?;
-        entries.get(key).filter(|(at, _)| at.elapsed() < ttl).map(|(_, v)| v.clone())
-    }
-
-    pub(crate) fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
-    }
-
-    /// Keep `value` unless a change was notified since `generation` was read. The check and
-    /// the insert happen under the lock that `forget` takes to bump the generation.
-    pub(crate) fn put(&self, key: &str, value: Arc<V>, generation: u64) {
-        if let Ok(mut e) = self.entries.write() {
-            if self.generation() != generation {
-                return;
-            }
-            if e.len() >= MAX_CACHED {
-                e.clear();
-            }
-            e.insert(key.to_owned(), (Instant::now(), value));
-        }
-    }
-
-    fn forget(&self, key: Option<&str>) {
-        if let Ok(mut e) = self.entries.write() {
-            self.generation.fetch_add(1, Ordering::SeqCst);
-            match key {
-                Some(k) => {
-                    e.remove(k);
-                }
-                None => e.clear(),
-            }
-        }
-    }
+    issued: Arc<crate::audit::issuance_log::IssuanceLog>,
 }
 
 pub(crate) fn policy(p: &ProjectProfile) -> SessionPolicy {
@@ -254,25 +157,6 @@ pub(crate) fn policy(p: &ProjectProfile) -> SessionPolicy {
 
 pub(crate) fn scope_of(p: &ProjectProfile) -> Scope {
     Scope::project(p.tenant_id, p.project_id, p.tenant_kind)
-}
-
-/// The key an address is counted under: an IPv4 address, or an IPv6 address's /64 (one host
-/// commonly holds a whole /64).
-pub(crate) fn ip_key(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let s = v6.segments();
-                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
-        },
-    }
-}
-
-pub(crate) fn retry_after(window_ends: DateTime<Utc>, now: DateTime<Utc>) -> u32 {
-    u32::try_from((window_ends - now).num_seconds().max(1)).unwrap_or(u32::MAX)
 }
 
 impl Identity {
@@ -290,9 +174,9 @@ impl Identity {
             .build()
             .map_err(|e| CoreError::Config(format!("http client: {e}")))?;
         let events = router.cache_events();
-        let issued = Arc::new(crate::issuance_log::IssuanceLog::default());
+        let issued = Arc::new(crate::audit::issuance_log::IssuanceLog::default());
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(crate::issuance_log::flush_loop(Arc::downgrade(&issued), router.clone()));
+            rt.spawn(crate::audit::issuance_log::flush_loop(Arc::downgrade(&issued), router.clone()));
         }
         let identity = Identity {
             inner: Arc::new(Inner {
@@ -303,7 +187,7 @@ impl Identity {
                 settings,
                 master_key,
                 http,
-                upstream_keys: Default::default(),
+                upstream_keys: NodeCache::new(),
                 presentations: NodeCache::new(),
                 profiles: NodeCache::new(),
                 clients: NodeCache::new(),
@@ -479,7 +363,9 @@ impl Identity {
         }
         let generation = self.inner.profiles.generation();
         let p = Arc::new(
-            preresolve::project_profile(&self.inner.router, project).await?.ok_or(CoreError::NotFound("project"))?,
+            preresolve::project_profile(&self.inner.router, project)
+                .await?
+                .ok_or(CoreError::NotFound(crate::types::Entity::Project))?,
         );
         self.inner.profiles.put(&key, p.clone(), generation);
         Ok(p)
@@ -518,11 +404,11 @@ impl Identity {
         let scope = scope_of(&profile);
         let now = self.now();
         let tx = self.inner.router.begin(&scope).await?;
-        let user = crate::users::insert(&tx, &scope, &email, Some(&hash), now).await?;
+        let user = crate::identity::users::insert(&tx, &scope, &email, Some(&hash), now).await?;
         let session = NewSession::new(&scope, user.id, &["pwd"], client, &policy(&profile), now)?;
         session.write_in(&tx).await?;
         let event = audit::Event {
-            action: "user.signed_up",
+            action: crate::audit::AuditAction::UserSignedUp,
             actor: audit::Actor::user(user.id, Some(email.as_str())),
             target: Some(("user", user.id.to_string())),
             client,
@@ -556,7 +442,7 @@ impl Identity {
         let hash = self.inner.passwords.hash(&password).await?;
         let scope = scope_of(&profile);
         let tx = self.inner.router.begin(&scope).await?;
-        let user = crate::users::insert(&tx, &scope, &email, Some(&hash), self.now()).await?;
+        let user = crate::identity::users::insert(&tx, &scope, &email, Some(&hash), self.now()).await?;
         tx.commit().await?;
         Ok(user)
     }
@@ -581,7 +467,7 @@ impl Identity {
         let event = audit::EventRow::new(
             &scope,
             audit::Event {
-                action: "user.signed_in",
+                action: crate::audit::AuditAction::UserSignedIn,
                 actor: audit::Actor::user(user_id, Some(email.as_str())),
                 target: Some(("user", user_id.to_string())),
                 client,
@@ -625,7 +511,7 @@ impl Identity {
         password: &str,
         client: &ClientInfo,
         ip: Option<IpAddr>,
-    ) -> Result<(Scope, crate::signin::SignedInUser), CoreError> {
+    ) -> Result<(Scope, crate::identity::signin::SignedInUser), CoreError> {
         let c = self.check_password(project, email, password, client, ip).await?;
         preresolve::rate_reset(&self.inner.router, "signin:account", &c.account).await?;
         if let Some(h) = &c.rehash {
@@ -640,7 +526,7 @@ impl Identity {
                 )
                 .await?;
         }
-        Ok((c.scope, crate::signin::SignedInUser { user_id: c.user_id, role: c.role, created: false }))
+        Ok((c.scope, crate::identity::signin::SignedInUser { user_id: c.user_id, role: c.role, created: false }))
     }
 
     /// Check an email and password, with the throttles and the failure's audit event; writes
@@ -701,7 +587,7 @@ impl Identity {
                 &[(&scope.tenant_id, Type::UUID), (&project, Type::UUID), (&email.as_str(), Type::TEXT)],
             )
             .await?;
-        let row = rows.first().ok_or(CoreError::Config("user lookup returned no row".into()))?;
+        let row = rows.first().ok_or(CoreError::Internal("user lookup returned no row".into()))?;
         if row.try_get::<Option<bool>>(4)? != Some(true) {
             return Err(authio_db::RouterError::NotAtHome(scope.tenant_id).into());
         }
@@ -715,7 +601,7 @@ impl Identity {
             // The failure is itself the act: recorded alone, the same for known and unknown
             // accounts (the target is the email tried).
             let event = audit::Event {
-                action: "user.sign_in_failed",
+                action: crate::audit::AuditAction::UserSignInFailed,
                 actor: audit::Actor::anonymous(),
                 target: Some(("email", email.as_str().to_owned())),
                 client,
@@ -880,7 +766,7 @@ impl Identity {
         let keys = self.inner.keys.keyset(&profile).await?;
         let access_token = keys.sign(&claims)?;
         let audit_scope = Scope::project(client.tenant_id, client.project_id, client.tenant_kind);
-        let issued = crate::issuance_log::Issued {
+        let issued = crate::audit::issuance_log::Issued {
             client_id: client_id.to_owned(),
             jti: claims.jti.clone(),
             scope: scope.clone(),
@@ -893,7 +779,7 @@ impl Identity {
     }
 
     /// Write the token issuance events this node gathered (they are also written every
-    /// [`crate::issuance_log::FLUSH_EVERY`]); call before shutting down. Returns the events written.
+    /// [`crate::audit::issuance_log::FLUSH_EVERY`]); call before shutting down. Returns the events written.
     pub async fn flush_issuance_events(&self) -> usize {
         self.inner.issued.flush(&self.inner.router).await
     }

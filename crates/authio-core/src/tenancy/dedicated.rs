@@ -1,17 +1,16 @@
 //! Dedicated hosts (PostgreSQL servers that hold dedicated databases) and provisioning a
 //! tenant's dedicated database: create it, migrate it with the one migration set, record it
-//! with its credentials encrypted by the master key. Moving data there is [`crate::moves`].
+//! with its credentials encrypted by the master key. Moving data there is [`crate::tenancy::moves`].
 use authio_db::pool::connect;
 use authio_db::{migrate, MasterKey, OwnerTx, RouterError, Scope, TenantKind, Type};
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use rand::RngCore;
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::audit;
-use crate::control::{ControlPlane, Tenant};
-use crate::domain::{Plan, Slug, ValidationError};
+use crate::tenancy::control::{ControlPlane, Tenant};
+use crate::types::{Plan, Slug, ValidationError};
 use crate::CoreError;
 
 #[derive(Clone, Debug, Serialize)]
@@ -45,11 +44,11 @@ fn invalid(msg: &'static str) -> CoreError {
 }
 
 fn seal(key: &MasterKey, secret: &str) -> Result<String, CoreError> {
-    key.encrypt(secret).map_err(|e| CoreError::Config(format!("encrypting a credential: {e}")))
+    key.encrypt(secret).map_err(|e| CoreError::Internal(format!("encrypting a credential: {e}")))
 }
 
 fn open(key: &MasterKey, sealed: &str) -> Result<String, CoreError> {
-    key.decrypt(sealed).map_err(|e| CoreError::Config(format!("decrypting a credential (wrong master key?): {e}")))
+    key.decrypt(sealed).map_err(|e| CoreError::Internal(format!("decrypting a credential (wrong master key?): {e}")))
 }
 
 /// The same server and options with another database (and optionally another user).
@@ -75,11 +74,11 @@ pub(crate) fn check_may_be_dedicated(tenant: &Tenant) -> Result<(), CoreError> {
 pub(crate) async fn record_for_tenant(
     tx: &OwnerTx<'_>,
     tenant: Uuid,
-    action: &'static str,
+    action: crate::audit::AuditAction,
     actor: &str,
     metadata: serde_json::Value,
 ) -> Result<(), CoreError> {
-    let actor = audit::Actor { kind: "operator", id: None, name: Some(actor.to_owned()) };
+    let actor = audit::Actor { kind: crate::audit::ActorKind::Operator, id: None, name: Some(actor.to_owned()) };
     record_for_tenant_by(tx, tenant, action, actor, metadata).await
 }
 
@@ -87,7 +86,7 @@ pub(crate) async fn record_for_tenant(
 pub(crate) async fn record_for_tenant_by(
     tx: &OwnerTx<'_>,
     tenant: Uuid,
-    action: &'static str,
+    action: crate::audit::AuditAction,
     actor: audit::Actor,
     metadata: serde_json::Value,
 ) -> Result<(), CoreError> {
@@ -98,7 +97,7 @@ pub(crate) async fn record_for_tenant_by(
             action,
             actor: actor.clone(),
             target: Some(("tenant", tenant.to_string())),
-            client: &crate::sessions::ClientInfo::default(),
+            client: &crate::types::ClientInfo::default(),
             metadata: metadata.clone(),
         };
         audit::record_pinned_as_owner(tx, &scope, event, Utc::now()).await?;
@@ -133,9 +132,8 @@ impl ControlPlane {
                         "authio_app already has a password on this host; pass it with --app-password".into(),
                     ));
                 }
-                let mut raw = [0u8; 24];
-                rand::rngs::OsRng.fill_bytes(&mut raw);
-                let generated = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+                let generated = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(crate::crypto::opaque::random_bytes::<24>());
                 // Role passwords cannot be bound parameters; the generated one is url-safe base64.
                 host.batch_execute(&format!("ALTER ROLE authio_app WITH LOGIN PASSWORD '{generated}'")).await?;
                 generated
@@ -203,7 +201,7 @@ impl ControlPlane {
                         &[(&name, Type::TEXT)],
                     )
                     .await?
-                    .ok_or(CoreError::NotFound("dedicated host"))?;
+                    .ok_or(CoreError::NotFound(crate::types::Entity::DedicatedHost))?;
                 let host_id: Uuid = row.get(0);
                 let host_admin = open(key, &row.get::<_, String>(1))?;
                 let app_password = row.get::<_, Option<String>>(2).map(|p| open(key, &p)).transpose()?;
@@ -300,7 +298,7 @@ impl ControlPlane {
         record_for_tenant(
             &tx,
             tenant.id,
-            "tenant.dedicated_provisioned",
+            crate::audit::AuditAction::TenantDedicatedProvisioned,
             "authio tenant provision-dedicated",
             serde_json::json!({"database": database_name, "host": host_name}),
         )

@@ -1,43 +1,264 @@
 //! The audit log: events at each tenant's home, written in the same transaction as the change
 //! they record, append-only and hash-chained per project by the database (migration 0004).
 //! This module builds events, lists them, and verifies chains from outside the database.
+pub mod issuance_log;
+
 use authio_db::{Param, PgRow, Router, Scope, ScopedTx, Type};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::domain::project_of;
-use crate::sessions::ClientInfo;
+use crate::authz::{Authorized, Permission};
+use crate::types::project_of;
+use crate::types::ClientInfo;
 use crate::CoreError;
 
 /// Who did it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Actor {
-    /// `user`, `m2m_client`, `api_key`, `operator`, `system` or `anonymous`.
-    pub kind: &'static str,
+    pub kind: ActorKind,
     pub id: Option<String>,
     pub name: Option<String>,
 }
 
 impl Actor {
     pub fn user(id: Uuid, email: Option<&str>) -> Self {
-        Actor { kind: "user", id: Some(id.to_string()), name: email.map(str::to_owned) }
+        Actor { kind: crate::audit::ActorKind::User, id: Some(id.to_string()), name: email.map(str::to_owned) }
     }
 
     pub fn anonymous() -> Self {
-        Actor { kind: "anonymous", id: None, name: None }
+        Actor { kind: crate::audit::ActorKind::Anonymous, id: None, name: None }
     }
 
     pub fn api_key(key_id: &str) -> Self {
-        Actor { kind: "api_key", id: Some(key_id.to_owned()), name: None }
+        Actor { kind: crate::audit::ActorKind::ApiKey, id: Some(key_id.to_owned()), name: None }
+    }
+}
+
+/// Every action the audit log records; the strings are what the log stores and the API
+/// returns, and must not change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AuditAction {
+    ApiKeyCreated,
+    ApiKeyRevoked,
+    DedicatedDbApproved,
+    DedicatedDbDeclined,
+    DedicatedDbDone,
+    DedicatedDbFailed,
+    DedicatedDbMoveBackRequested,
+    DedicatedDbMoveStarted,
+    DedicatedDbProvisioned,
+    DedicatedDbRequestWithdrawn,
+    DedicatedDbRequested,
+    M2mTokensIssued,
+    M2mClientCreated,
+    M2mClientRevoked,
+    OauthConnectionCreated,
+    OauthConnectionDeleted,
+    OidcClientCreated,
+    OidcClientRevoked,
+    ProjectCreated,
+    ProjectDomainAdded,
+    ProjectDomainRemoved,
+    ProjectDomainVerified,
+    ProjectEmailTemplateSet,
+    ProjectOriginAdded,
+    ProjectOriginRemoved,
+    ProjectPresentationChanged,
+    ProjectRedirectUriAdded,
+    ProjectRedirectUriRemoved,
+    ProjectSettingsChanged,
+    ProjectSigningAlgChanged,
+    SessionRevoked,
+    SigningKeyRotated,
+    TenantAuditRetentionChanged,
+    TenantDbStrategySet,
+    TenantDedicatedAttached,
+    TenantDedicatedProvisioned,
+    TenantMemberRemoved,
+    TenantMemberSet,
+    TenantMoveAborted,
+    TenantMoved,
+    TenantOldCopyPurged,
+    TenantPlanChanged,
+    TokenRefreshed,
+    TokenRevoked,
+    UserCreated,
+    UserDeleted,
+    UserDisabled,
+    UserEmailVerified,
+    UserEnabled,
+    UserIdentityLinkRefused,
+    UserIdentityLinked,
+    UserPasswordReset,
+    UserRoleGranted,
+    UserSignInFailed,
+    UserSignedIn,
+    UserSignedUp,
+}
+
+impl AuditAction {
+    pub const ALL: [AuditAction; 56] = [
+        AuditAction::ApiKeyCreated,
+        AuditAction::ApiKeyRevoked,
+        AuditAction::DedicatedDbApproved,
+        AuditAction::DedicatedDbDeclined,
+        AuditAction::DedicatedDbDone,
+        AuditAction::DedicatedDbFailed,
+        AuditAction::DedicatedDbMoveBackRequested,
+        AuditAction::DedicatedDbMoveStarted,
+        AuditAction::DedicatedDbProvisioned,
+        AuditAction::DedicatedDbRequestWithdrawn,
+        AuditAction::DedicatedDbRequested,
+        AuditAction::M2mTokensIssued,
+        AuditAction::M2mClientCreated,
+        AuditAction::M2mClientRevoked,
+        AuditAction::OauthConnectionCreated,
+        AuditAction::OauthConnectionDeleted,
+        AuditAction::OidcClientCreated,
+        AuditAction::OidcClientRevoked,
+        AuditAction::ProjectCreated,
+        AuditAction::ProjectDomainAdded,
+        AuditAction::ProjectDomainRemoved,
+        AuditAction::ProjectDomainVerified,
+        AuditAction::ProjectEmailTemplateSet,
+        AuditAction::ProjectOriginAdded,
+        AuditAction::ProjectOriginRemoved,
+        AuditAction::ProjectPresentationChanged,
+        AuditAction::ProjectRedirectUriAdded,
+        AuditAction::ProjectRedirectUriRemoved,
+        AuditAction::ProjectSettingsChanged,
+        AuditAction::ProjectSigningAlgChanged,
+        AuditAction::SessionRevoked,
+        AuditAction::SigningKeyRotated,
+        AuditAction::TenantAuditRetentionChanged,
+        AuditAction::TenantDbStrategySet,
+        AuditAction::TenantDedicatedAttached,
+        AuditAction::TenantDedicatedProvisioned,
+        AuditAction::TenantMemberRemoved,
+        AuditAction::TenantMemberSet,
+        AuditAction::TenantMoveAborted,
+        AuditAction::TenantMoved,
+        AuditAction::TenantOldCopyPurged,
+        AuditAction::TenantPlanChanged,
+        AuditAction::TokenRefreshed,
+        AuditAction::TokenRevoked,
+        AuditAction::UserCreated,
+        AuditAction::UserDeleted,
+        AuditAction::UserDisabled,
+        AuditAction::UserEmailVerified,
+        AuditAction::UserEnabled,
+        AuditAction::UserIdentityLinkRefused,
+        AuditAction::UserIdentityLinked,
+        AuditAction::UserPasswordReset,
+        AuditAction::UserRoleGranted,
+        AuditAction::UserSignInFailed,
+        AuditAction::UserSignedIn,
+        AuditAction::UserSignedUp,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::ApiKeyCreated => "api_key.created",
+            AuditAction::ApiKeyRevoked => "api_key.revoked",
+            AuditAction::DedicatedDbApproved => "dedicated_db.approved",
+            AuditAction::DedicatedDbDeclined => "dedicated_db.declined",
+            AuditAction::DedicatedDbDone => "dedicated_db.done",
+            AuditAction::DedicatedDbFailed => "dedicated_db.failed",
+            AuditAction::DedicatedDbMoveBackRequested => "dedicated_db.move_back_requested",
+            AuditAction::DedicatedDbMoveStarted => "dedicated_db.move_started",
+            AuditAction::DedicatedDbProvisioned => "dedicated_db.provisioned",
+            AuditAction::DedicatedDbRequestWithdrawn => "dedicated_db.request_withdrawn",
+            AuditAction::DedicatedDbRequested => "dedicated_db.requested",
+            AuditAction::M2mTokensIssued => "m2m.tokens_issued",
+            AuditAction::M2mClientCreated => "m2m_client.created",
+            AuditAction::M2mClientRevoked => "m2m_client.revoked",
+            AuditAction::OauthConnectionCreated => "oauth_connection.created",
+            AuditAction::OauthConnectionDeleted => "oauth_connection.deleted",
+            AuditAction::OidcClientCreated => "oidc_client.created",
+            AuditAction::OidcClientRevoked => "oidc_client.revoked",
+            AuditAction::ProjectCreated => "project.created",
+            AuditAction::ProjectDomainAdded => "project.domain_added",
+            AuditAction::ProjectDomainRemoved => "project.domain_removed",
+            AuditAction::ProjectDomainVerified => "project.domain_verified",
+            AuditAction::ProjectEmailTemplateSet => "project.email_template_set",
+            AuditAction::ProjectOriginAdded => "project.origin_added",
+            AuditAction::ProjectOriginRemoved => "project.origin_removed",
+            AuditAction::ProjectPresentationChanged => "project.presentation_changed",
+            AuditAction::ProjectRedirectUriAdded => "project.redirect_uri_added",
+            AuditAction::ProjectRedirectUriRemoved => "project.redirect_uri_removed",
+            AuditAction::ProjectSettingsChanged => "project.settings_changed",
+            AuditAction::ProjectSigningAlgChanged => "project.signing_alg_changed",
+            AuditAction::SessionRevoked => "session.revoked",
+            AuditAction::SigningKeyRotated => "signing_key.rotated",
+            AuditAction::TenantAuditRetentionChanged => "tenant.audit_retention_changed",
+            AuditAction::TenantDbStrategySet => "tenant.db_strategy_set",
+            AuditAction::TenantDedicatedAttached => "tenant.dedicated_attached",
+            AuditAction::TenantDedicatedProvisioned => "tenant.dedicated_provisioned",
+            AuditAction::TenantMemberRemoved => "tenant.member_removed",
+            AuditAction::TenantMemberSet => "tenant.member_set",
+            AuditAction::TenantMoveAborted => "tenant.move_aborted",
+            AuditAction::TenantMoved => "tenant.moved",
+            AuditAction::TenantOldCopyPurged => "tenant.old_copy_purged",
+            AuditAction::TenantPlanChanged => "tenant.plan_changed",
+            AuditAction::TokenRefreshed => "token.refreshed",
+            AuditAction::TokenRevoked => "token.revoked",
+            AuditAction::UserCreated => "user.created",
+            AuditAction::UserDeleted => "user.deleted",
+            AuditAction::UserDisabled => "user.disabled",
+            AuditAction::UserEmailVerified => "user.email_verified",
+            AuditAction::UserEnabled => "user.enabled",
+            AuditAction::UserIdentityLinkRefused => "user.identity_link_refused",
+            AuditAction::UserIdentityLinked => "user.identity_linked",
+            AuditAction::UserPasswordReset => "user.password_reset",
+            AuditAction::UserRoleGranted => "user.role_granted",
+            AuditAction::UserSignInFailed => "user.sign_in_failed",
+            AuditAction::UserSignedIn => "user.signed_in",
+            AuditAction::UserSignedUp => "user.signed_up",
+        }
+    }
+}
+
+impl std::fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who acted, by kind; written to `actor_type` as these strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActorKind {
+    User,
+    M2mClient,
+    ApiKey,
+    Operator,
+    System,
+    Anonymous,
+}
+
+impl ActorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorKind::User => "user",
+            ActorKind::M2mClient => "m2m_client",
+            ActorKind::ApiKey => "api_key",
+            ActorKind::Operator => "operator",
+            ActorKind::System => "system",
+            ActorKind::Anonymous => "anonymous",
+        }
+    }
+}
+
+impl std::fmt::Display for ActorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
 /// One event to record.
 pub struct Event<'a> {
-    /// Dotted: `user.signed_in`, `session.revoked`, ...
-    pub action: &'static str,
+    pub action: AuditAction,
     pub actor: Actor,
     pub target: Option<(&'static str, String)>,
     pub client: &'a ClientInfo,
@@ -75,8 +296,8 @@ impl EventRow {
             project: project_of(scope)?,
             id: Uuid::now_v7(),
             at,
-            action: event.action,
-            actor_type: event.actor.kind,
+            action: event.action.as_str(),
+            actor_type: event.actor.kind.as_str(),
             actor_id: cut(&event.actor.id, 200),
             actor_name: cut(&event.actor.name, 320),
             target_type: event.target.as_ref().map(|t| t.0),
@@ -296,11 +517,12 @@ pub struct Filter {
 /// A page of the project's events, newest first, before sequence `before` when given.
 pub async fn list(
     router: &Router,
-    scope: &Scope,
+    auth: &Authorized,
     filter: &Filter,
     limit: i64,
     before: Option<i64>,
 ) -> Result<Vec<EventView>, CoreError> {
+    let scope = auth.require(Permission::AuditRead)?;
     let project = project_of(scope)?;
     let limit = limit.clamp(1, 500);
     let before = before.unwrap_or(i64::MAX);

@@ -7,8 +7,8 @@
 //! a cache for `ttl`; a rotation is seen by every node within that time, and the retired key
 //! stays published well past it.
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use authio_db::preresolve::{self, ProjectProfile, SigningKeyRecord};
 use authio_db::{MasterKey, Param, Router, Scope, Type};
@@ -21,11 +21,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::DecodingKey;
-use rand::RngCore;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::cache::NodeCache;
 use crate::{Clock, CoreError};
 
 /// A JWS algorithm Authio signs with.
@@ -72,14 +72,12 @@ pub struct GeneratedKey {
 }
 
 fn crypto_err(what: &str) -> CoreError {
-    CoreError::Config(format!("signing key: {what}"))
+    CoreError::Internal(format!("signing key: {what}"))
 }
 
 pub fn generate(alg: Alg) -> Result<GeneratedKey, CoreError> {
     let rng = SystemRandom::new();
-    let mut kid = [0u8; 12];
-    rand::rngs::OsRng.fill_bytes(&mut kid);
-    let kid = URL_SAFE_NO_PAD.encode(kid);
+    let kid = URL_SAFE_NO_PAD.encode(crate::crypto::opaque::random_bytes::<12>());
     let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
     let (pkcs8, public_jwk) = match alg {
         Alg::EdDSA => {
@@ -150,7 +148,7 @@ impl KeyRow {
         let key = generate(alg)?;
         let enc = master_key
             .encrypt(&URL_SAFE_NO_PAD.encode(&key.pkcs8))
-            .map_err(|e| CoreError::Config(format!("encrypting a signing key: {e}")))?;
+            .map_err(|e| CoreError::Internal(format!("encrypting a signing key: {e}")))?;
         Ok(KeyRow {
             tenant: scope_tenant,
             project,
@@ -236,7 +234,6 @@ pub struct KeySet {
     /// The JWKS document, serialised once.
     pub jwks: bytes::Bytes,
     pub etag: String,
-    loaded_at: Instant,
 }
 
 impl KeySet {
@@ -260,7 +257,7 @@ impl KeySet {
             if r.state == "current" {
                 let b64 = master_key
                     .decrypt(&r.private_key_enc)
-                    .map_err(|e| CoreError::Config(format!("decrypting signing key {}: {e}", r.kid)))?;
+                    .map_err(|e| CoreError::Internal(format!("decrypting signing key {}: {e}", r.kid)))?;
                 let der = URL_SAFE_NO_PAD.decode(b64).map_err(|_| crypto_err("stored key encoding"))?;
                 let header = json!({"alg": alg.as_str(), "kid": r.kid, "typ": "at+jwt"});
                 let id_header = json!({"alg": alg.as_str(), "kid": r.kid, "typ": "JWT"});
@@ -274,7 +271,7 @@ impl KeySet {
         }
         let jwks = json!({ "keys": published }).to_string();
         let etag = format!("\"{}\"", &hex(&Sha256::digest(jwks.as_bytes()))[..32]);
-        Ok(KeySet { project_id, active, verifiers, jwks: jwks.into(), etag, loaded_at: Instant::now() })
+        Ok(KeySet { project_id, active, verifiers, jwks: jwks.into(), etag })
     }
 
     /// Sign `claims` with the current key: a compact JWS typed `at+jwt` (an access token).
@@ -293,8 +290,8 @@ impl KeySet {
     }
 
     fn sign_with(&self, claims: &impl serde::Serialize, id_token: bool) -> Result<String, CoreError> {
-        let active = self.active.as_ref().ok_or(CoreError::Config("project has no current signing key".into()))?;
-        let payload = serde_json::to_vec(claims).map_err(|e| CoreError::Config(format!("claims: {e}")))?;
+        let active = self.active.as_ref().ok_or(CoreError::Internal("project has no current signing key".into()))?;
+        let payload = serde_json::to_vec(claims).map_err(|e| CoreError::Internal(format!("claims: {e}")))?;
         let header = if id_token { &active.id_header_b64 } else { &active.header_b64 };
         let mut out = String::with_capacity(header.len() + payload.len() * 4 / 3 + 120);
         out.push_str(header);
@@ -336,32 +333,22 @@ struct KeyInner {
     master_key: MasterKey,
     clock: Arc<dyn Clock>,
     ttl: Duration,
-    cache: RwLock<HashMap<Uuid, Arc<KeySet>>>,
-    /// Bumped (under the cache's lock) on every invalidation; a load that raced one is not kept.
-    generation: std::sync::atomic::AtomicU64,
+    cache: NodeCache<KeySet>,
 }
 
 impl KeyService {
     pub fn new(router: Router, master_key: MasterKey, clock: Arc<dyn Clock>, ttl: Duration) -> Self {
-        KeyService {
-            inner: Arc::new(KeyInner {
-                router,
-                master_key,
-                clock,
-                ttl,
-                cache: RwLock::new(HashMap::new()),
-                generation: std::sync::atomic::AtomicU64::new(0),
-            }),
-        }
+        KeyService { inner: Arc::new(KeyInner { router, master_key, clock, ttl, cache: NodeCache::new() }) }
     }
 
     /// The project's key set; created on first use if the project has no keys yet.
     pub async fn keyset(&self, profile: &ProjectProfile) -> Result<Arc<KeySet>, CoreError> {
         let project = profile.project_id;
-        if let Some(set) = self.cached(project) {
+        let key = project.to_string();
+        if let Some(set) = self.inner.cache.get(&key, self.inner.ttl) {
             return Ok(set);
         }
-        let generation = self.inner.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let generation = self.inner.cache.generation();
         let now = self.inner.clock.now();
         let mut records = preresolve::project_signing_keys(&self.inner.router, project, now).await?;
         if !records.iter().any(|r| r.state == "current") {
@@ -369,33 +356,18 @@ impl KeyService {
             records = preresolve::project_signing_keys(&self.inner.router, project, now).await?;
         }
         let set = Arc::new(KeySet::build(project, &self.inner.master_key, &records)?);
-        if let Ok(mut cache) = self.inner.cache.write() {
-            if self.inner.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
-                cache.insert(project, set.clone());
-            }
-        }
+        self.inner.cache.put(&key, set.clone(), generation);
         Ok(set)
-    }
-
-    fn cached(&self, project: Uuid) -> Option<Arc<KeySet>> {
-        let cache = self.inner.cache.read().ok()?;
-        cache.get(&project).filter(|s| s.loaded_at.elapsed() < self.inner.ttl).cloned()
     }
 
     /// Forget a project's keys on this node (after a rotation made here).
     pub fn invalidate(&self, project: Uuid) {
-        if let Ok(mut cache) = self.inner.cache.write() {
-            self.inner.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            cache.remove(&project);
-        }
+        self.inner.cache.forget(Some(&project.to_string()));
     }
 
     /// Forget every project's keys on this node.
     pub fn invalidate_all(&self) {
-        if let Ok(mut cache) = self.inner.cache.write() {
-            self.inner.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            cache.clear();
-        }
+        self.inner.cache.forget(None);
     }
 
     /// A current and a next key for a project that has none. Two nodes racing here both

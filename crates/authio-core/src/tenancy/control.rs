@@ -9,10 +9,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::api_keys;
 use crate::audit::{self, ChainReport};
-use crate::domain::{DisplayName, Email, Plan, Slug};
-use crate::keys::{Alg, KeyRow, INSERT_KEY_SQL};
+use crate::crypto::keys::{Alg, KeyRow, INSERT_KEY_SQL};
+use crate::project::api_keys;
+use crate::types::{DisplayName, Email, Plan, Slug};
 use crate::CoreError;
 
 #[derive(Clone, Debug, Serialize)]
@@ -64,7 +64,7 @@ pub struct CreatedApiKey {
 
 /// An operator acting through the CLI (or `authio dev`), on the control plane.
 fn operator_actor() -> audit::Actor {
-    audit::Actor { kind: "operator", id: None, name: Some("authio CLI".into()) }
+    audit::Actor { kind: crate::audit::ActorKind::Operator, id: None, name: Some("authio CLI".into()) }
 }
 
 pub(crate) const TENANT_COLS: &str = "id, slug, name, kind, plan, db_strategy, route_epoch, created_at";
@@ -109,7 +109,7 @@ impl ControlPlane {
             .await?;
         let Some(row) = row else {
             return Err(if kind == TenantKind::Platform && self.platform_tenant().await?.is_some() {
-                CoreError::Invalid(crate::domain::ValidationError::Field(
+                CoreError::Invalid(crate::types::ValidationError::Field(
                     "tenant kind: a platform tenant already exists",
                 ))
             } else {
@@ -188,20 +188,20 @@ impl ControlPlane {
             )
             .await
             .map_err(|e| match e.sqlstate() {
-                Some("23503") => CoreError::NotFound("tenant"),
+                Some("23503") => CoreError::NotFound(crate::types::Entity::Tenant),
                 _ => e.into(),
             })?;
         if row.is_none() {
-            return Err(CoreError::Invalid(crate::domain::ValidationError::Field(
+            return Err(CoreError::Invalid(crate::types::ValidationError::Field(
                 "project slug: already taken in this tenant",
             )));
         }
         if let Some(actor) = actor {
             let event = audit::Event {
-                action: "project.created",
+                action: crate::audit::AuditAction::ProjectCreated,
                 actor,
                 target: Some(("project", id.to_string())),
-                client: &crate::sessions::ClientInfo::default(),
+                client: &crate::types::ClientInfo::default(),
                 metadata: serde_json::json!({"slug": slug.as_str(), "name": name.as_str()}),
             };
             let scope = authio_db::Scope::project(tenant, id, TenantKind::Customer);
@@ -235,15 +235,15 @@ impl ControlPlane {
         )
         .await
         .map_err(|e| match e.sqlstate() {
-            Some("23503") => CoreError::NotFound("project"),
+            Some("23503") => CoreError::NotFound(crate::types::Entity::Project),
             _ => e.into(),
         })?;
         let scope = authio_db::Scope::project(tenant, project, TenantKind::Customer);
         let event = audit::Event {
-            action: "api_key.created",
+            action: crate::audit::AuditAction::ApiKeyCreated,
             actor: operator_actor(),
             target: Some(("api_key", key.key_id.clone())),
-            client: &crate::sessions::ClientInfo::default(),
+            client: &crate::types::ClientInfo::default(),
             metadata: serde_json::json!({"name": name.as_str()}),
         };
         audit::record_pinned_as_owner(&tx, &scope, event, Utc::now()).await?;
@@ -267,7 +267,7 @@ impl ControlPlane {
             return Err(RouterError::PlatformTenantNoDedicatedPool.into());
         }
         if tenant.plan != Plan::Enterprise.as_str() {
-            return Err(CoreError::Invalid(crate::domain::ValidationError::Field(
+            return Err(CoreError::Invalid(crate::types::ValidationError::Field(
                 "plan: dedicated databases are available on the Enterprise plan",
             )));
         }
@@ -294,7 +294,14 @@ impl ControlPlane {
         .await?;
         tx.query("UPDATE tenants SET db_strategy = 'dedicated' WHERE id = $1", &[(&tenant.id, Type::UUID)]).await?;
         let meta = serde_json::json!({"database": database_name});
-        crate::dedicated::record_for_tenant(&tx, tenant.id, "tenant.dedicated_attached", "operator", meta).await?;
+        crate::tenancy::dedicated::record_for_tenant(
+            &tx,
+            tenant.id,
+            crate::audit::AuditAction::TenantDedicatedAttached,
+            "operator",
+            meta,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -326,10 +333,17 @@ impl ControlPlane {
             )
             .await?;
         if rows.is_empty() {
-            return Err(CoreError::NotFound("tenant"));
+            return Err(CoreError::NotFound(crate::types::Entity::Tenant));
         }
         let meta = serde_json::json!({"db_strategy": strategy});
-        crate::dedicated::record_for_tenant(&tx, tenant, "tenant.db_strategy_set", "operator repair", meta).await?;
+        crate::tenancy::dedicated::record_for_tenant(
+            &tx,
+            tenant,
+            crate::audit::AuditAction::TenantDbStrategySet,
+            "operator repair",
+            meta,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -345,13 +359,13 @@ impl ControlPlane {
                 &[(&project, Type::UUID), (&alg.as_str(), Type::TEXT)],
             )
             .await?;
-        let Some(row) = rows.first() else { return Err(CoreError::NotFound("project")) };
+        let Some(row) = rows.first() else { return Err(CoreError::NotFound(crate::types::Entity::Project)) };
         let scope = authio_db::Scope::project(row.get(0), project, TenantKind::Customer);
         let event = audit::Event {
-            action: "project.signing_alg_changed",
+            action: crate::audit::AuditAction::ProjectSigningAlgChanged,
             actor: operator_actor(),
             target: Some(("project", project.to_string())),
-            client: &crate::sessions::ClientInfo::default(),
+            client: &crate::types::ClientInfo::default(),
             metadata: serde_json::json!({"alg": alg.as_str()}),
         };
         audit::record_pinned_as_owner(&tx, &scope, event, Utc::now()).await?;
@@ -373,7 +387,8 @@ impl ControlPlane {
         now: DateTime<Utc>,
         force: bool,
     ) -> Result<Rotation, CoreError> {
-        let cli = audit::Actor { kind: "operator", id: None, name: Some("authio keys rotate".into()) };
+        let cli =
+            audit::Actor { kind: crate::audit::ActorKind::Operator, id: None, name: Some("authio keys rotate".into()) };
         self.rotate_keys_by(project, alg, master_key, now, force, cli).await
     }
 
@@ -395,7 +410,7 @@ impl ControlPlane {
                 &[(&project, Type::UUID)],
             )
             .await?
-            .ok_or(CoreError::NotFound("project"))?;
+            .ok_or(CoreError::NotFound(crate::types::Entity::Project))?;
         let tenant: Uuid = row.get(0);
         let project_alg: String = row.get(1);
         if let Some(a) = alg {
@@ -455,10 +470,10 @@ impl ControlPlane {
         tx.query(INSERT_KEY_SQL, &new_next.params()).await?;
         let retired_kid: Option<String> = retired.as_ref().map(|r| r.get(0));
         let event = audit::Event {
-            action: "signing_key.rotated",
+            action: crate::audit::AuditAction::SigningKeyRotated,
             actor,
             target: Some(("project", project.to_string())),
-            client: &crate::sessions::ClientInfo::default(),
+            client: &crate::types::ClientInfo::default(),
             metadata: serde_json::json!({
                 "retired_kid": retired_kid,
                 "current_kid": next_kid,
@@ -495,7 +510,7 @@ impl ControlPlane {
             )
             .await?;
         let row = match rows.as_slice() {
-            [] => return Err(CoreError::NotFound("user")),
+            [] => return Err(CoreError::NotFound(crate::types::Entity::User)),
             [one] => one,
             // One email in several platform projects: promote none rather than all.
             _ => {
@@ -512,10 +527,14 @@ impl ControlPlane {
         // The platform tenant lives on shared: its log is in this database, in this transaction.
         let scope = authio_db::Scope::project(tenant, project, TenantKind::Platform);
         let event = audit::Event {
-            action: "user.role_granted",
-            actor: audit::Actor { kind: "operator", id: None, name: Some("authio grant-operator".into()) },
+            action: crate::audit::AuditAction::UserRoleGranted,
+            actor: audit::Actor {
+                kind: crate::audit::ActorKind::Operator,
+                id: None,
+                name: Some("authio grant-operator".into()),
+            },
             target: Some(("user", user.to_string())),
-            client: &crate::sessions::ClientInfo::default(),
+            client: &crate::types::ClientInfo::default(),
             metadata: serde_json::json!({"role": "operator", "email": email.as_str()}),
         };
         let event = audit::EventRow::new(&scope, event, Utc::now())?;
@@ -537,7 +556,7 @@ impl ControlPlane {
     pub async fn set_audit_retention(&self, tenant: Uuid, days: Option<i32>) -> Result<(), CoreError> {
         if let Some(d) = days {
             if !(1..=3650).contains(&d) {
-                return Err(CoreError::Invalid(crate::domain::ValidationError::Field("retention: 1 to 3650 days")));
+                return Err(CoreError::Invalid(crate::types::ValidationError::Field("retention: 1 to 3650 days")));
             }
         }
         let mut c = self.client().await?;
@@ -549,13 +568,13 @@ impl ControlPlane {
             )
             .await?;
         if rows.is_empty() {
-            return Err(CoreError::NotFound("tenant"));
+            return Err(CoreError::NotFound(crate::types::Entity::Tenant));
         }
         let meta = serde_json::json!({"days": days});
-        crate::dedicated::record_for_tenant(
+        crate::tenancy::dedicated::record_for_tenant(
             &tx,
             tenant,
-            "tenant.audit_retention_changed",
+            crate::audit::AuditAction::TenantAuditRetentionChanged,
             "authio audit retention",
             meta,
         )
@@ -579,7 +598,7 @@ impl ControlPlane {
                     &[(&tenant.id, Type::UUID)],
                 )
                 .await?
-                .ok_or(CoreError::NotFound("tenant"))?;
+                .ok_or(CoreError::NotFound(crate::types::Entity::Tenant))?;
             tx.commit().await?;
             r
         };
@@ -637,7 +656,7 @@ impl ControlPlane {
                 .get(0);
             let seal = key
                 .encrypt(&checkpoint_text(tenant.id, project, seq, &hash))
-                .map_err(|e| CoreError::Config(format!("sealing a checkpoint: {e}")))?;
+                .map_err(|e| CoreError::Internal(format!("sealing a checkpoint: {e}")))?;
             tx.execute(
                 "INSERT INTO audit_checkpoints (tenant_id, project_id, seq, hash, seal) VALUES ($1, $2, $3, $4, $5)",
                 &[&tenant.id, &project, &seq, &hash, &seal],
@@ -668,13 +687,14 @@ impl ControlPlane {
             .into_iter()
             .find(|(t, _)| *t == tenant.id)
             .map(|(_, dsn)| dsn)
-            .ok_or(CoreError::NotFound("dedicated database"))
+            .ok_or(CoreError::NotFound(crate::types::Entity::DedicatedDatabase))
     }
 
     /// Seal each of the tenant's chain heads into an anchor on the shared database (skipped
     /// for a chain that has not grown since its last anchor). Returns the anchors written.
     pub async fn anchor_audit(&self, tenant: &Tenant, key: &MasterKey) -> Result<usize, CoreError> {
-        let tenant = self.tenant_by_slug(&tenant.slug).await?.ok_or(CoreError::NotFound("tenant"))?;
+        let tenant =
+            self.tenant_by_slug(&tenant.slug).await?.ok_or(CoreError::NotFound(crate::types::Entity::Tenant))?;
         if self.open_move(tenant.id).await?.is_some() {
             // The home is changing; the next run anchors at the new one.
             return Ok(0);
@@ -699,7 +719,7 @@ impl ControlPlane {
             let (project, seq, hash): (Uuid, i64, Vec<u8>) = (h.get(0), h.get(1), h.get(2));
             let seal = key
                 .encrypt(&anchor_text(tenant.id, project, seq, &hash))
-                .map_err(|e| CoreError::Config(format!("sealing an anchor: {e}")))?;
+                .map_err(|e| CoreError::Internal(format!("sealing an anchor: {e}")))?;
             let rows = tx
                 .query(
                     "INSERT INTO audit_anchors (tenant_id, project_id, seq, hash, seal) VALUES ($1, $2, $3, $4, $5)
@@ -735,7 +755,8 @@ impl ControlPlane {
     /// numbers without gaps, and the chain's recorded head.
     pub async fn verify_audit(&self, tenant: &Tenant, key: Option<&MasterKey>) -> Result<Vec<ChainReport>, CoreError> {
         // The tenant's home as recorded now, not as the caller last saw it.
-        let tenant = self.tenant_by_slug(&tenant.slug).await?.ok_or(CoreError::NotFound("tenant"))?;
+        let tenant =
+            self.tenant_by_slug(&tenant.slug).await?.ok_or(CoreError::NotFound(crate::types::Entity::Tenant))?;
         let tenant = &tenant;
         let url = self.home_admin_url(tenant, key).await?;
         let mut c = connect(&url, "authio-audit-verify").await?;

@@ -7,22 +7,25 @@
 //! scope, nonce and authentication time); sessions, users and the audit log are at the home.
 use std::net::IpAddr;
 
-use authio_db::{preresolve, PgRow, Router, Scope, TenantKind, Type};
+use authio_db::{preresolve, PgRow, Router, TenantKind, Type};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256, Sha512};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::audit::{self, Actor};
-use crate::auth::{ip_key, scope_of, Identity, UserTokens};
-use crate::domain::{project_of, DisplayName, RedirectUri, ValidationError};
-use crate::keys::Alg;
-use crate::sessions::ClientInfo;
-use crate::signin::{new_token, pkce_matches, token_hash, with_query, SignedInUser};
+use crate::authz::{Authorized, Permission};
+use crate::crypto::keys::Alg;
+use crate::crypto::opaque::{hash as token_hash, new_token};
+use crate::crypto::pkce::pkce_matches;
+use crate::identity::auth::{scope_of, Identity, UserTokens};
+use crate::identity::signin::{with_query, SignedInUser};
+use crate::throttle::ip_key;
+use crate::types::ClientInfo;
+use crate::types::{project_of, DisplayName, RedirectUri, ValidationError};
 use crate::{Clock, CoreError};
 
 /// The scopes a project's provider knows.
@@ -53,7 +56,7 @@ impl OidcClient {
             client_id: client_id.to_owned(),
             tenant_id: r.try_get(0)?,
             project_id: r.try_get(1)?,
-            tenant_kind: TenantKind::parse(&kind).ok_or_else(|| CoreError::Config(format!("tenant kind {kind}")))?,
+            tenant_kind: TenantKind::parse(&kind).ok_or_else(|| CoreError::Internal(format!("tenant kind {kind}")))?,
             secret_hash: r.try_get(3)?,
             public: r.try_get::<String>(4)? == "public",
             auth_method: r.try_get(5)?,
@@ -133,11 +136,12 @@ fn bad(field: &'static str) -> CoreError {
 pub async fn create_client(
     router: &Router,
     clock: &dyn Clock,
-    scope: &Scope,
+    auth: &Authorized,
     new: &NewOidcClient,
-    actor: &Actor,
     info: &ClientInfo,
 ) -> Result<(OidcClientInfo, Option<String>), CoreError> {
+    let scope = auth.require(Permission::CredentialsManage)?;
+    let actor = auth.actor();
     let project = project_of(scope)?;
     let name = DisplayName::parse(&new.name)?;
     let public = match new.client_type.as_str() {
@@ -169,11 +173,9 @@ pub async fn create_client(
     if !grants.iter().any(|g| g == "authorization_code") || grants.iter().any(|g| !GRANTS.contains(&g.as_str())) {
         return Err(bad("grant_types (authorization_code, and refresh_token)"));
     }
-    let mut id_bytes = [0u8; 12];
-    rand::rngs::OsRng.fill_bytes(&mut id_bytes);
-    let client_id = format!("oc_{}", id_bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let client_id = format!("oc_{}", crate::crypto::opaque::random_hex::<12>());
     let secret = (!public).then(|| new_token("ocs_").0);
-    let hash = secret.as_deref().map(|s| crate::api_keys::hash_secret(s).to_vec());
+    let hash = secret.as_deref().map(|s| crate::crypto::opaque::hash(s).to_vec());
     let now = crate::clock::now_as_stored(clock);
     let tx = router.begin_pinned(scope).await?;
     let row = tx
@@ -201,7 +203,7 @@ pub async fn create_client(
         )
         .await?;
     let event = audit::Event {
-        action: "oidc_client.created",
+        action: crate::audit::AuditAction::OidcClientCreated,
         actor: actor.clone(),
         target: Some(("oidc_client", client_id.clone())),
         client: info,
@@ -212,7 +214,8 @@ pub async fn create_client(
     Ok((OidcClientInfo::from_row(&row), secret))
 }
 
-pub async fn list_clients(router: &Router, scope: &Scope) -> Result<Vec<OidcClientInfo>, CoreError> {
+pub async fn list_clients(router: &Router, auth: &Authorized) -> Result<Vec<OidcClientInfo>, CoreError> {
+    let scope = auth.require(Permission::ProjectRead)?;
     project_of(scope)?;
     let tx = router.begin_pinned(scope).await?;
     let rows = tx.query(&format!("SELECT {COLS} FROM oidc_clients ORDER BY id"), &[]).await?;
@@ -223,11 +226,12 @@ pub async fn list_clients(router: &Router, scope: &Scope) -> Result<Vec<OidcClie
 pub async fn revoke_client(
     router: &Router,
     clock: &dyn Clock,
-    scope: &Scope,
+    auth: &Authorized,
     id: Uuid,
-    actor: &Actor,
     info: &ClientInfo,
 ) -> Result<OidcClientInfo, CoreError> {
+    let scope = auth.require(Permission::CredentialsManage)?;
+    let actor = auth.actor();
     project_of(scope)?;
     let now = crate::clock::now_as_stored(clock);
     let tx = router.begin_pinned(scope).await?;
@@ -237,11 +241,11 @@ pub async fn revoke_client(
             &[(&id, Type::UUID), (&now, Type::TIMESTAMPTZ)],
         )
         .await?
-        .ok_or(CoreError::NotFound("client"))?;
+        .ok_or(CoreError::NotFound(crate::types::Entity::Client))?;
     let c = OidcClientInfo::from_row(&row);
     if c.revoked_at == Some(now) {
         let event = audit::Event {
-            action: "oidc_client.revoked",
+            action: crate::audit::AuditAction::OidcClientRevoked,
             actor: actor.clone(),
             target: Some(("oidc_client", c.client_id.clone())),
             client: info,
@@ -392,13 +396,13 @@ impl Identity {
         let ok = match (&client, secret) {
             (Some(c), None) => c.public && method == "none",
             (Some(c), Some(s)) => {
-                let presented = crate::api_keys::hash_secret(s);
+                let presented = crate::crypto::opaque::hash(s);
                 let expected = c.secret_hash.as_deref().unwrap_or(&[0u8; 32]);
                 bool::from(presented.ct_eq(expected)) && c.secret_hash.is_some() && c.auth_method == method
             }
             (None, _) => {
                 // Same work for unknown clients.
-                let _ = secret.map(crate::api_keys::hash_secret);
+                let _ = secret.map(crate::crypto::opaque::hash);
                 false
             }
         };
@@ -457,7 +461,7 @@ impl Identity {
             }
             (None, _) => None,
             (Some(c), m) => {
-                if crate::signin::check_challenge(c, m).is_err() {
+                if crate::crypto::pkce::check_challenge(c, m).is_err() {
                     return Err(fail(
                         "invalid_request",
                         "code_challenge_method must be S256 with a 43-character challenge",
@@ -623,7 +627,7 @@ impl Identity {
         if !first_use {
             // RFC 6749 4.1.2: a replayed code revokes what it granted.
             if let Some(sid) = row.try_get::<Option<Uuid>>(11)? {
-                let _ = crate::sessions::revoke(
+                let _ = crate::identity::sessions::revoke(
                     &self.inner.router,
                     self.inner.clock.as_ref(),
                     &scope,
@@ -753,9 +757,9 @@ impl Identity {
     ) -> Result<String, CoreError> {
         let profile = self.profile(project).await?;
         let keys = self.inner.keys.keyset(&profile).await?;
-        let claims = crate::tokens::verify_id_token_hint(&keys, id_token_hint, &self.issuer(project))?;
+        let claims = crate::crypto::tokens::verify_id_token_hint(&keys, id_token_hint, &self.issuer(project))?;
         if let Some(sid) = claims.sid.as_deref().and_then(|s| Uuid::parse_str(s).ok()) {
-            let _ = crate::sessions::revoke(
+            let _ = crate::identity::sessions::revoke(
                 &self.inner.router,
                 self.inner.clock.as_ref(),
                 &scope_of(&profile),

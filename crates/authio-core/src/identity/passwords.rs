@@ -5,11 +5,10 @@ use std::sync::{Arc, Mutex};
 
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
-use rand::RngCore;
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::domain::ValidationError;
+use crate::types::ValidationError;
 use crate::CoreError;
 
 /// Argon2id cost. The floor is OWASP's minimum for Argon2id: m = 19456 KiB, t = 2, p = 1.
@@ -113,24 +112,24 @@ impl Passwords {
             std::thread::Builder::new()
                 .name(format!("authio-hash-{i}"))
                 .spawn(move || hashing_thread(&rx, &params))
-                .map_err(|e| CoreError::Config(format!("starting a hashing thread: {e}")))?;
+                .map_err(|e| CoreError::Internal(format!("starting a hashing thread: {e}")))?;
         }
         let mut memory = Vec::new();
         let dummy_hash = hash_with(&mut memory, &params, "authio dummy password, never a real one")
-            .map_err(|e| CoreError::Config(format!("argon2: {e}")))?;
+            .map_err(|e| CoreError::Internal(format!("argon2: {e}")))?;
         Ok(Passwords { inner: Arc::new(Inner { params, jobs, dummy_hash }) })
     }
 
     async fn run(&self, work: Work) -> Result<Done, CoreError> {
         let (reply, answer) = oneshot::channel();
         self.inner.jobs.try_send(Job { work, reply }).map_err(|_| CoreError::Busy)?;
-        answer.await.map_err(|_| CoreError::Config("a hashing thread stopped".into()))
+        answer.await.map_err(|_| CoreError::Internal("a hashing thread stopped".into()))
     }
 
     pub async fn hash(&self, password: &NewPassword) -> Result<String, CoreError> {
         match self.run(Work::Hash(password.as_str().to_owned())).await? {
-            Done::Hashed(r) => r.map_err(|e| CoreError::Config(format!("argon2 hashing failed: {e}"))),
-            Done::Verified { .. } => Err(CoreError::Config("hashing thread answered the wrong job".into())),
+            Done::Hashed(r) => r.map_err(|e| CoreError::Internal(format!("argon2 hashing failed: {e}"))),
+            Done::Verified { .. } => Err(CoreError::Internal("hashing thread answered the wrong job".into())),
         }
     }
 
@@ -141,7 +140,7 @@ impl Passwords {
         let against = stored.unwrap_or(&self.inner.dummy_hash).to_owned();
         let done = self.run(Work::Verify { password: password.to_owned(), against }).await?;
         let Done::Verified { matched, same_params } = done else {
-            return Err(CoreError::Config("hashing thread answered the wrong job".into()));
+            return Err(CoreError::Internal("hashing thread answered the wrong job".into()));
         };
         let ok = matched && stored.is_some();
         Ok(Verified { ok, needs_rehash: ok && !same_params })
@@ -191,8 +190,7 @@ fn compute(
 }
 
 fn hash_with(memory: &mut Vec<Block>, params: &Params, password: &str) -> Result<String, argon2::password_hash::Error> {
-    let mut salt = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut salt);
+    let salt = crate::crypto::opaque::random_bytes::<16>();
     let mut out = [0u8; 32];
     compute(memory, params, Version::V0x13, password.as_bytes(), &salt, &mut out)?;
     let hash = PasswordHash {

@@ -9,14 +9,14 @@ use std::sync::RwLock;
 
 use authio_db::{Router, Scope, Type};
 use chrono::{DateTime, Utc};
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::audit::{self, Actor};
-use crate::domain::{project_of, DomainName, RedirectUri, ValidationError, WebOrigin};
-use crate::mail::{MailKind, Template};
-use crate::sessions::ClientInfo;
+use crate::authz::{Authorized, Permission};
+use crate::project::mail::{MailKind, Template};
+use crate::types::ClientInfo;
+use crate::types::{project_of, DomainName, RedirectUri, ValidationError, WebOrigin};
 use crate::{Clock, CoreError};
 
 /// One audited change on shared: run `sql` with `params` in a pinned transaction, record the
@@ -27,7 +27,7 @@ async fn change(
     scope: &Scope,
     sql: &str,
     params: &[authio_db::Param<'_>],
-    event: (&'static str, &Actor, &ClientInfo, (&'static str, String), serde_json::Value),
+    event: (crate::audit::AuditAction, &Actor, &ClientInfo, (&'static str, String), serde_json::Value),
 ) -> Result<Vec<authio_db::Row>, CoreError> {
     let now = crate::clock::now_as_stored(clock);
     let tx = router.begin_pinned(scope).await?;
@@ -45,26 +45,26 @@ async fn change(
 struct List {
     table: &'static str,
     column: &'static str,
-    added: &'static str,
-    removed: &'static str,
+    added: crate::audit::AuditAction,
+    removed: crate::audit::AuditAction,
     /// For `NotFound` and `Conflict`.
-    what: &'static str,
+    what: crate::types::Entity,
 }
 
 const REDIRECT_URIS: List = List {
     table: "redirect_uris",
     column: "uri",
-    added: "project.redirect_uri_added",
-    removed: "project.redirect_uri_removed",
-    what: "redirect URI",
+    added: crate::audit::AuditAction::ProjectRedirectUriAdded,
+    removed: crate::audit::AuditAction::ProjectRedirectUriRemoved,
+    what: crate::types::Entity::RedirectUri,
 };
 
 const ORIGINS: List = List {
     table: "allowed_origins",
     column: "origin",
-    added: "project.origin_added",
-    removed: "project.origin_removed",
-    what: "origin",
+    added: crate::audit::AuditAction::ProjectOriginAdded,
+    removed: crate::audit::AuditAction::ProjectOriginRemoved,
+    what: crate::types::Entity::Origin,
 };
 
 impl List {
@@ -135,55 +135,61 @@ impl List {
     }
 }
 
-pub async fn list_redirect_uris(router: &Router, scope: &Scope) -> Result<Vec<String>, CoreError> {
+pub async fn list_redirect_uris(router: &Router, auth: &Authorized) -> Result<Vec<String>, CoreError> {
+    let scope = auth.require(Permission::ProjectRead)?;
     REDIRECT_URIS.entries(router, scope).await
 }
 
 pub async fn add_redirect_uri(
     router: &Router,
     clock: &dyn Clock,
-    scope: &Scope,
+    auth: &Authorized,
     uri: &RedirectUri,
-    actor: &Actor,
     client: &ClientInfo,
 ) -> Result<(), CoreError> {
+    let scope = auth.require(Permission::ProjectConfigure)?;
+    let actor = auth.actor();
     REDIRECT_URIS.add(router, clock, scope, uri.as_str(), actor, client).await
 }
 
 pub async fn remove_redirect_uri(
     router: &Router,
     clock: &dyn Clock,
-    scope: &Scope,
+    auth: &Authorized,
     uri: &str,
-    actor: &Actor,
     client: &ClientInfo,
 ) -> Result<(), CoreError> {
+    let scope = auth.require(Permission::ProjectConfigure)?;
+    let actor = auth.actor();
     REDIRECT_URIS.remove(router, clock, scope, uri, actor, client).await
 }
 
-pub async fn list_origins(router: &Router, scope: &Scope) -> Result<Vec<String>, CoreError> {
+pub async fn list_origins(router: &Router, auth: &Authorized) -> Result<Vec<String>, CoreError> {
+    let scope = auth.require(Permission::ProjectRead)?;
     ORIGINS.entries(router, scope).await
 }
 
 pub async fn add_origin(
     router: &Router,
     clock: &dyn Clock,
-    scope: &Scope,
+    auth: &Authorized,
     origin: &WebOrigin,
-    actor: &Actor,
     client: &ClientInfo,
 ) -> Result<(), CoreError> {
+    let scope = auth.require(Permission::ProjectConfigure)?;
+    let actor = auth.actor();
     ORIGINS.add(router, clock, scope, origin.as_str(), actor, client).await
 }
 
 pub async fn remove_origin(
     router: &Router,
     clock: &dyn Clock,
-    scope: &Scope,
+    auth: &Authorized,
     origin: &str,
-    actor: &Actor,
     client: &ClientInfo,
 ) -> Result<(), CoreError> {
+    let scope = auth.require(Permission::ProjectConfigure)?;
+    let actor = auth.actor();
     ORIGINS.remove(router, clock, scope, origin, actor, client).await
 }
 
@@ -285,15 +291,14 @@ impl DomainInfo {
 pub async fn add_domain(
     router: &Router,
     clock: &dyn Clock,
-    scope: &Scope,
+    auth: &Authorized,
     host: &DomainName,
-    actor: &Actor,
     client: &ClientInfo,
 ) -> Result<DomainInfo, CoreError> {
+    let scope = auth.require(Permission::ProjectConfigure)?;
+    let actor = auth.actor();
     let project = project_of(scope)?;
-    let mut raw = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut raw);
-    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let token = crate::crypto::opaque::random_hex::<16>();
     let now = crate::clock::now_as_stored(clock);
     let rows = change(
         router,
@@ -311,14 +316,21 @@ pub async fn add_domain(
             (&token, Type::TEXT),
             (&now, Type::TIMESTAMPTZ),
         ],
-        ("project.domain_added", actor, client, ("domain", host.as_str().to_owned()), serde_json::json!({})),
+        (
+            crate::audit::AuditAction::ProjectDomainAdded,
+            actor,
+            client,
+            ("domain", host.as_str().to_owned()),
+            serde_json::json!({}),
+        ),
     )
     .await?;
     let row = rows.first().ok_or_else(|| CoreError::Conflict("this domain is registered already".into()))?;
     Ok(DomainInfo::from_row(row))
 }
 
-pub async fn list_domains(router: &Router, scope: &Scope) -> Result<Vec<DomainInfo>, CoreError> {
+pub async fn list_domains(router: &Router, auth: &Authorized) -> Result<Vec<DomainInfo>, CoreError> {
+    let scope = auth.require(Permission::ProjectRead)?;
     project_of(scope)?;
     let tx = router.begin_pinned(scope).await?;
     let rows = tx.query(&format!("SELECT {DOMAIN_COLS} FROM custom_domains ORDER BY host"), &[]).await?;
@@ -330,18 +342,19 @@ pub async fn list_domains(router: &Router, scope: &Scope) -> Result<Vec<DomainIn
 pub async fn verify_domain(
     router: &Router,
     clock: &dyn Clock,
-    scope: &Scope,
+    auth: &Authorized,
     id: Uuid,
     dns: &dyn TxtLookup,
-    actor: &Actor,
     client: &ClientInfo,
 ) -> Result<DomainInfo, CoreError> {
+    let scope = auth.require(Permission::ProjectConfigure)?;
+    let actor = auth.actor();
     project_of(scope)?;
     let tx = router.begin_pinned(scope).await?;
     let row = tx
         .query_opt(&format!("SELECT {DOMAIN_COLS} FROM custom_domains WHERE id = $1"), &[(&id, Type::UUID)])
         .await?
-        .ok_or(CoreError::NotFound("domain"))?;
+        .ok_or(CoreError::NotFound(crate::types::Entity::Domain))?;
     tx.commit().await?;
     let info = DomainInfo::from_row(&row);
     if info.verified {
@@ -357,7 +370,7 @@ pub async fn verify_domain(
             scope,
             &format!("UPDATE custom_domains SET verified_at = $2, last_checked_at = $2 WHERE id = $1 RETURNING {DOMAIN_COLS}"),
             &[(&id, Type::UUID), (&now, Type::TIMESTAMPTZ)],
-            ("project.domain_verified", actor, client, ("domain", info.host.clone()), serde_json::json!({})),
+            (crate::audit::AuditAction::ProjectDomainVerified, actor, client, ("domain", info.host.clone()), serde_json::json!({})),
         )
         .await?
     } else {
@@ -371,7 +384,7 @@ pub async fn verify_domain(
         tx.commit().await?;
         rows
     };
-    let info = rows.first().map(DomainInfo::from_row).ok_or(CoreError::NotFound("domain"))?;
+    let info = rows.first().map(DomainInfo::from_row).ok_or(CoreError::NotFound(crate::types::Entity::Domain))?;
     if !info.verified {
         return Err(CoreError::DomainNotVerified(info.txt_name.clone(), info.txt_value.clone()));
     }
@@ -381,21 +394,22 @@ pub async fn verify_domain(
 pub async fn delete_domain(
     router: &Router,
     clock: &dyn Clock,
-    scope: &Scope,
+    auth: &Authorized,
     id: Uuid,
-    actor: &Actor,
     client: &ClientInfo,
 ) -> Result<(), CoreError> {
+    let scope = auth.require(Permission::ProjectConfigure)?;
+    let actor = auth.actor();
     project_of(scope)?;
     let now = clock.now();
     let tx = router.begin_pinned(scope).await?;
     let row = tx
         .query_opt("DELETE FROM custom_domains WHERE id = $1 RETURNING host", &[(&id, Type::UUID)])
         .await?
-        .ok_or(CoreError::NotFound("domain"))?;
+        .ok_or(CoreError::NotFound(crate::types::Entity::Domain))?;
     let host: String = row.get(0);
     let e = audit::Event {
-        action: "project.domain_removed",
+        action: crate::audit::AuditAction::ProjectDomainRemoved,
         actor: actor.clone(),
         target: Some(("domain", host)),
         client,
@@ -491,13 +505,14 @@ fn presentation_from(r: &authio_db::Row) -> PresentationSettings {
     }
 }
 
-pub async fn presentation(router: &Router, scope: &Scope) -> Result<PresentationSettings, CoreError> {
+pub async fn presentation(router: &Router, auth: &Authorized) -> Result<PresentationSettings, CoreError> {
+    let scope = auth.require(Permission::ProjectRead)?;
     let project = project_of(scope)?;
     let tx = router.begin_pinned(scope).await?;
     let row = tx
         .query_opt(&format!("SELECT {PRESENTATION_COLS} FROM projects WHERE id = $1"), &[(&project, Type::UUID)])
         .await?
-        .ok_or(CoreError::NotFound("project"))?;
+        .ok_or(CoreError::NotFound(crate::types::Entity::Project))?;
     tx.commit().await?;
     Ok(presentation_from(&row))
 }
@@ -505,11 +520,12 @@ pub async fn presentation(router: &Router, scope: &Scope) -> Result<Presentation
 pub async fn update_presentation(
     router: &Router,
     clock: &dyn Clock,
-    scope: &Scope,
+    auth: &Authorized,
     patch: &PresentationPatch,
-    actor: &Actor,
     client: &ClientInfo,
 ) -> Result<PresentationSettings, CoreError> {
+    let scope = auth.require(Permission::ProjectConfigure)?;
+    let actor = auth.actor();
     patch.validate()?;
     let project = project_of(scope)?;
     let set = |v: &Option<Option<String>>| v.is_some();
@@ -540,7 +556,7 @@ pub async fn update_presentation(
             (&patch.signin_methods, Type::TEXT_ARRAY),
         ],
         (
-            "project.presentation_changed",
+            crate::audit::AuditAction::ProjectPresentationChanged,
             actor,
             client,
             ("project", project.to_string()),
@@ -548,18 +564,19 @@ pub async fn update_presentation(
         ),
     )
     .await?;
-    rows.first().map(presentation_from).ok_or(CoreError::NotFound("project"))
+    rows.first().map(presentation_from).ok_or(CoreError::NotFound(crate::types::Entity::Project))
 }
 
 pub async fn set_template(
     router: &Router,
     clock: &dyn Clock,
-    scope: &Scope,
+    auth: &Authorized,
     kind: MailKind,
     template: &Template,
-    actor: &Actor,
     client: &ClientInfo,
 ) -> Result<(), CoreError> {
+    let scope = auth.require(Permission::ProjectConfigure)?;
+    let actor = auth.actor();
     template.validate(kind)?;
     let project = project_of(scope)?;
     let now = clock.now();
@@ -582,7 +599,7 @@ pub async fn set_template(
             (&now, Type::TIMESTAMPTZ),
         ],
         (
-            "project.email_template_set",
+            crate::audit::AuditAction::ProjectEmailTemplateSet,
             actor,
             client,
             ("project", project.to_string()),

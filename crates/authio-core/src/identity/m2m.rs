@@ -2,16 +2,15 @@
 //! stored as a SHA-256 hash), allowed scopes, an audience and a token lifetime. Pinned to the
 //! shared database: `/v1/auth/token` resolves the project from the client id.
 use authio_db::preresolve::{self, M2mClientRecord};
-use authio_db::{Router, Row, Scope, Type};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
+use authio_db::{Router, Row, Type};
 use chrono::{DateTime, Utc};
-use rand::RngCore;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::audit::{self, Actor};
-use crate::domain::{project_of, DisplayName, ValidationError};
+use crate::audit::{self};
+use crate::authz::{Authorized, Permission};
+use crate::crypto::opaque;
+use crate::types::{project_of, DisplayName, ValidationError};
 use crate::{Clock, CoreError};
 
 /// A scope name: RFC 6749 `scope-token` characters, at most 128 of them.
@@ -87,21 +86,18 @@ pub struct CreatedClient {
 pub async fn create(
     router: &Router,
     clock: &dyn Clock,
-    scope: &Scope,
+    auth: &Authorized,
     default_audience: &str,
     new: &NewClient,
-    actor: &Actor,
-    client: &crate::sessions::ClientInfo,
+    client: &crate::types::ClientInfo,
 ) -> Result<CreatedClient, CoreError> {
+    let scope = auth.require(Permission::CredentialsManage)?;
+    let actor = auth.actor();
     new.validate()?;
     let project = project_of(scope)?;
-    let mut id_bytes = [0u8; 12];
-    let mut secret = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut id_bytes);
-    rand::rngs::OsRng.fill_bytes(&mut secret);
-    let client_id = format!("cl_{}", id_bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
-    let client_secret = format!("cs_{}", URL_SAFE_NO_PAD.encode(secret));
-    let hash = crate::api_keys::hash_secret(&client_secret).to_vec();
+    let client_id = format!("cl_{}", opaque::random_hex::<12>());
+    let (client_secret, hash) = opaque::new_token("cs_");
+    let hash = hash.to_vec();
     let audience = new.audience.clone().unwrap_or_else(|| default_audience.to_owned());
     let ttl = new.token_ttl_secs.unwrap_or(3600);
     let id = Uuid::now_v7();
@@ -129,7 +125,7 @@ pub async fn create(
         )
         .await?;
     let event = audit::Event {
-        action: "m2m_client.created",
+        action: crate::audit::AuditAction::M2mClientCreated,
         actor: actor.clone(),
         target: Some(("m2m_client", client_id.clone())),
         client,
@@ -147,7 +143,8 @@ pub async fn create(
     Ok(CreatedClient { info: ClientInfo::from_row(&row), client_secret })
 }
 
-pub async fn list(router: &Router, scope: &Scope) -> Result<Vec<ClientInfo>, CoreError> {
+pub async fn list(router: &Router, auth: &Authorized) -> Result<Vec<ClientInfo>, CoreError> {
+    let scope = auth.require(Permission::ProjectRead)?;
     project_of(scope)?;
     let tx = router.begin_pinned(scope).await?;
     let rows = tx.query(&format!("SELECT {COLS} FROM m2m_clients ORDER BY id"), &[]).await?;
@@ -160,11 +157,12 @@ pub async fn list(router: &Router, scope: &Scope) -> Result<Vec<ClientInfo>, Cor
 pub async fn revoke(
     router: &Router,
     clock: &dyn Clock,
-    scope: &Scope,
+    auth: &Authorized,
     id: Uuid,
-    actor: &Actor,
-    client: &crate::sessions::ClientInfo,
+    client: &crate::types::ClientInfo,
 ) -> Result<ClientInfo, CoreError> {
+    let scope = auth.require(Permission::CredentialsManage)?;
+    let actor = auth.actor();
     project_of(scope)?;
     let now = crate::clock::now_as_stored(clock);
     let tx = router.begin_pinned(scope).await?;
@@ -174,11 +172,11 @@ pub async fn revoke(
             &[(&id, Type::UUID), (&now, Type::TIMESTAMPTZ)],
         )
         .await?
-        .ok_or(CoreError::NotFound("client"))?;
+        .ok_or(CoreError::NotFound(crate::types::Entity::Client))?;
     let info = ClientInfo::from_row(&row);
     if info.revoked_at == Some(now) {
         let event = audit::Event {
-            action: "m2m_client.revoked",
+            action: crate::audit::AuditAction::M2mClientRevoked,
             actor: actor.clone(),
             target: Some(("m2m_client", info.client_id.clone())),
             client,
@@ -208,7 +206,7 @@ pub async fn lookup(router: &Router, client_id: &str) -> Result<Option<M2mClient
 /// Judge a presented secret against what the lookup found. Unknown, revoked and
 /// wrong-secret clients fail alike, after the same work.
 pub fn check_secret(record: Option<&M2mClientRecord>, secret: &str) -> Result<(), CoreError> {
-    if crate::api_keys::secret_matches(record.map(|r| r.secret_hash.as_slice()), secret) {
+    if crate::crypto::opaque::matches(record.map(|r| r.secret_hash.as_slice()), secret) {
         Ok(())
     } else {
         Err(CoreError::InvalidClient)

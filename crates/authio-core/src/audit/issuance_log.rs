@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::audit::{Actor, Event, EventRow};
-use crate::sessions::ClientInfo;
+use crate::types::ClientInfo;
 use crate::CoreError;
 
 /// Tokens waiting per project before its token requests are refused.
@@ -57,8 +57,8 @@ impl IssuanceLog {
     /// Queue an issued token; refused (`Busy`) when the project's home has not taken the last
     /// [`MAX_PENDING_PER_PROJECT`].
     pub fn record(&self, scope: &Scope, issued: Issued) -> Result<(), CoreError> {
-        let project = scope.project_id.ok_or(CoreError::NotFound("project"))?;
-        let mut pending = self.pending.lock().map_err(|_| CoreError::Config("issuance log poisoned".into()))?;
+        let project = scope.project_id.ok_or(CoreError::NotFound(crate::types::Entity::Project))?;
+        let mut pending = self.pending.lock().map_err(|_| CoreError::Internal("issuance log poisoned".into()))?;
         let queue = pending.entry((scope.tenant_id, project, scope.tenant_kind)).or_default();
         if queue.len() >= MAX_PENDING_PER_PROJECT {
             tracing::error!(tenant = %scope.tenant_id, %project, "token issuance records are not being written; refusing tokens");
@@ -124,8 +124,8 @@ fn events_of(scope: &Scope, issued: &[Issued]) -> Result<Vec<EventRow>, CoreErro
         let run = &issued[start..end];
         let last = &run[run.len() - 1];
         let event = Event {
-            action: "m2m.tokens_issued",
-            actor: Actor { kind: "m2m_client", id: Some(first.client_id.clone()), name: None },
+            action: crate::audit::AuditAction::M2mTokensIssued,
+            actor: Actor { kind: crate::audit::ActorKind::M2mClient, id: Some(first.client_id.clone()), name: None },
             target: Some(("m2m_client", first.client_id.clone())),
             client: &ClientInfo { ip: first.ip.clone(), ..ClientInfo::default() },
             metadata: serde_json::json!({

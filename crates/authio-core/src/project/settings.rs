@@ -1,10 +1,11 @@
 //! A project's token and session settings, changed through the management API. Projects are
 //! control-plane rows on the shared database; `authio_app` may update only these columns.
-use authio_db::{Router, Row, Scope, Type};
+use authio_db::{Router, Row, Type};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{project_of, ValidationError};
-use crate::keys::Alg;
+use crate::authz::{Authorized, Permission};
+use crate::crypto::keys::Alg;
+use crate::types::{project_of, ValidationError};
 use crate::CoreError;
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -60,13 +61,14 @@ impl SettingsPatch {
     }
 }
 
-pub async fn settings(router: &Router, scope: &Scope) -> Result<ProjectSettings, CoreError> {
+pub async fn settings(router: &Router, auth: &Authorized) -> Result<ProjectSettings, CoreError> {
+    let scope = auth.require(Permission::ProjectRead)?;
     let project = project_of(scope)?;
     let tx = router.begin_pinned(scope).await?;
     let row = tx
         .query_opt(&format!("SELECT {COLS} FROM projects WHERE id = $1"), &[(&project, Type::UUID)])
         .await?
-        .ok_or(CoreError::NotFound("project"))?;
+        .ok_or(CoreError::NotFound(crate::types::Entity::Project))?;
     tx.commit().await?;
     Ok(from_row(&row))
 }
@@ -76,11 +78,12 @@ pub async fn settings(router: &Router, scope: &Scope) -> Result<ProjectSettings,
 pub async fn update_settings(
     router: &Router,
     clock: &dyn crate::Clock,
-    scope: &Scope,
+    auth: &Authorized,
     patch: &SettingsPatch,
-    actor: &crate::audit::Actor,
-    client: &crate::sessions::ClientInfo,
+    client: &crate::types::ClientInfo,
 ) -> Result<ProjectSettings, CoreError> {
+    let scope = auth.require(Permission::ProjectConfigure)?;
+    let actor = auth.actor();
     patch.validate()?;
     let project = project_of(scope)?;
     let tx = router.begin_pinned(scope).await?;
@@ -104,9 +107,9 @@ pub async fn update_settings(
             ],
         )
         .await?
-        .ok_or(CoreError::NotFound("project"))?;
+        .ok_or(CoreError::NotFound(crate::types::Entity::Project))?;
     let event = crate::audit::Event {
-        action: "project.settings_changed",
+        action: crate::audit::AuditAction::ProjectSettingsChanged,
         actor: actor.clone(),
         target: Some(("project", project.to_string())),
         client,

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use authio_core::oidc::{AuthorizeParams, OpSession};
 use authio_core::types::Plan;
 use authio_core::SystemClock;
-use authio_db::{Scope, TenantKind};
+use authio_db::{RowExt, Scope, TenantKind};
 use base64::Engine;
 use futures_util::StreamExt;
 
@@ -71,8 +71,8 @@ pub async fn oidc(env: &Env, secs: u64, rounds: usize) -> Result<()> {
         c.query("SELECT id FROM users WHERE project_id = $1", &[&t.project.id])
             .await?
             .iter()
-            .map(|r| r.get(0))
-            .collect()
+            .map(|r| r.col("id"))
+            .collect::<Result<_, _>>()?
     };
 
     // n fresh codes (issued as the authorization endpoint issues them), as token request bodies.

@@ -222,7 +222,13 @@ impl LocalCluster {
         if let Ok(mut c) = self.child.lock() {
             *c = Some(child);
         }
-        wait_for_port(self.port, Duration::from_secs(60)).map_err(|_| ClusterError::NotReady {
+        // An open port is not enough: until recovery and start-up finish, the server answers
+        // connections with 57P03 "the database system is starting up". `pg_ctl -w` waits for
+        // the status line of postmaster.pid to say "ready"; so does this.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let ready = wait_for_port(self.port, Duration::from_secs(60))
+            .and_then(|()| wait_until_ready(&pid_file, deadline.saturating_duration_since(Instant::now())));
+        ready.map_err(|_| ClusterError::NotReady {
             dir: self.dir.display().to_string(),
             secs: 60,
             log: self.log_path().display().to_string(),
@@ -292,6 +298,26 @@ fn wait_for_port(port: u16, limit: Duration) -> Result<(), ()> {
     Err(())
 }
 
+/// Wait until the postmaster's status line (the 8th of postmaster.pid) says it accepts
+/// connections, as `pg_ctl -w` does.
+fn wait_until_ready(pid_file: &Path, limit: Duration) -> Result<(), ()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if fs::read_to_string(pid_file).is_ok_and(|s| pm_status_ready(&s)) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a postmaster.pid's status line (`LOCK_FILE_LINE_PM_STATUS`, line 8) is "ready".
+fn pm_status_ready(pid_file: &str) -> bool {
+    pid_file.lines().nth(7).is_some_and(|l| l.trim() == "ready")
+}
+
 /// pgbouncer in transaction-pooling mode in front of a local cluster.
 pub struct LocalPgBouncer {
     pub port: u16,
@@ -346,5 +372,20 @@ impl Drop for LocalPgBouncer {
                 let _ = child.wait();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pm_status_ready;
+
+    #[test]
+    fn only_a_ready_status_line_counts() {
+        let starting = "4242\n/var/lib/pg\n1700000000\n5432\n/tmp\n127.0.0.1\n  5432001    42\nstarting\n";
+        let ready = starting.replace("starting", "ready   ");
+        assert!(!pm_status_ready(starting));
+        assert!(pm_status_ready(&ready));
+        // A file still being written (fewer than 8 lines) is not ready either.
+        assert!(!pm_status_ready("4242\n/var/lib/pg\n"));
     }
 }

@@ -7,7 +7,7 @@ use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use crate::pool::connect;
-use crate::DbError;
+use crate::{DbError, RowExt};
 
 pub struct Migration {
     pub version: i32,
@@ -99,8 +99,12 @@ pub async fn migrate(admin_url: &str) -> Result<Vec<i32>, DbError> {
          );",
     )
     .await?;
-    let applied: Vec<i32> =
-        tx.query_typed("SELECT version FROM authio_schema_migrations", &[]).await?.iter().map(|r| r.get(0)).collect();
+    let applied: Vec<i32> = tx
+        .query_typed("SELECT version FROM authio_schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|r| r.col("version"))
+        .collect::<Result<_, _>>()?;
     let mut now_applied = Vec::new();
     for m in MIGRATIONS {
         if applied.contains(&m.version) {

@@ -26,7 +26,7 @@ use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use crate::route_cache::{CachedRoute, DbStrategy};
-use crate::{DbError, Router, RouterError, TenantKind};
+use crate::{DbError, Router, RouterError, RowExt, TenantKind};
 
 async fn shared_client(router: &Router) -> Result<deadpool_postgres::Object, DbError> {
     router.shared().get().await.map_err(|e| RouterError::SharedUnavailable(e.to_string()).into())
@@ -50,14 +50,14 @@ pub async fn resolve_api_key(router: &Router, key_id: &str) -> Result<Option<Api
             &[(&key_id, Type::TEXT)],
         )
         .await?;
-    Ok(row.first().and_then(|r| {
-        Some(ApiKeyRecord {
-            tenant_id: r.get(0),
-            project_id: r.get(1),
-            key_uuid: r.get(2),
-            secret_hash: r.get(3),
-            tenant_kind: TenantKind::parse(r.get(4))?,
-        })
+    let Some(r) = row.first() else { return Ok(None) };
+    let Some(tenant_kind) = TenantKind::parse(r.col("tenant_kind")?) else { return Ok(None) };
+    Ok(Some(ApiKeyRecord {
+        tenant_id: r.col("tenant_id")?,
+        project_id: r.col("project_id")?,
+        key_uuid: r.col("key_uuid")?,
+        secret_hash: r.col("secret_hash")?,
+        tenant_kind,
     }))
 }
 
@@ -66,13 +66,12 @@ pub async fn tenant_route(router: &Router, tenant: Uuid) -> Result<Option<Cached
     let rows = c
         .query_typed("SELECT kind, db_strategy, route_epoch FROM authio_tenant_route($1)", &[(&tenant, Type::UUID)])
         .await?;
-    Ok(rows.first().and_then(|r| {
-        Some(CachedRoute {
-            kind: TenantKind::parse(r.get(0))?,
-            strategy: DbStrategy::parse(r.get(1))?,
-            epoch: r.get(2),
-        })
-    }))
+    let Some(r) = rows.first() else { return Ok(None) };
+    let (Some(kind), Some(strategy)) = (TenantKind::parse(r.col("kind")?), DbStrategy::parse(r.col("db_strategy")?))
+    else {
+        return Ok(None);
+    };
+    Ok(Some(CachedRoute { kind, strategy, epoch: r.col("route_epoch")? }))
 }
 
 pub async fn route_epochs(router: &Router, tenants: &[Uuid]) -> Result<Vec<(Uuid, i64)>, DbError> {
@@ -81,13 +80,16 @@ pub async fn route_epochs(router: &Router, tenants: &[Uuid]) -> Result<Vec<(Uuid
     let rows = c
         .query_typed("SELECT tenant_id, route_epoch FROM authio_route_epochs($1)", &[(&ids, Type::UUID_ARRAY)])
         .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    rows.iter().map(|r| Ok((r.col("tenant_id")?, r.col("route_epoch")?))).collect()
 }
 
 pub async fn dedicated_app_dsn(router: &Router, tenant: Uuid) -> Result<Option<String>, DbError> {
     let c = shared_client(router).await?;
-    let rows = c.query_typed("SELECT authio_dedicated_app_dsn($1)", &[(&tenant, Type::UUID)]).await?;
-    Ok(rows.first().and_then(|r| r.get::<_, Option<String>>(0)))
+    let rows = c.query_typed("SELECT authio_dedicated_app_dsn($1) AS dsn", &[(&tenant, Type::UUID)]).await?;
+    match rows.first() {
+        Some(r) => r.col::<Option<String>>("dsn"),
+        None => Ok(None),
+    }
 }
 
 /// Readiness: the shared database answers.

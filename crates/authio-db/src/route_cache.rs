@@ -11,7 +11,9 @@ use uuid::Uuid;
 
 use crate::TenantKind;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where a tenant lives. Serialized (and stored) as `shared` or `dedicated`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DbStrategy {
     Shared,
     Dedicated,
@@ -31,6 +33,12 @@ impl DbStrategy {
             "dedicated" => Some(DbStrategy::Dedicated),
             _ => None,
         }
+    }
+}
+
+impl std::fmt::Display for DbStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
     }
 }
 

@@ -2,7 +2,9 @@
 use uuid::Uuid;
 
 /// Which kind of tenant a scope belongs to. The platform tenant never leaves the shared database.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Serialized (and stored) as `platform` or `customer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TenantKind {
     Platform,
     Customer,
@@ -22,6 +24,12 @@ impl TenantKind {
             "customer" => Some(TenantKind::Customer),
             _ => None,
         }
+    }
+}
+
+impl std::fmt::Display for TenantKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
     }
 }
 

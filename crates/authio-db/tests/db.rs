@@ -1,6 +1,8 @@
 //! The data layer against real PostgreSQL: the router's platform invariant, dedicated routing,
 //! tenant isolation under RLS (direct and through pgbouncer), the home fence, the route cache.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// Tests read rows by position freely; library code reads them by name (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 use std::time::{Duration, Instant};
 
@@ -632,4 +634,37 @@ async fn stores_take_time_from_the_clock_they_are_given() {
 /// authorization.
 fn read_users(scope: &Scope) -> authio_core::authz::Authorized {
     authio_core::authz::as_system("test", authio_core::authz::Permission::UsersRead, scope).unwrap()
+}
+
+/// `start` returns only once the server accepts connections: straight after a crash (which
+/// makes the next start run recovery, the window where PostgreSQL answers 57P03 "the database
+/// system is starting up"), a connection made at once succeeds, every time.
+#[tokio::test]
+async fn local_cluster_start_waits_until_connections_are_accepted() {
+    use authio_db::cluster::{free_port, ClusterOptions, LocalCluster};
+    let dir = std::env::temp_dir().join(format!("authio-restart-{}", Uuid::new_v4().simple()));
+    let port = free_port().unwrap();
+    // Durable (fsync on), so what was committed before the crash is there to recover.
+    let cluster = LocalCluster::init(&dir, port, &ClusterOptions { throwaway: false }).unwrap();
+    cluster.start().unwrap();
+    for round in 0..5 {
+        // Leave work for recovery: a table written just before the crash.
+        let c = authio_db::pool::connect(&cluster.admin_url("postgres"), "restart-test").await.unwrap();
+        c.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS r (n int); INSERT INTO r SELECT generate_series(1, 20000); -- {round}"
+        ))
+        .await
+        .unwrap();
+        drop(c);
+        cluster.kill();
+        cluster.start().unwrap();
+        let c = authio_db::pool::connect(&cluster.admin_url("postgres"), "restart-test")
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: connecting right after start: {e}"));
+        let n: i64 = c.query_one("SELECT count(*) FROM r", &[]).await.unwrap().get(0);
+        assert!(n >= 20000, "round {round}: {n}");
+    }
+    cluster.stop();
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,6 +6,7 @@
 
 pub mod console;
 pub mod context;
+pub mod edge;
 pub mod error;
 mod extract;
 pub mod mailcatcher;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub mailbox: Option<mailcatcher::MailCatcher>,
     /// The web console (absent when no administrative connection is configured).
     pub console: Option<Arc<console::Console>>,
+    /// How requests must arrive (body size, read timeouts).
+    pub edge: edge::EdgeLimits,
 }
 
 /// How the identity side is set up.
@@ -80,6 +83,8 @@ pub struct AuthSettings {
     pub mailbox: Option<mailcatcher::MailCatcher>,
     /// The control plane's administrative URL (as `authio_owner`): enables the web console.
     pub admin_url: Option<String>,
+    /// How requests must arrive (body size, read timeouts).
+    pub edge: edge::EdgeLimits,
 }
 
 impl AuthSettings {
@@ -98,6 +103,7 @@ impl AuthSettings {
             dns: None,
             mailbox: None,
             admin_url: None,
+            edge: edge::EdgeLimits::default(),
         }
     }
 }
@@ -141,6 +147,7 @@ impl AppState {
             dns,
             mailbox,
             console,
+            edge: auth.edge,
         })
     }
 }
@@ -158,7 +165,8 @@ pub fn build_app(state: AppState) -> axum::Router {
     // Custom domains rewrite the path, so they run before the routes are matched.
     axum::Router::new()
         .fallback_service(routed)
-        .layer(axum::middleware::from_fn_with_state(state, routes::hosted::custom_domains))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), routes::hosted::custom_domains))
+        .layer(axum::middleware::from_fn_with_state(state, edge::guard))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(trace)
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
@@ -198,13 +206,54 @@ pub fn spawn_audit_relay(
     })
 }
 
-/// Serve until `shutdown` resolves, letting in-flight requests finish.
+/// Serve until `shutdown` resolves, letting in-flight requests finish, with the default
+/// [`edge::EdgeLimits`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown);
-    server.await
+    serve_with(listener, app, shutdown, edge::EdgeLimits::default()).await
+}
+
+/// Serve until `shutdown` resolves: HTTP/1.1, the peer's address in
+/// `ConnectInfo`, and a client that has not sent its headers within `limits.header_read`
+/// disconnected (axum's own `serve` has no such bound).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    limits: edge::EdgeLimits,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little and go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = app.clone().layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+        let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }

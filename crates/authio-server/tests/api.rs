@@ -1,10 +1,14 @@
 //! The HTTP application over real HTTP on loopback, against real PostgreSQL clusters.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// Tests read rows by position freely; library code reads them by name (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 #[path = "api/audit.rs"]
 mod audit;
 #[path = "api/console.rs"]
 mod console;
+#[path = "api/edge.rs"]
+mod edge;
 #[path = "api/identity.rs"]
 mod identity;
 #[path = "api/moves.rs"]
@@ -13,6 +17,8 @@ mod moves;
 mod oidc_provider;
 #[path = "api/signin_methods.rs"]
 mod signin_methods;
+#[path = "api/statements.rs"]
+mod statements;
 #[path = "api/upstream.rs"]
 mod upstream;
 

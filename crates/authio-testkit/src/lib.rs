@@ -341,13 +341,14 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
     mail_settings.poll_every = Duration::from_millis(50);
     let mailer = authio_core::project::mail::Mailer::new(router.clone(), test_master_key(), mail_settings)
         .expect("mailer")
-        .spawn();
+        .spawn(Arc::new(SystemClock));
     let state = authio_server::AppState::new(router.clone(), Arc::new(SystemClock), auth).expect("app state");
     let identity = state.identity.clone();
+    let edge = state.edge;
     let app = authio_server::build_app(state);
     let relay = authio_server::spawn_audit_relay(router.clone(), relay_outbox(&shared), Duration::from_millis(100));
     let server = tokio::spawn(async move {
-        let _ = authio_server::serve(listener, app, std::future::pending()).await;
+        let _ = authio_server::serve_with(listener, app, std::future::pending(), edge).await;
     });
     TestApp {
         addr,

@@ -324,7 +324,7 @@ async fn run(cli: Cli) -> Result<()> {
             cp.set_audit_retention(t.id, days).await?;
             match days {
                 Some(d) => println!("{tenant}: audit events kept {d} days"),
-                None => println!("{tenant}: audit retention follows the plan ({})", t.plan),
+                None => println!("{tenant}: audit retention follows the plan ({})", t.plan.as_str()),
             }
             Ok(())
         }
@@ -457,7 +457,7 @@ pub(crate) async fn serve_state(
     let mailer = match cfg.mail_settings() {
         Some(settings) => {
             let key = master_key(cfg)?.context("a master key is required to send mail")?;
-            Some(authio_core::project::mail::Mailer::new(router.clone(), key, settings)?.spawn())
+            Some(authio_core::project::mail::Mailer::new(router.clone(), key, settings)?.spawn(state.clock.clone()))
         }
         None => {
             tracing::warn!("smtp_url is not set: emails wait in the outbox until it is");
@@ -465,9 +465,10 @@ pub(crate) async fn serve_state(
         }
     };
     let relay = authio_server::spawn_audit_relay(router.clone(), outbox, Duration::from_millis(500));
+    let edge = state.edge;
     let app = authio_server::build_app(state);
     tracing::info!(listen = %listener.local_addr()?, "serving");
-    authio_server::serve(listener, app, shutdown).await?;
+    authio_server::serve_with(listener, app, shutdown, edge).await?;
     // Token issuance events gathered since the last flush.
     let written = identity.flush_issuance_events().await;
     tracing::info!(written, "token issuance events flushed");
@@ -600,7 +601,12 @@ async fn tenant(cfg: &Config, command: TenantCommand) -> Result<()> {
                 cp.create_api_key(t.id, project.id, &DisplayName::parse("created by authio tenant create")?).await?;
             println!(
                 "tenant   {} ({})\nid       {}\nplan     {}\nproject  {} ({})",
-                t.slug, t.kind, t.id, t.plan, project.slug, project.id
+                t.slug,
+                t.kind,
+                t.id,
+                t.plan.as_str(),
+                project.slug,
+                project.id
             );
             println!("api key  {}\n         (shown once: store it now)", key.plaintext);
         }
@@ -609,7 +615,12 @@ async fn tenant(cfg: &Config, command: TenantCommand) -> Result<()> {
             for t in cp.list_tenants().await? {
                 println!(
                     "{:<24} {:<9} {:<11} {:<10} {:>6}  {}",
-                    t.slug, t.kind, t.plan, t.db_strategy, t.route_epoch, t.id
+                    t.slug,
+                    t.kind,
+                    t.plan.as_str(),
+                    t.db_strategy,
+                    t.route_epoch,
+                    t.id
                 );
             }
         }
@@ -811,6 +822,6 @@ fn print_checks(checks: &[MoveCheck]) {
 fn describe_tenant(t: &authio_core::tenancy::control::Tenant) -> String {
     format!(
         "slug         {}\nname         {}\nid           {}\nkind         {}\nplan         {}\ndb_strategy  {}\nroute_epoch  {}\ncreated_at   {}",
-        t.slug, t.name, t.id, t.kind, t.plan, t.db_strategy, t.route_epoch, t.created_at
+        t.slug, t.name, t.id, t.kind, t.plan.as_str(), t.db_strategy, t.route_epoch, t.created_at
     )
 }

@@ -15,26 +15,7 @@ use crate::types::ClientInfo;
 use crate::CoreError;
 
 /// Who did it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Actor {
-    pub kind: ActorKind,
-    pub id: Option<String>,
-    pub name: Option<String>,
-}
-
-impl Actor {
-    pub fn user(id: Uuid, email: Option<&str>) -> Self {
-        Actor { kind: crate::audit::ActorKind::User, id: Some(id.to_string()), name: email.map(str::to_owned) }
-    }
-
-    pub fn anonymous() -> Self {
-        Actor { kind: crate::audit::ActorKind::Anonymous, id: None, name: None }
-    }
-
-    pub fn api_key(key_id: &str) -> Self {
-        Actor { kind: crate::audit::ActorKind::ApiKey, id: Some(key_id.to_owned()), name: None }
-    }
-}
+pub use crate::types::{Actor, ActorKind};
 
 /// Every action the audit log records; the strings are what the log stores and the API
 /// returns, and must not change.
@@ -221,36 +202,6 @@ impl AuditAction {
 }
 
 impl std::fmt::Display for AuditAction {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Who acted, by kind; written to `actor_type` as these strings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ActorKind {
-    User,
-    M2mClient,
-    ApiKey,
-    Operator,
-    System,
-    Anonymous,
-}
-
-impl ActorKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ActorKind::User => "user",
-            ActorKind::M2mClient => "m2m_client",
-            ActorKind::ApiKey => "api_key",
-            ActorKind::Operator => "operator",
-            ActorKind::System => "system",
-            ActorKind::Anonymous => "anonymous",
-        }
-    }
-}
-
-impl std::fmt::Display for ActorKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }

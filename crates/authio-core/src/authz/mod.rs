@@ -9,8 +9,7 @@
 use authio_db::{Scope, TenantKind};
 use uuid::Uuid;
 
-use crate::audit::{Actor, ActorKind};
-use crate::types::{Entity, ValidationError};
+use crate::types::{Actor, ActorKind, Entity, ValidationError};
 use crate::CoreError;
 
 /// A dashboard member's role in a tenant.
@@ -236,9 +235,7 @@ impl Principal {
             // End users and M2M clients act on their own account or their own APIs, through
             // the token endpoints; none of the management permissions is theirs.
             Principal::EndUser { tenant_id, .. } | Principal::M2mClient { tenant_id, .. } => {
-                if target.tenant() == Some(*tenant_id) {
-                    Deny
-                } else if matches!(target, Target::Platform) {
+                if target.tenant() == Some(*tenant_id) || matches!(target, Target::Platform) {
                     Deny
                 } else {
                     Hidden

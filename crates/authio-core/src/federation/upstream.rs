@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
-use authio_db::{preresolve, Scope, Type};
+use authio_db::{preresolve, RowExt, Scope, Type};
 use chrono::{DateTime, Duration, Utc};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -88,21 +88,21 @@ const COLS: &str = "id, slug, kind, display_name, client_id, issuer, authorizati
 
 impl ConnectionInfo {
     fn from_row(r: &authio_db::Row) -> Result<Self, CoreError> {
-        let kind: String = r.get(2);
+        let kind: String = r.col("kind")?;
         Ok(ConnectionInfo {
-            id: r.get(0),
-            slug: r.get(1),
+            id: r.col("id")?,
+            slug: r.col("slug")?,
             kind: ProviderKind::parse(&kind).ok_or_else(|| CoreError::Internal(format!("provider kind {kind}")))?,
-            display_name: r.get(3),
-            client_id: r.get(4),
-            issuer: r.get(5),
-            authorization_endpoint: r.get(6),
-            token_endpoint: r.get(7),
-            userinfo_endpoint: r.get(8),
-            jwks_uri: r.get(9),
-            scopes: r.get(10),
-            enabled: r.get(11),
-            created_at: r.get(12),
+            display_name: r.col("display_name")?,
+            client_id: r.col("client_id")?,
+            issuer: r.col("issuer")?,
+            authorization_endpoint: r.col("authorization_endpoint")?,
+            token_endpoint: r.col("token_endpoint")?,
+            userinfo_endpoint: r.col("userinfo_endpoint")?,
+            jwks_uri: r.col("jwks_uri")?,
+            scopes: r.col("scopes")?,
+            enabled: r.col("enabled")?,
+            created_at: r.col("created_at")?,
         })
     }
 }
@@ -324,7 +324,7 @@ impl Identity {
             .query_opt("DELETE FROM oauth_connections WHERE id = $1 RETURNING slug", &[(&id, Type::UUID)])
             .await?
             .ok_or(CoreError::NotFound(crate::types::Entity::Connection))?;
-        let slug: String = gone.get(0);
+        let slug: String = gone.col("slug")?;
         let event = audit::Event {
             action: crate::audit::AuditAction::OauthConnectionDeleted,
             actor: actor.clone(),
@@ -374,7 +374,7 @@ impl Identity {
         let secret = self
             .inner
             .master_key
-            .decrypt(row.get::<_, &str>(13))
+            .decrypt(row.col::<&str>("client_secret_enc")?)
             .map_err(|e| CoreError::Internal(format!("connection secret: {e}")))?;
         Ok((info, secret))
     }
@@ -690,11 +690,12 @@ impl Identity {
             )
             .await?;
         if let Some(r) = linked {
-            if r.get::<_, bool>(1) {
+            if r.col::<bool>("disabled")? {
                 return Err(CoreError::Forbidden("this account is disabled"));
             }
+            let (user_id, role) = (r.col("id")?, r.col("role")?);
             tx.commit().await?;
-            return Ok(SignedInUser { user_id: r.get(0), role: r.get(2), created: false });
+            return Ok(SignedInUser { user_id, role, created: false });
         }
         let email = who.email.as_deref().map(Email::parse).transpose().ok().flatten();
         let refuse = |reason: &'static str| {
@@ -715,13 +716,16 @@ impl Identity {
         };
         let existing = tx
             .query_opt("SELECT id, disabled, role FROM users WHERE email = $1", &[(&email.as_str(), Type::TEXT)])
-            .await?;
+            .await?
+            .map(|r| {
+                Ok::<_, CoreError>((r.col::<Uuid>("id")?, r.col::<bool>("disabled")?, r.col::<Option<String>>("role")?))
+            })
+            .transpose()?;
         let (user, action) = match existing {
-            Some(r) if r.get::<_, bool>(1) => return Err(CoreError::Forbidden("this account is disabled")),
-            Some(r) => (
-                SignedInUser { user_id: r.get(0), role: r.get(2), created: false },
-                crate::audit::AuditAction::UserIdentityLinked,
-            ),
+            Some((_, true, _)) => return Err(CoreError::Forbidden("this account is disabled")),
+            Some((user_id, false, role)) => {
+                (SignedInUser { user_id, role, created: false }, crate::audit::AuditAction::UserIdentityLinked)
+            }
             None if scope.tenant_kind == authio_db::TenantKind::Platform => {
                 return Err(CoreError::Forbidden("sign-up is closed on the platform tenant"))
             }

@@ -2,7 +2,7 @@
 //! stored as a SHA-256 hash), allowed scopes, an audience and a token lifetime. Pinned to the
 //! shared database: `/v1/auth/token` resolves the project from the client id.
 use authio_db::preresolve::{self, M2mClientRecord};
-use authio_db::{Router, Row, Type};
+use authio_db::{Router, Row, RowExt, Type};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
@@ -62,17 +62,18 @@ pub struct ClientInfo {
 const COLS: &str = "id, client_id, name, scopes, audience, token_ttl_secs, created_at, revoked_at";
 
 impl ClientInfo {
-    fn from_row(r: &Row) -> Self {
-        ClientInfo {
-            id: r.get(0),
-            client_id: r.get(1),
-            name: r.get(2),
-            scopes: r.get(3),
-            audience: r.get(4),
-            token_ttl_secs: r.get(5),
-            created_at: r.get(6),
-            revoked_at: r.get(7),
-        }
+    /// A row of [`COLS`].
+    fn from_row(r: &Row) -> Result<Self, CoreError> {
+        Ok(ClientInfo {
+            id: r.col("id")?,
+            client_id: r.col("client_id")?,
+            name: r.col("name")?,
+            scopes: r.col("scopes")?,
+            audience: r.col("audience")?,
+            token_ttl_secs: r.col("token_ttl_secs")?,
+            created_at: r.col("created_at")?,
+            revoked_at: r.col("revoked_at")?,
+        })
     }
 }
 
@@ -140,7 +141,7 @@ pub async fn create(
     };
     audit::record_pinned(&tx, scope, event, now).await?;
     tx.commit().await?;
-    Ok(CreatedClient { info: ClientInfo::from_row(&row), client_secret })
+    Ok(CreatedClient { info: ClientInfo::from_row(&row)?, client_secret })
 }
 
 pub async fn list(router: &Router, auth: &Authorized) -> Result<Vec<ClientInfo>, CoreError> {
@@ -149,7 +150,7 @@ pub async fn list(router: &Router, auth: &Authorized) -> Result<Vec<ClientInfo>,
     let tx = router.begin_pinned(scope).await?;
     let rows = tx.query(&format!("SELECT {COLS} FROM m2m_clients ORDER BY id"), &[]).await?;
     tx.commit().await?;
-    Ok(rows.iter().map(ClientInfo::from_row).collect())
+    rows.iter().map(ClientInfo::from_row).collect()
 }
 
 /// Revoke a client: its secret stops working at once (tokens it already holds live until
@@ -173,7 +174,7 @@ pub async fn revoke(
         )
         .await?
         .ok_or(CoreError::NotFound(crate::types::Entity::Client))?;
-    let info = ClientInfo::from_row(&row);
+    let info = ClientInfo::from_row(&row)?;
     if info.revoked_at == Some(now) {
         let event = audit::Event {
             action: crate::audit::AuditAction::M2mClientRevoked,

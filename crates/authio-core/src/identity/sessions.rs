@@ -4,7 +4,7 @@
 //! secret is stored only as a SHA-256 hash). Every use rotates it. A token used again after
 //! its grace window is a theft signal: the whole session is revoked. Within the window (two
 //! tabs refreshing at once) the second use gets a sibling token instead of a logout.
-use authio_db::{Router, Row, Scope, ScopedTx, Type};
+use authio_db::{Router, Row, RowExt, Scope, ScopedTx, Type};
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use uuid::Uuid;
@@ -60,20 +60,21 @@ const SESSION_COLS: &str = "id, user_id, amr, ip, user_agent, created_at, last_a
      absolute_expires_at, revoked_at, revoked_reason";
 
 impl SessionInfo {
-    fn from_row(r: &Row) -> Self {
-        SessionInfo {
-            id: r.get(0),
-            user_id: r.get(1),
-            amr: r.get(2),
-            ip: r.get(3),
-            user_agent: r.get(4),
-            created_at: r.get(5),
-            last_active_at: r.get(6),
-            idle_expires_at: r.get(7),
-            absolute_expires_at: r.get(8),
-            revoked_at: r.get(9),
-            revoked_reason: r.get(10),
-        }
+    /// A row of [`SESSION_COLS`].
+    fn from_row(r: &Row) -> Result<Self, CoreError> {
+        Ok(SessionInfo {
+            id: r.col("id")?,
+            user_id: r.col("user_id")?,
+            amr: r.col("amr")?,
+            ip: r.col("ip")?,
+            user_agent: r.col("user_agent")?,
+            created_at: r.col("created_at")?,
+            last_active_at: r.col("last_active_at")?,
+            idle_expires_at: r.col("idle_expires_at")?,
+            absolute_expires_at: r.col("absolute_expires_at")?,
+            revoked_at: r.col("revoked_at")?,
+            revoked_reason: r.col("revoked_reason")?,
+        })
     }
 }
 
@@ -215,11 +216,11 @@ pub async fn refresh(
             ],
         )
         .await?;
-    let status: String = row.get(0);
+    let status: String = row.col("status")?;
     match status.as_str() {
         "ok" => {}
         "reused" => {
-            let (sid, user): (Uuid, Uuid) = (row.get(1), row.get(2));
+            let (sid, user): (Uuid, Uuid) = (row.col("session_id")?, row.col("user_id")?);
             let event = audit::Event {
                 action: crate::audit::AuditAction::SessionRevoked,
                 actor: audit::Actor { kind: crate::audit::ActorKind::System, id: None, name: None },
@@ -236,16 +237,16 @@ pub async fn refresh(
         "wrong_client" => return Err(CoreError::InvalidGrant("the refresh token was not issued to this client")),
         _ => return Err(CoreError::InvalidGrant("the refresh token is invalid")),
     }
-    let (sid, user): (Uuid, Uuid) = (row.get(1), row.get(2));
-    let within_grace: bool = row.get(7);
+    let (sid, user): (Uuid, Uuid) = (row.col("session_id")?, row.col("user_id")?);
+    let within_grace: bool = row.col("within_grace")?;
     let refreshed = Refreshed {
         session_id: sid,
         user_id: user,
-        amr: row.get(3),
-        role: row.get(4),
+        amr: row.col("amr")?,
+        role: row.col("role")?,
         refresh_token,
-        client_id: row.get(5),
-        scope: row.get(6),
+        client_id: row.col("client_id")?,
+        scope: row.col("scope")?,
     };
     let event = audit::Event {
         action: crate::audit::AuditAction::TokenRefreshed,
@@ -296,7 +297,7 @@ pub async fn revoke(
     let now = crate::clock::now_as_stored(clock);
     let tx = router.begin(scope).await?;
     let row = revoke_in(&tx, sid, now, "revoked").await?.ok_or(CoreError::NotFound(crate::types::Entity::Session))?;
-    if row.get::<_, Option<DateTime<Utc>>>(9) == Some(now) {
+    if row.col::<Option<DateTime<Utc>>>("revoked_at")? == Some(now) {
         let event = audit::Event {
             action: crate::audit::AuditAction::SessionRevoked,
             actor,
@@ -307,7 +308,7 @@ pub async fn revoke(
         audit::record_in(&tx, scope, event, now).await?;
     }
     tx.commit().await?;
-    Ok(SessionInfo::from_row(&row))
+    SessionInfo::from_row(&row)
 }
 
 /// Revoke the session a refresh token belongs to (RFC 7009 revocation, sign-out). Unknown
@@ -329,9 +330,12 @@ pub async fn revoke_by_refresh_token(
         )
         .await?;
     if let Some(r) = sid {
-        let sid: Uuid = r.get(0);
+        let sid: Uuid = r.col("session_id")?;
         let revoked = revoke_in(&tx, sid, now, "revoked").await?;
-        let newly = revoked.is_some_and(|row| row.get::<_, Option<DateTime<Utc>>>(9) == Some(now));
+        let newly = match revoked {
+            Some(row) => row.col::<Option<DateTime<Utc>>>("revoked_at")? == Some(now),
+            None => false,
+        };
         let event = audit::Event {
             action: crate::audit::AuditAction::TokenRevoked,
             actor: audit::Actor { kind: crate::audit::ActorKind::Anonymous, id: None, name: None },
@@ -362,7 +366,7 @@ pub async fn list_for_user(router: &Router, auth: &Authorized, user: Uuid) -> Re
         )
         .await?;
     tx.commit().await?;
-    Ok(rows.iter().map(SessionInfo::from_row).collect())
+    rows.iter().map(SessionInfo::from_row).collect()
 }
 
 /// What introspection needs of a refresh token.
@@ -387,7 +391,7 @@ pub async fn refresh_token_state(
             // Driven from the token's primary key (`OFFSET 0` keeps the planner from turning
             // the lookup around on stale statistics: see `authio_refresh_rotate`).
             "SELECT t.session_id, s.user_id, t.created_at, t.used_at, s.revoked_at,
-                    least(s.idle_expires_at, s.absolute_expires_at), u.disabled
+                    least(s.idle_expires_at, s.absolute_expires_at) AS expires_at, u.disabled
              FROM (SELECT rt.tenant_id, rt.session_id, rt.created_at, rt.used_at FROM refresh_tokens rt
                    WHERE rt.tenant_id = $1 AND rt.token_hash = $2 OFFSET 0) t
              JOIN sessions s ON s.tenant_id = t.tenant_id AND s.id = t.session_id
@@ -397,18 +401,17 @@ pub async fn refresh_token_state(
         .await?;
     tx.commit().await?;
     let now = clock.now();
-    Ok(row.map(|r| {
-        let used: Option<DateTime<Utc>> = r.get(3);
-        let revoked: Option<DateTime<Utc>> = r.get(4);
-        let expires_at: DateTime<Utc> = r.get(5);
-        let disabled: bool = r.get(6);
-        RefreshTokenState {
-            active: used.is_none() && revoked.is_none() && now < expires_at && !disabled,
-            session_id: r.get(0),
-            user_id: r.get(1),
-            issued_at: r.get(2),
-            expires_at,
-        }
+    let Some(r) = row else { return Ok(None) };
+    let used: Option<DateTime<Utc>> = r.col("used_at")?;
+    let revoked: Option<DateTime<Utc>> = r.col("revoked_at")?;
+    let expires_at: DateTime<Utc> = r.col("expires_at")?;
+    let disabled: bool = r.col("disabled")?;
+    Ok(Some(RefreshTokenState {
+        active: used.is_none() && revoked.is_none() && now < expires_at && !disabled,
+        session_id: r.col("session_id")?,
+        user_id: r.col("user_id")?,
+        issued_at: r.col("created_at")?,
+        expires_at,
     }))
 }
 

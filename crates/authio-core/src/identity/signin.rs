@@ -7,7 +7,7 @@
 //! Users, sessions and the audit log stay at the tenant's home.
 use std::net::IpAddr;
 
-use authio_db::{preresolve, PgRow, Scope, TenantKind, Type};
+use authio_db::{preresolve, PgRow, RowExt, Scope, TenantKind, Type};
 use chrono::{DateTime, Duration, Utc};
 use rand::Rng;
 use sha2::{Digest, Sha256};
@@ -355,12 +355,13 @@ impl Identity {
             )
             .await?;
         if let Some(r) = found {
-            let disabled: bool = r.get(1);
+            let disabled: bool = r.col("disabled")?;
             if disabled {
                 return Err(CoreError::Forbidden("this account is disabled"));
             }
+            let (user_id, role) = (r.col("id")?, r.col("role")?);
             tx.commit().await?;
-            return Ok(SignedInUser { user_id: r.get(0), role: r.get(2), created: false });
+            return Ok(SignedInUser { user_id, role, created: false });
         }
         if scope.tenant_kind == TenantKind::Platform {
             return Err(CoreError::Forbidden("sign-up is closed on the platform tenant"));
@@ -775,7 +776,7 @@ impl Identity {
                 )
                 .await?
                 .ok_or(INVALID_LINK)?;
-            let user_id: Uuid = user.get(0);
+            let user_id: Uuid = user.col("id")?;
             let ended = tx
                 .query(
                     "UPDATE sessions SET revoked_at = $2, revoked_reason = 'password_reset'
@@ -836,7 +837,7 @@ impl Identity {
                 )
                 .await?
                 .ok_or(INVALID_LINK)?;
-            let user_id: Uuid = user.get(0);
+            let user_id: Uuid = user.col("id")?;
             let event = audit::Event {
                 action: crate::audit::AuditAction::UserEmailVerified,
                 actor: audit::Actor::user(user_id, Some(proved.email.as_str())),

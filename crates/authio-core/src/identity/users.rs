@@ -1,6 +1,6 @@
 //! End users of a project. They live at the tenant's home (shared or dedicated database),
 //! reached only through scoped transactions.
-use authio_db::{PgRow, Router, Row, Scope, ScopedTx, Type};
+use authio_db::{PgRow, Router, Row, RowExt, Scope, ScopedTx, Type};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -36,16 +36,17 @@ impl User {
         })
     }
 
-    fn from_row(r: &Row) -> Self {
-        User {
-            id: r.get(0),
-            project_id: r.get(1),
-            email: r.get(2),
-            email_verified: r.get(3),
-            disabled: r.get(4),
-            created_at: r.get(5),
-            updated_at: r.get(6),
-        }
+    /// A row of [`COLS`].
+    fn from_row(r: &Row) -> Result<Self, CoreError> {
+        Ok(User {
+            id: r.col("id")?,
+            project_id: r.col("project_id")?,
+            email: r.col("email")?,
+            email_verified: r.col("email_verified")?,
+            disabled: r.col("disabled")?,
+            created_at: r.col("created_at")?,
+            updated_at: r.col("updated_at")?,
+        })
     }
 }
 
@@ -116,7 +117,7 @@ pub(crate) async fn insert(
             ],
         )
         .await?;
-    row.map(|r| User::from_row(&r)).ok_or(CoreError::EmailTaken)
+    row.map(|r| User::from_row(&r)).transpose()?.ok_or(CoreError::EmailTaken)
 }
 
 /// A page of users in id order (UUIDv7, so creation order), after `after` when given.
@@ -219,7 +220,7 @@ pub async fn set_disabled(
         metadata: serde_json::json!({}),
     };
     audit::record_and_commit(tx, scope, event, now).await?;
-    Ok(User::from_row(&row))
+    User::from_row(&row)
 }
 
 /// Delete a user with its sessions and identities (the audit log keeps what they did).
@@ -242,7 +243,7 @@ pub async fn delete(
         )
         .await?
         .ok_or(CoreError::NotFound(crate::types::Entity::User))?;
-    let email: String = row.get(0);
+    let email: String = row.col("email")?;
     let event = audit::Event {
         action: crate::audit::AuditAction::UserDeleted,
         actor: actor.clone(),

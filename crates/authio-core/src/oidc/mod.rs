@@ -7,7 +7,7 @@
 //! scope, nonce and authentication time); sessions, users and the audit log are at the home.
 use std::net::IpAddr;
 
-use authio_db::{preresolve, PgRow, Router, TenantKind, Type};
+use authio_db::{preresolve, PgRow, Router, RowExt, TenantKind, Type};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
@@ -111,20 +111,21 @@ const COLS: &str = "id, client_id, name, client_type, token_endpoint_auth_method
                     post_logout_redirect_uris, scopes, grant_types, created_at, revoked_at";
 
 impl OidcClientInfo {
-    fn from_row(r: &authio_db::Row) -> Self {
-        OidcClientInfo {
-            id: r.get(0),
-            client_id: r.get(1),
-            name: r.get(2),
-            client_type: r.get(3),
-            token_endpoint_auth_method: r.get(4),
-            redirect_uris: r.get(5),
-            post_logout_redirect_uris: r.get(6),
-            scopes: r.get(7),
-            grant_types: r.get(8),
-            created_at: r.get(9),
-            revoked_at: r.get(10),
-        }
+    /// A row of [`COLS`].
+    fn from_row(r: &authio_db::Row) -> Result<Self, CoreError> {
+        Ok(OidcClientInfo {
+            id: r.col("id")?,
+            client_id: r.col("client_id")?,
+            name: r.col("name")?,
+            client_type: r.col("client_type")?,
+            token_endpoint_auth_method: r.col("token_endpoint_auth_method")?,
+            redirect_uris: r.col("redirect_uris")?,
+            post_logout_redirect_uris: r.col("post_logout_redirect_uris")?,
+            scopes: r.col("scopes")?,
+            grant_types: r.col("grant_types")?,
+            created_at: r.col("created_at")?,
+            revoked_at: r.col("revoked_at")?,
+        })
     }
 }
 
@@ -211,7 +212,7 @@ pub async fn create_client(
     };
     audit::record_pinned(&tx, scope, event, now).await?;
     tx.commit().await?;
-    Ok((OidcClientInfo::from_row(&row), secret))
+    Ok((OidcClientInfo::from_row(&row)?, secret))
 }
 
 pub async fn list_clients(router: &Router, auth: &Authorized) -> Result<Vec<OidcClientInfo>, CoreError> {
@@ -220,7 +221,7 @@ pub async fn list_clients(router: &Router, auth: &Authorized) -> Result<Vec<Oidc
     let tx = router.begin_pinned(scope).await?;
     let rows = tx.query(&format!("SELECT {COLS} FROM oidc_clients ORDER BY id"), &[]).await?;
     tx.commit().await?;
-    Ok(rows.iter().map(OidcClientInfo::from_row).collect())
+    rows.iter().map(OidcClientInfo::from_row).collect()
 }
 
 pub async fn revoke_client(
@@ -242,7 +243,7 @@ pub async fn revoke_client(
         )
         .await?
         .ok_or(CoreError::NotFound(crate::types::Entity::Client))?;
-    let c = OidcClientInfo::from_row(&row);
+    let c = OidcClientInfo::from_row(&row)?;
     if c.revoked_at == Some(now) {
         let event = audit::Event {
             action: crate::audit::AuditAction::OidcClientRevoked,

@@ -2,7 +2,7 @@
 //! hash (the secret is random and high-entropy, so a slow hash adds nothing), compared in
 //! constant time, shown once.
 use authio_db::preresolve::{self, ApiKeyRecord};
-use authio_db::{Router, Row, Scope, Type};
+use authio_db::{Router, Row, RowExt, Scope, Type};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
@@ -68,8 +68,14 @@ pub struct ApiKeyInfo {
 }
 
 impl ApiKeyInfo {
-    fn from_row(r: &Row) -> Self {
-        ApiKeyInfo { id: r.get(0), key_id: r.get(1), name: r.get(2), created_at: r.get(3), revoked_at: r.get(4) }
+    fn from_row(r: &Row) -> Result<Self, CoreError> {
+        Ok(ApiKeyInfo {
+            id: r.col("id")?,
+            key_id: r.col("key_id")?,
+            name: r.col("name")?,
+            created_at: r.col("created_at")?,
+            revoked_at: r.col("revoked_at")?,
+        })
     }
 }
 
@@ -119,7 +125,7 @@ pub async fn create(
     };
     audit::record_pinned(&tx, scope, event, now).await?;
     tx.commit().await?;
-    Ok(CreatedKey { info: ApiKeyInfo::from_row(&row), plaintext: key.plaintext })
+    Ok(CreatedKey { info: ApiKeyInfo::from_row(&row)?, plaintext: key.plaintext })
 }
 
 pub async fn list(router: &Router, auth: &Authorized) -> Result<Vec<ApiKeyInfo>, CoreError> {
@@ -128,7 +134,7 @@ pub async fn list(router: &Router, auth: &Authorized) -> Result<Vec<ApiKeyInfo>,
     let tx = router.begin_pinned(scope).await?;
     let rows = tx.query("SELECT id, key_id, name, created_at, revoked_at FROM api_keys ORDER BY id", &[]).await?;
     tx.commit().await?;
-    Ok(rows.iter().map(ApiKeyInfo::from_row).collect())
+    rows.iter().map(ApiKeyInfo::from_row).collect()
 }
 
 /// Revoke a key of the scope's project. Revoking twice is not an error; an id of another
@@ -153,7 +159,7 @@ pub async fn revoke(
         )
         .await?
         .ok_or(CoreError::NotFound(crate::types::Entity::ApiKey))?;
-    let info = ApiKeyInfo::from_row(&row);
+    let info = ApiKeyInfo::from_row(&row)?;
     // Revoking again changes nothing and records nothing.
     if info.revoked_at == Some(now) {
         let event = audit::Event {

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::RwLock;
 
-use authio_db::{Router, Scope, Type};
+use authio_db::{Router, RowExt, Scope, Type};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -73,7 +73,7 @@ impl List {
         let tx = router.begin_pinned(scope).await?;
         let rows = tx.query(&format!("SELECT {c} FROM {t} ORDER BY {c}", c = self.column, t = self.table), &[]).await?;
         tx.commit().await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        rows.iter().map(|r| Ok(r.col(self.column)?)).collect()
     }
 
     async fn add(
@@ -271,20 +271,21 @@ pub struct DomainInfo {
 const DOMAIN_COLS: &str = "id, host, verification_token, verified_at, last_checked_at, created_at";
 
 impl DomainInfo {
-    fn from_row(r: &authio_db::Row) -> Self {
-        let host: String = r.get(1);
-        let token: String = r.get(2);
-        let verified_at: Option<DateTime<Utc>> = r.get(3);
-        DomainInfo {
-            id: r.get(0),
+    /// A row of [`DOMAIN_COLS`].
+    fn from_row(r: &authio_db::Row) -> Result<Self, CoreError> {
+        let host: String = r.col("host")?;
+        let token: String = r.col("verification_token")?;
+        let verified_at: Option<DateTime<Utc>> = r.col("verified_at")?;
+        Ok(DomainInfo {
+            id: r.col("id")?,
             txt_name: format!("_authio-challenge.{host}"),
             txt_value: format!("authio-verification={token}"),
             host,
             verified: verified_at.is_some(),
             verified_at,
-            last_checked_at: r.get(4),
-            created_at: r.get(5),
-        }
+            last_checked_at: r.col("last_checked_at")?,
+            created_at: r.col("created_at")?,
+        })
     }
 }
 
@@ -326,7 +327,7 @@ pub async fn add_domain(
     )
     .await?;
     let row = rows.first().ok_or_else(|| CoreError::Conflict("this domain is registered already".into()))?;
-    Ok(DomainInfo::from_row(row))
+    DomainInfo::from_row(row)
 }
 
 pub async fn list_domains(router: &Router, auth: &Authorized) -> Result<Vec<DomainInfo>, CoreError> {
@@ -335,7 +336,7 @@ pub async fn list_domains(router: &Router, auth: &Authorized) -> Result<Vec<Doma
     let tx = router.begin_pinned(scope).await?;
     let rows = tx.query(&format!("SELECT {DOMAIN_COLS} FROM custom_domains ORDER BY host"), &[]).await?;
     tx.commit().await?;
-    Ok(rows.iter().map(DomainInfo::from_row).collect())
+    rows.iter().map(DomainInfo::from_row).collect()
 }
 
 /// Look for the domain's TXT record; the domain goes live when it is there.
@@ -356,7 +357,7 @@ pub async fn verify_domain(
         .await?
         .ok_or(CoreError::NotFound(crate::types::Entity::Domain))?;
     tx.commit().await?;
-    let info = DomainInfo::from_row(&row);
+    let info = DomainInfo::from_row(&row)?;
     if info.verified {
         return Ok(info);
     }
@@ -384,7 +385,8 @@ pub async fn verify_domain(
         tx.commit().await?;
         rows
     };
-    let info = rows.first().map(DomainInfo::from_row).ok_or(CoreError::NotFound(crate::types::Entity::Domain))?;
+    let info =
+        rows.first().map(DomainInfo::from_row).transpose()?.ok_or(CoreError::NotFound(crate::types::Entity::Domain))?;
     if !info.verified {
         return Err(CoreError::DomainNotVerified(info.txt_name.clone(), info.txt_value.clone()));
     }
@@ -407,7 +409,7 @@ pub async fn delete_domain(
         .query_opt("DELETE FROM custom_domains WHERE id = $1 RETURNING host", &[(&id, Type::UUID)])
         .await?
         .ok_or(CoreError::NotFound(crate::types::Entity::Domain))?;
-    let host: String = row.get(0);
+    let host: String = row.col("host")?;
     let e = audit::Event {
         action: crate::audit::AuditAction::ProjectDomainRemoved,
         actor: actor.clone(),
@@ -494,15 +496,15 @@ impl PresentationPatch {
 
 const PRESENTATION_COLS: &str = "environment, display_name, logo_url, brand_color, email_sender_name, signin_methods";
 
-fn presentation_from(r: &authio_db::Row) -> PresentationSettings {
-    PresentationSettings {
-        environment: r.get(0),
-        display_name: r.get(1),
-        logo_url: r.get(2),
-        brand_color: r.get(3),
-        email_sender_name: r.get(4),
-        signin_methods: r.get(5),
-    }
+fn presentation_from(r: &authio_db::Row) -> Result<PresentationSettings, CoreError> {
+    Ok(PresentationSettings {
+        environment: r.col("environment")?,
+        display_name: r.col("display_name")?,
+        logo_url: r.col("logo_url")?,
+        brand_color: r.col("brand_color")?,
+        email_sender_name: r.col("email_sender_name")?,
+        signin_methods: r.col("signin_methods")?,
+    })
 }
 
 pub async fn presentation(router: &Router, auth: &Authorized) -> Result<PresentationSettings, CoreError> {
@@ -514,7 +516,7 @@ pub async fn presentation(router: &Router, auth: &Authorized) -> Result<Presenta
         .await?
         .ok_or(CoreError::NotFound(crate::types::Entity::Project))?;
     tx.commit().await?;
-    Ok(presentation_from(&row))
+    presentation_from(&row)
 }
 
 pub async fn update_presentation(
@@ -564,7 +566,7 @@ pub async fn update_presentation(
         ),
     )
     .await?;
-    rows.first().map(presentation_from).ok_or(CoreError::NotFound(crate::types::Entity::Project))
+    rows.first().map(presentation_from).transpose()?.ok_or(CoreError::NotFound(crate::types::Entity::Project))
 }
 
 pub async fn set_template(

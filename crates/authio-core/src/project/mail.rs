@@ -3,7 +3,7 @@
 //! SMTP), and delivered by a sender loop over SMTP with retries and backoff.
 use std::time::Duration as StdDuration;
 
-use authio_db::{preresolve, MasterKey, Router, Scope, ScopedTx, Type};
+use authio_db::{preresolve, MasterKey, Router, RowExt, Scope, ScopedTx, Type};
 use chrono::{DateTime, Duration, Utc};
 use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
@@ -158,7 +158,7 @@ pub async fn template_for(tx: &ScopedTx, kind: MailKind) -> Result<Template, Cor
         )
         .await?;
     Ok(match row {
-        Some(r) => Template { subject: r.get(0), text: r.get(1), html: r.get(2) },
+        Some(r) => Template { subject: r.col("subject")?, text: r.col("text_body")?, html: r.col("html_body")? },
         None => kind.builtin(),
     })
 }
@@ -310,14 +310,14 @@ impl Mailer {
     }
 
     /// Deliver mail until the task is aborted (any number of nodes may run one).
-    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+    pub fn spawn(self, clock: std::sync::Arc<dyn crate::Clock>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(self.settings.poll_every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 loop {
-                    match self.deliver_due(Utc::now()).await {
+                    match self.deliver_due(clock.now()).await {
                         Ok(n) if n > 0 => continue,
                         Ok(_) => break,
                         Err(e) => {

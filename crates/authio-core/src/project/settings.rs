@@ -1,6 +1,6 @@
 //! A project's token and session settings, changed through the management API. Projects are
 //! control-plane rows on the shared database; `authio_app` may update only these columns.
-use authio_db::{Router, Row, Type};
+use authio_db::{Router, Row, RowExt, Type};
 use serde::{Deserialize, Serialize};
 
 use crate::authz::{Authorized, Permission};
@@ -31,14 +31,15 @@ pub struct SettingsPatch {
 const COLS: &str = "signing_alg, access_token_ttl_secs, session_idle_timeout_secs, session_absolute_timeout_secs, \
      refresh_grace_secs";
 
-fn from_row(r: &Row) -> ProjectSettings {
-    ProjectSettings {
-        signing_alg: r.get(0),
-        access_token_ttl_secs: r.get(1),
-        session_idle_timeout_secs: r.get(2),
-        session_absolute_timeout_secs: r.get(3),
-        refresh_grace_secs: r.get(4),
-    }
+/// A row of [`COLS`].
+fn from_row(r: &Row) -> Result<ProjectSettings, CoreError> {
+    Ok(ProjectSettings {
+        signing_alg: r.col("signing_alg")?,
+        access_token_ttl_secs: r.col("access_token_ttl_secs")?,
+        session_idle_timeout_secs: r.col("session_idle_timeout_secs")?,
+        session_absolute_timeout_secs: r.col("session_absolute_timeout_secs")?,
+        refresh_grace_secs: r.col("refresh_grace_secs")?,
+    })
 }
 
 fn check(v: Option<i32>, lo: i32, hi: i32, what: &'static str) -> Result<(), ValidationError> {
@@ -70,7 +71,7 @@ pub async fn settings(router: &Router, auth: &Authorized) -> Result<ProjectSetti
         .await?
         .ok_or(CoreError::NotFound(crate::types::Entity::Project))?;
     tx.commit().await?;
-    Ok(from_row(&row))
+    from_row(&row)
 }
 
 /// Apply a change. A new `signing_alg` applies to the next key made (see `authio keys rotate`).
@@ -123,5 +124,5 @@ pub async fn update_settings(
     };
     crate::audit::record_pinned(&tx, scope, event, clock.now()).await?;
     tx.commit().await?;
-    Ok(from_row(&row))
+    from_row(&row)
 }

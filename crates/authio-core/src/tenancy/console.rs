@@ -6,7 +6,7 @@
 //! Everything here is control plane and runs through the administrative connection; what a
 //! dashboard member does to a project's own data goes through the scoped router, as the API.
 use authio_db::pool::connect;
-use authio_db::{MasterKey, OwnerTx, Row, TenantKind, Type};
+use authio_db::{DbStrategy, MasterKey, OwnerTx, Row, RowExt, TenantKind, Type};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
@@ -51,20 +51,21 @@ const REQUEST_COLS: &str = "r.id, r.tenant_id, t.slug, r.direction, r.state, r.r
      r.error, r.created_at, r.updated_at";
 
 impl DbRequest {
-    fn from_row(r: &Row) -> Self {
-        DbRequest {
-            id: r.get(0),
-            tenant_id: r.get(1),
-            tenant_slug: r.get(2),
-            direction: r.get(3),
-            state: r.get(4),
-            requested_by: r.get(5),
-            decided_by: r.get(6),
-            move_id: r.get(7),
-            error: r.get(8),
-            created_at: r.get(9),
-            updated_at: r.get(10),
-        }
+    /// A row of [`REQUEST_COLS`].
+    fn from_row(r: &Row) -> Result<Self, CoreError> {
+        Ok(DbRequest {
+            id: r.col("id")?,
+            tenant_id: r.col("tenant_id")?,
+            tenant_slug: r.col("slug")?,
+            direction: r.col("direction")?,
+            state: r.col("state")?,
+            requested_by: r.col("requested_by")?,
+            decided_by: r.col("decided_by")?,
+            move_id: r.col("move_id")?,
+            error: r.col("error")?,
+            created_at: r.col("created_at")?,
+            updated_at: r.col("updated_at")?,
+        })
     }
 
     pub fn is_open(&self) -> bool {
@@ -89,7 +90,7 @@ pub enum DedicatedState {
 impl DedicatedState {
     pub fn of(tenant: &Tenant, open: Option<&DbRequest>) -> Self {
         match open.filter(|r| r.is_open()) {
-            None if tenant.db_strategy == "dedicated" => DedicatedState::Dedicated,
+            None if tenant.db_strategy == DbStrategy::Dedicated => DedicatedState::Dedicated,
             None => DedicatedState::Off,
             Some(r) => match (r.direction.as_str(), r.state.as_str()) {
                 (_, "failed") => DedicatedState::Delayed,
@@ -196,7 +197,12 @@ impl ControlPlane {
             )
             .await?
             .ok_or(CoreError::NotFound(crate::types::Entity::PlatformProject))?;
-        Ok(Project { id: row.get(0), tenant_id: row.get(1), slug: row.get(2), name: row.get(3) })
+        Ok(Project {
+            id: row.col("id")?,
+            tenant_id: row.col("tenant_id")?,
+            slug: row.col("slug")?,
+            name: row.col("name")?,
+        })
     }
 
     pub async fn tenant(&self, id: Uuid) -> Result<Option<Tenant>, CoreError> {
@@ -204,7 +210,7 @@ impl ControlPlane {
         let tx = OwnerTx::begin(&mut c).await?;
         let row =
             tx.query_opt(&format!("SELECT {TENANT_COLS} FROM tenants WHERE id = $1"), &[(&id, Type::UUID)]).await?;
-        Ok(row.as_ref().map(Tenant::from_row))
+        row.as_ref().map(Tenant::from_row).transpose()
     }
 
     /// Make a platform identity (by email; created without a password if new) a member of a
@@ -216,6 +222,7 @@ impl ControlPlane {
             .query_opt(&format!("SELECT {TENANT_COLS} FROM tenants WHERE slug = $1"), &[(&tenant_slug, Type::TEXT)])
             .await?
             .map(|r| Tenant::from_row(&r))
+            .transpose()?
             .ok_or(CoreError::NotFound(crate::types::Entity::Tenant))?;
         if tenant.tenant_kind() != TenantKind::Customer {
             return Err(CoreError::Invalid(ValidationError::Field("tenant: members belong to customer tenants")));
@@ -238,9 +245,9 @@ impl ControlPlane {
                     )
                     .await?
                     .ok_or(CoreError::NotFound(crate::types::Entity::PlatformProject))?;
-                let (platform, project): (Uuid, Uuid) = (console.get(0), console.get(1));
+                let (platform, project): (Uuid, Uuid) = (console.col("tenant_id")?, console.col("id")?);
                 let id = Uuid::now_v7();
-                let now = Utc::now();
+                let now = self.clock.now();
                 tx.query(
                     "INSERT INTO users (tenant_id, project_id, id, email, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)",
                     &[
@@ -268,7 +275,7 @@ impl ControlPlane {
                 tx.query(crate::audit::INSERT_SQL, &row.params()).await?;
                 id
             }
-            [one] => one.get(0),
+            [one] => one.col("id")?,
             _ => return Err(conflict("several platform users have this email")),
         };
         tx.query(
@@ -280,7 +287,8 @@ impl ControlPlane {
         let actor =
             Actor { kind: crate::audit::ActorKind::Operator, id: None, name: Some("authio tenant add-member".into()) };
         let meta = serde_json::json!({"user_id": user, "email": email.as_str(), "role": role.as_str()});
-        record_for_tenant_by(&tx, tenant.id, crate::audit::AuditAction::TenantMemberSet, actor, meta).await?;
+        record_for_tenant_by(&tx, tenant.id, crate::audit::AuditAction::TenantMemberSet, actor, meta, self.clock.now())
+            .await?;
         tx.commit().await?;
         Ok(user)
     }
@@ -300,14 +308,22 @@ impl ControlPlane {
             )
             .await?
             .ok_or(CoreError::NotFound(crate::types::Entity::Membership))?;
-        let (tenant, user, role): (Uuid, Uuid, String) = (row.get(0), row.get(1), row.get(2));
+        let (tenant, user, role): (Uuid, Uuid, String) = (row.col("tenant_id")?, row.col("user_id")?, row.col("role")?);
         let actor = Actor {
             kind: crate::audit::ActorKind::Operator,
             id: None,
             name: Some("authio tenant remove-member".into()),
         };
         let meta = serde_json::json!({"user_id": user, "email": email.as_str(), "role": role});
-        record_for_tenant_by(&tx, tenant, crate::audit::AuditAction::TenantMemberRemoved, actor, meta).await?;
+        record_for_tenant_by(
+            &tx,
+            tenant,
+            crate::audit::AuditAction::TenantMemberRemoved,
+            actor,
+            meta,
+            self.clock.now(),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -325,7 +341,7 @@ impl ControlPlane {
                 &[(&tenant, Type::UUID)],
             )
             .await?;
-        rows.iter().map(|r| Ok((r.get(0), MemberRole::parse(r.get(1))?))).collect()
+        rows.iter().map(|r| Ok((r.col("email")?, MemberRole::parse(r.col("role")?)?))).collect()
     }
 
     /// The customer tenants a platform identity is a member of, by slug.
@@ -344,8 +360,8 @@ impl ControlPlane {
             .await?;
         rows.iter()
             .map(|r| {
-                let role: String = r.get("role");
-                Ok(Membership { tenant: Tenant::from_row(r), role: MemberRole::parse(&role)? })
+                let role: String = r.col("role")?;
+                Ok(Membership { tenant: Tenant::from_row(r)?, role: MemberRole::parse(&role)? })
             })
             .collect()
     }
@@ -362,16 +378,17 @@ impl ControlPlane {
                 &[(&project, Type::UUID)],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| SigningKeyInfo {
-                kid: r.get(0),
-                alg: r.get(1),
-                state: r.get(2),
-                created_at: r.get(3),
-                publish_until: r.get(4),
+        rows.iter()
+            .map(|r| {
+                Ok(SigningKeyInfo {
+                    kid: r.col("kid")?,
+                    alg: r.col("alg")?,
+                    state: r.col("state")?,
+                    created_at: r.col("created_at")?,
+                    publish_until: r.col("publish_until")?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// The tenant's open dedicated-database request, else its newest.
@@ -388,7 +405,7 @@ impl ControlPlane {
                 &[(&tenant, Type::UUID)],
             )
             .await?;
-        Ok(row.as_ref().map(DbRequest::from_row))
+        row.as_ref().map(DbRequest::from_row).transpose()
     }
 
     /// Requests for operators: the open ones, or all (newest first, at most 200).
@@ -410,6 +427,7 @@ impl ControlPlane {
             .query_opt(&format!("SELECT {TENANT_COLS} FROM tenants WHERE id = $1 FOR UPDATE"), &[(&tenant, Type::UUID)])
             .await?
             .map(|r| Tenant::from_row(&r))
+            .transpose()?
             .ok_or(CoreError::NotFound(crate::types::Entity::Tenant))?;
         let open = tx
             .query_opt(
@@ -420,7 +438,8 @@ impl ControlPlane {
                 &[(&tenant, Type::UUID)],
             )
             .await?
-            .map(|r| DbRequest::from_row(&r));
+            .map(|r| DbRequest::from_row(&r))
+            .transpose()?;
         let by = actor.name.clone().or_else(|| actor.id.clone()).unwrap_or_else(|| actor.kind.as_str().to_owned());
         let wanted_direction = if on { "to_dedicated" } else { "to_shared" };
         let outcome = match open {
@@ -433,6 +452,7 @@ impl ControlPlane {
                     crate::audit::AuditAction::DedicatedDbRequestWithdrawn,
                     actor,
                     serde_json::json!({"request_id": r.id, "direction": r.direction}),
+                    self.clock.now(),
                 )
                 .await?;
                 Some(row)
@@ -445,7 +465,7 @@ impl ControlPlane {
                 )))
             }
             None => {
-                let needed = if on { "shared" } else { "dedicated" };
+                let needed = if on { DbStrategy::Shared } else { DbStrategy::Dedicated };
                 if t.db_strategy != needed {
                     return Ok(None);
                 }
@@ -469,8 +489,16 @@ impl ControlPlane {
                 } else {
                     crate::audit::AuditAction::DedicatedDbMoveBackRequested
                 };
-                record_for_tenant_by(&tx, tenant, action, actor, serde_json::json!({"request_id": id})).await?;
-                Some(DbRequest::from_row(&row))
+                record_for_tenant_by(
+                    &tx,
+                    tenant,
+                    action,
+                    actor,
+                    serde_json::json!({"request_id": id}),
+                    self.clock.now(),
+                )
+                .await?;
+                Some(DbRequest::from_row(&row)?)
             }
         };
         tx.commit().await?;
@@ -565,7 +593,7 @@ impl ControlPlane {
         }
         let _held = self.hold(id).await?;
         let direction = if r.direction == "to_dedicated" { Direction::ToDedicated } else { Direction::ToShared };
-        let target = if r.direction == "to_dedicated" { "dedicated" } else { "shared" };
+        let target = if r.direction == "to_dedicated" { DbStrategy::Dedicated } else { DbStrategy::Shared };
         let system = Actor { kind: crate::audit::ActorKind::System, id: None, name: Some("console".into()) };
         let outcome = async {
             let tenant = self.tenant(r.tenant_id).await?.ok_or(CoreError::NotFound(crate::types::Entity::Tenant))?;
@@ -608,12 +636,12 @@ impl ControlPlane {
             .query_opt(&format!("SELECT {TENANT_COLS} FROM tenants WHERE id = $1 FOR UPDATE"), &[(&tenant, Type::UUID)])
             .await?
             .ok_or(CoreError::NotFound(crate::types::Entity::Tenant))?;
-        let before = Tenant::from_row(&row);
-        if before.plan == plan.as_str() {
+        let before = Tenant::from_row(&row)?;
+        if before.plan == plan {
             return Ok(before);
         }
         if plan != Plan::Enterprise {
-            if before.db_strategy == "dedicated" {
+            if before.db_strategy == DbStrategy::Dedicated {
                 return Err(conflict("the tenant lives on a dedicated database: move it back to shared first"));
             }
             let busy = tx
@@ -636,10 +664,11 @@ impl ControlPlane {
             )
             .await?
             .ok_or(CoreError::NotFound(crate::types::Entity::Tenant))?;
-        let meta = serde_json::json!({"from": before.plan, "to": plan.as_str()});
-        record_for_tenant_by(&tx, tenant, crate::audit::AuditAction::TenantPlanChanged, actor, meta).await?;
+        let meta = serde_json::json!({"from": before.plan.as_str(), "to": plan.as_str()});
+        record_for_tenant_by(&tx, tenant, crate::audit::AuditAction::TenantPlanChanged, actor, meta, self.clock.now())
+            .await?;
         tx.commit().await?;
-        Ok(Tenant::from_row(&row))
+        Tenant::from_row(&row)
     }
 
     /// Every tenant with its home, newest move, open request and size at home.
@@ -665,21 +694,21 @@ impl ControlPlane {
         };
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
-            let tenant = Tenant::from_row(r);
-            let database: Option<String> = r.get("database_name");
-            let dedicated_home = tenant.db_strategy == "dedicated" && tenant.tenant_kind() == TenantKind::Customer;
+            let tenant = Tenant::from_row(r)?;
+            let database: Option<String> = r.col("database_name")?;
+            let dedicated_home = tenant.db_strategy == DbStrategy::Dedicated && tenant.kind == TenantKind::Customer;
             let size = if dedicated_home {
-                let enc: Option<String> = r.get("admin_dsn_enc");
+                let enc: Option<String> = r.col("admin_dsn_enc")?;
                 match enc.map(|e| key.decrypt(&e)) {
                     Some(Ok(dsn)) => dedicated_size(&dsn, tenant.id).await.ok(),
                     _ => None,
                 }
             } else {
-                Some(size_of(&shared_sizes, tenant.id))
+                Some(size_of(&shared_sizes, tenant.id)?)
             };
             out.push(TenantOverview {
                 home: if dedicated_home { database.unwrap_or_else(|| "dedicated".into()) } else { "shared".into() },
-                move_phase: r.get("move_phase"),
+                move_phase: r.col("move_phase")?,
                 size,
                 request: requests.iter().find(|q| q.tenant_id == tenant.id).cloned(),
                 tenant,
@@ -704,8 +733,8 @@ impl ControlPlane {
         // Tenants living on shared (the platform tenant always does).
         let mut events: Vec<TenantEvent> = tx
             .query(
-                "SELECT t.slug, e.project_id, e.seq, e.occurred_at, e.action, e.actor_type, e.actor_name, e.actor_id,
-                        e.target_type || ':' || coalesce(e.target_id, '')
+                "SELECT t.slug AS tenant_slug, e.project_id, e.seq, e.occurred_at, e.action, e.actor_type, e.actor_name,
+                        e.actor_id, e.target_type || ':' || coalesce(e.target_id, '') AS target
                  FROM audit_events e JOIN tenants t ON t.id = e.tenant_id
                  WHERE (t.db_strategy = 'shared' OR t.kind = 'platform')
                    AND ($1::text IS NULL OR t.slug = $1) AND ($2::text IS NULL OR e.action = $2)
@@ -715,7 +744,7 @@ impl ControlPlane {
             .await?
             .iter()
             .map(tenant_event)
-            .collect();
+            .collect::<Result<_, _>>()?;
         let dedicated = tx
             .query(
                 "SELECT t.id, t.slug, d.admin_dsn_enc FROM tenants t JOIN dedicated_databases d ON d.tenant_id = t.id
@@ -728,24 +757,24 @@ impl ControlPlane {
         // A dedicated database that cannot be read is reported, not fatal to the whole log.
         let mut unreachable = Vec::new();
         for d in dedicated {
-            let (tenant, slug, enc): (Uuid, String, String) = (d.get(0), d.get(1), d.get(2));
+            let (tenant, slug, enc): (Uuid, String, String) = (d.col("id")?, d.col("slug")?, d.col("admin_dsn_enc")?);
             let read = async {
                 let dsn = key.decrypt(&enc).map_err(|e| CoreError::Internal(format!("dedicated DSN: {e}")))?;
                 let mut dc = connect(&dsn, "authio-console").await?;
                 let dtx = OwnerTx::begin(&mut dc).await?;
                 let rows = dtx
                     .query(
-                        "SELECT $1::text, e.project_id, e.seq, e.occurred_at, e.action, e.actor_type, e.actor_name,
-                                e.actor_id, e.target_type || ':' || coalesce(e.target_id, '')
+                        "SELECT $1::text AS tenant_slug, e.project_id, e.seq, e.occurred_at, e.action, e.actor_type,
+                                e.actor_name, e.actor_id, e.target_type || ':' || coalesce(e.target_id, '') AS target
                          FROM audit_events e WHERE e.tenant_id = $2 AND ($3::text IS NULL OR e.action = $3)
                          ORDER BY e.occurred_at DESC LIMIT $4",
                         &[(&slug, Type::TEXT), (&tenant, Type::UUID), (&action, Type::TEXT), (&limit, Type::INT8)],
                     )
                     .await?;
-                Ok::<_, CoreError>(rows)
+                rows.iter().map(tenant_event).collect::<Result<Vec<_>, _>>()
             };
             match read.await {
-                Ok(rows) => events.extend(rows.iter().map(tenant_event)),
+                Ok(rows) => events.extend(rows),
                 Err(e) => {
                     tracing::warn!(tenant = %slug, error = %e, "a dedicated database's audit log could not be read");
                     unreachable.push(slug);
@@ -764,9 +793,9 @@ impl ControlPlane {
         let c = self.client().await?;
         let key = id.to_string();
         let got: bool = c
-            .query_one("SELECT pg_try_advisory_lock(hashtextextended('authio_db_request:' || $1, 0))", &[&key])
+            .query_one("SELECT pg_try_advisory_lock(hashtextextended('authio_db_request:' || $1, 0)) AS got", &[&key])
             .await?
-            .get(0);
+            .col("got")?;
         if !got {
             return Err(conflict("another node is already working on this request"));
         }
@@ -786,7 +815,7 @@ impl ControlPlane {
             )
             .await?
             .ok_or(CoreError::NotFound(crate::types::Entity::Request))?;
-        Ok(DbRequest::from_row(&row))
+        DbRequest::from_row(&row)
     }
 
     async fn has_dedicated_database(&self, tenant: Uuid) -> Result<bool, CoreError> {
@@ -832,7 +861,7 @@ impl ControlPlane {
             m.insert("request_id".into(), serde_json::json!(id));
             m.insert("direction".into(), serde_json::json!(r.direction));
         }
-        record_for_tenant_by(&tx, r.tenant_id, action, actor, meta).await?;
+        record_for_tenant_by(&tx, r.tenant_id, action, actor, meta, self.clock.now()).await?;
         tx.commit().await?;
         Ok(r)
     }
@@ -854,9 +883,17 @@ impl ControlPlane {
             )
             .await?
             .ok_or(CoreError::NotFound(crate::types::Entity::Request))?;
-        let r = DbRequest::from_row(&row);
+        let r = DbRequest::from_row(&row)?;
         let meta = serde_json::json!({"request_id": id, "failed_step": step});
-        record_for_tenant_by(&tx, r.tenant_id, crate::audit::AuditAction::DedicatedDbFailed, actor, meta).await?;
+        record_for_tenant_by(
+            &tx,
+            r.tenant_id,
+            crate::audit::AuditAction::DedicatedDbFailed,
+            actor,
+            meta,
+            self.clock.now(),
+        )
+        .await?;
         tx.commit().await?;
         Ok(r)
     }
@@ -873,7 +910,7 @@ async fn requests_in(tx: &OwnerTx<'_>, open_only: bool) -> Result<Vec<DbRequest>
             &[(&open_only, Type::BOOL)],
         )
         .await?;
-    Ok(rows.iter().map(DbRequest::from_row).collect())
+    rows.iter().map(DbRequest::from_row).collect()
 }
 
 /// Move a request from one of `from` to `to` (a conflict if it is elsewhere: someone else
@@ -906,54 +943,57 @@ async fn transition(
         )
         .await?;
     match row {
-        Some(r) => Ok(DbRequest::from_row(&r)),
+        Some(r) => DbRequest::from_row(&r),
         None => {
             let now =
                 tx.query_opt("SELECT state FROM dedicated_db_requests WHERE id = $1", &[(&id, Type::UUID)]).await?;
             match now {
                 None => Err(CoreError::NotFound(crate::types::Entity::Request)),
-                Some(r) => Err(conflict(format!("the request is {} now", r.get::<_, String>(0)))),
+                Some(r) => Err(conflict(format!("the request is {} now", r.col::<String>("state")?))),
             }
         }
     }
 }
 
-const SIZES_SQL: &str = "SELECT tenant_id, 'users' AS what, count(*) FROM users GROUP BY tenant_id
+const SIZES_SQL: &str = "SELECT tenant_id, 'users' AS what, count(*) AS n FROM users GROUP BY tenant_id
      UNION ALL SELECT tenant_id, 'sessions', count(*) FROM sessions GROUP BY tenant_id
      UNION ALL SELECT tenant_id, 'audit_events', count(*) FROM audit_events GROUP BY tenant_id";
 
-fn size_of(rows: &[Row], tenant: Uuid) -> TenantSize {
+fn size_of(rows: &[Row], tenant: Uuid) -> Result<TenantSize, CoreError> {
     let mut s = TenantSize::default();
-    for r in rows.iter().filter(|r| r.get::<_, Uuid>(0) == tenant) {
-        let n: i64 = r.get(2);
-        match r.get::<_, &str>(1) {
+    for r in rows {
+        if r.col::<Uuid>("tenant_id")? != tenant {
+            continue;
+        }
+        let n: i64 = r.col("n")?;
+        match r.col::<&str>("what")? {
             "users" => s.users = n,
             "sessions" => s.sessions = n,
             _ => s.audit_events = n,
         }
     }
-    s
+    Ok(s)
 }
 
 async fn dedicated_size(admin_dsn: &str, tenant: Uuid) -> Result<TenantSize, CoreError> {
     let mut c = connect(admin_dsn, "authio-console").await?;
     let tx = OwnerTx::begin(&mut c).await?;
     let rows = tx.query(SIZES_SQL, &[]).await?;
-    Ok(size_of(&rows, tenant))
+    size_of(&rows, tenant)
 }
 
-fn tenant_event(r: &Row) -> TenantEvent {
-    TenantEvent {
-        tenant_slug: r.get(0),
-        project_id: r.get(1),
-        seq: r.get(2),
-        occurred_at: r.get(3),
-        action: r.get(4),
-        actor_type: r.get(5),
-        actor_name: r.get(6),
-        actor_id: r.get(7),
-        target: r.get(8),
-    }
+fn tenant_event(r: &Row) -> Result<TenantEvent, CoreError> {
+    Ok(TenantEvent {
+        tenant_slug: r.col("tenant_slug")?,
+        project_id: r.col("project_id")?,
+        seq: r.col("seq")?,
+        occurred_at: r.col("occurred_at")?,
+        action: r.col("action")?,
+        actor_type: r.col("actor_type")?,
+        actor_name: r.col("actor_name")?,
+        actor_id: r.col("actor_id")?,
+        target: r.col("target")?,
+    })
 }
 
 #[cfg(test)]
@@ -965,9 +1005,12 @@ mod tests {
             id: Uuid::nil(),
             slug: "acme".into(),
             name: "Acme".into(),
-            kind: "customer".into(),
-            plan: "enterprise".into(),
-            db_strategy: strategy.into(),
+            kind: TenantKind::Customer,
+            plan: Plan::Enterprise,
+            db_strategy: match DbStrategy::parse(strategy) {
+                Some(s) => s,
+                None => panic!("unknown strategy {strategy}"),
+            },
             route_epoch: 1,
             created_at: Utc::now(),
         }

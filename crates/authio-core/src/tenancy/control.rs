@@ -2,7 +2,7 @@
 //! API keys and dedicated-database records, through an administrative connection acting as
 //! `authio_owner`.
 use authio_db::pool::connect;
-use authio_db::{migrate, MasterKey, OwnerTx, RouterError, Row, TenantKind, Type};
+use authio_db::{migrate, DbStrategy, MasterKey, OwnerTx, RouterError, Row, RowExt, TenantKind, Type};
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
@@ -20,29 +20,32 @@ pub struct Tenant {
     pub id: Uuid,
     pub slug: String,
     pub name: String,
-    pub kind: String,
-    pub plan: String,
-    pub db_strategy: String,
+    pub kind: TenantKind,
+    pub plan: Plan,
+    pub db_strategy: DbStrategy,
     pub route_epoch: i64,
     pub created_at: DateTime<Utc>,
 }
 
 impl Tenant {
-    pub(crate) fn from_row(r: &Row) -> Self {
-        Tenant {
-            id: r.get("id"),
-            slug: r.get("slug"),
-            name: r.get("name"),
-            kind: r.get("kind"),
-            plan: r.get("plan"),
-            db_strategy: r.get("db_strategy"),
-            route_epoch: r.get("route_epoch"),
-            created_at: r.get("created_at"),
-        }
+    /// A row of [`TENANT_COLS`]. A kind, plan or strategy this build does not know is an error.
+    pub(crate) fn from_row(r: &Row) -> Result<Self, CoreError> {
+        let kind: &str = r.col("kind")?;
+        let plan: &str = r.col("plan")?;
+        Ok(Tenant {
+            id: r.col("id")?,
+            slug: r.col("slug")?,
+            name: r.col("name")?,
+            kind: TenantKind::parse(kind).ok_or_else(|| CoreError::Internal(format!("unknown tenant kind {kind}")))?,
+            plan: Plan::parse(plan).map_err(|_| CoreError::Internal(format!("unknown plan {plan}")))?,
+            db_strategy: db_strategy(r.col("db_strategy")?)?,
+            route_epoch: r.col("route_epoch")?,
+            created_at: r.col("created_at")?,
+        })
     }
 
     pub fn tenant_kind(&self) -> TenantKind {
-        TenantKind::parse(&self.kind).unwrap_or(TenantKind::Customer)
+        self.kind
     }
 }
 
@@ -67,15 +70,27 @@ fn operator_actor() -> audit::Actor {
     audit::Actor { kind: crate::audit::ActorKind::Operator, id: None, name: Some("authio CLI".into()) }
 }
 
+/// A stored `db_strategy`.
+pub(crate) fn db_strategy(s: &str) -> Result<DbStrategy, CoreError> {
+    DbStrategy::parse(s).ok_or_else(|| CoreError::Internal(format!("unknown db_strategy {s}")))
+}
+
 pub(crate) const TENANT_COLS: &str = "id, slug, name, kind, plan, db_strategy, route_epoch, created_at";
 
 pub struct ControlPlane {
     pub(crate) admin_url: String,
+    pub(crate) clock: std::sync::Arc<dyn crate::Clock>,
 }
 
 impl ControlPlane {
     pub fn new(admin_url: impl Into<String>) -> Self {
-        ControlPlane { admin_url: admin_url.into() }
+        ControlPlane { admin_url: admin_url.into(), clock: std::sync::Arc::new(crate::SystemClock) }
+    }
+
+    /// The same control plane reading time from `clock` (tests control it).
+    pub fn with_clock(mut self, clock: std::sync::Arc<dyn crate::Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     pub(crate) async fn client(&self) -> Result<tokio_postgres::Client, CoreError> {
@@ -117,14 +132,14 @@ impl ControlPlane {
             });
         };
         tx.commit().await?;
-        Ok(Tenant::from_row(&row))
+        Tenant::from_row(&row)
     }
 
     pub async fn list_tenants(&self) -> Result<Vec<Tenant>, CoreError> {
         let mut c = self.client().await?;
         let tx = OwnerTx::begin(&mut c).await?;
         let rows = tx.query(&format!("SELECT {TENANT_COLS} FROM tenants ORDER BY created_at, id"), &[]).await?;
-        Ok(rows.iter().map(Tenant::from_row).collect())
+        rows.iter().map(Tenant::from_row).collect()
     }
 
     pub async fn tenant_by_slug(&self, slug: &str) -> Result<Option<Tenant>, CoreError> {
@@ -132,14 +147,14 @@ impl ControlPlane {
         let tx = OwnerTx::begin(&mut c).await?;
         let row =
             tx.query_opt(&format!("SELECT {TENANT_COLS} FROM tenants WHERE slug = $1"), &[(&slug, Type::TEXT)]).await?;
-        Ok(row.as_ref().map(Tenant::from_row))
+        row.as_ref().map(Tenant::from_row).transpose()
     }
 
     pub async fn platform_tenant(&self) -> Result<Option<Tenant>, CoreError> {
         let mut c = self.client().await?;
         let tx = OwnerTx::begin(&mut c).await?;
         let row = tx.query_opt(&format!("SELECT {TENANT_COLS} FROM tenants WHERE kind = 'platform'"), &[]).await?;
-        Ok(row.as_ref().map(Tenant::from_row))
+        row.as_ref().map(Tenant::from_row).transpose()
     }
 
     pub async fn projects(&self, tenant: Uuid) -> Result<Vec<Project>, CoreError> {
@@ -151,7 +166,16 @@ impl ControlPlane {
                 &[(&tenant, Type::UUID)],
             )
             .await?;
-        Ok(rows.iter().map(|r| Project { id: r.get(0), tenant_id: r.get(1), slug: r.get(2), name: r.get(3) }).collect())
+        rows.iter()
+            .map(|r| {
+                Ok(Project {
+                    id: r.col("id")?,
+                    tenant_id: r.col("tenant_id")?,
+                    slug: r.col("slug")?,
+                    name: r.col("name")?,
+                })
+            })
+            .collect()
     }
 
     pub async fn create_project(&self, tenant: Uuid, slug: &Slug, name: &DisplayName) -> Result<Project, CoreError> {
@@ -205,7 +229,7 @@ impl ControlPlane {
                 metadata: serde_json::json!({"slug": slug.as_str(), "name": name.as_str()}),
             };
             let scope = authio_db::Scope::project(tenant, id, TenantKind::Customer);
-            audit::record_pinned_as_owner(&tx, &scope, event, Utc::now()).await?;
+            audit::record_pinned_as_owner(&tx, &scope, event, self.clock.now()).await?;
         }
         tx.commit().await?;
         Ok(Project { id, tenant_id: tenant, slug: slug.to_string(), name: name.as_str().to_owned() })
@@ -246,7 +270,7 @@ impl ControlPlane {
             client: &crate::types::ClientInfo::default(),
             metadata: serde_json::json!({"name": name.as_str()}),
         };
-        audit::record_pinned_as_owner(&tx, &scope, event, Utc::now()).await?;
+        audit::record_pinned_as_owner(&tx, &scope, event, self.clock.now()).await?;
         tx.commit().await?;
         Ok(CreatedApiKey { id, key_id: key.key_id, plaintext: key.plaintext })
     }
@@ -266,7 +290,7 @@ impl ControlPlane {
         if tenant.tenant_kind() == TenantKind::Platform {
             return Err(RouterError::PlatformTenantNoDedicatedPool.into());
         }
-        if tenant.plan != Plan::Enterprise.as_str() {
+        if tenant.plan != Plan::Enterprise {
             return Err(CoreError::Invalid(crate::types::ValidationError::Field(
                 "plan: dedicated databases are available on the Enterprise plan",
             )));
@@ -300,6 +324,7 @@ impl ControlPlane {
             crate::audit::AuditAction::TenantDedicatedAttached,
             "operator",
             meta,
+            self.clock.now(),
         )
         .await?;
         tx.commit().await?;
@@ -315,9 +340,9 @@ impl ControlPlane {
             tx.query("SELECT tenant_id, admin_dsn_enc FROM dedicated_databases WHERE status <> 'retired'", &[]).await?;
         rows.iter()
             .map(|r| {
-                let enc: String = r.get(1);
+                let enc: String = r.col("admin_dsn_enc")?;
                 let dsn = key.decrypt(&enc).map_err(|e| RouterError::Config(format!("dedicated DSN: {e}")))?;
-                Ok((r.get(0), dsn))
+                Ok((r.col("tenant_id")?, dsn))
             })
             .collect()
     }
@@ -342,6 +367,7 @@ impl ControlPlane {
             crate::audit::AuditAction::TenantDbStrategySet,
             "operator repair",
             meta,
+            self.clock.now(),
         )
         .await?;
         tx.commit().await?;
@@ -360,7 +386,7 @@ impl ControlPlane {
             )
             .await?;
         let Some(row) = rows.first() else { return Err(CoreError::NotFound(crate::types::Entity::Project)) };
-        let scope = authio_db::Scope::project(row.get(0), project, TenantKind::Customer);
+        let scope = authio_db::Scope::project(row.col("tenant_id")?, project, TenantKind::Customer);
         let event = audit::Event {
             action: crate::audit::AuditAction::ProjectSigningAlgChanged,
             actor: operator_actor(),
@@ -368,7 +394,7 @@ impl ControlPlane {
             client: &crate::types::ClientInfo::default(),
             metadata: serde_json::json!({"alg": alg.as_str()}),
         };
-        audit::record_pinned_as_owner(&tx, &scope, event, Utc::now()).await?;
+        audit::record_pinned_as_owner(&tx, &scope, event, self.clock.now()).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -411,8 +437,8 @@ impl ControlPlane {
             )
             .await?
             .ok_or(CoreError::NotFound(crate::types::Entity::Project))?;
-        let tenant: Uuid = row.get(0);
-        let project_alg: String = row.get(1);
+        let tenant: Uuid = row.col("tenant_id")?;
+        let project_alg: String = row.col("signing_alg")?;
         if let Some(a) = alg {
             tx.query(
                 "UPDATE projects SET signing_alg = $2 WHERE id = $1",
@@ -428,8 +454,12 @@ impl ControlPlane {
                 &[(&project, Type::UUID)],
             )
             .await?;
-        let next_created: Option<DateTime<Utc>> =
-            keys.iter().find(|r| r.get::<_, String>(1) == "next").map(|r| r.get(3));
+        // (state, kid, created_at) of each key.
+        let keys: Vec<(String, String, DateTime<Utc>)> = keys
+            .iter()
+            .map(|r| Ok((r.col("state")?, r.col("kid")?, r.col("created_at")?)))
+            .collect::<Result<_, CoreError>>()?;
+        let next_created: Option<DateTime<Utc>> = keys.iter().find(|k| k.0 == "next").map(|k| k.2);
         if let (false, Some(created)) = (force, next_created) {
             let ready = created + chrono::Duration::seconds(MIN_NEXT_KEY_AGE_SECS);
             if now < ready {
@@ -439,7 +469,7 @@ impl ControlPlane {
                 )));
             }
         }
-        let kid_in = |state: &str| keys.iter().find(|r| r.get::<_, String>(1) == state).map(|r| r.get::<_, String>(0));
+        let kid_in = |state: &str| keys.iter().find(|k| k.0 == state).map(|k| k.1.clone());
         let mut next_kid = kid_in("next");
         if next_kid.is_none() {
             // No next key (a project whose keys were never made): the key that becomes current
@@ -468,7 +498,9 @@ impl ControlPlane {
         .await?;
         let new_next = KeyRow::new(master_key, tenant, project, new_alg, "next", now)?;
         tx.query(INSERT_KEY_SQL, &new_next.params()).await?;
-        let retired_kid: Option<String> = retired.as_ref().map(|r| r.get(0));
+        let retired_kid: Option<String> = retired.as_ref().map(|r| r.col("kid")).transpose()?;
+        let retired_published_until: Option<DateTime<Utc>> =
+            retired.as_ref().map(|r| r.col("publish_until")).transpose()?;
         let event = audit::Event {
             action: crate::audit::AuditAction::SigningKeyRotated,
             actor,
@@ -487,8 +519,8 @@ impl ControlPlane {
         audit::record_pinned_as_owner(&tx, &scope, event, now).await?;
         tx.commit().await?;
         Ok(Rotation {
-            retired_kid: retired.as_ref().map(|r| r.get(0)),
-            retired_published_until: retired.as_ref().map(|r| r.get(1)),
+            retired_kid,
+            retired_published_until,
             current_kid: next_kid.unwrap_or_default(),
             next_kid: new_next.kid().to_owned(),
             next_alg: new_alg.as_str(),
@@ -505,7 +537,7 @@ impl ControlPlane {
             .query(
                 "UPDATE users u SET role = 'operator', updated_at = now()
                  FROM tenants t WHERE t.id = u.tenant_id AND t.kind = 'platform' AND u.email = $1
-                 RETURNING u.id, u.tenant_id, u.project_id, (SELECT o.role FROM users o WHERE o.tenant_id = u.tenant_id AND o.id = u.id)",
+                 RETURNING u.id, u.tenant_id, u.project_id, (SELECT o.role FROM users o WHERE o.tenant_id = u.tenant_id AND o.id = u.id) AS old_role",
                 &[(&email.as_str(), Type::TEXT)],
             )
             .await?;
@@ -519,8 +551,9 @@ impl ControlPlane {
                 ))
             }
         };
-        let (user, tenant, project): (Uuid, Uuid, Uuid) = (row.get(0), row.get(1), row.get(2));
-        if row.get::<_, Option<String>>(3).as_deref() == Some("operator") {
+        let (user, tenant, project): (Uuid, Uuid, Uuid) =
+            (row.col("id")?, row.col("tenant_id")?, row.col("project_id")?);
+        if row.col::<Option<String>>("old_role")?.as_deref() == Some("operator") {
             // Already an operator: nothing changed, nothing to record.
             return Ok(());
         }
@@ -537,7 +570,7 @@ impl ControlPlane {
             client: &crate::types::ClientInfo::default(),
             metadata: serde_json::json!({"role": "operator", "email": email.as_str()}),
         };
-        let event = audit::EventRow::new(&scope, event, Utc::now())?;
+        let event = audit::EventRow::new(&scope, event, self.clock.now())?;
         tx.query(audit::INSERT_SQL, &event.params()).await?;
         tx.commit().await?;
         Ok(())
@@ -577,6 +610,7 @@ impl ControlPlane {
             crate::audit::AuditAction::TenantAuditRetentionChanged,
             "authio audit retention",
             meta,
+            self.clock.now(),
         )
         .await?;
         tx.commit().await?;
@@ -602,19 +636,19 @@ impl ControlPlane {
             tx.commit().await?;
             r
         };
-        let plan: String = row.get(0);
-        let days = Self::audit_retention_days(&plan, row.get(1));
-        let current = Tenant { db_strategy: row.get(2), ..tenant.clone() };
+        let plan: String = row.col("plan")?;
+        let days = Self::audit_retention_days(&plan, row.col("audit_retention_days")?);
+        let current = Tenant { db_strategy: db_strategy(row.col("db_strategy")?)?, ..tenant.clone() };
         let url = self.home_admin_url(&current, Some(key)).await?;
         let mut c = connect(&url, "authio-audit-purge").await?;
         let tx = c.transaction().await.map_err(authio_db::DbError::from)?;
         // One purge per tenant at a time (several nodes may run the periodic job), and the
         // retention it records is the one it read, under that lock.
         let locked: bool = tx
-            .query_one("SELECT pg_try_advisory_xact_lock(hashtextextended($1::uuid::text, 7))", &[&tenant.id])
+            .query_one("SELECT pg_try_advisory_xact_lock(hashtextextended($1::uuid::text, 7)) AS locked", &[&tenant.id])
             .await
             .map_err(authio_db::DbError::from)?
-            .get(0);
+            .col("locked")?;
         if !locked {
             return Ok(0);
         }
@@ -632,7 +666,7 @@ impl ControlPlane {
         // Per project: the oldest events up to the first one still within retention.
         let ends = tx
             .query(
-                "SELECT e.project_id, max(e.seq) FROM audit_events e
+                "SELECT e.project_id, max(e.seq) AS seq FROM audit_events e
                  WHERE e.tenant_id = $1 AND e.seq < coalesce(
                      (SELECT min(n.seq) FROM audit_events n
                       WHERE n.tenant_id = e.tenant_id AND n.project_id = e.project_id
@@ -645,7 +679,7 @@ impl ControlPlane {
             .map_err(authio_db::DbError::from)?;
         let mut deleted = 0;
         for end in &ends {
-            let (project, seq): (Uuid, i64) = (end.get(0), end.get(1));
+            let (project, seq): (Uuid, i64) = (end.col("project_id")?, end.col("seq")?);
             let hash: Vec<u8> = tx
                 .query_one(
                     "SELECT hash FROM audit_events WHERE tenant_id = $1 AND project_id = $2 AND seq = $3",
@@ -653,7 +687,7 @@ impl ControlPlane {
                 )
                 .await
                 .map_err(authio_db::DbError::from)?
-                .get(0);
+                .col("hash")?;
             let seal = key
                 .encrypt(&checkpoint_text(tenant.id, project, seq, &hash))
                 .map_err(|e| CoreError::Internal(format!("sealing a checkpoint: {e}")))?;
@@ -677,7 +711,7 @@ impl ControlPlane {
 
     /// The administrative connection string of a tenant's home database.
     async fn home_admin_url(&self, tenant: &Tenant, key: Option<&MasterKey>) -> Result<String, CoreError> {
-        if tenant.db_strategy != "dedicated" {
+        if tenant.db_strategy != DbStrategy::Dedicated {
             return Ok(self.admin_url.clone());
         }
         let key =
@@ -716,7 +750,7 @@ impl ControlPlane {
         let tx = OwnerTx::begin(&mut c).await?;
         let mut written = 0;
         for h in &heads {
-            let (project, seq, hash): (Uuid, i64, Vec<u8>) = (h.get(0), h.get(1), h.get(2));
+            let (project, seq, hash): (Uuid, i64, Vec<u8>) = (h.col("project_id")?, h.col("seq")?, h.col("hash")?);
             let seal = key
                 .encrypt(&anchor_text(tenant.id, project, seq, &hash))
                 .map_err(|e| CoreError::Internal(format!("sealing an anchor: {e}")))?;
@@ -745,9 +779,9 @@ impl ControlPlane {
         let mut c = self.client().await?;
         let tx = OwnerTx::begin(&mut c).await?;
         let row = tx
-            .query_opt("SELECT count(*)::bigint FROM audit_outbox WHERE tenant_id = $1", &[(&tenant, Type::UUID)])
+            .query_opt("SELECT count(*)::bigint AS n FROM audit_outbox WHERE tenant_id = $1", &[(&tenant, Type::UUID)])
             .await?;
-        Ok(row.map(|r| r.get(0)).unwrap_or(0))
+        Ok(row.map(|r| r.col("n")).transpose()?.unwrap_or(0))
     }
 
     /// Recompute every project's audit chain of a tenant at its home, outside the database's
@@ -773,8 +807,8 @@ impl ControlPlane {
         c.batch_execute("SET LOCAL ROLE authio_owner").await.map_err(authio_db::DbError::from)?;
         let rows = c
             .query(
-                "SELECT project_id, seq, id::text, occurred_at, action, actor_type, actor_id, actor_name, target_type,
-                        target_id, ip, user_agent, request_id, metadata::text, prev_hash, hash
+                "SELECT project_id, seq, id::text AS id, occurred_at, action, actor_type, actor_id, actor_name, target_type,
+                        target_id, ip, user_agent, request_id, metadata::text AS metadata, prev_hash, hash
                  FROM audit_events WHERE tenant_id = $1 ORDER BY project_id, seq",
                 &[&tenant.id],
             )
@@ -797,7 +831,8 @@ impl ControlPlane {
             .map_err(authio_db::DbError::from)?;
         let mut starts: HashMap<Uuid, Result<(i64, Vec<u8>), String>> = HashMap::new();
         for cp in &checkpoints {
-            let (project, seq, hash, seal): (Uuid, i64, Vec<u8>, String) = (cp.get(0), cp.get(1), cp.get(2), cp.get(3));
+            let (project, seq, hash, seal): (Uuid, i64, Vec<u8>, String) =
+                (cp.col("project_id")?, cp.col("seq")?, cp.col("hash")?, cp.col("seal")?);
             let expected = checkpoint_text(tenant.id, project, seq, &hash);
             let opened = key.and_then(|k| k.decrypt(&seal).ok());
             starts.insert(
@@ -809,10 +844,15 @@ impl ControlPlane {
                 },
             );
         }
+        // (project, seq, stored hash) of each event, in order.
+        let events: Vec<(Uuid, i64, Vec<u8>)> = rows
+            .iter()
+            .map(|r| Ok((r.col("project_id")?, r.col("seq")?, r.col("hash")?)))
+            .collect::<Result<_, CoreError>>()?;
         let mut reports: Vec<ChainReport> = Vec::new();
         let mut state: Option<(Uuid, i64, Vec<u8>)> = None;
         for r in &rows {
-            let project: Uuid = r.get(0);
+            let project: Uuid = r.col("project_id")?;
             if state.as_ref().map(|s| s.0) != Some(project) {
                 let (start, broken) = match starts.get(&project) {
                     None => ((0, Vec::new()), None),
@@ -827,15 +867,19 @@ impl ControlPlane {
             if report.first_broken.is_some() {
                 continue;
             }
-            let seq: i64 = r.get(1);
-            let at: DateTime<Utc> = r.get(3);
-            let prev: Vec<u8> = r.get(14);
-            let stored: Vec<u8> = r.get(15);
+            let seq: i64 = r.col("seq")?;
+            let at: DateTime<Utc> = r.col("occurred_at")?;
+            let prev: Vec<u8> = r.col("prev_hash")?;
+            let stored: Vec<u8> = r.col("hash")?;
             let seq_text = seq.to_string();
             let micros = at.timestamp_micros().to_string();
-            let text = |i: usize| r.get::<_, Option<String>>(i);
-            let (id, action, actor_type) = (text(2), text(4), text(5));
-            let rest: Vec<Option<String>> = (6..=13).map(text).collect();
+            let text = |name: &str| r.col::<Option<String>>(name);
+            let (id, action, actor_type) = (text("id")?, text("action")?, text("actor_type")?);
+            let rest: Vec<Option<String>> =
+                ["actor_id", "actor_name", "target_type", "target_id", "ip", "user_agent", "request_id", "metadata"]
+                    .into_iter()
+                    .map(text)
+                    .collect::<Result<_, _>>()?;
             let mut fields: Vec<Option<&str>> =
                 vec![Some(&seq_text), id.as_deref(), Some(&micros), action.as_deref(), actor_type.as_deref()];
             fields.extend(rest.iter().map(|f| f.as_deref()));
@@ -873,7 +917,7 @@ impl ControlPlane {
         };
         for a in &anchors {
             let (project, seq, hash, seal, at): (Uuid, i64, Vec<u8>, String, DateTime<Utc>) =
-                (a.get(0), a.get(1), a.get(2), a.get(3), a.get(4));
+                (a.col("project_id")?, a.col("seq")?, a.col("hash")?, a.col("seal")?, a.col("created_at")?);
             let purged_up_to = match starts.get(&project) {
                 Some(Ok((s, _))) => *s,
                 _ => 0,
@@ -886,8 +930,8 @@ impl ControlPlane {
             } else if seq <= purged_up_to {
                 None
             } else {
-                match rows.iter().find(|r| r.get::<_, Uuid>(0) == project && r.get::<_, i64>(1) == seq) {
-                    Some(r) if r.get::<_, Vec<u8>>(15) == hash => None,
+                match events.iter().find(|e| e.0 == project && e.1 == seq) {
+                    Some(e) if e.2 == hash => None,
                     Some(_) => {
                         Some(format!("event {seq} differs from the sealed anchor of {at}: the chain was rewritten"))
                     }
@@ -906,14 +950,13 @@ impl ControlPlane {
         }
         // The head records how far each chain went: events cut off its end are caught here.
         for h in &heads {
-            let project: Uuid = h.get(0);
-            let head_seq: i64 = h.get(1);
-            let head_hash: Vec<u8> = h.get(2);
+            let project: Uuid = h.col("project_id")?;
+            let head_seq: i64 = h.col("seq")?;
+            let head_hash: Vec<u8> = h.col("hash")?;
             match reports.iter_mut().find(|r| r.project_id == project) {
                 Some(report) if report.first_broken.is_none() => {
-                    let last = rows.iter().filter(|r| r.get::<_, Uuid>(0) == project).last();
-                    let (last_seq, last_hash) =
-                        last.map(|r| (r.get::<_, i64>(1), r.get::<_, Vec<u8>>(15))).unwrap_or((0, Vec::new()));
+                    let last = events.iter().rev().find(|e| e.0 == project);
+                    let (last_seq, last_hash) = last.map(|e| (e.1, e.2.clone())).unwrap_or((0, Vec::new()));
                     if last_seq != head_seq || last_hash != head_hash {
                         report.first_broken = Some((
                             last_seq + 1,

@@ -2,7 +2,7 @@
 //! tenant's dedicated database: create it, migrate it with the one migration set, record it
 //! with its credentials encrypted by the master key. Moving data there is [`crate::tenancy::moves`].
 use authio_db::pool::connect;
-use authio_db::{migrate, MasterKey, OwnerTx, RouterError, Scope, TenantKind, Type};
+use authio_db::{migrate, MasterKey, OwnerTx, RouterError, RowExt, Scope, TenantKind, Type};
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -63,7 +63,7 @@ pub(crate) fn check_may_be_dedicated(tenant: &Tenant) -> Result<(), CoreError> {
         // The platform tenant never moves, whatever its row says.
         return Err(RouterError::PlatformTenantNoDedicatedPool.into());
     }
-    if tenant.plan != Plan::Enterprise.as_str() {
+    if tenant.plan != Plan::Enterprise {
         return Err(invalid("plan: dedicated databases are available on the Enterprise plan only"));
     }
     Ok(())
@@ -77,9 +77,10 @@ pub(crate) async fn record_for_tenant(
     action: crate::audit::AuditAction,
     actor: &str,
     metadata: serde_json::Value,
+    now: DateTime<Utc>,
 ) -> Result<(), CoreError> {
     let actor = audit::Actor { kind: crate::audit::ActorKind::Operator, id: None, name: Some(actor.to_owned()) };
-    record_for_tenant_by(tx, tenant, action, actor, metadata).await
+    record_for_tenant_by(tx, tenant, action, actor, metadata, now).await
 }
 
 /// [`record_for_tenant`] with any actor (a dashboard member, an operator in the console).
@@ -89,10 +90,11 @@ pub(crate) async fn record_for_tenant_by(
     action: crate::audit::AuditAction,
     actor: audit::Actor,
     metadata: serde_json::Value,
+    now: DateTime<Utc>,
 ) -> Result<(), CoreError> {
     let projects = tx.query("SELECT id FROM projects WHERE tenant_id = $1", &[(&tenant, Type::UUID)]).await?;
     for p in projects {
-        let scope = Scope::project(tenant, p.get(0), TenantKind::Customer);
+        let scope = Scope::project(tenant, p.col("id")?, TenantKind::Customer);
         let event = audit::Event {
             action,
             actor: actor.clone(),
@@ -100,7 +102,7 @@ pub(crate) async fn record_for_tenant_by(
             client: &crate::types::ClientInfo::default(),
             metadata: metadata.clone(),
         };
-        audit::record_pinned_as_owner(tx, &scope, event, Utc::now()).await?;
+        audit::record_pinned_as_owner(tx, &scope, event, now).await?;
     }
     Ok(())
 }
@@ -124,9 +126,9 @@ impl ControlPlane {
             Some(p) => p.to_owned(),
             None => {
                 let has: bool = host
-                    .query_one("SELECT rolpassword IS NOT NULL FROM pg_authid WHERE rolname = 'authio_app'", &[])
+                    .query_one("SELECT rolpassword IS NOT NULL AS has FROM pg_authid WHERE rolname = 'authio_app'", &[])
                     .await?
-                    .get(0);
+                    .col("has")?;
                 if has {
                     return Err(CoreError::Conflict(
                         "authio_app already has a password on this host; pass it with --app-password".into(),
@@ -156,7 +158,7 @@ impl ControlPlane {
             .await?
             .ok_or_else(|| CoreError::Conflict(format!("a dedicated host named {} exists", name.as_str())))?;
         tx.commit().await?;
-        Ok(DedicatedHost { id, name: name.as_str().to_owned(), created_at: row.get(0), databases: 0 })
+        Ok(DedicatedHost { id, name: name.as_str().to_owned(), created_at: row.col("created_at")?, databases: 0 })
     }
 
     pub async fn list_dedicated_hosts(&self) -> Result<Vec<DedicatedHost>, CoreError> {
@@ -166,14 +168,21 @@ impl ControlPlane {
             .query(
                 "SELECT h.id, h.name, h.created_at,
                         (SELECT count(*) FROM dedicated_databases d WHERE d.host_id = h.id AND d.status <> 'retired')
+                            AS databases
                  FROM dedicated_hosts h ORDER BY h.name",
                 &[],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| DedicatedHost { id: r.get(0), name: r.get(1), created_at: r.get(2), databases: r.get(3) })
-            .collect())
+        rows.iter()
+            .map(|r| {
+                Ok(DedicatedHost {
+                    id: r.col("id")?,
+                    name: r.col("name")?,
+                    created_at: r.col("created_at")?,
+                    databases: r.col("databases")?,
+                })
+            })
+            .collect()
     }
 
     /// Create (or adopt) the tenant's dedicated database, migrate it, mark it as that tenant's
@@ -187,7 +196,7 @@ impl ControlPlane {
         key: &MasterKey,
     ) -> Result<Provisioned, CoreError> {
         check_may_be_dedicated(tenant)?;
-        if tenant.db_strategy == "dedicated" {
+        if tenant.db_strategy == authio_db::DbStrategy::Dedicated {
             return Err(CoreError::Conflict("the tenant already lives on its dedicated database".into()));
         }
         let database_name = format!("authio_t_{}", tenant.id.simple());
@@ -202,9 +211,9 @@ impl ControlPlane {
                     )
                     .await?
                     .ok_or(CoreError::NotFound(crate::types::Entity::DedicatedHost))?;
-                let host_id: Uuid = row.get(0);
-                let host_admin = open(key, &row.get::<_, String>(1))?;
-                let app_password = row.get::<_, Option<String>>(2).map(|p| open(key, &p)).transpose()?;
+                let host_id: Uuid = row.col("id")?;
+                let host_admin = open(key, &row.col::<String>("admin_dsn_enc")?)?;
+                let app_password = row.col::<Option<String>>("app_password_enc")?.map(|p| open(key, &p)).transpose()?;
                 let host = connect(&host_admin, "authio-provision").await?;
                 let exists =
                     host.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database_name]).await?.is_some();
@@ -241,13 +250,14 @@ impl ControlPlane {
             .await
             .ok()
             .flatten()
-            .map(|r| (r.get::<_, String>(0), r.get::<_, Option<Uuid>>(1)));
+            .map(|r| Ok::<_, CoreError>((r.col::<String>("kind")?, r.col::<Option<Uuid>>("tenant_id")?)))
+            .transpose()?;
         match identity {
             Some((kind, Some(t))) if kind == "dedicated" && t != tenant.id => {
                 return Err(CoreError::Conflict("that database belongs to another tenant".into()))
             }
             Some((kind, _)) if kind == "shared" => {
-                let tenants: i64 = probe.query_one("SELECT count(*) FROM tenants", &[]).await?.get(0);
+                let tenants: i64 = probe.query_one("SELECT count(*) AS n FROM tenants", &[]).await?.col("n")?;
                 if tenants > 0 {
                     return Err(CoreError::Conflict("that database is a shared database with tenants".into()));
                 }
@@ -301,6 +311,7 @@ impl ControlPlane {
             crate::audit::AuditAction::TenantDedicatedProvisioned,
             "authio tenant provision-dedicated",
             serde_json::json!({"database": database_name, "host": host_name}),
+            self.clock.now(),
         )
         .await?;
         tx.commit().await?;
@@ -322,6 +333,6 @@ impl ControlPlane {
                     "the tenant has no ready dedicated database; run `authio tenant provision-dedicated` first".into(),
                 )
             })?;
-        open(key, &row.get::<_, String>(0))
+        open(key, &row.col::<String>("admin_dsn_enc")?)
     }
 }

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use authio_db::pool::connect;
-use authio_db::{MasterKey, OwnerTx, RouterError, Scope, TenantKind, Type};
+use authio_db::{MasterKey, OwnerTx, RouterError, RowExt, Scope, TenantKind, Type};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::GenericClient;
@@ -105,21 +105,21 @@ const MOVE_COLS: &str = "id, tenant_id, direction, phase, switched_at, pause_ms,
 
 impl MoveRecord {
     fn from_row(r: &authio_db::Row) -> Result<Self, CoreError> {
-        let direction: String = r.get(2);
+        let direction: String = r.col("direction")?;
         Ok(MoveRecord {
-            id: r.get(0),
-            tenant_id: r.get(1),
+            id: r.col("id")?,
+            tenant_id: r.col("tenant_id")?,
             direction: Direction::parse(&direction)
                 .ok_or_else(|| CoreError::Internal(format!("unknown move direction {direction}")))?,
-            phase: r.get(3),
-            switched_at: r.get(4),
-            pause_ms: r.get(5),
-            rows_copied: r.get(6),
-            verified: r.get(7),
-            error: r.get(8),
-            started_at: r.get(9),
-            finished_at: r.get(10),
-            source_purged_at: r.get(11),
+            phase: r.col("phase")?,
+            switched_at: r.col("switched_at")?,
+            pause_ms: r.col("pause_ms")?,
+            rows_copied: r.col("rows_copied")?,
+            verified: r.col("verified")?,
+            error: r.col("error")?,
+            started_at: r.col("started_at")?,
+            finished_at: r.col("finished_at")?,
+            source_purged_at: r.col("source_purged_at")?,
         })
     }
 
@@ -213,7 +213,7 @@ fn conflict(msg: impl Into<String>) -> CoreError {
 /// Row count and checksum (md5 over each row's md5, in key order) of a tenant's rows.
 fn checksum_sql(t: &HomeTable) -> String {
     format!(
-        "SELECT count(*)::bigint, coalesce(md5(string_agg(md5(x::text), '' ORDER BY {key})), '')
+        "SELECT count(*)::bigint AS n, coalesce(md5(string_agg(md5(x::text), '' ORDER BY {key})), '') AS checksum
          FROM {name} x WHERE tenant_id = $1",
         key = t.key.split(", ").map(|c| format!("x.{c}")).collect::<Vec<_>>().join(", "),
         name = t.name
@@ -224,7 +224,7 @@ async fn checksums(c: &impl GenericClient, tenant: Uuid) -> Result<Vec<(i64, Str
     let mut out = Vec::with_capacity(HOME_TABLES.len());
     for t in HOME_TABLES {
         let r = c.query_typed_one(&checksum_sql(t), &[(&tenant, Type::UUID)]).await?;
-        out.push((r.get(0), r.get(1)));
+        out.push((r.col("n")?, r.col("checksum")?));
     }
     Ok(out)
 }
@@ -234,7 +234,8 @@ async fn set_fence(c: &mut tokio_postgres::Client, tenant: Uuid, at_home: bool) 
 }
 
 async fn at_home(c: &tokio_postgres::Client, tenant: Uuid) -> Result<bool, CoreError> {
-    Ok(c.query_typed("SELECT authio_tenant_at_home($1)", &[(&tenant, Type::UUID)]).await?[0].get(0))
+    Ok(c.query_typed("SELECT authio_tenant_at_home($1) AS at_home", &[(&tenant, Type::UUID)]).await?[0]
+        .col("at_home")?)
 }
 
 /// Delete the tenant's home rows from a database where it is not at home (an old copy, or an
@@ -248,11 +249,14 @@ async fn delete_copy(c: &mut tokio_postgres::Client, tenant: Uuid) -> Result<i64
     for t in HOME_TABLES {
         let rows = tx
             .query(
-                &format!("WITH d AS (DELETE FROM {} WHERE tenant_id = $1 RETURNING 1) SELECT count(*) FROM d", t.name),
+                &format!(
+                    "WITH d AS (DELETE FROM {} WHERE tenant_id = $1 RETURNING 1) SELECT count(*) AS n FROM d",
+                    t.name
+                ),
                 &[(&tenant, Type::UUID)],
             )
             .await?;
-        deleted += rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0);
+        deleted += rows.first().map(|r| r.col::<i64>("n")).transpose()?.unwrap_or(0);
     }
     tx.commit().await?;
     Ok(deleted)
@@ -334,8 +338,8 @@ impl ControlPlane {
             _ => Err(e),
         })?;
         let from = match direction {
-            Direction::ToDedicated => "shared",
-            Direction::ToShared => "dedicated",
+            Direction::ToDedicated => authio_db::DbStrategy::Shared,
+            Direction::ToShared => authio_db::DbStrategy::Dedicated,
         };
         if tenant.db_strategy != from {
             return Err(conflict(format!("the tenant already lives on its {} database", tenant.db_strategy)));
@@ -472,8 +476,8 @@ impl ControlPlane {
         run.step("subscribed");
         let mut total = 0i64;
         for t in HOME_TABLES {
-            let sql = format!("SELECT count(*)::bigint FROM {} WHERE tenant_id = $1", t.name);
-            total += src.query_typed(&sql, &[(&m.tenant_id, Type::UUID)]).await?[0].get::<_, i64>(0);
+            let sql = format!("SELECT count(*)::bigint AS n FROM {} WHERE tenant_id = $1", t.name);
+            total += src.query_typed(&sql, &[(&m.tenant_id, Type::UUID)]).await?[0].col::<i64>("n")?;
         }
         let mut last_report = Instant::now() - Duration::from_secs(10);
         let deadline = Instant::now() + Duration::from_secs(6 * 3600);
@@ -483,7 +487,7 @@ impl ControlPlane {
         loop {
             let states = dst
                 .query_typed(
-                    "SELECT r.srrelid::regclass::text, r.srsubstate::text IN ('r', 's')
+                    "SELECT r.srrelid::regclass::text AS table_name, r.srsubstate::text IN ('r', 's') AS ready
                      FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid WHERE s.subname = $1",
                     &[(&name, Type::TEXT)],
                 )
@@ -491,12 +495,12 @@ impl ControlPlane {
             let tables = states.len() as i64;
             let mut pending = 0i64;
             for r in &states {
-                let (table, ready): (String, bool) = (r.get(0), r.get(1));
+                let (table, ready): (String, bool) = (r.col("table_name")?, r.col("ready")?);
                 if !ready {
                     pending += 1;
                 } else if let std::collections::hash_map::Entry::Vacant(slot) = counted.entry(table) {
-                    let sql = format!("SELECT count(*)::bigint FROM {} WHERE tenant_id = $1", slot.key());
-                    let n: i64 = dst.query_typed(&sql, &[(&m.tenant_id, Type::UUID)]).await?[0].get(0);
+                    let sql = format!("SELECT count(*)::bigint AS n FROM {} WHERE tenant_id = $1", slot.key());
+                    let n: i64 = dst.query_typed(&sql, &[(&m.tenant_id, Type::UUID)]).await?[0].col("n")?;
                     slot.insert(n);
                 }
             }
@@ -505,12 +509,12 @@ impl ControlPlane {
             if synced || last_report.elapsed() >= Duration::from_secs(1) {
                 let in_copy: i64 = dst
                     .query_typed(
-                        "SELECT coalesce(sum(tuples_processed), 0)::bigint FROM pg_stat_progress_copy
+                        "SELECT coalesce(sum(tuples_processed), 0)::bigint AS n FROM pg_stat_progress_copy
                          WHERE datname = current_database()",
                         &[],
                     )
                     .await?[0]
-                    .get(0);
+                    .col("n")?;
                 let copied = counted.values().sum::<i64>() + in_copy;
                 (run.progress)(&Progress {
                     phase: "copying",
@@ -610,7 +614,7 @@ impl ControlPlane {
                     &[(&m.tenant_id, Type::UUID), (&m.id, Type::UUID)],
                 )
                 .await?;
-            stamp = marker.first().map(|r| r.get(0));
+            stamp = marker.first().map(|r| r.col("written_at")).transpose()?;
             // The move's event goes into the tenant's log in the cutover itself: it replicates
             // with the marker (one transaction), so both copies hold it and compare equal.
             for p in &projects {
@@ -626,7 +630,7 @@ impl ControlPlane {
                     client: &crate::types::ClientInfo::default(),
                     metadata: serde_json::json!({"move_id": m.id, "to": m.direction.target_strategy()}),
                 };
-                let row = audit::EventRow::new(&scope, event, Utc::now())?;
+                let row = audit::EventRow::new(&scope, event, self.clock.now())?;
                 tx.query(audit::INSERT_SQL, &row.params()).await?;
             }
             tx.commit().await?;
@@ -643,7 +647,8 @@ impl ControlPlane {
                 )
                 .await?
                 .first()
-                .map(|r| r.get(0))
+                .map(|r| r.col("written_at"))
+                .transpose()?
                 .ok_or_else(|| conflict("the source is fenced but holds no marker of this move; --abort it"))?,
         };
         // The marker on the target: everything committed before the fence has been applied.
@@ -761,7 +766,7 @@ impl ControlPlane {
             let slot = src
                 .query_typed("SELECT active FROM pg_replication_slots WHERE slot_name = $1", &[(&name, Type::TEXT)])
                 .await?;
-            match slot.first().map(|r| r.get::<_, bool>(0)) {
+            match slot.first().map(|r| r.col::<bool>("active")).transpose()? {
                 None => break,
                 Some(false) => {
                     src.query_typed("SELECT pg_drop_replication_slot($1)", &[(&name, Type::TEXT)]).await?;
@@ -805,6 +810,7 @@ impl ControlPlane {
                 crate::audit::AuditAction::TenantMoveAborted,
                 "authio tenant move --abort",
                 meta,
+                self.clock.now(),
             )
             .await?;
             tx.commit().await?;
@@ -821,9 +827,9 @@ impl ControlPlane {
         if let Some(open) = self.open_move(tenant.id).await? {
             return Err(conflict(format!("move {} is unfinished (phase {})", open.id, open.phase)));
         }
-        let home = match tenant.db_strategy.as_str() {
-            "dedicated" => self.dedicated_admin_dsn(tenant.id, key).await?,
-            _ => self.admin_url.clone(),
+        let home = match tenant.db_strategy {
+            authio_db::DbStrategy::Dedicated => self.dedicated_admin_dsn(tenant.id, key).await?,
+            authio_db::DbStrategy::Shared => self.admin_url.clone(),
         };
         let last = self.moves(tenant.id).await?.into_iter().find(|m| m.phase == "done");
         let old = match &last {
@@ -877,7 +883,7 @@ impl ControlPlane {
             .filter(|m| m.source_purged_at.is_none())
             .ok_or(CoreError::NotFound(crate::types::Entity::OldCopy))?;
         let finished = last.finished_at.unwrap_or(last.started_at);
-        let age = (Utc::now() - finished).to_std().unwrap_or_default();
+        let age = (self.clock.now() - finished).to_std().unwrap_or_default();
         if age < rollback_window && !ignore_window {
             return Err(CoreError::TooSoon(format!(
                 "the rollback window has {} s left (the move finished at {finished}); pass --now to purge anyway",
@@ -896,6 +902,7 @@ impl ControlPlane {
             crate::audit::AuditAction::TenantOldCopyPurged,
             "authio tenant purge-source",
             serde_json::json!({"move_id": last.id, "rows": deleted}),
+            self.clock.now(),
         )
         .await?;
         tx.commit().await?;
@@ -950,10 +957,10 @@ async fn catch_up(
 async fn slot_lag(src: &tokio_postgres::Client, name: &str) -> Result<i64, CoreError> {
     let rows = src
         .query_typed(
-            "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint
+            "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint AS lag
              FROM pg_replication_slots WHERE slot_name = $1",
             &[(&name, Type::TEXT)],
         )
         .await?;
-    Ok(rows.first().map(|r| r.get(0)).unwrap_or(0))
+    Ok(rows.first().map(|r| r.col("lag")).transpose()?.unwrap_or(0))
 }

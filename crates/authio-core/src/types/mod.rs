@@ -422,3 +422,55 @@ impl fmt::Display for Entity {
         f.write_str(self.noun())
     }
 }
+
+/// Who acted, as the audit log records it (built from an authorization principal).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    pub kind: ActorKind,
+    pub id: Option<String>,
+    pub name: Option<String>,
+}
+
+impl Actor {
+    pub fn user(id: uuid::Uuid, email: Option<&str>) -> Self {
+        Actor { kind: ActorKind::User, id: Some(id.to_string()), name: email.map(str::to_owned) }
+    }
+
+    pub fn anonymous() -> Self {
+        Actor { kind: ActorKind::Anonymous, id: None, name: None }
+    }
+
+    pub fn api_key(key_id: &str) -> Self {
+        Actor { kind: ActorKind::ApiKey, id: Some(key_id.to_owned()), name: None }
+    }
+}
+
+/// Who acted, by kind; written to `actor_type` as these strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActorKind {
+    User,
+    M2mClient,
+    ApiKey,
+    Operator,
+    System,
+    Anonymous,
+}
+
+impl ActorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorKind::User => "user",
+            ActorKind::M2mClient => "m2m_client",
+            ActorKind::ApiKey => "api_key",
+            ActorKind::Operator => "operator",
+            ActorKind::System => "system",
+            ActorKind::Anonymous => "anonymous",
+        }
+    }
+}
+
+impl std::fmt::Display for ActorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -11,9 +11,9 @@ use authio_core::identity::{m2m, sessions, users};
 use authio_core::project::{api_keys, config as project_config};
 use authio_core::tenancy::console::{DedicatedState, MemberRole, Membership};
 use authio_core::tenancy::control::{Project, Tenant};
-use authio_core::types::{DisplayName, DomainName, RedirectUri, WebOrigin};
+use authio_core::types::{DisplayName, DomainName, Plan, RedirectUri, WebOrigin};
 use authio_core::CoreError;
-use authio_db::{Scope, TenantKind};
+use authio_db::{DbStrategy, RowExt, Scope, TenantKind};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -119,12 +119,16 @@ async fn project(state: &AppState, m: &Member, pid: &str) -> Result<(Project, Ta
         let tx = state.router.begin_pinned(&scope).await?;
         let row =
             tx.query_opt("SELECT slug, name FROM projects WHERE id = $1", &[(&pid, authio_db::Type::UUID)]).await?;
+        let names = match row {
+            Some(r) => Some((r.col("slug")?, r.col("name")?)),
+            None => None,
+        };
         tx.commit().await?;
-        Ok::<_, authio_db::DbError>(row)
+        Ok::<_, authio_db::DbError>(names)
     };
     match read.await {
-        Ok(Some(r)) => Ok((
-            Project { id: pid, tenant_id: m.tenant.id, slug: r.get(0), name: r.get(1) },
+        Ok(Some((slug, name))) => Ok((
+            Project { id: pid, tenant_id: m.tenant.id, slug, name },
             Target::Project { tenant_id: m.tenant.id, project_id: pid, tenant_kind: TenantKind::Customer },
         )),
         Ok(None) => Err(not_found()),
@@ -190,7 +194,7 @@ async fn tenants(State(state): State<AppState>, SignedIn(user): SignedIn) -> Res
                 .map(|m| {
                     vec![
                         Cell::Link(format!("/dashboard/{}", m.tenant.slug), m.tenant.name.clone()),
-                        Cell::Text(m.tenant.plan.clone()),
+                        Cell::Text(m.tenant.plan.as_str().to_owned()),
                         Cell::Text(m.role.as_str().into()),
                     ]
                 })
@@ -206,8 +210,8 @@ async fn projects(State(state): State<AppState>, SignedIn(user): SignedIn, Path(
     let all = core_try!(console.control.projects(m.tenant.id).await, &m.user);
     m.page(m.tenant.name.clone())
         .block(Block::Facts(vec![
-            ("Plan".into(), m.tenant.plan.clone()),
-            ("Database".into(), m.tenant.db_strategy.clone()),
+            ("Plan".into(), m.tenant.plan.as_str().to_owned()),
+            ("Database".into(), m.tenant.db_strategy.as_str().to_owned()),
             ("Your role".into(), m.role.as_str().into()),
         ]))
         .block(Block::table(
@@ -1051,7 +1055,7 @@ async fn billing_home(State(state): State<AppState>, SignedIn(user): SignedIn) -
                     .map(|m| {
                         vec![
                             Cell::Link(format!("/dashboard/{}/billing", m.tenant.slug), m.tenant.name.clone()),
-                            Cell::Text(m.tenant.plan.clone()),
+                            Cell::Text(m.tenant.plan.as_str().to_owned()),
                         ]
                     })
                     .collect(),
@@ -1073,10 +1077,7 @@ async fn dedicated_view(state: &AppState, m: &Member) -> Result<(LiveView, Dedic
         .ok_or_else(|| fail(CoreError::NotFound(authio_core::types::Entity::Tenant)))?;
     let request = console.control.latest_request(tenant.id).await.map_err(fail)?;
     let st = DedicatedState::of(&tenant, request.as_ref());
-    let mut lines = vec![format!(
-        "Your data lives on the {} database.",
-        if tenant.db_strategy == "dedicated" { "dedicated" } else { "shared" }
-    )];
+    let mut lines = vec![format!("Your data lives on the {} database.", tenant.db_strategy.as_str())];
     if let Some(r) = request.as_ref().filter(|r| r.is_open()) {
         lines.push(format!("Requested by {} on {}.", r.requested_by, r.created_at.format("%Y-%m-%d %H:%M UTC")));
     }
@@ -1101,12 +1102,12 @@ async fn billing(
     let (view, st) = page_try!(dedicated_view(&state, &m).await);
     let mut page = flash(PageView::new(format!("Billing · {}", m.tenant.name), Some(&m.user)).at("/billing"), &f)
         .block(Block::Facts(vec![
-            ("Your plan".into(), m.tenant.plan.clone()),
+            ("Your plan".into(), m.tenant.plan.as_str().to_owned()),
             ("Your role".into(), m.role.as_str().into()),
         ]))
-        .block(plans_block(&m.tenant.plan))
+        .block(plans_block(m.tenant.plan.as_str()))
         .block(Block::heading("Dedicated database"));
-    if m.tenant.plan == "enterprise" || m.tenant.db_strategy == "dedicated" {
+    if m.tenant.plan == Plan::Enterprise || m.tenant.db_strategy == DbStrategy::Dedicated {
         let mut form = FormView::post(format!("/dashboard/{slug}/billing/dedicated"), "Save")
             .field(Field::switch("dedicated", "Request dedicated DB", st.toggle_on()))
             .disabled_if(!m.role.may_change());

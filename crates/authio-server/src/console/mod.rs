@@ -172,6 +172,9 @@ pub struct ConsoleUser {
     pub id: Uuid,
     pub email: String,
     pub operator: bool,
+    /// Who this is to the authorization seam: an operator, or else an end user of the
+    /// platform tenant (whose dashboard memberships are principals of their own).
+    pub principal: authio_core::authz::Principal,
     pub session_id: Uuid,
     /// The token every form of this session carries.
     pub csrf: String,
@@ -261,10 +264,22 @@ async fn live_user(
         .await?;
         tx.commit().await?;
     }
+    let email: String = r.try_get(0)?;
+    let operator = role.as_deref() == Some("operator");
+    let principal = if operator {
+        authio_core::authz::Principal::Operator { user_id: uid.to_string(), name: Some(email.clone()) }
+    } else {
+        authio_core::authz::Principal::EndUser {
+            tenant_id: scope.tenant_id,
+            project_id: scope.project_id.unwrap_or_default(),
+            user_id: uid,
+        }
+    };
     Ok(Some(ConsoleUser {
         id: uid,
-        email: r.try_get(0)?,
-        operator: role.as_deref() == Some("operator"),
+        email,
+        operator,
+        principal,
         session_id: sid,
         csrf: console.mac("console-csrf", sid.as_bytes()),
     }))

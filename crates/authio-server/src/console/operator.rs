@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use authio_core::audit::Actor;
+use authio_core::authz::{self, Permission, Target};
 use authio_core::tenancy::console::{DbRequest, TenantOverview};
 use authio_core::tenancy::control::Tenant;
 use authio_core::tenancy::moves::{MoveRun, Progress};
@@ -36,10 +37,11 @@ pub fn routes() -> axum::Router<AppState> {
         .route("/console/audit", get(audit))
 }
 
-/// The operator's console, or 403 for anyone else (customers included).
+/// The operator's console, or 403 for anyone else (customers included): the seam's
+/// `PlatformOperate` on the platform.
 fn operator<'a>(state: &'a AppState, user: &ConsoleUser) -> Result<&'a Arc<Console>, Box<Response>> {
     let console = console_of(state)?;
-    if !user.operator {
+    if authz::authorize(&user.principal, Permission::PlatformOperate, &Target::Platform).is_err() {
         return Err(Box::new(error_page(
             StatusCode::FORBIDDEN,
             "The operator console is for Authio's operators.",
@@ -49,12 +51,9 @@ fn operator<'a>(state: &'a AppState, user: &ConsoleUser) -> Result<&'a Arc<Conso
     Ok(console)
 }
 
+/// The operator as the audit log names them (the authorized principal).
 fn actor(user: &ConsoleUser) -> Actor {
-    Actor {
-        kind: authio_core::audit::ActorKind::Operator,
-        id: Some(user.id.to_string()),
-        name: Some(user.email.clone()),
-    }
+    user.principal.actor()
 }
 
 fn size_text(t: &TenantOverview) -> String {
@@ -81,9 +80,9 @@ async fn tenants(State(state): State<AppState>, SignedIn(user): SignedIn) -> Res
         .map(|t| {
             vec![
                 Cell::Link(format!("/console/tenants/{}", t.tenant.slug), t.tenant.slug.clone()),
-                Cell::Text(t.tenant.kind.clone()),
-                Cell::Text(t.tenant.plan.clone()),
-                Cell::Text(t.tenant.db_strategy.clone()),
+                Cell::Text(t.tenant.kind.as_str().to_owned()),
+                Cell::Text(t.tenant.plan.as_str().to_owned()),
+                Cell::Text(t.tenant.db_strategy.as_str().to_owned()),
                 Cell::Code(t.home.clone()),
                 Cell::Text(t.tenant.route_epoch.to_string()),
                 match (&t.move_phase, &t.request) {
@@ -144,9 +143,9 @@ async fn tenant_detail(
     );
     let facts = vec![
         ("Name".into(), t.name.clone()),
-        ("Kind".into(), t.kind.clone()),
-        ("Plan".into(), t.plan.clone()),
-        ("db_strategy".into(), t.db_strategy.clone()),
+        ("Kind".into(), t.kind.as_str().to_owned()),
+        ("Plan".into(), t.plan.as_str().to_owned()),
+        ("db_strategy".into(), t.db_strategy.as_str().to_owned()),
         ("Route epoch".into(), t.route_epoch.to_string()),
         ("Created".into(), t.created_at.format("%Y-%m-%d %H:%M UTC").to_string()),
         ("Id".into(), t.id.to_string()),
@@ -155,8 +154,12 @@ async fn tenant_detail(
     let mut page = PageView::new(format!("Tenant {}", t.slug), Some(&user)).at("/console/tenants");
     page = f.onto(page, DONE);
     page = page.block(Block::Facts(facts)).block(Block::heading("Plan")).block(Block::Form(
-        FormView::post(format!("/console/tenants/{}/plan", t.slug), "Change plan")
-            .field(Field::select("plan", "Plan", plans, &t.plan)),
+        FormView::post(format!("/console/tenants/{}/plan", t.slug), "Change plan").field(Field::select(
+            "plan",
+            "Plan",
+            plans,
+            t.plan.as_str(),
+        )),
     ));
     if let Some(r) = request.filter(DbRequest::is_open) {
         page = page

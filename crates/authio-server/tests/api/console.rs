@@ -166,7 +166,7 @@ async fn the_console_in_a_real_browser_from_request_to_dedicated_while_the_api_k
     // The tenant lives on its dedicated database now, and every row written during the run
     // (through the API, while it moved) is there.
     let t = app.control.tenant_by_slug("acme").await.unwrap().unwrap();
-    assert_eq!(t.db_strategy, "dedicated");
+    assert_eq!(t.db_strategy, authio_db::DbStrategy::Dedicated);
     let req = app.control.latest_request(t.id).await.unwrap().unwrap();
     assert_eq!((req.direction.as_str(), req.state.as_str()), ("to_dedicated", "done"));
     let ded = clusters().dedicated.admin_url(&format!("authio_t_{}", t.id.simple()));
@@ -347,7 +347,7 @@ async fn dedicated_requests_withdraw_decline_and_refuse_what_the_plan_or_state_f
     let back = cp.toggle_dedicated(ded.tenant.id, false, member_actor()).await.unwrap().unwrap();
     assert_eq!(cp.approve_request(back.id, op.clone()).await.unwrap().state, "provisioned");
     // Plans: an operator changes them; a dedicated tenant cannot leave Enterprise.
-    assert_eq!(cp.set_plan(pro.tenant.id, Plan::Free, op.clone()).await.unwrap().plan, "free");
+    assert_eq!(cp.set_plan(pro.tenant.id, Plan::Free, op.clone()).await.unwrap().plan, Plan::Free);
     authio_testkit::make_dedicated(&app.shared, &ent.tenant).await;
     assert!(matches!(cp.set_plan(ent.tenant.id, Plan::Pro, op).await, Err(authio_core::CoreError::Conflict(_))));
     // Every step is in the tenant's audit log.

@@ -150,7 +150,7 @@ async fn a_tenant_moves_to_dedicated_and_back_under_load_through_two_instances_l
     assert!(count(&dedicated, "users", t.id).await > frozen_on_shared, "writes go on at the new home");
 
     let t = app1.control.tenant_by_slug("moving").await.unwrap().unwrap();
-    assert_eq!(t.db_strategy, "dedicated");
+    assert_eq!(t.db_strategy, authio_db::DbStrategy::Dedicated);
     let back = app1.control.start_move(&t, Direction::ToShared, &key, &quiet_move()).await.unwrap();
     assert!(back.checks.iter().all(|c| c.matches()), "{:?}", back.checks);
     let frozen_on_dedicated = count(&dedicated, "users", t.id).await;

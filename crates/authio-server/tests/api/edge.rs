@@ -1,0 +1,139 @@
+//! The edge: NUL characters refused before they reach PostgreSQL, the framework's refusals in
+//! the API's error shapes, and clients too slow to send their headers or body let go.
+use std::time::{Duration, Instant};
+
+use authio_testkit::{seed_tenant, spawn_app, spawn_app_with, AppOptions};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+
+#[tokio::test]
+async fn nul_characters_are_refused_at_the_edge_in_the_documented_shapes() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "nul", TenantKind::Customer, Plan::Pro).await;
+    let p = s.project.id;
+
+    // The OpenID token, introspection and revocation endpoints: RFC 6749's shape.
+    for endpoint in ["oauth2/token", "oauth2/introspect", "oauth2/revoke"] {
+        let r = app
+            .http
+            .post(app.url(&format!("/p/{p}/{endpoint}")))
+            .form(&[("grant_type", "authorization_code"), ("client_id", "oc_\u{0}x"), ("token", "t")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{endpoint}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_request", "{endpoint}: {body}");
+        assert!(body["error_description"].as_str().unwrap().contains("NUL"), "{body}");
+    }
+    // Logout's client_id is a query value; an upstream slug a path segment.
+    for path in [format!("/p/{p}/oauth2/logout?client_id=oc_%00"), format!("/p/{p}/oauth/%00")] {
+        let r = app.http.get(app.url(&path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_request", "{path}: {body}");
+    }
+
+    // Management fields, JSON-escaped: 400, and nothing written.
+    let key = &s.api_key.plaintext;
+    let r = app
+        .http
+        .post(app.url(&format!("/v1/projects/{p}/m2m-clients")))
+        .bearer_auth(key)
+        .json(&json!({ "name": "svc\u{0}", "scopes": [] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let listed = get_json(&app, &format!("/v1/projects/{p}/m2m-clients"), key).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 0, "{listed}");
+    let r = app
+        .http
+        .patch(app.url(&format!("/v1/projects/{p}/presentation")))
+        .bearer_auth(key)
+        .json(&json!({ "logo_url": "https://a.test/\u{0}.png" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = app
+        .http
+        .delete(app.url(&format!("/v1/projects/{p}/allowed-origins?origin=https://a.test%00")))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // A backslash followed by "u0000" is text, not a NUL: it reaches the handler.
+    let r = app
+        .http
+        .post(app.url(&format!("/v1/projects/{p}/m2m-clients")))
+        .bearer_auth(key)
+        .json(&json!({ "name": "svc \\u0000 literally", "scopes": [] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn oversized_bodies_and_wrong_methods_answer_in_the_api_error_shape() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "shape", TenantKind::Customer, Plan::Pro).await;
+    let big = "x".repeat(2 * 1024 * 1024);
+    let r = app
+        .http
+        .post(app.url(&format!("/v1/projects/{}/users", s.project.id)))
+        .bearer_auth(&s.api_key.plaintext)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
+
+    let r = app.http.put(app.url("/v1/auth/signin")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.headers()["allow"], "POST");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+}
+
+#[tokio::test]
+async fn slow_clients_are_let_go() {
+    let app = spawn_app_with(AppOptions {
+        tune_auth: |a| {
+            a.edge.header_read = Duration::from_millis(800);
+            a.edge.body_read = Duration::from_millis(800);
+        },
+        ..Default::default()
+    })
+    .await;
+    // Partial headers, then nothing: the server closes the connection.
+    let mut c = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    c.write_all(b"POST /v1/auth/signin HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was still open after 10 s");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+
+    // Headers promising 100 bytes of body, 10 sent: 408 in the API's shape.
+    let mut c = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    c.write_all(
+        b"POST /v1/auth/signin HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"email\":",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(8));
+}

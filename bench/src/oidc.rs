@@ -62,7 +62,7 @@ pub async fn oidc(env: &Env, secs: u64, rounds: usize) -> Result<()> {
         ..AuthorizeParams::default()
     };
     let request = state
-        .identity
+        .oidc
         .authorization_request(t.project.id, &params)
         .await
         .map_err(|e| anyhow::anyhow!("authorization request: {e:?}"))?;
@@ -77,7 +77,7 @@ pub async fn oidc(env: &Env, secs: u64, rounds: usize) -> Result<()> {
 
     // n fresh codes (issued as the authorization endpoint issues them), as token request bodies.
     let codes = |n: usize| {
-        let identity = state.identity.clone();
+        let identity = state.oidc.clone();
         let request = request.clone();
         let users = users.clone();
         async move {
@@ -130,7 +130,7 @@ pub async fn oidc(env: &Env, secs: u64, rounds: usize) -> Result<()> {
                 // Refresh tokens of OpenID sessions: exchange codes in process.
                 let exchanged: Vec<Result<String>> = futures_util::stream::iter(codes(need).await?)
                     .map(|body| {
-                        let identity = state.identity.clone();
+                        let identity = state.oidc.clone();
                         let client = client.client_id.clone();
                         async move {
                             let code: String = serde_urlencoded::from_str::<Vec<(String, String)>>(&body)?

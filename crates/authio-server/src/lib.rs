@@ -37,6 +37,10 @@ pub struct AppState {
     pub router: Router,
     pub clock: Arc<dyn Clock>,
     pub identity: Identity,
+    /// Each project's OpenID Provider.
+    pub oidc: authio_core::oidc::Provider,
+    /// Sign-in through upstream providers.
+    pub upstream: authio_core::federation::upstream::Upstream,
     pub metrics: Arc<metrics::Metrics>,
     /// Proxies whose `X-Forwarded-For` is believed (see [`routes::auth::client_ip`]).
     pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
@@ -137,6 +141,8 @@ impl AppState {
         Ok(AppState {
             router,
             clock,
+            oidc: authio_core::oidc::Provider::new(identity.clone()),
+            upstream: authio_core::federation::upstream::Upstream::new(identity.clone()),
             identity,
             metrics: Arc::new(metrics::Metrics::default()),
             trusted_proxies: Arc::new(trusted_proxies),

@@ -281,6 +281,7 @@ impl EventRow {
 }
 
 /// Record an event inside the caller's transaction (it commits or rolls back with the change).
+#[tracing::instrument(level = "debug", name = "audit::record_in", skip_all, fields(tenant = %scope.tenant_id, project = ?scope.project_id))]
 pub async fn record_in(tx: &ScopedTx, scope: &Scope, event: Event<'_>, at: DateTime<Utc>) -> Result<(), CoreError> {
     let row = EventRow::new(scope, event, at)?;
     tx.query(INSERT_SQL, &row.params()).await?;
@@ -289,6 +290,7 @@ pub async fn record_in(tx: &ScopedTx, scope: &Scope, event: Event<'_>, at: DateT
 
 /// Record an event as the transaction's last statement and commit, in one round trip (the
 /// chain's head stays locked for the commit alone).
+#[tracing::instrument(level = "debug", name = "audit::record_and_commit", skip_all, fields(tenant = %scope.tenant_id, project = ?scope.project_id))]
 pub async fn record_and_commit(
     tx: ScopedTx,
     scope: &Scope,
@@ -308,6 +310,7 @@ const OUTBOX_SQL: &str = "INSERT INTO audit_outbox (tenant_id, project_id, id, o
 /// Record an event about a row pinned to the shared database, inside the transaction that
 /// changes it there (`Router::begin_pinned`, or an operator's transaction): it waits in the
 /// outbox until [`relay`] moves it to the tenant's home log.
+#[tracing::instrument(level = "debug", name = "audit::record_pinned", skip_all, fields(tenant = %scope.tenant_id, project = ?scope.project_id))]
 pub async fn record_pinned(tx: &ScopedTx, scope: &Scope, event: Event<'_>, at: DateTime<Utc>) -> Result<(), CoreError> {
     let row = EventRow::new(scope, event, at)?;
     tx.query(OUTBOX_SQL, &row.params()).await?;
@@ -315,6 +318,7 @@ pub async fn record_pinned(tx: &ScopedTx, scope: &Scope, event: Event<'_>, at: D
 }
 
 /// The same, inside an operator's transaction on the shared database.
+#[tracing::instrument(level = "debug", name = "audit::record_pinned_as_owner", skip_all, fields(tenant = %scope.tenant_id, project = ?scope.project_id))]
 pub async fn record_pinned_as_owner(
     tx: &authio_db::OwnerTx<'_>,
     scope: &Scope,
@@ -397,6 +401,7 @@ pub async fn relay(
 }
 
 /// Record an event that is itself the change (a failed sign-in), in one round trip.
+#[tracing::instrument(level = "debug", name = "audit::record", skip_all, fields(tenant = %scope.tenant_id, project = ?scope.project_id))]
 pub async fn record(router: &Router, scope: &Scope, event: Event<'_>, at: DateTime<Utc>) -> Result<(), CoreError> {
     let row = EventRow::new(scope, event, at)?;
     router.write(scope, &[(INSERT_SQL, &row.params())]).await?;
@@ -466,6 +471,7 @@ pub struct Filter {
 }
 
 /// A page of the project's events, newest first, before sequence `before` when given.
+#[tracing::instrument(level = "debug", name = "audit::list", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn list(
     router: &Router,
     auth: &Authorized,
@@ -532,4 +538,24 @@ pub struct ChainReport {
     pub events: u64,
     /// The first event whose link does not hold, with why; `None` when the chain is whole.
     pub first_broken: Option<(i64, String)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AuditAction;
+
+    /// The log's actions are a public contract: each is documented, once, and keeps its string.
+    #[test]
+    fn every_action_is_documented_and_distinct() {
+        let doc = include_str!("../../../../docs/concepts/audit-log.md");
+        let mut seen = std::collections::HashSet::new();
+        for a in AuditAction::ALL {
+            assert!(seen.insert(a.as_str()), "{a} twice");
+            assert!(doc.contains(&format!("`{a}`")), "{a} is not in docs/concepts/audit-log.md");
+            let (noun, verb) = a.as_str().split_once('.').unwrap_or_default();
+            assert!(!noun.is_empty() && !verb.is_empty() && a.as_str().len() <= 100, "{a}");
+        }
+        assert_eq!(AuditAction::UserSignedIn.as_str(), "user.signed_in");
+        assert_eq!(AuditAction::M2mTokensIssued.as_str(), "m2m.tokens_issued");
+    }
 }

@@ -167,6 +167,16 @@ impl Authorized {
         self.scope()
     }
 
+    /// The tenant acted on (nil for the platform target), for spans and logs.
+    pub fn tenant_id(&self) -> Uuid {
+        self.scope.map(|s| s.tenant_id).unwrap_or_default()
+    }
+
+    /// The project acted on, if the target is one.
+    pub fn project_id(&self) -> Option<Uuid> {
+        self.scope.and_then(|s| s.project_id)
+    }
+
     pub fn permission(&self) -> Permission {
         self.permission
     }

@@ -180,10 +180,22 @@ fn upstream_err(what: impl std::fmt::Display) -> CoreError {
     CoreError::Upstream(what.to_string())
 }
 
-impl Identity {
+/// Sign-in through upstream providers, built on the identity service (its sessions, caches
+/// and HTTP client): connections, the authorization-code flow, account linking.
+#[derive(Clone)]
+pub struct Upstream {
+    identity: Identity,
+}
+
+impl Upstream {
+    pub fn new(identity: Identity) -> Self {
+        Upstream { identity }
+    }
+
     fn check_upstream_url(&self, raw: &str, field: &'static str) -> Result<(), CoreError> {
         let url = url::Url::parse(raw).map_err(|_| bad(field))?;
-        let ok = url.scheme() == "https" || (url.scheme() == "http" && self.inner.settings.allow_http_upstreams);
+        let ok =
+            url.scheme() == "https" || (url.scheme() == "http" && self.identity.inner.settings.allow_http_upstreams);
         if !ok || url.host_str().is_none() || raw.len() > 2048 {
             return Err(bad(field));
         }
@@ -192,6 +204,7 @@ impl Identity {
 
     /// Register an upstream provider for the scope's project (discovering an OIDC
     /// provider's endpoints now; its secret sealed with the master key).
+    #[tracing::instrument(level = "debug", name = "upstream::create_connection", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
     pub async fn create_connection(
         &self,
         auth: &Authorized,
@@ -258,10 +271,14 @@ impl Identity {
         if new.kind != ProviderKind::Github && !scopes.iter().any(|s| s == "openid") {
             return Err(bad("scopes (must include openid)"));
         }
-        let sealed =
-            self.inner.master_key.encrypt(&new.client_secret).map_err(|e| CoreError::Internal(e.to_string()))?;
-        let now = crate::clock::now_as_stored(self.inner.clock.as_ref());
-        let tx = self.inner.router.begin_pinned(scope).await?;
+        let sealed = self
+            .identity
+            .inner
+            .master_key
+            .encrypt(&new.client_secret)
+            .map_err(|e| CoreError::Internal(e.to_string()))?;
+        let now = crate::clock::now_as_stored(self.identity.inner.clock.as_ref());
+        let tx = self.identity.inner.router.begin_pinned(scope).await?;
         let row = tx
             .query_opt(
                 &format!(
@@ -304,22 +321,24 @@ impl Identity {
         Ok(info)
     }
 
+    #[tracing::instrument(level = "debug", name = "upstream::list_connections", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
     pub async fn list_connections(&self, auth: &Authorized) -> Result<Vec<ConnectionInfo>, CoreError> {
         self.connections(auth.require(Permission::ProjectRead)?).await
     }
 
     async fn connections(&self, scope: &Scope) -> Result<Vec<ConnectionInfo>, CoreError> {
-        let tx = self.inner.router.begin_pinned(scope).await?;
+        let tx = self.identity.inner.router.begin_pinned(scope).await?;
         let rows = tx.query(&format!("SELECT {COLS} FROM oauth_connections ORDER BY slug"), &[]).await?;
         tx.commit().await?;
         rows.iter().map(ConnectionInfo::from_row).collect()
     }
 
+    #[tracing::instrument(level = "debug", name = "upstream::delete_connection", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
     pub async fn delete_connection(&self, auth: &Authorized, id: Uuid, client: &ClientInfo) -> Result<(), CoreError> {
         let scope = auth.require(Permission::ProjectConfigure)?;
         let actor = auth.actor();
-        let now = self.now();
-        let tx = self.inner.router.begin_pinned(scope).await?;
+        let now = self.identity.now();
+        let tx = self.identity.inner.router.begin_pinned(scope).await?;
         let gone = tx
             .query_opt("DELETE FROM oauth_connections WHERE id = $1 RETURNING slug", &[(&id, Type::UUID)])
             .await?
@@ -340,6 +359,7 @@ impl Identity {
     async fn discover(&self, issuer: &str) -> Result<Discovery, CoreError> {
         let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
         let d: Discovery = self
+            .identity
             .inner
             .http
             .get(&url)
@@ -364,7 +384,7 @@ impl Identity {
         key: &(dyn tokio_postgres::types::ToSql + Sync),
         ty: Type,
     ) -> Result<(ConnectionInfo, String), CoreError> {
-        let tx = self.inner.router.begin_pinned(scope).await?;
+        let tx = self.identity.inner.router.begin_pinned(scope).await?;
         let row = tx
             .query_opt(&format!("SELECT {COLS}, client_secret_enc FROM oauth_connections WHERE {sql}"), &[(key, ty)])
             .await?
@@ -372,6 +392,7 @@ impl Identity {
         tx.commit().await?;
         let info = ConnectionInfo::from_row(&row)?;
         let secret = self
+            .identity
             .inner
             .master_key
             .decrypt(row.col::<&str>("client_secret_enc")?)
@@ -380,14 +401,16 @@ impl Identity {
     }
 
     /// The enabled connections a project's hosted page offers.
+    #[tracing::instrument(level = "debug", name = "upstream::sign_in_buttons", skip_all, fields(project = %project))]
     pub async fn sign_in_buttons(&self, project: Uuid) -> Result<Vec<(String, String)>, CoreError> {
-        let profile = self.profile(project).await?;
+        let profile = self.identity.profile(project).await?;
         let list = self.connections(&scope_of(&profile)).await?;
         Ok(list.into_iter().filter(|c| c.enabled).map(|c| (c.slug, c.display_name)).collect())
     }
 
     /// Start an upstream sign-in: the provider's authorization URL, and a verifier the
     /// browser keeps (in a cookie) and presents at the callback.
+    #[tracing::instrument(level = "debug", name = "upstream::upstream_start", skip_all, fields(project = %project))]
     pub async fn upstream_start(
         &self,
         project: Uuid,
@@ -396,12 +419,12 @@ impl Identity {
         callback_url: &str,
         ip: Option<IpAddr>,
     ) -> Result<(String, String), CoreError> {
-        self.limit_attempts(ip).await?;
-        let presentation = self.presentation(project).await?;
+        self.identity.limit_attempts(ip).await?;
+        let presentation = self.identity.presentation(project).await?;
         if !presentation.offers("oauth") {
             return Err(CoreError::Forbidden("this sign-in method is not enabled for the project"));
         }
-        let profile = self.profile(project).await?;
+        let profile = self.identity.profile(project).await?;
         let scope = scope_of(&profile);
         let (conn, _) = self.connection_by(&scope, "slug = $1", &slug, Type::TEXT).await?;
         if !conn.enabled {
@@ -411,11 +434,12 @@ impl Identity {
         let (nonce, _) = new_token("");
         let (pkce_verifier, _) = new_token("");
         let (browser, browser_hash) = new_token("");
-        let sealed = self.inner.master_key.encrypt(&pkce_verifier).map_err(|e| CoreError::Internal(e.to_string()))?;
+        let sealed =
+            self.identity.inner.master_key.encrypt(&pkce_verifier).map_err(|e| CoreError::Internal(e.to_string()))?;
         let (ret_uri, ret_state, ret_challenge) = Return::columns(ret);
-        let now = self.now();
-        let expires = now + Duration::seconds(self.inner.settings.one_time.oauth_state_ttl_secs);
-        let tx = self.inner.router.begin_pinned(&scope).await?;
+        let now = self.identity.now();
+        let expires = now + Duration::seconds(self.identity.inner.settings.one_time.oauth_state_ttl_secs);
+        let tx = self.identity.inner.router.begin_pinned(&scope).await?;
         tx.query(
             "INSERT INTO oauth_states (tenant_id, project_id, state_hash, connection_id, nonce, pkce_verifier_enc,
                                        browser_binding, redirect_uri, app_state, code_challenge, created_at, expires_at)
@@ -458,6 +482,8 @@ impl Identity {
     /// that started, the code exchanged with the PKCE verifier, the id_token checked
     /// (signature by the provider's JWKS, issuer, audience, expiry, nonce), then the user
     /// found by this identity, linked by verified email, or created.
+    // The tenant and project are known only once the presented token or code is resolved.
+    #[tracing::instrument(level = "debug", name = "upstream::upstream_finish", skip_all)]
     pub async fn upstream_finish(
         &self,
         state: &str,
@@ -467,10 +493,10 @@ impl Identity {
         client: &ClientInfo,
         ip: Option<IpAddr>,
     ) -> Result<(Scope, SignedInUser, Option<Return>), CoreError> {
-        self.refuse_guesser(ip).await?;
+        self.identity.refuse_guesser(ip).await?;
         let result: Result<(Scope, SignedInUser, Option<Return>), CoreError> = async {
-            let now = self.now();
-            let row = preresolve::oauth_state_use(&self.inner.router, &token_hash(state), now)
+            let now = self.identity.now();
+            let row = preresolve::oauth_state_use(&self.identity.inner.router, &token_hash(state), now)
                 .await?
                 .ok_or(CoreError::UpstreamRefused("the sign-in request is unknown, used or expired (state)"))?;
             let binding: Vec<u8> = row.try_get(5)?;
@@ -484,12 +510,13 @@ impl Identity {
             let connection_id: Uuid = row.try_get(2)?;
             let nonce: String = row.try_get(3)?;
             let verifier = self
+                .identity
                 .inner
                 .master_key
                 .decrypt(&row.try_get::<String>(4)?)
                 .map_err(|e| CoreError::Internal(format!("pkce verifier: {e}")))?;
             let ret = Return::from_columns(row.try_get(6)?, row.try_get(7)?, row.try_get(8)?);
-            let profile = self.profile(project).await?;
+            let profile = self.identity.profile(project).await?;
             let scope = scope_of(&profile);
             let (conn, secret) = self.connection_by(&scope, "id = $1", &connection_id, Type::UUID).await?;
             let tokens = self.redeem(&conn, &secret, code, &verifier, callback_url).await?;
@@ -505,7 +532,7 @@ impl Identity {
             Ok((scope, user, ret))
         }
         .await;
-        self.judge(ip, result).await
+        self.identity.judge(ip, result).await
     }
 
     async fn redeem(
@@ -523,6 +550,7 @@ impl Identity {
             ("code_verifier", verifier),
         ];
         let resp = self
+            .identity
             .inner
             .http
             .post(&conn.token_endpoint)
@@ -543,11 +571,12 @@ impl Identity {
 
     async fn jwks(&self, uri: &str, refresh: bool) -> Result<Arc<JwkSet>, CoreError> {
         let ttl = if refresh { JWKS_REFETCH_AFTER } else { JWKS_TTL };
-        if let Some(set) = self.inner.upstream_keys.get(uri, ttl) {
+        if let Some(set) = self.identity.inner.upstream_keys.get(uri, ttl) {
             return Ok(set);
         }
-        let generation = self.inner.upstream_keys.generation();
+        let generation = self.identity.inner.upstream_keys.generation();
         let set: JwkSet = self
+            .identity
             .inner
             .http
             .get(uri)
@@ -559,7 +588,7 @@ impl Identity {
             .await
             .map_err(upstream_err)?;
         let set = Arc::new(set);
-        self.inner.upstream_keys.put(uri, set.clone(), generation);
+        self.identity.inner.upstream_keys.put(uri, set.clone(), generation);
         Ok(set)
     }
 
@@ -638,7 +667,8 @@ impl Identity {
         }
         let token = access_token.ok_or(CoreError::UpstreamRefused("the provider sent no access token"))?;
         let get = |url: &'static str| {
-            self.inner
+            self.identity
+                .inner
                 .http
                 .get(url)
                 .bearer_auth(token)
@@ -678,9 +708,9 @@ impl Identity {
         who: &UpstreamUser,
         client: &ClientInfo,
     ) -> Result<SignedInUser, CoreError> {
-        let now = self.now();
+        let now = self.identity.now();
         let project = project_of(scope)?;
-        let tx = self.inner.router.begin(scope).await?;
+        let tx = self.identity.inner.router.begin(scope).await?;
         let linked = tx
             .query_opt(
                 "UPDATE user_identities i SET last_used_at = $3 FROM users u

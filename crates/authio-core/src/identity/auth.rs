@@ -378,6 +378,7 @@ impl Identity {
     }
 
     /// Create a user with a password and sign them in.
+    #[tracing::instrument(level = "debug", name = "identity::sign_up", skip_all, fields(project = %project))]
     pub async fn sign_up(
         &self,
         project: Uuid,
@@ -430,6 +431,7 @@ impl Identity {
 
     /// Create a user with a password and no session: how platform identities (operators,
     /// dashboard users) are made, by operators (`authio dev`, the console).
+    #[tracing::instrument(level = "debug", name = "identity::create_user_with_password", skip_all, fields(project = %project))]
     pub async fn create_user_with_password(
         &self,
         project: Uuid,
@@ -450,6 +452,7 @@ impl Identity {
     /// Password sign-in. Unknown accounts, accounts without a password, disabled accounts and
     /// wrong passwords all answer `InvalidCredentials` after the same hashing work; locked
     /// accounts (known or not) answer `RateLimited`.
+    #[tracing::instrument(level = "debug", name = "identity::sign_in", skip_all, fields(project = %project))]
     pub async fn sign_in(
         &self,
         project: Uuid,
@@ -504,6 +507,7 @@ impl Identity {
 
     /// A password sign-in that hands over a user rather than a session (the hosted pages:
     /// the session starts when the app exchanges its sign-in code).
+    #[tracing::instrument(level = "debug", name = "identity::password_user", skip_all, fields(project = %project))]
     pub async fn password_user(
         &self,
         project: Uuid,
@@ -624,6 +628,8 @@ impl Identity {
 
     /// Rotate a refresh token (`grant_type=refresh_token`).
     /// Failures count against the caller's address like other one-time secrets.
+    // The tenant and project are known only once the presented token or code is resolved.
+    #[tracing::instrument(level = "debug", name = "identity::refresh", skip_all)]
     pub async fn refresh(
         &self,
         presented: &str,
@@ -720,6 +726,8 @@ impl Identity {
     }
 
     /// RFC 6749 section 4.4. `requested` is the space-separated `scope` parameter.
+    // The tenant and project are known only once the presented token or code is resolved.
+    #[tracing::instrument(level = "debug", name = "identity::client_credentials", skip_all)]
     pub async fn client_credentials(
         &self,
         client_id: &str,
@@ -830,6 +838,8 @@ impl Identity {
 
     /// RFC 7662. A token of another project, of the other kind, or not valid at all is
     /// simply inactive.
+    // The tenant and project are known only once the presented token or code is resolved.
+    #[tracing::instrument(level = "debug", name = "identity::introspect", skip_all)]
     pub async fn introspect(&self, caller: Caller, token: &str) -> Result<Introspection, CoreError> {
         let caller_profile = self.profile(caller.project_id).await?;
         if let Some((project, hash)) = sessions::parse_refresh_token(token) {
@@ -887,6 +897,8 @@ impl Identity {
     /// RFC 7009. A refresh token ends its session; an access token is recorded as revoked
     /// until it expires. Unknown, invalid and foreign tokens are ignored (the answer is the
     /// same). Without a caller, possession of the token is the authority (sign-out).
+    // The tenant and project are known only once the presented token or code is resolved.
+    #[tracing::instrument(level = "debug", name = "identity::revoke", skip_all)]
     pub async fn revoke(&self, caller: Option<Caller>, token: &str, client: &ClientInfo) -> Result<(), CoreError> {
         let same_project = |p: Uuid| caller.is_none_or(|c| c.project_id == p);
         if let Some((project, hash)) = sessions::parse_refresh_token(token) {

@@ -84,6 +84,7 @@ pub struct CreatedClient {
 }
 
 /// Create a client. Its audience defaults to the project's issuer.
+#[tracing::instrument(level = "debug", name = "m2m::create", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn create(
     router: &Router,
     clock: &dyn Clock,
@@ -144,6 +145,7 @@ pub async fn create(
     Ok(CreatedClient { info: ClientInfo::from_row(&row)?, client_secret })
 }
 
+#[tracing::instrument(level = "debug", name = "m2m::list", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn list(router: &Router, auth: &Authorized) -> Result<Vec<ClientInfo>, CoreError> {
     let scope = auth.require(Permission::ProjectRead)?;
     project_of(scope)?;
@@ -155,6 +157,7 @@ pub async fn list(router: &Router, auth: &Authorized) -> Result<Vec<ClientInfo>,
 
 /// Revoke a client: its secret stops working at once (tokens it already holds live until
 /// they expire, or until revoked one by one).
+#[tracing::instrument(level = "debug", name = "m2m::revoke", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn revoke(
     router: &Router,
     clock: &dyn Clock,

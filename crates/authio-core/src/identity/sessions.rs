@@ -183,6 +183,7 @@ pub struct Refreshed {
 
 /// Rotate a refresh token (see the module documentation for reuse and the grace window): the
 /// checks and writes in one call (`authio_refresh_rotate`), its event with the commit.
+#[tracing::instrument(level = "debug", name = "sessions::refresh", skip_all, fields(tenant = %scope.tenant_id, project = ?scope.project_id))]
 pub async fn refresh(
     router: &Router,
     clock: &dyn Clock,
@@ -273,6 +274,7 @@ async fn revoke_in(tx: &ScopedTx, sid: Uuid, now: DateTime<Utc>, reason: &str) -
 }
 
 /// Revoke a session on behalf of whoever manages the project's users.
+#[tracing::instrument(level = "debug", name = "sessions::revoke_managed", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn revoke_managed(
     router: &Router,
     clock: &dyn Clock,
@@ -285,6 +287,7 @@ pub async fn revoke_managed(
 
 /// Revoke a session (its refresh tokens stop working at once; its access tokens fail
 /// introspection). Revoking twice is not an error.
+#[tracing::instrument(level = "debug", name = "sessions::revoke", skip_all, fields(tenant = %scope.tenant_id, project = ?scope.project_id))]
 pub async fn revoke(
     router: &Router,
     clock: &dyn Clock,
@@ -313,6 +316,7 @@ pub async fn revoke(
 
 /// Revoke the session a refresh token belongs to (RFC 7009 revocation, sign-out). Unknown
 /// tokens are ignored.
+#[tracing::instrument(level = "debug", name = "sessions::revoke_by_refresh_token", skip_all, fields(tenant = %scope.tenant_id, project = ?scope.project_id))]
 pub async fn revoke_by_refresh_token(
     router: &Router,
     clock: &dyn Clock,
@@ -352,6 +356,7 @@ pub async fn revoke_by_refresh_token(
 }
 
 /// A user's sessions, newest first (live and ended).
+#[tracing::instrument(level = "debug", name = "sessions::list_for_user", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn list_for_user(router: &Router, auth: &Authorized, user: Uuid) -> Result<Vec<SessionInfo>, CoreError> {
     let scope = auth.require(Permission::UsersRead)?;
     let project = project_of(scope)?;
@@ -378,6 +383,7 @@ pub struct RefreshTokenState {
     pub expires_at: DateTime<Utc>,
 }
 
+#[tracing::instrument(level = "debug", name = "sessions::refresh_token_state", skip_all, fields(tenant = %scope.tenant_id, project = ?scope.project_id))]
 pub async fn refresh_token_state(
     router: &Router,
     clock: &dyn Clock,
@@ -417,6 +423,7 @@ pub async fn refresh_token_state(
 
 /// Whether an access token is still good at its home: its jti not revoked and, for a token of
 /// a session, the session live and its user not disabled.
+#[tracing::instrument(level = "debug", name = "sessions::access_token_live", skip_all, fields(tenant = %scope.tenant_id, project = ?scope.project_id))]
 pub async fn access_token_live(
     router: &Router,
     clock: &dyn Clock,
@@ -447,6 +454,7 @@ pub async fn access_token_live(
 }
 
 /// Record an access token as revoked until it expires.
+#[tracing::instrument(level = "debug", name = "sessions::revoke_access_token", skip_all, fields(tenant = %scope.tenant_id, project = ?scope.project_id))]
 pub async fn revoke_access_token(
     router: &Router,
     clock: &dyn Clock,

@@ -441,6 +441,7 @@ impl Identity {
     /// `token`. Answers the same whether or not the account exists; returns the token when
     /// one was sent (the caller mails nothing itself; tools and benchmarks use it).
     #[allow(clippy::too_many_arguments)]
+    #[tracing::instrument(level = "debug", name = "identity::request_magic_link", skip_all, fields(project = %project))]
     pub async fn request_magic_link(
         &self,
         project: Uuid,
@@ -526,6 +527,8 @@ impl Identity {
 
     /// Use a magic link (once): the email it proves. A link bound to a browser needs that
     /// browser's verifier.
+    // The tenant and project are known only once the presented token or code is resolved.
+    #[tracing::instrument(level = "debug", name = "identity::use_magic_link", skip_all)]
     pub async fn use_magic_link(
         &self,
         token: &str,
@@ -568,6 +571,7 @@ impl Identity {
 
     /// Email a six-digit code. Returns the challenge id (the same shape whether or not the
     /// account exists) and the code when one was sent.
+    #[tracing::instrument(level = "debug", name = "identity::request_email_code", skip_all, fields(project = %project))]
     pub async fn request_email_code(
         &self,
         project: Uuid,
@@ -637,6 +641,8 @@ impl Identity {
 
     /// Check an email code: every attempt is counted first; after the last allowed attempt
     /// the challenge is locked, right code or not. A right code is used once.
+    // The tenant and project are known only once the presented token or code is resolved.
+    #[tracing::instrument(level = "debug", name = "identity::verify_email_code", skip_all)]
     pub async fn verify_email_code(
         &self,
         challenge: Uuid,
@@ -670,6 +676,7 @@ impl Identity {
 
     /// The hosted flow's hand-off: a single-use code for the signed-in user, and the URI to
     /// send the browser to (`code` and `state` added).
+    #[tracing::instrument(level = "debug", name = "identity::issue_signin_code", skip_all, fields(tenant = %scope.tenant_id, project = ?scope.project_id))]
     pub async fn issue_signin_code(
         &self,
         scope: &Scope,
@@ -714,6 +721,7 @@ impl Identity {
 
     /// Email a password-reset link if the account exists and has a password (the answer is
     /// the same either way).
+    #[tracing::instrument(level = "debug", name = "identity::request_password_reset", skip_all, fields(project = %project))]
     pub async fn request_password_reset(
         &self,
         project: Uuid,
@@ -750,6 +758,8 @@ impl Identity {
 
     /// Set a new password with a reset link (once): the email counts as verified, and every
     /// session of the user ends.
+    // The tenant and project are known only once the presented token or code is resolved.
+    #[tracing::instrument(level = "debug", name = "identity::reset_password", skip_all)]
     pub async fn reset_password(
         &self,
         token: &str,
@@ -800,6 +810,7 @@ impl Identity {
     }
 
     /// Email a link that confirms the address of a user who signed up with a password.
+    #[tracing::instrument(level = "debug", name = "identity::send_email_verification", skip_all, fields(project = %project))]
     pub async fn send_email_verification(&self, project: Uuid, email: &str, link_base: &str) -> Result<(), CoreError> {
         let email = Email::parse(email)?;
         let presentation = self.presentation(project).await?;
@@ -820,6 +831,8 @@ impl Identity {
     }
 
     /// Confirm an address with its link (once).
+    // The tenant and project are known only once the presented token or code is resolved.
+    #[tracing::instrument(level = "debug", name = "identity::verify_email", skip_all)]
     pub async fn verify_email(&self, token: &str, client: &ClientInfo, ip: Option<IpAddr>) -> Result<(), CoreError> {
         self.refuse_guesser(ip).await?;
         let result: Result<(), CoreError> = async {
@@ -880,6 +893,7 @@ impl Identity {
 
     /// Create an account with a password from a hosted sign-up page: no session yet (the app
     /// gets one by exchanging its sign-in code), the event written with the user.
+    #[tracing::instrument(level = "debug", name = "identity::register", skip_all, fields(project = %project))]
     pub async fn register(
         &self,
         project: Uuid,

@@ -51,12 +51,14 @@ impl User {
 }
 
 /// Create a user (no password) on behalf of the system (seeding, tools).
+#[tracing::instrument(level = "debug", name = "users::create", skip_all, fields(tenant = %scope.tenant_id, project = ?scope.project_id))]
 pub async fn create(router: &Router, clock: &dyn Clock, scope: &Scope, email: &Email) -> Result<User, CoreError> {
     let system = audit::Actor { kind: crate::audit::ActorKind::System, id: None, name: None };
     create_as(router, clock, scope, email, &system, &ClientInfo::default()).await
 }
 
 /// Create a user (no password), with its `user.created` event in the same transaction.
+#[tracing::instrument(level = "debug", name = "users::create_by", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn create_by(
     router: &Router,
     clock: &dyn Clock,
@@ -121,6 +123,7 @@ pub(crate) async fn insert(
 }
 
 /// A page of users in id order (UUIDv7, so creation order), after `after` when given.
+#[tracing::instrument(level = "debug", name = "users::list", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn list(router: &Router, auth: &Authorized, limit: i64, after: Option<Uuid>) -> Result<Vec<User>, CoreError> {
     let scope = auth.require(Permission::UsersRead)?;
     let project = project_of(scope)?;
@@ -141,6 +144,7 @@ pub async fn list(router: &Router, auth: &Authorized, limit: i64, after: Option<
 }
 
 /// Users whose email contains `query` (case-insensitive), in creation order, at most `limit`.
+#[tracing::instrument(level = "debug", name = "users::search", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn search(router: &Router, auth: &Authorized, query: &str, limit: i64) -> Result<Vec<User>, CoreError> {
     let scope = auth.require(Permission::UsersRead)?;
     let project = project_of(scope)?;
@@ -161,6 +165,7 @@ pub async fn search(router: &Router, auth: &Authorized, query: &str, limit: i64)
 }
 
 /// One user of the scope's project.
+#[tracing::instrument(level = "debug", name = "users::get", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn get(router: &Router, auth: &Authorized, id: Uuid) -> Result<User, CoreError> {
     let scope = auth.require(Permission::UsersRead)?;
     let project = project_of(scope)?;
@@ -175,6 +180,7 @@ pub async fn get(router: &Router, auth: &Authorized, id: Uuid) -> Result<User, C
 }
 
 /// Disable a user (every session ends with it; signing in is refused) or enable it again.
+#[tracing::instrument(level = "debug", name = "users::set_disabled", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn set_disabled(
     router: &Router,
     clock: &dyn Clock,
@@ -224,6 +230,7 @@ pub async fn set_disabled(
 }
 
 /// Delete a user with its sessions and identities (the audit log keeps what they did).
+#[tracing::instrument(level = "debug", name = "users::delete", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn delete(
     router: &Router,
     clock: &dyn Clock,

@@ -134,6 +134,7 @@ fn bad(field: &'static str) -> CoreError {
 }
 
 /// Register a client for the scope's project: its secret (confidential clients) is shown once.
+#[tracing::instrument(level = "debug", name = "oidc::create_client", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn create_client(
     router: &Router,
     clock: &dyn Clock,
@@ -215,6 +216,7 @@ pub async fn create_client(
     Ok((OidcClientInfo::from_row(&row)?, secret))
 }
 
+#[tracing::instrument(level = "debug", name = "oidc::list_clients", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn list_clients(router: &Router, auth: &Authorized) -> Result<Vec<OidcClientInfo>, CoreError> {
     let scope = auth.require(Permission::ProjectRead)?;
     project_of(scope)?;
@@ -224,6 +226,7 @@ pub async fn list_clients(router: &Router, auth: &Authorized) -> Result<Vec<Oidc
     rows.iter().map(OidcClientInfo::from_row).collect()
 }
 
+#[tracing::instrument(level = "debug", name = "oidc::revoke_client", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn revoke_client(
     router: &Router,
     clock: &dyn Clock,
@@ -369,14 +372,25 @@ fn at_hash(alg: Alg, access_token: &str) -> String {
 
 const BAD_CODE: CoreError = CoreError::InvalidGrant("the code is invalid, used, expired or not for this request");
 
-impl Identity {
+/// The project's OpenID Provider, built on the identity service (its sessions, keys and
+/// profiles): clients, authorization requests, codes, userinfo, logout.
+#[derive(Clone)]
+pub struct Provider {
+    identity: Identity,
+}
+
+impl Provider {
+    pub fn new(identity: Identity) -> Self {
+        Provider { identity }
+    }
+
     /// Resolve a client by id (a pre-resolution lookup on shared).
     pub async fn oidc_client(&self, client_id: &str) -> Result<Option<OidcClient>, CoreError> {
         let shaped = client_id.len() == 27 && client_id.starts_with("oc_");
         if !shaped {
             return Ok(None);
         }
-        let row = preresolve::resolve_oidc_client(&self.inner.router, client_id).await?;
+        let row = preresolve::resolve_oidc_client(&self.identity.inner.router, client_id).await?;
         row.map(|r| OidcClient::from_row(client_id, &r)).transpose()
     }
 
@@ -390,9 +404,9 @@ impl Identity {
         method: &str,
         ip: Option<IpAddr>,
     ) -> Result<OidcClient, CoreError> {
-        let now = self.now();
+        let now = self.identity.now();
         let key = ip.map(ip_key);
-        self.refuse_if_blocked(key.as_deref(), now)?;
+        self.identity.refuse_if_blocked(key.as_deref(), now)?;
         let client = self.oidc_client(client_id).await?;
         let ok = match (&client, secret) {
             (Some(c), None) => c.public && method == "none",
@@ -410,13 +424,14 @@ impl Identity {
         match client {
             Some(c) if ok => Ok(c),
             _ => {
-                self.count_credential_failure("oidc_client:ip", key, now).await?;
+                self.identity.count_credential_failure("oidc_client:ip", key, now).await?;
                 Err(CoreError::InvalidClient)
             }
         }
     }
 
     /// Check an authorization request (OIDC Core 3.1.2.1, RFC 7636).
+    #[tracing::instrument(level = "debug", name = "oidc::authorization_request", skip_all, fields(project = %project))]
     pub async fn authorization_request(&self, project: Uuid, p: &AuthorizeParams) -> Result<AuthzRequest, AuthzError> {
         const NO_CLIENT: AuthzError = AuthzError::Page("unknown client");
         let client_id = p.client_id.as_deref().ok_or(AuthzError::Page("client_id is missing"))?;
@@ -507,7 +522,7 @@ impl Identity {
         session: Option<&OpSession>,
     ) -> Result<Option<OpSession>, CoreError> {
         let Some(s) = session else { return Ok(None) };
-        let now = self.now().timestamp();
+        let now = self.identity.now().timestamp();
         if s.project_id != req.client.project_id || s.expires <= now || req.prompt_login {
             return Ok(None);
         }
@@ -515,8 +530,9 @@ impl Identity {
             return Ok(None);
         }
         // The user must still be allowed in.
-        let profile = self.profile(s.project_id).await?;
+        let profile = self.identity.profile(s.project_id).await?;
         let rows = self
+            .identity
             .inner
             .router
             .read(&scope_of(&profile), "SELECT disabled FROM users WHERE id = $1", &[(&s.user_id, Type::UUID)])
@@ -529,7 +545,7 @@ impl Identity {
 
     /// The signed cookie value of a provider session for a user who just signed in.
     pub fn op_session_cookie(&self, project: Uuid, user: &SignedInUser, amr: &[&str], lifetime_secs: i64) -> String {
-        let now = self.now().timestamp();
+        let now = self.identity.now().timestamp();
         let s = OpSession {
             project_id: project,
             user_id: user.user_id,
@@ -538,14 +554,14 @@ impl Identity {
             expires: now + lifetime_secs,
         };
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&s).unwrap_or_default());
-        let mac = URL_SAFE_NO_PAD.encode(self.inner.master_key.mac("op_session", payload.as_bytes()));
+        let mac = URL_SAFE_NO_PAD.encode(self.identity.inner.master_key.mac("op_session", payload.as_bytes()));
         format!("{payload}.{mac}")
     }
 
     /// Read a provider session cookie: its signature checked in constant time.
     pub fn read_op_session(&self, cookie: &str) -> Option<OpSession> {
         let (payload, mac) = cookie.split_once('.')?;
-        let expected = URL_SAFE_NO_PAD.encode(self.inner.master_key.mac("op_session", payload.as_bytes()));
+        let expected = URL_SAFE_NO_PAD.encode(self.identity.inner.master_key.mac("op_session", payload.as_bytes()));
         if !bool::from(expected.as_bytes().ct_eq(mac.as_bytes())) {
             return None;
         }
@@ -554,15 +570,17 @@ impl Identity {
 
     /// Issue a code for a checked request and a signed-in browser: the redirect back to the
     /// client with `code`, `state` and `iss`.
+    // The tenant and project are known only once the presented token or code is resolved.
+    #[tracing::instrument(level = "debug", name = "oidc::issue_authorization_code", skip_all)]
     pub async fn issue_authorization_code(&self, req: &AuthzRequest, session: &OpSession) -> Result<String, CoreError> {
-        let profile = self.profile(req.client.project_id).await?;
+        let profile = self.identity.profile(req.client.project_id).await?;
         let scope = scope_of(&profile);
         let (code, hash) = new_token("ac_");
-        let now = self.now();
-        let expires = now + Duration::seconds(self.inner.settings.one_time.signin_code_ttl_secs);
+        let now = self.identity.now();
+        let expires = now + Duration::seconds(self.identity.inner.settings.one_time.signin_code_ttl_secs);
         let auth_time = DateTime::from_timestamp(session.auth_time, 0).unwrap_or(now);
         let scope_text = req.scope.join(" ");
-        let tx = self.inner.router.begin_pinned(&scope).await?;
+        let tx = self.identity.inner.router.begin_pinned(&scope).await?;
         tx.query(
             "INSERT INTO signin_codes (tenant_id, project_id, code_hash, user_id, amr, redirect_uri, code_challenge,
                                        created_at, expires_at, client_id, scope, nonce, auth_time)
@@ -585,7 +603,7 @@ impl Identity {
         )
         .await?;
         tx.commit().await?;
-        let iss = self.issuer(req.client.project_id);
+        let iss = self.identity.issuer(req.client.project_id);
         let mut p = vec![("code", code.as_str())];
         if let Some(s) = &req.state {
             p.push(("state", s.as_str()));
@@ -597,6 +615,8 @@ impl Identity {
     /// Exchange a code: once, by the client it was issued to (none for a hosted sign-in's
     /// code), with the same redirect URI and the PKCE verifier when a challenge was sent. A
     /// code presented again ends the session its first exchange started.
+    // The tenant and project are known only once the presented token or code is resolved.
+    #[tracing::instrument(level = "debug", name = "oidc::exchange_code", skip_all)]
     pub async fn exchange_code(
         &self,
         code: &str,
@@ -606,9 +626,9 @@ impl Identity {
         info: &ClientInfo,
         ip: Option<IpAddr>,
     ) -> Result<OidcTokens, CoreError> {
-        self.refuse_guesser(ip).await?;
+        self.identity.refuse_guesser(ip).await?;
         let result = self.exchange_code_unjudged(code, redirect_uri, verifier, client, info).await;
-        self.judge(ip, result).await
+        self.identity.judge(ip, result).await
     }
 
     async fn exchange_code_unjudged(
@@ -620,17 +640,19 @@ impl Identity {
         info: &ClientInfo,
     ) -> Result<OidcTokens, CoreError> {
         let hash = token_hash(code);
-        let row = preresolve::authorization_code_use(&self.inner.router, &hash, self.now()).await?.ok_or(BAD_CODE)?;
+        let row = preresolve::authorization_code_use(&self.identity.inner.router, &hash, self.identity.now())
+            .await?
+            .ok_or(BAD_CODE)?;
         let first_use: bool = row.try_get(0)?;
         let project: Uuid = row.try_get(2)?;
-        let profile = self.profile(project).await?;
+        let profile = self.identity.profile(project).await?;
         let scope = scope_of(&profile);
         if !first_use {
             // RFC 6749 4.1.2: a replayed code revokes what it granted.
             if let Some(sid) = row.try_get::<Option<Uuid>>(11)? {
                 let _ = crate::identity::sessions::revoke(
-                    &self.inner.router,
-                    self.inner.clock.as_ref(),
+                    &self.identity.inner.router,
+                    self.identity.inner.clock.as_ref(),
                     &scope,
                     sid,
                     Actor::anonymous(),
@@ -660,6 +682,7 @@ impl Identity {
             return Err(BAD_CODE);
         }
         let rows = self
+            .identity
             .inner
             .router
             .read(
@@ -677,17 +700,19 @@ impl Identity {
         let scopes: Vec<&str> = scope_text.as_deref().unwrap_or("").split(' ').filter(|s| !s.is_empty()).collect();
         let Some(client) = client else {
             // A hosted sign-in's hand-off: the app's own tokens, no ID token.
-            let tokens = self.start_session(&scope, &user, &amr_refs, info).await?;
-            preresolve::authorization_code_started(&self.inner.router, &hash, tokens.session_id).await?;
+            let tokens = self.identity.start_session(&scope, &user, &amr_refs, info).await?;
+            preresolve::authorization_code_started(&self.identity.inner.router, &hash, tokens.session_id).await?;
             return Ok(OidcTokens { tokens, id_token: None, scope: String::new(), offline: true });
         };
         let scope_claim = scope_text.clone().unwrap_or_default();
-        let tokens =
-            self.start_session_for(&scope, &user, &amr_refs, info, Some((&client.client_id, &scope_claim))).await?;
-        preresolve::authorization_code_started(&self.inner.router, &hash, tokens.session_id).await?;
-        let keys = self.inner.keys.keyset(&profile).await?;
-        let iss = self.issuer(project);
-        let now = self.now().timestamp();
+        let tokens = self
+            .identity
+            .start_session_for(&scope, &user, &amr_refs, info, Some((&client.client_id, &scope_claim)))
+            .await?;
+        preresolve::authorization_code_started(&self.identity.inner.router, &hash, tokens.session_id).await?;
+        let keys = self.identity.inner.keys.keyset(&profile).await?;
+        let iss = self.identity.issuer(project);
+        let now = self.identity.now().timestamp();
         let email_scope = scopes.contains(&"email");
         let id = IdClaims {
             iss: &iss,
@@ -714,8 +739,9 @@ impl Identity {
     }
 
     /// OIDC Core 5.3: the claims the access token's scopes allow.
+    #[tracing::instrument(level = "debug", name = "oidc::userinfo", skip_all, fields(project = %project))]
     pub async fn userinfo(&self, project: Uuid, access_token: &str) -> Result<serde_json::Value, CoreError> {
-        let (claims, profile) = self.verify_access_token(access_token).await?;
+        let (claims, profile) = self.identity.verify_access_token(access_token).await?;
         if profile.project_id != project {
             return Err(CoreError::InvalidToken("another project's token"));
         }
@@ -723,11 +749,12 @@ impl Identity {
         if claims.client_id.is_none() || claims.sid.is_none() || !scopes.contains(&"openid") {
             return Err(CoreError::InvalidToken("not an OpenID Connect access token"));
         }
-        if !self.access_token_live(&claims, &profile).await? {
+        if !self.identity.access_token_live(&claims, &profile).await? {
             return Err(CoreError::InvalidToken("revoked"));
         }
         let user = Uuid::parse_str(&claims.sub).map_err(|_| CoreError::InvalidToken("sub"))?;
         let rows = self
+            .identity
             .inner
             .router
             .read(
@@ -750,19 +777,20 @@ impl Identity {
 
     /// RP-initiated logout: the session named by the ID token ends. The hint may be expired
     /// but must be signed by this project. Returns the client it was issued to.
+    #[tracing::instrument(level = "debug", name = "oidc::end_session", skip_all, fields(project = %project))]
     pub async fn end_session(
         &self,
         project: Uuid,
         id_token_hint: &str,
         info: &ClientInfo,
     ) -> Result<String, CoreError> {
-        let profile = self.profile(project).await?;
-        let keys = self.inner.keys.keyset(&profile).await?;
-        let claims = crate::crypto::tokens::verify_id_token_hint(&keys, id_token_hint, &self.issuer(project))?;
+        let profile = self.identity.profile(project).await?;
+        let keys = self.identity.inner.keys.keyset(&profile).await?;
+        let claims = crate::crypto::tokens::verify_id_token_hint(&keys, id_token_hint, &self.identity.issuer(project))?;
         if let Some(sid) = claims.sid.as_deref().and_then(|s| Uuid::parse_str(s).ok()) {
             let _ = crate::identity::sessions::revoke(
-                &self.inner.router,
-                self.inner.clock.as_ref(),
+                &self.identity.inner.router,
+                self.identity.inner.clock.as_ref(),
                 &scope_of(&profile),
                 sid,
                 Actor::anonymous(),

@@ -86,6 +86,7 @@ pub struct CreatedKey {
 }
 
 /// Create a key for the scope's project (API keys are pinned to the shared database).
+#[tracing::instrument(level = "debug", name = "api_keys::create", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn create(
     router: &Router,
     clock: &dyn Clock,
@@ -128,6 +129,7 @@ pub async fn create(
     Ok(CreatedKey { info: ApiKeyInfo::from_row(&row)?, plaintext: key.plaintext })
 }
 
+#[tracing::instrument(level = "debug", name = "api_keys::list", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn list(router: &Router, auth: &Authorized) -> Result<Vec<ApiKeyInfo>, CoreError> {
     let scope = auth.require(Permission::ProjectRead)?;
     project_of(scope)?;
@@ -139,6 +141,7 @@ pub async fn list(router: &Router, auth: &Authorized) -> Result<Vec<ApiKeyInfo>,
 
 /// Revoke a key of the scope's project. Revoking twice is not an error; an id of another
 /// project is "not found".
+#[tracing::instrument(level = "debug", name = "api_keys::revoke", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn revoke(
     router: &Router,
     clock: &dyn Clock,

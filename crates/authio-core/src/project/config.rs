@@ -135,11 +135,13 @@ impl List {
     }
 }
 
+#[tracing::instrument(level = "debug", name = "project::list_redirect_uris", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn list_redirect_uris(router: &Router, auth: &Authorized) -> Result<Vec<String>, CoreError> {
     let scope = auth.require(Permission::ProjectRead)?;
     REDIRECT_URIS.entries(router, scope).await
 }
 
+#[tracing::instrument(level = "debug", name = "project::add_redirect_uri", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn add_redirect_uri(
     router: &Router,
     clock: &dyn Clock,
@@ -152,6 +154,7 @@ pub async fn add_redirect_uri(
     REDIRECT_URIS.add(router, clock, scope, uri.as_str(), actor, client).await
 }
 
+#[tracing::instrument(level = "debug", name = "project::remove_redirect_uri", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn remove_redirect_uri(
     router: &Router,
     clock: &dyn Clock,
@@ -164,11 +167,13 @@ pub async fn remove_redirect_uri(
     REDIRECT_URIS.remove(router, clock, scope, uri, actor, client).await
 }
 
+#[tracing::instrument(level = "debug", name = "project::list_origins", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn list_origins(router: &Router, auth: &Authorized) -> Result<Vec<String>, CoreError> {
     let scope = auth.require(Permission::ProjectRead)?;
     ORIGINS.entries(router, scope).await
 }
 
+#[tracing::instrument(level = "debug", name = "project::add_origin", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn add_origin(
     router: &Router,
     clock: &dyn Clock,
@@ -181,6 +186,7 @@ pub async fn add_origin(
     ORIGINS.add(router, clock, scope, origin.as_str(), actor, client).await
 }
 
+#[tracing::instrument(level = "debug", name = "project::remove_origin", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn remove_origin(
     router: &Router,
     clock: &dyn Clock,
@@ -289,6 +295,7 @@ impl DomainInfo {
     }
 }
 
+#[tracing::instrument(level = "debug", name = "project::add_domain", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn add_domain(
     router: &Router,
     clock: &dyn Clock,
@@ -330,6 +337,7 @@ pub async fn add_domain(
     DomainInfo::from_row(row)
 }
 
+#[tracing::instrument(level = "debug", name = "project::list_domains", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn list_domains(router: &Router, auth: &Authorized) -> Result<Vec<DomainInfo>, CoreError> {
     let scope = auth.require(Permission::ProjectRead)?;
     project_of(scope)?;
@@ -340,6 +348,7 @@ pub async fn list_domains(router: &Router, auth: &Authorized) -> Result<Vec<Doma
 }
 
 /// Look for the domain's TXT record; the domain goes live when it is there.
+#[tracing::instrument(level = "debug", name = "project::verify_domain", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn verify_domain(
     router: &Router,
     clock: &dyn Clock,
@@ -393,6 +402,7 @@ pub async fn verify_domain(
     Ok(info)
 }
 
+#[tracing::instrument(level = "debug", name = "project::delete_domain", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn delete_domain(
     router: &Router,
     clock: &dyn Clock,
@@ -519,6 +529,7 @@ pub async fn presentation(router: &Router, auth: &Authorized) -> Result<Presenta
     presentation_from(&row)
 }
 
+#[tracing::instrument(level = "debug", name = "project::update_presentation", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn update_presentation(
     router: &Router,
     clock: &dyn Clock,
@@ -569,6 +580,7 @@ pub async fn update_presentation(
     rows.first().map(presentation_from).transpose()?.ok_or(CoreError::NotFound(crate::types::Entity::Project))
 }
 
+#[tracing::instrument(level = "debug", name = "project::set_template", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn set_template(
     router: &Router,
     clock: &dyn Clock,

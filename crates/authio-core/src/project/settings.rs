@@ -62,6 +62,7 @@ impl SettingsPatch {
     }
 }
 
+#[tracing::instrument(level = "debug", name = "project::settings", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn settings(router: &Router, auth: &Authorized) -> Result<ProjectSettings, CoreError> {
     let scope = auth.require(Permission::ProjectRead)?;
     let project = project_of(scope)?;
@@ -76,6 +77,7 @@ pub async fn settings(router: &Router, auth: &Authorized) -> Result<ProjectSetti
 
 /// Apply a change. A new `signing_alg` applies to the next key made (see `authio keys rotate`).
 /// Nodes see the change within their profile cache time.
+#[tracing::instrument(level = "debug", name = "project::update_settings", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn update_settings(
     router: &Router,
     clock: &dyn crate::Clock,

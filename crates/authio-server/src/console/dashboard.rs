@@ -72,6 +72,13 @@ impl Member {
         auth.also(&self.principal, permission).map_err(|e| self.refusal(e))
     }
 
+    /// Whether the pages show their forms disabled: the seam's answer for a change to the
+    /// tenant (the server refuses such posts all the same).
+    fn read_only(&self) -> bool {
+        let target = Target::Tenant { tenant_id: self.tenant.id, tenant_kind: TenantKind::Customer };
+        authz::authorize(&self.principal, Permission::TenantManage, &target).is_err()
+    }
+
     /// A permission on the member's tenant itself.
     fn on_tenant(&self, permission: Permission) -> Result<Authorized, Box<Response>> {
         let target = Target::Tenant { tenant_id: self.tenant.id, tenant_kind: TenantKind::Customer };
@@ -148,7 +155,7 @@ fn project_page(m: &Member, p: &Project, title: &str, current: &str) -> PageView
         (format!("{base}/audit"), "Audit log"),
     ];
     let mut page = m.page(format!("{title} · {}", p.name)).subnav("Project", items, &format!("{base}/{current}"));
-    if !m.role.may_change() {
+    if m.read_only() {
         page = page.block(Block::notice("info", "You are a viewer of this tenant: you can look, not change."));
     }
     page
@@ -232,7 +239,7 @@ async fn projects(State(state): State<AppState>, SignedIn(user): SignedIn, Path(
             FormView::post(format!("/dashboard/{slug}"), "Create project")
                 .field(Field::text("text", "name", "Name", "").required())
                 .field(Field::text("text", "slug", "Slug", "").required().placeholder("staging"))
-                .disabled_if(!m.role.may_change()),
+                .disabled_if(m.read_only()),
         ))
         .block(Block::Para(format!("Plan and dedicated database: see /dashboard/{slug}/billing.")))
         .ok()
@@ -334,7 +341,7 @@ async fn user_page(
         &m.user
     );
     let b = format!("{}/users/{uid}", base(&m, &p));
-    let read_only = !m.role.may_change();
+    let read_only = m.read_only();
     let toggle = if u.disabled { ("enable", "Enable user", false) } else { ("disable", "Disable user", true) };
     let now = state.clock.now();
     flash(project_page(&m, &p, &u.email, "users"), &f)
@@ -437,7 +444,7 @@ async fn credentials_page(
     let (clients, keys) =
         core_try!(tokio::try_join!(m2m::list(&state.router, auth), api_keys::list(&state.router, auth)), &m.user);
     let b = format!("{}/credentials", base(m, p));
-    let read_only = !m.role.may_change();
+    let read_only = m.read_only();
     // A credential's state and, while it is live, its revoke button.
     let state_cells = |revoked: bool, revoke_url: String| {
         if revoked {
@@ -621,7 +628,7 @@ async fn urls(
         &m.user
     );
     let b = format!("{}/urls", base(&m, &p));
-    let read_only = !m.role.may_change();
+    let read_only = m.read_only();
     let list = |caption: &str, values: &[String], act: &str, empty: &str| {
         Block::table(
             caption,
@@ -775,7 +782,7 @@ async fn signin_page(
     let (p, target) = page_try!(project(&state, &m, &pid).await);
     let auth = page_try!(m.authorize(Permission::ProjectRead, &target));
     let s = core_try!(project_config::presentation(&state.router, &auth).await, &m.user);
-    let mut form = FormView::post(format!("{}/signin", base(&m, &p)), "Save").disabled_if(!m.role.may_change());
+    let mut form = FormView::post(format!("{}/signin", base(&m, &p)), "Save").disabled_if(m.read_only());
     for method in project_config::METHODS {
         let label = match method {
             "password" => "Password",
@@ -868,7 +875,7 @@ async fn keys_page(
             "No keys yet: the first token signed creates them.",
         ))
         .block(Block::Form(
-            FormView::post(format!("{}/keys/rotate", base(&m, &p)), "Rotate keys").disabled_if(!m.role.may_change()),
+            FormView::post(format!("{}/keys/rotate", base(&m, &p)), "Rotate keys").disabled_if(m.read_only()),
         ))
         .ok()
 }
@@ -1110,7 +1117,7 @@ async fn billing(
     if m.tenant.plan == Plan::Enterprise || m.tenant.db_strategy == DbStrategy::Dedicated {
         let mut form = FormView::post(format!("/dashboard/{slug}/billing/dedicated"), "Save")
             .field(Field::switch("dedicated", "Request dedicated DB", st.toggle_on()))
-            .disabled_if(!m.role.may_change());
+            .disabled_if(m.read_only());
         form.autosubmit = true;
         page = page
             .block(Block::Para(

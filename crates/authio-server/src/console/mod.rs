@@ -409,7 +409,7 @@ async fn callback(
     let ip = crate::routes::auth::client_ip(&state, connect.as_ref(), &headers);
     let info = crate::routes::auth::client_info(&headers, ip);
     let redirect_uri = format!("{}{CALLBACK_PATH}", state.public_url);
-    let tokens = match state.identity.exchange_code(&code, &redirect_uri, Some(verifier), None, &info, ip).await {
+    let tokens = match state.oidc.exchange_code(&code, &redirect_uri, Some(verifier), None, &info, ip).await {
         Ok(t) => t.tokens,
         Err(e) => return core_error_page(e, None),
     };

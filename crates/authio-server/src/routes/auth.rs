@@ -316,7 +316,7 @@ pub async fn token(
                 form.get("code_verifier").ok_or_else(|| OAuthError::invalid_request("code_verifier is required"))?;
             let ip = client_ip(&state, connect.as_ref(), &headers);
             let t = state
-                .identity
+                .oidc
                 .exchange_code(code, redirect_uri, Some(verifier), None, &client_info(&headers, ip), ip)
                 .await?;
             Ok(no_store(StatusCode::OK, Json(TokenResponse::from(t.tokens))))

@@ -269,7 +269,7 @@ pub async fn list_connections(
     Path(_project_id): Path<String>,
 ) -> Result<Json<ConnectionList>, ApiError> {
     let auth = ctx.authorize(Permission::ProjectRead)?;
-    Ok(Json(ConnectionList { data: state.identity.list_connections(&auth).await? }))
+    Ok(Json(ConnectionList { data: state.upstream.list_connections(&auth).await? }))
 }
 
 /// Add an upstream provider: `{"slug", "kind": "oidc|google|microsoft|github", "client_id",
@@ -289,7 +289,7 @@ pub async fn create_connection(
     let auth = ctx.authorize(Permission::ProjectConfigure)?;
     let req: NewConnection = json_body(&headers, &body)?;
     let client = client_info(&headers, None);
-    let c = state.identity.create_connection(&auth, &req, &client).await?;
+    let c = state.upstream.create_connection(&auth, &req, &client).await?;
     Ok((StatusCode::CREATED, Json(c)))
 }
 
@@ -306,7 +306,7 @@ pub async fn delete_connection(
     let auth = ctx.authorize(Permission::ProjectConfigure)?;
     let id = path_uuid(&id, "connection_not_found", "connection")?;
     let client = client_info(&headers, None);
-    state.identity.delete_connection(&auth, id, &client).await?;
+    state.upstream.delete_connection(&auth, id, &client).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

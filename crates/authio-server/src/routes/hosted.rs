@@ -472,7 +472,7 @@ async fn finish(
                 Ok(p) => i64::from(p.session_absolute_timeout_secs),
                 Err(e) => return ctx.error(e, "done", "Sign-in failed", ctx.page("done", "")),
             };
-            let cookie = state.identity.op_session_cookie(project_of_scope(scope), user, amr, lifetime);
+            let cookie = state.oidc.op_session_cookie(project_of_scope(scope), user, amr, lifetime);
             let mut resp = StatusCode::SEE_OTHER.into_response();
             if let Ok(v) = HeaderValue::from_str(return_to) {
                 resp.headers_mut().insert(header::LOCATION, v);
@@ -519,7 +519,7 @@ pub async fn signin_page(
         return ctx.error(e, "done", "This sign-in link is not valid", ctx.page("done", ""));
     }
     if ctx.presentation.offers("oauth") {
-        p.providers = state.identity.sign_in_buttons(project).await.unwrap_or_default();
+        p.providers = state.upstream.sign_in_buttons(project).await.unwrap_or_default();
     }
     ctx.render(StatusCode::OK, p)
 }
@@ -769,7 +769,7 @@ pub async fn oauth_start(
     };
     let ip = client_ip(&state, connect.as_ref(), &headers);
     let callback = format!("{}/oauth/callback", ctx.site.root);
-    match state.identity.upstream_start(project, &slug, ret.as_ref(), &callback, ip).await {
+    match state.upstream.upstream_start(project, &slug, ret.as_ref(), &callback, ip).await {
         Ok((location, browser)) => {
             let mut resp = StatusCode::SEE_OTHER.into_response();
             let h = resp.headers_mut();
@@ -823,7 +823,7 @@ pub async fn oauth_callback(
     let ip = client_ip(&state, connect.as_ref(), &headers);
     let client = client_info(&headers, ip);
     let browser = cookie(&headers, OAUTH_COOKIE);
-    match state.identity.upstream_finish(&st, &code, browser.as_deref(), &callback, &client, ip).await {
+    match state.upstream.upstream_finish(&st, &code, browser.as_deref(), &callback, &client, ip).await {
         Ok((scope, user, ret)) => {
             let Some(project) = scope.project_id else { return refused("no project".into()) };
             let ctx = attempt!(Ctx::new(&state, project, &headers, custom.as_ref()).await);

@@ -114,7 +114,7 @@ pub async fn authorize(
         Err(_) => return text_page(StatusCode::BAD_REQUEST, "The authorization request is malformed."),
     };
     let iss = state.identity.issuer(project);
-    let req = match state.identity.authorization_request(project, &params).await {
+    let req = match state.oidc.authorization_request(project, &params).await {
         Ok(r) => r,
         Err(e) => {
             return match (e.location(&iss), e) {
@@ -135,8 +135,8 @@ pub async fn authorize(
         };
         see_other(&e.location(&iss).unwrap_or_default())
     };
-    let session = cookie(&headers, OP_COOKIE).and_then(|c| state.identity.read_op_session(&c));
-    let usable = match state.identity.usable_op_session(&req, session.as_ref()).await {
+    let session = cookie(&headers, OP_COOKIE).and_then(|c| state.oidc.read_op_session(&c));
+    let usable = match state.oidc.usable_op_session(&req, session.as_ref()).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "authorization: session check failed");
@@ -144,7 +144,7 @@ pub async fn authorize(
         }
     };
     if let Some(s) = usable {
-        return match state.identity.issue_authorization_code(&req, &s).await {
+        return match state.oidc.issue_authorization_code(&req, &s).await {
             Ok(location) => see_other(&location),
             Err(e) => {
                 tracing::warn!(error = %e, "authorization: code not issued");
@@ -187,7 +187,7 @@ async fn authenticate(
             None => return Err(OAuthError::invalid_client()),
         },
     };
-    let client = state.identity.authenticate_oidc_client(&id, secret.as_deref(), method, ip).await?;
+    let client = state.oidc.authenticate_oidc_client(&id, secret.as_deref(), method, ip).await?;
     if client.project_id != project {
         return Err(OAuthError::invalid_client());
     }
@@ -238,7 +238,7 @@ pub async fn token(
             let redirect_uri =
                 form.get("redirect_uri").ok_or_else(|| OAuthError::invalid_request("redirect_uri is required"))?;
             let t = state
-                .identity
+                .oidc
                 .exchange_code(code, redirect_uri, form.get("code_verifier"), Some(&client), &info, ip)
                 .await?;
             let refresh = (t.offline && client.allows_grant("refresh_token")).then_some(t.tokens.refresh_token);
@@ -297,7 +297,7 @@ pub async fn userinfo(State(state): State<AppState>, Path(project): Path<String>
     let Ok(project) = Uuid::parse_str(&project) else {
         return refused(StatusCode::UNAUTHORIZED, "Bearer error=\"invalid_token\"");
     };
-    match state.identity.userinfo(project, token).await {
+    match state.oidc.userinfo(project, token).await {
         Ok(claims) => no_store(StatusCode::OK, Json(claims)),
         Err(CoreError::InvalidToken(_) | CoreError::TokenKindRefused) => {
             refused(StatusCode::UNAUTHORIZED, "Bearer error=\"invalid_token\"")
@@ -380,7 +380,7 @@ pub async fn logout(
     let ip = client_ip(&state, connect.as_ref(), &headers);
     let mut audience = p.client_id.clone();
     if let Some(hint) = &p.id_token_hint {
-        match state.identity.end_session(project, hint, &client_info(&headers, ip)).await {
+        match state.oidc.end_session(project, hint, &client_info(&headers, ip)).await {
             Ok(aud) => audience = Some(aud),
             Err(CoreError::InvalidToken(_)) => {
                 return text_page(StatusCode::BAD_REQUEST, "The logout request's id_token_hint is not valid.")
@@ -389,7 +389,7 @@ pub async fn logout(
         }
     }
     let target = match (&p.post_logout_redirect_uri, audience) {
-        (Some(uri), Some(client_id)) => match state.identity.oidc_client(&client_id).await {
+        (Some(uri), Some(client_id)) => match state.oidc.oidc_client(&client_id).await {
             Ok(Some(c)) if c.project_id == project && c.post_logout_redirect_uris.contains(uri) => Some(uri.clone()),
             Ok(_) => return text_page(StatusCode::BAD_REQUEST, "The post_logout_redirect_uri is not registered."),
             Err(e) => return ApiError::from(e).into_response(),

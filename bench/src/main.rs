@@ -581,7 +581,7 @@ async fn tokens(env: &Env, secs: u64, rounds: usize) -> Result<()> {
         audience: None,
         token_ttl_secs: None,
     };
-    let auth = authio_core::authz::as_system("bench", authio_core::authz::Permission::CredentialsManage, &scope)?;
+    let auth = authio_core::authz::as_tool("bench", authio_core::authz::Permission::CredentialsManage, &scope)?;
     let client =
         authio_core::identity::m2m::create(&env.router, &SystemClock, &auth, &iss, &new, &Default::default()).await?;
     let profile = state.identity.profile(env.a.project.id).await?;

@@ -43,7 +43,7 @@ pub async fn oidc(env: &Env, secs: u64, rounds: usize) -> Result<()> {
         scopes: None,
         grant_types: None,
     };
-    let auth = authio_core::authz::as_system("bench", authio_core::authz::Permission::CredentialsManage, &scope)?;
+    let auth = authio_core::authz::as_tool("bench", authio_core::authz::Permission::CredentialsManage, &scope)?;
     let (client, secret) =
         authio_core::oidc::create_client(&env.router, &SystemClock, &auth, &new, &Default::default()).await?;
     let secret = secret.context("a confidential client's secret")?;

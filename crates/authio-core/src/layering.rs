@@ -53,7 +53,7 @@ fn collect_rs(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 fn crate_paths(source: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     for line in source.lines() {
-        let code = line.split("//").next().unwrap_or("");
+        let code = without_comment(line);
         let mut rest = code;
         while let Some(i) = rest.find("crate::") {
             rest = &rest[i + "crate::".len()..];
@@ -69,6 +69,23 @@ fn crate_paths(source: &str) -> BTreeSet<String> {
     }
     found.retain(|s| !s.is_empty() && s.chars().next().is_some_and(|c| c.is_ascii_lowercase()));
     found
+}
+
+/// A line without its `//` comment; a `//` inside a string literal (a URL) is not one.
+fn without_comment(line: &str) -> &str {
+    let mut in_string = false;
+    let mut escaped = false;
+    let b = line.as_bytes();
+    for i in 0..b.len() {
+        match b[i] {
+            _ if escaped => escaped = false,
+            b'\\' if in_string => escaped = true,
+            b'"' => in_string = !in_string,
+            b'/' if !in_string && b.get(i + 1) == Some(&b'/') => return &line[..i],
+            _ => {}
+        }
+    }
+    line
 }
 
 fn ident(s: &str) -> String {
@@ -141,9 +158,10 @@ mod tests {
     #[test]
     fn the_checker_sees_cycles_and_grouped_imports() {
         let paths = crate_paths(
-            "use crate::{audit::Actor, identity};\n// crate::oidc in a comment\nlet x = crate::types::Email::parse(s);",
+            "use crate::{audit::Actor, identity};\n// crate::oidc in a comment\nlet x = crate::types::Email::parse(s);\n\
+             let u = \"https://a.test/\"; crate::cache::f(); // crate::tenancy",
         );
-        assert_eq!(paths, ["audit", "identity", "types"].iter().map(|s| s.to_string()).collect());
+        assert_eq!(paths, ["audit", "cache", "identity", "types"].iter().map(|s| s.to_string()).collect());
         let mut g = BTreeMap::new();
         g.insert("a".to_owned(), BTreeSet::from(["b".to_owned()]));
         g.insert("b".to_owned(), BTreeSet::from(["a".to_owned()]));

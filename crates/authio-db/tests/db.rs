@@ -633,7 +633,7 @@ async fn stores_take_time_from_the_clock_they_are_given() {
 /// The tests act as the deployment itself (the CLI's principal) on the stores that need an
 /// authorization.
 fn read_users(scope: &Scope) -> authio_core::authz::Authorized {
-    authio_core::authz::as_system("test", authio_core::authz::Permission::UsersRead, scope).unwrap()
+    authio_core::authz::as_tool("test", authio_core::authz::Permission::UsersRead, scope).unwrap()
 }
 
 /// `start` returns only once the server accepts connections: straight after a crash (which

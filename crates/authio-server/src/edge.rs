@@ -19,7 +19,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::OAuthError;
-use crate::{ApiError, AppState};
+use crate::ApiError;
 
 /// Limits on how a request arrives.
 #[derive(Clone, Copy, Debug)]
@@ -42,15 +42,23 @@ impl Default for EdgeLimits {
     }
 }
 
-/// The paths that speak OAuth 2.0's error shape.
+/// The paths that speak OAuth 2.0's error shape (the guard runs before a custom domain's
+/// path is rewritten, so a project's host serves its endpoints at `/oauth2/...`).
 fn speaks_oauth(path: &str) -> bool {
-    matches!(path, "/v1/auth/token" | "/v1/auth/introspect" | "/v1/auth/revoke")
-        || (path.starts_with("/p/")
-            && ["/oauth2/token", "/oauth2/introspect", "/oauth2/revoke"].iter().any(|e| path.ends_with(e)))
+    matches!(
+        path,
+        "/v1/auth/token"
+            | "/v1/auth/introspect"
+            | "/v1/auth/revoke"
+            | "/oauth2/token"
+            | "/oauth2/introspect"
+            | "/oauth2/revoke"
+    ) || (path.starts_with("/p/")
+        && ["/oauth2/token", "/oauth2/introspect", "/oauth2/revoke"].iter().any(|e| path.ends_with(e)))
 }
 
-fn refuse(path: &str, status: StatusCode, code: &'static str, message: &str) -> Response {
-    if speaks_oauth(path) {
+fn refuse(oauth: bool, status: StatusCode, code: &'static str, message: &str) -> Response {
+    if oauth {
         let error = if status == StatusCode::BAD_REQUEST { "invalid_request" } else { code };
         OAuthError { status, error, description: message.to_owned(), retry_after: None }.into_response()
     } else {
@@ -63,22 +71,44 @@ fn has_encoded_nul(s: &str) -> bool {
     s.contains("%00")
 }
 
+/// How a body encodes its text, for finding an encoded NUL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BodyKind {
+    Form,
+    Json,
+    Other,
+}
+
+impl BodyKind {
+    fn of(content_type: Option<&str>) -> Self {
+        let m = content_type.and_then(|v| v.split(';').next()).map(|m| m.trim().to_ascii_lowercase());
+        match m.as_deref() {
+            Some("application/x-www-form-urlencoded") => BodyKind::Form,
+            Some(m) if m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")) => {
+                BodyKind::Json
+            }
+            _ => BodyKind::Other,
+        }
+    }
+}
+
 /// Whether a body carries a NUL: a raw byte, a form's `%00`, or a JSON `\u0000` escape (an
 /// escape only when preceded by an even number of backslashes, so `"\\u0000"` is text). A
-/// JSON body's `%00` is text; a form's `\u0000` is text too.
-pub(crate) fn body_has_nul(body: &[u8], form: bool) -> bool {
+/// JSON body's `%00` is text, and so is a form's `\u0000`.
+pub(crate) fn body_has_nul(body: &[u8], kind: BodyKind) -> bool {
     if body.contains(&0) {
         return true;
     }
-    if form {
-        return body.windows(3).any(|w| w == b"%00");
+    match kind {
+        BodyKind::Form => return body.windows(3).any(|w| w == b"%00"),
+        BodyKind::Other => return false,
+        BodyKind::Json => {}
     }
     let text = String::from_utf8_lossy(body);
-    let lower = text.to_ascii_lowercase();
     let mut from = 0;
-    while let Some(k) = lower[from..].find("\\u0000") {
+    while let Some(k) = text[from..].find("\\u0000") {
         let at = from + k;
-        let backslashes = lower[..at].bytes().rev().take_while(|b| *b == b'\\').count();
+        let backslashes = text[..at].bytes().rev().take_while(|b| *b == b'\\').count();
         if backslashes % 2 == 0 {
             return true;
         }
@@ -88,13 +118,12 @@ pub(crate) fn body_has_nul(body: &[u8], form: bool) -> bool {
 }
 
 /// The edge's check of every request (see the module's documentation).
-pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let path = req.uri().path().to_owned();
+pub async fn guard(State(limits): State<EdgeLimits>, req: Request, next: Next) -> Response {
+    let oauth = speaks_oauth(req.uri().path());
     let nul = "NUL characters (U+0000) are not accepted";
-    if has_encoded_nul(&path) || req.uri().query().is_some_and(has_encoded_nul) {
-        return refuse(&path, StatusCode::BAD_REQUEST, "invalid_request", nul);
+    if has_encoded_nul(req.uri().path()) || req.uri().query().is_some_and(has_encoded_nul) {
+        return refuse(oauth, StatusCode::BAD_REQUEST, "invalid_request", nul);
     }
-    let limits = state.edge;
     let req = if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         req
     } else {
@@ -105,26 +134,26 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
         if declared.is_some_and(|n| n > limits.max_body_bytes) {
-            return too_large(&path, limits.max_body_bytes);
+            return too_large(oauth, limits.max_body_bytes);
         }
         let read = axum::body::to_bytes(body, limits.max_body_bytes);
         let bytes = match tokio::time::timeout(limits.body_read, read).await {
             Err(_) => {
                 let mut r =
-                    refuse(&path, StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request body was too slow");
+                    refuse(oauth, StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request body was too slow");
                 r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                 return r;
             }
-            Ok(Err(_)) => return too_large(&path, limits.max_body_bytes),
+            // The limit, or a client that went away mid-body.
+            Ok(Err(e)) if is_length_limit(&e) => return too_large(oauth, limits.max_body_bytes),
+            Ok(Err(_)) => {
+                return refuse(oauth, StatusCode::BAD_REQUEST, "invalid_request", "the request body could not be read")
+            }
             Ok(Ok(b)) => b,
         };
-        let form = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
-        if body_has_nul(&bytes, form) {
-            return refuse(&path, StatusCode::BAD_REQUEST, "invalid_request", nul);
+        let kind = BodyKind::of(parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()));
+        if body_has_nul(&bytes, kind) {
+            return refuse(oauth, StatusCode::BAD_REQUEST, "invalid_request", nul);
         }
         Request::from_parts(parts, Body::from(bytes))
     };
@@ -132,7 +161,7 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
     if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
         // The router's own 405 has an empty body; keep its Allow header.
         let allow = resp.headers().get(header::ALLOW).cloned();
-        let mut out = refuse(&path, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here");
+        let mut out = refuse(oauth, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here");
         if let Some(a) = allow {
             out.headers_mut().insert(header::ALLOW, a);
         }
@@ -141,9 +170,21 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
     resp
 }
 
-fn too_large(path: &str, max: usize) -> Response {
+/// Whether reading a body stopped at the limit (`to_bytes` wraps http-body-util's error).
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+fn too_large(oauth: bool, max: usize) -> Response {
     let mut r = refuse(
-        path,
+        oauth,
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
         &format!("request bodies are limited to {max} bytes"),
@@ -158,15 +199,21 @@ mod tests {
 
     #[test]
     fn nul_is_found_in_every_encoding() {
-        assert!(body_has_nul(b"a\0b", false));
-        assert!(body_has_nul(b"client_id=x%00y", true));
-        assert!(body_has_nul(br#"{"name":"a\u0000"}"#, false));
-        assert!(body_has_nul(br#"{"name":"a\U0000"}"#, false));
-        assert!(body_has_nul(br#"{"name":"a\\\u0000"}"#, false));
-        // An escaped backslash followed by "u0000" is text, not a NUL; so is a JSON "%00".
-        assert!(!body_has_nul(br#"{"name":"a\\u0000"}"#, false));
-        assert!(!body_has_nul(br#"{"name":"100%00"}"#, false));
-        assert!(!body_has_nul(b"grant_type=client_credentials&scope=read", true));
+        use BodyKind::*;
+        assert!(body_has_nul(b"a\0b", Other));
+        assert!(body_has_nul(b"client_id=x%00y", Form));
+        assert!(body_has_nul(br#"{"name":"a\u0000"}"#, Json));
+        assert!(body_has_nul(br#"{"name":"a\\\u0000"}"#, Json));
+        // An escaped backslash followed by "u0000" is text, not a NUL; so is a JSON "%00",
+        // and an escape in a body that is not JSON.
+        assert!(!body_has_nul(br#"{"name":"a\\u0000"}"#, Json));
+        assert!(!body_has_nul(br#"{"name":"100%00"}"#, Json));
+        assert!(!body_has_nul(br#"plain \u0000 text"#, Other));
+        assert!(!body_has_nul(b"grant_type=client_credentials&scope=read", Form));
+        assert_eq!(BodyKind::of(Some("application/json; charset=utf-8")), Json);
+        assert_eq!(BodyKind::of(Some("application/scim+json")), Json);
+        assert_eq!(BodyKind::of(Some("application/x-www-form-urlencoded")), Form);
+        assert_eq!(BodyKind::of(None), Other);
         assert!(has_encoded_nul("/p/x/oauth/%00"));
     }
 
@@ -175,6 +222,7 @@ mod tests {
         assert!(speaks_oauth("/v1/auth/token"));
         assert!(speaks_oauth("/p/0192/oauth2/token"));
         assert!(speaks_oauth("/p/0192/oauth2/revoke"));
+        assert!(speaks_oauth("/oauth2/token"), "a custom domain's path, before its rewrite");
         assert!(!speaks_oauth("/p/0192/oauth2/authorize"));
         assert!(!speaks_oauth("/v1/projects/x/users"));
     }

@@ -125,8 +125,10 @@ impl AppState {
             None => Arc::new(authio_core::project::config::SystemDns::new()?),
         };
         let mailbox = auth.mailbox.clone();
-        let console =
-            auth.admin_url.as_ref().map(|url| Arc::new(console::Console::new(url.clone(), auth.master_key.clone())));
+        let console = auth
+            .admin_url
+            .as_ref()
+            .map(|url| Arc::new(console::Console::new(url.clone(), auth.master_key.clone(), clock.clone())));
         let passwords = Passwords::new(auth.password_params, auth.hash_concurrency)?;
         let keys = KeyService::new(router.clone(), auth.master_key.clone(), clock.clone(), auth.cache_ttl);
         let settings = IdentitySettings {
@@ -172,7 +174,7 @@ pub fn build_app(state: AppState) -> axum::Router {
     axum::Router::new()
         .fallback_service(routed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), routes::hosted::custom_domains))
-        .layer(axum::middleware::from_fn_with_state(state, edge::guard))
+        .layer(axum::middleware::from_fn_with_state(state.edge, edge::guard))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(trace)
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
@@ -252,7 +254,11 @@ pub async fn serve_with(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let svc = app.clone().layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+        // The peer's address for `ConnectInfo`, put on each request (no per-connection router).
+        let svc = tower::ServiceExt::map_request(app.clone(), move |mut req: axum::http::Request<_>| {
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            req
+        });
         let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -168,7 +168,7 @@ async fn seed(cfg: &Config, state: &authio_server::AppState, dedicated: &LocalCl
                 token_ttl_secs: None,
             };
             let auth =
-                authio_core::authz::as_system("authio dev", authio_core::authz::Permission::CredentialsManage, &scope)?;
+                authio_core::authz::as_tool("authio dev", authio_core::authz::Permission::CredentialsManage, &scope)?;
             let c = m2m::create(
                 &state.router,
                 &SystemClock,

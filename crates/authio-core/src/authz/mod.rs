@@ -57,8 +57,11 @@ pub enum Principal {
     EndUser { tenant_id: Uuid, project_id: Uuid, user_id: Uuid },
     /// An M2M client of a project.
     M2mClient { tenant_id: Uuid, project_id: Uuid, client_id: String },
-    /// The deployment itself: the CLI run by whoever holds the database's owner credentials,
-    /// `authio dev`'s seeding, background work. Named for the audit log.
+    /// An operator's tool run with the deployment's own credentials (the CLI, `authio dev`'s
+    /// seeding, benchmarks): recorded as an operator, named after the tool.
+    Tool { name: &'static str },
+    /// The deployment itself acting on its own behalf (the console registering its callback,
+    /// background work). Named for the audit log.
     System { name: &'static str },
 }
 
@@ -212,6 +215,7 @@ impl Principal {
             Principal::M2mClient { client_id, .. } => {
                 Actor { kind: ActorKind::M2mClient, id: Some(client_id.clone()), name: None }
             }
+            Principal::Tool { name } => Actor { kind: ActorKind::Operator, id: None, name: Some((*name).to_owned()) },
             Principal::System { name } => Actor { kind: ActorKind::System, id: None, name: Some((*name).to_owned()) },
         }
     }
@@ -220,7 +224,7 @@ impl Principal {
     fn may(&self, permission: Permission, target: &Target) -> Decision {
         use Decision::*;
         match self {
-            Principal::Operator { .. } | Principal::System { .. } => Allow,
+            Principal::Operator { .. } | Principal::Tool { .. } | Principal::System { .. } => Allow,
             Principal::ApiKey { project_id, tenant_id, .. } => match target {
                 Target::Project { project_id: p, tenant_id: t, .. } if p == project_id && t == tenant_id => {
                     match permission {
@@ -276,10 +280,15 @@ pub fn authorize(principal: &Principal, permission: Permission, target: &Target)
     }
 }
 
-/// The deployment itself acting on a project (the CLI, `authio dev`'s seeding, benchmarks):
-/// [`Principal::System`] named for the audit log.
+/// The deployment itself acting on a project ([`Principal::System`]). For the server's own
+/// housekeeping only: a handler acting for a caller authorizes the caller's principal.
 pub fn as_system(name: &'static str, permission: Permission, scope: &Scope) -> Result<Authorized, CoreError> {
     authorize(&Principal::System { name }, permission, &Target::project(scope)?)
+}
+
+/// An operator's tool acting on a project ([`Principal::Tool`]): the CLI, seeding, benchmarks.
+pub fn as_tool(name: &'static str, permission: Permission, scope: &Scope) -> Result<Authorized, CoreError> {
+    authorize(&Principal::Tool { name }, permission, &Target::project(scope)?)
 }
 
 fn refusal(principal: &Principal, permission: Permission) -> &'static str {

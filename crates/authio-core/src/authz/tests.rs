@@ -36,7 +36,8 @@ fn table() -> Vec<(&'static str, Principal, [&'static str; 6])> {
             ["AAAAAAADDD", "HHHHHHHHHH", "HHHHHHHHHH", "HHHHHHHHHH", "HHHHHHHHHH", "DDDDDDDDDD"],
         ),
         ("operator", Principal::Operator { user_id: "op".into(), name: None }, all_a),
-        ("system", Principal::System { name: "cli" }, all_a),
+        ("system", Principal::System { name: "console" }, all_a),
+        ("tool", Principal::Tool { name: "authio dev" }, all_a),
         (
             "owner",
             member(MemberRole::Owner),
@@ -83,7 +84,10 @@ fn every_permission_for_every_principal_on_every_target() {
             }
         }
     }
-    assert_eq!(checked, 8 * 6 * 10);
+    assert_eq!(checked, 9 * 6 * 10);
+    // Tools are recorded as operators, named after the tool; the system as itself.
+    assert_eq!(Principal::Tool { name: "authio dev" }.actor().kind, ActorKind::Operator);
+    assert_eq!(Principal::System { name: "console" }.actor().kind, ActorKind::System);
 }
 
 #[test]

@@ -109,7 +109,10 @@ async fn member(state: &AppState, user: ConsoleUser, slug: &str) -> Result<Membe
         Some(Membership { tenant, role }) => {
             let principal =
                 Principal::Member { tenant_id: tenant.id, user_id: user.id, email: user.email.clone(), role };
-            Ok(Member { user, tenant, role, principal })
+            let m = Member { user, tenant, role, principal };
+            // Every dashboard page looks at the tenant first.
+            m.on_tenant(Permission::TenantRead)?;
+            Ok(m)
         }
         None => Err(Box::new(error_page(StatusCode::NOT_FOUND, "No such tenant.", Some(&user)))),
     }

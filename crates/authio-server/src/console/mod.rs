@@ -87,9 +87,9 @@ const GATE_PERMITS: usize = 8;
 const GATE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Console {
-    pub fn new(admin_url: impl Into<String>, key: MasterKey) -> Self {
+    pub fn new(admin_url: impl Into<String>, key: MasterKey, clock: std::sync::Arc<dyn authio_core::Clock>) -> Self {
         Console {
-            control: ControlPlane::new(admin_url),
+            control: ControlPlane::new(admin_url).with_clock(clock),
             key,
             platform: tokio::sync::OnceCell::new(),
             progress: Mutex::new(HashMap::new()),
@@ -550,7 +550,7 @@ mod tests {
     #[test]
     fn session_cookies_open_only_with_their_mac() {
         let key = MasterKey::from_base64(&MasterKey::generate_base64()).unwrap_or_else(|_| unreachable!());
-        let console = Console::new("postgres://unused", key);
+        let console = Console::new("postgres://unused", key, std::sync::Arc::new(authio_core::SystemClock));
         let (sid, uid) = (Uuid::now_v7(), Uuid::now_v7());
         let value = session_cookie_value(&console, sid, uid);
         assert_eq!(open_session_cookie(&console, &value), Some((sid, uid)));
@@ -563,6 +563,7 @@ mod tests {
         let other = Console::new(
             "postgres://unused",
             MasterKey::from_base64(&MasterKey::generate_base64()).unwrap_or_else(|_| unreachable!()),
+            std::sync::Arc::new(authio_core::SystemClock),
         );
         assert_eq!(open_session_cookie(&other, &value), None);
     }

@@ -180,10 +180,6 @@ impl Authorized {
         self.scope.and_then(|s| s.project_id)
     }
 
-    pub fn permission(&self) -> Permission {
-        self.permission
-    }
-
     /// The same principal and target, for a second permission it also holds (for example a
     /// page that reads before it changes). Fails as [`authorize`] would.
     pub fn also(&self, principal: &Principal, permission: Permission) -> Result<Authorized, CoreError> {

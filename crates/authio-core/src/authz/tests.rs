@@ -99,7 +99,8 @@ fn authorized_carries_the_target_scope_and_the_principal_as_actor() {
     assert_eq!(*a.scope().unwrap(), Scope::project(A, P1, TenantKind::Customer));
     assert_eq!(a.actor().kind, ActorKind::ApiKey);
     assert_eq!(a.actor().id.as_deref(), Some("k1"));
-    assert_eq!(a.permission(), Permission::UsersManage);
+    // It stands for the permission it was given, not another.
+    assert!(matches!(a.require(Permission::UsersRead), Err(CoreError::Forbidden(_))));
 
     let viewer = member(MemberRole::Viewer);
     let tenant = authorize(&viewer, Permission::TenantRead, &targets()[3].1).unwrap();

@@ -68,7 +68,8 @@ const ORIGINS: List = List {
 };
 
 impl List {
-    async fn entries(self, router: &Router, scope: &Scope) -> Result<Vec<String>, CoreError> {
+    async fn entries(self, router: &Router, auth: &Authorized) -> Result<Vec<String>, CoreError> {
+        let scope = auth.require(Permission::ProjectRead)?;
         project_of(scope)?;
         let tx = router.begin_pinned(scope).await?;
         let rows = tx.query(&format!("SELECT {c} FROM {t} ORDER BY {c}", c = self.column, t = self.table), &[]).await?;
@@ -80,11 +81,11 @@ impl List {
         self,
         router: &Router,
         clock: &dyn Clock,
-        scope: &Scope,
+        auth: &Authorized,
         value: &str,
-        actor: &Actor,
         client: &ClientInfo,
     ) -> Result<(), CoreError> {
+        let (scope, actor) = (auth.require(Permission::ProjectConfigure)?, auth.actor());
         let project = project_of(scope)?;
         let now = clock.now();
         let sql = format!(
@@ -112,11 +113,11 @@ impl List {
         self,
         router: &Router,
         clock: &dyn Clock,
-        scope: &Scope,
+        auth: &Authorized,
         value: &str,
-        actor: &Actor,
         client: &ClientInfo,
     ) -> Result<(), CoreError> {
+        let (scope, actor) = (auth.require(Permission::ProjectConfigure)?, auth.actor());
         let project = project_of(scope)?;
         let sql = format!("DELETE FROM {t} WHERE {c} = $1 RETURNING {c}", t = self.table, c = self.column);
         let rows = change(
@@ -137,8 +138,7 @@ impl List {
 
 #[tracing::instrument(level = "debug", name = "project::list_redirect_uris", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn list_redirect_uris(router: &Router, auth: &Authorized) -> Result<Vec<String>, CoreError> {
-    let scope = auth.require(Permission::ProjectRead)?;
-    REDIRECT_URIS.entries(router, scope).await
+    REDIRECT_URIS.entries(router, auth).await
 }
 
 #[tracing::instrument(level = "debug", name = "project::add_redirect_uri", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
@@ -149,9 +149,7 @@ pub async fn add_redirect_uri(
     uri: &RedirectUri,
     client: &ClientInfo,
 ) -> Result<(), CoreError> {
-    let scope = auth.require(Permission::ProjectConfigure)?;
-    let actor = auth.actor();
-    REDIRECT_URIS.add(router, clock, scope, uri.as_str(), actor, client).await
+    REDIRECT_URIS.add(router, clock, auth, uri.as_str(), client).await
 }
 
 #[tracing::instrument(level = "debug", name = "project::remove_redirect_uri", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
@@ -162,15 +160,12 @@ pub async fn remove_redirect_uri(
     uri: &str,
     client: &ClientInfo,
 ) -> Result<(), CoreError> {
-    let scope = auth.require(Permission::ProjectConfigure)?;
-    let actor = auth.actor();
-    REDIRECT_URIS.remove(router, clock, scope, uri, actor, client).await
+    REDIRECT_URIS.remove(router, clock, auth, uri, client).await
 }
 
 #[tracing::instrument(level = "debug", name = "project::list_origins", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn list_origins(router: &Router, auth: &Authorized) -> Result<Vec<String>, CoreError> {
-    let scope = auth.require(Permission::ProjectRead)?;
-    ORIGINS.entries(router, scope).await
+    ORIGINS.entries(router, auth).await
 }
 
 #[tracing::instrument(level = "debug", name = "project::add_origin", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
@@ -181,9 +176,7 @@ pub async fn add_origin(
     origin: &WebOrigin,
     client: &ClientInfo,
 ) -> Result<(), CoreError> {
-    let scope = auth.require(Permission::ProjectConfigure)?;
-    let actor = auth.actor();
-    ORIGINS.add(router, clock, scope, origin.as_str(), actor, client).await
+    ORIGINS.add(router, clock, auth, origin.as_str(), client).await
 }
 
 #[tracing::instrument(level = "debug", name = "project::remove_origin", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
@@ -194,9 +187,7 @@ pub async fn remove_origin(
     origin: &str,
     client: &ClientInfo,
 ) -> Result<(), CoreError> {
-    let scope = auth.require(Permission::ProjectConfigure)?;
-    let actor = auth.actor();
-    ORIGINS.remove(router, clock, scope, origin, actor, client).await
+    ORIGINS.remove(router, clock, auth, origin, client).await
 }
 
 /// Looks up DNS TXT records. The system resolver in production; tests and `authio dev`

@@ -171,13 +171,19 @@ pub(crate) fn console_of(state: &AppState) -> Result<&Arc<Console>, Box<Response
 pub struct ConsoleUser {
     pub id: Uuid,
     pub email: String,
-    pub operator: bool,
     /// Who this is to the authorization seam: an operator, or else an end user of the
     /// platform tenant (whose dashboard memberships are principals of their own).
     pub principal: authio_core::authz::Principal,
     pub session_id: Uuid,
     /// The token every form of this session carries.
     pub csrf: String,
+}
+
+impl ConsoleUser {
+    /// An operator of the platform (what the principal says, not a second flag).
+    pub fn is_operator(&self) -> bool {
+        matches!(self.principal, authio_core::authz::Principal::Operator { .. })
+    }
 }
 
 /// The console user of a request, or a redirect to sign in (a page asking for it on POSTs).
@@ -278,7 +284,6 @@ async fn live_user(
     Ok(Some(ConsoleUser {
         id: uid,
         email,
-        operator,
         principal,
         session_id: sid,
         csrf: console.mac("console-csrf", sid.as_bytes()),
@@ -458,7 +463,7 @@ async fn logout(State(state): State<AppState>, SignedIn(user): SignedIn, Form(f)
 
 /// Where a signed-in user starts: operators at the tenants, members at their tenant.
 async fn home(State(state): State<AppState>, SignedIn(user): SignedIn) -> Response {
-    if user.operator {
+    if user.is_operator() {
         return Redirect::to("/console/tenants").into_response();
     }
     match memberships(&state, &user).await {

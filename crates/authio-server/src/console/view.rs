@@ -238,7 +238,7 @@ impl PageView {
     pub fn new(title: impl Into<String>, user: Option<&ConsoleUser>) -> Self {
         let mut nav = Vec::new();
         if let Some(u) = user {
-            if u.operator {
+            if u.is_operator() {
                 for (href, label) in [
                     ("/console/tenants", "Tenants"),
                     ("/console/requests", "Dedicated DB requests"),

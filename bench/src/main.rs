@@ -637,7 +637,8 @@ async fn tokens(env: &Env, secs: u64, rounds: usize) -> Result<()> {
         64,
     )
     .await?;
-    let token = state.identity.client_credentials(&client.info.client_id, &client.client_secret, None, None).await?;
+    let token =
+        state.identity.client_credentials(&client.info.client_id, &client.client_secret, None, None, None).await?;
     side_by_side(
         "Introspection (RFC 7662) of an M2M access token, caller authenticated by API key, beside the token endpoint (64 connections)",
         token_target,

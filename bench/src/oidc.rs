@@ -42,6 +42,7 @@ pub async fn oidc(env: &Env, secs: u64, rounds: usize) -> Result<()> {
         token_endpoint_auth_method: None,
         scopes: None,
         grant_types: None,
+        id_token_signed_response_alg: None,
     };
     let auth = authio_core::authz::as_tool("bench", authio_core::authz::Permission::CredentialsManage, &scope)?;
     let (client, secret) =

@@ -21,11 +21,18 @@ pub enum CoreError {
     /// Client authentication failed (unknown client, wrong secret, revoked client).
     #[error("client authentication failed")]
     InvalidClient,
+    /// A client that presented its credentials in another way than it registered (the
+    /// registered method, which is no secret, is named so the developer can fix the call).
+    #[error("client authentication failed: this client authenticates with {0}")]
+    WrongClientAuthMethod(&'static str),
     /// A refresh token that is unknown, used, expired, or whose session is over.
     #[error("{0}")]
     InvalidGrant(&'static str),
     #[error("the requested scope is not allowed for this client")]
     InvalidScope,
+    /// RFC 8707 2: a `resource` that is malformed or not this client's.
+    #[error("{0}")]
+    InvalidTarget(&'static str),
     /// A bearer token that does not verify.
     #[error("invalid token: {0}")]
     InvalidToken(&'static str),
@@ -34,6 +41,12 @@ pub enum CoreError {
     TokenKindRefused,
     #[error("{0}")]
     Forbidden(&'static str),
+    /// A sign-in method the project has turned off (`signin_methods`).
+    #[error("the sign-in method {0} is not enabled for this project")]
+    MethodNotEnabled(String),
+    /// The project's sign-up policy does not admit this address (or anyone, if invite-only).
+    #[error("this project does not accept sign-ups from this address")]
+    SignupNotAllowed,
     #[error("too many attempts; retry in {retry_after} s")]
     RateLimited { retry_after: u32 },
     /// An operation that must wait (for example a key rotation too soon after the last).

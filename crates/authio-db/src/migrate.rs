@@ -37,6 +37,12 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 11, name: "signin_methods", sql: include_str!("../../../migrations/0011_signin_methods.sql") },
     Migration { version: 12, name: "oidc_provider", sql: include_str!("../../../migrations/0012_oidc_provider.sql") },
     Migration { version: 13, name: "console", sql: include_str!("../../../migrations/0013_console.sql") },
+    Migration {
+        version: 14,
+        name: "signup_policy_domains",
+        sql: include_str!("../../../migrations/0014_signup_policy_domains.sql"),
+    },
+    Migration { version: 15, name: "id_token_algs", sql: include_str!("../../../migrations/0015_id_token_algs.sql") },
 ];
 
 const BOOTSTRAP_ROLES: &str = r#"

@@ -292,10 +292,11 @@ async fn call(router: &Router, sql: &str, params: &[crate::Param<'_>]) -> Result
     router.read_shared_unscoped(sql, params).await
 }
 
-/// tenant_id, name, display_name, logo_url, brand_color, email_sender_name, signin_methods, environment
+/// tenant_id, name, display_name, logo_url, brand_color, email_sender_name, signin_methods,
+/// environment, signup_policy, signup_domains
 pub async fn project_presentation(router: &Router, project: Uuid) -> Result<Option<crate::PgRow>, DbError> {
     let sql = "SELECT tenant_id, name, display_name, logo_url, brand_color, email_sender_name, signin_methods, \
-               environment FROM authio_project_presentation($1)";
+               environment, signup_policy, signup_domains FROM authio_project_presentation($1)";
     Ok(call(router, sql, &[(&project, Type::UUID)]).await?.into_iter().next())
 }
 
@@ -400,10 +401,12 @@ pub async fn authorization_code_started(router: &Router, hash: &[u8], session: U
 }
 
 /// An OpenID Connect client: tenant_id, project_id, tenant_kind, secret_hash, client_type,
-/// token_endpoint_auth_method, redirect_uris, post_logout_redirect_uris, scopes, grant_types, name.
+/// token_endpoint_auth_method, redirect_uris, post_logout_redirect_uris, scopes, grant_types, name,
+/// id_token_signed_response_alg.
 pub async fn resolve_oidc_client(router: &Router, client_id: &str) -> Result<Option<crate::PgRow>, DbError> {
     let sql = "SELECT tenant_id, project_id, tenant_kind, secret_hash, client_type, token_endpoint_auth_method, \
-               redirect_uris, post_logout_redirect_uris, scopes, grant_types, name FROM authio_resolve_oidc_client($1)";
+               redirect_uris, post_logout_redirect_uris, scopes, grant_types, name, id_token_signed_response_alg \
+               FROM authio_resolve_oidc_client($1)";
     Ok(call(router, sql, &[(&client_id, Type::TEXT)]).await?.into_iter().next())
 }
 

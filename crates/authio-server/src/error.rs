@@ -100,12 +100,17 @@ impl From<CoreError> for ApiError {
             CoreError::NotFound(what) => ApiError::new(StatusCode::NOT_FOUND, what.code(), e.to_string()),
             CoreError::InvalidApiKey => ApiError::unauthorized("invalid_api_key", "the API key is invalid or revoked"),
             CoreError::InvalidCredentials => ApiError::unauthorized("invalid_credentials", &e.to_string()),
-            CoreError::InvalidClient => ApiError::unauthorized("invalid_client", &e.to_string()),
+            CoreError::InvalidClient | CoreError::WrongClientAuthMethod(_) => {
+                ApiError::unauthorized("invalid_client", &e.to_string())
+            }
             CoreError::InvalidGrant(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_grant", m),
             CoreError::InvalidScope => ApiError::new(StatusCode::BAD_REQUEST, "invalid_scope", e.to_string()),
+            CoreError::InvalidTarget(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_target", m),
             CoreError::InvalidToken(_) => ApiError::unauthorized("invalid_token", &e.to_string()),
             CoreError::TokenKindRefused => ApiError::unauthorized("token_kind_refused", &e.to_string()),
             CoreError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
+            CoreError::MethodNotEnabled(_) => ApiError::new(StatusCode::FORBIDDEN, "method_not_enabled", e.to_string()),
+            CoreError::SignupNotAllowed => ApiError::new(StatusCode::FORBIDDEN, "signup_not_allowed", e.to_string()),
             CoreError::RateLimited { retry_after } => ApiError {
                 status: StatusCode::TOO_MANY_REQUESTS,
                 code: "too_many_attempts",
@@ -178,11 +183,12 @@ impl OAuthError {
         }
     }
 
-    pub fn unsupported_grant_type() -> Self {
+    /// `supported`: the grants of the endpoint that answers (each token endpoint lists its own).
+    pub fn unsupported_grant_type(supported: &str) -> Self {
         OAuthError {
             status: StatusCode::BAD_REQUEST,
             error: "unsupported_grant_type",
-            description: "supported: client_credentials, refresh_token, authorization_code".into(),
+            description: format!("supported: {supported}"),
             retry_after: None,
         }
     }
@@ -204,14 +210,24 @@ impl OAuthError {
             retry_after: None,
         }
     }
+
+    /// A known client that authenticated in another way than it registered: say which.
+    pub fn wrong_client_auth_method(expected: &str) -> Self {
+        OAuthError {
+            description: format!("client authentication failed: this client authenticates with {expected}"),
+            ..OAuthError::invalid_client()
+        }
+    }
 }
 
 impl From<CoreError> for OAuthError {
     fn from(e: CoreError) -> Self {
         let (status, error) = match &e {
             CoreError::InvalidClient => return OAuthError::invalid_client(),
+            CoreError::WrongClientAuthMethod(m) => return OAuthError::wrong_client_auth_method(m),
             CoreError::InvalidGrant(_) => (StatusCode::BAD_REQUEST, "invalid_grant"),
             CoreError::InvalidScope => (StatusCode::BAD_REQUEST, "invalid_scope"),
+            CoreError::InvalidTarget(_) => (StatusCode::BAD_REQUEST, "invalid_target"),
             CoreError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             CoreError::RateLimited { retry_after } => {
                 return OAuthError {

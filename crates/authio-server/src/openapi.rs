@@ -18,7 +18,7 @@ use crate::routes::{api_keys, auth, config, manage, oidc, passwordless, users};
           config::add_origin, config::remove_origin, config::list_domains, config::add_domain, config::verify_domain,
           config::delete_domain, config::list_connections, config::create_connection, config::delete_connection,
           config::get_presentation, config::update_presentation, config::set_template,
-          oidc::discovery, oidc::authorize, oidc::token, oidc::userinfo, oidc::revoke, oidc::introspect, oidc::logout,
+          oidc::discovery, oidc::authorization_server_metadata, oidc::authorize, oidc::token, oidc::userinfo, oidc::userinfo_post, oidc::revoke, oidc::introspect, oidc::logout,
           oidc::create_client, oidc::list_clients, oidc::revoke_client,
           crate::routes::health::healthz, crate::routes::health::readyz),
     components(schemas(api_keys::CreateApiKeyRequest, api_keys::ApiKeyResponse, api_keys::CreatedApiKeyResponse, api_keys::ApiKeyList,
@@ -32,7 +32,7 @@ use crate::routes::{api_keys, auth, config, manage, oidc, passwordless, users};
                        config::DomainList, config::ConnectionList, config::PresentationBody,
                        oidc::OidcTokenResponse, oidc::OidcClientList, oidc::CreatedOidcClient,
                        crate::error::ErrorBody, crate::error::ErrorDetail, crate::error::OAuthErrorBody)),
-    modifiers(&ApiKeyAuth),
+    modifiers(&ApiKeyAuth, &CommonResponses),
     tags((name = "auth", description = "Sign-up, sign-in, tokens (RFC 6749), introspection (RFC 7662), revocation (RFC 7009), JWKS"),
          (name = "users", description = "End users of a project"), (name = "sessions", description = "Users' sessions"),
          (name = "m2m", description = "Machine-to-machine clients"), (name = "projects", description = "Project settings"), (name = "audit", description = "The audit log"),
@@ -51,6 +51,101 @@ impl Modify for ApiKeyAuth {
             "project_api_key",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("sk_...").build()),
         );
+    }
+}
+
+/// The answers every operation of a kind can give, added where an operation does not list
+/// them itself: the edge's refusals (a NUL character, a body that is too large or not of the
+/// declared type), authentication, unknown ids in the path, validation, throttling on
+/// credential-guessing surfaces, and an unavailable database. One place, so no operation
+/// can miss one.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::HttpMethod;
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let oauth = [
+                "/oauth2/token",
+                "/oauth2/introspect",
+                "/oauth2/revoke",
+                "/v1/auth/token",
+                "/v1/auth/introspect",
+                "/v1/auth/revoke",
+            ]
+            .iter()
+            .any(|p| path.ends_with(p));
+            // Pages for browsers answer their refusals as pages, not JSON bodies.
+            let page = path.ends_with("/oauth2/authorize") || path.ends_with("/oauth2/logout");
+            let guessable = path.starts_with("/v1/auth/") || oauth || path.ends_with("/oauth2/authorize");
+            let body_schema = if oauth { "OAuthErrorBody" } else { "ErrorBody" };
+            for method in [HttpMethod::Get, HttpMethod::Post, HttpMethod::Put, HttpMethod::Patch, HttpMethod::Delete] {
+                let op = match method {
+                    HttpMethod::Get => item.get.as_mut(),
+                    HttpMethod::Post => item.post.as_mut(),
+                    HttpMethod::Put => item.put.as_mut(),
+                    HttpMethod::Patch => item.patch.as_mut(),
+                    HttpMethod::Delete => item.delete.as_mut(),
+                    _ => None,
+                };
+                let Some(op) = op else { continue };
+                let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+                let has_body = op.request_body.is_some();
+                let json_body = op
+                    .request_body
+                    .as_ref()
+                    .is_some_and(|b| b.content.keys().any(|k| k.starts_with("application/json")));
+                let form_body = op
+                    .request_body
+                    .as_ref()
+                    .is_some_and(|b| b.content.keys().any(|k| k.starts_with("application/x-www-form-urlencoded")));
+                let path_ids = path.contains('{');
+                let mut wanted: Vec<(&str, &str)> = vec![(
+                    "400",
+                    "malformed request: a NUL character in the path, query or body, a malformed body or query \
+                     (`invalid_request`, `malformed_json`, `invalid_query`)",
+                )];
+                if secured {
+                    wanted.push(("401", "missing, malformed or revoked credentials (`invalid_api_key`)"));
+                    wanted.push(("403", "the credentials may not do this (`forbidden`)"));
+                }
+                if path_ids && !page {
+                    wanted.push(("404", "no such project or object (`*_not_found`)"));
+                }
+                if has_body {
+                    wanted.push(("413", "the body is over 1 MiB (`payload_too_large`)"));
+                }
+                if json_body || form_body {
+                    wanted.push(("415", "the body is not of the declared content type (`unsupported_media_type`)"));
+                }
+                if json_body {
+                    wanted.push((
+                        "422",
+                        "a field is missing or out of its documented range (`invalid_request`, `invalid_email`, ...)",
+                    ));
+                }
+                if guessable {
+                    wanted.push(("429", "too many attempts from this address or client; see `Retry-After` (`rate_limited`, `temporarily_unavailable`)"));
+                }
+                if !path.starts_with("/healthz") {
+                    wanted.push(("503", "a database is unavailable or busy; see `Retry-After`"));
+                }
+                for (status, description) in wanted {
+                    if op.responses.responses.contains_key(status) {
+                        continue;
+                    }
+                    let mut r = ResponseBuilder::new().description(description);
+                    if !page {
+                        r = r.content(
+                            "application/json",
+                            ContentBuilder::new().schema(Some(Ref::from_schema_name(body_schema))).build(),
+                        );
+                    }
+                    op.responses.responses.insert(status.to_owned(), r.build().into());
+                }
+            }
+        }
     }
 }
 

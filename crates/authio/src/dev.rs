@@ -191,6 +191,7 @@ async fn seed(cfg: &Config, state: &authio_server::AppState, dedicated: &LocalCl
                 token_endpoint_auth_method: None,
                 scopes: None,
                 grant_types: None,
+                id_token_signed_response_alg: None,
             };
             let (rp, rp_secret) =
                 authio_core::oidc::create_client(&state.router, &SystemClock, &auth, &rp, &ClientInfo::default())

@@ -230,6 +230,11 @@ pub(crate) struct Verifier {
 pub struct KeySet {
     pub project_id: Uuid,
     active: Option<ActiveKey>,
+    /// The RS256 key beside a current key of another algorithm: ID tokens of clients that
+    /// registered `id_token_signed_response_alg: RS256`.
+    companion: Option<ActiveKey>,
+    /// The algorithms of the published keys, in a fixed order.
+    algs: Vec<Alg>,
     verifiers: HashMap<String, Verifier>,
     /// The JWKS document, serialised once.
     pub jwks: bytes::Bytes,
@@ -239,13 +244,17 @@ pub struct KeySet {
 impl KeySet {
     fn build(project_id: Uuid, master_key: &MasterKey, records: &[SigningKeyRecord]) -> Result<Self, CoreError> {
         let mut active = None;
+        let mut companion = None;
+        let mut algs = Vec::new();
         let mut verifiers = HashMap::new();
         let mut published = Vec::new();
-        // Current first, then next, then retired: verifiers that take the first key find it.
+        // Current first, then next, then the companion and retired ones: verifiers that take
+        // the first key find it.
         let rank = |s: &str| match s {
             "current" => 0,
             "next" => 1,
-            _ => 2,
+            "companion" => 2,
+            _ => 3,
         };
         let mut sorted: Vec<&SigningKeyRecord> = records.iter().collect();
         sorted.sort_by_key(|r| rank(&r.state));
@@ -254,24 +263,60 @@ impl KeySet {
             let key = decoding_key(alg, &r.public_jwk)?;
             verifiers.insert(r.kid.clone(), Verifier { alg, key });
             published.push(r.public_jwk.clone());
-            if r.state == "current" {
+            if !algs.contains(&alg) {
+                algs.push(alg);
+            }
+            let signer = || -> Result<ActiveKey, CoreError> {
                 let b64 = master_key
                     .decrypt(&r.private_key_enc)
                     .map_err(|e| CoreError::Internal(format!("decrypting signing key {}: {e}", r.kid)))?;
                 let der = URL_SAFE_NO_PAD.decode(b64).map_err(|_| crypto_err("stored key encoding"))?;
                 let header = json!({"alg": alg.as_str(), "kid": r.kid, "typ": "at+jwt"});
                 let id_header = json!({"alg": alg.as_str(), "kid": r.kid, "typ": "JWT"});
-                active = Some(ActiveKey {
+                Ok(ActiveKey {
                     header_b64: URL_SAFE_NO_PAD.encode(header.to_string()),
                     id_header_b64: URL_SAFE_NO_PAD.encode(id_header.to_string()),
                     alg,
                     signer: Signer::from_pkcs8(alg, &der)?,
-                });
+                })
+            };
+            match r.state.as_str() {
+                "current" => active = Some(signer()?),
+                "companion" if alg == Alg::RS256 => companion = Some(signer()?),
+                _ => {}
             }
         }
+        algs.sort_by_key(|a| a.as_str());
         let jwks = json!({ "keys": published }).to_string();
         let etag = format!("\"{}\"", &hex(&Sha256::digest(jwks.as_bytes()))[..32]);
-        Ok(KeySet { project_id, active, verifiers, jwks: jwks.into(), etag })
+        Ok(KeySet { project_id, active, companion, algs, verifiers, jwks: jwks.into(), etag })
+    }
+
+    /// The algorithms of the keys in the JWKS: what a relying party may be sent, and so what
+    /// discovery advertises. A key is published before it signs (the next key waits a
+    /// rotation) and after (retired keys stay while their tokens live), so an allow-list
+    /// taken from here accepts every token in circulation.
+    pub fn published_algs(&self) -> &[Alg] {
+        &self.algs
+    }
+
+    /// Whether an ID token can be signed in `alg` now.
+    pub fn can_sign_id_token(&self, alg: Alg) -> bool {
+        self.active.as_ref().is_some_and(|a| a.alg == alg) || (alg == Alg::RS256 && self.companion.is_some())
+    }
+
+    /// Sign an ID token in the client's registered algorithm (`None`: the current key's).
+    pub fn sign_id_token_as(&self, claims: &impl serde::Serialize, alg: Option<Alg>) -> Result<String, CoreError> {
+        match (alg, &self.active) {
+            (Some(want), Some(a)) if a.alg != want => {
+                let key = self.companion.as_ref().filter(|c| c.alg == want).ok_or(CoreError::Internal(format!(
+                    "no published {} key to sign this client's ID token",
+                    want.as_str()
+                )))?;
+                Self::sign_by(key, claims, true)
+            }
+            _ => self.sign_with(claims, true),
+        }
     }
 
     /// Sign `claims` with the current key: a compact JWS typed `at+jwt` (an access token).
@@ -291,6 +336,10 @@ impl KeySet {
 
     fn sign_with(&self, claims: &impl serde::Serialize, id_token: bool) -> Result<String, CoreError> {
         let active = self.active.as_ref().ok_or(CoreError::Internal("project has no current signing key".into()))?;
+        Self::sign_by(active, claims, id_token)
+    }
+
+    fn sign_by(active: &ActiveKey, claims: &impl serde::Serialize, id_token: bool) -> Result<String, CoreError> {
         let payload = serde_json::to_vec(claims).map_err(|e| CoreError::Internal(format!("claims: {e}")))?;
         let header = if id_token { &active.id_header_b64 } else { &active.header_b64 };
         let mut out = String::with_capacity(header.len() + payload.len() * 4 / 3 + 120);
@@ -358,6 +407,28 @@ impl KeyService {
         let set = Arc::new(KeySet::build(project, &self.inner.master_key, &records)?);
         self.inner.cache.put(&key, set.clone(), generation);
         Ok(set)
+    }
+
+    /// The key set with an RS256 signer for ID tokens: the current key if it is RS256, else
+    /// the companion, made (and published) here the first time a project needs it.
+    pub async fn keyset_with_rs256(&self, profile: &ProjectProfile) -> Result<Arc<KeySet>, CoreError> {
+        let set = self.keyset(profile).await?;
+        if set.can_sign_id_token(Alg::RS256) {
+            return Ok(set);
+        }
+        let (tenant, project) = (profile.tenant_id, profile.project_id);
+        let (mk, now) = (self.inner.master_key.clone(), self.inner.clock.now());
+        // RSA key generation takes tens of milliseconds: off the async threads.
+        let row = tokio::task::spawn_blocking(move || KeyRow::new(&mk, tenant, project, Alg::RS256, "companion", now))
+            .await
+            .map_err(|e| CoreError::Internal(format!("key generation: {e}")))??;
+        let scope = Scope::project(tenant, project, profile.tenant_kind);
+        let tx = self.inner.router.begin_pinned(&scope).await?;
+        // Two nodes racing: the unique index keeps one companion.
+        tx.query(&format!("{INSERT_KEY_SQL} ON CONFLICT DO NOTHING"), &row.params()).await?;
+        tx.commit().await?;
+        self.invalidate(project);
+        self.keyset(profile).await
     }
 
     /// Forget a project's keys on this node (after a rotation made here).

@@ -421,9 +421,7 @@ impl Upstream {
     ) -> Result<(String, String), CoreError> {
         self.identity.limit_attempts(ip).await?;
         let presentation = self.identity.presentation(project).await?;
-        if !presentation.offers("oauth") {
-            return Err(CoreError::Forbidden("this sign-in method is not enabled for the project"));
-        }
+        presentation.require("oauth")?;
         let profile = self.identity.profile(project).await?;
         let scope = scope_of(&profile);
         let (conn, _) = self.connection_by(&scope, "slug = $1", &slug, Type::TEXT).await?;
@@ -710,6 +708,10 @@ impl Upstream {
     ) -> Result<SignedInUser, CoreError> {
         let now = self.identity.now();
         let project = project_of(scope)?;
+        // Turned off between the start and the callback: no sign-in.
+        let presentation = self.identity.presentation(project).await?;
+        presentation.require("oauth")?;
+        let signup = &presentation.signup;
         let tx = self.identity.inner.router.begin(scope).await?;
         let linked = tx
             .query_opt(
@@ -759,6 +761,7 @@ impl Upstream {
             None if scope.tenant_kind == authio_db::TenantKind::Platform => {
                 return Err(CoreError::Forbidden("sign-up is closed on the platform tenant"))
             }
+            None if !signup.admits(&email) => return Err(CoreError::SignupNotAllowed),
             None => {
                 let u = crate::identity::users::insert(&tx, scope, &email, None, now).await?;
                 tx.query("UPDATE users SET email_verified = true WHERE id = $1", &[(&u.id, Type::UUID)]).await?;

@@ -19,6 +19,7 @@ use crate::crypto::tokens::{self, AccessClaims};
 use crate::identity::m2m;
 use crate::identity::passwords::{NewPassword, Passwords};
 use crate::identity::sessions::{self, NewSession, SessionPolicy};
+use crate::identity::signin::Guesser;
 use crate::identity::users::User;
 use crate::project::api_keys;
 use crate::throttle::{ip_key, retry_after, Limits};
@@ -395,6 +396,9 @@ impl Identity {
             // never by whoever finds the sign-up endpoint.
             return Err(CoreError::Forbidden("sign-up is closed on the platform tenant"));
         }
+        let presentation = self.presentation(project).await?;
+        presentation.require("password")?;
+        presentation.admit_signup(&email)?;
         let l = &self.inner.settings.limits;
         if let Some(ip) = ip {
             self.limit("signup:ip", &ip_key(ip), l.signup_per_ip, l.signup_ip_window_secs).await?;
@@ -547,6 +551,8 @@ impl Identity {
         if password.len() > 4096 {
             return Err(CoreError::InvalidCredentials);
         }
+        // The project's methods hold on every path (the JSON API and the hosted pages alike).
+        self.presentation(project).await?.require("password")?;
         let profile = self.profile(project).await?;
         let l = &self.inner.settings.limits;
         let account = format!("{project}:{:x}", Sha256::digest(email.as_str().as_bytes()));
@@ -636,21 +642,22 @@ impl Identity {
         client: &ClientInfo,
         ip: Option<IpAddr>,
     ) -> Result<UserTokens, CoreError> {
-        self.refresh_for(presented, None, client, ip).await
+        self.refresh_for(presented, None, client, &Guesser::Address(ip)).await
     }
 
     /// Rotate a refresh token for the OpenID client it was issued to (`None`: tokens of the
-    /// sign-in API and hosted sign-ins, which belong to no client).
+    /// sign-in API and hosted sign-ins, which belong to no client). Failures count against
+    /// `who`: the address, or the confidential client that authenticated.
     pub async fn refresh_for(
         &self,
         presented: &str,
         oidc_client: Option<&str>,
         client: &ClientInfo,
-        ip: Option<IpAddr>,
+        who: &Guesser,
     ) -> Result<UserTokens, CoreError> {
-        self.refuse_guesser(ip).await?;
+        self.refuse_guesser_as(who).await?;
         let result = self.refresh_unjudged(presented, oidc_client, client).await;
-        self.judge(ip, result).await
+        self.judge_as(who, result).await
     }
 
     async fn refresh_unjudged(
@@ -668,6 +675,7 @@ impl Identity {
         };
         // Keys first: a refresh token is not rotated unless the new access token can be signed.
         let keys = self.inner.keys.keyset(&profile).await?;
+        let presentation = self.presentation(project).await?;
         let r = sessions::refresh(
             &self.inner.router,
             self.inner.clock.as_ref(),
@@ -676,6 +684,7 @@ impl Identity {
             &hash,
             client,
             oidc_client,
+            &|method| presentation.offers(method),
         )
         .await?;
         let oidc = r.client_id.as_deref().map(|c| (c, r.scope.as_deref().unwrap_or("")));
@@ -733,9 +742,21 @@ impl Identity {
         client_id: &str,
         secret: &str,
         requested: Option<&str>,
+        resource: Option<&str>,
         ip: Option<IpAddr>,
     ) -> Result<ClientToken, CoreError> {
         let client = self.authenticate_client(client_id, secret, ip).await?;
+        // RFC 8707 2: an absolute URI without a fragment, and (here) the client's audience:
+        // the token is for that resource server and no other.
+        if let Some(r) = resource {
+            let shaped = url::Url::parse(r).is_ok_and(|u| u.fragment().is_none()) && r.len() <= 512;
+            if !shaped {
+                return Err(CoreError::InvalidTarget("resource must be an absolute URI without a fragment"));
+            }
+            if r != client.audience {
+                return Err(CoreError::InvalidTarget("this client may not ask for tokens for that resource"));
+            }
+        }
         let granted: Vec<&str> = match requested.map(str::trim).filter(|s| !s.is_empty()) {
             None => client.scopes.iter().map(String::as_str).collect(),
             Some(req) => {
@@ -852,7 +873,9 @@ impl Identity {
             return Ok(match state {
                 Some(s) if s.active => Introspection {
                     active: true,
-                    token_type: Some("refresh_token"),
+                    // RFC 7662 2.2: `token_type` is an RFC 6749 5.1 access token type, which a
+                    // refresh token has none of.
+                    token_type: None,
                     sub: Some(s.user_id.to_string()),
                     sid: Some(s.session_id.to_string()),
                     iss: Some(self.issuer(project)),
@@ -878,7 +901,7 @@ impl Identity {
         }
         Ok(Introspection {
             active: true,
-            token_type: Some("access_token"),
+            token_type: Some("Bearer"),
             scope: claims.scope,
             client_id: claims.client_id,
             sub: Some(claims.sub),

@@ -168,6 +168,25 @@ impl NewSession {
     }
 }
 
+/// The project methods each authentication-method reference can come from: a session may be
+/// refreshed while one of them is still offered. References that name no sign-in method (a
+/// second factor, say) do not decide.
+const AMR_METHODS: [(&str, &[&str]); 4] =
+    [("pwd", &["password"]), ("otp", &["magic_link", "email_code"]), ("email", &["magic_link"]), ("oauth", &["oauth"])];
+
+pub(crate) fn amr_still_offered(amr: &[String], offers: &(dyn Fn(&str) -> bool + Sync)) -> bool {
+    let mut decided = false;
+    for a in amr {
+        if let Some((_, methods)) = AMR_METHODS.iter().find(|(r, _)| *r == a.as_str()) {
+            if methods.iter().any(|m| offers(m)) {
+                return true;
+            }
+            decided = true;
+        }
+    }
+    !decided
+}
+
 /// A successful refresh: what the new access token needs.
 #[derive(Debug)]
 pub struct Refreshed {
@@ -192,6 +211,7 @@ pub async fn refresh(
     token_hash: &[u8; 32],
     client: &ClientInfo,
     expected_client: Option<&str>,
+    offers: &(dyn Fn(&str) -> bool + Sync),
 ) -> Result<Refreshed, CoreError> {
     let project = project_of(scope)?;
     let now = clock.now();
@@ -239,11 +259,30 @@ pub async fn refresh(
         _ => return Err(CoreError::InvalidGrant("the refresh token is invalid")),
     }
     let (sid, user): (Uuid, Uuid) = (row.col("session_id")?, row.col("user_id")?);
+    let amr: Vec<String> = row.col("amr")?;
+    if !amr_still_offered(&amr, offers) {
+        // The session's way in was turned off: it ends here rather than living on by refresh.
+        tx.query(
+            "UPDATE sessions SET revoked_at = $2, revoked_reason = 'signin_method_disabled'
+             WHERE id = $1 AND revoked_at IS NULL",
+            &[(&sid, Type::UUID), (&now, Type::TIMESTAMPTZ)],
+        )
+        .await?;
+        let event = audit::Event {
+            action: crate::audit::AuditAction::SessionRevoked,
+            actor: audit::Actor { kind: crate::audit::ActorKind::System, id: None, name: None },
+            target: Some(("session", sid.to_string())),
+            client,
+            metadata: serde_json::json!({"reason": "signin_method_disabled", "user_id": user, "amr": amr}),
+        };
+        audit::record_and_commit(tx, scope, event, now).await?;
+        return Err(CoreError::InvalidGrant("the session's sign-in method is no longer enabled for the project"));
+    }
     let within_grace: bool = row.col("within_grace")?;
     let refreshed = Refreshed {
         session_id: sid,
         user_id: user,
-        amr: row.col("amr")?,
+        amr,
         role: row.col("role")?,
         refresh_token,
         client_id: row.col("client_id")?,

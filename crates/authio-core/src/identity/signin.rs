@@ -19,6 +19,7 @@ use crate::crypto::pkce::check_challenge;
 use crate::identity::auth::{policy, scope_of, Identity, UserTokens};
 use crate::identity::passwords::NewPassword;
 use crate::identity::sessions::NewSession;
+use crate::project::config::SignupPolicy;
 use crate::project::mail::{self, MailKind};
 use crate::throttle::{ip_key, retry_after};
 use crate::types::ClientInfo;
@@ -52,6 +53,27 @@ impl Default for OneTimeSettings {
     }
 }
 
+/// Whom failed guesses of one-time secrets (links, codes, refresh tokens) are counted against.
+#[derive(Clone, Debug)]
+pub enum Guesser {
+    /// An address (unknown when the request's peer is not known: nothing is counted).
+    Address(Option<IpAddr>),
+    /// A confidential client that authenticated: its failures are its own, so a relying
+    /// party's backend with many users' stale refresh tokens throttles itself, not every
+    /// client behind its address (and not its address for everyone else).
+    Client(String),
+}
+
+impl Guesser {
+    fn bucket(&self) -> Option<(&'static str, String)> {
+        match self {
+            Guesser::Address(Some(ip)) => Some(("verify:ip", ip_key(*ip))),
+            Guesser::Address(None) => None,
+            Guesser::Client(id) => Some(("verify:client", id.clone())),
+        }
+    }
+}
+
 /// How a project presents itself (hosted pages, emails) and which methods it offers.
 #[derive(Clone, Debug)]
 pub struct Presentation {
@@ -64,6 +86,7 @@ pub struct Presentation {
     pub email_sender_name: Option<String>,
     pub methods: Vec<String>,
     pub development: bool,
+    pub signup: SignupPolicy,
 }
 
 impl Presentation {
@@ -75,11 +98,21 @@ impl Presentation {
         self.methods.iter().any(|m| m == method)
     }
 
-    fn require(&self, method: &'static str) -> Result<(), CoreError> {
+    pub(crate) fn require(&self, method: &str) -> Result<(), CoreError> {
         if self.offers(method) {
             Ok(())
         } else {
-            Err(CoreError::Forbidden("this sign-in method is not enabled for the project"))
+            Err(CoreError::MethodNotEnabled(method.to_owned()))
+        }
+    }
+
+    /// Whether a new account may be made for `email` (by itself: sign-up, a first link or
+    /// code, a first upstream sign-in).
+    pub(crate) fn admit_signup(&self, email: &Email) -> Result<(), CoreError> {
+        if self.signup.admits(email) {
+            Ok(())
+        } else {
+            Err(CoreError::SignupNotAllowed)
         }
     }
 
@@ -98,6 +131,7 @@ impl Presentation {
             email_sender_name: r.try_get(5)?,
             methods: r.try_get(6)?,
             development: r.try_get::<String>(7)? == "development",
+            signup: SignupPolicy::from_columns(&r.try_get::<String>(8)?, r.try_get(9)?),
         })
     }
 }
@@ -264,11 +298,15 @@ impl Identity {
     /// are over the limit is refused (the count is read on the shared database, so it holds
     /// across nodes). Successes are not counted: one backend may verify for all its users.
     pub async fn refuse_guesser(&self, ip: Option<IpAddr>) -> Result<(), CoreError> {
-        let Some(ip) = ip else { return Ok(()) };
+        self.refuse_guesser_as(&Guesser::Address(ip)).await
+    }
+
+    /// [`Identity::refuse_guesser`] for whoever the failures are counted against.
+    pub(crate) async fn refuse_guesser_as(&self, who: &Guesser) -> Result<(), CoreError> {
+        let Some((bucket, key)) = who.bucket() else { return Ok(()) };
         let l = &self.inner.settings.limits;
         let now = self.now();
-        let w =
-            preresolve::rate_peek(&self.inner.router, "verify:ip", &ip_key(ip), l.verify_ip_window_secs, now).await?;
+        let w = preresolve::rate_peek(&self.inner.router, bucket, &key, l.verify_ip_window_secs, now).await?;
         match w {
             Some(w) if w.hits >= l.verify_failures_per_ip => {
                 Err(CoreError::RateLimited { retry_after: retry_after(w.window_ends, now) })
@@ -280,15 +318,19 @@ impl Identity {
     /// After judging: a failure that could be a guess is counted against the address; the one
     /// that reaches the limit is answered with `RateLimited`.
     pub(crate) async fn judge<T>(&self, ip: Option<IpAddr>, result: Result<T, CoreError>) -> Result<T, CoreError> {
+        self.judge_as(&Guesser::Address(ip), result).await
+    }
+
+    /// [`Identity::judge`] for whoever the failures are counted against.
+    pub(crate) async fn judge_as<T>(&self, who: &Guesser, result: Result<T, CoreError>) -> Result<T, CoreError> {
         let guess = matches!(
             &result,
             Err(CoreError::InvalidGrant(_) | CoreError::ChallengeLocked | CoreError::UpstreamRefused(_))
         );
-        if let (true, Some(ip)) = (guess, ip) {
+        if let (true, Some((bucket, key))) = (guess, who.bucket()) {
             let l = &self.inner.settings.limits;
             let now = self.now();
-            let w = preresolve::rate_hit(&self.inner.router, "verify:ip", &ip_key(ip), l.verify_ip_window_secs, now)
-                .await?;
+            let w = preresolve::rate_hit(&self.inner.router, bucket, &key, l.verify_ip_window_secs, now).await?;
             if w.hits > l.verify_failures_per_ip {
                 return Err(CoreError::RateLimited { retry_after: retry_after(w.window_ends, now) });
             }
@@ -335,6 +377,22 @@ impl Identity {
         rows.first().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))).transpose()
     }
 
+    /// Whether a link or code to `email` could sign anyone in: an account exists, or the
+    /// project would create one (never on the platform tenant; only as its sign-up policy
+    /// admits). Asked before mail is sent; the caller answers the same either way. The
+    /// account is looked up only when the policy alone does not decide.
+    async fn may_sign_in_or_up(
+        &self,
+        scope: &Scope,
+        presentation: &Presentation,
+        email: &Email,
+    ) -> Result<bool, CoreError> {
+        if scope.tenant_kind != TenantKind::Platform && presentation.signup.admits(email) {
+            return Ok(true);
+        }
+        Ok(self.user_by_email(scope, email).await?.is_some())
+    }
+
     /// The user an email just proved (by link, code or upstream provider) signs in as: the
     /// existing one (its email now verified), or a new one on customer projects. Disabled
     /// accounts are refused; the platform tenant never signs up this way.
@@ -345,6 +403,9 @@ impl Identity {
         method: &str,
         client: &ClientInfo,
     ) -> Result<SignedInUser, CoreError> {
+        // A link or code sent before its method was turned off no longer signs in.
+        let presentation = self.presentation(crate::types::project_of(scope)?).await?;
+        presentation.require(method)?;
         let now = self.now();
         let tx = self.inner.router.begin(scope).await?;
         let found = tx
@@ -366,6 +427,7 @@ impl Identity {
         if scope.tenant_kind == TenantKind::Platform {
             return Err(CoreError::Forbidden("sign-up is closed on the platform tenant"));
         }
+        presentation.admit_signup(email)?;
         let user = crate::identity::users::insert(&tx, scope, email, None, now).await?;
         tx.query("UPDATE users SET email_verified = true WHERE id = $1", &[(&user.id, Type::UUID)]).await?;
         let event = audit::Event {
@@ -457,7 +519,7 @@ impl Identity {
         self.limit_sends(project, &email, ip).await?;
         let profile = self.profile(project).await?;
         let scope = scope_of(&profile);
-        if scope.tenant_kind == TenantKind::Platform && self.user_by_email(&scope, &email).await?.is_none() {
+        if !self.may_sign_in_or_up(&scope, &presentation, &email).await? {
             return Ok(None);
         }
         let ttl = self.inner.settings.one_time.magic_link_ttl_secs;
@@ -585,7 +647,7 @@ impl Identity {
         self.limit_sends(project, &email, ip).await?;
         let profile = self.profile(project).await?;
         let scope = scope_of(&profile);
-        let send = scope.tenant_kind != TenantKind::Platform || self.user_by_email(&scope, &email).await?.is_some();
+        let send = self.may_sign_in_or_up(&scope, &presentation, &email).await?;
         let id = Uuid::now_v7();
         let code = format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000u32));
         let mac = self.code_mac(id, &code).to_vec();
@@ -904,11 +966,13 @@ impl Identity {
     ) -> Result<(Scope, SignedInUser), CoreError> {
         let email = Email::parse(email)?;
         let password = NewPassword::parse(password)?;
-        self.presentation(project).await?.require("password")?;
+        let presentation = self.presentation(project).await?;
+        presentation.require("password")?;
         let profile = self.profile(project).await?;
         if profile.tenant_kind == TenantKind::Platform {
             return Err(CoreError::Forbidden("sign-up is closed on the platform tenant"));
         }
+        presentation.admit_signup(&email)?;
         let l = &self.inner.settings.limits;
         if let Some(ip) = ip {
             self.limit("signup:ip", &ip_key(ip), l.signup_per_ip, l.signup_ip_window_secs).await?;

@@ -22,6 +22,7 @@ use crate::crypto::keys::Alg;
 use crate::crypto::opaque::{hash as token_hash, new_token};
 use crate::crypto::pkce::pkce_matches;
 use crate::identity::auth::{scope_of, Identity, UserTokens};
+use crate::identity::signin::Guesser;
 use crate::identity::signin::{with_query, SignedInUser};
 use crate::throttle::ip_key;
 use crate::types::ClientInfo;
@@ -31,6 +32,15 @@ use crate::{Clock, CoreError};
 /// The scopes a project's provider knows.
 pub const SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
 pub const GRANTS: [&str; 2] = ["authorization_code", "refresh_token"];
+
+/// Whom a token request's failed guesses count against: the confidential client that
+/// authenticated, else the address.
+pub fn guesser(client: Option<&OidcClient>, ip: Option<IpAddr>) -> Guesser {
+    match client {
+        Some(c) if !c.public => Guesser::Client(c.client_id.clone()),
+        _ => Guesser::Address(ip),
+    }
+}
 
 /// A registered client as resolved by its id.
 #[derive(Clone, Debug)]
@@ -47,6 +57,8 @@ pub struct OidcClient {
     pub scopes: Vec<String>,
     pub grant_types: Vec<String>,
     pub name: String,
+    /// `id_token_signed_response_alg` (RS256), or `None` for the project's current key.
+    pub id_token_alg: Option<Alg>,
 }
 
 impl OidcClient {
@@ -65,6 +77,7 @@ impl OidcClient {
             scopes: r.try_get(8)?,
             grant_types: r.try_get(9)?,
             name: r.try_get(10)?,
+            id_token_alg: r.try_get::<Option<String>>(11)?.as_deref().and_then(Alg::parse),
         })
     }
 
@@ -89,6 +102,8 @@ pub struct NewOidcClient {
     pub scopes: Option<Vec<String>>,
     /// Default: `authorization_code` and `refresh_token`.
     pub grant_types: Option<Vec<String>>,
+    /// `RS256` for ID tokens in RS256 whatever the project's key; absent: the project's key.
+    pub id_token_signed_response_alg: Option<String>,
 }
 
 /// A registered client as listed (never its secret).
@@ -103,12 +118,13 @@ pub struct OidcClientInfo {
     pub post_logout_redirect_uris: Vec<String>,
     pub scopes: Vec<String>,
     pub grant_types: Vec<String>,
+    pub id_token_signed_response_alg: Option<String>,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
 const COLS: &str = "id, client_id, name, client_type, token_endpoint_auth_method, redirect_uris, \
-                    post_logout_redirect_uris, scopes, grant_types, created_at, revoked_at";
+                    post_logout_redirect_uris, scopes, grant_types, id_token_signed_response_alg, created_at, revoked_at";
 
 impl OidcClientInfo {
     /// A row of [`COLS`].
@@ -123,6 +139,7 @@ impl OidcClientInfo {
             post_logout_redirect_uris: r.col("post_logout_redirect_uris")?,
             scopes: r.col("scopes")?,
             grant_types: r.col("grant_types")?,
+            id_token_signed_response_alg: r.col("id_token_signed_response_alg")?,
             created_at: r.col("created_at")?,
             revoked_at: r.col("revoked_at")?,
         })
@@ -175,6 +192,12 @@ pub async fn create_client(
     if !grants.iter().any(|g| g == "authorization_code") || grants.iter().any(|g| !GRANTS.contains(&g.as_str())) {
         return Err(bad("grant_types (authorization_code, and refresh_token)"));
     }
+    // RS256 is always available (a companion key); other algorithms follow the project's key.
+    let id_alg = match new.id_token_signed_response_alg.as_deref() {
+        None => None,
+        Some("RS256") => Some("RS256"),
+        Some(_) => return Err(bad("id_token_signed_response_alg (RS256, or absent for the project's key)")),
+    };
     let client_id = format!("oc_{}", crate::crypto::opaque::random_hex::<12>());
     let secret = (!public).then(|| new_token("ocs_").0);
     let hash = secret.as_deref().map(|s| crate::crypto::opaque::hash(s).to_vec());
@@ -184,8 +207,9 @@ pub async fn create_client(
         .query_one(
             &format!(
                 "INSERT INTO oidc_clients (tenant_id, project_id, id, client_id, secret_hash, name, client_type,
-                     token_endpoint_auth_method, redirect_uris, post_logout_redirect_uris, scopes, grant_types, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {COLS}"
+                     token_endpoint_auth_method, redirect_uris, post_logout_redirect_uris, scopes, grant_types, created_at,
+                     id_token_signed_response_alg)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING {COLS}"
             ),
             &[
                 (&scope.tenant_id, Type::UUID),
@@ -201,6 +225,7 @@ pub async fn create_client(
                 (&scopes, Type::TEXT_ARRAY),
                 (&grants, Type::TEXT_ARRAY),
                 (&now, Type::TIMESTAMPTZ),
+                (&id_alg, Type::TEXT),
             ],
         )
         .await?;
@@ -408,26 +433,42 @@ impl Provider {
         let key = ip.map(ip_key);
         self.identity.refuse_if_blocked(key.as_deref(), now)?;
         let client = self.oidc_client(client_id).await?;
-        let ok = match (&client, secret) {
-            (Some(c), None) => c.public && method == "none",
+        // (authenticated, presented in another way than registered)
+        let (ok, wrong_method) = match (&client, secret) {
+            (Some(c), None) => (c.public && method == "none", !c.public),
             (Some(c), Some(s)) => {
                 let presented = crate::crypto::opaque::hash(s);
                 let expected = c.secret_hash.as_deref().unwrap_or(&[0u8; 32]);
-                bool::from(presented.ct_eq(expected)) && c.secret_hash.is_some() && c.auth_method == method
+                let right = bool::from(presented.ct_eq(expected)) && c.secret_hash.is_some();
+                (right && c.auth_method == method, c.public || (right && c.auth_method != method))
             }
             (None, _) => {
                 // Same work for unknown clients.
                 let _ = secret.map(crate::crypto::opaque::hash);
-                false
+                (false, false)
             }
         };
         match client {
             Some(c) if ok => Ok(c),
-            _ => {
+            other => {
                 self.identity.count_credential_failure("oidc_client:ip", key, now).await?;
-                Err(CoreError::InvalidClient)
+                // The registered method is no secret: naming it tells a developer what to fix.
+                let registered = other.filter(|_| wrong_method).map(|c| match c.auth_method.as_str() {
+                    "client_secret_post" => "client_secret_post",
+                    "none" => "none (a public client: send client_id and no secret)",
+                    _ => "client_secret_basic",
+                });
+                Err(registered.map_or(CoreError::InvalidClient, CoreError::WrongClientAuthMethod))
             }
         }
+    }
+
+    /// The algorithms ID tokens may be signed in: those of the keys the JWKS publishes, RS256
+    /// always among them (its key made and published here if the project has none).
+    pub async fn id_token_algs(&self, project: Uuid) -> Result<Vec<&'static str>, CoreError> {
+        let profile = self.identity.profile(project).await?;
+        let keys = self.identity.inner.keys.keyset_with_rs256(&profile).await?;
+        Ok(keys.published_algs().iter().map(|a| a.as_str()).collect())
     }
 
     /// Check an authorization request (OIDC Core 3.1.2.1, RFC 7636).
@@ -486,6 +527,10 @@ impl Provider {
                 Some(c.to_owned())
             }
         };
+        // Every client is registered by the project's own administrators (first party): their
+        // registration is the consent, so `prompt=consent` asks nothing more and is not
+        // advertised. `select_account` shows the sign-in page, where another account can sign
+        // in (there is one account per browser session), as `login` does.
         let prompts: Vec<&str> = p.prompt.as_deref().unwrap_or("").split(' ').filter(|s| !s.is_empty()).collect();
         if prompts.iter().any(|x| !["none", "login", "consent", "select_account"].contains(x))
             || (prompts.contains(&"none") && prompts.len() > 1)
@@ -508,7 +553,7 @@ impl Provider {
             state,
             nonce: p.nonce.clone(),
             code_challenge,
-            prompt_login: prompts.contains(&"login"),
+            prompt_login: prompts.contains(&"login") || prompts.contains(&"select_account"),
             prompt_none: prompts.contains(&"none"),
             max_age,
             login_hint: p.login_hint.clone(),
@@ -527,6 +572,11 @@ impl Provider {
             return Ok(None);
         }
         if req.max_age.is_some_and(|m| s.auth_time + m < now) {
+            return Ok(None);
+        }
+        // A browser signed in by a method the project has since turned off signs in again.
+        let presentation = self.identity.presentation(s.project_id).await?;
+        if !crate::identity::sessions::amr_still_offered(&s.amr, &|m| presentation.offers(m)) {
             return Ok(None);
         }
         // The user must still be allowed in.
@@ -626,8 +676,26 @@ impl Provider {
         info: &ClientInfo,
         ip: Option<IpAddr>,
     ) -> Result<OidcTokens, CoreError> {
+        let who = guesser(client, ip);
+        self.identity.refuse_guesser_as(&who).await?;
+        let result = self.exchange_code_unjudged(code, redirect_uri, verifier, client, None, info).await;
+        self.identity.judge_as(&who, result).await
+    }
+
+    /// [`Provider::exchange_code`] for a hosted sign-in's code that must be of `project` (the
+    /// console accepts codes of the platform project only): another project's code is used
+    /// up and refused before any session starts.
+    pub async fn exchange_code_of(
+        &self,
+        project: Uuid,
+        code: &str,
+        redirect_uri: &str,
+        verifier: &str,
+        info: &ClientInfo,
+        ip: Option<IpAddr>,
+    ) -> Result<OidcTokens, CoreError> {
         self.identity.refuse_guesser(ip).await?;
-        let result = self.exchange_code_unjudged(code, redirect_uri, verifier, client, info).await;
+        let result = self.exchange_code_unjudged(code, redirect_uri, Some(verifier), None, Some(project), info).await;
         self.identity.judge(ip, result).await
     }
 
@@ -637,6 +705,7 @@ impl Provider {
         redirect_uri: &str,
         verifier: Option<&str>,
         client: Option<&OidcClient>,
+        only_project: Option<Uuid>,
         info: &ClientInfo,
     ) -> Result<OidcTokens, CoreError> {
         let hash = token_hash(code);
@@ -645,6 +714,9 @@ impl Provider {
             .ok_or(BAD_CODE)?;
         let first_use: bool = row.try_get(0)?;
         let project: Uuid = row.try_get(2)?;
+        if only_project.is_some_and(|p| p != project) {
+            return Err(BAD_CODE);
+        }
         let profile = self.identity.profile(project).await?;
         let scope = scope_of(&profile);
         if !first_use {
@@ -705,12 +777,18 @@ impl Provider {
             return Ok(OidcTokens { tokens, id_token: None, scope: String::new(), offline: true });
         };
         let scope_claim = scope_text.clone().unwrap_or_default();
+        // Keys first: no session starts unless its ID token can be signed in the client's
+        // algorithm.
+        let keys = match client.id_token_alg {
+            Some(Alg::RS256) => self.identity.inner.keys.keyset_with_rs256(&profile).await?,
+            _ => self.identity.inner.keys.keyset(&profile).await?,
+        };
+        let id_alg = client.id_token_alg.or(keys.alg()).unwrap_or(Alg::EdDSA);
         let tokens = self
             .identity
             .start_session_for(&scope, &user, &amr_refs, info, Some((&client.client_id, &scope_claim)))
             .await?;
         preresolve::authorization_code_started(&self.identity.inner.router, &hash, tokens.session_id).await?;
-        let keys = self.identity.inner.keys.keyset(&profile).await?;
         let iss = self.identity.issuer(project);
         let now = self.identity.now().timestamp();
         let email_scope = scopes.contains(&"email");
@@ -723,13 +801,14 @@ impl Provider {
             iat: now,
             auth_time: auth_time.map(|t| t.timestamp()).unwrap_or(now),
             nonce: nonce.as_deref(),
-            at_hash: at_hash(keys.alg().unwrap_or(Alg::EdDSA), &tokens.access_token),
+            // OIDC Core 3.1.3.6: the hash of the ID token's own algorithm.
+            at_hash: at_hash(id_alg, &tokens.access_token),
             amr: &amr,
             sid: tokens.session_id.to_string(),
             email: email_scope.then(|| u.try_get(2)).transpose()?,
             email_verified: email_scope.then(|| u.try_get(3)).transpose()?,
         };
-        let id_token = keys.sign_id_token(&id)?;
+        let id_token = keys.sign_id_token_as(&id, client.id_token_alg)?;
         Ok(OidcTokens {
             tokens,
             id_token: Some(id_token),

@@ -19,8 +19,9 @@ use crate::types::ClientInfo;
 use crate::types::{project_of, DomainName, RedirectUri, ValidationError, WebOrigin};
 use crate::{Clock, CoreError};
 
-/// One audited change on shared: run `sql` with `params` in a pinned transaction, record the
-/// event, commit; returns the rows.
+/// One audited change on shared: run `sql` (which must return the rows it changed) with
+/// `params` in a pinned transaction, record the event if it changed a row, commit; returns
+/// the rows.
 async fn change(
     router: &Router,
     clock: &dyn Clock,
@@ -32,9 +33,12 @@ async fn change(
     let now = crate::clock::now_as_stored(clock);
     let tx = router.begin_pinned(scope).await?;
     let rows = tx.query(sql, params).await?;
-    let (action, actor, client, target, metadata) = event;
-    let e = audit::Event { action, actor: actor.clone(), target: Some(target), client, metadata };
-    audit::record_pinned(&tx, scope, e, now).await?;
+    // Every statement given here returns the rows it changed: none changed, nothing to record.
+    if !rows.is_empty() {
+        let (action, actor, client, target, metadata) = event;
+        let e = audit::Event { action, actor: actor.clone(), target: Some(target), client, metadata };
+        audit::record_pinned(&tx, scope, e, now).await?;
+    }
     tx.commit().await?;
     Ok(rows)
 }
@@ -263,7 +267,13 @@ pub struct DomainInfo {
     /// ... with this value, then ask for verification.
     pub txt_value: String,
     pub created_at: DateTime<Utc>,
+    /// When an unverified claim lapses (`null` once verified).
+    pub expires_at: Option<DateTime<Utc>>,
 }
+
+/// How long a claim may wait for its proof. Until it is proved, a claim is private to its
+/// tenant and blocks nobody else; a lapsed claim can be added again (with a new token).
+pub const PENDING_CLAIM_DAYS: i64 = 7;
 
 const DOMAIN_COLS: &str = "id, host, verification_token, verified_at, last_checked_at, created_at";
 
@@ -273,7 +283,9 @@ impl DomainInfo {
         let host: String = r.col("host")?;
         let token: String = r.col("verification_token")?;
         let verified_at: Option<DateTime<Utc>> = r.col("verified_at")?;
+        let created_at: DateTime<Utc> = r.col("created_at")?;
         Ok(DomainInfo {
+            expires_at: verified_at.is_none().then(|| created_at + chrono::Duration::days(PENDING_CLAIM_DAYS)),
             id: r.col("id")?,
             txt_name: format!("_authio-challenge.{host}"),
             txt_value: format!("authio-verification={token}"),
@@ -281,7 +293,7 @@ impl DomainInfo {
             verified: verified_at.is_some(),
             verified_at,
             last_checked_at: r.col("last_checked_at")?,
-            created_at: r.col("created_at")?,
+            created_at,
         })
     }
 }
@@ -299,13 +311,22 @@ pub async fn add_domain(
     let project = project_of(scope)?;
     let token = crate::crypto::opaque::random_hex::<16>();
     let now = crate::clock::now_as_stored(clock);
+    let lapsed = now - chrono::Duration::days(PENDING_CLAIM_DAYS);
+    // Only this tenant's own claim can conflict (other tenants' pending claims are private,
+    // and a pending row never meets the unique index of verified hosts). A lapsed claim of
+    // this project starts again with a new token.
     let rows = change(
         router,
         clock,
         scope,
         &format!(
             "INSERT INTO custom_domains (tenant_id, project_id, id, host, verification_token, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (host) DO NOTHING RETURNING {DOMAIN_COLS}"
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (tenant_id, host) DO UPDATE
+                SET verification_token = EXCLUDED.verification_token, created_at = EXCLUDED.created_at
+                WHERE custom_domains.verified_at IS NULL AND custom_domains.created_at < $7
+                  AND custom_domains.project_id = EXCLUDED.project_id
+             RETURNING {DOMAIN_COLS}"
         ),
         &[
             (&scope.tenant_id, Type::UUID),
@@ -314,6 +335,7 @@ pub async fn add_domain(
             (&host.as_str(), Type::TEXT),
             (&token, Type::TEXT),
             (&now, Type::TIMESTAMPTZ),
+            (&lapsed, Type::TIMESTAMPTZ),
         ],
         (
             crate::audit::AuditAction::ProjectDomainAdded,
@@ -324,7 +346,7 @@ pub async fn add_domain(
         ),
     )
     .await?;
-    let row = rows.first().ok_or_else(|| CoreError::Conflict("this domain is registered already".into()))?;
+    let row = rows.first().ok_or_else(|| CoreError::Conflict("this tenant has claimed this domain already".into()))?;
     DomainInfo::from_row(row)
 }
 
@@ -361,19 +383,45 @@ pub async fn verify_domain(
     if info.verified {
         return Ok(info);
     }
+    let now = crate::clock::now_as_stored(clock);
+    if info.expires_at.is_some_and(|at| at <= now) {
+        return Err(CoreError::Conflict("this claim lapsed unverified: add the domain again for a new token".into()));
+    }
     let records = dns.txt(&info.txt_name).await.map_err(|e| CoreError::Upstream(format!("DNS: {e}")))?;
     let found = records.iter().any(|r| r.trim().trim_matches('"') == info.txt_value);
-    let now = crate::clock::now_as_stored(clock);
     let rows = if found {
-        change(
-            router,
-            clock,
-            scope,
-            &format!("UPDATE custom_domains SET verified_at = $2, last_checked_at = $2 WHERE id = $1 RETURNING {DOMAIN_COLS}"),
-            &[(&id, Type::UUID), (&now, Type::TIMESTAMPTZ)],
-            (crate::audit::AuditAction::ProjectDomainVerified, actor, client, ("domain", info.host.clone()), serde_json::json!({})),
-        )
-        .await?
+        // The proof takes the host: other tenants' pending claims on it are dropped (they
+        // cannot be seen from here, so a definer function does it), unless one is verified.
+        let tx = router.begin_pinned(scope).await?;
+        let proved = tx
+            .query_one(
+                "SELECT status, dropped FROM authio_domain_prove($1, $2, $3)",
+                &[(&scope.tenant_id, Type::UUID), (&id, Type::UUID), (&now, Type::TIMESTAMPTZ)],
+            )
+            .await?;
+        let status: String = proved.col("status")?;
+        match status.as_str() {
+            "verified" => {}
+            "taken" => {
+                return Err(CoreError::Conflict(
+                    "another project has verified this domain; it must remove it before this one can".into(),
+                ))
+            }
+            _ => return Err(CoreError::NotFound(crate::types::Entity::Domain)),
+        }
+        let dropped: i32 = proved.col("dropped")?;
+        let e = audit::Event {
+            action: crate::audit::AuditAction::ProjectDomainVerified,
+            actor: actor.clone(),
+            target: Some(("domain", info.host.clone())),
+            client,
+            metadata: serde_json::json!({"pending_claims_dropped": dropped}),
+        };
+        audit::record_pinned(&tx, scope, e, now).await?;
+        let rows =
+            tx.query(&format!("SELECT {DOMAIN_COLS} FROM custom_domains WHERE id = $1"), &[(&id, Type::UUID)]).await?;
+        tx.commit().await?;
+        rows
     } else {
         let tx = router.begin_pinned(scope).await?;
         let rows = tx
@@ -423,7 +471,39 @@ pub async fn delete_domain(
     Ok(())
 }
 
-/// How a project looks and which sign-in methods it offers.
+/// Who may create an account in a project by themselves: anyone (`open`), nobody
+/// (`invite_only`: administrators create users, who then sign in), or addresses at the listed
+/// domains (`domains`, exact domain match: `example.com` does not admit `sub.example.com`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SignupPolicy {
+    Open,
+    InviteOnly,
+    Domains(Vec<String>),
+}
+
+impl SignupPolicy {
+    /// From the stored columns (the database's check keeps them to these values; an unknown
+    /// one admits nobody rather than everybody).
+    pub fn from_columns(policy: &str, domains: Vec<String>) -> Self {
+        match policy {
+            "open" => SignupPolicy::Open,
+            "domains" => SignupPolicy::Domains(domains),
+            _ => SignupPolicy::InviteOnly,
+        }
+    }
+
+    pub fn admits(&self, email: &crate::types::Email) -> bool {
+        match self {
+            SignupPolicy::Open => true,
+            SignupPolicy::InviteOnly => false,
+            SignupPolicy::Domains(list) => list.iter().any(|d| d == email.domain()),
+        }
+    }
+}
+
+pub const SIGNUP_POLICIES: [&str; 3] = ["open", "invite_only", "domains"];
+
+/// How a project looks, which sign-in methods it offers, and who may sign up.
 #[derive(Clone, Debug, Serialize, Deserialize, Default)]
 pub struct PresentationSettings {
     pub environment: String,
@@ -432,6 +512,8 @@ pub struct PresentationSettings {
     pub brand_color: String,
     pub email_sender_name: Option<String>,
     pub signin_methods: Vec<String>,
+    pub signup_policy: String,
+    pub signup_domains: Vec<String>,
 }
 
 /// A change to it: absent fields stay; `null` clears an optional one.
@@ -447,6 +529,9 @@ pub struct PresentationPatch {
     #[serde(default, deserialize_with = "double_option")]
     pub email_sender_name: Option<Option<String>>,
     pub signin_methods: Option<Vec<String>>,
+    pub signup_policy: Option<String>,
+    /// Domains admitted by the `domains` policy, in their ASCII form (up to 50).
+    pub signup_domains: Option<Vec<String>>,
 }
 
 fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
@@ -491,11 +576,32 @@ impl PresentationPatch {
                 return Err(ValidationError::Field("signin_methods (password, magic_link, email_code, oauth)"));
             }
         }
+        if let Some(p) = &self.signup_policy {
+            if !SIGNUP_POLICIES.contains(&p.as_str()) {
+                return Err(ValidationError::Field("signup_policy (open, invite_only or domains)"));
+            }
+        }
+        if let Some(list) = &self.signup_domains {
+            let shaped =
+                list.len() <= 50 && list.iter().all(|d| DomainName::parse(d).is_ok_and(|n| n.as_str() == d.as_str()));
+            if !shaped {
+                return Err(ValidationError::Field("signup_domains (up to 50 lower-case ASCII domain names)"));
+            }
+        }
+        // The `domains` policy with no domain would admit nobody: say so rather than store it.
+        let domains_policy = self.signup_policy.as_deref() == Some("domains");
+        let emptied = self.signup_domains.as_ref().is_some_and(Vec::is_empty);
+        if (domains_policy && (self.signup_domains.is_none() || emptied)) || (emptied && self.signup_policy.is_none()) {
+            return Err(ValidationError::Field(
+                "signup_domains (at least one domain with signup_policy domains; send both together)",
+            ));
+        }
         Ok(())
     }
 }
 
-const PRESENTATION_COLS: &str = "environment, display_name, logo_url, brand_color, email_sender_name, signin_methods";
+const PRESENTATION_COLS: &str =
+    "environment, display_name, logo_url, brand_color, email_sender_name, signin_methods, signup_policy, signup_domains";
 
 fn presentation_from(r: &authio_db::Row) -> Result<PresentationSettings, CoreError> {
     Ok(PresentationSettings {
@@ -505,6 +611,8 @@ fn presentation_from(r: &authio_db::Row) -> Result<PresentationSettings, CoreErr
         brand_color: r.col("brand_color")?,
         email_sender_name: r.col("email_sender_name")?,
         signin_methods: r.col("signin_methods")?,
+        signup_policy: r.col("signup_policy")?,
+        signup_domains: r.col("signup_domains")?,
     })
 }
 
@@ -544,7 +652,9 @@ pub async fn update_presentation(
                 logo_url = CASE WHEN $5 THEN $6 ELSE logo_url END,
                 brand_color = coalesce($7, brand_color),
                 email_sender_name = CASE WHEN $8 THEN $9 ELSE email_sender_name END,
-                signin_methods = coalesce($10, signin_methods)
+                signin_methods = coalesce($10, signin_methods),
+                signup_policy = coalesce($11, signup_policy),
+                signup_domains = coalesce($12, signup_domains)
              WHERE id = $1 RETURNING {PRESENTATION_COLS}"
         ),
         &[
@@ -558,13 +668,20 @@ pub async fn update_presentation(
             (&set(&patch.email_sender_name), Type::BOOL),
             (&patch.email_sender_name.clone().flatten(), Type::TEXT),
             (&patch.signin_methods, Type::TEXT_ARRAY),
+            (&patch.signup_policy, Type::TEXT),
+            (&patch.signup_domains, Type::TEXT_ARRAY),
         ],
         (
             crate::audit::AuditAction::ProjectPresentationChanged,
             actor,
             client,
             ("project", project.to_string()),
-            serde_json::json!({"environment": patch.environment, "signin_methods": patch.signin_methods}),
+            serde_json::json!({
+                "environment": patch.environment,
+                "signin_methods": patch.signin_methods,
+                "signup_policy": patch.signup_policy,
+                "signup_domains": patch.signup_domains,
+            }),
         ),
     )
     .await?;
@@ -593,7 +710,8 @@ pub async fn set_template(
          VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (tenant_id, project_id, kind) DO UPDATE
             SET subject = EXCLUDED.subject, text_body = EXCLUDED.text_body, html_body = EXCLUDED.html_body,
-                updated_at = EXCLUDED.updated_at",
+                updated_at = EXCLUDED.updated_at
+         RETURNING kind",
         &[
             (&scope.tenant_id, Type::UUID),
             (&project, Type::UUID),

@@ -23,11 +23,17 @@ pub enum ValidationError {
 pub struct Email(String);
 
 impl Email {
+    /// One spelling per address: trimmed, Unicode NFC (so NFC and NFD spellings are one
+    /// account), lower case, and the domain in its ASCII (IDNA, UTS #46) form, so
+    /// `bücher.example` and `xn--bcher-kva.example` are one domain. Look-alike characters
+    /// (confusables) are not folded: distinct code points are distinct mailboxes, and the
+    /// address is proved by mail before an account made from it signs in.
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
-        let s = raw.trim().to_lowercase();
-        if s.len() > 254 {
+        use unicode_normalization::UnicodeNormalization;
+        if raw.len() > 1024 {
             return Err(ValidationError::Email("longer than 254 characters"));
         }
+        let s: String = raw.trim().nfc().collect::<String>().to_lowercase();
         let (local, domain) = s.rsplit_once('@').ok_or(ValidationError::Email("missing @"))?;
         if local.is_empty() || local.len() > 64 {
             return Err(ValidationError::Email("bad local part"));
@@ -38,18 +44,35 @@ impl Email {
         if s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>' || c == ',' || c == ';') {
             return Err(ValidationError::Email("forbidden character"));
         }
+        let domain = if domain.is_ascii() {
+            domain.to_owned()
+        } else {
+            match url::Host::parse(domain) {
+                Ok(url::Host::Domain(d)) => d,
+                _ => return Err(ValidationError::Email("bad domain")),
+            }
+        };
         let labels: Vec<&str> = domain.split('.').collect();
         let label_ok = |l: &&str| {
             !l.is_empty()
                 && l.len() <= 63
                 && !l.starts_with('-')
                 && !l.ends_with('-')
-                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
         };
         if labels.len() < 2 || !labels.iter().all(label_ok) {
             return Err(ValidationError::Email("bad domain"));
         }
+        let s = format!("{local}@{domain}");
+        if s.len() > 254 {
+            return Err(ValidationError::Email("longer than 254 characters"));
+        }
         Ok(Email(s))
+    }
+
+    /// The part after the `@` (ASCII, lower case).
+    pub fn domain(&self) -> &str {
+        self.0.rsplit_once('@').map(|(_, d)| d).unwrap_or_default()
     }
 
     pub fn as_str(&self) -> &str {
@@ -329,6 +352,22 @@ mod tests {
         }
         assert!(Email::parse(&format!("{}@example.com", "a".repeat(65))).is_err());
         assert!(Email::parse("j.o'neil+tag@sub.example.co.uk").is_ok());
+    }
+
+    #[test]
+    fn email_spellings_of_one_address_are_one() {
+        // "josé" precomposed (U+00E9) and decomposed (e + U+0301).
+        let nfc = Email::parse("jos\u{e9}@example.com").unwrap();
+        let nfd = Email::parse("jose\u{301}@example.com").unwrap();
+        assert_eq!(nfc, nfd);
+        assert_eq!(nfc.as_str(), "jos\u{e9}@example.com");
+        // An internationalised domain is kept in its ASCII form, whichever way it is written.
+        let unicode = Email::parse("a@B\u{fc}cher.example").unwrap();
+        let ascii = Email::parse("a@xn--bcher-kva.example").unwrap();
+        assert_eq!(unicode, ascii);
+        assert_eq!(unicode.domain(), "xn--bcher-kva.example");
+        // Look-alikes are not folded: Cyrillic "а" (U+0430) is another mailbox than Latin "a".
+        assert_ne!(Email::parse("\u{430}lice@example.com").unwrap(), Email::parse("alice@example.com").unwrap());
     }
 
     #[test]

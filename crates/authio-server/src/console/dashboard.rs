@@ -804,6 +804,22 @@ async fn signin_page(
             "email_sender_name",
             "Email sender name",
             s.email_sender_name.as_deref().unwrap_or_default(),
+        ))
+        .field(Field::select(
+            "signup_policy",
+            "Who may sign up",
+            vec![
+                ("open".into(), "Anyone".into()),
+                ("invite_only".into(), "Nobody by themselves (invite only)".into()),
+                ("domains".into(), "Addresses at these domains".into()),
+            ],
+            &s.signup_policy,
+        ))
+        .field(Field::text(
+            "text",
+            "signup_domains",
+            "Sign-up domains (comma-separated)",
+            &s.signup_domains.join(", "),
         ));
     flash(project_page(&m, &p, "Sign-in & branding", "signin"), &f)
         .block(Block::Para(format!("Hosted sign-in page: {}/p/{}/signin", state.public_url, p.id)))
@@ -834,6 +850,14 @@ async fn signin_save(
         brand_color: get("brand_color").filter(|v| !v.is_empty()),
         email_sender_name: optional("email_sender_name"),
         signin_methods: Some(pairs.iter().filter(|(n, _)| n == "method").map(|(_, v)| v.clone()).collect()),
+        signup_policy: get("signup_policy").filter(|v| !v.is_empty()),
+        // The list is kept unless the policy uses it (an empty field with another policy is fine).
+        signup_domains: match get("signup_domains").as_deref().map(str::trim) {
+            Some(list) if !list.is_empty() => {
+                Some(list.split(',').map(|d| d.trim().to_ascii_lowercase()).filter(|d| !d.is_empty()).collect())
+            }
+            _ => None,
+        },
     };
     let info = client_info(&headers);
     match project_config::update_presentation(&state.router, state.clock.as_ref(), &auth, &patch, &info).await {

@@ -414,7 +414,13 @@ async fn callback(
     let ip = crate::routes::auth::client_ip(&state, connect.as_ref(), &headers);
     let info = crate::routes::auth::client_info(&headers, ip);
     let redirect_uri = format!("{}{CALLBACK_PATH}", state.public_url);
-    let tokens = match state.oidc.exchange_code(&code, &redirect_uri, Some(verifier), None, &info, ip).await {
+    let platform = match console.platform_scope().await {
+        Ok(s) => s.project_id.unwrap_or_default(),
+        Err(e) => return core_error_page(e, None),
+    };
+    // Only the platform project's codes make console sessions (another project's code would
+    // start a session the console must then refuse; it is refused here instead).
+    let tokens = match state.oidc.exchange_code_of(platform, &code, &redirect_uri, verifier, &info, ip).await {
         Ok(t) => t.tokens,
         Err(e) => return core_error_page(e, None),
     };

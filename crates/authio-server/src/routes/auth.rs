@@ -297,7 +297,8 @@ pub async fn token(
         Some("client_credentials") => {
             let (id, secret) = client_credentials(&headers, &form)?.ok_or_else(OAuthError::invalid_client)?;
             let ip = client_ip(&state, connect.as_ref(), &headers);
-            let t = state.identity.client_credentials(&id, &secret, form.get("scope"), ip).await?;
+            let t =
+                state.identity.client_credentials(&id, &secret, form.get("scope"), form.get("resource"), ip).await?;
             Ok(no_store(StatusCode::OK, Json(ClientTokenResponse::from(t))))
         }
         Some("refresh_token") => {
@@ -321,7 +322,7 @@ pub async fn token(
                 .await?;
             Ok(no_store(StatusCode::OK, Json(TokenResponse::from(t.tokens))))
         }
-        Some(_) => Err(OAuthError::unsupported_grant_type()),
+        Some(_) => Err(OAuthError::unsupported_grant_type("client_credentials, refresh_token, authorization_code")),
     }
 }
 

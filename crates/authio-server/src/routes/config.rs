@@ -318,6 +318,9 @@ pub struct PresentationBody {
     pub brand_color: String,
     pub email_sender_name: Option<String>,
     pub signin_methods: Vec<String>,
+    /// `open`, `invite_only` or `domains`.
+    pub signup_policy: String,
+    pub signup_domains: Vec<String>,
 }
 
 impl From<PresentationSettings> for PresentationBody {
@@ -329,6 +332,8 @@ impl From<PresentationSettings> for PresentationBody {
             brand_color: p.brand_color,
             email_sender_name: p.email_sender_name,
             signin_methods: p.signin_methods,
+            signup_policy: p.signup_policy,
+            signup_domains: p.signup_domains,
         }
     }
 }
@@ -347,7 +352,8 @@ pub async fn get_presentation(
 }
 
 /// Change it: `environment` (production|development), `display_name`, `logo_url` (https),
-/// `brand_color` (#rrggbb), `email_sender_name`, `signin_methods`.
+/// `brand_color` (#rrggbb), `email_sender_name`, `signin_methods`, `signup_policy` (open,
+/// invite_only, domains) and `signup_domains` (with the `domains` policy).
 #[utoipa::path(patch, path = "/v1/projects/{project_id}/presentation", tag = "sign-in config",
     params(("project_id" = Uuid, Path)), security(("project_api_key" = [])), request_body(content = Object),
     responses((status = 200, body = PresentationBody), (status = 422, description = "`invalid_request`")))]

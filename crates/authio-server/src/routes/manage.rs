@@ -97,7 +97,8 @@ pub async fn create_client(
     let name = DisplayName::parse(&req.name).map_err(authio_core::CoreError::from)?;
     let new = NewClient { name, scopes: req.scopes, audience: req.audience, token_ttl_secs: req.token_ttl_secs };
     let project = auth.scope()?.project_id.unwrap_or_default();
-    let issuer = state.identity.issuer(project);
+    // Every access token's default audience is its project's id (user, OpenID and M2M alike).
+    let issuer = project.to_string();
     let client = client_info(&headers, None);
     let created = m2m::create(&state.router, state.clock.as_ref(), &auth, &issuer, &new, &client).await?;
     Ok((
@@ -220,10 +221,16 @@ pub async fn revoke_session(
 
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct SettingsBody {
+    /// `EdDSA`, `ES256` or `RS256`: the algorithm of keys made from now on.
+    #[schema(pattern = "^(EdDSA|ES256|RS256)$")]
     pub signing_alg: Option<String>,
+    #[schema(minimum = 60, maximum = 86400)]
     pub access_token_ttl_secs: Option<i32>,
+    #[schema(minimum = 300, maximum = 31536000)]
     pub session_idle_timeout_secs: Option<i32>,
+    #[schema(minimum = 300, maximum = 31536000)]
     pub session_absolute_timeout_secs: Option<i32>,
+    #[schema(minimum = 0, maximum = 120)]
     pub refresh_grace_secs: Option<i32>,
 }
 

@@ -76,9 +76,10 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/oauth/callback", get(hosted::oauth_callback))
         .route("/dev/mailbox", get(hosted::dev_mailbox))
         .route("/p/{project_id}/.well-known/openid-configuration", get(oidc::discovery))
+        .route("/.well-known/oauth-authorization-server/p/{project_id}", get(oidc::authorization_server_metadata))
         .route("/p/{project_id}/oauth2/authorize", get(oidc::authorize))
         .route("/p/{project_id}/oauth2/token", post(oidc::token))
-        .route("/p/{project_id}/oauth2/userinfo", get(oidc::userinfo).post(oidc::userinfo))
+        .route("/p/{project_id}/oauth2/userinfo", get(oidc::userinfo).post(oidc::userinfo_post))
         .route("/p/{project_id}/oauth2/revoke", post(oidc::revoke))
         .route("/p/{project_id}/oauth2/introspect", post(oidc::introspect))
         .route("/p/{project_id}/oauth2/logout", get(oidc::logout));

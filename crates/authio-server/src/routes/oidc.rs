@@ -29,9 +29,28 @@ fn project_of(raw: &str) -> Result<Uuid, ApiError> {
 #[utoipa::path(get, path = "/p/{project_id}/.well-known/openid-configuration", tag = "openid",
     params(("project_id" = Uuid, Path)), responses((status = 200, description = "the provider's metadata")))]
 pub async fn discovery(State(state): State<AppState>, Path(project): Path<String>) -> Result<Response, ApiError> {
-    let project = project_of(&project)?;
-    let profile = state.identity.profile(project).await?;
+    metadata(&state, &project).await
+}
+
+/// RFC 8414 authorization-server metadata, at the well-known URI formed from the issuer
+/// (`{public_url}/p/{project}`) by RFC 8414 section 3.1: the well-known suffix goes between
+/// the host and the issuer's path. The same document as discovery (RFC 8414 section 2 takes
+/// OpenID's metadata names), with the same `issuer`.
+#[utoipa::path(get, path = "/.well-known/oauth-authorization-server/p/{project_id}", tag = "openid",
+    params(("project_id" = Uuid, Path)),
+    responses((status = 200, description = "the authorization server's metadata"),
+              (status = 404, description = "`project_not_found`", body = crate::error::ErrorBody)))]
+pub async fn authorization_server_metadata(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+) -> Result<Response, ApiError> {
+    metadata(&state, &project).await
+}
+
+async fn metadata(state: &AppState, project: &str) -> Result<Response, ApiError> {
+    let project = project_of(project)?;
     let iss = state.identity.issuer(project);
+    let id_token_algs = state.oidc.id_token_algs(project).await?;
     let doc = serde_json::json!({
         "issuer": iss,
         "authorization_endpoint": format!("{iss}/oauth2/authorize"),
@@ -46,14 +65,14 @@ pub async fn discovery(State(state): State<AppState>, Path(project): Path<String
         "response_modes_supported": ["query"],
         "grant_types_supported": oidc::GRANTS,
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": [profile.signing_alg],
+        "id_token_signing_alg_values_supported": id_token_algs,
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "code_challenge_methods_supported": ["S256"],
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "amr", "sid", "azp",
                              "email", "email_verified", "updated_at"],
-        "prompt_values_supported": ["none", "login", "consent", "select_account"],
+        "prompt_values_supported": ["none", "login"],
         "authorization_response_iss_parameter_supported": true,
         "claims_parameter_supported": false,
         "request_parameter_supported": false,
@@ -229,7 +248,7 @@ pub async fn token(
     if !client.allows_grant(grant) {
         return Err(match grant {
             "authorization_code" | "refresh_token" => OAuthError::unauthorized_client(),
-            _ => OAuthError::unsupported_grant_type(),
+            _ => OAuthError::unsupported_grant_type("authorization_code, refresh_token"),
         });
     }
     match grant {
@@ -257,7 +276,8 @@ pub async fn token(
         "refresh_token" => {
             let presented =
                 form.get("refresh_token").ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
-            let t = state.identity.refresh_for(presented, Some(&client.client_id), &info, ip).await?;
+            let who = authio_core::oidc::guesser(Some(&client), ip);
+            let t = state.identity.refresh_for(presented, Some(&client.client_id), &info, &who).await?;
             Ok(no_store(
                 StatusCode::OK,
                 Json(OidcTokenResponse {
@@ -270,7 +290,7 @@ pub async fn token(
                 }),
             ))
         }
-        _ => Err(OAuthError::unsupported_grant_type()),
+        _ => Err(OAuthError::unsupported_grant_type("authorization_code, refresh_token")),
     }
 }
 
@@ -280,6 +300,20 @@ pub async fn token(
     responses((status = 200, description = "sub, and email and email_verified with the email scope"),
               (status = 401, description = "`WWW-Authenticate: Bearer error=\"invalid_token\"`")))]
 pub async fn userinfo(State(state): State<AppState>, Path(project): Path<String>, headers: HeaderMap) -> Response {
+    userinfo_answer(state, project, headers).await
+}
+
+/// The same by POST (OIDC Core 5.3.1: the provider accepts both), the access token in the
+/// `Authorization` header.
+#[utoipa::path(post, path = "/p/{project_id}/oauth2/userinfo", tag = "openid",
+    params(("project_id" = Uuid, Path)),
+    responses((status = 200, description = "sub, and email and email_verified with the email scope"),
+              (status = 401, description = "`WWW-Authenticate: Bearer error=\"invalid_token\"`")))]
+pub async fn userinfo_post(State(state): State<AppState>, Path(project): Path<String>, headers: HeaderMap) -> Response {
+    userinfo_answer(state, project, headers).await
+}
+
+async fn userinfo_answer(state: AppState, project: String, headers: HeaderMap) -> Response {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

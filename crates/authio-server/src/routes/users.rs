@@ -17,7 +17,9 @@ use crate::{ApiError, AppState, RequestContext};
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUserRequest {
-    /// Normalised (trimmed, lower-cased); unique within the project.
+    /// Normalised (trimmed, Unicode NFC, lower-cased, the domain in ASCII); unique within
+    /// the project.
+    #[schema(format = "email", min_length = 3, max_length = 254)]
     pub email: String,
 }
 
@@ -93,7 +95,7 @@ struct ListQuery {
 /// List users, oldest first, with cursor pagination.
 #[utoipa::path(get, path = "/v1/projects/{project_id}/users", tag = "users",
     params(("project_id" = Uuid, Path, description = "the project"),
-        ("limit" = Option<i64>, Query, description = "1-200, default 50"),
+        ("limit" = Option<i64>, Query, description = "1-200, default 50", minimum = 1, maximum = 200),
         ("after" = Option<Uuid>, Query, description = "cursor from the previous page")),
     security(("project_api_key" = [])),
     responses(

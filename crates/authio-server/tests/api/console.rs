@@ -416,6 +416,68 @@ async fn console_sign_in_refuses_foreign_callbacks_and_unknown_sessions() {
         .unwrap();
     assert!(r.status().is_client_error(), "{}", r.status());
     assert!(r.headers().get("set-cookie").is_none_or(|c| !c.to_str().unwrap().starts_with("authio_console=")));
+
+    // A real code of a customer project, made for this very callback and this browser's
+    // challenge: refused before it starts any session.
+    let acme = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    let callback = app.url("/console/callback");
+    let r = app
+        .http
+        .post(app.url(&format!("/v1/projects/{}/redirect-uris", acme.project.id)))
+        .bearer_auth(&acme.api_key.plaintext)
+        .json(&serde_json::json!({"uri": callback}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = app
+        .http
+        .post(app.url("/v1/auth/signup"))
+        .json(&serde_json::json!({"project_id": acme.project.id, "email": "mallory@example.com", "password": "a-long-password-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let verifier = login.split_once('=').unwrap().1.split('.').nth(1).unwrap();
+    let challenge = authio_core::crypto::pkce::s256(verifier);
+    let page = app.url(&format!(
+        "/p/{}/signin?redirect_uri={}&state={state}&code_challenge={challenge}&code_challenge_method=S256",
+        acme.project.id,
+        url::form_urlencoded::byte_serialize(callback.as_bytes()).collect::<String>()
+    ));
+    let r = http.get(&page).send().await.unwrap();
+    let csrf_cookie = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|c| c.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .find(|c| c.starts_with("authio_csrf="))
+        .unwrap();
+    let csrf = csrf_cookie.split_once('=').unwrap().1.to_owned();
+    let r = http
+        .post(app.url(&format!("/p/{}/signin", acme.project.id)))
+        .header("cookie", &csrf_cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("redirect_uri", callback.as_str()),
+            ("state", state),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("email", "mallory@example.com"),
+            ("password", "a-long-password-1"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let to_console = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(to_console.starts_with(&format!("{callback}?code=sc_")), "{to_console}");
+    let sessions = || admin_query_strings(&app.shared.admin_url, "SELECT count(*) FROM sessions");
+    let before = sessions().await;
+    let r = http.get(&to_console).header("cookie", login).send().await.unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+    assert!(r.headers().get("set-cookie").is_none_or(|c| !c.to_str().unwrap().starts_with("authio_console=")));
+    assert_eq!(sessions().await, before, "no session started");
 }
 
 #[tokio::test]

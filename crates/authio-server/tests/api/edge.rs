@@ -137,3 +137,72 @@ async fn slow_clients_are_let_go() {
     assert!(text.contains("request_timeout"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(8));
 }
+
+/// A small schema-driven probe: every operation of `/openapi.json`, called the ways a fuzzer
+/// calls it (no credentials, an empty body, a NUL in the query, a body of the wrong type, an
+/// id that does not parse, an id that does not exist), must answer a status its operation
+/// documents.
+#[tokio::test]
+async fn every_status_a_probe_gets_is_in_the_openapi_document() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "probe", TenantKind::Customer, Plan::Pro).await;
+    let doc: Value = app.http.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let mut undocumented = Vec::new();
+    let mut calls = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let documented: Vec<&String> = op["responses"].as_object().unwrap().keys().collect();
+            let body_type = op["requestBody"]["content"].as_object().and_then(|c| c.keys().next().cloned());
+            let fill = |id: &str| -> String {
+                let mut out = String::new();
+                let mut rest = path.as_str();
+                while let Some(at) = rest.find('{') {
+                    out.push_str(&rest[..at]);
+                    let end = rest[at..].find('}').unwrap() + at;
+                    let name = &rest[at + 1..end];
+                    out.push_str(&if name == "project_id" && id == "real" {
+                        s.project.id.to_string()
+                    } else if id == "real" {
+                        uuid::Uuid::new_v4().to_string()
+                    } else {
+                        id.to_owned()
+                    });
+                    rest = &rest[end + 1..];
+                }
+                out.push_str(rest);
+                out
+            };
+            // (path, authorised, query, content type, body)
+            let mut probes: Vec<(String, bool, &str, Option<String>, &str)> = vec![
+                (fill("real"), false, "", body_type.clone(), "{}"),
+                (fill("real"), true, "", body_type.clone(), "{}"),
+                (fill("real"), true, "?x=%00", body_type.clone(), "{}"),
+                (fill("not-an-id"), true, "", body_type.clone(), "{}"),
+            ];
+            if body_type.is_some() {
+                probes.push((fill("real"), true, "", Some("text/plain".into()), "x"));
+                probes.push((fill("real"), true, "", body_type.clone(), "{\"email\": \"a\\u0000@example.com\"}"));
+            }
+            for (p, authorised, query, content_type, body) in probes {
+                let url = app.url(&format!("{p}{query}"));
+                let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                let mut req = http.request(m, &url);
+                if authorised {
+                    req = req.bearer_auth(&s.api_key.plaintext);
+                }
+                if let Some(t) = &content_type {
+                    let body = if t.contains("form") && body == "{}" { "" } else { body };
+                    req = req.header("content-type", t.as_str()).body(body.to_owned());
+                }
+                let status = req.send().await.unwrap().status();
+                calls += 1;
+                if !documented.iter().any(|d| d.as_str() == status.as_str()) {
+                    undocumented.push(format!("{} {p}{query} ({content_type:?}) -> {status}", method.to_uppercase()));
+                }
+            }
+        }
+    }
+    assert!(calls > 200, "{calls} calls");
+    assert!(undocumented.is_empty(), "undocumented answers:\n{}", undocumented.join("\n"));
+}

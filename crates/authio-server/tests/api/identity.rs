@@ -722,7 +722,8 @@ async fn m2m_client_credentials_and_rfc_6749_errors() {
     let i: Value = r.json().await.unwrap();
     assert_eq!(
         (i["active"].as_bool(), i["client_id"].as_str(), i["token_type"].as_str()),
-        (Some(true), Some(id.as_str()), Some("access_token"))
+        (Some(true), Some(id.as_str()), Some("Bearer")),
+        "RFC 7662 2.2: the RFC 6749 token type"
     );
     assert_eq!(i["scope"], "read:users write:users");
     let r = app
@@ -1081,4 +1082,64 @@ async fn failed_api_keys_count_against_the_address_and_block_it() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn every_kind_of_access_token_names_its_project_as_audience_and_m2m_honours_rfc_8707_resource() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    let user_tokens = sign_up(&app, s.project.id, "aud@example.com").await;
+    let user_aud = claims_of(user_tokens["access_token"].as_str().unwrap())["aud"].clone();
+    assert_eq!(user_aud, json!(s.project.id.to_string()));
+    // An M2M client made without an audience: the same default.
+    let r = app
+        .http
+        .post(app.url(&format!("/v1/projects/{}/m2m-clients", s.project.id)))
+        .bearer_auth(&s.api_key.plaintext)
+        .json(&json!({"name": "plain", "scopes": ["read:users"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let plain: Value = r.json().await.unwrap();
+    assert_eq!(plain["audience"], json!(s.project.id.to_string()));
+    let (id, secret) =
+        (plain["client_id"].as_str().unwrap().to_owned(), plain["client_secret"].as_str().unwrap().to_owned());
+    let token = |resource: Option<&str>| {
+        let mut form = vec![("grant_type", "client_credentials".to_owned())];
+        if let Some(r) = resource {
+            form.push(("resource", r.to_owned()));
+        }
+        app.http.post(app.url("/v1/auth/token")).basic_auth(&id, Some(&secret)).form(&form).send()
+    };
+    let body: Value = token(None).await.unwrap().json().await.unwrap();
+    assert_eq!(claims_of(body["access_token"].as_str().unwrap())["aud"], user_aud);
+    // RFC 8707: a resource the client may not address, or not an absolute URI, is invalid_target.
+    for bad in ["https://other.example.com/api", "not a uri", "https://api.example.com/#frag"] {
+        let r = token(Some(bad)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_target", "{bad}");
+    }
+    // A client made for a resource server gets tokens for it.
+    let r = app
+        .http
+        .post(app.url(&format!("/v1/projects/{}/m2m-clients", s.project.id)))
+        .bearer_auth(&s.api_key.plaintext)
+        .json(&json!({"name": "billing", "scopes": ["read:users"], "audience": "https://billing.example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let c: Value = r.json().await.unwrap();
+    let r = app
+        .http
+        .post(app.url("/v1/auth/token"))
+        .basic_auth(c["client_id"].as_str().unwrap(), Some(c["client_secret"].as_str().unwrap()))
+        .form(&[("grant_type", "client_credentials"), ("resource", "https://billing.example.com")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(claims_of(body["access_token"].as_str().unwrap())["aud"], "https://billing.example.com");
 }

@@ -592,3 +592,261 @@ async fn the_same_flow_serves_a_dedicated_tenant_with_its_users_at_home() {
     assert_eq!(admin_query_strings(&app.shared.admin_url, "SELECT count(*) FROM oidc_clients").await, vec!["1"]);
     assert_eq!(admin_query_strings(&dedicated.admin_url, "SELECT count(*) FROM signin_codes").await, vec!["0"]);
 }
+
+async fn get_json(app: &TestApp, path: &str) -> Value {
+    let r = app.http.get(app.url(path)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{path}");
+    r.json().await.unwrap()
+}
+
+/// The algorithms of the keys in the project's JWKS, sorted.
+async fn jwks_algs(app: &TestApp, s: &Seeded) -> Vec<String> {
+    let set = get_json(app, &format!("/p/{}/.well-known/jwks.json", s.project.id)).await;
+    let mut algs: Vec<String> =
+        set["keys"].as_array().unwrap().iter().map(|k| k["alg"].as_str().unwrap().to_owned()).collect();
+    algs.sort();
+    algs.dedup();
+    algs
+}
+
+/// Run the code flow with an independent RP whose algorithm allow-list comes from discovery
+/// (as `openidconnect` does); returns the ID token's header `alg`.
+async fn id_token_alg_through_rp(app: &TestApp, s: &Seeded, id: &str, secret: &str, email: &str) -> String {
+    let (rp, _, http) = relying_party(app, s, id, secret).await;
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (auth_url, _, nonce) = rp
+        .authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random)
+        .set_pkce_challenge(challenge)
+        .url();
+    let mut b = Browser::new();
+    let back = sign_in_through(app, &mut b, auth_url.as_str(), email).await;
+    let tokens = rp
+        .exchange_code(AuthorizationCode::new(query_of(&back)["code"].clone()))
+        .unwrap()
+        .set_pkce_verifier(verifier)
+        .request_async(&http)
+        .await
+        .expect("code exchange");
+    let id_token = tokens.id_token().expect("an ID token");
+    let verifier = rp.id_token_verifier();
+    let claims = id_token.claims(&verifier, &nonce).expect("the ID token verifies against discovery's allow-list");
+    let expected = AccessTokenHash::from_token(
+        tokens.access_token(),
+        id_token.signing_alg().unwrap(),
+        id_token.signing_key(&verifier).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims.access_token_hash(), Some(&expected), "at_hash in the ID token's own algorithm");
+    let header: Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            id_token.to_string().split('.').next().unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    header["alg"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn discovery_advertises_exactly_the_published_algorithms_rs256_among_them_and_rfc_8414_metadata() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    user(&app, &s, "rita@example.com").await;
+    let pid = s.project.id;
+
+    // Discovery 1.0 section 3: RS256 MUST be listed; and every listed algorithm has a key in the
+    // JWKS (fetched after discovery, which publishes the RS256 key beside the EdDSA one).
+    let meta = get_json(&app, &format!("/p/{pid}/.well-known/openid-configuration")).await;
+    let advertised: Vec<String> =
+        serde_json::from_value(meta["id_token_signing_alg_values_supported"].clone()).unwrap();
+    assert!(advertised.contains(&"RS256".to_owned()), "{advertised:?}");
+    assert_eq!(advertised, jwks_algs(&app, &s).await);
+    assert_eq!(advertised, vec!["EdDSA", "RS256"]);
+    // No consent screen exists, so none is advertised.
+    assert_eq!(meta["prompt_values_supported"], json!(["none", "login"]));
+
+    // RFC 8414 3.1: the well-known suffix between the host and the issuer's path; the same
+    // issuer in the answer (3.3).
+    let as_meta = get_json(&app, &format!("/.well-known/oauth-authorization-server/p/{pid}")).await;
+    assert_eq!(as_meta["issuer"], format!("{}/p/{pid}", app.base_url));
+    assert_eq!(as_meta["token_endpoint"], meta["token_endpoint"]);
+    assert_eq!(as_meta["jwks_uri"], meta["jwks_uri"]);
+    let r = app.http.get(app.url("/.well-known/oauth-authorization-server/p/not-a-project")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // A client registered for RS256 gets RS256 ID tokens (the project's key is EdDSA); a
+    // client without a choice gets the project's.
+    let rs = register(
+        &app,
+        &s,
+        json!({"name": "rs", "client_type": "confidential", "redirect_uris": [CB], "id_token_signed_response_alg": "RS256"}),
+    )
+    .await;
+    assert_eq!(rs["id_token_signed_response_alg"], "RS256");
+    let (rs_id, rs_secret) = (rs["client_id"].as_str().unwrap(), rs["client_secret"].as_str().unwrap());
+    assert_eq!(id_token_alg_through_rp(&app, &s, rs_id, rs_secret, "rita@example.com").await, "RS256");
+    let (plain_id, plain_secret) = confidential(&app, &s).await;
+    assert_eq!(id_token_alg_through_rp(&app, &s, &plain_id, &plain_secret, "rita@example.com").await, "EdDSA");
+    let r = app
+        .http
+        .post(app.url(&format!("/v1/projects/{pid}/oidc-clients")))
+        .bearer_auth(&s.api_key.plaintext)
+        .json(&json!({"name": "x", "client_type": "confidential", "redirect_uris": [CB], "id_token_signed_response_alg": "HS256"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Changing the project's algorithm advertises nothing new until a key of it is published,
+    // and an RP configured from discovery keeps accepting the tokens it is sent.
+    let r = app
+        .http
+        .patch(app.url(&format!("/v1/projects/{pid}/settings")))
+        .bearer_auth(&s.api_key.plaintext)
+        .json(&json!({"signing_alg": "ES256"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let meta = get_json(&app, &format!("/p/{pid}/.well-known/openid-configuration")).await;
+    assert_eq!(meta["id_token_signing_alg_values_supported"], json!(["EdDSA", "RS256"]));
+    assert_eq!(id_token_alg_through_rp(&app, &s, &plain_id, &plain_secret, "rita@example.com").await, "EdDSA");
+    // A rotation publishes an ES256 next key (still signing with EdDSA): both advertised.
+    // (A rotation by the control plane reaches the node's key cache by NOTIFY: wait for it.)
+    let advertised_eventually = |want: Value| {
+        let app = &app;
+        async move {
+            let mut last = Value::Null;
+            for _ in 0..100 {
+                let meta = get_json(app, &format!("/p/{pid}/.well-known/openid-configuration")).await;
+                last = meta["id_token_signing_alg_values_supported"].clone();
+                if last == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("advertised {last}, wanted {want}");
+        }
+    };
+    app.control
+        .rotate_keys(
+            pid,
+            Some(authio_core::crypto::keys::Alg::ES256),
+            &authio_testkit::test_master_key(),
+            chrono::Utc::now(),
+            true,
+        )
+        .await
+        .unwrap();
+    advertised_eventually(json!(["ES256", "EdDSA", "RS256"])).await;
+    assert_eq!(id_token_alg_through_rp(&app, &s, &plain_id, &plain_secret, "rita@example.com").await, "EdDSA");
+    // The next rotation makes ES256 current; EdDSA stays advertised while its key is published.
+    app.control.rotate_keys(pid, None, &authio_testkit::test_master_key(), chrono::Utc::now(), true).await.unwrap();
+    // The algorithms stay the same; wait for the new current key to sign.
+    let mut alg = String::new();
+    for _ in 0..100 {
+        alg = id_token_alg_through_rp(&app, &s, &plain_id, &plain_secret, "rita@example.com").await;
+        if alg == "ES256" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(alg, "ES256");
+    let meta = get_json(&app, &format!("/p/{pid}/.well-known/openid-configuration")).await;
+    assert_eq!(meta["id_token_signing_alg_values_supported"], json!(["ES256", "EdDSA", "RS256"]));
+    assert_eq!(meta["id_token_signing_alg_values_supported"], json!(jwks_algs(&app, &s).await));
+    assert_eq!(id_token_alg_through_rp(&app, &s, rs_id, rs_secret, "rita@example.com").await, "RS256");
+}
+
+#[tokio::test]
+async fn token_endpoint_errors_name_what_to_fix_and_failures_count_per_confidential_client() {
+    let app =
+        spawn_app_with(AppOptions { tune_auth: |a| a.limits.verify_failures_per_ip = 3, ..AppOptions::default() })
+            .await;
+    let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    let token_url = app.url(&format!("/p/{}/oauth2/token", s.project.id));
+    let (id, secret) = confidential(&app, &s).await;
+
+    // unsupported_grant_type lists what this endpoint supports, and only that.
+    let r = app
+        .http
+        .post(&token_url)
+        .basic_auth(&id, Some(&secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "unsupported_grant_type");
+    let text = body["error_description"].as_str().unwrap();
+    assert!(text.contains("authorization_code") && !text.contains("client_credentials"), "{text}");
+
+    // The right secret sent the wrong way: invalid_client naming the registered method.
+    let r = app
+        .http
+        .post(&token_url)
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "x"),
+            ("client_id", &id),
+            ("client_secret", &secret),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_client");
+    assert!(body["error_description"].as_str().unwrap().contains("client_secret_basic"), "{body}");
+    // A wrong secret says nothing about the method.
+    let r = app
+        .http
+        .post(&token_url)
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "x"),
+            ("client_id", &id),
+            ("client_secret", "ocs_wrong"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert!(!body["error_description"].as_str().unwrap().contains("client_secret"), "{body}");
+
+    // A backend with stale refresh tokens: its failures count against it, not its address.
+    let refresh = |who: (&str, &str), rt: &str| {
+        let (id, secret) = (who.0.to_owned(), who.1.to_owned());
+        let req = app
+            .http
+            .post(&token_url)
+            .basic_auth(id, Some(secret))
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", rt)]);
+        async move { req.send().await.unwrap() }
+    };
+    for _ in 0..3 {
+        let r = refresh((&id, &secret), &format!("rt_{}_stale", s.project.id)).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
+    let r = refresh((&id, &secret), "rt_stale").await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().get("retry-after").is_some());
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable", "RFC 6749's error shape: {body}");
+    assert!(body["error_description"].is_string());
+    // Another client from the same address is not held back by it ...
+    let (other_id, other_secret) = confidential(&app, &s).await;
+    let r = refresh((&other_id, &other_secret), "rt_stale").await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "judged, not throttled");
+    // ... nor is the address's own sign-in API (another bucket).
+    let r = app
+        .http
+        .post(app.url("/v1/auth/token"))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", "rt_stale")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}

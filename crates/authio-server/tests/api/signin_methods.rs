@@ -579,6 +579,18 @@ async fn origins_are_allowed_per_project_and_custom_domains_answer_once_verified
     let r = from("https://evil.test", s.project.id).await.unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
 
+    // Removing what was never there is a 404 (and, below, not in the audit log).
+    for path in ["redirect-uris?uri=https%3A%2F%2Fnever.test%2Fcb", "allowed-origins?origin=https%3A%2F%2Fnever.test"] {
+        let r = app
+            .http
+            .delete(app.url(&format!("/v1/projects/{}/{path}", s.project.id)))
+            .bearer_auth(&s.api_key.plaintext)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+
     // A custom domain: not live until its TXT record is there.
     let r = app
         .http
@@ -592,15 +604,21 @@ async fn origins_are_allowed_per_project_and_custom_domains_answer_once_verified
     let d: Value = r.json().await.unwrap();
     assert_eq!(d["host"], "login.acme.test");
     assert_eq!(d["verified"], false);
-    // Nobody else may claim it.
-    let r = app
-        .http
-        .post(app.url(&format!("/v1/projects/{}/domains", other.project.id)))
-        .bearer_auth(&other.api_key.plaintext)
-        .json(&json!({"host": "login.acme.test"}))
-        .send()
-        .await
-        .unwrap();
+    // Another tenant's claim on the same host is its own, pending, private business: it neither
+    // blocks nor reveals Acme's (both are answered 201).
+    let claim = |who: &Seeded| {
+        app.http
+            .post(app.url(&format!("/v1/projects/{}/domains", who.project.id)))
+            .bearer_auth(&who.api_key.plaintext)
+            .json(&json!({"host": "login.acme.test"}))
+            .send()
+    };
+    let r = claim(&other).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let squat: Value = r.json().await.unwrap();
+    assert_ne!(squat["txt_value"], d["txt_value"], "each claim has its own token");
+    // A second claim by the same tenant is a conflict, audited nowhere.
+    let r = claim(&s).await.unwrap();
     assert_eq!(r.status(), StatusCode::CONFLICT);
 
     let mut b = Browser::new();
@@ -618,6 +636,71 @@ async fn origins_are_allowed_per_project_and_custom_domains_answer_once_verified
     let r = app.http.post(&verify).bearer_auth(&s.api_key.plaintext).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<Value>().await.unwrap()["verified"], true);
+    // The proof took the host: Globex's pending claim is gone, and a new one cannot be proved
+    // while Acme holds it (Globex can publish its own record, but the host is verified).
+    let hosts = admin_query_strings(&app.shared.admin_url, "SELECT tenant_id::text FROM custom_domains").await;
+    assert_eq!(hosts, vec![s.tenant.id.to_string()]);
+    let r = claim(&other).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let again: Value = r.json().await.unwrap();
+    app.dns.publish(again["txt_name"].as_str().unwrap(), again["txt_value"].as_str().unwrap());
+    let other_verify =
+        app.url(&format!("/v1/projects/{}/domains/{}/verify", other.project.id, again["id"].as_str().unwrap()));
+    let r = app.http.post(&other_verify).bearer_auth(&other.api_key.plaintext).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    // A pending claim lapses after seven days: it can no longer be proved, and a new claim
+    // starts over with a new token.
+    admin_query_strings(
+        &app.shared.admin_url,
+        &format!(
+            "UPDATE custom_domains SET created_at = now() - interval '8 days' WHERE id = '{}'",
+            again["id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    let r = app.http.post(&other_verify).bearer_auth(&other.api_key.plaintext).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert!(r.text().await.unwrap().contains("lapsed"));
+    let r = claim(&other).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let renewed: Value = r.json().await.unwrap();
+    assert_eq!(renewed["id"], again["id"]);
+    assert_ne!(renewed["txt_value"], again["txt_value"]);
+    // Only what took effect is in the audit log: Acme's claim and its proof, Globex's three
+    // claims (the last a renewal); nothing for Acme's refused duplicate.
+    // (Configuration events reach the log through the outbox relay: wait for the fifth.)
+    let mut actions = Vec::new();
+    for _ in 0..100 {
+        actions = admin_query_strings(
+            &app.shared.admin_url,
+            &format!(
+                "SELECT CASE tenant_id WHEN '{}' THEN 'acme ' ELSE 'globex ' END || action FROM audit_events
+                 WHERE action LIKE 'project.domain%' ORDER BY tenant_id = '{}' DESC, seq",
+                s.tenant.id, s.tenant.id
+            ),
+        )
+        .await;
+        if actions.len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        actions,
+        vec![
+            "acme project.domain_added",
+            "acme project.domain_verified",
+            "globex project.domain_added",
+            "globex project.domain_added",
+            "globex project.domain_added"
+        ]
+    );
+    let removals = admin_query_strings(
+        &app.shared.admin_url,
+        "SELECT count(*) FROM audit_events WHERE action IN ('project.origin_removed', 'project.redirect_uri_removed')",
+    )
+    .await;
+    assert_eq!(removals, vec!["0"]);
 
     // Now the host answers with Acme's pages, and links in its emails use the host.
     let (st, html, _) = b.get(&app.url("/")).await;
@@ -758,5 +841,257 @@ async fn a_dedicated_tenants_flows_work_with_its_users_at_home_and_one_time_rows
     for t in ["email_links", "email_codes", "signin_codes", "redirect_uris"] {
         assert!(row_count(&app.shared.admin_url, &format!("SELECT count(*) FROM {t}")).await >= 1, "{t} on shared");
         assert_eq!(row_count(&dedicated.admin_url, &format!("SELECT count(*) FROM {t}")).await, 0, "{t} not at home");
+    }
+}
+
+async fn patch_presentation(app: &TestApp, s: &Seeded, body: Value) -> (StatusCode, Value) {
+    let r = app
+        .http
+        .patch(app.url(&format!("/v1/projects/{}/presentation", s.project.id)))
+        .bearer_auth(&s.api_key.plaintext)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn users_named(app: &TestApp, email: &str) -> i64 {
+    row_count(&app.shared.admin_url, &format!("SELECT count(*) FROM users WHERE email = '{email}'")).await
+}
+
+#[tokio::test]
+async fn the_projects_methods_hold_on_the_json_api_pending_links_and_refresh() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    register_redirect(&app, &s, APP_CB).await;
+    let pid = s.project.id;
+    let signup = json!({"project_id": pid, "email": "alice@example.com", "password": "a-long-password-1"});
+    let (st, alice, _) = post_json(&app, "/v1/auth/signup", signup).await;
+    assert_eq!(st, StatusCode::CREATED, "{alice}");
+    // A magic link sent while the method is on ...
+    let (st, _, _) = post_json(
+        &app,
+        "/v1/auth/magic-link",
+        json!({"project_id": pid, "email": "mia@example.com", "redirect_uri": APP_CB}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    let (_, text) = next_mail(&app, "mia@example.com", 0).await;
+    let pending_link = param_in(&text, "token");
+
+    let (st, _) = patch_presentation(&app, &s, json!({"signin_methods": ["email_code"]})).await;
+    assert_eq!(st, StatusCode::OK);
+
+    // Password sign-in and sign-up through the JSON API are refused, and nothing is written.
+    let signin = json!({"project_id": pid, "email": "alice@example.com", "password": "a-long-password-1"});
+    let (st, body, _) = post_json(&app, "/v1/auth/signin", signin.clone()).await;
+    assert_eq!((st, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("method_not_enabled")), "{body}");
+    let bob = json!({"project_id": pid, "email": "bob@example.com", "password": "a-long-password-1"});
+    let (st, body, _) = post_json(&app, "/v1/auth/signup", bob).await;
+    assert_eq!((st, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("method_not_enabled")), "{body}");
+    assert_eq!(users_named(&app, "bob@example.com").await, 0);
+    // ... and the link sent before no longer signs in.
+    let (st, body, _) = post_json(&app, "/v1/auth/magic-link/verify", json!({"token": pending_link})).await;
+    assert_eq!((st, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("method_not_enabled")), "{body}");
+    assert_eq!(users_named(&app, "mia@example.com").await, 0);
+    let (st, _, _) = post_json(
+        &app,
+        "/v1/auth/magic-link",
+        json!({"project_id": pid, "email": "mia@example.com", "redirect_uri": APP_CB}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+
+    // A session started by password is not refreshed while password is off: it ends.
+    let (st, body) = crate::identity::refresh(&app, alice["refresh_token"].as_str().unwrap()).await;
+    assert_eq!((st, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_grant")), "{body}");
+    let reason = admin_query_strings(
+        &app.shared.admin_url,
+        "SELECT coalesce(revoked_reason, 'live') FROM sessions s JOIN users u ON u.id = s.user_id
+         WHERE u.email = 'alice@example.com'",
+    )
+    .await;
+    assert_eq!(reason, vec!["signin_method_disabled"]);
+
+    // The method that is on still works.
+    let (st, body, _) =
+        post_json(&app, "/v1/auth/email-code", json!({"project_id": pid, "email": "alice@example.com"})).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    // Turned back on, password signs in again.
+    let (st, _) = patch_presentation(&app, &s, json!({"signin_methods": ["password", "email_code"]})).await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, body, _) = post_json(&app, "/v1/auth/signin", signin).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn the_sign_up_policy_holds_on_every_path_that_creates_a_user() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    register_redirect(&app, &s, APP_CB).await;
+    let pid = s.project.id;
+
+    // The policy is validated: `domains` needs domains, in their ASCII lower-case form.
+    for bad in [
+        json!({"signup_policy": "domains"}),
+        json!({"signup_policy": "domains", "signup_domains": []}),
+        json!({"signup_policy": "domains", "signup_domains": ["Example.com"]}),
+        json!({"signup_policy": "friends"}),
+        json!({"signup_domains": []}),
+    ] {
+        let (st, body) = patch_presentation(&app, &s, bad.clone()).await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{bad} -> {body}");
+    }
+
+    // Invite only: an administrator creates the user, who then signs in; nobody signs up.
+    let (st, body) = patch_presentation(&app, &s, json!({"signup_policy": "invite_only"})).await;
+    assert_eq!((st, body["signup_policy"].as_str()), (StatusCode::OK, Some("invite_only")), "{body}");
+    let r = app
+        .http
+        .post(app.url(&format!("/v1/projects/{pid}/users")))
+        .bearer_auth(&s.api_key.plaintext)
+        .json(&json!({"email": "invited@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let stranger = json!({"project_id": pid, "email": "stranger@example.com", "password": "a-long-password-1"});
+    let (st, body, _) = post_json(&app, "/v1/auth/signup", stranger).await;
+    assert_eq!((st, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("signup_not_allowed")), "{body}");
+    // A link or code to an address that could not sign up: the same answer, and no mail.
+    let (st, _, _) = post_json(
+        &app,
+        "/v1/auth/magic-link",
+        json!({"project_id": pid, "email": "stranger@example.com", "redirect_uri": APP_CB}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    let (st, body, _) =
+        post_json(&app, "/v1/auth/email-code", json!({"project_id": pid, "email": "stranger@example.com"})).await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    assert!(body["challenge_id"].is_string(), "{body}");
+    // The invited user gets a link and signs in with it.
+    let (st, _, _) = post_json(
+        &app,
+        "/v1/auth/magic-link",
+        json!({"project_id": pid, "email": "invited@example.com", "redirect_uri": APP_CB}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    let (_, text) = next_mail(&app, "invited@example.com", 0).await;
+    let (st, body, _) = post_json(&app, "/v1/auth/magic-link/verify", json!({"token": param_in(&text, "token")})).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert!(app.mail.wait_for("stranger@example.com", 0, Duration::from_millis(300)).await.is_none());
+    assert_eq!(users_named(&app, "stranger@example.com").await, 0);
+
+    // The hosted sign-up page refuses too.
+    let mut b = Browser::new();
+    let base = app.url(&format!("/p/{pid}"));
+    let (_, html, _) = b.get(&format!("{base}/signin{}", flow_query())).await;
+    let csrf = hidden(&html, "csrf");
+    let mut form: Vec<(&str, &str)> = vec![
+        ("redirect_uri", APP_CB),
+        ("state", "xyz"),
+        ("code_challenge_method", "S256"),
+        ("email", "walkin@example.com"),
+        ("password", "a-long-password-1"),
+        ("csrf", &csrf),
+    ];
+    let ch = challenge();
+    form.push(("code_challenge", &ch));
+    let (st, html, _) = b.post(&format!("{base}/signup"), &form).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{html}");
+    assert!(html.contains("does not accept sign-ups"), "{html}");
+    assert_eq!(users_named(&app, "walkin@example.com").await, 0);
+
+    // Listed domains: an address at one signs up (by password or by code), others do not.
+    let (st, _) =
+        patch_presentation(&app, &s, json!({"signup_policy": "domains", "signup_domains": ["example.com"]})).await;
+    assert_eq!(st, StatusCode::OK);
+    let ok = json!({"project_id": pid, "email": "carol@example.com", "password": "a-long-password-1"});
+    let (st, body, _) = post_json(&app, "/v1/auth/signup", ok).await;
+    assert_eq!(st, StatusCode::CREATED, "{body}");
+    for other in ["dave@other.test", "erin@sub.example.com"] {
+        let body = json!({"project_id": pid, "email": other, "password": "a-long-password-1"});
+        let (st, body, _) = post_json(&app, "/v1/auth/signup", body).await;
+        assert_eq!((st, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("signup_not_allowed")));
+    }
+    let (st, body, _) =
+        post_json(&app, "/v1/auth/email-code", json!({"project_id": pid, "email": "frank@example.com"})).await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    let (_, text) = next_mail(&app, "frank@example.com", 0).await;
+    let (st, tokens, _) = post_json(
+        &app,
+        "/v1/auth/email-code/verify",
+        json!({"challenge_id": body["challenge_id"], "code": six_digits(&text)}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{tokens}");
+    assert_eq!(users_named(&app, "frank@example.com").await, 1);
+    // Switched to invite-only after a code was sent to a new address: the code signs nobody up.
+    let (st, body, _) =
+        post_json(&app, "/v1/auth/email-code", json!({"project_id": pid, "email": "gina@example.com"})).await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    let (_, text) = next_mail(&app, "gina@example.com", 0).await;
+    let (st, _) = patch_presentation(&app, &s, json!({"signup_policy": "invite_only"})).await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, refused, _) = post_json(
+        &app,
+        "/v1/auth/email-code/verify",
+        json!({"challenge_id": body["challenge_id"], "code": six_digits(&text)}),
+    )
+    .await;
+    assert_eq!((st, refused["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("signup_not_allowed")));
+    assert_eq!(users_named(&app, "gina@example.com").await, 0);
+}
+
+#[tokio::test]
+async fn nfc_and_nfd_spellings_of_an_address_are_one_account() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    let nfc = json!({"project_id": s.project.id, "email": "jos\u{e9}@example.com", "password": "a-long-password-1"});
+    let nfd = json!({"project_id": s.project.id, "email": "jose\u{301}@example.com", "password": "a-long-password-1"});
+    let (st, body, _) = post_json(&app, "/v1/auth/signup", nfc).await;
+    assert_eq!(st, StatusCode::CREATED, "{body}");
+    let (st, body, _) = post_json(&app, "/v1/auth/signup", nfd.clone()).await;
+    assert_eq!((st, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("email_taken")), "{body}");
+    // Either spelling signs in to the one account.
+    let (st, body, _) = post_json(&app, "/v1/auth/signin", nfd).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(row_count(&app.shared.admin_url, "SELECT count(*) FROM users").await, 1);
+}
+
+#[tokio::test]
+async fn cookies_are_secure_whenever_the_public_url_is_https() {
+    let cookies_of = |r: &reqwest::Response| -> Vec<String> {
+        r.headers().get_all("set-cookie").iter().map(|c| c.to_str().unwrap().to_owned()).collect()
+    };
+    for (https, app) in [
+        (
+            true,
+            spawn_app_with(AppOptions {
+                tune_auth: |a| a.public_url = "https://login.example.test".into(),
+                ..AppOptions::default()
+            })
+            .await,
+        ),
+        (false, spawn_app().await),
+    ] {
+        let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+        register_redirect(&app, &s, APP_CB).await;
+        seed_tenant(&app.shared, "authio", TenantKind::Platform, Plan::Enterprise).await;
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        // The hosted page's CSRF cookie, and the console's login cookie.
+        let r = http.get(app.url(&format!("/p/{}/signin{}", s.project.id, flow_query()))).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let mut set = cookies_of(&r);
+        let r = http.get(app.url("/console/login")).send().await.unwrap();
+        set.extend(cookies_of(&r));
+        assert!(set.len() >= 2, "{set:?}");
+        for c in &set {
+            assert_eq!(c.contains("; Secure"), https, "{c}");
+            assert!(c.contains("HttpOnly"), "{c}");
+        }
     }
 }

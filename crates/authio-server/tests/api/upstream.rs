@@ -290,3 +290,65 @@ async fn upstream_oidc_sign_in_creates_links_and_refuses_bad_state_nonce_signatu
         assert!(actions.iter().any(|a| a == expected), "{expected} in {actions:?}");
     }
 }
+
+#[tokio::test]
+async fn upstream_sign_in_follows_the_sign_up_policy_and_the_method_switch() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    let op = Op::start(&app.url("/oauth/callback")).await;
+    admin_query_strings(
+        &app.shared.admin_url,
+        &format!("INSERT INTO redirect_uris VALUES ('{}', '{}', '{APP_CB}', now())", s.tenant.id, s.project.id),
+    )
+    .await;
+    connect(&app, &s, &op).await;
+    let patch = |body: Value| {
+        let (app, s) = (&app, &s);
+        async move {
+            let r = app
+                .http
+                .patch(app.url(&format!("/v1/projects/{}/presentation", s.project.id)))
+                .bearer_auth(&s.api_key.plaintext)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+        }
+    };
+    let users = || async { admin_query_strings(&app.shared.admin_url, "SELECT email FROM users ORDER BY email").await };
+
+    // Invite only: a new upstream identity is not made an account.
+    patch(json!({"signup_policy": "invite_only"})).await;
+    op.next_account("sub-1", "walkin@example.com", true).await;
+    let mut b = Browser::new();
+    let cb = to_callback(&app, &s, &mut b).await;
+    let (st, _, body) = b.get(&cb).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("does not accept sign-ups"), "{body}");
+    assert!(users().await.is_empty());
+
+    // Listed domains: an address at one is made an account.
+    patch(json!({"signup_policy": "domains", "signup_domains": ["example.com"]})).await;
+    op.next_account("sub-2", "ok@example.com", true).await;
+    let mut b = Browser::new();
+    let cb = to_callback(&app, &s, &mut b).await;
+    let (st, location, body) = b.get(&cb).await;
+    assert_eq!(st, StatusCode::SEE_OTHER, "{body}");
+    assert_eq!(exchange(&app, &location.unwrap()).await.0, StatusCode::OK);
+    op.next_account("sub-3", "no@other.test", true).await;
+    let mut b = Browser::new();
+    let cb = to_callback(&app, &s, &mut b).await;
+    let (st, _, _) = b.get(&cb).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert_eq!(users().await, vec!["ok@example.com"]);
+
+    // Upstream sign-in turned off between the start and the callback: refused at the callback.
+    op.next_account("sub-2", "ok@example.com", true).await;
+    let mut b = Browser::new();
+    let cb = to_callback(&app, &s, &mut b).await;
+    patch(json!({"signin_methods": ["password"]})).await;
+    let (st, _, body) = b.get(&cb).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("not enabled"), "{body}");
+}

@@ -159,6 +159,18 @@ pub struct ClusterOptions {
     pub throwaway: bool,
 }
 
+/// TLS for a local cluster: the server's certificate chain and key (PEM), and `pg_hba.conf`
+/// rules placed ahead of initdb's (the first matching rule wins).
+#[derive(Clone)]
+pub struct ServerTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub hba_rules: Vec<String>,
+}
+
+const HBA_BEGIN: &str = "# begin rules written by authio";
+const HBA_END: &str = "# end rules written by authio";
+
 pub struct LocalCluster {
     pub dir: PathBuf,
     pub port: u16,
@@ -200,6 +212,55 @@ impl LocalCluster {
         drop(f);
         chown_tree(&auto)?;
         Ok(LocalCluster { dir, port, bins, child: Mutex::new(None) })
+    }
+
+    /// Turn TLS on; call after [`LocalCluster::init`] and before [`LocalCluster::start`].
+    /// Writes `server.crt` and `server.key` into the data directory (the key 0600 and owned by
+    /// the server's user, or PostgreSQL refuses it), sets `ssl = on`, and puts `hba_rules`
+    /// ahead of initdb's rules (replacing rules an earlier call wrote).
+    pub fn enable_tls(&self, tls: &ServerTls) -> Result<(), ClusterError> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let cert = self.dir.join("server.crt");
+        fs::write(&cert, &tls.cert_pem)?;
+        let key = self.dir.join("server.key");
+        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&key)?;
+        f.write_all(tls.key_pem.as_bytes())?;
+        drop(f);
+        // `mode` applies only to a file created now.
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600))?;
+
+        let hba = self.dir.join("pg_hba.conf");
+        let current = fs::read_to_string(&hba)?;
+        let mut theirs = String::new();
+        let mut inside = false;
+        for line in current.lines() {
+            match line.trim() {
+                HBA_BEGIN => inside = true,
+                HBA_END => inside = false,
+                _ if !inside => {
+                    theirs.push_str(line);
+                    theirs.push('\n');
+                }
+                _ => {}
+            }
+        }
+        let mut rules = format!("{HBA_BEGIN}\n");
+        for r in &tls.hba_rules {
+            rules.push_str(r);
+            rules.push('\n');
+        }
+        rules.push_str(HBA_END);
+        rules.push('\n');
+        fs::write(&hba, rules + &theirs)?;
+
+        let auto = self.dir.join("postgresql.auto.conf");
+        let mut f = fs::OpenOptions::new().append(true).open(&auto)?;
+        f.write_all(b"ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")?;
+        drop(f);
+        for p in [&cert, &key, &hba, &auto] {
+            chown_tree(p)?;
+        }
+        Ok(())
     }
 
     pub fn log_path(&self) -> PathBuf {

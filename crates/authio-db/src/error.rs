@@ -35,6 +35,9 @@ pub enum DbError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("connection pool error: {0}")]
     Pool(String),
+    /// A database URL that cannot be used as written (see [`crate::tls`]).
+    #[error("database configuration error: {0}")]
+    Config(String),
     #[error("migration error: {0}")]
     Migration(String),
     /// An error reported by the server on the pipelined read path.
@@ -66,14 +69,27 @@ impl DbError {
 
 impl From<deadpool_postgres::PoolError> for DbError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        DbError::Pool(e.to_string())
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => {
+                DbError::Pool(format!("opening a connection failed: {}", describe(&e)))
+            }
+            other => DbError::Pool(other.to_string()),
+        }
     }
 }
 
-/// tokio-postgres shows a server error as "db error": say what the server said.
-fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(d) => format!("{} ({}): {}", d.severity(), d.code().code(), d.message()),
-        None => e.to_string(),
+/// tokio-postgres shows a server error as "db error" and keeps the reason for any other
+/// (a refused certificate, say) in its source: say what the server or the cause said.
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(d) = e.as_db_error() {
+        return format!("{} ({}): {}", d.severity(), d.code().code(), d.message());
     }
+    let mut out = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }

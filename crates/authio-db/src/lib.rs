@@ -18,6 +18,7 @@ mod router;
 mod row;
 mod scope;
 mod secret_box;
+pub mod tls;
 mod tx;
 
 pub use deadpool_postgres::Pool;

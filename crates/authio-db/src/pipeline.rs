@@ -6,6 +6,10 @@
 //! the read travel together, `set_config(..., true)` is visible to the read and gone after
 //! the Sync, and one read costs one round trip and two statements. Unnamed statements only,
 //! so it works through pgbouncer in transaction-pooling mode.
+//!
+//! TLS follows the URL's `sslmode` and `sslrootcert` (see [`crate::tls`]), with the same
+//! rustls configuration as the tokio-postgres pools. SCRAM-SHA-256 runs without channel
+//! binding, so SCRAM-SHA-256-PLUS is never chosen.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::types::{FromSql, Type};
 
+use crate::tls::{ConnectConfig, SslMode};
 use crate::{DbError, Param};
 
 /// A row of the last statement of a pipeline, decoded on access.
@@ -38,8 +43,34 @@ impl PgRow {
     }
 }
 
+/// The connection's byte stream: plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(buf).await,
+            // rustls buffers records: flush so the whole message leaves now.
+            Stream::Tls(s) => {
+                s.write_all(buf).await?;
+                s.flush().await
+            }
+        }
+    }
+
+    async fn read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read_buf(buf).await,
+            Stream::Tls(s) => s.read_buf(buf).await,
+        }
+    }
+}
+
 pub struct PgConn {
-    stream: TcpStream,
+    stream: Stream,
     /// Keep statements prepared on this connection (named by a hash of their text), so each
     /// is planned once per connection rather than once per use. Only on direct connections:
     /// behind pgbouncer before 1.21 a named statement may live on another server connection.
@@ -56,27 +87,68 @@ fn io_err(e: std::io::Error) -> DbError {
     DbError::Pool(format!("connection error: {e}"))
 }
 
+/// Ask for TLS (SSLRequest) and run the handshake. Exactly one byte of answer is read from
+/// the socket before the handshake, so nothing a man in the middle slips in after the `S` can
+/// be taken for the server's words.
+async fn start_tls(
+    mut tcp: TcpStream,
+    cfg: &ConnectConfig,
+    connector: tokio_rustls::TlsConnector,
+    host: &str,
+    port: u16,
+) -> Result<Stream, DbError> {
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    tcp.write_all(&request).await.map_err(io_err)?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(io_err)?;
+    match answer[0] {
+        b'S' => {
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|e| DbError::Pool(format!("{host} is not a TLS server name: {e}")))?;
+            let tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| DbError::Pool(format!("TLS handshake with {host}:{port} failed: {e}")))?;
+            Ok(Stream::Tls(Box::new(tls)))
+        }
+        b'N' if cfg.tls.mode == SslMode::Prefer => Ok(Stream::Plain(tcp)),
+        b'N' => Err(DbError::Pool(format!(
+            "the server at {host}:{port} does not accept TLS (sslmode={})",
+            cfg.tls.mode.as_str()
+        ))),
+        _ => Err(DbError::Pool(format!("the server at {host}:{port} answered the TLS request unexpectedly"))),
+    }
+}
+
 impl PgConn {
-    pub async fn connect(cfg: &tokio_postgres::Config, application_name: &str) -> Result<Self, DbError> {
+    pub async fn connect(cfg: &ConnectConfig, application_name: &str) -> Result<Self, DbError> {
         Self::connect_with(cfg, application_name, false).await
     }
 
     pub async fn connect_with(
-        cfg: &tokio_postgres::Config,
+        cfg: &ConnectConfig,
         application_name: &str,
         cache_statements: bool,
     ) -> Result<Self, DbError> {
-        let host = match cfg.get_hosts().first() {
+        let host = match cfg.pg.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             _ => return Err(DbError::Pool("the read pool needs a TCP host".into())),
         };
-        let port = cfg.get_ports().first().copied().unwrap_or(5432);
-        let timeout = cfg.get_connect_timeout().copied().unwrap_or(Duration::from_secs(5));
-        let stream = tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port)))
+        let port = cfg.pg.get_ports().first().copied().unwrap_or(5432);
+        let timeout = cfg.pg.get_connect_timeout().copied().unwrap_or(Duration::from_secs(5));
+        let timed_out = || DbError::Pool(format!("connecting to {host}:{port} timed out"));
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port)))
             .await
-            .map_err(|_| DbError::Pool(format!("connecting to {host}:{port} timed out")))?
+            .map_err(|_| timed_out())?
             .map_err(io_err)?;
-        stream.set_nodelay(true).map_err(io_err)?;
+        tcp.set_nodelay(true).map_err(io_err)?;
+        let stream = match cfg.tls_connector() {
+            None => Stream::Plain(tcp),
+            Some(connector) => tokio::time::timeout(timeout, start_tls(tcp, cfg, connector, &host, port))
+                .await
+                .map_err(|_| timed_out())??,
+        };
         let mut conn = PgConn {
             stream,
             cache_statements,
@@ -85,8 +157,8 @@ impl PgConn {
             write_buf: BytesMut::new(),
             broken: true,
         };
-        let user = cfg.get_user().unwrap_or("postgres").to_owned();
-        let dbname = cfg.get_dbname().unwrap_or(&user).to_owned();
+        let user = cfg.pg.get_user().unwrap_or("postgres").to_owned();
+        let dbname = cfg.pg.get_dbname().unwrap_or(&user).to_owned();
         let params = [
             ("user", user.as_str()),
             ("database", dbname.as_str()),
@@ -95,7 +167,7 @@ impl PgConn {
         ];
         frontend::startup_message(params.iter().copied(), &mut conn.write_buf).map_err(io_err)?;
         conn.flush().await?;
-        let password = cfg.get_password().map(<[u8]>::to_vec);
+        let password = cfg.pg.get_password().map(<[u8]>::to_vec);
         let mut scram: Option<ScramSha256> = None;
         loop {
             match conn.next_message().await? {
@@ -121,6 +193,7 @@ impl PgConn {
                     if !supported {
                         return Err(DbError::Pool("the server offers no supported SASL mechanism".into()));
                     }
+                    // No channel binding (SCRAM-SHA-256-PLUS is not offered back), also over TLS.
                     let s = ScramSha256::new(pw, ChannelBinding::unsupported());
                     frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut conn.write_buf)
                         .map_err(io_err)?;
@@ -301,13 +374,13 @@ fn server_error(body: &backend::ErrorResponseBody) -> DbError {
 
 /// Pools of [`PgConn`], managed by deadpool.
 pub struct PgConnManager {
-    config: tokio_postgres::Config,
+    config: ConnectConfig,
     application_name: String,
     cache_statements: bool,
 }
 
 impl PgConnManager {
-    pub fn new(config: tokio_postgres::Config, application_name: &str, cache_statements: bool) -> Self {
+    pub fn new(config: ConnectConfig, application_name: &str, cache_statements: bool) -> Self {
         PgConnManager { config, application_name: application_name.to_owned(), cache_statements }
     }
 }
@@ -335,8 +408,15 @@ impl deadpool::managed::Manager for PgConnManager {
 pub type ReadPool = deadpool::managed::Pool<PgConnManager>;
 
 pub fn make_read_pool(url: &str, opts: &crate::pool::PoolOptions, cache_statements: bool) -> Result<ReadPool, DbError> {
-    let mut cfg = crate::pool::parse_url(url)?;
-    cfg.connect_timeout(opts.connect_timeout);
+    make_read_pool_with(crate::pool::parse_url(url)?, opts, cache_statements)
+}
+
+pub fn make_read_pool_with(
+    mut cfg: ConnectConfig,
+    opts: &crate::pool::PoolOptions,
+    cache_statements: bool,
+) -> Result<ReadPool, DbError> {
+    cfg.pg.connect_timeout(opts.connect_timeout);
     ReadPool::builder(PgConnManager::new(cfg, &opts.application_name, cache_statements))
         .max_size(opts.max_size)
         .runtime(deadpool::Runtime::Tokio1)

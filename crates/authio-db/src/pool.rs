@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 
+use crate::tls::ConnectConfig;
 use crate::DbError;
 
 #[derive(Clone, Debug)]
@@ -51,15 +51,21 @@ pub fn with_database_and_user(
     Ok(u.to_string())
 }
 
-pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, DbError> {
-    url.parse::<tokio_postgres::Config>().map_err(|e| DbError::Pool(format!("invalid database URL: {e}")))
+/// Parse a database URL, TLS parameters included (see [`crate::tls`]).
+pub fn parse_url(url: &str) -> Result<ConnectConfig, DbError> {
+    crate::tls::parse_url(url)
 }
 
 pub fn make_pool(url: &str, opts: &PoolOptions) -> Result<Pool, DbError> {
-    let mut cfg = parse_url(url)?;
-    cfg.application_name(&opts.application_name);
-    cfg.connect_timeout(opts.connect_timeout);
-    let mgr = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    make_pool_with(parse_url(url)?, opts)
+}
+
+pub fn make_pool_with(cfg: ConnectConfig, opts: &PoolOptions) -> Result<Pool, DbError> {
+    let tls = cfg.make_tls();
+    let mut pg = cfg.pg;
+    pg.application_name(&opts.application_name);
+    pg.connect_timeout(opts.connect_timeout);
+    let mgr = Manager::from_config(pg, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(mgr)
         .max_size(opts.max_size)
         .runtime(Runtime::Tokio1)
@@ -72,10 +78,14 @@ pub fn make_pool(url: &str, opts: &PoolOptions) -> Result<Pool, DbError> {
 
 /// One direct connection (migrations, the LISTEN connection, operator commands).
 pub async fn connect(url: &str, application_name: &str) -> Result<tokio_postgres::Client, DbError> {
-    let mut cfg = parse_url(url)?;
-    cfg.application_name(application_name);
-    cfg.connect_timeout(Duration::from_secs(5));
-    let (client, conn) = cfg.connect(NoTls).await?;
+    connect_with(&parse_url(url)?, application_name).await
+}
+
+pub async fn connect_with(cfg: &ConnectConfig, application_name: &str) -> Result<tokio_postgres::Client, DbError> {
+    let mut pg = cfg.pg.clone();
+    pg.application_name(application_name);
+    pg.connect_timeout(Duration::from_secs(5));
+    let (client, conn) = pg.connect(cfg.make_tls()).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "direct connection closed");

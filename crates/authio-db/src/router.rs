@@ -16,8 +16,8 @@ use tokio_postgres::types::Type;
 use tokio_postgres::AsyncMessage;
 use uuid::Uuid;
 
-use crate::pipeline::{make_read_pool, PgRow, ReadPool};
-use crate::pool::{make_pool, PoolOptions};
+use crate::pipeline::{make_read_pool_with, PgRow, ReadPool};
+use crate::pool::{make_pool_with, parse_url, PoolOptions};
 use crate::route_cache::{parse_notification, CachedRoute, DbStrategy, RouteCache};
 use crate::tx::{is_not_at_home, Fence, Param, ScopedTx, BIND_AND_ENTER_SQL, BIND_SQL};
 use crate::{preresolve, DbError, MasterKey, RouterError, Scope, TenantKind};
@@ -78,7 +78,8 @@ struct Target {
 struct Inner {
     shared: Pool,
     shared_reads: ReadPool,
-    shared_url: String,
+    /// Where the LISTEN connection goes: `shared_direct_url`, else the shared URL.
+    listen_config: crate::tls::ConnectConfig,
     master_key: Option<MasterKey>,
     cache: RouteCache,
     dedicated: Mutex<HashMap<Uuid, DedicatedPool>>,
@@ -123,13 +124,19 @@ impl Router {
             application_name: "authio".into(),
             ..PoolOptions::default()
         };
-        let shared = make_pool(shared_url, &opts)?;
-        let shared_reads = make_read_pool(shared_url, &opts, settings.statement_cache)?;
+        // Every URL is parsed here, so a bad one (TLS parameters included) fails at start-up.
+        let shared_config = parse_url(shared_url)?;
+        let listen_config = match &settings.shared_direct_url {
+            Some(direct) => parse_url(direct)?,
+            None => shared_config.clone(),
+        };
+        let shared = make_pool_with(shared_config.clone(), &opts)?;
+        let shared_reads = make_read_pool_with(shared_config, &opts, settings.statement_cache)?;
         Ok(Router {
             inner: Arc::new(Inner {
                 shared,
                 shared_reads,
-                shared_url: shared_url.to_owned(),
+                listen_config,
                 master_key,
                 cache: RouteCache::default(),
                 dedicated: Mutex::new(HashMap::new()),
@@ -149,8 +156,8 @@ impl Router {
         let mut tasks = Vec::new();
         let weak = Arc::downgrade(&self.inner);
         if self.inner.settings.listen {
-            let url = self.inner.settings.shared_direct_url.clone().unwrap_or_else(|| self.inner.shared_url.clone());
-            tasks.push(tokio::spawn(listen_loop(weak.clone(), url)));
+            let config = self.inner.listen_config.clone();
+            tasks.push(tokio::spawn(listen_loop(weak.clone(), config)));
         }
         tasks.push(tokio::spawn(reread_loop(weak.clone(), self.inner.settings.route_reread_interval)));
         tasks.push(tokio::spawn(sweep_loop(weak)));
@@ -441,9 +448,10 @@ impl Router {
             application_name: "authio".into(),
             ..PoolOptions::default()
         };
-        let pool = make_pool(&dsn, &opts)?;
+        let config = parse_url(&dsn)?;
+        let pool = make_pool_with(config.clone(), &opts)?;
         // Dedicated databases are reached directly.
-        let reads = make_read_pool(&dsn, &opts, true)?;
+        let reads = make_read_pool_with(config, &opts, true)?;
         let mut evicted = Vec::new();
         let chosen = {
             let mut map = self.inner.dedicated.lock().map_err(|_| DbError::Pool("router lock poisoned".into()))?;
@@ -489,12 +497,12 @@ impl Router {
     }
 }
 
-async fn listen_loop(inner: std::sync::Weak<Inner>, url: String) {
+async fn listen_loop(inner: std::sync::Weak<Inner>, config: crate::tls::ConnectConfig) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let Some(strong) = inner.upgrade() else { return };
         let router = Router { inner: strong };
-        match listen_once(&router, &url).await {
+        match listen_once(&router, &config).await {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(e) => tracing::warn!(error = %e, "route listener disconnected"),
         }
@@ -507,11 +515,11 @@ async fn listen_loop(inner: std::sync::Weak<Inner>, url: String) {
 
 /// One LISTEN session. NOTIFYs sent while disconnected are lost, so everything cached is
 /// dropped once listening again.
-async fn listen_once(router: &Router, url: &str) -> Result<(), DbError> {
-    let mut cfg = crate::pool::parse_url(url)?;
+async fn listen_once(router: &Router, config: &crate::tls::ConnectConfig) -> Result<(), DbError> {
+    let mut cfg = config.pg.clone();
     cfg.application_name("authio-route-listener");
     cfg.connect_timeout(Duration::from_secs(3));
-    let (client, mut conn) = cfg.connect(tokio_postgres::NoTls).await?;
+    let (client, mut conn) = cfg.connect(config.make_tls()).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));

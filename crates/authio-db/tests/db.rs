@@ -16,6 +16,10 @@ use authio_testkit::{
 };
 use uuid::Uuid;
 
+// In this binary rather than a file of its own: every file under tests/ links separately.
+#[path = "db/tls.rs"]
+mod tls;
+
 fn scope_of(s: &Seeded) -> Scope {
     Scope::project(s.tenant.id, s.project.id, s.tenant.tenant_kind())
 }

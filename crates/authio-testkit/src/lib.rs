@@ -14,7 +14,7 @@ use std::time::Duration;
 use authio_core::tenancy::control::{ControlPlane, CreatedApiKey, Project, Tenant};
 use authio_core::types::{DisplayName, Plan, Slug};
 use authio_core::SystemClock;
-use authio_db::cluster::{free_port, ClusterOptions, LocalCluster, LocalPgBouncer};
+use authio_db::cluster::{free_port, ClusterOptions, LocalCluster, LocalPgBouncer, ServerTls};
 use authio_db::{MasterKey, Router, RouterSettings, TenantKind};
 use uuid::Uuid;
 
@@ -49,6 +49,7 @@ pub struct Clusters {
     pub dedicated: Server,
     root: PathBuf,
     pgbouncer: OnceLock<LocalPgBouncer>,
+    tls: tokio::sync::OnceCell<TlsCluster>,
 }
 
 static CLUSTERS: OnceLock<Clusters> = OnceLock::new();
@@ -87,7 +88,7 @@ pub fn clusters() -> &'static Clusters {
         let shared = server_from_env("AUTHIO_TEST_SHARED_ADMIN_URL").unwrap_or_else(|| start_local(&root, "shared"));
         let dedicated =
             server_from_env("AUTHIO_TEST_DEDICATED_ADMIN_URL").unwrap_or_else(|| start_local(&root, "dedicated"));
-        Clusters { shared, dedicated, root, pgbouncer: OnceLock::new() }
+        Clusters { shared, dedicated, root, pgbouncer: OnceLock::new(), tls: tokio::sync::OnceCell::new() }
     })
 }
 
@@ -114,6 +115,112 @@ impl Clusters {
                 .unwrap_or_else(|e| panic!("test kit: cannot start pgbouncer: {e}"))
         })
     }
+}
+
+/// A throwaway certificate authority.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    cert_pem: String,
+}
+
+impl TestCa {
+    pub fn new(common_name: &str) -> Self {
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let cert_pem = params.self_signed(&key).expect("CA certificate").pem();
+        TestCa { issuer: rcgen::Issuer::new(params, key), cert_pem }
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Write the CA certificate (PEM) to `path`, for `sslrootcert`.
+    pub fn write_pem(&self, path: &std::path::Path) -> PathBuf {
+        std::fs::write(path, &self.cert_pem).expect("write CA certificate");
+        path.to_path_buf()
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses) and its key, both PEM.
+    pub fn issue_server(&self, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, names.first().copied().unwrap_or("server"));
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &self.issuer).expect("server certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// A cluster with TLS on, for the TLS tests: its certificate is issued by `ca` for the name
+/// `localhost` only (so `127.0.0.1` passes `verify-ca` but not `verify-full`). The role
+/// [`TlsCluster::ROLE`] logs in by SCRAM-SHA-256 over TLS only (`hostssl`; plaintext is
+/// rejected); the superuser keeps initdb's trust rules.
+pub struct TlsCluster {
+    pub server: Server,
+    pub ca: TestCa,
+    /// The CA certificate as a file, for `sslrootcert`.
+    pub ca_file: PathBuf,
+    pub password: String,
+}
+
+impl TlsCluster {
+    pub const ROLE: &'static str = "authio_tls";
+
+    /// A URL of [`TlsCluster::ROLE`] with `password`, through `host`, with the query `params`.
+    pub fn url_with_password(&self, host: &str, password: &str, params: &str) -> String {
+        format!("postgres://{}:{password}@{host}:{}/postgres?{params}", Self::ROLE, self.server.port)
+    }
+
+    /// A URL of [`TlsCluster::ROLE`] with its password, through `host`, with `params`.
+    pub fn url(&self, host: &str, params: &str) -> String {
+        self.url_with_password(host, &self.password, params)
+    }
+}
+
+impl Clusters {
+    /// The TLS cluster of this test process, started on first use (always a local cluster).
+    pub async fn tls(&self) -> &TlsCluster {
+        self.tls.get_or_init(|| start_tls_cluster(&self.root)).await
+    }
+}
+
+async fn start_tls_cluster(root: &std::path::Path) -> TlsCluster {
+    let dir = root.join("tls");
+    let ca = TestCa::new("authio test CA");
+    let (cert_pem, key_pem) = ca.issue_server(&["localhost"]);
+    let role = TlsCluster::ROLE;
+    let hba_rules = vec![
+        format!("hostssl all {role} 127.0.0.1/32 scram-sha-256"),
+        format!("hostssl all {role} ::1/128 scram-sha-256"),
+        format!("hostnossl all {role} all reject"),
+    ];
+    let port = free_port().expect("free port");
+    let cluster = LocalCluster::init(&dir, port, &ClusterOptions { throwaway: true })
+        .unwrap_or_else(|e| panic!("test kit: cannot create the TLS cluster: {e}"));
+    cluster
+        .enable_tls(&ServerTls { cert_pem, key_pem, hba_rules })
+        .unwrap_or_else(|e| panic!("test kit: cannot turn TLS on: {e}"));
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.start().map(|()| cluster).unwrap_or_else(|e| panic!("test kit: cannot start the TLS cluster: {e}"))
+    })
+    .await
+    .expect("start the TLS cluster");
+    let server = Server { host: "127.0.0.1".into(), port, superuser: "postgres".into(), _local: Some(cluster) };
+    let password = format!("pw-{}", Uuid::new_v4().simple());
+    let admin = authio_db::pool::connect(&server.admin_url("postgres"), "authio-testkit").await.expect("connect admin");
+    admin
+        .batch_execute(&format!(
+            "SET password_encryption = 'scram-sha-256'; CREATE ROLE {role} LOGIN PASSWORD '{password}'"
+        ))
+        .await
+        .expect("create the TLS role");
+    let ca_file = ca.write_pem(&root.join("tls-ca.pem"));
+    TlsCluster { server, ca, ca_file, password }
 }
 
 /// A fresh, migrated database.

@@ -113,6 +113,7 @@ impl Config {
         };
         cfg.apply_env(|k| std::env::var(k).ok())?;
         cfg.proxy_ranges()?;
+        cfg.check_database_urls()?;
         Ok(cfg)
     }
 
@@ -195,6 +196,23 @@ impl Config {
 }
 
 impl Config {
+    /// Parse every database URL now (TLS parameters and the rule that a remote host names an
+    /// `sslmode` included), so a bad one stops start-up and names its key.
+    pub fn check_database_urls(&self) -> Result<()> {
+        let mut urls = vec![("shared_url (AUTHIO_SHARED_URL)", &self.shared_url)];
+        if let Some(u) = &self.shared_direct_url {
+            urls.push(("shared_direct_url (AUTHIO_SHARED_DIRECT_URL)", u));
+        }
+        if let Some(u) = &self.relay_url {
+            urls.push(("relay_url (AUTHIO_RELAY_URL)", u));
+        }
+        urls.push(("admin_url (AUTHIO_ADMIN_URL)", &self.admin_url));
+        for (key, url) in urls {
+            authio_db::tls::parse_url(url).with_context(|| key.to_owned())?;
+        }
+        Ok(())
+    }
+
     /// Where the audit relay connects: `relay_url`, else the direct shared URL with the user
     /// `authio_relay` and no password (enough with trust or peer authentication; set
     /// `relay_url` with a password in production).
@@ -261,6 +279,22 @@ mod tests {
         assert_eq!(cfg.listen, "0.0.0.0:9000");
         assert!(cfg.apply_env(|k| (k == "AUTHIO_POOL_SIZE").then(|| "many".to_string())).is_err());
         assert!(toml::from_str::<Config>("unknown_key = 1").is_err());
+    }
+
+    #[test]
+    fn database_urls_are_checked_at_load_with_their_key() {
+        let mut cfg = Config::default();
+        cfg.check_database_urls().unwrap();
+        cfg.apply_env(|k| (k == "AUTHIO_SHARED_URL").then(|| "postgres://authio_app@db.example.com/authio".into()))
+            .unwrap();
+        let e = format!("{:#}", cfg.check_database_urls().unwrap_err());
+        assert!(e.starts_with("shared_url (AUTHIO_SHARED_URL)"), "{e}");
+        assert!(e.contains("add sslmode=require"), "{e}");
+        cfg.shared_url.push_str("?sslmode=disable");
+        cfg.check_database_urls().unwrap();
+        cfg.relay_url = Some("postgres://authio_relay@db.example.com/authio?sslmode=verify-full".into());
+        let e = format!("{:#}", cfg.check_database_urls().unwrap_err());
+        assert!(e.starts_with("relay_url (AUTHIO_RELAY_URL)") && e.contains("needs sslrootcert"), "{e}");
     }
 
     #[test]

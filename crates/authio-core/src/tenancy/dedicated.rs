@@ -231,8 +231,12 @@ impl ControlPlane {
                 (Some(host_id), Some(name.to_owned()), admin, app)
             }
             ProvisionTarget::Dsn { admin, app } => {
-                let parsed = authio_db::pool::parse_url(admin).map_err(|_| invalid("dsn: not a postgres:// URL"))?;
-                let db = parsed.get_dbname().unwrap_or_default().to_owned();
+                // Say why (a bad TLS parameter, a remote host without sslmode, not a URL).
+                let parsed = authio_db::pool::parse_url(admin).map_err(|e| match e {
+                    authio_db::DbError::Config(why) => CoreError::Config(format!("dsn: {why}")),
+                    _ => invalid("dsn: not a postgres:// URL"),
+                })?;
+                let db = parsed.pg.get_dbname().unwrap_or_default().to_owned();
                 if db.is_empty() {
                     return Err(invalid("dsn: name the database to adopt"));
                 }

@@ -43,6 +43,7 @@ pub async fn oidc(env: &Env, secs: u64, rounds: usize) -> Result<()> {
         scopes: None,
         grant_types: None,
         id_token_signed_response_alg: None,
+        resources: Vec::new(),
     };
     let auth = authio_core::authz::as_tool("bench", authio_core::authz::Permission::CredentialsManage, &scope)?;
     let (client, secret) =
@@ -141,7 +142,7 @@ pub async fn oidc(env: &Env, secs: u64, rounds: usize) -> Result<()> {
                                 .context("code")?;
                             let c = identity.oidc_client(&client).await?.context("client")?;
                             let t = identity
-                                .exchange_code(&code, CB, Some(VERIFIER), Some(&c), &Default::default(), None)
+                                .exchange_code(&code, CB, Some(VERIFIER), Some(&c), None, &Default::default(), None)
                                 .await?;
                             Ok(serde_urlencoded::to_string([
                                 ("grant_type", "refresh_token"),

@@ -43,6 +43,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0014_signup_policy_domains.sql"),
     },
     Migration { version: 15, name: "id_token_algs", sql: include_str!("../../../migrations/0015_id_token_algs.sql") },
+    Migration {
+        version: 16,
+        name: "resource_indicators",
+        sql: include_str!("../../../migrations/0016_resource_indicators.sql"),
+    },
 ];
 
 const BOOTSTRAP_ROLES: &str = r#"

@@ -382,7 +382,8 @@ pub async fn oauth_state_use(
 }
 
 /// Use an authorization code (or a hosted sign-in's code): first_use, tenant_id, project_id,
-/// user_id, amr, redirect_uri, code_challenge, client_id, scope, nonce, auth_time, session_id.
+/// user_id, amr, redirect_uri, code_challenge, client_id, scope, nonce, auth_time, session_id,
+/// resource.
 /// A code used before comes back with `first_use` false (a replay).
 pub async fn authorization_code_use(
     router: &Router,
@@ -390,7 +391,7 @@ pub async fn authorization_code_use(
     now: DateTime<Utc>,
 ) -> Result<Option<crate::PgRow>, DbError> {
     let sql = "SELECT first_use, tenant_id, project_id, user_id, amr, redirect_uri, code_challenge, client_id, scope, \
-               nonce, auth_time, session_id FROM authio_authorization_code_use($1, $2)";
+               nonce, auth_time, session_id, resource FROM authio_authorization_code_use($1, $2)";
     Ok(call(router, sql, &[(&hash, Type::BYTEA), (&now, Type::TIMESTAMPTZ)]).await?.into_iter().next())
 }
 
@@ -402,11 +403,11 @@ pub async fn authorization_code_started(router: &Router, hash: &[u8], session: U
 
 /// An OpenID Connect client: tenant_id, project_id, tenant_kind, secret_hash, client_type,
 /// token_endpoint_auth_method, redirect_uris, post_logout_redirect_uris, scopes, grant_types, name,
-/// id_token_signed_response_alg.
+/// id_token_signed_response_alg, resources.
 pub async fn resolve_oidc_client(router: &Router, client_id: &str) -> Result<Option<crate::PgRow>, DbError> {
     let sql = "SELECT tenant_id, project_id, tenant_kind, secret_hash, client_type, token_endpoint_auth_method, \
-               redirect_uris, post_logout_redirect_uris, scopes, grant_types, name, id_token_signed_response_alg \
-               FROM authio_resolve_oidc_client($1)";
+               redirect_uris, post_logout_redirect_uris, scopes, grant_types, name, id_token_signed_response_alg, \
+               resources FROM authio_resolve_oidc_client($1)";
     Ok(call(router, sql, &[(&client_id, Type::TEXT)]).await?.into_iter().next())
 }
 

@@ -30,7 +30,7 @@ use crate::routes::{api_keys, auth, config, manage, oidc, passwordless, users};
                        passwordless::EmailCodeRequest, passwordless::EmailCodeChallenge, passwordless::EmailCodeVerify,
                        config::UriBody, config::OriginBody, config::StringList, config::DomainBody, config::DomainResponse,
                        config::DomainList, config::ConnectionList, config::PresentationBody,
-                       oidc::OidcTokenResponse, oidc::OidcClientList, oidc::CreatedOidcClient,
+                       oidc::OidcTokenResponse, oidc::OidcTokenForm, auth::TokenForm, auth::TokenHintForm, oidc::OidcClientList, oidc::CreatedOidcClient,
                        crate::error::ErrorBody, crate::error::ErrorDetail, crate::error::OAuthErrorBody)),
     modifiers(&ApiKeyAuth, &CommonResponses),
     tags((name = "auth", description = "Sign-up, sign-in, tokens (RFC 6749), introspection (RFC 7662), revocation (RFC 7009), JWKS"),
@@ -96,10 +96,6 @@ impl Modify for CommonResponses {
                     .request_body
                     .as_ref()
                     .is_some_and(|b| b.content.keys().any(|k| k.starts_with("application/json")));
-                let form_body = op
-                    .request_body
-                    .as_ref()
-                    .is_some_and(|b| b.content.keys().any(|k| k.starts_with("application/x-www-form-urlencoded")));
                 let path_ids = path.contains('{');
                 let mut wanted: Vec<(&str, &str)> = vec![(
                     "400",
@@ -109,14 +105,17 @@ impl Modify for CommonResponses {
                 if secured {
                     wanted.push(("401", "missing, malformed or revoked credentials (`invalid_api_key`)"));
                     wanted.push(("403", "the credentials may not do this (`forbidden`)"));
+                } else if oauth {
+                    wanted.push(("401", "client authentication failed (`invalid_client`, with `WWW-Authenticate`)"));
                 }
-                if path_ids && !page {
+                if path_ids {
                     wanted.push(("404", "no such project or object (`*_not_found`)"));
                 }
                 if has_body {
                     wanted.push(("413", "the body is over 1 MiB (`payload_too_large`)"));
                 }
-                if json_body || form_body {
+                // (A form endpoint answers a body of another type with RFC 6749's 400.)
+                if json_body {
                     wanted.push(("415", "the body is not of the declared content type (`unsupported_media_type`)"));
                 }
                 if json_body {

@@ -192,6 +192,7 @@ async fn seed(cfg: &Config, state: &authio_server::AppState, dedicated: &LocalCl
                 scopes: None,
                 grant_types: None,
                 id_token_signed_response_alg: None,
+                resources: Vec::new(),
             };
             let (rp, rp_secret) =
                 authio_core::oidc::create_client(&state.router, &SystemClock, &auth, &rp, &ClientInfo::default())

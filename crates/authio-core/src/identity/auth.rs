@@ -82,6 +82,16 @@ pub struct ClientToken {
     pub scope: String,
 }
 
+/// What an OpenID client's access token carries beyond the user's: the client, the scope it
+/// was granted, and the resource server it is for (RFC 8707; `None`: the project, the default
+/// audience of every access token).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientGrant<'a> {
+    pub client_id: &'a str,
+    pub scope: &'a str,
+    pub resource: Option<&'a str>,
+}
+
 /// An RFC 7662 answer.
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Introspection {
@@ -642,21 +652,23 @@ impl Identity {
         client: &ClientInfo,
         ip: Option<IpAddr>,
     ) -> Result<UserTokens, CoreError> {
-        self.refresh_for(presented, None, client, &Guesser::Address(ip)).await
+        self.refresh_for(presented, None, None, client, &Guesser::Address(ip)).await
     }
 
     /// Rotate a refresh token for the OpenID client it was issued to (`None`: tokens of the
-    /// sign-in API and hosted sign-ins, which belong to no client). Failures count against
-    /// `who`: the address, or the confidential client that authenticated.
+    /// sign-in API and hosted sign-ins, which belong to no client), the new access token for
+    /// `resource` if given (the caller checked the client may name it). Failures count
+    /// against `who`: the address, or the confidential client that authenticated.
     pub async fn refresh_for(
         &self,
         presented: &str,
         oidc_client: Option<&str>,
+        resource: Option<&str>,
         client: &ClientInfo,
         who: &Guesser,
     ) -> Result<UserTokens, CoreError> {
         self.refuse_guesser_as(who).await?;
-        let result = self.refresh_unjudged(presented, oidc_client, client).await;
+        let result = self.refresh_unjudged(presented, oidc_client, resource, client).await;
         self.judge_as(who, result).await
     }
 
@@ -664,6 +676,7 @@ impl Identity {
         &self,
         presented: &str,
         oidc_client: Option<&str>,
+        resource: Option<&str>,
         client: &ClientInfo,
     ) -> Result<UserTokens, CoreError> {
         let (project, hash) =
@@ -683,11 +696,14 @@ impl Identity {
             &policy(&profile),
             &hash,
             client,
-            oidc_client,
-            &|method| presentation.offers(method),
+            sessions::RefreshHolds { expected_client: oidc_client, offers: &|method| presentation.offers(method) },
         )
         .await?;
-        let oidc = r.client_id.as_deref().map(|c| (c, r.scope.as_deref().unwrap_or("")));
+        let oidc = r.client_id.as_deref().map(|c| ClientGrant {
+            client_id: c,
+            scope: r.scope.as_deref().unwrap_or(""),
+            resource,
+        });
         self.user_tokens(&keys, &profile, r.user_id, r.session_id, &r.amr, r.role, r.refresh_token, oidc)
     }
 
@@ -701,13 +717,13 @@ impl Identity {
         amr: &[String],
         role: Option<String>,
         refresh_token: String,
-        oidc: Option<(&str, &str)>,
+        oidc: Option<ClientGrant<'_>>,
     ) -> Result<UserTokens, CoreError> {
         let now = self.now().timestamp();
         let ttl = i64::from(profile.access_token_ttl_secs);
         let iss = self.issuer(profile.project_id);
         let claims = AccessClaims {
-            aud: profile.project_id.to_string(),
+            aud: oidc.and_then(|g| g.resource).map_or_else(|| profile.project_id.to_string(), str::to_owned),
             iss,
             sub: user.to_string(),
             exp: now + ttl,
@@ -720,8 +736,8 @@ impl Identity {
             amr: Some(amr.to_vec()),
             role,
             // An OpenID client's session: its id and granted scope (RFC 9068).
-            scope: oidc.map(|(_, s)| s.to_owned()),
-            client_id: oidc.map(|(c, _)| c.to_owned()),
+            scope: oidc.map(|g| g.scope.to_owned()),
+            client_id: oidc.map(|g| g.client_id.to_owned()),
         };
         Ok(UserTokens {
             scope: claims.scope.clone(),
@@ -749,8 +765,7 @@ impl Identity {
         // RFC 8707 2: an absolute URI without a fragment, and (here) the client's audience:
         // the token is for that resource server and no other.
         if let Some(r) = resource {
-            let shaped = url::Url::parse(r).is_ok_and(|u| u.fragment().is_none()) && r.len() <= 512;
-            if !shaped {
+            if !crate::types::resource_indicator_ok(r) {
                 return Err(CoreError::InvalidTarget("resource must be an absolute URI without a fragment"));
             }
             if r != client.audience {

@@ -187,6 +187,13 @@ pub(crate) fn amr_still_offered(amr: &[String], offers: &(dyn Fn(&str) -> bool +
     !decided
 }
 
+/// What a refresh must still hold: the OpenID client the token was issued to (`None`: tokens
+/// of no client), and the project's methods, one of which the session must have come by.
+pub struct RefreshHolds<'a> {
+    pub expected_client: Option<&'a str>,
+    pub offers: &'a (dyn Fn(&str) -> bool + Sync),
+}
+
 /// A successful refresh: what the new access token needs.
 #[derive(Debug)]
 pub struct Refreshed {
@@ -210,9 +217,9 @@ pub async fn refresh(
     policy: &SessionPolicy,
     token_hash: &[u8; 32],
     client: &ClientInfo,
-    expected_client: Option<&str>,
-    offers: &(dyn Fn(&str) -> bool + Sync),
+    holds: RefreshHolds<'_>,
 ) -> Result<Refreshed, CoreError> {
+    let RefreshHolds { expected_client, offers } = holds;
     let project = project_of(scope)?;
     let now = clock.now();
     let hash = token_hash.to_vec();

@@ -460,15 +460,15 @@ impl Identity {
         user: &SignedInUser,
         amr: &[&str],
         client: &ClientInfo,
-        oidc: Option<(&str, &str)>,
+        oidc: Option<crate::identity::auth::ClientGrant<'_>>,
     ) -> Result<UserTokens, CoreError> {
         let project = crate::types::project_of(scope)?;
         let profile = self.profile(project).await?;
         let keys = self.inner.keys.keyset(&profile).await?;
         let now = self.now();
         let mut session = NewSession::new(scope, user.user_id, amr, client, &policy(&profile), now)?;
-        if let Some((client_id, granted)) = oidc {
-            session = session.for_client(client_id, granted);
+        if let Some(g) = oidc {
+            session = session.for_client(g.client_id, g.scope);
         }
         let event = audit::EventRow::new(
             scope,

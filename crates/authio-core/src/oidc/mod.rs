@@ -21,7 +21,7 @@ use crate::authz::{Authorized, Permission};
 use crate::crypto::keys::Alg;
 use crate::crypto::opaque::{hash as token_hash, new_token};
 use crate::crypto::pkce::pkce_matches;
-use crate::identity::auth::{scope_of, Identity, UserTokens};
+use crate::identity::auth::{scope_of, ClientGrant, Identity, UserTokens};
 use crate::identity::signin::Guesser;
 use crate::identity::signin::{with_query, SignedInUser};
 use crate::throttle::ip_key;
@@ -32,6 +32,19 @@ use crate::{Clock, CoreError};
 /// The scopes a project's provider knows.
 pub const SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
 pub const GRANTS: [&str; 2] = ["authorization_code", "refresh_token"];
+
+/// A code exchange's request: the code and what must match it.
+struct CodeRequest<'a> {
+    code: &'a str,
+    redirect_uri: &'a str,
+    verifier: Option<&'a str>,
+    /// The client that authenticated (`None`: a hosted sign-in's code, for no client).
+    client: Option<&'a OidcClient>,
+    /// RFC 8707 `resource` of the token request.
+    resource: Option<&'a str>,
+    /// The project the code must be of (the console's platform project).
+    only_project: Option<Uuid>,
+}
 
 /// Whom a token request's failed guesses count against: the confidential client that
 /// authenticated, else the address.
@@ -59,6 +72,8 @@ pub struct OidcClient {
     pub name: String,
     /// `id_token_signed_response_alg` (RS256), or `None` for the project's current key.
     pub id_token_alg: Option<Alg>,
+    /// The resource servers (RFC 8707) it may ask access tokens for.
+    pub resources: Vec<String>,
 }
 
 impl OidcClient {
@@ -78,11 +93,21 @@ impl OidcClient {
             grant_types: r.try_get(9)?,
             name: r.try_get(10)?,
             id_token_alg: r.try_get::<Option<String>>(11)?.as_deref().and_then(Alg::parse),
+            resources: r.try_get(12)?,
         })
     }
 
     pub fn allows_grant(&self, grant: &str) -> bool {
         self.grant_types.iter().any(|g| g == grant)
+    }
+
+    /// RFC 8707: the resource a token request names, if this client registered it.
+    pub fn resource(&self, requested: Option<&str>) -> Result<Option<String>, CoreError> {
+        match requested {
+            None => Ok(None),
+            Some(r) if self.resources.iter().any(|x| x == r) => Ok(Some(r.to_owned())),
+            Some(_) => Err(CoreError::InvalidTarget("the resource is not registered for this client")),
+        }
     }
 }
 
@@ -104,6 +129,10 @@ pub struct NewOidcClient {
     pub grant_types: Option<Vec<String>>,
     /// `RS256` for ID tokens in RS256 whatever the project's key; absent: the project's key.
     pub id_token_signed_response_alg: Option<String>,
+    /// RFC 8707: the resource servers (absolute URIs, up to 10) it may ask access tokens for;
+    /// such a token's `aud` is the resource. Default: none (tokens for the project).
+    #[serde(default)]
+    pub resources: Vec<String>,
 }
 
 /// A registered client as listed (never its secret).
@@ -119,12 +148,13 @@ pub struct OidcClientInfo {
     pub scopes: Vec<String>,
     pub grant_types: Vec<String>,
     pub id_token_signed_response_alg: Option<String>,
+    pub resources: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
 const COLS: &str = "id, client_id, name, client_type, token_endpoint_auth_method, redirect_uris, \
-                    post_logout_redirect_uris, scopes, grant_types, id_token_signed_response_alg, created_at, revoked_at";
+                    post_logout_redirect_uris, scopes, grant_types, id_token_signed_response_alg, resources, created_at, revoked_at";
 
 impl OidcClientInfo {
     /// A row of [`COLS`].
@@ -140,6 +170,7 @@ impl OidcClientInfo {
             scopes: r.col("scopes")?,
             grant_types: r.col("grant_types")?,
             id_token_signed_response_alg: r.col("id_token_signed_response_alg")?,
+            resources: r.col("resources")?,
             created_at: r.col("created_at")?,
             revoked_at: r.col("revoked_at")?,
         })
@@ -198,6 +229,9 @@ pub async fn create_client(
         Some("RS256") => Some("RS256"),
         Some(_) => return Err(bad("id_token_signed_response_alg (RS256, or absent for the project's key)")),
     };
+    if new.resources.len() > 10 || !new.resources.iter().all(|r| crate::types::resource_indicator_ok(r)) {
+        return Err(bad("resources (up to 10 absolute URIs without a fragment)"));
+    }
     let client_id = format!("oc_{}", crate::crypto::opaque::random_hex::<12>());
     let secret = (!public).then(|| new_token("ocs_").0);
     let hash = secret.as_deref().map(|s| crate::crypto::opaque::hash(s).to_vec());
@@ -208,8 +242,8 @@ pub async fn create_client(
             &format!(
                 "INSERT INTO oidc_clients (tenant_id, project_id, id, client_id, secret_hash, name, client_type,
                      token_endpoint_auth_method, redirect_uris, post_logout_redirect_uris, scopes, grant_types, created_at,
-                     id_token_signed_response_alg)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING {COLS}"
+                     id_token_signed_response_alg, resources)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING {COLS}"
             ),
             &[
                 (&scope.tenant_id, Type::UUID),
@@ -226,6 +260,7 @@ pub async fn create_client(
                 (&grants, Type::TEXT_ARRAY),
                 (&now, Type::TIMESTAMPTZ),
                 (&id_alg, Type::TEXT),
+                (&new.resources, Type::TEXT_ARRAY),
             ],
         )
         .await?;
@@ -301,6 +336,8 @@ pub struct AuthorizeParams {
     pub max_age: Option<String>,
     pub login_hint: Option<String>,
     pub response_mode: Option<String>,
+    /// RFC 8707: one of the client's registered resources.
+    pub resource: Option<String>,
 }
 
 /// A request that checked out.
@@ -316,6 +353,7 @@ pub struct AuthzRequest {
     pub prompt_none: bool,
     pub max_age: Option<i64>,
     pub login_hint: Option<String>,
+    pub resource: Option<String>,
 }
 
 /// Why a request cannot go on: shown on a page when the redirect URI cannot be trusted
@@ -498,6 +536,9 @@ impl Provider {
         if state.as_deref().is_some_and(|s| s.len() > 512) || p.nonce.as_deref().is_some_and(|n| n.len() > 512) {
             return Err(fail("invalid_request", "state and nonce are at most 512 characters"));
         }
+        let resource = client
+            .resource(p.resource.as_deref())
+            .map_err(|_| fail("invalid_target", "the resource is not registered for this client"))?;
         if p.response_type.as_deref() != Some("code") {
             return Err(fail("unsupported_response_type", "only response_type=code is supported"));
         }
@@ -557,6 +598,7 @@ impl Provider {
             prompt_none: prompts.contains(&"none"),
             max_age,
             login_hint: p.login_hint.clone(),
+            resource,
         })
     }
 
@@ -633,8 +675,8 @@ impl Provider {
         let tx = self.identity.inner.router.begin_pinned(&scope).await?;
         tx.query(
             "INSERT INTO signin_codes (tenant_id, project_id, code_hash, user_id, amr, redirect_uri, code_challenge,
-                                       created_at, expires_at, client_id, scope, nonce, auth_time)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                                       created_at, expires_at, client_id, scope, nonce, auth_time, resource)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
             &[
                 (&scope.tenant_id, Type::UUID),
                 (&req.client.project_id, Type::UUID),
@@ -649,6 +691,7 @@ impl Provider {
                 (&scope_text, Type::TEXT),
                 (&req.nonce, Type::TEXT),
                 (&auth_time, Type::TIMESTAMPTZ),
+                (&req.resource, Type::TEXT),
             ],
         )
         .await?;
@@ -673,12 +716,14 @@ impl Provider {
         redirect_uri: &str,
         verifier: Option<&str>,
         client: Option<&OidcClient>,
+        resource: Option<&str>,
         info: &ClientInfo,
         ip: Option<IpAddr>,
     ) -> Result<OidcTokens, CoreError> {
         let who = guesser(client, ip);
         self.identity.refuse_guesser_as(&who).await?;
-        let result = self.exchange_code_unjudged(code, redirect_uri, verifier, client, None, info).await;
+        let req = CodeRequest { code, redirect_uri, verifier, client, resource, only_project: None };
+        let result = self.exchange_code_unjudged(req, info).await;
         self.identity.judge_as(&who, result).await
     }
 
@@ -695,19 +740,20 @@ impl Provider {
         ip: Option<IpAddr>,
     ) -> Result<OidcTokens, CoreError> {
         self.identity.refuse_guesser(ip).await?;
-        let result = self.exchange_code_unjudged(code, redirect_uri, Some(verifier), None, Some(project), info).await;
+        let req = CodeRequest {
+            code,
+            redirect_uri,
+            verifier: Some(verifier),
+            client: None,
+            resource: None,
+            only_project: Some(project),
+        };
+        let result = self.exchange_code_unjudged(req, info).await;
         self.identity.judge(ip, result).await
     }
 
-    async fn exchange_code_unjudged(
-        &self,
-        code: &str,
-        redirect_uri: &str,
-        verifier: Option<&str>,
-        client: Option<&OidcClient>,
-        only_project: Option<Uuid>,
-        info: &ClientInfo,
-    ) -> Result<OidcTokens, CoreError> {
+    async fn exchange_code_unjudged(&self, req: CodeRequest<'_>, info: &ClientInfo) -> Result<OidcTokens, CoreError> {
+        let CodeRequest { code, redirect_uri, verifier, client, resource, only_project } = req;
         let hash = token_hash(code);
         let row = preresolve::authorization_code_use(&self.identity.inner.router, &hash, self.identity.now())
             .await?
@@ -770,6 +816,16 @@ impl Provider {
         let user = SignedInUser { user_id, role: u.try_get(1)?, created: false };
         let amr_refs: Vec<&str> = amr.iter().map(String::as_str).collect();
         let scopes: Vec<&str> = scope_text.as_deref().unwrap_or("").split(' ').filter(|s| !s.is_empty()).collect();
+        // RFC 8707 2.2: the token request may name the resource the authorization request
+        // named (or, if that named none, one the client registered); by default the one the
+        // authorization request named, else the project.
+        let authorized: Option<String> = row.try_get(12)?;
+        let resource = match (resource, authorized, client) {
+            (None, authorized, _) => authorized,
+            (Some(r), Some(a), _) if r == a => Some(a),
+            (Some(r), None, Some(c)) => c.resource(Some(r))?,
+            _ => return Err(CoreError::InvalidTarget("the resource is not the one this code was issued for")),
+        };
         let Some(client) = client else {
             // A hosted sign-in's hand-off: the app's own tokens, no ID token.
             let tokens = self.identity.start_session(&scope, &user, &amr_refs, info).await?;
@@ -786,7 +842,13 @@ impl Provider {
         let id_alg = client.id_token_alg.or(keys.alg()).unwrap_or(Alg::EdDSA);
         let tokens = self
             .identity
-            .start_session_for(&scope, &user, &amr_refs, info, Some((&client.client_id, &scope_claim)))
+            .start_session_for(
+                &scope,
+                &user,
+                &amr_refs,
+                info,
+                Some(ClientGrant { client_id: &client.client_id, scope: &scope_claim, resource: resource.as_deref() }),
+            )
             .await?;
         preresolve::authorization_code_started(&self.identity.inner.router, &hash, tokens.session_id).await?;
         let iss = self.identity.issuer(project);

@@ -270,6 +270,12 @@ impl DomainName {
     }
 }
 
+/// An RFC 8707 resource indicator (section 2): an absolute URI without a fragment, at most 512
+/// bytes.
+pub fn resource_indicator_ok(r: &str) -> bool {
+    r.len() <= 512 && url::Url::parse(r).is_ok_and(|u| u.fragment().is_none() && !u.cannot_be_a_base())
+}
+
 pub(crate) fn project_of(scope: &authio_db::Scope) -> Result<uuid::Uuid, crate::CoreError> {
     scope.project_id.ok_or(crate::CoreError::NotFound(crate::types::Entity::Project))
 }

@@ -18,6 +18,7 @@ use crate::{ApiError, AppState, RequestContext};
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKeyRequest {
     /// What the key is for (1-200 characters).
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
 }
 

@@ -26,7 +26,10 @@ use crate::{ApiError, AppState};
 #[serde(deny_unknown_fields)]
 pub struct PasswordRequest {
     pub project_id: Uuid,
+    #[schema(format = "email", min_length = 3, max_length = 254)]
     pub email: String,
+    /// Sign-up: 8 to 256 characters. Sign-in: anything up to 4096 bytes is judged.
+    #[schema(min_length = 1, max_length = 4096)]
     pub password: String,
 }
 
@@ -194,6 +197,44 @@ pub async fn sign_in(
     Ok(no_store(StatusCode::OK, Json(TokenResponse::from(tokens))))
 }
 
+/// The form of `POST /v1/auth/token` (documentation only: the handler reads [`Form`]).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct TokenForm {
+    /// `client_credentials` (RFC 6749 4.4), `refresh_token` (6) or `authorization_code` (a
+    /// hosted sign-in's code, 4.1.3).
+    #[schema(pattern = "^(client_credentials|refresh_token|authorization_code)$")]
+    grant_type: String,
+    /// client_credentials: space-separated, each one of the client's scopes.
+    #[schema(max_length = 4096)]
+    scope: Option<String>,
+    /// client_credentials: RFC 8707, an absolute URI without a fragment, the client's audience.
+    #[schema(format = "uri", max_length = 512)]
+    resource: Option<String>,
+    /// client_credentials with `client_secret_post` (or HTTP Basic instead).
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    /// refresh_token: `rt_...`.
+    refresh_token: Option<String>,
+    /// authorization_code: the `sc_...` code, the redirect URI it was issued for, and the PKCE verifier.
+    code: Option<String>,
+    redirect_uri: Option<String>,
+    #[schema(min_length = 43, max_length = 128)]
+    code_verifier: Option<String>,
+}
+
+/// The form of introspection (RFC 7662) and revocation (RFC 7009).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct TokenHintForm {
+    token: String,
+    /// `access_token` or `refresh_token` (a hint: every kind is looked up).
+    token_type_hint: Option<String>,
+    /// With `client_secret_post` (or HTTP Basic, or a project API key as a bearer token).
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
 /// A form body as name/value pairs: `application/x-www-form-urlencoded` only, each parameter
 /// at most once (RFC 6749 section 3.2), empty values treated as absent.
 pub(crate) struct Form(Vec<(String, String)>);
@@ -278,7 +319,7 @@ impl From<ClientToken> for ClientTokenResponse {
 /// `grant_type=authorization_code` (a hosted sign-in's code, with `redirect_uri` and the PKCE
 /// `code_verifier`).
 #[utoipa::path(post, path = "/v1/auth/token", tag = "auth",
-    request_body(content_type = "application/x-www-form-urlencoded", description = "grant_type, scope, client_id, client_secret, refresh_token"),
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 200, description = "a token (client credentials) or a token pair (refresh)", body = ClientTokenResponse),
         (status = 400, description = "`invalid_request`, `unsupported_grant_type`, `invalid_scope`, `invalid_grant`", body = crate::error::OAuthErrorBody),
@@ -318,7 +359,15 @@ pub async fn token(
             let ip = client_ip(&state, connect.as_ref(), &headers);
             let t = state
                 .oidc
-                .exchange_code(code, redirect_uri, Some(verifier), None, &client_info(&headers, ip), ip)
+                .exchange_code(
+                    code,
+                    redirect_uri,
+                    Some(verifier),
+                    None,
+                    form.get("resource"),
+                    &client_info(&headers, ip),
+                    ip,
+                )
                 .await?;
             Ok(no_store(StatusCode::OK, Json(TokenResponse::from(t.tokens))))
         }
@@ -357,7 +406,7 @@ async fn caller(
 /// RFC 7662: is this token active, and what does it say? The caller (a client of the
 /// project or a project API key) sees only its own project's tokens.
 #[utoipa::path(post, path = "/v1/auth/introspect", tag = "auth",
-    request_body(content_type = "application/x-www-form-urlencoded", description = "token, token_type_hint"),
+    request_body(content = TokenHintForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 200, description = "`{\"active\": false}` for any token that is not a live token of the caller's project"),
         (status = 401, description = "`invalid_client`", body = crate::error::OAuthErrorBody),
@@ -380,7 +429,7 @@ pub async fn introspect(
 /// invalid tokens get the same 200. Client authentication is optional (possession of the
 /// token is enough); when given it must be right, and limits revocation to its project.
 #[utoipa::path(post, path = "/v1/auth/revoke", tag = "auth",
-    request_body(content_type = "application/x-www-form-urlencoded", description = "token, token_type_hint"),
+    request_body(content = TokenHintForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 200, description = "revoked, or nothing to revoke"),
         (status = 401, description = "`invalid_client`", body = crate::error::OAuthErrorBody),

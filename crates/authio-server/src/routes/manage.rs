@@ -30,9 +30,12 @@ pub struct CreateClientRequest {
     /// Scopes the client may ask for (RFC 6749 scope tokens).
     #[serde(default)]
     pub scopes: Vec<String>,
-    /// The `aud` of its tokens (default: the project's issuer).
+    /// The `aud` of its tokens (default: the project's id), and the one RFC 8707 `resource`
+    /// it may ask for.
+    #[schema(min_length = 1, max_length = 512)]
     pub audience: Option<String>,
     /// Lifetime of its tokens, 60-86400 s (default 3600).
+    #[schema(minimum = 60, maximum = 86400)]
     pub token_ttl_secs: Option<i32>,
 }
 

@@ -213,6 +213,29 @@ async fn authenticate(
     Ok(client)
 }
 
+/// The form of a project's token endpoint (documentation only).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct OidcTokenForm {
+    /// `authorization_code` (OIDC Core 3.1.3.1) or `refresh_token` (RFC 6749 6).
+    #[schema(pattern = "^(authorization_code|refresh_token)$")]
+    grant_type: String,
+    code: Option<String>,
+    /// Exactly the one of the authorization request.
+    redirect_uri: Option<String>,
+    /// RFC 7636: 43-128 characters.
+    #[schema(min_length = 43, max_length = 128)]
+    code_verifier: Option<String>,
+    refresh_token: Option<String>,
+    /// RFC 8707: one of the client's registered resources; the access token's `aud`.
+    #[schema(format = "uri", max_length = 512)]
+    resource: Option<String>,
+    /// `client_secret_post` clients (`client_secret_basic` ones use HTTP Basic); public
+    /// clients send `client_id` alone.
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct OidcTokenResponse {
     pub access_token: String,
@@ -230,7 +253,7 @@ pub struct OidcTokenResponse {
 /// challenge, `code_verifier`) and `refresh_token`.
 #[utoipa::path(post, path = "/p/{project_id}/oauth2/token", tag = "openid",
     params(("project_id" = Uuid, Path)),
-    request_body(content_type = "application/x-www-form-urlencoded", description = "grant_type, code, redirect_uri, code_verifier, refresh_token, client authentication"),
+    request_body(content = OidcTokenForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, body = OidcTokenResponse), (status = 400, body = crate::error::OAuthErrorBody), (status = 401, body = crate::error::OAuthErrorBody)))]
 pub async fn token(
     State(state): State<AppState>,
@@ -258,7 +281,15 @@ pub async fn token(
                 form.get("redirect_uri").ok_or_else(|| OAuthError::invalid_request("redirect_uri is required"))?;
             let t = state
                 .oidc
-                .exchange_code(code, redirect_uri, form.get("code_verifier"), Some(&client), &info, ip)
+                .exchange_code(
+                    code,
+                    redirect_uri,
+                    form.get("code_verifier"),
+                    Some(&client),
+                    form.get("resource"),
+                    &info,
+                    ip,
+                )
                 .await?;
             let refresh = (t.offline && client.allows_grant("refresh_token")).then_some(t.tokens.refresh_token);
             Ok(no_store(
@@ -277,7 +308,11 @@ pub async fn token(
             let presented =
                 form.get("refresh_token").ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
             let who = authio_core::oidc::guesser(Some(&client), ip);
-            let t = state.identity.refresh_for(presented, Some(&client.client_id), &info, &who).await?;
+            let resource = client.resource(form.get("resource"))?;
+            let t = state
+                .identity
+                .refresh_for(presented, Some(&client.client_id), resource.as_deref(), &info, &who)
+                .await?;
             Ok(no_store(
                 StatusCode::OK,
                 Json(OidcTokenResponse {
@@ -343,7 +378,7 @@ async fn userinfo_answer(state: AppState, project: String, headers: HeaderMap) -
 /// RFC 7009 for the project's clients.
 #[utoipa::path(post, path = "/p/{project_id}/oauth2/revoke", tag = "openid",
     params(("project_id" = Uuid, Path)),
-    request_body(content_type = "application/x-www-form-urlencoded", description = "token, token_type_hint, client authentication"),
+    request_body(content = crate::routes::auth::TokenHintForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, description = "revoked, or nothing to revoke")))]
 pub async fn revoke(
     State(state): State<AppState>,
@@ -365,7 +400,7 @@ pub async fn revoke(
 /// RFC 7662 for the project's confidential clients.
 #[utoipa::path(post, path = "/p/{project_id}/oauth2/introspect", tag = "openid",
     params(("project_id" = Uuid, Path)),
-    request_body(content_type = "application/x-www-form-urlencoded", description = "token, token_type_hint, client authentication"),
+    request_body(content = crate::routes::auth::TokenHintForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, description = "RFC 7662 answer")))]
 pub async fn introspect(
     State(state): State<AppState>,

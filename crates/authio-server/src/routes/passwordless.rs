@@ -22,12 +22,15 @@ use crate::{ApiError, AppState};
 #[serde(deny_unknown_fields)]
 pub struct MagicLinkRequest {
     pub project_id: Uuid,
+    #[schema(format = "email", min_length = 3, max_length = 254)]
     pub email: String,
     /// A registered redirect URI of the project: the emailed link is this URI with `token`
     /// added; the app's page there calls `/v1/auth/magic-link/verify`.
+    #[schema(format = "uri", max_length = 2048)]
     pub redirect_uri: String,
     /// Optional binding to the browser that asks: base64url(SHA-256(verifier)); the verify
     /// call must then send `code_verifier`.
+    #[schema(pattern = "^[A-Za-z0-9_-]{43}$")]
     pub code_challenge: Option<String>,
 }
 
@@ -149,6 +152,7 @@ pub async fn verify_magic_link(
 #[serde(deny_unknown_fields)]
 pub struct EmailCodeRequest {
     pub project_id: Uuid,
+    #[schema(format = "email", min_length = 3, max_length = 254)]
     pub email: String,
 }
 
@@ -183,6 +187,8 @@ pub async fn request_email_code(
 #[serde(deny_unknown_fields)]
 pub struct EmailCodeVerify {
     pub challenge_id: Uuid,
+    /// Six digits (anything else is a wrong code).
+    #[schema(pattern = "^[0-9]{6}$")]
     pub code: String,
 }
 

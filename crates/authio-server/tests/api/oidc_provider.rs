@@ -850,3 +850,112 @@ async fn token_endpoint_errors_name_what_to_fix_and_failures_count_per_confident
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn rfc_8707_resources_set_the_audience_of_an_openid_clients_access_tokens() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    user(&app, &s, "rita@example.com").await;
+    const API: &str = "https://api.rp.example.com/";
+    let c = register(
+        &app,
+        &s,
+        json!({"name": "rp", "client_type": "confidential", "redirect_uris": [CB], "resources": [API]}),
+    )
+    .await;
+    assert_eq!(c["resources"], json!([API]));
+    let (id, secret) = (c["client_id"].as_str().unwrap().to_owned(), c["client_secret"].as_str().unwrap().to_owned());
+    let r = app
+        .http
+        .post(app.url(&format!("/v1/projects/{}/oidc-clients", s.project.id)))
+        .bearer_auth(&s.api_key.plaintext)
+        .json(&json!({"name": "x", "client_type": "confidential", "redirect_uris": [CB], "resources": ["https://a.example.com/#f"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "a fragment is not allowed (RFC 8707 2)");
+
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let code_for = |resource: &'static str| {
+        let challenge = challenge.as_str().to_owned();
+        let (app, s, id) = (&app, &s, id.clone());
+        async move {
+            let mut params = vec![
+                ("response_type", "code"),
+                ("client_id", id.as_str()),
+                ("redirect_uri", CB),
+                ("scope", "openid offline_access"),
+                ("state", "st"),
+                ("code_challenge", challenge.as_str()),
+                ("code_challenge_method", "S256"),
+            ];
+            if !resource.is_empty() {
+                params.push(("resource", resource));
+            }
+            let url = authorize_url(app, s, &params);
+            let mut b = Browser::new();
+            sign_in_through(app, &mut b, &url, "rita@example.com").await
+        }
+    };
+    let token = |form: Vec<(&'static str, String)>| {
+        let req = app
+            .http
+            .post(app.url(&format!("/p/{}/oauth2/token", s.project.id)))
+            .basic_auth(&id, Some(&secret))
+            .form(&form);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    // An unregistered resource at the authorization endpoint goes back as invalid_target.
+    let back = code_for("https://other.example.com/").await;
+    assert_eq!(query_of(&back)["error"], "invalid_target", "{back}");
+    // The authorized resource is the access token's audience.
+    let back = code_for(API).await;
+    let code = query_of(&back)["code"].clone();
+    let (st, body) = token(vec![
+        ("grant_type", "authorization_code".into()),
+        ("code", code),
+        ("redirect_uri", CB.into()),
+        ("code_verifier", verifier.secret().clone()),
+    ])
+    .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(crate::identity::claims_of(body["access_token"].as_str().unwrap())["aud"], API);
+    let rt = body["refresh_token"].as_str().unwrap().to_owned();
+    // A refresh names it again, or gets a token for the project; another resource is refused.
+    let (st, body) = token(vec![
+        ("grant_type", "refresh_token".into()),
+        ("refresh_token", rt),
+        ("resource", "https://other.example.com/".into()),
+    ])
+    .await;
+    assert_eq!((st, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_target")), "{body}");
+    let back = code_for("").await;
+    let (st, body) = token(vec![
+        ("grant_type", "authorization_code".into()),
+        ("code", query_of(&back)["code"].clone()),
+        ("redirect_uri", CB.into()),
+        ("code_verifier", verifier.secret().clone()),
+    ])
+    .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(crate::identity::claims_of(body["access_token"].as_str().unwrap())["aud"], s.project.id.to_string());
+    let rt = body["refresh_token"].as_str().unwrap().to_owned();
+    let (st, body) =
+        token(vec![("grant_type", "refresh_token".into()), ("refresh_token", rt), ("resource", API.into())]).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(crate::identity::claims_of(body["access_token"].as_str().unwrap())["aud"], API);
+    // A code issued for no resource cannot be exchanged for an unregistered one.
+    let back = code_for("").await;
+    let (st, body) = token(vec![
+        ("grant_type", "authorization_code".into()),
+        ("code", query_of(&back)["code"].clone()),
+        ("redirect_uri", CB.into()),
+        ("code_verifier", verifier.secret().clone()),
+        ("resource", "https://other.example.com/".into()),
+    ])
+    .await;
+    assert_eq!((st, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_target")), "{body}");
+}

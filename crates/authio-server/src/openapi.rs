@@ -108,7 +108,8 @@ impl Modify for CommonResponses {
                 } else if oauth {
                     wanted.push(("401", "client authentication failed (`invalid_client`, with `WWW-Authenticate`)"));
                 }
-                if path_ids {
+                // The sign-in API names its project in the body.
+                if path_ids || (json_body && path.starts_with("/v1/auth/")) {
                     wanted.push(("404", "no such project or object (`*_not_found`)"));
                 }
                 if has_body {

@@ -182,6 +182,14 @@ async fn every_status_a_probe_gets_is_in_the_openapi_document() {
             ];
             if body_type.is_some() {
                 probes.push((fill("real"), true, "", Some("text/plain".into()), "x"));
+                // A project that does not exist, named in the body (the sign-in API's way).
+                probes.push((
+                    fill("real"),
+                    true,
+                    "",
+                    body_type.clone(),
+                    "{\"project_id\": \"0190a3a0-0000-7000-8000-000000000000\", \"email\": \"a@example.com\", \"password\": \"a-long-password-1\", \"redirect_uri\": \"https://a.example.com/cb\"}",
+                ));
                 probes.push((fill("real"), true, "", body_type.clone(), "{\"email\": \"a\\u0000@example.com\"}"));
             }
             for (p, authorised, query, content_type, body) in probes {
@@ -205,4 +213,48 @@ async fn every_status_a_probe_gets_is_in_the_openapi_document() {
     }
     assert!(calls > 200, "{calls} calls");
     assert!(undocumented.is_empty(), "undocumented answers:\n{}", undocumented.join("\n"));
+}
+
+/// An independent schema-driven fuzzer (Schemathesis, from PyPI; `scripts/test` installs it)
+/// over every operation of `/openapi.json`, with the project's API key and its id in the
+/// path: every answer's status must be one its operation documents.
+#[tokio::test]
+async fn schemathesis_finds_no_undocumented_status() {
+    let st = std::env::var("SCHEMATHESIS")
+        .unwrap_or_else(|_| format!("{}/tests/fuzz/.venv/bin/st", env!("CARGO_MANIFEST_DIR")));
+    assert!(std::path::Path::new(&st).exists(), "{st} is missing: run scripts/test, which installs it");
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "fuzz", TenantKind::Customer, Plan::Pro).await;
+    let dir = std::env::temp_dir().join(format!("authio-fuzz-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("schemathesis.toml"),
+        format!("[parameters]\n\"path.project_id\" = \"{}\"\n", s.project.id),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(&st)
+        .current_dir(&dir)
+        .args([
+            "run",
+            &app.url("/openapi.json"),
+            "-H",
+            &format!("Authorization: Bearer {}", s.api_key.plaintext),
+            "--checks",
+            "status_code_conformance",
+            "--max-examples",
+            "15",
+            "--workers",
+            "2",
+            "--seed",
+            "1",
+            "--no-color",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
+    // The run really happened: cases were generated and every one passed.
+    assert!(report.contains(" generated, ") && report.contains(" passed"), "{report}");
 }

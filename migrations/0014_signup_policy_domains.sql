@@ -44,6 +44,11 @@ DECLARE
     h text;
 BEGIN
     dropped := 0;
+    -- Only for the tenant the caller's transaction is pinned to.
+    IF p_tenant IS DISTINCT FROM nullif(current_setting('authio.tenant_id', true), '')::uuid THEN
+        status := 'missing';
+        RETURN;
+    END IF;
     SELECT d.host INTO h FROM public.custom_domains d WHERE d.tenant_id = p_tenant AND d.id = p_id FOR UPDATE;
     IF h IS NULL THEN
         status := 'missing';

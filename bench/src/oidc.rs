@@ -142,7 +142,17 @@ pub async fn oidc(env: &Env, secs: u64, rounds: usize) -> Result<()> {
                                 .context("code")?;
                             let c = identity.oidc_client(&client).await?.context("client")?;
                             let t = identity
-                                .exchange_code(&code, CB, Some(VERIFIER), Some(&c), None, &Default::default(), None)
+                                .exchange_code(
+                                    authio_core::oidc::CodeExchange {
+                                        code: &code,
+                                        redirect_uri: CB,
+                                        verifier: Some(VERIFIER),
+                                        client: Some(&c),
+                                        resource: None,
+                                    },
+                                    &Default::default(),
+                                    None,
+                                )
                                 .await?;
                             Ok(serde_urlencoded::to_string([
                                 ("grant_type", "refresh_token"),

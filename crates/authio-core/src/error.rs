@@ -41,6 +41,15 @@ pub enum CoreError {
     TokenKindRefused,
     #[error("{0}")]
     Forbidden(&'static str),
+    /// A role some membership still has.
+    #[error("members have this role: give them another first")]
+    RoleInUse,
+    /// A role names a permission the project has not defined.
+    #[error("the permission {0} is not defined in this project")]
+    UndefinedPermission(String),
+    /// A switch to an organization the user is not an active member of.
+    #[error("the user is not an active member of this organization")]
+    NotAMember,
     /// A sign-in method the project has turned off (`signin_methods`).
     #[error("the sign-in method {0} is not enabled for this project")]
     MethodNotEnabled(String),

@@ -18,6 +18,7 @@ pub mod identity;
 #[cfg(test)]
 mod layering;
 pub mod oidc;
+pub mod orgs;
 pub mod project;
 pub mod tenancy;
 pub mod throttle;

@@ -48,6 +48,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "resource_indicators",
         sql: include_str!("../../../migrations/0016_resource_indicators.sql"),
     },
+    Migration { version: 17, name: "organizations", sql: include_str!("../../../migrations/0017_organizations.sql") },
 ];
 
 const BOOTSTRAP_ROLES: &str = r#"

@@ -110,6 +110,11 @@ impl From<CoreError> for ApiError {
             CoreError::TokenKindRefused => ApiError::unauthorized("token_kind_refused", &e.to_string()),
             CoreError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
             CoreError::MethodNotEnabled(_) => ApiError::new(StatusCode::FORBIDDEN, "method_not_enabled", e.to_string()),
+            CoreError::RoleInUse => ApiError::new(StatusCode::CONFLICT, "role_in_use", e.to_string()),
+            CoreError::UndefinedPermission(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "undefined_permission", e.to_string())
+            }
+            CoreError::NotAMember => ApiError::new(StatusCode::FORBIDDEN, "not_a_member", e.to_string()),
             CoreError::SignupNotAllowed => ApiError::new(StatusCode::FORBIDDEN, "signup_not_allowed", e.to_string()),
             CoreError::RateLimited { retry_after } => ApiError {
                 status: StatusCode::TOO_MANY_REQUESTS,

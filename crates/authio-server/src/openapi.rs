@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{api_keys, auth, config, manage, oidc, passwordless, users};
+use crate::routes::{api_keys, auth, config, manage, oidc, orgs, passwordless, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,6 +20,10 @@ use crate::routes::{api_keys, auth, config, manage, oidc, passwordless, users};
           config::get_presentation, config::update_presentation, config::set_template,
           oidc::discovery, oidc::authorization_server_metadata, oidc::authorize, oidc::token, oidc::userinfo, oidc::userinfo_post, oidc::revoke, oidc::introspect, oidc::logout,
           oidc::create_client, oidc::list_clients, oidc::revoke_client,
+          orgs::create_organization, orgs::list_organizations, orgs::get_organization, orgs::update_organization,
+          orgs::delete_organization, orgs::add_member, orgs::list_members, orgs::update_member, orgs::remove_member,
+          orgs::create_role, orgs::list_roles, orgs::update_role, orgs::delete_role, orgs::define_permission,
+          orgs::list_permissions, orgs::delete_permission,
           crate::routes::health::healthz, crate::routes::health::readyz),
     components(schemas(api_keys::CreateApiKeyRequest, api_keys::ApiKeyResponse, api_keys::CreatedApiKeyResponse, api_keys::ApiKeyList,
                        users::CreateUserRequest, users::UserResponse, users::UserList,
@@ -31,12 +35,17 @@ use crate::routes::{api_keys, auth, config, manage, oidc, passwordless, users};
                        config::UriBody, config::OriginBody, config::StringList, config::DomainBody, config::DomainResponse,
                        config::DomainList, config::ConnectionList, config::PresentationBody,
                        oidc::OidcTokenResponse, oidc::OidcTokenForm, auth::TokenForm, auth::TokenHintForm, oidc::OidcClientList, oidc::CreatedOidcClient,
+                       orgs::OrganizationBody, orgs::NewOrganizationBody, orgs::OrganizationPatchBody, orgs::OrganizationList,
+                       orgs::MembershipBody, orgs::MembershipList, orgs::NewMemberBody, orgs::MemberPatchBody,
+                       orgs::RoleBody, orgs::RoleList, orgs::NewRoleBody, orgs::RolePatchBody,
+                       orgs::PermissionBody, orgs::PermissionList, orgs::NewPermissionBody,
                        crate::error::ErrorBody, crate::error::ErrorDetail, crate::error::OAuthErrorBody)),
     modifiers(&ApiKeyAuth, &CommonResponses),
     tags((name = "auth", description = "Sign-up, sign-in, tokens (RFC 6749), introspection (RFC 7662), revocation (RFC 7009), JWKS"),
          (name = "users", description = "End users of a project"), (name = "sessions", description = "Users' sessions"),
          (name = "m2m", description = "Machine-to-machine clients"), (name = "projects", description = "Project settings"), (name = "audit", description = "The audit log"),
          (name = "api-keys", description = "Project secret API keys"),
+         (name = "organizations", description = "Organizations (a project's own customers), their members, and the project's roles and permissions"),
          (name = "openid", description = "Each project as an OpenID Provider: discovery, authorize, token, userinfo, revoke, introspect, logout; client registration"),
          (name = "sign-in config", description = "Redirect URIs, allowed origins, custom domains, upstream providers, branding, email templates"), (name = "operations", description = "Health"))
 )]

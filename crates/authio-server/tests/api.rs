@@ -15,6 +15,8 @@ mod identity;
 mod moves;
 #[path = "api/oidc_provider.rs"]
 mod oidc_provider;
+#[path = "api/orgs.rs"]
+mod orgs;
 #[path = "api/signin_methods.rs"]
 mod signin_methods;
 #[path = "api/statements.rs"]

@@ -77,10 +77,21 @@ pub enum AuditAction {
     UserSignInFailed,
     UserSignedIn,
     UserSignedUp,
+    OrganizationCreated,
+    OrganizationUpdated,
+    OrganizationDeleted,
+    MembershipAdded,
+    MembershipUpdated,
+    MembershipRemoved,
+    RoleCreated,
+    RoleUpdated,
+    RoleDeleted,
+    RolePermissionDefined,
+    RolePermissionDeleted,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 56] = [
+    pub const ALL: [AuditAction; 67] = [
         AuditAction::ApiKeyCreated,
         AuditAction::ApiKeyRevoked,
         AuditAction::DedicatedDbApproved,
@@ -137,6 +148,17 @@ impl AuditAction {
         AuditAction::UserSignInFailed,
         AuditAction::UserSignedIn,
         AuditAction::UserSignedUp,
+        AuditAction::OrganizationCreated,
+        AuditAction::OrganizationUpdated,
+        AuditAction::OrganizationDeleted,
+        AuditAction::MembershipAdded,
+        AuditAction::MembershipUpdated,
+        AuditAction::MembershipRemoved,
+        AuditAction::RoleCreated,
+        AuditAction::RoleUpdated,
+        AuditAction::RoleDeleted,
+        AuditAction::RolePermissionDefined,
+        AuditAction::RolePermissionDeleted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -197,6 +219,17 @@ impl AuditAction {
             AuditAction::UserSignInFailed => "user.sign_in_failed",
             AuditAction::UserSignedIn => "user.signed_in",
             AuditAction::UserSignedUp => "user.signed_up",
+            AuditAction::OrganizationCreated => "organization.created",
+            AuditAction::OrganizationUpdated => "organization.updated",
+            AuditAction::OrganizationDeleted => "organization.deleted",
+            AuditAction::MembershipAdded => "membership.added",
+            AuditAction::MembershipUpdated => "membership.updated",
+            AuditAction::MembershipRemoved => "membership.removed",
+            AuditAction::RoleCreated => "role.created",
+            AuditAction::RoleUpdated => "role.updated",
+            AuditAction::RoleDeleted => "role.deleted",
+            AuditAction::RolePermissionDefined => "role.permission_defined",
+            AuditAction::RolePermissionDeleted => "role.permission_deleted",
         }
     }
 }

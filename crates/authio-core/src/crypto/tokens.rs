@@ -40,6 +40,12 @@ pub struct AccessClaims {
     /// M2M: the client (RFC 9068).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    /// The organization the session acts for; `role` is then the member's role in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
+    /// The permissions of that role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<Vec<String>>,
 }
 
 /// A project's issuer: `{public_url}/p/{project_id}`. The JWKS is at

@@ -82,6 +82,27 @@ pub struct ClientToken {
     pub scope: String,
 }
 
+/// The organization a session acts for, and the member's role and permissions there now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrgContext {
+    pub id: Uuid,
+    pub role: String,
+    pub permissions: Vec<String>,
+}
+
+/// A refresh token's rotation, as asked.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RefreshRequest<'a> {
+    pub presented: &'a str,
+    /// The OpenID client the token was issued to (`None`: the sign-in API's and hosted
+    /// sign-ins' tokens, which belong to no client).
+    pub oidc_client: Option<&'a str>,
+    /// RFC 8707: the new access token's resource (the caller checked the client may name it).
+    pub resource: Option<&'a str>,
+    /// Switch the session to this organization of its user (an active member only).
+    pub organization: Option<Uuid>,
+}
+
 /// What an OpenID client's access token carries beyond the user's: the client, the scope it
 /// was granted, and the resource server it is for (RFC 8707; `None`: the project, the default
 /// audience of every access token).
@@ -438,6 +459,7 @@ impl Identity {
             None,
             session.refresh_token,
             None,
+            None,
         )?;
         audit::record_and_commit(tx, &scope, event, now).await?;
         Ok((user, tokens))
@@ -516,7 +538,17 @@ impl Identity {
                 tx.commit().await?;
             }
         }
-        self.user_tokens(&keys, &profile, user_id, session.id, &["pwd".to_owned()], role, session.refresh_token, None)
+        self.user_tokens(
+            &keys,
+            &profile,
+            user_id,
+            session.id,
+            &["pwd".to_owned()],
+            role,
+            session.refresh_token,
+            None,
+            None,
+        )
     }
 
     /// A password sign-in that hands over a user rather than a session (the hosted pages:
@@ -652,33 +684,27 @@ impl Identity {
         client: &ClientInfo,
         ip: Option<IpAddr>,
     ) -> Result<UserTokens, CoreError> {
-        self.refresh_for(presented, None, None, client, &Guesser::Address(ip)).await
+        self.refresh_for(RefreshRequest { presented, ..RefreshRequest::default() }, client, &Guesser::Address(ip)).await
     }
 
     /// Rotate a refresh token for the OpenID client it was issued to (`None`: tokens of the
     /// sign-in API and hosted sign-ins, which belong to no client), the new access token for
-    /// `resource` if given (the caller checked the client may name it). Failures count
-    /// against `who`: the address, or the confidential client that authenticated.
+    /// `resource` if given (the caller checked the client may name it), the session switched
+    /// to `organization` if given. Failures count against `who`: the address, or the
+    /// confidential client that authenticated.
     pub async fn refresh_for(
         &self,
-        presented: &str,
-        oidc_client: Option<&str>,
-        resource: Option<&str>,
+        req: RefreshRequest<'_>,
         client: &ClientInfo,
         who: &Guesser,
     ) -> Result<UserTokens, CoreError> {
         self.refuse_guesser_as(who).await?;
-        let result = self.refresh_unjudged(presented, oidc_client, resource, client).await;
+        let result = self.refresh_unjudged(req, client).await;
         self.judge_as(who, result).await
     }
 
-    async fn refresh_unjudged(
-        &self,
-        presented: &str,
-        oidc_client: Option<&str>,
-        resource: Option<&str>,
-        client: &ClientInfo,
-    ) -> Result<UserTokens, CoreError> {
+    async fn refresh_unjudged(&self, req: RefreshRequest<'_>, client: &ClientInfo) -> Result<UserTokens, CoreError> {
+        let RefreshRequest { presented, oidc_client, resource, organization } = req;
         let (project, hash) =
             sessions::parse_refresh_token(presented).ok_or(CoreError::InvalidGrant("the refresh token is invalid"))?;
         let profile = match self.profile(project).await {
@@ -696,7 +722,11 @@ impl Identity {
             &policy(&profile),
             &hash,
             client,
-            sessions::RefreshHolds { expected_client: oidc_client, offers: &|method| presentation.offers(method) },
+            sessions::RefreshHolds {
+                expected_client: oidc_client,
+                offers: &|method| presentation.offers(method),
+                organization,
+            },
         )
         .await?;
         let oidc = r.client_id.as_deref().map(|c| ClientGrant {
@@ -704,7 +734,17 @@ impl Identity {
             scope: r.scope.as_deref().unwrap_or(""),
             resource,
         });
-        self.user_tokens(&keys, &profile, r.user_id, r.session_id, &r.amr, r.role, r.refresh_token, oidc)
+        self.user_tokens(
+            &keys,
+            &profile,
+            r.user_id,
+            r.session_id,
+            &r.amr,
+            r.role,
+            r.refresh_token,
+            oidc,
+            r.org.as_ref(),
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -718,6 +758,7 @@ impl Identity {
         role: Option<String>,
         refresh_token: String,
         oidc: Option<ClientGrant<'_>>,
+        org: Option<&OrgContext>,
     ) -> Result<UserTokens, CoreError> {
         let now = self.now().timestamp();
         let ttl = i64::from(profile.access_token_ttl_secs);
@@ -734,10 +775,13 @@ impl Identity {
             tid: profile.tenant_id.to_string(),
             pid: profile.project_id.to_string(),
             amr: Some(amr.to_vec()),
-            role,
+            // In an organization, the member's role there stands for the user's own.
+            role: org.map(|o| o.role.clone()).or(role),
             // An OpenID client's session: its id and granted scope (RFC 9068).
             scope: oidc.map(|g| g.scope.to_owned()),
             client_id: oidc.map(|g| g.client_id.to_owned()),
+            org_id: org.map(|o| o.id.to_string()),
+            permissions: org.map(|o| o.permissions.clone()),
         };
         Ok(UserTokens {
             scope: claims.scope.clone(),
@@ -806,6 +850,8 @@ impl Identity {
             role: None,
             scope: Some(scope.clone()),
             client_id: Some(client_id.to_owned()),
+            org_id: None,
+            permissions: None,
         };
         let keys = self.inner.keys.keyset(&profile).await?;
         let access_token = keys.sign(&claims)?;

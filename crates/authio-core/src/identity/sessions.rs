@@ -192,6 +192,8 @@ pub(crate) fn amr_still_offered(amr: &[String], offers: &(dyn Fn(&str) -> bool +
 pub struct RefreshHolds<'a> {
     pub expected_client: Option<&'a str>,
     pub offers: &'a (dyn Fn(&str) -> bool + Sync),
+    /// Switch the session to this organization (an active membership only).
+    pub organization: Option<Uuid>,
 }
 
 /// A successful refresh: what the new access token needs.
@@ -202,6 +204,8 @@ pub struct Refreshed {
     pub amr: Vec<String>,
     pub role: Option<String>,
     pub refresh_token: String,
+    /// The organization the session acts for now, with the member's role there.
+    pub org: Option<crate::identity::auth::OrgContext>,
     /// The OpenID client that started the session, and the scope it was granted.
     pub client_id: Option<String>,
     pub scope: Option<String>,
@@ -219,7 +223,7 @@ pub async fn refresh(
     client: &ClientInfo,
     holds: RefreshHolds<'_>,
 ) -> Result<Refreshed, CoreError> {
-    let RefreshHolds { expected_client, offers } = holds;
+    let RefreshHolds { expected_client, offers, organization } = holds;
     let project = project_of(scope)?;
     let now = clock.now();
     let hash = token_hash.to_vec();
@@ -230,8 +234,9 @@ pub async fn refresh(
     let tx = router.begin(scope).await?;
     let row = tx
         .query_one(
-            "SELECT status, session_id, user_id, amr, role, client_id, scope, within_grace
-             FROM authio_refresh_rotate($1, $2, $3, $4, $5, $6, $7, $8)",
+            "SELECT status, session_id, user_id, amr, role, client_id, scope, within_grace, organization_id, org_role,
+                    org_permissions
+             FROM authio_refresh_rotate($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 (&scope.tenant_id, Type::UUID),
                 (&project, Type::UUID),
@@ -241,6 +246,7 @@ pub async fn refresh(
                 (&idle, Type::INT4),
                 (&grace, Type::INT4),
                 (&expected_client, Type::TEXT),
+                (&organization, Type::UUID),
             ],
         )
         .await?;
@@ -263,6 +269,8 @@ pub async fn refresh(
         "ended" => return Err(CoreError::InvalidGrant("the session has ended")),
         // RFC 6749 6: a refresh token is bound to the client it was issued to.
         "wrong_client" => return Err(CoreError::InvalidGrant("the refresh token was not issued to this client")),
+        // Nothing was rotated: the token still works, outside that organization.
+        "not_member" => return Err(CoreError::NotAMember),
         _ => return Err(CoreError::InvalidGrant("the refresh token is invalid")),
     }
     let (sid, user): (Uuid, Uuid) = (row.col("session_id")?, row.col("user_id")?);
@@ -294,13 +302,24 @@ pub async fn refresh(
         refresh_token,
         client_id: row.col("client_id")?,
         scope: row.col("scope")?,
+        org: match (row.col::<Option<Uuid>>("organization_id")?, row.col::<Option<String>>("org_role")?) {
+            (Some(id), Some(role)) => Some(crate::identity::auth::OrgContext {
+                id,
+                role,
+                permissions: row.col::<Option<Vec<String>>>("org_permissions")?.unwrap_or_default(),
+            }),
+            _ => None,
+        },
     };
     let event = audit::Event {
         action: crate::audit::AuditAction::TokenRefreshed,
         actor: audit::Actor::user(user, None),
         target: Some(("session", sid.to_string())),
         client,
-        metadata: serde_json::json!({"within_grace": within_grace}),
+        metadata: serde_json::json!({
+            "within_grace": within_grace,
+            "organization_id": refreshed.org.as_ref().map(|o| o.id),
+        }),
     };
     audit::record_and_commit(tx, scope, event, now).await?;
     Ok(refreshed)

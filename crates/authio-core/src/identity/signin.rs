@@ -495,6 +495,7 @@ impl Identity {
             user.role.clone(),
             session.refresh_token,
             oidc,
+            None,
         )
     }
 

@@ -33,7 +33,20 @@ use crate::{Clock, CoreError};
 pub const SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
 pub const GRANTS: [&str; 2] = ["authorization_code", "refresh_token"];
 
-/// A code exchange's request: the code and what must match it.
+/// A token request's code exchange: the code and what must match it.
+#[derive(Clone, Copy, Debug)]
+pub struct CodeExchange<'a> {
+    pub code: &'a str,
+    pub redirect_uri: &'a str,
+    /// The PKCE verifier (RFC 7636).
+    pub verifier: Option<&'a str>,
+    /// The client that authenticated (`None`: a hosted sign-in's code, for no client).
+    pub client: Option<&'a OidcClient>,
+    /// RFC 8707 `resource` of the token request.
+    pub resource: Option<&'a str>,
+}
+
+/// The same, as checked (and, for the console, of one project only).
 struct CodeRequest<'a> {
     code: &'a str,
     redirect_uri: &'a str,
@@ -712,16 +725,13 @@ impl Provider {
     #[tracing::instrument(level = "debug", name = "oidc::exchange_code", skip_all)]
     pub async fn exchange_code(
         &self,
-        code: &str,
-        redirect_uri: &str,
-        verifier: Option<&str>,
-        client: Option<&OidcClient>,
-        resource: Option<&str>,
+        req: CodeExchange<'_>,
         info: &ClientInfo,
         ip: Option<IpAddr>,
     ) -> Result<OidcTokens, CoreError> {
-        let who = guesser(client, ip);
+        let who = guesser(req.client, ip);
         self.identity.refuse_guesser_as(&who).await?;
+        let CodeExchange { code, redirect_uri, verifier, client, resource } = req;
         let req = CodeRequest { code, redirect_uri, verifier, client, resource, only_project: None };
         let result = self.exchange_code_unjudged(req, info).await;
         self.identity.judge_as(&who, result).await

@@ -346,7 +346,17 @@ pub async fn token(
             let presented =
                 form.get("refresh_token").ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
             let ip = client_ip(&state, connect.as_ref(), &headers);
-            let t = state.identity.refresh(presented, &client_info(&headers, ip), ip).await?;
+            // Switch the session to one of the user's organizations (an active member only).
+            let organization = match form.get("organization_id") {
+                None => None,
+                Some(o) => Some(
+                    uuid::Uuid::parse_str(o)
+                        .map_err(|_| OAuthError::invalid_request("organization_id must be a UUID"))?,
+                ),
+            };
+            let req = authio_core::identity::auth::RefreshRequest { presented, organization, ..Default::default() };
+            let who = authio_core::identity::signin::Guesser::Address(ip);
+            let t = state.identity.refresh_for(req, &client_info(&headers, ip), &who).await?;
             Ok(no_store(StatusCode::OK, Json(TokenResponse::from(t))))
         }
         Some("authorization_code") => {
@@ -360,11 +370,13 @@ pub async fn token(
             let t = state
                 .oidc
                 .exchange_code(
-                    code,
-                    redirect_uri,
-                    Some(verifier),
-                    None,
-                    form.get("resource"),
+                    authio_core::oidc::CodeExchange {
+                        code,
+                        redirect_uri,
+                        verifier: Some(verifier),
+                        client: None,
+                        resource: form.get("resource"),
+                    },
                     &client_info(&headers, ip),
                     ip,
                 )

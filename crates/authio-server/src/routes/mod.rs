@@ -6,6 +6,7 @@ pub mod health;
 pub mod hosted;
 pub mod manage;
 pub mod oidc;
+pub mod orgs;
 pub mod passwordless;
 pub mod users;
 
@@ -23,6 +24,23 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/v1/projects/{project_id}/m2m-clients/{id}", axum::routing::delete(manage::revoke_client))
         .route("/v1/projects/{project_id}/users/{user_id}/sessions", get(manage::list_sessions))
         .route("/v1/projects/{project_id}/sessions/{session_id}", axum::routing::delete(manage::revoke_session))
+        .route("/v1/projects/{project_id}/organizations", get(orgs::list_organizations).post(orgs::create_organization))
+        .route(
+            "/v1/projects/{project_id}/organizations/{id}",
+            get(orgs::get_organization).patch(orgs::update_organization).delete(orgs::delete_organization),
+        )
+        .route("/v1/projects/{project_id}/organizations/{id}/members", get(orgs::list_members).post(orgs::add_member))
+        .route(
+            "/v1/projects/{project_id}/organizations/{id}/members/{user_id}",
+            axum::routing::patch(orgs::update_member).delete(orgs::remove_member),
+        )
+        .route("/v1/projects/{project_id}/roles", get(orgs::list_roles).post(orgs::create_role))
+        .route(
+            "/v1/projects/{project_id}/roles/{id}",
+            axum::routing::patch(orgs::update_role).delete(orgs::delete_role),
+        )
+        .route("/v1/projects/{project_id}/permissions", get(orgs::list_permissions).post(orgs::define_permission))
+        .route("/v1/projects/{project_id}/permissions/{slug}", axum::routing::delete(orgs::delete_permission))
         .route("/v1/projects/{project_id}/settings", get(manage::get_settings).patch(manage::update_settings))
         .route("/v1/projects/{project_id}/audit-events", get(manage::list_audit_events))
         .route("/v1/projects/{project_id}/audit-events/export", get(manage::export_audit_events))

@@ -282,11 +282,13 @@ pub async fn token(
             let t = state
                 .oidc
                 .exchange_code(
-                    code,
-                    redirect_uri,
-                    form.get("code_verifier"),
-                    Some(&client),
-                    form.get("resource"),
+                    oidc::CodeExchange {
+                        code,
+                        redirect_uri,
+                        verifier: form.get("code_verifier"),
+                        client: Some(&client),
+                        resource: form.get("resource"),
+                    },
                     &info,
                     ip,
                 )
@@ -309,10 +311,13 @@ pub async fn token(
                 form.get("refresh_token").ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
             let who = authio_core::oidc::guesser(Some(&client), ip);
             let resource = client.resource(form.get("resource"))?;
-            let t = state
-                .identity
-                .refresh_for(presented, Some(&client.client_id), resource.as_deref(), &info, &who)
-                .await?;
+            let req = authio_core::identity::auth::RefreshRequest {
+                presented,
+                oidc_client: Some(&client.client_id),
+                resource: resource.as_deref(),
+                organization: None,
+            };
+            let t = state.identity.refresh_for(req, &info, &who).await?;
             Ok(no_store(
                 StatusCode::OK,
                 Json(OidcTokenResponse {

@@ -1,0 +1,191 @@
+-- Organizations inside a project (the project's own customers), the roles and permissions a
+-- project defines, and users' memberships. Every row lives at the tenant's home, beside the
+-- users, under the project scope and the home fence, and moves with the tenant.
+
+-- The permissions a project defines: the slugs its roles may list.
+CREATE TABLE permissions (
+    tenant_id uuid NOT NULL,
+    project_id uuid NOT NULL,
+    slug text NOT NULL CHECK (slug ~ '^[a-z0-9][a-z0-9:._-]{0,62}$'),
+    description text CHECK (description IS NULL OR length(description) <= 500),
+    created_at timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, project_id, slug)
+);
+
+-- Roles: a slug, a name and the permissions they grant. One may be the project's default for
+-- new members.
+CREATE TABLE roles (
+    tenant_id uuid NOT NULL,
+    project_id uuid NOT NULL,
+    id uuid NOT NULL,
+    slug text NOT NULL CHECK (slug ~ '^[a-z0-9][a-z0-9_-]{0,62}$'),
+    name text NOT NULL CHECK (length(name) BETWEEN 1 AND 100),
+    permissions text[] NOT NULL DEFAULT '{}' CHECK (cardinality(permissions) <= 200),
+    is_default boolean NOT NULL DEFAULT false,
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, id),
+    UNIQUE (tenant_id, project_id, slug)
+);
+CREATE UNIQUE INDEX roles_one_default ON roles (tenant_id, project_id) WHERE is_default;
+
+CREATE TABLE organizations (
+    tenant_id uuid NOT NULL,
+    project_id uuid NOT NULL,
+    id uuid NOT NULL,
+    slug text NOT NULL CHECK (slug ~ '^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$'),
+    name text NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
+    external_id text CHECK (external_id IS NULL OR length(external_id) BETWEEN 1 AND 200),
+    metadata jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(metadata) = 'object' AND length(metadata::text) <= 16384),
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, id),
+    UNIQUE (tenant_id, project_id, slug),
+    UNIQUE (tenant_id, project_id, external_id)
+);
+CREATE INDEX organizations_project ON organizations (tenant_id, project_id, id);
+
+-- A user's membership of an organization, with its role. A role in use cannot be deleted
+-- (the foreign key refuses it), and deleting an organization or a user ends its memberships.
+CREATE TABLE memberships (
+    tenant_id uuid NOT NULL,
+    project_id uuid NOT NULL,
+    organization_id uuid NOT NULL,
+    user_id uuid NOT NULL,
+    role_id uuid NOT NULL,
+    status text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'invited', 'deactivated')),
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, organization_id, user_id),
+    FOREIGN KEY (tenant_id, organization_id) REFERENCES organizations (tenant_id, id) ON DELETE CASCADE,
+    FOREIGN KEY (tenant_id, user_id) REFERENCES users (tenant_id, id) ON DELETE CASCADE,
+    FOREIGN KEY (tenant_id, role_id) REFERENCES roles (tenant_id, id)
+);
+CREATE INDEX memberships_user ON memberships (tenant_id, user_id);
+CREATE INDEX memberships_role ON memberships (tenant_id, role_id);
+
+-- A session may act for one organization of its user (its access tokens say which).
+ALTER TABLE sessions ADD COLUMN organization_id uuid;
+
+ALTER TABLE permissions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE permissions FORCE ROW LEVEL SECURITY;
+ALTER TABLE roles ENABLE ROW LEVEL SECURITY;
+ALTER TABLE roles FORCE ROW LEVEL SECURITY;
+ALTER TABLE organizations ENABLE ROW LEVEL SECURITY;
+ALTER TABLE organizations FORCE ROW LEVEL SECURITY;
+ALTER TABLE memberships ENABLE ROW LEVEL SECURITY;
+ALTER TABLE memberships FORCE ROW LEVEL SECURITY;
+
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['permissions', 'roles', 'organizations', 'memberships'] LOOP
+        EXECUTE format('CREATE POLICY owner_all ON %I TO authio_owner USING (true) WITH CHECK (true)', t);
+        EXECUTE format($p$CREATE POLICY project_scope_at_home ON %I
+            USING (tenant_id = (select nullif(current_setting('authio.tenant_id', true), '')::uuid)
+               AND project_id = (select nullif(current_setting('authio.project_id', true), '')::uuid)
+               AND (select authio_tenant_at_home(nullif(current_setting('authio.tenant_id', true), '')::uuid)))
+            WITH CHECK (tenant_id = (select nullif(current_setting('authio.tenant_id', true), '')::uuid)
+               AND project_id = (select nullif(current_setting('authio.project_id', true), '')::uuid)
+               AND (select authio_tenant_at_home(nullif(current_setting('authio.tenant_id', true), '')::uuid)))$p$, t);
+    END LOOP;
+END
+$$;
+
+REVOKE ALL ON permissions, roles, organizations, memberships FROM PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON permissions, roles, organizations, memberships TO authio_app;
+
+-- The refresh rotation learns organizations: it may switch the session to another
+-- organization of its user (`p_org`, an active membership only: status `not_member`
+-- otherwise), and returns the session's organization with the member's role and permissions
+-- as they are now, so a role change shows at the next refresh, in the same round trip.
+DROP FUNCTION authio_refresh_rotate(uuid, uuid, bytea, bytea, timestamptz, integer, integer, text);
+CREATE FUNCTION authio_refresh_rotate(p_tenant uuid, p_project uuid, p_hash bytea, p_new_hash bytea,
+                                      p_now timestamptz, p_idle_secs integer, p_grace_secs integer, p_client text,
+                                      p_org uuid)
+RETURNS TABLE (status text, session_id uuid, user_id uuid, amr text[], role text, client_id text, scope text,
+               within_grace boolean, organization_id uuid, org_role text, org_permissions text[])
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public
+AS $$
+DECLARE
+    tok record;
+    r record;
+    m record;
+    org uuid;
+BEGIN
+    -- Token, then session, then user, each by its primary key: one join would let a stale
+    -- row estimate drive the lookup from the wrong side (seen: a scan of every session).
+    SELECT rt.session_id, rt.used_at INTO tok
+      FROM public.refresh_tokens rt
+     WHERE rt.tenant_id = p_tenant AND rt.token_hash = p_hash
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'invalid'::text, NULL::uuid, NULL::uuid, NULL::text[], NULL::text, NULL::text, NULL::text, false,
+                            NULL::uuid, NULL::text, NULL::text[];
+        RETURN;
+    END IF;
+    SELECT s.id AS sid, tok.used_at AS used_at, s.user_id AS uid, s.amr AS s_amr, s.revoked_at, s.idle_expires_at,
+           s.absolute_expires_at, s.client_id AS s_client, s.scope AS s_scope, s.organization_id AS s_org,
+           u.disabled, u.role AS u_role
+      INTO r
+      FROM public.sessions s, LATERAL (SELECT x.disabled, x.role FROM public.users x
+                                       WHERE x.tenant_id = p_tenant AND x.id = s.user_id) u
+     WHERE s.tenant_id = p_tenant AND s.id = tok.session_id
+       FOR UPDATE OF s;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'invalid'::text, NULL::uuid, NULL::uuid, NULL::text[], NULL::text, NULL::text, NULL::text, false,
+                            NULL::uuid, NULL::text, NULL::text[];
+        RETURN;
+    END IF;
+    IF r.s_client IS DISTINCT FROM p_client THEN
+        RETURN QUERY SELECT 'wrong_client'::text, NULL::uuid, NULL::uuid, NULL::text[], NULL::text, NULL::text, NULL::text, false,
+                            NULL::uuid, NULL::text, NULL::text[];
+        RETURN;
+    END IF;
+    IF r.revoked_at IS NOT NULL OR p_now >= r.idle_expires_at OR p_now >= r.absolute_expires_at OR r.disabled THEN
+        RETURN QUERY SELECT 'ended'::text, r.sid, r.uid, NULL::text[], NULL::text, NULL::text, NULL::text, false,
+                            NULL::uuid, NULL::text, NULL::text[];
+        RETURN;
+    END IF;
+    IF r.used_at IS NOT NULL AND p_now - r.used_at > make_interval(secs => p_grace_secs) THEN
+        UPDATE public.sessions s SET revoked_at = coalesce(s.revoked_at, p_now),
+                                     revoked_reason = coalesce(s.revoked_reason, 'refresh_token_reused')
+         WHERE s.tenant_id = p_tenant AND s.id = r.sid;
+        RETURN QUERY SELECT 'reused'::text, r.sid, r.uid, NULL::text[], NULL::text, NULL::text, NULL::text, false,
+                            NULL::uuid, NULL::text, NULL::text[];
+        RETURN;
+    END IF;
+    -- The organization the new tokens are for, and the member's role in it now. A membership
+    -- that ended (or was deactivated) takes the session out of the organization.
+    org := coalesce(p_org, r.s_org);
+    IF org IS NOT NULL THEN
+        SELECT ro.slug, ro.permissions INTO m
+          FROM public.memberships ms JOIN public.roles ro ON ro.tenant_id = ms.tenant_id AND ro.id = ms.role_id
+         WHERE ms.tenant_id = p_tenant AND ms.organization_id = org AND ms.user_id = r.uid AND ms.status = 'active';
+        IF NOT FOUND THEN
+            IF p_org IS NOT NULL THEN
+                RETURN QUERY SELECT 'not_member'::text, r.sid, r.uid, NULL::text[], NULL::text, NULL::text, NULL::text,
+                                    false, NULL::uuid, NULL::text, NULL::text[];
+                RETURN;
+            END IF;
+            org := NULL;
+        END IF;
+    END IF;
+    IF r.used_at IS NULL THEN
+        UPDATE public.refresh_tokens x SET used_at = p_now WHERE x.tenant_id = p_tenant AND x.token_hash = p_hash;
+    END IF;
+    UPDATE public.sessions s
+       SET last_active_at = p_now,
+           idle_expires_at = least(p_now + make_interval(secs => p_idle_secs), r.absolute_expires_at),
+           organization_id = org
+     WHERE s.tenant_id = p_tenant AND s.id = r.sid;
+    INSERT INTO public.refresh_tokens (tenant_id, project_id, token_hash, session_id, created_at)
+    VALUES (p_tenant, p_project, p_new_hash, r.sid, p_now);
+    RETURN QUERY SELECT 'ok'::text, r.sid, r.uid, r.s_amr, r.u_role, r.s_client, r.s_scope, r.used_at IS NOT NULL,
+                        org, CASE WHEN org IS NULL THEN NULL ELSE m.slug END,
+                        CASE WHEN org IS NULL THEN NULL ELSE m.permissions END;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION authio_refresh_rotate(uuid, uuid, bytea, bytea, timestamptz, integer, integer, text, uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION authio_refresh_rotate(uuid, uuid, bytea, bytea, timestamptz, integer, integer, text, uuid) TO authio_app;

@@ -111,8 +111,11 @@ AS $$
 DECLARE
     tok record;
     r record;
-    m record;
     org uuid;
+    -- Plain variables, not a record: a record never assigned cannot be read, even in a branch
+    -- not taken.
+    m_role text;
+    m_permissions text[];
 BEGIN
     -- Token, then session, then user, each by its primary key: one join would let a stale
     -- row estimate drive the lookup from the wrong side (seen: a scan of every session).
@@ -160,7 +163,7 @@ BEGIN
     -- that ended (or was deactivated) takes the session out of the organization.
     org := coalesce(p_org, r.s_org);
     IF org IS NOT NULL THEN
-        SELECT ro.slug, ro.permissions INTO m
+        SELECT ro.slug, ro.permissions INTO m_role, m_permissions
           FROM public.memberships ms JOIN public.roles ro ON ro.tenant_id = ms.tenant_id AND ro.id = ms.role_id
          WHERE ms.tenant_id = p_tenant AND ms.organization_id = org AND ms.user_id = r.uid AND ms.status = 'active';
         IF NOT FOUND THEN
@@ -183,8 +186,7 @@ BEGIN
     INSERT INTO public.refresh_tokens (tenant_id, project_id, token_hash, session_id, created_at)
     VALUES (p_tenant, p_project, p_new_hash, r.sid, p_now);
     RETURN QUERY SELECT 'ok'::text, r.sid, r.uid, r.s_amr, r.u_role, r.s_client, r.s_scope, r.used_at IS NOT NULL,
-                        org, CASE WHEN org IS NULL THEN NULL ELSE m.slug END,
-                        CASE WHEN org IS NULL THEN NULL ELSE m.permissions END;
+                        org, m_role, m_permissions;
 END
 $$;
 REVOKE EXECUTE ON FUNCTION authio_refresh_rotate(uuid, uuid, bytea, bytea, timestamptz, integer, integer, text, uuid) FROM PUBLIC;

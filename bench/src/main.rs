@@ -30,6 +30,7 @@ use uuid::Uuid;
 
 mod moves;
 mod oidc;
+mod orgs;
 mod otp;
 
 const USERS_PER_TENANT: i64 = 1_000;
@@ -70,6 +71,7 @@ async fn main() -> Result<()> {
         "audit" => audit_cost(&env, secs, rounds).await?,
         "otp" => otp::otp(&env, secs, rounds).await?,
         "oidc" => oidc::oidc(&env, secs, rounds).await?,
+        "orgs" => orgs::orgs(&env, secs, rounds).await?,
         "all" => {
             tiers(&env, secs, rounds).await?;
             scoped(&env, secs, rounds).await?;
@@ -78,9 +80,10 @@ async fn main() -> Result<()> {
             audit_cost(&env, secs, rounds).await?;
             otp::otp(&env, secs, rounds).await?;
             oidc::oidc(&env, secs, rounds).await?;
+            orgs::orgs(&env, secs, rounds).await?;
         }
         other => {
-            bail!("unknown benchmark {other:?}: tiers | scoped | tokens | signin | audit | otp | oidc | all | move | routing-memory")
+            bail!("unknown benchmark {other:?}: tiers | scoped | tokens | signin | audit | otp | oidc | orgs | all | move | routing-memory")
         }
     }
     Ok(())

@@ -133,6 +133,41 @@ async fn a_tenant_moves_to_dedicated_and_back_under_load_through_two_instances_l
     let dedicated = provision_dedicated(&app1.shared, &moving.tenant).await;
     let key = test_master_key();
 
+    // Organizations move with the tenant: a permission, a role, an organization, and a member
+    // whose session acts for it.
+    let manage = |path: &str, body: Value| {
+        app1.http
+            .post(app1.url(&format!("/v1/projects/{}{path}", moving.project.id)))
+            .bearer_auth(&moving.api_key.plaintext)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(manage("/permissions", json!({"slug": "read:invoices"})).await.unwrap().status(), StatusCode::CREATED);
+    let r = manage(
+        "/roles",
+        json!({"slug": "member", "name": "Member", "permissions": ["read:invoices"], "is_default": true}),
+    );
+    assert_eq!(r.await.unwrap().status(), StatusCode::CREATED);
+    let org: Value =
+        manage("/organizations", json!({"name": "Initech", "slug": "initech"})).await.unwrap().json().await.unwrap();
+    let org_id = org["id"].as_str().unwrap().to_owned();
+    let member = sign_up(&app1, moving.project.id, "moving-org-member@example.com").await;
+    let r = manage(&format!("/organizations/{org_id}/members"), json!({"user_id": member["user_id"]}));
+    assert_eq!(r.await.unwrap().status(), StatusCode::CREATED);
+    let r = app1
+        .http
+        .post(app1.url("/v1/auth/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", member["refresh_token"].as_str().unwrap()),
+            ("organization_id", org_id.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let in_org: Value = r.json().await.unwrap();
+
     let load = Load::start(&[&app1, &app2], &moving, "moving", 4, 2, true);
     let bystander = Load::start(&[&app1, &app2], &other, "bystander", 2, 1, false);
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -186,6 +221,16 @@ async fn a_tenant_moves_to_dedicated_and_back_under_load_through_two_instances_l
     // The audit chain moved with the tenant and still verifies at its home.
     let reports = app1.control.verify_audit(&t, Some(&key)).await.unwrap();
     assert!(!reports.is_empty() && reports.iter().all(|r| r.first_broken.is_none()), "{reports:?}");
+    // The organization rows came back (each move's checks compared every home table's
+    // checksum), and the session still acts for the organization with the member's role.
+    for table in ["permissions", "roles", "organizations", "memberships"] {
+        assert_eq!(count(&app1.shared.admin_url, table, t.id).await, 1, "{table}");
+    }
+    let (st, t2) = refresh(&app1, in_org["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(st, StatusCode::OK, "{t2}");
+    let claims = claims_of(t2["access_token"].as_str().unwrap());
+    assert_eq!((claims["org_id"].as_str(), claims["role"].as_str()), (Some(org_id.as_str()), Some("member")));
+    assert_eq!(claims["permissions"], json!(["read:invoices"]));
 }
 
 #[tokio::test]

@@ -49,13 +49,19 @@ BEGIN
         status := 'missing';
         RETURN;
     END IF;
-    SELECT d.host INTO h FROM public.custom_domains d WHERE d.tenant_id = p_tenant AND d.id = p_id FOR UPDATE;
+    -- The host first without a row lock, then the host's lock, then the row: provers of one host
+    -- take their locks in the same order (row first, then host, could deadlock two of them).
+    SELECT d.host INTO h FROM public.custom_domains d WHERE d.tenant_id = p_tenant AND d.id = p_id;
     IF h IS NULL THEN
         status := 'missing';
         RETURN;
     END IF;
-    -- Serialises provers of one host.
     PERFORM pg_advisory_xact_lock(hashtextextended('authio_domain:' || h, 0));
+    PERFORM 1 FROM public.custom_domains d WHERE d.tenant_id = p_tenant AND d.id = p_id FOR UPDATE;
+    IF NOT FOUND THEN
+        status := 'missing';
+        RETURN;
+    END IF;
     IF EXISTS (SELECT 1 FROM public.custom_domains d
                WHERE d.host = h AND d.verified_at IS NOT NULL AND NOT (d.tenant_id = p_tenant AND d.id = p_id)) THEN
         status := 'taken';

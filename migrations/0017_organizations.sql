@@ -64,8 +64,12 @@ CREATE TABLE memberships (
 CREATE INDEX memberships_user ON memberships (tenant_id, user_id);
 CREATE INDEX memberships_role ON memberships (tenant_id, role_id);
 
--- A session may act for one organization of its user (its access tokens say which).
-ALTER TABLE sessions ADD COLUMN organization_id uuid;
+-- A session may act for one organization of its user (its access tokens say which), and an
+-- OpenID client's session keeps the resource (RFC 8707) its grant named: its refreshes are for
+-- that resource unless they name it again.
+ALTER TABLE sessions
+    ADD COLUMN organization_id uuid,
+    ADD COLUMN resource text CHECK (resource IS NULL OR length(resource) <= 512);
 
 ALTER TABLE permissions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE permissions FORCE ROW LEVEL SECURITY;
@@ -105,7 +109,7 @@ CREATE FUNCTION authio_refresh_rotate(p_tenant uuid, p_project uuid, p_hash byte
                                       p_now timestamptz, p_idle_secs integer, p_grace_secs integer, p_client text,
                                       p_org uuid)
 RETURNS TABLE (status text, session_id uuid, user_id uuid, amr text[], role text, client_id text, scope text,
-               within_grace boolean, organization_id uuid, org_role text, org_permissions text[])
+               within_grace boolean, organization_id uuid, org_role text, org_permissions text[], resource text)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public
 AS $$
 DECLARE
@@ -125,11 +129,12 @@ BEGIN
        FOR UPDATE;
     IF NOT FOUND THEN
         RETURN QUERY SELECT 'invalid'::text, NULL::uuid, NULL::uuid, NULL::text[], NULL::text, NULL::text, NULL::text, false,
-                            NULL::uuid, NULL::text, NULL::text[];
+                            NULL::uuid, NULL::text, NULL::text[], NULL::text;
         RETURN;
     END IF;
     SELECT s.id AS sid, tok.used_at AS used_at, s.user_id AS uid, s.amr AS s_amr, s.revoked_at, s.idle_expires_at,
            s.absolute_expires_at, s.client_id AS s_client, s.scope AS s_scope, s.organization_id AS s_org,
+           s.resource AS s_resource,
            u.disabled, u.role AS u_role
       INTO r
       FROM public.sessions s, LATERAL (SELECT x.disabled, x.role FROM public.users x
@@ -138,17 +143,17 @@ BEGIN
        FOR UPDATE OF s;
     IF NOT FOUND THEN
         RETURN QUERY SELECT 'invalid'::text, NULL::uuid, NULL::uuid, NULL::text[], NULL::text, NULL::text, NULL::text, false,
-                            NULL::uuid, NULL::text, NULL::text[];
+                            NULL::uuid, NULL::text, NULL::text[], NULL::text;
         RETURN;
     END IF;
     IF r.s_client IS DISTINCT FROM p_client THEN
         RETURN QUERY SELECT 'wrong_client'::text, NULL::uuid, NULL::uuid, NULL::text[], NULL::text, NULL::text, NULL::text, false,
-                            NULL::uuid, NULL::text, NULL::text[];
+                            NULL::uuid, NULL::text, NULL::text[], NULL::text;
         RETURN;
     END IF;
     IF r.revoked_at IS NOT NULL OR p_now >= r.idle_expires_at OR p_now >= r.absolute_expires_at OR r.disabled THEN
         RETURN QUERY SELECT 'ended'::text, r.sid, r.uid, NULL::text[], NULL::text, NULL::text, NULL::text, false,
-                            NULL::uuid, NULL::text, NULL::text[];
+                            NULL::uuid, NULL::text, NULL::text[], NULL::text;
         RETURN;
     END IF;
     IF r.used_at IS NOT NULL AND p_now - r.used_at > make_interval(secs => p_grace_secs) THEN
@@ -156,7 +161,7 @@ BEGIN
                                      revoked_reason = coalesce(s.revoked_reason, 'refresh_token_reused')
          WHERE s.tenant_id = p_tenant AND s.id = r.sid;
         RETURN QUERY SELECT 'reused'::text, r.sid, r.uid, NULL::text[], NULL::text, NULL::text, NULL::text, false,
-                            NULL::uuid, NULL::text, NULL::text[];
+                            NULL::uuid, NULL::text, NULL::text[], NULL::text;
         RETURN;
     END IF;
     -- The organization the new tokens are for, and the member's role in it now. A membership
@@ -169,7 +174,7 @@ BEGIN
         IF NOT FOUND THEN
             IF p_org IS NOT NULL THEN
                 RETURN QUERY SELECT 'not_member'::text, r.sid, r.uid, NULL::text[], NULL::text, NULL::text, NULL::text,
-                                    false, NULL::uuid, NULL::text, NULL::text[];
+                                    false, NULL::uuid, NULL::text, NULL::text[], NULL::text;
                 RETURN;
             END IF;
             org := NULL;
@@ -186,7 +191,7 @@ BEGIN
     INSERT INTO public.refresh_tokens (tenant_id, project_id, token_hash, session_id, created_at)
     VALUES (p_tenant, p_project, p_new_hash, r.sid, p_now);
     RETURN QUERY SELECT 'ok'::text, r.sid, r.uid, r.s_amr, r.u_role, r.s_client, r.s_scope, r.used_at IS NOT NULL,
-                        org, m_role, m_permissions;
+                        org, m_role, m_permissions, r.s_resource;
 END
 $$;
 REVOKE EXECUTE ON FUNCTION authio_refresh_rotate(uuid, uuid, bytea, bytea, timestamptz, integer, integer, text, uuid) FROM PUBLIC;

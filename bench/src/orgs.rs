@@ -69,11 +69,11 @@ pub async fn orgs(env: &Env, secs: u64, rounds: usize) -> Result<()> {
     // n fresh refresh tokens, as token request bodies: each from a hosted sign-in's code
     // exchanged in process; `in_org` sessions are switched into the organization first.
     let bodies = |n: usize, side: usize| {
-        let (state, scope, users, ret) = (state.clone(), scope.clone(), users.clone(), ret.clone());
+        let (state, scope, users, ret) = (state.clone(), scope, users.clone(), ret.clone());
         async move {
             let made: Vec<Result<String>> = futures_util::stream::iter(0..n)
                 .map(|i| {
-                    let (state, scope, ret) = (state.clone(), scope.clone(), ret.clone());
+                    let (state, scope, ret) = (state.clone(), scope, ret.clone());
                     let user = SignedInUser { user_id: users[i % users.len()], role: None, created: false };
                     async move {
                         let location = state.identity.issue_signin_code(&scope, &user, &["pwd"], &ret).await?;

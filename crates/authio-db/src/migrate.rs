@@ -49,6 +49,7 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0016_resource_indicators.sql"),
     },
     Migration { version: 17, name: "organizations", sql: include_str!("../../../migrations/0017_organizations.sql") },
+    Migration { version: 18, name: "email_nfc", sql: include_str!("../../../migrations/0018_email_nfc.sql") },
 ];
 
 const BOOTSTRAP_ROLES: &str = r#"

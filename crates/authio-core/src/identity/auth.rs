@@ -726,13 +726,14 @@ impl Identity {
                 expected_client: oidc_client,
                 offers: &|method| presentation.offers(method),
                 organization,
+                resource,
             },
         )
         .await?;
         let oidc = r.client_id.as_deref().map(|c| ClientGrant {
             client_id: c,
             scope: r.scope.as_deref().unwrap_or(""),
-            resource,
+            resource: r.resource.as_deref(),
         });
         self.user_tokens(
             &keys,
@@ -912,7 +913,10 @@ impl Identity {
         if !self.access_token_live(&claims, &profile).await? {
             return Err(CoreError::InvalidToken("revoked"));
         }
-        if claims.role.as_deref() != Some("operator") {
+        // An organization session's `role` is the member's role in that organization, never a
+        // platform role (organizations are refused on the platform tenant; this is the second
+        // line).
+        if claims.role.as_deref() != Some("operator") || claims.org_id.is_some() {
             return Err(CoreError::Forbidden("this identity may not use the management API"));
         }
         Ok(claims)

@@ -82,8 +82,8 @@ impl SessionInfo {
 /// is checked at the end of the statement, when both rows exist.
 pub const START_SQL: &str = "WITH s AS (
         INSERT INTO sessions (tenant_id, project_id, id, user_id, amr, ip, user_agent, created_at, last_active_at,
-                              idle_expires_at, absolute_expires_at, client_id, scope)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $12, $13))
+                              idle_expires_at, absolute_expires_at, client_id, scope, resource)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $12, $13, $14))
     INSERT INTO refresh_tokens (tenant_id, project_id, token_hash, session_id, created_at)
     VALUES ($1, $2, $11, $3, $8)";
 
@@ -104,6 +104,7 @@ pub struct NewSession {
     hash: Vec<u8>,
     client_id: Option<String>,
     scope: Option<String>,
+    resource: Option<String>,
 }
 
 impl NewSession {
@@ -133,17 +134,19 @@ impl NewSession {
             hash: hash.to_vec(),
             client_id: None,
             scope: None,
+            resource: None,
         })
     }
 
     /// A session an OpenID client starts: its refresh tokens are that client's alone.
-    pub fn for_client(mut self, client_id: &str, scope: &str) -> Self {
+    pub fn for_client(mut self, client_id: &str, scope: &str, resource: Option<&str>) -> Self {
         self.client_id = Some(client_id.to_owned());
         self.scope = Some(scope.to_owned());
+        self.resource = resource.map(str::to_owned);
         self
     }
 
-    pub fn params(&self) -> [authio_db::Param<'_>; 13] {
+    pub fn params(&self) -> [authio_db::Param<'_>; 14] {
         [
             (&self.tenant, Type::UUID),
             (&self.project, Type::UUID),
@@ -158,6 +161,7 @@ impl NewSession {
             (&self.hash, Type::BYTEA),
             (&self.client_id, Type::TEXT),
             (&self.scope, Type::TEXT),
+            (&self.resource, Type::TEXT),
         ]
     }
 
@@ -194,6 +198,9 @@ pub struct RefreshHolds<'a> {
     pub offers: &'a (dyn Fn(&str) -> bool + Sync),
     /// Switch the session to this organization (an active membership only).
     pub organization: Option<Uuid>,
+    /// RFC 8707 `resource` of the refresh (checked against the client's registered ones): if
+    /// the session's grant named one, only that one.
+    pub resource: Option<&'a str>,
 }
 
 /// A successful refresh: what the new access token needs.
@@ -206,6 +213,8 @@ pub struct Refreshed {
     pub refresh_token: String,
     /// The organization the session acts for now, with the member's role there.
     pub org: Option<crate::identity::auth::OrgContext>,
+    /// The resource (RFC 8707) the new access token is for.
+    pub resource: Option<String>,
     /// The OpenID client that started the session, and the scope it was granted.
     pub client_id: Option<String>,
     pub scope: Option<String>,
@@ -223,7 +232,7 @@ pub async fn refresh(
     client: &ClientInfo,
     holds: RefreshHolds<'_>,
 ) -> Result<Refreshed, CoreError> {
-    let RefreshHolds { expected_client, offers, organization } = holds;
+    let RefreshHolds { expected_client, offers, organization, resource } = holds;
     let project = project_of(scope)?;
     let now = clock.now();
     let hash = token_hash.to_vec();
@@ -235,7 +244,7 @@ pub async fn refresh(
     let row = tx
         .query_one(
             "SELECT status, session_id, user_id, amr, role, client_id, scope, within_grace, organization_id, org_role,
-                    org_permissions
+                    org_permissions, resource
              FROM authio_refresh_rotate($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 (&scope.tenant_id, Type::UUID),
@@ -294,7 +303,17 @@ pub async fn refresh(
         return Err(CoreError::InvalidGrant("the session's sign-in method is no longer enabled for the project"));
     }
     let within_grace: bool = row.col("within_grace")?;
+    // RFC 8707 2.2: a refresh may narrow to the resource its grant named, not widen. Refused
+    // before the commit: nothing rotated.
+    let granted: Option<String> = row.col("resource")?;
+    let resource = match (resource, granted) {
+        (Some(asked), Some(g)) if asked != g => {
+            return Err(CoreError::InvalidTarget("the resource is not the one this session was granted"))
+        }
+        (asked, granted) => asked.map(str::to_owned).or(granted),
+    };
     let refreshed = Refreshed {
+        resource,
         session_id: sid,
         user_id: user,
         amr,

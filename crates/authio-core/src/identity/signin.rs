@@ -468,7 +468,7 @@ impl Identity {
         let now = self.now();
         let mut session = NewSession::new(scope, user.user_id, amr, client, &policy(&profile), now)?;
         if let Some(g) = oidc {
-            session = session.for_client(g.client_id, g.scope);
+            session = session.for_client(g.client_id, g.scope, g.resource);
         }
         let event = audit::EventRow::new(
             scope,

@@ -59,12 +59,16 @@ struct CodeRequest<'a> {
     only_project: Option<Uuid>,
 }
 
-/// Whom a token request's failed guesses count against: the confidential client that
-/// authenticated, else the address.
-pub fn guesser(client: Option<&OidcClient>, ip: Option<IpAddr>) -> Guesser {
-    match client {
-        Some(c) if !c.public => Guesser::Client(c.client_id.clone()),
-        _ => Guesser::Address(ip),
+/// Whom a failed refresh counts against: the confidential client that authenticated, when the
+/// refresh token names the client's own project (a backend with many users' stale tokens
+/// throttles itself, not its address); the address otherwise, so that a client of one
+/// project gets no guesses of its own at another project's tokens.
+pub fn refresh_guesser(client: &OidcClient, presented: &str, ip: Option<IpAddr>) -> Guesser {
+    let own = crate::identity::sessions::parse_refresh_token(presented).is_some_and(|(p, _)| p == client.project_id);
+    if own && !client.public {
+        Guesser::Client(client.client_id.clone())
+    } else {
+        Guesser::Address(ip)
     }
 }
 
@@ -729,7 +733,8 @@ impl Provider {
         info: &ClientInfo,
         ip: Option<IpAddr>,
     ) -> Result<OidcTokens, CoreError> {
-        let who = guesser(req.client, ip);
+        // Codes name no project until they are looked up: failures count against the address.
+        let who = Guesser::Address(ip);
         self.identity.refuse_guesser_as(&who).await?;
         let CodeExchange { code, redirect_uri, verifier, client, resource } = req;
         let req = CodeRequest { code, redirect_uri, verifier, client, resource, only_project: None };
@@ -824,6 +829,11 @@ impl Provider {
             return Err(BAD_CODE);
         }
         let user = SignedInUser { user_id, role: u.try_get(1)?, created: false };
+        // A code made before its sign-in method was turned off starts no session.
+        let presentation = self.identity.presentation(project).await?;
+        if !crate::identity::sessions::amr_still_offered(&amr, &|m| presentation.offers(m)) {
+            return Err(CoreError::InvalidGrant("the code's sign-in method is no longer enabled for the project"));
+        }
         let amr_refs: Vec<&str> = amr.iter().map(String::as_str).collect();
         let scopes: Vec<&str> = scope_text.as_deref().unwrap_or("").split(' ').filter(|s| !s.is_empty()).collect();
         // RFC 8707 2.2: the token request may name the resource the authorization request
@@ -899,6 +909,10 @@ impl Provider {
         let scopes: Vec<&str> = claims.scope.as_deref().unwrap_or("").split(' ').collect();
         if claims.client_id.is_none() || claims.sid.is_none() || !scopes.contains(&"openid") {
             return Err(CoreError::InvalidToken("not an OpenID Connect access token"));
+        }
+        // A token for another resource server (RFC 8707) is not for this one.
+        if claims.aud != profile.project_id.to_string() {
+            return Err(CoreError::InvalidToken("a token for another resource"));
         }
         if !self.identity.access_token_live(&claims, &profile).await? {
             return Err(CoreError::InvalidToken("revoked"));

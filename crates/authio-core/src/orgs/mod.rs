@@ -45,6 +45,16 @@ fn text_ok(s: &str, max: usize) -> bool {
     !s.trim().is_empty() && s.chars().count() <= max && !s.chars().any(char::is_control)
 }
 
+/// Organizations, roles and permissions are for customer projects: on the platform tenant a
+/// member's `role` claim would stand where the operator role is read.
+fn customer_scope(auth: &Authorized, permission: Permission) -> Result<&Scope, CoreError> {
+    let scope = auth.require(permission)?;
+    if scope.tenant_kind == authio_db::TenantKind::Platform {
+        return Err(CoreError::Forbidden("organizations are for customer projects, not the platform tenant"));
+    }
+    Ok(scope)
+}
+
 /// A unique key taken (`23505`) is the caller's conflict, not ours.
 fn taken(what: &'static str) -> impl Fn(DbError) -> CoreError {
     move |e| match e.sqlstate() {
@@ -152,7 +162,7 @@ pub async fn create_organization(
     new: &NewOrganization,
     client: &ClientInfo,
 ) -> Result<Organization, CoreError> {
-    let scope = auth.require(Permission::UsersManage)?;
+    let scope = customer_scope(auth, Permission::UsersManage)?;
     let project = project_of(scope)?;
     check_org_fields(Some(&new.name), Some(&new.slug), new.external_id.as_deref(), new.metadata.as_ref())?;
     let metadata = new.metadata.clone().unwrap_or_else(|| serde_json::json!({}));
@@ -261,7 +271,7 @@ pub async fn update_organization(
     patch: &OrganizationPatch,
     client: &ClientInfo,
 ) -> Result<Organization, CoreError> {
-    let scope = auth.require(Permission::UsersManage)?;
+    let scope = customer_scope(auth, Permission::UsersManage)?;
     project_of(scope)?;
     let ext = patch.external_id.clone().flatten();
     check_org_fields(patch.name.as_deref(), patch.slug.as_deref(), ext.as_deref(), patch.metadata.as_ref())?;
@@ -313,7 +323,7 @@ pub async fn delete_organization(
     id: Uuid,
     client: &ClientInfo,
 ) -> Result<(), CoreError> {
-    let scope = auth.require(Permission::UsersManage)?;
+    let scope = customer_scope(auth, Permission::UsersManage)?;
     project_of(scope)?;
     let now = crate::clock::now_as_stored(clock);
     let tx = router.begin(scope).await?;
@@ -360,7 +370,7 @@ pub async fn define_permission(
     new: &NewPermission,
     client: &ClientInfo,
 ) -> Result<PermissionDef, CoreError> {
-    let scope = auth.require(Permission::ProjectConfigure)?;
+    let scope = customer_scope(auth, Permission::ProjectConfigure)?;
     let project = project_of(scope)?;
     if !permission_slug_ok(&new.slug) {
         return Err(bad("slug (1-63 of a-z, 0-9, and : . _ -)"));
@@ -428,10 +438,15 @@ pub async fn delete_permission(
     slug: &str,
     client: &ClientInfo,
 ) -> Result<(), CoreError> {
-    let scope = auth.require(Permission::ProjectConfigure)?;
+    let scope = customer_scope(auth, Permission::ProjectConfigure)?;
     project_of(scope)?;
     let now = crate::clock::now_as_stored(clock);
     let tx = router.begin(scope).await?;
+    // The permission first (a role being written holds it FOR SHARE until it commits), then
+    // the roles that grant it.
+    tx.query_opt("SELECT slug FROM permissions WHERE slug = $1 FOR UPDATE", &[(&slug, Type::TEXT)])
+        .await?
+        .ok_or(CoreError::NotFound(Entity::Permission))?;
     let used =
         tx.query("SELECT slug FROM roles WHERE $1 = ANY (permissions) FOR UPDATE", &[(&slug, Type::TEXT)]).await?;
     if let Some(r) = used.first() {
@@ -526,7 +541,7 @@ pub async fn create_role(
     new: &NewRole,
     client: &ClientInfo,
 ) -> Result<Role, CoreError> {
-    let scope = auth.require(Permission::ProjectConfigure)?;
+    let scope = customer_scope(auth, Permission::ProjectConfigure)?;
     let project = project_of(scope)?;
     if !role_slug_ok(&new.slug) {
         return Err(bad("slug (1-63 of a-z, 0-9, _ and -)"));
@@ -589,7 +604,7 @@ pub async fn update_role(
     patch: &RolePatch,
     client: &ClientInfo,
 ) -> Result<Role, CoreError> {
-    let scope = auth.require(Permission::ProjectConfigure)?;
+    let scope = customer_scope(auth, Permission::ProjectConfigure)?;
     project_of(scope)?;
     if patch.name.as_deref().is_some_and(|n| !text_ok(n, 100)) {
         return Err(bad("name (1-100 characters)"));
@@ -642,7 +657,7 @@ pub async fn delete_role(
     id: Uuid,
     client: &ClientInfo,
 ) -> Result<(), CoreError> {
-    let scope = auth.require(Permission::ProjectConfigure)?;
+    let scope = customer_scope(auth, Permission::ProjectConfigure)?;
     project_of(scope)?;
     let now = crate::clock::now_as_stored(clock);
     let tx = router.begin(scope).await?;
@@ -739,7 +754,7 @@ pub async fn add_member(
     new: &NewMember,
     client: &ClientInfo,
 ) -> Result<Membership, CoreError> {
-    let scope = auth.require(Permission::UsersManage)?;
+    let scope = customer_scope(auth, Permission::UsersManage)?;
     let project = project_of(scope)?;
     if new.role.as_deref().is_some_and(|r| !role_slug_ok(r)) {
         return Err(bad("role (a role slug)"));
@@ -821,7 +836,7 @@ pub async fn update_member(
     patch: &MemberPatch,
     client: &ClientInfo,
 ) -> Result<Membership, CoreError> {
-    let scope = auth.require(Permission::UsersManage)?;
+    let scope = customer_scope(auth, Permission::UsersManage)?;
     project_of(scope)?;
     if patch.role.as_deref().is_some_and(|r| !role_slug_ok(r)) {
         return Err(bad("role (a role slug)"));
@@ -863,7 +878,7 @@ pub async fn remove_member(
     user: Uuid,
     client: &ClientInfo,
 ) -> Result<(), CoreError> {
-    let scope = auth.require(Permission::UsersManage)?;
+    let scope = customer_scope(auth, Permission::UsersManage)?;
     project_of(scope)?;
     let now = crate::clock::now_as_stored(clock);
     let tx = router.begin(scope).await?;

@@ -309,7 +309,7 @@ pub async fn token(
         "refresh_token" => {
             let presented =
                 form.get("refresh_token").ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
-            let who = authio_core::oidc::guesser(Some(&client), ip);
+            let who = authio_core::oidc::refresh_guesser(&client, presented, ip);
             let resource = client.resource(form.get("resource"))?;
             let req = authio_core::identity::auth::RefreshRequest {
                 presented,

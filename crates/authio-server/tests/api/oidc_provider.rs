@@ -825,30 +825,30 @@ async fn token_endpoint_errors_name_what_to_fix_and_failures_count_per_confident
             .form(&[("grant_type", "refresh_token"), ("refresh_token", rt)]);
         async move { req.send().await.unwrap() }
     };
+    // (Refresh tokens of the client's own project: `rt_<project>_<43 characters>`.)
+    let stale = format!("rt_{}_{}", s.project.id.simple(), "s".repeat(43));
     for _ in 0..3 {
-        let r = refresh((&id, &secret), &format!("rt_{}_stale", s.project.id)).await;
+        let r = refresh((&id, &secret), &stale).await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     }
-    let r = refresh((&id, &secret), "rt_stale").await;
+    let r = refresh((&id, &secret), &stale).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(r.headers().get("retry-after").is_some());
     assert_eq!(r.headers()["cache-control"], "no-store");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "temporarily_unavailable", "RFC 6749's error shape: {body}");
     assert!(body["error_description"].is_string());
-    // Another client from the same address is not held back by it ...
+    // Another client from the same address is not held back by it.
     let (other_id, other_secret) = confidential(&app, &s).await;
-    let r = refresh((&other_id, &other_secret), "rt_stale").await;
+    let r = refresh((&other_id, &other_secret), &stale).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST, "judged, not throttled");
-    // ... nor is the address's own sign-in API (another bucket).
-    let r = app
-        .http
-        .post(app.url("/v1/auth/token"))
-        .form(&[("grant_type", "refresh_token"), ("refresh_token", "rt_stale")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // A token of another project counts against the address, not the client: a client gets no
+    // guesses of its own at other projects' tokens.
+    let foreign = format!("rt_{}_{}", uuid::Uuid::now_v7().simple(), "s".repeat(43));
+    for _ in 0..3 {
+        assert_eq!(refresh((&other_id, &other_secret), &foreign).await.status(), StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(refresh((&other_id, &other_secret), &foreign).await.status(), StatusCode::TOO_MANY_REQUESTS);
 }
 
 #[tokio::test]
@@ -860,10 +860,10 @@ async fn rfc_8707_resources_set_the_audience_of_an_openid_clients_access_tokens(
     let c = register(
         &app,
         &s,
-        json!({"name": "rp", "client_type": "confidential", "redirect_uris": [CB], "resources": [API]}),
+        json!({"name": "rp", "client_type": "confidential", "redirect_uris": [CB], "resources": [API, "https://api2.rp.example.com/"]}),
     )
     .await;
-    assert_eq!(c["resources"], json!([API]));
+    assert_eq!(c["resources"], json!([API, "https://api2.rp.example.com/"]));
     let (id, secret) = (c["client_id"].as_str().unwrap().to_owned(), c["client_secret"].as_str().unwrap().to_owned());
     let r = app
         .http
@@ -924,14 +924,29 @@ async fn rfc_8707_resources_set_the_audience_of_an_openid_clients_access_tokens(
     assert_eq!(st, StatusCode::OK, "{body}");
     assert_eq!(crate::identity::claims_of(body["access_token"].as_str().unwrap())["aud"], API);
     let rt = body["refresh_token"].as_str().unwrap().to_owned();
-    // A refresh names it again, or gets a token for the project; another resource is refused.
-    let (st, body) = token(vec![
-        ("grant_type", "refresh_token".into()),
-        ("refresh_token", rt),
-        ("resource", "https://other.example.com/".into()),
-    ])
-    .await;
-    assert_eq!((st, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_target")), "{body}");
+    // A token for the API is not for Authio's own userinfo.
+    let r = app
+        .http
+        .get(app.url(&format!("/p/{}/oauth2/userinfo", s.project.id)))
+        .bearer_auth(body["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // A refresh may not widen to another resource (nothing is rotated), and by default stays
+    // with the one granted.
+    for other in ["https://other.example.com/", "https://api2.rp.example.com/"] {
+        let (st, body) = token(vec![
+            ("grant_type", "refresh_token".into()),
+            ("refresh_token", rt.clone()),
+            ("resource", other.into()),
+        ])
+        .await;
+        assert_eq!((st, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_target")), "{body}");
+    }
+    let (st, body) = token(vec![("grant_type", "refresh_token".into()), ("refresh_token", rt)]).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(crate::identity::claims_of(body["access_token"].as_str().unwrap())["aud"], API);
     let back = code_for("").await;
     let (st, body) = token(vec![
         ("grant_type", "authorization_code".into()),

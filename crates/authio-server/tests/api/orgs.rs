@@ -236,3 +236,25 @@ async fn a_dedicated_tenants_organizations_live_at_its_home() {
     assert_eq!(count(dedicated.admin_url.clone()).await, vec!["1/1/1"]);
     assert_eq!(count(app.shared.admin_url.clone()).await, vec!["0/0/0"]);
 }
+
+#[tokio::test]
+async fn the_platform_tenant_has_no_organizations() {
+    // A member's `role` claim stands where the operator role is read: organizations, roles and
+    // permissions are refused on the platform tenant, so no platform token carries one.
+    let app = spawn_app().await;
+    let platform = seed_tenant(&app.shared, "authio", TenantKind::Platform, Plan::Enterprise).await;
+    for (path, body) in [
+        ("/permissions", json!({"slug": "read:all"})),
+        ("/roles", json!({"slug": "operator", "name": "Operator"})),
+        ("/organizations", json!({"name": "Shadow", "slug": "shadow"})),
+    ] {
+        let (st, body) = call(&app, &platform, Method::POST, path, Some(body)).await;
+        assert_eq!((st, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")), "{path}");
+    }
+    let rows = admin_query_strings(
+        &app.shared.admin_url,
+        "SELECT (SELECT count(*) FROM roles) + (SELECT count(*) FROM organizations) + (SELECT count(*) FROM permissions)",
+    )
+    .await;
+    assert_eq!(rows, vec!["0"]);
+}

@@ -1095,3 +1095,79 @@ async fn cookies_are_secure_whenever_the_public_url_is_https() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_hosted_sign_in_code_made_before_its_method_was_turned_off_starts_no_session() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    register_redirect(&app, &s, APP_CB).await;
+    let pid = s.project.id;
+    let signup = json!({"project_id": pid, "email": "pat@example.com", "password": "a-long-password-1"});
+    assert_eq!(post_json(&app, "/v1/auth/signup", signup).await.0, StatusCode::CREATED);
+    let mut b = Browser::new();
+    let base = app.url(&format!("/p/{pid}"));
+    let (_, html, _) = b.get(&format!("{base}/signin{}", flow_query())).await;
+    let csrf = hidden(&html, "csrf");
+    let ch = challenge();
+    let form = [
+        ("redirect_uri", APP_CB),
+        ("state", "xyz"),
+        ("code_challenge", ch.as_str()),
+        ("code_challenge_method", "S256"),
+        ("email", "pat@example.com"),
+        ("password", "a-long-password-1"),
+        ("csrf", csrf.as_str()),
+    ];
+    let (st, _, headers) = b.post(&format!("{base}/signin"), &form).await;
+    assert_eq!(st, StatusCode::SEE_OTHER);
+    let location = headers["location"].to_str().unwrap().to_owned();
+    let sessions = || row_count(&app.shared.admin_url, "SELECT count(*) FROM sessions WHERE revoked_at IS NULL");
+    let before = sessions().await;
+    // Password turned off while the code is on its way to the app.
+    let (st, _) = patch_presentation(&app, &s, json!({"signin_methods": ["magic_link"]})).await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, body) = exchange(&app, &location).await;
+    assert_eq!((st, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_grant")), "{body}");
+    assert_eq!(sessions().await, before, "no session started");
+}
+
+#[tokio::test]
+async fn stored_addresses_are_brought_to_nfc_unless_that_would_merge_two_accounts() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    let (t, p) = (s.tenant.id, s.project.id);
+    // As an older version stored them: one NFD address alone, and an NFD/NFC pair of one address.
+    admin_query_strings(
+        &app.shared.admin_url,
+        &format!(
+            "INSERT INTO users (tenant_id, project_id, id, email, created_at, updated_at) VALUES
+               ('{t}', '{p}', gen_random_uuid(), 'rene' || U&'\\0301' || '@example.com', now(), now()),
+               ('{t}', '{p}', gen_random_uuid(), 'jose' || U&'\\0301' || '@example.com', now(), now()),
+               ('{t}', '{p}', gen_random_uuid(), 'jos' || U&'\\00e9' || '@example.com', now(), now())"
+        ),
+    )
+    .await;
+    admin_query_strings(&app.shared.admin_url, include_str!("../../../../migrations/0018_email_nfc.sql")).await;
+    let nfc = admin_query_strings(
+        &app.shared.admin_url,
+        "SELECT email FROM users WHERE email IS NFC NORMALIZED ORDER BY email",
+    )
+    .await;
+    assert_eq!(nfc, vec!["jos\u{e9}@example.com".to_owned(), "ren\u{e9}@example.com".to_owned()]);
+    assert_eq!(
+        row_count(&app.shared.admin_url, "SELECT count(*) FROM users WHERE NOT (email IS NFC NORMALIZED)").await,
+        1
+    );
+    // The re-spelled account is found by its address written either way.
+    for spelling in ["rene\u{301}@example.com", "ren\u{e9}@example.com"] {
+        let r = app
+            .http
+            .post(app.url(&format!("/v1/projects/{p}/users")))
+            .bearer_auth(&s.api_key.plaintext)
+            .json(&json!({ "email": spelling }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CONFLICT, "{spelling}");
+    }
+}

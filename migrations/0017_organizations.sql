@@ -196,3 +196,37 @@ END
 $$;
 REVOKE EXECUTE ON FUNCTION authio_refresh_rotate(uuid, uuid, bytea, bytea, timestamptz, integer, integer, text, uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION authio_refresh_rotate(uuid, uuid, bytea, bytea, timestamptz, integer, integer, text, uuid) TO authio_app;
+
+-- An OpenID authorization request may name an organization (scope `organization`): its code
+-- remembers it, and the session the exchange starts acts for it.
+ALTER TABLE signin_codes ADD COLUMN organization_id uuid;
+
+DROP FUNCTION authio_authorization_code_use(bytea, timestamptz);
+CREATE FUNCTION authio_authorization_code_use(p_hash bytea, p_now timestamptz)
+RETURNS TABLE (first_use boolean, tenant_id uuid, project_id uuid, user_id uuid, amr text[], redirect_uri text,
+               code_challenge text, client_id text, scope text, nonce text, auth_time timestamptz, session_id uuid,
+               resource text, organization_id uuid)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public
+AS $$
+DECLARE
+    c public.signin_codes;
+BEGIN
+    SELECT * INTO c FROM public.signin_codes s WHERE s.code_hash = p_hash FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF c.used_at IS NOT NULL THEN
+        RETURN QUERY SELECT false, c.tenant_id, c.project_id, c.user_id, c.amr, c.redirect_uri, c.code_challenge,
+                            c.client_id, c.scope, c.nonce, c.auth_time, c.session_id, c.resource, c.organization_id;
+        RETURN;
+    END IF;
+    IF c.expires_at <= p_now THEN
+        RETURN;
+    END IF;
+    UPDATE public.signin_codes s SET used_at = p_now WHERE s.code_hash = p_hash;
+    RETURN QUERY SELECT true, c.tenant_id, c.project_id, c.user_id, c.amr, c.redirect_uri, c.code_challenge,
+                        c.client_id, c.scope, c.nonce, c.auth_time, c.session_id, c.resource, c.organization_id;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION authio_authorization_code_use(bytea, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION authio_authorization_code_use(bytea, timestamptz) TO authio_app;

@@ -383,7 +383,7 @@ pub async fn oauth_state_use(
 
 /// Use an authorization code (or a hosted sign-in's code): first_use, tenant_id, project_id,
 /// user_id, amr, redirect_uri, code_challenge, client_id, scope, nonce, auth_time, session_id,
-/// resource.
+/// resource, organization_id.
 /// A code used before comes back with `first_use` false (a replay).
 pub async fn authorization_code_use(
     router: &Router,
@@ -391,7 +391,7 @@ pub async fn authorization_code_use(
     now: DateTime<Utc>,
 ) -> Result<Option<crate::PgRow>, DbError> {
     let sql = "SELECT first_use, tenant_id, project_id, user_id, amr, redirect_uri, code_challenge, client_id, scope, \
-               nonce, auth_time, session_id, resource FROM authio_authorization_code_use($1, $2)";
+               nonce, auth_time, session_id, resource, organization_id FROM authio_authorization_code_use($1, $2)";
     Ok(call(router, sql, &[(&hash, Type::BYTEA), (&now, Type::TIMESTAMPTZ)]).await?.into_iter().next())
 }
 

@@ -82,8 +82,8 @@ impl SessionInfo {
 /// is checked at the end of the statement, when both rows exist.
 pub const START_SQL: &str = "WITH s AS (
         INSERT INTO sessions (tenant_id, project_id, id, user_id, amr, ip, user_agent, created_at, last_active_at,
-                              idle_expires_at, absolute_expires_at, client_id, scope, resource)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $12, $13, $14))
+                              idle_expires_at, absolute_expires_at, client_id, scope, resource, organization_id)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $12, $13, $14, $15))
     INSERT INTO refresh_tokens (tenant_id, project_id, token_hash, session_id, created_at)
     VALUES ($1, $2, $11, $3, $8)";
 
@@ -105,6 +105,7 @@ pub struct NewSession {
     client_id: Option<String>,
     scope: Option<String>,
     resource: Option<String>,
+    organization: Option<Uuid>,
 }
 
 impl NewSession {
@@ -135,6 +136,7 @@ impl NewSession {
             client_id: None,
             scope: None,
             resource: None,
+            organization: None,
         })
     }
 
@@ -146,7 +148,13 @@ impl NewSession {
         self
     }
 
-    pub fn params(&self) -> [authio_db::Param<'_>; 14] {
+    /// A session that acts for an organization of its user (the caller checked the membership).
+    pub fn in_organization(mut self, organization: Option<Uuid>) -> Self {
+        self.organization = organization;
+        self
+    }
+
+    pub fn params(&self) -> [authio_db::Param<'_>; 15] {
         [
             (&self.tenant, Type::UUID),
             (&self.project, Type::UUID),
@@ -162,6 +170,7 @@ impl NewSession {
             (&self.client_id, Type::TEXT),
             (&self.scope, Type::TEXT),
             (&self.resource, Type::TEXT),
+            (&self.organization, Type::UUID),
         ]
     }
 

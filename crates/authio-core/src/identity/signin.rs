@@ -449,7 +449,7 @@ impl Identity {
         amr: &[&str],
         client: &ClientInfo,
     ) -> Result<UserTokens, CoreError> {
-        self.start_session_for(scope, user, amr, client, None).await
+        self.start_session_for(scope, user, amr, client, None, None).await
     }
 
     /// [`Identity::start_session`] for an OpenID client: its id and the granted scope go in
@@ -461,6 +461,7 @@ impl Identity {
         amr: &[&str],
         client: &ClientInfo,
         oidc: Option<crate::identity::auth::ClientGrant<'_>>,
+        org: Option<&crate::identity::auth::OrgContext>,
     ) -> Result<UserTokens, CoreError> {
         let project = crate::types::project_of(scope)?;
         let profile = self.profile(project).await?;
@@ -470,6 +471,7 @@ impl Identity {
         if let Some(g) = oidc {
             session = session.for_client(g.client_id, g.scope, g.resource);
         }
+        session = session.in_organization(org.map(|o| o.id));
         let event = audit::EventRow::new(
             scope,
             audit::Event {
@@ -495,7 +497,7 @@ impl Identity {
             user.role.clone(),
             session.refresh_token,
             oidc,
-            None,
+            org,
         )
     }
 

@@ -30,7 +30,7 @@ use crate::types::{project_of, DisplayName, RedirectUri, ValidationError};
 use crate::{Clock, CoreError};
 
 /// The scopes a project's provider knows.
-pub const SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
+pub const SCOPES: [&str; 5] = ["openid", "profile", "email", "offline_access", "organization"];
 pub const GRANTS: [&str; 2] = ["authorization_code", "refresh_token"];
 
 /// A token request's code exchange: the code and what must match it.
@@ -234,7 +234,7 @@ pub async fn create_client(
     }
     let scopes = new.scopes.clone().unwrap_or_else(|| SCOPES.iter().map(|s| (*s).to_owned()).collect());
     if !scopes.iter().any(|s| s == "openid") || scopes.iter().any(|s| !SCOPES.contains(&s.as_str())) {
-        return Err(bad("scopes (openid, and any of profile, email, offline_access)"));
+        return Err(bad("scopes (openid, and any of profile, email, offline_access, organization)"));
     }
     let grants = new.grant_types.clone().unwrap_or_else(|| GRANTS.iter().map(|s| (*s).to_owned()).collect());
     if !grants.iter().any(|g| g == "authorization_code") || grants.iter().any(|g| !GRANTS.contains(&g.as_str())) {
@@ -355,6 +355,9 @@ pub struct AuthorizeParams {
     pub response_mode: Option<String>,
     /// RFC 8707: one of the client's registered resources.
     pub resource: Option<String>,
+    /// With scope `organization`: the organization the session is to act for (its user must be
+    /// an active member).
+    pub organization: Option<String>,
 }
 
 /// A request that checked out.
@@ -371,6 +374,7 @@ pub struct AuthzRequest {
     pub max_age: Option<i64>,
     pub login_hint: Option<String>,
     pub resource: Option<String>,
+    pub organization: Option<Uuid>,
 }
 
 /// Why a request cannot go on: shown on a page when the redirect URI cannot be trusted
@@ -438,6 +442,9 @@ struct IdClaims<'a> {
     email: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     email_verified: Option<bool>,
+    /// With scope `organization`: the organization the session acts for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    org_id: Option<String>,
 }
 
 /// OIDC Core 3.1.3.6: the left half of the hash of the access token, with the hash of the
@@ -556,6 +563,10 @@ impl Provider {
         let resource = client
             .resource(p.resource.as_deref())
             .map_err(|_| fail("invalid_target", "the resource is not registered for this client"))?;
+        let organization = match p.organization.as_deref() {
+            None => None,
+            Some(o) => Some(Uuid::parse_str(o).map_err(|_| fail("invalid_request", "organization must be an id"))?),
+        };
         if p.response_type.as_deref() != Some("code") {
             return Err(fail("unsupported_response_type", "only response_type=code is supported"));
         }
@@ -569,6 +580,9 @@ impl Provider {
         }
         if scope.iter().any(|s| !client.scopes.contains(s)) {
             return Err(fail("invalid_scope", "a requested scope is unknown or not allowed for this client"));
+        }
+        if organization.is_some() && !scope.iter().any(|s| s == "organization") {
+            return Err(fail("invalid_request", "organization needs the organization scope"));
         }
         let code_challenge = match (p.code_challenge.as_deref(), p.code_challenge_method.as_deref()) {
             (None, _) if client.public => {
@@ -616,6 +630,7 @@ impl Provider {
             max_age,
             login_hint: p.login_hint.clone(),
             resource,
+            organization,
         })
     }
 
@@ -689,11 +704,20 @@ impl Provider {
         let expires = now + Duration::seconds(self.identity.inner.settings.one_time.signin_code_ttl_secs);
         let auth_time = DateTime::from_timestamp(session.auth_time, 0).unwrap_or(now);
         let scope_text = req.scope.join(" ");
+        if let Some(org) = req.organization {
+            if crate::orgs::active_membership(&self.identity.inner.router, &scope, org, session.user_id)
+                .await?
+                .is_none()
+            {
+                return Err(CoreError::NotAMember);
+            }
+        }
         let tx = self.identity.inner.router.begin_pinned(&scope).await?;
         tx.query(
             "INSERT INTO signin_codes (tenant_id, project_id, code_hash, user_id, amr, redirect_uri, code_challenge,
-                                       created_at, expires_at, client_id, scope, nonce, auth_time, resource)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                                       created_at, expires_at, client_id, scope, nonce, auth_time, resource,
+                                       organization_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
             &[
                 (&scope.tenant_id, Type::UUID),
                 (&req.client.project_id, Type::UUID),
@@ -709,6 +733,7 @@ impl Provider {
                 (&req.nonce, Type::TEXT),
                 (&auth_time, Type::TIMESTAMPTZ),
                 (&req.resource, Type::TEXT),
+                (&req.organization, Type::UUID),
             ],
         )
         .await?;
@@ -846,6 +871,15 @@ impl Provider {
             (Some(r), None, Some(c)) => c.resource(Some(r))?,
             _ => return Err(CoreError::InvalidTarget("the resource is not the one this code was issued for")),
         };
+        // The organization the authorization request named: still an active membership now.
+        let org = match row.try_get::<Option<Uuid>>(13)? {
+            Some(o) => Some(
+                crate::orgs::active_membership(&self.identity.inner.router, &scope, o, user_id)
+                    .await?
+                    .ok_or(CoreError::InvalidGrant("the user is no longer a member of the code's organization"))?,
+            ),
+            None => None,
+        };
         let Some(client) = client else {
             // A hosted sign-in's hand-off: the app's own tokens, no ID token.
             let tokens = self.identity.start_session(&scope, &user, &amr_refs, info).await?;
@@ -868,6 +902,7 @@ impl Provider {
                 &amr_refs,
                 info,
                 Some(ClientGrant { client_id: &client.client_id, scope: &scope_claim, resource: resource.as_deref() }),
+                org.as_ref(),
             )
             .await?;
         preresolve::authorization_code_started(&self.identity.inner.router, &hash, tokens.session_id).await?;
@@ -889,6 +924,7 @@ impl Provider {
             sid: tokens.session_id.to_string(),
             email: email_scope.then(|| u.try_get(2)).transpose()?,
             email_verified: email_scope.then(|| u.try_get(3)).transpose()?,
+            org_id: org.as_ref().map(|o| o.id.to_string()),
         };
         let id_token = keys.sign_id_token_as(&id, client.id_token_alg)?;
         Ok(OidcTokens {

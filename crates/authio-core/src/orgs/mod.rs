@@ -816,6 +816,27 @@ pub async fn list_members(router: &Router, auth: &Authorized, org: Uuid) -> Resu
     rows.iter().map(Membership::from_row).collect()
 }
 
+/// A user's active membership of an organization, as a session acting for it carries it
+/// (`None`: not an active member).
+pub async fn active_membership(
+    router: &Router,
+    scope: &Scope,
+    org: Uuid,
+    user: Uuid,
+) -> Result<Option<crate::identity::auth::OrgContext>, CoreError> {
+    let rows = router
+        .read(
+            scope,
+            "SELECT r.slug, r.permissions FROM memberships m JOIN roles r ON r.tenant_id = m.tenant_id AND r.id = m.role_id
+             WHERE m.organization_id = $1 AND m.user_id = $2 AND m.status = 'active'",
+            &[(&org, Type::UUID), (&user, Type::UUID)],
+        )
+        .await?;
+    rows.first()
+        .map(|r| Ok(crate::identity::auth::OrgContext { id: org, role: r.try_get(0)?, permissions: r.try_get(1)? }))
+        .transpose()
+}
+
 /// The organizations a user belongs to (any status), for pickers and the dashboard.
 pub async fn memberships_of(router: &Router, scope: &Scope, user: Uuid) -> Result<Vec<Membership>, CoreError> {
     let tx = router.begin(scope).await?;

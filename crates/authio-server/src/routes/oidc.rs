@@ -165,6 +165,9 @@ pub async fn authorize(
     if let Some(s) = usable {
         return match state.oidc.issue_authorization_code(&req, &s).await {
             Ok(location) => see_other(&location),
+            Err(authio_core::CoreError::NotAMember) => {
+                fail("access_denied", "the user is not an active member of that organization")
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "authorization: code not issued");
                 fail("server_error", "the code could not be issued")

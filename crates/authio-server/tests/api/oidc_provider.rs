@@ -974,3 +974,112 @@ async fn rfc_8707_resources_set_the_audience_of_an_openid_clients_access_tokens(
     .await;
     assert_eq!((st, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_target")), "{body}");
 }
+
+#[tokio::test]
+async fn scope_organization_puts_the_organization_in_id_and_access_tokens_for_members_only() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    user(&app, &s, "rita@example.com").await;
+    let manage = |path: &str, body: Value| {
+        app.http
+            .post(app.url(&format!("/v1/projects/{}{path}", s.project.id)))
+            .bearer_auth(&s.api_key.plaintext)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(manage("/permissions", json!({"slug": "read:invoices"})).await.unwrap().status(), StatusCode::CREATED);
+    let r = manage(
+        "/roles",
+        json!({"slug": "member", "name": "Member", "permissions": ["read:invoices"], "is_default": true}),
+    );
+    assert_eq!(r.await.unwrap().status(), StatusCode::CREATED);
+    let initech: Value =
+        manage("/organizations", json!({"name": "Initech", "slug": "initech"})).await.unwrap().json().await.unwrap();
+    let hooli: Value =
+        manage("/organizations", json!({"name": "Hooli", "slug": "hooli"})).await.unwrap().json().await.unwrap();
+    let rita =
+        admin_query_strings(&app.shared.admin_url, "SELECT id::text FROM users WHERE email = 'rita@example.com'").await;
+    let r = manage(&format!("/organizations/{}/members", initech["id"].as_str().unwrap()), json!({"user_id": rita[0]}));
+    assert_eq!(r.await.unwrap().status(), StatusCode::CREATED);
+    let (id, secret) = confidential(&app, &s).await;
+
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let flow = |org: &str| {
+        authorize_url(
+            &app,
+            &s,
+            &[
+                ("response_type", "code"),
+                ("client_id", id.as_str()),
+                ("redirect_uri", CB),
+                ("scope", "openid organization offline_access"),
+                ("state", "st"),
+                ("nonce", "n-1"),
+                ("code_challenge", challenge.as_str()),
+                ("code_challenge_method", "S256"),
+                ("organization", org),
+            ],
+        )
+    };
+    // Not a member of Hooli: access_denied goes back to the client.
+    let mut b = Browser::new();
+    let back = sign_in_through(&app, &mut b, &flow(hooli["id"].as_str().unwrap()), "rita@example.com").await;
+    assert_eq!(query_of(&back)["error"], "access_denied", "{back}");
+    // A member of Initech: the ID token names it; the access token carries role and permissions.
+    let back = sign_in_through(&app, &mut b, &flow(initech["id"].as_str().unwrap()), "rita@example.com").await;
+    let code = query_of(&back)["code"].clone();
+    let r = app
+        .http
+        .post(app.url(&format!("/p/{}/oauth2/token", s.project.id)))
+        .basic_auth(&id, Some(&secret))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", CB),
+            ("code_verifier", verifier.secret().as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let t: Value = r.json().await.unwrap();
+    let id_claims = crate::identity::claims_of(t["id_token"].as_str().unwrap());
+    assert_eq!(id_claims["org_id"], initech["id"]);
+    let access = crate::identity::claims_of(t["access_token"].as_str().unwrap());
+    assert_eq!((access["org_id"].clone(), access["role"].as_str()), (initech["id"].clone(), Some("member")));
+    assert_eq!(access["permissions"], json!(["read:invoices"]));
+    crate::identity::verify_independently(
+        &crate::identity::jwks(&app, s.project.id).await,
+        t["id_token"].as_str().unwrap(),
+        &crate::identity::issuer(&app, s.project.id),
+    )
+    .unwrap();
+    // The session stays in it across refreshes.
+    let r = app
+        .http
+        .post(app.url(&format!("/p/{}/oauth2/token", s.project.id)))
+        .basic_auth(&id, Some(&secret))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", t["refresh_token"].as_str().unwrap())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let refreshed: Value = r.json().await.unwrap();
+    assert_eq!(crate::identity::claims_of(refreshed["access_token"].as_str().unwrap())["org_id"], initech["id"]);
+    // `organization` without its scope is a bad request.
+    let url = authorize_url(
+        &app,
+        &s,
+        &[
+            ("response_type", "code"),
+            ("client_id", id.as_str()),
+            ("redirect_uri", CB),
+            ("scope", "openid"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("organization", initech["id"].as_str().unwrap()),
+        ],
+    );
+    let (_, location, _) = b.get(&url).await;
+    assert_eq!(query_of(&location.unwrap())["error"], "invalid_request");
+}

@@ -71,7 +71,7 @@ async fn metadata(state: &AppState, project: &str) -> Result<Response, ApiError>
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "code_challenge_methods_supported": ["S256"],
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "amr", "sid", "azp",
-                             "email", "email_verified", "updated_at"],
+                             "email", "email_verified", "updated_at", "org_id"],
         "prompt_values_supported": ["none", "login"],
         "authorization_response_iss_parameter_supported": true,
         "claims_parameter_supported": false,

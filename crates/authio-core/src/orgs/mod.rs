@@ -203,7 +203,8 @@ pub async fn create_organization(
     Ok(org)
 }
 
-/// A page in creation order after `after`; `name` filters (case-insensitive substring).
+/// A page in creation order after `after`; `name` filters (case-insensitive substring),
+/// `domain` to the organization that claimed it.
 #[tracing::instrument(level = "debug", name = "orgs::list", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn list_organizations(
     router: &Router,
@@ -211,6 +212,7 @@ pub async fn list_organizations(
     limit: i64,
     after: Option<Uuid>,
     name: Option<&str>,
+    domain: Option<&str>,
 ) -> Result<Vec<Organization>, CoreError> {
     let scope = auth.require(Permission::UsersRead)?;
     let project = project_of(scope)?;
@@ -223,6 +225,9 @@ pub async fn list_organizations(
             &format!(
                 "SELECT {ORG_COLS} FROM organizations
                  WHERE tenant_id = $1 AND project_id = $2 AND id > $3 AND ($4::text IS NULL OR name ILIKE $4)
+                   AND ($6::text IS NULL OR EXISTS (SELECT 1 FROM organization_domains d
+                                                     WHERE d.tenant_id = $1 AND d.organization_id = organizations.id
+                                                       AND d.domain = $6))
                  ORDER BY id LIMIT $5"
             ),
             &[
@@ -231,6 +236,7 @@ pub async fn list_organizations(
                 (&after, Type::UUID),
                 (&pattern, Type::TEXT),
                 (&limit, Type::INT8),
+                (&domain, Type::TEXT),
             ],
         )
         .await?;
@@ -338,6 +344,202 @@ pub async fn delete_organization(
         auth,
         crate::audit::AuditAction::OrganizationDeleted,
         ("organization", id.to_string()),
+        client,
+        meta,
+        now,
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------------------------
+// Organization domains
+
+/// An organization's email domain and how to prove it (a TXT record, like custom domains).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OrgDomain {
+    pub id: Uuid,
+    pub organization_id: Uuid,
+    pub domain: String,
+    pub verified: bool,
+    pub verified_at: Option<DateTime<Utc>>,
+    /// Publish a TXT record at this name ...
+    pub txt_name: String,
+    /// ... with this value, then ask for verification.
+    pub txt_value: String,
+    pub created_at: DateTime<Utc>,
+}
+
+const DOMAIN_COLS: &str = "id, organization_id, domain, verification_token, verified_at, created_at";
+
+impl OrgDomain {
+    fn from_row(r: &Row) -> Result<Self, CoreError> {
+        let domain: String = r.col("domain")?;
+        let token: String = r.col("verification_token")?;
+        let verified_at: Option<DateTime<Utc>> = r.col("verified_at")?;
+        Ok(OrgDomain {
+            id: r.col("id")?,
+            organization_id: r.col("organization_id")?,
+            txt_name: format!("_authio-org.{domain}"),
+            txt_value: format!("authio-org-verification={token}"),
+            domain,
+            verified: verified_at.is_some(),
+            verified_at,
+            created_at: r.col("created_at")?,
+        })
+    }
+}
+
+/// Claim a domain for an organization: one organization per domain in a project (409).
+pub async fn add_domain(
+    router: &Router,
+    clock: &dyn Clock,
+    auth: &Authorized,
+    org: Uuid,
+    domain: &crate::types::DomainName,
+    client: &ClientInfo,
+) -> Result<OrgDomain, CoreError> {
+    let scope = customer_scope(auth, Permission::UsersManage)?;
+    let project = project_of(scope)?;
+    let now = crate::clock::now_as_stored(clock);
+    let token = crate::crypto::opaque::random_hex::<16>();
+    let tx = router.begin(scope).await?;
+    tx.query_opt("SELECT 1 FROM organizations WHERE id = $1 FOR SHARE", &[(&org, Type::UUID)])
+        .await?
+        .ok_or(CoreError::NotFound(Entity::Organization))?;
+    let row = tx
+        .query_opt(
+            &format!(
+                "INSERT INTO organization_domains (tenant_id, project_id, organization_id, id, domain, verification_token,
+                                                   created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING {DOMAIN_COLS}"
+            ),
+            &[
+                (&scope.tenant_id, Type::UUID),
+                (&project, Type::UUID),
+                (&org, Type::UUID),
+                (&Uuid::now_v7(), Type::UUID),
+                (&domain.as_str(), Type::TEXT),
+                (&token, Type::TEXT),
+                (&now, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?
+        .ok_or_else(|| CoreError::Conflict("this domain belongs to an organization of this project already".into()))?;
+    let d = OrgDomain::from_row(&row)?;
+    let meta = serde_json::json!({"domain": d.domain, "change": "domain_added"});
+    commit_with(
+        tx,
+        auth,
+        crate::audit::AuditAction::OrganizationUpdated,
+        ("organization", org.to_string()),
+        client,
+        meta,
+        now,
+    )
+    .await?;
+    Ok(d)
+}
+
+pub async fn list_domains(router: &Router, auth: &Authorized, org: Uuid) -> Result<Vec<OrgDomain>, CoreError> {
+    let scope = auth.require(Permission::UsersRead)?;
+    project_of(scope)?;
+    let tx = router.begin(scope).await?;
+    tx.query_opt("SELECT 1 FROM organizations WHERE id = $1", &[(&org, Type::UUID)])
+        .await?
+        .ok_or(CoreError::NotFound(Entity::Organization))?;
+    let rows = tx
+        .query(
+            &format!("SELECT {DOMAIN_COLS} FROM organization_domains WHERE organization_id = $1 ORDER BY domain"),
+            &[(&org, Type::UUID)],
+        )
+        .await?;
+    tx.commit().await?;
+    rows.iter().map(OrgDomain::from_row).collect()
+}
+
+/// Look for the domain's TXT record; verified once it is there.
+pub async fn verify_domain(
+    router: &Router,
+    clock: &dyn Clock,
+    auth: &Authorized,
+    org: Uuid,
+    id: Uuid,
+    dns: &dyn crate::project::config::TxtLookup,
+    client: &ClientInfo,
+) -> Result<OrgDomain, CoreError> {
+    let scope = customer_scope(auth, Permission::UsersManage)?;
+    project_of(scope)?;
+    let tx = router.begin(scope).await?;
+    let row = tx
+        .query_opt(
+            &format!("SELECT {DOMAIN_COLS} FROM organization_domains WHERE id = $1 AND organization_id = $2"),
+            &[(&id, Type::UUID), (&org, Type::UUID)],
+        )
+        .await?
+        .ok_or(CoreError::NotFound(Entity::Domain))?;
+    tx.commit().await?;
+    let d = OrgDomain::from_row(&row)?;
+    if d.verified {
+        return Ok(d);
+    }
+    // The lookup happens outside any transaction: DNS can be slow.
+    let records = dns.txt(&d.txt_name).await.map_err(|e| CoreError::Upstream(format!("DNS: {e}")))?;
+    if !records.iter().any(|r| r.trim().trim_matches('"') == d.txt_value) {
+        return Err(CoreError::DomainNotVerified(d.txt_name, d.txt_value));
+    }
+    let now = crate::clock::now_as_stored(clock);
+    let tx = router.begin(scope).await?;
+    let row = tx
+        .query_opt(
+            &format!(
+                "UPDATE organization_domains SET verified_at = coalesce(verified_at, $3)
+                 WHERE id = $1 AND organization_id = $2 RETURNING {DOMAIN_COLS}"
+            ),
+            &[(&id, Type::UUID), (&org, Type::UUID), (&now, Type::TIMESTAMPTZ)],
+        )
+        .await?
+        .ok_or(CoreError::NotFound(Entity::Domain))?;
+    let d = OrgDomain::from_row(&row)?;
+    let meta = serde_json::json!({"domain": d.domain, "change": "domain_verified"});
+    commit_with(
+        tx,
+        auth,
+        crate::audit::AuditAction::OrganizationUpdated,
+        ("organization", org.to_string()),
+        client,
+        meta,
+        now,
+    )
+    .await?;
+    Ok(d)
+}
+
+pub async fn delete_domain(
+    router: &Router,
+    clock: &dyn Clock,
+    auth: &Authorized,
+    org: Uuid,
+    id: Uuid,
+    client: &ClientInfo,
+) -> Result<(), CoreError> {
+    let scope = customer_scope(auth, Permission::UsersManage)?;
+    project_of(scope)?;
+    let now = crate::clock::now_as_stored(clock);
+    let tx = router.begin(scope).await?;
+    let row = tx
+        .query_opt(
+            "DELETE FROM organization_domains WHERE id = $1 AND organization_id = $2 RETURNING domain",
+            &[(&id, Type::UUID), (&org, Type::UUID)],
+        )
+        .await?
+        .ok_or(CoreError::NotFound(Entity::Domain))?;
+    let domain: String = row.col("domain")?;
+    let meta = serde_json::json!({"domain": domain, "change": "domain_removed"});
+    commit_with(
+        tx,
+        auth,
+        crate::audit::AuditAction::OrganizationUpdated,
+        ("organization", org.to_string()),
         client,
         meta,
         now,

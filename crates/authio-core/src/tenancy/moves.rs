@@ -36,6 +36,7 @@ pub struct HomeTable {
 pub const HOME_TABLES: &[HomeTable] = &[
     // Children before parents: an old copy is deleted in this order.
     HomeTable { name: "memberships", key: "tenant_id, organization_id, user_id" },
+    HomeTable { name: "organization_domains", key: "tenant_id, id" },
     HomeTable { name: "organizations", key: "tenant_id, id" },
     HomeTable { name: "roles", key: "tenant_id, id" },
     HomeTable { name: "permissions", key: "tenant_id, project_id, slug" },

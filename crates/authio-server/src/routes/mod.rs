@@ -34,6 +34,12 @@ pub fn router(state: AppState) -> axum::Router {
             "/v1/projects/{project_id}/organizations/{id}/members/{user_id}",
             axum::routing::patch(orgs::update_member).delete(orgs::remove_member),
         )
+        .route("/v1/projects/{project_id}/organizations/{id}/domains", get(orgs::list_domains).post(orgs::add_domain))
+        .route(
+            "/v1/projects/{project_id}/organizations/{id}/domains/{domain_id}",
+            axum::routing::delete(orgs::delete_domain),
+        )
+        .route("/v1/projects/{project_id}/organizations/{id}/domains/{domain_id}/verify", post(orgs::verify_domain))
         .route("/v1/projects/{project_id}/roles", get(orgs::list_roles).post(orgs::create_role))
         .route(
             "/v1/projects/{project_id}/roles/{id}",

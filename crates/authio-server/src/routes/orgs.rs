@@ -112,7 +112,8 @@ pub async fn create_organization(
     params(("project_id" = Uuid, Path),
         ("limit" = Option<i64>, Query, description = "1-200, default 50", minimum = 1, maximum = 200),
         ("after" = Option<Uuid>, Query, description = "cursor from the previous page"),
-        ("name" = Option<String>, Query, description = "a part of the name (case-insensitive)", max_length = 200)),
+        ("name" = Option<String>, Query, description = "a part of the name (case-insensitive)", max_length = 200),
+        ("domain" = Option<String>, Query, description = "the organization that claimed this domain", max_length = 253)),
     security(("project_api_key" = [])),
     responses((status = 200, body = OrganizationList),
               (status = 400, description = "bad query (`invalid_query`)", body = crate::error::ErrorBody)))]
@@ -124,20 +125,24 @@ pub async fn list_organizations(
 ) -> Result<Json<OrganizationList>, ApiError> {
     let auth = ctx.authorize(Permission::UsersRead)?;
     let bad = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m);
-    let (mut limit, mut after, mut name) = (50i64, None, None);
+    let (mut limit, mut after, mut name, mut domain) = (50i64, None, None, None);
     for (k, v) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
         match k.as_ref() {
             "limit" => limit = v.parse().map_err(|_| bad("limit must be an integer"))?,
             "after" => after = Some(Uuid::parse_str(&v).map_err(|_| bad("after must be an organization id"))?),
             "name" if v.chars().count() <= 200 => name = Some(v.into_owned()),
             "name" => return Err(bad("name is at most 200 characters")),
+            "domain" => {
+                let d = authio_core::types::DomainName::parse(&v).map_err(|_| bad("domain must be a domain name"))?;
+                domain = Some(d.as_str().to_owned());
+            }
             _ => return Err(bad("unknown query parameter")),
         }
     }
     if !(1..=200).contains(&limit) {
         return Err(bad("limit must be between 1 and 200"));
     }
-    let page = orgs::list_organizations(&state.router, &auth, limit, after, name.as_deref()).await?;
+    let page = orgs::list_organizations(&state.router, &auth, limit, after, name.as_deref(), domain.as_deref()).await?;
     let next_cursor = if page.len() as i64 == limit { page.last().map(|o| o.id) } else { None };
     Ok(Json(OrganizationList { data: page.into_iter().map(Into::into).collect(), next_cursor }))
 }
@@ -511,5 +516,121 @@ pub async fn delete_permission(
     }
     let client = client_info(&headers, None);
     orgs::delete_permission(&state.router, state.clock.as_ref(), &auth, &slug, &client).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// An organization's email domain, and the TXT record that proves it.
+#[derive(Serialize, ToSchema)]
+pub struct OrgDomainBody {
+    pub id: Uuid,
+    pub organization_id: Uuid,
+    pub domain: String,
+    pub verified: bool,
+    pub verified_at: Option<DateTime<Utc>>,
+    /// Publish a TXT record at this name ...
+    pub txt_name: String,
+    /// ... with this value, then ask for verification.
+    pub txt_value: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<orgs::OrgDomain> for OrgDomainBody {
+    fn from(d: orgs::OrgDomain) -> Self {
+        OrgDomainBody {
+            id: d.id,
+            organization_id: d.organization_id,
+            domain: d.domain,
+            verified: d.verified,
+            verified_at: d.verified_at,
+            txt_name: d.txt_name,
+            txt_value: d.txt_value,
+            created_at: d.created_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OrgDomainList {
+    pub data: Vec<OrgDomainBody>,
+}
+
+/// `POST .../domains`.
+#[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewOrgDomainBody {
+    /// A host name such as `initech.com`.
+    #[schema(min_length = 3, max_length = 253)]
+    domain: String,
+}
+
+/// Claim an email domain for the organization (one organization per domain in a project).
+#[utoipa::path(post, path = "/v1/projects/{project_id}/organizations/{id}/domains", tag = "organizations",
+    params(("project_id" = Uuid, Path), ("id" = Uuid, Path)), security(("project_api_key" = [])),
+    request_body = NewOrgDomainBody,
+    responses((status = 201, body = OrgDomainBody),
+              (status = 409, description = "another organization of the project has it (`conflict`)", body = crate::error::ErrorBody)))]
+pub async fn add_domain(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    Path((_project_id, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<OrgDomainBody>), ApiError> {
+    let auth = ctx.authorize(Permission::UsersManage)?;
+    let id = org_id(&id)?;
+    let new: NewOrgDomainBody = json_body(&headers, &body)?;
+    let domain = authio_core::types::DomainName::parse(&new.domain).map_err(authio_core::CoreError::from)?;
+    let client = client_info(&headers, None);
+    let d = orgs::add_domain(&state.router, state.clock.as_ref(), &auth, id, &domain, &client).await?;
+    Ok((StatusCode::CREATED, Json(d.into())))
+}
+
+#[utoipa::path(get, path = "/v1/projects/{project_id}/organizations/{id}/domains", tag = "organizations",
+    params(("project_id" = Uuid, Path), ("id" = Uuid, Path)), security(("project_api_key" = [])),
+    responses((status = 200, body = OrgDomainList)))]
+pub async fn list_domains(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    Path((_project_id, id)): Path<(String, String)>,
+) -> Result<Json<OrgDomainList>, ApiError> {
+    let auth = ctx.authorize(Permission::UsersRead)?;
+    let list = orgs::list_domains(&state.router, &auth, org_id(&id)?).await?;
+    Ok(Json(OrgDomainList { data: list.into_iter().map(Into::into).collect() }))
+}
+
+/// Look for the domain's TXT record now.
+#[utoipa::path(post, path = "/v1/projects/{project_id}/organizations/{id}/domains/{domain_id}/verify", tag = "organizations",
+    params(("project_id" = Uuid, Path), ("id" = Uuid, Path), ("domain_id" = Uuid, Path)),
+    security(("project_api_key" = [])),
+    responses((status = 200, body = OrgDomainBody),
+              (status = 409, description = "the record is not there (yet) (`domain_not_verified`)", body = crate::error::ErrorBody),
+              (status = 502, description = "DNS could not be asked (`upstream_error`)", body = crate::error::ErrorBody)))]
+pub async fn verify_domain(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    Path((_project_id, id, domain_id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<OrgDomainBody>, ApiError> {
+    let auth = ctx.authorize(Permission::UsersManage)?;
+    let (id, domain_id) = (org_id(&id)?, path_uuid(&domain_id, "domain_not_found", "domain")?);
+    let client = client_info(&headers, None);
+    let d = orgs::verify_domain(&state.router, state.clock.as_ref(), &auth, id, domain_id, state.dns.as_ref(), &client)
+        .await?;
+    Ok(Json(d.into()))
+}
+
+#[utoipa::path(delete, path = "/v1/projects/{project_id}/organizations/{id}/domains/{domain_id}", tag = "organizations",
+    params(("project_id" = Uuid, Path), ("id" = Uuid, Path), ("domain_id" = Uuid, Path)),
+    security(("project_api_key" = [])), responses((status = 204)))]
+pub async fn delete_domain(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    Path((_project_id, id, domain_id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let auth = ctx.authorize(Permission::UsersManage)?;
+    let (id, domain_id) = (org_id(&id)?, path_uuid(&domain_id, "domain_not_found", "domain")?);
+    let client = client_info(&headers, None);
+    orgs::delete_domain(&state.router, state.clock.as_ref(), &auth, id, domain_id, &client).await?;
     Ok(StatusCode::NO_CONTENT)
 }

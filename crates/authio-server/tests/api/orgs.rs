@@ -258,3 +258,48 @@ async fn the_platform_tenant_has_no_organizations() {
     .await;
     assert_eq!(rows, vec!["0"]);
 }
+
+#[tokio::test]
+async fn organization_domains_are_claimed_once_per_project_and_proved_by_dns() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    let other = seed_tenant(&app.shared, "globex", TenantKind::Customer, Plan::Pro).await;
+    let (_, initech) =
+        call(&app, &s, Method::POST, "/organizations", Some(json!({"name": "Initech", "slug": "initech"}))).await;
+    let (_, hooli) =
+        call(&app, &s, Method::POST, "/organizations", Some(json!({"name": "Hooli", "slug": "hooli"}))).await;
+    let domains = |org: &Value| format!("/organizations/{}/domains", org["id"].as_str().unwrap());
+    let (st, d) = call(&app, &s, Method::POST, &domains(&initech), Some(json!({"domain": "Initech.COM"}))).await;
+    assert_eq!(
+        (st, d["domain"].as_str(), d["verified"].as_bool()),
+        (StatusCode::CREATED, Some("initech.com"), Some(false))
+    );
+    // One organization per domain in a project; another tenant's project is its own business.
+    let (st, body) = call(&app, &s, Method::POST, &domains(&hooli), Some(json!({"domain": "initech.com"}))).await;
+    assert_eq!((st, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")));
+    let (_, theirs) = call(&app, &other, Method::POST, "/organizations", Some(json!({"name": "I", "slug": "i"}))).await;
+    let (st, _) = call(&app, &other, Method::POST, &domains(&theirs), Some(json!({"domain": "initech.com"}))).await;
+    assert_eq!(st, StatusCode::CREATED);
+    let (st, _) = call(&app, &s, Method::POST, &domains(&initech), Some(json!({"domain": "not a domain"}))).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Verified only once its TXT record is published.
+    let verify = format!("{}/{}/verify", domains(&initech), d["id"].as_str().unwrap());
+    let (st, body) = call(&app, &s, Method::POST, &verify, None).await;
+    assert_eq!((st, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("domain_not_verified")));
+    app.dns.publish(d["txt_name"].as_str().unwrap(), d["txt_value"].as_str().unwrap());
+    let (st, body) = call(&app, &s, Method::POST, &verify, None).await;
+    assert_eq!((st, body["verified"].as_bool()), (StatusCode::OK, Some(true)), "{body}");
+    // The list filters by domain.
+    let (_, page) = call(&app, &s, Method::GET, "/organizations?domain=initech.com", None).await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 1);
+    assert_eq!(page["data"][0]["id"], initech["id"]);
+    let (st, _) = call(&app, &s, Method::GET, "/organizations?domain=..", None).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    // Removed, the domain can be claimed by another organization.
+    let (st, _) =
+        call(&app, &s, Method::DELETE, &format!("{}/{}", domains(&initech), d["id"].as_str().unwrap()), None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, _) = call(&app, &s, Method::POST, &domains(&hooli), Some(json!({"domain": "initech.com"}))).await;
+    assert_eq!(st, StatusCode::CREATED);
+}

@@ -253,7 +253,7 @@ pub async fn refresh(
     let row = tx
         .query_one(
             "SELECT status, session_id, user_id, amr, role, client_id, scope, within_grace, organization_id, org_role,
-                    org_permissions, resource
+                    org_permissions, resource, joined
              FROM authio_refresh_rotate($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 (&scope.tenant_id, Type::UUID),
@@ -339,6 +339,22 @@ pub async fn refresh(
             _ => None,
         },
     };
+    if row.col::<bool>("joined")? {
+        // Joined by the organization's domain policy, as the session switched into it.
+        let joined = audit::Event {
+            action: crate::audit::AuditAction::MembershipAdded,
+            actor: audit::Actor::user(user, None),
+            target: Some(("user", user.to_string())),
+            client,
+            metadata: serde_json::json!({
+                "organization_id": refreshed.org.as_ref().map(|o| o.id),
+                "role": refreshed.org.as_ref().map(|o| o.role.clone()),
+                "by": "domain_policy",
+            }),
+        };
+        let row = audit::EventRow::new(scope, joined, now)?;
+        tx.query(audit::INSERT_SQL, &row.params()).await?;
+    }
     let event = audit::Event {
         action: crate::audit::AuditAction::TokenRefreshed,
         actor: audit::Actor::user(user, None),

@@ -705,10 +705,10 @@ impl Provider {
         let auth_time = DateTime::from_timestamp(session.auth_time, 0).unwrap_or(now);
         let scope_text = req.scope.join(" ");
         if let Some(org) = req.organization {
-            if crate::orgs::active_membership(&self.identity.inner.router, &scope, org, session.user_id)
-                .await?
-                .is_none()
-            {
+            let router = &self.identity.inner.router;
+            let member = crate::orgs::active_membership(router, &scope, org, session.user_id).await?.is_some()
+                || crate::orgs::join_by_domain(router, &scope, org, session.user_id, now).await?;
+            if !member {
                 return Err(CoreError::NotAMember);
             }
         }

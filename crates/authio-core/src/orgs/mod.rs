@@ -86,12 +86,14 @@ pub struct Organization {
     pub slug: String,
     pub name: String,
     pub external_id: Option<String>,
+    /// `invite_only` or `auto_join` (a verified email at a verified domain joins).
+    pub domain_policy: String,
     pub metadata: serde_json::Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-const ORG_COLS: &str = "id, slug, name, external_id, metadata, created_at, updated_at";
+const ORG_COLS: &str = "id, slug, name, external_id, metadata, created_at, updated_at, domain_policy";
 
 impl Organization {
     fn from_row(r: &Row) -> Result<Self, CoreError> {
@@ -100,6 +102,7 @@ impl Organization {
             slug: r.col("slug")?,
             name: r.col("name")?,
             external_id: r.col("external_id")?,
+            domain_policy: r.col("domain_policy")?,
             metadata: r.col("metadata")?,
             created_at: r.col("created_at")?,
             updated_at: r.col("updated_at")?,
@@ -114,6 +117,7 @@ pub struct NewOrganization {
     pub slug: String,
     pub external_id: Option<String>,
     pub metadata: Option<serde_json::Value>,
+    pub domain_policy: Option<String>,
 }
 
 /// A change: absent fields stay; `external_id: null` clears it.
@@ -125,6 +129,7 @@ pub struct OrganizationPatch {
     #[serde(default, deserialize_with = "double_option")]
     pub external_id: Option<Option<String>>,
     pub metadata: Option<serde_json::Value>,
+    pub domain_policy: Option<String>,
 }
 
 fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
@@ -136,7 +141,11 @@ fn check_org_fields(
     slug: Option<&str>,
     external_id: Option<&str>,
     metadata: Option<&serde_json::Value>,
+    domain_policy: Option<&str>,
 ) -> Result<(), CoreError> {
+    if domain_policy.is_some_and(|p| p != "invite_only" && p != "auto_join") {
+        return Err(bad("domain_policy (invite_only or auto_join)"));
+    }
     if name.is_some_and(|n| !text_ok(n, 200)) {
         return Err(bad("name (1-200 characters)"));
     }
@@ -164,7 +173,14 @@ pub async fn create_organization(
 ) -> Result<Organization, CoreError> {
     let scope = customer_scope(auth, Permission::UsersManage)?;
     let project = project_of(scope)?;
-    check_org_fields(Some(&new.name), Some(&new.slug), new.external_id.as_deref(), new.metadata.as_ref())?;
+    check_org_fields(
+        Some(&new.name),
+        Some(&new.slug),
+        new.external_id.as_deref(),
+        new.metadata.as_ref(),
+        new.domain_policy.as_deref(),
+    )?;
+    let policy = new.domain_policy.as_deref().unwrap_or("invite_only");
     let metadata = new.metadata.clone().unwrap_or_else(|| serde_json::json!({}));
     let now = crate::clock::now_as_stored(clock);
     let tx = router.begin(scope).await?;
@@ -172,8 +188,8 @@ pub async fn create_organization(
         .query_one(
             &format!(
                 "INSERT INTO organizations (tenant_id, project_id, id, slug, name, external_id, metadata, created_at,
-                                            updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {ORG_COLS}"
+                                            updated_at, domain_policy)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) RETURNING {ORG_COLS}"
             ),
             &[
                 (&scope.tenant_id, Type::UUID),
@@ -184,6 +200,7 @@ pub async fn create_organization(
                 (&new.external_id, Type::TEXT),
                 (&metadata, Type::JSONB),
                 (&now, Type::TIMESTAMPTZ),
+                (&policy, Type::TEXT),
             ],
         )
         .await
@@ -250,6 +267,7 @@ pub async fn list_organizations(
                 metadata: r.try_get(4)?,
                 created_at: r.try_get(5)?,
                 updated_at: r.try_get(6)?,
+                domain_policy: r.try_get(7)?,
             })
         })
         .collect()
@@ -280,7 +298,13 @@ pub async fn update_organization(
     let scope = customer_scope(auth, Permission::UsersManage)?;
     project_of(scope)?;
     let ext = patch.external_id.clone().flatten();
-    check_org_fields(patch.name.as_deref(), patch.slug.as_deref(), ext.as_deref(), patch.metadata.as_ref())?;
+    check_org_fields(
+        patch.name.as_deref(),
+        patch.slug.as_deref(),
+        ext.as_deref(),
+        patch.metadata.as_ref(),
+        patch.domain_policy.as_deref(),
+    )?;
     let now = crate::clock::now_as_stored(clock);
     let tx = router.begin(scope).await?;
     let row = tx
@@ -288,7 +312,8 @@ pub async fn update_organization(
             &format!(
                 "UPDATE organizations SET name = coalesce($2, name), slug = coalesce($3, slug),
                         external_id = CASE WHEN $4 THEN $5 ELSE external_id END,
-                        metadata = coalesce($6, metadata), updated_at = $7
+                        metadata = coalesce($6, metadata), updated_at = $7,
+                        domain_policy = coalesce($8, domain_policy)
                  WHERE id = $1 RETURNING {ORG_COLS}"
             ),
             &[
@@ -299,13 +324,14 @@ pub async fn update_organization(
                 (&ext, Type::TEXT),
                 (&patch.metadata, Type::JSONB),
                 (&now, Type::TIMESTAMPTZ),
+                (&patch.domain_policy, Type::TEXT),
             ],
         )
         .await
         .map_err(taken("this slug or external id"))?
         .ok_or(CoreError::NotFound(Entity::Organization))?;
     let org = Organization::from_row(&row)?;
-    let meta = serde_json::json!({"slug": patch.slug, "name": patch.name});
+    let meta = serde_json::json!({"slug": patch.slug, "name": patch.name, "domain_policy": patch.domain_policy});
     commit_with(
         tx,
         auth,
@@ -1037,6 +1063,44 @@ pub async fn active_membership(
     rows.first()
         .map(|r| Ok(crate::identity::auth::OrgContext { id: org, role: r.try_get(0)?, permissions: r.try_get(1)? }))
         .transpose()
+}
+
+/// Join `user` to `org` by the organization's domain policy (`auto_join`, a verified email at
+/// one of its verified domains, the default role), with its audit event: the same rule the
+/// refresh rotation applies (`authio_org_join_by_domain`). Returns whether the user joined.
+pub async fn join_by_domain(
+    router: &Router,
+    scope: &Scope,
+    org: Uuid,
+    user: Uuid,
+    now: DateTime<Utc>,
+) -> Result<bool, CoreError> {
+    let project = project_of(scope)?;
+    let tx = router.begin(scope).await?;
+    let row = tx
+        .query_one(
+            "SELECT authio_org_join_by_domain($1, $2, $3, $4, $5) AS role_id",
+            &[
+                (&scope.tenant_id, Type::UUID),
+                (&project, Type::UUID),
+                (&org, Type::UUID),
+                (&user, Type::UUID),
+                (&now, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+    if row.col::<Option<Uuid>>("role_id")?.is_none() {
+        return Ok(false);
+    }
+    let event = audit::Event {
+        action: crate::audit::AuditAction::MembershipAdded,
+        actor: audit::Actor::user(user, None),
+        target: Some(("user", user.to_string())),
+        client: &ClientInfo::default(),
+        metadata: serde_json::json!({"organization_id": org, "by": "domain_policy"}),
+    };
+    audit::record_and_commit(tx, scope, event, now).await?;
+    Ok(true)
 }
 
 /// The organizations a user belongs to (any status), for pickers and the dashboard.

@@ -30,6 +30,9 @@ pub struct OrganizationBody {
     pub slug: String,
     pub name: String,
     pub external_id: Option<String>,
+    /// `invite_only`, or `auto_join`: a user with a verified email at one of its verified
+    /// domains joins (with the default role) when a session switches into it.
+    pub domain_policy: String,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     pub created_at: DateTime<Utc>,
@@ -43,6 +46,7 @@ impl From<orgs::Organization> for OrganizationBody {
             slug: o.slug,
             name: o.name,
             external_id: o.external_id,
+            domain_policy: o.domain_policy,
             metadata: o.metadata,
             created_at: o.created_at,
             updated_at: o.updated_at,
@@ -65,6 +69,8 @@ pub struct NewOrganizationBody {
     /// A JSON object of at most 16 KiB.
     #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Value>,
+    #[schema(pattern = "^(invite_only|auto_join)$")]
+    domain_policy: Option<String>,
 }
 
 /// `PATCH .../organizations/{id}`: absent fields stay; `external_id: null` clears it.
@@ -79,6 +85,8 @@ pub struct OrganizationPatchBody {
     external_id: Option<String>,
     #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Value>,
+    #[schema(pattern = "^(invite_only|auto_join)$")]
+    domain_policy: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -1066,6 +1066,35 @@ async fn scope_organization_puts_the_organization_in_id_and_access_tokens_for_me
     assert_eq!(r.status(), StatusCode::OK);
     let refreshed: Value = r.json().await.unwrap();
     assert_eq!(crate::identity::claims_of(refreshed["access_token"].as_str().unwrap())["org_id"], initech["id"]);
+    // Hooli admits verified addresses at its verified domain: now Rita joins it as she signs in.
+    let r = app
+        .http
+        .patch(app.url(&format!("/v1/projects/{}/organizations/{}", s.project.id, hooli["id"].as_str().unwrap())))
+        .bearer_auth(&s.api_key.plaintext)
+        .json(&json!({"domain_policy": "auto_join"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let d: Value =
+        manage(&format!("/organizations/{}/domains", hooli["id"].as_str().unwrap()), json!({"domain": "example.com"}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    app.dns.publish(d["txt_name"].as_str().unwrap(), d["txt_value"].as_str().unwrap());
+    let verify =
+        format!("/organizations/{}/domains/{}/verify", hooli["id"].as_str().unwrap(), d["id"].as_str().unwrap());
+    assert_eq!(manage(&verify, json!({})).await.unwrap().status(), StatusCode::OK);
+    admin_query_strings(
+        &app.shared.admin_url,
+        "UPDATE users SET email_verified = true WHERE email = 'rita@example.com'",
+    )
+    .await;
+    let back = sign_in_through(&app, &mut b, &flow(hooli["id"].as_str().unwrap()), "rita@example.com").await;
+    assert!(query_of(&back).contains_key("code"), "{back}");
+
     // `organization` without its scope is a bad request.
     let url = authorize_url(
         &app,

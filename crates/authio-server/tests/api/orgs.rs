@@ -303,3 +303,73 @@ async fn organization_domains_are_claimed_once_per_project_and_proved_by_dns() {
     let (st, _) = call(&app, &s, Method::POST, &domains(&hooli), Some(json!({"domain": "initech.com"}))).await;
     assert_eq!(st, StatusCode::CREATED);
 }
+
+#[tokio::test]
+async fn a_verified_email_at_a_verified_domain_joins_an_auto_join_organization_and_no_other() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    let (st, _) =
+        call(&app, &s, Method::POST, "/roles", Some(json!({"slug": "member", "name": "Member", "is_default": true})))
+            .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let (_, open) = call(
+        &app,
+        &s,
+        Method::POST,
+        "/organizations",
+        Some(json!({"name": "Initech", "slug": "initech", "domain_policy": "auto_join"})),
+    )
+    .await;
+    assert_eq!(open["domain_policy"], "auto_join");
+    let (_, closed) =
+        call(&app, &s, Method::POST, "/organizations", Some(json!({"name": "Hooli", "slug": "hooli"}))).await;
+    assert_eq!(closed["domain_policy"], "invite_only");
+    let (st, _) = call(
+        &app,
+        &s,
+        Method::POST,
+        "/organizations",
+        Some(json!({"name": "X", "slug": "x", "domain_policy": "everyone"})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+    for org in [&open, &closed] {
+        let path = format!("/organizations/{}/domains", org["id"].as_str().unwrap());
+        let domain = if org == &open { "initech.test" } else { "hooli.test" };
+        let (_, d) = call(&app, &s, Method::POST, &path, Some(json!({"domain": domain}))).await;
+        app.dns.publish(d["txt_name"].as_str().unwrap(), d["txt_value"].as_str().unwrap());
+        let (st, _) = call(&app, &s, Method::POST, &format!("{path}/{}/verify", d["id"].as_str().unwrap()), None).await;
+        assert_eq!(st, StatusCode::OK);
+    }
+    let verified_email = |email: &'static str| {
+        let url = app.shared.admin_url.clone();
+        async move {
+            admin_query_strings(&url, &format!("UPDATE users SET email_verified = true WHERE email = '{email}'")).await;
+        }
+    };
+    // Peter's address is verified and at Initech's domain: switching in makes him a member.
+    let peter = sign_up(&app, s.project.id, "peter@initech.test").await;
+    verified_email("peter@initech.test").await;
+    let (st, t) = refresh_into(&app, peter["refresh_token"].as_str().unwrap(), open["id"].as_str()).await;
+    assert_eq!(st, StatusCode::OK, "{t}");
+    let claims = claims_of(t["access_token"].as_str().unwrap());
+    assert_eq!((claims["org_id"].clone(), claims["role"].as_str()), (open["id"].clone(), Some("member")));
+    let (_, members) =
+        call(&app, &s, Method::GET, &format!("/organizations/{}/members", open["id"].as_str().unwrap()), None).await;
+    assert_eq!(members["data"].as_array().unwrap().len(), 1);
+    // Not at the invite-only organization's domain policy, whatever the address.
+    let gavin = sign_up(&app, s.project.id, "gavin@hooli.test").await;
+    verified_email("gavin@hooli.test").await;
+    let (st, _) = refresh_into(&app, gavin["refresh_token"].as_str().unwrap(), closed["id"].as_str()).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    // An unverified address does not join either.
+    let milton = sign_up(&app, s.project.id, "milton@initech.test").await;
+    let (st, _) = refresh_into(&app, milton["refresh_token"].as_str().unwrap(), open["id"].as_str()).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let joined = admin_query_strings(
+        &app.shared.admin_url,
+        "SELECT count(*) FROM audit_events WHERE action = 'membership.added' AND metadata->>'by' = 'domain_policy'",
+    )
+    .await;
+    assert_eq!(joined, vec!["1"]);
+}

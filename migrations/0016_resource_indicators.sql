@@ -4,6 +4,9 @@
 ALTER TABLE oidc_clients ADD COLUMN resources text[] NOT NULL DEFAULT '{}'
     CHECK (cardinality(resources) <= 10);
 ALTER TABLE signin_codes ADD COLUMN resource text CHECK (resource IS NULL OR length(resource) <= 512);
+-- An OpenID authorization request may also name an organization (scope `organization`, see
+-- 0017): the code remembers it, and the session the exchange starts acts for it.
+ALTER TABLE signin_codes ADD COLUMN organization_id uuid;
 
 DROP FUNCTION authio_resolve_oidc_client(text);
 CREATE FUNCTION authio_resolve_oidc_client(p_client_id text)
@@ -24,7 +27,7 @@ DROP FUNCTION authio_authorization_code_use(bytea, timestamptz);
 CREATE FUNCTION authio_authorization_code_use(p_hash bytea, p_now timestamptz)
 RETURNS TABLE (first_use boolean, tenant_id uuid, project_id uuid, user_id uuid, amr text[], redirect_uri text,
                code_challenge text, client_id text, scope text, nonce text, auth_time timestamptz, session_id uuid,
-               resource text)
+               resource text, organization_id uuid)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public
 AS $$
 DECLARE
@@ -36,7 +39,7 @@ BEGIN
     END IF;
     IF c.used_at IS NOT NULL THEN
         RETURN QUERY SELECT false, c.tenant_id, c.project_id, c.user_id, c.amr, c.redirect_uri, c.code_challenge,
-                            c.client_id, c.scope, c.nonce, c.auth_time, c.session_id, c.resource;
+                            c.client_id, c.scope, c.nonce, c.auth_time, c.session_id, c.resource, c.organization_id;
         RETURN;
     END IF;
     IF c.expires_at <= p_now THEN
@@ -44,7 +47,7 @@ BEGIN
     END IF;
     UPDATE public.signin_codes s SET used_at = p_now WHERE s.code_hash = p_hash;
     RETURN QUERY SELECT true, c.tenant_id, c.project_id, c.user_id, c.amr, c.redirect_uri, c.code_challenge,
-                        c.client_id, c.scope, c.nonce, c.auth_time, c.session_id, c.resource;
+                        c.client_id, c.scope, c.nonce, c.auth_time, c.session_id, c.resource, c.organization_id;
 END
 $$;
 

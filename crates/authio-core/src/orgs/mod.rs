@@ -509,8 +509,7 @@ pub async fn verify_domain(
         return Ok(d);
     }
     // The lookup happens outside any transaction: DNS can be slow.
-    let records = dns.txt(&d.txt_name).await.map_err(|e| CoreError::Upstream(format!("DNS: {e}")))?;
-    if !records.iter().any(|r| r.trim().trim_matches('"') == d.txt_value) {
+    if !crate::project::config::txt_record_present(dns, &d.txt_name, &d.txt_value).await? {
         return Err(CoreError::DomainNotVerified(d.txt_name, d.txt_value));
     }
     let now = crate::clock::now_as_stored(clock);
@@ -1101,16 +1100,6 @@ pub async fn join_by_domain(
     };
     audit::record_and_commit(tx, scope, event, now).await?;
     Ok(true)
-}
-
-/// The organizations a user belongs to (any status), for pickers and the dashboard.
-pub async fn memberships_of(router: &Router, scope: &Scope, user: Uuid) -> Result<Vec<Membership>, CoreError> {
-    let tx = router.begin(scope).await?;
-    let rows = tx
-        .query(&format!("{MEMBER_SELECT} WHERE m.user_id = $1 ORDER BY m.organization_id"), &[(&user, Type::UUID)])
-        .await?;
-    tx.commit().await?;
-    rows.iter().map(Membership::from_row).collect()
 }
 
 #[tracing::instrument(level = "debug", name = "orgs::update_member", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]

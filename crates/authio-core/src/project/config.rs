@@ -200,6 +200,13 @@ pub trait TxtLookup: Send + Sync {
     fn txt<'a>(&'a self, name: &'a str) -> Pin<Box<dyn Future<Output = Result<Vec<String>, String>> + Send + 'a>>;
 }
 
+/// Whether `name` has a TXT record of exactly `value` (quotes and spaces around it ignored):
+/// the proof of a custom domain and of an organization's domain.
+pub async fn txt_record_present(dns: &dyn TxtLookup, name: &str, value: &str) -> Result<bool, CoreError> {
+    let records = dns.txt(name).await.map_err(|e| CoreError::Upstream(format!("DNS: {e}")))?;
+    Ok(records.iter().any(|r| r.trim().trim_matches('"') == value))
+}
+
 /// The system's resolver (`/etc/resolv.conf`).
 pub struct SystemDns(hickory_resolver::TokioResolver);
 
@@ -387,8 +394,7 @@ pub async fn verify_domain(
     if info.expires_at.is_some_and(|at| at <= now) {
         return Err(CoreError::Conflict("this claim lapsed unverified: add the domain again for a new token".into()));
     }
-    let records = dns.txt(&info.txt_name).await.map_err(|e| CoreError::Upstream(format!("DNS: {e}")))?;
-    let found = records.iter().any(|r| r.trim().trim_matches('"') == info.txt_value);
+    let found = txt_record_present(dns, &info.txt_name, &info.txt_value).await?;
     let rows = if found {
         // The proof takes the host: other tenants' pending claims on it are dropped (they
         // cannot be seen from here, so a definer function does it), unless one is verified.

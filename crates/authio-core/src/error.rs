@@ -50,6 +50,16 @@ pub enum CoreError {
     /// A switch to an organization the user is not an active member of.
     #[error("the user is not an active member of this organization")]
     NotAMember,
+    /// An invitation that was accepted, revoked or replaced by a resend (`used`, `revoked`), or
+    /// whose time ran out (`expired`).
+    #[error("this invitation {0}")]
+    InvitationUnusable(InvitationState),
+    /// An invitation accepted by a user signed in with another address than the invited one.
+    #[error("this invitation is for another email address: sign in with the invited one")]
+    InvitationEmailMismatch,
+    /// Impersonation of someone who may not be impersonated, or by someone who may not.
+    #[error("{0}")]
+    ImpersonationRefused(&'static str),
     /// A sign-in method the project has turned off (`signin_methods`).
     #[error("the sign-in method {0} is not enabled for this project")]
     MethodNotEnabled(String),
@@ -90,6 +100,35 @@ pub enum CoreError {
     Internal(String),
     #[error(transparent)]
     Db(#[from] DbError),
+}
+
+/// Why an invitation can no longer be accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InvitationState {
+    Used,
+    Revoked,
+    Expired,
+}
+
+impl InvitationState {
+    /// The API's error code.
+    pub fn code(self) -> &'static str {
+        match self {
+            InvitationState::Used => "invitation_used",
+            InvitationState::Revoked => "invitation_revoked",
+            InvitationState::Expired => "invitation_expired",
+        }
+    }
+}
+
+impl std::fmt::Display for InvitationState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            InvitationState::Used => "was already accepted",
+            InvitationState::Revoked => "was revoked or replaced by a newer one",
+            InvitationState::Expired => "has expired: ask for a new one",
+        })
+    }
 }
 
 impl From<RouterError> for CoreError {

@@ -50,6 +50,11 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration { version: 17, name: "organizations", sql: include_str!("../../../migrations/0017_organizations.sql") },
     Migration { version: 18, name: "email_nfc", sql: include_str!("../../../migrations/0018_email_nfc.sql") },
+    Migration {
+        version: 19,
+        name: "invitations_impersonation",
+        sql: include_str!("../../../migrations/0019_invitations_impersonation.sql"),
+    },
 ];
 
 const BOOTSTRAP_ROLES: &str = r#"

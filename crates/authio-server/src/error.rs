@@ -115,6 +115,11 @@ impl From<CoreError> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "undefined_permission", e.to_string())
             }
             CoreError::NotAMember => ApiError::new(StatusCode::FORBIDDEN, "not_a_member", e.to_string()),
+            CoreError::InvitationUnusable(state) => ApiError::new(StatusCode::GONE, state.code(), e.to_string()),
+            CoreError::InvitationEmailMismatch => {
+                ApiError::new(StatusCode::FORBIDDEN, "invitation_email_mismatch", e.to_string())
+            }
+            CoreError::ImpersonationRefused(m) => ApiError::new(StatusCode::FORBIDDEN, "impersonation_refused", m),
             CoreError::SignupNotAllowed => ApiError::new(StatusCode::FORBIDDEN, "signup_not_allowed", e.to_string()),
             CoreError::RateLimited { retry_after } => ApiError {
                 status: StatusCode::TOO_MANY_REQUESTS,

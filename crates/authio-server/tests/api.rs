@@ -11,6 +11,8 @@ mod console;
 mod edge;
 #[path = "api/identity.rs"]
 mod identity;
+#[path = "api/invitations.rs"]
+mod invitations;
 #[path = "api/moves.rs"]
 mod moves;
 #[path = "api/oidc_provider.rs"]

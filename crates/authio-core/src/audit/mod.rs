@@ -88,10 +88,16 @@ pub enum AuditAction {
     RoleDeleted,
     RolePermissionDefined,
     RolePermissionDeleted,
+    InvitationSent,
+    InvitationResent,
+    InvitationRevoked,
+    InvitationAccepted,
+    ImpersonationStarted,
+    ImpersonationEnded,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 67] = [
+    pub const ALL: [AuditAction; 73] = [
         AuditAction::ApiKeyCreated,
         AuditAction::ApiKeyRevoked,
         AuditAction::DedicatedDbApproved,
@@ -159,6 +165,12 @@ impl AuditAction {
         AuditAction::RoleDeleted,
         AuditAction::RolePermissionDefined,
         AuditAction::RolePermissionDeleted,
+        AuditAction::InvitationSent,
+        AuditAction::InvitationResent,
+        AuditAction::InvitationRevoked,
+        AuditAction::InvitationAccepted,
+        AuditAction::ImpersonationStarted,
+        AuditAction::ImpersonationEnded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -230,6 +242,12 @@ impl AuditAction {
             AuditAction::RoleDeleted => "role.deleted",
             AuditAction::RolePermissionDefined => "role.permission_defined",
             AuditAction::RolePermissionDeleted => "role.permission_deleted",
+            AuditAction::InvitationSent => "invitation.sent",
+            AuditAction::InvitationResent => "invitation.resent",
+            AuditAction::InvitationRevoked => "invitation.revoked",
+            AuditAction::InvitationAccepted => "invitation.accepted",
+            AuditAction::ImpersonationStarted => "impersonation.started",
+            AuditAction::ImpersonationEnded => "impersonation.ended",
         }
     }
 }

@@ -88,10 +88,13 @@ pub enum Permission {
     TenantManage,
     /// Run the platform: every tenant, plans, dedicated hosts, requests and moves.
     PlatformOperate,
+    /// Start a session as one of a project's users (impersonation): operators and tenant
+    /// owners, people only (an API key cannot).
+    UsersImpersonate,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 10] = [
+    pub const ALL: [Permission; 11] = [
         Permission::ProjectRead,
         Permission::ProjectConfigure,
         Permission::UsersRead,
@@ -102,6 +105,7 @@ impl Permission {
         Permission::TenantRead,
         Permission::TenantManage,
         Permission::PlatformOperate,
+        Permission::UsersImpersonate,
     ];
 
     /// Reading changes nothing: what a viewer may do.
@@ -224,7 +228,10 @@ impl Principal {
             Principal::ApiKey { project_id, tenant_id, .. } => match target {
                 Target::Project { project_id: p, tenant_id: t, .. } if p == project_id && t == tenant_id => {
                     match permission {
-                        Permission::TenantRead | Permission::TenantManage | Permission::PlatformOperate => Deny,
+                        Permission::TenantRead
+                        | Permission::TenantManage
+                        | Permission::PlatformOperate
+                        | Permission::UsersImpersonate => Deny,
                         _ => Allow,
                     }
                 }
@@ -237,6 +244,8 @@ impl Principal {
                 }
                 match permission {
                     Permission::PlatformOperate => Deny,
+                    Permission::UsersImpersonate if *role == MemberRole::Owner => Allow,
+                    Permission::UsersImpersonate => Deny,
                     p if p.is_read() => Allow,
                     _ if role.may_change() => Allow,
                     _ => Deny,

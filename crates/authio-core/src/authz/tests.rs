@@ -25,15 +25,16 @@ fn member(role: MemberRole) -> Principal {
 }
 
 /// Columns: ProjectRead, ProjectConfigure, UsersRead, UsersManage, CredentialsManage,
-/// KeysRotate, AuditRead, TenantRead, TenantManage, PlatformOperate (`Permission::ALL`).
+/// KeysRotate, AuditRead, TenantRead, TenantManage, PlatformOperate, UsersImpersonate
+/// (`Permission::ALL`).
 /// A = allowed, D = refused (403), H = hidden (404). Rows: the targets of `targets()`.
 fn table() -> Vec<(&'static str, Principal, [&'static str; 6])> {
-    let all_a = ["AAAAAAAAAA"; 6];
+    let all_a = ["AAAAAAAAAAA"; 6];
     vec![
         (
             "api key",
             Principal::ApiKey { tenant_id: A, project_id: P1, tenant_kind: TenantKind::Customer, key_id: "k".into() },
-            ["AAAAAAADDD", "HHHHHHHHHH", "HHHHHHHHHH", "HHHHHHHHHH", "HHHHHHHHHH", "DDDDDDDDDD"],
+            ["AAAAAAADDDD", "HHHHHHHHHHH", "HHHHHHHHHHH", "HHHHHHHHHHH", "HHHHHHHHHHH", "DDDDDDDDDDD"],
         ),
         ("operator", Principal::Operator { user_id: "op".into(), name: None }, all_a),
         ("system", Principal::System { name: "console" }, all_a),
@@ -41,27 +42,27 @@ fn table() -> Vec<(&'static str, Principal, [&'static str; 6])> {
         (
             "owner",
             member(MemberRole::Owner),
-            ["AAAAAAAAAD", "AAAAAAAAAD", "HHHHHHHHHH", "AAAAAAAAAD", "HHHHHHHHHH", "DDDDDDDDDD"],
+            ["AAAAAAAAADA", "AAAAAAAAADA", "HHHHHHHHHHH", "AAAAAAAAADA", "HHHHHHHHHHH", "DDDDDDDDDDD"],
         ),
         (
             "admin",
             member(MemberRole::Admin),
-            ["AAAAAAAAAD", "AAAAAAAAAD", "HHHHHHHHHH", "AAAAAAAAAD", "HHHHHHHHHH", "DDDDDDDDDD"],
+            ["AAAAAAAAADD", "AAAAAAAAADD", "HHHHHHHHHHH", "AAAAAAAAADD", "HHHHHHHHHHH", "DDDDDDDDDDD"],
         ),
         (
             "viewer",
             member(MemberRole::Viewer),
-            ["ADADDDAADD", "ADADDDAADD", "HHHHHHHHHH", "ADADDDAADD", "HHHHHHHHHH", "DDDDDDDDDD"],
+            ["ADADDDAADDD", "ADADDDAADDD", "HHHHHHHHHHH", "ADADDDAADDD", "HHHHHHHHHHH", "DDDDDDDDDDD"],
         ),
         (
             "end user",
             Principal::EndUser { tenant_id: A, project_id: P1, user_id: Uuid::from_u128(0x55) },
-            ["DDDDDDDDDD", "DDDDDDDDDD", "HHHHHHHHHH", "DDDDDDDDDD", "HHHHHHHHHH", "DDDDDDDDDD"],
+            ["DDDDDDDDDDD", "DDDDDDDDDDD", "HHHHHHHHHHH", "DDDDDDDDDDD", "HHHHHHHHHHH", "DDDDDDDDDDD"],
         ),
         (
             "m2m client",
             Principal::M2mClient { tenant_id: A, project_id: P1, client_id: "cl_1".into() },
-            ["DDDDDDDDDD", "DDDDDDDDDD", "HHHHHHHHHH", "DDDDDDDDDD", "HHHHHHHHHH", "DDDDDDDDDD"],
+            ["DDDDDDDDDDD", "DDDDDDDDDDD", "HHHHHHHHHHH", "DDDDDDDDDDD", "HHHHHHHHHHH", "DDDDDDDDDDD"],
         ),
     ]
 }
@@ -84,7 +85,7 @@ fn every_permission_for_every_principal_on_every_target() {
             }
         }
     }
-    assert_eq!(checked, 9 * 6 * 10);
+    assert_eq!(checked, 9 * 6 * 11);
     // Tools are recorded as operators, named after the tool; the system as itself.
     assert_eq!(Principal::Tool { name: "authio dev" }.actor().kind, ActorKind::Operator);
     assert_eq!(Principal::System { name: "console" }.actor().kind, ActorKind::System);

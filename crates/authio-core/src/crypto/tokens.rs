@@ -46,6 +46,15 @@ pub struct AccessClaims {
     /// The permissions of that role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permissions: Option<Vec<String>>,
+    /// RFC 8693 4.1: who acts as `sub` (an impersonation session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<ActClaim>,
+}
+
+/// The `act` claim (RFC 8693 4.1): the acting party's `sub`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActClaim {
+    pub sub: String,
 }
 
 /// A project's issuer: `{public_url}/p/{project_id}`. The JWKS is at

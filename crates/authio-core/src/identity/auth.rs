@@ -90,6 +90,13 @@ pub struct OrgContext {
     pub permissions: Vec<String>,
 }
 
+/// An impersonation session: who acts as the user, and when it ends (unix seconds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Impersonated {
+    pub impersonator: String,
+    pub ends_at: i64,
+}
+
 /// A refresh token's rotation, as asked.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RefreshRequest<'a> {
@@ -143,6 +150,9 @@ pub struct Introspection {
     pub tid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<String>,
+    /// RFC 8693 4.1: an impersonated token's acting party.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub act: Option<crate::crypto::tokens::ActClaim>,
 }
 
 /// Who may introspect or revoke: a project's client or API key.
@@ -460,6 +470,7 @@ impl Identity {
             session.refresh_token,
             None,
             None,
+            None,
         )?;
         audit::record_and_commit(tx, &scope, event, now).await?;
         Ok((user, tokens))
@@ -546,6 +557,7 @@ impl Identity {
             &["pwd".to_owned()],
             role,
             session.refresh_token,
+            None,
             None,
             None,
         )
@@ -745,6 +757,7 @@ impl Identity {
             r.refresh_token,
             oidc,
             r.org.as_ref(),
+            r.impersonated.as_ref(),
         )
     }
 
@@ -760,9 +773,14 @@ impl Identity {
         refresh_token: String,
         oidc: Option<ClientGrant<'_>>,
         org: Option<&OrgContext>,
+        act: Option<&Impersonated>,
     ) -> Result<UserTokens, CoreError> {
         let now = self.now().timestamp();
-        let ttl = i64::from(profile.access_token_ttl_secs);
+        // An impersonation's tokens never outlive it.
+        let ttl = match act {
+            Some(a) => i64::from(profile.access_token_ttl_secs).min((a.ends_at - now).max(1)),
+            None => i64::from(profile.access_token_ttl_secs),
+        };
         let iss = self.issuer(profile.project_id);
         let claims = AccessClaims {
             aud: oidc.and_then(|g| g.resource).map_or_else(|| profile.project_id.to_string(), str::to_owned),
@@ -783,6 +801,7 @@ impl Identity {
             client_id: oidc.map(|g| g.client_id.to_owned()),
             org_id: org.map(|o| o.id.to_string()),
             permissions: org.map(|o| o.permissions.clone()),
+            act: act.map(|a| crate::crypto::tokens::ActClaim { sub: a.impersonator.clone() }),
         };
         Ok(UserTokens {
             scope: claims.scope.clone(),
@@ -853,6 +872,7 @@ impl Identity {
             client_id: Some(client_id.to_owned()),
             org_id: None,
             permissions: None,
+            act: None,
         };
         let keys = self.inner.keys.keyset(&profile).await?;
         let access_token = keys.sign(&claims)?;
@@ -916,7 +936,9 @@ impl Identity {
         // An organization session's `role` is the member's role in that organization, never a
         // platform role (organizations are refused on the platform tenant; this is the second
         // line).
-        if claims.role.as_deref() != Some("operator") || claims.org_id.is_some() {
+        // Nor does an impersonated token ever act as an operator (platform users cannot be
+        // impersonated; this is the second line).
+        if claims.role.as_deref() != Some("operator") || claims.org_id.is_some() || claims.act.is_some() {
             return Err(CoreError::Forbidden("this identity may not use the management API"));
         }
         Ok(claims)
@@ -979,6 +1001,7 @@ impl Identity {
             sid: claims.sid,
             tid: Some(claims.tid),
             pid: Some(claims.pid),
+            act: claims.act,
         })
     }
 

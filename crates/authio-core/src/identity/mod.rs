@@ -2,6 +2,7 @@
 //! password and passwordless sign-in, the hosted flow's hand-off, M2M clients, introspection
 //! and revocation. [`auth::Identity`] is the service the other flows build on.
 pub mod auth;
+pub mod impersonation;
 pub mod m2m;
 pub mod passwords;
 pub mod sessions;

@@ -54,10 +54,15 @@ pub struct SessionInfo {
     pub absolute_expires_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub revoked_reason: Option<String>,
+    /// An impersonation session: who acts as the user (their tokens carry it as `act`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub impersonator: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub impersonation_reason: Option<String>,
 }
 
 const SESSION_COLS: &str = "id, user_id, amr, ip, user_agent, created_at, last_active_at, idle_expires_at, \
-     absolute_expires_at, revoked_at, revoked_reason";
+     absolute_expires_at, revoked_at, revoked_reason, impersonator, impersonation_reason";
 
 impl SessionInfo {
     /// A row of [`SESSION_COLS`].
@@ -74,6 +79,8 @@ impl SessionInfo {
             absolute_expires_at: r.col("absolute_expires_at")?,
             revoked_at: r.col("revoked_at")?,
             revoked_reason: r.col("revoked_reason")?,
+            impersonator: r.col("impersonator")?,
+            impersonation_reason: r.col("impersonation_reason")?,
         })
     }
 }
@@ -227,6 +234,8 @@ pub struct Refreshed {
     /// The OpenID client that started the session, and the scope it was granted.
     pub client_id: Option<String>,
     pub scope: Option<String>,
+    /// Set for an impersonation session: its tokens carry `act` and end with it.
+    pub impersonated: Option<crate::identity::auth::Impersonated>,
 }
 
 /// Rotate a refresh token (see the module documentation for reuse and the grace window): the
@@ -253,7 +262,7 @@ pub async fn refresh(
     let row = tx
         .query_one(
             "SELECT status, session_id, user_id, amr, role, client_id, scope, within_grace, organization_id, org_role,
-                    org_permissions, resource, joined
+                    org_permissions, resource, joined, impersonator, ends_at
              FROM authio_refresh_rotate($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 (&scope.tenant_id, Type::UUID),
@@ -330,6 +339,13 @@ pub async fn refresh(
         refresh_token,
         client_id: row.col("client_id")?,
         scope: row.col("scope")?,
+        impersonated: match row.col::<Option<String>>("impersonator")? {
+            Some(impersonator) => Some(crate::identity::auth::Impersonated {
+                impersonator,
+                ends_at: row.col::<Option<DateTime<Utc>>>("ends_at")?.map_or(0, |t| t.timestamp()),
+            }),
+            None => None,
+        },
         org: match (row.col::<Option<Uuid>>("organization_id")?, row.col::<Option<String>>("org_role")?) {
             (Some(id), Some(role)) => Some(crate::identity::auth::OrgContext {
                 id,
@@ -417,10 +433,31 @@ pub async fn revoke(
             client,
             metadata: serde_json::json!({"reason": "revoked"}),
         };
+        let ended = ended_impersonation(&row, event.actor.clone(), client)?;
         audit::record_in(&tx, scope, event, now).await?;
+        if let Some(e) = ended {
+            audit::record_in(&tx, scope, e, now).await?;
+        }
     }
     tx.commit().await?;
     SessionInfo::from_row(&row)
+}
+
+/// The `impersonation.ended` event of a session that just ended, if it was an impersonation.
+fn ended_impersonation<'a>(
+    row: &Row,
+    actor: audit::Actor,
+    client: &'a ClientInfo,
+) -> Result<Option<audit::Event<'a>>, CoreError> {
+    let Some(impersonator) = row.col::<Option<String>>("impersonator")? else { return Ok(None) };
+    let (sid, user): (Uuid, Uuid) = (row.col("id")?, row.col("user_id")?);
+    Ok(Some(audit::Event {
+        action: crate::audit::AuditAction::ImpersonationEnded,
+        actor,
+        target: Some(("user", user.to_string())),
+        client,
+        metadata: serde_json::json!({"session_id": sid, "impersonator": impersonator, "reason": "revoked"}),
+    }))
 }
 
 /// Revoke the session a refresh token belongs to (RFC 7009 revocation, sign-out). Unknown
@@ -445,9 +482,12 @@ pub async fn revoke_by_refresh_token(
     if let Some(r) = sid {
         let sid: Uuid = r.col("session_id")?;
         let revoked = revoke_in(&tx, sid, now, "revoked").await?;
-        let newly = match revoked {
-            Some(row) => row.col::<Option<DateTime<Utc>>>("revoked_at")? == Some(now),
-            None => false,
+        let (newly, ended) = match &revoked {
+            Some(row) if row.col::<Option<DateTime<Utc>>>("revoked_at")? == Some(now) => {
+                let anonymous = audit::Actor { kind: crate::audit::ActorKind::Anonymous, id: None, name: None };
+                (true, ended_impersonation(row, anonymous, client)?)
+            }
+            _ => (false, None),
         };
         let event = audit::Event {
             action: crate::audit::AuditAction::TokenRevoked,
@@ -458,6 +498,9 @@ pub async fn revoke_by_refresh_token(
         };
         if newly {
             audit::record_in(&tx, scope, event, now).await?;
+        }
+        if let Some(e) = ended {
+            audit::record_in(&tx, scope, e, now).await?;
         }
     }
     tx.commit().await?;

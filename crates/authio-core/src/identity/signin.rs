@@ -116,7 +116,7 @@ impl Presentation {
         }
     }
 
-    fn sender(&self) -> &str {
+    pub(crate) fn sender(&self) -> &str {
         self.email_sender_name.as_deref().unwrap_or_else(|| self.title())
     }
 
@@ -176,7 +176,9 @@ impl Return {
     /// project's custom domain).
     pub fn authorize(project: Uuid, return_to: &str) -> Result<Self, CoreError> {
         let ok = (return_to.starts_with(&format!("/p/{project}/oauth2/authorize?"))
-            || return_to.starts_with("/oauth2/authorize?"))
+            || return_to.starts_with("/oauth2/authorize?")
+            || return_to.starts_with(&format!("/p/{project}/invitations/accept?"))
+            || return_to.starts_with("/invitations/accept?"))
             && return_to.len() <= 4096
             && !return_to.contains(['\r', '\n']);
         if !ok {
@@ -325,7 +327,10 @@ impl Identity {
     pub(crate) async fn judge_as<T>(&self, who: &Guesser, result: Result<T, CoreError>) -> Result<T, CoreError> {
         let guess = matches!(
             &result,
-            Err(CoreError::InvalidGrant(_) | CoreError::ChallengeLocked | CoreError::UpstreamRefused(_))
+            Err(CoreError::InvalidGrant(_)
+                | CoreError::ChallengeLocked
+                | CoreError::UpstreamRefused(_)
+                | CoreError::NotFound(crate::types::Entity::Invitation))
         );
         if let (true, Some((bucket, key))) = (guess, who.bucket()) {
             let l = &self.inner.settings.limits;
@@ -390,7 +395,11 @@ impl Identity {
         if scope.tenant_kind != TenantKind::Platform && presentation.signup.admits(email) {
             return Ok(true);
         }
-        Ok(self.user_by_email(scope, email).await?.is_some())
+        if self.user_by_email(scope, email).await?.is_some() {
+            return Ok(true);
+        }
+        // A pending invitation admits its address: this sign-in proves it.
+        Ok(scope.tenant_kind != TenantKind::Platform && self.invited(scope, email).await?)
     }
 
     /// The user an email just proved (by link, code or upstream provider) signs in as: the
@@ -427,7 +436,11 @@ impl Identity {
         if scope.tenant_kind == TenantKind::Platform {
             return Err(CoreError::Forbidden("sign-up is closed on the platform tenant"));
         }
-        presentation.admit_signup(email)?;
+        // A link, code or upstream answer proved the address: a pending invitation admits it
+        // whatever the sign-up policy says (a password sign-up, which proves nothing, does not).
+        if presentation.admit_signup(email).is_err() && !self.invited(scope, email).await? {
+            return Err(CoreError::SignupNotAllowed);
+        }
         let user = crate::identity::users::insert(&tx, scope, email, None, now).await?;
         tx.query("UPDATE users SET email_verified = true WHERE id = $1", &[(&user.id, Type::UUID)]).await?;
         let event = audit::Event {
@@ -498,6 +511,7 @@ impl Identity {
             session.refresh_token,
             oidc,
             org,
+            None,
         )
     }
 
@@ -573,8 +587,13 @@ impl Identity {
             ],
         )
         .await?;
-        let values =
-            mail::Values { project: presentation.title(), link: Some(w.link), code: None, minutes: w.ttl / 60 };
+        let values = mail::Values {
+            project: presentation.title(),
+            link: Some(w.link),
+            code: None,
+            minutes: w.ttl / 60,
+            organization: None,
+        };
         mail::enqueue(
             &tx,
             scope,
@@ -680,8 +699,13 @@ impl Identity {
         )
         .await?;
         if send {
-            let values =
-                mail::Values { project: presentation.title(), link: None, code: Some(&code), minutes: ttl / 60 };
+            let values = mail::Values {
+                project: presentation.title(),
+                link: None,
+                code: Some(&code),
+                minutes: ttl / 60,
+                organization: None,
+            };
             mail::enqueue(
                 &tx,
                 &scope,

@@ -15,6 +15,8 @@ use crate::authz::{Authorized, Permission};
 use crate::types::{project_of, ClientInfo, Entity, ValidationError};
 use crate::{audit, Clock, CoreError};
 
+pub mod invitations;
+
 fn bad(field: &'static str) -> CoreError {
     CoreError::Invalid(ValidationError::Field(field))
 }
@@ -32,7 +34,7 @@ fn org_slug_ok(s: &str) -> bool {
     slug_ok(s, 63, b"-") && !s.ends_with('-')
 }
 
-fn role_slug_ok(s: &str) -> bool {
+pub(crate) fn role_slug_ok(s: &str) -> bool {
     slug_ok(s, 63, b"-_")
 }
 
@@ -47,7 +49,7 @@ fn text_ok(s: &str, max: usize) -> bool {
 
 /// Organizations, roles and permissions are for customer projects: on the platform tenant a
 /// member's `role` claim would stand where the operator role is read.
-fn customer_scope(auth: &Authorized, permission: Permission) -> Result<&Scope, CoreError> {
+pub(crate) fn customer_scope(auth: &Authorized, permission: Permission) -> Result<&Scope, CoreError> {
     let scope = auth.require(permission)?;
     if scope.tenant_kind == authio_db::TenantKind::Platform {
         return Err(CoreError::Forbidden("organizations are for customer projects, not the platform tenant"));
@@ -705,11 +707,14 @@ pub struct Role {
     pub name: String,
     pub permissions: Vec<String>,
     pub is_default: bool,
+    /// The organization whose own role set it belongs to (assignable there only); `None`:
+    /// a project-wide role.
+    pub organization_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-const ROLE_COLS: &str = "id, slug, name, permissions, is_default, created_at, updated_at";
+const ROLE_COLS: &str = "id, slug, name, permissions, is_default, organization_id, created_at, updated_at";
 
 impl Role {
     fn from_row(r: &Row) -> Result<Self, CoreError> {
@@ -719,6 +724,7 @@ impl Role {
             name: r.col("name")?,
             permissions: r.col("permissions")?,
             is_default: r.col("is_default")?,
+            organization_id: r.col("organization_id")?,
             created_at: r.col("created_at")?,
             updated_at: r.col("updated_at")?,
         })
@@ -735,6 +741,8 @@ pub struct NewRole {
     /// The role new members get when none is named (one per project).
     #[serde(default)]
     pub is_default: bool,
+    /// Make it one organization's own role (never the default).
+    pub organization_id: Option<Uuid>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -776,11 +784,19 @@ pub async fn create_role(
     if !text_ok(&new.name, 100) {
         return Err(bad("name (1-100 characters)"));
     }
+    if new.is_default && new.organization_id.is_some() {
+        return Err(bad("is_default (an organization's own role cannot be the project's default)"));
+    }
     let mut permissions = new.permissions.clone();
     permissions.sort();
     permissions.dedup();
     let now = crate::clock::now_as_stored(clock);
     let tx = router.begin(scope).await?;
+    if let Some(org) = new.organization_id {
+        tx.query_opt("SELECT 1 FROM organizations WHERE id = $1 FOR SHARE", &[(&org, Type::UUID)])
+            .await?
+            .ok_or(CoreError::NotFound(Entity::Organization))?;
+    }
     check_permissions(&tx, &permissions).await?;
     if new.is_default {
         tx.query("UPDATE roles SET is_default = false, updated_at = $1 WHERE is_default", &[(&now, Type::TIMESTAMPTZ)])
@@ -789,8 +805,9 @@ pub async fn create_role(
     let row = tx
         .query_one(
             &format!(
-                "INSERT INTO roles (tenant_id, project_id, id, slug, name, permissions, is_default, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {ROLE_COLS}"
+                "INSERT INTO roles (tenant_id, project_id, id, slug, name, permissions, is_default, created_at, updated_at,
+                                    organization_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) RETURNING {ROLE_COLS}"
             ),
             &[
                 (&scope.tenant_id, Type::UUID),
@@ -801,22 +818,34 @@ pub async fn create_role(
                 (&permissions, Type::TEXT_ARRAY),
                 (&new.is_default, Type::BOOL),
                 (&now, Type::TIMESTAMPTZ),
+                (&new.organization_id, Type::UUID),
             ],
         )
         .await
         .map_err(taken("this role slug"))?;
     let role = Role::from_row(&row)?;
-    let meta = serde_json::json!({"slug": role.slug, "permissions": role.permissions, "is_default": role.is_default});
+    let meta = serde_json::json!({"slug": role.slug, "permissions": role.permissions, "is_default": role.is_default,
+                                  "organization_id": role.organization_id});
     commit_with(tx, auth, crate::audit::AuditAction::RoleCreated, ("role", role.id.to_string()), client, meta, now)
         .await?;
     Ok(role)
 }
 
-pub async fn list_roles(router: &Router, auth: &Authorized) -> Result<Vec<Role>, CoreError> {
+/// Every role of the project; with `org`, the roles assignable there (project-wide and that
+/// organization's own).
+pub async fn list_roles(router: &Router, auth: &Authorized, org: Option<Uuid>) -> Result<Vec<Role>, CoreError> {
     let scope = auth.require(Permission::ProjectRead)?;
     project_of(scope)?;
     let tx = router.begin(scope).await?;
-    let rows = tx.query(&format!("SELECT {ROLE_COLS} FROM roles ORDER BY slug"), &[]).await?;
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT {ROLE_COLS} FROM roles
+                 WHERE $1::uuid IS NULL OR organization_id IS NULL OR organization_id = $1 ORDER BY slug"
+            ),
+            &[(&org, Type::UUID)],
+        )
+        .await?;
     tx.commit().await?;
     rows.iter().map(Role::from_row).collect()
 }
@@ -847,6 +876,10 @@ pub async fn update_role(
         check_permissions(&tx, p).await?;
     }
     if patch.is_default == Some(true) {
+        let own = tx.query_opt("SELECT organization_id FROM roles WHERE id = $1", &[(&id, Type::UUID)]).await?;
+        if own.map(|r| r.col::<Option<Uuid>>("organization_id")).transpose()?.flatten().is_some() {
+            return Err(bad("is_default (an organization's own role cannot be the project's default)"));
+        }
         tx.query(
             "UPDATE roles SET is_default = false, updated_at = $2 WHERE is_default AND id <> $1",
             &[(&id, Type::UUID), (&now, Type::TIMESTAMPTZ)],
@@ -948,10 +981,17 @@ pub struct MemberPatch {
     pub status: Option<String>,
 }
 
-/// The id of a role by slug, or of the default role.
-async fn role_id(tx: &ScopedTx, slug: Option<&str>) -> Result<Uuid, CoreError> {
+/// The id of a role by slug, or of the default role: a project-wide role, or one of `org`'s
+/// own (another organization's is not found).
+pub(crate) async fn role_id(tx: &ScopedTx, slug: Option<&str>, org: Option<Uuid>) -> Result<Uuid, CoreError> {
     let row = match slug {
-        Some(s) => tx.query_opt("SELECT id FROM roles WHERE slug = $1 FOR SHARE", &[(&s, Type::TEXT)]).await?,
+        Some(s) => {
+            tx.query_opt(
+                "SELECT id FROM roles WHERE slug = $1 AND (organization_id IS NULL OR organization_id = $2) FOR SHARE",
+                &[(&s, Type::TEXT), (&org, Type::UUID)],
+            )
+            .await?
+        }
         None => tx.query_opt("SELECT id FROM roles WHERE is_default FOR SHARE", &[]).await?,
     };
     match (row, slug) {
@@ -995,7 +1035,7 @@ pub async fn add_member(
     tx.query_opt("SELECT 1 FROM users WHERE id = $1 FOR SHARE", &[(&new.user_id, Type::UUID)])
         .await?
         .ok_or(CoreError::NotFound(Entity::User))?;
-    let role = role_id(&tx, new.role.as_deref()).await?;
+    let role = role_id(&tx, new.role.as_deref(), Some(org)).await?;
     let inserted = tx
         .query_opt(
             "INSERT INTO memberships (tenant_id, project_id, organization_id, user_id, role_id, status, created_at,
@@ -1102,6 +1142,41 @@ pub async fn join_by_domain(
     Ok(true)
 }
 
+/// An organization the hosted picker offers a user: one they are an active member of, or one
+/// they may join by its domain policy (`joins`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrgChoice {
+    pub id: Uuid,
+    pub name: String,
+    pub joins: bool,
+}
+
+/// What the organization picker shows `user`, by name: active memberships, then the
+/// organizations whose domain policy would admit them (the rule of
+/// `authio_org_join_by_domain`).
+pub async fn choices_for(router: &Router, scope: &Scope, user: Uuid) -> Result<Vec<OrgChoice>, CoreError> {
+    let rows = router
+        .read(
+            scope,
+            "SELECT o.id, o.name, false AS joins FROM memberships m JOIN organizations o
+                    ON o.tenant_id = m.tenant_id AND o.id = m.organization_id
+              WHERE m.user_id = $1 AND m.status = 'active'
+             UNION ALL
+             SELECT o.id, o.name, true FROM organizations o
+               JOIN organization_domains d ON d.tenant_id = o.tenant_id AND d.organization_id = o.id
+                    AND d.verified_at IS NOT NULL
+               JOIN users u ON u.tenant_id = o.tenant_id AND u.id = $1 AND u.email_verified AND NOT u.disabled
+                    AND d.domain = split_part(u.email, '@', 2)
+              WHERE o.domain_policy = 'auto_join'
+                AND NOT EXISTS (SELECT 1 FROM memberships x WHERE x.tenant_id = o.tenant_id
+                                AND x.organization_id = o.id AND x.user_id = $1)
+              ORDER BY 3, 2 LIMIT 100",
+            &[(&user, Type::UUID)],
+        )
+        .await?;
+    rows.iter().map(|r| Ok(OrgChoice { id: r.try_get(0)?, name: r.try_get(1)?, joins: r.try_get(2)? })).collect()
+}
+
 #[tracing::instrument(level = "debug", name = "orgs::update_member", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
 pub async fn update_member(
     router: &Router,
@@ -1123,7 +1198,7 @@ pub async fn update_member(
     let now = crate::clock::now_as_stored(clock);
     let tx = router.begin(scope).await?;
     let role = match &patch.role {
-        Some(r) => Some(role_id(&tx, Some(r)).await?),
+        Some(r) => Some(role_id(&tx, Some(r), Some(org)).await?),
         None => None,
     };
     tx.query_opt(

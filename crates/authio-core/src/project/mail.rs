@@ -20,6 +20,7 @@ pub enum MailKind {
     EmailCode,
     PasswordReset,
     EmailVerification,
+    Invitation,
 }
 
 impl MailKind {
@@ -29,13 +30,20 @@ impl MailKind {
             MailKind::EmailCode => "email_code",
             MailKind::PasswordReset => "password_reset",
             MailKind::EmailVerification => "email_verification",
+            MailKind::Invitation => "invitation",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [MailKind::MagicLink, MailKind::EmailCode, MailKind::PasswordReset, MailKind::EmailVerification]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            MailKind::MagicLink,
+            MailKind::EmailCode,
+            MailKind::PasswordReset,
+            MailKind::EmailVerification,
+            MailKind::Invitation,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 
     fn builtin(self) -> Template {
@@ -60,13 +68,18 @@ impl MailKind {
                 "Confirm your email address for {{project}}:\n\n{{link}}\n",
                 "<p>Confirm your email address for <strong>{{project}}</strong>:</p><p><a href=\"{{link}}\">Confirm</a></p>",
             ),
+            MailKind::Invitation => (
+                "You are invited to join {{organization}} on {{project}}",
+                "You are invited to join {{organization}} on {{project}}. Accept the invitation with this link (it works once, for {{days}} days):\n\n{{link}}\n\nIf you did not expect it, ignore this email.\n",
+                "<p>You are invited to join <strong>{{organization}}</strong> on <strong>{{project}}</strong>.</p><p><a href=\"{{link}}\">Accept the invitation</a></p><p>The link works once, for {{days}} days. If you did not expect it, ignore this email.</p>",
+            ),
         };
         Template { subject: subject.into(), text: text.into(), html: Some(html.into()) }
     }
 }
 
-/// A template: `{{project}}`, `{{link}}`, `{{code}}` and `{{minutes}}` are replaced (escaped in
-/// the HTML part).
+/// A template: `{{project}}`, `{{link}}`, `{{code}}`, `{{minutes}}`, `{{days}}` and (for
+/// invitations) `{{organization}}` are replaced (escaped in the HTML part).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Template {
     pub subject: String,
@@ -80,6 +93,8 @@ pub struct Values<'a> {
     pub link: Option<&'a str>,
     pub code: Option<&'a str>,
     pub minutes: i64,
+    /// The organization an invitation is to.
+    pub organization: Option<&'a str>,
 }
 
 fn escape_html(s: &str) -> String {
@@ -99,11 +114,14 @@ fn escape_html(s: &str) -> String {
 
 fn fill(template: &str, v: &Values<'_>, escape: bool) -> String {
     let minutes = v.minutes.to_string();
+    let days = (v.minutes / 1440).to_string();
     let pairs = [
         ("{{project}}", v.project),
         ("{{link}}", v.link.unwrap_or("")),
         ("{{code}}", v.code.unwrap_or("")),
         ("{{minutes}}", minutes.as_str()),
+        ("{{days}}", days.as_str()),
+        ("{{organization}}", v.organization.unwrap_or("")),
     ];
     let mut out = template.to_owned();
     for (k, val) in pairs {
@@ -342,7 +360,13 @@ mod tests {
             text: "go {{link}} in {{minutes}}".into(),
             html: Some("<a href=\"{{link}}\">{{project}}</a>".into()),
         };
-        let v = Values { project: "A&B <x>", link: Some("https://a.test/?t=1&u=2"), code: None, minutes: 15 };
+        let v = Values {
+            project: "A&B <x>",
+            link: Some("https://a.test/?t=1&u=2"),
+            code: None,
+            minutes: 15,
+            organization: None,
+        };
         let (s, text, html) = t.render(&v);
         assert_eq!(s, "Hi A&B <x> ");
         assert_eq!(text, "go https://a.test/?t=1&u=2 in 15");

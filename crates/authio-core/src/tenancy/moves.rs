@@ -35,10 +35,12 @@ pub struct HomeTable {
 
 pub const HOME_TABLES: &[HomeTable] = &[
     // Children before parents: an old copy is deleted in this order.
+    HomeTable { name: "invitations", key: "tenant_id, id" },
     HomeTable { name: "memberships", key: "tenant_id, organization_id, user_id" },
     HomeTable { name: "organization_domains", key: "tenant_id, id" },
-    HomeTable { name: "organizations", key: "tenant_id, id" },
+    // Roles may belong to an organization (its own role set).
     HomeTable { name: "roles", key: "tenant_id, id" },
+    HomeTable { name: "organizations", key: "tenant_id, id" },
     HomeTable { name: "permissions", key: "tenant_id, project_id, slug" },
     HomeTable { name: "user_identities", key: "tenant_id, id" },
     HomeTable { name: "refresh_tokens", key: "tenant_id, token_hash" },

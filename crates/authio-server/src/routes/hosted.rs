@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 
 use askama::Template;
-use authio_core::identity::signin::{Return, SignedInUser};
+use authio_core::identity::signin::{with_query, Return, SignedInUser};
 use authio_core::CoreError;
 use authio_db::Scope;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
@@ -157,6 +157,14 @@ struct Page {
     action: String,
     button: String,
     mails: Vec<MailView>,
+    /// The invitation page: a signed-in browser may join; otherwise sign in (or create the
+    /// invited account with a password, when it has none).
+    invite_join: bool,
+    invite_create: bool,
+    signin_link: String,
+    /// The organization picker: (id, name, joins by domain policy).
+    orgs: Vec<(String, String, bool)>,
+    return_to: String,
 }
 
 struct MailView {
@@ -402,6 +410,7 @@ pub struct FormFields {
     token: Option<String>,
     challenge_id: Option<String>,
     code: Option<String>,
+    organization: Option<String>,
     #[serde(flatten)]
     flow: FlowParamsForm,
 }
@@ -982,4 +991,189 @@ pub async fn dev_mailbox(State(state): State<AppState>) -> Response {
         }
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
+}
+
+/// The browser's provider session for `project`, if it is signed in there now.
+fn browser_user(state: &AppState, project: Uuid, headers: &HeaderMap) -> Option<Uuid> {
+    let s = cookie(headers, OP_COOKIE).and_then(|c| state.oidc.read_op_session(&c))?;
+    (s.project_id == project && s.expires > state.clock.now().timestamp()).then_some(s.user_id)
+}
+
+/// The invitation link's page: who is invited where, and how to accept (nothing is used up
+/// by a GET).
+pub async fn invitation_page(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+    custom: Option<Extension<CustomHost>>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let project = attempt!(project_id(&project));
+    let ctx = attempt!(Ctx::new(&state, project, &headers, custom.as_ref()).await);
+    let ip = client_ip(&state, connect.as_ref(), &headers);
+    let token = q.token.unwrap_or_default();
+    let view = match state.identity.invitation_for_token(project, &token, ip).await {
+        Ok(v) => v,
+        Err(e) => return ctx.error(e, "done", "This invitation cannot be used", ctx.page("done", "")),
+    };
+    invitation_view(&state, &ctx, &headers, &token, &view, None)
+}
+
+fn invitation_view(
+    state: &AppState,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    token: &str,
+    view: &authio_core::orgs::invitations::InvitationView,
+    error: Option<String>,
+) -> Response {
+    let mut p = ctx.page("invitation", &format!("Join {}", view.organization_name));
+    p.notice = Some(format!("You are invited to join {} as {}.", view.organization_name, view.email));
+    p.error = error;
+    p.token = token.to_owned();
+    p.email = view.email.clone();
+    p.invite_join = browser_user(state, ctx.project, headers).is_some();
+    p.invite_create = !p.invite_join && !view.has_account && ctx.presentation.offers("password");
+    let accept = with_query(&format!("{}/invitations/accept", ctx.site.prefix), &[("token", token)]);
+    p.signin_link = format!(
+        "{}/signin?{}",
+        ctx.site.prefix,
+        serde_urlencoded::to_string([("return_to", accept.as_str()), ("login_hint", view.email.as_str())])
+            .unwrap_or_default()
+    );
+    ctx.render(StatusCode::OK, p)
+}
+
+/// Accept: as the signed-in browser's user, or (with `password`) by creating the invited
+/// account, which is then signed in.
+pub async fn invitation_post(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+    custom: Option<Extension<CustomHost>>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    Form(form): Form<FormFields>,
+) -> Response {
+    let ctx = attempt!(posted(&state, &project, &headers, &form, custom.as_ref()).await);
+    let project = ctx.project;
+    let ip = client_ip(&state, connect.as_ref(), &headers);
+    let client = client_info(&headers, ip);
+    let token = form.token.clone().unwrap_or_default();
+    let heading = "Join the organization";
+    let joined = |name: &str| {
+        let mut p = ctx.page("done", &format!("You joined {name}"));
+        p.notice = Some(format!("You are now a member of {name}. You can close this page."));
+        p
+    };
+    let view = match state.identity.invitation_for_token(project, &token, ip).await {
+        Ok(v) => v,
+        Err(e) => return ctx.error(e, "done", heading, ctx.page("done", "")),
+    };
+    if let Some(password) = form.password.as_deref().filter(|p| !p.is_empty()) {
+        return match state.identity.accept_invitation_with_new_account(project, &token, password, &client, ip).await {
+            Ok((scope, user, _org)) => {
+                // Signed in as the new account: the provider session, as after any sign-in.
+                let lifetime = match state.identity.profile(project).await {
+                    Ok(p) => i64::from(p.session_absolute_timeout_secs),
+                    Err(e) => return ctx.error(e, "done", heading, ctx.page("done", "")),
+                };
+                let cookie = state.oidc.op_session_cookie(project_of_scope(&scope), &user, &["pwd"], lifetime);
+                let mut resp = ctx.render(StatusCode::OK, joined(&view.organization_name));
+                set_op_cookie(resp.headers_mut(), &ctx.site.prefix, &cookie, ctx.secure, lifetime);
+                resp
+            }
+            Err(e) => {
+                let (status, message, _) = describe(e);
+                let mut resp = invitation_view(&state, &ctx, &headers, &token, &view, Some(message));
+                *resp.status_mut() = status;
+                resp
+            }
+        };
+    }
+    let Some(user) = browser_user(&state, project, &headers) else {
+        return invitation_view(&state, &ctx, &headers, &token, &view, Some("Sign in first.".into()));
+    };
+    match state.identity.accept_invitation(project, &token, user, &client, ip).await {
+        Ok(_) => ctx.render(StatusCode::OK, joined(&view.organization_name)),
+        Err(e) => {
+            let (status, message, _) = describe(e);
+            let mut resp = invitation_view(&state, &ctx, &headers, &token, &view, Some(message));
+            *resp.status_mut() = status;
+            resp
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct PickerQuery {
+    return_to: Option<String>,
+}
+
+/// The organization picker an OpenID request with scope `organization` passes through when
+/// the user could act for several organizations (or join one by its domain policy).
+pub async fn organization_picker(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+    custom: Option<Extension<CustomHost>>,
+    Query(q): Query<PickerQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let project = attempt!(project_id(&project));
+    let ctx = attempt!(Ctx::new(&state, project, &headers, custom.as_ref()).await);
+    let heading = "Choose an organization";
+    let return_to = q.return_to.unwrap_or_default();
+    if let Err(e) = Return::authorize(project, &return_to) {
+        return ctx.error(e, "done", heading, ctx.page("done", ""));
+    }
+    let Some(user) = browser_user(&state, project, &headers) else {
+        return see_other_to(&return_to);
+    };
+    let scope = match state.identity.project_scope(project).await {
+        Ok(s) => s,
+        Err(e) => return ctx.error(e, "done", heading, ctx.page("done", "")),
+    };
+    let choices = match authio_core::orgs::choices_for(&state.router, &scope, user).await {
+        Ok(c) => c,
+        Err(e) => return ctx.error(e, "done", heading, ctx.page("done", "")),
+    };
+    let mut p = ctx.page("organizations", heading);
+    p.orgs = choices.into_iter().map(|c| (c.id.to_string(), c.name, c.joins)).collect();
+    p.return_to = return_to;
+    ctx.render(StatusCode::OK, p)
+}
+
+/// The picker's choice: back to the authorization request, naming the organization (the
+/// request checks the membership, or joins by the domain policy).
+pub async fn organization_picked(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+    custom: Option<Extension<CustomHost>>,
+    headers: HeaderMap,
+    Form(form): Form<FormFields>,
+) -> Response {
+    let ctx = attempt!(posted(&state, &project, &headers, &form, custom.as_ref()).await);
+    let heading = "Choose an organization";
+    let return_to = form.flow.return_to.clone().unwrap_or_default();
+    if let Err(e) = Return::authorize(ctx.project, &return_to) {
+        return ctx.error(e, "done", heading, ctx.page("done", ""));
+    }
+    let Some(org) = form.organization.as_deref().and_then(|o| Uuid::parse_str(o).ok()) else {
+        return ctx.error(
+            CoreError::Invalid(authio_core::types::ValidationError::Field("organization")),
+            "done",
+            heading,
+            ctx.page("done", ""),
+        );
+    };
+    see_other_to(&with_query(&return_to, &[("organization", &org.to_string())]))
+}
+
+fn see_other_to(location: &str) -> Response {
+    let mut resp = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    secure_headers(resp.headers_mut());
+    resp
 }

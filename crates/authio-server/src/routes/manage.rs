@@ -159,6 +159,9 @@ pub struct SessionResponse {
     pub absolute_expires_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub revoked_reason: Option<String>,
+    /// Set on an impersonation session: who acts as the user (`act.sub` of its tokens).
+    pub impersonator: Option<String>,
+    pub impersonation_reason: Option<String>,
 }
 
 impl From<SessionInfo> for SessionResponse {
@@ -175,6 +178,8 @@ impl From<SessionInfo> for SessionResponse {
             absolute_expires_at: s.absolute_expires_at,
             revoked_at: s.revoked_at,
             revoked_reason: s.revoked_reason,
+            impersonator: s.impersonator,
+            impersonation_reason: s.impersonation_reason,
         }
     }
 }

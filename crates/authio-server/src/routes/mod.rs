@@ -40,6 +40,19 @@ pub fn router(state: AppState) -> axum::Router {
             axum::routing::delete(orgs::delete_domain),
         )
         .route("/v1/projects/{project_id}/organizations/{id}/domains/{domain_id}/verify", post(orgs::verify_domain))
+        .route(
+            "/v1/projects/{project_id}/organizations/{id}/invitations",
+            get(orgs::list_invitations).post(orgs::create_invitation),
+        )
+        .route(
+            "/v1/projects/{project_id}/organizations/{id}/invitations/{invitation_id}",
+            axum::routing::delete(orgs::revoke_invitation),
+        )
+        .route(
+            "/v1/projects/{project_id}/organizations/{id}/invitations/{invitation_id}/resend",
+            post(orgs::resend_invitation),
+        )
+        .route("/v1/projects/{project_id}/users/{user_id}/impersonate", post(users::impersonate))
         .route("/v1/projects/{project_id}/roles", get(orgs::list_roles).post(orgs::create_role))
         .route(
             "/v1/projects/{project_id}/roles/{id}",
@@ -97,6 +110,11 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/p/{project_id}/reset", get(hosted::reset_page).post(hosted::reset_post))
         .route("/p/{project_id}/reset/confirm", get(hosted::reset_confirm_page).post(hosted::reset_confirm_post))
         .route("/p/{project_id}/verify-email", get(hosted::verify_email_page).post(hosted::verify_email_post))
+        .route("/p/{project_id}/invitations/accept", get(hosted::invitation_page).post(hosted::invitation_post))
+        .route(
+            "/p/{project_id}/organizations/select",
+            get(hosted::organization_picker).post(hosted::organization_picked),
+        )
         .route("/oauth/callback", get(hosted::oauth_callback))
         .route("/dev/mailbox", get(hosted::dev_mailbox))
         .route("/p/{project_id}/.well-known/openid-configuration", get(oidc::discovery))

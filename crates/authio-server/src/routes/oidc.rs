@@ -163,6 +163,30 @@ pub async fn authorize(
         }
     };
     if let Some(s) = usable {
+        let mut req = req.clone();
+        // Scope `organization` without a named one: the only organization the user is an
+        // active member of, or the hosted picker when there is a choice to make (several, or
+        // one to join by its domain policy).
+        if req.organization.is_none() && req.scope.iter().any(|x| x == "organization") {
+            let choices = match state.identity.project_scope(project).await {
+                Ok(scope) => authio_core::orgs::choices_for(&state.router, &scope, s.user_id).await,
+                Err(e) => Err(e),
+            };
+            match choices {
+                Ok(c) if c.len() == 1 && !c[0].joins => req.organization = Some(c[0].id),
+                Ok(c) if !c.is_empty() => {
+                    let prefix = prefix_of(project, custom.as_ref());
+                    let return_to = format!("{prefix}/oauth2/authorize?{query}");
+                    let q = serde_urlencoded::to_string([("return_to", return_to.as_str())]).unwrap_or_default();
+                    return see_other(&format!("{prefix}/organizations/select?{q}"));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "authorization: organizations not read");
+                    return fail("temporarily_unavailable", "try again shortly");
+                }
+            }
+        }
         return match state.oidc.issue_authorization_code(&req, &s).await {
             Ok(location) => see_other(&location),
             Err(authio_core::CoreError::NotAMember) => {

@@ -7,7 +7,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -332,6 +332,8 @@ pub struct RoleBody {
     pub name: String,
     pub permissions: Vec<String>,
     pub is_default: bool,
+    /// Set for an organization's own role (assignable there only).
+    pub organization_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -344,6 +346,7 @@ impl From<orgs::Role> for RoleBody {
             name: r.name,
             permissions: r.permissions,
             is_default: r.is_default,
+            organization_id: r.organization_id,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -367,6 +370,8 @@ pub struct NewRoleBody {
     permissions: Option<Vec<String>>,
     /// The role new members get when none is named (one per project).
     is_default: Option<bool>,
+    /// Make it this organization's own role: assignable only there, never the default.
+    organization_id: Option<Uuid>,
 }
 
 /// `PATCH .../roles/{id}`: absent fields stay.
@@ -398,15 +403,32 @@ pub async fn create_role(
     Ok((StatusCode::CREATED, Json(role.into())))
 }
 
+/// The project's roles; with `organization_id`, the ones assignable in that organization
+/// (project-wide roles and its own).
 #[utoipa::path(get, path = "/v1/projects/{project_id}/roles", tag = "organizations",
-    params(("project_id" = Uuid, Path)), security(("project_api_key" = [])), responses((status = 200, body = RoleList)))]
+    params(("project_id" = Uuid, Path),
+        ("organization_id" = Option<Uuid>, Query, description = "only roles assignable in this organization")),
+    security(("project_api_key" = [])),
+    responses((status = 200, body = RoleList),
+              (status = 400, description = "bad query (`invalid_query`)", body = crate::error::ErrorBody)))]
 pub async fn list_roles(
     State(state): State<AppState>,
     ctx: RequestContext,
     Path(_project_id): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<RoleList>, ApiError> {
     let auth = ctx.authorize(Permission::ProjectRead)?;
-    let roles = orgs::list_roles(&state.router, &auth).await?;
+    let bad = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m);
+    let mut org = None;
+    for (k, v) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "organization_id" => {
+                org = Some(Uuid::parse_str(&v).map_err(|_| bad("organization_id must be an organization id"))?)
+            }
+            _ => return Err(bad("unknown query parameter")),
+        }
+    }
+    let roles = orgs::list_roles(&state.router, &auth, org).await?;
     Ok(Json(RoleList { data: roles.into_iter().map(Into::into).collect() }))
 }
 
@@ -641,4 +663,156 @@ pub async fn delete_domain(
     let client = client_info(&headers, None);
     orgs::delete_domain(&state.router, state.clock.as_ref(), &auth, id, domain_id, &client).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// An invitation to an organization.
+#[derive(Serialize, ToSchema)]
+pub struct InvitationBody {
+    pub id: Uuid,
+    pub organization_id: Uuid,
+    pub email: String,
+    /// The role's slug.
+    pub role: String,
+    /// `pending`, `accepted`, `revoked` or `expired`.
+    pub status: String,
+    /// Who invited (`kind:id`).
+    pub inviter: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// How many times its email was sent (resends included).
+    pub sent_count: i32,
+    pub last_sent_at: DateTime<Utc>,
+    pub accepted_at: Option<DateTime<Utc>>,
+    pub accepted_by: Option<Uuid>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<orgs::invitations::Invitation> for InvitationBody {
+    fn from(i: orgs::invitations::Invitation) -> Self {
+        InvitationBody {
+            id: i.id,
+            organization_id: i.organization_id,
+            email: i.email,
+            role: i.role,
+            status: i.status,
+            inviter: i.inviter,
+            created_at: i.created_at,
+            expires_at: i.expires_at,
+            sent_count: i.sent_count,
+            last_sent_at: i.last_sent_at,
+            accepted_at: i.accepted_at,
+            accepted_by: i.accepted_by,
+            revoked_at: i.revoked_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct InvitationList {
+    pub data: Vec<InvitationBody>,
+}
+
+/// `POST .../invitations`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct NewInvitationBody {
+    #[schema(format = "email", min_length = 3, max_length = 254)]
+    email: String,
+    /// A role slug (project-wide or the organization's own); absent, the default role.
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
+    role: Option<String>,
+    /// How long the link works: 1-30 days, 7 by default.
+    #[schema(minimum = 1, maximum = 30)]
+    expires_in_days: Option<i64>,
+}
+
+/// `POST .../invitations/{invitation_id}/resend`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResendBody {
+    /// 1-30 days from now, 7 by default.
+    #[schema(minimum = 1, maximum = 30)]
+    pub expires_in_days: Option<i64>,
+}
+
+fn invitation_id(raw: &str) -> Result<Uuid, ApiError> {
+    path_uuid(raw, "invitation_not_found", "invitation")
+}
+
+/// Invite an email address to an organization: the invitation email goes out through the
+/// outbox with a single-use link to the hosted accept page.
+#[utoipa::path(post, path = "/v1/projects/{project_id}/organizations/{id}/invitations", tag = "organizations",
+    params(("project_id" = Uuid, Path), ("id" = Uuid, Path)), security(("project_api_key" = [])),
+    request_body = NewInvitationBody,
+    responses((status = 201, body = InvitationBody),
+              (status = 409, description = "an active member already, or a pending invitation exists (`conflict`)", body = crate::error::ErrorBody)))]
+pub async fn create_invitation(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    Path((_project_id, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<InvitationBody>), ApiError> {
+    let auth = ctx.authorize(Permission::UsersManage)?;
+    let id = org_id(&id)?;
+    let new: orgs::invitations::NewInvitation = json_body(&headers, &body)?;
+    let client = client_info(&headers, None);
+    let (inv, _token) = state.identity.invite(&auth, id, &new, &client).await?;
+    Ok((StatusCode::CREATED, Json(inv.into())))
+}
+
+/// An organization's invitations, newest first (at most 500).
+#[utoipa::path(get, path = "/v1/projects/{project_id}/organizations/{id}/invitations", tag = "organizations",
+    params(("project_id" = Uuid, Path), ("id" = Uuid, Path)), security(("project_api_key" = [])),
+    responses((status = 200, body = InvitationList)))]
+pub async fn list_invitations(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    Path((_project_id, id)): Path<(String, String)>,
+) -> Result<Json<InvitationList>, ApiError> {
+    let auth = ctx.authorize(Permission::UsersRead)?;
+    let list = orgs::invitations::list_invitations(&state.router, state.clock.as_ref(), &auth, org_id(&id)?).await?;
+    Ok(Json(InvitationList { data: list.into_iter().map(Into::into).collect() }))
+}
+
+/// Send a pending (or expired) invitation again: a new link, a new expiry; the old link stops
+/// working.
+#[utoipa::path(post, path = "/v1/projects/{project_id}/organizations/{id}/invitations/{invitation_id}/resend", tag = "organizations",
+    params(("project_id" = Uuid, Path), ("id" = Uuid, Path), ("invitation_id" = Uuid, Path)),
+    security(("project_api_key" = [])), request_body = ResendBody,
+    responses((status = 200, body = InvitationBody),
+              (status = 410, description = "accepted or revoked already (`invitation_used`, `invitation_revoked`)", body = crate::error::ErrorBody)))]
+pub async fn resend_invitation(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    Path((_project_id, id, inv)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<InvitationBody>, ApiError> {
+    let auth = ctx.authorize(Permission::UsersManage)?;
+    let (id, inv) = (org_id(&id)?, invitation_id(&inv)?);
+    let resend: ResendBody = json_body(&headers, &body)?;
+    let client = client_info(&headers, None);
+    let (inv, _token) = state.identity.resend_invitation(&auth, id, inv, resend.expires_in_days, &client).await?;
+    Ok(Json(inv.into()))
+}
+
+/// Revoke an invitation: its link stops working (revoking twice is not an error).
+#[utoipa::path(delete, path = "/v1/projects/{project_id}/organizations/{id}/invitations/{invitation_id}", tag = "organizations",
+    params(("project_id" = Uuid, Path), ("id" = Uuid, Path), ("invitation_id" = Uuid, Path)),
+    security(("project_api_key" = [])),
+    responses((status = 200, body = InvitationBody),
+              (status = 410, description = "accepted already (`invitation_used`): remove the member instead", body = crate::error::ErrorBody)))]
+pub async fn revoke_invitation(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    Path((_project_id, id, inv)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<InvitationBody>, ApiError> {
+    let auth = ctx.authorize(Permission::UsersManage)?;
+    let (id, inv) = (org_id(&id)?, invitation_id(&inv)?);
+    let client = client_info(&headers, None);
+    let inv =
+        orgs::invitations::revoke_invitation(&state.router, state.clock.as_ref(), &auth, id, inv, &client).await?;
+    Ok(Json(inv.into()))
 }

@@ -136,3 +136,68 @@ fn parse_list_query(query: &str) -> Result<ListQuery, ApiError> {
     }
     Ok(q)
 }
+
+/// `POST .../users/{user_id}/impersonate`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ImpersonateBody {
+    /// Why: kept with the session and in the audit log.
+    #[schema(min_length = 1, max_length = 500)]
+    reason: String,
+    /// How long the session lasts: 1-60 minutes, 15 by default.
+    #[schema(minimum = 1, maximum = 60)]
+    minutes: Option<i64>,
+}
+
+/// A started impersonation: tokens for a session as the user, whose access tokens carry
+/// `act` (RFC 8693 4.1) naming the impersonator. The refresh token works until `ends_at`.
+#[derive(Serialize, ToSchema)]
+pub struct ImpersonationResponse {
+    pub session_id: Uuid,
+    pub user_id: Uuid,
+    /// The `act.sub` of its tokens.
+    pub impersonator: String,
+    pub reason: String,
+    pub ends_at: DateTime<Utc>,
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: i64,
+    pub refresh_token: String,
+}
+
+/// Start a session as a user (impersonation), for at most 60 minutes: operators (operator
+/// token) and tenant owners (dashboard) only; a project API key is refused (403 `forbidden`),
+/// as are platform users and users with the operator role (403 `impersonation_refused`).
+#[utoipa::path(post, path = "/v1/projects/{project_id}/users/{user_id}/impersonate", tag = "users",
+    params(("project_id" = Uuid, Path), ("user_id" = Uuid, Path)),
+    request_body = ImpersonateBody,
+    security(("project_api_key" = [])),
+    responses(
+        (status = 201, description = "started", body = ImpersonationResponse),
+        (status = 403, description = "not allowed to impersonate (`forbidden`), or this user may not be impersonated (`impersonation_refused`)", body = crate::error::ErrorBody),
+    ))]
+pub async fn impersonate(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    Path((_project_id, user)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, [(axum::http::HeaderName, &'static str); 1], Json<ImpersonationResponse>), ApiError> {
+    let auth = ctx.authorize(Permission::UsersImpersonate)?;
+    let user = Uuid::parse_str(&user).map_err(|_| ApiError::not_found("user_not_found", "user not found"))?;
+    let new: authio_core::identity::impersonation::NewImpersonation = json_body(&headers, &body)?;
+    let client = crate::routes::auth::client_info(&headers, None);
+    let i = state.identity.impersonate(&auth, user, &new, &client).await?;
+    let body = ImpersonationResponse {
+        session_id: i.session_id,
+        user_id: i.user_id,
+        impersonator: i.impersonator,
+        reason: i.reason,
+        ends_at: i.ends_at,
+        access_token: i.tokens.access_token,
+        token_type: i.tokens.token_type.to_owned(),
+        expires_in: i.tokens.expires_in,
+        refresh_token: i.tokens.refresh_token,
+    };
+    Ok((StatusCode::CREATED, [(axum::http::header::CACHE_CONTROL, "no-store")], Json(body)))
+}

@@ -18,9 +18,9 @@ use openidconnect::{
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-const CB: &str = "https://rp.example.com/callback";
+pub(crate) const CB: &str = "https://rp.example.com/callback";
 const AFTER_LOGOUT: &str = "https://rp.example.com/bye";
-const PASSWORD: &str = "a-long-password-1";
+pub(crate) const PASSWORD: &str = "a-long-password-1";
 
 async fn register(app: &TestApp, s: &Seeded, body: Value) -> Value {
     let r = app
@@ -35,7 +35,7 @@ async fn register(app: &TestApp, s: &Seeded, body: Value) -> Value {
     r.json().await.unwrap()
 }
 
-async fn confidential(app: &TestApp, s: &Seeded) -> (String, String) {
+pub(crate) async fn confidential(app: &TestApp, s: &Seeded) -> (String, String) {
     let c = register(
         app,
         s,
@@ -45,7 +45,7 @@ async fn confidential(app: &TestApp, s: &Seeded) -> (String, String) {
     (c["client_id"].as_str().unwrap().to_owned(), c["client_secret"].as_str().unwrap().to_owned())
 }
 
-async fn user(app: &TestApp, s: &Seeded, email: &str) {
+pub(crate) async fn user(app: &TestApp, s: &Seeded, email: &str) {
     let r = app
         .http
         .post(app.url("/v1/auth/signup"))
@@ -57,13 +57,13 @@ async fn user(app: &TestApp, s: &Seeded, email: &str) {
 }
 
 /// A browser: cookies, redirects by hand.
-struct Browser {
+pub(crate) struct Browser {
     http: reqwest::Client,
-    cookies: HashMap<String, String>,
+    pub(crate) cookies: HashMap<String, String>,
 }
 
 impl Browser {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Browser {
             http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
             cookies: HashMap::new(),
@@ -86,14 +86,14 @@ impl Browser {
         self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
     }
 
-    async fn get(&mut self, url: &str) -> (StatusCode, Option<String>, String) {
+    pub(crate) async fn get(&mut self, url: &str) -> (StatusCode, Option<String>, String) {
         let r = self.http.get(url).header("cookie", self.cookie()).send().await.unwrap();
         self.keep(&r);
         let location = r.headers().get("location").map(|l| l.to_str().unwrap().to_owned());
         (r.status(), location, r.text().await.unwrap())
     }
 
-    async fn post(&mut self, url: &str, form: &[(&str, &str)]) -> (StatusCode, Option<String>, String) {
+    pub(crate) async fn post(&mut self, url: &str, form: &[(&str, &str)]) -> (StatusCode, Option<String>, String) {
         let r = self.http.post(url).header("cookie", self.cookie()).form(form).send().await.unwrap();
         self.keep(&r);
         let location = r.headers().get("location").map(|l| l.to_str().unwrap().to_owned());
@@ -101,13 +101,13 @@ impl Browser {
     }
 }
 
-fn hidden(html: &str, name: &str) -> String {
+pub(crate) fn hidden(html: &str, name: &str) -> String {
     let at = html.find(&format!("name=\"{name}\" value=\"")).unwrap_or_else(|| panic!("{name} in {html}"));
     let rest = &html[at + name.len() + 15..];
     rest[..rest.find('"').unwrap()].replace("&amp;", "&").replace("&#38;", "&").replace("&#x2f;", "/")
 }
 
-fn absolute(app: &TestApp, location: &str) -> String {
+pub(crate) fn absolute(app: &TestApp, location: &str) -> String {
     if location.starts_with('/') {
         app.url(location)
     } else {
@@ -117,7 +117,7 @@ fn absolute(app: &TestApp, location: &str) -> String {
 
 /// Open the authorization URL in `b`; sign in with a password on the hosted page when asked;
 /// return the final redirect to the client.
-async fn sign_in_through(app: &TestApp, b: &mut Browser, auth_url: &str, email: &str) -> String {
+pub(crate) async fn sign_in_through(app: &TestApp, b: &mut Browser, auth_url: &str, email: &str) -> String {
     let (st, location, body) = b.get(auth_url).await;
     assert_eq!(st, StatusCode::SEE_OTHER, "{body}");
     let location = location.unwrap();
@@ -140,7 +140,7 @@ async fn sign_in_through(app: &TestApp, b: &mut Browser, auth_url: &str, email: 
     to_client.unwrap()
 }
 
-fn query_of(location: &str) -> HashMap<String, String> {
+pub(crate) fn query_of(location: &str) -> HashMap<String, String> {
     url::Url::parse(location).unwrap().query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
 }
 
@@ -335,7 +335,7 @@ async fn an_independent_rp_completes_the_code_flow_with_pkce_then_refreshes_revo
 }
 
 /// A raw authorization URL.
-fn authorize_url(app: &TestApp, s: &Seeded, params: &[(&str, &str)]) -> String {
+pub(crate) fn authorize_url(app: &TestApp, s: &Seeded, params: &[(&str, &str)]) -> String {
     format!("{}/p/{}/oauth2/authorize?{}", app.base_url, s.project.id, serde_urlencoded::to_string(params).unwrap())
 }
 

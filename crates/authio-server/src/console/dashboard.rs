@@ -40,6 +40,9 @@ pub fn routes() -> axum::Router<AppState> {
         .route(&format!("{p}/users"), get(users_page))
         .route(&format!("{p}/users/{{uid}}"), get(user_page))
         .route(&format!("{p}/users/{{uid}}/{{act}}"), post(user_action))
+        .route(&format!("{p}/organizations"), get(organizations_page).post(create_organization))
+        .route(&format!("{p}/organizations/{{oid}}"), get(organization_page))
+        .route(&format!("{p}/organizations/{{oid}}/{{act}}"), post(organization_action))
         .route(&format!("{p}/credentials"), get(credentials))
         .route(&format!("{p}/credentials/{{kind}}"), post(create_credential))
         .route(&format!("{p}/credentials/{{kind}}/{{id}}/revoke"), post(revoke_credential))
@@ -151,6 +154,7 @@ fn project_page(m: &Member, p: &Project, title: &str, current: &str) -> PageView
     let base = format!("/dashboard/{}/p/{}", m.tenant.slug, p.id);
     let items = vec![
         (format!("{base}/users"), "Users"),
+        (format!("{base}/organizations"), "Organizations"),
         (format!("{base}/credentials"), "M2M clients & API keys"),
         (format!("{base}/urls"), "Redirect URIs, origins & domains"),
         (format!("{base}/signin"), "Sign-in & branding"),
@@ -180,6 +184,8 @@ const DONE: &[(&str, &str)] = &[
     ("rotated", "Keys rotated: the next key is now current, and a new next key is published."),
     ("requested", "Request filed. An operator will review it; this page shows its progress."),
     ("withdrawn", "Request withdrawn."),
+    ("invited", "Invitation sent."),
+    ("resent", "Invitation sent again with a new link."),
 ];
 
 fn flash(page: PageView, f: &Flash) -> PageView {
@@ -345,6 +351,7 @@ async fn user_page(
     );
     let b = format!("{}/users/{uid}", base(&m, &p));
     let read_only = m.read_only();
+    let may_impersonate = m.authorize(Permission::UsersImpersonate, &target).is_ok();
     let toggle = if u.disabled { ("enable", "Enable user", false) } else { ("disable", "Disable user", true) };
     let now = state.clock.now();
     flash(project_page(&m, &p, &u.email, "users"), &f)
@@ -357,6 +364,12 @@ async fn user_page(
         ]))
         .block(Block::Form(FormView::button(format!("{b}/{}", toggle.0), toggle.1, toggle.2).disabled_if(read_only)))
         .block(Block::Form(FormView::button(format!("{b}/delete"), "Delete user", true).disabled_if(read_only)))
+        .block(Block::Form(
+            FormView::post(format!("{b}/impersonate"), "Impersonate")
+                .field(Field::text("text", "reason", "Reason for impersonating (kept in the audit log)", "").required())
+                .field(Field::text("text", "minutes", "Minutes (1-60)", "15"))
+                .disabled_if(!may_impersonate),
+        ))
         .block(Block::table(
             "Sessions",
             vec!["Started", "Last active", "From", "State", ""],
@@ -371,7 +384,12 @@ async fn user_page(
                             s.ip.clone().unwrap_or_default(),
                             s.user_agent.clone().unwrap_or_default()
                         )),
-                        if live { Cell::Badge("ok", "live".into()) } else { Cell::Badge("", "ended".into()) },
+                        match (&s.impersonator, live) {
+                            (Some(who), true) => Cell::Badge("warn", format!("live, impersonated by {who}")),
+                            (Some(who), false) => Cell::Badge("", format!("ended, impersonated by {who}")),
+                            (None, true) => Cell::Badge("ok", "live".into()),
+                            (None, false) => Cell::Badge("", "ended".into()),
+                        },
                         if live {
                             Cell::Action(
                                 FormView::button(format!("{b}/revoke"), "Revoke", true)
@@ -393,6 +411,8 @@ async fn user_page(
 struct UserActionForm {
     csrf: Option<String>,
     session: Option<Uuid>,
+    reason: Option<String>,
+    minutes: Option<String>,
 }
 
 async fn user_action(
@@ -405,6 +425,37 @@ async fn user_action(
     page_try!(check_csrf(&user, f.csrf.as_deref()));
     let m = page_try!(member(&state, user, &slug).await);
     let (p, target) = page_try!(project(&state, &m, &pid).await);
+    if act == "impersonate" {
+        let auth = page_try!(m.authorize(Permission::UsersImpersonate, &target));
+        let minutes = match f.minutes.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+            None => None,
+            Some(v) => match v.parse::<i64>() {
+                Ok(n) => Some(n),
+                Err(_) => return error_page(StatusCode::UNPROCESSABLE_ENTITY, "Minutes: 1 to 60.", Some(&m.user)),
+            },
+        };
+        let new = authio_core::identity::impersonation::NewImpersonation {
+            reason: f.reason.clone().unwrap_or_default(),
+            minutes,
+        };
+        let i = core_try!(state.identity.impersonate(&auth, uid, &new, &client_info(&headers)).await, &m.user);
+        return project_page(&m, &p, "Impersonation", "users")
+            .block(Block::notice(
+                "warn",
+                format!(
+                    "Impersonation started: tokens as this user, carrying act = {}, until {}. Shown once.",
+                    i.impersonator,
+                    i.ends_at.format("%Y-%m-%d %H:%M UTC")
+                ),
+            ))
+            .block(Block::Secret(super::Secret { label: "Access token".into(), value: i.tokens.access_token }))
+            .block(Block::Secret(super::Secret { label: "Refresh token".into(), value: i.tokens.refresh_token }))
+            .block(Block::Form(
+                FormView::button(format!("{}/users/{uid}/revoke", base(&m, &p)), "End the impersonation", true)
+                    .field(Field::hidden("session", &i.session_id.to_string())),
+            ))
+            .ok();
+    }
     let auth = page_try!(m.authorize(Permission::UsersManage, &target));
     let (router, clock, info) = (&state.router, state.clock.as_ref(), client_info(&headers));
     let b = base(&m, &p);
@@ -1192,6 +1243,235 @@ async fn toggle_dedicated(
             };
             Redirect::to(&format!("/dashboard/{slug}/billing?done={done}")).into_response()
         }
+        Err(e) => core_error_page(e, Some(&m.user)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Organizations
+
+#[derive(Deserialize)]
+struct OrgForm {
+    csrf: Option<String>,
+    name: Option<String>,
+    slug: Option<String>,
+    email: Option<String>,
+    role: Option<String>,
+    invitation: Option<Uuid>,
+}
+
+async fn organizations_page(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    Path((slug, pid)): Path<(String, String)>,
+    Query(q): Query<UsersQuery>,
+) -> Response {
+    let m = page_try!(member(&state, user, &slug).await);
+    let (p, target) = page_try!(project(&state, &m, &pid).await);
+    let auth = page_try!(m.authorize(Permission::UsersRead, &target));
+    let name = q.q.clone().filter(|v| !v.trim().is_empty());
+    let list = core_try!(
+        authio_core::orgs::list_organizations(&state.router, &auth, 200, None, name.as_deref(), None).await,
+        &m.user
+    );
+    let b = base(&m, &p);
+    flash(project_page(&m, &p, "Organizations", "organizations"), &Flash { done: q.done })
+        .block(Block::Form(FormView::get(format!("{b}/organizations"), "Search").field(Field::text(
+            "search",
+            "q",
+            "Name contains",
+            name.as_deref().unwrap_or(""),
+        ))))
+        .block(Block::table(
+            "Organizations",
+            vec!["Name", "Slug", "Domain policy", "Created"],
+            list.iter()
+                .map(|o| {
+                    vec![
+                        Cell::Link(format!("{b}/organizations/{}", o.id), o.name.clone()),
+                        Cell::Code(o.slug.clone()),
+                        Cell::Text(o.domain_policy.clone()),
+                        Cell::Text(o.created_at.format("%Y-%m-%d").to_string()),
+                    ]
+                })
+                .collect(),
+            "No organizations.",
+        ))
+        .block(Block::Form(
+            FormView::post(format!("{b}/organizations"), "Create organization")
+                .field(Field::text("text", "name", "Name", "").required())
+                .field(Field::text("text", "slug", "Slug (a-z, 0-9, -)", "").required())
+                .disabled_if(m.read_only()),
+        ))
+        .ok()
+}
+
+async fn create_organization(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    headers: axum::http::HeaderMap,
+    Path((slug, pid)): Path<(String, String)>,
+    Form(f): Form<OrgForm>,
+) -> Response {
+    page_try!(check_csrf(&user, f.csrf.as_deref()));
+    let m = page_try!(member(&state, user, &slug).await);
+    let (p, target) = page_try!(project(&state, &m, &pid).await);
+    let auth = page_try!(m.authorize(Permission::UsersManage, &target));
+    let new = authio_core::orgs::NewOrganization {
+        name: f.name.unwrap_or_default().trim().to_owned(),
+        slug: f.slug.unwrap_or_default().trim().to_owned(),
+        external_id: None,
+        metadata: None,
+        domain_policy: None,
+    };
+    let o = core_try!(
+        authio_core::orgs::create_organization(
+            &state.router,
+            state.clock.as_ref(),
+            &auth,
+            &new,
+            &client_info(&headers)
+        )
+        .await,
+        &m.user
+    );
+    Redirect::to(&format!("{}/organizations/{}", base(&m, &p), o.id)).into_response()
+}
+
+async fn organization_page(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    Path((slug, pid, oid)): Path<(String, String, Uuid)>,
+    Query(f): Query<Flash>,
+) -> Response {
+    let m = page_try!(member(&state, user, &slug).await);
+    let (p, target) = page_try!(project(&state, &m, &pid).await);
+    let auth = page_try!(m.authorize(Permission::UsersRead, &target));
+    let read = page_try!(m.also(&auth, Permission::ProjectRead));
+    let (o, members, invitations, roles) = core_try!(
+        tokio::try_join!(
+            authio_core::orgs::get_organization(&state.router, &auth, oid),
+            authio_core::orgs::list_members(&state.router, &auth, oid),
+            authio_core::orgs::invitations::list_invitations(&state.router, state.clock.as_ref(), &auth, oid),
+            authio_core::orgs::list_roles(&state.router, &read, Some(oid)),
+        ),
+        &m.user
+    );
+    let b = format!("{}/organizations/{oid}", base(&m, &p));
+    let read_only = m.read_only();
+    let role_options: Vec<(String, String)> = std::iter::once((String::new(), "Default role".to_owned()))
+        .chain(roles.iter().map(|r| (r.slug.clone(), r.name.clone())))
+        .collect();
+    flash(project_page(&m, &p, &o.name, "organizations"), &f)
+        .block(Block::Facts(vec![
+            ("Name".into(), o.name.clone()),
+            ("Slug".into(), o.slug.clone()),
+            ("Domain policy".into(), o.domain_policy.clone()),
+            ("Id".into(), o.id.to_string()),
+        ]))
+        .block(Block::table(
+            "Members",
+            vec!["User", "Role", "Status", "Since"],
+            members
+                .iter()
+                .map(|mm| {
+                    vec![
+                        Cell::Link(format!("{}/users/{}", base(&m, &p), mm.user_id), mm.user_id.to_string()),
+                        Cell::Text(mm.role.clone()),
+                        Cell::Badge(if mm.status == "active" { "ok" } else { "" }, mm.status.clone()),
+                        Cell::Text(mm.created_at.format("%Y-%m-%d").to_string()),
+                    ]
+                })
+                .collect(),
+            "No members.",
+        ))
+        .block(Block::table(
+            "Invitations",
+            vec!["Email", "Role", "Status", "Expires", "", ""],
+            invitations
+                .iter()
+                .map(|i| {
+                    let pending = i.status == "pending" || i.status == "expired";
+                    let button = |act: &str, label: &str, danger: bool| {
+                        if pending {
+                            Cell::Action(
+                                FormView::button(format!("{b}/{act}"), label, danger)
+                                    .field(Field::hidden("invitation", &i.id.to_string()))
+                                    .disabled_if(read_only),
+                            )
+                        } else {
+                            Cell::Text(String::new())
+                        }
+                    };
+                    vec![
+                        Cell::Text(i.email.clone()),
+                        Cell::Text(i.role.clone()),
+                        Cell::Badge(if i.status == "pending" { "ok" } else { "" }, i.status.clone()),
+                        Cell::Text(i.expires_at.format("%Y-%m-%d %H:%M").to_string()),
+                        button("resend", "Resend", false),
+                        button("revoke", "Revoke", true),
+                    ]
+                })
+                .collect(),
+            "No invitations.",
+        ))
+        .block(Block::Form(
+            FormView::post(format!("{b}/invite"), "Send invitation")
+                .field(Field::text("email", "email", "Email", "").required())
+                .field(Field::select("role", "Role", role_options, ""))
+                .disabled_if(read_only),
+        ))
+        .ok()
+}
+
+async fn organization_action(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    headers: axum::http::HeaderMap,
+    Path((slug, pid, oid, act)): Path<(String, String, Uuid, String)>,
+    Form(f): Form<OrgForm>,
+) -> Response {
+    page_try!(check_csrf(&user, f.csrf.as_deref()));
+    let m = page_try!(member(&state, user, &slug).await);
+    let (p, target) = page_try!(project(&state, &m, &pid).await);
+    let auth = page_try!(m.authorize(Permission::UsersManage, &target));
+    let info = client_info(&headers);
+    let back = format!("{}/organizations/{oid}", base(&m, &p));
+    let invitation = || f.invitation.ok_or(CoreError::NotFound(authio_core::types::Entity::Invitation));
+    let result = match act.as_str() {
+        "invite" => {
+            let new = authio_core::orgs::invitations::NewInvitation {
+                email: f.email.clone().unwrap_or_default(),
+                role: f.role.clone().filter(|r| !r.is_empty()),
+                expires_in_days: None,
+            };
+            state.identity.invite(&auth, oid, &new, &info).await.map(|_| format!("{back}?done=invited"))
+        }
+        "resend" => match invitation() {
+            Ok(id) => state
+                .identity
+                .resend_invitation(&auth, oid, id, None, &info)
+                .await
+                .map(|_| format!("{back}?done=resent")),
+            Err(e) => Err(e),
+        },
+        "revoke" => match invitation() {
+            Ok(id) => authio_core::orgs::invitations::revoke_invitation(
+                &state.router,
+                state.clock.as_ref(),
+                &auth,
+                oid,
+                id,
+                &info,
+            )
+            .await
+            .map(|_| format!("{back}?done=revoked")),
+            Err(e) => Err(e),
+        },
+        _ => return error_page(StatusCode::NOT_FOUND, "No such action.", Some(&m.user)),
+    };
+    match result {
+        Ok(to) => Redirect::to(&to).into_response(),
         Err(e) => core_error_page(e, Some(&m.user)),
     }
 }

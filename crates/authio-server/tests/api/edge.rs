@@ -243,8 +243,11 @@ async fn schemathesis_finds_no_undocumented_status() {
             "status_code_conformance",
             "--max-examples",
             "15",
+            // One worker: with two, Hypothesis moves the recursion limit in one thread while
+            // the other builds an AST, and CPython 3.11 before 3.11.9 (gh-106905) then fails
+            // with "AST constructor recursion depth mismatch" inside the tool.
             "--workers",
-            "2",
+            "1",
             "--seed",
             "1",
             "--no-color",

@@ -167,6 +167,9 @@ async fn a_tenant_moves_to_dedicated_and_back_under_load_through_two_instances_l
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let in_org: Value = r.json().await.unwrap();
+    // A pending invitation moves too.
+    let r = manage(&format!("/organizations/{org_id}/invitations"), json!({"email": "invitee@example.com"}));
+    assert_eq!(r.await.unwrap().status(), StatusCode::CREATED);
 
     let load = Load::start(&[&app1, &app2], &moving, "moving", 4, 2, true);
     let bystander = Load::start(&[&app1, &app2], &other, "bystander", 2, 1, false);
@@ -223,9 +226,21 @@ async fn a_tenant_moves_to_dedicated_and_back_under_load_through_two_instances_l
     assert!(!reports.is_empty() && reports.iter().all(|r| r.first_broken.is_none()), "{reports:?}");
     // The organization rows came back (each move's checks compared every home table's
     // checksum), and the session still acts for the organization with the member's role.
-    for table in ["permissions", "roles", "organizations", "memberships"] {
+    for table in ["permissions", "roles", "organizations", "memberships", "invitations"] {
         assert_eq!(count(&app1.shared.admin_url, table, t.id).await, 1, "{table}");
     }
+    let r = app1
+        .http
+        .get(app1.url(&format!("/v1/projects/{}/organizations/{org_id}/invitations", moving.project.id)))
+        .bearer_auth(&moving.api_key.plaintext)
+        .send()
+        .await
+        .unwrap();
+    let list: Value = r.json().await.unwrap();
+    assert_eq!(
+        (list["data"][0]["email"].as_str(), list["data"][0]["status"].as_str()),
+        (Some("invitee@example.com"), Some("pending"))
+    );
     let (st, t2) = refresh(&app1, in_org["refresh_token"].as_str().unwrap()).await;
     assert_eq!(st, StatusCode::OK, "{t2}");
     let claims = claims_of(t2["access_token"].as_str().unwrap());

@@ -570,6 +570,7 @@ async fn bare_sign(State(b): State<BareSigner>) -> Result<Json<Value>, axum::htt
         client_id: Some(b.client_id.clone()),
         org_id: None,
         permissions: None,
+        act: None,
     };
     let token = b.keys.sign(&claims).map_err(|_| axum::http::StatusCode::INTERNAL_SERVER_ERROR)?;
     Ok(Json(serde_json::json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600, "scope": "read"})))

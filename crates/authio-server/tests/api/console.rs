@@ -65,6 +65,16 @@ async fn the_console_in_a_real_browser_from_request_to_dedicated_while_the_api_k
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let end_user: Value = r.json().await.unwrap();
+    // A default role, so the dashboard's invitation form can invite without naming one.
+    let r = app
+        .http
+        .post(app.url(&format!("/v1/projects/{}/roles", acme.project.id)))
+        .bearer_auth(&acme.api_key.plaintext)
+        .json(&json!({"slug": "member", "name": "Member", "is_default": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
     // Keys old enough to rotate (verifiers have had the next key for a while).
     admin_query_strings(
         &app.shared.admin_url,
@@ -144,6 +154,11 @@ async fn the_console_in_a_real_browser_from_request_to_dedicated_while_the_api_k
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "the browser run failed (screenshots in {}):\n{stderr}\n{stdout}", shots.display());
     let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
+    // The dashboard's invitation went out over SMTP, with its link to the hosted page.
+    assert_eq!(report["invited"], true, "{stdout}");
+    let mail =
+        app.mail.wait_for("invitee@acme.test", 0, std::time::Duration::from_secs(10)).await.expect("the invitation");
+    assert!(mail.text().contains(&format!("/p/{}/invitations/accept?token=inv_", acme.project.id)), "{}", mail.text());
     assert_eq!(report["ok"], true, "{report}");
     eprintln!("console test: {report}\nscreenshots in {}", shots.display());
 

@@ -108,6 +108,26 @@ try {
   await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/users?q=bulk7@acme.test`);
   await Promise.all([page.waitForURL(/\/users\/[0-9a-f-]+$/), page.click(`main a:has-text("bulk7@acme.test")`)]);
   await Promise.all([page.waitForURL(/done=deleted/), page.click("button:has-text('Delete user')")]);
+
+  // Organizations: one made from the dashboard, and an invitation sent from its page. An admin
+  // sees the impersonation form but may not use it (owners and operators only).
+  await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/organizations`);
+  await page.fill("form[method=post][action$='/organizations'] input[name=name]", "Initech");
+  await page.fill("form[method=post][action$='/organizations'] input[name=slug]", "initech");
+  await Promise.all([
+    page.waitForURL(/\/organizations\/[0-9a-f-]+$/),
+    page.click("form[method=post][action$='/organizations'] button[type=submit]"),
+  ]);
+  assert.match(await page.textContent("main"), /Members/);
+  await page.fill("form[action$='/invite'] input[name=email]", "invitee@acme.test");
+  await Promise.all([page.waitForURL(/done=invited/), page.click("form[action$='/invite'] button[type=submit]")]);
+  assert.match(await page.textContent("main"), /invitee@acme\.test/);
+  assert.match(await page.textContent("main"), /pending/);
+  await shot(page, "dashboard-organization");
+  await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/users?q=${encodeURIComponent(cfg.acme.user)}`);
+  await Promise.all([page.waitForURL(/\/users\/[0-9a-f-]+$/), page.click(`main a:has-text("${cfg.acme.user}")`)]);
+  assert.equal(await page.locator("form[action$='/impersonate'] button").isDisabled(), true);
+  out.invited = true;
   assert.match(await page.textContent("main"), /User deleted/);
 
   // Redirect URIs and custom domains (with the TXT record to publish), sign-in methods.

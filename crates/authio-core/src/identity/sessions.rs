@@ -526,6 +526,30 @@ pub async fn list_for_user(router: &Router, auth: &Authorized, user: Uuid) -> Re
     rows.iter().map(SessionInfo::from_row).collect()
 }
 
+/// A project's live impersonation sessions (started, not ended, not run out), newest first:
+/// what the console shows operators.
+pub async fn live_impersonations(
+    router: &Router,
+    auth: &Authorized,
+    now: DateTime<Utc>,
+) -> Result<Vec<SessionInfo>, CoreError> {
+    let scope = auth.require(Permission::UsersRead)?;
+    project_of(scope)?;
+    let tx = router.begin(scope).await?;
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT {SESSION_COLS} FROM sessions
+                 WHERE impersonator IS NOT NULL AND revoked_at IS NULL AND absolute_expires_at > $1
+                 ORDER BY id DESC LIMIT 100"
+            ),
+            &[(&now, Type::TIMESTAMPTZ)],
+        )
+        .await?;
+    tx.commit().await?;
+    rows.iter().map(SessionInfo::from_row).collect()
+}
+
 /// What introspection needs of a refresh token.
 pub struct RefreshTokenState {
     pub active: bool,

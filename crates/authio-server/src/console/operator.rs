@@ -172,7 +172,37 @@ async fn tenant_detail(
             )))
             .block(Block::Para("Decide it on the requests page; watch a move on the move page.".into()));
     }
+    // Live impersonations in the tenant's projects: who acts as whom, why, until when.
+    let mut impersonations = Vec::new();
+    if t.kind == authio_db::TenantKind::Customer {
+        for p in &projects {
+            let target = Target::Project { tenant_id: t.id, project_id: p.id, tenant_kind: t.kind };
+            let auth = core_try!(authz::authorize(&user.principal, Permission::UsersRead, &target), &user);
+            let live = core_try!(
+                authio_core::identity::sessions::live_impersonations(&state.router, &auth, state.clock.now()).await,
+                &user
+            );
+            impersonations.extend(live.into_iter().map(|s| (p.slug.clone(), s)));
+        }
+    }
     page.block(Block::table(
+        "Live impersonations",
+        vec!["Project", "User", "Impersonator", "Reason", "Ends"],
+        impersonations
+            .into_iter()
+            .map(|(project, s)| {
+                vec![
+                    Cell::Text(project),
+                    Cell::Code(s.user_id.to_string()),
+                    Cell::Badge("warn", s.impersonator.unwrap_or_default()),
+                    Cell::Text(s.impersonation_reason.unwrap_or_default()),
+                    Cell::Text(s.absolute_expires_at.format("%Y-%m-%d %H:%M UTC").to_string()),
+                ]
+            })
+            .collect(),
+        "No one is being impersonated.",
+    ))
+    .block(Block::table(
         "Projects",
         vec!["Project", "Slug", "Id"],
         projects

@@ -153,6 +153,10 @@ async fn invitations_arrive_by_smtp_work_once_expire_and_admit_only_their_addres
     )
     .await;
     assert_eq!(rows, vec!["new@example.com:true:active:member"]);
+    // Another tenant's project does not know the token (each project reads its own rows).
+    let other = seed_tenant(&app.shared, "globex", TenantKind::Customer, Plan::Pro).await;
+    let foreign = app.url(&format!("/p/{}/invitations/accept?token={token}", other.project.id));
+    assert_eq!(Browser::new().get(&foreign).await.0, StatusCode::NOT_FOUND);
     // Used once: the same link again is gone, and changes nothing.
     let (st, _, html) = b.post(&accept, &[("csrf", &csrf), ("token", &token), ("password", PASSWORD)]).await;
     assert_eq!(st, StatusCode::GONE, "{html}");
@@ -493,6 +497,45 @@ async fn impersonation_is_for_operators_short_carries_act_and_is_audited_at_star
         0
     );
 
+    // A tenant owner may impersonate too (the dashboard's principal); an admin may not.
+    let target = authio_core::authz::Target::Project {
+        tenant_id: s.tenant.id,
+        project_id: s.project.id,
+        tenant_kind: TenantKind::Customer,
+    };
+    let member = |role| authio_core::authz::Principal::Member {
+        tenant_id: s.tenant.id,
+        user_id: uuid::Uuid::from_u128(0x0e),
+        email: "owner@acme.test".into(),
+        role,
+    };
+    let admin = authio_core::authz::authorize(
+        &member(authio_core::authz::MemberRole::Admin),
+        authio_core::authz::Permission::UsersImpersonate,
+        &target,
+    );
+    assert!(matches!(admin, Err(authio_core::CoreError::Forbidden(_))));
+    let owner = authio_core::authz::authorize(
+        &member(authio_core::authz::MemberRole::Owner),
+        authio_core::authz::Permission::UsersImpersonate,
+        &target,
+    )
+    .unwrap();
+    let by_owner = app
+        .identity
+        .impersonate(
+            &owner,
+            rita.parse().unwrap(),
+            &authio_core::identity::impersonation::NewImpersonation { reason: "support".into(), minutes: Some(5) },
+            &authio_core::types::ClientInfo::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        claims_of(&by_owner.tokens.access_token)["act"],
+        json!({"sub": uuid::Uuid::from_u128(0x0e).to_string()})
+    );
+
     // Ending it: the session is revoked, its refresh refused, and the end audited.
     let sid = imp["session_id"].as_str().unwrap();
     let (st, _) = call(&app, &s, Method::DELETE, &format!("/sessions/{sid}"), None).await;
@@ -509,7 +552,8 @@ async fn impersonation_is_for_operators_short_carries_act_and_is_audited_at_star
     let events = admin_query_strings(
         &app.shared.admin_url,
         "SELECT action || ':' || actor_type || ':' || coalesce(metadata->>'reason', '') FROM audit_events
-          WHERE action LIKE 'impersonation.%' ORDER BY seq",
+          WHERE action LIKE 'impersonation.%' AND metadata->>'session_id' = (SELECT id::text FROM sessions
+                WHERE impersonator IS NOT NULL ORDER BY id LIMIT 1) ORDER BY seq",
     )
     .await;
     assert_eq!(

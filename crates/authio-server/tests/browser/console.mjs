@@ -108,6 +108,7 @@ try {
   await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/users?q=bulk7@acme.test`);
   await Promise.all([page.waitForURL(/\/users\/[0-9a-f-]+$/), page.click(`main a:has-text("bulk7@acme.test")`)]);
   await Promise.all([page.waitForURL(/done=deleted/), page.click("button:has-text('Delete user')")]);
+  assert.match(await page.textContent("main"), /User deleted/);
 
   // Organizations: one made from the dashboard, and an invitation sent from its page. An admin
   // sees the impersonation form but may not use it (owners and operators only).
@@ -128,7 +129,6 @@ try {
   await Promise.all([page.waitForURL(/\/users\/[0-9a-f-]+$/), page.click(`main a:has-text("${cfg.acme.user}")`)]);
   assert.equal(await page.locator("form[action$='/impersonate'] button").isDisabled(), true);
   out.invited = true;
-  assert.match(await page.textContent("main"), /User deleted/);
 
   // Redirect URIs and custom domains (with the TXT record to publish), sign-in methods.
   await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/urls`);

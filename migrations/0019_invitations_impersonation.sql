@@ -173,3 +173,22 @@ GRANT EXECUTE ON FUNCTION authio_refresh_rotate(uuid, uuid, bytea, bytea, timest
 ALTER TABLE email_templates DROP CONSTRAINT email_templates_kind_check;
 ALTER TABLE email_templates ADD CONSTRAINT email_templates_kind_check
     CHECK (kind IN ('magic_link', 'email_code', 'password_reset', 'email_verification', 'invitation'));
+
+-- Impersonations that ran out, found for the sweeper that records their end: the projects of
+-- one tenant (the caller's, at its home) with such sessions not yet marked ended. SECURITY
+-- DEFINER to look across the tenant's projects; it answers only for the tenant the transaction
+-- is scoped to, and only at its home.
+CREATE INDEX sessions_impersonation_open ON sessions (tenant_id, absolute_expires_at)
+    WHERE impersonator IS NOT NULL AND revoked_at IS NULL;
+CREATE FUNCTION authio_expired_impersonations(p_tenant uuid, p_now timestamptz)
+RETURNS SETOF uuid
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public
+AS $$
+    SELECT DISTINCT s.project_id FROM public.sessions s
+     WHERE s.tenant_id = p_tenant AND s.impersonator IS NOT NULL AND s.revoked_at IS NULL
+       AND s.absolute_expires_at <= p_now
+       AND p_tenant = nullif(current_setting('authio.tenant_id', true), '')::uuid
+       AND public.authio_tenant_at_home(p_tenant)
+$$;
+REVOKE EXECUTE ON FUNCTION authio_expired_impersonations(uuid, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION authio_expired_impersonations(uuid, timestamptz) TO authio_app;

@@ -454,6 +454,7 @@ pub(crate) async fn serve_state(
     let router = state.router.clone();
     let identity = state.identity.clone();
     spawn_housekeeping(router.clone(), identity.clone());
+    spawn_impersonation_expiry(cfg.admin_url.clone(), identity.clone());
     let mailer = match cfg.mail_settings() {
         Some(settings) => {
             let key = master_key(cfg)?.context("a master key is required to send mail")?;
@@ -552,6 +553,28 @@ async fn purge_audit(cfg: &Config, key: &MasterKey, only: Option<&str>) -> Resul
 }
 
 /// Periodic clean-up: rate-limit windows and one-time tokens that ended a day ago.
+/// Every minute, the end of each impersonation that ran out goes into its tenant's audit log.
+fn spawn_impersonation_expiry(admin_url: String, identity: authio_core::identity::auth::Identity) {
+    tokio::spawn(async move {
+        let control = ControlPlane::new(admin_url);
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let tenants = match control.list_tenants().await {
+                Ok(t) => t.into_iter().map(|t| (t.id, t.kind)).collect::<Vec<_>>(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "impersonation expiry: tenants not listed");
+                    continue;
+                }
+            };
+            let n = identity.end_expired_impersonations(&tenants, chrono::Utc::now()).await;
+            if n > 0 {
+                tracing::info!(ended = n, "expired impersonations recorded");
+            }
+        }
+    });
+}
+
 fn spawn_housekeeping(router: Router, identity: authio_core::identity::auth::Identity) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));

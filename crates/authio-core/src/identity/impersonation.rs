@@ -3,10 +3,14 @@
 //! with a reason, for at most an hour, and its access tokens carry `act` (RFC 8693 4.1) naming
 //! the impersonator, so a resource server can tell and refuse. Start and end are audited.
 //!
+//! An impersonation that runs out is marked ended (`revoked_reason = impersonation_expired`)
+//! and audited as `impersonation.ended` by [`Identity::end_expired_impersonations`], which the
+//! server runs every minute; one ended early is audited as it ends (`identity::sessions`).
+//!
 //! Refused: users of the platform tenant (operators and dashboard members), a user holding the
 //! operator role, a disabled user, and an API key as the impersonator (a person must answer
 //! for it).
-use authio_db::{RowExt, Type};
+use authio_db::{RowExt, Scope, TenantKind, Type};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -126,5 +130,74 @@ impl Identity {
             ends_at,
             tokens,
         })
+    }
+}
+
+impl Identity {
+    /// Record the end of every impersonation of `tenants` that ran out by `now`: its session
+    /// is marked ended and `impersonation.ended` written (actor: the system, reason
+    /// `expired`), once. A tenant that fails (moving, unreachable) is logged and retried on
+    /// the next run. Returns how many ended.
+    pub async fn end_expired_impersonations(&self, tenants: &[(Uuid, TenantKind)], now: DateTime<Utc>) -> usize {
+        let mut ended = 0;
+        for &(tenant, kind) in tenants {
+            if kind == TenantKind::Platform {
+                continue;
+            }
+            match self.end_expired_of(tenant, kind, now).await {
+                Ok(n) => ended += n,
+                Err(e) => tracing::warn!(tenant = %tenant, error = %e, "impersonation expiry not recorded"),
+            }
+        }
+        ended
+    }
+
+    async fn end_expired_of(&self, tenant: Uuid, kind: TenantKind, now: DateTime<Utc>) -> Result<usize, CoreError> {
+        let router = &self.inner.router;
+        let projects = router
+            .read(
+                &Scope::tenant(tenant, kind),
+                "SELECT p FROM authio_expired_impersonations($1, $2) p",
+                &[(&tenant, Type::UUID), (&now, Type::TIMESTAMPTZ)],
+            )
+            .await?;
+        let mut ended = 0;
+        for row in projects {
+            let project: Uuid = row.try_get(0)?;
+            let scope = Scope::project(tenant, project, kind);
+            let tx = router.begin(&scope).await?;
+            let rows = tx
+                .query(
+                    "UPDATE sessions SET revoked_at = absolute_expires_at, revoked_reason = 'impersonation_expired'
+                     WHERE impersonator IS NOT NULL AND revoked_at IS NULL AND absolute_expires_at <= $1
+                     RETURNING id, user_id, impersonator, absolute_expires_at",
+                    &[(&now, Type::TIMESTAMPTZ)],
+                )
+                .await?;
+            let client = ClientInfo::default();
+            for r in &rows {
+                let (sid, user): (Uuid, Uuid) = (r.col("id")?, r.col("user_id")?);
+                let event = audit::Event {
+                    action: audit::AuditAction::ImpersonationEnded,
+                    actor: audit::Actor {
+                        kind: audit::ActorKind::System,
+                        id: None,
+                        name: Some("impersonation expiry".into()),
+                    },
+                    target: Some(("user", user.to_string())),
+                    client: &client,
+                    metadata: serde_json::json!({
+                        "session_id": sid,
+                        "impersonator": r.col::<String>("impersonator")?,
+                        "reason": "expired",
+                        "ended_at": r.col::<DateTime<Utc>>("absolute_expires_at")?,
+                    }),
+                };
+                audit::record_in(&tx, &scope, event, now).await?;
+            }
+            tx.commit().await?;
+            ended += rows.len();
+        }
+        Ok(ended)
     }
 }

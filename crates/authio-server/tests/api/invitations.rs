@@ -563,4 +563,33 @@ async fn impersonation_is_for_operators_short_carries_act_and_is_audited_at_star
             "impersonation.ended:api_key:revoked".to_owned(),
         ]
     );
+
+    // One that runs out is marked ended and audited by the expiry sweep, once.
+    let tenants = [(s.tenant.id, TenantKind::Customer), (platform.tenant.id, TenantKind::Platform)];
+    assert_eq!(app.identity.end_expired_impersonations(&tenants, chrono::Utc::now()).await, 0);
+    admin_query_strings(
+        &app.shared.admin_url,
+        &format!(
+            "UPDATE sessions SET created_at = now() - interval '6 minutes', absolute_expires_at = now() - interval '1 minute',
+                    idle_expires_at = now() - interval '1 minute' WHERE id = '{}'",
+            by_owner.session_id
+        ),
+    )
+    .await;
+    assert_eq!(app.identity.end_expired_impersonations(&tenants, chrono::Utc::now()).await, 1);
+    assert_eq!(app.identity.end_expired_impersonations(&tenants, chrono::Utc::now()).await, 0);
+    let ended = admin_query_strings(
+        &app.shared.admin_url,
+        &format!(
+            "SELECT actor_type || ':' || (metadata->>'reason') || ':' || (metadata->>'impersonator') FROM audit_events
+              WHERE action = 'impersonation.ended' AND metadata->>'session_id' = '{}'",
+            by_owner.session_id
+        ),
+    )
+    .await;
+    assert_eq!(ended, vec![format!("system:expired:{}", uuid::Uuid::from_u128(0x0e))]);
+    let (_, sessions) = call(&app, &s, Method::GET, &format!("/users/{rita}/sessions"), None).await;
+    let swept =
+        sessions["data"].as_array().unwrap().iter().find(|x| x["id"] == by_owner.session_id.to_string()).unwrap();
+    assert_eq!(swept["revoked_reason"], "impersonation_expired");
 }

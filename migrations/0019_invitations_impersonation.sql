@@ -61,6 +61,10 @@ ALTER TABLE sessions
     ADD COLUMN impersonator text CHECK (impersonator IS NULL OR length(impersonator) BETWEEN 1 AND 300),
     ADD COLUMN impersonation_reason text
         CHECK (impersonation_reason IS NULL OR length(impersonation_reason) BETWEEN 1 AND 500),
+    -- When its end was audited (`impersonation.ended`, once): by the act that ended it, or by
+    -- the sweeper for one that ran out or was ended by something else (a disabled user, a
+    -- password reset, a reused refresh token).
+    ADD COLUMN impersonation_ended_at timestamptz,
     ADD CONSTRAINT sessions_impersonation_short
         CHECK (impersonator IS NULL OR absolute_expires_at <= created_at + interval '60 minutes');
 
@@ -135,7 +139,8 @@ BEGIN
         SELECT ro.slug, ro.permissions INTO m_role, m_permissions
           FROM public.memberships ms JOIN public.roles ro ON ro.tenant_id = ms.tenant_id AND ro.id = ms.role_id
          WHERE ms.tenant_id = p_tenant AND ms.organization_id = org AND ms.user_id = r.uid AND ms.status = 'active';
-        IF NOT FOUND AND p_org IS NOT NULL AND r.s_org IS DISTINCT FROM p_org
+        -- An impersonator never makes the user join anything.
+        IF NOT FOUND AND p_org IS NOT NULL AND r.s_org IS DISTINCT FROM p_org AND r.s_impersonator IS NULL
            AND authio_org_join_by_domain(p_tenant, p_project, p_org, r.uid, p_now) IS NOT NULL THEN
             did_join := true;
             SELECT ro.slug, ro.permissions INTO m_role, m_permissions
@@ -174,19 +179,19 @@ ALTER TABLE email_templates DROP CONSTRAINT email_templates_kind_check;
 ALTER TABLE email_templates ADD CONSTRAINT email_templates_kind_check
     CHECK (kind IN ('magic_link', 'email_code', 'password_reset', 'email_verification', 'invitation'));
 
--- Impersonations that ran out, found for the sweeper that records their end: the projects of
--- one tenant (the caller's, at its home) with such sessions not yet marked ended. SECURITY
--- DEFINER to look across the tenant's projects; it answers only for the tenant the transaction
--- is scoped to, and only at its home.
+-- Impersonations that ended (ran out, or revoked by something that did not audit their end),
+-- found for the sweeper that records their end: the projects of one tenant (the caller's, at
+-- its home) with such sessions. SECURITY DEFINER to look across the tenant's projects; it
+-- answers only for the tenant the transaction is scoped to, and only at its home.
 CREATE INDEX sessions_impersonation_open ON sessions (tenant_id, absolute_expires_at)
-    WHERE impersonator IS NOT NULL AND revoked_at IS NULL;
+    WHERE impersonator IS NOT NULL AND impersonation_ended_at IS NULL;
 CREATE FUNCTION authio_expired_impersonations(p_tenant uuid, p_now timestamptz)
 RETURNS SETOF uuid
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public
 AS $$
     SELECT DISTINCT s.project_id FROM public.sessions s
-     WHERE s.tenant_id = p_tenant AND s.impersonator IS NOT NULL AND s.revoked_at IS NULL
-       AND s.absolute_expires_at <= p_now
+     WHERE s.tenant_id = p_tenant AND s.impersonator IS NOT NULL AND s.impersonation_ended_at IS NULL
+       AND (s.revoked_at IS NOT NULL OR s.absolute_expires_at <= p_now)
        AND p_tenant = nullif(current_setting('authio.tenant_id', true), '')::uuid
        AND public.authio_tenant_at_home(p_tenant)
 $$;

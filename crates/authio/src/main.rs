@@ -552,7 +552,6 @@ async fn purge_audit(cfg: &Config, key: &MasterKey, only: Option<&str>) -> Resul
     Ok(deleted)
 }
 
-/// Periodic clean-up: rate-limit windows and one-time tokens that ended a day ago.
 /// Every minute, the end of each impersonation that ran out goes into its tenant's audit log.
 fn spawn_impersonation_expiry(admin_url: String, identity: authio_core::identity::auth::Identity) {
     tokio::spawn(async move {
@@ -575,6 +574,7 @@ fn spawn_impersonation_expiry(admin_url: String, identity: authio_core::identity
     });
 }
 
+/// Periodic clean-up: rate-limit windows and one-time tokens that ended a day ago.
 fn spawn_housekeeping(router: Router, identity: authio_core::identity::auth::Identity) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));

@@ -3,9 +3,10 @@
 //! with a reason, for at most an hour, and its access tokens carry `act` (RFC 8693 4.1) naming
 //! the impersonator, so a resource server can tell and refuse. Start and end are audited.
 //!
-//! An impersonation that runs out is marked ended (`revoked_reason = impersonation_expired`)
-//! and audited as `impersonation.ended` by [`Identity::end_expired_impersonations`], which the
-//! server runs every minute; one ended early is audited as it ends (`identity::sessions`).
+//! An impersonation ended by a manager or signed out is audited as it ends
+//! (`identity::sessions`); one that runs out (`revoked_reason = impersonation_expired`) or is
+//! ended by another act is audited by [`Identity::end_expired_impersonations`], which the server
+//! runs every minute. `sessions.impersonation_ended_at` makes it once.
 //!
 //! Refused: users of the platform tenant (operators and dashboard members), a user holding the
 //! operator role, a disabled user, and an API key as the impersonator (a person must answer
@@ -134,9 +135,9 @@ impl Identity {
 }
 
 impl Identity {
-    /// Record the end of every impersonation of `tenants` that ran out by `now`: its session
-    /// is marked ended and `impersonation.ended` written (actor: the system, reason
-    /// `expired`), once. A tenant that fails (moving, unreachable) is logged and retried on
+    /// Record the end of every impersonation of `tenants` that ran out by `now`, or that was
+    /// ended by an act that did not record it: `impersonation.ended` is written once (actor:
+    /// the system; reason `expired`, or the session's `revoked_reason`). A tenant that fails (moving, unreachable) is logged and retried on
     /// the next run. Returns how many ended.
     pub async fn end_expired_impersonations(&self, tenants: &[(Uuid, TenantKind)], now: DateTime<Utc>) -> usize {
         let mut ended = 0;
@@ -168,15 +169,27 @@ impl Identity {
             let tx = router.begin(&scope).await?;
             let rows = tx
                 .query(
-                    "UPDATE sessions SET revoked_at = absolute_expires_at, revoked_reason = 'impersonation_expired'
-                     WHERE impersonator IS NOT NULL AND revoked_at IS NULL AND absolute_expires_at <= $1
-                     RETURNING id, user_id, impersonator, absolute_expires_at",
+                    "UPDATE sessions SET impersonation_ended_at = $1,
+                            revoked_at = coalesce(revoked_at, absolute_expires_at),
+                            revoked_reason = coalesce(revoked_reason, 'impersonation_expired')
+                     WHERE impersonator IS NOT NULL AND impersonation_ended_at IS NULL
+                       AND (revoked_at IS NOT NULL OR absolute_expires_at <= $1)
+                     RETURNING id, user_id, impersonator, absolute_expires_at, revoked_at, revoked_reason",
                     &[(&now, Type::TIMESTAMPTZ)],
                 )
                 .await?;
             let client = ClientInfo::default();
             for r in &rows {
                 let (sid, user): (Uuid, Uuid) = (r.col("id")?, r.col("user_id")?);
+                let (runs_out, revoked): (DateTime<Utc>, DateTime<Utc>) =
+                    (r.col("absolute_expires_at")?, r.col("revoked_at")?);
+                // Ran out first, or ended by another act (a disabled user, a password reset, a
+                // reused refresh token) whose reason the session keeps.
+                let (reason, ended_at) = if revoked >= runs_out {
+                    ("expired".to_owned(), runs_out)
+                } else {
+                    (r.col::<Option<String>>("revoked_reason")?.unwrap_or_else(|| "revoked".into()), revoked)
+                };
                 let event = audit::Event {
                     action: audit::AuditAction::ImpersonationEnded,
                     actor: audit::Actor {
@@ -189,8 +202,8 @@ impl Identity {
                     metadata: serde_json::json!({
                         "session_id": sid,
                         "impersonator": r.col::<String>("impersonator")?,
-                        "reason": "expired",
-                        "ended_at": r.col::<DateTime<Utc>>("absolute_expires_at")?,
+                        "reason": reason,
+                        "ended_at": ended_at,
                     }),
                 };
                 audit::record_in(&tx, &scope, event, now).await?;

@@ -433,7 +433,7 @@ pub async fn revoke(
             client,
             metadata: serde_json::json!({"reason": "revoked"}),
         };
-        let ended = ended_impersonation(&row, event.actor.clone(), client)?;
+        let ended = ended_impersonation(&tx, &row, event.actor.clone(), client, now).await?;
         audit::record_in(&tx, scope, event, now).await?;
         if let Some(e) = ended {
             audit::record_in(&tx, scope, e, now).await?;
@@ -443,14 +443,25 @@ pub async fn revoke(
     SessionInfo::from_row(&row)
 }
 
-/// The `impersonation.ended` event of a session that just ended, if it was an impersonation.
-fn ended_impersonation<'a>(
+/// The `impersonation.ended` event of a session just revoked, if it was a live impersonation
+/// (marked, in `tx`, as audited: one that had already run out is the expiry sweep's to record).
+async fn ended_impersonation<'a>(
+    tx: &ScopedTx,
     row: &Row,
     actor: audit::Actor,
     client: &'a ClientInfo,
+    now: DateTime<Utc>,
 ) -> Result<Option<audit::Event<'a>>, CoreError> {
     let Some(impersonator) = row.col::<Option<String>>("impersonator")? else { return Ok(None) };
+    if row.col::<DateTime<Utc>>("absolute_expires_at")? <= now {
+        return Ok(None);
+    }
     let (sid, user): (Uuid, Uuid) = (row.col("id")?, row.col("user_id")?);
+    tx.query(
+        "UPDATE sessions SET impersonation_ended_at = $2 WHERE id = $1 AND impersonation_ended_at IS NULL",
+        &[(&sid, Type::UUID), (&now, Type::TIMESTAMPTZ)],
+    )
+    .await?;
     Ok(Some(audit::Event {
         action: crate::audit::AuditAction::ImpersonationEnded,
         actor,
@@ -485,7 +496,7 @@ pub async fn revoke_by_refresh_token(
         let (newly, ended) = match &revoked {
             Some(row) if row.col::<Option<DateTime<Utc>>>("revoked_at")? == Some(now) => {
                 let anonymous = audit::Actor { kind: crate::audit::ActorKind::Anonymous, id: None, name: None };
-                (true, ended_impersonation(row, anonymous, client)?)
+                (true, ended_impersonation(&tx, row, anonymous, client, now).await?)
             }
             _ => (false, None),
         };

@@ -642,10 +642,18 @@ impl Provider {
     ) -> Result<Option<OpSession>, CoreError> {
         let Some(s) = session else { return Ok(None) };
         let now = self.identity.now().timestamp();
-        if s.project_id != req.client.project_id || s.expires <= now || req.prompt_login {
+        if req.prompt_login || req.max_age.is_some_and(|m| s.auth_time + m < now) {
             return Ok(None);
         }
-        if req.max_age.is_some_and(|m| s.auth_time + m < now) {
+        self.signed_in(req.client.project_id, Some(s)).await
+    }
+
+    /// The browser's provider session for `project`, if it still stands: not expired, its
+    /// sign-in method still offered, its user still enabled.
+    pub async fn signed_in(&self, project: Uuid, session: Option<&OpSession>) -> Result<Option<OpSession>, CoreError> {
+        let Some(s) = session else { return Ok(None) };
+        let now = self.identity.now().timestamp();
+        if s.project_id != project || s.expires <= now {
             return Ok(None);
         }
         // A browser signed in by a method the project has since turned off signs in again.

@@ -228,14 +228,23 @@ impl Identity {
         };
         audit::record_and_commit(tx, &scope, event, now).await?;
         if let Err(e) = self.send_invitation(&scope, &org_name, email.as_str(), &token, days, now).await {
-            // Not sent: the invitation is withdrawn rather than left pending without its email.
+            // Not sent: the invitation is withdrawn rather than left pending without its email,
+            // and the log says why.
             let tx = self.inner.router.begin(&scope).await?;
             tx.query(
                 "UPDATE invitations SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
                 &[(&id, Type::UUID), (&now, Type::TIMESTAMPTZ)],
             )
             .await?;
-            tx.commit().await?;
+            let event = audit::Event {
+                action: audit::AuditAction::InvitationRevoked,
+                actor: audit::Actor { kind: audit::ActorKind::System, id: None, name: None },
+                target: Some(("invitation", id.to_string())),
+                client,
+                metadata: serde_json::json!({"organization_id": org, "email": email.as_str(),
+                                             "reason": "email_not_queued"}),
+            };
+            audit::record_and_commit(tx, &scope, event, now).await?;
             return Err(e);
         }
         Ok((invitation, token))

@@ -1168,6 +1168,8 @@ pub async fn choices_for(router: &Router, scope: &Scope, user: Uuid) -> Result<V
                JOIN users u ON u.tenant_id = o.tenant_id AND u.id = $1 AND u.email_verified AND NOT u.disabled
                     AND d.domain = split_part(u.email, '@', 2)
               WHERE o.domain_policy = 'auto_join'
+                AND EXISTS (SELECT 1 FROM roles ro WHERE ro.tenant_id = o.tenant_id AND ro.project_id = o.project_id
+                            AND ro.is_default)
                 AND NOT EXISTS (SELECT 1 FROM memberships x WHERE x.tenant_id = o.tenant_id
                                 AND x.organization_id = o.id AND x.user_id = $1)
               ORDER BY 3, 2 LIMIT 100",

@@ -173,17 +173,27 @@ async fn tenant_detail(
             .block(Block::Para("Decide it on the requests page; watch a move on the move page.".into()));
     }
     // Live impersonations in the tenant's projects: who acts as whom, why, until when.
+    // Read at the tenant's home: while it moves (or its database is down) the rest of the page
+    // still serves, with a notice instead of the table.
     let mut impersonations = Vec::new();
+    let mut unread = None;
     if t.kind == authio_db::TenantKind::Customer {
         for p in &projects {
             let target = Target::Project { tenant_id: t.id, project_id: p.id, tenant_kind: t.kind };
-            let auth = core_try!(authz::authorize(&user.principal, Permission::UsersRead, &target), &user);
-            let live = core_try!(
-                authio_core::identity::sessions::live_impersonations(&state.router, &auth, state.clock.now()).await,
-                &user
-            );
-            impersonations.extend(live.into_iter().map(|s| (p.slug.clone(), s)));
+            let read = match authz::authorize(&user.principal, Permission::UsersRead, &target) {
+                Ok(auth) => {
+                    authio_core::identity::sessions::live_impersonations(&state.router, &auth, state.clock.now()).await
+                }
+                Err(e) => Err(e),
+            };
+            match read {
+                Ok(live) => impersonations.extend(live.into_iter().map(|s| (p.slug.clone(), s))),
+                Err(e) => unread = Some(e.to_string()),
+            }
         }
+    }
+    if let Some(e) = unread {
+        page = page.block(Block::notice("warn", format!("Live impersonations could not be read now: {e}")));
     }
     page.block(Block::table(
         "Live impersonations",

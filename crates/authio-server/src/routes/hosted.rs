@@ -65,10 +65,21 @@ pub async fn custom_domains(State(state): State<AppState>, mut req: Request, nex
         Err(e) => return crate::ApiError::from(e).into_response(),
     };
     let path = req.uri().path();
-    let hosted =
-        ["/signin", "/signup", "/magic-link", "/magic", "/code", "/reset", "/verify-email", "/oauth/", "/oauth2/"]
-            .iter()
-            .any(|p| path == *p || path.starts_with(&format!("{p}/")) || (p.ends_with('/') && path.starts_with(p)));
+    let hosted = [
+        "/signin",
+        "/signup",
+        "/magic-link",
+        "/magic",
+        "/code",
+        "/reset",
+        "/verify-email",
+        "/oauth/",
+        "/oauth2/",
+        "/invitations/accept",
+        "/organizations/select",
+    ]
+    .iter()
+    .any(|p| path == *p || path.starts_with(&format!("{p}/")) || (p.ends_with('/') && path.starts_with(p)));
     if path == "/oauth/callback" {
         // One callback per host: the state names the project.
     } else if hosted || path == "/" {
@@ -993,10 +1004,20 @@ pub async fn dev_mailbox(State(state): State<AppState>) -> Response {
     }
 }
 
-/// The browser's provider session for `project`, if it is signed in there now.
-fn browser_user(state: &AppState, project: Uuid, headers: &HeaderMap) -> Option<Uuid> {
-    let s = cookie(headers, OP_COOKIE).and_then(|c| state.oidc.read_op_session(&c))?;
-    (s.project_id == project && s.expires > state.clock.now().timestamp()).then_some(s.user_id)
+/// The browser's provider session for `project`, if it is signed in there now (and its method
+/// and user still stand).
+async fn browser_user(state: &AppState, project: Uuid, headers: &HeaderMap) -> Result<Option<Uuid>, CoreError> {
+    let s = cookie(headers, OP_COOKIE).and_then(|c| state.oidc.read_op_session(&c));
+    Ok(state.oidc.signed_in(project, s.as_ref()).await?.map(|s| s.user_id))
+}
+
+/// The invitation token, kept for the page's own path while the invitee signs in elsewhere:
+/// the sign-in comes back to the bare page, so the token never rides in a URL that is stored
+/// with the sign-in (or logged).
+const INVITE_COOKIE: &str = "authio_invite";
+
+fn invite_cookie_path(ctx: &Ctx) -> String {
+    format!("{}/invitations", ctx.site.prefix)
 }
 
 /// The invitation link's page: who is invited where, and how to accept (nothing is used up
@@ -1012,15 +1033,20 @@ pub async fn invitation_page(
     let project = attempt!(project_id(&project));
     let ctx = attempt!(Ctx::new(&state, project, &headers, custom.as_ref()).await);
     let ip = client_ip(&state, connect.as_ref(), &headers);
-    let token = q.token.unwrap_or_default();
+    let from_link = q.token.filter(|t| !t.is_empty());
+    let token = from_link.clone().or_else(|| cookie(&headers, INVITE_COOKIE)).unwrap_or_default();
     let view = match state.identity.invitation_for_token(project, &token, ip).await {
         Ok(v) => v,
         Err(e) => return ctx.error(e, "done", "This invitation cannot be used", ctx.page("done", "")),
     };
-    invitation_view(&state, &ctx, &headers, &token, &view, None)
+    let mut resp = invitation_view(&state, &ctx, &headers, &token, &view, None).await;
+    if from_link.is_some() {
+        append_cookie(resp.headers_mut(), INVITE_COOKIE, &token, &invite_cookie_path(&ctx), 3600, ctx.secure);
+    }
+    resp
 }
 
-fn invitation_view(
+async fn invitation_view(
     state: &AppState,
     ctx: &Ctx,
     headers: &HeaderMap,
@@ -1028,14 +1054,18 @@ fn invitation_view(
     view: &authio_core::orgs::invitations::InvitationView,
     error: Option<String>,
 ) -> Response {
+    let signed_in = match browser_user(state, ctx.project, headers).await {
+        Ok(u) => u.is_some(),
+        Err(e) => return ctx.error(e, "done", "This invitation cannot be used", ctx.page("done", "")),
+    };
     let mut p = ctx.page("invitation", &format!("Join {}", view.organization_name));
     p.notice = Some(format!("You are invited to join {} as {}.", view.organization_name, view.email));
     p.error = error;
     p.token = token.to_owned();
     p.email = view.email.clone();
-    p.invite_join = browser_user(state, ctx.project, headers).is_some();
-    p.invite_create = !p.invite_join && !view.has_account && ctx.presentation.offers("password");
-    let accept = with_query(&format!("{}/invitations/accept", ctx.site.prefix), &[("token", token)]);
+    p.invite_join = signed_in;
+    p.invite_create = !signed_in && !view.has_account && ctx.presentation.offers("password");
+    let accept = format!("{}/invitations/accept", ctx.site.prefix);
     p.signin_link = format!(
         "{}/signin?{}",
         ctx.site.prefix,
@@ -1061,14 +1091,22 @@ pub async fn invitation_post(
     let client = client_info(&headers, ip);
     let token = form.token.clone().unwrap_or_default();
     let heading = "Join the organization";
-    let joined = |name: &str| {
-        let mut p = ctx.page("done", &format!("You joined {name}"));
-        p.notice = Some(format!("You are now a member of {name}. You can close this page."));
-        p
-    };
     let view = match state.identity.invitation_for_token(project, &token, ip).await {
         Ok(v) => v,
         Err(e) => return ctx.error(e, "done", heading, ctx.page("done", "")),
+    };
+    let joined = |name: &str| {
+        let mut p = ctx.page("done", &format!("You joined {name}"));
+        p.notice = Some(format!("You are now a member of {name}. You can close this page."));
+        let mut resp = ctx.render(StatusCode::OK, p);
+        append_cookie(resp.headers_mut(), INVITE_COOKIE, "", &invite_cookie_path(&ctx), 0, ctx.secure);
+        resp
+    };
+    let refused = |e: CoreError| async {
+        let (status, message, _) = describe(e);
+        let mut resp = invitation_view(&state, &ctx, &headers, &token, &view, Some(message)).await;
+        *resp.status_mut() = status;
+        resp
     };
     if let Some(password) = form.password.as_deref().filter(|p| !p.is_empty()) {
         return match state.identity.accept_invitation_with_new_account(project, &token, password, &client, ip).await {
@@ -1079,29 +1117,21 @@ pub async fn invitation_post(
                     Err(e) => return ctx.error(e, "done", heading, ctx.page("done", "")),
                 };
                 let cookie = state.oidc.op_session_cookie(project_of_scope(&scope), &user, &["pwd"], lifetime);
-                let mut resp = ctx.render(StatusCode::OK, joined(&view.organization_name));
+                let mut resp = joined(&view.organization_name);
                 set_op_cookie(resp.headers_mut(), &ctx.site.prefix, &cookie, ctx.secure, lifetime);
                 resp
             }
-            Err(e) => {
-                let (status, message, _) = describe(e);
-                let mut resp = invitation_view(&state, &ctx, &headers, &token, &view, Some(message));
-                *resp.status_mut() = status;
-                resp
-            }
+            Err(e) => refused(e).await,
         };
     }
-    let Some(user) = browser_user(&state, project, &headers) else {
-        return invitation_view(&state, &ctx, &headers, &token, &view, Some("Sign in first.".into()));
+    let user = match browser_user(&state, project, &headers).await {
+        Ok(Some(u)) => u,
+        Ok(None) => return invitation_view(&state, &ctx, &headers, &token, &view, Some("Sign in first.".into())).await,
+        Err(e) => return ctx.error(e, "done", heading, ctx.page("done", "")),
     };
     match state.identity.accept_invitation(project, &token, user, &client, ip).await {
-        Ok(_) => ctx.render(StatusCode::OK, joined(&view.organization_name)),
-        Err(e) => {
-            let (status, message, _) = describe(e);
-            let mut resp = invitation_view(&state, &ctx, &headers, &token, &view, Some(message));
-            *resp.status_mut() = status;
-            resp
-        }
+        Ok(_) => joined(&view.organization_name),
+        Err(e) => refused(e).await,
     }
 }
 
@@ -1126,8 +1156,10 @@ pub async fn organization_picker(
     if let Err(e) = Return::authorize(project, &return_to) {
         return ctx.error(e, "done", heading, ctx.page("done", ""));
     }
-    let Some(user) = browser_user(&state, project, &headers) else {
-        return see_other_to(&return_to);
+    let user = match browser_user(&state, project, &headers).await {
+        Ok(Some(u)) => u,
+        Ok(None) => return see_other_to(&return_to),
+        Err(e) => return ctx.error(e, "done", heading, ctx.page("done", "")),
     };
     let scope = match state.identity.project_scope(project).await {
         Ok(s) => s,

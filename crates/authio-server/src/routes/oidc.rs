@@ -174,6 +174,11 @@ pub async fn authorize(
             };
             match choices {
                 Ok(c) if c.len() == 1 && !c[0].joins => req.organization = Some(c[0].id),
+                // OIDC Core 3.1.2.6: a request that may not interact says so rather than show
+                // the picker.
+                Ok(c) if !c.is_empty() && req.prompt_none => {
+                    return fail("interaction_required", "the user must choose an organization");
+                }
                 Ok(c) if !c.is_empty() => {
                     let prefix = prefix_of(project, custom.as_ref());
                     let return_to = format!("{prefix}/oauth2/authorize?{query}");

@@ -791,7 +791,9 @@ pub async fn resend_invitation(
 ) -> Result<Json<InvitationBody>, ApiError> {
     let auth = ctx.authorize(Permission::UsersManage)?;
     let (id, inv) = (org_id(&id)?, invitation_id(&inv)?);
-    let resend: ResendBody = json_body(&headers, &body)?;
+    // Every field is optional: no body at all is an empty one.
+    let resend: ResendBody =
+        if body.is_empty() { ResendBody { expires_in_days: None } } else { json_body(&headers, &body)? };
     let client = client_info(&headers, None);
     let (inv, _token) = state.identity.resend_invitation(&auth, id, inv, resend.expires_in_days, &client).await?;
     Ok(Json(inv.into()))

@@ -177,6 +177,9 @@ async fn invitations_arrive_by_smtp_work_once_expire_and_admit_only_their_addres
     assert!(html.contains("Sign in to accept") && !html.contains("Create account and accept"), "{html}");
     let signin =
         html.split("class=\"button\" href=\"").nth(1).unwrap().split('"').next().unwrap().replace("&amp;", "&");
+    // The token waits in a cookie of the invitation page: it rides in no URL the sign-in keeps.
+    assert!(!signin.contains("inv_"), "{signin}");
+    assert!(old.cookies.contains_key("authio_invite"));
     let (st, _, html) = old.get(&absolute(&app, &signin)).await;
     assert_eq!(st, StatusCode::OK, "{html}");
     let (csrf, return_to) = (hidden(&html, "csrf"), hidden(&html, "return_to"));
@@ -355,6 +358,10 @@ async fn organization_roles_stay_in_their_organization_and_the_picker_lets_membe
     let (st, _, _) =
         b.get(&app.url(&format!("/p/{}/organizations/select?return_to=https://evil.example.com/", s.project.id))).await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
+    // A request that may not interact is told so (OIDC Core 3.1.2.6) rather than shown the picker.
+    let (st, silent, _) = b.get(&format!("{url}&prompt=none")).await;
+    assert_eq!(st, StatusCode::SEE_OTHER);
+    assert_eq!(query_of(&silent.unwrap())["error"], "interaction_required");
     let (csrf, return_to) = (hidden(&html, "csrf"), hidden(&html, "return_to"));
     let (st, back, _) = b
         .post(
@@ -592,4 +599,36 @@ async fn impersonation_is_for_operators_short_carries_act_and_is_audited_at_star
     let swept =
         sessions["data"].as_array().unwrap().iter().find(|x| x["id"] == by_owner.session_id.to_string()).unwrap();
     assert_eq!(swept["revoked_reason"], "impersonation_expired");
+    // One ended by an act that does not audit it (a disabled user, say) is recorded by the
+    // sweep with that reason, also once.
+    let again = app
+        .identity
+        .impersonate(
+            &owner,
+            rita.parse().unwrap(),
+            &authio_core::identity::impersonation::NewImpersonation { reason: "support".into(), minutes: Some(5) },
+            &authio_core::types::ClientInfo::default(),
+        )
+        .await
+        .unwrap();
+    admin_query_strings(
+        &app.shared.admin_url,
+        &format!(
+            "UPDATE sessions SET revoked_at = now(), revoked_reason = 'user_disabled' WHERE id = '{}'",
+            again.session_id
+        ),
+    )
+    .await;
+    assert_eq!(app.identity.end_expired_impersonations(&tenants, chrono::Utc::now()).await, 1);
+    assert_eq!(app.identity.end_expired_impersonations(&tenants, chrono::Utc::now()).await, 0);
+    let reason = admin_query_strings(
+        &app.shared.admin_url,
+        &format!(
+            "SELECT metadata->>'reason' FROM audit_events WHERE action = 'impersonation.ended'
+              AND metadata->>'session_id' = '{}'",
+            again.session_id
+        ),
+    )
+    .await;
+    assert_eq!(reason, vec!["user_disabled"]);
 }

@@ -28,6 +28,7 @@ use axum::Json;
 use serde_json::Value;
 use uuid::Uuid;
 
+mod events;
 mod moves;
 mod oidc;
 mod orgs;
@@ -72,6 +73,7 @@ async fn main() -> Result<()> {
         "otp" => otp::otp(&env, secs, rounds).await?,
         "oidc" => oidc::oidc(&env, secs, rounds).await?,
         "orgs" => orgs::orgs(&env, secs, rounds).await?,
+        "events" => events::events(&env, secs, rounds).await?,
         "all" => {
             tiers(&env, secs, rounds).await?;
             scoped(&env, secs, rounds).await?;
@@ -81,9 +83,10 @@ async fn main() -> Result<()> {
             otp::otp(&env, secs, rounds).await?;
             oidc::oidc(&env, secs, rounds).await?;
             orgs::orgs(&env, secs, rounds).await?;
+            events::events(&env, secs, rounds).await?;
         }
         other => {
-            bail!("unknown benchmark {other:?}: tiers | scoped | tokens | signin | audit | otp | oidc | orgs | all | move | routing-memory")
+            bail!("unknown benchmark {other:?}: tiers | scoped | tokens | signin | audit | otp | oidc | orgs | events | all | move | routing-memory")
         }
     }
     Ok(())

@@ -13,6 +13,7 @@ pub mod cache;
 pub mod clock;
 pub mod crypto;
 mod error;
+pub mod events;
 pub mod federation;
 pub mod identity;
 #[cfg(test)]

@@ -55,6 +55,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "invitations_impersonation",
         sql: include_str!("../../../migrations/0019_invitations_impersonation.sql"),
     },
+    Migration { version: 20, name: "events", sql: include_str!("../../../migrations/0020_events.sql") },
 ];
 
 const BOOTSTRAP_ROLES: &str = r#"

@@ -9,6 +9,8 @@ mod audit;
 mod console;
 #[path = "api/edge.rs"]
 mod edge;
+#[path = "api/events.rs"]
+mod events;
 #[path = "api/identity.rs"]
 mod identity;
 #[path = "api/invitations.rs"]

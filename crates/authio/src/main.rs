@@ -454,7 +454,7 @@ pub(crate) async fn serve_state(
     let router = state.router.clone();
     let identity = state.identity.clone();
     spawn_housekeeping(router.clone(), identity.clone());
-    spawn_impersonation_expiry(cfg.admin_url.clone(), identity.clone());
+    spawn_tenant_sweeps(cfg.admin_url.clone(), router.clone(), identity.clone());
     let mailer = match cfg.mail_settings() {
         Some(settings) => {
             let key = master_key(cfg)?.context("a master key is required to send mail")?;
@@ -552,13 +552,16 @@ async fn purge_audit(cfg: &Config, key: &MasterKey, only: Option<&str>) -> Resul
     Ok(deleted)
 }
 
-/// Every minute, the end of each impersonation that ran out goes into its tenant's audit log.
-fn spawn_impersonation_expiry(admin_url: String, identity: authio_core::identity::auth::Identity) {
+/// Per-tenant sweeps at each tenant's home: every minute, the end of each impersonation that
+/// ran out goes into its tenant's audit log; every hour, events past their 30 days go.
+fn spawn_tenant_sweeps(admin_url: String, router: Router, identity: authio_core::identity::auth::Identity) {
     tokio::spawn(async move {
         let control = ControlPlane::new(admin_url);
         let mut tick = tokio::time::interval(Duration::from_secs(60));
+        let mut minutes = 0u32;
         loop {
             tick.tick().await;
+            minutes = minutes.wrapping_add(1);
             let tenants = match control.list_tenants().await {
                 Ok(t) => t.into_iter().map(|t| (t.id, t.kind)).collect::<Vec<_>>(),
                 Err(e) => {
@@ -569,6 +572,12 @@ fn spawn_impersonation_expiry(admin_url: String, identity: authio_core::identity
             let n = identity.end_expired_impersonations(&tenants, chrono::Utc::now()).await;
             if n > 0 {
                 tracing::info!(ended = n, "expired impersonations recorded");
+            }
+            if minutes % 60 == 1 {
+                let n = authio_core::events::purge(&router, &tenants, chrono::Utc::now()).await;
+                if n > 0 {
+                    tracing::info!(removed = n, "events past their retention removed");
+                }
             }
         }
     });

@@ -47,6 +47,8 @@ pub const HOME_TABLES: &[HomeTable] = &[
     HomeTable { name: "revoked_access_tokens", key: "tenant_id, jti" },
     HomeTable { name: "sessions", key: "tenant_id, id" },
     HomeTable { name: "users", key: "tenant_id, id" },
+    // Customer events (written by a trigger on the audit log, which a move's copy does not fire).
+    HomeTable { name: "events", key: "tenant_id, project_id, position" },
     HomeTable { name: "audit_checkpoints", key: "tenant_id, project_id, seq" },
     HomeTable { name: "audit_events", key: "tenant_id, project_id, seq" },
     HomeTable { name: "audit_chain_heads", key: "tenant_id, project_id" },

@@ -2,6 +2,7 @@
 pub mod api_keys;
 pub mod auth;
 pub mod config;
+pub mod events;
 pub mod health;
 pub mod hosted;
 pub mod manage;
@@ -53,6 +54,7 @@ pub fn router(state: AppState) -> axum::Router {
             post(orgs::resend_invitation),
         )
         .route("/v1/projects/{project_id}/users/{user_id}/impersonate", post(users::impersonate))
+        .route("/v1/projects/{project_id}/events", get(events::list_events))
         .route("/v1/projects/{project_id}/roles", get(orgs::list_roles).post(orgs::create_role))
         .route(
             "/v1/projects/{project_id}/roles/{id}",

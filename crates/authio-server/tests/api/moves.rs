@@ -170,6 +170,16 @@ async fn a_tenant_moves_to_dedicated_and_back_under_load_through_two_instances_l
     // A pending invitation moves too.
     let r = manage(&format!("/organizations/{org_id}/invitations"), json!({"email": "invitee@example.com"}));
     assert_eq!(r.await.unwrap().status(), StatusCode::CREATED);
+    // So does the event stream, positions and all.
+    let stream = |app: &TestApp| {
+        app.http
+            .get(app.url(&format!("/v1/projects/{}/events?limit=500", moving.project.id)))
+            .bearer_auth(&moving.api_key.plaintext)
+            .send()
+    };
+    let before: Value = stream(&app1).await.unwrap().json().await.unwrap();
+    let before = before["data"].as_array().unwrap().clone();
+    assert!(before.iter().any(|e| e["type"] == "membership.added"), "{before:?}");
 
     let load = Load::start(&[&app1, &app2], &moving, "moving", 4, 2, true);
     let bystander = Load::start(&[&app1, &app2], &other, "bystander", 2, 1, false);
@@ -237,6 +247,22 @@ async fn a_tenant_moves_to_dedicated_and_back_under_load_through_two_instances_l
         .await
         .unwrap();
     let list: Value = r.json().await.unwrap();
+    let after: Value = stream(&app1).await.unwrap().json().await.unwrap();
+    let after = after["data"].as_array().unwrap();
+    for e in &before {
+        assert!(after.contains(e), "{e} kept across the moves");
+    }
+    // The load wrote many more events since: each move's own is found by its type.
+    let r = app1
+        .http
+        .get(app1.url(&format!("/v1/projects/{}/events?types=tenant.moved", moving.project.id)))
+        .bearer_auth(&moving.api_key.plaintext)
+        .send()
+        .await
+        .unwrap();
+    let moved: Value = r.json().await.unwrap();
+    let to: Vec<&str> = moved["data"].as_array().unwrap().iter().map(|e| e["data"]["to"].as_str().unwrap()).collect();
+    assert_eq!(to, vec!["dedicated", "shared"], "each move is an event");
     assert_eq!(
         (list["data"][0]["email"].as_str(), list["data"][0]["status"].as_str()),
         (Some("invitee@example.com"), Some("pending"))

@@ -56,6 +56,7 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0019_invitations_impersonation.sql"),
     },
     Migration { version: 20, name: "events", sql: include_str!("../../../migrations/0020_events.sql") },
+    Migration { version: 21, name: "webhooks", sql: include_str!("../../../migrations/0021_webhooks.sql") },
 ];
 
 const BOOTSTRAP_ROLES: &str = r#"

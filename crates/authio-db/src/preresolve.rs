@@ -449,3 +449,20 @@ pub async fn one_time_gc(router: &Router, now: DateTime<Utc>) -> Result<i32, DbE
     let rows = call(router, "SELECT authio_one_time_gc($1)", &[(&now, Type::TIMESTAMPTZ)]).await?;
     rows.first().map(|r| r.try_get(0)).transpose().map(|v| v.unwrap_or(0))
 }
+
+/// Take up to `limit` due webhook endpoints for `lease_secs`: (tenant_id, project_id, endpoint_id).
+pub async fn webhook_take(
+    router: &Router,
+    limit: i32,
+    now: DateTime<Utc>,
+    lease_secs: i32,
+) -> Result<Vec<crate::PgRow>, DbError> {
+    let sql = "SELECT tenant_id, project_id, endpoint_id FROM authio_webhook_take($1, $2, $3)";
+    call(router, sql, &[(&limit, Type::INT4), (&now, Type::TIMESTAMPTZ), (&lease_secs, Type::INT4)]).await
+}
+
+/// When a webhook endpoint is next due.
+pub async fn webhook_due(router: &Router, tenant: Uuid, endpoint: Uuid, due: DateTime<Utc>) -> Result<(), DbError> {
+    let sql = "SELECT authio_webhook_due($1, $2, $3)";
+    call(router, sql, &[(&tenant, Type::UUID), (&endpoint, Type::UUID), (&due, Type::TIMESTAMPTZ)]).await.map(|_| ())
+}

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{api_keys, auth, config, events, manage, oidc, orgs, passwordless, users};
+use crate::routes::{api_keys, auth, config, events, manage, oidc, orgs, passwordless, users, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -26,6 +26,8 @@ use crate::routes::{api_keys, auth, config, events, manage, oidc, orgs, password
           orgs::list_permissions, orgs::delete_permission, orgs::add_domain, orgs::list_domains, orgs::verify_domain,
           orgs::delete_domain, orgs::create_invitation, orgs::list_invitations, orgs::resend_invitation,
           orgs::revoke_invitation, users::impersonate, events::list_events,
+          webhooks::create_endpoint, webhooks::list_endpoints, webhooks::update_endpoint, webhooks::delete_endpoint,
+          webhooks::rotate_secret, webhooks::replay, webhooks::list_deliveries,
           crate::routes::health::healthz, crate::routes::health::readyz),
     components(schemas(api_keys::CreateApiKeyRequest, api_keys::ApiKeyResponse, api_keys::CreatedApiKeyResponse, api_keys::ApiKeyList,
                        users::CreateUserRequest, users::UserResponse, users::UserList,
@@ -48,13 +50,16 @@ use crate::routes::{api_keys, auth, config, events, manage, oidc, orgs, password
                        events::SessionEventData, events::AuthenticationFailedEventData,
                        events::EmailVerificationEventData, events::TenantMovedEventData,
                        events::OrganizationEventData, events::MembershipEventData,
+                       webhooks::WebhookEndpointBody, webhooks::CreatedWebhookEndpoint, webhooks::WebhookEndpointList,
+                       webhooks::NewWebhookEndpointBody, webhooks::WebhookEndpointPatchBody, webhooks::RotatedSecret,
+                       webhooks::ReplayBody, webhooks::DeliveryBody, webhooks::DeliveryList,
                        crate::error::ErrorBody, crate::error::ErrorDetail, crate::error::OAuthErrorBody)),
     modifiers(&ApiKeyAuth, &CommonResponses),
     tags((name = "auth", description = "Sign-up, sign-in, tokens (RFC 6749), introspection (RFC 7662), revocation (RFC 7009), JWKS"),
          (name = "users", description = "End users of a project"), (name = "sessions", description = "Users' sessions"),
          (name = "m2m", description = "Machine-to-machine clients"), (name = "projects", description = "Project settings"), (name = "audit", description = "The audit log"),
          (name = "api-keys", description = "Project secret API keys"),
-         (name = "events", description = "The project's event stream (`user.created`, `session.revoked`, ...), in order, with a cursor; kept 30 days"),
+         (name = "events", description = "The project's event stream (`user.created`, `session.revoked`, ...), in order, with a cursor; kept 30 days; webhook endpoints that receive it, signed per Standard Webhooks"),
          (name = "organizations", description = "Organizations (a project's own customers), their members, and the project's roles and permissions"),
          (name = "openid", description = "Each project as an OpenID Provider: discovery, authorize, token, userinfo, revoke, introspect, logout; client registration"),
          (name = "sign-in config", description = "Redirect URIs, allowed origins, custom domains, upstream providers, branding, email templates"), (name = "operations", description = "Health"))

@@ -27,6 +27,8 @@ mod signin_methods;
 mod statements;
 #[path = "api/upstream.rs"]
 mod upstream;
+#[path = "api/webhooks.rs"]
+mod webhooks;
 
 use std::sync::Arc;
 

@@ -392,6 +392,7 @@ pub struct TestApp {
     server: tokio::task::JoinHandle<()>,
     relay: tokio::task::JoinHandle<()>,
     mailer: tokio::task::JoinHandle<()>,
+    webhooks: tokio::task::JoinHandle<()>,
     smtp: tokio::task::JoinHandle<()>,
 }
 
@@ -406,6 +407,7 @@ impl Drop for TestApp {
         self.server.abort();
         self.relay.abort();
         self.mailer.abort();
+        self.webhooks.abort();
         self.smtp.abort();
         self.router.shutdown();
     }
@@ -449,6 +451,20 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
     let mailer = authio_core::project::mail::Mailer::new(router.clone(), test_master_key(), mail_settings)
         .expect("mailer")
         .spawn(Arc::new(SystemClock));
+    // Quick retries and a short timeout, so tests watch them happen.
+    let webhook_settings = authio_core::events::webhooks::WebhookSettings {
+        timeout: Duration::from_secs(2),
+        idle_recheck: Duration::from_millis(100),
+        first_retry: Duration::from_secs(1),
+    };
+    let webhooks = authio_core::events::webhooks::Sender::new(
+        router.clone(),
+        Arc::new(SystemClock),
+        test_master_key(),
+        webhook_settings,
+    )
+    .expect("webhook sender")
+    .spawn(Duration::from_millis(50));
     let state = authio_server::AppState::new(router.clone(), Arc::new(SystemClock), auth).expect("app state");
     let identity = state.identity.clone();
     let edge = state.edge;
@@ -462,6 +478,7 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
         mail,
         dns,
         mailer,
+        webhooks,
         smtp,
         base_url: format!("http://{addr}"),
         http: reqwest::Client::new(),

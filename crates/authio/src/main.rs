@@ -466,6 +466,18 @@ pub(crate) async fn serve_state(
         }
     };
     let relay = authio_server::spawn_audit_relay(router.clone(), outbox, Duration::from_millis(500));
+    let webhooks = match master_key(cfg)? {
+        Some(key) => Some(
+            authio_core::events::webhooks::Sender::new(
+                router.clone(),
+                state.clock.clone(),
+                key,
+                authio_core::events::webhooks::WebhookSettings::default(),
+            )?
+            .spawn(Duration::from_millis(250)),
+        ),
+        None => None,
+    };
     let edge = state.edge;
     let app = authio_server::build_app(state);
     tracing::info!(listen = %listener.local_addr()?, "serving");
@@ -474,6 +486,9 @@ pub(crate) async fn serve_state(
     let written = identity.flush_issuance_events().await;
     tracing::info!(written, "token issuance events flushed");
     relay.abort();
+    if let Some(w) = webhooks {
+        w.abort();
+    }
     if let Some(m) = mailer {
         m.abort();
     }

@@ -94,10 +94,16 @@ pub enum AuditAction {
     InvitationAccepted,
     ImpersonationStarted,
     ImpersonationEnded,
+    WebhookEndpointCreated,
+    WebhookEndpointUpdated,
+    WebhookEndpointDeleted,
+    WebhookEndpointDisabled,
+    WebhookSecretRotated,
+    WebhookReplayed,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 73] = [
+    pub const ALL: [AuditAction; 79] = [
         AuditAction::ApiKeyCreated,
         AuditAction::ApiKeyRevoked,
         AuditAction::DedicatedDbApproved,
@@ -171,6 +177,12 @@ impl AuditAction {
         AuditAction::InvitationAccepted,
         AuditAction::ImpersonationStarted,
         AuditAction::ImpersonationEnded,
+        AuditAction::WebhookEndpointCreated,
+        AuditAction::WebhookEndpointUpdated,
+        AuditAction::WebhookEndpointDeleted,
+        AuditAction::WebhookEndpointDisabled,
+        AuditAction::WebhookSecretRotated,
+        AuditAction::WebhookReplayed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -248,6 +260,12 @@ impl AuditAction {
             AuditAction::InvitationAccepted => "invitation.accepted",
             AuditAction::ImpersonationStarted => "impersonation.started",
             AuditAction::ImpersonationEnded => "impersonation.ended",
+            AuditAction::WebhookEndpointCreated => "webhook.created",
+            AuditAction::WebhookEndpointUpdated => "webhook.updated",
+            AuditAction::WebhookEndpointDeleted => "webhook.deleted",
+            AuditAction::WebhookEndpointDisabled => "webhook.disabled",
+            AuditAction::WebhookSecretRotated => "webhook.secret_rotated",
+            AuditAction::WebhookReplayed => "webhook.replayed",
         }
     }
 }

@@ -8,6 +8,8 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+pub mod webhooks;
+
 use crate::authz::{Authorized, Permission};
 use crate::types::project_of;
 use crate::CoreError;

@@ -385,6 +385,12 @@ impl Identity {
         api_keys::check_secret(record.as_deref(), secret)
     }
 
+    /// The deployment's master key: what seals secrets that must be used again (webhook
+    /// signing secrets, upstream client secrets).
+    pub fn master_key(&self) -> &authio_db::MasterKey {
+        &self.inner.master_key
+    }
+
     pub fn keys(&self) -> &KeyService {
         &self.inner.keys
     }

@@ -35,6 +35,8 @@ pub struct HomeTable {
 
 pub const HOME_TABLES: &[HomeTable] = &[
     // Children before parents: an old copy is deleted in this order.
+    HomeTable { name: "webhook_deliveries", key: "tenant_id, id" },
+    HomeTable { name: "webhook_endpoints", key: "tenant_id, id" },
     HomeTable { name: "invitations", key: "tenant_id, id" },
     HomeTable { name: "memberships", key: "tenant_id, organization_id, user_id" },
     HomeTable { name: "organization_domains", key: "tenant_id, id" },

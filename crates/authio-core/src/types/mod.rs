@@ -420,6 +420,7 @@ pub enum Entity {
     Tenant,
     UnfinishedMove,
     User,
+    WebhookEndpoint,
 }
 
 impl Entity {
@@ -449,6 +450,7 @@ impl Entity {
             Entity::Tenant => "tenant",
             Entity::UnfinishedMove => "unfinished move",
             Entity::User => "user",
+            Entity::WebhookEndpoint => "webhook endpoint",
         }
     }
 
@@ -468,6 +470,7 @@ impl Entity {
             Entity::Organization => "organization_not_found",
             Entity::Membership => "membership_not_found",
             Entity::Invitation => "invitation_not_found",
+            Entity::WebhookEndpoint => "webhook_endpoint_not_found",
             Entity::Role => "role_not_found",
             Entity::Permission => "permission_not_found",
             _ => "not_found",

@@ -10,6 +10,7 @@ pub mod oidc;
 pub mod orgs;
 pub mod passwordless;
 pub mod users;
+pub mod webhooks;
 
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -55,6 +56,14 @@ pub fn router(state: AppState) -> axum::Router {
         )
         .route("/v1/projects/{project_id}/users/{user_id}/impersonate", post(users::impersonate))
         .route("/v1/projects/{project_id}/events", get(events::list_events))
+        .route("/v1/projects/{project_id}/webhooks", get(webhooks::list_endpoints).post(webhooks::create_endpoint))
+        .route(
+            "/v1/projects/{project_id}/webhooks/{id}",
+            axum::routing::patch(webhooks::update_endpoint).delete(webhooks::delete_endpoint),
+        )
+        .route("/v1/projects/{project_id}/webhooks/{id}/rotate-secret", post(webhooks::rotate_secret))
+        .route("/v1/projects/{project_id}/webhooks/{id}/replay", post(webhooks::replay))
+        .route("/v1/projects/{project_id}/webhooks/{id}/deliveries", get(webhooks::list_deliveries))
         .route("/v1/projects/{project_id}/roles", get(orgs::list_roles).post(orgs::create_role))
         .route(
             "/v1/projects/{project_id}/roles/{id}",

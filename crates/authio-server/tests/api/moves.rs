@@ -447,6 +447,7 @@ async fn every_table_with_tenant_rows_either_moves_or_is_pinned_to_shared() {
         "tenant_members",
         "dedicated_db_requests",
         "database_identity",
+        "webhook_schedule",
     ];
     for t in &with_tenant {
         let moves = HOME_TABLES.iter().any(|h| h.name == t);

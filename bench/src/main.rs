@@ -33,6 +33,7 @@ mod moves;
 mod oidc;
 mod orgs;
 mod otp;
+mod webhooks;
 
 const USERS_PER_TENANT: i64 = 1_000;
 const FILLER_USERS: i64 = 100_000;
@@ -74,6 +75,7 @@ async fn main() -> Result<()> {
         "oidc" => oidc::oidc(&env, secs, rounds).await?,
         "orgs" => orgs::orgs(&env, secs, rounds).await?,
         "events" => events::events(&env, secs, rounds).await?,
+        "webhooks" => webhooks::webhooks(&env, rounds).await?,
         "all" => {
             tiers(&env, secs, rounds).await?;
             scoped(&env, secs, rounds).await?;
@@ -84,9 +86,10 @@ async fn main() -> Result<()> {
             oidc::oidc(&env, secs, rounds).await?;
             orgs::orgs(&env, secs, rounds).await?;
             events::events(&env, secs, rounds).await?;
+            webhooks::webhooks(&env, rounds).await?;
         }
         other => {
-            bail!("unknown benchmark {other:?}: tiers | scoped | tokens | signin | audit | otp | oidc | orgs | events | all | move | routing-memory")
+            bail!("unknown benchmark {other:?}: tiers | scoped | tokens | signin | audit | otp | oidc | orgs | events | webhooks | all | move | routing-memory")
         }
     }
     Ok(())

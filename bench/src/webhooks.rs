@@ -26,7 +26,8 @@ pub async fn webhooks(env: &Env, rounds: usize) -> Result<()> {
     c.batch_execute(&format!("UPDATE projects SET environment = 'development' WHERE id = '{}'", t.project.id)).await?;
     let url = receiver().await?;
     let key = authio_testkit::test_master_key();
-    let target = Target::Project { tenant_id: t.tenant.id, project_id: t.project.id, tenant_kind: TenantKind::Customer };
+    let target =
+        Target::Project { tenant_id: t.tenant.id, project_id: t.project.id, tenant_kind: TenantKind::Customer };
     let auth = authorize(&Principal::Tool { name: "authio-bench" }, Permission::CredentialsManage, &target)?;
     let sender = Sender::new(env.router.clone(), Arc::new(SystemClock), key.clone(), WebhookSettings::default())?;
     println!("\n## Webhook deliveries to a local receiver ({EVENTS} events per endpoint, signed, logged)\n");
@@ -37,7 +38,8 @@ pub async fn webhooks(env: &Env, rounds: usize) -> Result<()> {
             let mut ids = Vec::new();
             for _ in 0..endpoints {
                 let new = NewEndpoint { url: url.clone(), event_types: vec![] };
-                let (e, _) = webhooks::create(&env.router, &SystemClock, &key, &auth, &new, &Default::default()).await?;
+                let (e, _) =
+                    webhooks::create(&env.router, &SystemClock, &key, &auth, &new, &Default::default()).await?;
                 ids.push(e.id);
             }
             // The backlog: audit events the stream maps to `user.created`, written in one statement.
@@ -80,7 +82,11 @@ pub async fn webhooks(env: &Env, rounds: usize) -> Result<()> {
             c.execute("DELETE FROM webhook_endpoints WHERE id = ANY ($1)", &[&ids]).await.context("cleanup")?;
             c.execute("DELETE FROM webhook_schedule WHERE endpoint_id = ANY ($1)", &[&ids]).await?;
         }
-        println!("| {endpoints} | {:.0} | {:?} |", median(runs.clone()), runs.iter().map(|v| v.round()).collect::<Vec<_>>());
+        println!(
+            "| {endpoints} | {:.0} | {:?} |",
+            median(runs.clone()),
+            runs.iter().map(|v| v.round()).collect::<Vec<_>>()
+        );
     }
     Ok(())
 }

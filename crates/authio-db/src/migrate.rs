@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration { version: 20, name: "events", sql: include_str!("../../../migrations/0020_events.sql") },
     Migration { version: 21, name: "webhooks", sql: include_str!("../../../migrations/0021_webhooks.sql") },
+    Migration {
+        version: 22,
+        name: "webhook_replays",
+        sql: include_str!("../../../migrations/0022_webhook_replays.sql"),
+    },
 ];
 
 const BOOTSTRAP_ROLES: &str = r#"

@@ -35,6 +35,8 @@ pub const GIVE_UP_AFTER_DAYS: i64 = 3;
 pub const ROTATION_OVERLAP_HOURS: i64 = 24;
 const EXCERPT_BYTES: usize = 1024;
 const BATCH: i64 = 100;
+/// Single-event replays that may wait for one endpoint at once.
+const MAX_PENDING_REPLAYS: i32 = 100;
 
 #[derive(Clone, Debug)]
 pub struct WebhookSettings {
@@ -434,6 +436,69 @@ pub async fn replay_since(
     Ok(endpoint)
 }
 
+/// Send one event again, out of the stream's order: the delivery loop sends it once (logged as
+/// a replay) before it goes on. The endpoint must be enabled and subscribed to the event's type.
+pub async fn replay_event(
+    router: &Router,
+    clock: &dyn Clock,
+    auth: &Authorized,
+    id: Uuid,
+    event_id: Uuid,
+    client: &ClientInfo,
+) -> Result<Endpoint, CoreError> {
+    let scope = *auth.require(Permission::CredentialsManage)?;
+    project_of(&scope)?;
+    let now = crate::clock::now_as_stored(clock);
+    let since = now - Duration::days(super::RETENTION_DAYS);
+    let tx = router.begin(&scope).await?;
+    let ep = tx
+        .query_opt(
+            "SELECT enabled, event_types, cardinality(pending_replays) AS pending FROM webhook_endpoints
+              WHERE id = $1 FOR UPDATE",
+            &[(&id, Type::UUID)],
+        )
+        .await?
+        .ok_or(CoreError::NotFound(Entity::WebhookEndpoint))?;
+    let event = tx
+        .query_opt(
+            "SELECT position, type FROM events WHERE id = $1 AND occurred_at >= $2",
+            &[(&event_id, Type::UUID), (&since, Type::TIMESTAMPTZ)],
+        )
+        .await?
+        .ok_or(CoreError::NotFound(Entity::Event))?;
+    if !ep.col::<bool>("enabled")? {
+        return Err(CoreError::Conflict("the endpoint is disabled; enable it first".into()));
+    }
+    let types: Vec<String> = ep.col("event_types")?;
+    let kind: String = event.col("type")?;
+    if !types.is_empty() && !types.contains(&kind) {
+        return Err(CoreError::Conflict(format!("the endpoint does not receive {kind} events")));
+    }
+    if ep.col::<i32>("pending")? >= MAX_PENDING_REPLAYS {
+        return Err(CoreError::TooSoon(format!(
+            "{MAX_PENDING_REPLAYS} replays are already waiting for this endpoint; retry once they are sent"
+        )));
+    }
+    let position: i64 = event.col("position")?;
+    let row = tx
+        .query_one(
+            &format!(
+                "UPDATE webhook_endpoints
+                    SET pending_replays = CASE WHEN $2 = ANY (pending_replays) THEN pending_replays
+                                               ELSE pending_replays || $2 END,
+                        updated_at = $3
+                  WHERE id = $1 RETURNING {ENDPOINT_COLS}"
+            ),
+            &[(&id, Type::UUID), (&position, Type::INT8), (&now, Type::TIMESTAMPTZ)],
+        )
+        .await?;
+    let endpoint = Endpoint::from_row(&row)?;
+    let meta = serde_json::json!({"event_id": event_id, "type": kind});
+    record(tx, auth, audit::AuditAction::WebhookReplayed, id, client, meta, now).await?;
+    preresolve::webhook_due(router, scope.tenant_id, id, now).await?;
+    Ok(endpoint)
+}
+
 /// One delivery attempt, as the log keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Delivery {
@@ -446,6 +511,8 @@ pub struct Delivery {
     pub error: Option<String>,
     pub latency_ms: i32,
     pub response_excerpt: Option<String>,
+    /// Sent by a replay of this one event.
+    pub replay: bool,
     pub created_at: DateTime<Utc>,
 }
 
@@ -459,7 +526,8 @@ pub async fn deliveries(router: &Router, auth: &Authorized, id: Uuid, limit: i64
         .ok_or(CoreError::NotFound(Entity::WebhookEndpoint))?;
     let rows = tx
         .query(
-            "SELECT id, event_id, event_type, position, attempt, status, error, latency_ms, response_excerpt, created_at
+            "SELECT id, event_id, event_type, position, attempt, status, error, latency_ms, response_excerpt, replay,
+                    created_at
                FROM webhook_deliveries WHERE endpoint_id = $1 ORDER BY id DESC LIMIT $2",
             &[(&id, Type::UUID), (&limit, Type::INT8)],
         )
@@ -477,6 +545,7 @@ pub async fn deliveries(router: &Router, auth: &Authorized, id: Uuid, limit: i64
                 error: r.col("error")?,
                 latency_ms: r.col("latency_ms")?,
                 response_excerpt: r.col("response_excerpt")?,
+                replay: r.col("replay")?,
                 created_at: r.col("created_at")?,
             })
         })
@@ -533,6 +602,9 @@ impl Sender {
     ) -> Result<Self, CoreError> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy from the environment would resolve the target itself, past the address
+            // check below.
+            .no_proxy()
             .timeout(settings.timeout)
             .dns_resolver(Arc::new(GuardedResolver))
             .build()
@@ -590,7 +662,7 @@ impl Sender {
         let ep = tx
             .query_opt(
                 "SELECT url, event_types, secret_enc, previous_secret_enc, previous_until, enabled, position, attempts,
-                        failing_since
+                        failing_since, pending_replays
                    FROM webhook_endpoints WHERE id = $1",
                 &[(&endpoint, Type::UUID)],
             )
@@ -625,7 +697,8 @@ impl Sender {
             )
             .await?;
         tx.commit().await?;
-        if events.is_empty() {
+        let pending: Vec<i64> = ep.col("pending_replays")?;
+        if events.is_empty() && pending.is_empty() {
             preresolve::webhook_due(&self.router, tenant, endpoint, now + chrono_of(self.settings.idle_recheck))
                 .await?;
             return Ok(0);
@@ -640,6 +713,16 @@ impl Sender {
             }
         }
         let development = development(&self.router, project).await?;
+        let replayed = if pending.is_empty() {
+            0
+        } else {
+            self.send_replays(&scope, endpoint, &pending, &url, &secrets, development, now).await?
+        };
+        if events.is_empty() {
+            preresolve::webhook_due(&self.router, tenant, endpoint, now + chrono_of(self.settings.idle_recheck))
+                .await?;
+            return Ok(replayed);
+        }
         // The attempt number each delivery is logged with: the failures so far, plus one.
         let mut attempts: i32 = ep.col("attempts")?;
         let (mut last_ok, mut log, mut failure) = (position, Vec::new(), None);
@@ -653,57 +736,27 @@ impl Sender {
             };
             let outcome = DEVELOPMENT.scope(development, self.deliver(&url, &secrets, &event, development)).await?;
             let delivered = matches!(outcome, Outcome::Delivered { .. });
-            log.push((event.id, event.kind.clone(), event.position, attempts + 1, outcome));
+            let position = event.position;
+            log.push((event, attempts + 1, outcome));
             if delivered {
-                last_ok = event.position;
+                last_ok = position;
                 attempts = 0;
             } else {
                 failure = Some(());
                 break;
             }
         }
-        let last_error = log.last().and_then(|l| match &l.4 {
+        let last_error = log.last().and_then(|l| match &l.2 {
             Outcome::Failed { error, .. } => Some(error.chars().take(500).collect::<String>()),
             Outcome::Delivered { .. } => None,
         });
         let tx = self.router.begin(&scope).await?;
-        for (event_id, kind, pos, attempt, outcome) in &log {
-            let (status, latency, excerpt, error) = match outcome {
-                Outcome::Delivered { status, latency_ms, excerpt } => {
-                    (Some(i32::from(*status)), *latency_ms, Some(excerpt.clone()), None)
-                }
-                Outcome::Failed { status, latency_ms, excerpt, error } => (
-                    status.map(i32::from),
-                    *latency_ms,
-                    excerpt.clone(),
-                    Some(error.chars().take(500).collect::<String>()),
-                ),
-            };
-            tx.query(
-                "INSERT INTO webhook_deliveries (tenant_id, project_id, id, endpoint_id, event_id, event_type, position,
-                                                 attempt, status, error, latency_ms, response_excerpt, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                &[
-                    (&tenant, Type::UUID),
-                    (&project, Type::UUID),
-                    (&Uuid::now_v7(), Type::UUID),
-                    (&endpoint, Type::UUID),
-                    (event_id, Type::UUID),
-                    (kind, Type::TEXT),
-                    (pos, Type::INT8),
-                    (attempt, Type::INT4),
-                    (&status, Type::INT4),
-                    (&error, Type::TEXT),
-                    (&latency, Type::INT4),
-                    (&excerpt, Type::TEXT),
-                    (&now, Type::TIMESTAMPTZ),
-                ],
-            )
-            .await?;
+        for (event, attempt, outcome) in &log {
+            self.log_delivery(&tx, &scope, endpoint, event, *attempt, outcome, false, now).await?;
         }
         // Failures are counted on the row as it is now (not as read before sending: another
         // change may have come meanwhile); any success in this batch starts the count afresh.
-        let delivered_any = log.iter().any(|l| matches!(l.4, Outcome::Delivered { .. }));
+        let delivered_any = log.iter().any(|l| matches!(l.2, Outcome::Delivered { .. }));
         let failed = failure.is_some();
         let row = tx
             .query_one(
@@ -749,7 +802,105 @@ impl Sender {
             None => now + chrono_of(self.settings.idle_recheck),
         };
         preresolve::webhook_due(&self.router, tenant, endpoint, due).await?;
-        Ok(log.iter().filter(|l| matches!(l.4, Outcome::Delivered { .. })).count())
+        Ok(replayed + log.iter().filter(|l| matches!(l.2, Outcome::Delivered { .. })).count())
+    }
+
+    /// Send the single events asked for again (`replay_event`), once each, whatever the
+    /// outcome (the log shows it; the stream's own delivery and its failure count are not
+    /// touched), then take them off the endpoint.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_replays(
+        &self,
+        scope: &Scope,
+        endpoint: Uuid,
+        pending: &[i64],
+        url: &str,
+        secrets: &[String],
+        development: bool,
+        now: DateTime<Utc>,
+    ) -> Result<usize, CoreError> {
+        let pending = pending.to_vec();
+        let tx = self.router.begin(scope).await?;
+        let rows = tx
+            .query(
+                "SELECT id, type, position, occurred_at, data FROM events WHERE position = ANY ($1) ORDER BY position",
+                &[(&pending, Type::INT8_ARRAY)],
+            )
+            .await?;
+        tx.commit().await?;
+        let mut sent = Vec::new();
+        for e in &rows {
+            let event = super::Event {
+                id: e.col("id")?,
+                kind: e.col("type")?,
+                position: e.col("position")?,
+                occurred_at: e.col("occurred_at")?,
+                data: e.col("data")?,
+            };
+            let outcome = DEVELOPMENT.scope(development, self.deliver(url, secrets, &event, development)).await?;
+            sent.push((event, outcome));
+        }
+        let tx = self.router.begin(scope).await?;
+        for (event, outcome) in &sent {
+            self.log_delivery(&tx, scope, endpoint, event, 1, outcome, true, now).await?;
+        }
+        // Positions purged meanwhile are dropped too: there is nothing left to send.
+        tx.query(
+            "UPDATE webhook_endpoints
+                SET pending_replays = ARRAY(SELECT p FROM unnest(pending_replays) p WHERE p <> ALL ($2))
+              WHERE id = $1",
+            &[(&endpoint, Type::UUID), (&pending, Type::INT8_ARRAY)],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(sent.iter().filter(|(_, o)| matches!(o, Outcome::Delivered { .. })).count())
+    }
+
+    /// One row of the delivery log.
+    #[allow(clippy::too_many_arguments)]
+    async fn log_delivery(
+        &self,
+        tx: &authio_db::ScopedTx,
+        scope: &Scope,
+        endpoint: Uuid,
+        event: &super::Event,
+        attempt: i32,
+        outcome: &Outcome,
+        replay: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), CoreError> {
+        let (status, latency, excerpt, error) = match outcome {
+            Outcome::Delivered { status, latency_ms, excerpt } => {
+                (Some(i32::from(*status)), *latency_ms, Some(excerpt.clone()), None)
+            }
+            Outcome::Failed { status, latency_ms, excerpt, error } => {
+                (status.map(i32::from), *latency_ms, excerpt.clone(), Some(error.chars().take(500).collect::<String>()))
+            }
+        };
+        let project = project_of(scope)?;
+        tx.query(
+            "INSERT INTO webhook_deliveries (tenant_id, project_id, id, endpoint_id, event_id, event_type, position,
+                                             attempt, status, error, latency_ms, response_excerpt, replay, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            &[
+                (&scope.tenant_id, Type::UUID),
+                (&project, Type::UUID),
+                (&Uuid::now_v7(), Type::UUID),
+                (&endpoint, Type::UUID),
+                (&event.id, Type::UUID),
+                (&event.kind, Type::TEXT),
+                (&event.position, Type::INT8),
+                (&attempt, Type::INT4),
+                (&status, Type::INT4),
+                (&error, Type::TEXT),
+                (&latency, Type::INT4),
+                (&excerpt, Type::TEXT),
+                (&replay, Type::BOOL),
+                (&now, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+        Ok(())
     }
 
     fn unseal(&self, sealed: &str) -> Result<String, CoreError> {

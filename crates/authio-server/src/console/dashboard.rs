@@ -1,7 +1,9 @@
 //! Customers' dashboard: a member's tenants and projects; per project its users (search, view,
 //! disable, delete, sessions), credentials (M2M clients and API keys: created with the secret
 //! shown once, revoked), redirect URIs, allowed origins and custom domains, sign-in methods
-//! and branding, signing keys (rotate), and the audit log (filters, export); and billing, with
+//! and branding, signing keys (rotate), webhook endpoints (secret shown once, delivery log,
+//! replay, a notice for one disabled after failing), and the audit log (filters, export); and
+//! billing, with
 //! the Enterprise plan's "Request dedicated DB" switch.
 //!
 //! Every change goes through the same core functions as the management API, under the
@@ -43,6 +45,9 @@ pub fn routes() -> axum::Router<AppState> {
         .route(&format!("{p}/organizations"), get(organizations_page).post(create_organization))
         .route(&format!("{p}/organizations/{{oid}}"), get(organization_page))
         .route(&format!("{p}/organizations/{{oid}}/{{act}}"), post(organization_action))
+        .route(&format!("{p}/webhooks"), get(webhooks_page).post(create_webhook))
+        .route(&format!("{p}/webhooks/{{wid}}"), get(webhook_page))
+        .route(&format!("{p}/webhooks/{{wid}}/{{act}}"), post(webhook_action))
         .route(&format!("{p}/credentials"), get(credentials))
         .route(&format!("{p}/credentials/{{kind}}"), post(create_credential))
         .route(&format!("{p}/credentials/{{kind}}/{{id}}/revoke"), post(revoke_credential))
@@ -155,6 +160,7 @@ fn project_page(m: &Member, p: &Project, title: &str, current: &str) -> PageView
     let items = vec![
         (format!("{base}/users"), "Users"),
         (format!("{base}/organizations"), "Organizations"),
+        (format!("{base}/webhooks"), "Webhooks"),
         (format!("{base}/credentials"), "M2M clients & API keys"),
         (format!("{base}/urls"), "Redirect URIs, origins & domains"),
         (format!("{base}/signin"), "Sign-in & branding"),
@@ -186,6 +192,8 @@ const DONE: &[(&str, &str)] = &[
     ("withdrawn", "Request withdrawn."),
     ("invited", "Invitation sent."),
     ("resent", "Invitation sent again with a new link."),
+    ("replaying", "Replay queued: the delivery log shows it once sent."),
+    ("deleted-endpoint", "Endpoint deleted."),
 ];
 
 fn flash(page: PageView, f: &Flash) -> PageView {
@@ -1468,6 +1476,275 @@ async fn organization_action(
             .map(|_| format!("{back}?done=revoked")),
             Err(e) => Err(e),
         },
+        _ => return error_page(StatusCode::NOT_FOUND, "No such action.", Some(&m.user)),
+    };
+    match result {
+        Ok(to) => Redirect::to(&to).into_response(),
+        Err(e) => core_error_page(e, Some(&m.user)),
+    }
+}
+
+// Webhook endpoints: the same core functions as `/v1/projects/{id}/webhooks`.
+
+#[derive(Deserialize)]
+struct WebhookForm {
+    csrf: Option<String>,
+    url: Option<String>,
+    /// Space-separated event types; empty: every type.
+    types: Option<String>,
+    event_id: Option<String>,
+    /// `datetime-local` (taken as UTC).
+    since: Option<String>,
+}
+
+fn event_types_of(raw: Option<&str>) -> Vec<String> {
+    raw.unwrap_or("").split_whitespace().map(str::to_owned).collect()
+}
+
+/// The list, with a notice for every endpoint the delivery loop disabled.
+async fn webhooks_list_page(
+    state: &AppState,
+    m: &Member,
+    p: &Project,
+    auth: &Authorized,
+    secret: Option<Block>,
+    f: &Flash,
+) -> Response {
+    use authio_core::events::webhooks;
+    let list = core_try!(webhooks::list(&state.router, auth).await, &m.user);
+    let b = format!("{}/webhooks", base(m, p));
+    let read_only = m.read_only();
+    let mut page = flash(project_page(m, p, "Webhooks", "webhooks"), f);
+    for e in list.iter().filter(|e| !e.enabled && e.disabled_reason.as_deref() == Some("failing for 3 days")) {
+        page = page.block(Block::notice(
+            "warn",
+            format!(
+                "{} was disabled after failing for 3 days (last error: {}). Fix the receiver, then enable it: \
+                 delivery resumes where it stopped.",
+                e.url,
+                e.last_error.as_deref().unwrap_or("none recorded")
+            ),
+        ));
+    }
+    if let Some(s) = secret {
+        page = page.block(s);
+    }
+    page.block(Block::Para(
+        "Endpoints receive this project's events as signed POSTs (Standard Webhooks: webhook-id, \
+         webhook-timestamp, webhook-signature). Retried with backoff for up to 3 days."
+            .into(),
+    ))
+    .block(Block::Form(
+        FormView::post(b.clone(), "Add endpoint")
+            .field(Field::text("url", "url", "URL (https)", "").required())
+            .field(
+                Field::text("text", "types", "Event types (space-separated; empty: all)", "")
+                    .placeholder("user.created"),
+            )
+            .disabled_if(read_only),
+    ))
+    .block(Block::table(
+        "Endpoints",
+        vec!["URL", "Event types", "State", "Last error", "", ""],
+        list.iter()
+            .map(|e| {
+                let state_cell = match (e.enabled, e.failing_since) {
+                    (false, _) => Cell::Badge("bad", "disabled".into()),
+                    (true, Some(since)) => {
+                        Cell::Badge("warn", format!("failing since {}", since.format("%Y-%m-%d %H:%M")))
+                    }
+                    (true, None) => Cell::Badge("ok", "active".into()),
+                };
+                let toggle = if e.enabled { ("disable", "Disable", true) } else { ("enable", "Enable", false) };
+                vec![
+                    Cell::Link(format!("{b}/{}", e.id), e.url.clone()),
+                    Cell::Text(if e.event_types.is_empty() { "all".into() } else { e.event_types.join(" ") }),
+                    state_cell,
+                    Cell::Text(e.last_error.clone().unwrap_or_default()),
+                    Cell::Action(
+                        FormView::button(format!("{b}/{}/{}", e.id, toggle.0), toggle.1, toggle.2)
+                            .disabled_if(read_only),
+                    ),
+                    Cell::Action(
+                        FormView::button(format!("{b}/{}/delete", e.id), "Delete", true).disabled_if(read_only),
+                    ),
+                ]
+            })
+            .collect(),
+        "No webhook endpoints yet.",
+    ))
+    .ok()
+}
+
+async fn webhooks_page(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    Path((slug, pid)): Path<(String, String)>,
+    Query(f): Query<Flash>,
+) -> Response {
+    let m = page_try!(member(&state, user, &slug).await);
+    let (p, target) = page_try!(project(&state, &m, &pid).await);
+    let auth = page_try!(m.authorize(Permission::ProjectRead, &target));
+    webhooks_list_page(&state, &m, &p, &auth, None, &f).await
+}
+
+/// Add an endpoint; the page that answers shows its signing secret, once.
+async fn create_webhook(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    headers: axum::http::HeaderMap,
+    Path((slug, pid)): Path<(String, String)>,
+    Form(f): Form<WebhookForm>,
+) -> Response {
+    use authio_core::events::webhooks;
+    page_try!(check_csrf(&user, f.csrf.as_deref()));
+    let m = page_try!(member(&state, user, &slug).await);
+    let (p, target) = page_try!(project(&state, &m, &pid).await);
+    let auth = page_try!(m.authorize(Permission::CredentialsManage, &target));
+    let new = webhooks::NewEndpoint {
+        url: f.url.clone().unwrap_or_default().trim().to_owned(),
+        event_types: event_types_of(f.types.as_deref()),
+    };
+    let (e, secret) = core_try!(
+        webhooks::create(
+            &state.router,
+            state.clock.as_ref(),
+            state.identity.master_key(),
+            &auth,
+            &new,
+            &client_info(&headers)
+        )
+        .await,
+        &m.user
+    );
+    let shown = Block::Secret(super::Secret { label: format!("Signing secret of {}", e.url), value: secret });
+    let read = page_try!(m.also(&auth, Permission::ProjectRead));
+    webhooks_list_page(&state, &m, &p, &read, Some(shown), &Flash::default()).await
+}
+
+/// One endpoint: its facts, its delivery log (newest first) with a replay button per event,
+/// and a replay of everything since a time.
+async fn webhook_page(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    Path((slug, pid, wid)): Path<(String, String, Uuid)>,
+    Query(f): Query<Flash>,
+) -> Response {
+    use authio_core::events::webhooks;
+    let m = page_try!(member(&state, user, &slug).await);
+    let (p, target) = page_try!(project(&state, &m, &pid).await);
+    let auth = page_try!(m.authorize(Permission::ProjectRead, &target));
+    let (list, log) = core_try!(
+        tokio::try_join!(webhooks::list(&state.router, &auth), webhooks::deliveries(&state.router, &auth, wid, 200)),
+        &m.user
+    );
+    let Some(e) = list.into_iter().find(|e| e.id == wid) else {
+        return core_error_page(CoreError::NotFound(authio_core::types::Entity::WebhookEndpoint), Some(&m.user));
+    };
+    let b = format!("{}/webhooks/{wid}", base(&m, &p));
+    let read_only = m.read_only();
+    let mut page = flash(project_page(&m, &p, "Webhook endpoint", "webhooks"), &f);
+    if !e.enabled {
+        let why = e.disabled_reason.clone().unwrap_or_else(|| "disabled".into());
+        page = page.block(Block::notice("warn", format!("This endpoint is disabled ({why}): nothing is sent to it.")));
+    }
+    page.block(Block::Facts(vec![
+        ("URL".into(), e.url.clone()),
+        ("Event types".into(), if e.event_types.is_empty() { "all".into() } else { e.event_types.join(" ") }),
+        ("Delivered up to position".into(), e.position.to_string()),
+        ("Failed attempts in a row".into(), e.attempts.to_string()),
+        ("Id".into(), e.id.to_string()),
+    ]))
+    .block(Block::Form(FormView::button(format!("{b}/rotate"), "Rotate signing secret", false).disabled_if(read_only)))
+    .block(Block::Form(
+        FormView::post(format!("{b}/replay-since"), "Replay since")
+            .field(Field::text("datetime-local", "since", "Every event since (UTC)", "").required())
+            .disabled_if(read_only || !e.enabled),
+    ))
+    .block(Block::table(
+        "Delivery log",
+        vec!["When", "Event", "Attempt", "Status", "Latency", "Response or error", ""],
+        log.iter()
+            .map(|d| {
+                let status = match d.status {
+                    Some(s) if (200..300).contains(&s) => Cell::Badge("ok", s.to_string()),
+                    Some(s) => Cell::Badge("bad", s.to_string()),
+                    None => Cell::Badge("bad", "no answer".into()),
+                };
+                let attempt = if d.replay { "replay".to_owned() } else { d.attempt.to_string() };
+                vec![
+                    Cell::Text(d.created_at.format("%Y-%m-%d %H:%M:%S").to_string()),
+                    Cell::Text(format!("{} ({})", d.event_type, d.event_id)),
+                    Cell::Text(attempt),
+                    status,
+                    Cell::Text(format!("{} ms", d.latency_ms)),
+                    Cell::Text(d.error.clone().or_else(|| d.response_excerpt.clone()).unwrap_or_default()),
+                    Cell::Action(
+                        FormView::button(format!("{b}/replay-event"), "Replay", false)
+                            .field(Field::hidden("event_id", &d.event_id.to_string()))
+                            .disabled_if(read_only || !e.enabled),
+                    ),
+                ]
+            })
+            .collect(),
+        "Nothing delivered yet.",
+    ))
+    .ok()
+}
+
+async fn webhook_action(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    headers: axum::http::HeaderMap,
+    Path((slug, pid, wid, act)): Path<(String, String, Uuid, String)>,
+    Form(f): Form<WebhookForm>,
+) -> Response {
+    use authio_core::events::webhooks;
+    page_try!(check_csrf(&user, f.csrf.as_deref()));
+    let m = page_try!(member(&state, user, &slug).await);
+    let (p, target) = page_try!(project(&state, &m, &pid).await);
+    let auth = page_try!(m.authorize(Permission::CredentialsManage, &target));
+    let (router, clock, info) = (&state.router, state.clock.as_ref(), client_info(&headers));
+    let list = format!("{}/webhooks", base(&m, &p));
+    let back = format!("{list}/{wid}");
+    let bad = |field: &'static str| CoreError::Invalid(authio_core::types::ValidationError::Field(field));
+    let result = match act.as_str() {
+        "enable" | "disable" => {
+            let patch = webhooks::EndpointPatch { enabled: Some(act == "enable"), ..Default::default() };
+            webhooks::update(router, clock, &auth, wid, &patch, &info).await.map(|_| format!("{list}?done=saved"))
+        }
+        "delete" => {
+            webhooks::delete(router, clock, &auth, wid, &info).await.map(|_| format!("{list}?done=deleted-endpoint"))
+        }
+        "rotate" => {
+            let secret = core_try!(
+                webhooks::rotate_secret(router, clock, state.identity.master_key(), &auth, wid, &info).await,
+                &m.user
+            );
+            let label = "New signing secret (the previous one keeps signing beside it for 24 hours)".to_owned();
+            let shown = Block::Secret(super::Secret { label, value: secret });
+            let read = page_try!(m.also(&auth, Permission::ProjectRead));
+            return webhooks_list_page(&state, &m, &p, &read, Some(shown), &Flash::default()).await;
+        }
+        "replay-event" => match f.event_id.as_deref().map(str::trim).map(Uuid::parse_str) {
+            Some(Ok(event)) => webhooks::replay_event(router, clock, &auth, wid, event, &info)
+                .await
+                .map(|_| format!("{back}?done=replaying")),
+            _ => Err(bad("event_id")),
+        },
+        "replay-since" => {
+            let since = f.since.as_deref().map(str::trim).and_then(|v| {
+                chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M")
+                    .or_else(|_| chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M:%S"))
+                    .ok()
+            });
+            match since {
+                Some(t) => webhooks::replay_since(router, clock, &auth, wid, t.and_utc(), &info)
+                    .await
+                    .map(|_| format!("{back}?done=replaying")),
+                None => Err(bad("since (a date and time)")),
+            }
+        }
         _ => return error_page(StatusCode::NOT_FOUND, "No such action.", Some(&m.user)),
     };
     match result {

@@ -97,12 +97,14 @@ pub struct RotatedSecret {
     pub secret: String,
 }
 
-/// `POST .../webhooks/{id}/replay`.
+/// `POST .../webhooks/{id}/replay`: exactly one of `since` and `event_id`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayBody {
     /// Send again every event (of the endpoint's types) since this time, in order.
-    pub since: DateTime<Utc>,
+    pub since: Option<DateTime<Utc>>,
+    /// Send this one event again, once, ahead of the stream (logged with `replay: true`).
+    pub event_id: Option<Uuid>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -119,6 +121,8 @@ pub struct DeliveryBody {
     pub latency_ms: i32,
     /// At most 1 KiB of the response.
     pub response_excerpt: Option<String>,
+    /// Sent by a replay of this one event (outside the stream's order).
+    pub replay: bool,
     pub created_at: DateTime<Utc>,
 }
 
@@ -214,11 +218,14 @@ pub async fn rotate_secret(
     Ok(Json(RotatedSecret { secret }))
 }
 
-/// Send again every event since a time, in order (at least once: receivers see the same
-/// `webhook-id` for an event they had).
+/// Send again every event since a time, in order, or one event (at least once: receivers see
+/// the same `webhook-id` for an event they had).
 #[utoipa::path(post, path = "/v1/projects/{project_id}/webhooks/{id}/replay", tag = "events",
     params(("project_id" = Uuid, Path), ("id" = Uuid, Path)), security(("project_api_key" = [])),
-    request_body = ReplayBody, responses((status = 200, body = WebhookEndpointBody)))]
+    request_body = ReplayBody, responses((status = 200, body = WebhookEndpointBody),
+        (status = 422, description = "neither or both of `since` and `event_id`, or a malformed one (`invalid_request`)", body = crate::error::ErrorBody),
+        (status = 404, description = "no such endpoint (`webhook_endpoint_not_found`) or event in the last 30 days (`event_not_found`)", body = crate::error::ErrorBody),
+        (status = 409, description = "the endpoint is disabled or does not receive the event's type (`conflict`); 100 single replays already waiting (`too_soon`)", body = crate::error::ErrorBody)))]
 pub async fn replay(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -230,7 +237,19 @@ pub async fn replay(
     let id = endpoint_id(&id)?;
     let r: ReplayBody = json_body(&headers, &body)?;
     let client = client_info(&headers, None);
-    Ok(Json(webhooks::replay_since(&state.router, state.clock.as_ref(), &auth, id, r.since, &client).await?.into()))
+    let clock = state.clock.as_ref();
+    let endpoint = match (r.since, r.event_id) {
+        (Some(since), None) => webhooks::replay_since(&state.router, clock, &auth, id, since, &client).await?,
+        (None, Some(event)) => webhooks::replay_event(&state.router, clock, &auth, id, event, &client).await?,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                "give exactly one of since and event_id",
+            ))
+        }
+    };
+    Ok(Json(endpoint.into()))
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project_id}/webhooks/{id}/deliveries", tag = "events",
@@ -270,6 +289,7 @@ pub async fn list_deliveries(
             error: d.error,
             latency_ms: d.latency_ms,
             response_excerpt: d.response_excerpt,
+            replay: d.replay,
             created_at: d.created_at,
         })
         .collect();

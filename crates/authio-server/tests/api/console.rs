@@ -75,6 +75,24 @@ async fn the_console_in_a_real_browser_from_request_to_dedicated_while_the_api_k
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
+    // An endpoint the delivery loop gave up on (as `webhooks.rs` shows it doing): the dashboard
+    // points it out.
+    let r = app
+        .http
+        .post(app.url(&format!("/v1/projects/{}/webhooks", acme.project.id)))
+        .bearer_auth(&acme.api_key.plaintext)
+        .json(&json!({"url": "https://old-hooks.acme.test/in"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    admin_query_strings(
+        &app.shared.admin_url,
+        "UPDATE webhook_endpoints SET enabled = false, disabled_reason = 'failing for 3 days',
+                failing_since = now() - interval '3 days', last_error = 'status 503'
+          WHERE url = 'https://old-hooks.acme.test/in'",
+    )
+    .await;
     // Keys old enough to rotate (verifiers have had the next key for a while).
     admin_query_strings(
         &app.shared.admin_url,
@@ -188,6 +206,12 @@ async fn the_console_in_a_real_browser_from_request_to_dedicated_while_the_api_k
     let on_dedicated = admin_query_strings(&ded, "SELECT count(*)::text FROM users WHERE email LIKE 'load%'").await;
     assert_eq!(on_dedicated, vec![(rounds).to_string()], "every load write is on the new home");
 
+    // The webhook secret the browser was shown last is the one that signs (sealed at the new home).
+    let sealed =
+        admin_query_strings(&ded, "SELECT secret_enc FROM webhook_endpoints WHERE url = 'https://hooks.acme.test/in'")
+            .await;
+    assert_eq!(sealed.len(), 1);
+    assert_eq!(test_master_key().decrypt(&sealed[0]).unwrap(), report["webhook_secret"].as_str().unwrap());
     // The secret the browser was shown is real: the M2M client gets a token (after the move).
     let r = app
         .http

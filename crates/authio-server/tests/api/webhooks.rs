@@ -222,6 +222,45 @@ async fn webhooks_are_signed_in_order_retried_disabled_replayed_rotated_and_kept
     let again = rx.wait("/ok", 10, 20).await;
     assert_eq!(ids(&again[5..]), ok_ids);
 
+    // Replay of one event: sent once more, with its own webhook-id, logged as a replay.
+    let ok_path = format!("/webhooks/{}", ok["id"].as_str().unwrap());
+    let third = uuid::Uuid::parse_str(ok_ids[2].strip_prefix("evt_").unwrap()).unwrap();
+    let (st, body) = call(&app, &s, Method::POST, &format!("{ok_path}/replay"), Some(json!({"event_id": third}))).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let again = rx.wait("/ok", 11, 20).await;
+    assert_eq!(again.len(), 11, "{again:?}");
+    assert_eq!(again[10]["id"], ok_ids[2].as_str());
+    assert_eq!(again[10]["verified"], true);
+    // (The log is written once the receiver has answered.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, log) = call(&app, &s, Method::GET, &format!("{ok_path}/deliveries?limit=1"), None).await;
+        if log["data"][0]["replay"] == true {
+            assert_eq!(log["data"][0]["status"], 200);
+            assert_eq!(log["data"][0]["event_id"], third.to_string());
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pending = admin_query_strings(
+        &app.shared.admin_url,
+        "SELECT sum(cardinality(pending_replays))::text FROM webhook_endpoints",
+    )
+    .await;
+    assert_eq!(pending, vec!["0"], "a replay is sent once and taken off");
+    // Refused: an unknown event, neither or both fields, a disabled endpoint.
+    let unknown = json!({"event_id": uuid::Uuid::new_v4()});
+    let (st, body) = call(&app, &s, Method::POST, &format!("{ok_path}/replay"), Some(unknown)).await;
+    assert_eq!((st, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("event_not_found")));
+    for bad in [json!({}), json!({"since": t0, "event_id": third})] {
+        let (st, body) = call(&app, &s, Method::POST, &format!("{ok_path}/replay"), Some(bad)).await;
+        assert_eq!((st, body["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_request")));
+    }
+    let (st, body) =
+        call(&app, &s, Method::POST, &format!("/webhooks/{slow_id}/replay"), Some(json!({"event_id": third}))).await;
+    assert_eq!((st, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")), "{body}");
+
     // Rotation: the old secret keeps working beside the new one for a while.
     let (st, rotated) =
         call(&app, &s, Method::POST, &format!("/webhooks/{}/rotate-secret", ok["id"].as_str().unwrap()), None).await;
@@ -230,16 +269,16 @@ async fn webhooks_are_signed_in_order_retried_disabled_replayed_rotated_and_kept
     assert_ne!(new_secret, secrets[0]);
     rx.accept(&[new_secret]);
     create_users(&app, &s, "v", 1).await;
-    let after = rx.wait("/ok", 11, 20).await;
-    assert_eq!(after[10]["verified"], true, "{:?}", after[10]);
+    let after = rx.wait("/ok", 12, 20).await;
+    assert_eq!(after[11]["verified"], true, "{:?}", after[11]);
     rx.accept(&[secrets[0].as_str()]);
     create_users(&app, &s, "w", 1).await;
-    let after = rx.wait("/ok", 12, 20).await;
-    assert_eq!(after[11]["verified"], true, "the previous secret still verifies: {:?}", after[11]);
+    let after = rx.wait("/ok", 13, 20).await;
+    assert_eq!(after[12]["verified"], true, "the previous secret still verifies: {:?}", after[12]);
     rx.accept(&["whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="]);
     create_users(&app, &s, "x", 1).await;
-    let after = rx.wait("/ok", 13, 20).await;
-    assert_eq!(after[12]["verified"], false, "a wrong secret does not verify: the check can fail");
+    let after = rx.wait("/ok", 14, 20).await;
+    assert_eq!(after[13]["verified"], false, "a wrong secret does not verify: the check can fail");
 
     // Private targets: a production project may not register http, private or loopback
     // addresses, and a name that resolves to loopback is refused when connecting.

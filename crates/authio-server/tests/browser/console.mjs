@@ -130,6 +130,43 @@ try {
   assert.equal(await page.locator("form[action$='/impersonate'] button").isDisabled(), true);
   out.invited = true;
 
+  // Webhooks: the endpoint the delivery loop disabled after failing for 3 days is pointed out;
+  // one is added (its signing secret shown once), disabled, enabled again, its secret rotated
+  // (the new one shown once), and a replay since a time is queued from its page.
+  const hooks = `${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/webhooks`;
+  await page.goto(hooks);
+  assert.match(
+    await page.textContent("main"),
+    /https:\/\/old-hooks\.acme\.test\/in was disabled after failing for 3 days \(last error: status 503\)/,
+  );
+  await page.fill("form[method=post][action$='/webhooks'] input[name=url]", "https://hooks.acme.test/in");
+  await page.fill("form[method=post][action$='/webhooks'] input[name=types]", "user.created user.deleted");
+  await page.click("form[method=post][action$='/webhooks'] button[type=submit]");
+  const hookSecret = (await page.textContent("[data-secret]")).trim();
+  assert.match(hookSecret, /^whsec_[A-Za-z0-9+/]{43}=$/, "the signing secret is shown");
+  assert.match(await page.textContent("table"), /hooks\.acme\.test\/in\s*user\.created user\.deleted\s*active/);
+  await shot(page, "dashboard-webhook-secret-once");
+  await page.goto(hooks);
+  assert.ok(!(await page.content()).includes(hookSecret), "the signing secret is never shown again");
+  const hookRow = page.locator("tr", { hasText: "https://hooks.acme.test/in" });
+  await Promise.all([page.waitForURL(/done=saved/), hookRow.locator("form[action$='/disable'] button").click()]);
+  assert.match(await hookRow.textContent(), /disabled/);
+  await page.goto(hooks); // (so the next wait is for the next page, not this one's ?done=saved)
+  await Promise.all([page.waitForURL(/done=saved/), hookRow.locator("form[action$='/enable'] button").click()]);
+  assert.match(await hookRow.textContent(), /active/);
+  await Promise.all([page.waitForURL(/\/webhooks\/[0-9a-f-]+$/), hookRow.locator("a").click()]);
+  assert.match(await page.textContent("main"), /Delivery log/);
+  await page.click("form[action$='/rotate'] button");
+  const rotated = (await page.textContent("[data-secret]")).trim();
+  assert.match(rotated, /^whsec_/);
+  assert.notEqual(rotated, hookSecret);
+  out.webhook_secret = rotated;
+  await Promise.all([page.waitForURL(/\/webhooks\/[0-9a-f-]+$/), page.locator("tr", { hasText: "https://hooks.acme.test/in" }).locator("a").click()]);
+  await page.fill("form[action$='/replay-since'] input[name=since]", "2026-01-01T00:00");
+  await Promise.all([page.waitForURL(/done=replaying/), page.click("form[action$='/replay-since'] button")]);
+  assert.match(await page.textContent("main"), /Replay queued/);
+  await shot(page, "dashboard-webhook");
+
   // Redirect URIs and custom domains (with the TXT record to publish), sign-in methods.
   await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/urls`);
   await page.fill("form[action$='/add-redirect-uri'] input[name=value]", "https://app.acme.test/callback");

@@ -110,6 +110,11 @@ pub fn check_url(raw: &str, development: bool) -> Result<url::Url, CoreError> {
         return Err(bad_url());
     }
     let u = url::Url::parse(raw).map_err(|_| bad_url())?;
+    // Normalizing may lengthen it (a trailing `/`, percent-encoding, punycode): the stored
+    // form is the one held to the limit.
+    if u.as_str().len() > 2048 {
+        return Err(bad_url());
+    }
     let scheme_ok = u.scheme() == "https" || (development && u.scheme() == "http");
     if !scheme_ok || !u.username().is_empty() || u.password().is_some() || u.fragment().is_some() {
         return Err(bad_url());
@@ -1033,6 +1038,11 @@ mod tests {
             assert!(check_url(bad, false).is_err(), "{bad}");
         }
         assert!(check_url("http://127.0.0.1:9/x", true).is_ok());
+        // 2048 characters as written, 2049 once normalized (the trailing `/`).
+        let long = format!("https://{}co", "a.".repeat(1019));
+        assert_eq!(long.len(), 2048);
+        assert!(check_url(&long, false).is_err());
+        assert!(check_url(&format!("https://{}co", "a.".repeat(1018)), false).is_ok());
     }
 
     #[test]

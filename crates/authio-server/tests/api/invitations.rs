@@ -632,3 +632,130 @@ async fn impersonation_is_for_operators_short_carries_act_and_is_audited_at_star
     .await;
     assert_eq!(reason, vec!["user_disabled"]);
 }
+
+/// The hosted organization pages in a real browser (headless Chromium through
+/// `tests/browser/hosted.mjs`): an invitation accepted by creating the account, one accepted
+/// after signing in from its page, and the picker of an OpenID sign-in.
+#[tokio::test]
+async fn hosted_invitation_and_picker_pages_work_in_a_real_browser() {
+    let browser_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists(),
+        "playwright-core is not installed: run `npm ci --prefix {}` (scripts/test does)",
+        browser_dir.display()
+    );
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(std::path::Path::new(&chromium).exists(), "{chromium} is missing (scripts/test installs it)");
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    let (st, _) =
+        call(&app, &s, Method::POST, "/roles", Some(json!({"slug": "member", "name": "Member", "is_default": true})))
+            .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let initech = setup_org(&app, &s, "Initech", "initech").await;
+    let hooli = setup_org(&app, &s, "Hooli", "hooli").await;
+    for email in ["member@example.com", "rita@example.com"] {
+        user(&app, &s, email).await;
+    }
+    let id_of = |email: &'static str| {
+        let url = app.shared.admin_url.clone();
+        async move {
+            admin_query_strings(&url, &format!("SELECT id::text FROM users WHERE email = '{email}'")).await[0].clone()
+        }
+    };
+    let rita = id_of("rita@example.com").await;
+    for org in [&initech, &hooli] {
+        let (st, _) =
+            call(&app, &s, Method::POST, &format!("/organizations/{org}/members"), Some(json!({"user_id": rita})))
+                .await;
+        assert_eq!(st, StatusCode::CREATED);
+    }
+    let mut links = Vec::new();
+    for email in ["newcomer@example.com", "member@example.com"] {
+        let (st, inv) = call(
+            &app,
+            &s,
+            Method::POST,
+            &format!("/organizations/{initech}/invitations"),
+            Some(json!({"email": email})),
+        )
+        .await;
+        assert_eq!(st, StatusCode::CREATED, "{inv}");
+        links.push(invitation_link(&app, email, 0).await.1);
+    }
+    let (client_id, secret) = confidential(&app, &s).await;
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let authorize = authorize_url(
+        &app,
+        &s,
+        &[
+            ("response_type", "code"),
+            ("client_id", client_id.as_str()),
+            ("redirect_uri", CB),
+            ("scope", "openid organization"),
+            ("state", "picker-state"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ],
+    );
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("hosted-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let cfg = json!({
+        "shots": shots,
+        "password": PASSWORD,
+        "newcomer_link": links[0],
+        "member": {"email": "member@example.com", "link": links[1]},
+        "picker": {"authorize_url": authorize, "email": "rita@example.com", "cb": CB, "pick": "Hooli"},
+    });
+    let run = tokio::process::Command::new("node")
+        .arg("hosted.mjs")
+        .current_dir(&browser_dir)
+        .env("AUTHIO_HOSTED_TEST", cfg.to_string())
+        .env("CHROMIUM", &chromium)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), run).await.expect("the browser run finished").unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the browser run failed (screenshots in {}):\n{stderr}\n{stdout}", shots.display());
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
+    assert_eq!((report["newcomer_joined"].as_bool(), report["member_joined"].as_bool()), (Some(true), Some(true)));
+
+    // Both are members of Initech now, with the default role; the invitations are used.
+    let (_, members) = call(&app, &s, Method::GET, &format!("/organizations/{initech}/members"), None).await;
+    let mut emails = Vec::new();
+    for m in members["data"].as_array().unwrap() {
+        assert_eq!((m["role"].as_str(), m["status"].as_str()), (Some("member"), Some("active")), "{m}");
+        let uid = m["user_id"].as_str().unwrap();
+        emails.extend(
+            admin_query_strings(&app.shared.admin_url, &format!("SELECT email FROM users WHERE id = '{uid}'")).await,
+        );
+    }
+    emails.sort();
+    assert_eq!(emails, vec!["member@example.com", "newcomer@example.com", "rita@example.com"]);
+    assert_eq!(count(&app, "SELECT count(*) FROM invitations WHERE accepted_at IS NOT NULL").await, 2);
+    // The newcomer's address was proved by the invitation.
+    let verified = admin_query_strings(
+        &app.shared.admin_url,
+        "SELECT email_verified::text FROM users WHERE email = 'newcomer@example.com'",
+    )
+    .await;
+    assert_eq!(verified, vec!["true"]);
+
+    // The picked organization is in the tokens the relying party gets for the code.
+    let r = app
+        .http
+        .post(app.url(&format!("/p/{}/oauth2/token", s.project.id)))
+        .basic_auth(&client_id, Some(&secret))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", report["code"].as_str().unwrap()),
+            ("redirect_uri", CB),
+            ("code_verifier", verifier.secret().as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let t: Value = r.json().await.unwrap();
+    assert_eq!(claims_of(t["id_token"].as_str().unwrap())["org_id"].as_str(), Some(hooli.as_str()));
+}

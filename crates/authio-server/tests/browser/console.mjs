@@ -153,7 +153,10 @@ try {
   assert.match(await hookRow.textContent(), /disabled/);
   await page.goto(hooks); // (so the next wait is for the next page, not this one's ?done=saved)
   await Promise.all([page.waitForURL(/done=saved/), hookRow.locator("form[action$='/enable'] button").click()]);
-  assert.match(await hookRow.textContent(), /active/);
+  // Enabled: it can be disabled again (its state may already say it is failing: the name does
+  // not resolve here, and delivery starts at once).
+  assert.equal(await hookRow.locator("form[action$='/disable'] button").count(), 1);
+  assert.doesNotMatch(await hookRow.textContent(), /disabled/);
   await Promise.all([page.waitForURL(/\/webhooks\/[0-9a-f-]+$/), hookRow.locator("a").click()]);
   assert.match(await page.textContent("main"), /Delivery log/);
   await page.click("form[action$='/rotate'] button");

@@ -583,6 +583,19 @@ tokio::task_local! {
     static DEVELOPMENT: bool;
 }
 
+/// How long a node holds an endpoint it took: at least a minute, and room for the work window,
+/// one more request and the writes after it.
+fn lease_for(timeout: StdDuration) -> StdDuration {
+    (timeout * 2 + StdDuration::from_secs(20)).max(StdDuration::from_secs(60))
+}
+
+/// How long after taking an endpoint a node may start a request to it (then it gives the
+/// endpoint back, due at once): no request starts so late that it could outlive the lease, so
+/// two nodes never serve one endpoint at the same time and its order holds.
+fn work_window_for(timeout: StdDuration) -> StdDuration {
+    lease_for(timeout).saturating_sub(timeout + StdDuration::from_secs(10))
+}
+
 /// The delivery loop's worker: takes due endpoints and serves them.
 #[derive(Clone)]
 pub struct Sender {
@@ -635,7 +648,8 @@ impl Sender {
     /// Serve up to `limit` due endpoints (concurrently); returns how many events were delivered.
     pub async fn run_once(&self, limit: i32) -> Result<usize, CoreError> {
         let now = self.clock.now();
-        let taken = preresolve::webhook_take(&self.router, limit, now, 60).await?;
+        let lease = i32::try_from(self.lease().as_secs()).unwrap_or(i32::MAX);
+        let taken = preresolve::webhook_take(&self.router, limit, now, lease).await?;
         let mut jobs = Vec::new();
         for r in &taken {
             let (tenant, project, endpoint): (Uuid, Uuid, Uuid) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
@@ -661,6 +675,7 @@ impl Sender {
     }
 
     async fn serve(&self, tenant: Uuid, project: Uuid, endpoint: Uuid) -> Result<usize, CoreError> {
+        let deadline = self.work_deadline(std::time::Instant::now());
         let scope = Scope::project(tenant, project, TenantKind::Customer);
         let now = self.clock.now();
         let tx = self.router.begin(&scope).await?;
@@ -721,7 +736,7 @@ impl Sender {
         let replayed = if pending.is_empty() {
             0
         } else {
-            self.send_replays(&scope, endpoint, &pending, &url, &secrets, development, now).await?
+            self.send_replays(&scope, endpoint, &pending, (&url, &secrets, development), now, deadline).await?
         };
         if events.is_empty() {
             preresolve::webhook_due(&self.router, tenant, endpoint, now + chrono_of(self.settings.idle_recheck))
@@ -730,8 +745,12 @@ impl Sender {
         }
         // The attempt number each delivery is logged with: the failures so far, plus one.
         let mut attempts: i32 = ep.col("attempts")?;
-        let (mut last_ok, mut log, mut failure) = (position, Vec::new(), None);
+        let (mut last_ok, mut log, mut failure, mut cut_short) = (position, Vec::new(), None, false);
         for e in &events {
+            if std::time::Instant::now() >= deadline {
+                cut_short = true;
+                break;
+            }
             let event = super::Event {
                 id: e.col("id")?,
                 kind: e.col("type")?,
@@ -803,7 +822,7 @@ impl Sender {
         tx.commit().await?;
         let due = match failure {
             Some(()) => now + self.backoff(attempts),
-            None if events.len() as i64 == BATCH => now,
+            None if cut_short || events.len() as i64 == BATCH => now,
             None => now + chrono_of(self.settings.idle_recheck),
         };
         preresolve::webhook_due(&self.router, tenant, endpoint, due).await?;
@@ -813,16 +832,14 @@ impl Sender {
     /// Send the single events asked for again (`replay_event`), once each, whatever the
     /// outcome (the log shows it; the stream's own delivery and its failure count are not
     /// touched), then take them off the endpoint.
-    #[allow(clippy::too_many_arguments)]
     async fn send_replays(
         &self,
         scope: &Scope,
         endpoint: Uuid,
         pending: &[i64],
-        url: &str,
-        secrets: &[String],
-        development: bool,
+        (url, secrets, development): (&str, &[String], bool),
         now: DateTime<Utc>,
+        deadline: std::time::Instant,
     ) -> Result<usize, CoreError> {
         let pending = pending.to_vec();
         let tx = self.router.begin(scope).await?;
@@ -833,8 +850,15 @@ impl Sender {
             )
             .await?;
         tx.commit().await?;
+        // Done with: those sent, and those no longer in the stream (purged); the rest wait for
+        // the next turn if the work window closes first.
+        let found: Vec<i64> = rows.iter().map(|r| r.col("position")).collect::<Result<_, _>>()?;
+        let mut done: Vec<i64> = pending.iter().copied().filter(|p| !found.contains(p)).collect();
         let mut sent = Vec::new();
         for e in &rows {
+            if std::time::Instant::now() >= deadline {
+                break;
+            }
             let event = super::Event {
                 id: e.col("id")?,
                 kind: e.col("type")?,
@@ -843,18 +867,18 @@ impl Sender {
                 data: e.col("data")?,
             };
             let outcome = DEVELOPMENT.scope(development, self.deliver(url, secrets, &event, development)).await?;
+            done.push(event.position);
             sent.push((event, outcome));
         }
         let tx = self.router.begin(scope).await?;
         for (event, outcome) in &sent {
             self.log_delivery(&tx, scope, endpoint, event, 1, outcome, true, now).await?;
         }
-        // Positions purged meanwhile are dropped too: there is nothing left to send.
         tx.query(
             "UPDATE webhook_endpoints
                 SET pending_replays = ARRAY(SELECT p FROM unnest(pending_replays) p WHERE p <> ALL ($2))
               WHERE id = $1",
-            &[(&endpoint, Type::UUID), (&pending, Type::INT8_ARRAY)],
+            &[(&endpoint, Type::UUID), (&done, Type::INT8_ARRAY)],
         )
         .await?;
         tx.commit().await?;
@@ -906,6 +930,14 @@ impl Sender {
         )
         .await?;
         Ok(())
+    }
+
+    fn lease(&self) -> StdDuration {
+        lease_for(self.settings.timeout)
+    }
+
+    fn work_deadline(&self, taken_at: std::time::Instant) -> std::time::Instant {
+        taken_at + work_window_for(self.settings.timeout)
     }
 
     fn unseal(&self, sealed: &str) -> Result<String, CoreError> {
@@ -1043,6 +1075,19 @@ mod tests {
         assert_eq!(long.len(), 2048);
         assert!(check_url(&long, false).is_err());
         assert!(check_url(&format!("https://{}co", "a.".repeat(1018)), false).is_ok());
+    }
+
+    #[test]
+    fn no_request_starts_so_late_that_it_outlives_the_lease() {
+        for secs in [1, 2, 10, 30, 60, 300] {
+            let timeout = StdDuration::from_secs(secs);
+            let (lease, window) = (lease_for(timeout), work_window_for(timeout));
+            assert!(lease >= StdDuration::from_secs(60), "{secs}");
+            assert!(window >= StdDuration::from_secs(10), "{secs}: some work gets done");
+            // The last request may start at the window's end and run its whole timeout; the
+            // writes after it get 10 s.
+            assert!(window + timeout + StdDuration::from_secs(10) <= lease, "{secs}");
+        }
     }
 
     #[test]

@@ -60,6 +60,10 @@ pub enum CoreError {
     /// Impersonation of someone who may not be impersonated, or by someone who may not.
     #[error("{0}")]
     ImpersonationRefused(&'static str),
+    /// The account belongs to an organization whose people sign in only through its own
+    /// identity provider (single sign-on).
+    #[error("this account signs in through its organization's single sign-on")]
+    SsoRequired,
     /// A sign-in method the project has turned off (`signin_methods`).
     #[error("the sign-in method {0} is not enabled for this project")]
     MethodNotEnabled(String),

@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "webhook_replays",
         sql: include_str!("../../../migrations/0022_webhook_replays.sql"),
     },
+    Migration {
+        version: 23,
+        name: "sso_connections",
+        sql: include_str!("../../../migrations/0023_sso_connections.sql"),
+    },
 ];
 
 const BOOTSTRAP_ROLES: &str = r#"

@@ -130,6 +130,7 @@ impl From<CoreError> for ApiError {
             CoreError::Busy => Self::unavailable("busy", "the server is busy; retry shortly".into(), 1),
             CoreError::TooSoon(m) => ApiError::new(StatusCode::CONFLICT, "too_soon", m),
             CoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            CoreError::SsoRequired => ApiError::new(StatusCode::FORBIDDEN, "sso_required", e.to_string()),
             CoreError::InvalidRedirectUri => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_redirect_uri", e.to_string())
             }

@@ -100,10 +100,12 @@ pub enum AuditAction {
     WebhookEndpointDisabled,
     WebhookSecretRotated,
     WebhookReplayed,
+    SsoSignedIn,
+    SsoRefused,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 79] = [
+    pub const ALL: [AuditAction; 81] = [
         AuditAction::ApiKeyCreated,
         AuditAction::ApiKeyRevoked,
         AuditAction::DedicatedDbApproved,
@@ -183,6 +185,8 @@ impl AuditAction {
         AuditAction::WebhookEndpointDisabled,
         AuditAction::WebhookSecretRotated,
         AuditAction::WebhookReplayed,
+        AuditAction::SsoSignedIn,
+        AuditAction::SsoRefused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -266,6 +270,8 @@ impl AuditAction {
             AuditAction::WebhookEndpointDisabled => "webhook.disabled",
             AuditAction::WebhookSecretRotated => "webhook.secret_rotated",
             AuditAction::WebhookReplayed => "webhook.replayed",
+            AuditAction::SsoSignedIn => "sso.signed_in",
+            AuditAction::SsoRefused => "sso.refused",
         }
     }
 }

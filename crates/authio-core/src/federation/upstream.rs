@@ -2,7 +2,9 @@
 //! (by discovery) and the Google, Microsoft and GitHub presets. Authorization-code flow with
 //! PKCE S256, `state` and `nonce` kept on the shared database (single use, bound to the
 //! browser that started), id_tokens checked against the provider's JWKS, and accounts linked
-//! by verified email only, each decision in the audit log.
+//! by verified email only, each decision in the audit log. A connection may belong to one
+//! organization (its single sign-on): reached by the domain a person types, it makes them
+//! members with roles from their groups, and the organization may require it.
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
@@ -63,6 +65,12 @@ pub struct NewConnection {
     pub issuer: Option<String>,
     /// Default `openid email profile` (GitHub: `read:user user:email`).
     pub scopes: Option<Vec<String>>,
+    /// Single sign-on for this organization of the project: its people sign in here (by the
+    /// domain they type on the hosted page), and each sign-in makes them members.
+    pub organization_id: Option<Uuid>,
+    /// The role a member gets for the provider's `groups` claim: the first group (in the
+    /// order the provider sends them) that has one; else the default role.
+    pub group_roles: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A connection as listed (never its secret).
@@ -80,11 +88,13 @@ pub struct ConnectionInfo {
     pub jwks_uri: Option<String>,
     pub scopes: Vec<String>,
     pub enabled: bool,
+    pub organization_id: Option<Uuid>,
+    pub group_roles: serde_json::Value,
     pub created_at: DateTime<Utc>,
 }
 
 const COLS: &str = "id, slug, kind, display_name, client_id, issuer, authorization_endpoint, token_endpoint, \
-                    userinfo_endpoint, jwks_uri, scopes, enabled, created_at";
+                    userinfo_endpoint, jwks_uri, scopes, enabled, organization_id, group_roles, created_at";
 
 impl ConnectionInfo {
     fn from_row(r: &authio_db::Row) -> Result<Self, CoreError> {
@@ -102,6 +112,8 @@ impl ConnectionInfo {
             jwks_uri: r.col("jwks_uri")?,
             scopes: r.col("scopes")?,
             enabled: r.col("enabled")?,
+            organization_id: r.col("organization_id")?,
+            group_roles: r.col("group_roles")?,
             created_at: r.col("created_at")?,
         })
     }
@@ -142,6 +154,9 @@ struct IdClaims {
     email_verified: EmailVerified,
     azp: Option<String>,
     aud: serde_json::Value,
+    /// Entra ID, Okta and others send the user's groups here (a list, or one string).
+    #[serde(default)]
+    groups: serde_json::Value,
 }
 
 /// Providers send `email_verified` as a boolean, some as the string "true".
@@ -166,6 +181,7 @@ struct UpstreamUser {
     subject: String,
     email: Option<String>,
     email_verified: bool,
+    groups: Vec<String>,
 }
 
 const JWKS_TTL: StdDuration = StdDuration::from_secs(300);
@@ -271,6 +287,7 @@ impl Upstream {
         if new.kind != ProviderKind::Github && !scopes.iter().any(|s| s == "openid") {
             return Err(bad("scopes (must include openid)"));
         }
+        let group_roles = self.check_organization(scope, new).await?;
         let sealed = self
             .identity
             .inner
@@ -284,8 +301,8 @@ impl Upstream {
                 &format!(
                     "INSERT INTO oauth_connections (tenant_id, project_id, id, slug, kind, display_name, client_id,
                          client_secret_enc, issuer, authorization_endpoint, token_endpoint, userinfo_endpoint, jwks_uri,
-                         scopes, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                         scopes, created_at, organization_id, group_roles)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
                      ON CONFLICT (project_id, slug) DO NOTHING RETURNING {COLS}"
                 ),
                 &[
@@ -304,6 +321,8 @@ impl Upstream {
                     (&jwks, Type::TEXT),
                     (&scopes, Type::TEXT_ARRAY),
                     (&now, Type::TIMESTAMPTZ),
+                    (&new.organization_id, Type::UUID),
+                    (&group_roles, Type::JSONB),
                 ],
             )
             .await?
@@ -314,11 +333,64 @@ impl Upstream {
             actor: actor.clone(),
             target: Some(("oauth_connection", info.id.to_string())),
             client,
-            metadata: serde_json::json!({"slug": info.slug, "kind": info.kind, "issuer": info.issuer}),
+            metadata: serde_json::json!({
+                "slug": info.slug, "kind": info.kind, "issuer": info.issuer, "organization_id": info.organization_id,
+            }),
         };
         audit::record_pinned(&tx, scope, event, now).await?;
         tx.commit().await?;
         Ok(info)
+    }
+
+    /// A connection for an organization: the organization is one of the project's (read at
+    /// the tenant's home), and every mapped role exists for it. Returns the group map to store.
+    async fn check_organization(&self, scope: &Scope, new: &NewConnection) -> Result<serde_json::Value, CoreError> {
+        let map = new.group_roles.clone().unwrap_or_default();
+        let Some(org) = new.organization_id else {
+            if !map.is_empty() {
+                return Err(bad("group_roles (only for an organization's connection)"));
+            }
+            return Ok(serde_json::json!({}));
+        };
+        if map.len() > 100 || map.iter().any(|(g, r)| g.is_empty() || g.len() > 256 || r.is_empty() || r.len() > 64) {
+            return Err(bad("group_roles (at most 100 groups of 1-256 characters, to role slugs)"));
+        }
+        let roles: Vec<String> = map.values().cloned().collect();
+        let tx = self.identity.inner.router.begin(scope).await?;
+        tx.query_opt("SELECT 1 FROM organizations WHERE id = $1", &[(&org, Type::UUID)])
+            .await?
+            .ok_or(CoreError::NotFound(crate::types::Entity::Organization))?;
+        let known = tx
+            .query(
+                "SELECT slug FROM roles WHERE slug = ANY ($1) AND (organization_id IS NULL OR organization_id = $2)",
+                &[(&roles, Type::TEXT_ARRAY), (&org, Type::UUID)],
+            )
+            .await?;
+        tx.commit().await?;
+        let known: Vec<String> = known.iter().map(|r| r.col("slug")).collect::<Result<_, _>>()?;
+        if roles.iter().any(|r| !known.contains(r)) {
+            return Err(CoreError::NotFound(crate::types::Entity::Role));
+        }
+        serde_json::to_value(&map).map_err(|e| CoreError::Internal(e.to_string()))
+    }
+
+    /// The single sign-on connection for the address a person typed on the hosted page: the
+    /// enabled connection of the organization that verified its domain. Returns its slug.
+    pub async fn sso_connection_for(&self, project: Uuid, email: &str) -> Result<Option<String>, CoreError> {
+        let profile = self.identity.profile(project).await?;
+        let scope = scope_of(&profile);
+        let Some(org) = crate::orgs::organization_for_email(&self.identity.inner.router, &scope, email).await? else {
+            return Ok(None);
+        };
+        let tx = self.identity.inner.router.begin_pinned(&scope).await?;
+        let row = tx
+            .query_opt(
+                "SELECT slug FROM oauth_connections WHERE organization_id = $1 AND enabled ORDER BY created_at LIMIT 1",
+                &[(&org, Type::UUID)],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(row.map(|r| r.col("slug")).transpose()?)
     }
 
     #[tracing::instrument(level = "debug", name = "upstream::list_connections", skip_all, fields(tenant = %auth.tenant_id(), project = ?auth.project_id()))]
@@ -402,10 +474,18 @@ impl Upstream {
 
     /// The enabled connections a project's hosted page offers.
     #[tracing::instrument(level = "debug", name = "upstream::sign_in_buttons", skip_all, fields(project = %project))]
-    pub async fn sign_in_buttons(&self, project: Uuid) -> Result<Vec<(String, String)>, CoreError> {
+    /// Also whether any organization has its own provider (single sign-on by address).
+    pub async fn sign_in_buttons(&self, project: Uuid) -> Result<(Vec<(String, String)>, bool), CoreError> {
         let profile = self.identity.profile(project).await?;
         let list = self.connections(&scope_of(&profile)).await?;
-        Ok(list.into_iter().filter(|c| c.enabled).map(|c| (c.slug, c.display_name)).collect())
+        let sso = list.iter().any(|c| c.enabled && c.organization_id.is_some());
+        // An organization's own provider is reached through its domain, not offered to all.
+        let buttons = list
+            .into_iter()
+            .filter(|c| c.enabled && c.organization_id.is_none())
+            .map(|c| (c.slug, c.display_name))
+            .collect();
+        Ok((buttons, sso))
     }
 
     /// Start an upstream sign-in: the provider's authorization URL, and a verifier the
@@ -517,17 +597,34 @@ impl Upstream {
             let profile = self.identity.profile(project).await?;
             let scope = scope_of(&profile);
             let (conn, secret) = self.connection_by(&scope, "id = $1", &connection_id, Type::UUID).await?;
-            let tokens = self.redeem(&conn, &secret, code, &verifier, callback_url).await?;
-            let who = match conn.kind {
-                ProviderKind::Github => self.github_user(tokens.access_token.as_deref()).await?,
-                _ => {
-                    let id_token =
-                        tokens.id_token.ok_or(CoreError::UpstreamRefused("the provider sent no id_token"))?;
-                    self.check_id_token(&conn, &id_token, &nonce).await?
-                }
-            };
-            let user = self.link_upstream(&scope, &conn, &who, client).await?;
-            Ok((scope, user, ret))
+            let signed_in = async {
+                let tokens = self.redeem(&conn, &secret, code, &verifier, callback_url).await?;
+                let who = match conn.kind {
+                    ProviderKind::Github => self.github_user(tokens.access_token.as_deref()).await?,
+                    _ => {
+                        let id_token =
+                            tokens.id_token.ok_or(CoreError::UpstreamRefused("the provider sent no id_token"))?;
+                        self.check_id_token(&conn, &id_token, &nonce).await?
+                    }
+                };
+                self.link_upstream(&scope, &conn, &who, client).await
+            }
+            .await;
+            if let (Err(e), Some(org)) = (&signed_in, conn.organization_id) {
+                // An organization's single sign-on that did not sign anyone in: why, in its log.
+                let event = audit::Event {
+                    action: crate::audit::AuditAction::SsoRefused,
+                    actor: audit::Actor::anonymous(),
+                    target: Some(("oauth_connection", conn.id.to_string())),
+                    client,
+                    metadata: serde_json::json!({
+                        "connection": conn.slug, "organization_id": org,
+                        "reason": e.to_string().chars().take(300).collect::<String>(),
+                    }),
+                };
+                audit::record(&self.identity.inner.router, &scope, event, self.identity.now()).await?;
+            }
+            Ok((scope, signed_in?, ret))
         }
         .await;
         self.identity.judge(ip, result).await
@@ -648,7 +745,12 @@ impl Upstream {
         if !nonce_ok {
             return Err(CoreError::UpstreamRefused("the id_token's nonce is not this sign-in's"));
         }
-        Ok(UpstreamUser { subject: c.sub, email: c.email, email_verified: c.email_verified.is_true() })
+        let groups = match c.groups {
+            serde_json::Value::String(g) => vec![g],
+            serde_json::Value::Array(a) => a.into_iter().filter_map(|g| g.as_str().map(str::to_owned)).collect(),
+            _ => Vec::new(),
+        };
+        Ok(UpstreamUser { subject: c.sub, email: c.email, email_verified: c.email_verified.is_true(), groups })
     }
 
     /// GitHub is OAuth 2.0 without OIDC: the user and its primary verified email from its API.
@@ -693,12 +795,19 @@ impl Upstream {
             subject: user.id.to_string(),
             email_verified: primary.as_ref().is_some_and(|e| e.verified),
             email: primary.map(|e| e.email),
+            groups: Vec::new(),
         })
     }
 
     /// The user an upstream identity signs in as, in one transaction at the home: the one
     /// already linked; else the account with the same email if the provider verified it
     /// (linked now); else a new account (verified email only). Every decision is audited.
+    ///
+    /// Through an organization's own provider (single sign-on), an address at one of the
+    /// organization's verified domains counts as verified, the project's sign-up policy gives
+    /// way (the organization vouches for its people), and the user becomes or stays a member
+    /// with the role its groups map to. Through any other provider, a person whose
+    /// organization requires single sign-on is refused.
     async fn link_upstream(
         &self,
         scope: &Scope,
@@ -712,86 +821,162 @@ impl Upstream {
         let presentation = self.identity.presentation(project).await?;
         presentation.require("oauth")?;
         let signup = &presentation.signup;
+        let org = conn.organization_id;
         let tx = self.identity.inner.router.begin(scope).await?;
+        let email = who.email.as_deref().map(Email::parse).transpose().ok().flatten();
+        let at_org_domain = match (org, &email) {
+            (Some(o), Some(e)) => {
+                let domain = e.as_str().rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+                tx.query_opt(
+                    "SELECT 1 FROM organization_domains WHERE organization_id = $1 AND domain = $2
+                        AND verified_at IS NOT NULL",
+                    &[(&o, Type::UUID), (&domain, Type::TEXT)],
+                )
+                .await?
+                .is_some()
+            }
+            _ => false,
+        };
         let linked = tx
             .query_opt(
                 "UPDATE user_identities i SET last_used_at = $3 FROM users u
                  WHERE i.connection_id = $1 AND i.subject = $2 AND u.tenant_id = i.tenant_id AND u.id = i.user_id
-                 RETURNING u.id, u.disabled, u.role",
+                 RETURNING u.id, u.disabled, u.role, u.email",
                 &[(&conn.id, Type::UUID), (&who.subject, Type::TEXT), (&now, Type::TIMESTAMPTZ)],
             )
             .await?;
-        if let Some(r) = linked {
-            if r.col::<bool>("disabled")? {
-                return Err(CoreError::Forbidden("this account is disabled"));
+        let mut pending: Vec<audit::EventRow> = Vec::new();
+        let (user, user_email) = match linked {
+            Some(r) => {
+                if r.col::<bool>("disabled")? {
+                    return Err(CoreError::Forbidden("this account is disabled"));
+                }
+                let user = SignedInUser { user_id: r.col("id")?, role: r.col("role")?, created: false };
+                (user, r.col::<String>("email")?)
             }
-            let (user_id, role) = (r.col("id")?, r.col("role")?);
-            tx.commit().await?;
-            return Ok(SignedInUser { user_id, role, created: false });
-        }
-        let email = who.email.as_deref().map(Email::parse).transpose().ok().flatten();
-        let refuse = |reason: &'static str| {
-            let event = audit::Event {
-                action: crate::audit::AuditAction::UserIdentityLinkRefused,
-                actor: audit::Actor::anonymous(),
-                target: Some(("oauth_connection", conn.id.to_string())),
-                client,
-                metadata: serde_json::json!({"connection": conn.slug, "subject": who.subject, "reason": reason}),
-            };
-            audit::EventRow::new(scope, event, now)
-        };
-        let Some(email) = email.filter(|_| who.email_verified) else {
-            let row = refuse("email_not_verified")?;
-            tx.query(audit::INSERT_SQL, &row.params()).await?;
-            tx.commit().await?;
-            return Err(CoreError::UpstreamRefused("the provider did not verify this account's email"));
-        };
-        let existing = tx
-            .query_opt("SELECT id, disabled, role FROM users WHERE email = $1", &[(&email.as_str(), Type::TEXT)])
-            .await?
-            .map(|r| {
-                Ok::<_, CoreError>((r.col::<Uuid>("id")?, r.col::<bool>("disabled")?, r.col::<Option<String>>("role")?))
-            })
-            .transpose()?;
-        let (user, action) = match existing {
-            Some((_, true, _)) => return Err(CoreError::Forbidden("this account is disabled")),
-            Some((user_id, false, role)) => {
-                (SignedInUser { user_id, role, created: false }, crate::audit::AuditAction::UserIdentityLinked)
-            }
-            None if scope.tenant_kind == authio_db::TenantKind::Platform => {
-                return Err(CoreError::Forbidden("sign-up is closed on the platform tenant"))
-            }
-            None if !signup.admits(&email) => return Err(CoreError::SignupNotAllowed),
             None => {
-                let u = crate::identity::users::insert(&tx, scope, &email, None, now).await?;
-                tx.query("UPDATE users SET email_verified = true WHERE id = $1", &[(&u.id, Type::UUID)]).await?;
-                (SignedInUser { user_id: u.id, role: None, created: true }, crate::audit::AuditAction::UserSignedUp)
+                let refuse = |reason: &'static str| {
+                    let event = audit::Event {
+                        action: crate::audit::AuditAction::UserIdentityLinkRefused,
+                        actor: audit::Actor::anonymous(),
+                        target: Some(("oauth_connection", conn.id.to_string())),
+                        client,
+                        metadata: serde_json::json!({"connection": conn.slug, "subject": who.subject, "reason": reason}),
+                    };
+                    audit::EventRow::new(scope, event, now)
+                };
+                let Some(email) = email.filter(|_| who.email_verified || at_org_domain) else {
+                    let row = refuse("email_not_verified")?;
+                    tx.query(audit::INSERT_SQL, &row.params()).await?;
+                    tx.commit().await?;
+                    return Err(CoreError::UpstreamRefused("the provider did not verify this account's email"));
+                };
+                let existing = tx
+                    .query_opt(
+                        "SELECT id, disabled, role FROM users WHERE email = $1",
+                        &[(&email.as_str(), Type::TEXT)],
+                    )
+                    .await?
+                    .map(|r| {
+                        Ok::<_, CoreError>((
+                            r.col::<Uuid>("id")?,
+                            r.col::<bool>("disabled")?,
+                            r.col::<Option<String>>("role")?,
+                        ))
+                    })
+                    .transpose()?;
+                let (user, action) = match existing {
+                    Some((_, true, _)) => return Err(CoreError::Forbidden("this account is disabled")),
+                    Some((user_id, false, role)) => {
+                        (SignedInUser { user_id, role, created: false }, crate::audit::AuditAction::UserIdentityLinked)
+                    }
+                    None if scope.tenant_kind == authio_db::TenantKind::Platform => {
+                        return Err(CoreError::Forbidden("sign-up is closed on the platform tenant"))
+                    }
+                    None if org.is_none() && !signup.admits(&email) => return Err(CoreError::SignupNotAllowed),
+                    None => {
+                        let u = crate::identity::users::insert(&tx, scope, &email, None, now).await?;
+                        tx.query("UPDATE users SET email_verified = true WHERE id = $1", &[(&u.id, Type::UUID)])
+                            .await?;
+                        (
+                            SignedInUser { user_id: u.id, role: None, created: true },
+                            crate::audit::AuditAction::UserSignedUp,
+                        )
+                    }
+                };
+                tx.query(
+                    "INSERT INTO user_identities (tenant_id, project_id, id, user_id, connection_id, subject, email,
+                                                  created_at, last_used_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+                    &[
+                        (&scope.tenant_id, Type::UUID),
+                        (&project, Type::UUID),
+                        (&Uuid::now_v7(), Type::UUID),
+                        (&user.user_id, Type::UUID),
+                        (&conn.id, Type::UUID),
+                        (&who.subject, Type::TEXT),
+                        (&email.as_str(), Type::TEXT),
+                        (&now, Type::TIMESTAMPTZ),
+                    ],
+                )
+                .await?;
+                let decision = match (user.created, who.email_verified) {
+                    (true, true) => "created_with_verified_email",
+                    (true, false) => "created_at_organization_domain",
+                    (false, true) => "linked_by_verified_email",
+                    (false, false) => "linked_at_organization_domain",
+                };
+                let event = audit::Event {
+                    action,
+                    actor: audit::Actor::user(user.user_id, Some(email.as_str())),
+                    target: Some(("user", user.user_id.to_string())),
+                    client,
+                    metadata: serde_json::json!({
+                        "method": "oauth", "connection": conn.slug, "subject": who.subject, "decision": decision,
+                    }),
+                };
+                pending.push(audit::EventRow::new(scope, event, now)?);
+                (user, email.as_str().to_owned())
             }
         };
-        tx.query(
-            "INSERT INTO user_identities (tenant_id, project_id, id, user_id, connection_id, subject, email, created_at,
-                                          last_used_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
-            &[
-                (&scope.tenant_id, Type::UUID),
-                (&project, Type::UUID),
-                (&Uuid::now_v7(), Type::UUID),
-                (&user.user_id, Type::UUID),
-                (&conn.id, Type::UUID),
-                (&who.subject, Type::TEXT),
-                (&email.as_str(), Type::TEXT),
-                (&now, Type::TIMESTAMPTZ),
-            ],
-        )
-        .await?;
-        let decision = if user.created { "created_with_verified_email" } else { "linked_by_verified_email" };
+        let Some(org) = org else {
+            if crate::identity::sso_policy::sso_required_for(&tx, Some(user.user_id), &user_email).await? {
+                // Nothing of this attempt is kept (a new link is rolled back with it).
+                return Err(CoreError::SsoRequired);
+            }
+            for row in &pending {
+                tx.query(audit::INSERT_SQL, &row.params()).await?;
+            }
+            tx.commit().await?;
+            return Ok(user);
+        };
+        // Single sign-on: the membership, with the role the provider's groups map to.
+        let mapped = who.groups.iter().find_map(|g| conn.group_roles.get(g).and_then(|r| r.as_str()));
+        let m = crate::orgs::provision_sso_member(&tx, scope, org, user.user_id, mapped, now).await?;
+        let actor = audit::Actor::user(user.user_id, Some(&user_email));
+        if let Some(action) = m.change {
+            let event = audit::Event {
+                action,
+                actor: actor.clone(),
+                target: Some(("user", user.user_id.to_string())),
+                client,
+                metadata: serde_json::json!({
+                    "organization_id": org, "role": m.role, "status": "active", "via": "sso", "connection": conn.slug,
+                }),
+            };
+            pending.push(audit::EventRow::new(scope, event, now)?);
+        }
+        for row in &pending {
+            tx.query(audit::INSERT_SQL, &row.params()).await?;
+        }
         let event = audit::Event {
-            action,
-            actor: audit::Actor::user(user.user_id, Some(email.as_str())),
+            action: crate::audit::AuditAction::SsoSignedIn,
+            actor,
             target: Some(("user", user.user_id.to_string())),
             client,
             metadata: serde_json::json!({
-                "method": "oauth", "connection": conn.slug, "subject": who.subject, "decision": decision,
+                "connection": conn.slug, "organization_id": org, "subject": who.subject, "role": m.role,
+                "groups": who.groups.iter().take(50).collect::<Vec<_>>(),
             }),
         };
         audit::record_and_commit(tx, scope, event, now).await?;

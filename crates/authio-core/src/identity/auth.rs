@@ -680,6 +680,25 @@ impl Identity {
             audit::record(&self.inner.router, &scope, event, now).await?;
             return Err(CoreError::InvalidCredentials);
         };
+        // The password is right, but the account's organization has its people sign in through
+        // its own identity provider. Checked only now, so the answer tells nothing to someone
+        // without the password.
+        let tx = self.inner.router.begin(&scope).await?;
+        let sso = crate::identity::sso_policy::sso_required_for(&tx, Some(user_id), email.as_str()).await?;
+        tx.commit().await?;
+        if sso {
+            let event = audit::Event {
+                action: crate::audit::AuditAction::UserSignInFailed,
+                actor: audit::Actor::user(user_id, Some(email.as_str())),
+                // (The email, as for every failed sign-in: the event stream's
+                // `authentication.failed` carries it.)
+                target: Some(("email", email.as_str().to_owned())),
+                client,
+                metadata: serde_json::json!({"reason": "sso_required", "method": "password"}),
+            };
+            audit::record(&self.inner.router, &scope, event, now).await?;
+            return Err(CoreError::SsoRequired);
+        }
         let rehash = if verified.needs_rehash {
             // The password just verified, so it met the rules when it was set; re-check only length.
             match NewPassword::parse(password) {

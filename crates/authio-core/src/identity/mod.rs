@@ -7,4 +7,5 @@ pub mod m2m;
 pub mod passwords;
 pub mod sessions;
 pub mod signin;
+pub mod sso_policy;
 pub mod users;

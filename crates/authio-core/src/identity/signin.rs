@@ -432,8 +432,15 @@ impl Identity {
                 return Err(CoreError::Forbidden("this account is disabled"));
             }
             let (user_id, role) = (r.col("id")?, r.col("role")?);
+            // (Nothing is kept of a refused sign-in: the address stays as it was.)
+            if crate::identity::sso_policy::sso_required_for(&tx, Some(user_id), email.as_str()).await? {
+                return Err(CoreError::SsoRequired);
+            }
             tx.commit().await?;
             return Ok(SignedInUser { user_id, role, created: false });
+        }
+        if crate::identity::sso_policy::sso_required_for(&tx, None, email.as_str()).await? {
+            return Err(CoreError::SsoRequired);
         }
         if scope.tenant_kind == TenantKind::Platform {
             return Err(CoreError::Forbidden("sign-up is closed on the platform tenant"));

@@ -90,12 +90,15 @@ pub struct Organization {
     pub external_id: Option<String>,
     /// `invite_only` or `auto_join` (a verified email at a verified domain joins).
     pub domain_policy: String,
+    /// Its people (members, and addresses at its verified domains) sign in only through its
+    /// single sign-on connection.
+    pub sso_required: bool,
     pub metadata: serde_json::Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-const ORG_COLS: &str = "id, slug, name, external_id, metadata, created_at, updated_at, domain_policy";
+const ORG_COLS: &str = "id, slug, name, external_id, metadata, created_at, updated_at, domain_policy, sso_required";
 
 impl Organization {
     fn from_row(r: &Row) -> Result<Self, CoreError> {
@@ -105,6 +108,7 @@ impl Organization {
             name: r.col("name")?,
             external_id: r.col("external_id")?,
             domain_policy: r.col("domain_policy")?,
+            sso_required: r.col("sso_required")?,
             metadata: r.col("metadata")?,
             created_at: r.col("created_at")?,
             updated_at: r.col("updated_at")?,
@@ -132,6 +136,8 @@ pub struct OrganizationPatch {
     pub external_id: Option<Option<String>>,
     pub metadata: Option<serde_json::Value>,
     pub domain_policy: Option<String>,
+    /// Turning it on needs an enabled single sign-on connection of the organization.
+    pub sso_required: Option<bool>,
 }
 
 fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
@@ -270,6 +276,7 @@ pub async fn list_organizations(
                 created_at: r.try_get(5)?,
                 updated_at: r.try_get(6)?,
                 domain_policy: r.try_get(7)?,
+                sso_required: r.try_get(8)?,
             })
         })
         .collect()
@@ -307,6 +314,23 @@ pub async fn update_organization(
         patch.metadata.as_ref(),
         patch.domain_policy.as_deref(),
     )?;
+    if patch.sso_required == Some(true) {
+        // Nobody is locked out: the organization has a way in first.
+        let tx = router.begin_pinned(scope).await?;
+        let has = tx
+            .query_opt(
+                "SELECT 1 FROM oauth_connections WHERE organization_id = $1 AND enabled LIMIT 1",
+                &[(&id, Type::UUID)],
+            )
+            .await?
+            .is_some();
+        tx.commit().await?;
+        if !has {
+            return Err(CoreError::Conflict(
+                "the organization has no enabled single sign-on connection: add one before requiring it".into(),
+            ));
+        }
+    }
     let now = crate::clock::now_as_stored(clock);
     let tx = router.begin(scope).await?;
     let row = tx
@@ -315,7 +339,8 @@ pub async fn update_organization(
                 "UPDATE organizations SET name = coalesce($2, name), slug = coalesce($3, slug),
                         external_id = CASE WHEN $4 THEN $5 ELSE external_id END,
                         metadata = coalesce($6, metadata), updated_at = $7,
-                        domain_policy = coalesce($8, domain_policy)
+                        domain_policy = coalesce($8, domain_policy),
+                        sso_required = coalesce($9, sso_required)
                  WHERE id = $1 RETURNING {ORG_COLS}"
             ),
             &[
@@ -327,13 +352,16 @@ pub async fn update_organization(
                 (&patch.metadata, Type::JSONB),
                 (&now, Type::TIMESTAMPTZ),
                 (&patch.domain_policy, Type::TEXT),
+                (&patch.sso_required, Type::BOOL),
             ],
         )
         .await
         .map_err(taken("this slug or external id"))?
         .ok_or(CoreError::NotFound(Entity::Organization))?;
     let org = Organization::from_row(&row)?;
-    let meta = serde_json::json!({"slug": patch.slug, "name": patch.name, "domain_policy": patch.domain_policy});
+    let meta = serde_json::json!({
+        "slug": patch.slug, "name": patch.name, "domain_policy": patch.domain_policy, "sso_required": patch.sso_required,
+    });
     commit_with(
         tx,
         auth,
@@ -1244,6 +1272,96 @@ pub async fn remove_member(
     let meta = serde_json::json!({"organization_id": org});
     commit_with(tx, auth, crate::audit::AuditAction::MembershipRemoved, ("user", user.to_string()), client, meta, now)
         .await
+}
+
+/// The organization that has verified the domain of `email`, if any (single sign-on routing).
+pub async fn organization_for_email(
+    router: &Router,
+    scope: &authio_db::Scope,
+    email: &str,
+) -> Result<Option<Uuid>, CoreError> {
+    let Some((_, domain)) = email.trim().rsplit_once('@') else { return Ok(None) };
+    let domain = domain.to_ascii_lowercase();
+    if domain.is_empty() || domain.len() > 253 {
+        return Ok(None);
+    }
+    let tx = router.begin(scope).await?;
+    let row = tx
+        .query_opt(
+            "SELECT organization_id FROM organization_domains WHERE domain = $1 AND verified_at IS NOT NULL",
+            &[(&domain, Type::TEXT)],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(row.map(|r| r.try_get(0)).transpose()?)
+}
+
+/// What single sign-on did to a member's place in its organization.
+pub(crate) struct SsoMembership {
+    pub role: String,
+    /// `membership.added` or `membership.updated` to record, if anything changed.
+    pub change: Option<crate::audit::AuditAction>,
+}
+
+/// Just-in-time membership for a single sign-on: the user joins `org` (with `mapped` role, or
+/// the default one), an invited membership becomes active, and a member's role follows the
+/// provider's groups at every sign-in. A member an administrator deactivated stays out.
+pub(crate) async fn provision_sso_member(
+    tx: &ScopedTx,
+    scope: &Scope,
+    org: Uuid,
+    user: Uuid,
+    mapped: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<SsoMembership, CoreError> {
+    let project = project_of(scope)?;
+    let existing = tx
+        .query_opt(
+            "SELECT m.status, r.slug FROM memberships m JOIN roles r ON r.tenant_id = m.tenant_id AND r.id = m.role_id
+              WHERE m.organization_id = $1 AND m.user_id = $2 FOR UPDATE OF m",
+            &[(&org, Type::UUID), (&user, Type::UUID)],
+        )
+        .await?;
+    match existing {
+        None => {
+            let role = role_id(tx, mapped, Some(org)).await?;
+            tx.query(
+                "INSERT INTO memberships (tenant_id, project_id, organization_id, user_id, role_id, status, created_at,
+                                          updated_at)
+                 VALUES ($1, $2, $3, $4, $5, 'active', $6, $6)",
+                &[
+                    (&scope.tenant_id, Type::UUID),
+                    (&project, Type::UUID),
+                    (&org, Type::UUID),
+                    (&user, Type::UUID),
+                    (&role, Type::UUID),
+                    (&now, Type::TIMESTAMPTZ),
+                ],
+            )
+            .await?;
+            let slug: String =
+                tx.query_one("SELECT slug FROM roles WHERE id = $1", &[(&role, Type::UUID)]).await?.col("slug")?;
+            Ok(SsoMembership { role: slug, change: Some(crate::audit::AuditAction::MembershipAdded) })
+        }
+        Some(r) => {
+            let (status, current): (String, String) = (r.col("status")?, r.col("slug")?);
+            if status == "deactivated" {
+                return Err(CoreError::Forbidden("this membership was deactivated by the organization"));
+            }
+            let role = mapped.unwrap_or(&current).to_owned();
+            if status == "active" && role == current {
+                return Ok(SsoMembership { role, change: None });
+            }
+            let role_id = role_id(tx, Some(&role), Some(org)).await?;
+            tx.query(
+                "UPDATE memberships SET role_id = $3, status = 'active', updated_at = $4
+                  WHERE organization_id = $1 AND user_id = $2",
+                &[(&org, Type::UUID), (&user, Type::UUID), (&role_id, Type::UUID), (&now, Type::TIMESTAMPTZ)],
+            )
+            .await?;
+            Ok(SsoMembership { role, change: Some(crate::audit::AuditAction::MembershipUpdated) })
+        }
+    }
 }
 
 #[cfg(test)]

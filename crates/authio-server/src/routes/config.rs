@@ -273,8 +273,10 @@ pub async fn list_connections(
 }
 
 /// Add an upstream provider: `{"slug", "kind": "oidc|google|microsoft|github", "client_id",
-/// "client_secret", "issuer"?, "scopes"?, "display_name"?}`. OIDC endpoints come from
-/// discovery. The provider's redirect URI is `{base}/oauth/callback`.
+/// "client_secret", "issuer"?, "scopes"?, "display_name"?, "organization_id"?, "group_roles"?}`.
+/// OIDC endpoints come from discovery. The provider's redirect URI is `{base}/oauth/callback`.
+/// With `organization_id`, it is that organization's single sign-on (reached by the domains it
+/// verified; its users join it, with the role `group_roles` maps their `groups` claim to).
 #[utoipa::path(post, path = "/v1/projects/{project_id}/oauth-connections", tag = "sign-in config",
     params(("project_id" = Uuid, Path)), security(("project_api_key" = [])),
     request_body(content = Object),

@@ -77,6 +77,7 @@ pub async fn custom_domains(State(state): State<AppState>, mut req: Request, nex
         "/oauth2/",
         "/invitations/accept",
         "/organizations/select",
+        "/sso",
     ]
     .iter()
     .any(|p| path == *p || path.starts_with(&format!("{p}/")) || (p.ends_with('/') && path.starts_with(p)));
@@ -162,6 +163,8 @@ struct Page {
     magic_link: bool,
     email_code: bool,
     providers: Vec<(String, String)>,
+    /// The project has organizations with their own identity provider: offer single sign-on.
+    sso: bool,
     email: String,
     challenge_id: String,
     token: String,
@@ -296,6 +299,10 @@ fn describe(e: CoreError) -> (StatusCode, String, Option<u32>) {
             Some(format!("Too many attempts. Try again in {retry_after} seconds."))
         }
         CoreError::EmailTaken => Some("An account with this email exists: sign in instead.".to_owned()),
+        CoreError::SsoRequired => Some(
+            "This account signs in through its organization's single sign-on: use \"Continue with single sign-on\"."
+                .to_owned(),
+        ),
         _ => None,
     };
     let api = crate::ApiError::from(e);
@@ -539,9 +546,44 @@ pub async fn signin_page(
         return ctx.error(e, "done", "This sign-in link is not valid", ctx.page("done", ""));
     }
     if ctx.presentation.offers("oauth") {
-        p.providers = state.upstream.sign_in_buttons(project).await.unwrap_or_default();
+        (p.providers, p.sso) = state.upstream.sign_in_buttons(project).await.unwrap_or_default();
     }
     ctx.render(StatusCode::OK, p)
+}
+
+/// Single sign-on by address: to the identity provider of the organization that verified the
+/// address's domain, keeping the app's sign-in request.
+pub async fn sso_post(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+    custom: Option<Extension<CustomHost>>,
+    headers: HeaderMap,
+    Form(form): Form<FormFields>,
+) -> Response {
+    let ctx = attempt!(posted(&state, &project, &headers, &form, custom.as_ref()).await);
+    let project = ctx.project;
+    let flow = form.flow.params();
+    let mut again = ctx.with_flow(ctx.page("signin", "Sign in"), &flow);
+    again.email = form.email.clone().unwrap_or_default();
+    if let Err(e) = flow_return(&state, project, &flow).await {
+        return ctx.error(e, "done", "This sign-in link is not valid", ctx.page("done", ""));
+    }
+    let email = match authio_core::types::Email::parse(form.email.as_deref().unwrap_or_default()) {
+        Ok(e) => e,
+        Err(e) => return ctx.error(e.into(), "signin", "Sign in", again),
+    };
+    match state.upstream.sso_connection_for(project, email.as_str()).await {
+        Ok(Some(slug)) => see_other_to(&format!("{}/oauth/{slug}{}", ctx.site.prefix, again.flow_query)),
+        Ok(None) => ctx.error(
+            CoreError::Invalid(authio_core::types::ValidationError::Field(
+                "email (no single sign-on is set up for this address's domain)",
+            )),
+            "signin",
+            "Sign in",
+            again,
+        ),
+        Err(e) => ctx.error(e, "signin", "Sign in", again),
+    }
 }
 
 /// Sign in (or sign up) with a password.

@@ -118,6 +118,7 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/p/{project_id}/code", post(hosted::code_post))
         .route("/p/{project_id}/code/verify", post(hosted::code_verify_post))
         .route("/p/{project_id}/oauth/{slug}", get(hosted::oauth_start))
+        .route("/p/{project_id}/sso", post(hosted::sso_post))
         .route("/p/{project_id}/reset", get(hosted::reset_page).post(hosted::reset_post))
         .route("/p/{project_id}/reset/confirm", get(hosted::reset_confirm_page).post(hosted::reset_confirm_post))
         .route("/p/{project_id}/verify-email", get(hosted::verify_email_page).post(hosted::verify_email_post))

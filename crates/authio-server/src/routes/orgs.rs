@@ -33,6 +33,10 @@ pub struct OrganizationBody {
     /// `invite_only`, or `auto_join`: a user with a verified email at one of its verified
     /// domains joins (with the default role) when a session switches into it.
     pub domain_policy: String,
+    /// Its members, and addresses at its verified domains, sign in only through its single
+    /// sign-on connection (password, email links and codes, and other providers are refused
+    /// with `sso_required`).
+    pub sso_required: bool,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     pub created_at: DateTime<Utc>,
@@ -47,6 +51,7 @@ impl From<orgs::Organization> for OrganizationBody {
             name: o.name,
             external_id: o.external_id,
             domain_policy: o.domain_policy,
+            sso_required: o.sso_required,
             metadata: o.metadata,
             created_at: o.created_at,
             updated_at: o.updated_at,
@@ -172,7 +177,7 @@ pub async fn get_organization(
     params(("project_id" = Uuid, Path), ("id" = Uuid, Path)), security(("project_api_key" = [])),
     request_body = OrganizationPatchBody,
     responses((status = 200, body = OrganizationBody),
-              (status = 409, description = "the slug or external id is taken (`conflict`)", body = crate::error::ErrorBody)))]
+              (status = 409, description = "the slug or external id is taken, or `sso_required` without an enabled single sign-on connection (`conflict`)", body = crate::error::ErrorBody)))]
 pub async fn update_organization(
     State(state): State<AppState>,
     ctx: RequestContext,

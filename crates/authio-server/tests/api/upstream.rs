@@ -62,10 +62,15 @@ impl Op {
     }
 
     async fn next_account(&self, sub: &str, email: &str, verified: bool) {
+        self.next_account_in(sub, email, verified, &[]).await
+    }
+
+    /// The next account, with the `groups` claim.
+    async fn next_account_in(&self, sub: &str, email: &str, verified: bool, groups: &[&str]) {
         let r = self
             .http
             .post(format!("{}/__next", self.issuer))
-            .json(&json!({"sub": sub, "email": email, "email_verified": verified}))
+            .json(&json!({"sub": sub, "email": email, "email_verified": verified, "groups": groups}))
             .send()
             .await
             .unwrap();
@@ -91,9 +96,21 @@ impl Browser {
     }
 
     async fn get(&mut self, url: &str) -> (StatusCode, Option<String>, String) {
+        self.send(url, None).await
+    }
+
+    async fn post(&mut self, url: &str, form: &[(&str, &str)]) -> (StatusCode, Option<String>, String) {
+        self.send(url, Some(form)).await
+    }
+
+    async fn send(&mut self, url: &str, form: Option<&[(&str, &str)]>) -> (StatusCode, Option<String>, String) {
         let jar = self.jars.entry(Self::origin(url)).or_default();
         let cookie = jar.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
-        let r = self.http.get(url).header("cookie", cookie).send().await.unwrap();
+        let req = match form {
+            Some(f) => self.http.post(url).form(f),
+            None => self.http.get(url),
+        };
+        let r = req.header("cookie", cookie).send().await.unwrap();
         for v in r.headers().get_all("set-cookie") {
             let (kv, _) = v.to_str().unwrap().split_once(';').unwrap_or((v.to_str().unwrap(), ""));
             let (k, v) = kv.split_once('=').unwrap();
@@ -351,4 +368,304 @@ async fn upstream_sign_in_follows_the_sign_up_policy_and_the_method_switch() {
     let (st, _, body) = b.get(&cb).await;
     assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
     assert!(body.contains("not enabled"), "{body}");
+}
+
+/// The hosted page's "Continue with single sign-on" for `email`: where it sends the browser.
+async fn sso_start(app: &TestApp, s: &Seeded, b: &mut Browser, email: &str) -> (StatusCode, Option<String>, String) {
+    let flow = [
+        ("redirect_uri", APP_CB),
+        ("state", "xyz"),
+        ("code_challenge", &challenge()),
+        ("code_challenge_method", "S256"),
+    ]
+    .map(|(k, v)| (k, v.to_owned()));
+    let q = serde_urlencoded::to_string(&flow).unwrap();
+    let (st, _, html) = b.get(&app.url(&format!("/p/{}/signin?{q}", s.project.id))).await;
+    assert_eq!(st, StatusCode::OK, "{html}");
+    assert!(html.contains("Continue with single sign-on"), "{html}");
+    let csrf = crate::oidc_provider::hidden(&html, "csrf");
+    let mut form: Vec<(&str, &str)> = vec![("csrf", &csrf), ("email", email)];
+    form.extend(flow.iter().map(|(k, v)| (*k, v.as_str())));
+    b.post(&app.url(&format!("/p/{}/sso", s.project.id)), &form).await
+}
+
+/// Through the organization's provider to the app's callback; the tokens, or the refusal.
+async fn sso_sign_in(app: &TestApp, s: &Seeded, email: &str) -> (StatusCode, Value, String) {
+    let mut b = Browser::new();
+    let (st, to, body) = sso_start(app, s, &mut b, email).await;
+    assert_eq!(st, StatusCode::SEE_OTHER, "{body}");
+    let to = to.unwrap();
+    assert!(to.contains("/oauth/initech-sso?"), "{to}");
+    let cb = b.follow_until(&to, &app.url("/oauth/callback")).await;
+    let (st, location, body) = b.get(&cb).await;
+    if st != StatusCode::SEE_OTHER {
+        return (st, Value::Null, body);
+    }
+    let (st, tokens) = exchange(app, &location.unwrap()).await;
+    assert_eq!(st, StatusCode::OK, "{tokens}");
+    (st, tokens, String::new())
+}
+
+async fn api(app: &TestApp, s: &Seeded, method: reqwest::Method, path: &str, body: Value) -> (StatusCode, Value) {
+    let r = app
+        .http
+        .request(method, app.url(&format!("/v1/projects/{}{path}", s.project.id)))
+        .bearer_auth(&s.api_key.plaintext)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn password_sign_in(app: &TestApp, s: &Seeded, email: &str) -> (StatusCode, Value) {
+    let r = app
+        .http
+        .post(app.url("/v1/auth/signin"))
+        .json(&json!({"project_id": s.project.id, "email": email, "password": "a-long-password-1"}))
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn an_organizations_own_provider_signs_its_people_in_by_domain_provisions_them_and_can_be_required() {
+    use reqwest::Method;
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    let op = Op::start(&app.url("/oauth/callback")).await;
+    admin_query_strings(
+        &app.shared.admin_url,
+        &format!("INSERT INTO redirect_uris VALUES ('{}', '{}', '{APP_CB}', now())", s.tenant.id, s.project.id),
+    )
+    .await;
+    for (slug, default) in [("member", true), ("admin", false)] {
+        let (st, r) =
+            api(&app, &s, Method::POST, "/roles", json!({"slug": slug, "name": slug, "is_default": default})).await;
+        assert_eq!(st, StatusCode::CREATED, "{r}");
+    }
+    let mut orgs = Vec::new();
+    for (name, slug) in [("Initech", "initech"), ("Hooli", "hooli")] {
+        let (st, o) = api(&app, &s, Method::POST, "/organizations", json!({"name": name, "slug": slug})).await;
+        assert_eq!(st, StatusCode::CREATED, "{o}");
+        orgs.push(o["id"].as_str().unwrap().to_owned());
+    }
+    let (initech, hooli) = (orgs[0].clone(), orgs[1].clone());
+    let (st, d) =
+        api(&app, &s, Method::POST, &format!("/organizations/{initech}/domains"), json!({"domain": "initech.test"}))
+            .await;
+    assert_eq!(st, StatusCode::CREATED, "{d}");
+    // (The TXT proof is tested with the domains themselves.)
+    admin_query_strings(&app.shared.admin_url, "UPDATE organization_domains SET verified_at = now()").await;
+    // People with passwords, before sign-ups close: one at Initech's domain, one elsewhere
+    // who is a member of Initech, one who has nothing to do with it.
+    for email in ["carol@initech.test", "dave@elsewhere.test", "eve@elsewhere.test"] {
+        let r = app
+            .http
+            .post(app.url("/v1/auth/signup"))
+            .json(&json!({"project_id": s.project.id, "email": email, "password": "a-long-password-1"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let dave =
+        admin_query_strings(&app.shared.admin_url, "SELECT id::text FROM users WHERE email = 'dave@elsewhere.test'")
+            .await[0]
+            .clone();
+    let (st, _) =
+        api(&app, &s, Method::POST, &format!("/organizations/{initech}/members"), json!({"user_id": dave})).await;
+    assert_eq!(st, StatusCode::CREATED);
+    let (st, _) = api(&app, &s, Method::PATCH, "/presentation", json!({"signup_policy": "invite_only"})).await;
+    assert_eq!(st, StatusCode::OK);
+
+    // Bad input: an unknown organization or role, a group map without an organization.
+    let conn = |extra: Value| {
+        let mut body = json!({
+            "slug": "initech-sso", "kind": "oidc", "display_name": "Initech IdP", "issuer": op.issuer,
+            "client_id": "authio-test-client", "client_secret": "a secret: with & odd characters",
+            "scopes": ["openid", "email", "groups"],
+        });
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    for (extra, status, code) in [
+        (json!({"organization_id": uuid::Uuid::new_v4()}), StatusCode::NOT_FOUND, "organization_not_found"),
+        (
+            json!({"organization_id": initech, "group_roles": {"x": "no-such-role"}}),
+            StatusCode::NOT_FOUND,
+            "role_not_found",
+        ),
+        (json!({"group_roles": {"x": "admin"}}), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+    ] {
+        let (st, r) = api(&app, &s, Method::POST, "/oauth-connections", conn(extra.clone())).await;
+        assert_eq!((st, r["error"]["code"].as_str()), (status, Some(code)), "{extra}: {r}");
+    }
+    // Requiring single sign-on needs a connection first: nobody is locked out.
+    let (st, r) = api(&app, &s, Method::PATCH, &format!("/organizations/{hooli}"), json!({"sso_required": true})).await;
+    assert_eq!((st, r["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")), "{r}");
+
+    let groups = json!({"engineering-admins": "admin", "staff": "member"});
+    let (st, c) = api(
+        &app,
+        &s,
+        Method::POST,
+        "/oauth-connections",
+        conn(json!({"organization_id": initech, "group_roles": groups})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{c}");
+    assert_eq!(c["organization_id"].as_str(), Some(initech.as_str()));
+    // A project-wide provider beside it (the same upstream, another connection).
+    connect(&app, &s, &op).await;
+    let mut b = Browser::new();
+    let (_, _, html) = b.get(&app.url(&format!("/p/{}/signin", s.project.id))).await;
+    assert!(html.contains("Continue with Corp IdP"), "{html}");
+    assert!(!html.contains("Continue with Initech IdP"), "an organization's provider is not offered to all");
+
+    // A domain nobody verified has no single sign-on.
+    let (st, _, body) = sso_start(&app, &s, &mut Browser::new(), "zed@nowhere.test").await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body.contains("no single sign-on"), "{body}");
+
+    // Alice, new: her address is at Initech's verified domain (the provider does not say it
+    // verified it), sign-ups are closed, and she is created, joins Initech as admin by her
+    // group, and signs in.
+    op.next_account_in("sub-alice", "alice@initech.test", false, &["everyone", "engineering-admins"]).await;
+    let (st, tokens, body) = sso_sign_in(&app, &s, "alice@initech.test").await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let alice =
+        crate::identity::claims_of(tokens["access_token"].as_str().unwrap())["sub"].as_str().unwrap().to_owned();
+    let role_of = |user: String| {
+        let (app, s, initech) = (&app, &s, initech.clone());
+        async move {
+            let (_, m) = api(app, s, Method::GET, &format!("/organizations/{initech}/members"), Value::Null).await;
+            m["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["user_id"] == user.as_str())
+                .map(|m| (m["role"].as_str().unwrap().to_owned(), m["status"].as_str().unwrap().to_owned()))
+        }
+    };
+    assert_eq!(role_of(alice.clone()).await, Some(("admin".into(), "active".into())));
+    // At the next sign-in her role follows her groups.
+    op.next_account_in("sub-alice", "alice@initech.test", false, &["staff"]).await;
+    let (st, _, body) = sso_sign_in(&app, &s, "alice@initech.test").await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(role_of(alice.clone()).await, Some(("member".into(), "active".into())));
+
+    // Required: Initech's people may not use a password, at its domain or as its members.
+    let (st, o) =
+        api(&app, &s, Method::PATCH, &format!("/organizations/{initech}"), json!({"sso_required": true})).await;
+    assert_eq!((st, o["sso_required"].as_bool()), (StatusCode::OK, Some(true)), "{o}");
+    for email in ["carol@initech.test", "dave@elsewhere.test"] {
+        let (st, r) = password_sign_in(&app, &s, email).await;
+        assert_eq!((st, r["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("sso_required")), "{email}: {r}");
+    }
+    // A wrong password is still just wrong (nothing said about single sign-on).
+    let r = app
+        .http
+        .post(app.url("/v1/auth/signin"))
+        .json(&json!({"project_id": s.project.id, "email": "carol@initech.test", "password": "not-her-password-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let (st, _) = password_sign_in(&app, &s, "eve@elsewhere.test").await;
+    assert_eq!(st, StatusCode::OK, "someone else signs in as before");
+    // Nor an email code: the address is proved, and still refused.
+    let r = app
+        .http
+        .post(app.url("/v1/auth/email-code"))
+        .json(&json!({"project_id": s.project.id, "email": "carol@initech.test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let challenge: Value = r.json().await.unwrap();
+    let mail = app.mail.wait_for("carol@initech.test", 0, Duration::from_secs(10)).await.expect("the code arrives");
+    let text = mail.text();
+    let code: String = text
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|w| w.len() == 6)
+        .unwrap_or_else(|| panic!("a code in {text}"))
+        .to_owned();
+    let r = app
+        .http
+        .post(app.url("/v1/auth/email-code/verify"))
+        .json(&json!({"challenge_id": challenge["challenge_id"], "code": code}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "sso_required", "{body}");
+    // Nor another provider: Carol through the project-wide one is refused, nothing linked.
+    op.next_account("sub-carol", "carol@initech.test", true).await;
+    let mut b = Browser::new();
+    let cb = to_callback(&app, &s, &mut b).await;
+    let (st, _, body) = b.get(&cb).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(
+        admin_query_strings(&app.shared.admin_url, "SELECT count(*) FROM user_identities WHERE subject = 'sub-carol'")
+            .await,
+        vec!["0"]
+    );
+    // Through Initech's provider she signs in, and joins.
+    op.next_account_in("sub-carol", "carol@initech.test", true, &[]).await;
+    let (st, tokens, body) = sso_sign_in(&app, &s, "carol@initech.test").await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let carol =
+        crate::identity::claims_of(tokens["access_token"].as_str().unwrap())["sub"].as_str().unwrap().to_owned();
+    assert_eq!(role_of(carol).await, Some(("member".into(), "active".into())), "the default role");
+
+    // Refused: a member the organization deactivated; a tampered id_token. Each says why in
+    // the audit log, and changes nothing.
+    let (st, _) = api(
+        &app,
+        &s,
+        Method::PATCH,
+        &format!("/organizations/{initech}/members/{alice}"),
+        json!({"status": "deactivated"}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    op.next_account_in("sub-alice", "alice@initech.test", false, &["engineering-admins"]).await;
+    let (st, _, body) = sso_sign_in(&app, &s, "alice@initech.test").await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(role_of(alice).await, Some(("member".into(), "deactivated".into())));
+    let users_before = admin_query_strings(&app.shared.admin_url, "SELECT count(*) FROM users").await;
+    admin_query_strings(
+        &app.shared.admin_url,
+        &format!(
+            "UPDATE oauth_connections SET token_endpoint = '{}/__tamper/token' WHERE slug = 'initech-sso'",
+            op.issuer
+        ),
+    )
+    .await;
+    op.next_account_in("sub-frank", "frank@initech.test", true, &[]).await;
+    let (st, _, body) = sso_sign_in(&app, &s, "frank@initech.test").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(admin_query_strings(&app.shared.admin_url, "SELECT count(*) FROM users").await, users_before);
+
+    let actions = audit_actions(&app).await;
+    let count = |a: &str| actions.iter().filter(|x| x.starts_with(a)).count();
+    assert_eq!(count("sso.signed_in:"), 3, "{actions:?}");
+    assert!(
+        actions.iter().any(|a| a == "sso.refused:this membership was deactivated by the organization"),
+        "{actions:?}"
+    );
+    assert!(actions.iter().any(|a| a == "sso.refused:the provider's id_token does not verify"), "{actions:?}");
+    assert!(actions.iter().any(|a| a == "user.sign_in_failed:sso_required"), "{actions:?}");
+    assert_eq!(count("membership.added:"), 3, "dave by the API, alice and carol by single sign-on: {actions:?}");
+    assert_eq!(count("membership.updated:"), 2, "alice's role by her groups, then deactivated: {actions:?}");
+    // The stream tells apps the same.
+    let events = admin_query_strings(
+        &app.shared.admin_url,
+        "SELECT type FROM events WHERE type LIKE 'membership.%' ORDER BY position",
+    )
+    .await;
+    assert_eq!(events.iter().filter(|e| *e == "membership.added").count(), 3, "{events:?}");
 }

@@ -1,6 +1,7 @@
 // An OpenID Provider for the upstream sign-in tests: panva's oidc-provider (OpenID Certified),
 // configured with one confidential client, PKCE required, and interactions that complete at
-// once for the account the test chose (POST /__next). /__tamper/token forwards to /token and
+// once for the account the test chose (POST /__next: sub, email, email_verified, and the
+// `groups` claim for scope `groups`). /__tamper/token forwards to /token and
 // breaks the id_token's signature, for the test that such a token is refused.
 import http from 'node:http';
 import Provider from 'oidc-provider';
@@ -20,7 +21,7 @@ const provider = new Provider(issuer, {
     token_endpoint_auth_method: 'client_secret_basic',
   }],
   pkce: { required: () => true },
-  claims: { openid: ['sub'], email: ['email', 'email_verified'] },
+  claims: { openid: ['sub'], email: ['email', 'email_verified'], groups: ['groups'] },
   conformIdTokenClaims: false,
   findAccount: async (_ctx, id) => ({
     accountId: id,
@@ -64,7 +65,7 @@ http.createServer(async (req, res) => {
     if (req.url.startsWith('/interaction/')) {
       const details = await provider.interactionDetails(req, res);
       if (details.prompt.name === 'login') {
-        accounts.set(next.sub, { email: next.email, email_verified: next.email_verified });
+        accounts.set(next.sub, { email: next.email, email_verified: next.email_verified, groups: next.groups });
         await provider.interactionFinished(req, res, { login: { accountId: next.sub } }, { mergeWithLastSubmission: false });
         return;
       }

@@ -404,7 +404,26 @@ pub async fn delete_organization(
         meta,
         now,
     )
-    .await
+    .await?;
+    // Its single sign-on connections (on the shared database) go with it: nothing is left
+    // that would sign people into an organization that is gone. A crash between the two
+    // leaves connections that refuse every sign-in (their organization is not found).
+    let tx = router.begin_pinned(scope).await?;
+    let gone = tx
+        .query("DELETE FROM oauth_connections WHERE organization_id = $1 RETURNING id, slug", &[(&id, Type::UUID)])
+        .await?;
+    for c in &gone {
+        let event = audit::Event {
+            action: crate::audit::AuditAction::OauthConnectionDeleted,
+            actor: auth.actor().clone(),
+            target: Some(("oauth_connection", c.col::<Uuid>("id")?.to_string())),
+            client,
+            metadata: serde_json::json!({"slug": c.col::<String>("slug")?, "organization_id": id}),
+        };
+        audit::record_pinned(&tx, scope, event, now).await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1315,6 +1334,9 @@ pub(crate) async fn provision_sso_member(
     now: DateTime<Utc>,
 ) -> Result<SsoMembership, CoreError> {
     let project = project_of(scope)?;
+    tx.query_opt("SELECT 1 FROM organizations WHERE id = $1 FOR SHARE", &[(&org, Type::UUID)])
+        .await?
+        .ok_or(CoreError::NotFound(Entity::Organization))?;
     let existing = tx
         .query_opt(
             "SELECT m.status, r.slug FROM memberships m JOIN roles r ON r.tenant_id = m.tenant_id AND r.id = m.role_id

@@ -668,4 +668,26 @@ async fn an_organizations_own_provider_signs_its_people_in_by_domain_provisions_
     )
     .await;
     assert_eq!(events.iter().filter(|e| *e == "membership.added").count(), 3, "{events:?}");
+
+    // Deleting the organization takes its connection with it; the project-wide one stays.
+    let (st, _) = api(&app, &s, Method::DELETE, &format!("/organizations/{initech}"), Value::Null).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (_, list) = api(&app, &s, Method::GET, "/oauth-connections", Value::Null).await;
+    let slugs: Vec<&str> = list["data"].as_array().unwrap().iter().map(|c| c["slug"].as_str().unwrap()).collect();
+    assert_eq!(slugs, vec!["corp-idp"]);
+    // (Recorded through the shared database's outbox, forwarded to the log shortly.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let deleted = admin_query_strings(
+            &app.shared.admin_url,
+            "SELECT metadata->>'slug' FROM audit_events WHERE action = 'oauth_connection.deleted'",
+        )
+        .await;
+        if !deleted.is_empty() {
+            assert_eq!(deleted, vec!["initech-sso"]);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the deletion is audited");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

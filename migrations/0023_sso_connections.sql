@@ -10,3 +10,6 @@ CREATE INDEX oauth_connections_organization ON oauth_connections (tenant_id, org
     WHERE organization_id IS NOT NULL;
 
 ALTER TABLE organizations ADD COLUMN sso_required boolean NOT NULL DEFAULT false;
+-- Every password sign-in asks whether the person's organization requires single sign-on:
+-- the few organizations that do are found without reading the others.
+CREATE INDEX organizations_sso_required ON organizations (tenant_id, project_id) WHERE sso_required;

@@ -645,16 +645,25 @@ impl Identity {
         }
         let scope = scope_of(&profile);
         // Always one row, with the home fence in it: an unknown account costs the same round
-        // trips as a known one.
+        // trips as a known one. (With it, whether the account must use single sign-on.)
+        let sso_sql = crate::identity::sso_policy::sso_required_sql("u.id", "$4");
+        let domain = crate::identity::sso_policy::domain_of(email.as_str());
         let rows = self
             .inner
             .router
             .read(
                 &scope,
-                "SELECT u.id, u.password_hash, u.disabled, u.role, f.home
-                 FROM (SELECT authio_tenant_at_home($1) AS home) f
-                 LEFT JOIN users u ON u.tenant_id = $1 AND u.project_id = $2 AND u.email = $3",
-                &[(&scope.tenant_id, Type::UUID), (&project, Type::UUID), (&email.as_str(), Type::TEXT)],
+                &format!(
+                    "SELECT u.id, u.password_hash, u.disabled, u.role, f.home, {sso_sql} AS sso
+                     FROM (SELECT authio_tenant_at_home($1) AS home) f
+                     LEFT JOIN users u ON u.tenant_id = $1 AND u.project_id = $2 AND u.email = $3"
+                ),
+                &[
+                    (&scope.tenant_id, Type::UUID),
+                    (&project, Type::UUID),
+                    (&email.as_str(), Type::TEXT),
+                    (&domain, Type::TEXT),
+                ],
             )
             .await?;
         let row = rows.first().ok_or(CoreError::Internal("user lookup returned no row".into()))?;
@@ -665,6 +674,7 @@ impl Identity {
         let stored: Option<String> = row.try_get(1)?;
         let disabled = row.try_get::<Option<bool>>(2)?.unwrap_or(false);
         let role: Option<String> = row.try_get(3)?;
+        let sso: bool = row.try_get(5)?;
         let usable = if disabled { None } else { stored.as_deref() };
         let verified = self.inner.passwords.verify(password, usable).await?;
         let (Some(user_id), true) = (user_id, verified.ok) else {
@@ -683,9 +693,6 @@ impl Identity {
         // The password is right, but the account's organization has its people sign in through
         // its own identity provider. Checked only now, so the answer tells nothing to someone
         // without the password.
-        let tx = self.inner.router.begin(&scope).await?;
-        let sso = crate::identity::sso_policy::sso_required_for(&tx, Some(user_id), email.as_str()).await?;
-        tx.commit().await?;
         if sso {
             let event = audit::Event {
                 action: crate::audit::AuditAction::UserSignInFailed,

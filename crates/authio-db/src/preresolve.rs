@@ -461,7 +461,13 @@ pub async fn webhook_take(
     call(router, sql, &[(&limit, Type::INT4), (&now, Type::TIMESTAMPTZ), (&lease_secs, Type::INT4)]).await
 }
 
-/// When a webhook endpoint is next due.
+/// Make a webhook endpoint due no later than `due`, leaving a node's lease on it alone.
+pub async fn webhook_nudge(router: &Router, tenant: Uuid, endpoint: Uuid, due: DateTime<Utc>) -> Result<(), DbError> {
+    let sql = "SELECT authio_webhook_nudge($1, $2, $3)";
+    call(router, sql, &[(&tenant, Type::UUID), (&endpoint, Type::UUID), (&due, Type::TIMESTAMPTZ)]).await.map(|_| ())
+}
+
+/// When a webhook endpoint is next due, given back by the node that took it (its lease ends).
 pub async fn webhook_due(router: &Router, tenant: Uuid, endpoint: Uuid, due: DateTime<Utc>) -> Result<(), DbError> {
     let sql = "SELECT authio_webhook_due($1, $2, $3)";
     call(router, sql, &[(&tenant, Type::UUID), (&endpoint, Type::UUID), (&due, Type::TIMESTAMPTZ)]).await.map(|_| ())

@@ -347,7 +347,7 @@ pub async fn update(
     let meta = serde_json::json!({"url": url, "event_types": types, "enabled": patch.enabled});
     record(tx, auth, audit::AuditAction::WebhookEndpointUpdated, id, client, meta, now).await?;
     if patch.enabled == Some(true) {
-        preresolve::webhook_due(router, scope.tenant_id, id, now).await?;
+        preresolve::webhook_nudge(router, scope.tenant_id, id, now).await?;
     }
     Ok(endpoint)
 }
@@ -437,7 +437,7 @@ pub async fn replay_since(
     let endpoint = Endpoint::from_row(&row)?;
     let meta = serde_json::json!({"since": since});
     record(tx, auth, audit::AuditAction::WebhookReplayed, id, client, meta, now).await?;
-    preresolve::webhook_due(router, scope.tenant_id, id, now).await?;
+    preresolve::webhook_nudge(router, scope.tenant_id, id, now).await?;
     Ok(endpoint)
 }
 
@@ -500,7 +500,7 @@ pub async fn replay_event(
     let endpoint = Endpoint::from_row(&row)?;
     let meta = serde_json::json!({"event_id": event_id, "type": kind});
     record(tx, auth, audit::AuditAction::WebhookReplayed, id, client, meta, now).await?;
-    preresolve::webhook_due(router, scope.tenant_id, id, now).await?;
+    preresolve::webhook_nudge(router, scope.tenant_id, id, now).await?;
     Ok(endpoint)
 }
 

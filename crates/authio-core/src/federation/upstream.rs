@@ -410,6 +410,35 @@ impl Upstream {
         let scope = auth.require(Permission::ProjectConfigure)?;
         let actor = auth.actor();
         let now = self.identity.now();
+        // An organization that requires single sign-on keeps a way in: its last enabled
+        // connection goes only once the requirement is off.
+        let tx = self.identity.inner.router.begin_pinned(scope).await?;
+        let org = tx
+            .query_opt(
+                "SELECT c.organization_id,
+                        (SELECT count(*) FROM oauth_connections o
+                          WHERE o.organization_id = c.organization_id AND o.enabled AND o.id <> c.id) AS others
+                   FROM oauth_connections c WHERE c.id = $1",
+                &[(&id, Type::UUID)],
+            )
+            .await?
+            .ok_or(CoreError::NotFound(crate::types::Entity::Connection))?;
+        tx.commit().await?;
+        if let (Some(org), 0) = (org.col::<Option<Uuid>>("organization_id")?, org.col::<i64>("others")?) {
+            let tx = self.identity.inner.router.begin(scope).await?;
+            let required = tx
+                .query_opt("SELECT 1 FROM organizations WHERE id = $1 AND sso_required", &[(&org, Type::UUID)])
+                .await?
+                .is_some();
+            tx.commit().await?;
+            if required {
+                return Err(CoreError::Conflict(
+                    "the organization requires single sign-on and this is its last connection: turn sso_required \
+                     off first"
+                        .into(),
+                ));
+            }
+        }
         let tx = self.identity.inner.router.begin_pinned(scope).await?;
         let gone = tx
             .query_opt("DELETE FROM oauth_connections WHERE id = $1 RETURNING slug", &[(&id, Type::UUID)])
@@ -618,11 +647,15 @@ impl Upstream {
                     target: Some(("oauth_connection", conn.id.to_string())),
                     client,
                     metadata: serde_json::json!({
-                        "connection": conn.slug, "organization_id": org,
-                        "reason": e.to_string().chars().take(300).collect::<String>(),
+                        "connection": conn.slug, "organization_id": org, "reason": refusal_reason(e),
                     }),
                 };
-                audit::record(&self.identity.inner.router, &scope, event, self.identity.now()).await?;
+                // The refusal is what the caller hears; a log that could not be written is ours.
+                if let Err(audit_err) =
+                    audit::record(&self.identity.inner.router, &scope, event, self.identity.now()).await
+                {
+                    tracing::warn!(error = %audit_err, "sso.refused not recorded");
+                }
             }
             Ok((scope, signed_in?, ret))
         }
@@ -865,15 +898,27 @@ impl Upstream {
                     };
                     audit::EventRow::new(scope, event, now)
                 };
-                let Some(email) = email.filter(|_| who.email_verified || at_org_domain) else {
-                    let row = refuse("email_not_verified")?;
+                // An organization's provider is run by the organization: its word counts for the
+                // addresses at the organization's own verified domains, and for no other (its
+                // `email_verified` cannot vouch for somebody else's address).
+                let trusted = if org.is_some() { at_org_domain } else { who.email_verified };
+                let Some(email) = email.filter(|_| trusted) else {
+                    let (reason, refusal) = if org.is_some() {
+                        (
+                            "not_at_organization_domain",
+                            "the address is not at one of the organization's verified domains",
+                        )
+                    } else {
+                        ("email_not_verified", "the provider did not verify this account's email")
+                    };
+                    let row = refuse(reason)?;
                     tx.query(audit::INSERT_SQL, &row.params()).await?;
                     tx.commit().await?;
-                    return Err(CoreError::UpstreamRefused("the provider did not verify this account's email"));
+                    return Err(CoreError::UpstreamRefused(refusal));
                 };
                 let existing = tx
                     .query_opt(
-                        "SELECT id, disabled, role FROM users WHERE email = $1",
+                        "SELECT id, disabled, role, email_verified FROM users WHERE email = $1 FOR UPDATE",
                         &[(&email.as_str(), Type::TEXT)],
                     )
                     .await?
@@ -882,12 +927,33 @@ impl Upstream {
                             r.col::<Uuid>("id")?,
                             r.col::<bool>("disabled")?,
                             r.col::<Option<String>>("role")?,
+                            r.col::<bool>("email_verified")?,
                         ))
                     })
                     .transpose()?;
+                let mut sessions_ended = None;
                 let (user, action) = match existing {
-                    Some((_, true, _)) => return Err(CoreError::Forbidden("this account is disabled")),
-                    Some((user_id, false, role)) => {
+                    Some((_, true, _, _)) => return Err(CoreError::Forbidden("this account is disabled")),
+                    Some((user_id, false, role, verified)) => {
+                        if !verified {
+                            // Whoever made this account never proved the address, and the
+                            // provider just did: what they set up (a password, live sessions)
+                            // is not the owner's, and goes.
+                            tx.query(
+                                "UPDATE users SET password_hash = NULL, email_verified = true, updated_at = $2
+                                  WHERE id = $1",
+                                &[(&user_id, Type::UUID), (&now, Type::TIMESTAMPTZ)],
+                            )
+                            .await?;
+                            let ended = tx
+                                .query(
+                                    "UPDATE sessions SET revoked_at = $2, revoked_reason = 'unverified_account_linked'
+                                      WHERE user_id = $1 AND revoked_at IS NULL RETURNING id",
+                                    &[(&user_id, Type::UUID), (&now, Type::TIMESTAMPTZ)],
+                                )
+                                .await?;
+                            sessions_ended = Some(ended.len());
+                        }
                         (SignedInUser { user_id, role, created: false }, crate::audit::AuditAction::UserIdentityLinked)
                     }
                     None if scope.tenant_kind == authio_db::TenantKind::Platform => {
@@ -920,11 +986,11 @@ impl Upstream {
                     ],
                 )
                 .await?;
-                let decision = match (user.created, who.email_verified) {
-                    (true, true) => "created_with_verified_email",
-                    (true, false) => "created_at_organization_domain",
-                    (false, true) => "linked_by_verified_email",
-                    (false, false) => "linked_at_organization_domain",
+                let decision = match (user.created, org.is_some()) {
+                    (true, false) => "created_with_verified_email",
+                    (true, true) => "created_at_organization_domain",
+                    (false, false) => "linked_by_verified_email",
+                    (false, true) => "linked_at_organization_domain",
                 };
                 let event = audit::Event {
                     action,
@@ -933,6 +999,9 @@ impl Upstream {
                     client,
                     metadata: serde_json::json!({
                         "method": "oauth", "connection": conn.slug, "subject": who.subject, "decision": decision,
+                        // Set when an account nobody had proved was taken over by its owner:
+                        // its password was removed and this many sessions ended.
+                        "unverified_account_sessions_ended": sessions_ended,
                     }),
                 };
                 pending.push(audit::EventRow::new(scope, event, now)?);
@@ -950,6 +1019,11 @@ impl Upstream {
             tx.commit().await?;
             return Ok(user);
         };
+        // This organization's provider satisfies this organization, not another one that
+        // requires its own (a member of it, or an address at its domains).
+        if crate::identity::sso_policy::sso_required_except(&tx, Some(user.user_id), &user_email, Some(org)).await? {
+            return Err(CoreError::SsoRequired);
+        }
         // Single sign-on: the membership, with the role the provider's groups map to.
         let mapped = who.groups.iter().find_map(|g| conn.group_roles.get(g).and_then(|r| r.as_str()));
         let m = crate::orgs::provision_sso_member(&tx, scope, org, user.user_id, mapped, now).await?;
@@ -981,6 +1055,19 @@ impl Upstream {
         };
         audit::record_and_commit(tx, scope, event, now).await?;
         Ok(user)
+    }
+}
+
+/// Why a single sign-on was refused, as the audit log keeps it: the refusal's own words for
+/// what the provider or the organization decided; never the text of an internal failure.
+fn refusal_reason(e: &CoreError) -> String {
+    match e {
+        CoreError::UpstreamRefused(why) | CoreError::Forbidden(why) => (*why).to_owned(),
+        CoreError::SsoRequired => "another organization requires its own single sign-on".to_owned(),
+        CoreError::SignupNotAllowed => "sign-up not allowed".to_owned(),
+        CoreError::NotFound(what) => format!("{} not found", what.noun()),
+        CoreError::Upstream(_) => "the provider could not be reached or answered badly".to_owned(),
+        _ => "internal error".to_owned(),
     }
 }
 

@@ -456,6 +456,7 @@ impl Identity {
         let scope = scope_of(&profile);
         let now = self.now();
         let tx = self.inner.router.begin(&scope).await?;
+        crate::identity::sso_policy::refuse_password_account(&tx, email.as_str()).await?;
         let user = crate::identity::users::insert(&tx, &scope, &email, Some(&hash), now).await?;
         let session = NewSession::new(&scope, user.id, &["pwd"], client, &policy(&profile), now)?;
         session.write_in(&tx).await?;
@@ -646,7 +647,7 @@ impl Identity {
         let scope = scope_of(&profile);
         // Always one row, with the home fence in it: an unknown account costs the same round
         // trips as a known one. (With it, whether the account must use single sign-on.)
-        let sso_sql = crate::identity::sso_policy::sso_required_sql("u.id", "$4");
+        let sso_sql = crate::identity::sso_policy::sso_required_sql("u.id", "$4", "NULL");
         let domain = crate::identity::sso_policy::domain_of(email.as_str());
         let rows = self
             .inner

@@ -458,6 +458,7 @@ impl Identity {
             }
             Acceptor::NewAccount(password_hash) => {
                 let email = Email::parse(&inv.email)?;
+                crate::identity::sso_policy::refuse_password_account(&tx, email.as_str()).await?;
                 let u = crate::identity::users::insert(&tx, &scope, &email, Some(&password_hash), now).await?;
                 let event = audit::Event {
                     action: audit::AuditAction::UserSignedUp,

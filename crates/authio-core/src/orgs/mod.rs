@@ -388,6 +388,25 @@ pub async fn delete_organization(
     let scope = customer_scope(auth, Permission::UsersManage)?;
     project_of(scope)?;
     let now = crate::clock::now_as_stored(clock);
+    // First its single sign-on connections (on the shared database): nothing is left that
+    // would sign people into an organization that is gone, and a failure here leaves the
+    // organization to delete again. (Only an organization of this project has any: row-level
+    // security scopes the delete to it.)
+    let tx = router.begin_pinned(scope).await?;
+    let gone = tx
+        .query("DELETE FROM oauth_connections WHERE organization_id = $1 RETURNING id, slug", &[(&id, Type::UUID)])
+        .await?;
+    for c in &gone {
+        let event = audit::Event {
+            action: crate::audit::AuditAction::OauthConnectionDeleted,
+            actor: auth.actor().clone(),
+            target: Some(("oauth_connection", c.col::<Uuid>("id")?.to_string())),
+            client,
+            metadata: serde_json::json!({"slug": c.col::<String>("slug")?, "organization_id": id}),
+        };
+        audit::record_pinned(&tx, scope, event, now).await?;
+    }
+    tx.commit().await?;
     let tx = router.begin(scope).await?;
     let row = tx
         .query_opt("DELETE FROM organizations WHERE id = $1 RETURNING slug", &[(&id, Type::UUID)])
@@ -404,26 +423,7 @@ pub async fn delete_organization(
         meta,
         now,
     )
-    .await?;
-    // Its single sign-on connections (on the shared database) go with it: nothing is left
-    // that would sign people into an organization that is gone. A crash between the two
-    // leaves connections that refuse every sign-in (their organization is not found).
-    let tx = router.begin_pinned(scope).await?;
-    let gone = tx
-        .query("DELETE FROM oauth_connections WHERE organization_id = $1 RETURNING id, slug", &[(&id, Type::UUID)])
-        .await?;
-    for c in &gone {
-        let event = audit::Event {
-            action: crate::audit::AuditAction::OauthConnectionDeleted,
-            actor: auth.actor().clone(),
-            target: Some(("oauth_connection", c.col::<Uuid>("id")?.to_string())),
-            client,
-            metadata: serde_json::json!({"slug": c.col::<String>("slug")?, "organization_id": id}),
-        };
-        audit::record_pinned(&tx, scope, event, now).await?;
-    }
-    tx.commit().await?;
-    Ok(())
+    .await
 }
 
 // ---------------------------------------------------------------------------------------

@@ -298,7 +298,8 @@ pub async fn create_connection(
 /// Remove an upstream provider.
 #[utoipa::path(delete, path = "/v1/projects/{project_id}/oauth-connections/{id}", tag = "sign-in config",
     params(("project_id" = Uuid, Path), ("id" = Uuid, Path)), security(("project_api_key" = [])),
-    responses((status = 204), (status = 404, description = "`connection_not_found`")))]
+    responses((status = 204), (status = 404, description = "`connection_not_found`"),
+        (status = 409, description = "`conflict`: the last connection of an organization that requires single sign-on")))]
 pub async fn delete_connection(
     State(state): State<AppState>,
     ctx: RequestContext,

@@ -460,7 +460,7 @@ async fn an_organizations_own_provider_signs_its_people_in_by_domain_provisions_
     admin_query_strings(&app.shared.admin_url, "UPDATE organization_domains SET verified_at = now()").await;
     // People with passwords, before sign-ups close: one at Initech's domain, one elsewhere
     // who is a member of Initech, one who has nothing to do with it.
-    for email in ["carol@initech.test", "dave@elsewhere.test", "eve@elsewhere.test"] {
+    for email in ["carol@initech.test", "dave@elsewhere.test", "eve@elsewhere.test", "grace@initech.test"] {
         let r = app
             .http
             .post(app.url("/v1/auth/signup"))
@@ -556,6 +556,36 @@ async fn an_organizations_own_provider_signs_its_people_in_by_domain_provisions_
     assert_eq!(st, StatusCode::OK, "{body}");
     assert_eq!(role_of(alice.clone()).await, Some(("member".into(), "active".into())));
 
+    // The organization's provider vouches for its own domains only: an address elsewhere,
+    // even one it calls verified, is refused, and Eve's account is left alone.
+    op.next_account_in("sub-mallory", "eve@elsewhere.test", true, &["engineering-admins"]).await;
+    let (st, _, body) = sso_sign_in(&app, &s, "alice@initech.test").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("not at one of the organization's verified domains"), "{body}");
+    assert_eq!(
+        admin_query_strings(
+            &app.shared.admin_url,
+            "SELECT count(*) FROM user_identities WHERE subject = 'sub-mallory'"
+        )
+        .await,
+        vec!["0"]
+    );
+    // Grace's account was made with a password by whoever typed her address, and never
+    // proved: when she signs in through her organization, that password and its session go.
+    op.next_account_in("sub-grace", "grace@initech.test", false, &[]).await;
+    let (st, _, body) = sso_sign_in(&app, &s, "grace@initech.test").await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let (st, _) = password_sign_in(&app, &s, "grace@initech.test").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "the password set before is gone");
+    assert_eq!(
+        admin_query_strings(
+            &app.shared.admin_url,
+            "SELECT count(*) FROM sessions WHERE revoked_reason = 'unverified_account_linked'"
+        )
+        .await,
+        vec!["1"]
+    );
+
     // Required: Initech's people may not use a password, at its domain or as its members.
     let (st, o) =
         api(&app, &s, Method::PATCH, &format!("/organizations/{initech}"), json!({"sso_required": true})).await;
@@ -575,6 +605,23 @@ async fn an_organizations_own_provider_signs_its_people_in_by_domain_provisions_
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let (st, _) = password_sign_in(&app, &s, "eve@elsewhere.test").await;
     assert_eq!(st, StatusCode::OK, "someone else signs in as before");
+    // No new password account at its domain either (sign-ups open again, to show it is the
+    // requirement that refuses).
+    let (st, _) = api(&app, &s, Method::PATCH, "/presentation", json!({"signup_policy": "open"})).await;
+    assert_eq!(st, StatusCode::OK);
+    let r = app
+        .http
+        .post(app.url("/v1/auth/signup"))
+        .json(&json!({"project_id": s.project.id, "email": "heidi@initech.test", "password": "a-long-password-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "sso_required");
+    // Its last connection stays while it is required.
+    let (st, r) =
+        api(&app, &s, Method::DELETE, &format!("/oauth-connections/{}", c["id"].as_str().unwrap()), Value::Null).await;
+    assert_eq!((st, r["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")), "{r}");
     // Nor an email code: the address is proved, and still refused.
     let r = app
         .http
@@ -652,14 +699,18 @@ async fn an_organizations_own_provider_signs_its_people_in_by_domain_provisions_
 
     let actions = audit_actions(&app).await;
     let count = |a: &str| actions.iter().filter(|x| x.starts_with(a)).count();
-    assert_eq!(count("sso.signed_in:"), 3, "{actions:?}");
+    assert_eq!(count("sso.signed_in:"), 4, "{actions:?}");
+    assert!(
+        actions.iter().any(|a| a == "sso.refused:the address is not at one of the organization's verified domains"),
+        "{actions:?}"
+    );
     assert!(
         actions.iter().any(|a| a == "sso.refused:this membership was deactivated by the organization"),
         "{actions:?}"
     );
     assert!(actions.iter().any(|a| a == "sso.refused:the provider's id_token does not verify"), "{actions:?}");
     assert!(actions.iter().any(|a| a == "user.sign_in_failed:sso_required"), "{actions:?}");
-    assert_eq!(count("membership.added:"), 3, "dave by the API, alice and carol by single sign-on: {actions:?}");
+    assert_eq!(count("membership.added:"), 4, "dave by the API; alice, grace and carol by single sign-on: {actions:?}");
     assert_eq!(count("membership.updated:"), 2, "alice's role by her groups, then deactivated: {actions:?}");
     // The stream tells apps the same.
     let events = admin_query_strings(
@@ -667,7 +718,7 @@ async fn an_organizations_own_provider_signs_its_people_in_by_domain_provisions_
         "SELECT type FROM events WHERE type LIKE 'membership.%' ORDER BY position",
     )
     .await;
-    assert_eq!(events.iter().filter(|e| *e == "membership.added").count(), 3, "{events:?}");
+    assert_eq!(events.iter().filter(|e| *e == "membership.added").count(), 4, "{events:?}");
 
     // Deleting the organization takes its connection with it; the project-wide one stays.
     let (st, _) = api(&app, &s, Method::DELETE, &format!("/organizations/{initech}"), Value::Null).await;

@@ -1356,15 +1356,17 @@ async fn organization_page(
     let (p, target) = page_try!(project(&state, &m, &pid).await);
     let auth = page_try!(m.authorize(Permission::UsersRead, &target));
     let read = page_try!(m.also(&auth, Permission::ProjectRead));
-    let (o, members, invitations, roles) = core_try!(
+    let (o, members, invitations, roles, connections) = core_try!(
         tokio::try_join!(
             authio_core::orgs::get_organization(&state.router, &auth, oid),
             authio_core::orgs::list_members(&state.router, &auth, oid),
             authio_core::orgs::invitations::list_invitations(&state.router, state.clock.as_ref(), &auth, oid),
             authio_core::orgs::list_roles(&state.router, &read, Some(oid)),
+            state.upstream.list_connections(&read),
         ),
         &m.user
     );
+    let connections: Vec<_> = connections.into_iter().filter(|c| c.organization_id == Some(oid)).collect();
     let b = format!("{}/organizations/{oid}", base(&m, &p));
     let read_only = m.read_only();
     let role_options: Vec<(String, String)> = std::iter::once((String::new(), "Default role".to_owned()))
@@ -1375,8 +1377,37 @@ async fn organization_page(
             ("Name".into(), o.name.clone()),
             ("Slug".into(), o.slug.clone()),
             ("Domain policy".into(), o.domain_policy.clone()),
+            ("Single sign-on".into(), if o.sso_required { "required".into() } else { "optional".into() }),
             ("Id".into(), o.id.to_string()),
         ]))
+        .block(Block::table(
+            "Single sign-on connections",
+            vec!["Connection", "Issuer", "Groups mapped", "State"],
+            connections
+                .iter()
+                .map(|c| {
+                    vec![
+                        Cell::Text(format!("{} ({})", c.display_name, c.slug)),
+                        Cell::Code(c.issuer.clone().unwrap_or_default()),
+                        Cell::Text(c.group_roles.as_object().map(|g| g.len()).unwrap_or(0).to_string()),
+                        if c.enabled {
+                            Cell::Badge("ok", "enabled".into())
+                        } else {
+                            Cell::Badge("", "disabled".into())
+                        },
+                    ]
+                })
+                .collect(),
+            "No single sign-on connection: add one with POST /v1/projects/{id}/oauth-connections and organization_id.",
+        ))
+        .block(Block::Form(
+            if o.sso_required {
+                FormView::button(format!("{b}/allow-other-sign-in"), "Stop requiring single sign-on", false)
+            } else {
+                FormView::button(format!("{b}/require-sso"), "Require single sign-on", true)
+            }
+            .disabled_if(read_only || (!o.sso_required && connections.is_empty())),
+        ))
         .block(Block::table(
             "Members",
             vec!["User", "Role", "Status", "Since"],
@@ -1463,6 +1494,13 @@ async fn organization_action(
                 .map(|_| format!("{back}?done=resent")),
             Err(e) => Err(e),
         },
+        "require-sso" | "allow-other-sign-in" => {
+            let patch =
+                authio_core::orgs::OrganizationPatch { sso_required: Some(act == "require-sso"), ..Default::default() };
+            authio_core::orgs::update_organization(&state.router, state.clock.as_ref(), &auth, oid, &patch, &info)
+                .await
+                .map(|_| format!("{back}?done=saved"))
+        }
         "revoke" => match invitation() {
             Ok(id) => authio_core::orgs::invitations::revoke_invitation(
                 &state.router,

@@ -93,6 +93,31 @@ async fn the_console_in_a_real_browser_from_request_to_dedicated_while_the_api_k
           WHERE url = 'https://old-hooks.acme.test/in'",
     )
     .await;
+    // An organization with its own single sign-on connection (made here without discovery:
+    // the dashboard lists it and the organization is made to require it).
+    let r = app
+        .http
+        .post(app.url(&format!("/v1/projects/{}/organizations", acme.project.id)))
+        .bearer_auth(&acme.api_key.plaintext)
+        .json(&json!({"name": "Globodyne", "slug": "globodyne"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let sso_org = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    admin_query_strings(
+        &app.shared.admin_url,
+        &format!(
+            "INSERT INTO oauth_connections (tenant_id, project_id, id, slug, kind, display_name, client_id,
+                 client_secret_enc, issuer, authorization_endpoint, token_endpoint, jwks_uri, scopes, created_at,
+                 organization_id, group_roles)
+             VALUES ('{}', '{}', gen_random_uuid(), 'globodyne-sso', 'oidc', 'Globodyne IdP', 'client', 'unused',
+                 'https://idp.globodyne.test', 'https://idp.globodyne.test/auth', 'https://idp.globodyne.test/token',
+                 'https://idp.globodyne.test/jwks', ARRAY['openid'], now(), '{sso_org}', '{{\"admins\": \"member\"}}')",
+            acme.tenant.id, acme.project.id
+        ),
+    )
+    .await;
     // Keys old enough to rotate (verifiers have had the next key for a while).
     admin_query_strings(
         &app.shared.admin_url,
@@ -155,7 +180,7 @@ async fn the_console_in_a_real_browser_from_request_to_dedicated_while_the_api_k
         "operator": {"email": "operator@authio.test", "password": PASSWORD},
         "admin": {"email": "admin@acme.test", "password": PASSWORD},
         "viewer": {"email": "viewer@acme.test", "password": PASSWORD},
-        "acme": {"slug": "acme", "project": acme.project.id, "user": "enduser@acme.test"},
+        "acme": {"slug": "acme", "project": acme.project.id, "user": "enduser@acme.test", "sso_org": sso_org},
         "globex": {"slug": "globex", "project": globex.project.id},
     });
     let run = tokio::process::Command::new("node")
@@ -206,6 +231,11 @@ async fn the_console_in_a_real_browser_from_request_to_dedicated_while_the_api_k
     let on_dedicated = admin_query_strings(&ded, "SELECT count(*)::text FROM users WHERE email LIKE 'load%'").await;
     assert_eq!(on_dedicated, vec![(rounds).to_string()], "every load write is on the new home");
 
+    // The organization the dashboard made require single sign-on does, at the new home.
+    assert_eq!(report["sso_required"], true, "{report}");
+    let required =
+        admin_query_strings(&ded, "SELECT sso_required::text FROM organizations WHERE slug = 'globodyne'").await;
+    assert_eq!(required, vec!["true"]);
     // The webhook secret the browser was shown last is the one that signs (sealed at the new home).
     let sealed =
         admin_query_strings(&ded, "SELECT secret_enc FROM webhook_endpoints WHERE url = 'https://hooks.acme.test/in'")

@@ -124,6 +124,11 @@ try {
   await Promise.all([page.waitForURL(/done=invited/), page.click("form[action$='/invite'] button[type=submit]")]);
   assert.match(await page.textContent("main"), /invitee@acme\.test/);
   assert.match(await page.textContent("main"), /pending/);
+  assert.equal(
+    await page.locator("form[action$='/require-sso'] button").isDisabled(),
+    true,
+    "single sign-on cannot be required without a connection",
+  );
   await shot(page, "dashboard-organization");
   await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/users?q=${encodeURIComponent(cfg.acme.user)}`);
   await Promise.all([page.waitForURL(/\/users\/[0-9a-f-]+$/), page.click(`main a:has-text("${cfg.acme.user}")`)]);
@@ -170,7 +175,15 @@ try {
   assert.match(await page.textContent("main"), /Replay queued/);
   await shot(page, "dashboard-webhook");
 
-  // Redirect URIs and custom domains (with the TXT record to publish), sign-in methods.
+  // Single sign-on: Globodyne's connection is listed, and the organization made to require it.
+  await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/organizations/${cfg.acme.sso_org}`);
+  assert.match(await page.textContent("main"), /Globodyne IdP \(globodyne-sso\)\s*https:\/\/idp\.globodyne\.test\s*1\s*enabled/);
+  await Promise.all([page.waitForURL(/done=saved/), page.click("form[action$='/require-sso'] button")]);
+  assert.match(await page.textContent(".facts"), /Single sign-on\s*required/);
+  assert.equal(await page.locator("form[action$='/allow-other-sign-in'] button").count(), 1);
+  await shot(page, "dashboard-organization-sso");
+  out.sso_required = true;
+
   await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/urls`);
   await page.fill("form[action$='/add-redirect-uri'] input[name=value]", "https://app.acme.test/callback");
   await Promise.all([page.waitForURL(/done=saved/), page.click("form[action$='/add-redirect-uri'] button")]);

@@ -636,6 +636,16 @@ async fn origins_are_allowed_per_project_and_custom_domains_answer_once_verified
     let r = app.http.post(&verify).bearer_auth(&s.api_key.plaintext).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<Value>().await.unwrap()["verified"], true);
+    // The organization pages answer on the custom domain too, not with the host's plain 404
+    // for what is not served there: an invitation link with a bad token, a picker sent
+    // elsewhere, the single sign-on form without its form token.
+    let (st, body, _) = b.get(&app.url("/invitations/accept?token=inv_nope")).await;
+    assert!(st.is_client_error() && body.contains("This invitation cannot be used"), "{st}: {body}");
+    let (st, body, _) = b.get(&app.url("/organizations/select?return_to=https://evil.example.com/")).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    let (st, body, _) = b.post(&app.url("/sso"), &[("email", "someone@acme.test")]).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("This form has expired"), "{body}");
     // The proof took the host: Globex's pending claim is gone, and a new one cannot be proved
     // while Acme holds it (Globex can publish its own record, but the host is verified).
     let hosts = admin_query_strings(&app.shared.admin_url, "SELECT tenant_id::text FROM custom_domains").await;

@@ -457,7 +457,7 @@ pub async fn webhook_take(
     now: DateTime<Utc>,
     lease_secs: i32,
 ) -> Result<Vec<crate::PgRow>, DbError> {
-    let sql = "SELECT tenant_id, project_id, endpoint_id FROM authio_webhook_take($1, $2, $3)";
+    let sql = "SELECT tenant_id, project_id, endpoint_id, leased_until FROM authio_webhook_take($1, $2, $3)";
     call(router, sql, &[(&limit, Type::INT4), (&now, Type::TIMESTAMPTZ), (&lease_secs, Type::INT4)]).await
 }
 
@@ -467,8 +467,21 @@ pub async fn webhook_nudge(router: &Router, tenant: Uuid, endpoint: Uuid, due: D
     call(router, sql, &[(&tenant, Type::UUID), (&endpoint, Type::UUID), (&due, Type::TIMESTAMPTZ)]).await.map(|_| ())
 }
 
-/// When a webhook endpoint is next due, given back by the node that took it (its lease ends).
-pub async fn webhook_due(router: &Router, tenant: Uuid, endpoint: Uuid, due: DateTime<Utc>) -> Result<(), DbError> {
-    let sql = "SELECT authio_webhook_due($1, $2, $3)";
-    call(router, sql, &[(&tenant, Type::UUID), (&endpoint, Type::UUID), (&due, Type::TIMESTAMPTZ)]).await.map(|_| ())
+/// Give back a webhook endpoint taken with lease `lease`: next due at `due` (or sooner, if it
+/// was nudged meanwhile). Nothing changes if the lease lapsed and another node holds it.
+pub async fn webhook_give_back(
+    router: &Router,
+    tenant: Uuid,
+    endpoint: Uuid,
+    lease: DateTime<Utc>,
+    due: DateTime<Utc>,
+) -> Result<(), DbError> {
+    let sql = "SELECT authio_webhook_give_back($1, $2, $3, $4)";
+    call(
+        router,
+        sql,
+        &[(&tenant, Type::UUID), (&endpoint, Type::UUID), (&lease, Type::TIMESTAMPTZ), (&due, Type::TIMESTAMPTZ)],
+    )
+    .await
+    .map(|_| ())
 }

@@ -596,6 +596,15 @@ fn work_window_for(timeout: StdDuration) -> StdDuration {
     lease_for(timeout).saturating_sub(timeout + StdDuration::from_secs(10))
 }
 
+/// An endpoint a node took, with the lease it holds it by.
+#[derive(Clone, Copy)]
+struct Taken {
+    tenant: Uuid,
+    project: Uuid,
+    endpoint: Uuid,
+    lease: DateTime<Utc>,
+}
+
 /// The delivery loop's worker: takes due endpoints and serves them.
 #[derive(Clone)]
 pub struct Sender {
@@ -653,15 +662,17 @@ impl Sender {
         let mut jobs = Vec::new();
         for r in &taken {
             let (tenant, project, endpoint): (Uuid, Uuid, Uuid) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+            let lease: DateTime<Utc> = r.try_get(3)?;
             let me = self.clone();
             jobs.push(tokio::spawn(async move {
-                match me.serve(tenant, project, endpoint).await {
+                let taken = Taken { tenant, project, endpoint, lease };
+                match me.serve(&taken).await {
                     Ok(n) => n,
                     Err(e) => {
                         tracing::warn!(tenant = %tenant, endpoint = %endpoint, error = %e, "webhook endpoint not served");
                         // Looked at again shortly.
                         let again = me.clock.now() + chrono_of(me.settings.first_retry);
-                        let _ = preresolve::webhook_due(&me.router, tenant, endpoint, again).await;
+                        let _ = me.give_back(&taken, again).await;
                         0
                     }
                 }
@@ -674,7 +685,13 @@ impl Sender {
         Ok(delivered)
     }
 
-    async fn serve(&self, tenant: Uuid, project: Uuid, endpoint: Uuid) -> Result<usize, CoreError> {
+    /// Give a taken endpoint back, next due at `due` (or sooner, if nudged meanwhile).
+    async fn give_back(&self, t: &Taken, due: DateTime<Utc>) -> Result<(), CoreError> {
+        Ok(preresolve::webhook_give_back(&self.router, t.tenant, t.endpoint, t.lease, due).await?)
+    }
+
+    async fn serve(&self, taken: &Taken) -> Result<usize, CoreError> {
+        let Taken { tenant, project, endpoint, .. } = *taken;
         let deadline = self.work_deadline(std::time::Instant::now());
         let scope = Scope::project(tenant, project, TenantKind::Customer);
         let now = self.clock.now();
@@ -697,7 +714,7 @@ impl Sender {
         };
         if !ep.col::<bool>("enabled")? {
             tx.commit().await?;
-            preresolve::webhook_due(&self.router, tenant, endpoint, now + Duration::days(1)).await?;
+            self.give_back(taken, now + Duration::days(1)).await?;
             return Ok(0);
         }
         let position: i64 = ep.col("position")?;
@@ -719,8 +736,7 @@ impl Sender {
         tx.commit().await?;
         let pending: Vec<i64> = ep.col("pending_replays")?;
         if events.is_empty() && pending.is_empty() {
-            preresolve::webhook_due(&self.router, tenant, endpoint, now + chrono_of(self.settings.idle_recheck))
-                .await?;
+            self.give_back(taken, now + chrono_of(self.settings.idle_recheck)).await?;
             return Ok(0);
         }
         let url: String = ep.col("url")?;
@@ -739,8 +755,7 @@ impl Sender {
             self.send_replays(&scope, endpoint, &pending, (&url, &secrets, development), now, deadline).await?
         };
         if events.is_empty() {
-            preresolve::webhook_due(&self.router, tenant, endpoint, now + chrono_of(self.settings.idle_recheck))
-                .await?;
+            self.give_back(taken, now + chrono_of(self.settings.idle_recheck)).await?;
             return Ok(replayed);
         }
         // The attempt number each delivery is logged with: the failures so far, plus one.
@@ -825,7 +840,7 @@ impl Sender {
             None if cut_short || events.len() as i64 == BATCH => now,
             None => now + chrono_of(self.settings.idle_recheck),
         };
-        preresolve::webhook_due(&self.router, tenant, endpoint, due).await?;
+        self.give_back(taken, due).await?;
         Ok(replayed + log.iter().filter(|l| matches!(l.2, Outcome::Delivered { .. })).count())
     }
 

@@ -411,27 +411,41 @@ impl Upstream {
         let actor = auth.actor();
         let now = self.identity.now();
         // An organization that requires single sign-on keeps a way in: its last enabled
-        // connection goes only once the requirement is off.
+        // connection goes only once the requirement is off. (The requirement is read at the
+        // tenant's home first; then, on the shared database, the organization's connections
+        // are locked and counted in the deleting transaction, so two deletes at once cannot
+        // both take "the other one".)
         let tx = self.identity.inner.router.begin_pinned(scope).await?;
-        let org = tx
-            .query_opt(
-                "SELECT c.organization_id,
-                        (SELECT count(*) FROM oauth_connections o
-                          WHERE o.organization_id = c.organization_id AND o.enabled AND o.id <> c.id) AS others
-                   FROM oauth_connections c WHERE c.id = $1",
-                &[(&id, Type::UUID)],
-            )
+        let org: Option<Uuid> = tx
+            .query_opt("SELECT organization_id FROM oauth_connections WHERE id = $1", &[(&id, Type::UUID)])
             .await?
-            .ok_or(CoreError::NotFound(crate::types::Entity::Connection))?;
+            .ok_or(CoreError::NotFound(crate::types::Entity::Connection))?
+            .col("organization_id")?;
         tx.commit().await?;
-        if let (Some(org), 0) = (org.col::<Option<Uuid>>("organization_id")?, org.col::<i64>("others")?) {
-            let tx = self.identity.inner.router.begin(scope).await?;
-            let required = tx
-                .query_opt("SELECT 1 FROM organizations WHERE id = $1 AND sso_required", &[(&org, Type::UUID)])
+        let required = match org {
+            Some(org) => {
+                let tx = self.identity.inner.router.begin(scope).await?;
+                let required = tx
+                    .query_opt("SELECT 1 FROM organizations WHERE id = $1 AND sso_required", &[(&org, Type::UUID)])
+                    .await?
+                    .is_some();
+                tx.commit().await?;
+                required
+            }
+            None => false,
+        };
+        let tx = self.identity.inner.router.begin_pinned(scope).await?;
+        if let (Some(org), true) = (org, required) {
+            let others = tx
+                .query(
+                    "SELECT id, enabled FROM oauth_connections WHERE organization_id = $1 FOR UPDATE",
+                    &[(&org, Type::UUID)],
+                )
                 .await?
-                .is_some();
-            tx.commit().await?;
-            if required {
+                .iter()
+                .filter(|r| r.col::<Uuid>("id").ok() != Some(id) && r.col::<bool>("enabled").unwrap_or(false))
+                .count();
+            if others == 0 {
                 return Err(CoreError::Conflict(
                     "the organization requires single sign-on and this is its last connection: turn sso_required \
                      off first"
@@ -439,7 +453,6 @@ impl Upstream {
                 ));
             }
         }
-        let tx = self.identity.inner.router.begin_pinned(scope).await?;
         let gone = tx
             .query_opt("DELETE FROM oauth_connections WHERE id = $1 RETURNING slug", &[(&id, Type::UUID)])
             .await?
@@ -901,7 +914,20 @@ impl Upstream {
                 // An organization's provider is run by the organization: its word counts for the
                 // addresses at the organization's own verified domains, and for no other (its
                 // `email_verified` cannot vouch for somebody else's address).
-                let trusted = if org.is_some() { at_org_domain } else { who.email_verified };
+                // (Or an address the provider verified that belongs to one of the organization's
+                // own active members: people it admitted from elsewhere sign in through it too.)
+                let member_elsewhere = match (org, &email) {
+                    (Some(o), Some(e)) if !at_org_domain && who.email_verified => tx
+                        .query_opt(
+                            "SELECT 1 FROM users u JOIN memberships m ON m.tenant_id = u.tenant_id AND m.user_id = u.id
+                              WHERE u.email = $1 AND m.organization_id = $2 AND m.status = 'active'",
+                            &[(&e.as_str(), Type::TEXT), (&o, Type::UUID)],
+                        )
+                        .await?
+                        .is_some(),
+                    _ => false,
+                };
+                let trusted = if org.is_some() { at_org_domain || member_elsewhere } else { who.email_verified };
                 let Some(email) = email.filter(|_| trusted) else {
                     let (reason, refusal) = if org.is_some() {
                         (

@@ -459,6 +459,18 @@ impl Identity {
             Acceptor::NewAccount(password_hash) => {
                 let email = Email::parse(&inv.email)?;
                 crate::identity::sso_policy::refuse_password_account(&tx, email.as_str()).await?;
+                // An organization that requires single sign-on has its invitees come through
+                // its provider (then accept signed in), not with a password it would refuse.
+                let required = tx
+                    .query_opt(
+                        "SELECT 1 FROM organizations WHERE id = $1 AND sso_required",
+                        &[(&inv.organization_id, Type::UUID)],
+                    )
+                    .await?
+                    .is_some();
+                if required {
+                    return Err(CoreError::SsoRequired);
+                }
                 let u = crate::identity::users::insert(&tx, &scope, &email, Some(&password_hash), now).await?;
                 let event = audit::Event {
                     action: audit::AuditAction::UserSignedUp,

@@ -1406,7 +1406,7 @@ async fn organization_page(
             } else {
                 FormView::button(format!("{b}/require-sso"), "Require single sign-on", true)
             }
-            .disabled_if(read_only || (!o.sso_required && connections.is_empty())),
+            .disabled_if(read_only || (!o.sso_required && !connections.iter().any(|c| c.enabled))),
         ))
         .block(Block::table(
             "Members",

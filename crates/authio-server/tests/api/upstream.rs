@@ -649,6 +649,11 @@ async fn an_organizations_own_provider_signs_its_people_in_by_domain_provisions_
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "sso_required", "{body}");
+    // A member from elsewhere signs in through the organization's provider (which verified
+    // his address); it is how he signs in now.
+    op.next_account_in("sub-dave", "dave@elsewhere.test", true, &[]).await;
+    let (st, _, body) = sso_sign_in(&app, &s, "alice@initech.test").await;
+    assert_eq!(st, StatusCode::OK, "{body}");
     // Nor another provider: Carol through the project-wide one is refused, nothing linked.
     op.next_account("sub-carol", "carol@initech.test", true).await;
     let mut b = Browser::new();
@@ -699,7 +704,7 @@ async fn an_organizations_own_provider_signs_its_people_in_by_domain_provisions_
 
     let actions = audit_actions(&app).await;
     let count = |a: &str| actions.iter().filter(|x| x.starts_with(a)).count();
-    assert_eq!(count("sso.signed_in:"), 4, "{actions:?}");
+    assert_eq!(count("sso.signed_in:"), 5, "{actions:?}");
     assert!(
         actions.iter().any(|a| a == "sso.refused:the address is not at one of the organization's verified domains"),
         "{actions:?}"

@@ -331,3 +331,47 @@ async fn webhooks_are_signed_in_order_retried_disabled_replayed_rotated_and_kept
     .await;
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+/// The schedule's lease, at the database: a taken endpoint is not taken again while the lease
+/// holds; a nudge (a replay, enabling) during the lease survives the give-back; a give-back
+/// with a lease that is no longer the endpoint's changes nothing.
+#[tokio::test]
+async fn the_schedule_lease_holds_and_a_nudge_survives_the_give_back() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    development(&app, &s).await;
+    let (st, e) = call(&app, &s, Method::POST, "/webhooks", Some(json!({"url": "http://127.0.0.1:9/hook"}))).await;
+    assert_eq!(st, StatusCode::CREATED, "{e}");
+    let id = e["id"].as_str().unwrap().to_owned();
+    let q = |sql: String| {
+        let url = app.shared.admin_url.clone();
+        async move { admin_query_strings(&url, &sql).await }
+    };
+    // Taken "a day from now" (past any lease the running delivery loop may hold), so this test
+    // holds it and the loop leaves it alone.
+    let take = "SELECT endpoint_id::text || ' ' || leased_until::text
+                  FROM authio_webhook_take(1000, now() + interval '1 day', 60)";
+    let taken = q(take.into()).await;
+    let mine = taken.iter().find(|t| t.starts_with(&id)).unwrap_or_else(|| panic!("{taken:?}")).clone();
+    let lease = mine.split_once(' ').unwrap().1.to_owned();
+    assert!(!q(take.into()).await.iter().any(|t| t.starts_with(&id)), "not taken twice while the lease holds");
+    // A replay's nudge while it is held, then a give-back by a lease that is not the
+    // endpoint's: nothing changes.
+    q(format!("SELECT authio_webhook_nudge('{}', '{id}', now())", s.tenant.id)).await;
+    q(format!(
+        "SELECT authio_webhook_give_back('{}', '{id}', '{lease}'::timestamptz - interval '1 second', now() + interval '2 hours')",
+        s.tenant.id
+    ))
+    .await;
+    let held = q(format!("SELECT leased_until::text FROM webhook_schedule WHERE endpoint_id = '{id}'")).await;
+    assert_eq!(held, vec![lease.clone()]);
+    // The holder gives it back for two hours later: the nudge wins, due now, free.
+    q(format!("SELECT authio_webhook_give_back('{}', '{id}', '{lease}', now() + interval '2 hours')", s.tenant.id))
+        .await;
+    let state = q(format!(
+        "SELECT (due_at <= now() + interval '1 second')::text || ' ' || (leased_until IS NULL)::text
+           FROM webhook_schedule WHERE endpoint_id = '{id}'"
+    ))
+    .await;
+    assert_eq!(state, vec!["true true"]);
+}

@@ -799,7 +799,10 @@ impl Sender {
         let failed = failure.is_some();
         let row = tx
             .query_one(
-                "UPDATE webhook_endpoints SET position = greatest(position, $2),
+                // A range replay that moved the place back while this batch was out wins: the
+                // place moves on only from where this batch started.
+                "UPDATE webhook_endpoints SET position = CASE WHEN position = $7 THEN greatest(position, $2)
+                                                               ELSE position END,
                         attempts = CASE WHEN NOT $3 THEN 0 WHEN $4 THEN 1 ELSE attempts + 1 END,
                         failing_since = CASE WHEN NOT $3 THEN NULL WHEN $4 THEN $6 ELSE coalesce(failing_since, $6) END,
                         last_error = coalesce($5, last_error)
@@ -811,6 +814,7 @@ impl Sender {
                     (&delivered_any, Type::BOOL),
                     (&last_error, Type::TEXT),
                     (&now, Type::TIMESTAMPTZ),
+                    (&position, Type::INT8),
                 ],
             )
             .await?;

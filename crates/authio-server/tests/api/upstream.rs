@@ -747,3 +747,85 @@ async fn an_organizations_own_provider_signs_its_people_in_by_domain_provisions_
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The hosted page's single sign-on in a real browser (headless Chromium through
+/// `tests/browser/sso.mjs`): a work address typed, through the organization's provider, back
+/// to the app with a code whose tokens are the new member's.
+#[tokio::test]
+async fn single_sign_on_from_the_hosted_page_in_a_real_browser() {
+    use reqwest::Method;
+    let browser_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists(),
+        "playwright-core is not installed: run `npm ci --prefix {}` (scripts/test does)",
+        browser_dir.display()
+    );
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(std::path::Path::new(&chromium).exists(), "{chromium} is missing (scripts/test installs it)");
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    let op = Op::start(&app.url("/oauth/callback")).await;
+    admin_query_strings(
+        &app.shared.admin_url,
+        &format!("INSERT INTO redirect_uris VALUES ('{}', '{}', '{APP_CB}', now())", s.tenant.id, s.project.id),
+    )
+    .await;
+    let (st, _) =
+        api(&app, &s, Method::POST, "/roles", json!({"slug": "member", "name": "Member", "is_default": true})).await;
+    assert_eq!(st, StatusCode::CREATED);
+    let (st, o) = api(&app, &s, Method::POST, "/organizations", json!({"name": "Initech", "slug": "initech"})).await;
+    assert_eq!(st, StatusCode::CREATED);
+    let org = o["id"].as_str().unwrap().to_owned();
+    let (st, _) =
+        api(&app, &s, Method::POST, &format!("/organizations/{org}/domains"), json!({"domain": "initech.test"})).await;
+    assert_eq!(st, StatusCode::CREATED);
+    admin_query_strings(&app.shared.admin_url, "UPDATE organization_domains SET verified_at = now()").await;
+    let (st, c) = api(
+        &app,
+        &s,
+        Method::POST,
+        "/oauth-connections",
+        json!({
+            "slug": "initech-sso", "kind": "oidc", "display_name": "Initech IdP", "issuer": op.issuer,
+            "client_id": "authio-test-client", "client_secret": "a secret: with & odd characters",
+            "organization_id": org,
+        }),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{c}");
+    op.next_account("sub-ann", "ann@initech.test", false).await;
+
+    let q = serde_urlencoded::to_string([
+        ("redirect_uri", APP_CB),
+        ("state", "xyz"),
+        ("code_challenge", &challenge()),
+        ("code_challenge_method", "S256"),
+    ])
+    .unwrap();
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("hosted-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let cfg = json!({
+        "shots": shots,
+        "signin_url": app.url(&format!("/p/{}/signin?{q}", s.project.id)),
+        "email": "ann@initech.test",
+        "app_callback": APP_CB,
+    });
+    let run = tokio::process::Command::new("node")
+        .arg("sso.mjs")
+        .current_dir(&browser_dir)
+        .env("AUTHIO_SSO_TEST", cfg.to_string())
+        .env("CHROMIUM", &chromium)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run).await.expect("the browser run finished").unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the browser run failed:\n{stderr}\n{stdout}");
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
+    let location = format!("{APP_CB}?code={}&state=xyz", report["code"].as_str().unwrap());
+    let (st, tokens) = exchange(&app, &location).await;
+    assert_eq!(st, StatusCode::OK, "{tokens}");
+    let ann = crate::identity::claims_of(tokens["access_token"].as_str().unwrap())["sub"].as_str().unwrap().to_owned();
+    let (_, members) = api(&app, &s, Method::GET, &format!("/organizations/{org}/members"), Value::Null).await;
+    let m = &members["data"][0];
+    assert_eq!((m["user_id"].as_str(), m["role"].as_str()), (Some(ann.as_str()), Some("member")), "{members}");
+}

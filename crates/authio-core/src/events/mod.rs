@@ -49,7 +49,7 @@ pub struct Event {
 }
 
 impl Event {
-    fn from_row(r: &Row) -> Result<Self, CoreError> {
+    pub(crate) fn from_row(r: &Row) -> Result<Self, CoreError> {
         Ok(Event {
             id: r.col("id")?,
             kind: r.col("type")?,

@@ -766,13 +766,7 @@ impl Sender {
                 cut_short = true;
                 break;
             }
-            let event = super::Event {
-                id: e.col("id")?,
-                kind: e.col("type")?,
-                position: e.col("position")?,
-                occurred_at: e.col("occurred_at")?,
-                data: e.col("data")?,
-            };
+            let event = super::Event::from_row(e)?;
             let outcome = DEVELOPMENT.scope(development, self.deliver(&url, &secrets, &event, development)).await?;
             let delivered = matches!(outcome, Outcome::Delivered { .. });
             let position = event.position;
@@ -878,13 +872,7 @@ impl Sender {
             if std::time::Instant::now() >= deadline {
                 break;
             }
-            let event = super::Event {
-                id: e.col("id")?,
-                kind: e.col("type")?,
-                position: e.col("position")?,
-                occurred_at: e.col("occurred_at")?,
-                data: e.col("data")?,
-            };
+            let event = super::Event::from_row(e)?;
             let outcome = DEVELOPMENT.scope(development, self.deliver(url, secrets, &event, development)).await?;
             done.push(event.position);
             sent.push((event, outcome));

@@ -456,7 +456,6 @@ impl Identity {
         let scope = scope_of(&profile);
         let now = self.now();
         let tx = self.inner.router.begin(&scope).await?;
-        crate::identity::sso_policy::refuse_password_account(&tx, email.as_str()).await?;
         let user = crate::identity::users::insert(&tx, &scope, &email, Some(&hash), now).await?;
         let session = NewSession::new(&scope, user.id, &["pwd"], client, &policy(&profile), now)?;
         session.write_in(&tx).await?;

@@ -1017,7 +1017,6 @@ impl Identity {
         let scope = scope_of(&profile);
         let now = self.now();
         let tx = self.inner.router.begin(&scope).await?;
-        crate::identity::sso_policy::refuse_password_account(&tx, email.as_str()).await?;
         let user = crate::identity::users::insert(&tx, &scope, &email, Some(&hash), now).await?;
         let event = audit::Event {
             action: crate::audit::AuditAction::UserSignedUp,

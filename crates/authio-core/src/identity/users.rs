@@ -101,6 +101,12 @@ pub(crate) async fn insert(
     now: DateTime<Utc>,
 ) -> Result<User, CoreError> {
     let project = project_of(scope)?;
+    // No password account for someone whose organization has them sign in through its own
+    // provider (which creates their account at the first sign-in). Platform identities belong
+    // to no organization.
+    if password_hash.is_some() && scope.tenant_kind == authio_db::TenantKind::Customer {
+        crate::identity::sso_policy::refuse_password_account(tx, email.as_str()).await?;
+    }
     let id = Uuid::now_v7();
     let row = tx
         .query_opt(

@@ -458,7 +458,6 @@ impl Identity {
             }
             Acceptor::NewAccount(password_hash) => {
                 let email = Email::parse(&inv.email)?;
-                crate::identity::sso_policy::refuse_password_account(&tx, email.as_str()).await?;
                 // An organization that requires single sign-on has its invitees come through
                 // its provider (then accept signed in), not with a password it would refuse.
                 let required = tx

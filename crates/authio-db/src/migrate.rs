@@ -67,6 +67,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "sso_connections",
         sql: include_str!("../../../migrations/0023_sso_connections.sql"),
     },
+    Migration {
+        version: 24,
+        name: "saml_connections",
+        sql: include_str!("../../../migrations/0024_saml_connections.sql"),
+    },
 ];
 
 const BOOTSTRAP_ROLES: &str = r#"

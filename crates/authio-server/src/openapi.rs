@@ -17,6 +17,7 @@ use crate::routes::{api_keys, auth, config, events, manage, oidc, orgs, password
           config::list_redirect_uris, config::add_redirect_uri, config::remove_redirect_uri, config::list_origins,
           config::add_origin, config::remove_origin, config::list_domains, config::add_domain, config::verify_domain,
           config::delete_domain, config::list_connections, config::create_connection, config::delete_connection,
+          config::get_connection, config::update_connection, config::create_saml_connection,
           config::get_presentation, config::update_presentation, config::set_template,
           oidc::discovery, oidc::authorization_server_metadata, oidc::authorize, oidc::token, oidc::userinfo, oidc::userinfo_post, oidc::revoke, oidc::introspect, oidc::logout,
           oidc::create_client, oidc::list_clients, oidc::revoke_client,

@@ -21,6 +21,8 @@ mod moves;
 mod oidc_provider;
 #[path = "api/orgs.rs"]
 mod orgs;
+#[path = "api/saml.rs"]
+mod saml;
 #[path = "api/signin_methods.rs"]
 mod signin_methods;
 #[path = "api/statements.rs"]

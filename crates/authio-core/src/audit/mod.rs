@@ -35,8 +35,9 @@ pub enum AuditAction {
     M2mTokensIssued,
     M2mClientCreated,
     M2mClientRevoked,
-    OauthConnectionCreated,
-    OauthConnectionDeleted,
+    ConnectionCreated,
+    ConnectionUpdated,
+    ConnectionDeleted,
     OidcClientCreated,
     OidcClientRevoked,
     ProjectCreated,
@@ -105,7 +106,7 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 81] = [
+    pub const ALL: [AuditAction; 82] = [
         AuditAction::ApiKeyCreated,
         AuditAction::ApiKeyRevoked,
         AuditAction::DedicatedDbApproved,
@@ -120,8 +121,9 @@ impl AuditAction {
         AuditAction::M2mTokensIssued,
         AuditAction::M2mClientCreated,
         AuditAction::M2mClientRevoked,
-        AuditAction::OauthConnectionCreated,
-        AuditAction::OauthConnectionDeleted,
+        AuditAction::ConnectionCreated,
+        AuditAction::ConnectionUpdated,
+        AuditAction::ConnectionDeleted,
         AuditAction::OidcClientCreated,
         AuditAction::OidcClientRevoked,
         AuditAction::ProjectCreated,
@@ -205,8 +207,9 @@ impl AuditAction {
             AuditAction::M2mTokensIssued => "m2m.tokens_issued",
             AuditAction::M2mClientCreated => "m2m_client.created",
             AuditAction::M2mClientRevoked => "m2m_client.revoked",
-            AuditAction::OauthConnectionCreated => "oauth_connection.created",
-            AuditAction::OauthConnectionDeleted => "oauth_connection.deleted",
+            AuditAction::ConnectionCreated => "connection.created",
+            AuditAction::ConnectionUpdated => "connection.updated",
+            AuditAction::ConnectionDeleted => "connection.deleted",
             AuditAction::OidcClientCreated => "oidc_client.created",
             AuditAction::OidcClientRevoked => "oidc_client.revoked",
             AuditAction::ProjectCreated => "project.created",

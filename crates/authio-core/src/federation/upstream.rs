@@ -32,6 +32,8 @@ pub enum ProviderKind {
     Google,
     Microsoft,
     Github,
+    /// SAML 2.0 (made through `create_saml_connection`).
+    Saml,
 }
 
 impl ProviderKind {
@@ -41,11 +43,12 @@ impl ProviderKind {
             ProviderKind::Google => "google",
             ProviderKind::Microsoft => "microsoft",
             ProviderKind::Github => "github",
+            ProviderKind::Saml => "saml",
         }
     }
 
     fn parse(s: &str) -> Option<Self> {
-        [ProviderKind::Oidc, ProviderKind::Google, ProviderKind::Microsoft, ProviderKind::Github]
+        [ProviderKind::Oidc, ProviderKind::Google, ProviderKind::Microsoft, ProviderKind::Github, ProviderKind::Saml]
             .into_iter()
             .find(|k| k.as_str() == s)
     }
@@ -83,7 +86,8 @@ pub struct ConnectionInfo {
     pub client_id: String,
     pub issuer: Option<String>,
     pub authorization_endpoint: String,
-    pub token_endpoint: String,
+    /// Absent for SAML (nothing is redeemed).
+    pub token_endpoint: Option<String>,
     pub userinfo_endpoint: Option<String>,
     pub jwks_uri: Option<String>,
     pub scopes: Vec<String>,
@@ -91,15 +95,21 @@ pub struct ConnectionInfo {
     pub organization_id: Option<Uuid>,
     pub group_roles: serde_json::Value,
     pub created_at: DateTime<Utc>,
+    /// A SAML connection's two sides.
+    pub saml: Option<crate::federation::sso::SamlInfo>,
 }
 
-const COLS: &str = "id, slug, kind, display_name, client_id, issuer, authorization_endpoint, token_endpoint, \
-                    userinfo_endpoint, jwks_uri, scopes, enabled, organization_id, group_roles, created_at";
+pub(crate) const COLS: &str =
+    "id, slug, kind, display_name, client_id, issuer, authorization_endpoint, token_endpoint, \
+                    userinfo_endpoint, jwks_uri, scopes, enabled, organization_id, group_roles, created_at, \
+                    acs_url, sp_certificate, idp_certificates, idp_initiated, attribute_map";
 
 impl ConnectionInfo {
-    fn from_row(r: &authio_db::Row) -> Result<Self, CoreError> {
+    pub(crate) fn from_row(r: &authio_db::Row) -> Result<Self, CoreError> {
         let kind: String = r.col("kind")?;
+        let saml = crate::federation::sso::SamlInfo::from_row(r)?;
         Ok(ConnectionInfo {
+            saml,
             id: r.col("id")?,
             slug: r.col("slug")?,
             kind: ProviderKind::parse(&kind).ok_or_else(|| CoreError::Internal(format!("provider kind {kind}")))?,
@@ -157,6 +167,8 @@ struct IdClaims {
     /// Entra ID, Okta and others send the user's groups here (a list, or one string).
     #[serde(default)]
     groups: serde_json::Value,
+    given_name: Option<String>,
+    family_name: Option<String>,
 }
 
 /// Providers send `email_verified` as a boolean, some as the string "true".
@@ -176,19 +188,24 @@ impl EmailVerified {
 }
 
 /// What the provider said about the user.
-#[derive(Debug)]
-struct UpstreamUser {
-    subject: String,
-    email: Option<String>,
-    email_verified: bool,
-    groups: Vec<String>,
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct UpstreamUser {
+    pub(crate) subject: String,
+    pub(crate) email: Option<String>,
+    pub(crate) email_verified: bool,
+    pub(crate) groups: Vec<String>,
+    /// The person's names, as the provider has them now (kept on the user at each sign-in).
+    #[serde(default)]
+    pub(crate) given_name: Option<String>,
+    #[serde(default)]
+    pub(crate) family_name: Option<String>,
 }
 
 const JWKS_TTL: StdDuration = StdDuration::from_secs(300);
 /// A key id not in the cached set triggers a refetch, at most this often.
 const JWKS_REFETCH_AFTER: StdDuration = StdDuration::from_secs(10);
 
-fn bad(field: &'static str) -> CoreError {
+pub(crate) fn bad(field: &'static str) -> CoreError {
     CoreError::Invalid(ValidationError::Field(field))
 }
 
@@ -200,7 +217,7 @@ fn upstream_err(what: impl std::fmt::Display) -> CoreError {
 /// and HTTP client): connections, the authorization-code flow, account linking.
 #[derive(Clone)]
 pub struct Upstream {
-    identity: Identity,
+    pub(crate) identity: Identity,
 }
 
 impl Upstream {
@@ -208,7 +225,7 @@ impl Upstream {
         Upstream { identity }
     }
 
-    fn check_upstream_url(&self, raw: &str, field: &'static str) -> Result<(), CoreError> {
+    pub(crate) fn check_upstream_url(&self, raw: &str, field: &'static str) -> Result<(), CoreError> {
         let url = url::Url::parse(raw).map_err(|_| bad(field))?;
         let ok =
             url.scheme() == "https" || (url.scheme() == "http" && self.identity.inner.settings.allow_http_upstreams);
@@ -241,7 +258,7 @@ impl Upstream {
             ProviderKind::Google => "Google".into(),
             ProviderKind::Microsoft => "Microsoft".into(),
             ProviderKind::Github => "GitHub".into(),
-            ProviderKind::Oidc => new.slug.clone(),
+            ProviderKind::Oidc | ProviderKind::Saml => new.slug.clone(),
         });
         if display_name.is_empty() || display_name.chars().count() > 100 {
             return Err(bad("display_name (1-100 characters)"));
@@ -287,7 +304,7 @@ impl Upstream {
         if new.kind != ProviderKind::Github && !scopes.iter().any(|s| s == "openid") {
             return Err(bad("scopes (must include openid)"));
         }
-        let group_roles = self.check_organization(scope, new).await?;
+        let group_roles = self.check_organization(scope, new.organization_id, new.group_roles.as_ref()).await?;
         let sealed = self
             .identity
             .inner
@@ -329,9 +346,9 @@ impl Upstream {
             .ok_or_else(|| CoreError::Conflict("a connection with this slug exists".into()))?;
         let info = ConnectionInfo::from_row(&row)?;
         let event = audit::Event {
-            action: crate::audit::AuditAction::OauthConnectionCreated,
+            action: crate::audit::AuditAction::ConnectionCreated,
             actor: actor.clone(),
-            target: Some(("oauth_connection", info.id.to_string())),
+            target: Some(("connection", info.id.to_string())),
             client,
             metadata: serde_json::json!({
                 "slug": info.slug, "kind": info.kind, "issuer": info.issuer, "organization_id": info.organization_id,
@@ -344,9 +361,14 @@ impl Upstream {
 
     /// A connection for an organization: the organization is one of the project's (read at
     /// the tenant's home), and every mapped role exists for it. Returns the group map to store.
-    async fn check_organization(&self, scope: &Scope, new: &NewConnection) -> Result<serde_json::Value, CoreError> {
-        let map = new.group_roles.clone().unwrap_or_default();
-        let Some(org) = new.organization_id else {
+    pub(crate) async fn check_organization(
+        &self,
+        scope: &Scope,
+        organization_id: Option<Uuid>,
+        group_roles: Option<&std::collections::BTreeMap<String, String>>,
+    ) -> Result<serde_json::Value, CoreError> {
+        let map = group_roles.cloned().unwrap_or_default();
+        let Some(org) = organization_id else {
             if !map.is_empty() {
                 return Err(bad("group_roles (only for an organization's connection)"));
             }
@@ -422,36 +444,10 @@ impl Upstream {
             .ok_or(CoreError::NotFound(crate::types::Entity::Connection))?
             .col("organization_id")?;
         tx.commit().await?;
-        let required = match org {
-            Some(org) => {
-                let tx = self.identity.inner.router.begin(scope).await?;
-                let required = tx
-                    .query_opt("SELECT 1 FROM organizations WHERE id = $1 AND sso_required", &[(&org, Type::UUID)])
-                    .await?
-                    .is_some();
-                tx.commit().await?;
-                required
-            }
-            None => false,
-        };
+        let required = self.sso_required(scope, org).await?;
         let tx = self.identity.inner.router.begin_pinned(scope).await?;
         if let (Some(org), true) = (org, required) {
-            let others = tx
-                .query(
-                    "SELECT id, enabled FROM oauth_connections WHERE organization_id = $1 FOR UPDATE",
-                    &[(&org, Type::UUID)],
-                )
-                .await?
-                .iter()
-                .filter(|r| r.col::<Uuid>("id").ok() != Some(id) && r.col::<bool>("enabled").unwrap_or(false))
-                .count();
-            if others == 0 {
-                return Err(CoreError::Conflict(
-                    "the organization requires single sign-on and this is its last connection: turn sso_required \
-                     off first"
-                        .into(),
-                ));
-            }
+            crate::federation::sso::last_connection_guard(&tx, org, id).await?;
         }
         let gone = tx
             .query_opt("DELETE FROM oauth_connections WHERE id = $1 RETURNING slug", &[(&id, Type::UUID)])
@@ -459,9 +455,9 @@ impl Upstream {
             .ok_or(CoreError::NotFound(crate::types::Entity::Connection))?;
         let slug: String = gone.col("slug")?;
         let event = audit::Event {
-            action: crate::audit::AuditAction::OauthConnectionDeleted,
+            action: crate::audit::AuditAction::ConnectionDeleted,
             actor: actor.clone(),
-            target: Some(("oauth_connection", id.to_string())),
+            target: Some(("connection", id.to_string())),
             client,
             metadata: serde_json::json!({"slug": slug}),
         };
@@ -491,7 +487,7 @@ impl Upstream {
         Ok(d)
     }
 
-    async fn connection_by(
+    pub(crate) async fn connection_by(
         &self,
         scope: &Scope,
         sql: &str,
@@ -549,6 +545,10 @@ impl Upstream {
         let (conn, _) = self.connection_by(&scope, "slug = $1", &slug, Type::TEXT).await?;
         if !conn.enabled {
             return Err(CoreError::NotFound(crate::types::Entity::Connection));
+        }
+        if conn.kind == ProviderKind::Saml {
+            // No browser cookie for SAML (see `saml_start`): an empty value clears any old one.
+            return Ok((self.saml_start(&scope, &conn, ret).await?, String::new()));
         }
         let (state, state_hash) = new_token("");
         let (nonce, _) = new_token("");
@@ -657,7 +657,7 @@ impl Upstream {
                 let event = audit::Event {
                     action: crate::audit::AuditAction::SsoRefused,
                     actor: audit::Actor::anonymous(),
-                    target: Some(("oauth_connection", conn.id.to_string())),
+                    target: Some(("connection", conn.id.to_string())),
                     client,
                     metadata: serde_json::json!({
                         "connection": conn.slug, "organization_id": org, "reason": refusal_reason(e),
@@ -694,7 +694,7 @@ impl Upstream {
             .identity
             .inner
             .http
-            .post(&conn.token_endpoint)
+            .post(conn.token_endpoint.as_deref().unwrap_or_default())
             .basic_auth(form_encode(&conn.client_id), Some(form_encode(secret)))
             .header("accept", "application/json")
             .form(&form)
@@ -796,7 +796,14 @@ impl Upstream {
             serde_json::Value::Array(a) => a.into_iter().filter_map(|g| g.as_str().map(str::to_owned)).collect(),
             _ => Vec::new(),
         };
-        Ok(UpstreamUser { subject: c.sub, email: c.email, email_verified: c.email_verified.is_true(), groups })
+        Ok(UpstreamUser {
+            subject: c.sub,
+            email: c.email,
+            email_verified: c.email_verified.is_true(),
+            groups,
+            given_name: c.given_name,
+            family_name: c.family_name,
+        })
     }
 
     /// GitHub is OAuth 2.0 without OIDC: the user and its primary verified email from its API.
@@ -842,6 +849,8 @@ impl Upstream {
             email_verified: primary.as_ref().is_some_and(|e| e.verified),
             email: primary.map(|e| e.email),
             groups: Vec::new(),
+            given_name: None,
+            family_name: None,
         })
     }
 
@@ -854,7 +863,7 @@ impl Upstream {
     /// way (the organization vouches for its people), and the user becomes or stays a member
     /// with the role its groups map to. Through any other provider, a person whose
     /// organization requires single sign-on is refused.
-    async fn link_upstream(
+    pub(crate) async fn link_upstream(
         &self,
         scope: &Scope,
         conn: &ConnectionInfo,
@@ -905,7 +914,7 @@ impl Upstream {
                     let event = audit::Event {
                         action: crate::audit::AuditAction::UserIdentityLinkRefused,
                         actor: audit::Actor::anonymous(),
-                        target: Some(("oauth_connection", conn.id.to_string())),
+                        target: Some(("connection", conn.id.to_string())),
                         client,
                         metadata: serde_json::json!({"connection": conn.slug, "subject": who.subject, "reason": reason}),
                     };
@@ -1034,6 +1043,20 @@ impl Upstream {
                 (user, email.as_str().to_owned())
             }
         };
+        // The profile follows the provider: what it says now replaces what it said before.
+        fn name(n: &Option<String>) -> Option<&str> {
+            n.as_deref().map(str::trim).filter(|n| !n.is_empty() && n.chars().count() <= 200 && !n.contains('\0'))
+        }
+        let (given, family) = (name(&who.given_name), name(&who.family_name));
+        if given.is_some() || family.is_some() {
+            tx.query(
+                "UPDATE users SET given_name = coalesce($2, given_name), family_name = coalesce($3, family_name)
+                  WHERE id = $1 AND (given_name IS DISTINCT FROM coalesce($2, given_name)
+                                     OR family_name IS DISTINCT FROM coalesce($3, family_name))",
+                &[(&user.user_id, Type::UUID), (&given, Type::TEXT), (&family, Type::TEXT)],
+            )
+            .await?;
+        }
         let Some(org) = org else {
             if crate::identity::sso_policy::sso_required_for(&tx, Some(user.user_id), &user_email).await? {
                 // Nothing of this attempt is kept (a new link is rolled back with it).
@@ -1086,7 +1109,7 @@ impl Upstream {
 
 /// Why a single sign-on was refused, as the audit log keeps it: the refusal's own words for
 /// what the provider or the organization decided; never the text of an internal failure.
-fn refusal_reason(e: &CoreError) -> String {
+pub(crate) fn refusal_reason(e: &CoreError) -> String {
     match e {
         CoreError::UpstreamRefused(why) | CoreError::Forbidden(why) => (*why).to_owned(),
         CoreError::SsoRequired => "another organization requires its own single sign-on".to_owned(),

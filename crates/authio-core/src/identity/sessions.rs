@@ -191,8 +191,14 @@ impl NewSession {
 /// The project methods each authentication-method reference can come from: a session may be
 /// refreshed while one of them is still offered. References that name no sign-in method (a
 /// second factor, say) do not decide.
-const AMR_METHODS: [(&str, &[&str]); 4] =
-    [("pwd", &["password"]), ("otp", &["magic_link", "email_code"]), ("email", &["magic_link"]), ("oauth", &["oauth"])];
+/// (`saml`: an organization's SAML identity provider, one of the project's upstream providers.)
+const AMR_METHODS: [(&str, &[&str]); 5] = [
+    ("pwd", &["password"]),
+    ("otp", &["magic_link", "email_code"]),
+    ("email", &["magic_link"]),
+    ("oauth", &["oauth"]),
+    ("saml", &["oauth"]),
+];
 
 pub(crate) fn amr_still_offered(amr: &[String], offers: &(dyn Fn(&str) -> bool + Sync)) -> bool {
     let mut decided = false;

@@ -398,9 +398,9 @@ pub async fn delete_organization(
         .await?;
     for c in &gone {
         let event = audit::Event {
-            action: crate::audit::AuditAction::OauthConnectionDeleted,
+            action: crate::audit::AuditAction::ConnectionDeleted,
             actor: auth.actor().clone(),
-            target: Some(("oauth_connection", c.col::<Uuid>("id")?.to_string())),
+            target: Some(("connection", c.col::<Uuid>("id")?.to_string())),
             client,
             metadata: serde_json::json!({"slug": c.col::<String>("slug")?, "organization_id": id}),
         };

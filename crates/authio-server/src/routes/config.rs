@@ -313,6 +313,71 @@ pub async fn delete_connection(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Add an organization's SAML 2.0 identity provider: `{"slug", "organization_id", and exactly
+/// one of "idp_metadata_xml" | "idp_metadata_url" | ("idp_entity_id", "idp_sso_url",
+/// "idp_certificates": [PEM or base64 DER, one or two]), "display_name"?, "group_roles"?,
+/// "idp_initiated"? (default false), "attribute_preset"? ("generic" | "okta" | "entra" |
+/// "google"), "attribute_map"? ({"email", "given_name", "family_name", "groups"}: lists of
+/// attribute names)}`. The answer's `saml` gives what the identity provider is configured
+/// with: `sp_entity_id` (also our metadata's URL), `acs_url` and `sp_certificate`.
+#[utoipa::path(post, path = "/v1/projects/{project_id}/saml-connections", tag = "sign-in config",
+    params(("project_id" = Uuid, Path)), security(("project_api_key" = [])),
+    request_body(content = Object),
+    responses((status = 201, body = Object), (status = 404, description = "`organization_not_found`, `role_not_found`"),
+        (status = 409, description = "`conflict`: slug taken"),
+        (status = 502, description = "`upstream_error`: the metadata URL could not be read")))]
+pub async fn create_saml_connection(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    Path(_project_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<ConnectionInfo>), ApiError> {
+    let auth = ctx.authorize(Permission::ProjectConfigure)?;
+    let req: authio_core::federation::sso::NewSamlConnection = json_body(&headers, &body)?;
+    let client = client_info(&headers, None);
+    let c = state.upstream.create_saml_connection(&auth, &req, &state.public_url, &client).await?;
+    Ok((StatusCode::CREATED, Json(c)))
+}
+
+/// One connection (never its secret or private key).
+#[utoipa::path(get, path = "/v1/projects/{project_id}/oauth-connections/{id}", tag = "sign-in config",
+    params(("project_id" = Uuid, Path), ("id" = Uuid, Path)), security(("project_api_key" = [])),
+    responses((status = 200, body = Object), (status = 404, description = "`connection_not_found`")))]
+pub async fn get_connection(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    Path((_project_id, id)): Path<(String, String)>,
+) -> Result<Json<ConnectionInfo>, ApiError> {
+    let auth = ctx.authorize(Permission::ProjectRead)?;
+    let id = path_uuid(&id, "connection_not_found", "connection")?;
+    Ok(Json(state.upstream.get_connection(&auth, id).await?))
+}
+
+/// Change a connection: `{"enabled"?, "display_name"?, "group_roles"?}` for any kind; for SAML
+/// also `"idp_certificates"?` (list the old and the new certificate during a rollover, then the
+/// new one), `"idp_metadata_xml"?` or `"idp_metadata_url"?` (read again: certificates and SSO
+/// URL), `"idp_initiated"?`, `"attribute_map"?`.
+#[utoipa::path(patch, path = "/v1/projects/{project_id}/oauth-connections/{id}", tag = "sign-in config",
+    params(("project_id" = Uuid, Path), ("id" = Uuid, Path)), security(("project_api_key" = [])),
+    request_body(content = Object),
+    responses((status = 200, body = Object), (status = 404, description = "`connection_not_found`, `role_not_found`"),
+        (status = 409, description = "`conflict`: turning off the last connection of an organization that requires single sign-on"),
+        (status = 502, description = "`upstream_error`: the metadata URL could not be read")))]
+pub async fn update_connection(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    Path((_project_id, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<ConnectionInfo>, ApiError> {
+    let auth = ctx.authorize(Permission::ProjectConfigure)?;
+    let id = path_uuid(&id, "connection_not_found", "connection")?;
+    let req: authio_core::federation::sso::ConnectionUpdate = json_body(&headers, &body)?;
+    let client = client_info(&headers, None);
+    Ok(Json(state.upstream.update_connection(&auth, id, &req, &client).await?))
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct PresentationBody {
     pub environment: String,

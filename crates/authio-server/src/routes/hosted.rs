@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 
 use askama::Template;
+use authio_core::federation::sso::AcsOutcome;
 use authio_core::identity::signin::{with_query, Return, SignedInUser};
 use authio_core::CoreError;
 use authio_db::Scope;
@@ -583,6 +584,110 @@ pub async fn sso_post(
             again,
         ),
         Err(e) => ctx.error(e, "signin", "Sign in", again),
+    }
+}
+
+/// The Response an identity provider posts (SAML HTTP-POST binding).
+#[derive(Deserialize)]
+pub struct SamlPost {
+    #[serde(rename = "SAMLResponse")]
+    saml_response: Option<String>,
+    // RelayState is not used: the request id the Response answers says where to return.
+}
+
+const SAML_COOKIE: &str = "authio_saml";
+
+fn connection_id(raw: &str) -> Result<Uuid, Box<Response>> {
+    Uuid::parse_str(raw).map_err(|_| Box::new(plain_error(CoreError::NotFound(authio_core::types::Entity::Connection))))
+}
+
+/// Our SAML metadata for one connection (what its identity provider imports).
+pub async fn saml_metadata(
+    State(state): State<AppState>,
+    Path((project, connection)): Path<(String, String)>,
+) -> Response {
+    let project = attempt!(project_id(&project));
+    let connection = attempt!(connection_id(&connection));
+    match state.upstream.saml_metadata(project, connection).await {
+        Ok(xml) => {
+            let mut resp =
+                (StatusCode::OK, [(header::CONTENT_TYPE, "application/samlmetadata+xml")], xml).into_response();
+            secure_headers(resp.headers_mut());
+            resp
+        }
+        Err(e) => plain_error(e),
+    }
+}
+
+/// The assertion consumer service: a Response from an organization's identity provider. It
+/// is a cross-site POST by design (no CSRF token: the signed assertion, bound to our request
+/// or confirmed by the person, is the proof).
+pub async fn saml_acs(
+    State(state): State<AppState>,
+    Path((project, connection)): Path<(String, String)>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    Form(form): Form<SamlPost>,
+) -> Response {
+    let project = attempt!(project_id(&project));
+    let connection = attempt!(connection_id(&connection));
+    let ctx = attempt!(Ctx::new(&state, project, &headers, None).await);
+    let ip = client_ip(&state, connect.as_ref(), &headers);
+    let client = client_info(&headers, ip);
+    let Some(response) = form.saml_response.filter(|r| !r.is_empty()) else {
+        let e = CoreError::Invalid(authio_core::types::ValidationError::Field("SAMLResponse"));
+        return ctx.error(e, "done", "Sign in", ctx.page("done", ""));
+    };
+    match state.upstream.saml_acs(project, connection, &response, &client, ip).await {
+        Ok(AcsOutcome::SignedIn { scope, user, ret }) => {
+            finish(&state, &ctx, &scope, &user, &["saml"], ret.as_ref(), "your account").await
+        }
+        Ok(AcsOutcome::Confirm { token, browser, email, connection: name }) => {
+            // Started at the identity provider: nothing asked for this sign-in here, so the
+            // person says it is theirs (a page posted to them by someone else stops here).
+            let who = email.unwrap_or_else(|| "your account".into());
+            let mut p = ctx.page("confirm", &format!("Continue to {} as {who}?", ctx.presentation.title()));
+            p.notice = Some(format!("{name} is signing you in as {who}. Continue only if you started this sign-in."));
+            p.token = token;
+            p.action = format!("saml/{connection}/confirm");
+            p.button = "Continue".into();
+            let mut resp = ctx.render(StatusCode::OK, p);
+            let max_age = 300;
+            append_cookie(
+                resp.headers_mut(),
+                SAML_COOKIE,
+                &browser,
+                &format!("{}/saml/", ctx.site.prefix),
+                max_age,
+                ctx.secure,
+            );
+            resp
+        }
+        Err(e) => ctx.error(e, "done", "Sign-in refused", ctx.page("done", "")),
+    }
+}
+
+/// The person confirmed a sign-in started at the identity provider.
+pub async fn saml_confirm(
+    State(state): State<AppState>,
+    Path((project, connection)): Path<(String, String)>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    Form(form): Form<FormFields>,
+) -> Response {
+    let ctx = attempt!(posted(&state, &project, &headers, &form, None).await);
+    let connection = attempt!(connection_id(&connection));
+    let ip = client_ip(&state, connect.as_ref(), &headers);
+    let client = client_info(&headers, ip);
+    let browser = cookie(&headers, SAML_COOKIE);
+    let token = form.token.unwrap_or_default();
+    match state.upstream.saml_confirm(ctx.project, connection, &token, browser.as_deref(), &client, ip).await {
+        Ok((scope, user)) => {
+            let mut resp = finish(&state, &ctx, &scope, &user, &["saml"], None, "your account").await;
+            append_cookie(resp.headers_mut(), SAML_COOKIE, "", &format!("{}/saml/", ctx.site.prefix), 0, ctx.secure);
+            resp
+        }
+        Err(e) => ctx.error(e, "done", "Sign-in refused", ctx.page("done", "")),
     }
 }
 

@@ -89,7 +89,11 @@ pub fn router(state: AppState) -> axum::Router {
             "/v1/projects/{project_id}/oauth-connections",
             get(config::list_connections).post(config::create_connection),
         )
-        .route("/v1/projects/{project_id}/oauth-connections/{id}", axum::routing::delete(config::delete_connection))
+        .route(
+            "/v1/projects/{project_id}/oauth-connections/{id}",
+            get(config::get_connection).patch(config::update_connection).delete(config::delete_connection),
+        )
+        .route("/v1/projects/{project_id}/saml-connections", post(config::create_saml_connection))
         .route(
             "/v1/projects/{project_id}/presentation",
             get(config::get_presentation).patch(config::update_presentation),
@@ -119,6 +123,9 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/p/{project_id}/code/verify", post(hosted::code_verify_post))
         .route("/p/{project_id}/oauth/{slug}", get(hosted::oauth_start))
         .route("/p/{project_id}/sso", post(hosted::sso_post))
+        .route("/p/{project_id}/saml/{connection_id}/metadata", get(hosted::saml_metadata))
+        .route("/p/{project_id}/saml/{connection_id}/acs", post(hosted::saml_acs))
+        .route("/p/{project_id}/saml/{connection_id}/confirm", post(hosted::saml_confirm))
         .route("/p/{project_id}/reset", get(hosted::reset_page).post(hosted::reset_post))
         .route("/p/{project_id}/reset/confirm", get(hosted::reset_confirm_page).post(hosted::reset_confirm_post))
         .route("/p/{project_id}/verify-email", get(hosted::verify_email_page).post(hosted::verify_email_post))

@@ -435,6 +435,7 @@ async fn every_table_with_tenant_rows_either_moves_or_is_pinned_to_shared() {
         "oauth_connections",
         "oauth_states",
         "oidc_clients",
+        "saml_assertions_seen",
         "redirect_uris",
         "signin_codes",
         "audit_outbox",

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncBufReadExt;
 
-const APP_CB: &str = "https://app.example.com/callback";
+pub(crate) const APP_CB: &str = "https://app.example.com/callback";
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 
 /// The provider process (killed on drop).
@@ -79,13 +79,13 @@ impl Op {
 }
 
 /// Cookies per host:port, redirects followed by hand.
-struct Browser {
+pub(crate) struct Browser {
     http: reqwest::Client,
     jars: HashMap<String, HashMap<String, String>>,
 }
 
 impl Browser {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
         Browser { http, jars: HashMap::new() }
     }
@@ -95,11 +95,11 @@ impl Browser {
         format!("{}:{}", u.host_str().unwrap(), u.port_or_known_default().unwrap())
     }
 
-    async fn get(&mut self, url: &str) -> (StatusCode, Option<String>, String) {
+    pub(crate) async fn get(&mut self, url: &str) -> (StatusCode, Option<String>, String) {
         self.send(url, None).await
     }
 
-    async fn post(&mut self, url: &str, form: &[(&str, &str)]) -> (StatusCode, Option<String>, String) {
+    pub(crate) async fn post(&mut self, url: &str, form: &[(&str, &str)]) -> (StatusCode, Option<String>, String) {
         self.send(url, Some(form)).await
     }
 
@@ -124,7 +124,7 @@ impl Browser {
     }
 
     /// Follow redirects until one points at `stop` (returned) or a page answers.
-    async fn follow_until(&mut self, start: &str, stop: &str) -> String {
+    pub(crate) async fn follow_until(&mut self, start: &str, stop: &str) -> String {
         let mut url = start.to_owned();
         for _ in 0..15 {
             if url.starts_with(stop) {
@@ -140,7 +140,7 @@ impl Browser {
     }
 }
 
-fn challenge() -> String {
+pub(crate) fn challenge() -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(VERIFIER.as_bytes()))
 }
 
@@ -171,7 +171,7 @@ async fn to_callback(app: &TestApp, s: &Seeded, b: &mut Browser) -> String {
     b.follow_until(&start, &app.url("/oauth/callback")).await
 }
 
-async fn exchange(app: &TestApp, location: &str) -> (StatusCode, Value) {
+pub(crate) async fn exchange(app: &TestApp, location: &str) -> (StatusCode, Value) {
     let code = url::Url::parse(location).unwrap().query_pairs().find(|(k, _)| k == "code").unwrap().1.to_string();
     let r = app
         .http
@@ -406,7 +406,13 @@ async fn sso_sign_in(app: &TestApp, s: &Seeded, email: &str) -> (StatusCode, Val
     (st, tokens, String::new())
 }
 
-async fn api(app: &TestApp, s: &Seeded, method: reqwest::Method, path: &str, body: Value) -> (StatusCode, Value) {
+pub(crate) async fn api(
+    app: &TestApp,
+    s: &Seeded,
+    method: reqwest::Method,
+    path: &str,
+    body: Value,
+) -> (StatusCode, Value) {
     let r = app
         .http
         .request(method, app.url(&format!("/v1/projects/{}{path}", s.project.id)))
@@ -736,7 +742,7 @@ async fn an_organizations_own_provider_signs_its_people_in_by_domain_provisions_
     loop {
         let deleted = admin_query_strings(
             &app.shared.admin_url,
-            "SELECT metadata->>'slug' FROM audit_events WHERE action = 'oauth_connection.deleted'",
+            "SELECT metadata->>'slug' FROM audit_events WHERE action = 'connection.deleted'",
         )
         .await;
         if !deleted.is_empty() {

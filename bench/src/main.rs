@@ -7,6 +7,7 @@
 //!   cargo run --release -p authio-bench -- audit      # a sign-in's database write with and without its audit event
 //!   cargo run --release -p authio-bench -- otp        # magic-link and email-code verification; the rate-limit check's cost
 //!   cargo run --release -p authio-bench -- oidc       # the OpenID Provider's code exchanges and refreshes
+//!   cargo run --release -p authio-bench -- saml     # the SAML ACS's validation vs the bare signature check
 //!   cargo run --release -p authio-bench -- all
 //!   cargo run --release -p authio-bench -- move           # a 1,000,000-user tenant moved online under 500 writes/s
 //!   cargo run --release -p authio-bench -- routing-memory # a node routing to 1,000 dedicated tenants
@@ -33,6 +34,7 @@ mod moves;
 mod oidc;
 mod orgs;
 mod otp;
+mod saml;
 mod webhooks;
 
 const USERS_PER_TENANT: i64 = 1_000;
@@ -61,6 +63,7 @@ async fn main() -> Result<()> {
     // These two set up their own databases.
     match what.as_str() {
         "move" => return moves::move_bench().await,
+        "saml" => return saml::saml(secs, rounds),
         "routing-memory" => return moves::routing_memory().await,
         _ => {}
     }
@@ -89,7 +92,7 @@ async fn main() -> Result<()> {
             webhooks::webhooks(&env, rounds).await?;
         }
         other => {
-            bail!("unknown benchmark {other:?}: tiers | scoped | tokens | signin | audit | otp | oidc | orgs | events | webhooks | all | move | routing-memory")
+            bail!("unknown benchmark {other:?}: tiers | scoped | tokens | signin | audit | otp | oidc | orgs | events | webhooks | saml | all | move | routing-memory")
         }
     }
     Ok(())

@@ -297,7 +297,21 @@ impl Upstream {
     #[tracing::instrument(level = "debug", name = "sso::get_connection", skip_all, fields(tenant = %auth.tenant_id()))]
     pub async fn get_connection(&self, auth: &Authorized, id: Uuid) -> Result<ConnectionInfo, CoreError> {
         let scope = auth.require(Permission::ProjectRead)?;
-        Ok(self.connection_by(scope, "id = $1", &id, Type::UUID).await?.0)
+        self.connection(scope, id).await
+    }
+
+    /// A connection as listed (its secret or key not even unsealed).
+    async fn connection(&self, scope: &Scope, id: Uuid) -> Result<ConnectionInfo, CoreError> {
+        let tx = self.identity.inner.router.begin_pinned(scope).await?;
+        let row = tx
+            .query_opt(
+                &format!("SELECT {} FROM oauth_connections WHERE id = $1", super::upstream::COLS),
+                &[(&id, Type::UUID)],
+            )
+            .await?
+            .ok_or(CoreError::NotFound(crate::types::Entity::Connection))?;
+        tx.commit().await?;
+        ConnectionInfo::from_row(&row)
     }
 
     /// Change a connection. Turning off the last enabled connection of an organization that
@@ -312,7 +326,7 @@ impl Upstream {
     ) -> Result<ConnectionInfo, CoreError> {
         let scope = auth.require(Permission::ProjectConfigure)?;
         let actor = auth.actor();
-        let (current, _) = self.connection_by(scope, "id = $1", &id, Type::UUID).await?;
+        let current = self.connection(scope, id).await?;
         let is_saml = current.kind == ProviderKind::Saml;
         let saml_fields = upd.idp_metadata_xml.is_some()
             || upd.idp_metadata_url.is_some()
@@ -433,7 +447,7 @@ impl Upstream {
     /// Our metadata for one SAML connection (public: identity providers import it).
     pub async fn saml_metadata(&self, project: Uuid, connection: Uuid) -> Result<String, CoreError> {
         let profile = self.identity.profile(project).await?;
-        let (conn, _) = self.connection_by(&scope_of(&profile), "id = $1", &connection, Type::UUID).await?;
+        let conn = self.connection(&scope_of(&profile), connection).await?;
         let s = conn.saml.ok_or(CoreError::NotFound(crate::types::Entity::Connection))?;
         let cert = STANDARD.decode(&s.sp_certificate).map_err(|e| CoreError::Internal(e.to_string()))?;
         Ok(saml::sp_metadata(&s.sp_entity_id, &s.acs_url, &cert))
@@ -598,7 +612,7 @@ impl Upstream {
             }
             let profile = self.identity.profile(project).await?;
             let scope = scope_of(&profile);
-            let (conn, _) = self.connection_by(&scope, "id = $1", &connection, Type::UUID).await?;
+            let conn = self.connection(&scope, connection).await?;
             if !conn.enabled || conn.saml.as_ref().is_none_or(|s| !s.idp_initiated) {
                 return Err(GONE);
             }

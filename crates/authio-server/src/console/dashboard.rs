@@ -1266,6 +1266,10 @@ struct OrgForm {
     email: Option<String>,
     role: Option<String>,
     invitation: Option<Uuid>,
+    connection: Option<Uuid>,
+    metadata_url: Option<String>,
+    metadata_xml: Option<String>,
+    preset: Option<String>,
 }
 
 async fn organizations_page(
@@ -1382,10 +1386,17 @@ async fn organization_page(
         ]))
         .block(Block::table(
             "Single sign-on connections",
-            vec!["Connection", "Issuer", "Groups mapped", "State"],
+            vec!["Connection", "Issuer", "Groups mapped", "State", "Kind", "", ""],
             connections
                 .iter()
                 .map(|c| {
+                    let button = |act: &str, label: &str, danger: bool| {
+                        Cell::Action(
+                            FormView::button(format!("{b}/{act}"), label, danger)
+                                .field(Field::hidden("connection", &c.id.to_string()))
+                                .disabled_if(read_only),
+                        )
+                    };
                     vec![
                         Cell::Text(format!("{} ({})", c.display_name, c.slug)),
                         Cell::Code(c.issuer.clone().unwrap_or_default()),
@@ -1395,10 +1406,48 @@ async fn organization_page(
                         } else {
                             Cell::Badge("", "disabled".into())
                         },
+                        Cell::Text(c.kind.as_str().to_uppercase()),
+                        if c.enabled {
+                            button("connection-disable", "Disable", false)
+                        } else {
+                            button("connection-enable", "Enable", false)
+                        },
+                        button("connection-delete", "Delete", true),
                     ]
                 })
                 .collect(),
-            "No single sign-on connection: add one with POST /v1/projects/{id}/oauth-connections and organization_id.",
+            "No single sign-on connection: add a SAML one below, or an OpenID one with POST \
+             /v1/projects/{id}/oauth-connections and organization_id.",
+        ))
+        .blocks(connections.iter().filter_map(|c| c.saml.as_ref().map(|s| (c, s))).map(|(c, s)| {
+            // What the organization's administrator types into their identity provider.
+            Block::Facts(vec![
+                (format!("{}: Single sign-on URL (ACS)", c.display_name), s.acs_url.clone()),
+                ("Audience / SP entity id (our metadata)".into(), s.sp_entity_id.clone()),
+                ("IdP entity id".into(), s.idp_entity_id.clone()),
+                (
+                    "IdP certificates (SHA-256)".into(),
+                    s.idp_certificates.iter().map(|c| c.sha256.clone()).collect::<Vec<_>>().join(", "),
+                ),
+                (
+                    "Sign-in started at the IdP".into(),
+                    if s.idp_initiated { "accepted (confirmed)".into() } else { "refused".into() },
+                ),
+            ])
+        }))
+        .block(Block::Form(
+            FormView::post(format!("{b}/saml-add"), "Add SAML connection")
+                .field(Field::text("text", "slug", "Slug", "").required().placeholder("initech-okta"))
+                .field(Field::text("text", "name", "Display name", ""))
+                .field(Field::text("url", "metadata_url", "IdP metadata URL", ""))
+                .field(Field::text("text", "metadata_xml", "or IdP metadata XML", ""))
+                .field(Field::select(
+                    "preset",
+                    "Attribute names",
+                    ["generic", "okta", "entra", "google"].iter().map(|p| ((*p).to_owned(), (*p).to_owned())).collect(),
+                    "generic",
+                ))
+                .disabled_if(read_only),
         ))
         .block(Block::Form(
             if o.sso_required {
@@ -1477,7 +1526,56 @@ async fn organization_action(
     let info = client_info(&headers);
     let back = format!("{}/organizations/{oid}", base(&m, &p));
     let invitation = || f.invitation.ok_or(CoreError::NotFound(authio_core::types::Entity::Invitation));
+    let connection = || f.connection.ok_or(CoreError::NotFound(authio_core::types::Entity::Connection));
+    // Connections are the project's configuration: a stronger permission than members.
+    let configure = || m.authorize(Permission::ProjectConfigure, &target);
     let result = match act.as_str() {
+        "saml-add" => match configure() {
+            Ok(config) => {
+                let blank = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+                let preset = serde_json::from_value(serde_json::Value::String(f.preset.clone().unwrap_or_default()))
+                    .map_err(|_| CoreError::Invalid(authio_core::types::ValidationError::Field("preset")));
+                match preset {
+                    Ok(preset) => {
+                        let new = authio_core::federation::sso::NewSamlConnection {
+                            slug: f.slug.clone().unwrap_or_default(),
+                            display_name: blank(&f.name),
+                            organization_id: oid,
+                            idp_metadata_url: blank(&f.metadata_url),
+                            idp_metadata_xml: blank(&f.metadata_xml),
+                            attribute_preset: Some(preset),
+                            ..Default::default()
+                        };
+                        state
+                            .upstream
+                            .create_saml_connection(&config, &new, &state.public_url, &info)
+                            .await
+                            .map(|_| format!("{back}?done=saved"))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => return *e,
+        },
+        "connection-enable" | "connection-disable" | "connection-delete" => match (configure(), connection()) {
+            (Ok(config), Ok(id)) => {
+                if act == "connection-delete" {
+                    state.upstream.delete_connection(&config, id, &info).await.map(|_| format!("{back}?done=deleted"))
+                } else {
+                    let upd = authio_core::federation::sso::ConnectionUpdate {
+                        enabled: Some(act == "connection-enable"),
+                        ..Default::default()
+                    };
+                    state
+                        .upstream
+                        .update_connection(&config, id, &upd, &info)
+                        .await
+                        .map(|_| format!("{back}?done=saved"))
+                }
+            }
+            (Err(e), _) => return *e,
+            (_, Err(e)) => Err(e),
+        },
         "invite" => {
             let new = authio_core::orgs::invitations::NewInvitation {
                 email: f.email.clone().unwrap_or_default(),

@@ -118,6 +118,12 @@ async fn the_console_in_a_real_browser_from_request_to_dedicated_while_the_api_k
         ),
     )
     .await;
+    // Globodyne's SAML identity provider, as its metadata describes it (added from the dashboard).
+    let (_, idp_cert) = authio_core::federation::saml::new_sp_keypair("globodyne idp", chrono::Utc::now()).unwrap();
+    let saml_metadata = format!(
+        r#"<md:EntityDescriptor xmlns:md="urn:oasis:names:tc:SAML:2.0:metadata" xmlns:ds="http://www.w3.org/2000/09/xmldsig#" entityID="https://idp.globodyne.test/saml"><md:IDPSSODescriptor protocolSupportEnumeration="urn:oasis:names:tc:SAML:2.0:protocol"><md:KeyDescriptor use="signing"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{}</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor><md:SingleSignOnService Binding="urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect" Location="https://idp.globodyne.test/saml/sso"/></md:IDPSSODescriptor></md:EntityDescriptor>"#,
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, idp_cert)
+    );
     // Keys old enough to rotate (verifiers have had the next key for a while).
     admin_query_strings(
         &app.shared.admin_url,
@@ -180,7 +186,8 @@ async fn the_console_in_a_real_browser_from_request_to_dedicated_while_the_api_k
         "operator": {"email": "operator@authio.test", "password": PASSWORD},
         "admin": {"email": "admin@acme.test", "password": PASSWORD},
         "viewer": {"email": "viewer@acme.test", "password": PASSWORD},
-        "acme": {"slug": "acme", "project": acme.project.id, "user": "enduser@acme.test", "sso_org": sso_org},
+        "acme": {"slug": "acme", "project": acme.project.id, "user": "enduser@acme.test", "sso_org": sso_org,
+                 "saml_metadata": saml_metadata},
         "globex": {"slug": "globex", "project": globex.project.id},
     });
     let run = tokio::process::Command::new("node")

@@ -183,6 +183,27 @@ try {
   assert.equal(await page.locator("form[action$='/allow-other-sign-in'] button").count(), 1);
   await shot(page, "dashboard-organization-sso");
   out.sso_required = true;
+  // A SAML connection added from the organization's page, from its identity provider's
+  // metadata: what to type into the identity provider is shown; it is disabled and deleted;
+  // the organization's last enabled connection cannot be turned off while SSO is required.
+  await page.fill("form[action$='/saml-add'] input[name=slug]", "globodyne-saml");
+  await page.fill("form[action$='/saml-add'] input[name=name]", "Globodyne SAML");
+  await page.fill("form[action$='/saml-add'] input[name=metadata_xml]", cfg.acme.saml_metadata);
+  await page.selectOption("form[action$='/saml-add'] select[name=preset]", "okta");
+  await Promise.all([page.waitForURL(/done=saved/), page.click("form[action$='/saml-add'] button")]);
+  const samlRow = page.locator("tr", { hasText: "globodyne-saml" });
+  assert.match(await samlRow.textContent(), /https:\/\/idp\.globodyne\.test\/saml\s*0\s*enabled\s*SAML/);
+  assert.match(await page.textContent("main"), /Single sign-on URL \(ACS\)\s*http:\/\/[^\s]+\/saml\/[0-9a-f-]+\/acs/);
+  await shot(page, "dashboard-organization-saml");
+  await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/organizations/${cfg.acme.sso_org}`);
+  await Promise.all([page.waitForURL(/done=saved/), samlRow.locator("form[action$='/connection-disable'] button").click()]);
+  assert.match(await samlRow.textContent(), /disabled/);
+  const oidcRow = page.locator("tr", { hasText: "globodyne-sso" });
+  const lastOne = await Promise.all([page.waitForNavigation(), oidcRow.locator("form[action$='/connection-disable'] button").click()]);
+  assert.equal(lastOne[0].status(), 409, "the last enabled connection of an SSO-required organization stays");
+  await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/organizations/${cfg.acme.sso_org}`);
+  await Promise.all([page.waitForURL(/done=deleted/), samlRow.locator("form[action$='/connection-delete'] button").click()]);
+  assert.equal(await page.locator("tr", { hasText: "globodyne-saml" }).count(), 0);
 
   await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/urls`);
   await page.fill("form[action$='/add-redirect-uri'] input[name=value]", "https://app.acme.test/callback");

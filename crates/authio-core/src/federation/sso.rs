@@ -582,7 +582,7 @@ impl Upstream {
             return Ok(AcsOutcome::Confirm { token, browser, email, connection: conn.display_name.clone() });
         }
         let user = self.link_upstream(scope, conn, &who, client).await?;
-        Ok(AcsOutcome::SignedIn { scope: scope.clone(), user, ret })
+        Ok(AcsOutcome::SignedIn { scope: *scope, user, ret })
     }
 
     /// Finish an unsolicited sign-in the person confirmed, in the browser the page was
@@ -748,7 +748,7 @@ fn upstream_user(a: &saml::Asserted, map: &AttributeMap) -> UpstreamUser {
         subject: a.name_id.clone(),
         email,
         email_verified: false,
-        groups: a.all(&map.groups).into_iter().take(200).collect(),
+        groups: a.all(&map.groups).into_iter().filter(|g| !g.is_empty() && !g.contains('\0')).take(200).collect(),
         given_name: a.first(&map.given_name).map(str::to_owned),
         family_name: a.first(&map.family_name).map(str::to_owned),
     }

@@ -229,7 +229,7 @@ impl Upstream {
         let url = url::Url::parse(raw).map_err(|_| bad(field))?;
         let ok =
             url.scheme() == "https" || (url.scheme() == "http" && self.identity.inner.settings.allow_http_upstreams);
-        if !ok || url.host_str().is_none() || raw.len() > 2048 {
+        if !ok || url.host_str().is_none() || raw.len() > 2048 || raw.chars().any(char::is_control) {
             return Err(bad(field));
         }
         Ok(())
@@ -374,7 +374,8 @@ impl Upstream {
             }
             return Ok(serde_json::json!({}));
         };
-        if map.len() > 100 || map.iter().any(|(g, r)| g.is_empty() || g.len() > 256 || r.is_empty() || r.len() > 64) {
+        let bad_text = |t: &str, max: usize| t.is_empty() || t.len() > max || t.chars().any(char::is_control);
+        if map.len() > 100 || map.iter().any(|(g, r)| bad_text(g, 256) || bad_text(r, 64)) {
             return Err(bad("group_roles (at most 100 groups of 1-256 characters, to role slugs)"));
         }
         let roles: Vec<String> = map.values().cloned().collect();

@@ -148,6 +148,18 @@ impl Setup {
     async fn count(&self, sql: &str) -> String {
         admin_query_strings(&self.app.shared.admin_url, sql).await[0].clone()
     }
+
+    /// Events written beside the shared database's rows reach the log through the relay:
+    /// wait (a few seconds at most) until `sql` counts `expected`.
+    async fn eventually(&self, sql: &str, expected: &str) {
+        for _ in 0..100 {
+            if self.count(sql).await == expected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(self.count(sql).await, expected, "{sql}");
+    }
 }
 
 async fn setup() -> Setup {
@@ -264,8 +276,7 @@ async fn saml_sign_in_through_an_independent_identity_provider_sp_and_idp_initia
     );
     let (_, m) = api(app, s, Method::GET, &format!("/organizations/{}/members", t.org), Value::Null).await;
     assert_eq!(m["data"][0]["role"], "member");
-    let signed_in = t.count("SELECT count(*) FROM audit_events WHERE action = 'sso.signed_in'").await;
-    assert_eq!(signed_in, "2");
+    t.eventually("SELECT count(*) FROM audit_events WHERE action = 'sso.signed_in'", "2").await;
 
     // Encrypted assertions (RSA-OAEP to our certificate), AES-GCM and AES-CBC, with the
     // Response signed over the encrypted form as well.
@@ -301,8 +312,7 @@ async fn saml_sign_in_through_an_independent_identity_provider_sp_and_idp_initia
     t.idp.next(json!({"name_id": "alice-0001", "key": "a"})).await;
     let (st, _, _) = t.sign_in("alice@initech.test").await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "the retired certificate no longer signs");
-    let updates = t.count("SELECT count(*) FROM audit_events WHERE action = 'connection.updated'").await;
-    assert_eq!(updates, "2");
+    t.eventually("SELECT count(*) FROM audit_events WHERE action = 'connection.updated'", "2").await;
 
     // IdP-initiated: refused while off; once on, a page asks the person to confirm, in the
     // browser the response came to, once.

@@ -19,9 +19,12 @@ pub struct User {
     pub disabled: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// As the person's single sign-on provider last said (kept at each sign-in through it).
+    pub given_name: Option<String>,
+    pub family_name: Option<String>,
 }
 
-const COLS: &str = "id, project_id, email, email_verified, disabled, created_at, updated_at";
+const COLS: &str = "id, project_id, email, email_verified, disabled, created_at, updated_at, given_name, family_name";
 
 impl User {
     pub fn from_read_row(r: &PgRow) -> Result<Self, CoreError> {
@@ -33,6 +36,8 @@ impl User {
             disabled: r.try_get(4)?,
             created_at: r.try_get(5)?,
             updated_at: r.try_get(6)?,
+            given_name: r.try_get(7)?,
+            family_name: r.try_get(8)?,
         })
     }
 
@@ -46,6 +51,8 @@ impl User {
             disabled: r.col("disabled")?,
             created_at: r.col("created_at")?,
             updated_at: r.col("updated_at")?,
+            given_name: r.col("given_name")?,
+            family_name: r.col("family_name")?,
         })
     }
 }

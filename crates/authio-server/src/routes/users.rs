@@ -32,6 +32,9 @@ pub struct UserResponse {
     pub disabled: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// From the person's single sign-on provider (kept up to date at each sign-in through it).
+    pub given_name: Option<String>,
+    pub family_name: Option<String>,
 }
 
 impl From<users::User> for UserResponse {
@@ -44,6 +47,8 @@ impl From<users::User> for UserResponse {
             disabled: u.disabled,
             created_at: u.created_at,
             updated_at: u.updated_at,
+            given_name: u.given_name,
+            family_name: u.family_name,
         }
     }
 }

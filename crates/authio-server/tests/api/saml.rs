@@ -260,6 +260,16 @@ async fn saml_sign_in_through_an_independent_identity_provider_sp_and_idp_initia
     )
     .await;
     assert_eq!(row, vec!["alice@initech.test Alice Liddell"]);
+    let r = app
+        .http
+        .get(app.url(&format!("/v1/projects/{}/users", s.project.id)))
+        .bearer_auth(&s.api_key.plaintext)
+        .send()
+        .await
+        .unwrap();
+    let list: Value = r.json().await.unwrap();
+    let user = list["data"].as_array().unwrap().iter().find(|u| u["id"] == alice.as_str()).unwrap().clone();
+    assert_eq!((user["given_name"].as_str(), user["family_name"].as_str()), (Some("Alice"), Some("Liddell")));
     let (_, m) = api(app, s, Method::GET, &format!("/organizations/{}/members", t.org), Value::Null).await;
     assert_eq!(m["data"][0]["user_id"], alice.as_str());
     assert_eq!(m["data"][0]["role"], "admin");

@@ -12,6 +12,7 @@ pub mod authz;
 pub mod cache;
 pub mod clock;
 pub mod crypto;
+pub mod dsync;
 mod error;
 pub mod events;
 pub mod federation;

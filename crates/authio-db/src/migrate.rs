@@ -72,6 +72,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "saml_connections",
         sql: include_str!("../../../migrations/0024_saml_connections.sql"),
     },
+    Migration { version: 25, name: "directories", sql: include_str!("../../../migrations/0025_directories.sql") },
 ];
 
 const BOOTSTRAP_ROLES: &str = r#"

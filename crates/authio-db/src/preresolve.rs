@@ -381,6 +381,12 @@ pub async fn oauth_state_use(
     Ok(call(router, sql, &[(&hash, Type::BYTEA), (&now, Type::TIMESTAMPTZ)]).await?.into_iter().next())
 }
 
+/// A SCIM directory's token: tenant_id, project_id, token_hash, tenant_kind.
+pub async fn directory_token(router: &Router, directory: Uuid) -> Result<Option<crate::PgRow>, DbError> {
+    let sql = "SELECT tenant_id, project_id, token_hash, tenant_kind FROM authio_directory_token($1)";
+    Ok(call(router, sql, &[(&directory, Type::UUID)]).await?.into_iter().next())
+}
+
 /// Use an authorization code (or a hosted sign-in's code): first_use, tenant_id, project_id,
 /// user_id, amr, redirect_uri, code_challenge, client_id, scope, nonce, auth_time, session_id,
 /// resource, organization_id.

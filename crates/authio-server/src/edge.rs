@@ -57,12 +57,39 @@ fn speaks_oauth(path: &str) -> bool {
         && ["/oauth2/token", "/oauth2/introspect", "/oauth2/revoke"].iter().any(|e| path.ends_with(e)))
 }
 
-fn refuse(oauth: bool, status: StatusCode, code: &'static str, message: &str) -> Response {
-    if oauth {
-        let error = if status == StatusCode::BAD_REQUEST { "invalid_request" } else { code };
-        OAuthError { status, error, description: message.to_owned(), retry_after: None }.into_response()
+/// The shape a refusal takes: the API's, OAuth's (RFC 6749 5.2) or SCIM's (RFC 7644 3.12).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Api,
+    OAuth,
+    Scim,
+}
+
+fn shape_of(path: &str) -> Shape {
+    if speaks_oauth(path) {
+        Shape::OAuth
+    } else if path.starts_with("/scim/") {
+        Shape::Scim
     } else {
-        ApiError::new(status, code, message).into_response()
+        Shape::Api
+    }
+}
+
+fn refuse(shape: Shape, status: StatusCode, code: &'static str, message: &str) -> Response {
+    match shape {
+        Shape::OAuth => {
+            let error = if status == StatusCode::BAD_REQUEST { "invalid_request" } else { code };
+            OAuthError { status, error, description: message.to_owned(), retry_after: None }.into_response()
+        }
+        Shape::Scim => {
+            let scim_type = (status == StatusCode::BAD_REQUEST).then_some("invalidValue");
+            crate::routes::scim::scim_error(authio_core::dsync::scim::ScimError::new(
+                status.as_u16(),
+                scim_type,
+                message,
+            ))
+        }
+        Shape::Api => ApiError::new(status, code, message).into_response(),
     }
 }
 
@@ -119,7 +146,7 @@ pub(crate) fn body_has_nul(body: &[u8], kind: BodyKind) -> bool {
 
 /// The edge's check of every request (see the module's documentation).
 pub async fn guard(State(limits): State<EdgeLimits>, req: Request, next: Next) -> Response {
-    let oauth = speaks_oauth(req.uri().path());
+    let oauth = shape_of(req.uri().path());
     let nul = "NUL characters (U+0000) are not accepted";
     if has_encoded_nul(req.uri().path()) || req.uri().query().is_some_and(has_encoded_nul) {
         return refuse(oauth, StatusCode::BAD_REQUEST, "invalid_request", nul);
@@ -158,7 +185,8 @@ pub async fn guard(State(limits): State<EdgeLimits>, req: Request, next: Next) -
         Request::from_parts(parts, Body::from(bytes))
     };
     let resp = next.run(req).await;
-    if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+    // (SCIM's router answers its own 405 in SCIM's shape.)
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED && oauth != Shape::Scim {
         // The router's own 405 has an empty body; keep its Allow header.
         let allow = resp.headers().get(header::ALLOW).cloned();
         let mut out = refuse(oauth, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here");
@@ -182,7 +210,7 @@ fn is_length_limit(e: &axum::Error) -> bool {
     false
 }
 
-fn too_large(oauth: bool, max: usize) -> Response {
+fn too_large(oauth: Shape, max: usize) -> Response {
     let mut r = refuse(
         oauth,
         StatusCode::PAYLOAD_TOO_LARGE,

@@ -41,6 +41,8 @@ pub struct AppState {
     pub oidc: authio_core::oidc::Provider,
     /// Sign-in through upstream providers.
     pub upstream: authio_core::federation::upstream::Upstream,
+    /// Directory sync (SCIM).
+    pub dsync: authio_core::dsync::DirectorySync,
     pub metrics: Arc<metrics::Metrics>,
     /// Proxies whose `X-Forwarded-For` is believed (see [`routes::auth::client_ip`]).
     pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
@@ -89,6 +91,8 @@ pub struct AuthSettings {
     pub admin_url: Option<String>,
     /// How requests must arrive (body size, read timeouts).
     pub edge: edge::EdgeLimits,
+    /// SCIM requests per directory on this node.
+    pub directory_limit: authio_core::dsync::DirectoryLimit,
 }
 
 impl AuthSettings {
@@ -108,6 +112,7 @@ impl AuthSettings {
             mailbox: None,
             admin_url: None,
             edge: edge::EdgeLimits::default(),
+            directory_limit: Default::default(),
         }
     }
 }
@@ -145,6 +150,7 @@ impl AppState {
             clock,
             oidc: authio_core::oidc::Provider::new(identity.clone()),
             upstream: authio_core::federation::upstream::Upstream::new(identity.clone()),
+            dsync: authio_core::dsync::DirectorySync::new(identity.clone(), auth.directory_limit),
             identity,
             metrics: Arc::new(metrics::Metrics::default()),
             trusted_proxies: Arc::new(trusted_proxies),

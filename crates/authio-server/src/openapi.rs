@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{api_keys, auth, config, events, manage, oidc, orgs, passwordless, users, webhooks};
+use crate::routes::{api_keys, auth, config, events, manage, oidc, orgs, passwordless, scim, users, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,6 +18,8 @@ use crate::routes::{api_keys, auth, config, events, manage, oidc, orgs, password
           config::add_origin, config::remove_origin, config::list_domains, config::add_domain, config::verify_domain,
           config::delete_domain, config::list_connections, config::create_connection, config::delete_connection,
           config::get_connection, config::update_connection, config::create_saml_connection,
+          scim::create_directory, scim::list_directories, scim::update_directory, scim::delete_directory,
+          scim::rotate_token, scim::revoke_token,
           config::get_presentation, config::update_presentation, config::set_template,
           oidc::discovery, oidc::authorization_server_metadata, oidc::authorize, oidc::token, oidc::userinfo, oidc::userinfo_post, oidc::revoke, oidc::introspect, oidc::logout,
           oidc::create_client, oidc::list_clients, oidc::revoke_client,

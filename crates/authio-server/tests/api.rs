@@ -23,6 +23,8 @@ mod oidc_provider;
 mod orgs;
 #[path = "api/saml.rs"]
 mod saml;
+#[path = "api/scim.rs"]
+mod scim;
 #[path = "api/signin_methods.rs"]
 mod signin_methods;
 #[path = "api/statements.rs"]

@@ -103,10 +103,23 @@ pub enum AuditAction {
     WebhookReplayed,
     SsoSignedIn,
     SsoRefused,
+    DirectoryCreated,
+    DirectoryUpdated,
+    DirectoryTokenRotated,
+    DirectoryTokenRevoked,
+    DirectoryDeleted,
+    DsyncUserCreated,
+    DsyncUserUpdated,
+    DsyncUserDeactivated,
+    DsyncUserReactivated,
+    DsyncUserDeleted,
+    DsyncGroupCreated,
+    DsyncGroupUpdated,
+    DsyncGroupDeleted,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 82] = [
+    pub const ALL: [AuditAction; 95] = [
         AuditAction::ApiKeyCreated,
         AuditAction::ApiKeyRevoked,
         AuditAction::DedicatedDbApproved,
@@ -189,6 +202,19 @@ impl AuditAction {
         AuditAction::WebhookReplayed,
         AuditAction::SsoSignedIn,
         AuditAction::SsoRefused,
+        AuditAction::DirectoryCreated,
+        AuditAction::DirectoryUpdated,
+        AuditAction::DirectoryTokenRotated,
+        AuditAction::DirectoryTokenRevoked,
+        AuditAction::DirectoryDeleted,
+        AuditAction::DsyncUserCreated,
+        AuditAction::DsyncUserUpdated,
+        AuditAction::DsyncUserDeactivated,
+        AuditAction::DsyncUserReactivated,
+        AuditAction::DsyncUserDeleted,
+        AuditAction::DsyncGroupCreated,
+        AuditAction::DsyncGroupUpdated,
+        AuditAction::DsyncGroupDeleted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -275,6 +301,19 @@ impl AuditAction {
             AuditAction::WebhookReplayed => "webhook.replayed",
             AuditAction::SsoSignedIn => "sso.signed_in",
             AuditAction::SsoRefused => "sso.refused",
+            AuditAction::DirectoryCreated => "directory.created",
+            AuditAction::DirectoryUpdated => "directory.updated",
+            AuditAction::DirectoryTokenRotated => "directory.token_rotated",
+            AuditAction::DirectoryTokenRevoked => "directory.token_revoked",
+            AuditAction::DirectoryDeleted => "directory.deleted",
+            AuditAction::DsyncUserCreated => "dsync.user.created",
+            AuditAction::DsyncUserUpdated => "dsync.user.updated",
+            AuditAction::DsyncUserDeactivated => "dsync.user.deactivated",
+            AuditAction::DsyncUserReactivated => "dsync.user.reactivated",
+            AuditAction::DsyncUserDeleted => "dsync.user.deleted",
+            AuditAction::DsyncGroupCreated => "dsync.group.created",
+            AuditAction::DsyncGroupUpdated => "dsync.group.updated",
+            AuditAction::DsyncGroupDeleted => "dsync.group.deleted",
         }
     }
 }

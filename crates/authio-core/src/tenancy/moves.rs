@@ -35,6 +35,10 @@ pub struct HomeTable {
 
 pub const HOME_TABLES: &[HomeTable] = &[
     // Children before parents: an old copy is deleted in this order.
+    HomeTable { name: "directory_group_members", key: "tenant_id, group_id, member_id" },
+    HomeTable { name: "directory_groups", key: "tenant_id, id" },
+    HomeTable { name: "directory_users", key: "tenant_id, id" },
+    HomeTable { name: "directories", key: "tenant_id, id" },
     HomeTable { name: "webhook_deliveries", key: "tenant_id, id" },
     HomeTable { name: "webhook_endpoints", key: "tenant_id, id" },
     HomeTable { name: "invitations", key: "tenant_id, id" },

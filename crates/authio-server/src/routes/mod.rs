@@ -9,6 +9,7 @@ pub mod manage;
 pub mod oidc;
 pub mod orgs;
 pub mod passwordless;
+pub mod scim;
 pub mod users;
 pub mod webhooks;
 
@@ -32,6 +33,18 @@ pub fn router(state: AppState) -> axum::Router {
             get(orgs::get_organization).patch(orgs::update_organization).delete(orgs::delete_organization),
         )
         .route("/v1/projects/{project_id}/organizations/{id}/members", get(orgs::list_members).post(orgs::add_member))
+        .route(
+            "/v1/projects/{project_id}/organizations/{org_id}/directories",
+            get(scim::list_directories).post(scim::create_directory),
+        )
+        .route(
+            "/v1/projects/{project_id}/organizations/{org_id}/directories/{id}",
+            axum::routing::patch(scim::update_directory).delete(scim::delete_directory),
+        )
+        .route(
+            "/v1/projects/{project_id}/organizations/{org_id}/directories/{id}/token",
+            post(scim::rotate_token).delete(scim::revoke_token),
+        )
         .route(
             "/v1/projects/{project_id}/organizations/{id}/members/{user_id}",
             axum::routing::patch(orgs::update_member).delete(orgs::remove_member),
@@ -144,6 +157,25 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/p/{project_id}/oauth2/revoke", post(oidc::revoke))
         .route("/p/{project_id}/oauth2/introspect", post(oidc::introspect))
         .route("/p/{project_id}/oauth2/logout", get(oidc::logout));
+    // SCIM answers in its own shapes only, including for paths and methods it does not have.
+    let scim_routes = axum::Router::new()
+        .route("/ServiceProviderConfig", get(scim::service_provider_config))
+        .route("/ResourceTypes", get(scim::resource_types))
+        .route("/ResourceTypes/{id}", get(scim::resource_type))
+        .route("/Schemas", get(scim::schemas))
+        .route("/Schemas/{id}", get(scim::schema))
+        .route("/Users", get(scim::list_users).post(scim::create_user))
+        .route(
+            "/Users/{id}",
+            get(scim::get_user).put(scim::replace_user).patch(scim::patch_user).delete(scim::delete_user),
+        )
+        .route("/Groups", get(scim::list_groups).post(scim::create_group))
+        .route(
+            "/Groups/{id}",
+            get(scim::get_group).put(scim::replace_group).patch(scim::patch_group).delete(scim::delete_group),
+        )
+        .fallback(scim::not_found)
+        .method_not_allowed_fallback(scim::not_allowed);
     axum::Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -153,6 +185,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(api)
         .merge(auth)
         .merge(hosted)
+        .nest("/scim/v2/{directory}", scim_routes)
         .merge(crate::console::routes(state.clone()))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)

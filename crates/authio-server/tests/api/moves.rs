@@ -428,6 +428,7 @@ async fn every_table_with_tenant_rows_either_moves_or_is_pinned_to_shared() {
         "api_keys",
         "audit_anchors",
         "custom_domains",
+        "directory_tokens",
         "email_codes",
         "email_links",
         "email_outbox",

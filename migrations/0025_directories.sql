@@ -16,14 +16,14 @@ CREATE TABLE directories (
 );
 CREATE INDEX directories_organization ON directories (tenant_id, organization_id);
 
--- A SCIM User of a directory, linked to an Authio user (by email when it was created).
--- `resource` is the SCIM representation as last written (without id and meta).
+-- A SCIM User of a directory, linked to an Authio user by email (none while the SCIM user has
+-- no address). `resource` is the SCIM representation as last written (without id and meta).
 CREATE TABLE directory_users (
     tenant_id uuid NOT NULL,
     project_id uuid NOT NULL,
     directory_id uuid NOT NULL,
     id uuid NOT NULL,
-    user_id uuid NOT NULL,
+    user_id uuid,
     user_name text NOT NULL CHECK (length(user_name) BETWEEN 1 AND 256),
     external_id text CHECK (external_id IS NULL OR length(external_id) BETWEEN 1 AND 256),
     active boolean NOT NULL,

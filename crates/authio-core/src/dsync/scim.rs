@@ -246,7 +246,8 @@ fn user_in(body: &Value) -> Result<UserIn, ScimError> {
     let mut resource = body.clone();
     coerce_booleans(&mut resource);
     let obj = resource.as_object_mut().ok_or_else(|| ScimError::invalid("a User is a JSON object"))?;
-    for ro in ["id", "meta", "groups"] {
+    // `password` is never kept (Okta sends one; nobody signs in with a SCIM password here).
+    for ro in ["id", "meta", "groups", "password"] {
         if let Some(k) = key_of(obj, ro).cloned() {
             obj.remove(&k);
         }
@@ -262,6 +263,16 @@ fn user_in(body: &Value) -> Result<UserIn, ScimError> {
         let ok = e.as_array().is_some_and(|a| a.iter().all(|i| i.get("value").is_none_or(Value::is_string)));
         if !ok {
             return Err(ScimError::invalid("emails: a list of {value, type, primary}"));
+        }
+    }
+    // Entra ID sets the manager as the bare id: it is the manager's `value`.
+    if let Some(ext) =
+        key_of(obj, ENTERPRISE_SCHEMA).cloned().and_then(|k| obj.get_mut(&k)).and_then(Value::as_object_mut)
+    {
+        if let Some(mk) = key_of(ext, "manager").cloned() {
+            if let Some(Value::String(id)) = ext.get(&mk).cloned() {
+                ext.insert(mk, json!({"value": id}));
+            }
         }
     }
     let mut schemas = vec![json!(USER_SCHEMA)];
@@ -315,7 +326,10 @@ fn render_user(ctx: &DirectoryCtx, r: &authio_db::Row) -> Result<Value, CoreErro
     let obj = v.as_object_mut().ok_or_else(|| CoreError::Internal("resource".into()))?;
     obj.insert("id".into(), json!(id));
     obj.insert("userName".into(), json!(r.col::<String>("user_name")?));
-    obj.insert("active".into(), json!(r.col::<bool>("active")?));
+    // `active` as it was written: absent when removed (the account then counts as active).
+    if let Some(k) = key_of(obj, "active").cloned() {
+        obj.insert(k, json!(r.col::<bool>("active")?));
+    }
     match r.col::<Option<String>>("external_id")? {
         Some(e) => obj.insert("externalId".into(), json!(e)),
         None => obj.remove("externalId"),
@@ -345,9 +359,7 @@ fn render_group(ctx: &DirectoryCtx, r: &authio_db::Row, members: &[(Uuid, String
     };
     let list: Vec<Value> = members
         .iter()
-        .map(
-            |(m, name)| json!({"value": m, "display": name, "$ref": format!("{}/Users/{m}", ctx.base), "type": "User"}),
-        )
+        .map(|(m, _)| json!({"value": m, "$ref": format!("{}/Users/{m}", ctx.base), "type": "User"}))
         .collect();
     obj.insert("members".into(), Value::Array(list));
     obj.insert(
@@ -361,6 +373,14 @@ fn render_group(ctx: &DirectoryCtx, r: &authio_db::Row, members: &[(Uuid, String
         }),
     );
     Ok(v)
+}
+
+/// The audit target: the Authio user, or the directory user while it has no account.
+fn target(user: Option<Uuid>, scim_id: Uuid) -> Option<(&'static str, String)> {
+    Some(match user {
+        Some(u) => ("user", u.to_string()),
+        None => ("directory_user", scim_id.to_string()),
+    })
 }
 
 fn actor(ctx: &DirectoryCtx) -> Actor {
@@ -479,16 +499,20 @@ fn container<'a>(resource: &'a mut Value, urn: Option<&str>) -> Result<&'a mut M
 }
 
 fn set_path(resource: &mut Value, raw: &str, value: Value, add: bool) -> Result<(), ScimError> {
-    let p = filter::parse_patch_path(raw).map_err(|e| ScimError::new(400, Some("invalidPath"), e.0))?;
-    let obj = container(resource, p.attr.urn.as_deref())?;
-    // A whole extension object set by its URN.
-    if p.attr.urn.is_some()
-        && p.filter.is_none()
-        && p.sub.is_none()
-        && raw.eq_ignore_ascii_case(p.attr.urn.as_deref().unwrap_or_default())
-    {
+    if is_extension(raw) {
+        // The whole extension, by its URN.
+        let root = resource.as_object_mut().ok_or_else(ScimError::internal)?;
+        let k = key_of(root, raw).cloned().unwrap_or_else(|| raw.to_owned());
+        match (add, root.get_mut(&k), value) {
+            (true, Some(Value::Object(o)), Value::Object(v)) => o.extend(v),
+            (_, _, v) => {
+                root.insert(k, v);
+            }
+        }
         return Ok(());
     }
+    let p = filter::parse_patch_path(raw).map_err(|e| ScimError::new(400, Some("invalidPath"), e.0))?;
+    let obj = container(resource, p.attr.urn.as_deref())?;
     let key = key_of(obj, &p.attr.attr).cloned().unwrap_or_else(|| p.attr.attr.clone());
     match (&p.filter, &p.sub) {
         (None, None) => {
@@ -578,7 +602,20 @@ fn same_element(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// A schema extension's URN (not an attribute under one).
+fn is_extension(raw: &str) -> bool {
+    raw.eq_ignore_ascii_case(ENTERPRISE_SCHEMA)
+}
+
 fn remove_path(resource: &mut Value, raw: &str, value: Option<&Value>) -> Result<(), ScimError> {
+    if is_extension(raw) {
+        if let Some(root) = resource.as_object_mut() {
+            if let Some(k) = key_of(root, raw).cloned() {
+                root.remove(&k);
+            }
+        }
+        return Ok(());
+    }
     let p = filter::parse_patch_path(raw).map_err(|e| ScimError::new(400, Some("invalidPath"), e.0))?;
     let obj = container(resource, p.attr.urn.as_deref())?;
     let Some(key) = key_of(obj, &p.attr.attr).cloned() else { return Ok(()) };
@@ -693,35 +730,31 @@ impl DirectorySync {
         Ok(())
     }
 
-    pub async fn create_user(&self, ctx: &DirectoryCtx, body: &Value, client: &ClientInfo) -> Result<Value, ScimError> {
-        let u = user_in(body)?;
-        let email = email_of(&u)
-            .ok_or_else(|| ScimError::invalid("a user needs an email address (emails, or a userName that is one)"))?;
-        let now = self.identity.now();
-        let tx = self.identity.inner.router.begin(&ctx.scope).await.map_err(CoreError::from)?;
-        Self::unique_user(&tx, ctx, &u, None).await?;
-        // The Authio user: the project's account with this address, or a new one. The address
-        // counts as proved when it is at one of the organization's verified domains.
+    /// The Authio account a directory user with this address is: the project's account with
+    /// it, or a new one. The address counts as proved when it is at one of the organization's
+    /// verified domains. Returns (user, made now).
+    async fn link_account(
+        tx: &ScopedTx,
+        ctx: &DirectoryCtx,
+        email: &Email,
+        now: DateTime<Utc>,
+    ) -> Result<(Uuid, bool), ScimError> {
         let existing = tx
             .query_opt("SELECT id FROM users WHERE email = $1 FOR UPDATE", &[(&email.as_str(), Type::TEXT)])
             .await
             .map_err(CoreError::from)?;
         let (user_id, created) = match existing {
             Some(r) => (r.col::<Uuid>("id").map_err(CoreError::from)?, false),
-            None => {
-                let made = crate::identity::users::insert(&tx, &ctx.scope, &email, None, now).await?;
-                (made.id, true)
-            }
+            None => (crate::identity::users::insert(tx, &ctx.scope, email, None, now).await?.id, true),
         };
-        if tx
+        let taken = tx
             .query_opt(
                 "SELECT 1 FROM directory_users WHERE directory_id = $1 AND user_id = $2",
                 &[(&ctx.directory, Type::UUID), (&user_id, Type::UUID)],
             )
             .await
-            .map_err(CoreError::from)?
-            .is_some()
-        {
+            .map_err(CoreError::from)?;
+        if taken.is_some() {
             return Err(ScimError::new(
                 409,
                 Some("uniqueness"),
@@ -736,8 +769,28 @@ impl DirectorySync {
         )
         .await
         .map_err(CoreError::from)?;
+        Ok((user_id, created))
+    }
+
+    /// Create a user. One with no email address (in `emails`, or as its userName) is kept in
+    /// the directory without an Authio account until an address arrives: nobody could sign
+    /// in as it.
+    pub async fn create_user(&self, ctx: &DirectoryCtx, body: &Value, client: &ClientInfo) -> Result<Value, ScimError> {
+        let u = user_in(body)?;
+        let now = self.identity.now();
+        let tx = self.identity.inner.router.begin(&ctx.scope).await.map_err(CoreError::from)?;
+        Self::unique_user(&tx, ctx, &u, None).await?;
+        let (user_id, created) = match email_of(&u) {
+            Some(email) => {
+                let (id, created) = Self::link_account(&tx, ctx, &email, now).await?;
+                (Some(id), created)
+            }
+            None => (None, false),
+        };
         let (given, family) = names_of(&u);
-        set_names(&tx, user_id, given.as_deref(), family.as_deref()).await?;
+        if let Some(uid) = user_id {
+            set_names(&tx, uid, given.as_deref(), family.as_deref()).await?;
+        }
         let id = Uuid::now_v7();
         let row = tx
             .query_one(
@@ -761,11 +814,14 @@ impl DirectorySync {
             )
             .await
             .map_err(CoreError::from)?;
-        let ended = self.set_membership(&tx, ctx, user_id, u.active, now).await?;
+        let ended = match user_id {
+            Some(uid) => self.set_membership(&tx, ctx, uid, u.active, now).await?,
+            None => None,
+        };
         let event = audit::Event {
             action: crate::audit::AuditAction::DsyncUserCreated,
             actor: actor(ctx),
-            target: Some(("user", user_id.to_string())),
+            target: target(user_id, id),
             client,
             metadata: json!({
                 "directory_id": ctx.directory, "organization_id": ctx.organization, "scim_id": id,
@@ -822,7 +878,7 @@ impl DirectorySync {
             .await
             .map_err(CoreError::from)?
             .ok_or(CoreError::NotFound(Entity::User))?;
-        let user_id: Uuid = current.col("user_id").map_err(CoreError::from)?;
+        let mut user_id: Option<Uuid> = current.col("user_id").map_err(CoreError::from)?;
         let was_active: bool = current.col("active").map_err(CoreError::from)?;
         let mut view = render_user(ctx, &current)?;
         if let Some(o) = view.as_object_mut() {
@@ -830,13 +886,21 @@ impl DirectorySync {
         }
         let u = user_in(&change(&view)?)?;
         Self::unique_user(&tx, ctx, &u, Some(id)).await?;
+        // An address arrived for a user that had none: its Authio account now.
+        let mut linked_now = false;
+        if let (None, Some(email)) = (user_id, email_of(&u)) {
+            user_id = Some(Self::link_account(&tx, ctx, &email, now).await?.0);
+            linked_now = true;
+        }
         let (given, family) = names_of(&u);
-        set_names(&tx, user_id, given.as_deref(), family.as_deref()).await?;
+        if let Some(uid) = user_id {
+            set_names(&tx, uid, given.as_deref(), family.as_deref()).await?;
+        }
         let row = tx
             .query_one(
                 &format!(
                     "UPDATE directory_users SET user_name = $2, external_id = $3, active = $4, resource = $5,
-                         version = version + 1, updated_at = $6 WHERE id = $1 RETURNING {USER_COLS}"
+                         version = version + 1, updated_at = $6, user_id = $7 WHERE id = $1 RETURNING {USER_COLS}"
                 ),
                 &[
                     (&id, Type::UUID),
@@ -845,12 +909,17 @@ impl DirectorySync {
                     (&u.active, Type::BOOL),
                     (&u.resource, Type::JSONB),
                     (&now, Type::TIMESTAMPTZ),
+                    (&user_id, Type::UUID),
                 ],
             )
             .await
             .map_err(CoreError::from)?;
-        let ended =
-            if was_active != u.active { self.set_membership(&tx, ctx, user_id, u.active, now).await? } else { None };
+        let ended = match user_id {
+            Some(uid) if was_active != u.active || linked_now => {
+                self.set_membership(&tx, ctx, uid, u.active, now).await?
+            }
+            _ => None,
+        };
         let action = match (was_active, u.active) {
             (true, false) => crate::audit::AuditAction::DsyncUserDeactivated,
             (false, true) => crate::audit::AuditAction::DsyncUserReactivated,
@@ -859,7 +928,7 @@ impl DirectorySync {
         let event = audit::Event {
             action,
             actor: actor(ctx),
-            target: Some(("user", user_id.to_string())),
+            target: target(user_id, id),
             client,
             metadata: json!({
                 "directory_id": ctx.directory, "organization_id": ctx.organization, "scim_id": id,
@@ -885,18 +954,21 @@ impl DirectorySync {
             .await
             .map_err(CoreError::from)?
             .ok_or(CoreError::NotFound(Entity::User))?;
-        let user_id: Uuid = row.col("user_id").map_err(CoreError::from)?;
+        let user_id: Option<Uuid> = row.col("user_id").map_err(CoreError::from)?;
         tx.query(
             "DELETE FROM memberships WHERE organization_id = $1 AND user_id = $2",
             &[(&ctx.organization, Type::UUID), (&user_id, Type::UUID)],
         )
         .await
         .map_err(CoreError::from)?;
-        let ended = end_sessions(&tx, user_id, now).await?;
+        let ended = match user_id {
+            Some(uid) => Some(end_sessions(&tx, uid, now).await?),
+            None => None,
+        };
         let event = audit::Event {
             action: crate::audit::AuditAction::DsyncUserDeleted,
             actor: actor(ctx),
-            target: Some(("user", user_id.to_string())),
+            target: target(user_id, id),
             client,
             metadata: json!({
                 "directory_id": ctx.directory, "organization_id": ctx.organization, "scim_id": id,
@@ -963,7 +1035,7 @@ impl DirectorySync {
             else {
                 continue;
             };
-            let user: Uuid = r.col("user_id").map_err(CoreError::from)?;
+            let Some(user) = r.col::<Option<Uuid>>("user_id").map_err(CoreError::from)? else { continue };
             let role = mapped_role(tx, ctx, user).await?;
             let role_id = crate::orgs::role_id(tx, role.as_deref(), Some(ctx.organization)).await?;
             tx.query(
@@ -1491,7 +1563,11 @@ pub fn schemas(base: &str) -> Value {
         "id": GROUP_SCHEMA, "name": "Group", "description": "Group",
         "attributes": [
             attr("displayName", "string", false, true, json!({})),
-            attr("members", "complex", true, false, json!({"subAttributes": sub_attrs(&[("value", "string"), ("display", "string"), ("type", "string")])})),
+            attr("members", "complex", true, false, json!({"subAttributes": [
+                attr("value", "string", false, false, json!({"mutability": "immutable", "caseExact": true})),
+                attr("$ref", "reference", false, false, json!({"mutability": "immutable", "referenceTypes": ["User", "Group"]})),
+                attr("type", "string", false, false, json!({"mutability": "immutable", "canonicalValues": ["User", "Group"]})),
+            ]})),
         ],
         "meta": {"resourceType": "Schema", "location": format!("{base}/Schemas/{GROUP_SCHEMA}")},
     });

@@ -174,6 +174,9 @@ pub fn router(state: AppState) -> axum::Router {
             "/Groups/{id}",
             get(scim::get_group).put(scim::replace_group).patch(scim::patch_group).delete(scim::delete_group),
         )
+        .route("/.search", post(scim::search_not_implemented))
+        .route("/Users/.search", post(scim::search_not_implemented))
+        .route("/Groups/.search", post(scim::search_not_implemented))
         .fallback(scim::not_found)
         .method_not_allowed_fallback(scim::not_allowed);
     axum::Router::new()

@@ -280,6 +280,12 @@ pub async fn not_found() -> Response {
     scim_error(ScimError::new(404, None, "no such SCIM endpoint"))
 }
 
+/// `POST /.search` (RFC 7644 3.4.3) is not offered: 501, as the RFC has it for an
+/// unsupported feature.
+pub async fn search_not_implemented() -> Response {
+    scim_error(ScimError::new(501, None, "searching with POST is not supported; use GET with a filter"))
+}
+
 pub async fn not_allowed() -> Response {
     scim_error(ScimError::new(405, None, "this method is not supported here"))
 }

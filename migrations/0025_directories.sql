@@ -97,6 +97,9 @@ CREATE TABLE directory_tokens (
     tenant_id uuid NOT NULL,
     project_id uuid NOT NULL,
     directory_id uuid NOT NULL UNIQUE,
+    -- the directory's organization (fixed for its life): a request needs no read at the home
+    -- to know it
+    organization_id uuid NOT NULL,
     token_hash bytea NOT NULL CHECK (length(token_hash) = 32),
     created_at timestamptz NOT NULL,
     PRIMARY KEY (tenant_id, directory_id),
@@ -115,10 +118,10 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON directory_tokens TO authio_app;
 
 -- Pre-resolution: a SCIM request names its directory; its tenant, project and token hash.
 CREATE FUNCTION authio_directory_token(p_directory uuid)
-RETURNS TABLE (tenant_id uuid, project_id uuid, token_hash bytea, tenant_kind text)
+RETURNS TABLE (tenant_id uuid, project_id uuid, token_hash bytea, tenant_kind text, organization_id uuid)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public
 AS $$
-    SELECT d.tenant_id, d.project_id, d.token_hash, t.kind
+    SELECT d.tenant_id, d.project_id, d.token_hash, t.kind, d.organization_id
     FROM public.directory_tokens d JOIN public.tenants t ON t.id = d.tenant_id
     WHERE d.directory_id = p_directory
 $$;

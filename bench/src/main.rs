@@ -7,6 +7,7 @@
 //!   cargo run --release -p authio-bench -- audit      # a sign-in's database write with and without its audit event
 //!   cargo run --release -p authio-bench -- otp        # magic-link and email-code verification; the rate-limit check's cost
 //!   cargo run --release -p authio-bench -- oidc       # the OpenID Provider's code exchanges and refreshes
+//!   cargo run --release -p authio-bench -- dsync    # SCIM initial sync of 10,000 users and 500 groups; deprovisioning one
 //!   cargo run --release -p authio-bench -- saml     # the SAML ACS's validation vs the bare signature check
 //!   cargo run --release -p authio-bench -- all
 //!   cargo run --release -p authio-bench -- move           # a 1,000,000-user tenant moved online under 500 writes/s
@@ -29,6 +30,7 @@ use axum::Json;
 use serde_json::Value;
 use uuid::Uuid;
 
+mod dsync;
 mod events;
 mod moves;
 mod oidc;
@@ -79,6 +81,7 @@ async fn main() -> Result<()> {
         "orgs" => orgs::orgs(&env, secs, rounds).await?,
         "events" => events::events(&env, secs, rounds).await?,
         "webhooks" => webhooks::webhooks(&env, rounds).await?,
+        "dsync" => dsync::dsync(&env).await?,
         "all" => {
             tiers(&env, secs, rounds).await?;
             scoped(&env, secs, rounds).await?;
@@ -90,9 +93,10 @@ async fn main() -> Result<()> {
             orgs::orgs(&env, secs, rounds).await?;
             events::events(&env, secs, rounds).await?;
             webhooks::webhooks(&env, rounds).await?;
+            dsync::dsync(&env).await?;
         }
         other => {
-            bail!("unknown benchmark {other:?}: tiers | scoped | tokens | signin | audit | otp | oidc | orgs | events | webhooks | saml | all | move | routing-memory")
+            bail!("unknown benchmark {other:?}: tiers | scoped | tokens | signin | audit | otp | oidc | orgs | events | webhooks | dsync | saml | all | move | routing-memory")
         }
     }
     Ok(())

@@ -381,9 +381,9 @@ pub async fn oauth_state_use(
     Ok(call(router, sql, &[(&hash, Type::BYTEA), (&now, Type::TIMESTAMPTZ)]).await?.into_iter().next())
 }
 
-/// A SCIM directory's token: tenant_id, project_id, token_hash, tenant_kind.
+/// A SCIM directory's token: tenant_id, project_id, token_hash, tenant_kind, organization_id.
 pub async fn directory_token(router: &Router, directory: Uuid) -> Result<Option<crate::PgRow>, DbError> {
-    let sql = "SELECT tenant_id, project_id, token_hash, tenant_kind FROM authio_directory_token($1)";
+    let sql = "SELECT tenant_id, project_id, token_hash, tenant_kind, organization_id FROM authio_directory_token($1)";
     Ok(call(router, sql, &[(&directory, Type::UUID)]).await?.into_iter().next())
 }
 

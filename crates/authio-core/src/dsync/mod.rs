@@ -78,7 +78,6 @@ pub struct DirectoryCtx {
     pub scope: Scope,
     pub directory: Uuid,
     pub organization: Uuid,
-    pub group_roles: BTreeMap<String, String>,
     /// `{public_url}/scim/v2/{directory}` (for `meta.location`).
     pub base: String,
 }
@@ -197,16 +196,22 @@ impl DirectorySync {
         audit::record_and_commit(tx, scope, event, now).await?;
         // The token last: a crash before it leaves a directory nobody can reach yet (rotate
         // gives it one), never a token for a directory that is not there.
-        let token = self.set_token(scope, id, now).await?;
+        let token = self.set_token(scope, id, org, now).await?;
         Ok((dir, token))
     }
 
-    async fn set_token(&self, scope: &Scope, directory: Uuid, now: DateTime<Utc>) -> Result<String, CoreError> {
+    async fn set_token(
+        &self,
+        scope: &Scope,
+        directory: Uuid,
+        org: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<String, CoreError> {
         let (token, hash) = new_token("scim_");
         let tx = self.identity.inner.router.begin_pinned(scope).await?;
         tx.query(
-            "INSERT INTO directory_tokens (tenant_id, project_id, directory_id, token_hash, created_at)
-             VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO directory_tokens (tenant_id, project_id, directory_id, token_hash, created_at, organization_id)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (tenant_id, directory_id) DO UPDATE SET token_hash = excluded.token_hash,
                  created_at = excluded.created_at",
             &[
@@ -215,6 +220,7 @@ impl DirectorySync {
                 (&directory, Type::UUID),
                 (&hash.to_vec(), Type::BYTEA),
                 (&now, Type::TIMESTAMPTZ),
+                (&org, Type::UUID),
             ],
         )
         .await?;
@@ -327,7 +333,7 @@ impl DirectorySync {
         let scope = auth.require(Permission::ProjectConfigure)?;
         self.directory(scope, org, id).await?;
         let now = self.identity.now();
-        let token = self.set_token(scope, id, now).await?;
+        let token = self.set_token(scope, id, org, now).await?;
         self.audit_directory(scope, auth, crate::audit::AuditAction::DirectoryTokenRotated, org, id, client).await?;
         Ok(token)
     }
@@ -426,22 +432,11 @@ impl DirectorySync {
         let project_id: Uuid = row.try_get(1).map_err(CoreError::from)?;
         let kind: String = row.try_get(3).map_err(CoreError::from)?;
         let scope = Scope::project(tenant_id, project_id, TenantKind::parse(&kind).unwrap_or(TenantKind::Customer));
-        let tx = self.identity.inner.router.begin(&scope).await.map_err(CoreError::from)?;
-        let d = tx
-            .query_opt(
-                "SELECT organization_id, group_roles FROM directories WHERE id = $1",
-                &[(&directory, Type::UUID)],
-            )
-            .await
-            .map_err(CoreError::from)?
-            .ok_or_else(unauthorized)?;
-        tx.commit().await.map_err(CoreError::from)?;
-        let map: serde_json::Value = d.col("group_roles").map_err(CoreError::from)?;
+        // (A deleted directory lost its token first: nothing more is read to serve it.)
         Ok(DirectoryCtx {
             scope,
             directory,
-            organization: d.col("organization_id").map_err(CoreError::from)?,
-            group_roles: serde_json::from_value(map).unwrap_or_default(),
+            organization: row.try_get(4).map_err(CoreError::from)?,
             base: format!("{}/scim/v2/{directory}", self.public_url()),
         })
     }

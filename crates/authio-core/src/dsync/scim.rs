@@ -737,38 +737,39 @@ impl DirectorySync {
         tx: &ScopedTx,
         ctx: &DirectoryCtx,
         email: &Email,
+        (given, family): (Option<&str>, Option<&str>),
         now: DateTime<Utc>,
     ) -> Result<(Uuid, bool), ScimError> {
-        let existing = tx
-            .query_opt("SELECT id FROM users WHERE email = $1 FOR UPDATE", &[(&email.as_str(), Type::TEXT)])
-            .await
-            .map_err(CoreError::from)?;
-        let (user_id, created) = match existing {
-            Some(r) => (r.col::<Uuid>("id").map_err(CoreError::from)?, false),
-            None => (crate::identity::users::insert(tx, &ctx.scope, email, None, now).await?.id, true),
-        };
-        let taken = tx
-            .query_opt(
-                "SELECT 1 FROM directory_users WHERE directory_id = $1 AND user_id = $2",
-                &[(&ctx.directory, Type::UUID), (&user_id, Type::UUID)],
+        // One statement: the account made (its address proved when it is at one of the
+        // organization's verified domains), or the existing one locked and its names updated.
+        let domain = email.as_str().rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+        let row = tx
+            .query_one(
+                "INSERT INTO users (tenant_id, project_id, id, email, email_verified, given_name, family_name,
+                                    created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, EXISTS (SELECT 1 FROM organization_domains WHERE organization_id = $5
+                             AND domain = $6 AND verified_at IS NOT NULL), $7, $8, $9, $9)
+                 ON CONFLICT (tenant_id, project_id, email) DO UPDATE
+                    SET given_name = coalesce(excluded.given_name, users.given_name),
+                        family_name = coalesce(excluded.family_name, users.family_name),
+                        email_verified = users.email_verified OR excluded.email_verified
+                 RETURNING id, (xmax = 0) AS created",
+                &[
+                    (&ctx.scope.tenant_id, Type::UUID),
+                    (&ctx.scope.project_id, Type::UUID),
+                    (&Uuid::now_v7(), Type::UUID),
+                    (&email.as_str(), Type::TEXT),
+                    (&ctx.organization, Type::UUID),
+                    (&domain, Type::TEXT),
+                    (&given, Type::TEXT),
+                    (&family, Type::TEXT),
+                    (&now, Type::TIMESTAMPTZ),
+                ],
             )
             .await
             .map_err(CoreError::from)?;
-        if taken.is_some() {
-            return Err(ScimError::new(
-                409,
-                Some("uniqueness"),
-                "another user of this directory has this email address",
-            ));
-        }
-        let domain = email.as_str().rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
-        tx.query(
-            "UPDATE users SET email_verified = true WHERE id = $1 AND NOT email_verified AND EXISTS (
-                 SELECT 1 FROM organization_domains WHERE organization_id = $2 AND domain = $3 AND verified_at IS NOT NULL)",
-            &[(&user_id, Type::UUID), (&ctx.organization, Type::UUID), (&domain, Type::TEXT)],
-        )
-        .await
-        .map_err(CoreError::from)?;
+        let user_id: Uuid = row.col("id").map_err(CoreError::from)?;
+        let created: bool = row.col("created").map_err(CoreError::from)?;
         Ok((user_id, created))
     }
 
@@ -779,25 +780,23 @@ impl DirectorySync {
         let u = user_in(body)?;
         let now = self.identity.now();
         let tx = self.identity.inner.router.begin(&ctx.scope).await.map_err(CoreError::from)?;
-        Self::unique_user(&tx, ctx, &u, None).await?;
+        let (given, family) = names_of(&u);
         let (user_id, created) = match email_of(&u) {
             Some(email) => {
-                let (id, created) = Self::link_account(&tx, ctx, &email, now).await?;
+                let names = (given.as_deref(), family.as_deref());
+                let (id, created) = Self::link_account(&tx, ctx, &email, names, now).await?;
                 (Some(id), created)
             }
             None => (None, false),
         };
-        let (given, family) = names_of(&u);
-        if let Some(uid) = user_id {
-            set_names(&tx, uid, given.as_deref(), family.as_deref()).await?;
-        }
         let id = Uuid::now_v7();
         let row = tx
-            .query_one(
+            .query_opt(
                 &format!(
                     "INSERT INTO directory_users (tenant_id, project_id, directory_id, id, user_id, user_name, external_id,
                                                   active, resource, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING {USER_COLS}"
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+                     ON CONFLICT DO NOTHING RETURNING {USER_COLS}"
                 ),
                 &[
                     (&ctx.scope.tenant_id, Type::UUID),
@@ -813,9 +812,14 @@ impl DirectorySync {
                 ],
             )
             .await
-            .map_err(CoreError::from)?;
+            .map_err(CoreError::from)?
+            // A unique index said no (the transaction, and any account made in it, rolls back).
+            .ok_or_else(|| {
+                ScimError::new(409, Some("uniqueness"), "a user with this userName, externalId or email address exists")
+            })?;
         let ended = match user_id {
-            Some(uid) => self.set_membership(&tx, ctx, uid, u.active, now).await?,
+            // A new directory user is in no group yet: the default role.
+            Some(uid) => self.set_membership(&tx, ctx, uid, u.active, false, now).await?,
             None => None,
         };
         let event = audit::Event {
@@ -887,14 +891,31 @@ impl DirectorySync {
         let u = user_in(&change(&view)?)?;
         Self::unique_user(&tx, ctx, &u, Some(id)).await?;
         // An address arrived for a user that had none: its Authio account now.
-        let mut linked_now = false;
-        if let (None, Some(email)) = (user_id, email_of(&u)) {
-            user_id = Some(Self::link_account(&tx, ctx, &email, now).await?.0);
-            linked_now = true;
-        }
         let (given, family) = names_of(&u);
-        if let Some(uid) = user_id {
-            set_names(&tx, uid, given.as_deref(), family.as_deref()).await?;
+        let names = (given.as_deref(), family.as_deref());
+        let mut linked_now = false;
+        match (user_id, email_of(&u)) {
+            (None, Some(email)) => {
+                let uid = Self::link_account(&tx, ctx, &email, names, now).await?.0;
+                let taken = tx
+                    .query_opt(
+                        "SELECT 1 FROM directory_users WHERE directory_id = $1 AND user_id = $2 AND id <> $3",
+                        &[(&ctx.directory, Type::UUID), (&uid, Type::UUID), (&id, Type::UUID)],
+                    )
+                    .await
+                    .map_err(CoreError::from)?;
+                if taken.is_some() {
+                    return Err(ScimError::new(
+                        409,
+                        Some("uniqueness"),
+                        "another user of this directory has this email address",
+                    ));
+                }
+                user_id = Some(uid);
+                linked_now = true;
+            }
+            (Some(uid), _) => set_names(&tx, uid, names.0, names.1).await?,
+            (None, None) => {}
         }
         let row = tx
             .query_one(
@@ -916,7 +937,7 @@ impl DirectorySync {
             .map_err(CoreError::from)?;
         let ended = match user_id {
             Some(uid) if was_active != u.active || linked_now => {
-                self.set_membership(&tx, ctx, uid, u.active, now).await?
+                self.set_membership(&tx, ctx, uid, u.active, true, now).await?
             }
             _ => None,
         };
@@ -988,35 +1009,45 @@ impl DirectorySync {
         ctx: &DirectoryCtx,
         user: Uuid,
         active: bool,
+        by_groups: bool,
         now: DateTime<Utc>,
     ) -> Result<Option<usize>, ScimError> {
-        let role = mapped_role(tx, ctx, user).await?;
-        let role_id = crate::orgs::role_id(tx, role.as_deref(), Some(ctx.organization)).await?;
         let status = if active { "active" } else { "deactivated" };
-        tx.query(
-            "INSERT INTO memberships (tenant_id, project_id, organization_id, user_id, role_id, status, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
-             ON CONFLICT (tenant_id, organization_id, user_id) DO UPDATE SET status = excluded.status,
-                 role_id = excluded.role_id, updated_at = excluded.updated_at",
-            &[
-                (&ctx.scope.tenant_id, Type::UUID),
-                (&ctx.scope.project_id, Type::UUID),
-                (&ctx.organization, Type::UUID),
-                (&user, Type::UUID),
-                (&role_id, Type::UUID),
-                (&status, Type::TEXT),
-                (&now, Type::TIMESTAMPTZ),
-            ],
-        )
-        .await
-        .map_err(CoreError::from)?;
+        let role = if by_groups { role_of_user("$4", "$7") } else { DEFAULT_ROLE.to_owned() };
+        let placed = tx
+            .query_opt(
+                &format!(
+                    "INSERT INTO memberships (tenant_id, project_id, organization_id, user_id, role_id, status, created_at,
+                                              updated_at)
+                     SELECT $1, $2, $3, $4, x.role_id, $5, $6, $6 FROM (SELECT {} AS role_id) x
+                      WHERE x.role_id IS NOT NULL
+                     ON CONFLICT (tenant_id, organization_id, user_id) DO UPDATE SET status = excluded.status,
+                         role_id = excluded.role_id, updated_at = excluded.updated_at
+                     RETURNING 1",
+                    role
+                ),
+                &[
+                    (&ctx.scope.tenant_id, Type::UUID),
+                    (&ctx.scope.project_id, Type::UUID),
+                    (&ctx.organization, Type::UUID),
+                    (&user, Type::UUID),
+                    (&status, Type::TEXT),
+                    (&now, Type::TIMESTAMPTZ),
+                    (&ctx.directory, Type::UUID),
+                ],
+            )
+            .await
+            .map_err(CoreError::from)?;
+        if placed.is_none() {
+            return Err(ScimError::invalid("the project has no default role and no group of this user maps to one"));
+        }
         if active {
             return Ok(None);
         }
         Ok(Some(end_sessions(tx, user, now).await?))
     }
 
-    /// Members' roles after their groups changed (active members only).
+    /// Members' roles after their groups changed (active members only), in one statement.
     async fn sync_roles(
         &self,
         tx: &ScopedTx,
@@ -1024,33 +1055,28 @@ impl DirectorySync {
         members: &BTreeSet<Uuid>,
         now: DateTime<Utc>,
     ) -> Result<(), ScimError> {
-        if ctx.group_roles.is_empty() {
+        if members.is_empty() {
             return Ok(());
         }
-        for m in members {
-            let Some(r) = tx
-                .query_opt("SELECT user_id FROM directory_users WHERE id = $1 AND active", &[(m, Type::UUID)])
-                .await
-                .map_err(CoreError::from)?
-            else {
-                continue;
-            };
-            let Some(user) = r.col::<Option<Uuid>>("user_id").map_err(CoreError::from)? else { continue };
-            let role = mapped_role(tx, ctx, user).await?;
-            let role_id = crate::orgs::role_id(tx, role.as_deref(), Some(ctx.organization)).await?;
-            tx.query(
-                "UPDATE memberships SET role_id = $3, updated_at = $4
-                  WHERE organization_id = $1 AND user_id = $2 AND role_id <> $3",
-                &[
-                    (&ctx.organization, Type::UUID),
-                    (&user, Type::UUID),
-                    (&role_id, Type::UUID),
-                    (&now, Type::TIMESTAMPTZ),
-                ],
-            )
-            .await
-            .map_err(CoreError::from)?;
-        }
+        let list: Vec<Uuid> = members.iter().copied().collect();
+        tx.query(
+            &format!(
+                "UPDATE memberships m SET role_id = x.role_id, updated_at = $3
+                   FROM (SELECT du.user_id, {} AS role_id FROM directory_users du
+                          WHERE du.directory_id = $4 AND du.id = ANY ($2) AND du.active AND du.user_id IS NOT NULL) x
+                  WHERE m.organization_id = $1 AND m.user_id = x.user_id AND x.role_id IS NOT NULL
+                    AND m.role_id <> x.role_id",
+                role_of_user("du.user_id", "$4")
+            ),
+            &[
+                (&ctx.organization, Type::UUID),
+                (&list, Type::UUID_ARRAY),
+                (&now, Type::TIMESTAMPTZ),
+                (&ctx.directory, Type::UUID),
+            ],
+        )
+        .await
+        .map_err(CoreError::from)?;
         Ok(())
     }
 
@@ -1418,30 +1444,27 @@ async fn group_row(tx: &ScopedTx, ctx: &DirectoryCtx, id: Uuid, lock: bool) -> R
         .ok_or_else(|| ScimError::new(404, None, "group not found"))?)
 }
 
-/// The role a directory user's groups give (the first group, oldest first, the directory
-/// maps); `None`: the default role.
-async fn mapped_role(tx: &ScopedTx, ctx: &DirectoryCtx, user: Uuid) -> Result<Option<String>, ScimError> {
-    if ctx.group_roles.is_empty() {
-        return Ok(None);
-    }
-    let names = tx
-        .query(
-            "SELECT g.display_name FROM directory_users u
-               JOIN directory_group_members m ON m.tenant_id = u.tenant_id AND m.member_id = u.id
-               JOIN directory_groups g ON g.tenant_id = m.tenant_id AND g.id = m.group_id
-              WHERE u.directory_id = $1 AND u.user_id = $2 ORDER BY g.created_at, g.id",
-            &[(&ctx.directory, Type::UUID), (&user, Type::UUID)],
-        )
-        .await
-        .map_err(CoreError::from)?;
-    for n in names {
-        let name: String = n.col("display_name").map_err(CoreError::from)?;
-        if let Some(role) = ctx.group_roles.get(&name) {
-            return Ok(Some(role.clone()));
-        }
-    }
-    Ok(None)
+/// The role a directory user (`user` and `dir`: the parameters holding the Authio user and the
+/// directory) has: that of
+/// their first group (oldest first) the directory's `group_roles` maps to an existing role of
+/// the organization, else the project's default role. One expression, read where it is used.
+fn role_of_user(user: &str, dir: &str) -> String {
+    ROLE_OF_USER.replace("$USER", user).replace("$DIR", dir)
 }
+
+const ROLE_OF_USER: &str = "coalesce(
+    (SELECT r.id FROM directory_users u
+       JOIN directory_group_members gm ON gm.tenant_id = u.tenant_id AND gm.member_id = u.id
+       JOIN directory_groups g ON g.tenant_id = gm.tenant_id AND g.id = gm.group_id
+       JOIN directories d ON d.tenant_id = u.tenant_id AND d.id = u.directory_id
+       JOIN roles r ON r.tenant_id = d.tenant_id AND r.slug = d.group_roles ->> g.display_name
+                   AND (r.organization_id IS NULL OR r.organization_id = d.organization_id)
+      WHERE u.directory_id = $DIR AND u.user_id = $USER
+      ORDER BY g.created_at, g.id LIMIT 1),
+    (SELECT r.id FROM roles r WHERE r.is_default))";
+
+/// The project's default role (the same expression's fallback); `$7` is unused with it.
+const DEFAULT_ROLE: &str = "(SELECT r.id FROM roles r WHERE r.is_default AND $7::uuid IS NOT NULL)";
 
 async fn set_names(tx: &ScopedTx, user: Uuid, given: Option<&str>, family: Option<&str>) -> Result<(), ScimError> {
     if given.is_none() && family.is_none() {

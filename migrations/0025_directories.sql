@@ -127,3 +127,36 @@ AS $$
 $$;
 REVOKE EXECUTE ON FUNCTION authio_directory_token(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION authio_directory_token(uuid) TO authio_app;
+
+-- Directory sync in the customer event stream (and so to webhooks): a second trigger beside
+-- `audit_events_emit`, for the dsync actions only (a row fires one or the other). The event's
+-- `data` is what an app acts on: the Authio user, the directory, whether they are active.
+CREATE FUNCTION authio_dsync_event_emit() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public
+AS $$
+DECLARE
+    m jsonb := NEW.metadata;
+    d jsonb;
+BEGIN
+    IF NEW.action LIKE 'dsync.user.%' THEN
+        d := jsonb_build_object(
+            'user_id', CASE WHEN NEW.target_type = 'user' THEN NEW.target_id END,
+            'directory_id', m->'directory_id', 'organization_id', m->'organization_id',
+            'scim_id', m->'scim_id', 'user_name', m->'user_name', 'active', m->'active',
+            'sessions_ended', m->'sessions_ended');
+    ELSE
+        d := jsonb_build_object('group_id', NEW.target_id, 'directory_id', m->'directory_id',
+                                'display_name', m->'display_name');
+    END IF;
+    INSERT INTO public.events (tenant_id, project_id, position, id, type, occurred_at, data)
+    VALUES (NEW.tenant_id, NEW.project_id, NEW.seq * 4, NEW.id, NEW.action, NEW.occurred_at, jsonb_strip_nulls(d));
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER audit_events_dsync_emit AFTER INSERT ON audit_events
+    FOR EACH ROW
+    WHEN (NEW.action IN ('dsync.user.created', 'dsync.user.updated', 'dsync.user.deactivated',
+                         'dsync.user.reactivated', 'dsync.user.deleted', 'dsync.group.created',
+                         'dsync.group.updated', 'dsync.group.deleted'))
+    EXECUTE FUNCTION authio_dsync_event_emit();
+REVOKE EXECUTE ON FUNCTION authio_dsync_event_emit() FROM PUBLIC;

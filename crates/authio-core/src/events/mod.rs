@@ -35,6 +35,14 @@ pub const TYPES: &[&str] = &[
     "membership.added",
     "membership.updated",
     "membership.removed",
+    "dsync.user.created",
+    "dsync.user.updated",
+    "dsync.user.deactivated",
+    "dsync.user.reactivated",
+    "dsync.user.deleted",
+    "dsync.group.created",
+    "dsync.group.updated",
+    "dsync.group.deleted",
 ];
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -1267,6 +1267,7 @@ struct OrgForm {
     role: Option<String>,
     invitation: Option<Uuid>,
     connection: Option<Uuid>,
+    directory: Option<Uuid>,
     metadata_url: Option<String>,
     metadata_xml: Option<String>,
     preset: Option<String>,
@@ -1358,15 +1359,29 @@ async fn organization_page(
 ) -> Response {
     let m = page_try!(member(&state, user, &slug).await);
     let (p, target) = page_try!(project(&state, &m, &pid).await);
-    let auth = page_try!(m.authorize(Permission::UsersRead, &target));
+    organization_view(&state, &m, &p, &target, oid, &f, None).await
+}
+
+/// An organization's page; `secret`: a directory token to show this once.
+async fn organization_view(
+    state: &AppState,
+    m: &Member,
+    p: &Project,
+    target: &Target,
+    oid: Uuid,
+    f: &Flash,
+    secret: Option<Block>,
+) -> Response {
+    let auth = page_try!(m.authorize(Permission::UsersRead, target));
     let read = page_try!(m.also(&auth, Permission::ProjectRead));
-    let (o, members, invitations, roles, connections) = core_try!(
+    let (o, members, invitations, roles, connections, directories) = core_try!(
         tokio::try_join!(
             authio_core::orgs::get_organization(&state.router, &auth, oid),
             authio_core::orgs::list_members(&state.router, &auth, oid),
             authio_core::orgs::invitations::list_invitations(&state.router, state.clock.as_ref(), &auth, oid),
             authio_core::orgs::list_roles(&state.router, &read, Some(oid)),
             state.upstream.list_connections(&read),
+            state.dsync.list_directories(&read, oid),
         ),
         &m.user
     );
@@ -1457,6 +1472,37 @@ async fn organization_page(
             }
             .disabled_if(read_only || (!o.sso_required && !connections.iter().any(|c| c.enabled))),
         ))
+        .blocks(secret)
+        .block(Block::table(
+            "Directory sync (SCIM)",
+            vec!["Directory", "SCIM base URL", "Token", "", "", ""],
+            directories
+                .iter()
+                .map(|d| {
+                    let button = |act: &str, label: &str, danger: bool| {
+                        Cell::Action(
+                            FormView::button(format!("{b}/{act}"), label, danger)
+                                .field(Field::hidden("directory", &d.id.to_string()))
+                                .disabled_if(read_only),
+                        )
+                    };
+                    vec![
+                        Cell::Text(d.name.clone()),
+                        Cell::Code(d.scim_base_url.clone()),
+                        if d.has_token { Cell::Badge("ok", "set".into()) } else { Cell::Badge("", "revoked".into()) },
+                        button("directory-rotate", "New token", false),
+                        button("directory-revoke", "Revoke token", true),
+                        button("directory-delete", "Delete", true),
+                    ]
+                })
+                .collect(),
+            "No directory: add one to let the organization's identity provider push its people (SCIM 2.0).",
+        ))
+        .block(Block::Form(
+            FormView::post(format!("{b}/directory-add"), "Add directory")
+                .field(Field::text("text", "name", "Directory name", "").required().placeholder("Okta"))
+                .disabled_if(read_only),
+        ))
         .block(Block::table(
             "Members",
             vec!["User", "Role", "Status", "Since"],
@@ -1527,6 +1573,7 @@ async fn organization_action(
     let back = format!("{}/organizations/{oid}", base(&m, &p));
     let invitation = || f.invitation.ok_or(CoreError::NotFound(authio_core::types::Entity::Invitation));
     let connection = || f.connection.ok_or(CoreError::NotFound(authio_core::types::Entity::Connection));
+    let directory = || f.directory.ok_or(CoreError::NotFound(authio_core::types::Entity::Directory));
     // Connections are the project's configuration: a stronger permission than members.
     let configure = || m.authorize(Permission::ProjectConfigure, &target);
     let result = match act.as_str() {
@@ -1556,6 +1603,43 @@ async fn organization_action(
                 }
             }
             Err(e) => return *e,
+        },
+        "directory-add" | "directory-rotate" => {
+            let config = match configure() {
+                Ok(c) => c,
+                Err(e) => return *e,
+            };
+            let made = if act == "directory-add" {
+                let new =
+                    authio_core::dsync::NewDirectory { name: f.name.clone().unwrap_or_default(), group_roles: None };
+                state.dsync.create_directory(&config, oid, &new, &info).await.map(|(d, token)| (d.name, token))
+            } else {
+                match directory() {
+                    Ok(id) => {
+                        state.dsync.rotate_token(&config, oid, id, &info).await.map(|t| ("the directory".to_owned(), t))
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            return match made {
+                // The token is shown on this answer, once (it is kept only as a hash).
+                Ok((name, token)) => {
+                    let shown = Block::Secret(super::Secret { label: format!("Bearer token of {name}"), value: token });
+                    organization_view(&state, &m, &p, &target, oid, &Flash::default(), Some(shown)).await
+                }
+                Err(e) => core_error_page(e, Some(&m.user)),
+            };
+        }
+        "directory-revoke" | "directory-delete" => match (configure(), directory()) {
+            (Ok(config), Ok(id)) => {
+                if act == "directory-revoke" {
+                    state.dsync.revoke_token(&config, oid, id, &info).await.map(|_| format!("{back}?done=saved"))
+                } else {
+                    state.dsync.delete_directory(&config, oid, id, &info).await.map(|_| format!("{back}?done=deleted"))
+                }
+            }
+            (Err(e), _) => return *e,
+            (_, Err(e)) => Err(e),
         },
         "connection-enable" | "connection-disable" | "connection-delete" => match (configure(), connection()) {
             (Ok(config), Ok(id)) => {

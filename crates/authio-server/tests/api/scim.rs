@@ -295,6 +295,15 @@ async fn a_directory_provisions_maps_groups_and_deprovisions_with_sessions_ended
         assert!(actions.iter().any(|x| x == a), "{a} in {actions:?}");
     }
 
+    // And in the event stream apps and webhooks read: the deactivation names the Authio user.
+    let events = admin_query_strings(
+        &app.shared.admin_url,
+        "SELECT type || ':' || coalesce(data->>'user_id', data->>'group_id') || ':' || coalesce(data->>'active', '')
+           FROM events WHERE type LIKE 'dsync.%' ORDER BY position",
+    )
+    .await;
+    assert!(events.contains(&format!("dsync.user.deactivated:{authio_id}:false")), "{events:?}");
+    assert!(events.iter().any(|e| e.starts_with(&format!("dsync.group.created:{group}"))), "{events:?}");
     // Rotating the token ends the old one at once; revoking leaves none.
     let (st, t) =
         api(&app, &s, Method::POST, &format!("/organizations/{org}/directories/{}/token", d.id), Value::Null).await;

@@ -204,6 +204,31 @@ try {
   await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/organizations/${cfg.acme.sso_org}`);
   await Promise.all([page.waitForURL(/done=deleted/), samlRow.locator("form[action$='/connection-delete'] button").click()]);
   assert.equal(await page.locator("tr", { hasText: "globodyne-saml" }).count(), 0);
+  // Directory sync: a directory added from the organization's page shows its bearer token
+  // once, which works at the SCIM base URL shown; revoked, it stops; a new one is shown once.
+  await page.fill("form[action$='/directory-add'] input[name=name]", "Globodyne Okta");
+  await page.click("form[action$='/directory-add'] button");
+  const scimToken = (await page.textContent("[data-secret]")).trim();
+  assert.match(scimToken, /^scim_/);
+  const dirRow = page.locator("tr", { hasText: "Globodyne Okta" });
+  const scimBase = (await dirRow.locator("code").textContent()).trim();
+  assert.match(scimBase, /\/scim\/v2\/[0-9a-f-]+$/);
+  const scimGet = async (token) => (await fetch(`${scimBase}/Users`, { headers: { authorization: `Bearer ${token}` } })).status;
+  assert.equal(await scimGet(scimToken), 200);
+  await shot(page, "dashboard-directory-token-once");
+  await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/organizations/${cfg.acme.sso_org}`);
+  assert.ok(!(await page.content()).includes(scimToken), "the token is never shown again");
+  await Promise.all([page.waitForURL(/done=saved/), dirRow.locator("form[action$='/directory-revoke'] button").click()]);
+  assert.match(await dirRow.textContent(), /revoked/);
+  assert.equal(await scimGet(scimToken), 401);
+  await dirRow.locator("form[action$='/directory-rotate'] button").click();
+  const rotatedScim = (await page.textContent("[data-secret]")).trim();
+  assert.notEqual(rotatedScim, scimToken);
+  assert.equal(await scimGet(rotatedScim), 200);
+  await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/organizations/${cfg.acme.sso_org}`);
+  await Promise.all([page.waitForURL(/done=deleted/), dirRow.locator("form[action$='/directory-delete'] button").click()]);
+  assert.equal(await page.locator("tr", { hasText: "Globodyne Okta" }).count(), 0);
+  assert.equal(await scimGet(rotatedScim), 401);
 
   await page.goto(`${base}/dashboard/${cfg.acme.slug}/p/${cfg.acme.project}/urls`);
   await page.fill("form[action$='/add-redirect-uri'] input[name=value]", "https://app.acme.test/callback");

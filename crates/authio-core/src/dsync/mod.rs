@@ -112,7 +112,7 @@ impl DirectorySync {
         self.identity.inner.settings.public_url.trim_end_matches('/')
     }
 
-    fn from_row(&self, r: &authio_db::Row, has_token: bool) -> Result<Directory, CoreError> {
+    fn directory_of(&self, r: &authio_db::Row, has_token: bool) -> Result<Directory, CoreError> {
         let id: Uuid = r.col("id")?;
         Ok(Directory {
             id,
@@ -185,7 +185,7 @@ impl DirectorySync {
                 ],
             )
             .await?;
-        let dir = self.from_row(&row, true)?;
+        let dir = self.directory_of(&row, true)?;
         let event = audit::Event {
             action: crate::audit::AuditAction::DirectoryCreated,
             actor: auth.actor().clone(),
@@ -249,7 +249,7 @@ impl DirectorySync {
         rows.iter()
             .map(|r| {
                 let id: Uuid = r.col("id")?;
-                self.from_row(r, with_token.contains(&id))
+                self.directory_of(r, with_token.contains(&id))
             })
             .collect()
     }
@@ -319,7 +319,7 @@ impl DirectorySync {
         };
         audit::record_and_commit(tx, scope, event, now).await?;
         let has_token = self.tokens_set(scope).await?.contains(&id);
-        self.from_row(&row, has_token)
+        self.directory_of(&row, has_token)
     }
 
     /// A new token; the old one stops working at once.

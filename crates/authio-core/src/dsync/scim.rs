@@ -1140,7 +1140,7 @@ impl DirectorySync {
     }
 
     pub async fn get_group(&self, ctx: &DirectoryCtx, id: &str, proj: &Projection) -> Result<Value, ScimError> {
-        let id = parse_id(id, Entity::Directory)?;
+        let id = Uuid::parse_str(id).map_err(|_| ScimError::new(404, None, "group not found"))?;
         let tx = self.identity.inner.router.begin(&ctx.scope).await.map_err(CoreError::from)?;
         let row = group_row(&tx, ctx, id, false).await?;
         let members = Self::members_of(&tx, &[id]).await?;
@@ -1226,7 +1226,7 @@ impl DirectorySync {
         client: &ClientInfo,
         change: impl FnOnce(&Value) -> Result<Value, ScimError>,
     ) -> Result<Value, ScimError> {
-        let id = parse_id(id, Entity::Directory)?;
+        let id = Uuid::parse_str(id).map_err(|_| ScimError::new(404, None, "group not found"))?;
         let now = self.identity.now();
         let tx = self.identity.inner.router.begin(&ctx.scope).await.map_err(CoreError::from)?;
         let current = group_row(&tx, ctx, id, true).await?;
@@ -1286,7 +1286,7 @@ impl DirectorySync {
     }
 
     pub async fn delete_group(&self, ctx: &DirectoryCtx, id: &str, client: &ClientInfo) -> Result<(), ScimError> {
-        let id = parse_id(id, Entity::Directory)?;
+        let id = Uuid::parse_str(id).map_err(|_| ScimError::new(404, None, "group not found"))?;
         let now = self.identity.now();
         let tx = self.identity.inner.router.begin(&ctx.scope).await.map_err(CoreError::from)?;
         let members: BTreeSet<Uuid> =
@@ -1298,7 +1298,7 @@ impl DirectorySync {
             )
             .await
             .map_err(CoreError::from)?
-            .ok_or(CoreError::NotFound(Entity::Directory))?;
+            .ok_or_else(|| ScimError::new(404, None, "group not found"))?;
         self.sync_roles(&tx, ctx, &members, now).await?;
         let event = audit::Event {
             action: crate::audit::AuditAction::DsyncGroupDeleted,
@@ -1434,14 +1434,13 @@ async fn unique_group(tx: &ScopedTx, ctx: &DirectoryCtx, g: &GroupIn, except: Op
 
 async fn group_row(tx: &ScopedTx, ctx: &DirectoryCtx, id: Uuid, lock: bool) -> Result<authio_db::Row, ScimError> {
     let lock = if lock { " FOR UPDATE" } else { "" };
-    Ok(tx
-        .query_opt(
-            &format!("SELECT {GROUP_COLS} FROM directory_groups WHERE directory_id = $1 AND id = $2{lock}"),
-            &[(&ctx.directory, Type::UUID), (&id, Type::UUID)],
-        )
-        .await
-        .map_err(CoreError::from)?
-        .ok_or_else(|| ScimError::new(404, None, "group not found"))?)
+    tx.query_opt(
+        &format!("SELECT {GROUP_COLS} FROM directory_groups WHERE directory_id = $1 AND id = $2{lock}"),
+        &[(&ctx.directory, Type::UUID), (&id, Type::UUID)],
+    )
+    .await
+    .map_err(CoreError::from)?
+    .ok_or_else(|| ScimError::new(404, None, "group not found"))
 }
 
 /// The role a directory user (`user` and `dir`: the parameters holding the Authio user and the

@@ -406,6 +406,21 @@ pub async fn delete_organization(
         };
         audit::record_pinned(&tx, scope, event, now).await?;
     }
+    // Its directories' tokens too: a SCIM request for a directory that goes with the
+    // organization is refused at the door, not half-served.
+    let tokens = tx
+        .query("DELETE FROM directory_tokens WHERE organization_id = $1 RETURNING directory_id", &[(&id, Type::UUID)])
+        .await?;
+    for t in &tokens {
+        let event = audit::Event {
+            action: crate::audit::AuditAction::DirectoryTokenRevoked,
+            actor: auth.actor().clone(),
+            target: Some(("directory", t.col::<Uuid>("directory_id")?.to_string())),
+            client,
+            metadata: serde_json::json!({"organization_id": id, "reason": "organization_deleted"}),
+        };
+        audit::record_pinned(&tx, scope, event, now).await?;
+    }
     tx.commit().await?;
     let tx = router.begin(scope).await?;
     let row = tx

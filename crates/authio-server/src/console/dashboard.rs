@@ -1386,12 +1386,12 @@ async fn organization_view(
         &m.user
     );
     let connections: Vec<_> = connections.into_iter().filter(|c| c.organization_id == Some(oid)).collect();
-    let b = format!("{}/organizations/{oid}", base(&m, &p));
+    let b = format!("{}/organizations/{oid}", base(m, p));
     let read_only = m.read_only();
     let role_options: Vec<(String, String)> = std::iter::once((String::new(), "Default role".to_owned()))
         .chain(roles.iter().map(|r| (r.slug.clone(), r.name.clone())))
         .collect();
-    flash(project_page(&m, &p, &o.name, "organizations"), &f)
+    flash(project_page(m, p, &o.name, "organizations"), f)
         .block(Block::Facts(vec![
             ("Name".into(), o.name.clone()),
             ("Slug".into(), o.slug.clone()),
@@ -1510,7 +1510,7 @@ async fn organization_view(
                 .iter()
                 .map(|mm| {
                     vec![
-                        Cell::Link(format!("{}/users/{}", base(&m, &p), mm.user_id), mm.user_id.to_string()),
+                        Cell::Link(format!("{}/users/{}", base(m, p), mm.user_id), mm.user_id.to_string()),
                         Cell::Text(mm.role.clone()),
                         Cell::Badge(if mm.status == "active" { "ok" } else { "" }, mm.status.clone()),
                         Cell::Text(mm.created_at.format("%Y-%m-%d").to_string()),

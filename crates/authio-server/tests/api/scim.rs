@@ -62,7 +62,7 @@ async fn scim(app: &TestApp, d: &Dir, method: Method, path: &str, body: Option<V
 }
 
 fn is_error(v: &Value, status: u16) -> bool {
-    v["schemas"][0] == ERROR && v["status"] == status.to_string()
+    v["schemas"][0] == ERROR && v["status"].as_str() == Some(status.to_string().as_str())
 }
 
 fn user(name: &str, external: &str) -> Value {
@@ -353,6 +353,13 @@ async fn one_directorys_token_sees_nothing_of_another_directory_organization_or_
     }
     let (st, l) = scim(&app, &da, Method::GET, "/Users", None).await;
     assert_eq!((st, l["totalResults"].as_u64()), (StatusCode::OK, Some(1)));
+    // An organization deleted takes its directories with it: their tokens are refused at once.
+    let (st, _) = api(&app, &b, Method::DELETE, &format!("/organizations/{org_b}"), Value::Null).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    for gone in [&db, &db2] {
+        let (st, e) = scim(&app, gone, Method::POST, "/Users", Some(user("x@hooli.test", "9"))).await;
+        assert!(st == StatusCode::UNAUTHORIZED && is_error(&e, 401), "{e}");
+    }
 }
 
 #[tokio::test]

@@ -338,6 +338,13 @@ impl DirectorySync {
         Ok(token)
     }
 
+    async fn drop_token(&self, scope: &Scope, directory: Uuid) -> Result<(), CoreError> {
+        let tx = self.identity.inner.router.begin_pinned(scope).await?;
+        tx.query("DELETE FROM directory_tokens WHERE directory_id = $1", &[(&directory, Type::UUID)]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// No token: the directory answers nothing until a rotate.
     pub async fn revoke_token(
         &self,
@@ -348,9 +355,7 @@ impl DirectorySync {
     ) -> Result<(), CoreError> {
         let scope = auth.require(Permission::ProjectConfigure)?;
         self.directory(scope, org, id).await?;
-        let tx = self.identity.inner.router.begin_pinned(scope).await?;
-        tx.query("DELETE FROM directory_tokens WHERE directory_id = $1", &[(&id, Type::UUID)]).await?;
-        tx.commit().await?;
+        self.drop_token(scope, id).await?;
         self.audit_directory(scope, auth, crate::audit::AuditAction::DirectoryTokenRevoked, org, id, client).await
     }
 
@@ -365,9 +370,7 @@ impl DirectorySync {
     ) -> Result<(), CoreError> {
         let scope = auth.require(Permission::ProjectConfigure)?;
         self.directory(scope, org, id).await?;
-        let tx = self.identity.inner.router.begin_pinned(scope).await?;
-        tx.query("DELETE FROM directory_tokens WHERE directory_id = $1", &[(&id, Type::UUID)]).await?;
-        tx.commit().await?;
+        self.drop_token(scope, id).await?;
         let now = self.identity.now();
         let tx = self.identity.inner.router.begin(scope).await?;
         tx.query("DELETE FROM directories WHERE id = $1", &[(&id, Type::UUID)]).await?;

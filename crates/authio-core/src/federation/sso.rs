@@ -462,35 +462,13 @@ impl Upstream {
         ret: Option<&Return>,
     ) -> Result<String, CoreError> {
         let s = conn.saml.as_ref().ok_or(CoreError::NotFound(crate::types::Entity::Connection))?;
-        let project = project_of(scope)?;
         let request_id = saml::new_request_id();
         // The HTTP-POST binding arrives as a cross-site POST, which browsers send without our
         // SameSite=Lax cookies: the single-use request id (InResponseTo) ties the answer to
-        // this request, not a browser cookie. These columns are the OpenID flow's; unused here.
+        // this request, not a browser cookie. The nonce and verifier are the OpenID flow's.
         let (_, unused_binding) = new_token("");
-        let (ret_uri, ret_state, ret_challenge) = Return::columns(ret);
+        self.keep_state(scope, &token_hash(&request_id), conn.id, ("", ""), &unused_binding, ret).await?;
         let now = self.identity.now();
-        let expires = now + Duration::seconds(self.identity.inner.settings.one_time.oauth_state_ttl_secs);
-        let tx = self.identity.inner.router.begin_pinned(scope).await?;
-        tx.query(
-            "INSERT INTO oauth_states (tenant_id, project_id, state_hash, connection_id, nonce, pkce_verifier_enc,
-                                       browser_binding, redirect_uri, app_state, code_challenge, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, '', '', $5, $6, $7, $8, $9, $10)",
-            &[
-                (&scope.tenant_id, Type::UUID),
-                (&project, Type::UUID),
-                (&token_hash(&request_id).to_vec(), Type::BYTEA),
-                (&conn.id, Type::UUID),
-                (&unused_binding.to_vec(), Type::BYTEA),
-                (&ret_uri, Type::TEXT),
-                (&ret_state, Type::TEXT),
-                (&ret_challenge, Type::TEXT),
-                (&now, Type::TIMESTAMPTZ),
-                (&expires, Type::TIMESTAMPTZ),
-            ],
-        )
-        .await?;
-        tx.commit().await?;
         Ok(saml::authn_request_url(&s.idp_sso_url, &s.sp_entity_id, &s.acs_url, &request_id, now))
     }
 

@@ -557,31 +557,7 @@ impl Upstream {
         let (browser, browser_hash) = new_token("");
         let sealed =
             self.identity.inner.master_key.encrypt(&pkce_verifier).map_err(|e| CoreError::Internal(e.to_string()))?;
-        let (ret_uri, ret_state, ret_challenge) = Return::columns(ret);
-        let now = self.identity.now();
-        let expires = now + Duration::seconds(self.identity.inner.settings.one_time.oauth_state_ttl_secs);
-        let tx = self.identity.inner.router.begin_pinned(&scope).await?;
-        tx.query(
-            "INSERT INTO oauth_states (tenant_id, project_id, state_hash, connection_id, nonce, pkce_verifier_enc,
-                                       browser_binding, redirect_uri, app_state, code_challenge, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            &[
-                (&scope.tenant_id, Type::UUID),
-                (&project, Type::UUID),
-                (&state_hash.to_vec(), Type::BYTEA),
-                (&conn.id, Type::UUID),
-                (&nonce, Type::TEXT),
-                (&sealed, Type::TEXT),
-                (&browser_hash.to_vec(), Type::BYTEA),
-                (&ret_uri, Type::TEXT),
-                (&ret_state, Type::TEXT),
-                (&ret_challenge, Type::TEXT),
-                (&now, Type::TIMESTAMPTZ),
-                (&expires, Type::TIMESTAMPTZ),
-            ],
-        )
-        .await?;
-        tx.commit().await?;
+        self.keep_state(&scope, &state_hash, conn.id, (&nonce, &sealed), &browser_hash, ret).await?;
         let scope_param = conn.scopes.join(" ");
         let challenge = s256(&pkce_verifier);
         let mut params: Vec<(&str, &str)> = vec![
@@ -597,6 +573,46 @@ impl Upstream {
             params.push(("nonce", &nonce));
         }
         Ok((with_query(&conn.authorization_endpoint, &params), browser))
+    }
+
+    /// Keep a sign-in request on the shared database until its answer uses it, once: by the
+    /// hash of its `state` (or SAML request id), with the OpenID nonce and sealed PKCE verifier,
+    /// the hash of the browser's binding, and where to return.
+    pub(crate) async fn keep_state(
+        &self,
+        scope: &Scope,
+        state_hash: &[u8; 32],
+        connection: Uuid,
+        (nonce, pkce_sealed): (&str, &str),
+        browser_hash: &[u8; 32],
+        ret: Option<&Return>,
+    ) -> Result<(), CoreError> {
+        let (ret_uri, ret_state, ret_challenge) = Return::columns(ret);
+        let now = self.identity.now();
+        let expires = now + Duration::seconds(self.identity.inner.settings.one_time.oauth_state_ttl_secs);
+        let tx = self.identity.inner.router.begin_pinned(scope).await?;
+        tx.query(
+            "INSERT INTO oauth_states (tenant_id, project_id, state_hash, connection_id, nonce, pkce_verifier_enc,
+                                       browser_binding, redirect_uri, app_state, code_challenge, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            &[
+                (&scope.tenant_id, Type::UUID),
+                (&project_of(scope)?, Type::UUID),
+                (&state_hash.to_vec(), Type::BYTEA),
+                (&connection, Type::UUID),
+                (&nonce, Type::TEXT),
+                (&pkce_sealed, Type::TEXT),
+                (&browser_hash.to_vec(), Type::BYTEA),
+                (&ret_uri, Type::TEXT),
+                (&ret_state, Type::TEXT),
+                (&ret_challenge, Type::TEXT),
+                (&now, Type::TIMESTAMPTZ),
+                (&expires, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Finish an upstream sign-in at the callback: the state used once and by the browser

@@ -124,7 +124,11 @@ fn tokens(s: &str) -> Result<Vec<Tok>, ParseError> {
 struct Parser {
     toks: Vec<Tok>,
     at: usize,
+    /// Parentheses and brackets open now: bounded, so a filter cannot exhaust the stack.
+    depth: usize,
 }
+
+const MAX_DEPTH: usize = 32;
 
 impl Parser {
     fn peek(&self) -> Option<&Tok> {
@@ -174,7 +178,12 @@ impl Parser {
         if self.next() != Some(Tok::LParen) {
             return Err(ParseError("expected '('".into()));
         }
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(ParseError("the filter is nested too deep".into()));
+        }
         let f = self.or()?;
+        self.depth -= 1;
         if self.next() != Some(Tok::RParen) {
             return Err(ParseError("expected ')'".into()));
         }
@@ -186,7 +195,12 @@ impl Parser {
         let path = attr_path(&w)?;
         if self.peek() == Some(&Tok::LBracket) {
             self.at += 1;
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                return Err(ParseError("the filter is nested too deep".into()));
+            }
             let inner = self.or()?;
+            self.depth -= 1;
             if self.next() != Some(Tok::RBracket) {
                 return Err(ParseError("expected ']'".into()));
             }
@@ -247,7 +261,7 @@ pub fn parse(filter: &str) -> Result<Filter, ParseError> {
     if filter.len() > MAX_FILTER || filter.contains('\0') {
         return Err(ParseError("the filter is too long".into()));
     }
-    let mut p = Parser { toks: tokens(filter)?, at: 0 };
+    let mut p = Parser { toks: tokens(filter)?, at: 0, depth: 0 };
     let f = p.or()?;
     if p.at != p.toks.len() {
         return Err(ParseError("unexpected text after the filter".into()));
@@ -458,6 +472,14 @@ mod tests {
 
     #[test]
     fn bad_filters_are_errors() {
+        // Deep nesting is refused before it can use up the stack.
+        for n in [40, 1000, 5000] {
+            let deep = format!("{}userName eq \"x\"{}", "(".repeat(n), ")".repeat(n));
+            assert!(parse(&deep).is_err(), "{n}");
+        }
+        let nested = format!("{}userName eq \"x\"{}", "(".repeat(40), ")".repeat(40));
+        assert_eq!(parse(&nested), Err(ParseError("the filter is nested too deep".into())));
+        assert!(parse(r#"not (userName eq "x")"#).is_ok());
         for f in [
             "",
             "userName",

@@ -730,37 +730,58 @@ impl DirectorySync {
         Ok(())
     }
 
-    /// The Authio account a directory user with this address is: the project's account with
-    /// it, or a new one. The address counts as proved when it is at one of the organization's
-    /// verified domains. Returns (user, made now).
+    /// The Authio account a directory user with this address is, if the organization may
+    /// speak for it: an address at one of the organization's verified domains (the account
+    /// made, or the project's account with it linked; one nobody had proved is taken from
+    /// whoever made it: its password goes and its sessions end), or the account of one of the
+    /// organization's members. Any other address links nothing: a directory cannot reach the
+    /// accounts of people its organization does not own. Returns (user, made now).
     async fn link_account(
         tx: &ScopedTx,
         ctx: &DirectoryCtx,
         email: &Email,
         (given, family): (Option<&str>, Option<&str>),
         now: DateTime<Utc>,
-    ) -> Result<(Uuid, bool), ScimError> {
-        // One statement: the account made (its address proved when it is at one of the
-        // organization's verified domains), or the existing one locked and its names updated.
+    ) -> Result<Option<(Uuid, bool)>, ScimError> {
         let domain = email.as_str().rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+        let vouch = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM organization_domains WHERE organization_id = $1 AND domain = $2
+                                   AND verified_at IS NOT NULL) AS at_domain,
+                        (SELECT u.id FROM users u JOIN memberships m ON m.tenant_id = u.tenant_id AND m.user_id = u.id
+                          WHERE u.email = $3 AND m.organization_id = $1) AS member",
+                &[(&ctx.organization, Type::UUID), (&domain, Type::TEXT), (&email.as_str(), Type::TEXT)],
+            )
+            .await
+            .map_err(CoreError::from)?;
+        let at_domain: bool = vouch.col("at_domain").map_err(CoreError::from)?;
+        let member: Option<Uuid> = vouch.col("member").map_err(CoreError::from)?;
+        if !at_domain {
+            let Some(user) = member else { return Ok(None) };
+            set_names(tx, user, given, family).await?;
+            return Ok(Some((user, false)));
+        }
+        // One statement: the account made, or the existing one locked, proved and its names
+        // updated (`prev` sees the row as it was before).
         let row = tx
             .query_one(
-                "INSERT INTO users (tenant_id, project_id, id, email, email_verified, given_name, family_name,
+                "WITH prev AS (SELECT email_verified FROM users WHERE email = $4),
+                      up AS (
+                 INSERT INTO users (tenant_id, project_id, id, email, email_verified, given_name, family_name,
                                     created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, EXISTS (SELECT 1 FROM organization_domains WHERE organization_id = $5
-                             AND domain = $6 AND verified_at IS NOT NULL), $7, $8, $9, $9)
+                 VALUES ($1, $2, $3, $4, true, $5, $6, $7, $7)
                  ON CONFLICT (tenant_id, project_id, email) DO UPDATE
                     SET given_name = coalesce(excluded.given_name, users.given_name),
                         family_name = coalesce(excluded.family_name, users.family_name),
-                        email_verified = users.email_verified OR excluded.email_verified
-                 RETURNING id, (xmax = 0) AS created",
+                        password_hash = CASE WHEN users.email_verified THEN users.password_hash END,
+                        email_verified = true
+                 RETURNING id, (xmax = 0) AS created)
+                 SELECT up.id, up.created, coalesce((SELECT NOT email_verified FROM prev), false) AS taken_over FROM up",
                 &[
                     (&ctx.scope.tenant_id, Type::UUID),
                     (&ctx.scope.project_id, Type::UUID),
                     (&Uuid::now_v7(), Type::UUID),
                     (&email.as_str(), Type::TEXT),
-                    (&ctx.organization, Type::UUID),
-                    (&domain, Type::TEXT),
                     (&given, Type::TEXT),
                     (&family, Type::TEXT),
                     (&now, Type::TIMESTAMPTZ),
@@ -769,8 +790,17 @@ impl DirectorySync {
             .await
             .map_err(CoreError::from)?;
         let user_id: Uuid = row.col("id").map_err(CoreError::from)?;
-        let created: bool = row.col("created").map_err(CoreError::from)?;
-        Ok((user_id, created))
+        if row.col::<bool>("taken_over").map_err(CoreError::from)? {
+            // Whoever made this account never proved the address; the organization just did.
+            tx.query(
+                "UPDATE sessions SET revoked_at = $2, revoked_reason = 'unverified_account_linked'
+                  WHERE user_id = $1 AND revoked_at IS NULL",
+                &[(&user_id, Type::UUID), (&now, Type::TIMESTAMPTZ)],
+            )
+            .await
+            .map_err(CoreError::from)?;
+        }
+        Ok(Some((user_id, row.col("created").map_err(CoreError::from)?)))
     }
 
     /// Create a user. One with no email address (in `emails`, or as its userName) is kept in
@@ -784,8 +814,10 @@ impl DirectorySync {
         let (user_id, created) = match email_of(&u) {
             Some(email) => {
                 let names = (given.as_deref(), family.as_deref());
-                let (id, created) = Self::link_account(&tx, ctx, &email, names, now).await?;
-                (Some(id), created)
+                match Self::link_account(&tx, ctx, &email, names, now).await? {
+                    Some((id, created)) => (Some(id), created),
+                    None => (None, false),
+                }
             }
             None => (None, false),
         };
@@ -895,8 +927,8 @@ impl DirectorySync {
         let names = (given.as_deref(), family.as_deref());
         let mut linked_now = false;
         match (user_id, email_of(&u)) {
-            (None, Some(email)) => {
-                let uid = Self::link_account(&tx, ctx, &email, names, now).await?.0;
+            (None, Some(email)) => 'link: {
+                let Some((uid, _)) = Self::link_account(&tx, ctx, &email, names, now).await? else { break 'link };
                 let taken = tx
                     .query_opt(
                         "SELECT 1 FROM directory_users WHERE directory_id = $1 AND user_id = $2 AND id <> $3",

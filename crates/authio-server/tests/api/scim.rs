@@ -61,6 +61,19 @@ async fn scim(app: &TestApp, d: &Dir, method: Method, path: &str, body: Option<V
     (st, r.json().await.unwrap_or(Value::Null))
 }
 
+/// An access token of a password sign-in.
+async fn signed_in(app: &TestApp, s: &Seeded, email: &str) -> String {
+    let r = app
+        .http
+        .post(app.url("/v1/auth/signin"))
+        .json(&json!({"project_id": s.project.id, "email": email, "password": crate::identity::PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    v["access_token"].as_str().unwrap().to_owned()
+}
+
 fn is_error(v: &Value, status: u16) -> bool {
     v["schemas"][0] == ERROR && v["status"].as_str() == Some(status.to_string().as_str())
 }
@@ -114,8 +127,14 @@ async fn a_directory_provisions_maps_groups_and_deprovisions_with_sessions_ended
     let (st, e) = scim(&app, &d, Method::GET, "/Nothing", None).await;
     assert!(st == StatusCode::NOT_FOUND && is_error(&e, 404), "{e}");
 
-    // Alice has an account with a password already; she signs in (a session, a refresh token).
+    // Alice has an account with a password already, her address proved; she signs in (a
+    // session, a refresh token).
     sign_up(&app, s.project.id, "alice@initech.test").await;
+    admin_query_strings(
+        &app.shared.admin_url,
+        "UPDATE users SET email_verified = true WHERE email = 'alice@initech.test'",
+    )
+    .await;
     let r = app
         .http
         .post(app.url("/v1/auth/signin"))
@@ -154,6 +173,43 @@ async fn a_directory_provisions_maps_groups_and_deprovisions_with_sessions_ended
     let (st, e) = scim(&app, &d, Method::GET, "/Users?filter=userName%20zz%20%22x%22", None).await;
     assert!(st == StatusCode::BAD_REQUEST && e["scimType"] == "invalidFilter", "{e}");
 
+    // A directory speaks only for its organization's people. Victor's account is elsewhere:
+    // naming him links nothing, and deactivating "him" leaves his account and sessions alone.
+    sign_up(&app, s.project.id, "victor@elsewhere.test").await;
+    let victor = signed_in(&app, &s, "victor@elsewhere.test").await;
+    let (st, v) = scim(&app, &d, Method::POST, "/Users", Some(user("victor@elsewhere.test", "00u-victor"))).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let patch_off = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                           "Operations": [{"op": "replace", "value": {"active": false}}]});
+    let (st, _) =
+        scim(&app, &d, Method::PATCH, &format!("/Users/{}", v["id"].as_str().unwrap()), Some(patch_off.clone())).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(introspect(&app, &s, &victor).await["active"], true, "another organization's directory ends nothing");
+    let victor_member = admin_query_strings(
+        &app.shared.admin_url,
+        "SELECT count(*) FROM memberships m JOIN users u ON u.tenant_id = m.tenant_id AND u.id = m.user_id
+          WHERE u.email = 'victor@elsewhere.test'",
+    )
+    .await;
+    assert_eq!(victor_member, vec!["0"]);
+    // Grace's address is at the organization's domain, but whoever made her account with a
+    // password never proved it: the directory takes it back (no password, no sessions).
+    sign_up(&app, s.project.id, "grace@initech.test").await;
+    let squatter = signed_in(&app, &s, "grace@initech.test").await;
+    let (st, _) = scim(&app, &d, Method::POST, "/Users", Some(user("grace@initech.test", "00u-grace"))).await;
+    assert_eq!(st, StatusCode::CREATED);
+    assert_eq!(introspect(&app, &s, &squatter).await["active"], false);
+    let r = app
+        .http
+        .post(app.url("/v1/auth/signin"))
+        .json(
+            &json!({"project_id": s.project.id, "email": "grace@initech.test", "password": crate::identity::PASSWORD}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "the squatter's password is gone");
+
     // Bob, new: created, his address at the organization's verified domain counts as proved.
     let (st, b) = scim(&app, &d, Method::POST, "/Users", Some(user("bob@initech.test", "00u-bob"))).await;
     assert_eq!(st, StatusCode::CREATED, "{b}");
@@ -173,9 +229,9 @@ async fn a_directory_provisions_maps_groups_and_deprovisions_with_sessions_ended
     for (f, n) in [
         (r#"userName eq "ALICE@initech.test""#, 1),
         (r#"externalId eq "00u-bob""#, 1),
-        (r#"emails.value co "initech""#, 2),
+        (r#"emails.value co "initech""#, 3),
         (r#"userName sw "bob" or userName sw "alice""#, 2),
-        (r#"userName ne "bob@initech.test""#, 1),
+        (r#"userName ne "bob@initech.test""#, 3),
         ("title pr", 0),
     ] {
         let (st, l) = scim(&app, &d, Method::GET, &q(f), None).await;
@@ -184,7 +240,7 @@ async fn a_directory_provisions_maps_groups_and_deprovisions_with_sessions_ended
     let (_, page) = scim(&app, &d, Method::GET, "/Users?startIndex=2&count=1&attributes=userName", None).await;
     assert_eq!(
         (page["totalResults"].as_u64(), page["itemsPerPage"].as_u64(), page["startIndex"].as_u64()),
-        (Some(2), Some(1), Some(2))
+        (Some(4), Some(1), Some(2))
     );
     let keys: Vec<String> = page["Resources"][0].as_object().unwrap().keys().cloned().collect();
     assert_eq!(keys, vec!["id", "schemas", "userName"]);

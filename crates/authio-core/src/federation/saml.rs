@@ -22,6 +22,15 @@ pub const NS_ASSERTION: &str = "urn:oasis:names:tc:SAML:2.0:assertion";
 pub const NS_PROTOCOL: &str = "urn:oasis:names:tc:SAML:2.0:protocol";
 pub const NS_METADATA: &str = "urn:oasis:names:tc:SAML:2.0:metadata";
 const NS_DSIG: &str = "http://www.w3.org/2000/09/xmldsig#";
+const NS_XENC: &str = "http://www.w3.org/2001/04/xmlenc#";
+/// The transforms SAML signatures use (Core 5.4.3-5.4.4): nothing else is run.
+const ALLOWED_TRANSFORMS: [&str; 3] = [
+    "http://www.w3.org/2000/09/xmldsig#enveloped-signature",
+    "http://www.w3.org/2001/10/xml-exc-c14n#",
+    "http://www.w3.org/2001/10/xml-exc-c14n#WithComments",
+];
+/// The longest an assertion may be valid for: its id stays in the replay cache that long.
+pub const MAX_VALIDITY: Duration = Duration::days(1);
 const BINDING_REDIRECT: &str = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect";
 const BINDING_POST: &str = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST";
 const STATUS_SUCCESS: &str = "urn:oasis:names:tc:SAML:2.0:status:Success";
@@ -58,6 +67,7 @@ pub enum Refusal {
     CommentInIdentity,
     Decryption,
     NoSubject,
+    TooLong,
 }
 
 impl Refusal {
@@ -81,6 +91,7 @@ impl Refusal {
             Refusal::CommentInIdentity => "comment_in_identity",
             Refusal::Decryption => "decryption_failed",
             Refusal::NoSubject => "no_subject",
+            Refusal::TooLong => "validity_too_long",
         }
     }
 
@@ -104,6 +115,7 @@ impl Refusal {
             Refusal::CommentInIdentity => "the SAML assertion has a comment inside an identity value",
             Refusal::Decryption => "the SAML assertion could not be decrypted with this connection's key",
             Refusal::NoSubject => "the SAML assertion names nobody (no NameID)",
+            Refusal::TooLong => "the SAML assertion is valid for longer than a day",
         }
     }
 }
@@ -456,6 +468,47 @@ fn keys_of(certs: &[Vec<u8>]) -> Result<KeysManager, Refusal> {
     Ok(keys)
 }
 
+/// Before any cryptography: at most two signatures, each where SAML puts one (a child of the
+/// Response or of the Assertion), with exactly one Reference to its parent's ID and only the
+/// transforms SAML uses; at most one encrypted key. What is refused here costs nothing; what
+/// passes costs at most two signature checks and one decryption.
+fn precheck(doc: &Document<'_>, root: NodeId, assertion: Option<NodeId>) -> Result<(), Refusal> {
+    let sigs = doc.get_elements_by_tag_name_ns(NS_DSIG, "Signature");
+    if sigs.len() > 2 {
+        return Err(Refusal::Wrapping);
+    }
+    for sig in sigs {
+        let parent = doc.parent(sig).ok_or(Refusal::Wrapping)?;
+        if parent != root && Some(parent) != assertion {
+            return Err(Refusal::Wrapping);
+        }
+        placed(doc, sig, parent)?;
+    }
+    if doc.get_elements_by_tag_name_ns(NS_XENC, "EncryptedKey").len() > 1 {
+        return Err(Refusal::Decryption);
+    }
+    Ok(())
+}
+
+/// One signature: one Reference, to its parent's ID, with SAML's transforms only.
+fn placed(doc: &Document<'_>, sig: NodeId, parent: NodeId) -> Result<(), Refusal> {
+    let info = child(doc, sig, NS_DSIG, "SignedInfo").ok_or(Refusal::Malformed)?;
+    let refs = doc.child_elements_by_name_ns(info, NS_DSIG, "Reference");
+    let [reference] = refs.as_slice() else { return Err(Refusal::Wrapping) };
+    let id = attr(doc, parent, "ID").ok_or(Refusal::Wrapping)?;
+    if attr(doc, *reference, "URI").and_then(|u| u.strip_prefix('#')) != Some(id) {
+        return Err(Refusal::Wrapping);
+    }
+    if let Some(ts) = child(doc, *reference, NS_DSIG, "Transforms") {
+        let all = doc.child_elements_by_name_ns(ts, NS_DSIG, "Transform");
+        let unknown = |t: &NodeId| attr(doc, *t, "Algorithm").is_none_or(|a| !ALLOWED_TRANSFORMS.contains(&a));
+        if all.len() > 2 || all.iter().any(unknown) {
+            return Err(Refusal::BadSignature);
+        }
+    }
+    Ok(())
+}
+
 /// Check each Signature of `doc` against the IdP's keys: one on the Response (a child of it,
 /// covering it), one on `assertion` (a child of it, covering it). A signature anywhere else,
 /// one that does not verify, or one covering anything but its parent refuses the whole.
@@ -559,6 +612,7 @@ pub fn validate_response_xml(text: &str, expect: &Expect<'_>) -> Result<Asserted
         _ => return Err(Refusal::Wrapping),
     };
 
+    precheck(&doc, root, assertion)?;
     let ctx = DsigContext::new(keys_of(expect.idp_certificates)?);
     let mut signed = check_signatures(&doc, &ctx, root, assertion, None)?;
 
@@ -581,6 +635,19 @@ pub fn validate_response_xml(text: &str, expect: &Expect<'_>) -> Result<Asserted
             let holder = d.parent(*a).ok_or(Refusal::Wrapping)?;
             if !is(d, holder, NS_ASSERTION, "EncryptedAssertion") || d.parent(holder) != Some(droot) {
                 return Err(Refusal::Wrapping);
+            }
+            // The signatures inside the decrypted assertion, under the same rules (the
+            // Response's own was checked, and may no longer verify, above).
+            let inner: Vec<NodeId> = d
+                .get_elements_by_tag_name_ns(NS_DSIG, "Signature")
+                .into_iter()
+                .filter(|sig| d.ancestors(*sig).contains(a))
+                .collect();
+            if inner.len() > 1 || inner.iter().any(|sig| d.parent(*sig) != Some(*a)) {
+                return Err(Refusal::Wrapping);
+            }
+            for sig in &inner {
+                placed(d, *sig, *a)?;
             }
             signed = check_signatures(d, &ctx, droot, Some(*a), Some(*a))?;
             (d, *a)
@@ -683,7 +750,12 @@ fn read_assertion(
             let Some(name) = attr(doc, at, "Name") else { continue };
             let mut values = Vec::new();
             for v in doc.child_elements_by_name_ns(at, NS_ASSERTION, "AttributeValue") {
-                let text = identity_text(doc, v)?;
+                // A structured value (eduPersonTargetedID holds a NameID) is not one of ours:
+                // skipped; a comment in a text value still refuses the whole.
+                let text = match identity_text(doc, v) {
+                    Err(Refusal::Malformed) => continue,
+                    other => other?,
+                };
                 if text.len() <= 1024 && !text.contains('\0') {
                     values.push(text);
                 }
@@ -697,6 +769,9 @@ fn read_assertion(
         Some(c) => c.min(confirmation_until),
         None => confirmation_until,
     };
+    if not_on_or_after > now + MAX_VALIDITY {
+        return Err(Refusal::TooLong);
+    }
     Ok(Asserted {
         assertion_id: assertion_id.to_owned(),
         in_response_to: response_in_response_to,

@@ -513,15 +513,23 @@ impl Upstream {
     ) -> Result<AcsOutcome, CoreError> {
         let now = self.identity.now();
         let certs = s.certificates_der();
-        let expect = saml::Expect {
-            idp_entity_id: &s.idp_entity_id,
-            sp_entity_id: &s.sp_entity_id,
-            acs_url: &s.acs_url,
-            idp_certificates: &certs,
-            sp_key_pem: key_pem,
-            now,
-        };
-        let asserted = saml::validate_response(saml_response, &expect).map_err(refused)?;
+        let (idp, sp, acs) = (s.idp_entity_id.clone(), s.sp_entity_id.clone(), s.acs_url.clone());
+        let (response, key) = (saml_response.to_owned(), key_pem.to_owned());
+        // Parsing, signatures and decryption are CPU work: off the request threads.
+        let asserted = tokio::task::spawn_blocking(move || {
+            let expect = saml::Expect {
+                idp_entity_id: &idp,
+                sp_entity_id: &sp,
+                acs_url: &acs,
+                idp_certificates: &certs,
+                sp_key_pem: &key,
+                now,
+            };
+            saml::validate_response(&response, &expect)
+        })
+        .await
+        .map_err(|e| CoreError::Internal(format!("SAML validation: {e}")))?
+        .map_err(refused)?;
         // Unsolicited answers are refused before anything is kept for them.
         if asserted.in_response_to.is_none() && !s.idp_initiated {
             return Err(refused(Refusal::Unsolicited));
@@ -669,7 +677,7 @@ fn refused(r: Refusal) -> CoreError {
 
 /// The fixed code of a SAML refusal, for the audit log.
 fn refusal_code(e: &CoreError) -> &'static str {
-    const ALL: [Refusal; 18] = [
+    const ALL: [Refusal; 19] = [
         Refusal::Malformed,
         Refusal::Doctype,
         Refusal::NotSuccess,
@@ -688,6 +696,7 @@ fn refusal_code(e: &CoreError) -> &'static str {
         Refusal::CommentInIdentity,
         Refusal::Decryption,
         Refusal::NoSubject,
+        Refusal::TooLong,
     ];
     match e {
         CoreError::UpstreamRefused(m) => ALL.iter().find(|r| r.message() == *m).map(|r| r.code()).unwrap_or("refused"),

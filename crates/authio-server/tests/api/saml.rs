@@ -423,6 +423,8 @@ async fn a_catalogue_of_malicious_saml_responses_is_refused_with_reasons_and_cre
         (json!({"sign_assertion": false, "sign_response": true}), "unsigned_assertion", "not signed"),
         (json!({"sign_assertion": false}), "unsigned_assertion", "not signed"),
         (json!({"in_response_to": "id-nobody-sent"}), "unknown_request", "unknown, used or expired"),
+        // Kept in the replay cache only so long: a longer-lived assertion could come back later.
+        (json!({"lifetime_secs": 172800}), "validity_too_long", "longer than a day"),
     ];
     for (settings, code, says) in signed_wrong {
         let mut next = json!({"name_id": "mallory-1", "attributes": {"email": [evil]}});
@@ -512,6 +514,8 @@ async fn a_catalogue_of_malicious_saml_responses_is_refused_with_reasons_and_cre
             "doctype",
         ),
         ("not XML", "<samlp:Response".to_owned(), "malformed"),
+        // A reference to the whole document, not to the assertion the signature sits in.
+        ("reference to the whole document", xml.replacen("URI=\"#", "URI=\"\" data-was=\"", 1), "signature_wrapping"),
     ];
     for (what, bad, code) in tampered {
         let (st, _, body) = t.post(&mut Browser::new(), &b64(&bad)).await;

@@ -23,6 +23,9 @@ use crate::identity::signin::{Return, SignedInUser};
 use crate::types::{project_of, ClientInfo, Email};
 use crate::{audit, CoreError};
 
+/// The cookie that binds an SP-initiated SAML sign-in to the browser that started it.
+pub const SAML_REQUEST_COOKIE: &str = "authio_saml_request";
+
 /// How long the page asking "continue as ...?" after an unsolicited sign-in stays usable.
 const CONFIRM_TTL: Duration = Duration::minutes(5);
 
@@ -146,6 +149,12 @@ struct Pending {
     browser: String,
     /// Single use: kept in the replay cache once used.
     nonce: String,
+    /// Where the sign-in returns (an SP-initiated one whose browser could not be told apart).
+    #[serde(default)]
+    ret: (Option<String>, Option<String>, Option<String>),
+    /// An answer to our request (else started at the identity provider).
+    #[serde(default)]
+    solicited: bool,
 }
 
 impl Upstream {
@@ -453,23 +462,25 @@ impl Upstream {
         Ok(saml::sp_metadata(&s.sp_entity_id, &s.acs_url, &cert))
     }
 
-    /// The identity provider's URL for a new SP-initiated sign-in; the request is kept (by
-    /// the hash of its id, single use, on the shared database) with where to return.
+    /// The identity provider's URL for a new SP-initiated sign-in, and the value the browser
+    /// keeps in a cookie (see [`SAML_REQUEST_COOKIE`]); the request is kept (by the hash of its
+    /// id, single use, on the shared database) with where to return.
     pub(crate) async fn saml_start(
         &self,
         scope: &Scope,
         conn: &ConnectionInfo,
         ret: Option<&Return>,
-    ) -> Result<String, CoreError> {
+    ) -> Result<(String, String), CoreError> {
         let s = conn.saml.as_ref().ok_or(CoreError::NotFound(crate::types::Entity::Connection))?;
         let request_id = saml::new_request_id();
-        // The HTTP-POST binding arrives as a cross-site POST, which browsers send without our
-        // SameSite=Lax cookies: the single-use request id (InResponseTo) ties the answer to
-        // this request, not a browser cookie. The nonce and verifier are the OpenID flow's.
-        let (_, unused_binding) = new_token("");
-        self.keep_state(scope, &token_hash(&request_id), conn.id, ("", ""), &unused_binding, ret).await?;
+        // The answer must come back to the browser that asked (no login CSRF): it keeps a
+        // value whose hash the request holds. The HTTP-POST binding is a cross-site POST, so
+        // that cookie is SameSite=None (Secure); where a browser does not send it, the person
+        // confirms on a page instead. (The nonce and verifier columns are the OpenID flow's.)
+        let (browser, binding) = new_token("");
+        self.keep_state(scope, &token_hash(&request_id), conn.id, ("", ""), &binding, ret).await?;
         let now = self.identity.now();
-        Ok(saml::authn_request_url(&s.idp_sso_url, &s.sp_entity_id, &s.acs_url, &request_id, now))
+        Ok((saml::authn_request_url(&s.idp_sso_url, &s.sp_entity_id, &s.acs_url, &request_id, now), browser))
     }
 
     /// A Response posted to a connection's assertion consumer service. Everything refused is
@@ -480,6 +491,7 @@ impl Upstream {
         project: Uuid,
         connection: Uuid,
         saml_response: &str,
+        browser: Option<&str>,
         client: &ClientInfo,
         ip: Option<IpAddr>,
     ) -> Result<AcsOutcome, CoreError> {
@@ -492,7 +504,7 @@ impl Upstream {
                 Some(s) if conn.enabled => s.clone(),
                 _ => return Err(CoreError::NotFound(crate::types::Entity::Connection)),
             };
-            let outcome = self.accept_response(&scope, &conn, &s, &key_sealed, saml_response, client).await;
+            let outcome = self.accept_response(&scope, &conn, &s, &key_sealed, saml_response, browser, client).await;
             if let Err(e) = &outcome {
                 self.record_refusal(&scope, &conn, e, client).await;
             }
@@ -509,6 +521,7 @@ impl Upstream {
         s: &SamlInfo,
         key_pem: &str,
         saml_response: &str,
+        browser: Option<&str>,
         client: &ClientInfo,
     ) -> Result<AcsOutcome, CoreError> {
         let now = self.identity.now();
@@ -536,7 +549,8 @@ impl Upstream {
         }
         self.first_use(scope, conn.id, &format!("assertion:{}", asserted.assertion_id), asserted.not_on_or_after)
             .await?;
-        let ret = match &asserted.in_response_to {
+        // (ret columns, whether this browser is the one that asked)
+        let (ret, same_browser) = match &asserted.in_response_to {
             Some(request) => {
                 let row = preresolve::oauth_state_use(&self.identity.inner.router, &token_hash(request), now)
                     .await?
@@ -545,12 +559,19 @@ impl Upstream {
                 if Some(p) != scope.project_id || c != conn.id {
                     return Err(refused(Refusal::InResponseTo));
                 }
-                Return::from_columns(row.try_get(6)?, row.try_get(7)?, row.try_get(8)?)
+                let binding: Vec<u8> = row.try_get(5)?;
+                let same = browser
+                    .map(token_hash)
+                    .is_some_and(|h| bool::from(subtle::ConstantTimeEq::ct_eq(&h[..], &binding[..])));
+                ((row.try_get(6)?, row.try_get(7)?, row.try_get(8)?), same)
             }
-            None => None,
+            None => ((None, None, None), false),
         };
         let who = upstream_user(&asserted, &s.attribute_map);
-        if asserted.in_response_to.is_none() {
+        if !same_browser {
+            // Started at the identity provider, or in a browser that cannot be told to be the
+            // one that asked: the person confirms on a page (a response posted to someone
+            // else's browser stops there).
             let (browser, browser_hash) = new_token("");
             let (nonce, _) = new_token("");
             let email = who.email.clone();
@@ -561,6 +582,8 @@ impl Upstream {
                 expires: now + CONFIRM_TTL,
                 browser: hex(&browser_hash),
                 nonce,
+                ret: ret.clone(),
+                solicited: asserted.in_response_to.is_some(),
             };
             let json = serde_json::to_string(&pending).map_err(|e| CoreError::Internal(e.to_string()))?;
             let token =
@@ -568,7 +591,7 @@ impl Upstream {
             return Ok(AcsOutcome::Confirm { token, browser, email, connection: conn.display_name.clone() });
         }
         let user = self.link_upstream(scope, conn, &who, client).await?;
-        Ok(AcsOutcome::SignedIn { scope: *scope, user, ret })
+        Ok(AcsOutcome::SignedIn { scope: *scope, user, ret: Return::from_columns(ret.0, ret.1, ret.2) })
     }
 
     /// Finish an unsolicited sign-in the person confirmed, in the browser the page was
@@ -582,7 +605,7 @@ impl Upstream {
         browser: Option<&str>,
         client: &ClientInfo,
         ip: Option<IpAddr>,
-    ) -> Result<(Scope, SignedInUser), CoreError> {
+    ) -> Result<(Scope, SignedInUser, Option<Return>), CoreError> {
         self.identity.refuse_guesser(ip).await?;
         let result = async {
             const GONE: CoreError = CoreError::InvalidGrant("this sign-in is invalid, used or expired");
@@ -599,7 +622,7 @@ impl Upstream {
             let profile = self.identity.profile(project).await?;
             let scope = scope_of(&profile);
             let conn = self.connection(&scope, connection).await?;
-            if !conn.enabled || conn.saml.as_ref().is_none_or(|s| !s.idp_initiated) {
+            if !conn.enabled || conn.saml.as_ref().is_none_or(|s| !s.idp_initiated && !pending.solicited) {
                 return Err(GONE);
             }
             self.first_use(&scope, conn.id, &format!("confirm:{}", pending.nonce), pending.expires)
@@ -609,7 +632,8 @@ impl Upstream {
             if let Err(e) = &user {
                 self.record_refusal(&scope, &conn, e, client).await;
             }
-            Ok((scope, user?))
+            let (u, st, ch) = pending.ret;
+            Ok((scope, user?, Return::from_columns(u, st, ch)))
         }
         .await;
         self.identity.judge(ip, result).await

@@ -548,8 +548,7 @@ impl Upstream {
             return Err(CoreError::NotFound(crate::types::Entity::Connection));
         }
         if conn.kind == ProviderKind::Saml {
-            // No browser cookie for SAML (see `saml_start`): an empty value clears any old one.
-            return Ok((self.saml_start(&scope, &conn, ret).await?, String::new()));
+            return self.saml_start(&scope, &conn, ret).await;
         }
         let (state, state_hash) = new_token("");
         let (nonce, _) = new_token("");

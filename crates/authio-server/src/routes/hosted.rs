@@ -597,6 +597,18 @@ pub struct SamlPost {
 
 const SAML_COOKIE: &str = "authio_saml";
 
+/// The SP-initiated request's cookie: SameSite=None (the identity provider's answer is a
+/// cross-site POST) and therefore Secure, scoped to the project's SAML paths.
+fn saml_request_cookie(h: &mut HeaderMap, prefix: &str, value: &str, max_age: i64) {
+    let line = format!(
+        "{}={value}; Path={prefix}/saml/; HttpOnly; SameSite=None; Secure; Max-Age={max_age}",
+        authio_core::federation::sso::SAML_REQUEST_COOKIE
+    );
+    if let Ok(v) = HeaderValue::from_str(&line) {
+        h.append(header::SET_COOKIE, v);
+    }
+}
+
 fn connection_id(raw: &str) -> Result<Uuid, Box<Response>> {
     Uuid::parse_str(raw).map_err(|_| Box::new(plain_error(CoreError::NotFound(authio_core::types::Entity::Connection))))
 }
@@ -638,9 +650,12 @@ pub async fn saml_acs(
         let e = CoreError::Invalid(authio_core::types::ValidationError::Field("SAMLResponse"));
         return ctx.error(e, "done", "Sign in", ctx.page("done", ""));
     };
-    match state.upstream.saml_acs(project, connection, &response, &client, ip).await {
+    let browser = cookie(&headers, authio_core::federation::sso::SAML_REQUEST_COOKIE);
+    match state.upstream.saml_acs(project, connection, &response, browser.as_deref(), &client, ip).await {
         Ok(AcsOutcome::SignedIn { scope, user, ret }) => {
-            finish(&state, &ctx, &scope, &user, &["saml"], ret.as_ref(), "your account").await
+            let mut resp = finish(&state, &ctx, &scope, &user, &["saml"], ret.as_ref(), "your account").await;
+            saml_request_cookie(resp.headers_mut(), &ctx.site.prefix, "", 0);
+            resp
         }
         Ok(AcsOutcome::Confirm { token, browser, email, connection: name }) => {
             // Started at the identity provider: nothing asked for this sign-in here, so the
@@ -682,8 +697,8 @@ pub async fn saml_confirm(
     let browser = cookie(&headers, SAML_COOKIE);
     let token = form.token.unwrap_or_default();
     match state.upstream.saml_confirm(ctx.project, connection, &token, browser.as_deref(), &client, ip).await {
-        Ok((scope, user)) => {
-            let mut resp = finish(&state, &ctx, &scope, &user, &["saml"], None, "your account").await;
+        Ok((scope, user, ret)) => {
+            let mut resp = finish(&state, &ctx, &scope, &user, &["saml"], ret.as_ref(), "your account").await;
             append_cookie(resp.headers_mut(), SAML_COOKIE, "", &format!("{}/saml/", ctx.site.prefix), 0, ctx.secure);
             resp
         }
@@ -944,9 +959,14 @@ pub async fn oauth_start(
                 h.insert(header::LOCATION, v);
             }
             secure_headers(h);
-            // Lax: the cookie comes back on the provider's top-level redirect to us.
             let max_age = state.identity.one_time().oauth_state_ttl_secs;
-            set_cookie(h, OAUTH_COOKIE, &browser, ctx.secure, max_age);
+            if location.contains("SAMLRequest=") {
+                // (The ACS is on the deployment's host: `/p/{project}/saml/...`.)
+                saml_request_cookie(h, &format!("/p/{project}"), &browser, max_age);
+            } else {
+                // Lax: the cookie comes back on the provider's top-level redirect to us.
+                set_cookie(h, OAUTH_COOKIE, &browser, ctx.secure, max_age);
+            }
             resp
         }
         Err(e) => ctx.error(e, "done", "Sign in", ctx.page("done", "")),

@@ -288,6 +288,22 @@ async fn saml_sign_in_through_an_independent_identity_provider_sp_and_idp_initia
     assert_eq!(m["data"][0]["role"], "member");
     t.eventually("SELECT count(*) FROM audit_events WHERE action = 'sso.signed_in'", "2").await;
 
+    // An answer to our request that arrives in another browser (a response someone posts to
+    // a victim's browser: login CSRF) does not sign in there: that browser is asked to
+    // confirm whose account it is, and only then goes on to the app.
+    t.idp.next(json!({"name_id": "alice-0001", "attributes": {"email": ["alice@initech.test"]}})).await;
+    let (_, response) = t.request(&mut Browser::new(), "alice@initech.test").await;
+    let mut victim = Browser::new();
+    let (st, _, page) = victim.post(&t.acs(), &[("SAMLResponse", response.as_str())]).await;
+    assert_eq!(st, StatusCode::OK, "not signed in straight away: {page}");
+    assert!(page.contains("alice@initech.test") && page.contains("Continue"), "{page}");
+    let confirm = app.url(&format!("/p/{}/saml/{}/confirm", s.project.id, t.conn["id"].as_str().unwrap()));
+    let (token, csrf) = (hidden(&page, "token"), hidden(&page, "csrf"));
+    let (st, location, body) = victim.post(&confirm, &[("csrf", &csrf), ("token", &token)]).await;
+    assert_eq!(st, StatusCode::SEE_OTHER, "{body}");
+    let (st, tokens) = exchange(app, &location.unwrap()).await;
+    assert_eq!(st, StatusCode::OK, "{tokens}");
+
     // Encrypted assertions (RSA-OAEP to our certificate), AES-GCM and AES-CBC, with the
     // Response signed over the encrypted form as well.
     for (encryption, sign_response) in [("aes256-gcm", true), ("aes128-cbc", false), ("aes128-gcm", false)] {

@@ -520,10 +520,15 @@ fn set_path(resource: &mut Value, raw: &str, value: Value, add: bool) -> Result<
             match (add, &mut *slot, value) {
                 // RFC 7644 3.5.2.1: add to a multi-valued attribute appends (without repeats).
                 (true, Value::Array(items), Value::Array(new)) => {
+                    // Compared by `value` through a set: adding n members to m is not n x m.
+                    let mut seen: std::collections::HashSet<String> = items.iter().map(element_key).collect();
                     for n in new {
-                        if !items.iter().any(|i| same_element(i, &n)) {
+                        if seen.insert(element_key(&n)) {
                             items.push(n);
                         }
+                    }
+                    if items.len() > MAX_MEMBERS {
+                        return Err(ScimError::invalid("a list grew over 100000 values"));
                     }
                 }
                 (true, Value::Object(o), Value::Object(new)) => o.extend(new),
@@ -594,11 +599,11 @@ fn equalities(f: &Filter, into: &mut Map<String, Value>) {
     }
 }
 
-/// Two elements of a multi-valued attribute are the same when their `value`s are.
-fn same_element(a: &Value, b: &Value) -> bool {
-    match (a.get("value"), b.get("value")) {
-        (Some(x), Some(y)) => x == y,
-        _ => a == b,
+/// What makes two elements of a multi-valued attribute the same: their `value`, else all of it.
+fn element_key(v: &Value) -> String {
+    match v.get("value") {
+        Some(x) => format!("v:{x}"),
+        None => format!("w:{v}"),
     }
 }
 
@@ -623,7 +628,8 @@ fn remove_path(resource: &mut Value, raw: &str, value: Option<&Value>) -> Result
         (None, None) => match (obj.get_mut(&key), value) {
             // Entra ID: remove members by listing them as the value.
             (Some(Value::Array(items)), Some(Value::Array(gone))) => {
-                items.retain(|i| !gone.iter().any(|g| same_element(i, g)))
+                let gone: std::collections::HashSet<String> = gone.iter().map(element_key).collect();
+                items.retain(|i| !gone.contains(&element_key(i)))
             }
             _ => {
                 obj.remove(&key);
@@ -1415,8 +1421,20 @@ struct GroupIn {
     members: Vec<String>,
 }
 
+/// The most members a group holds (its other lists stay at 1000).
+const MAX_MEMBERS: usize = 100_000;
+
 fn group_in(body: &Value) -> Result<GroupIn, ScimError> {
-    check_value(body, 0)?;
+    // Members are checked apart: a group may be far larger than any other list.
+    let mut rest = body.clone();
+    let members_raw = rest.as_object_mut().and_then(|o| key_of(o, "members").cloned().and_then(|k| o.remove(&k)));
+    check_value(&rest, 0)?;
+    if let Some(Value::Array(m)) = &members_raw {
+        if m.len() > MAX_MEMBERS {
+            return Err(ScimError::invalid("members: at most 100000"));
+        }
+        m.iter().try_for_each(|x| check_value(x, 1))?;
+    }
     let mut resource = body.clone();
     let obj = resource.as_object_mut().ok_or_else(|| ScimError::invalid("a Group is a JSON object"))?;
     for ro in ["id", "meta"] {

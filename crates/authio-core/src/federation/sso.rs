@@ -178,9 +178,14 @@ impl Upstream {
                     .await
                     .and_then(|r| r.error_for_status())
                     .map_err(|e| CoreError::Upstream(format!("identity provider metadata: {e}")))?;
-                let body = resp.bytes().await.map_err(|e| CoreError::Upstream(format!("metadata: {e}")))?;
-                if body.len() > saml::MAX_METADATA_LEN {
-                    return Err(bad("idp_metadata_url (metadata over 1 MiB)"));
+                // Read up to the limit, not whatever the server sends.
+                let mut resp = resp;
+                let mut body: Vec<u8> = Vec::new();
+                while let Some(chunk) = resp.chunk().await.map_err(|e| CoreError::Upstream(format!("metadata: {e}")))? {
+                    if body.len() + chunk.len() > saml::MAX_METADATA_LEN {
+                        return Err(bad("idp_metadata_url (metadata over 1 MiB)"));
+                    }
+                    body.extend_from_slice(&chunk);
                 }
                 from_xml(std::str::from_utf8(&body).map_err(|_| bad("idp_metadata_url (not UTF-8 XML)"))?)?
             }

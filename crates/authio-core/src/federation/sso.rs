@@ -505,11 +505,10 @@ impl Upstream {
             let profile = self.identity.profile(project).await?;
             let scope = scope_of(&profile);
             let (conn, key_sealed) = self.connection_by(&scope, "id = $1", &connection, Type::UUID).await?;
-            let s = match &conn.saml {
-                Some(s) if conn.enabled => s.clone(),
-                _ => return Err(CoreError::NotFound(crate::types::Entity::Connection)),
-            };
-            let outcome = self.accept_response(&scope, &conn, &s, &key_sealed, saml_response, browser, client).await;
+            if conn.saml.is_none() || !conn.enabled {
+                return Err(CoreError::NotFound(crate::types::Entity::Connection));
+            }
+            let outcome = self.accept_response(&scope, &conn, &key_sealed, saml_response, browser, client).await;
             if let Err(e) = &outcome {
                 self.record_refusal(&scope, &conn, e, client).await;
             }
@@ -523,12 +522,12 @@ impl Upstream {
         &self,
         scope: &Scope,
         conn: &ConnectionInfo,
-        s: &SamlInfo,
         key_pem: &str,
         saml_response: &str,
         browser: Option<&str>,
         client: &ClientInfo,
     ) -> Result<AcsOutcome, CoreError> {
+        let s = conn.saml.as_ref().ok_or(CoreError::NotFound(crate::types::Entity::Connection))?;
         let now = self.identity.now();
         let certs = s.certificates_der();
         let (idp, sp, acs) = (s.idp_entity_id.clone(), s.sp_entity_id.clone(), s.acs_url.clone());

@@ -563,3 +563,48 @@ async fn a_catalogue_of_malicious_saml_responses_is_refused_with_reasons_and_cre
     assert_eq!(t.count(&format!("SELECT count(*) FROM users WHERE email = '{evil}'")).await, "0");
     assert_eq!(t.count("SELECT count(*) FROM user_identities").await, "1");
 }
+
+/// The same sign-in in headless Chromium (tests/browser/sso.mjs): the identity provider's
+/// page posts the Response by itself, across sites, and the request's cookie (SameSite=None,
+/// Secure) comes back with it, so the browser that asked goes straight on to the app.
+#[tokio::test]
+async fn saml_single_sign_on_in_a_real_browser_posts_back_and_reaches_the_app() {
+    let browser_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(std::path::Path::new(&chromium).exists(), "{chromium} is missing (scripts/test installs it)");
+    let t = setup().await;
+    t.idp
+        .next(json!({"name_id": "ann-0001", "attributes": {"email": ["ann@initech.test"], "firstName": ["Ann"]}}))
+        .await;
+    let q = serde_urlencoded::to_string([
+        ("redirect_uri", APP_CB),
+        ("state", "xyz"),
+        ("code_challenge", &challenge()),
+        ("code_challenge_method", "S256"),
+    ])
+    .unwrap();
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("hosted-screenshots-saml");
+    std::fs::create_dir_all(&shots).unwrap();
+    let cfg = json!({
+        "shots": shots,
+        "signin_url": t.app.url(&format!("/p/{}/signin?{q}", t.s.project.id)),
+        "email": "ann@initech.test",
+        "app_callback": APP_CB,
+    });
+    let run = tokio::process::Command::new("node")
+        .arg("sso.mjs")
+        .current_dir(&browser_dir)
+        .env("AUTHIO_SSO_TEST", cfg.to_string())
+        .env("CHROMIUM", &chromium)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run).await.expect("the browser run finished").unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the browser run failed:\n{stderr}\n{stdout}");
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
+    let location = format!("{APP_CB}?code={}&state=xyz", report["code"].as_str().unwrap());
+    let (st, tokens) = exchange(&t.app, &location).await;
+    assert_eq!(st, StatusCode::OK, "{tokens}");
+    let claims = crate::identity::claims_of(tokens["access_token"].as_str().unwrap());
+    assert_eq!(claims["amr"], json!(["saml"]));
+}

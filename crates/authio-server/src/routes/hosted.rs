@@ -658,8 +658,9 @@ pub async fn saml_acs(
             resp
         }
         Ok(AcsOutcome::Confirm { token, browser, email, connection: name }) => {
-            // Started at the identity provider: nothing asked for this sign-in here, so the
-            // person says it is theirs (a page posted to them by someone else stops here).
+            // Started at the identity provider, or an answer that reached a browser other than
+            // the one that asked: the person says it is theirs (a response posted to them by
+            // someone else stops here).
             let who = email.unwrap_or_else(|| "your account".into());
             let mut p = ctx.page("confirm", &format!("Continue to {} as {who}?", ctx.presentation.title()));
             p.notice = Some(format!("{name} is signing you in as {who}. Continue only if you started this sign-in."));

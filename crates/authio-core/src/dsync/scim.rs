@@ -1052,6 +1052,15 @@ impl DirectorySync {
     ) -> Result<Option<usize>, ScimError> {
         let status = if active { "active" } else { "deactivated" };
         let role = if by_groups { role_of_user("$4", "$7") } else { DEFAULT_ROLE.to_owned() };
+        let params: [authio_db::Param; 7] = [
+            (&ctx.scope.tenant_id, Type::UUID),
+            (&ctx.scope.project_id, Type::UUID),
+            (&ctx.organization, Type::UUID),
+            (&user, Type::UUID),
+            (&status, Type::TEXT),
+            (&now, Type::TIMESTAMPTZ),
+            (&ctx.directory, Type::UUID),
+        ];
         let placed = tx
             .query_opt(
                 &format!(
@@ -1064,15 +1073,8 @@ impl DirectorySync {
                      RETURNING 1",
                     role
                 ),
-                &[
-                    (&ctx.scope.tenant_id, Type::UUID),
-                    (&ctx.scope.project_id, Type::UUID),
-                    (&ctx.organization, Type::UUID),
-                    (&user, Type::UUID),
-                    (&status, Type::TEXT),
-                    (&now, Type::TIMESTAMPTZ),
-                    (&ctx.directory, Type::UUID),
-                ],
+                // ($7, the directory, only where the role comes from groups.)
+                if by_groups { &params[..] } else { &params[..6] },
             )
             .await
             .map_err(CoreError::from)?;
@@ -1512,8 +1514,8 @@ const ROLE_OF_USER: &str = "coalesce(
       ORDER BY g.created_at, g.id LIMIT 1),
     (SELECT r.id FROM roles r WHERE r.is_default))";
 
-/// The project's default role (the same expression's fallback); `$7` is unused with it.
-const DEFAULT_ROLE: &str = "(SELECT r.id FROM roles r WHERE r.is_default AND $7::uuid IS NOT NULL)";
+/// The project's default role (the same expression's fallback).
+const DEFAULT_ROLE: &str = "(SELECT r.id FROM roles r WHERE r.is_default)";
 
 async fn set_names(tx: &ScopedTx, user: Uuid, given: Option<&str>, family: Option<&str>) -> Result<(), ScimError> {
     if given.is_none() && family.is_none() {

@@ -54,6 +54,15 @@ impl ProviderKind {
     }
 }
 
+/// How a provider's answer comes back to us, which decides the browser cookie's SameSite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnswerComes {
+    /// OpenID/OAuth: a top-level redirect to our callback (SameSite=Lax is sent).
+    TopLevelRedirect,
+    /// SAML HTTP-POST binding: a cross-site POST to the ACS (only SameSite=None is sent).
+    CrossSitePost,
+}
+
 /// A connection to create.
 #[derive(Clone, Debug, Deserialize)]
 pub struct NewConnection {
@@ -537,7 +546,7 @@ impl Upstream {
         ret: Option<&Return>,
         callback_url: &str,
         ip: Option<IpAddr>,
-    ) -> Result<(String, String), CoreError> {
+    ) -> Result<(String, String, AnswerComes), CoreError> {
         self.identity.limit_attempts(ip).await?;
         let presentation = self.identity.presentation(project).await?;
         presentation.require("oauth")?;
@@ -548,7 +557,8 @@ impl Upstream {
             return Err(CoreError::NotFound(crate::types::Entity::Connection));
         }
         if conn.kind == ProviderKind::Saml {
-            return self.saml_start(&scope, &conn, ret).await;
+            let (location, browser) = self.saml_start(&scope, &conn, ret).await?;
+            return Ok((location, browser, AnswerComes::CrossSitePost));
         }
         let (state, state_hash) = new_token("");
         let (nonce, _) = new_token("");
@@ -571,7 +581,7 @@ impl Upstream {
         if conn.kind != ProviderKind::Github {
             params.push(("nonce", &nonce));
         }
-        Ok((with_query(&conn.authorization_endpoint, &params), browser))
+        Ok((with_query(&conn.authorization_endpoint, &params), browser, AnswerComes::TopLevelRedirect))
     }
 
     /// Keep a sign-in request on the shared database until its answer uses it, once: by the

@@ -953,7 +953,7 @@ pub async fn oauth_start(
     let ip = client_ip(&state, connect.as_ref(), &headers);
     let callback = format!("{}/oauth/callback", ctx.site.root);
     match state.upstream.upstream_start(project, &slug, ret.as_ref(), &callback, ip).await {
-        Ok((location, browser)) => {
+        Ok((location, browser, comes)) => {
             let mut resp = StatusCode::SEE_OTHER.into_response();
             let h = resp.headers_mut();
             if let Ok(v) = HeaderValue::from_str(&location) {
@@ -961,7 +961,7 @@ pub async fn oauth_start(
             }
             secure_headers(h);
             let max_age = state.identity.one_time().oauth_state_ttl_secs;
-            if location.contains("SAMLRequest=") {
+            if comes == authio_core::federation::upstream::AnswerComes::CrossSitePost {
                 // (The ACS is on the deployment's host: `/p/{project}/saml/...`.)
                 saml_request_cookie(h, &format!("/p/{project}"), &browser, max_age);
             } else {

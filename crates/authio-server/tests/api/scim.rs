@@ -441,8 +441,7 @@ async fn a_directory_past_its_limit_is_answered_429_in_scims_shape() {
     assert_eq!(statuses.iter().filter(|s| **s == StatusCode::OK).count(), 3, "{statuses:?}");
     assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS));
     // Another directory is not held back by this one.
-    let (org, _) =
-        (admin_query_strings(&app.shared.admin_url, "SELECT id::text FROM organizations").await[0].clone(), ());
+    let org = admin_query_strings(&app.shared.admin_url, "SELECT id::text FROM organizations").await[0].clone();
     let (_, d2) =
         api(&app, &s, Method::POST, &format!("/organizations/{org}/directories"), json!({"name": "Second"})).await;
     let r = app

@@ -578,6 +578,7 @@ async fn bare_sign(State(b): State<BareSigner>) -> Result<Json<Value>, axum::htt
         tid: b.tid.clone(),
         pid: b.pid.clone(),
         amr: None,
+        acr: None,
         role: None,
         scope: Some("read".into()),
         client_id: Some(b.client_id.clone()),

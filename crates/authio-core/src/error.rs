@@ -87,6 +87,14 @@ pub enum CoreError {
     /// An email code challenge that had its allowed attempts.
     #[error("too many wrong codes: ask for a new one")]
     ChallengeLocked,
+    /// A second factor with too many failed attempts: locked for the rest of the window,
+    /// right code or not.
+    #[error("too many wrong codes for this factor; retry in {retry_after} s")]
+    FactorLocked { retry_after: u32 },
+    /// The sign-in needs a second factor before a session (the JSON API answers with a token
+    /// to continue with).
+    #[error("a second factor is required")]
+    MfaRequired,
     /// An upstream provider (or DNS) could not be reached or answered nonsense.
     #[error("upstream provider error: {0}")]
     Upstream(String),

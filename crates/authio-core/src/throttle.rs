@@ -32,6 +32,13 @@ pub struct Limits {
     /// ... and per recipient (project and address, known or not) per window.
     pub sends_per_email: i32,
     pub send_email_window_secs: i32,
+    /// Failed attempts at one second factor of a user before it is locked for the rest of
+    /// the window ...
+    pub mfa_failures: i32,
+    pub mfa_window_secs: i32,
+    /// ... and attempts at second factors per IP per window.
+    pub mfa_per_ip: i32,
+    pub mfa_ip_window_secs: i32,
 }
 
 impl Default for Limits {
@@ -51,6 +58,10 @@ impl Default for Limits {
             send_ip_window_secs: 600,
             sends_per_email: 5,
             send_email_window_secs: 900,
+            mfa_failures: 5,
+            mfa_window_secs: 900,
+            mfa_per_ip: 60,
+            mfa_ip_window_secs: 300,
         }
     }
 }

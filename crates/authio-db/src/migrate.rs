@@ -73,6 +73,7 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0024_saml_connections.sql"),
     },
     Migration { version: 25, name: "directories", sql: include_str!("../../../migrations/0025_directories.sql") },
+    Migration { version: 26, name: "mfa", sql: include_str!("../../../migrations/0026_mfa.sql") },
 ];
 
 const BOOTSTRAP_ROLES: &str = r#"

@@ -296,7 +296,7 @@ async fn call(router: &Router, sql: &str, params: &[crate::Param<'_>]) -> Result
 /// environment, signup_policy, signup_domains
 pub async fn project_presentation(router: &Router, project: Uuid) -> Result<Option<crate::PgRow>, DbError> {
     let sql = "SELECT tenant_id, name, display_name, logo_url, brand_color, email_sender_name, signin_methods, \
-               environment, signup_policy, signup_domains FROM authio_project_presentation($1)";
+               environment, signup_policy, signup_domains, mfa_policy FROM authio_project_presentation($1)";
     Ok(call(router, sql, &[(&project, Type::UUID)]).await?.into_iter().next())
 }
 

@@ -135,6 +135,13 @@ impl From<CoreError> for ApiError {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_redirect_uri", e.to_string())
             }
             CoreError::ChallengeLocked => ApiError::new(StatusCode::BAD_REQUEST, "challenge_locked", e.to_string()),
+            CoreError::FactorLocked { retry_after } => ApiError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                code: "factor_locked",
+                message: e.to_string(),
+                retry_after: Some(retry_after),
+            },
+            CoreError::MfaRequired => ApiError::new(StatusCode::FORBIDDEN, "mfa_required", e.to_string()),
             CoreError::Upstream(m) => {
                 tracing::warn!(error = %m, "upstream failure");
                 ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", "the upstream provider could not be used")

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{api_keys, auth, config, events, manage, oidc, orgs, passwordless, scim, users, webhooks};
+use crate::routes::{api_keys, auth, config, events, manage, mfa, oidc, orgs, passwordless, scim, users, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -14,6 +14,9 @@ use crate::routes::{api_keys, auth, config, events, manage, oidc, orgs, password
           auth::sign_up, auth::sign_in, auth::token, auth::introspect, auth::revoke, auth::jwks,
           passwordless::request_magic_link, passwordless::verify_magic_link, passwordless::request_email_code,
           passwordless::verify_email_code,
+          mfa::verify, mfa::enrol_totp, mfa::confirm_totp, mfa::my_factors, mfa::start_my_totp, mfa::confirm_my_totp,
+          mfa::rename_my_factor, mfa::remove_my_factor, mfa::regenerate_my_codes, mfa::user_factors,
+          mfa::remove_user_factor,
           config::list_redirect_uris, config::add_redirect_uri, config::remove_redirect_uri, config::list_origins,
           config::add_origin, config::remove_origin, config::list_domains, config::add_domain, config::verify_domain,
           config::delete_domain, config::list_connections, config::create_connection, config::delete_connection,
@@ -39,6 +42,9 @@ use crate::routes::{api_keys, auth, config, events, manage, oidc, orgs, password
                        auth::PasswordRequest, auth::TokenResponse, auth::SignUpResponse, auth::ClientTokenResponse,
                        passwordless::MagicLinkRequest, passwordless::Accepted, passwordless::MagicLinkVerify,
                        passwordless::EmailCodeRequest, passwordless::EmailCodeChallenge, passwordless::EmailCodeVerify,
+                       mfa::MfaRequiredBody, mfa::MfaVerifyRequest, mfa::MfaTokenRequest, mfa::TotpEnrolmentBody,
+                       mfa::MfaConfirmRequest, mfa::EnrolledSignIn, mfa::FactorBody, mfa::FactorList, mfa::CodeBody,
+                       mfa::RecoveryCodes, mfa::RenameBody, mfa::NewRecoveryCodes,
                        config::UriBody, config::OriginBody, config::StringList, config::DomainBody, config::DomainResponse,
                        config::DomainList, config::ConnectionList, config::PresentationBody,
                        oidc::OidcTokenResponse, oidc::OidcTokenForm, auth::TokenForm, auth::TokenHintForm, oidc::OidcClientList, oidc::CreatedOidcClient,
@@ -59,6 +65,7 @@ use crate::routes::{api_keys, auth, config, events, manage, oidc, orgs, password
                        crate::error::ErrorBody, crate::error::ErrorDetail, crate::error::OAuthErrorBody)),
     modifiers(&ApiKeyAuth, &CommonResponses),
     tags((name = "auth", description = "Sign-up, sign-in, tokens (RFC 6749), introspection (RFC 7662), revocation (RFC 7009), JWKS"),
+         (name = "mfa", description = "Second factors: finishing a sign-in that waits for one, a user's own factors (TOTP apps, passkeys and security keys, recovery codes), and a project's view of them"),
          (name = "users", description = "End users of a project"), (name = "sessions", description = "Users' sessions"),
          (name = "m2m", description = "Machine-to-machine clients"), (name = "projects", description = "Project settings"), (name = "audit", description = "The audit log"),
          (name = "api-keys", description = "Project secret API keys"),
@@ -77,6 +84,10 @@ impl Modify for ApiKeyAuth {
         components.add_security_scheme(
             "project_api_key",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("sk_...").build()),
+        );
+        components.add_security_scheme(
+            "user_access_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
         );
     }
 }

@@ -15,6 +15,10 @@ mod events;
 mod identity;
 #[path = "api/invitations.rs"]
 mod invitations;
+#[path = "api/mfa.rs"]
+mod mfa;
+#[path = "api/mfa_browser.rs"]
+mod mfa_browser;
 #[path = "api/moves.rs"]
 mod moves;
 #[path = "api/oidc_provider.rs"]

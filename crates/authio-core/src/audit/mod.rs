@@ -116,10 +116,16 @@ pub enum AuditAction {
     DsyncGroupCreated,
     DsyncGroupUpdated,
     DsyncGroupDeleted,
+    MfaEnrolled,
+    MfaRemoved,
+    MfaChallengeSucceeded,
+    MfaChallengeFailed,
+    RecoveryCodeUsed,
+    RecoveryCodesRegenerated,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 95] = [
+    pub const ALL: [AuditAction; 101] = [
         AuditAction::ApiKeyCreated,
         AuditAction::ApiKeyRevoked,
         AuditAction::DedicatedDbApproved,
@@ -215,6 +221,12 @@ impl AuditAction {
         AuditAction::DsyncGroupCreated,
         AuditAction::DsyncGroupUpdated,
         AuditAction::DsyncGroupDeleted,
+        AuditAction::MfaEnrolled,
+        AuditAction::MfaRemoved,
+        AuditAction::MfaChallengeSucceeded,
+        AuditAction::MfaChallengeFailed,
+        AuditAction::RecoveryCodeUsed,
+        AuditAction::RecoveryCodesRegenerated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -314,6 +326,12 @@ impl AuditAction {
             AuditAction::DsyncGroupCreated => "dsync.group.created",
             AuditAction::DsyncGroupUpdated => "dsync.group.updated",
             AuditAction::DsyncGroupDeleted => "dsync.group.deleted",
+            AuditAction::MfaEnrolled => "mfa.enrolled",
+            AuditAction::MfaRemoved => "mfa.removed",
+            AuditAction::MfaChallengeSucceeded => "mfa.challenge_succeeded",
+            AuditAction::MfaChallengeFailed => "mfa.challenge_failed",
+            AuditAction::RecoveryCodeUsed => "recovery_code.used",
+            AuditAction::RecoveryCodesRegenerated => "recovery_code.regenerated",
         }
     }
 }

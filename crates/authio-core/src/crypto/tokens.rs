@@ -32,6 +32,9 @@ pub struct AccessClaims {
     pub pid: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amr: Option<Vec<String>>,
+    /// The sign-in's assurance level: `aal2` with a second factor, else `aal1` (user tokens only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acr: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
     /// M2M: the granted scopes, space-separated (RFC 9068).

@@ -56,6 +56,16 @@ struct PasswordChecked {
     account: String,
     email: Email,
     now: DateTime<Utc>,
+    /// The user has a second factor or an organization that requires one (the project's own
+    /// policy is read from its presentation).
+    mfa: bool,
+}
+
+/// What a first factor that checked out leads to: a session, or a second factor first.
+#[derive(Debug)]
+pub enum SignIn {
+    Tokens(UserTokens),
+    Mfa(crate::identity::mfa::PendingMfa),
 }
 
 /// Tokens handed to a signed-in user.
@@ -434,7 +444,7 @@ impl Identity {
         password: &str,
         client: &ClientInfo,
         ip: Option<IpAddr>,
-    ) -> Result<(User, UserTokens), CoreError> {
+    ) -> Result<(User, SignIn), CoreError> {
         let email = Email::parse(email)?;
         let password = NewPassword::parse(password)?;
         let profile = self.profile(project).await?;
@@ -457,6 +467,24 @@ impl Identity {
         let now = self.now();
         let tx = self.inner.router.begin(&scope).await?;
         let user = crate::identity::users::insert(&tx, &scope, &email, Some(&hash), now).await?;
+        if presentation.mfa_required {
+            // The project requires a second factor: the account is made, and its first session
+            // waits until one is enrolled.
+            let event = audit::Event {
+                action: crate::audit::AuditAction::UserSignedUp,
+                actor: audit::Actor::user(user.id, Some(email.as_str())),
+                target: Some(("user", user.id.to_string())),
+                client,
+                metadata: serde_json::json!({"method": "password", "mfa": "enrol"}),
+            };
+            audit::record_and_commit(tx, &scope, event, now).await?;
+            let signed = crate::identity::signin::SignedInUser { user_id: user.id, role: None, created: true };
+            let pending = self
+                .begin_mfa(&scope, &signed, &["pwd"], None)
+                .await?
+                .ok_or_else(|| CoreError::Internal("a required second factor asked for nothing".into()))?;
+            return Ok((user, SignIn::Mfa(pending)));
+        }
         let session = NewSession::new(&scope, user.id, &["pwd"], client, &policy(&profile), now)?;
         session.write_in(&tx).await?;
         let event = audit::Event {
@@ -479,7 +507,7 @@ impl Identity {
             None,
         )?;
         audit::record_and_commit(tx, &scope, event, now).await?;
-        Ok((user, tokens))
+        Ok((user, SignIn::Tokens(tokens)))
     }
 
     /// Create a user with a password and no session: how platform identities (operators,
@@ -513,9 +541,23 @@ impl Identity {
         password: &str,
         client: &ClientInfo,
         ip: Option<IpAddr>,
-    ) -> Result<UserTokens, CoreError> {
+    ) -> Result<SignIn, CoreError> {
         let checked = self.check_password(project, email, password, client, ip).await?;
-        let PasswordChecked { profile, scope, user_id, role, rehash, account, email, now } = checked;
+        if checked.mfa || self.presentation(project).await?.mfa_required {
+            // A second factor first: the password is done with (its count reset, a new hash
+            // kept), and the sign-in waits.
+            preresolve::rate_reset(&self.inner.router, "signin:account", &checked.account).await?;
+            self.keep_rehash(&checked).await?;
+            let user = crate::identity::signin::SignedInUser {
+                user_id: checked.user_id,
+                role: checked.role.clone(),
+                created: false,
+            };
+            if let Some(p) = self.begin_mfa(&checked.scope, &user, &["pwd"], None).await? {
+                return Ok(SignIn::Mfa(p));
+            }
+        }
+        let PasswordChecked { profile, scope, user_id, role, rehash, account, email, now, .. } = checked;
         // Keys first: no session is written unless a token can be signed for it.
         let keys = self.inner.keys.keyset(&profile).await?;
         let reset = preresolve::rate_reset(&self.inner.router, "signin:account", &account);
@@ -567,6 +609,23 @@ impl Identity {
             None,
             None,
         )
+        .map(SignIn::Tokens)
+    }
+
+    async fn keep_rehash(&self, c: &PasswordChecked) -> Result<(), CoreError> {
+        if let Some(h) = &c.rehash {
+            self.inner
+                .router
+                .write(
+                    &c.scope,
+                    &[(
+                        "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1",
+                        &[(&c.user_id, Type::UUID), (h, Type::TEXT), (&c.now, Type::TIMESTAMPTZ)],
+                    )],
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     /// A password sign-in that hands over a user rather than a session (the hosted pages:
@@ -582,18 +641,7 @@ impl Identity {
     ) -> Result<(Scope, crate::identity::signin::SignedInUser), CoreError> {
         let c = self.check_password(project, email, password, client, ip).await?;
         preresolve::rate_reset(&self.inner.router, "signin:account", &c.account).await?;
-        if let Some(h) = &c.rehash {
-            self.inner
-                .router
-                .write(
-                    &c.scope,
-                    &[(
-                        "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1",
-                        &[(&c.user_id, Type::UUID), (h, Type::TEXT), (&c.now, Type::TIMESTAMPTZ)],
-                    )],
-                )
-                .await?;
-        }
+        self.keep_rehash(&c).await?;
         Ok((c.scope, crate::identity::signin::SignedInUser { user_id: c.user_id, role: c.role, created: false }))
     }
 
@@ -654,7 +702,12 @@ impl Identity {
             .read(
                 &scope,
                 &format!(
-                    "SELECT u.id, u.password_hash, u.disabled, u.role, f.home, {sso_sql} AS sso
+                    "SELECT u.id, u.password_hash, u.disabled, u.role, f.home, {sso_sql} AS sso,
+                            (u.id IS NOT NULL AND (
+                                EXISTS (SELECT 1 FROM mfa_factors m WHERE m.user_id = u.id AND m.confirmed_at IS NOT NULL)
+                                OR EXISTS (SELECT 1 FROM memberships ms
+                                           JOIN organizations o ON o.tenant_id = ms.tenant_id AND o.id = ms.organization_id
+                                           WHERE ms.user_id = u.id AND ms.status = 'active' AND o.mfa_required))) AS mfa
                      FROM (SELECT authio_tenant_at_home($1) AS home) f
                      LEFT JOIN users u ON u.tenant_id = $1 AND u.project_id = $2 AND u.email = $3"
                 ),
@@ -675,6 +728,7 @@ impl Identity {
         let disabled = row.try_get::<Option<bool>>(2)?.unwrap_or(false);
         let role: Option<String> = row.try_get(3)?;
         let sso: bool = row.try_get(5)?;
+        let mfa: bool = row.try_get(6)?;
         let usable = if disabled { None } else { stored.as_deref() };
         let verified = self.inner.passwords.verify(password, usable).await?;
         let (Some(user_id), true) = (user_id, verified.ok) else {
@@ -715,7 +769,7 @@ impl Identity {
         } else {
             None
         };
-        Ok(PasswordChecked { profile, scope, user_id, role, rehash, account, email, now })
+        Ok(PasswordChecked { profile, scope, user_id, role, rehash, account, email, now, mfa })
     }
 
     /// Rotate a refresh token (`grant_type=refresh_token`).
@@ -771,6 +825,7 @@ impl Identity {
                 offers: &|method| presentation.offers(method),
                 organization,
                 resource,
+                project_requires_mfa: presentation.mfa_required,
             },
         )
         .await?;
@@ -826,6 +881,7 @@ impl Identity {
             tid: profile.tenant_id.to_string(),
             pid: profile.project_id.to_string(),
             amr: Some(amr.to_vec()),
+            acr: Some(crate::identity::mfa::acr_of(amr).to_owned()),
             // In an organization, the member's role there stands for the user's own.
             role: org.map(|o| o.role.clone()).or(role),
             // An OpenID client's session: its id and granted scope (RFC 9068).
@@ -899,6 +955,7 @@ impl Identity {
             tid: client.tenant_id.to_string(),
             pid: client.project_id.to_string(),
             amr: None,
+            acr: None,
             role: None,
             scope: Some(scope.clone()),
             client_id: Some(client_id.to_owned()),

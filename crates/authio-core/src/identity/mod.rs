@@ -1,8 +1,9 @@
 //! End users and the flows that sign them in: users, passwords, sessions and refresh tokens,
 //! password and passwordless sign-in, the hosted flow's hand-off, M2M clients, introspection
-//! and revocation. [`auth::Identity`] is the service the other flows build on.
+//! and revocation, second factors (`mfa`). [`auth::Identity`] is the service the other flows build on.
 pub mod auth;
 pub mod impersonation;
+pub mod mfa;
 pub mod m2m;
 pub mod passwords;
 pub mod sessions;

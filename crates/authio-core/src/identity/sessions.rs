@@ -192,12 +192,16 @@ impl NewSession {
 /// refreshed while one of them is still offered. References that name no sign-in method (a
 /// second factor, say) do not decide.
 /// (`saml`: an organization's SAML identity provider, one of the project's upstream providers.)
-const AMR_METHODS: [(&str, &[&str]); 5] = [
+const AMR_METHODS: [(&str, &[&str]); 7] = [
     ("pwd", &["password"]),
     ("otp", &["magic_link", "email_code"]),
     ("email", &["magic_link"]),
     ("oauth", &["oauth"]),
     ("saml", &["oauth"]),
+    // A WebAuthn key: a passkey sign-in, or a second factor after another method (which then
+    // decides by itself).
+    ("hwk", &["passkey"]),
+    ("swk", &["passkey"]),
 ];
 
 pub(crate) fn amr_still_offered(amr: &[String], offers: &(dyn Fn(&str) -> bool + Sync)) -> bool {
@@ -223,6 +227,8 @@ pub struct RefreshHolds<'a> {
     /// RFC 8707 `resource` of the refresh (checked against the client's registered ones): if
     /// the session's grant named one, only that one.
     pub resource: Option<&'a str>,
+    /// The project requires a second factor of every user.
+    pub project_requires_mfa: bool,
 }
 
 /// A successful refresh: what the new access token needs.
@@ -256,7 +262,7 @@ pub async fn refresh(
     client: &ClientInfo,
     holds: RefreshHolds<'_>,
 ) -> Result<Refreshed, CoreError> {
-    let RefreshHolds { expected_client, offers, organization, resource } = holds;
+    let RefreshHolds { expected_client, offers, organization, resource, project_requires_mfa } = holds;
     let project = project_of(scope)?;
     let now = clock.now();
     let hash = token_hash.to_vec();
@@ -325,6 +331,39 @@ pub async fn refresh(
         };
         audit::record_and_commit(tx, scope, event, now).await?;
         return Err(CoreError::InvalidGrant("the session's sign-in method is no longer enabled for the project"));
+    }
+    // A session that never passed a second factor does not outlive a policy that now requires
+    // one (the project's, or an organization's the user is an active member of): it ends here.
+    if !amr.iter().any(|a| a == "mfa") {
+        let required = project_requires_mfa
+            || tx
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM memberships m
+                                    JOIN organizations o ON o.tenant_id = m.tenant_id AND o.id = m.organization_id
+                                    WHERE m.user_id = $1 AND m.status = 'active' AND o.mfa_required) AS required",
+                    &[(&user, Type::UUID)],
+                )
+                .await?
+                .col::<bool>("required")?;
+        if required {
+            tx.query(
+                "UPDATE sessions SET revoked_at = $2, revoked_reason = 'mfa_required'
+                 WHERE id = $1 AND revoked_at IS NULL",
+                &[(&sid, Type::UUID), (&now, Type::TIMESTAMPTZ)],
+            )
+            .await?;
+            let event = audit::Event {
+                action: crate::audit::AuditAction::SessionRevoked,
+                actor: audit::Actor { kind: crate::audit::ActorKind::System, id: None, name: None },
+                target: Some(("session", sid.to_string())),
+                client,
+                metadata: serde_json::json!({"reason": "mfa_required", "user_id": user, "amr": amr}),
+            };
+            audit::record_and_commit(tx, scope, event, now).await?;
+            return Err(CoreError::InvalidGrant(
+                "a second factor is now required: the session has ended, sign in again",
+            ));
+        }
     }
     let within_grace: bool = row.col("within_grace")?;
     // RFC 8707 2.2: a refresh may narrow to the resource its grant named, not widen. Refused

@@ -87,6 +87,8 @@ pub struct Presentation {
     pub methods: Vec<String>,
     pub development: bool,
     pub signup: SignupPolicy,
+    /// Every user must sign in with a second factor (and enrol one first if they have none).
+    pub mfa_required: bool,
 }
 
 impl Presentation {
@@ -132,6 +134,7 @@ impl Presentation {
             methods: r.try_get(6)?,
             development: r.try_get::<String>(7)? == "development",
             signup: SignupPolicy::from_columns(&r.try_get::<String>(8)?, r.try_get(9)?),
+            mfa_required: r.try_get::<String>(10)? == "required",
         })
     }
 }
@@ -180,7 +183,10 @@ impl Return {
             // The invitation page (its token waits in a cookie of that page, never in a URL
             // that is stored or logged).
             || return_to == format!("/p/{project}/invitations/accept")
-            || return_to == "/invitations/accept")
+            || return_to == "/invitations/accept"
+            // The user's own security page (second factors).
+            || return_to == format!("/p/{project}/account/security")
+            || return_to == "/account/security")
             && return_to.len() <= 4096
             && !return_to.contains(['\r', '\n']);
         if !ok {
@@ -979,9 +985,12 @@ impl Identity {
         proved: &ProvedEmail,
         method: &str,
         client: &ClientInfo,
-    ) -> Result<UserTokens, CoreError> {
+    ) -> Result<crate::identity::auth::SignIn, CoreError> {
         let user = self.resolve_user(&proved.scope, &proved.email, method, client).await?;
-        self.start_session(&proved.scope, &user, &["otp"], client).await
+        if let Some(p) = self.begin_mfa(&proved.scope, &user, &["otp"], None).await? {
+            return Ok(crate::identity::auth::SignIn::Mfa(p));
+        }
+        self.start_session(&proved.scope, &user, &["otp"], client).await.map(crate::identity::auth::SignIn::Tokens)
     }
 
     /// The lifetimes and attempt limits in force.

@@ -358,6 +358,9 @@ pub struct AuthorizeParams {
     /// With scope `organization`: the organization the session is to act for (its user must be
     /// an active member).
     pub organization: Option<String>,
+    /// OIDC Core 3.1.2.1: space-separated, in order of preference; `aal2` asks for a second
+    /// factor in this sign-in (step-up on an existing session).
+    pub acr_values: Option<String>,
 }
 
 /// A request that checked out.
@@ -375,6 +378,19 @@ pub struct AuthzRequest {
     pub login_hint: Option<String>,
     pub resource: Option<String>,
     pub organization: Option<Uuid>,
+    /// `acr_values` asked for `aal2`: the sign-in must have passed a second factor.
+    pub require_mfa: bool,
+}
+
+/// The `acr` values the provider knows: NIST SP 800-63B's assurance levels. `aal2` is a sign-in
+/// with a second factor.
+pub const ACR_VALUES: [&str; 2] = ["aal1", "aal2"];
+
+/// Whether `acr_values` asks for a second factor. Values the provider does not know are
+/// ignored (OIDC Core 3.1.2.1: acr_values is a voluntary request unless asked as an essential
+/// claim, which this provider does not support).
+pub fn acr_demands_mfa(acr_values: Option<&str>) -> bool {
+    acr_values.unwrap_or("").split(' ').any(|v| v == "aal2")
 }
 
 /// Why a request cannot go on: shown on a page when the redirect URI cannot be trusted
@@ -437,6 +453,8 @@ struct IdClaims<'a> {
     nonce: Option<&'a str>,
     at_hash: String,
     amr: &'a [String],
+    /// `aal2` when the sign-in passed a second factor, else `aal1`.
+    acr: &'static str,
     sid: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     email: Option<String>,
@@ -631,6 +649,7 @@ impl Provider {
             login_hint: p.login_hint.clone(),
             resource,
             organization,
+            require_mfa: acr_demands_mfa(p.acr_values.as_deref()),
         })
     }
 
@@ -867,6 +886,11 @@ impl Provider {
         if !crate::identity::sessions::amr_still_offered(&amr, &|m| presentation.offers(m)) {
             return Err(CoreError::InvalidGrant("the code's sign-in method is no longer enabled for the project"));
         }
+        // A code made without a second factor starts no session for a user whom policy now
+        // requires one of (the sign-in that made it predates the policy).
+        if !amr.iter().any(|a| a == "mfa") && self.identity.mfa_required_by_policy(&scope, user_id).await? {
+            return Err(CoreError::InvalidGrant("a second factor is required: sign in again"));
+        }
         let amr_refs: Vec<&str> = amr.iter().map(String::as_str).collect();
         let scopes: Vec<&str> = scope_text.as_deref().unwrap_or("").split(' ').filter(|s| !s.is_empty()).collect();
         // RFC 8707 2.2: the token request may name the resource the authorization request
@@ -929,6 +953,7 @@ impl Provider {
             // OIDC Core 3.1.3.6: the hash of the ID token's own algorithm.
             at_hash: at_hash(id_alg, &tokens.access_token),
             amr: &amr,
+            acr: crate::identity::mfa::acr_of(&amr),
             sid: tokens.session_id.to_string(),
             email: email_scope.then(|| u.try_get(2)).transpose()?,
             email_verified: email_scope.then(|| u.try_get(3)).transpose()?,

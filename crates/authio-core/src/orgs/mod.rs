@@ -93,12 +93,14 @@ pub struct Organization {
     /// Its people (members, and addresses at its verified domains) sign in only through its
     /// single sign-on connection.
     pub sso_required: bool,
+    /// Its active members sign in with a second factor (enrolling one first if they have none).
+    pub mfa_required: bool,
     pub metadata: serde_json::Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-const ORG_COLS: &str = "id, slug, name, external_id, metadata, created_at, updated_at, domain_policy, sso_required";
+const ORG_COLS: &str = "id, slug, name, external_id, metadata, created_at, updated_at, domain_policy, sso_required, mfa_required";
 
 impl Organization {
     fn from_row(r: &Row) -> Result<Self, CoreError> {
@@ -109,6 +111,7 @@ impl Organization {
             external_id: r.col("external_id")?,
             domain_policy: r.col("domain_policy")?,
             sso_required: r.col("sso_required")?,
+            mfa_required: r.col("mfa_required")?,
             metadata: r.col("metadata")?,
             created_at: r.col("created_at")?,
             updated_at: r.col("updated_at")?,
@@ -138,6 +141,8 @@ pub struct OrganizationPatch {
     pub domain_policy: Option<String>,
     /// Turning it on needs an enabled single sign-on connection of the organization.
     pub sso_required: Option<bool>,
+    /// Its active members must sign in with a second factor.
+    pub mfa_required: Option<bool>,
 }
 
 fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
@@ -277,6 +282,7 @@ pub async fn list_organizations(
                 updated_at: r.try_get(6)?,
                 domain_policy: r.try_get(7)?,
                 sso_required: r.try_get(8)?,
+                mfa_required: r.try_get(9)?,
             })
         })
         .collect()
@@ -340,7 +346,8 @@ pub async fn update_organization(
                         external_id = CASE WHEN $4 THEN $5 ELSE external_id END,
                         metadata = coalesce($6, metadata), updated_at = $7,
                         domain_policy = coalesce($8, domain_policy),
-                        sso_required = coalesce($9, sso_required)
+                        sso_required = coalesce($9, sso_required),
+                        mfa_required = coalesce($10, mfa_required)
                  WHERE id = $1 RETURNING {ORG_COLS}"
             ),
             &[
@@ -353,6 +360,7 @@ pub async fn update_organization(
                 (&now, Type::TIMESTAMPTZ),
                 (&patch.domain_policy, Type::TEXT),
                 (&patch.sso_required, Type::BOOL),
+                (&patch.mfa_required, Type::BOOL),
             ],
         )
         .await
@@ -361,6 +369,7 @@ pub async fn update_organization(
     let org = Organization::from_row(&row)?;
     let meta = serde_json::json!({
         "slug": patch.slug, "name": patch.name, "domain_policy": patch.domain_policy, "sso_required": patch.sso_required,
+        "mfa_required": patch.mfa_required,
     });
     commit_with(
         tx,

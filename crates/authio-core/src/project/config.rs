@@ -520,6 +520,9 @@ pub struct PresentationSettings {
     pub signin_methods: Vec<String>,
     pub signup_policy: String,
     pub signup_domains: Vec<String>,
+    /// `optional` (users may enrol a second factor) or `required` (every user signs in with
+    /// one, enrolling first if they have none).
+    pub mfa_policy: String,
 }
 
 /// A change to it: absent fields stay; `null` clears an optional one.
@@ -538,13 +541,15 @@ pub struct PresentationPatch {
     pub signup_policy: Option<String>,
     /// Domains admitted by the `domains` policy, in their ASCII form (up to 50).
     pub signup_domains: Option<Vec<String>>,
+    /// `optional` or `required`.
+    pub mfa_policy: Option<String>,
 }
 
 fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
     Ok(Some(Option::<String>::deserialize(d)?))
 }
 
-pub const METHODS: [&str; 4] = ["password", "magic_link", "email_code", "oauth"];
+pub const METHODS: [&str; 5] = ["password", "magic_link", "email_code", "oauth", "passkey"];
 
 impl PresentationPatch {
     pub fn validate(&self) -> Result<(), ValidationError> {
@@ -579,7 +584,12 @@ impl PresentationPatch {
         }
         if let Some(m) = &self.signin_methods {
             if m.is_empty() || m.iter().any(|x| !METHODS.contains(&x.as_str())) {
-                return Err(ValidationError::Field("signin_methods (password, magic_link, email_code, oauth)"));
+                return Err(ValidationError::Field("signin_methods (password, magic_link, email_code, oauth, passkey)"));
+            }
+        }
+        if let Some(p) = &self.mfa_policy {
+            if p != "optional" && p != "required" {
+                return Err(ValidationError::Field("mfa_policy (optional or required)"));
             }
         }
         if let Some(p) = &self.signup_policy {
@@ -607,7 +617,7 @@ impl PresentationPatch {
 }
 
 const PRESENTATION_COLS: &str =
-    "environment, display_name, logo_url, brand_color, email_sender_name, signin_methods, signup_policy, signup_domains";
+    "environment, display_name, logo_url, brand_color, email_sender_name, signin_methods, signup_policy, signup_domains, mfa_policy";
 
 fn presentation_from(r: &authio_db::Row) -> Result<PresentationSettings, CoreError> {
     Ok(PresentationSettings {
@@ -619,6 +629,7 @@ fn presentation_from(r: &authio_db::Row) -> Result<PresentationSettings, CoreErr
         signin_methods: r.col("signin_methods")?,
         signup_policy: r.col("signup_policy")?,
         signup_domains: r.col("signup_domains")?,
+        mfa_policy: r.col("mfa_policy")?,
     })
 }
 
@@ -660,7 +671,8 @@ pub async fn update_presentation(
                 email_sender_name = CASE WHEN $8 THEN $9 ELSE email_sender_name END,
                 signin_methods = coalesce($10, signin_methods),
                 signup_policy = coalesce($11, signup_policy),
-                signup_domains = coalesce($12, signup_domains)
+                signup_domains = coalesce($12, signup_domains),
+                mfa_policy = coalesce($13, mfa_policy)
              WHERE id = $1 RETURNING {PRESENTATION_COLS}"
         ),
         &[
@@ -676,6 +688,7 @@ pub async fn update_presentation(
             (&patch.signin_methods, Type::TEXT_ARRAY),
             (&patch.signup_policy, Type::TEXT),
             (&patch.signup_domains, Type::TEXT_ARRAY),
+            (&patch.mfa_policy, Type::TEXT),
         ],
         (
             crate::audit::AuditAction::ProjectPresentationChanged,
@@ -687,6 +700,7 @@ pub async fn update_presentation(
                 "signin_methods": patch.signin_methods,
                 "signup_policy": patch.signup_policy,
                 "signup_domains": patch.signup_domains,
+                "mfa_policy": patch.mfa_policy,
             }),
         ),
     )

@@ -35,6 +35,10 @@ pub struct HomeTable {
 
 pub const HOME_TABLES: &[HomeTable] = &[
     // Children before parents: an old copy is deleted in this order.
+    HomeTable { name: "webauthn_ceremonies", key: "tenant_id, id" },
+    HomeTable { name: "mfa_pending", key: "tenant_id, token_hash" },
+    HomeTable { name: "recovery_codes", key: "tenant_id, user_id, code_hash" },
+    HomeTable { name: "mfa_factors", key: "tenant_id, id" },
     HomeTable { name: "directory_group_members", key: "tenant_id, group_id, member_id" },
     HomeTable { name: "directory_groups", key: "tenant_id, id" },
     HomeTable { name: "directory_users", key: "tenant_id, id" },

@@ -850,6 +850,7 @@ async fn signin_page(
             "password" => "Password",
             "magic_link" => "Magic link",
             "email_code" => "Email code",
+            "passkey" => "Passkey",
             _ => "Upstream providers (OAuth / OpenID Connect)",
         };
         form = form.field(Field::check("method", label, method, s.signin_methods.iter().any(|x| x == method)));
@@ -879,6 +880,15 @@ async fn signin_page(
             "signup_domains",
             "Sign-up domains (comma-separated)",
             &s.signup_domains.join(", "),
+        ))
+        .field(Field::select(
+            "mfa_policy",
+            "Multi-factor authentication",
+            vec![
+                ("optional".into(), "Optional: users may add a second factor".into()),
+                ("required".into(), "Required: every user signs in with a second factor".into()),
+            ],
+            &s.mfa_policy,
         ));
     flash(project_page(&m, &p, "Sign-in & branding", "signin"), &f)
         .block(Block::Para(format!("Hosted sign-in page: {}/p/{}/signin", state.public_url, p.id)))
@@ -917,6 +927,7 @@ async fn signin_save(
             }
             _ => None,
         },
+        mfa_policy: get("mfa_policy").filter(|v| !v.is_empty()),
     };
     let info = client_info(&headers);
     match project_config::update_presentation(&state.router, state.clock.as_ref(), &auth, &patch, &info).await {
@@ -1397,6 +1408,7 @@ async fn organization_view(
             ("Slug".into(), o.slug.clone()),
             ("Domain policy".into(), o.domain_policy.clone()),
             ("Single sign-on".into(), if o.sso_required { "required".into() } else { "optional".into() }),
+            ("Second factor".into(), if o.mfa_required { "required".into() } else { "optional".into() }),
             ("Id".into(), o.id.to_string()),
         ]))
         .block(Block::table(
@@ -1471,6 +1483,14 @@ async fn organization_view(
                 FormView::button(format!("{b}/require-sso"), "Require single sign-on", true)
             }
             .disabled_if(read_only || (!o.sso_required && !connections.iter().any(|c| c.enabled))),
+        ))
+        .block(Block::Form(
+            if o.mfa_required {
+                FormView::button(format!("{b}/mfa-optional"), "Stop requiring a second factor", false)
+            } else {
+                FormView::button(format!("{b}/require-mfa"), "Require a second factor (MFA)", true)
+            }
+            .disabled_if(read_only),
         ))
         .blocks(secret)
         .block(Block::table(
@@ -1676,6 +1696,13 @@ async fn organization_action(
                 .map(|_| format!("{back}?done=resent")),
             Err(e) => Err(e),
         },
+        "require-mfa" | "mfa-optional" => {
+            let patch =
+                authio_core::orgs::OrganizationPatch { mfa_required: Some(act == "require-mfa"), ..Default::default() };
+            authio_core::orgs::update_organization(&state.router, state.clock.as_ref(), &auth, oid, &patch, &info)
+                .await
+                .map(|_| format!("{back}?done=saved"))
+        }
         "require-sso" | "allow-other-sign-in" => {
             let patch =
                 authio_core::orgs::OrganizationPatch { sso_required: Some(act == "require-sso"), ..Default::default() };

@@ -158,6 +158,7 @@ pub(crate) fn no_store<T: IntoResponse>(status: StatusCode, body: T) -> Response
     responses(
         (status = 201, description = "created and signed in", body = SignUpResponse),
         (status = 404, description = "unknown project (`project_not_found`)", body = crate::error::ErrorBody),
+        (status = 403, description = "`mfa_required`: the project requires a second factor; the account is made and its first sign-in waits for an enrolment (`mfa_token`, `enrolment_required`)", body = crate::routes::mfa::MfaRequiredBody),
         (status = 409, description = "email taken (`email_taken`)", body = crate::error::ErrorBody),
         (status = 422, description = "invalid email or password (8-256 characters)", body = crate::error::ErrorBody),
         (status = 429, description = "too many sign-ups from this address", body = crate::error::ErrorBody),
@@ -171,9 +172,16 @@ pub async fn sign_up(
     let req: PasswordRequest = json_body(&headers, &body)?;
     crate::routes::passwordless::check_origin(&state, &headers, req.project_id).await?;
     let ip = client_ip(&state, connect.as_ref(), &headers);
-    let (user, tokens) =
+    let (user, signed) =
         state.identity.sign_up(req.project_id, &req.email, &req.password, &client_info(&headers, ip), ip).await?;
-    Ok(no_store(StatusCode::CREATED, Json(SignUpResponse { user: user.into(), tokens: tokens.into() })))
+    Ok(match signed {
+        authio_core::identity::auth::SignIn::Tokens(tokens) => {
+            no_store(StatusCode::CREATED, Json(SignUpResponse { user: user.into(), tokens: tokens.into() }))
+        }
+        // The project requires a second factor: the account exists, its first session waits
+        // for the enrolment.
+        waiting => crate::routes::mfa::sign_in_answer(waiting, StatusCode::CREATED),
+    })
 }
 
 /// Sign in with email and password.
@@ -181,6 +189,7 @@ pub async fn sign_up(
     responses(
         (status = 200, description = "signed in", body = TokenResponse),
         (status = 401, description = "wrong email or password, the same for unknown accounts (`invalid_credentials`)", body = crate::error::ErrorBody),
+        (status = 403, description = "`mfa_required`: the password is right and a second factor must follow (`mfa_token` for `/v1/auth/mfa/verify`, or an enrolment when `enrolment_required`); `sso_required`", body = crate::routes::mfa::MfaRequiredBody),
         (status = 429, description = "too many attempts for this account or address (`too_many_attempts`, `Retry-After`)", body = crate::error::ErrorBody),
     ))]
 pub async fn sign_in(
@@ -192,9 +201,9 @@ pub async fn sign_in(
     let req: PasswordRequest = json_body(&headers, &body)?;
     crate::routes::passwordless::check_origin(&state, &headers, req.project_id).await?;
     let ip = client_ip(&state, connect.as_ref(), &headers);
-    let tokens =
+    let signed =
         state.identity.sign_in(req.project_id, &req.email, &req.password, &client_info(&headers, ip), ip).await?;
-    Ok(no_store(StatusCode::OK, Json(TokenResponse::from(tokens))))
+    Ok(crate::routes::mfa::sign_in_answer(signed, StatusCode::OK))
 }
 
 /// The form of `POST /v1/auth/token` (documentation only: the handler reads [`Form`]).

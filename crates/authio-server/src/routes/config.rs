@@ -389,6 +389,8 @@ pub struct PresentationBody {
     /// `open`, `invite_only` or `domains`.
     pub signup_policy: String,
     pub signup_domains: Vec<String>,
+    /// `optional` or `required` (every user signs in with a second factor).
+    pub mfa_policy: String,
 }
 
 impl From<PresentationSettings> for PresentationBody {
@@ -402,6 +404,7 @@ impl From<PresentationSettings> for PresentationBody {
             signin_methods: p.signin_methods,
             signup_policy: p.signup_policy,
             signup_domains: p.signup_domains,
+            mfa_policy: p.mfa_policy,
         }
     }
 }
@@ -421,7 +424,8 @@ pub async fn get_presentation(
 
 /// Change it: `environment` (production|development), `display_name`, `logo_url` (https),
 /// `brand_color` (#rrggbb), `email_sender_name`, `signin_methods`, `signup_policy` (open,
-/// invite_only, domains) and `signup_domains` (with the `domains` policy).
+/// invite_only, domains), `signup_domains` (with the `domains` policy) and `mfa_policy`
+/// (optional, required).
 #[utoipa::path(patch, path = "/v1/projects/{project_id}/presentation", tag = "sign-in config",
     params(("project_id" = Uuid, Path)), security(("project_api_key" = [])), request_body(content = Object),
     responses((status = 200, body = PresentationBody), (status = 422, description = "`invalid_request`")))]

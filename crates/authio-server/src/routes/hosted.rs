@@ -36,6 +36,8 @@ macro_rules! attempt {
     };
 }
 
+pub mod mfa;
+
 const CSRF_COOKIE: &str = "authio_csrf";
 const OAUTH_COOKIE: &str = "authio_oauth";
 
@@ -79,6 +81,9 @@ pub async fn custom_domains(State(state): State<AppState>, mut req: Request, nex
         "/invitations/accept",
         "/organizations/select",
         "/sso",
+        "/mfa",
+        "/passkey",
+        "/account/security",
     ]
     .iter()
     .any(|p| path == *p || path.starts_with(&format!("{p}/")) || (p.ends_with('/') && path.starts_with(p)));
@@ -180,6 +185,10 @@ struct Page {
     /// The organization picker: (id, name, joins by domain policy).
     orgs: Vec<(String, String, bool)>,
     return_to: String,
+    /// The project offers passkey sign-in (the page then carries the WebAuthn script).
+    passkey: bool,
+    /// The nonce of the page's one script (empty: no script).
+    script_nonce: String,
 }
 
 struct MailView {
@@ -239,6 +248,7 @@ impl Ctx {
     }
 
     fn render(&self, status: StatusCode, page: Page) -> Response {
+        let nonce = page.script_nonce.clone();
         let body = match page.render() {
             Ok(b) => b,
             Err(e) => {
@@ -248,6 +258,7 @@ impl Ctx {
         };
         let mut resp = (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response();
         secure_headers(resp.headers_mut());
+        allow_script(resp.headers_mut(), &nonce);
         if self.set_csrf {
             set_cookie(resp.headers_mut(), CSRF_COOKIE, &self.csrf, self.secure, 86400);
         }
@@ -335,6 +346,21 @@ pub(crate) fn secure_headers(h: &mut HeaderMap) {
             "default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
+}
+
+/// A page with the WebAuthn script: that one inline script (by its nonce) may run and call
+/// back to this origin; nothing else changes.
+pub(crate) fn allow_script(h: &mut HeaderMap, nonce: &str) {
+    if nonce.is_empty() {
+        return;
+    }
+    let csp = format!(
+        "default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; script-src 'nonce-{nonce}'; \
+         connect-src 'self'; frame-ancestors 'none'; base-uri 'none'"
+    );
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
 }
 
 pub(crate) fn random_token() -> String {
@@ -430,6 +456,13 @@ pub struct FormFields {
     challenge_id: Option<String>,
     code: Option<String>,
     organization: Option<String>,
+    recovery_code: Option<String>,
+    /// A WebAuthn ceremony's id and the browser's credential (JSON).
+    ceremony: Option<String>,
+    credential: Option<String>,
+    /// A factor being enrolled, or renamed.
+    factor: Option<String>,
+    name: Option<String>,
     #[serde(flatten)]
     flow: FlowParamsForm,
 }
@@ -481,9 +514,27 @@ fn project_id(raw: &str) -> Result<Uuid, Box<Response>> {
     Uuid::parse_str(raw).map_err(|_| Box::new(plain_error(CoreError::NotFound(authio_core::types::Entity::Project))))
 }
 
+/// The end of every first factor: the second factor, when the user has one or policy
+/// requires one, else [`hand_off`].
+async fn finish(
+    state: &AppState,
+    ctx: &Ctx,
+    scope: &Scope,
+    user: &SignedInUser,
+    amr: &[&str],
+    ret: Option<&Return>,
+    email: &str,
+) -> Response {
+    match state.identity.begin_mfa(scope, user, amr, ret).await {
+        Ok(None) => hand_off(state, ctx, scope, user, amr, ret, email).await,
+        Ok(Some(pending)) => mfa::to_second_factor(ctx, &pending),
+        Err(e) => ctx.error(e, "done", "Sign-in failed", ctx.page("done", "")),
+    }
+}
+
 /// The end of every successful sign-in: back to the app with a code, or a page saying who
 /// is signed in.
-async fn finish(
+async fn hand_off(
     state: &AppState,
     ctx: &Ctx,
     scope: &Scope,
@@ -548,6 +599,10 @@ pub async fn signin_page(
     }
     if ctx.presentation.offers("oauth") {
         (p.providers, p.sso) = state.upstream.sign_in_buttons(project).await.unwrap_or_default();
+    }
+    if !signup && ctx.presentation.offers("passkey") {
+        p.passkey = true;
+        p.script_nonce = random_token();
     }
     ctx.render(StatusCode::OK, p)
 }

@@ -6,6 +6,7 @@ pub mod events;
 pub mod health;
 pub mod hosted;
 pub mod manage;
+pub mod mfa;
 pub mod oidc;
 pub mod orgs;
 pub mod passwordless;
@@ -68,6 +69,11 @@ pub fn router(state: AppState) -> axum::Router {
             post(orgs::resend_invitation),
         )
         .route("/v1/projects/{project_id}/users/{user_id}/impersonate", post(users::impersonate))
+        .route("/v1/projects/{project_id}/users/{user_id}/mfa-factors", get(mfa::user_factors))
+        .route(
+            "/v1/projects/{project_id}/users/{user_id}/mfa-factors/{id}",
+            axum::routing::delete(mfa::remove_user_factor),
+        )
         .route("/v1/projects/{project_id}/events", get(events::list_events))
         .route("/v1/projects/{project_id}/webhooks", get(webhooks::list_endpoints).post(webhooks::create_endpoint))
         .route(
@@ -125,11 +131,36 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/v1/auth/magic-link/verify", post(passwordless::verify_magic_link))
         .route("/v1/auth/email-code", post(passwordless::request_email_code))
         .route("/v1/auth/email-code/verify", post(passwordless::verify_email_code))
+        .route("/v1/auth/mfa/verify", post(mfa::verify))
+        .route("/v1/auth/mfa/totp/enrol", post(mfa::enrol_totp))
+        .route("/v1/auth/mfa/totp/confirm", post(mfa::confirm_totp))
+        .route("/v1/me/mfa", get(mfa::my_factors))
+        .route("/v1/me/mfa/totp", post(mfa::start_my_totp))
+        .route("/v1/me/mfa/totp/{id}/confirm", post(mfa::confirm_my_totp))
+        .route("/v1/me/mfa/factors/{id}", axum::routing::patch(mfa::rename_my_factor).delete(mfa::remove_my_factor))
+        .route("/v1/me/mfa/recovery-codes", post(mfa::regenerate_my_codes))
         .layer(axum::middleware::from_fn_with_state(state.clone(), passwordless::cors))
         .route("/p/{project_id}/.well-known/jwks.json", get(auth::jwks));
     let hosted = axum::Router::new()
         .route("/p/{project_id}/signin", get(hosted::signin_page).post(hosted::password_post))
         .route("/p/{project_id}/signup", get(hosted::signin_page).post(hosted::password_post))
+        .route("/p/{project_id}/mfa", get(hosted::mfa::challenge_page).post(hosted::mfa::challenge_post))
+        .route("/p/{project_id}/mfa/enrol", get(hosted::mfa::enrol_page).post(hosted::mfa::enrol_post))
+        .route("/p/{project_id}/mfa/continue", post(hosted::mfa::continue_post))
+        .route("/p/{project_id}/mfa/webauthn/options", post(hosted::mfa::webauthn_options))
+        .route("/p/{project_id}/mfa/webauthn", post(hosted::mfa::webauthn_post))
+        .route("/p/{project_id}/passkey/options", post(hosted::mfa::passkey_options))
+        .route("/p/{project_id}/passkey", post(hosted::mfa::passkey_post))
+        .route("/p/{project_id}/account/security", get(hosted::mfa::security_page))
+        .route("/p/{project_id}/account/security/done", post(hosted::mfa::security_done))
+        .route(
+            "/p/{project_id}/account/security/totp",
+            get(hosted::mfa::security_totp_page).post(hosted::mfa::security_totp_post),
+        )
+        .route("/p/{project_id}/account/security/recovery-codes", post(hosted::mfa::security_codes_post))
+        .route("/p/{project_id}/account/security/factors/{id}/{act}", post(hosted::mfa::security_factor_post))
+        .route("/p/{project_id}/account/security/webauthn/options", post(hosted::mfa::security_webauthn_options))
+        .route("/p/{project_id}/account/security/webauthn", post(hosted::mfa::security_webauthn_post))
         .route("/p/{project_id}/magic-link", post(hosted::magic_link_post))
         .route("/p/{project_id}/magic", get(hosted::magic_page).post(hosted::magic_post))
         .route("/p/{project_id}/code", post(hosted::code_post))

@@ -5,6 +5,8 @@ use authio_core::authz::Permission;
 use std::net::SocketAddr;
 
 use authio_core::oidc::{self, AuthorizeParams, AuthzError, NewOidcClient, OidcClient, OidcClientInfo};
+use authio_core::identity::mfa::MfaNeed;
+use authio_core::identity::signin::{Return, SignedInUser};
 use authio_core::CoreError;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
@@ -18,7 +20,7 @@ use uuid::Uuid;
 use crate::error::OAuthError;
 use crate::extract::json_body;
 use crate::routes::auth::{client_credentials, client_info, client_ip, no_store, Form};
-use crate::routes::hosted::{cookie, secure_headers, set_op_cookie, CustomHost, OP_COOKIE};
+use crate::routes::hosted::{self, cookie, secure_headers, set_op_cookie, CustomHost, OP_COOKIE};
 use crate::{ApiError, AppState, RequestContext};
 
 fn project_of(raw: &str) -> Result<Uuid, ApiError> {
@@ -70,8 +72,9 @@ async fn metadata(state: &AppState, project: &str) -> Result<Response, ApiError>
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "code_challenge_methods_supported": ["S256"],
-        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "amr", "sid", "azp",
-                             "email", "email_verified", "updated_at", "org_id"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "amr", "acr", "sid",
+                             "azp", "email", "email_verified", "updated_at", "org_id"],
+        "acr_values_supported": oidc::ACR_VALUES,
         "prompt_values_supported": ["none", "login"],
         "authorization_response_iss_parameter_supported": true,
         "claims_parameter_supported": false,
@@ -163,6 +166,42 @@ pub async fn authorize(
         }
     };
     if let Some(s) = usable {
+        // A second factor the sign-in has not passed: the user's own (or policy's), or one the
+        // client demands (`acr_values=aal2`). Step-up on this session: the challenge (or an
+        // enrolment), then back here.
+        if !s.amr.iter().any(|a| a == "mfa") {
+            let scope = match state.identity.project_scope(project).await {
+                Ok(scope) => scope,
+                Err(e) => {
+                    tracing::warn!(error = %e, "authorization: project not read");
+                    return fail("temporarily_unavailable", "try again shortly");
+                }
+            };
+            let user = SignedInUser { user_id: s.user_id, role: None, created: false };
+            let prefix = prefix_of(project, custom.as_ref());
+            let return_to = format!("{prefix}/oauth2/authorize?{query}");
+            let step_up = match Return::authorize(project, &return_to) {
+                // OIDC Core 3.1.2.6: a request that may not interact says so (and nothing waits).
+                Ok(_) if req.prompt_none => match state.identity.mfa_need(&scope, s.user_id).await {
+                    Ok(MfaNeed::None) if !req.require_mfa => Ok(None),
+                    Ok(_) => return fail("interaction_required", "a second factor is required"),
+                    Err(e) => Err(e),
+                },
+                Ok(ret) => {
+                    let amr: Vec<&str> = s.amr.iter().map(String::as_str).collect();
+                    state.identity.begin_step_up(&scope, &user, &amr, &ret, req.require_mfa).await
+                }
+                Err(e) => Err(e),
+            };
+            match step_up {
+                Ok(None) => {}
+                Ok(Some(pending)) => return hosted::mfa::step_up(&state, project, custom.as_ref(), &pending),
+                Err(e) => {
+                    tracing::warn!(error = %e, "authorization: step-up not started");
+                    return fail("temporarily_unavailable", "try again shortly");
+                }
+            }
+        }
         let mut req = req.clone();
         // Scope `organization` without a named one: the only organization the user is an
         // active member of, or the hosted picker when there is a choice to make (several, or

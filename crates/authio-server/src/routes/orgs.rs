@@ -37,6 +37,8 @@ pub struct OrganizationBody {
     /// sign-on connection (password, email links and codes, and other providers are refused
     /// with `sso_required`).
     pub sso_required: bool,
+    /// Its active members sign in with a second factor (enrolling one first if they have none).
+    pub mfa_required: bool,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     pub created_at: DateTime<Utc>,
@@ -52,6 +54,7 @@ impl From<orgs::Organization> for OrganizationBody {
             external_id: o.external_id,
             domain_policy: o.domain_policy,
             sso_required: o.sso_required,
+            mfa_required: o.mfa_required,
             metadata: o.metadata,
             created_at: o.created_at,
             updated_at: o.updated_at,
@@ -76,6 +79,10 @@ pub struct NewOrganizationBody {
     metadata: Option<serde_json::Value>,
     #[schema(pattern = "^(invite_only|auto_join)$")]
     domain_policy: Option<String>,
+    /// Needs an enabled single sign-on connection of the organization to turn on.
+    sso_required: Option<bool>,
+    /// Its active members must sign in with a second factor.
+    mfa_required: Option<bool>,
 }
 
 /// `PATCH .../organizations/{id}`: absent fields stay; `external_id: null` clears it.
@@ -92,6 +99,10 @@ pub struct OrganizationPatchBody {
     metadata: Option<serde_json::Value>,
     #[schema(pattern = "^(invite_only|auto_join)$")]
     domain_policy: Option<String>,
+    /// Needs an enabled single sign-on connection of the organization to turn on.
+    sso_required: Option<bool>,
+    /// Its active members must sign in with a second factor.
+    mfa_required: Option<bool>,
 }
 
 #[derive(Serialize, ToSchema)]

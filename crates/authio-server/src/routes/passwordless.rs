@@ -131,6 +131,7 @@ pub struct MagicLinkVerify {
 #[utoipa::path(post, path = "/v1/auth/magic-link/verify", tag = "auth", request_body = MagicLinkVerify,
     responses(
         (status = 200, description = "signed in", body = TokenResponse),
+        (status = 403, description = "`mfa_required`: a second factor must follow (`mfa_token`)", body = crate::routes::mfa::MfaRequiredBody),
         (status = 400, description = "`invalid_grant`: unknown, used, expired, or another browser's link", body = crate::error::ErrorBody),
         (status = 429, description = "too many checks from this address (`Retry-After`)", body = crate::error::ErrorBody),
     ))]
@@ -144,8 +145,8 @@ pub async fn verify_magic_link(
     let ip = client_ip(&state, connect.as_ref(), &headers);
     let proved = state.identity.use_magic_link(&req.token, req.code_verifier.as_deref(), ip).await?;
     let client = client_info(&headers, ip);
-    let tokens = state.identity.sign_in_proved(&proved, "magic_link", &client).await?;
-    Ok(no_store(StatusCode::OK, Json(TokenResponse::from(tokens))))
+    let signed = state.identity.sign_in_proved(&proved, "magic_link", &client).await?;
+    Ok(crate::routes::mfa::sign_in_answer(signed, StatusCode::OK))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -196,6 +197,7 @@ pub struct EmailCodeVerify {
 #[utoipa::path(post, path = "/v1/auth/email-code/verify", tag = "auth", request_body = EmailCodeVerify,
     responses(
         (status = 200, description = "signed in", body = TokenResponse),
+        (status = 403, description = "`mfa_required`: a second factor must follow (`mfa_token`)", body = crate::routes::mfa::MfaRequiredBody),
         (status = 400, description = "`invalid_grant` (wrong or expired code), `challenge_locked`", body = crate::error::ErrorBody),
         (status = 429, description = "too many checks from this address (`Retry-After`)", body = crate::error::ErrorBody),
     ))]
@@ -209,6 +211,6 @@ pub async fn verify_email_code(
     let ip = client_ip(&state, connect.as_ref(), &headers);
     let proved = state.identity.verify_email_code(req.challenge_id, req.code.trim(), ip).await?;
     let client = client_info(&headers, ip);
-    let tokens = state.identity.sign_in_proved(&proved, "email_code", &client).await?;
-    Ok(no_store(StatusCode::OK, Json(TokenResponse::from(tokens))))
+    let signed = state.identity.sign_in_proved(&proved, "email_code", &client).await?;
+    Ok(crate::routes::mfa::sign_in_answer(signed, StatusCode::OK))
 }

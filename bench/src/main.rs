@@ -32,6 +32,7 @@ use uuid::Uuid;
 
 mod dsync;
 mod events;
+mod mfa;
 mod moves;
 mod oidc;
 mod orgs;
@@ -66,6 +67,7 @@ async fn main() -> Result<()> {
     match what.as_str() {
         "move" => return moves::move_bench().await,
         "saml" => return saml::saml(secs, rounds),
+        "mfa" => return mfa::mfa(secs, rounds),
         "routing-memory" => return moves::routing_memory().await,
         _ => {}
     }
@@ -96,7 +98,7 @@ async fn main() -> Result<()> {
             dsync::dsync(&env).await?;
         }
         other => {
-            bail!("unknown benchmark {other:?}: tiers | scoped | tokens | signin | audit | otp | oidc | orgs | events | webhooks | dsync | saml | all | move | routing-memory")
+            bail!("unknown benchmark {other:?}: tiers | scoped | tokens | signin | audit | otp | oidc | orgs | events | webhooks | dsync | saml | mfa | all | move | routing-memory")
         }
     }
     Ok(())

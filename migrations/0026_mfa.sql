@@ -92,6 +92,7 @@ CREATE TABLE mfa_pending (
     PRIMARY KEY (tenant_id, token_hash),
     FOREIGN KEY (tenant_id, user_id) REFERENCES users (tenant_id, id) ON DELETE CASCADE
 );
+CREATE INDEX mfa_pending_user ON mfa_pending (tenant_id, user_id);
 
 -- A WebAuthn ceremony under way: the relying-party library's state (challenge, expiry), used
 -- once. `user_id` is NULL for a passkey sign-in, where the authenticator names the user.
@@ -107,6 +108,8 @@ CREATE TABLE webauthn_ceremonies (
     PRIMARY KEY (tenant_id, id),
     FOREIGN KEY (tenant_id, user_id) REFERENCES users (tenant_id, id) ON DELETE CASCADE
 );
+CREATE INDEX webauthn_ceremonies_user ON webauthn_ceremonies (tenant_id, user_id);
+CREATE INDEX webauthn_ceremonies_expiry ON webauthn_ceremonies (tenant_id, project_id, expires_at);
 
 DO $$
 DECLARE

@@ -3,8 +3,8 @@
 //! and revocation, second factors (`mfa`). [`auth::Identity`] is the service the other flows build on.
 pub mod auth;
 pub mod impersonation;
-pub mod mfa;
 pub mod m2m;
+pub mod mfa;
 pub mod passwords;
 pub mod sessions;
 pub mod signin;

@@ -100,7 +100,8 @@ pub struct Organization {
     pub updated_at: DateTime<Utc>,
 }
 
-const ORG_COLS: &str = "id, slug, name, external_id, metadata, created_at, updated_at, domain_policy, sso_required, mfa_required";
+const ORG_COLS: &str =
+    "id, slug, name, external_id, metadata, created_at, updated_at, domain_policy, sso_required, mfa_required";
 
 impl Organization {
     fn from_row(r: &Row) -> Result<Self, CoreError> {

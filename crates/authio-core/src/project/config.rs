@@ -584,7 +584,9 @@ impl PresentationPatch {
         }
         if let Some(m) = &self.signin_methods {
             if m.is_empty() || m.iter().any(|x| !METHODS.contains(&x.as_str())) {
-                return Err(ValidationError::Field("signin_methods (password, magic_link, email_code, oauth, passkey)"));
+                return Err(ValidationError::Field(
+                    "signin_methods (password, magic_link, email_code, oauth, passkey)",
+                ));
             }
         }
         if let Some(p) = &self.mfa_policy {

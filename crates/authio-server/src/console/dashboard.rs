@@ -875,12 +875,7 @@ async fn signin_page(
             ],
             &s.signup_policy,
         ))
-        .field(Field::text(
-            "text",
-            "signup_domains",
-            "Sign-up domains (comma-separated)",
-            &s.signup_domains.join(", "),
-        ))
+        .field(Field::text("text", "signup_domains", "Sign-up domains (comma-separated)", &s.signup_domains.join(", ")))
         .field(Field::select(
             "mfa_policy",
             "Multi-factor authentication",

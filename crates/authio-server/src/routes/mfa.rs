@@ -199,7 +199,9 @@ async fn me(state: &AppState, headers: &HeaderMap) -> Result<Me, ApiError> {
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .filter(|t| !t.is_empty() && t.len() <= 8192)
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "send the user's access token as a Bearer token"))?;
+        .ok_or_else(|| {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "send the user's access token as a Bearer token")
+        })?;
     Ok(state.identity.me(token).await?)
 }
 
@@ -244,7 +246,10 @@ pub async fn my_factors(State(state): State<AppState>, headers: HeaderMap) -> Re
     let (factors, left) = state.identity.list_factors(&me.scope, me.user).await?;
     Ok(no_store(
         StatusCode::OK,
-        Json(FactorList { factors: factors.into_iter().map(FactorBody::from).collect(), recovery_codes_remaining: left }),
+        Json(FactorList {
+            factors: factors.into_iter().map(FactorBody::from).collect(),
+            recovery_codes_remaining: left,
+        }),
     ))
 }
 
@@ -400,7 +405,10 @@ pub async fn user_factors(
     let auth = ctx.authorize(Permission::UsersRead)?;
     let user = user_id(&user)?;
     let (factors, left) = state.identity.list_factors(auth.scope()?, user).await?;
-    Ok(Json(FactorList { factors: factors.into_iter().map(FactorBody::from).collect(), recovery_codes_remaining: left }))
+    Ok(Json(FactorList {
+        factors: factors.into_iter().map(FactorBody::from).collect(),
+        recovery_codes_remaining: left,
+    }))
 }
 
 /// Remove a user's factor (someone who lost theirs; `mfa.removed`, the actor the caller). A

@@ -4,9 +4,9 @@
 use authio_core::authz::Permission;
 use std::net::SocketAddr;
 
-use authio_core::oidc::{self, AuthorizeParams, AuthzError, NewOidcClient, OidcClient, OidcClientInfo};
 use authio_core::identity::mfa::MfaNeed;
 use authio_core::identity::signin::{Return, SignedInUser};
+use authio_core::oidc::{self, AuthorizeParams, AuthzError, NewOidcClient, OidcClient, OidcClientInfo};
 use authio_core::CoreError;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};

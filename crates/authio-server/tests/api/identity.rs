@@ -826,10 +826,11 @@ async fn dedicated_and_shared_tenants_get_tokens_with_the_same_claims() {
     }
     assert_eq!(claim_sets[0], claim_sets[1]);
     assert_eq!(m2m_sets[0], m2m_sets[1]);
-    let expected: BTreeSet<String> = ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "sid", "tid", "pid", "amr", "acr"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let expected: BTreeSet<String> =
+        ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "sid", "tid", "pid", "amr", "acr"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     assert_eq!(claim_sets[0], expected);
     // The dedicated tenant's users and sessions are on its own database; its keys and
     // clients stay pinned on shared.

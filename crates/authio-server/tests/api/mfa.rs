@@ -63,7 +63,8 @@ async fn enrol_totp(app: &TestApp, access_token: &str) -> (String, Vec<String>) 
     assert!(uri.contains(&format!("secret={}", e["secret"].as_str().unwrap())), "{uri}");
     let code = authenticator(&uri).generate(now());
     let id = e["factor_id"].as_str().unwrap();
-    let (st, body) = post(app, &format!("/v1/me/mfa/totp/{id}/confirm"), Some(access_token), json!({"code": code})).await;
+    let (st, body) =
+        post(app, &format!("/v1/me/mfa/totp/{id}/confirm"), Some(access_token), json!({"code": code})).await;
     assert_eq!(st, StatusCode::OK, "{body}");
     let codes: Vec<String> =
         body["recovery_codes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()).collect();
@@ -263,13 +264,17 @@ async fn a_required_second_factor_cannot_be_skipped_by_api_refresh_magic_link_ho
     let old_refresh = before["refresh_token"].as_str().unwrap().to_owned();
     let (client_id, secret) = confidential(&app, &s).await;
     let mut b = Browser::new();
-    let auth = authorize_url(&app, &s, &[
-        ("client_id", &client_id),
-        ("redirect_uri", CB),
-        ("response_type", "code"),
-        ("scope", "openid email"),
-        ("state", "s1"),
-    ]);
+    let auth = authorize_url(
+        &app,
+        &s,
+        &[
+            ("client_id", &client_id),
+            ("redirect_uri", CB),
+            ("response_type", "code"),
+            ("scope", "openid email"),
+            ("state", "s1"),
+        ],
+    );
     let to_client = crate::oidc_provider::sign_in_through(&app, &mut b, &auth, "cy@acme.test").await;
     let early_code = query_of(&to_client)["code"].clone();
 
@@ -278,7 +283,9 @@ async fn a_required_second_factor_cannot_be_skipped_by_api_refresh_magic_link_ho
     // Refresh: the session that never passed a second factor ends.
     let (st, body) = refresh(&app, &old_refresh).await;
     assert_eq!((st, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_grant")), "{body}");
-    let ended = admin_query_strings(&app.shared.admin_url, "SELECT revoked_reason FROM sessions WHERE revoked_at IS NOT NULL").await;
+    let ended =
+        admin_query_strings(&app.shared.admin_url, "SELECT revoked_reason FROM sessions WHERE revoked_at IS NOT NULL")
+            .await;
     assert!(ended.iter().any(|r| r == "mfa_required"), "{ended:?}");
     // The code made before the policy starts no session.
     let r = app
@@ -316,8 +323,7 @@ async fn a_required_second_factor_cannot_be_skipped_by_api_refresh_magic_link_ho
     let (st, body) = post(&app, "/v1/auth/mfa/totp/confirm", None, json!({"mfa_token": token, "code": "000001"})).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
     let (st, enrolled) =
-        post(&app, "/v1/auth/mfa/totp/confirm", None, json!({"mfa_token": token, "code": clock.generate(now())}))
-            .await;
+        post(&app, "/v1/auth/mfa/totp/confirm", None, json!({"mfa_token": token, "code": clock.generate(now())})).await;
     assert_eq!(st, StatusCode::OK, "{enrolled}");
     assert_eq!(enrolled["recovery_codes"].as_array().unwrap().len(), 10);
     assert_eq!(amr(enrolled["access_token"].as_str().unwrap()), ["pwd", "otp", "mfa"]);
@@ -327,13 +333,9 @@ async fn a_required_second_factor_cannot_be_skipped_by_api_refresh_magic_link_ho
     assert!(amr(body["access_token"].as_str().unwrap()).contains(&"mfa".to_owned()));
 
     // Sign-up makes the account and waits for its enrolment.
-    let (st, body) = post(
-        &app,
-        "/v1/auth/signup",
-        None,
-        json!({"project_id": pid, "email": "dee@acme.test", "password": PASSWORD}),
-    )
-    .await;
+    let (st, body) =
+        post(&app, "/v1/auth/signup", None, json!({"project_id": pid, "email": "dee@acme.test", "password": PASSWORD}))
+            .await;
     assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
     assert_eq!((body["error"]["code"].as_str(), &body["enrolment_required"]), (Some("mfa_required"), &json!(true)));
     assert!(body.get("access_token").is_none());
@@ -369,19 +371,17 @@ async fn a_required_second_factor_cannot_be_skipped_by_api_refresh_magic_link_ho
     let (_, _, page) = h.get(&app.url(&format!("/p/{pid}/signin"))).await;
     let csrf = hidden(&page, "csrf");
     let (st, location, _) = h
-        .post(&app.url(&format!("/p/{pid}/signin")), &[
-            ("csrf", &csrf),
-            ("email", "cy@acme.test"),
-            ("password", PASSWORD),
-        ])
+        .post(
+            &app.url(&format!("/p/{pid}/signin")),
+            &[("csrf", &csrf), ("email", "cy@acme.test"), ("password", PASSWORD)],
+        )
         .await;
     assert_eq!(st, StatusCode::SEE_OTHER);
     assert_eq!(location.unwrap(), format!("/p/{pid}/mfa"));
     let (st, _, challenge) = h.get(&app.url(&format!("/p/{pid}/mfa"))).await;
     assert_eq!(st, StatusCode::OK);
     assert!(challenge.contains("name=\"code\"") && !challenge.contains("<script"), "no script without a key");
-    let (st, _, wrong) =
-        h.post(&app.url(&format!("/p/{pid}/mfa")), &[("csrf", &csrf), ("code", "999999")]).await;
+    let (st, _, wrong) = h.post(&app.url(&format!("/p/{pid}/mfa")), &[("csrf", &csrf), ("code", "999999")]).await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     assert!(wrong.contains("class=\"alert\""));
     // Without the CSRF token nothing is judged.
@@ -422,8 +422,16 @@ async fn an_organization_requires_a_second_factor_of_its_members_only() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
-    let users: Value =
-        app.http.get(app.url(&format!("/v1/projects/{pid}/users"))).bearer_auth(key).send().await.unwrap().json().await.unwrap();
+    let users: Value = app
+        .http
+        .get(app.url(&format!("/v1/projects/{pid}/users")))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let member = users["data"].as_array().unwrap().iter().find(|u| u["email"] == "member@acme.test").unwrap()["id"]
         .as_str()
         .unwrap()
@@ -469,11 +477,8 @@ async fn enrol_on_hosted_page(app: &TestApp, b: &mut Browser, path: &str) -> Vec
     let (st, _, codes_page) =
         b.post(&app.url(&action), &[("csrf", &csrf), ("factor", &factor), ("code", &clock.generate(now()))]).await;
     assert_eq!(st, StatusCode::OK, "{codes_page}");
-    let codes: Vec<String> = codes_page
-        .split("<li>")
-        .skip(1)
-        .map(|c| c.split('<').next().unwrap().trim().to_owned())
-        .collect();
+    let codes: Vec<String> =
+        codes_page.split("<li>").skip(1).map(|c| c.split('<').next().unwrap().trim().to_owned()).collect();
     assert_eq!(codes.len(), 10, "{codes_page}");
     codes
 }
@@ -522,8 +527,15 @@ async fn acr_values_aal2_steps_up_an_existing_provider_session() {
     let id = id_token_of(query_of(&first)["code"].clone()).await;
     assert_eq!((id["acr"].as_str(), id["amr"].clone()), (Some("aal1"), json!(["pwd"])));
     let first_auth_time = id["auth_time"].as_i64().unwrap();
-    let meta: Value =
-        app.http.get(app.url(&format!("/p/{pid}/.well-known/openid-configuration"))).send().await.unwrap().json().await.unwrap();
+    let meta: Value = app
+        .http
+        .get(app.url(&format!("/p/{pid}/.well-known/openid-configuration")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(meta["acr_values_supported"], json!(["aal1", "aal2"]));
 
     // The client demands a second factor: the same browser enrols one (it has none), then

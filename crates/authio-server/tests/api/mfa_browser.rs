@@ -137,6 +137,8 @@ async fn passkeys_register_sign_in_and_refuse_a_wrong_origin_and_a_cloned_key_in
 
     // Refused: a response made on another origin, and one from a clone of the key.
     let wrong = &report["wrong_origin"];
+    let made_at = wrong["client_origin"].as_str().unwrap();
+    assert!(made_at.starts_with("http://localhost:") && made_at != cfg["base"], "{wrong}");
     assert!(wrong["code"].is_null() && wrong["error"].as_str().is_some_and(|e| !e.is_empty()), "{wrong}");
     let clone = &report["cloned"];
     assert!(clone["code"].is_null(), "{clone}");
@@ -151,8 +153,8 @@ async fn passkeys_register_sign_in_and_refuse_a_wrong_origin_and_a_cloned_key_in
     // nothing, though the authenticators counted on.
     let counted = report["second_factor"]["sign_count"].as_u64().unwrap();
     assert!(counted > 0, "the virtual authenticator keeps a counter: {report}");
-    let stored = admin_query_strings(&app.shared.admin_url, "SELECT sign_count FROM mfa_factors WHERE kind = 'webauthn'")
-        .await;
+    let stored =
+        admin_query_strings(&app.shared.admin_url, "SELECT sign_count FROM mfa_factors WHERE kind = 'webauthn'").await;
     assert_eq!(stored, vec![counted.to_string()]);
     assert!(report["wrong_origin"]["sign_count"].as_u64().unwrap() > counted, "{report}");
 }

@@ -215,8 +215,7 @@ fn new_recovery_code() -> String {
 }
 
 fn recovery_hash(code: &str) -> Vec<u8> {
-    let normal: String =
-        code.chars().filter(|c| !matches!(c, '-' | ' ')).map(|c| c.to_ascii_lowercase()).collect();
+    let normal: String = code.chars().filter(|c| !matches!(c, '-' | ' ')).map(|c| c.to_ascii_lowercase()).collect();
     Sha256::digest(normal.as_bytes()).to_vec()
 }
 
@@ -339,24 +338,31 @@ impl Identity {
             .router
             .write(
                 scope,
-                &[(
-                    "INSERT INTO mfa_pending (tenant_id, project_id, token_hash, user_id, amr, stage, redirect_uri,
+                &[
+                    // The user's waiting sign-ins that ran out go as a new one comes.
+                    (
+                        "DELETE FROM mfa_pending WHERE user_id = $1 AND expires_at < $2",
+                        &[(&user.user_id, Type::UUID), (&now, Type::TIMESTAMPTZ)],
+                    ),
+                    (
+                        "INSERT INTO mfa_pending (tenant_id, project_id, token_hash, user_id, amr, stage, redirect_uri,
                                               app_state, code_challenge, created_at, expires_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                    &[
-                        (&scope.tenant_id, Type::UUID),
-                        (&project, Type::UUID),
-                        (&hash, Type::BYTEA),
-                        (&user.user_id, Type::UUID),
-                        (&amr, Type::TEXT_ARRAY),
-                        (&stage, Type::TEXT),
-                        (&uri, Type::TEXT),
-                        (&app_state, Type::TEXT),
-                        (&challenge, Type::TEXT),
-                        (&now, Type::TIMESTAMPTZ),
-                        (&expires, Type::TIMESTAMPTZ),
-                    ],
-                )],
+                        &[
+                            (&scope.tenant_id, Type::UUID),
+                            (&project, Type::UUID),
+                            (&hash, Type::BYTEA),
+                            (&user.user_id, Type::UUID),
+                            (&amr, Type::TEXT_ARRAY),
+                            (&stage, Type::TEXT),
+                            (&uri, Type::TEXT),
+                            (&app_state, Type::TEXT),
+                            (&challenge, Type::TEXT),
+                            (&now, Type::TIMESTAMPTZ),
+                            (&expires, Type::TIMESTAMPTZ),
+                        ],
+                    ),
+                ],
             )
             .await?;
         Ok(Some(PendingMfa { token, need, expires_in: PENDING_TTL_SECS }))
@@ -464,6 +470,19 @@ impl Identity {
     /// completes (used once), or why not. Every attempt is counted first; a failure is
     /// recorded (`mfa.challenge_failed`).
     pub async fn verify_mfa(
+        &self,
+        token: &str,
+        answer: Answer<'_>,
+        client: &ClientInfo,
+        ip: Option<IpAddr>,
+    ) -> Result<Completed, CoreError> {
+        // Wrong tokens and codes also count against the address like other one-time secrets.
+        self.refuse_guesser(ip).await?;
+        let result = self.verify_mfa_unjudged(token, answer, client, ip).await;
+        self.judge(ip, result).await
+    }
+
+    async fn verify_mfa_unjudged(
         &self,
         token: &str,
         answer: Answer<'_>,
@@ -755,10 +774,10 @@ impl Identity {
         now: DateTime<Utc>,
     ) -> Result<Option<Vec<String>>, CoreError> {
         let has = tx
-            .query_opt("SELECT 1 FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL LIMIT 1", &[(
-                &user,
-                Type::UUID,
-            )])
+            .query_opt(
+                "SELECT 1 FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL LIMIT 1",
+                &[(&user, Type::UUID)],
+            )
             .await?
             .is_some();
         if has {
@@ -827,6 +846,18 @@ impl Identity {
     /// sign-in may complete ([`Identity::complete_enrolled`]); returns the recovery codes to
     /// show once.
     pub async fn confirm_pending_totp(
+        &self,
+        token: &str,
+        code: &str,
+        client: &ClientInfo,
+        ip: Option<IpAddr>,
+    ) -> Result<Vec<String>, CoreError> {
+        self.refuse_guesser(ip).await?;
+        let result = self.confirm_pending_totp_unjudged(token, code, client, ip).await;
+        self.judge(ip, result).await
+    }
+
+    async fn confirm_pending_totp_unjudged(
         &self,
         token: &str,
         code: &str,

@@ -357,6 +357,20 @@ impl Identity {
         client: &ClientInfo,
         ip: Option<IpAddr>,
     ) -> Result<Completed, CoreError> {
+        self.refuse_guesser(ip).await?;
+        let result = self.finish_key_challenge_unjudged(token, ceremony, response, rp, client, ip).await;
+        self.judge(ip, result).await
+    }
+
+    async fn finish_key_challenge_unjudged(
+        &self,
+        token: &str,
+        ceremony: Uuid,
+        response: &str,
+        rp: &Rp,
+        client: &ClientInfo,
+        ip: Option<IpAddr>,
+    ) -> Result<Completed, CoreError> {
         let p = self.pending_mfa(token).await?;
         if p.stage != Stage::Challenge {
             return Err(CoreError::InvalidGrant("this sign-in must enrol a second factor first"));
@@ -472,9 +486,7 @@ impl Identity {
                 return Err(e);
             }
             let tx = self.inner.router.begin(&scope).await?;
-            let user = tx
-                .query_one("SELECT role, email FROM users WHERE id = $1", &[(&key.user, Type::UUID)])
-                .await?;
+            let user = tx.query_one("SELECT role, email FROM users WHERE id = $1", &[(&key.user, Type::UUID)]).await?;
             let (role, email): (Option<String>, String) = (user.col("role")?, user.col("email")?);
             // An organization whose people sign in only through its identity provider holds here
             // too.

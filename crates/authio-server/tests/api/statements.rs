@@ -316,6 +316,7 @@ fn pg_type(name: &str) -> Type {
         "INT8" => Type::INT8,
         "BOOL" => Type::BOOL,
         "BYTEA" => Type::BYTEA,
+        "BYTEA_ARRAY" => Type::BYTEA_ARRAY,
         "TIMESTAMPTZ" => Type::TIMESTAMPTZ,
         "JSONB" => Type::JSONB,
         "JSON" => Type::JSON,

@@ -134,13 +134,14 @@ pub async fn oidc(env: &Env, secs: u64, rounds: usize) -> Result<()> {
                     .map(|body| {
                         let identity = state.oidc.clone();
                         let client = client.client_id.clone();
+                        let project = t.project.id;
                         async move {
                             let code: String = serde_urlencoded::from_str::<Vec<(String, String)>>(&body)?
                                 .into_iter()
                                 .find(|(k, _)| k == "code")
                                 .map(|(_, v)| v)
                                 .context("code")?;
-                            let c = identity.oidc_client(&client).await?.context("client")?;
+                            let c = identity.client_for(project, &client).await?.context("client")?;
                             let t = identity
                                 .exchange_code(
                                     authio_core::oidc::CodeExchange {

@@ -87,6 +87,10 @@ pub enum CoreError {
     /// An email code challenge that had its allowed attempts.
     #[error("too many wrong codes: ask for a new one")]
     ChallengeLocked,
+    /// RFC 7591 3.2.2: client metadata (a registration, or a metadata document) that cannot
+    /// be accepted.
+    #[error("{0}")]
+    InvalidClientMetadata(&'static str),
     /// A second factor with too many failed attempts: locked for the rest of the window,
     /// right code or not.
     #[error("too many wrong codes for this factor; retry in {retry_after} s")]

@@ -74,6 +74,11 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration { version: 25, name: "directories", sql: include_str!("../../../migrations/0025_directories.sql") },
     Migration { version: 26, name: "mfa", sql: include_str!("../../../migrations/0026_mfa.sql") },
+    Migration {
+        version: 27,
+        name: "third_party_clients",
+        sql: include_str!("../../../migrations/0027_third_party_clients.sql"),
+    },
 ];
 
 const BOOTSTRAP_ROLES: &str = r#"

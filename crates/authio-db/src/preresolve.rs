@@ -296,7 +296,8 @@ async fn call(router: &Router, sql: &str, params: &[crate::Param<'_>]) -> Result
 /// environment, signup_policy, signup_domains
 pub async fn project_presentation(router: &Router, project: Uuid) -> Result<Option<crate::PgRow>, DbError> {
     let sql = "SELECT tenant_id, name, display_name, logo_url, brand_color, email_sender_name, signin_methods, \
-               environment, signup_policy, signup_domains, mfa_policy FROM authio_project_presentation($1)";
+               environment, signup_policy, signup_domains, mfa_policy, dynamic_registration, metadata_document_clients, \
+               confidential_registration FROM authio_project_presentation($1)";
     Ok(call(router, sql, &[(&project, Type::UUID)]).await?.into_iter().next())
 }
 
@@ -410,11 +411,29 @@ pub async fn authorization_code_started(router: &Router, hash: &[u8], session: U
 /// An OpenID Connect client: tenant_id, project_id, tenant_kind, secret_hash, client_type,
 /// token_endpoint_auth_method, redirect_uris, post_logout_redirect_uris, scopes, grant_types, name,
 /// id_token_signed_response_alg, resources.
-pub async fn resolve_oidc_client(router: &Router, client_id: &str) -> Result<Option<crate::PgRow>, DbError> {
+/// A project's client by id (a metadata-document client is the project's own row).
+pub async fn resolve_oidc_client(
+    router: &Router,
+    project: Uuid,
+    client_id: &str,
+) -> Result<Option<crate::PgRow>, DbError> {
     let sql = "SELECT tenant_id, project_id, tenant_kind, secret_hash, client_type, token_endpoint_auth_method, \
                redirect_uris, post_logout_redirect_uris, scopes, grant_types, name, id_token_signed_response_alg, \
-               resources FROM authio_resolve_oidc_client($1)";
-    Ok(call(router, sql, &[(&client_id, Type::TEXT)]).await?.into_iter().next())
+               resources, registration, logo_uri, client_uri, blocked_at, fetched_at, used_at, \
+               registration_token_hash, id FROM authio_resolve_oidc_client($1, $2)";
+    Ok(call(router, sql, &[(&project, Type::UUID), (&client_id, Type::TEXT)]).await?.into_iter().next())
+}
+
+/// A project's protected resources: (uri, scopes).
+pub async fn project_resources(router: &Router, project: Uuid) -> Result<Vec<(String, Vec<String>)>, DbError> {
+    let rows = call(router, "SELECT uri, scopes FROM authio_project_resources($1)", &[(&project, Type::UUID)]).await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+}
+
+/// Remove dynamic registrations unused since before `before`; returns how many.
+pub async fn dynamic_client_gc(router: &Router, before: DateTime<Utc>) -> Result<i32, DbError> {
+    let rows = call(router, "SELECT authio_dynamic_client_gc($1)", &[(&before, Type::TIMESTAMPTZ)]).await?;
+    rows.first().map(|r| r.try_get(0)).transpose().map(|v| v.unwrap_or(0))
 }
 
 /// Take due outbox mail under a lease: id, message_enc, attempts.

@@ -142,6 +142,9 @@ impl From<CoreError> for ApiError {
                 retry_after: Some(retry_after),
             },
             CoreError::MfaRequired => ApiError::new(StatusCode::FORBIDDEN, "mfa_required", e.to_string()),
+            CoreError::InvalidClientMetadata(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_client_metadata", e.to_string())
+            }
             CoreError::Upstream(m) => {
                 tracing::warn!(error = %m, "upstream failure");
                 ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", "the upstream provider could not be used")
@@ -246,6 +249,9 @@ impl From<CoreError> for OAuthError {
             CoreError::InvalidGrant(_) => (StatusCode::BAD_REQUEST, "invalid_grant"),
             CoreError::InvalidScope => (StatusCode::BAD_REQUEST, "invalid_scope"),
             CoreError::InvalidTarget(_) => (StatusCode::BAD_REQUEST, "invalid_target"),
+            // RFC 7591 3.2.2.
+            CoreError::InvalidClientMetadata(_) => (StatusCode::BAD_REQUEST, "invalid_client_metadata"),
+            CoreError::InvalidRedirectUri => (StatusCode::BAD_REQUEST, "invalid_redirect_uri"),
             CoreError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             CoreError::RateLimited { retry_after } => {
                 return OAuthError {

@@ -3,7 +3,9 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{api_keys, auth, config, events, manage, mfa, oidc, orgs, passwordless, scim, users, webhooks};
+use crate::routes::{
+    api_keys, auth, config, events, manage, mfa, oidc, orgs, passwordless, registration, scim, users, webhooks,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -26,6 +28,9 @@ use crate::routes::{api_keys, auth, config, events, manage, mfa, oidc, orgs, pas
           config::get_presentation, config::update_presentation, config::set_template,
           oidc::discovery, oidc::authorization_server_metadata, oidc::authorize, oidc::token, oidc::userinfo, oidc::userinfo_post, oidc::revoke, oidc::introspect, oidc::logout,
           oidc::create_client, oidc::list_clients, oidc::revoke_client,
+          registration::register, registration::read_registration, registration::delete_registration,
+          registration::create_resource, registration::list_resources, registration::delete_resource,
+          registration::block_client, registration::unblock_client,
           orgs::create_organization, orgs::list_organizations, orgs::get_organization, orgs::update_organization,
           orgs::delete_organization, orgs::add_member, orgs::list_members, orgs::update_member, orgs::remove_member,
           orgs::create_role, orgs::list_roles, orgs::update_role, orgs::delete_role, orgs::define_permission,
@@ -45,6 +50,8 @@ use crate::routes::{api_keys, auth, config, events, manage, mfa, oidc, orgs, pas
                        mfa::MfaRequiredBody, mfa::MfaVerifyRequest, mfa::MfaTokenRequest, mfa::TotpEnrolmentBody,
                        mfa::MfaConfirmRequest, mfa::EnrolledSignIn, mfa::FactorBody, mfa::FactorList, mfa::CodeBody,
                        mfa::RecoveryCodes, mfa::RenameBody, mfa::NewRecoveryCodes,
+                       registration::RegistrationBody, registration::ResourceBody, registration::ResourceList,
+                       registration::NewResourceBody,
                        config::UriBody, config::OriginBody, config::StringList, config::DomainBody, config::DomainResponse,
                        config::DomainList, config::ConnectionList, config::PresentationBody,
                        oidc::OidcTokenResponse, oidc::OidcTokenForm, auth::TokenForm, auth::TokenHintForm, oidc::OidcClientList, oidc::CreatedOidcClient,

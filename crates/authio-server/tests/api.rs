@@ -15,6 +15,8 @@ mod events;
 mod identity;
 #[path = "api/invitations.rs"]
 mod invitations;
+#[path = "api/mcp.rs"]
+mod mcp;
 #[path = "api/mfa.rs"]
 mod mfa;
 #[path = "api/mfa_browser.rs"]
@@ -27,6 +29,8 @@ mod oidc_provider;
 mod orgs;
 #[path = "api/saml.rs"]
 mod saml;
+#[path = "api/third_party.rs"]
+mod third_party;
 #[path = "api/scim.rs"]
 mod scim;
 #[path = "api/signin_methods.rs"]

@@ -598,7 +598,8 @@ fn spawn_tenant_sweeps(admin_url: String, router: Router, identity: authio_core:
     });
 }
 
-/// Periodic clean-up: rate-limit windows and one-time tokens that ended a day ago.
+/// Periodic clean-up: rate-limit windows and one-time tokens that ended a day ago, dynamic
+/// client registrations never used.
 fn spawn_housekeeping(router: Router, identity: authio_core::identity::auth::Identity) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
@@ -613,6 +614,12 @@ fn spawn_housekeeping(router: Router, identity: authio_core::identity::auth::Ide
                 Ok(n) if n > 0 => tracing::info!(removed = n, "spent one-time tokens removed"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "one-time token clean-up failed"),
+            }
+            let provider = authio_core::oidc::Provider::new(identity.clone());
+            match provider.registration_gc(chrono::Utc::now()).await {
+                Ok(n) if n > 0 => tracing::info!(removed = n, "unused dynamic client registrations removed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "dynamic registration clean-up failed"),
             }
         }
     });

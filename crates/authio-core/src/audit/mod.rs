@@ -122,10 +122,14 @@ pub enum AuditAction {
     MfaChallengeFailed,
     RecoveryCodeUsed,
     RecoveryCodesRegenerated,
+    ClientRegistered,
+    ClientBlocked,
+    ConsentGranted,
+    ConsentRevoked,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 101] = [
+    pub const ALL: [AuditAction; 105] = [
         AuditAction::ApiKeyCreated,
         AuditAction::ApiKeyRevoked,
         AuditAction::DedicatedDbApproved,
@@ -227,6 +231,10 @@ impl AuditAction {
         AuditAction::MfaChallengeFailed,
         AuditAction::RecoveryCodeUsed,
         AuditAction::RecoveryCodesRegenerated,
+        AuditAction::ClientRegistered,
+        AuditAction::ClientBlocked,
+        AuditAction::ConsentGranted,
+        AuditAction::ConsentRevoked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -332,6 +340,10 @@ impl AuditAction {
             AuditAction::MfaChallengeFailed => "mfa.challenge_failed",
             AuditAction::RecoveryCodeUsed => "recovery_code.used",
             AuditAction::RecoveryCodesRegenerated => "recovery_code.regenerated",
+            AuditAction::ClientRegistered => "client.registered",
+            AuditAction::ClientBlocked => "client.blocked",
+            AuditAction::ConsentGranted => "consent.granted",
+            AuditAction::ConsentRevoked => "consent.revoked",
         }
     }
 }

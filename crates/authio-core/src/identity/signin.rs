@@ -89,6 +89,12 @@ pub struct Presentation {
     pub signup: SignupPolicy,
     /// Every user must sign in with a second factor (and enrol one first if they have none).
     pub mfa_required: bool,
+    /// Clients the project's administrators did not register: by RFC 7591 dynamic
+    /// registration, by their metadata document's URL, and whether a registration may be
+    /// confidential.
+    pub dynamic_registration: bool,
+    pub metadata_document_clients: bool,
+    pub confidential_registration: bool,
 }
 
 impl Presentation {
@@ -135,6 +141,9 @@ impl Presentation {
             development: r.try_get::<String>(7)? == "development",
             signup: SignupPolicy::from_columns(&r.try_get::<String>(8)?, r.try_get(9)?),
             mfa_required: r.try_get::<String>(10)? == "required",
+            dynamic_registration: r.try_get(11)?,
+            metadata_document_clients: r.try_get(12)?,
+            confidential_registration: r.try_get(13)?,
         })
     }
 }
@@ -184,9 +193,11 @@ impl Return {
             // that is stored or logged).
             || return_to == format!("/p/{project}/invitations/accept")
             || return_to == "/invitations/accept"
-            // The user's own security page (second factors).
+            // The user's own pages: second factors, connected apps.
             || return_to == format!("/p/{project}/account/security")
-            || return_to == "/account/security")
+            || return_to == "/account/security"
+            || return_to == format!("/p/{project}/account/apps")
+            || return_to == "/account/apps")
             && return_to.len() <= 4096
             && !return_to.contains(['\r', '\n']);
         if !ok {

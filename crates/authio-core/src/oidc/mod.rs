@@ -29,6 +29,8 @@ use crate::types::ClientInfo;
 use crate::types::{project_of, DisplayName, RedirectUri, ValidationError};
 use crate::{Clock, CoreError};
 
+pub mod third_party;
+
 /// The scopes a project's provider knows.
 pub const SCOPES: [&str; 5] = ["openid", "profile", "email", "offline_access", "organization"];
 pub const GRANTS: [&str; 2] = ["authorization_code", "refresh_token"];
@@ -91,6 +93,16 @@ pub struct OidcClient {
     pub id_token_alg: Option<Alg>,
     /// The resource servers (RFC 8707) it may ask access tokens for.
     pub resources: Vec<String>,
+    /// `admin` (first party), `dynamic` (RFC 7591) or `metadata_document`.
+    pub registration: String,
+    pub logo_uri: Option<String>,
+    pub client_uri: Option<String>,
+    /// Blocked by the project's administrators: refused everywhere.
+    pub blocked: bool,
+    pub fetched_at: Option<DateTime<Utc>>,
+    pub used_at: Option<DateTime<Utc>>,
+    registration_token_hash: Option<Vec<u8>>,
+    pub id: Uuid,
 }
 
 impl OidcClient {
@@ -111,6 +123,14 @@ impl OidcClient {
             name: r.try_get(10)?,
             id_token_alg: r.try_get::<Option<String>>(11)?.as_deref().and_then(Alg::parse),
             resources: r.try_get(12)?,
+            registration: r.try_get(13)?,
+            logo_uri: r.try_get(14)?,
+            client_uri: r.try_get(15)?,
+            blocked: r.try_get::<Option<DateTime<Utc>>>(16)?.is_some(),
+            fetched_at: r.try_get(17)?,
+            used_at: r.try_get(18)?,
+            registration_token_hash: r.try_get(19)?,
+            id: r.try_get(20)?,
         })
     }
 
@@ -168,10 +188,16 @@ pub struct OidcClientInfo {
     pub resources: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// `admin` (first party), `dynamic` (RFC 7591) or `metadata_document`.
+    pub registration: String,
+    pub logo_uri: Option<String>,
+    pub client_uri: Option<String>,
+    pub blocked_at: Option<DateTime<Utc>>,
 }
 
 const COLS: &str = "id, client_id, name, client_type, token_endpoint_auth_method, redirect_uris, \
-                    post_logout_redirect_uris, scopes, grant_types, id_token_signed_response_alg, resources, created_at, revoked_at";
+                    post_logout_redirect_uris, scopes, grant_types, id_token_signed_response_alg, resources, created_at, revoked_at, \
+                    registration, logo_uri, client_uri, blocked_at";
 
 impl OidcClientInfo {
     /// A row of [`COLS`].
@@ -190,6 +216,10 @@ impl OidcClientInfo {
             resources: r.col("resources")?,
             created_at: r.col("created_at")?,
             revoked_at: r.col("revoked_at")?,
+            registration: r.col("registration")?,
+            logo_uri: r.col("logo_uri")?,
+            client_uri: r.col("client_uri")?,
+            blocked_at: r.col("blocked_at")?,
         })
     }
 }
@@ -489,13 +519,16 @@ impl Provider {
         Provider { identity }
     }
 
-    /// Resolve a client by id (a pre-resolution lookup on shared).
-    pub async fn oidc_client(&self, client_id: &str) -> Result<Option<OidcClient>, CoreError> {
-        let shaped = client_id.len() == 27 && client_id.starts_with("oc_");
+    /// Resolve a client by id for a project (a pre-resolution lookup on shared): a registered
+    /// client (`oc_...`, of any project: the caller checks), or the project's row of a
+    /// metadata-document client.
+    pub(crate) async fn oidc_client_in(&self, project: Uuid, client_id: &str) -> Result<Option<OidcClient>, CoreError> {
+        let shaped = (client_id.len() == 27 && client_id.starts_with("oc_"))
+            || ((client_id.starts_with("https://") || client_id.starts_with("http://")) && client_id.len() <= 2048);
         if !shaped {
             return Ok(None);
         }
-        let row = preresolve::resolve_oidc_client(&self.identity.inner.router, client_id).await?;
+        let row = preresolve::resolve_oidc_client(&self.identity.inner.router, project, client_id).await?;
         row.map(|r| OidcClient::from_row(client_id, &r)).transpose()
     }
 
@@ -504,6 +537,7 @@ impl Provider {
     /// Failures count against the address like other client failures.
     pub async fn authenticate_oidc_client(
         &self,
+        project: Uuid,
         client_id: &str,
         secret: Option<&str>,
         method: &str,
@@ -512,7 +546,12 @@ impl Provider {
         let now = self.identity.now();
         let key = ip.map(ip_key);
         self.identity.refuse_if_blocked(key.as_deref(), now)?;
-        let client = self.oidc_client(client_id).await?;
+        // Another project's client, and one its administrators blocked, do not authenticate here.
+        let client = match self.client_for(project, client_id).await {
+            Ok(c) => c.filter(|c| !c.blocked),
+            Err(CoreError::InvalidClientMetadata(_)) => None,
+            Err(e) => return Err(e),
+        };
         // (authenticated, presented in another way than registered)
         let (ok, wrong_method) = match (&client, secret) {
             (Some(c), None) => (c.public && method == "none", !c.public),
@@ -556,9 +595,14 @@ impl Provider {
     pub async fn authorization_request(&self, project: Uuid, p: &AuthorizeParams) -> Result<AuthzRequest, AuthzError> {
         const NO_CLIENT: AuthzError = AuthzError::Page("unknown client");
         let client_id = p.client_id.as_deref().ok_or(AuthzError::Page("client_id is missing"))?;
-        let client = match self.oidc_client(client_id).await {
-            Ok(Some(c)) if c.project_id == project => c,
-            Ok(_) => return Err(NO_CLIENT),
+        let client = match self.client_for(project, client_id).await {
+            Ok(Some(c)) if c.blocked => return Err(AuthzError::Page("this client is blocked by the project")),
+            Ok(Some(c)) => c,
+            Ok(None) => return Err(NO_CLIENT),
+            Err(CoreError::InvalidClientMetadata(m)) | Err(CoreError::Forbidden(m)) => return Err(AuthzError::Page(m)),
+            Err(CoreError::InvalidRedirectUri) => {
+                return Err(AuthzError::Page("the client's metadata document has no valid redirect_uris"))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "authorization request: client lookup failed");
                 return Err(AuthzError::Page("the request cannot be served right now"));
@@ -578,9 +622,19 @@ impl Provider {
         if state.as_deref().is_some_and(|s| s.len() > 512) || p.nonce.as_deref().is_some_and(|n| n.len() > 512) {
             return Err(fail("invalid_request", "state and nonce are at most 512 characters"));
         }
-        let resource = client
-            .resource(p.resource.as_deref())
-            .map_err(|_| fail("invalid_target", "the resource is not registered for this client"))?;
+        // RFC 8707: the client's own resource, or one the project declares; its scopes may be
+        // asked for with it.
+        let (resource, resource_scopes) = match self.allowed_resource(&client, p.resource.as_deref()).await {
+            Ok(Some((uri, scopes))) => (Some(uri), scopes),
+            Ok(None) => (None, Vec::new()),
+            Err(CoreError::InvalidTarget(_)) => {
+                return Err(fail("invalid_target", "the resource is not one of this project's or this client's"))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "authorization request: resources not read");
+                return Err(fail("temporarily_unavailable", "try again shortly"));
+            }
+        };
         let organization = match p.organization.as_deref() {
             None => None,
             Some(o) => Some(Uuid::parse_str(o).map_err(|_| fail("invalid_request", "organization must be an id"))?),
@@ -593,10 +647,12 @@ impl Provider {
         }
         let scope: Vec<String> =
             p.scope.as_deref().unwrap_or("").split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect();
-        if !scope.iter().any(|s| s == "openid") {
-            return Err(fail("invalid_scope", "the openid scope is required"));
+        // OpenID Connect, or an OAuth 2.1 request for a resource (an MCP client's): no ID token
+        // without `openid`.
+        if !scope.iter().any(|s| s == "openid") && resource.is_none() {
+            return Err(fail("invalid_scope", "the openid scope is required (or a resource)"));
         }
-        if scope.iter().any(|s| !client.scopes.contains(s)) {
+        if scope.iter().any(|s| !client.scopes.contains(s) && !resource_scopes.contains(s)) {
             return Err(fail("invalid_scope", "a requested scope is unknown or not allowed for this client"));
         }
         if organization.is_some() && !scope.iter().any(|s| s == "organization") {
@@ -636,6 +692,9 @@ impl Provider {
                     .ok_or_else(|| fail("invalid_request", "max_age is a number of seconds"))?,
             ),
         };
+        if let Err(e) = self.mark_used(&client).await {
+            tracing::warn!(error = %e, "authorization request: the client's first use not noted");
+        }
         Ok(AuthzRequest {
             client,
             redirect_uri,
@@ -900,7 +959,7 @@ impl Provider {
         let resource = match (resource, authorized, client) {
             (None, authorized, _) => authorized,
             (Some(r), Some(a), _) if r == a => Some(a),
-            (Some(r), None, Some(c)) => c.resource(Some(r))?,
+            (Some(r), None, Some(c)) => self.allowed_resource(c, Some(r)).await?.map(|(uri, _)| uri),
             _ => return Err(CoreError::InvalidTarget("the resource is not the one this code was issued for")),
         };
         // The organization the authorization request named: still an active membership now.
@@ -959,10 +1018,11 @@ impl Provider {
             email_verified: email_scope.then(|| u.try_get(3)).transpose()?,
             org_id: org.as_ref().map(|o| o.id.to_string()),
         };
-        let id_token = keys.sign_id_token_as(&id, client.id_token_alg)?;
+        // An OAuth 2.1 request for a resource without `openid` gets no ID token.
+        let id_token = if scopes.contains(&"openid") { Some(keys.sign_id_token_as(&id, client.id_token_alg)?) } else { None };
         Ok(OidcTokens {
             tokens,
-            id_token: Some(id_token),
+            id_token,
             scope: scope_claim,
             offline: scopes.contains(&"offline_access"),
         })

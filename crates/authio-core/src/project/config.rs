@@ -523,6 +523,11 @@ pub struct PresentationSettings {
     /// `optional` (users may enrol a second factor) or `required` (every user signs in with
     /// one, enrolling first if they have none).
     pub mfa_policy: String,
+    /// Accept RFC 7591 dynamic client registration (public clients, and confidential ones
+    /// with `confidential_registration`) and clients named by their metadata document's URL.
+    pub dynamic_registration: bool,
+    pub metadata_document_clients: bool,
+    pub confidential_registration: bool,
 }
 
 /// A change to it: absent fields stay; `null` clears an optional one.
@@ -543,6 +548,9 @@ pub struct PresentationPatch {
     pub signup_domains: Option<Vec<String>>,
     /// `optional` or `required`.
     pub mfa_policy: Option<String>,
+    pub dynamic_registration: Option<bool>,
+    pub metadata_document_clients: Option<bool>,
+    pub confidential_registration: Option<bool>,
 }
 
 fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
@@ -619,7 +627,8 @@ impl PresentationPatch {
 }
 
 const PRESENTATION_COLS: &str =
-    "environment, display_name, logo_url, brand_color, email_sender_name, signin_methods, signup_policy, signup_domains, mfa_policy";
+    "environment, display_name, logo_url, brand_color, email_sender_name, signin_methods, signup_policy, signup_domains, mfa_policy, \
+     dynamic_registration, metadata_document_clients, confidential_registration";
 
 fn presentation_from(r: &authio_db::Row) -> Result<PresentationSettings, CoreError> {
     Ok(PresentationSettings {
@@ -632,6 +641,9 @@ fn presentation_from(r: &authio_db::Row) -> Result<PresentationSettings, CoreErr
         signup_policy: r.col("signup_policy")?,
         signup_domains: r.col("signup_domains")?,
         mfa_policy: r.col("mfa_policy")?,
+        dynamic_registration: r.col("dynamic_registration")?,
+        metadata_document_clients: r.col("metadata_document_clients")?,
+        confidential_registration: r.col("confidential_registration")?,
     })
 }
 
@@ -674,7 +686,10 @@ pub async fn update_presentation(
                 signin_methods = coalesce($10, signin_methods),
                 signup_policy = coalesce($11, signup_policy),
                 signup_domains = coalesce($12, signup_domains),
-                mfa_policy = coalesce($13, mfa_policy)
+                mfa_policy = coalesce($13, mfa_policy),
+                dynamic_registration = coalesce($14, dynamic_registration),
+                metadata_document_clients = coalesce($15, metadata_document_clients),
+                confidential_registration = coalesce($16, confidential_registration)
              WHERE id = $1 RETURNING {PRESENTATION_COLS}"
         ),
         &[
@@ -691,6 +706,9 @@ pub async fn update_presentation(
             (&patch.signup_policy, Type::TEXT),
             (&patch.signup_domains, Type::TEXT_ARRAY),
             (&patch.mfa_policy, Type::TEXT),
+            (&patch.dynamic_registration, Type::BOOL),
+            (&patch.metadata_document_clients, Type::BOOL),
+            (&patch.confidential_registration, Type::BOOL),
         ],
         (
             crate::audit::AuditAction::ProjectPresentationChanged,
@@ -703,6 +721,9 @@ pub async fn update_presentation(
                 "signup_policy": patch.signup_policy,
                 "signup_domains": patch.signup_domains,
                 "mfa_policy": patch.mfa_policy,
+                "dynamic_registration": patch.dynamic_registration,
+                "metadata_document_clients": patch.metadata_document_clients,
+                "confidential_registration": patch.confidential_registration,
             }),
         ),
     )

@@ -35,6 +35,7 @@ pub struct HomeTable {
 
 pub const HOME_TABLES: &[HomeTable] = &[
     // Children before parents: an old copy is deleted in this order.
+    HomeTable { name: "consents", key: "tenant_id, id" },
     HomeTable { name: "webauthn_ceremonies", key: "tenant_id, id" },
     HomeTable { name: "mfa_pending", key: "tenant_id, token_hash" },
     HomeTable { name: "recovery_codes", key: "tenant_id, user_id, code_hash" },

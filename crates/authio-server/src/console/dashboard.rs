@@ -885,6 +885,19 @@ async fn signin_page(
             ],
             &s.mfa_policy,
         ));
+    form = form
+        .field(Field::check(
+            "registration",
+            "Let MCP clients and agents register themselves (RFC 7591 dynamic registration)",
+            "dynamic",
+            s.dynamic_registration,
+        ))
+        .field(Field::check(
+            "registration",
+            "Accept clients identified by their metadata document's URL (Client ID Metadata Documents)",
+            "metadata_document",
+            s.metadata_document_clients,
+        ));
     flash(project_page(&m, &p, "Sign-in & branding", "signin"), &f)
         .block(Block::Para(format!("Hosted sign-in page: {}/p/{}/signin", state.public_url, p.id)))
         .block(Block::Form(form))
@@ -923,6 +936,9 @@ async fn signin_save(
             _ => None,
         },
         mfa_policy: get("mfa_policy").filter(|v| !v.is_empty()),
+        dynamic_registration: Some(pairs.iter().any(|(n, v)| n == "registration" && v == "dynamic")),
+        metadata_document_clients: Some(pairs.iter().any(|(n, v)| n == "registration" && v == "metadata_document")),
+        confidential_registration: None,
     };
     let info = client_info(&headers);
     match project_config::update_presentation(&state.router, state.clock.as_ref(), &auth, &patch, &info).await {

@@ -36,6 +36,7 @@ macro_rules! attempt {
     };
 }
 
+pub mod consent;
 pub mod mfa;
 
 const CSRF_COOKIE: &str = "authio_csrf";
@@ -84,6 +85,8 @@ pub async fn custom_domains(State(state): State<AppState>, mut req: Request, nex
         "/mfa",
         "/passkey",
         "/account/security",
+        "/account/apps",
+        "/consent",
     ]
     .iter()
     .any(|p| path == *p || path.starts_with(&format!("{p}/")) || (p.ends_with('/') && path.starts_with(p)));
@@ -189,6 +192,22 @@ struct Page {
     passkey: bool,
     /// The nonce of the page's one script (empty: no script).
     script_nonce: String,
+    /// The consent page: the client asking.
+    consent: Option<ConsentView>,
+    /// The connected-apps page: (id, client name, resource, scopes, granted).
+    apps: Vec<(String, String, String, String, String)>,
+}
+
+/// A third-party client as the consent page shows it (nothing it says about itself is
+/// verified).
+struct ConsentView {
+    client_name: String,
+    client_id: String,
+    client_uri: Option<String>,
+    logo_uri: Option<String>,
+    scopes: Vec<String>,
+    resource: Option<String>,
+    registration: &'static str,
 }
 
 struct MailView {
@@ -463,6 +482,8 @@ pub struct FormFields {
     /// A factor being enrolled, or renamed.
     factor: Option<String>,
     name: Option<String>,
+    /// The consent page's answer: `allow` or `deny`.
+    decision: Option<String>,
     #[serde(flatten)]
     flow: FlowParamsForm,
 }

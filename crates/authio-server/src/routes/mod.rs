@@ -10,6 +10,7 @@ pub mod mfa;
 pub mod oidc;
 pub mod orgs;
 pub mod passwordless;
+pub mod registration;
 pub mod scim;
 pub mod users;
 pub mod webhooks;
@@ -120,6 +121,15 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/v1/projects/{project_id}/email-templates/{kind}", axum::routing::put(config::set_template))
         .route("/v1/projects/{project_id}/oidc-clients", get(oidc::list_clients).post(oidc::create_client))
         .route("/v1/projects/{project_id}/oidc-clients/{id}", axum::routing::delete(oidc::revoke_client))
+        .route(
+            "/v1/projects/{project_id}/oidc-clients/{id}/block",
+            post(registration::block_client).delete(registration::unblock_client),
+        )
+        .route(
+            "/v1/projects/{project_id}/resources",
+            get(registration::list_resources).post(registration::create_resource),
+        )
+        .route("/v1/projects/{project_id}/resources/{id}", axum::routing::delete(registration::delete_resource))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), context::require_management));
     let auth = axum::Router::new()
         .route("/v1/auth/signup", post(auth::sign_up))
@@ -184,6 +194,14 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/.well-known/oauth-authorization-server/p/{project_id}", get(oidc::authorization_server_metadata))
         .route("/p/{project_id}/oauth2/authorize", get(oidc::authorize))
         .route("/p/{project_id}/oauth2/token", post(oidc::token))
+        .route("/p/{project_id}/oauth2/register", post(registration::register))
+        .route(
+            "/p/{project_id}/oauth2/register/{client_id}",
+            get(registration::read_registration).delete(registration::delete_registration),
+        )
+        .route("/p/{project_id}/consent", get(hosted::consent::consent_page).post(hosted::consent::consent_post))
+        .route("/p/{project_id}/account/apps", get(hosted::consent::apps_page))
+        .route("/p/{project_id}/account/apps/{id}/revoke", post(hosted::consent::revoke_post))
         .route("/p/{project_id}/oauth2/userinfo", get(oidc::userinfo).post(oidc::userinfo_post))
         .route("/p/{project_id}/oauth2/revoke", post(oidc::revoke))
         .route("/p/{project_id}/oauth2/introspect", post(oidc::introspect))

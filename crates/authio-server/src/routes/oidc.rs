@@ -53,7 +53,8 @@ async fn metadata(state: &AppState, project: &str) -> Result<Response, ApiError>
     let project = project_of(project)?;
     let iss = state.identity.issuer(project);
     let id_token_algs = state.oidc.id_token_algs(project).await?;
-    let doc = serde_json::json!({
+    let presentation = state.identity.presentation(project).await?;
+    let mut doc = serde_json::json!({
         "issuer": iss,
         "authorization_endpoint": format!("{iss}/oauth2/authorize"),
         "token_endpoint": format!("{iss}/oauth2/token"),
@@ -81,6 +82,13 @@ async fn metadata(state: &AppState, project: &str) -> Result<Response, ApiError>
         "request_parameter_supported": false,
         "request_uri_parameter_supported": false,
     });
+    // Clients the project's administrators did not register, where the project accepts them.
+    if presentation.dynamic_registration {
+        doc["registration_endpoint"] = serde_json::Value::String(format!("{iss}/oauth2/register"));
+    }
+    if presentation.metadata_document_clients {
+        doc["client_id_metadata_document_supported"] = serde_json::Value::Bool(true);
+    }
     Ok((
         StatusCode::OK,
         [(header::CACHE_CONTROL, "public, max-age=300"), (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
@@ -202,6 +210,32 @@ pub async fn authorize(
                 }
             }
         }
+        // A third-party client (registered by itself, not by the project's administrators)
+        // needs the user's consent for this resource and these scopes.
+        if req.client.third_party() {
+            let consented = match state.identity.project_scope(project).await {
+                Ok(scope) => {
+                    let resource = req.resource.clone().unwrap_or_default();
+                    state.identity.consented(&scope, s.user_id, &req.client.client_id, &resource, &req.scope).await
+                }
+                Err(e) => Err(e),
+            };
+            match consented {
+                Ok(true) => {}
+                // OIDC Core 3.1.2.6.
+                Ok(false) if req.prompt_none => return fail("consent_required", "the user has not consented"),
+                Ok(false) => {
+                    let prefix = prefix_of(project, custom.as_ref());
+                    let return_to = format!("{prefix}/oauth2/authorize?{query}");
+                    let q = serde_urlencoded::to_string([("return_to", return_to.as_str())]).unwrap_or_default();
+                    return see_other(&format!("{prefix}/consent?{q}"));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "authorization: consent not read");
+                    return fail("temporarily_unavailable", "try again shortly");
+                }
+            }
+        }
         let mut req = req.clone();
         // Scope `organization` without a named one: the only organization the user is an
         // active member of, or the hosted picker when there is a choice to make (several, or
@@ -277,7 +311,7 @@ async fn authenticate(
             None => return Err(OAuthError::invalid_client()),
         },
     };
-    let client = state.oidc.authenticate_oidc_client(&id, secret.as_deref(), method, ip).await?;
+    let client = state.oidc.authenticate_oidc_client(project, &id, secret.as_deref(), method, ip).await?;
     if client.project_id != project {
         return Err(OAuthError::invalid_client());
     }
@@ -381,7 +415,7 @@ pub async fn token(
             let presented =
                 form.get("refresh_token").ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
             let who = authio_core::oidc::refresh_guesser(&client, presented, ip);
-            let resource = client.resource(form.get("resource"))?;
+            let resource = state.oidc.allowed_resource(&client, form.get("resource")).await?.map(|(uri, _)| uri);
             let req = authio_core::identity::auth::RefreshRequest {
                 presented,
                 oidc_client: Some(&client.client_id),
@@ -534,7 +568,7 @@ pub async fn logout(
         }
     }
     let target = match (&p.post_logout_redirect_uri, audience) {
-        (Some(uri), Some(client_id)) => match state.oidc.oidc_client(&client_id).await {
+        (Some(uri), Some(client_id)) => match state.oidc.client_for(project, &client_id).await {
             Ok(Some(c)) if c.project_id == project && c.post_logout_redirect_uris.contains(uri) => Some(uri.clone()),
             Ok(_) => return text_page(StatusCode::BAD_REQUEST, "The post_logout_redirect_uri is not registered."),
             Err(e) => return ApiError::from(e).into_response(),

@@ -436,6 +436,7 @@ async fn every_table_with_tenant_rows_either_moves_or_is_pinned_to_shared() {
         "oauth_connections",
         "oauth_states",
         "oidc_clients",
+        "protected_resources",
         "saml_assertions_seen",
         "redirect_uris",
         "signin_codes",

@@ -1,0 +1,1 @@
+//! MCP clients through the official SDK (written next).

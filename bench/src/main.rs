@@ -32,6 +32,7 @@ use uuid::Uuid;
 
 mod dsync;
 mod events;
+mod mcp;
 mod mfa;
 mod moves;
 mod oidc;
@@ -80,6 +81,7 @@ async fn main() -> Result<()> {
         "audit" => audit_cost(&env, secs, rounds).await?,
         "otp" => otp::otp(&env, secs, rounds).await?,
         "oidc" => oidc::oidc(&env, secs, rounds).await?,
+        "mcp" => mcp::mcp(&env, secs, rounds).await?,
         "orgs" => orgs::orgs(&env, secs, rounds).await?,
         "events" => events::events(&env, secs, rounds).await?,
         "webhooks" => webhooks::webhooks(&env, rounds).await?,
@@ -98,7 +100,7 @@ async fn main() -> Result<()> {
             dsync::dsync(&env).await?;
         }
         other => {
-            bail!("unknown benchmark {other:?}: tiers | scoped | tokens | signin | audit | otp | oidc | orgs | events | webhooks | dsync | saml | mfa | all | move | routing-memory")
+            bail!("unknown benchmark {other:?}: tiers | scoped | tokens | signin | audit | otp | oidc | orgs | events | webhooks | dsync | mcp | saml | mfa | all | move | routing-memory")
         }
     }
     Ok(())

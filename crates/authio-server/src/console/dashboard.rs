@@ -503,8 +503,14 @@ async fn credentials_page(
     secret: Option<Block>,
     f: &Flash,
 ) -> Response {
-    let (clients, keys) =
-        core_try!(tokio::try_join!(m2m::list(&state.router, auth), api_keys::list(&state.router, auth)), &m.user);
+    let (clients, keys, oidc_clients) = core_try!(
+        tokio::try_join!(
+            m2m::list(&state.router, auth),
+            api_keys::list(&state.router, auth),
+            authio_core::oidc::list_clients(&state.router, auth)
+        ),
+        &m.user
+    );
     let b = format!("{}/credentials", base(m, p));
     let read_only = m.read_only();
     // A credential's state and, while it is live, its revoke button.
@@ -547,6 +553,36 @@ async fn credentials_page(
                 })
                 .collect(),
             "No M2M clients yet.",
+        ))
+        .block(Block::heading("Third-party applications"))
+        .block(Block::Para(
+            "MCP clients and agents that registered themselves or came by their metadata document's URL; \
+             their names are their own. A blocked one can no longer sign anyone in nor refresh."
+                .into(),
+        ))
+        .block(Block::table(
+            "Third-party applications",
+            vec!["Name", "Client id", "Registration", "Created", "State", ""],
+            oidc_clients
+                .iter()
+                .filter(|c| c.registration != "admin" && c.revoked_at.is_none())
+                .map(|c| {
+                    let blocked = c.blocked_at.is_some();
+                    let (act, label) = if blocked { ("client-unblock", "Unblock") } else { ("client-block", "Block") };
+                    vec![
+                        Cell::Text(c.name.clone()),
+                        Cell::Code(c.client_id.clone()),
+                        Cell::Text(c.registration.replace('_', " ")),
+                        Cell::Text(c.created_at.format("%Y-%m-%d").to_string()),
+                        if blocked { Cell::Badge("bad", "blocked".into()) } else { Cell::Badge("ok", "active".into()) },
+                        Cell::Action(
+                            FormView::button(format!("{b}/{act}/{}/revoke", c.id), label, !blocked)
+                                .disabled_if(read_only),
+                        ),
+                    ]
+                })
+                .collect(),
+            "No third-party application has registered.",
         ))
         .block(Block::heading("API keys"))
         .block(Block::Para("Secret keys for the management API of this project (Authorization: Bearer sk_...).".into()))
@@ -664,9 +700,15 @@ async fn revoke_credential(
         "api-key" => api_keys::revoke(router, clock, &auth, id, &info)
             .await
             .map(|k| state.identity.forget_credential("apikey", &k.key_id)),
+        "client-block" | "client-unblock" => {
+            authio_core::oidc::third_party::block_client(router, clock, &auth, id, kind == "client-block", &info).await
+        }
         _ => return error_page(StatusCode::NOT_FOUND, "No such kind of credential.", Some(&m.user)),
     };
     match result {
+        Ok(()) if kind.starts_with("client-") => {
+            Redirect::to(&format!("{}/credentials?done=saved", base(&m, &p))).into_response()
+        }
         Ok(()) => Redirect::to(&format!("{}/credentials?done=revoked", base(&m, &p))).into_response(),
         Err(e) => core_error_page(e, Some(&m.user)),
     }

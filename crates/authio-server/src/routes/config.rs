@@ -391,6 +391,12 @@ pub struct PresentationBody {
     pub signup_domains: Vec<String>,
     /// `optional` or `required` (every user signs in with a second factor).
     pub mfa_policy: String,
+    /// RFC 7591 dynamic registration at `{issuer}/oauth2/register`.
+    pub dynamic_registration: bool,
+    /// Clients named by their Client ID Metadata Document's URL.
+    pub metadata_document_clients: bool,
+    /// Dynamic registrations may be confidential (a secret); off: public clients only.
+    pub confidential_registration: bool,
 }
 
 impl From<PresentationSettings> for PresentationBody {
@@ -405,6 +411,9 @@ impl From<PresentationSettings> for PresentationBody {
             signup_policy: p.signup_policy,
             signup_domains: p.signup_domains,
             mfa_policy: p.mfa_policy,
+            dynamic_registration: p.dynamic_registration,
+            metadata_document_clients: p.metadata_document_clients,
+            confidential_registration: p.confidential_registration,
         }
     }
 }
@@ -424,8 +433,9 @@ pub async fn get_presentation(
 
 /// Change it: `environment` (production|development), `display_name`, `logo_url` (https),
 /// `brand_color` (#rrggbb), `email_sender_name`, `signin_methods`, `signup_policy` (open,
-/// invite_only, domains), `signup_domains` (with the `domains` policy) and `mfa_policy`
-/// (optional, required).
+/// invite_only, domains), `signup_domains` (with the `domains` policy), `mfa_policy`
+/// (optional, required), and `dynamic_registration`, `metadata_document_clients`,
+/// `confidential_registration` (clients nobody registered in advance: MCP clients, agents).
 #[utoipa::path(patch, path = "/v1/projects/{project_id}/presentation", tag = "sign-in config",
     params(("project_id" = Uuid, Path)), security(("project_api_key" = [])), request_body(content = Object),
     responses((status = 200, body = PresentationBody), (status = 422, description = "`invalid_request`")))]

@@ -88,7 +88,9 @@ pub async fn mcp(env: &Env, secs: u64, rounds: usize) -> Result<()> {
                 code_challenge_method: Some("S256".into()),
                 ..AuthorizeParams::default()
             };
-            oidc.authorization_request(project, &params).await.map_err(|e| anyhow::anyhow!("authorization request: {e:?}"))
+            oidc.authorization_request(project, &params)
+                .await
+                .map_err(|e| anyhow::anyhow!("authorization request: {e:?}"))
         }
     };
     let requests = [request_for(registered.client_id.clone()).await?, request_for(doc_url.clone()).await?];

@@ -29,14 +29,14 @@ mod oidc_provider;
 mod orgs;
 #[path = "api/saml.rs"]
 mod saml;
-#[path = "api/third_party.rs"]
-mod third_party;
 #[path = "api/scim.rs"]
 mod scim;
 #[path = "api/signin_methods.rs"]
 mod signin_methods;
 #[path = "api/statements.rs"]
 mod statements;
+#[path = "api/third_party.rs"]
+mod third_party;
 #[path = "api/upstream.rs"]
 mod upstream;
 #[path = "api/webhooks.rs"]

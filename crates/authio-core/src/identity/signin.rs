@@ -362,9 +362,9 @@ impl Identity {
         result
     }
 
-    /// Sign-in attempts that start something (upstream redirects) count against the address
-    /// like password attempts.
-    pub(crate) async fn limit_attempts(&self, ip: Option<IpAddr>) -> Result<(), CoreError> {
+    /// Sign-in attempts that start something (upstream redirects, passkey ceremonies, fetches
+    /// of a client's metadata document) count against the address like password attempts.
+    pub async fn limit_attempts(&self, ip: Option<IpAddr>) -> Result<(), CoreError> {
         let l = &self.inner.settings.limits;
         match ip {
             Some(ip) => self.limit("signin:ip", &ip_key(ip), l.signin_per_ip, l.signin_ip_window_secs).await,

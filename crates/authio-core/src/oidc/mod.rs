@@ -404,6 +404,9 @@ pub struct AuthzRequest {
     pub code_challenge: Option<String>,
     pub prompt_login: bool,
     pub prompt_none: bool,
+    /// `prompt=consent`: a third-party client's consent page is shown even if the user
+    /// consented before (first-party clients' registration is the consent).
+    pub prompt_consent: bool,
     pub max_age: Option<i64>,
     pub login_hint: Option<String>,
     pub resource: Option<String>,
@@ -673,9 +676,9 @@ impl Provider {
                 Some(c.to_owned())
             }
         };
-        // Every client is registered by the project's own administrators (first party): their
-        // registration is the consent, so `prompt=consent` asks nothing more and is not
-        // advertised. `select_account` shows the sign-in page, where another account can sign
+        // A client registered by the project's own administrators is first party: their
+        // registration is the consent, so `prompt=consent` asks nothing more of its users; a
+        // third-party client's users see the consent page again. `select_account` shows the sign-in page, where another account can sign
         // in (there is one account per browser session), as `login` does.
         let prompts: Vec<&str> = p.prompt.as_deref().unwrap_or("").split(' ').filter(|s| !s.is_empty()).collect();
         if prompts.iter().any(|x| !["none", "login", "consent", "select_account"].contains(x))
@@ -704,6 +707,7 @@ impl Provider {
             code_challenge,
             prompt_login: prompts.contains(&"login") || prompts.contains(&"select_account"),
             prompt_none: prompts.contains(&"none"),
+            prompt_consent: prompts.contains(&"consent"),
             max_age,
             login_hint: p.login_hint.clone(),
             resource,
@@ -1019,12 +1023,15 @@ impl Provider {
             org_id: org.as_ref().map(|o| o.id.to_string()),
         };
         // An OAuth 2.1 request for a resource without `openid` gets no ID token.
-        let id_token = if scopes.contains(&"openid") { Some(keys.sign_id_token_as(&id, client.id_token_alg)?) } else { None };
+        let id_token =
+            if scopes.contains(&"openid") { Some(keys.sign_id_token_as(&id, client.id_token_alg)?) } else { None };
         Ok(OidcTokens {
             tokens,
             id_token,
             scope: scope_claim,
-            offline: scopes.contains(&"offline_access"),
+            // OpenID Connect hands a refresh token out for `offline_access`; a plain OAuth 2.1
+            // request (no `openid`, an MCP client's) gets one as OAuth does.
+            offline: scopes.contains(&"offline_access") || !scopes.contains(&"openid"),
         })
     }
 

@@ -115,11 +115,12 @@ fn check_metadata(
         Some("client_secret_basic") | Some("client_secret_post") => {
             return Err(metadata_error("this project registers public clients only (token_endpoint_auth_method none)"))
         }
-        Some(_) => return Err(metadata_error("token_endpoint_auth_method is none, client_secret_basic or client_secret_post")),
+        Some(_) => {
+            return Err(metadata_error("token_endpoint_auth_method is none, client_secret_basic or client_secret_post"))
+        }
     };
-    let grant_types = grant_types.map(<[String]>::to_vec).unwrap_or_else(|| {
-        super::GRANTS.iter().map(|g| (*g).to_owned()).collect()
-    });
+    let grant_types =
+        grant_types.map(<[String]>::to_vec).unwrap_or_else(|| super::GRANTS.iter().map(|g| (*g).to_owned()).collect());
     if !grant_types.iter().any(|g| g == "authorization_code")
         || grant_types.iter().any(|g| !super::GRANTS.contains(&g.as_str()))
     {
@@ -198,7 +199,8 @@ impl Provider {
         }
         let now = self.identity.now();
         if let Some(c) = self.oidc_client_in(project, url).await? {
-            if c.fetched_at.is_some_and(|t| t > now - Duration::seconds(DOCUMENT_TTL_SECS)) {
+            // A blocked client stays blocked whatever its document says now (and is not fetched).
+            if c.blocked || c.fetched_at.is_some_and(|t| t > now - Duration::seconds(DOCUMENT_TTL_SECS)) {
                 return Ok(Some(c));
             }
         }
@@ -503,8 +505,11 @@ impl Provider {
 
     /// Remove dynamic registrations that no authorization request used within a day.
     pub async fn registration_gc(&self, now: DateTime<Utc>) -> Result<i32, CoreError> {
-        Ok(preresolve::dynamic_client_gc(&self.identity.inner.router, now - Duration::seconds(UNUSED_REGISTRATION_SECS))
-            .await?)
+        Ok(preresolve::dynamic_client_gc(
+            &self.identity.inner.router,
+            now - Duration::seconds(UNUSED_REGISTRATION_SECS),
+        )
+        .await?)
     }
 
     /// The project's protected resources: (uri, scopes).
@@ -739,7 +744,9 @@ pub struct NewResource {
 
 fn scope_token_ok(s: &str) -> bool {
     // RFC 6749 3.3: NQCHAR, without the space.
-    !s.is_empty() && s.len() <= 100 && s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+    !s.is_empty()
+        && s.len() <= 100
+        && s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
 }
 
 pub async fn create_resource(
@@ -796,7 +803,10 @@ pub async fn create_resource(
     })
 }
 
-pub async fn list_resources(router: &authio_db::Router, auth: &Authorized) -> Result<Vec<ProtectedResource>, CoreError> {
+pub async fn list_resources(
+    router: &authio_db::Router,
+    auth: &Authorized,
+) -> Result<Vec<ProtectedResource>, CoreError> {
     let scope = auth.require(Permission::ProjectRead)?;
     project_of(scope)?;
     let tx = router.begin_pinned(scope).await?;
@@ -872,8 +882,18 @@ mod tests {
         assert!(ok("93.184.216.34", false));
         assert!(ok("2606:2800:220:1:248:1893:25c8:1946", false));
         for private in [
-            "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "255.255.255.255",
-            "::", "fc00::1", "fe80::1", "::ffff:10.0.0.1", "224.0.0.1",
+            "10.0.0.1",
+            "172.16.5.4",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "::",
+            "fc00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+            "224.0.0.1",
         ] {
             assert!(!ok(private, true), "{private}");
         }
@@ -886,9 +906,11 @@ mod tests {
         let url = "https://agent.example/client.json";
         let good = serde_json::json!({"client_id": url, "client_name": "Agent", "redirect_uris": ["http://127.0.0.1:3000/cb"]});
         assert_eq!(document_metadata(url, &good).unwrap().name, "Agent");
-        let other = serde_json::json!({"client_id": "https://evil.example/x.json", "redirect_uris": ["http://127.0.0.1/cb"]});
+        let other =
+            serde_json::json!({"client_id": "https://evil.example/x.json", "redirect_uris": ["http://127.0.0.1/cb"]});
         assert!(document_metadata(url, &other).is_err());
-        let secret = serde_json::json!({"client_id": url, "redirect_uris": ["http://127.0.0.1/cb"], "client_secret": "x"});
+        let secret =
+            serde_json::json!({"client_id": url, "redirect_uris": ["http://127.0.0.1/cb"], "client_secret": "x"});
         assert!(document_metadata(url, &secret).is_err());
         let confidential = serde_json::json!({"client_id": url, "redirect_uris": ["http://127.0.0.1/cb"],
                                               "token_endpoint_auth_method": "client_secret_basic"});

@@ -133,6 +133,7 @@ pub async fn authorize(
     Path(project): Path<String>,
     RawQuery(query): RawQuery,
     custom: Option<Extension<CustomHost>>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
 ) -> Response {
     let Ok(project) = Uuid::parse_str(&project) else {
@@ -144,6 +145,13 @@ pub async fn authorize(
         Err(_) => return text_page(StatusCode::BAD_REQUEST, "The authorization request is malformed."),
     };
     let iss = state.identity.issuer(project);
+    // A client named by a URL may make the server fetch its metadata document: such requests
+    // count against the address like sign-in attempts.
+    if params.client_id.as_deref().is_some_and(|c| c.starts_with("https://") || c.starts_with("http://")) {
+        if let Err(e) = state.identity.limit_attempts(client_ip(&state, connect.as_ref(), &headers)).await {
+            return ApiError::from(e).into_response();
+        }
+    }
     let req = match state.oidc.authorization_request(project, &params).await {
         Ok(r) => r,
         Err(e) => {
@@ -221,12 +229,21 @@ pub async fn authorize(
                 Err(e) => Err(e),
             };
             match consented {
-                Ok(true) => {}
+                Ok(true) if !req.prompt_consent => {}
                 // OIDC Core 3.1.2.6.
-                Ok(false) if req.prompt_none => return fail("consent_required", "the user has not consented"),
-                Ok(false) => {
+                Ok(_) if req.prompt_none => return fail("consent_required", "the user has not consented"),
+                Ok(_) => {
+                    // Back here without `prompt` once answered (the consent just given is fresh).
+                    let again: Vec<(String, String)> = serde_urlencoded::from_str::<Vec<(String, String)>>(&query)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|(k, _)| k != "prompt")
+                        .collect();
                     let prefix = prefix_of(project, custom.as_ref());
-                    let return_to = format!("{prefix}/oauth2/authorize?{query}");
+                    let return_to = format!(
+                        "{prefix}/oauth2/authorize?{}",
+                        serde_urlencoded::to_string(&again).unwrap_or_default()
+                    );
                     let q = serde_urlencoded::to_string([("return_to", return_to.as_str())]).unwrap_or_default();
                     return see_other(&format!("{prefix}/consent?{q}"));
                 }

@@ -235,7 +235,8 @@ pub async fn delete_resource(
     Path((_project_id, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let auth = ctx.authorize(Permission::ProjectConfigure)?;
-    third_party::delete_resource(&state.router, &auth, path_id(&id, "resource_not_found", "resource not found")?).await?;
+    third_party::delete_resource(&state.router, &auth, path_id(&id, "resource_not_found", "resource not found")?)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

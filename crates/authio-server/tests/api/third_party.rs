@@ -73,12 +73,15 @@ async fn sign_in_and_consent(app: &TestApp, b: &mut Browser, auth: &str, email: 
         let action =
             page.split("<form method=\"post\" action=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
         let (st, back, _) = b
-            .post(&app.url(&action), &[
-                ("csrf", &hidden(&page, "csrf")),
-                ("return_to", &hidden(&page, "return_to")),
-                ("email", email),
-                ("password", PASSWORD),
-            ])
+            .post(
+                &app.url(&action),
+                &[
+                    ("csrf", &hidden(&page, "csrf")),
+                    ("return_to", &hidden(&page, "return_to")),
+                    ("email", email),
+                    ("password", PASSWORD),
+                ],
+            )
             .await;
         assert_eq!(st, StatusCode::SEE_OTHER);
         let (st, next, body) = b.get(&absolute(app, &back.unwrap())).await;
@@ -90,11 +93,10 @@ async fn sign_in_and_consent(app: &TestApp, b: &mut Browser, auth: &str, email: 
         assert_eq!(st, StatusCode::OK, "{page}");
         assert!(page.contains("unverified"), "the client's own words are marked as such: {page}");
         let (st, back, _) = b
-            .post(&app.url(&location[..location.find('?').unwrap()]), &[
-                ("csrf", &hidden(&page, "csrf")),
-                ("return_to", &hidden(&page, "return_to")),
-                ("decision", decision),
-            ])
+            .post(
+                &app.url(&location[..location.find('?').unwrap()]),
+                &[("csrf", &hidden(&page, "csrf")), ("return_to", &hidden(&page, "return_to")), ("decision", decision)],
+            )
             .await;
         assert_eq!(st, StatusCode::SEE_OTHER);
         let back = back.unwrap();
@@ -168,16 +170,20 @@ async fn dynamic_registration_consent_resource_audiences_revocation_and_blocking
     user(&app, &s, "ann@acme.test").await;
     let ch = challenge();
     let auth_for = |resource: &str, scope: &str, state: &str| {
-        authorize_url(&app, &s, &[
-            ("client_id", client_id.as_str()),
-            ("redirect_uri", AGENT_CB),
-            ("response_type", "code"),
-            ("scope", scope),
-            ("state", state),
-            ("resource", resource),
-            ("code_challenge", ch.as_str()),
-            ("code_challenge_method", "S256"),
-        ])
+        authorize_url(
+            &app,
+            &s,
+            &[
+                ("client_id", client_id.as_str()),
+                ("redirect_uri", AGENT_CB),
+                ("response_type", "code"),
+                ("scope", scope),
+                ("state", state),
+                ("resource", resource),
+                ("code_challenge", ch.as_str()),
+                ("code_challenge_method", "S256"),
+            ],
+        )
     };
     // An unknown resource, or another resource's scope, goes back as an error.
     let mut b = Browser::new();
@@ -187,25 +193,39 @@ async fn dynamic_registration_consent_resource_audiences_revocation_and_blocking
     assert_eq!(query_of(&location.unwrap())["error"], "invalid_scope");
 
     // Denied: the client hears access_denied.
-    let to_client =
-        sign_in_and_consent(&app, &mut b, &auth_for(RESOURCE_A, "mcp:tools offline_access", "d"), "ann@acme.test", "deny")
-            .await;
+    let to_client = sign_in_and_consent(
+        &app,
+        &mut b,
+        &auth_for(RESOURCE_A, "mcp:tools offline_access", "d"),
+        "ann@acme.test",
+        "deny",
+    )
+    .await;
     assert!(to_client.starts_with(AGENT_CB), "{to_client}");
     assert_eq!(query_of(&to_client)["error"], "access_denied");
     // Allowed: a code, for a token whose audience is the resource (and no ID token without openid).
-    let to_client =
-        sign_in_and_consent(&app, &mut b, &auth_for(RESOURCE_A, "mcp:tools offline_access", "a"), "ann@acme.test", "allow")
-            .await;
+    let to_client = sign_in_and_consent(
+        &app,
+        &mut b,
+        &auth_for(RESOURCE_A, "mcp:tools offline_access", "a"),
+        "ann@acme.test",
+        "allow",
+    )
+    .await;
     let q = query_of(&to_client);
     assert_eq!(q["state"], "a");
-    let (st, tokens) = token(&app, &s, &[
-        ("grant_type", "authorization_code"),
-        ("client_id", &client_id),
-        ("code", &q["code"]),
-        ("redirect_uri", AGENT_CB),
-        ("code_verifier", VERIFIER),
-        ("resource", RESOURCE_A),
-    ])
+    let (st, tokens) = token(
+        &app,
+        &s,
+        &[
+            ("grant_type", "authorization_code"),
+            ("client_id", &client_id),
+            ("code", &q["code"]),
+            ("redirect_uri", AGENT_CB),
+            ("code_verifier", VERIFIER),
+            ("resource", RESOURCE_A),
+        ],
+    )
     .await;
     assert_eq!(st, StatusCode::OK, "{tokens}");
     assert!(tokens.get("id_token").is_none() || tokens["id_token"].is_null());
@@ -215,21 +235,47 @@ async fn dynamic_registration_consent_resource_audiences_revocation_and_blocking
     assert_eq!(access["scope"], "mcp:tools offline_access");
     let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
     // A refresh may not widen to another resource.
-    let (st, body) = token(&app, &s, &[
-        ("grant_type", "refresh_token"),
-        ("client_id", &client_id),
-        ("refresh_token", &refresh),
-        ("resource", RESOURCE_B),
-    ])
+    let (st, body) = token(
+        &app,
+        &s,
+        &[
+            ("grant_type", "refresh_token"),
+            ("client_id", &client_id),
+            ("refresh_token", &refresh),
+            ("resource", RESOURCE_B),
+        ],
+    )
     .await;
     assert_eq!((st, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_target")), "{body}");
     let (st, body) =
-        token(&app, &s, &[("grant_type", "refresh_token"), ("client_id", &client_id), ("refresh_token", &refresh)]).await;
+        token(&app, &s, &[("grant_type", "refresh_token"), ("client_id", &client_id), ("refresh_token", &refresh)])
+            .await;
     assert_eq!(st, StatusCode::OK, "{body}");
     let refresh = body["refresh_token"].as_str().unwrap().to_owned();
-    // The consent is remembered: the next request answers at once.
+    // The consent is remembered: the next request answers at once, and without `openid` (a
+    // plain OAuth 2.1 request) the code brings a refresh token as OAuth does.
     let (_, location, _) = b.get(&auth_for(RESOURCE_A, "mcp:tools", "again")).await;
-    assert!(location.unwrap().starts_with(AGENT_CB));
+    let location = location.unwrap();
+    assert!(location.starts_with(AGENT_CB), "{location}");
+    let (st, plain) = token(
+        &app,
+        &s,
+        &[
+            ("grant_type", "authorization_code"),
+            ("client_id", &client_id),
+            ("code", &query_of(&location)["code"]),
+            ("redirect_uri", AGENT_CB),
+            ("code_verifier", VERIFIER),
+        ],
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{plain}");
+    assert!(plain["refresh_token"].as_str().is_some_and(|r| r.starts_with("rt_")), "{plain}");
+    // `prompt=consent` asks a third-party client's user again.
+    let (_, location, _) = b.get(&format!("{}&prompt=consent", auth_for(RESOURCE_A, "mcp:tools", "p"))).await;
+    let location = location.unwrap();
+    assert!(location.contains("/consent?"), "{location}");
+    assert!(!location.contains("prompt"), "the consent returns to the request without prompt: {location}");
 
     // The user's connected apps: revoking ends the grant's refresh tokens.
     let (st, _, page) = b.get(&app.url(&format!("/p/{pid}/account/apps"))).await;
@@ -240,7 +286,8 @@ async fn dynamic_registration_consent_resource_audiences_revocation_and_blocking
     assert_eq!(st, StatusCode::OK);
     assert!(page.contains("Access revoked") && !page.contains("Research Agent"), "{page}");
     let (st, body) =
-        token(&app, &s, &[("grant_type", "refresh_token"), ("client_id", &client_id), ("refresh_token", &refresh)]).await;
+        token(&app, &s, &[("grant_type", "refresh_token"), ("client_id", &client_id), ("refresh_token", &refresh)])
+            .await;
     assert_eq!((st, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_grant")), "{body}");
     // So consent is asked again.
     let (_, location, _) = b.get(&auth_for(RESOURCE_A, "mcp:tools", "b")).await;
@@ -314,15 +361,19 @@ async fn metadata_documents_are_fetched_safely_and_must_match_the_request() {
     let doc = format!("{base}/client.json");
     let ch = challenge();
     let auth_for = |client_id: &str, redirect: &str| {
-        authorize_url(&app, &s, &[
-            ("client_id", client_id),
-            ("redirect_uri", redirect),
-            ("response_type", "code"),
-            ("scope", "openid"),
-            ("state", "s"),
-            ("code_challenge", ch.as_str()),
-            ("code_challenge_method", "S256"),
-        ])
+        authorize_url(
+            &app,
+            &s,
+            &[
+                ("client_id", client_id),
+                ("redirect_uri", redirect),
+                ("response_type", "code"),
+                ("scope", "openid"),
+                ("state", "s"),
+                ("code_challenge", ch.as_str()),
+                ("code_challenge_method", "S256"),
+            ],
+        )
     };
     let mut b = Browser::new();
     // Not accepted by the project: an unknown client.
@@ -340,13 +391,19 @@ async fn metadata_documents_are_fetched_safely_and_must_match_the_request() {
         .unwrap();
     assert_eq!(meta["client_id_metadata_document_supported"], true);
     // A production project: http, private and loopback addresses are refused before any fetch.
-    for refused in [doc.as_str(), "https://10.1.2.3/client.json", "https://127.0.0.1/client.json", "https://[::1]/c.json"] {
+    for refused in
+        [doc.as_str(), "https://10.1.2.3/client.json", "https://127.0.0.1/client.json", "https://[::1]/c.json"]
+    {
         let (st, _, page) = b.get(&auth_for(refused, AGENT_CB)).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{refused}: {page}");
         assert!(page.contains("metadata document"), "{refused}: {page}");
     }
     assert_eq!(
-        admin_query_strings(&app.shared.admin_url, "SELECT count(*) FROM oidc_clients WHERE registration = 'metadata_document'").await,
+        admin_query_strings(
+            &app.shared.admin_url,
+            "SELECT count(*) FROM oidc_clients WHERE registration = 'metadata_document'"
+        )
+        .await,
         ["0"]
     );
 
@@ -360,18 +417,26 @@ async fn metadata_documents_are_fetched_safely_and_must_match_the_request() {
     user(&app, &s, "bo@acme.test").await;
     let to_client = sign_in_and_consent(&app, &mut b, &auth_for(&doc, AGENT_CB), "bo@acme.test", "allow").await;
     assert!(to_client.starts_with(AGENT_CB), "{to_client}");
-    let (st, tokens) = token(&app, &s, &[
-        ("grant_type", "authorization_code"),
-        ("client_id", &doc),
-        ("code", &query_of(&to_client)["code"]),
-        ("redirect_uri", AGENT_CB),
-        ("code_verifier", VERIFIER),
-    ])
+    let (st, tokens) = token(
+        &app,
+        &s,
+        &[
+            ("grant_type", "authorization_code"),
+            ("client_id", &doc),
+            ("code", &query_of(&to_client)["code"]),
+            ("redirect_uri", AGENT_CB),
+            ("code_verifier", VERIFIER),
+        ],
+    )
     .await;
     assert_eq!(st, StatusCode::OK, "{tokens}");
     assert_eq!(claims(tokens["id_token"].as_str().unwrap())["aud"], doc);
     assert_eq!(
-        admin_query_strings(&app.shared.admin_url, "SELECT name FROM oidc_clients WHERE registration = 'metadata_document'").await,
+        admin_query_strings(
+            &app.shared.admin_url,
+            "SELECT name FROM oidc_clients WHERE registration = 'metadata_document'"
+        )
+        .await,
         ["Doc Agent"]
     );
     assert_eq!(actions(&app, "client.registered").await, 1);

@@ -446,8 +446,15 @@ impl Identity {
 
     /// Options for a passwordless passkey sign-in on a project's hosted page (the
     /// authenticator offers the user's discoverable credentials).
-    pub async fn start_passkey_signin(&self, project: Uuid, rp: &Rp) -> Result<(Uuid, serde_json::Value), CoreError> {
+    pub async fn start_passkey_signin(
+        &self,
+        project: Uuid,
+        rp: &Rp,
+        ip: Option<IpAddr>,
+    ) -> Result<(Uuid, serde_json::Value), CoreError> {
         self.presentation(project).await?.require("passkey")?;
+        // Each ceremony is a row: anyone may start one, but not without end.
+        self.limit_attempts(ip).await?;
         let profile = self.profile(project).await?;
         let (options, state) = webauthn::start_authentication(rp, None)?;
         let ceremony = self.save_ceremony(&scope_of(&profile), None, "passkey", &state).await?;

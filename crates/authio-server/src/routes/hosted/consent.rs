@@ -28,11 +28,13 @@ async fn request_of(
     ctx: &Ctx,
     return_to: &str,
 ) -> Result<authio_core::oidc::AuthzRequest, Box<Response>> {
-    let fail = |m: &'static str| Box::new(ctx.error(CoreError::Forbidden(m), "done", "Access request", ctx.page("done", "")));
+    let fail =
+        |m: &'static str| Box::new(ctx.error(CoreError::Forbidden(m), "done", "Access request", ctx.page("done", "")));
     authio_core::identity::signin::Return::authorize(ctx.project, return_to)
         .map_err(|_| fail("this consent request is not valid"))?;
     let query = return_to.split_once('?').map(|(_, q)| q).unwrap_or_default();
-    let params: AuthorizeParams = serde_urlencoded::from_str(query).map_err(|_| fail("this consent request is not valid"))?;
+    let params: AuthorizeParams =
+        serde_urlencoded::from_str(query).map_err(|_| fail("this consent request is not valid"))?;
     state.oidc.authorization_request(ctx.project, &params).await.map_err(|e| match e {
         AuthzError::Page(m) => fail(m),
         AuthzError::Redirect { .. } => fail("this access request is not valid"),
@@ -104,7 +106,10 @@ pub async fn consent_post(
     let granted = match state.identity.project_scope(ctx.project).await {
         Ok(scope) => {
             let resource = req.resource.clone().unwrap_or_default();
-            state.identity.grant_consent(&scope, user, &req.client, &resource, &req.scope, &client_info(&headers, ip)).await
+            state
+                .identity
+                .grant_consent(&scope, user, &req.client, &resource, &req.scope, &client_info(&headers, ip))
+                .await
         }
         Err(e) => Err(e),
     };

@@ -448,12 +448,14 @@ pub async fn passkey_options(
     State(state): State<AppState>,
     Path(project): Path<String>,
     custom: Option<Extension<CustomHost>>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     Form(form): Form<FormFields>,
 ) -> Response {
     let ctx = attempt!(posted(&state, &project, &headers, &form, custom.as_ref()).await);
+    let ip = client_ip(&state, connect.as_ref(), &headers);
     let result = match ctx.rp() {
-        Ok(rp) => state.identity.start_passkey_signin(ctx.project, &rp).await,
+        Ok(rp) => state.identity.start_passkey_signin(ctx.project, &rp, ip).await,
         Err(e) => Err(e),
     };
     options_json(result)

@@ -55,11 +55,25 @@ async fn token(app: &TestApp, s: &Seeded, form: &[(&str, &str)]) -> (StatusCode,
     (r.status(), r.json().await.unwrap_or(Value::Null))
 }
 
-async fn actions(app: &TestApp, action: &str) -> usize {
-    admin_query_strings(&app.shared.admin_url, &format!("SELECT count(*) FROM audit_events WHERE action = '{action}'"))
+/// How many events of `action` the audit log has once it holds `expected` (events of acts on
+/// the shared database reach the home through the relayed outbox, a moment later).
+async fn actions(app: &TestApp, action: &str, expected: usize) -> usize {
+    let count = || async {
+        admin_query_strings(
+            &app.shared.admin_url,
+            &format!("SELECT count(*) FROM audit_events WHERE action = '{action}'"),
+        )
         .await[0]
-        .parse()
-        .unwrap()
+            .parse::<usize>()
+            .unwrap()
+    };
+    for _ in 0..100 {
+        if count().await >= expected {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    count().await
 }
 
 /// Sign in on the hosted page the authorization request sent the browser to, answer the
@@ -324,10 +338,10 @@ async fn dynamic_registration_consent_resource_audiences_revocation_and_blocking
     let r = app.http.get(&reg_uri).bearer_auth(&reg_token).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
-    assert_eq!(actions(&app, "client.registered").await, 1);
-    assert_eq!(actions(&app, "consent.granted").await, 1);
-    assert_eq!(actions(&app, "consent.revoked").await, 1);
-    assert_eq!(actions(&app, "client.blocked").await, 1);
+    assert_eq!(actions(&app, "client.registered", 1).await, 1);
+    assert_eq!(actions(&app, "consent.granted", 1).await, 1);
+    assert_eq!(actions(&app, "consent.revoked", 1).await, 1);
+    assert_eq!(actions(&app, "client.blocked", 1).await, 1);
 }
 
 /// Serve one JSON document over plain HTTP on loopback (the development project's allowance).
@@ -439,5 +453,51 @@ async fn metadata_documents_are_fetched_safely_and_must_match_the_request() {
         .await,
         ["Doc Agent"]
     );
-    assert_eq!(actions(&app, "client.registered").await, 1);
+    assert_eq!(actions(&app, "client.registered", 1).await, 1);
+}
+
+#[tokio::test]
+async fn dynamic_registrations_nobody_used_expire_and_registration_is_limited_per_address() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    patch_presentation(&app, &s, json!({"dynamic_registration": true})).await;
+    let register_url = app.url(&format!("/p/{}/oauth2/register", s.project.id));
+    let register = || app.http.post(&register_url).json(&json!({"redirect_uris": [AGENT_CB]})).send();
+    let used: Value = register().await.unwrap().json().await.unwrap();
+    let unused: Value = register().await.unwrap().json().await.unwrap();
+    // One is used by an authorization request; both are two days old.
+    let (_, location, _) = Browser::new()
+        .get(&authorize_url(
+            &app,
+            &s,
+            &[
+                ("client_id", used["client_id"].as_str().unwrap()),
+                ("redirect_uri", AGENT_CB),
+                ("response_type", "code"),
+                ("scope", "openid"),
+                ("code_challenge", challenge().as_str()),
+                ("code_challenge_method", "S256"),
+            ],
+        ))
+        .await;
+    assert!(location.unwrap().contains("/signin?"));
+    admin_query_strings(
+        &app.shared.admin_url,
+        "UPDATE oidc_clients SET created_at = now() - interval '2 days' WHERE registration = 'dynamic'",
+    )
+    .await;
+    let provider = authio_core::oidc::Provider::new(app.identity.clone());
+    assert_eq!(provider.registration_gc(chrono::Utc::now()).await.unwrap(), 1);
+    let left =
+        admin_query_strings(&app.shared.admin_url, "SELECT client_id FROM oidc_clients WHERE registration = 'dynamic'")
+            .await;
+    assert_eq!(left, [used["client_id"].as_str().unwrap()]);
+    assert_ne!(left[0], unused["client_id"].as_str().unwrap());
+    // Twenty registrations per address per hour (two made above).
+    for _ in 0..18 {
+        assert_eq!(register().await.unwrap().status(), StatusCode::CREATED);
+    }
+    let r = register().await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().contains_key("retry-after"));
 }

@@ -52,6 +52,9 @@ pub async fn mcp(env: &Env, secs: u64, rounds: usize) -> Result<()> {
     let mut auth = authio_server::AuthSettings::new("http://127.0.0.1", authio_testkit::test_master_key());
     auth.limits.verify_failures_per_ip = i32::MAX;
     auth.limits.client_failures_per_ip = i32::MAX;
+    auth.limits.signin_per_ip = i32::MAX;
+    // The document is served on loopback: a development deployment's allowance.
+    auth.allow_http_upstreams = true;
     let state = authio_server::AppState::new(env.router.clone(), Arc::new(SystemClock), auth)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);

@@ -118,6 +118,9 @@ pub struct RefreshRequest<'a> {
     pub resource: Option<&'a str>,
     /// Switch the session to this organization of its user (an active member only).
     pub organization: Option<Uuid>,
+    /// The client is third-party: its tokens are for the resource the user consented to, and
+    /// a refresh may not name another (nor one where the grant named none).
+    pub consented_resource_only: bool,
 }
 
 /// What an OpenID client's access token carries beyond the user's: the client, the scope it
@@ -802,7 +805,7 @@ impl Identity {
     }
 
     async fn refresh_unjudged(&self, req: RefreshRequest<'_>, client: &ClientInfo) -> Result<UserTokens, CoreError> {
-        let RefreshRequest { presented, oidc_client, resource, organization } = req;
+        let RefreshRequest { presented, oidc_client, resource, organization, consented_resource_only } = req;
         let (project, hash) =
             sessions::parse_refresh_token(presented).ok_or(CoreError::InvalidGrant("the refresh token is invalid"))?;
         let profile = match self.profile(project).await {
@@ -826,6 +829,7 @@ impl Identity {
                 organization,
                 resource,
                 project_requires_mfa: presentation.mfa_required,
+                consented_resource_only,
             },
         )
         .await?;

@@ -205,16 +205,13 @@ const AMR_METHODS: [(&str, &[&str]); 7] = [
 ];
 
 pub(crate) fn amr_still_offered(amr: &[String], offers: &(dyn Fn(&str) -> bool + Sync)) -> bool {
-    let mut decided = false;
-    for a in amr {
-        if let Some((_, methods)) = AMR_METHODS.iter().find(|(r, _)| *r == a.as_str()) {
-            if methods.iter().any(|m| offers(m)) {
-                return true;
-            }
-            decided = true;
-        }
+    // The first value is the sign-in's first factor, and it alone decides: what a second factor
+    // added (`otp` for a TOTP code, `hwk`/`swk` for a key) keeps no session alive whose way in
+    // was turned off. A value of no sign-in method (an impersonation's) decides nothing.
+    match amr.first().and_then(|a| AMR_METHODS.iter().find(|(r, _)| *r == a.as_str())) {
+        Some((_, methods)) => methods.iter().any(|m| offers(m)),
+        None => true,
     }
-    !decided
 }
 
 /// What a refresh must still hold: the OpenID client the token was issued to (`None`: tokens
@@ -229,6 +226,8 @@ pub struct RefreshHolds<'a> {
     pub resource: Option<&'a str>,
     /// The project requires a second factor of every user.
     pub project_requires_mfa: bool,
+    /// A third-party client's refresh: no resource but the granted one.
+    pub consented_resource_only: bool,
 }
 
 /// A successful refresh: what the new access token needs.
@@ -262,7 +261,8 @@ pub async fn refresh(
     client: &ClientInfo,
     holds: RefreshHolds<'_>,
 ) -> Result<Refreshed, CoreError> {
-    let RefreshHolds { expected_client, offers, organization, resource, project_requires_mfa } = holds;
+    let RefreshHolds { expected_client, offers, organization, resource, project_requires_mfa, consented_resource_only } =
+        holds;
     let project = project_of(scope)?;
     let now = clock.now();
     let hash = token_hash.to_vec();
@@ -372,6 +372,9 @@ pub async fn refresh(
     let resource = match (resource, granted) {
         (Some(asked), Some(g)) if asked != g => {
             return Err(CoreError::InvalidTarget("the resource is not the one this session was granted"))
+        }
+        (Some(_), None) if consented_resource_only => {
+            return Err(CoreError::InvalidTarget("the resource is not the one the user consented to"))
         }
         (asked, granted) => asked.map(str::to_owned).or(granted),
     };
@@ -738,5 +741,18 @@ mod tests {
         for bad in ["", "rt_", "rt_abc_def", &t[..t.len() - 1], &t.replacen("rt_", "sk_", 1)] {
             assert!(parse_refresh_token(bad).is_none(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_first_factor_alone_keeps_a_session_alive() {
+        let amr = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let only = |m: &'static str| move |x: &str| x == m;
+        // Password and TOTP: the `otp` of the second factor does not stand for an email code.
+        assert!(!amr_still_offered(&amr(&["pwd", "otp", "mfa"]), &only("email_code")));
+        assert!(amr_still_offered(&amr(&["pwd", "otp", "mfa"]), &only("password")));
+        // An email code with a security key: the key does not stand for passkey sign-in.
+        assert!(!amr_still_offered(&amr(&["otp", "hwk", "mfa"]), &only("passkey")));
+        assert!(amr_still_offered(&amr(&["swk", "mfa"]), &only("passkey")));
+        assert!(amr_still_offered(&amr(&["imp"]), &only("password")));
     }
 }

@@ -598,7 +598,7 @@ impl Provider {
     pub async fn authorization_request(&self, project: Uuid, p: &AuthorizeParams) -> Result<AuthzRequest, AuthzError> {
         const NO_CLIENT: AuthzError = AuthzError::Page("unknown client");
         let client_id = p.client_id.as_deref().ok_or(AuthzError::Page("client_id is missing"))?;
-        let client = match self.client_for(project, client_id).await {
+        let client = match self.client_for_request(project, client_id).await {
             Ok(Some(c)) if c.blocked => return Err(AuthzError::Page("this client is blocked by the project")),
             Ok(Some(c)) => c,
             Ok(None) => return Err(NO_CLIENT),
@@ -963,6 +963,10 @@ impl Provider {
         let resource = match (resource, authorized, client) {
             (None, authorized, _) => authorized,
             (Some(r), Some(a), _) if r == a => Some(a),
+            // A third-party client's consent was for what its authorization request named.
+            (Some(_), None, Some(c)) if c.third_party() => {
+                return Err(CoreError::InvalidTarget("the resource is not the one the user consented to"))
+            }
             (Some(r), None, Some(c)) => self.allowed_resource(c, Some(r)).await?.map(|(uri, _)| uri),
             _ => return Err(CoreError::InvalidTarget("the resource is not the one this code was issued for")),
         };

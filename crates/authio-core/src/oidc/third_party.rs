@@ -129,7 +129,10 @@ fn check_metadata(
     let host = url::Url::parse(&redirect_uris[0]).ok().and_then(|u| u.host_str().map(str::to_owned));
     Ok(Metadata {
         redirect_uris: redirect_uris.to_vec(),
-        name: name.map(str::to_owned).or(host).unwrap_or_else(|| "Unnamed client".into()),
+        name: name
+            .map(str::to_owned)
+            .or_else(|| host.map(|h| h.chars().take(200).collect()))
+            .unwrap_or_else(|| "Unnamed client".into()),
         client_uri: client_uri.map(str::to_owned),
         logo_uri: logo_uri.map(str::to_owned),
         public,
@@ -162,12 +165,13 @@ pub(crate) fn public_address(ip: IpAddr, loopback_ok: bool) -> bool {
                 return public_address(IpAddr::V4(v4), loopback_ok);
             }
             let s = v6.segments();
-            !(v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || (s[0] == 0x2001 && s[1] == 0x0db8)
-                || (s[0] == 0x64 && s[1] == 0xff9b))
+            // Only global unicast (2000::/3), less the ranges that embed or tunnel to other
+            // addresses: documentation, Teredo (2001::/32), 6to4 (2002::/16), NAT64.
+            (s[0] & 0xe000) == 0x2000
+                && !((s[0] == 0x2001 && s[1] == 0x0db8)
+                    || (s[0] == 0x2001 && s[1] == 0)
+                    || s[0] == 0x2002
+                    || (s[0] == 0x64 && s[1] == 0xff9b))
         }
     }
 }
@@ -182,13 +186,29 @@ impl OidcClient {
 
 impl Provider {
     /// A client by id for a project: a registered one (`oc_...`), or one named by its metadata
-    /// document's URL when the project accepts those (fetched, or read from the cache while
-    /// fresh). `None` for unknown clients and for other projects' clients.
+    /// document's URL as last read (by an authorization request: see
+    /// [`Provider::client_for_request`]). `None` for unknown clients and for other projects'.
     pub async fn client_for(&self, project: Uuid, client_id: &str) -> Result<Option<OidcClient>, CoreError> {
+        if client_id.starts_with("https://") || client_id.starts_with("http://") {
+            if !self.identity.presentation(project).await?.metadata_document_clients {
+                return Ok(None);
+            }
+            return self.oidc_client_in(project, client_id).await;
+        }
+        Ok(self.oidc_client_in(project, client_id).await?.filter(|c| c.project_id == project))
+    }
+
+    /// [`Provider::client_for`] for an authorization request, the one place a metadata document
+    /// is fetched (when first seen, or when its cached copy is older than the time-to-live).
+    pub(crate) async fn client_for_request(
+        &self,
+        project: Uuid,
+        client_id: &str,
+    ) -> Result<Option<OidcClient>, CoreError> {
         if client_id.starts_with("https://") || client_id.starts_with("http://") {
             return self.document_client(project, client_id).await;
         }
-        Ok(self.oidc_client_in(project, client_id).await?.filter(|c| c.project_id == project))
+        self.client_for(project, client_id).await
     }
 
     /// A client whose id is its metadata document's URL.
@@ -204,7 +224,11 @@ impl Provider {
                 return Ok(Some(c));
             }
         }
-        let document = self.fetch_document(url, presentation.development).await?;
+        // Loopback (and plain http to it) only where the deployment allows plain-http upstreams
+        // (development and tests) and the project is a development one: never a tenant's choice
+        // alone, as the deployment's own loopback services would answer.
+        let loopback_ok = presentation.development && self.identity.inner.settings.allow_http_upstreams;
+        let document = self.fetch_document(url, loopback_ok).await?;
         let meta = document_metadata(url, &document)?;
         self.save_document_client(project, url, &meta, now).await?;
         self.oidc_client_in(project, url).await
@@ -213,12 +237,15 @@ impl Provider {
     /// Read a metadata document: https (http to loopback in a development project), the host's
     /// addresses checked after resolution and the connection pinned to a checked one, no
     /// redirects, a size cap and a timeout.
-    async fn fetch_document(&self, url: &str, development: bool) -> Result<serde_json::Value, CoreError> {
+    async fn fetch_document(&self, url: &str, loopback_ok: bool) -> Result<serde_json::Value, CoreError> {
         let bad = |m: &'static str| CoreError::InvalidClientMetadata(m);
         let parsed = url::Url::parse(url).map_err(|_| bad("the client_id is not a URL"))?;
         let host = parsed.host_str().ok_or(bad("the client_id URL has no host"))?.to_owned();
-        let loopback_ok = development;
         let scheme_ok = parsed.scheme() == "https" || (parsed.scheme() == "http" && loopback_ok);
+        // The standard port only: no probing of other services on a public host.
+        if !loopback_ok && parsed.port().is_some_and(|p| p != 443) {
+            return Err(bad("a metadata document's URL uses the standard https port"));
+        }
         if !scheme_ok
             || parsed.fragment().is_some()
             || !parsed.username().is_empty()
@@ -239,7 +266,9 @@ impl Provider {
         if parsed.scheme() == "http" && !addrs.iter().all(|a| a.ip().is_loopback()) {
             return Err(bad("a metadata document over http must be on loopback"));
         }
+        // No proxy from the environment: it would resolve the name itself, around the check.
         let client = reqwest::Client::builder()
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(StdDuration::from_secs(5))
             .resolve(&host, addrs[0])
@@ -306,7 +335,7 @@ impl Provider {
                 target: Some(("oidc_client", url.to_owned())),
                 client: &ClientInfo::default(),
                 metadata: serde_json::json!({"registration": "metadata_document", "name": meta.name,
-                                             "redirect_uris": meta.redirect_uris}),
+                                             "redirect_uris": meta.redirect_uris.len()}),
             };
             audit::record_pinned(&tx, &scope, event, now).await?;
         }
@@ -389,7 +418,7 @@ impl Provider {
             target: Some(("oidc_client", client_id.clone())),
             client: info,
             metadata: serde_json::json!({"registration": "dynamic", "name": meta.name, "public": meta.public,
-                                         "redirect_uris": meta.redirect_uris}),
+                                         "redirect_uris": meta.redirect_uris.len()}),
         };
         audit::record_pinned(&tx, &scope, event, now).await?;
         tx.commit().await?;
@@ -868,6 +897,19 @@ pub async fn block_client(
     };
     audit::record_pinned(&tx, scope, event, now).await?;
     tx.commit().await?;
+    if blocked {
+        // Its sessions end with it (their refresh tokens at once, their access tokens at
+        // introspection).
+        let client_id: String = row.col("client_id")?;
+        let home = router.begin(scope).await?;
+        home.query(
+            "UPDATE sessions SET revoked_at = $2, revoked_reason = 'client_blocked'
+             WHERE client_id = $1 AND revoked_at IS NULL",
+            &[(&client_id, Type::TEXT), (&now, Type::TIMESTAMPTZ)],
+        )
+        .await?;
+        home.commit().await?;
+    }
     Ok(())
 }
 

@@ -1355,7 +1355,13 @@ pub async fn invitation_post(
     if let Some(password) = form.password.as_deref().filter(|p| !p.is_empty()) {
         return match state.identity.accept_invitation_with_new_account(project, &token, password, &client, ip).await {
             Ok((scope, user, _org)) => {
-                // Signed in as the new account: the provider session, as after any sign-in.
+                // Joined; signed in as the new account through the same gate as any sign-in
+                // (a project or the organization may require a second factor first).
+                match state.identity.begin_mfa(&scope, &user, &["pwd"], None).await {
+                    Ok(Some(pending)) => return mfa::to_second_factor(&ctx, &pending),
+                    Ok(None) => {}
+                    Err(e) => return ctx.error(e, "done", heading, ctx.page("done", "")),
+                }
                 let lifetime = match state.identity.profile(project).await {
                     Ok(p) => i64::from(p.session_absolute_timeout_secs),
                     Err(e) => return ctx.error(e, "done", heading, ctx.page("done", "")),

@@ -438,6 +438,7 @@ pub async fn token(
                 oidc_client: Some(&client.client_id),
                 resource: resource.as_deref(),
                 organization: None,
+                consented_resource_only: client.third_party(),
             };
             let t = state.identity.refresh_for(req, &info, &who).await?;
             Ok(no_store(
@@ -586,7 +587,9 @@ pub async fn logout(
     }
     let target = match (&p.post_logout_redirect_uri, audience) {
         (Some(uri), Some(client_id)) => match state.oidc.client_for(project, &client_id).await {
-            Ok(Some(c)) if c.project_id == project && c.post_logout_redirect_uris.contains(uri) => Some(uri.clone()),
+            Ok(Some(c)) if c.project_id == project && !c.blocked && c.post_logout_redirect_uris.contains(uri) => {
+                Some(uri.clone())
+            }
             Ok(_) => return text_page(StatusCode::BAD_REQUEST, "The post_logout_redirect_uri is not registered."),
             Err(e) => return ApiError::from(e).into_response(),
         },

@@ -248,6 +248,10 @@ async fn dynamic_registration_consent_resource_audiences_revocation_and_blocking
     assert_eq!(access["client_id"], client_id);
     assert_eq!(access["scope"], "mcp:tools offline_access");
     let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    // An agent's token for the user is no key to the user's own account: factors stay theirs.
+    let r =
+        app.http.get(app.url("/v1/me/mfa")).bearer_auth(tokens["access_token"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
     // A refresh may not widen to another resource.
     let (st, body) = token(
         &app,
@@ -291,14 +295,47 @@ async fn dynamic_registration_consent_resource_audiences_revocation_and_blocking
     assert!(location.contains("/consent?"), "{location}");
     assert!(!location.contains("prompt"), "the consent returns to the request without prompt: {location}");
 
+    // A consent for the project itself does not stretch to a resource at the token endpoint.
+    let plain_auth = authorize_url(
+        &app,
+        &s,
+        &[
+            ("client_id", client_id.as_str()),
+            ("redirect_uri", AGENT_CB),
+            ("response_type", "code"),
+            ("scope", "openid"),
+            ("state", "o"),
+            ("code_challenge", ch.as_str()),
+            ("code_challenge_method", "S256"),
+        ],
+    );
+    let to_client = sign_in_and_consent(&app, &mut b, &plain_auth, "ann@acme.test", "allow").await;
+    let (st, body) = token(
+        &app,
+        &s,
+        &[
+            ("grant_type", "authorization_code"),
+            ("client_id", &client_id),
+            ("code", &query_of(&to_client)["code"]),
+            ("redirect_uri", AGENT_CB),
+            ("code_verifier", VERIFIER),
+            ("resource", RESOURCE_A),
+        ],
+    )
+    .await;
+    assert_eq!((st, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_target")), "{body}");
+
     // The user's connected apps: revoking ends the grant's refresh tokens.
     let (st, _, page) = b.get(&app.url(&format!("/p/{pid}/account/apps"))).await;
     assert_eq!(st, StatusCode::OK);
     assert!(page.contains("Research Agent") && page.contains(RESOURCE_A), "{page}");
-    let action = page.split("action=\"").find(|a| a.contains("/revoke")).unwrap().split('"').next().unwrap().to_owned();
+    // The grant for resource A (the client also holds one for the project itself).
+    let section = page.split("<section").find(|sec| sec.contains(RESOURCE_A)).unwrap();
+    let action = section.split("action=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
     let (st, _, page) = b.post(&app.url(&action), &[("csrf", &hidden(&page, "csrf"))]).await;
     assert_eq!(st, StatusCode::OK);
-    assert!(page.contains("Access revoked") && !page.contains("Research Agent"), "{page}");
+    assert!(page.contains("Access revoked") && !page.contains(RESOURCE_A), "{page}");
+    assert!(page.contains("Research Agent"), "the other grant stays: {page}");
     let (st, body) =
         token(&app, &s, &[("grant_type", "refresh_token"), ("client_id", &client_id), ("refresh_token", &refresh)])
             .await;
@@ -339,7 +376,7 @@ async fn dynamic_registration_consent_resource_audiences_revocation_and_blocking
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
     assert_eq!(actions(&app, "client.registered", 1).await, 1);
-    assert_eq!(actions(&app, "consent.granted", 1).await, 1);
+    assert_eq!(actions(&app, "consent.granted", 2).await, 2);
     assert_eq!(actions(&app, "consent.revoked", 1).await, 1);
     assert_eq!(actions(&app, "client.blocked", 1).await, 1);
 }

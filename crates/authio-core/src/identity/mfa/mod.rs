@@ -113,6 +113,20 @@ pub struct Pending {
     pub factors: Factors,
 }
 
+impl Pending {
+    /// A waiting sign-in may enrol a factor only while the user still has none: one enrolled
+    /// meanwhile (elsewhere) must be passed, not joined by another.
+    pub(crate) fn still_enrolling(&self) -> Result<(), CoreError> {
+        if self.stage != Stage::Enrol {
+            return Err(CoreError::InvalidGrant("this sign-in is not enrolling a second factor"));
+        }
+        if self.factors.totp || self.factors.webauthn {
+            return Err(CoreError::InvalidGrant("a second factor was enrolled meanwhile: sign in again"));
+        }
+        Ok(())
+    }
+}
+
 /// A sign-in whose second factor checked out: start its session (or hand off its code).
 #[derive(Clone, Debug)]
 pub struct Completed {
@@ -820,9 +834,7 @@ impl Identity {
     /// again after.
     pub async fn pending_totp_enrolment(&self, token: &str) -> Result<TotpEnrolment, CoreError> {
         let p = self.pending_mfa(token).await?;
-        if p.stage != Stage::Enrol {
-            return Err(CoreError::InvalidGrant("this sign-in is not enrolling a second factor"));
-        }
+        p.still_enrolling()?;
         if let Some(id) = p.factor_id {
             if let Some(e) = self.show_totp_factor(&p.scope, p.user_id, id, &p.email).await? {
                 return Ok(e);
@@ -865,7 +877,8 @@ impl Identity {
         ip: Option<IpAddr>,
     ) -> Result<Vec<String>, CoreError> {
         let p = self.pending_mfa(token).await?;
-        let (Stage::Enrol, Some(factor)) = (p.stage, p.factor_id) else {
+        p.still_enrolling()?;
+        let Some(factor) = p.factor_id else {
             return Err(CoreError::InvalidGrant("start the enrolment first"));
         };
         let codes = self.confirm_totp_factor(&p.scope, p.user_id, factor, code, client, ip).await?;
@@ -1088,7 +1101,14 @@ impl Identity {
     /// second factor.
     pub async fn me(&self, token: &str) -> Result<Me, CoreError> {
         let (claims, profile) = self.verify_access_token(token).await?;
-        if claims.sid.is_none() || claims.act.is_some() {
+        // Only the user's own session (the sign-in API's, a hosted sign-in's): not an M2M token,
+        // not an impersonation, and not a token an OpenID client or agent holds for the user
+        // (nor one for another resource), which must not turn into control of their factors.
+        let own = claims.sid.is_some()
+            && claims.act.is_none()
+            && claims.client_id.is_none()
+            && claims.aud == profile.project_id.to_string();
+        if !own {
             return Err(CoreError::Forbidden("only the user's own session may manage their second factors"));
         }
         if !self.access_token_live(&claims, &profile).await? {

@@ -297,9 +297,7 @@ impl Identity {
         rp: &Rp,
     ) -> Result<(Uuid, serde_json::Value), CoreError> {
         let p = self.pending_mfa(token).await?;
-        if p.stage != Stage::Enrol {
-            return Err(CoreError::InvalidGrant("this sign-in is not enrolling a second factor"));
-        }
+        p.still_enrolling()?;
         self.registration_options(&p.scope, p.user_id, &p.email, rp).await
     }
 
@@ -314,9 +312,7 @@ impl Identity {
         client: &ClientInfo,
     ) -> Result<Vec<String>, CoreError> {
         let p = self.pending_mfa(token).await?;
-        if p.stage != Stage::Enrol {
-            return Err(CoreError::InvalidGrant("this sign-in is not enrolling a second factor"));
-        }
+        p.still_enrolling()?;
         let state = self.take_ceremony(&p.scope, ceremony, Some(p.user_id), "register").await?;
         let key = webauthn::finish_registration(rp, &state, response)?;
         let method = amr_of_key(key.backup_eligible);

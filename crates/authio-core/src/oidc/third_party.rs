@@ -166,12 +166,10 @@ pub(crate) fn public_address(ip: IpAddr, loopback_ok: bool) -> bool {
             }
             let s = v6.segments();
             // Only global unicast (2000::/3), less the ranges that embed or tunnel to other
-            // addresses: documentation, Teredo (2001::/32), 6to4 (2002::/16), NAT64.
-            (s[0] & 0xe000) == 0x2000
-                && !((s[0] == 0x2001 && s[1] == 0x0db8)
-                    || (s[0] == 0x2001 && s[1] == 0)
-                    || s[0] == 0x2002
-                    || (s[0] == 0x64 && s[1] == 0xff9b))
+            // addresses: documentation (2001:db8::/32), Teredo (2001::/32), 6to4 (2002::/16).
+            // (NAT64's 64:ff9b::/96 is outside 2000::/3.)
+            let tunnel_or_documentation = (s[0] == 0x2001 && (s[1] == 0x0db8 || s[1] == 0)) || s[0] == 0x2002;
+            (s[0] & 0xe000) == 0x2000 && !tunnel_or_documentation
         }
     }
 }

@@ -759,3 +759,39 @@ async fn hosted_invitation_and_picker_pages_work_in_a_real_browser() {
     let t: Value = r.json().await.unwrap();
     assert_eq!(claims_of(t["id_token"].as_str().unwrap())["org_id"].as_str(), Some(hooli.as_str()));
 }
+
+#[tokio::test]
+async fn an_invited_new_account_enrols_a_second_factor_first_where_the_organization_requires_one() {
+    let app = spawn_app().await;
+    let s = seed_tenant(&app.shared, "acme", TenantKind::Customer, Plan::Pro).await;
+    let pid = s.project.id;
+    let (st, _) =
+        call(&app, &s, Method::POST, "/roles", Some(json!({"slug": "member", "name": "Member", "is_default": true})))
+            .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let org = setup_org(&app, &s, "Bank", "bank").await;
+    let (st, body) =
+        call(&app, &s, Method::PATCH, &format!("/organizations/{org}"), Some(json!({"mfa_required": true}))).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let (st, _) = call(
+        &app,
+        &s,
+        Method::POST,
+        &format!("/organizations/{org}/invitations"),
+        Some(json!({"email": "eva@example.com"})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let (_, link) = invitation_link(&app, "eva@example.com", 0).await;
+    let mut b = Browser::new();
+    let (_, _, html) = b.get(&link).await;
+    let accept = app.url(&format!("/p/{pid}/invitations/accept"));
+    let (st, location, _) =
+        b.post(&accept, &[("csrf", &hidden(&html, "csrf")), ("token", &token_of(&link)), ("password", PASSWORD)]).await;
+    // Joined, but signed in only through the enrolment the organization requires.
+    assert_eq!(st, StatusCode::SEE_OTHER);
+    assert_eq!(location.unwrap(), format!("/p/{pid}/mfa/enrol"));
+    assert!(!b.cookies.contains_key("authio_op"), "no provider session before the second factor");
+    assert!(b.cookies.contains_key("authio_mfa"));
+    assert_eq!(count(&app, "SELECT count(*) FROM memberships WHERE status = 'active'").await, 1);
+}

@@ -547,11 +547,19 @@ async fn scoped(env: &Env, secs: u64, rounds: usize) -> Result<()> {
 
 /// The real app with limits out of the way (the bench hammers one account from one address).
 async fn identity_app(env: &Env, credential_cache: bool) -> Result<(String, authio_server::AppState)> {
+    identity_app_with(env, |auth| auth.credential_cache = credential_cache).await
+}
+
+/// The app under load, its throttles out of the way, `tune` applied to its settings last.
+async fn identity_app_with(
+    env: &Env,
+    tune: impl FnOnce(&mut authio_server::AuthSettings),
+) -> Result<(String, authio_server::AppState)> {
     let mut auth = authio_server::AuthSettings::new("http://127.0.0.1", authio_testkit::test_master_key());
-    auth.credential_cache = credential_cache;
     auth.limits.signin_per_ip = i32::MAX;
     auth.limits.account_failures = i32::MAX;
     auth.limits.client_failures_per_ip = i32::MAX;
+    tune(&mut auth);
     let state = authio_server::AppState::new(env.router.clone(), Arc::new(SystemClock), auth)?;
     let base = spawn(authio_server::build_app(state.clone())).await?;
     Ok((base, state))

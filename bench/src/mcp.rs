@@ -49,19 +49,12 @@ pub async fn mcp(env: &Env, secs: u64, rounds: usize) -> Result<()> {
         let _ = axum::serve(doc_listener, doc_app).await;
     });
 
-    let mut auth = authio_server::AuthSettings::new("http://127.0.0.1", authio_testkit::test_master_key());
-    auth.limits.verify_failures_per_ip = i32::MAX;
-    auth.limits.client_failures_per_ip = i32::MAX;
-    auth.limits.signin_per_ip = i32::MAX;
     // The document is served on loopback: a development deployment's allowance.
-    auth.allow_http_upstreams = true;
-    let state = authio_server::AppState::new(env.router.clone(), Arc::new(SystemClock), auth)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let app = authio_server::build_app(state.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await;
-    });
+    let (base, state) = crate::identity_app_with(env, |auth| {
+        auth.limits.verify_failures_per_ip = i32::MAX;
+        auth.allow_http_upstreams = true;
+    })
+    .await?;
 
     let scope = Scope::project(t.tenant.id, t.project.id, TenantKind::Customer);
     let new = authio_core::oidc::NewOidcClient {

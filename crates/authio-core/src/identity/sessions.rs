@@ -273,9 +273,14 @@ pub async fn refresh(
     let tx = router.begin(scope).await?;
     let row = tx
         .query_one(
-            "SELECT status, session_id, user_id, amr, role, client_id, scope, within_grace, organization_id, org_role,
-                    org_permissions, resource, joined, impersonator, ends_at
-             FROM authio_refresh_rotate($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            // With it, in the same statement: whether an organization of the user requires a
+            // second factor (read only for sessions that never passed one, below).
+            "SELECT r.status, r.session_id, r.user_id, r.amr, r.role, r.client_id, r.scope, r.within_grace,
+                    r.organization_id, r.org_role, r.org_permissions, r.resource, r.joined, r.impersonator, r.ends_at,
+                    EXISTS (SELECT 1 FROM memberships m
+                            JOIN organizations o ON o.tenant_id = m.tenant_id AND o.id = m.organization_id
+                            WHERE m.user_id = r.user_id AND m.status = 'active' AND o.mfa_required) AS org_requires_mfa
+             FROM authio_refresh_rotate($1, $2, $3, $4, $5, $6, $7, $8, $9) r",
             &[
                 (&scope.tenant_id, Type::UUID),
                 (&project, Type::UUID),
@@ -335,17 +340,7 @@ pub async fn refresh(
     // A session that never passed a second factor does not outlive a policy that now requires
     // one (the project's, or an organization's the user is an active member of): it ends here.
     if !amr.iter().any(|a| a == "mfa") {
-        let required = project_requires_mfa
-            || tx
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM memberships m
-                                    JOIN organizations o ON o.tenant_id = m.tenant_id AND o.id = m.organization_id
-                                    WHERE m.user_id = $1 AND m.status = 'active' AND o.mfa_required) AS required",
-                    &[(&user, Type::UUID)],
-                )
-                .await?
-                .col::<bool>("required")?;
-        if required {
+        if project_requires_mfa || row.col::<bool>("org_requires_mfa")? {
             tx.query(
                 "UPDATE sessions SET revoked_at = $2, revoked_reason = 'mfa_required'
                  WHERE id = $1 AND revoked_at IS NULL",

@@ -267,7 +267,12 @@ impl Ctx {
     }
 
     fn render(&self, status: StatusCode, page: Page) -> Response {
-        let nonce = page.script_nonce.clone();
+        self.render_template(status, &page, &page.script_nonce)
+    }
+
+    /// Any hosted page's template as the answer: the security headers, the one script its
+    /// nonce allows (if any), and the CSRF cookie when this request made the token.
+    fn render_template(&self, status: StatusCode, page: &impl Template, script_nonce: &str) -> Response {
         let body = match page.render() {
             Ok(b) => b,
             Err(e) => {
@@ -277,7 +282,7 @@ impl Ctx {
         };
         let mut resp = (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response();
         secure_headers(resp.headers_mut());
-        allow_script(resp.headers_mut(), &nonce);
+        allow_script(resp.headers_mut(), script_nonce);
         if self.set_csrf {
             set_cookie(resp.headers_mut(), CSRF_COOKIE, &self.csrf, self.secure, 86400);
         }

@@ -56,6 +56,14 @@ pub struct Factors {
 }
 
 impl Factors {
+    /// From the kinds of the user's confirmed factors and whether a recovery code is left
+    /// (recovery codes answer only beside a factor).
+    fn of(kinds: &[String], recovery_left: bool) -> Self {
+        let totp = kinds.iter().any(|k| k == "totp");
+        let webauthn = kinds.iter().any(|k| k == "webauthn");
+        Factors { totp, webauthn, recovery_code: recovery_left && (totp || webauthn) }
+    }
+
     /// The names of the kinds the user has, for an API answer.
     pub fn names(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
@@ -188,6 +196,18 @@ pub enum Answer<'a> {
 const WRONG_CODE: CoreError = CoreError::InvalidGrant("the code is wrong, expired or already used");
 const BAD_PENDING: CoreError = CoreError::InvalidGrant("this sign-in has expired or was completed: sign in again");
 
+/// Whether the user has a confirmed factor (of `kind`, if given), read in `tx`.
+async fn has_factor_in(tx: &authio_db::ScopedTx, user: Uuid, kind: Option<&str>) -> Result<bool, CoreError> {
+    Ok(tx
+        .query_opt(
+            "SELECT 1 FROM mfa_factors WHERE user_id = $1 AND confirmed_at IS NOT NULL AND ($2::text IS NULL OR kind = $2)
+             LIMIT 1",
+            &[(&user, Type::UUID), (&kind, Type::TEXT)],
+        )
+        .await?
+        .is_some())
+}
+
 /// The amr a second factor adds (RFC 8176): `otp` for a TOTP or recovery code, `hwk` or
 /// `swk` for a WebAuthn key, and `mfa`.
 pub(crate) fn with_second_factor(amr: &[String], method: &str) -> Vec<String> {
@@ -255,12 +275,7 @@ impl Identity {
             )
             .await?;
         let r = rows.first().ok_or_else(|| CoreError::Internal("mfa lookup returned no row".into()))?;
-        let kinds: Vec<String> = r.try_get(0)?;
-        let factors = Factors {
-            totp: kinds.iter().any(|k| k == "totp"),
-            webauthn: kinds.iter().any(|k| k == "webauthn"),
-            recovery_code: r.try_get(1)?,
-        };
+        let factors = Factors::of(&r.try_get::<Vec<String>>(0)?, r.try_get(1)?);
         let required = presentation.mfa_required || r.try_get::<bool>(2)?;
         Ok(if factors.totp || factors.webauthn {
             MfaNeed::Challenge(factors)
@@ -269,27 +284,6 @@ impl Identity {
         } else {
             MfaNeed::None
         })
-    }
-
-    /// Whether policy (the project's, or an organization's the user is an active member of)
-    /// requires `user` to sign in with a second factor: what refresh and code exchange check.
-    pub(crate) async fn mfa_required_by_policy(&self, scope: &Scope, user: Uuid) -> Result<bool, CoreError> {
-        let project = crate::types::project_of(scope)?;
-        if self.presentation(project).await?.mfa_required {
-            return Ok(true);
-        }
-        let rows = self
-            .inner
-            .router
-            .read(
-                scope,
-                "SELECT EXISTS (SELECT 1 FROM memberships m
-                                JOIN organizations o ON o.tenant_id = m.tenant_id AND o.id = m.organization_id
-                                WHERE m.user_id = $1 AND m.status = 'active' AND o.mfa_required)",
-                &[(&user, Type::UUID)],
-            )
-            .await?;
-        Ok(rows.first().map(|r| r.try_get::<bool>(0)).transpose()?.unwrap_or(false))
     }
 
     /// The gate every sign-in passes once its first factor checked out: `None` when no second
@@ -397,8 +391,13 @@ impl Identity {
             .router
             .read(
                 &scope,
+                // With the factors the user has now, in the same read.
                 "SELECT p.user_id, u.email, u.role, p.amr, p.stage, p.factor_id, p.redirect_uri, p.app_state,
-                        p.code_challenge, u.disabled
+                        p.code_challenge, u.disabled,
+                        coalesce((SELECT array_agg(DISTINCT f.kind) FROM mfa_factors f
+                                  WHERE f.user_id = p.user_id AND f.confirmed_at IS NOT NULL), '{}') AS kinds,
+                        EXISTS (SELECT 1 FROM recovery_codes r WHERE r.user_id = p.user_id AND r.used_at IS NULL)
+                            AS recovery
                  FROM mfa_pending p JOIN users u ON u.tenant_id = p.tenant_id AND u.id = p.user_id
                  WHERE p.token_hash = $1 AND p.used_at IS NULL AND p.expires_at > $2",
                 &[(&hash.to_vec(), Type::BYTEA), (&self.now(), Type::TIMESTAMPTZ)],
@@ -410,10 +409,7 @@ impl Identity {
         }
         let user_id: Uuid = r.try_get(0)?;
         let stage = Stage::parse(&r.try_get::<String>(4)?).ok_or(BAD_PENDING)?;
-        let factors = match self.mfa_need(&scope, user_id).await? {
-            MfaNeed::Challenge(f) => f,
-            _ => Factors::default(),
-        };
+        let factors = Factors::of(&r.try_get::<Vec<String>>(10)?, r.try_get(11)?);
         Ok(Pending {
             scope,
             token_hash: hash,
@@ -738,14 +734,7 @@ impl Identity {
         let counter = self.count_mfa_attempt(user, "totp", ip).await?;
         let now = self.now();
         let tx = self.inner.router.begin(scope).await?;
-        let exists = tx
-            .query_opt(
-                "SELECT 1 FROM mfa_factors WHERE user_id = $1 AND kind = 'totp' AND confirmed_at IS NOT NULL",
-                &[(&user, Type::UUID)],
-            )
-            .await?
-            .is_some();
-        if exists {
+        if has_factor_in(&tx, user, Some("totp")).await? {
             return Err(CoreError::Conflict(
                 "an authenticator app is already enrolled: remove it before adding another".into(),
             ));
@@ -1035,13 +1024,7 @@ impl Identity {
             .await?
             .ok_or(CoreError::NotFound(crate::types::Entity::Factor))?;
         let kind: String = gone.col("kind")?;
-        let last = tx
-            .query_opt(
-                "SELECT 1 FROM mfa_factors WHERE user_id = $1 AND confirmed_at IS NOT NULL LIMIT 1",
-                &[(&user, Type::UUID)],
-            )
-            .await?
-            .is_none();
+        let last = !has_factor_in(&tx, user, None).await?;
         if last {
             tx.query("DELETE FROM recovery_codes WHERE user_id = $1", &[(&user, Type::UUID)]).await?;
         }
@@ -1069,14 +1052,7 @@ impl Identity {
     ) -> Result<Vec<String>, CoreError> {
         let now = self.now();
         let tx = self.inner.router.begin(scope).await?;
-        let has = tx
-            .query_opt(
-                "SELECT 1 FROM mfa_factors WHERE user_id = $1 AND confirmed_at IS NOT NULL LIMIT 1",
-                &[(&user, Type::UUID)],
-            )
-            .await?
-            .is_some();
-        if !has {
+        if !has_factor_in(&tx, user, None).await? {
             return Err(CoreError::Conflict("recovery codes need a second factor: enrol one first".into()));
         }
         let codes = self.write_recovery_codes(&tx, scope, user, now).await?;

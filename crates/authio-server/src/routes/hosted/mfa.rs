@@ -23,8 +23,8 @@ use axum::{Extension, Form, Json};
 use uuid::Uuid;
 
 use super::{
-    allow_script, append_cookie, cookie, describe, finish, flow_return, hand_off, plain_error, posted, project_id,
-    random_token, secure_headers, see_other_to, Ctx, CustomHost, FormFields, OP_COOKIE,
+    append_cookie, cookie, describe, finish, flow_return, hand_off, plain_error, posted, project_id, random_token,
+    see_other_to, Ctx, CustomHost, FormFields, OP_COOKIE,
 };
 use crate::routes::auth::{client_info, client_ip};
 use crate::AppState;
@@ -101,21 +101,7 @@ impl Ctx {
     }
 
     fn render_mfa(&self, status: StatusCode, page: MfaPage) -> Response {
-        let nonce = page.script_nonce.clone();
-        let body = match page.render() {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, "page render failed");
-                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-            }
-        };
-        let mut resp = (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response();
-        secure_headers(resp.headers_mut());
-        allow_script(resp.headers_mut(), &nonce);
-        if self.set_csrf {
-            super::set_cookie(resp.headers_mut(), super::CSRF_COOKIE, &self.csrf, self.secure, 86400);
-        }
-        resp
+        self.render_template(status, &page, &page.script_nonce)
     }
 
     /// An MFA page with what went wrong, in the status the API would give.

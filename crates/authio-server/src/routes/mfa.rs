@@ -171,7 +171,8 @@ pub struct EnrolledSignIn {
 #[utoipa::path(post, path = "/v1/auth/mfa/totp/confirm", tag = "mfa", request_body = MfaConfirmRequest,
     responses(
         (status = 200, description = "enrolled and signed in", body = EnrolledSignIn),
-        (status = 400, description = "`invalid_grant`: a wrong code, or an expired or used `mfa_token`", body = crate::error::ErrorBody),
+        (status = 400, description = "`invalid_grant`: a wrong code, or an expired or used `mfa_token`, or a factor enrolled meanwhile elsewhere", body = crate::error::ErrorBody),
+        (status = 409, description = "`conflict`: an authenticator app was confirmed for the user at the same moment", body = crate::error::ErrorBody),
         (status = 429, description = "`factor_locked` or `too_many_attempts`, with `Retry-After`", body = crate::error::ErrorBody),
     ))]
 pub async fn confirm_totp(

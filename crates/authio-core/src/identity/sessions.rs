@@ -339,26 +339,23 @@ pub async fn refresh(
     }
     // A session that never passed a second factor does not outlive a policy that now requires
     // one (the project's, or an organization's the user is an active member of): it ends here.
-    if !amr.iter().any(|a| a == "mfa") {
-        if project_requires_mfa || row.col::<bool>("org_requires_mfa")? {
-            tx.query(
-                "UPDATE sessions SET revoked_at = $2, revoked_reason = 'mfa_required'
-                 WHERE id = $1 AND revoked_at IS NULL",
-                &[(&sid, Type::UUID), (&now, Type::TIMESTAMPTZ)],
-            )
-            .await?;
-            let event = audit::Event {
-                action: crate::audit::AuditAction::SessionRevoked,
-                actor: audit::Actor { kind: crate::audit::ActorKind::System, id: None, name: None },
-                target: Some(("session", sid.to_string())),
-                client,
-                metadata: serde_json::json!({"reason": "mfa_required", "user_id": user, "amr": amr}),
-            };
-            audit::record_and_commit(tx, scope, event, now).await?;
-            return Err(CoreError::InvalidGrant(
-                "a second factor is now required: the session has ended, sign in again",
-            ));
-        }
+    let policy_requires_mfa = project_requires_mfa || row.col::<bool>("org_requires_mfa")?;
+    if !amr.iter().any(|a| a == "mfa") && policy_requires_mfa {
+        tx.query(
+            "UPDATE sessions SET revoked_at = $2, revoked_reason = 'mfa_required'
+             WHERE id = $1 AND revoked_at IS NULL",
+            &[(&sid, Type::UUID), (&now, Type::TIMESTAMPTZ)],
+        )
+        .await?;
+        let event = audit::Event {
+            action: crate::audit::AuditAction::SessionRevoked,
+            actor: audit::Actor { kind: crate::audit::ActorKind::System, id: None, name: None },
+            target: Some(("session", sid.to_string())),
+            client,
+            metadata: serde_json::json!({"reason": "mfa_required", "user_id": user, "amr": amr}),
+        };
+        audit::record_and_commit(tx, scope, event, now).await?;
+        return Err(CoreError::InvalidGrant("a second factor is now required: the session has ended, sign in again"));
     }
     let within_grace: bool = row.col("within_grace")?;
     // RFC 8707 2.2: a refresh may narrow to the resource its grant named, not widen. Refused
